@@ -1,0 +1,611 @@
+#!/usr/bin/env python
+"""Side-by-side timings of tapejit against hand-written Numba and peer AD tools.
+
+Usage::
+
+    python asv_bench/compare_peers.py [--quick] [--out FILE.md]
+
+Everything runs in ONE process so all implementations see the same machine
+state.  Each timing is the median (and min) per-call time over
+``timeit.Timer.repeat`` runs, with ``number`` chosen by an autorange loop; one
+warm-up call (JIT compilation, tracing) is made first and is excluded.
+
+Conventions (they favour the peers, never tapejit):
+
+* JAX: inputs are placed on the device once (``jax.device_put``) outside the
+  timed region, outputs are left as JAX arrays, and every call ends with
+  ``jax.block_until_ready``.  The sinfit GD loop converts the gradient with
+  ``float(g)`` each step (a Python-level loop must).
+* CasADi: ``casadi.Function`` built from SX expressions, called with numpy
+  input; outputs left as ``DM``.  sinfit data converted to ``DM`` once.
+* autograd: numpy in, numpy out.
+* ratio columns are ``tapejit time / peer time``: < 1 means tapejit is faster.
+
+tapejit rows tolerate missing tapejit features: any exception is reported as
+``n/a: <reason>`` and the script carries on.
+"""
+
+import argparse
+import importlib.metadata
+import os
+import platform
+import statistics
+import sys
+import time
+import timeit
+import traceback
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))  # -> `benchmarks` package (baselines live there)
+
+import numba  # noqa: E402
+import numpy as np  # noqa: E402
+from benchmarks import _baselines as B  # noqa: E402
+from benchmarks import import_tapejit  # noqa: E402
+
+tapejit, TAPEJIT_IMPORT_ERROR = import_tapejit()
+
+PEERS = ["hand numba", "jax", "casadi", "autograd"]
+
+
+class NA(Exception):
+    """A row entry that is not available (message is the reason)."""
+
+
+# ---------------------------------------------------------------------------
+# timing
+# ---------------------------------------------------------------------------
+
+
+class Timing:
+    def __init__(self, median, best, number, repeat):
+        self.median = median
+        self.best = best
+        self.number = number
+        self.repeat = repeat
+
+
+def measure(fn, *, quick, min_time=None, budget=None, warmup=True):
+    """Median/min seconds per call of ``fn()``; warm-up call excluded."""
+    if warmup:
+        fn()
+    min_time = min_time if min_time is not None else (0.05 if quick else 0.2)
+    budget = budget if budget is not None else (2.0 if quick else 10.0)
+    repeat = 3 if quick else 7
+    timer = timeit.Timer(fn)
+    # autorange with a configurable target (timeit.Timer.autorange uses 0.2 s)
+    number = 1
+    while True:
+        t = timer.timeit(number)
+        if t >= min_time:
+            break
+        number = number * 10 if t < min_time / 20 else number * 2
+    per_call = t / number
+    repeat = max(1, min(repeat, int(budget / max(t, 1e-12))))
+    runs = [x / number for x in timer.repeat(repeat=repeat, number=number)]
+    runs.append(per_call)  # the autorange run is a valid sample too
+    return Timing(statistics.median(runs), min(runs), number, len(runs))
+
+
+def fmt_time(sec):
+    if sec is None:
+        return "—"
+    for unit, scale in (("s", 1.0), ("ms", 1e-3), ("µs", 1e-6), ("ns", 1e-9)):
+        if sec >= scale:
+            return f"{sec / scale:.3g} {unit}"
+    return f"{sec / 1e-9:.3g} ns"
+
+
+def short_reason(exc):
+    msg = f"{type(exc).__name__}: {exc}" if not isinstance(exc, NA) else str(exc)
+    msg = " ".join(msg.split())
+    return msg if len(msg) <= 90 else msg[:87] + "..."
+
+
+# ---------------------------------------------------------------------------
+# result collection
+# ---------------------------------------------------------------------------
+
+
+class Row:
+    def __init__(self, name):
+        self.name = name
+        self.cells = {}  # impl -> Timing | str (n/a reason) | None (not applicable)
+        self.notes = []
+
+
+ROWS = []
+WARNINGS = []
+
+
+def run_cell(row, impl, make, *, quick, check=None, **kw):
+    """``make()`` builds the callable (untimed; may do recording/compiling).
+
+    ``check(result)`` may raise or return a string describing a mismatch.
+    """
+    try:
+        fn = make()
+        if fn is None:
+            raise NA("not installed")
+        res = fn()  # warm-up (compile/trace), also used for the check
+        if check is not None:
+            msg = check(res)
+            if msg:
+                WARNINGS.append(f"{row.name} / {impl}: result mismatch: {msg}")
+        row.cells[impl] = measure(fn, quick=quick, warmup=False, **kw)
+    except Exception as exc:
+        row.cells[impl] = "n/a: " + short_reason(exc)
+        if os.environ.get("COMPARE_PEERS_TRACEBACK"):
+            traceback.print_exc()
+    cell = row.cells[impl]
+    shown = fmt_time(cell.median) if isinstance(cell, Timing) else cell
+    print(f"  {row.name:<40s} {impl:<22s} {shown}", flush=True)
+
+
+def close(a, b, rtol=1e-9, atol=1e-12):
+    a = np.asarray(a, dtype=float)
+    b = np.asarray(b, dtype=float)
+    if a.shape != b.shape:
+        return f"shape {a.shape} != {b.shape}"
+    if not np.allclose(a, b, rtol=rtol, atol=atol):
+        err = np.max(np.abs(a - b) / (atol + np.abs(b)))
+        return f"max rel err {err:.2e}"
+    return None
+
+
+def check_vg(v_ref, g_ref, rtol=1e-9):
+    def check(res):
+        v, g = res
+        return close(v, v_ref, rtol) or close(g, g_ref, rtol)
+
+    return check
+
+
+def need_tapejit(*attrs):
+    if tapejit is None:
+        raise NA("tapejit not importable (see header)")
+    for a in attrs:
+        if not hasattr(tapejit, a):
+            raise NA(f"tapejit.{a} missing")
+
+
+# ---------------------------------------------------------------------------
+# workloads
+# ---------------------------------------------------------------------------
+
+
+def bench_seed_batch(quick, n):
+    row = Row(f"seed value_and_grad, {n:.0e} points")
+    ROWS.append(row)
+    X = B.seed_points(n)
+    Y = np.empty(n)
+    G = np.empty((n, 2))
+    B.seed_vg_batch(X, Y, G)
+    Yref, Gref = Y.copy(), G.copy()
+
+    def tj():
+        need_tapejit("record")
+        tape = tapejit.record(B.seed_f, 1.0, 2.0)
+        y = np.empty(n)
+        g = np.empty((n, 2))
+        return lambda: tape.value_and_grad(X, out=(y, g))
+
+    run_cell(row, "tapejit", tj, quick=quick, check=check_vg(Yref, Gref))
+
+    def nb():
+        y = np.empty(n)
+        g = np.empty((n, 2))
+
+        def f():
+            B.seed_vg_batch(X, y, g)
+            return y, g
+
+        return f
+
+    run_cell(row, "hand numba", nb, quick=quick, check=check_vg(Yref, Gref))
+
+    def jx():
+        f = B.make_jax_seed_batch()
+        if f is None:
+            return None
+        Xj = B.jax_put(X)
+        return lambda: f(Xj)
+
+    run_cell(row, "jax", jx, quick=quick, check=check_vg(Yref, Gref))
+    row.cells["casadi"] = None
+
+    def ag():
+        f = B.make_autograd_seed_batch()
+        return None if f is None else (lambda: f(X))
+
+    run_cell(row, "autograd", ag, quick=quick, check=check_vg(Yref, Gref))
+    row.notes.append(f"hand numba is `parallel=True` over {numba.get_num_threads()} threads")
+
+
+def bench_seed_point(quick):
+    row = Row("seed value_and_grad, 1 point (out=)")
+    ROWS.append(row)
+    x = B.seed_points(1)[0]
+    vref, gref = B.seed_vg_point(x)
+
+    def tj():
+        need_tapejit("record")
+        tape = tapejit.record(B.seed_f, 1.0, 2.0)
+        vb = np.empty(())
+        gb = np.empty(2)
+        return lambda: tape.value_and_grad(x, out=(vb, gb))
+
+    run_cell(row, "tapejit", tj, quick=quick, check=check_vg(vref, gref))
+
+    def nb():
+        g = np.empty(2)
+        return lambda: (B.seed_vg_point_out(x, g), g)
+
+    run_cell(row, "hand numba", nb, quick=quick, check=check_vg(vref, gref))
+
+    def jx():
+        f = B.make_jax_seed_point()
+        if f is None:
+            return None
+        xj = B.jax_put(x)
+        return lambda: f(xj)
+
+    run_cell(row, "jax", jx, quick=quick, check=check_vg(vref, gref))
+
+    def ca():
+        F = B.make_casadi_seed()
+        return None if F is None else (lambda: F(x))
+
+    run_cell(
+        row,
+        "casadi",
+        ca,
+        quick=quick,
+        check=lambda r: check_vg(vref, gref)((float(r[0]), np.array(r[1]).ravel())),
+    )
+    row.cells["autograd"] = None
+
+
+def bench_rosen2(quick):
+    x = B.rosen2_point()
+    vref, gref = B.rosen2_vg(x)
+
+    # --- preallocated output ---------------------------------------------
+    row = Row("rosen2 value_and_grad, 1 point (out=)")
+    ROWS.append(row)
+
+    def tj_out():
+        need_tapejit("record")
+        tape = tapejit.record(B.rosen2_f, x.copy())
+        vb = np.empty(())
+        gb = np.empty(2)
+        return lambda: tape.value_and_grad(x, out=(vb, gb))
+
+    run_cell(row, "tapejit", tj_out, quick=quick, check=check_vg(vref, gref))
+
+    def nb_out():
+        g = np.empty(2)
+        return lambda: (B.rosen2_vg_out(x, g), g)
+
+    run_cell(row, "hand numba", nb_out, quick=quick, check=check_vg(vref, gref))
+    _rosen2_peers(row, x, vref, gref, quick)
+
+    # --- allocating --------------------------------------------------------
+    row = Row("rosen2 value_and_grad, 1 point (alloc)")
+    ROWS.append(row)
+
+    def tj():
+        need_tapejit("record")
+        tape = tapejit.record(B.rosen2_f, x.copy())
+        return lambda: tape.value_and_grad(x)
+
+    run_cell(row, "tapejit", tj, quick=quick, check=check_vg(vref, gref))
+    run_cell(
+        row, "hand numba", lambda: lambda: B.rosen2_vg(x), quick=quick, check=check_vg(vref, gref)
+    )
+    _rosen2_peers(row, x, vref, gref, quick)
+    row.notes.append("peers are the same calls as in the out= row")
+
+
+def _rosen2_peers(row, x, vref, gref, quick):
+    def jx():
+        f = B.make_jax_rosen2()
+        if f is None:
+            return None
+        xj = B.jax_put(x)
+        return lambda: f(xj)
+
+    run_cell(row, "jax", jx, quick=quick, check=check_vg(vref, gref))
+
+    def ca():
+        F = B.make_casadi_rosen2()
+        return None if F is None else (lambda: F(x))
+
+    run_cell(
+        row,
+        "casadi",
+        ca,
+        quick=quick,
+        check=lambda r: check_vg(vref, gref)((float(r[0]), np.array(r[1]).ravel())),
+    )
+
+    def ag():
+        f = B.make_autograd_rosen2()
+        return None if f is None else (lambda: f(x))
+
+    run_cell(row, "autograd", ag, quick=quick, check=check_vg(vref, gref))
+
+
+def bench_rosen_ext(quick, n):
+    row = Row(f"rosen_ext value_and_grad, n={n:.0e}")
+    ROWS.append(row)
+    x = B.rosen_ext_point(n)
+    vref, gref = B.rosen_ext_vg(x)
+
+    def tj():
+        need_tapejit("record")
+        tape = tapejit.record(B.rosen_ext_f, np.ones(n))
+        vb = np.empty(())
+        gb = np.empty(n)
+        return lambda: tape.value_and_grad(x, out=(vb, gb))
+
+    run_cell(row, "tapejit", tj, quick=quick, check=check_vg(vref, gref, 1e-8))
+
+    def nb():
+        g = np.empty(n)
+        return lambda: (B.rosen_ext_vg_out(x, g), g)
+
+    run_cell(row, "hand numba", nb, quick=quick, check=check_vg(vref, gref, 1e-8))
+
+    def jx():
+        f = B.make_jax_rosen_ext()
+        if f is None:
+            return None
+        xj = B.jax_put(x)
+        return lambda: f(xj)
+
+    run_cell(row, "jax", jx, quick=quick, check=check_vg(vref, gref, 1e-8))
+
+    def ca():
+        F = B.make_casadi_rosen_ext(n)
+        return None if F is None else (lambda: F(x))
+
+    run_cell(
+        row,
+        "casadi",
+        ca,
+        quick=quick,
+        check=lambda r: check_vg(vref, gref, 1e-8)((float(r[0]), np.array(r[1]).ravel())),
+    )
+
+    def ag():
+        f = B.make_autograd_rosen_ext()
+        return None if f is None else (lambda: f(x))
+
+    run_cell(row, "autograd", ag, quick=quick, check=check_vg(vref, gref, 1e-8))
+    row.notes.append("tapejit uses out=; hand numba writes into a preallocated grad")
+
+
+def bench_record(quick, n):
+    row = Row(f"record rosen_ext, n={n:.0e}")
+    ROWS.append(row)
+    x = np.ones(n)
+
+    def tj():
+        need_tapejit("record")
+        tapejit.record(B.rosen_ext_f, np.ones(10))  # warm-up on a tiny input
+        tape = tapejit.record(B.rosen_ext_f, x)
+        row.notes.append(f"tape length {len(tape)} instructions")
+        return lambda: tapejit.record(B.rosen_ext_f, x)
+
+    # warm-up happened on n=10 above; time the big recording directly
+    try:
+        fn = tj()
+        row.cells["tapejit"] = measure(fn, quick=quick, warmup=False, budget=5.0 if quick else 20.0)
+    except Exception as exc:
+        row.cells["tapejit"] = "n/a: " + short_reason(exc)
+    for p in PEERS:
+        row.cells[p] = None
+    cell = row.cells["tapejit"]
+    print(
+        f"  {row.name:<40s} {'tapejit':<22s} "
+        f"{fmt_time(cell.median) if isinstance(cell, Timing) else cell}",
+        flush=True,
+    )
+
+
+def bench_sinfit(quick):
+    row = Row(f"sinfit {B.SINFIT_STEPS} GD steps")
+    ROWS.append(row)
+    xs, ys = B.sinfit_data()
+    wref, vref = B.sinfit_gd(B.SINFIT_W0, xs, ys, B.SINFIT_LR, B.SINFIT_STEPS)
+
+    def check(res):
+        return close(res[0], wref, 1e-9) or close(res[1], vref, 1e-9)
+
+    def tj():
+        need_tapejit("record")
+        errors = []
+        tape = None
+        for f in (B.sinfit_f, B.sinfit_f_sum):
+            try:
+                tape = tapejit.record(f, B.SINFIT_W0, xs, ys, argnums=(0,))
+                break
+            except Exception as exc:
+                errors.append(f"{f.__name__}: {short_reason(exc)}")
+        if tape is None:
+            raise NA("record failed: " + "; ".join(errors))
+        if errors:
+            row.notes.append("tapejit: np.mean form failed, used sum/n form")
+        params = np.concatenate([xs, ys])
+        if getattr(tape, "n_params", len(params)) != len(params):
+            raise NA(f"tape.n_params={tape.n_params}, expected {len(params)}")
+        lr = B.SINFIT_LR
+        steps = B.SINFIT_STEPS
+
+        def gd():
+            w = np.array([B.SINFIT_W0])
+            vb = np.empty(())
+            gb = np.empty(1)
+            for _ in range(steps):
+                tape.value_and_grad(w, params=params, out=(vb, gb))
+                w -= lr * gb
+            return float(w[0]), float(vb)
+
+        return gd
+
+    run_cell(row, "tapejit", tj, quick=quick, check=check)
+    run_cell(
+        row,
+        "hand numba",
+        lambda: lambda: B.sinfit_gd(B.SINFIT_W0, xs, ys, B.SINFIT_LR, B.SINFIT_STEPS),
+        quick=quick,
+        check=check,
+    )
+    run_cell(row, "jax", lambda: B.make_jax_sinfit_gd(xs, ys), quick=quick, check=check)
+    run_cell(row, "casadi", lambda: B.make_casadi_sinfit_gd(xs, ys), quick=quick, check=check)
+    run_cell(row, "autograd", lambda: B.make_autograd_sinfit_gd(xs, ys), quick=quick, check=check)
+    row.notes.append(
+        "hand numba = whole loop jitted; tapejit/jax/casadi/autograd = Python loop, "
+        "one value_and_grad call per step (tapejit: params=concat(x, y), out=)"
+    )
+
+
+# ---------------------------------------------------------------------------
+# report
+# ---------------------------------------------------------------------------
+
+
+def machine_info():
+    lines = []
+    try:
+        affinity = len(os.sched_getaffinity(0))
+    except AttributeError:
+        affinity = "?"
+    lines.append(f"- python {platform.python_version()} on {platform.platform()}")
+    lines.append(
+        f"- cpu: {platform.processor() or platform.machine()}, "
+        f"os.cpu_count()={os.cpu_count()}, usable={affinity}"
+    )
+    try:
+        layer = numba.threading_layer()
+    except Exception:
+        layer = "not yet chosen"
+    lines.append(
+        f"- numba {numba.__version__}: NUMBA_NUM_THREADS="
+        f"{numba.config.NUMBA_NUM_THREADS}, get_num_threads()="
+        f"{numba.get_num_threads()}, threading layer={layer}"
+    )
+    vers = [f"numpy {np.__version__}"]
+    for mod in ("jax", "jaxlib", "casadi", "autograd"):
+        try:
+            m = __import__(mod)
+        except Exception:
+            vers.append(f"{mod} not installed")
+            continue
+        try:
+            ver = importlib.metadata.version(mod)
+        except Exception:
+            ver = getattr(m, "__version__", "?")
+        vers.append(f"{mod} {ver}")
+    if tapejit is not None:
+        vers.append(
+            f"tapejit {getattr(tapejit, '__version__', '?')} ({Path(tapejit.__file__).parent})"
+        )
+    else:
+        vers.append(f"tapejit not importable ({TAPEJIT_IMPORT_ERROR})")
+    lines.append("- " + ", ".join(vers))
+    try:
+        import jax
+
+        lines.append(f"- jax devices: {jax.devices()}, x64={jax.config.jax_enable_x64}")
+    except Exception:
+        pass
+    try:
+        load = ", ".join(f"{x:.2f}" for x in os.getloadavg())
+        lines.append(f"- load average (1/5/15 min) at start: {load}")
+    except OSError:
+        pass
+    ob = os.environ.get("OPENBLAS_CORETYPE")
+    lines.append(f"- OPENBLAS_CORETYPE: {'set to ' + repr(ob) if ob is not None else 'not set'}")
+    for var in ("OMP_NUM_THREADS", "NUMBA_NUM_THREADS", "XLA_FLAGS"):
+        if var in os.environ:
+            lines.append(f"- {var}={os.environ[var]}")
+    return lines
+
+
+def ratio(t, p):
+    if isinstance(t, Timing) and isinstance(p, Timing):
+        return f"{t.median / p.median:.3g}"
+    return "—"
+
+
+def cell_text(c):
+    if c is None:
+        return "—"
+    if isinstance(c, Timing):
+        return fmt_time(c.median)
+    return c
+
+
+def table():
+    impls = ["tapejit", *PEERS]
+    head = ["workload"] + impls + [f"tapejit / {p}" for p in PEERS]
+    out = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for row in ROWS:
+        cells = [row.name] + [cell_text(row.cells.get(i)) for i in impls]
+        t = row.cells.get("tapejit")
+        cells += [ratio(t, row.cells.get(p)) for p in PEERS]
+        out.append("| " + " | ".join(cells) + " |")
+    return out
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--quick", action="store_true", help="fewer repeats, shorter autorange target")
+    ap.add_argument("--out", metavar="FILE.md", help="also write the report here")
+    args = ap.parse_args(argv)
+    quick = args.quick
+
+    t0 = time.perf_counter()
+    B.compile_all()  # hand-numba JIT (or cache load) outside any timing
+    B._jax()  # enables x64 before any jax array exists
+    header = ["# tapejit vs peers", "", *machine_info(), ""]
+    print("\n".join(header), flush=True)
+    print("running" + (" (--quick)" if quick else "") + " ...", flush=True)
+
+    bench_seed_batch(quick, 10**6)
+    bench_seed_point(quick)
+    bench_rosen2(quick)
+    bench_rosen_ext(quick, 10**4)
+    bench_record(quick, 10**6)
+    bench_sinfit(quick)
+
+    lines = list(header)
+    lines.append(
+        f"median time per call{' (--quick)' if quick else ''}; "
+        "ratio = tapejit / peer (< 1: tapejit faster); warm-up excluded."
+    )
+    lines.append("")
+    lines += table()
+    notes = [f"- {r.name}: {n}" for r in ROWS for n in r.notes]
+    notes += [
+        "- jax: inputs pre-placed on device, outputs left as jax arrays, "
+        "block_until_ready per call; casadi: numpy in, DM out",
+    ]
+    lines += ["", "Notes:", *notes]
+    if WARNINGS:
+        lines += ["", "**Warnings:**", *[f"- {w}" for w in WARNINGS]]
+    lines += ["", f"total wall time {time.perf_counter() - t0:.1f} s"]
+    report = "\n".join(lines)
+    print()
+    print(report)
+    if args.out:
+        Path(args.out).write_text(report + "\n")
+        print(f"\nwritten to {args.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,27 @@
+"""tapejit: record plain numpy code once, evaluate values and derivatives fast, anywhere.
+
+>>> import numpy as np, tapejit
+>>> tape = tapejit.record(lambda x: np.sum(x ** 2), np.zeros(3))
+>>> tape.gradient(np.array([1.0, 2.0, 3.0])).tolist()
+[2.0, 4.0, 6.0]
+"""
+
+from ._errors import ControlFlowError, TracingError
+from ._ops import OPS, Op
+from ._record import record, stop_gradient
+from ._tape import Tape
+from ._transforms import grad, value_and_grad
+from ._version import __version__
+
+__all__ = [
+    "OPS",
+    "ControlFlowError",
+    "Op",
+    "Tape",
+    "TracingError",
+    "__version__",
+    "grad",
+    "record",
+    "stop_gradient",
+    "value_and_grad",
+]

@@ -1,0 +1,348 @@
+"""numpy functions on tracers: ufuncs via the op table, array functions implemented here.
+
+Every implementation works on the id arrays of the tracers (index arithmetic) and emits
+instructions in bulk; reductions are pairwise trees (``log2 n`` vectorized emissions).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+
+from ._errors import TracingError
+from ._ops import BY_NAME
+from ._recorder import Recorder
+from ._tracer import UFUNC_OPS, Tracer, emit, lift, logical, power, recorder_of
+
+FUNCTIONS: dict[Callable, Callable] = {}
+
+_LOGICAL = {np.logical_and: "and", np.logical_or: "or", np.logical_not: "not"}
+
+
+def _implements(*funcs: Callable) -> Callable:
+    def deco(impl: Callable) -> Callable:
+        for f in funcs:
+            FUNCTIONS[f] = impl
+        return impl
+
+    return deco
+
+
+def unsupported(func: Callable) -> TracingError:
+    """Error for a numpy function tapejit does not trace."""
+    mod = getattr(func, "__module__", "numpy") or "numpy"
+    name = f"{mod.replace('numpy._core', 'numpy').split('.')[0]}.{func.__name__}"
+    if mod.startswith("numpy.linalg"):
+        name = f"numpy.linalg.{func.__name__}"
+    return TracingError(
+        f"tapejit cannot trace {name}: it is not supported. Supported numpy functions "
+        f"are the ufuncs of the op table and: {', '.join(supported_functions())}."
+    )
+
+
+def supported_functions() -> list[str]:
+    """Names of the numpy (non-ufunc) functions tapejit can trace."""
+    return sorted({f.__name__ for f in FUNCTIONS})
+
+
+# -- ufuncs ------------------------------------------------------------------------------
+def apply_ufunc(rec: Recorder, ufunc: np.ufunc, method: str, inputs: tuple, kwargs: dict):
+    out = kwargs.pop("out", None)
+    if out is not None and not all(o is None for o in out):
+        raise TracingError(
+            f"numpy.{ufunc.__name__}(..., out=...) cannot be traced; assign the result instead"
+        )
+    kwargs.pop("casting", None)
+    dtype = kwargs.pop("dtype", None)
+    if dtype is not None and not np.issubdtype(np.dtype(dtype), np.floating):
+        raise TracingError(f"numpy.{ufunc.__name__} with dtype={dtype} cannot be traced")
+    if kwargs:
+        raise TracingError(
+            f"numpy.{ufunc.__name__} with keyword(s) {sorted(kwargs)} cannot be traced"
+        )
+    if method == "reduce" and ufunc in _REDUCERS:
+        return _REDUCERS[ufunc](*inputs)
+    if method != "__call__":
+        raise TracingError(f"numpy.{ufunc.__name__}.{method} cannot be traced")
+    if ufunc is np.power:
+        return power(*inputs)
+    if ufunc is np.matmul:
+        return matmul(*inputs)
+    if ufunc is np.positive:
+        return inputs[0]
+    if ufunc in _LOGICAL:
+        return logical(_LOGICAL[ufunc], *inputs)
+    if ufunc in (np.deg2rad, np.radians):
+        return emit("mul", inputs[0], np.pi / 180.0)
+    if ufunc in (np.rad2deg, np.degrees):
+        return emit("mul", inputs[0], 180.0 / np.pi)
+    op = UFUNC_OPS.get(ufunc)
+    if op is None:
+        raise unsupported(ufunc)
+    return emit(op.name, *inputs)
+
+
+# -- reductions --------------------------------------------------------------------------
+def _tree(rec: Recorder, name: str, ids: np.ndarray) -> np.ndarray:
+    """Reduce the last axis of ``ids`` pairwise with op ``name``."""
+    op = BY_NAME[name]
+    while ids.shape[-1] > 1:
+        n = ids.shape[-1]
+        h = n // 2
+        pair = rec.emit(op, ids[..., 0 : 2 * h : 2], ids[..., 1 : 2 * h : 2])
+        if n % 2:
+            pair = np.concatenate([pair, ids[..., -1:]], axis=-1)
+        ids = pair
+    return ids[..., 0]
+
+
+def _reduce(name: str, empty: float | None, x: Any, axis: Any, keepdims: bool, kw: dict):
+    for k, v in kw.items():
+        if k == "dtype" and (v is None or np.issubdtype(np.dtype(v), np.floating)):
+            continue
+        if k in ("out", "initial", "where") and v is None:
+            continue
+        if k in ("initial", "where") and v is np._NoValue:
+            continue
+        raise TracingError(f"numpy reduction with {k}={v!r} cannot be traced")
+    rec = recorder_of([x])
+    ids = lift(rec, x)
+    nd = ids.ndim
+    if axis is None:
+        axes = tuple(range(nd))
+    else:
+        axes = tuple(a % nd if nd else a for a in np.atleast_1d(axis).tolist())
+    keep = [a for a in range(nd) if a not in axes]
+    moved = ids.transpose(keep + list(axes)).reshape([ids.shape[a] for a in keep] + [-1])
+    if moved.shape[-1] == 0:
+        if empty is None:
+            raise ValueError("zero-size array to reduction operation which has no identity")
+        res = rec.const(np.full(moved.shape[:-1], empty))
+    else:
+        res = _tree(rec, name, moved)
+    if keepdims:
+        res = res.reshape([1 if a in axes else ids.shape[a] for a in range(nd)])
+    return Tracer(rec, np.asarray(res))
+
+
+@_implements(np.sum)
+def _sum(x, axis=None, dtype=None, out=None, keepdims=False, **kw):
+    return _reduce("add", 0.0, x, axis, keepdims, dict(kw, dtype=dtype, out=out))
+
+
+@_implements(np.prod)
+def _prod(x, axis=None, dtype=None, out=None, keepdims=False, **kw):
+    return _reduce("mul", 1.0, x, axis, keepdims, dict(kw, dtype=dtype, out=out))
+
+
+@_implements(np.max, np.amax)
+def _max(x, axis=None, out=None, keepdims=False, **kw):
+    return _reduce("maximum", None, x, axis, keepdims, dict(kw, out=out))
+
+
+@_implements(np.min, np.amin)
+def _min(x, axis=None, out=None, keepdims=False, **kw):
+    return _reduce("minimum", None, x, axis, keepdims, dict(kw, out=out))
+
+
+@_implements(np.mean)
+def _mean(x, axis=None, dtype=None, out=None, keepdims=False, **kw):
+    s = _sum(x, axis=axis, dtype=dtype, out=out, keepdims=keepdims, **kw)
+    n = np.size(lift(recorder_of([x]), x)) // max(np.size(s._ids), 1)
+    return emit("div", s, float(n))
+
+
+_REDUCERS = {
+    np.add: lambda x, axis=0, **kw: _sum(x, axis=axis, **kw),
+    np.multiply: lambda x, axis=0, **kw: _prod(x, axis=axis, **kw),
+    np.maximum: lambda x, axis=0, **kw: _max(x, axis=axis, **kw),
+    np.minimum: lambda x, axis=0, **kw: _min(x, axis=axis, **kw),
+}
+
+
+@_implements(np.cumsum)
+def _cumsum(x, axis=None, dtype=None, out=None):
+    if out is not None:
+        raise TracingError("numpy.cumsum(..., out=...) cannot be traced")
+    rec = recorder_of([x])
+    ids = lift(rec, x)
+    if axis is None:
+        ids, axis = ids.ravel(), 0
+    ids = np.moveaxis(ids, axis, -1).copy()
+    op = BY_NAME["add"]
+    # Hillis-Steele scan: log2(n) bulk emissions.
+    step = 1
+    while step < ids.shape[-1]:
+        ids[..., step:] = rec.emit(op, ids[..., step:], ids[..., :-step])
+        step *= 2
+    return Tracer(rec, np.moveaxis(ids, -1, axis))
+
+
+# -- products ----------------------------------------------------------------------------
+def matmul(a: Any, b: Any) -> Any:
+    """``a @ b`` for 1-D and 2-D operands (and stacks of matrices)."""
+    rec = recorder_of([a, b])
+    A, B = lift(rec, a), lift(rec, b)
+    if A.ndim == 0 or B.ndim == 0:
+        raise ValueError("matmul: input operand does not have enough dimensions")
+    ta, tb = Tracer(rec, A), Tracer(rec, B)
+    if A.ndim == 1 and B.ndim == 1:
+        return _sum(ta * tb)
+    if B.ndim == 1:
+        return _sum(ta * tb, axis=-1)
+    if A.ndim == 1:
+        return _sum(Tracer(rec, A[:, None]) * tb, axis=-2)
+    return _sum(Tracer(rec, A[..., :, :, None]) * Tracer(rec, B[..., None, :, :]), axis=-2)
+
+
+@_implements(np.dot)
+def _dot(a, b, out=None):
+    if out is not None:
+        raise TracingError("numpy.dot(..., out=...) cannot be traced")
+    if np.ndim(_ids(a)) == 0 or np.ndim(_ids(b)) == 0:
+        return emit("mul", a, b)
+    if np.ndim(_ids(b)) > 2:
+        raise TracingError("numpy.dot with an operand of more than 2 dimensions cannot be traced")
+    return matmul(a, b)
+
+
+@_implements(np.vdot)
+def _vdot(a, b):
+    return _sum(emit("mul", np.ravel(a), np.ravel(b)))
+
+
+@_implements(np.inner)
+def _inner(a, b):
+    if np.ndim(_ids(a)) > 1 or np.ndim(_ids(b)) > 1:
+        raise TracingError("numpy.inner of arrays with more than 1 dimension cannot be traced")
+    return _dot(a, b)
+
+
+@_implements(np.outer)
+def _outer(a, b, out=None):
+    return emit("mul", np.ravel(a)[:, None], np.ravel(b)[None, :])
+
+
+@_implements(np.linalg.norm)
+def _norm(x, ord=None, axis=None, keepdims=False):
+    if ord not in (None, 2, "fro") or (ord == 2 and axis is None and np.ndim(_ids(x)) > 1):
+        raise TracingError(
+            f"numpy.linalg.norm with ord={ord!r} cannot be traced; write it with np.sum, "
+            "np.abs and np.sqrt"
+        )
+    return emit("sqrt", _sum(emit("square", x), axis=axis, keepdims=keepdims))
+
+
+# -- selection and clipping --------------------------------------------------------------
+@_implements(np.where)
+def _where(cond, a=None, b=None):
+    if a is None or b is None:
+        raise TracingError("numpy.where(cond) with one argument returns indices; not traceable")
+    if not isinstance(cond, Tracer):  # constant mask: pick ids, record nothing
+        rec = recorder_of([a, b])
+        ia, ib = np.broadcast_arrays(lift(rec, a), lift(rec, b))
+        return Tracer(rec, np.where(np.asarray(cond) != 0, ia, ib))
+    return emit("where", cond, a, b)
+
+
+@_implements(np.clip)
+def _clip(x, a_min=None, a_max=None, out=None, **kw):
+    if out is not None:
+        raise TracingError("numpy.clip(..., out=...) cannot be traced")
+    lo = kw.pop("min", a_min)
+    hi = kw.pop("max", a_max)
+    if lo is None and hi is None:
+        raise ValueError("One of max or min must be given")
+    if lo is None:
+        return emit("minimum", x, hi)
+    if hi is None:
+        return emit("maximum", x, lo)
+    return emit("clip", x, lo, hi)
+
+
+# -- shape manipulation ------------------------------------------------------------------
+def _ids(x: Any) -> np.ndarray:
+    return x._ids if isinstance(x, Tracer) else np.asarray(x)
+
+
+def _shape_fn(fn: Callable) -> Callable:
+    """Lift a numpy shape function to tracers by applying it to the id array."""
+
+    def impl(x, *args, **kwargs):
+        rec = recorder_of([x])
+        return Tracer(rec, np.asarray(fn(lift(rec, x), *args, **kwargs)))
+
+    return impl
+
+
+for _f in (
+    np.reshape, np.ravel, np.transpose, np.squeeze, np.expand_dims, np.atleast_1d,
+    np.atleast_2d, np.broadcast_to, np.swapaxes, np.moveaxis, np.flip, np.roll, np.tile,
+    np.repeat, np.diagonal, np.copy, np.triu, np.tril,
+):
+    FUNCTIONS[_f] = _shape_fn(_f)
+
+
+def _seq_fn(fn: Callable) -> Callable:
+    def impl(arrays, *args, **kwargs):
+        arrays = list(arrays)
+        rec = recorder_of(arrays)
+        return Tracer(rec, np.asarray(fn([lift(rec, a) for a in arrays], *args, **kwargs)))
+
+    return impl
+
+
+for _f in (np.concatenate, np.stack, np.hstack, np.vstack, np.column_stack, np.append):
+    FUNCTIONS[_f] = _seq_fn(_f)
+FUNCTIONS[np.append] = lambda arr, values, axis=None: FUNCTIONS[np.concatenate](
+    [np.ravel(arr) if axis is None else arr, np.ravel(values) if axis is None else values],
+    axis=0 if axis is None else axis,
+)
+
+
+def stack(values: list) -> Tracer:
+    """np.stack of a list of tracers and numbers (used for lists mixed into arithmetic)."""
+    return FUNCTIONS[np.stack](values)
+
+
+@_implements(np.diff)
+def _diff(x, n=1, axis=-1):
+    for _ in range(n):
+        ids = _ids(x)
+        sl1 = [slice(None)] * ids.ndim
+        sl0 = [slice(None)] * ids.ndim
+        sl1[axis] = slice(1, None)
+        sl0[axis] = slice(None, -1)
+        x = x[tuple(sl1)] - x[tuple(sl0)]
+    return x
+
+
+@_implements(np.trace)
+def _trace(x, offset=0, axis1=0, axis2=1):
+    return _sum(np.diagonal(x, offset, axis1, axis2), axis=-1)
+
+
+def _const_like(fill: float | None) -> Callable:
+    def impl(x, *args, **kwargs):
+        shape = kwargs.get("shape") or np.shape(_ids(x))
+        rec = recorder_of([x, *args])
+        value = args[0] if fill is None else fill
+        if isinstance(value, Tracer):
+            return Tracer(rec, np.broadcast_to(value._ids, shape).copy())
+        return Tracer(rec, rec.const(np.full(shape, value, dtype=np.float64)))
+
+    return impl
+
+
+FUNCTIONS[np.zeros_like] = _const_like(0.0)
+FUNCTIONS[np.ones_like] = _const_like(1.0)
+FUNCTIONS[np.empty_like] = _const_like(0.0)
+FUNCTIONS[np.full_like] = _const_like(None)
+FUNCTIONS[np.shape] = lambda x: _ids(x).shape
+FUNCTIONS[np.ndim] = lambda x: _ids(x).ndim
+FUNCTIONS[np.size] = lambda x, axis=None: np.size(_ids(x), axis)
+FUNCTIONS[np.result_type] = lambda *a: np.result_type(
+    *[np.float64 if isinstance(v, Tracer) else v for v in a]
+)

@@ -1,0 +1,298 @@
+"""The op table: every elementary operation tapejit knows, declared exactly once.
+
+Each :class:`Op` holds everything the rest of the package derives from it:
+
+* ``value``: the result as a Numba scalar expression of the operands ``a, b, c``;
+* ``partials``: the local partial derivative with respect to each operand, as an
+  expression of the operands and the result ``r`` (so ``exp`` reuses its own value);
+* ``second``: the second partials, upper triangle in row order (``aa``; ``aa, ab, bb``;
+  ``aa, ab, ac, bb, bc, cc``), used by second-order sweeps;
+* ``numpy``: the numpy reference (used for constant folding while recording and by the
+  tests);
+* ``domain``: for each operand, the interval the tests sample from;
+* ``flags``: named classes of ops (STYLE.md section 2) that the code generator and the
+  tracer exploit.
+
+The tracer (``_tracer.py``), the generated Numba kernels (``_codegen.py``), the tests and
+the docs' op listing all iterate over :data:`OPS`. Adding an op touches this file only.
+
+Derivative conventions at kinks (documented in docs/ops):
+
+* ``abs``: derivative ``sign(a)``, so 0 at 0;
+* ``maximum``/``minimum``: at a tie each operand gets 1/2 (symmetric, and
+  ``maximum(x, x)`` has derivative 1); ``relu = maximum(0, x)`` therefore has 1/2 at 0;
+* ``clip(x, lo, hi)``: derivative 1 with respect to ``x`` on the closed interval
+  ``lo <= x <= hi``; with respect to ``lo`` when ``x < lo``; to ``hi`` when ``x > hi``
+  (or ``lo > hi``, where numpy returns ``hi``);
+* ``sign``, ``floor``, ``ceil``, comparisons and ``stop_gradient``: derivative 0;
+* ``hypot`` at the origin: derivative 0; ``pow(a, b)``: ``d/da`` is 0 when ``b == 0``
+  and ``d/db`` is 0 where the result is 0 (so ``pow(0, 1.875)`` and ``pow(0, y)`` do not
+  produce NaN);
+* ``sqrt``/``cbrt`` at 0, ``log`` at 0, ``arcsin`` at +-1 and similar: the true infinite
+  derivative.
+
+NaN policy: values propagate NaN and inf exactly as numpy does. In every sweep the
+product of an adjoint (or tangent) and a local partial is **zero when either factor is
+exactly zero** (CppAD's ``azmul``). So a branch that ``np.where`` did not take, a
+``stop_gradient``, or a zero derivative never turns an infinite or NaN partial elsewhere
+into NaN in the gradient.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import numpy as np
+
+LINEAR = "linear"  # partials are constants
+ZERO_DERIVATIVE = "zero_derivative"  # every partial is 0
+COMMUTATIVE = "commutative"
+COMPARISON = "comparison"  # result is 1.0 or 0.0
+PIECEWISE = "piecewise"  # derivative has kinks or jumps: test points avoid them
+
+
+@dataclass(frozen=True)
+class Op:
+    """One elementary operation of the tape.
+
+    Attributes
+    ----------
+    code : int
+        Opcode stored in the tape (1..127; 0 is never used, 128+ is reserved for block
+        instructions).
+    name : str
+        Name used in listings, errors and docs.
+    arity : int
+        Number of operands (1, 2 or 3).
+    value : str
+        Numba expression of the operands ``a, b, c``.
+    partials : tuple of str
+        Expression of ``d r / d operand`` for each operand, in ``a, b, c, r``.
+    second : tuple of str
+        Upper triangle of the second partials in row order.
+    numpy : callable
+        numpy reference implementation; where it is a ufunc, the tracer maps that ufunc
+        to this op. Comparison references return bools, read as 1.0/0.0.
+    domain : tuple of (float, float)
+        Sampling interval per operand for the tests.
+    flags : frozenset of str
+        Op classes, see the module constants.
+    doc : str
+        One line for the docs (the kink convention where there is one).
+    """
+
+    code: int
+    name: str
+    arity: int
+    value: str
+    partials: tuple[str, ...]
+    second: tuple[str, ...]
+    numpy: Callable[..., np.ndarray]
+    domain: tuple[tuple[float, float], ...]
+    flags: frozenset[str] = frozenset()
+    doc: str = ""
+
+    def __post_init__(self) -> None:
+        n_second = {1: 1, 2: 3, 3: 6}[self.arity]
+        if len(self.partials) != self.arity or len(self.second) != n_second:
+            raise ValueError(f"op {self.name}: partials/second do not match arity {self.arity}")
+        if not 0 < self.code < 128:
+            raise ValueError(f"op {self.name}: opcode {self.code} outside 1..127")
+
+
+def _sel(c, a, b):
+    return np.where(np.asarray(c) != 0, a, b)
+
+
+_R = (-3.0, 3.0)
+_POS = (0.1, 4.0)
+_UNIT = (-0.95, 0.95)
+Z = "0.0"
+_Z3 = (Z, Z, Z)
+_Z6 = (Z,) * 6
+_CMP = frozenset({ZERO_DERIVATIVE, COMPARISON, PIECEWISE})
+
+_TABLE: list[Op] = [
+    # --- arithmetic ---------------------------------------------------------------------
+    Op(1, "add", 2, "a + b", ("1.0", "1.0"), _Z3, np.add, (_R, _R),
+       frozenset({LINEAR, COMMUTATIVE})),
+    Op(2, "sub", 2, "a - b", ("1.0", "-1.0"), _Z3, np.subtract, (_R, _R), frozenset({LINEAR})),
+    Op(3, "mul", 2, "a * b", ("b", "a"), (Z, "1.0", Z), np.multiply, (_R, _R),
+       frozenset({COMMUTATIVE})),
+    Op(4, "div", 2, "a / b", ("1.0 / b", "-r / b"),
+       (Z, "-1.0 / (b * b)", "2.0 * r / (b * b)"), np.divide, (_R, (0.5, 3.0))),
+    Op(5, "neg", 1, "-a", ("-1.0",), (Z,), np.negative, (_R,), frozenset({LINEAR})),
+    Op(6, "pow", 2, "a ** b",
+       ("0.0 if b == 0.0 else b * a ** (b - 1.0)", "0.0 if r == 0.0 else r * math.log(a)"),
+       ("0.0 if b == 0.0 or b == 1.0 else b * (b - 1.0) * a ** (b - 2.0)",
+        "0.0 if a == 0.0 else a ** (b - 1.0) * (1.0 + b * math.log(a))",
+        "0.0 if r == 0.0 else r * math.log(a) ** 2"),
+       np.power, (_POS, _R),
+       doc="d/da is 0 where b == 0; d/db is 0 where the result is 0 (pow(0, y) has no NaN)"),
+    Op(7, "square", 1, "a * a", ("2.0 * a",), ("2.0",), np.square, (_R,)),
+    Op(8, "reciprocal", 1, "1.0 / a", ("-r * r",), ("2.0 * r * r * r",), np.reciprocal,
+       ((0.5, 3.0),)),
+    # --- roots, exponentials, logarithms -------------------------------------------------
+    Op(9, "sqrt", 1, "math.sqrt(a)", ("0.5 / r",), ("-0.25 / (r * r * r)",), np.sqrt, (_POS,),
+       doc="derivative +inf at 0"),
+    Op(10, "cbrt", 1, "np.cbrt(a)", ("1.0 / (3.0 * r * r)",),
+       ("-2.0 / (9.0 * r * r * r * r * r)",), np.cbrt, ((0.2, 4.0),), doc="derivative +inf at 0"),
+    Op(11, "exp", 1, "math.exp(a)", ("r",), ("r",), np.exp, (_R,)),
+    Op(12, "exp2", 1, "np.exp2(a)", ("r * 0.6931471805599453",),
+       ("r * 0.4804530139182014",), np.exp2, (_R,)),
+    Op(13, "expm1", 1, "math.expm1(a)", ("r + 1.0",), ("r + 1.0",), np.expm1, (_R,)),
+    Op(14, "log", 1, "math.log(a)", ("1.0 / a",), ("-1.0 / (a * a)",), np.log, (_POS,)),
+    Op(15, "log2", 1, "math.log2(a)", ("1.4426950408889634 / a",),
+       ("-1.4426950408889634 / (a * a)",), np.log2, (_POS,)),
+    Op(16, "log10", 1, "math.log10(a)", ("0.4342944819032518 / a",),
+       ("-0.4342944819032518 / (a * a)",), np.log10, (_POS,)),
+    Op(17, "log1p", 1, "math.log1p(a)", ("1.0 / (1.0 + a)",),
+       ("-1.0 / ((1.0 + a) * (1.0 + a))",), np.log1p, ((-0.9, 3.0),)),
+    # --- trigonometric and hyperbolic ---------------------------------------------------
+    Op(18, "sin", 1, "math.sin(a)", ("math.cos(a)",), ("-r",), np.sin, (_R,)),
+    Op(19, "cos", 1, "math.cos(a)", ("-math.sin(a)",), ("-r",), np.cos, (_R,)),
+    Op(20, "tan", 1, "math.tan(a)", ("1.0 + r * r",), ("2.0 * r * (1.0 + r * r)",), np.tan,
+       ((-1.3, 1.3),)),
+    Op(21, "arcsin", 1, "math.asin(a)", ("1.0 / math.sqrt(1.0 - a * a)",),
+       ("a / (1.0 - a * a) ** 1.5",), np.arcsin, (_UNIT,)),
+    Op(22, "arccos", 1, "math.acos(a)", ("-1.0 / math.sqrt(1.0 - a * a)",),
+       ("-a / (1.0 - a * a) ** 1.5",), np.arccos, (_UNIT,)),
+    Op(23, "arctan", 1, "math.atan(a)", ("1.0 / (1.0 + a * a)",),
+       ("-2.0 * a / ((1.0 + a * a) * (1.0 + a * a))",), np.arctan, (_R,)),
+    Op(24, "arctan2", 2, "math.atan2(a, b)", ("b / (a * a + b * b)", "-a / (a * a + b * b)"),
+       ("-2.0 * a * b / ((a * a + b * b) * (a * a + b * b))",
+        "(a * a - b * b) / ((a * a + b * b) * (a * a + b * b))",
+        "2.0 * a * b / ((a * a + b * b) * (a * a + b * b))"),
+       np.arctan2, (_R, (0.5, 3.0)), doc="NaN derivative at the origin"),
+    Op(25, "sinh", 1, "math.sinh(a)", ("math.cosh(a)",), ("r",), np.sinh, (_R,)),
+    Op(26, "cosh", 1, "math.cosh(a)", ("math.sinh(a)",), ("r",), np.cosh, (_R,)),
+    Op(27, "tanh", 1, "math.tanh(a)", ("1.0 - r * r",), ("-2.0 * r * (1.0 - r * r)",),
+       np.tanh, (_R,)),
+    Op(28, "arcsinh", 1, "math.asinh(a)", ("1.0 / math.sqrt(a * a + 1.0)",),
+       ("-a / (a * a + 1.0) ** 1.5",), np.arcsinh, (_R,)),
+    Op(29, "arccosh", 1, "math.acosh(a)", ("1.0 / math.sqrt(a * a - 1.0)",),
+       ("-a / (a * a - 1.0) ** 1.5",), np.arccosh, ((1.1, 4.0),)),
+    Op(30, "arctanh", 1, "math.atanh(a)", ("1.0 / (1.0 - a * a)",),
+       ("2.0 * a / ((1.0 - a * a) * (1.0 - a * a))",), np.arctanh, (_UNIT,)),
+    # --- piecewise ------------------------------------------------------------------------
+    Op(31, "abs", 1, "abs(a)", ("_sign(a)",), (Z,), np.abs, (_R,), frozenset({PIECEWISE}),
+       doc="derivative sign(a): 0 at 0"),
+    Op(32, "sign", 1, "_sign(a)", (Z,), (Z,), np.sign, (_R,),
+       frozenset({ZERO_DERIVATIVE, PIECEWISE})),
+    Op(33, "floor", 1, "np.floor(a)", (Z,), (Z,), np.floor, (_R,),
+       frozenset({ZERO_DERIVATIVE, PIECEWISE})),
+    Op(34, "ceil", 1, "np.ceil(a)", (Z,), (Z,), np.ceil, (_R,),
+       frozenset({ZERO_DERIVATIVE, PIECEWISE})),
+    Op(35, "maximum", 2, "_maximum(a, b)",
+       ("1.0 if a > b else (0.5 if a == b else 0.0)",
+        "1.0 if b > a else (0.5 if a == b else 0.0)"),
+       _Z3, np.maximum, (_R, _R), frozenset({COMMUTATIVE, PIECEWISE}),
+       doc="1/2 to each operand at a tie; NaN propagates like numpy"),
+    Op(36, "minimum", 2, "_minimum(a, b)",
+       ("1.0 if a < b else (0.5 if a == b else 0.0)",
+        "1.0 if b < a else (0.5 if a == b else 0.0)"),
+       _Z3, np.minimum, (_R, _R), frozenset({COMMUTATIVE, PIECEWISE}),
+       doc="1/2 to each operand at a tie; NaN propagates like numpy"),
+    Op(37, "hypot", 2, "math.hypot(a, b)",
+       ("0.0 if r == 0.0 else a / r", "0.0 if r == 0.0 else b / r"),
+       ("0.0 if r == 0.0 else b * b / (r * r * r)", "0.0 if r == 0.0 else -a * b / (r * r * r)",
+        "0.0 if r == 0.0 else a * a / (r * r * r)"),
+       np.hypot, (_R, _R), frozenset({COMMUTATIVE}), doc="derivative 0 at the origin"),
+    Op(38, "clip", 3, "_clip(a, b, c)",
+       ("1.0 if (a >= b and a <= c) else 0.0",
+        "1.0 if (a < b and b <= c) else 0.0",
+        "1.0 if (a > c or b > c) else 0.0"),
+       _Z6, np.clip, (_R, (-1.0, -0.2), (0.2, 1.0)), frozenset({PIECEWISE}),
+       doc="d/dx = 1 on lo <= x <= hi; d/dlo where x < lo; d/dhi where x > hi"),
+    Op(39, "where", 3, "b if a != 0.0 else c",
+       (Z, "1.0 if a != 0.0 else 0.0", "0.0 if a != 0.0 else 1.0"),
+       _Z6, _sel, ((0.0, 1.0), _R, _R), frozenset({PIECEWISE}),
+       doc="select: the untaken operand gets an exactly zero adjoint"),
+    Op(40, "logaddexp", 2, "_logaddexp(a, b)", ("math.exp(a - r)", "math.exp(b - r)"),
+       ("math.exp(a - r) * (1.0 - math.exp(a - r))", "-math.exp(a - r) * math.exp(b - r)",
+        "math.exp(b - r) * (1.0 - math.exp(b - r))"),
+       np.logaddexp, (_R, _R), frozenset({COMMUTATIVE})),
+    Op(41, "stop_gradient", 1, "a", (Z,), (Z,), lambda a: np.array(a, dtype=np.float64),
+       (_R,), frozenset({ZERO_DERIVATIVE}),
+       doc="value passes through, derivative 0 (detach)"),
+    # --- comparisons: value 1.0 or 0.0, derivative 0 -------------------------------------
+    Op(42, "less", 2, "1.0 if a < b else 0.0", (Z, Z), _Z3, np.less, (_R, _R), _CMP),
+    Op(43, "less_equal", 2, "1.0 if a <= b else 0.0", (Z, Z), _Z3, np.less_equal,
+       (_R, _R), _CMP),
+    Op(44, "greater", 2, "1.0 if a > b else 0.0", (Z, Z), _Z3, np.greater, (_R, _R),
+       _CMP),
+    Op(45, "greater_equal", 2, "1.0 if a >= b else 0.0", (Z, Z), _Z3, np.greater_equal,
+       (_R, _R), _CMP),
+    Op(46, "equal", 2, "1.0 if a == b else 0.0", (Z, Z), _Z3, np.equal, (_R, _R),
+       _CMP | {COMMUTATIVE}),
+    Op(47, "not_equal", 2, "1.0 if a != b else 0.0", (Z, Z), _Z3, np.not_equal,
+       (_R, _R), _CMP | {COMMUTATIVE}),
+]
+
+#: All ops, in opcode order.
+OPS: tuple[Op, ...] = tuple(sorted(_TABLE, key=lambda op: op.code))
+#: Ops by name.
+BY_NAME: dict[str, Op] = {op.name: op for op in OPS}
+#: Ops by opcode.
+BY_CODE: dict[int, Op] = {op.code: op for op in OPS}
+
+if len(BY_NAME) != len(OPS) or len(BY_CODE) != len(OPS):
+    raise RuntimeError("duplicate op name or opcode in the op table")
+
+#: Scalar helper functions the value and partial expressions may call, as Numba source.
+#: They live here, beside the table, so the table's expressions are self-contained.
+HELPERS = '''
+@njit(cache=True, nogil=True)
+def _sign(a):
+    if a > 0.0:
+        return 1.0
+    if a < 0.0:
+        return -1.0
+    return a * 0.0  # 0.0 stays 0.0, NaN stays NaN
+
+
+@njit(cache=True, nogil=True)
+def _maximum(a, b):
+    return a if (a >= b or a != a) else b
+
+
+@njit(cache=True, nogil=True)
+def _minimum(a, b):
+    return a if (a <= b or a != a) else b
+
+
+@njit(cache=True, nogil=True)
+def _clip(a, lo, hi):
+    return _minimum(_maximum(a, lo), hi)
+
+
+@njit(cache=True, nogil=True)
+def _logaddexp(a, b):
+    if a == b:
+        return a + 0.6931471805599453
+    m = _maximum(a, b)
+    return m + math.log1p(math.exp(-abs(a - b)))
+
+
+@njit(cache=True, nogil=True)
+def _azmul(x, y):
+    # CppAD's azmul: zero times anything (inf, NaN) is zero.
+    if x == 0.0 or y == 0.0:
+        return 0.0
+    return x * y
+'''
+
+
+def fingerprint() -> str:
+    """Return a short hash of the op table: opcodes, names, arity and formulas.
+
+    Saved tapes carry it so that a tape is never run by kernels of a different table.
+    """
+    import hashlib
+
+    h = hashlib.sha256()
+    for op in OPS:
+        h.update(repr((op.code, op.name, op.arity, op.value, op.partials, op.second)).encode())
+    h.update(HELPERS.encode())
+    return h.hexdigest()[:16]

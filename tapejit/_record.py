@@ -1,0 +1,156 @@
+"""``record``: trace a Python function once into a :class:`~tapejit.Tape`."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import numpy as np
+
+from ._errors import TracingError
+from ._recorder import Recorder
+from ._tape import Tape
+from ._tracer import Tracer
+
+
+def _as_arg(value: Any, i: int) -> np.ndarray:
+    arr = np.asarray(value)
+    if arr.dtype.kind not in "biuf" or arr.dtype.kind == "b":
+        raise TypeError(
+            f"argument {i} must be a real number or an array of real numbers; "
+            f"got {type(value).__name__}" + (f" of dtype {arr.dtype}" if arr.dtype.kind else "")
+        )
+    return arr.astype(np.float64)
+
+
+def normalize_argnums(argnums: int | Sequence[int] | None, n_args: int) -> tuple[int, ...]:
+    """Validate ``argnums`` against the number of arguments; ``None`` means all."""
+    if argnums is None:
+        return tuple(range(n_args))
+    nums = (argnums,) if isinstance(argnums, int | np.integer) else tuple(argnums)
+    out = []
+    for a in nums:
+        if not isinstance(a, int | np.integer) or not -n_args <= a < n_args:
+            raise ValueError(f"argnums entry {a!r} is not an argument index for {n_args} args")
+        out.append(int(a) % n_args)
+    if len(set(out)) != len(out):
+        raise ValueError(f"argnums {argnums!r} repeats an argument")
+    return tuple(out)
+
+
+def _flatten_outputs(rec: Recorder, result: Any) -> tuple[np.ndarray, tuple]:
+    items = list(result) if isinstance(result, tuple | list) else [result]
+    ids, shapes = [], []
+    for k, item in enumerate(items):
+        if isinstance(item, Tracer):
+            if item._rec is not rec:
+                raise TracingError("the function returned a value from another recording")
+            i = item._ids
+        else:
+            arr = np.asarray(item)
+            if arr.dtype.kind not in "biuf":
+                raise TypeError(
+                    f"output {k} of the recorded function is {type(item).__name__}; "
+                    "expected a number, an array or a traced value (or a tuple of them)"
+                )
+            i = rec.const(arr.astype(np.float64))
+        ids.append(np.ravel(i))
+        shapes.append(np.shape(i))
+    flat = np.concatenate(ids) if ids else np.empty(0, np.int64)
+    return flat, tuple(shapes)
+
+
+def record(
+    f: Callable[..., Any],
+    *args: Any,
+    argnums: int | Sequence[int] | None = None,
+    static: dict[int, Any] | None = None,
+) -> Tape:
+    """Record ``f`` once into a :class:`Tape`.
+
+    ``f`` is called with tracing stand-ins in place of its arguments and may use Python
+    arithmetic, indexing, slicing, broadcasting, loops and numpy functions. Every
+    elementary operation is recorded; constants are folded and never become tape
+    variables.
+
+    Parameters
+    ----------
+    f : callable
+        Function of the arguments, returning a number, an array, or a tuple of them
+        (outputs are flattened in order).
+    *args : float or array_like
+        Example arguments; only their shapes matter (values are used for nothing but
+        folding what does not depend on them).
+    argnums : int or sequence of int, optional
+        Arguments to differentiate with respect to; they become the tape's inputs
+        (flattened in order). The other arguments become *parameters*: tape inputs that
+        are not differentiated, given per point or fixed at evaluation time (data of a
+        fit, for instance). Default: all arguments are inputs.
+    static : dict, optional
+        Internal: arguments passed to ``f`` as they are, not traced (by position).
+
+    Returns
+    -------
+    Tape
+
+    Raises
+    ------
+    TracingError
+        If ``f`` does something a tape cannot record faithfully (Python control flow on a
+        traced value, an unsupported numpy function, converting a traced value to a
+        number).
+
+    Examples
+    --------
+    >>> import numpy as np, tapejit
+    >>> tape = tapejit.record(lambda x1, x2: np.log(x1) + x1 * x2 - np.sin(x2), 2.0, 5.0)
+    >>> v, g = tape.value_and_grad(np.array([2.0, 5.0]))
+    >>> round(v, 6), np.round(g, 6).tolist()
+    (11.652071, [5.5, 1.716338])
+    """
+    static = static or {}
+    traced_pos = [i for i in range(len(args)) if i not in static]
+    nums = normalize_argnums(argnums, len(args))
+    for a in nums:
+        if a in static:
+            raise ValueError(f"argument {a} is static and cannot be differentiated")
+    rec = Recorder()
+    call_args: list[Any] = list(args)
+    leaves: dict[int, np.ndarray] = {}
+    shapes: dict[int, tuple[int, ...]] = {}
+    for i in traced_pos:
+        arr = _as_arg(args[i], i)
+        leaves[i] = rec.leaves(arr.shape)
+        shapes[i] = arr.shape
+        call_args[i] = Tracer(rec, leaves[i].copy())  # f may assign into it
+    try:
+        result = f(*call_args)
+    finally:
+        rec.closed = True
+    out_ids, out_shapes = _flatten_outputs(rec, result)
+    param_pos = [i for i in traced_pos if i not in nums]
+
+    def cat(pos: list[int]) -> np.ndarray:
+        return np.concatenate([leaves[i].ravel() for i in pos]) if pos else np.empty(0, int)
+
+    opcodes, op_args, consts, inputs, params, outputs = rec.finalize(
+        cat(list(nums)), cat(param_pos), out_ids
+    )
+    return Tape(
+        opcodes, op_args, consts, inputs, params, outputs,
+        input_shapes=tuple(shapes[i] for i in nums),
+        output_shapes=out_shapes,
+        name=getattr(f, "__name__", ""),
+    )
+
+
+def stop_gradient(x: Any) -> Any:
+    """Use ``x``'s value but do not differentiate through it (``detach``).
+
+    ``z = u * x`` with ``u = stop_gradient(x * x)`` has ``dz/dx = u``.
+    """
+    if isinstance(x, Tracer):
+        from ._tracer import emit
+
+        return emit("stop_gradient", x)
+    return x
