@@ -10,7 +10,7 @@ from ._errors import ControlFlowError, TracingError
 from ._ops import OPS, Op
 from ._record import record, stop_gradient
 from ._tape import Tape
-from ._transforms import grad, value_and_grad
+from ._transforms import grad, hessian, hvp, jacobian, jvp, value_and_grad
 from ._version import __version__
 
 __all__ = [
@@ -21,6 +21,10 @@ __all__ = [
     "TracingError",
     "__version__",
     "grad",
+    "hessian",
+    "hvp",
+    "jacobian",
+    "jvp",
     "record",
     "stop_gradient",
     "value_and_grad",

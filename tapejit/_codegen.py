@@ -114,6 +114,135 @@ def _reverse_chunk() -> str:
     return "\n".join(lines)
 
 
+_SECOND_INDEX = {1: {(0, 0): 0}, 2: {(0, 0): 0, (0, 1): 1, (1, 1): 2},
+                 3: {(0, 0): 0, (0, 1): 1, (0, 2): 2, (1, 1): 3, (1, 2): 4, (2, 2): 5}}
+_SLOTS = ("ia", "ib", "ic")
+_ZERO = ("0.0", "0")
+
+
+def _second(op: Op, k: int, j: int) -> str:
+    return op.second[_SECOND_INDEX[op.arity][(min(k, j), max(k, j))]]
+
+
+def _partial_rows(op: Op, ks: list[int], ind: str, extra: list[tuple[str, str]] = ()) -> list[str]:
+    """A point loop storing partial ``k`` of each listed operand in ``D[k, p]`` (and the
+    extra ``(target, expr)`` pairs), reading only the workspace rows they use."""
+    exprs = [(f"D[{k}, p]", op.partials[k]) for k in ks] + list(extra)
+    names = sorted({v for _, e in exprs for v in _uses(e)}, key="abcr".index)
+    lines = _views(names, ind) + [f"{ind}for p in range(m):"]
+    lines += _loads(names, ind + "    ")
+    lines += [f"{ind}    {t} = {e}" for t, e in exprs]
+    return lines
+
+
+def _forward_tangent_chunk() -> str:
+    """Values and tangents in one pass: ``T[s, d, p]`` is direction ``d`` of slot ``s``."""
+    lines = [
+        "@njit(cache=True, nogil=True)",
+        "def forward_tangent_chunk(prog, W, T, D, nv, m):",
+        "    nd = prog[2]",
+        "    k = prog[10]",
+        "    for i in range(prog[6]):",
+        "        op = prog[k]",
+        "        ir = prog[k + 1]",
+        "        ia = prog[k + 2]",
+        "        ib = prog[k + 3]",
+        "        ic = prog[k + 4]",
+        f"        k += {ROW}",
+        "        tr = T[ir]",
+        "        for d in range(nv):",
+        "            for p in range(m):",
+        "                tr[d, p] = 0.0",
+    ]
+    kw = "if"
+    for op in _dispatch_order():
+        used = [v for v in _uses(op.value) if v != "r"]
+        lines.append(f"        {kw} op == {op.code}:  # {op.name}")
+        kw = "elif"
+        lines += _views(used + ["r"], "            ")
+        lines.append("            for p in range(m):")
+        lines += _loads(used, "                ")
+        lines.append(f"                wr[p] = {op.value}")
+        ks = [k for k in range(op.arity) if op.partials[k] not in _ZERO]
+        general = [k for k in ks if op.partials[k] not in ("1.0", "-1.0")]
+        if general:
+            lines += _partial_rows(op, general, "            ")
+        for k in ks:
+            lines.append(f"            if {_SLOTS[k]} >= nd:")
+            lines.append(f"                tk = T[{_SLOTS[k]}]")
+            lines.append("                for d in range(nv):")
+            lines.append("                    for p in range(m):")
+            if op.partials[k] == "1.0":
+                lines.append("                        tr[d, p] += tk[d, p]")
+            elif op.partials[k] == "-1.0":
+                lines.append("                        tr[d, p] -= tk[d, p]")
+            else:
+                lines.append(f"                        tr[d, p] += _azmul(tk[d, p], D[{k}, p])")
+    return "\n".join(lines)
+
+
+def _reverse_hvp_chunk() -> str:
+    """Adjoints ``A`` and their tangents ``Ad`` (forward-over-reverse), one pass back.
+
+    For operand k of an instruction with result r:
+    ``A[k] += A[r] * d_k`` and ``Ad[k] += Ad[r] * d_k + A[r] * sum_j d2_kj * T[j]``,
+    every product taken with the zero-times-anything-is-zero rule.
+    """
+    lines = [
+        "@njit(cache=True, nogil=True)",
+        "def reverse_hvp_chunk(prog, W, T, A, Ad, D, S, nv, m):",
+        "    nd = prog[2]",
+        "    k0 = prog[10]",
+        "    for i in range(prog[6] - 1, -1, -1):",
+        f"        k = k0 + {ROW} * i",
+        "        op = prog[k]",
+        "        ir = prog[k + 1]",
+        "        ia = prog[k + 2]",
+        "        ib = prog[k + 3]",
+        "        ic = prog[k + 4]",
+    ]
+    kw = "if"
+    for op in _dispatch_order():
+        ks = [k for k in range(op.arity) if op.partials[k] not in _ZERO]
+        if not ks:
+            continue
+        lines.append(f"        {kw} op == {op.code}:  # {op.name}")
+        kw = "elif"
+        general = [k for k in ks if op.partials[k] not in ("1.0", "-1.0")]
+        seconds = {(k, j): _second(op, k, j) for k in ks for j in range(op.arity)
+                   if _second(op, k, j) not in _ZERO}
+        sidx = {kj: n for n, kj in enumerate(seconds)}
+        extra = [(f"S[{sidx[kj]}, p]", e) for kj, e in seconds.items()]
+        if general or extra:
+            lines += _partial_rows(op, general, "            ", extra)
+        lines.append("            gr = A[ir]")
+        lines.append("            gdr = Ad[ir]")
+        for k in ks:
+            pk = op.partials[k]
+            lines.append(f"            if {_SLOTS[k]} >= nd:")
+            lines.append(f"                ga = A[{_SLOTS[k]}]")
+            lines.append(f"                gda = Ad[{_SLOTS[k]}]")
+            js = [j for j in range(op.arity) if (k, j) in seconds]
+            for j in js:
+                lines.append(f"                t{j} = T[{_SLOTS[j]}]")
+            if pk == "1.0":
+                first, dfirst = "gr[p]", "gdr[d, p]"
+            elif pk == "-1.0":
+                first, dfirst = "-gr[p]", "-gdr[d, p]"
+            else:
+                first, dfirst = f"_azmul(gr[p], D[{k}, p])", f"_azmul(gdr[d, p], D[{k}, p])"
+            lines.append("                for p in range(m):")
+            lines.append(f"                    ga[p] += {first}")
+            lines.append("                for d in range(nv):")
+            lines.append("                    for p in range(m):")
+            if js:
+                u = " + ".join(f"_azmul(S[{sidx[(k, j)]}, p], t{j}[d, p])" for j in js)
+                lines.append(f"                        gda[d, p] += {dfirst} + _azmul(gr[p], {u})")
+            else:
+                lines.append(f"                        gda[d, p] += {dfirst}")
+    return "\n".join(lines)
+
+
 # Drivers: chunking, loading inputs, parallel loop over threads. ``{PAR}``/``{RANGE}``
 # are filled twice, giving a parallel and a serial copy of each batched driver.
 _SUPPORT = '''
@@ -289,6 +418,100 @@ def jacrev_batch_{SUF}(prog, consts, X, P, Y, J, chunk, nthreads):
 '''
 
 
+_BATCH2 = '''
+@njit(cache=True, nogil=True)
+def _zero_low_tangents(prog, T):
+    # Constants and parameters have zero tangent; instructions never write these rows.
+    for s in range(prog[2]):
+        for d in range(T.shape[1]):
+            for p in range(T.shape[2]):
+                T[s, d, p] = 0.0
+
+
+@njit(cache=True, nogil=True)
+def _seed_tangents(prog, V, T, p0, m):
+    o = prog[7]
+    for j in range(prog[3]):
+        s = prog[o + j]
+        for d in range(V.shape[1]):
+            if V.shape[0] == 1:
+                for p in range(m):
+                    T[s, d, p] = V[0, d, j]
+            else:
+                for p in range(m):
+                    T[s, d, p] = V[p0 + p, d, j]
+
+
+@njit(cache=True, nogil=True, parallel={PAR})
+def jvp_batch_{SUF}(prog, consts, X, P, V, Y, TY, chunk, nthreads):
+    n = X.shape[0]
+    nv = V.shape[1]
+    nchunks = (n + chunk - 1) // chunk
+    nt = min(nthreads, nchunks)
+    oo = prog[9]
+    for t in {RANGE}(nt):
+        W = np.empty((prog[0], chunk))
+        T = np.empty((prog[0], nv, chunk))
+        D = np.empty((3, chunk))
+        _fill_fixed(prog, consts, P, W)
+        _zero_low_tangents(prog, T)
+        for c in range(t, nchunks, nt):
+            p0 = c * chunk
+            m = min(chunk, n - p0)
+            _load(prog, X, P, W, p0, m)
+            _seed_tangents(prog, V, T, p0, m)
+            forward_tangent_chunk(prog, W, T, D, nv, m)
+            _store_outputs(prog, W, Y, p0, m)
+            for k in range(prog[5]):
+                s = prog[oo + k]
+                for d in range(nv):
+                    for p in range(m):
+                        TY[p0 + p, k, d] = T[s, d, p]
+
+
+@njit(cache=True, nogil=True, parallel={PAR})
+def hvp_batch_{SUF}(prog, consts, X, P, V, Y, G, HV, chunk, nthreads):
+    n = X.shape[0]
+    nv = V.shape[1]
+    nchunks = (n + chunk - 1) // chunk
+    nt = min(nthreads, nchunks)
+    oi = prog[7]
+    out = prog[prog[9]]
+    for t in {RANGE}(nt):
+        W = np.empty((prog[0], chunk))
+        T = np.empty((prog[0], nv, chunk))
+        A = np.empty((prog[0], chunk))
+        Ad = np.empty((prog[0], nv, chunk))
+        D = np.empty((3, chunk))
+        S = np.empty((6, chunk))
+        _fill_fixed(prog, consts, P, W)
+        _zero_low_tangents(prog, T)
+        for c in range(t, nchunks, nt):
+            p0 = c * chunk
+            m = min(chunk, n - p0)
+            _load(prog, X, P, W, p0, m)
+            _seed_tangents(prog, V, T, p0, m)
+            forward_tangent_chunk(prog, W, T, D, nv, m)
+            _store_outputs(prog, W, Y, p0, m)
+            for s in range(prog[2], prog[0]):
+                for p in range(m):
+                    A[s, p] = 0.0
+                for d in range(nv):
+                    for p in range(m):
+                        Ad[s, d, p] = 0.0
+            for p in range(m):
+                A[out, p] += 1.0
+            reverse_hvp_chunk(prog, W, T, A, Ad, D, S, nv, m)
+            for j in range(prog[3]):
+                s = prog[oi + j]
+                for p in range(m):
+                    G[p0 + p, j] = A[s, p]
+                for d in range(nv):
+                    for p in range(m):
+                        HV[p0 + p, d, j] = Ad[s, d, p]
+'''
+
+
 def generate_source() -> str:
     """Return the complete source of the kernel module."""
     parts = [
@@ -300,9 +523,15 @@ def generate_source() -> str:
         _forward_chunk(),
         "",
         _reverse_chunk(),
+        "",
+        _forward_tangent_chunk(),
+        "",
+        _reverse_hvp_chunk(),
         _SUPPORT,
         _BATCH.format(PAR="True", SUF="par", RANGE="prange", NT="get_num_threads()"),
         _BATCH.format(PAR="False", SUF="ser", RANGE="range", NT="1"),
+        _BATCH2.replace("{PAR}", "True").replace("{SUF}", "par").replace("{RANGE}", "prange"),
+        _BATCH2.replace("{PAR}", "False").replace("{SUF}", "ser").replace("{RANGE}", "range"),
     ]
     return "\n\n".join(textwrap.dedent(p).strip("\n") + "\n" for p in parts)
 

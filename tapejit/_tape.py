@@ -37,6 +37,8 @@ _EMPTY2.flags.writeable = _EMPTY1.flags.writeable = True
 CHUNK_MAX = 256
 #: Per-thread budget for one workspace, in float64 values.
 WORKSPACE_VALUES = 1 << 16
+#: Directions carried by one second-order sweep at most (bounds its workspace).
+_DIR_BLOCK = 16
 
 _K = None
 
@@ -131,6 +133,7 @@ class Tape:
         code[:, 0] = opcodes
         code[:, 1] = nc + n_par + n_in + np.arange(n_instr)
         code[:, 2:] = args
+        _kernels()
         self._prog = prog
         self._consts = np.array(consts, dtype=np.float64)
         self._prog.flags.writeable = False
@@ -142,6 +145,9 @@ class Tape:
         self.output_shapes = output_shapes
         self.name = name
         self._ones = np.ones((1, max(n_out, 1)))
+        # Single-point fast path: checks that cost tens of ns each, nothing else.
+        self._shape1 = (n_in,)
+        self._fast_vg = n_out == 1 and n_par == 0
 
     # -- structure -----------------------------------------------------------------------
     def __len__(self) -> int:
@@ -341,6 +347,23 @@ class Tape:
         grad : ndarray
             Shaped like ``x``.
         """
+        if (
+            self._fast_vg
+            and params is None
+            and type(x) is np.ndarray
+            and x.dtype is _F64
+            and x.shape == self._shape1
+            and x.flags.carray
+        ):
+            if out is None:
+                g = np.empty(self._n_in)
+                return _K.value_grad_point(self._prog, self._consts, x, _EMPTY1, g), g
+            if out[0] is None:
+                g = out[1]
+                if type(g) is np.ndarray and g.dtype is _F64 and g.shape == self._shape1 and (
+                    g.flags.carray
+                ):
+                    return _K.value_grad_point(self._prog, self._consts, x, _EMPTY1, g), g
         self._scalar_output("value_and_grad")
         x = _as_points(x, self._n_in, "x")
         vbuf, gbuf = (None, None) if out is None else out
@@ -406,7 +429,56 @@ class Tape:
             self._prog, self._consts, X, P, WT, Y, G, self._chunk, nt
         )
 
-    def jacobian(self, x, params=None, out: np.ndarray | None = None) -> np.ndarray:
+    def _directions(self, v, n: int, single: bool, what: str) -> np.ndarray:
+        """Directions ``v`` shaped like ``x`` as ``(1 or n, 1, n_inputs)``."""
+        v = _as_points(v, self._n_in, what)
+        if v.ndim == 1:
+            return v.reshape(1, 1, -1)
+        if single or v.shape[0] != n:
+            raise ValueError(
+                f"{what} must have shape ({self._n_in},) or ({n}, {self._n_in}); got {v.shape}"
+            )
+        return v.reshape(n, 1, -1)
+
+    def _chunk_for(self, n_dirs: int) -> int:
+        return int(max(1, min(CHUNK_MAX, WORKSPACE_VALUES // max(self._n_slots * n_dirs, 1))))
+
+    def _jvp_batch(self, X, P, V, Y, TY) -> None:
+        suffix, nt = self._batch(X.shape[0])
+        getattr(_kernels(), f"jvp_batch_{suffix}")(
+            self._prog, self._consts, X, P, V, Y, TY, self._chunk_for(V.shape[1] + 1), nt
+        )
+
+    def jvp(self, x, v, params=None):
+        """Jacobian-vector product (forward mode, one tangent sweep).
+
+        Parameters
+        ----------
+        x : array_like
+            ``(n_inputs,)`` or ``(n_points, n_inputs)``.
+        v : array_like
+            Tangent direction shaped like ``x`` (or ``(n_inputs,)`` for every point).
+        params : array_like, optional
+
+        Returns
+        -------
+        float or ndarray
+            ``J v``: ``(n_outputs,)`` or ``(n_points, n_outputs)``, the output axis dropped
+            when the tape has one output (as :meth:`forward`).
+        """
+        x = _as_points(x, self._n_in, "x")
+        single = x.ndim == 1
+        X = x.reshape(1, -1) if single else x
+        n = X.shape[0]
+        V = self._directions(v, n, single, "v")
+        Y = np.empty((n, self._n_out))
+        TY = np.empty((n, self._n_out, 1))
+        self._jvp_batch(X, self._params(params, n), V, Y, TY)
+        if single:
+            return float(TY[0, 0, 0]) if self._n_out == 1 else TY[0, :, 0]
+        return TY[:, 0, 0] if self._n_out == 1 else TY[:, :, 0]
+
+    def jacobian(self, x, params=None, out: np.ndarray | None = None, mode: str = "auto"):
         """Jacobian ``d outputs / d inputs``: ``(n_outputs, n_inputs)`` per point.
 
         Parameters
@@ -416,22 +488,105 @@ class Tape:
         params : array_like, optional
         out : ndarray, optional
             Buffer of shape ``(n_outputs, n_inputs)`` or ``(n_points, n_outputs, n_inputs)``.
+        mode : {"auto", "forward", "reverse"}
+            ``"forward"``: one tangent sweep carrying all ``n_inputs`` directions;
+            ``"reverse"``: one adjoint sweep per output; ``"auto"`` picks forward when
+            ``n_inputs < n_outputs``.
 
         Returns
         -------
         ndarray
-            ``(..., n_outputs, n_inputs)``; one reverse sweep per output.
+            ``(..., n_outputs, n_inputs)``.
         """
+        if mode not in ("auto", "forward", "reverse"):
+            raise ValueError(f"mode must be 'auto', 'forward' or 'reverse'; got {mode!r}")
+        if mode == "auto":
+            mode = "forward" if self._n_in < self._n_out else "reverse"
         x = _as_points(x, self._n_in, "x")
         single = x.ndim == 1
         X = x.reshape(1, -1) if single else x
         n = X.shape[0]
         shape = (self._n_out, self._n_in) if single else (n, self._n_out, self._n_in)
         J = _buffer(out, shape, "out")
+        J3 = J.reshape(n, self._n_out, self._n_in)
         Y = np.empty((n, self._n_out))
+        P = self._params(params, n)
+        if mode == "forward":
+            V = np.eye(self._n_in).reshape(1, self._n_in, self._n_in)
+            self._jvp_batch(X, P, V, Y, J3)
+            return J
         suffix, nt = self._batch(n)
         getattr(_kernels(), f"jacrev_batch_{suffix}")(
-            self._prog, self._consts, X, self._params(params, n), Y,
-            J.reshape(n, self._n_out, self._n_in), self._chunk, nt,
+            self._prog, self._consts, X, P, Y, J3, self._chunk, nt
         )
         return J
+
+    def _hvp_batch(self, X, P, V) -> np.ndarray:
+        """``(n, n_dirs, n_inputs)`` Hessian-direction products, directions in blocks."""
+        n, nv = X.shape[0], V.shape[1]
+        HV = np.empty((n, nv, self._n_in))
+        Y = np.empty((n, 1))
+        G = np.empty((n, self._n_in))
+        suffix, nt = self._batch(n)
+        kernel = getattr(_kernels(), f"hvp_batch_{suffix}")
+        for d0 in range(0, nv, _DIR_BLOCK):
+            d1 = min(nv, d0 + _DIR_BLOCK)
+            Vb = np.ascontiguousarray(V[:, d0:d1])
+            HVb = HV if (d0, d1) == (0, nv) else np.empty((n, d1 - d0, self._n_in))
+            kernel(self._prog, self._consts, X, P, Vb, Y, G, HVb,
+                   self._chunk_for(2 * (d1 - d0) + 2), nt)
+            if HVb is not HV:
+                HV[:, d0:d1] = HVb
+        return HV
+
+    def hvp(self, x, v, params=None) -> np.ndarray:
+        """Hessian-vector product of a one-output tape (forward-over-reverse).
+
+        Parameters
+        ----------
+        x : array_like
+            ``(n_inputs,)`` or ``(n_points, n_inputs)``.
+        v : array_like
+            Direction shaped like ``x`` (or ``(n_inputs,)`` for every point).
+        params : array_like, optional
+
+        Returns
+        -------
+        ndarray
+            ``H v``, shaped like ``x``.
+        """
+        self._scalar_output("hvp")
+        x = _as_points(x, self._n_in, "x")
+        single = x.ndim == 1
+        X = x.reshape(1, -1) if single else x
+        n = X.shape[0]
+        HV = self._hvp_batch(X, self._params(params, n), self._directions(v, n, single, "v"))
+        return HV[0, 0] if single else HV[:, 0]
+
+    def hessian(self, x, params=None) -> np.ndarray:
+        """Hessian of a one-output tape: ``(n_inputs, n_inputs)`` per point.
+
+        Computed as ``n_inputs`` Hessian-vector products in vector mode, then symmetrized
+        (``(H + H.T) / 2``), so the result is exactly symmetric.
+
+        Parameters
+        ----------
+        x : array_like
+            ``(n_inputs,)`` or ``(n_points, n_inputs)``.
+        params : array_like, optional
+
+        Returns
+        -------
+        ndarray
+            ``(..., n_inputs, n_inputs)``.
+        """
+        self._scalar_output("hessian")
+        x = _as_points(x, self._n_in, "x")
+        single = x.ndim == 1
+        X = x.reshape(1, -1) if single else x
+        n = X.shape[0]
+        V = np.eye(self._n_in).reshape(1, self._n_in, self._n_in)
+        H = self._hvp_batch(X, self._params(params, n), V)
+        H += H.transpose(0, 2, 1)
+        H *= 0.5
+        return H[0] if single else H

@@ -11,6 +11,7 @@ the cache key (a new value records a new tape).
 from __future__ import annotations
 
 import functools
+import weakref
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -34,18 +35,23 @@ def _is_array_like(a: Any) -> bool:
 
 
 class _TapeCache:
-    """Tapes of one function, keyed by call signature."""
+    """Tapes of one function, keyed by call signature and argnums.
 
-    def __init__(self, f: Callable[..., Any], argnums: int | Sequence[int]) -> None:
+    One cache per function object, shared by every transform of it (``grad``,
+    ``jacobian``, ``hessian``, ...), so the transforms of ``f`` record each signature once.
+    """
+
+    def __init__(self, f: Callable[..., Any]) -> None:
         self.f = f
-        self.argnums = argnums
         self.tapes: dict[tuple, tuple[Tape, tuple[int, ...], list[int]]] = {}
         self.n_records = 0
 
-    def prepare(self, args: tuple) -> tuple[Tape, np.ndarray, np.ndarray, tuple, tuple]:
-        """Tape for this call, flat inputs, flat params, argnums and input shapes."""
-        nums = normalize_argnums(self.argnums, len(args))
-        key = []
+    def prepare(
+        self, args: tuple, argnums: int | Sequence[int]
+    ) -> tuple[Tape, np.ndarray, np.ndarray | None, tuple]:
+        """Tape for this call, flat inputs, flat params and the input shapes."""
+        nums = normalize_argnums(argnums, len(args))
+        key: list[Any] = [nums]
         static = {}
         arrays: list[np.ndarray | None] = []
         for i, a in enumerate(args):
@@ -80,7 +86,21 @@ class _TapeCache:
         tape, nums, params_pos = entry
         x = _concat([arrays[i] for i in nums])
         p = _concat([arrays[i] for i in params_pos]) if params_pos else None
-        return tape, x, p, nums, tuple(arrays[i].shape for i in nums)
+        return tape, x, p, tuple(arrays[i].shape for i in nums)
+
+
+_CACHES: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
+def tape_cache(f: Callable[..., Any]) -> _TapeCache:
+    """The tape cache shared by all transforms of ``f``."""
+    try:
+        cache = _CACHES.get(f)
+    except TypeError:  # not weak-referenceable: a private cache
+        return _TapeCache(f)
+    if cache is None:
+        cache = _CACHES[f] = _TapeCache(f)
+    return cache
 
 
 def _concat(arrays: list[np.ndarray]) -> np.ndarray:
@@ -121,12 +141,12 @@ def value_and_grad(
     callable
         ``g(*args) -> (value, gradient)``; ``g.tape_cache`` shows its tapes.
     """
-    cache = _TapeCache(f, argnums)
+    cache = tape_cache(f)
     single = isinstance(argnums, int | np.integer)
 
     @functools.wraps(f)
     def wrapped(*args: Any) -> tuple[float, Any]:
-        tape, x, p, _, shapes = cache.prepare(args)
+        tape, x, p, shapes = cache.prepare(args, argnums)
         tape._scalar_output("value_and_grad")
         v, g = tape.value_and_grad(x, params=p)
         return v, _split(g, shapes, single)
@@ -165,3 +185,152 @@ def grad(f: Callable[..., Any], argnums: int | Sequence[int] = 0) -> Callable[..
 
     wrapped.tape_cache = vg.tape_cache  # type: ignore[attr-defined]
     return wrapped
+
+
+def _out_shape(tape: Tape) -> tuple[int, ...]:
+    shapes = tape.output_shapes
+    return shapes[0] if len(shapes) == 1 else (tape.n_outputs,)
+
+
+def jacobian(
+    f: Callable[..., Any], argnums: int | Sequence[int] = 0, mode: str = "auto"
+) -> Callable[..., Any]:
+    """Transform ``f`` into a function returning its Jacobian.
+
+    Parameters
+    ----------
+    f : callable
+        Function returning an array (or a tuple of arrays, flattened in order).
+    argnums : int or sequence of int
+        Arguments to differentiate with respect to.
+    mode : {"auto", "forward", "reverse"}
+        See :meth:`Tape.jacobian`.
+
+    Returns
+    -------
+    callable
+        ``J(*args)``: for one output array of shape ``so`` and an argument of shape
+        ``si`` the block has shape ``so + si`` (a tuple of blocks for a sequence
+        ``argnums``).
+    """
+    cache = tape_cache(f)
+    single = isinstance(argnums, int | np.integer)
+
+    @functools.wraps(f)
+    def wrapped(*args: Any) -> Any:
+        tape, x, p, shapes = cache.prepare(args, argnums)
+        J = tape.jacobian(x, params=p, mode=mode)
+        so = _out_shape(tape)
+        blocks, o = [], 0
+        for s in shapes:
+            n = int(np.prod(s, dtype=np.int64))
+            blocks.append(J[:, o : o + n].reshape(so + s))
+            o += n
+        return blocks[0] if single else tuple(blocks)
+
+    wrapped.tape_cache = cache  # type: ignore[attr-defined]
+    return wrapped
+
+
+def hessian(f: Callable[..., Any], argnums: int | Sequence[int] = 0) -> Callable[..., Any]:
+    """Transform a scalar function ``f`` into a function returning its Hessian.
+
+    Parameters
+    ----------
+    f : callable
+        Function with one scalar output.
+    argnums : int or sequence of int
+        Arguments to differentiate with respect to.
+
+    Returns
+    -------
+    callable
+        ``H(*args)``: shape ``si + si`` for one argument of shape ``si``; for a sequence
+        ``argnums`` a tuple of tuples of blocks ``H[i][j]`` of shape ``si + sj``.
+        Exactly symmetric.
+    """
+    cache = tape_cache(f)
+    single = isinstance(argnums, int | np.integer)
+
+    @functools.wraps(f)
+    def wrapped(*args: Any) -> Any:
+        tape, x, p, shapes = cache.prepare(args, argnums)
+        H = tape.hessian(x, params=p)
+        sizes = [int(np.prod(s, dtype=np.int64)) for s in shapes]
+        offs = np.concatenate([[0], np.cumsum(sizes)]).astype(int)
+        blocks = tuple(
+            tuple(
+                H[offs[i] : offs[i + 1], offs[j] : offs[j + 1]].reshape(shapes[i] + shapes[j])
+                for j in range(len(shapes))
+            )
+            for i in range(len(shapes))
+        )
+        return blocks[0][0] if single else blocks
+
+    wrapped.tape_cache = cache  # type: ignore[attr-defined]
+    return wrapped
+
+
+def hvp(f: Callable[..., Any], argnums: int | Sequence[int] = 0) -> Callable[..., Any]:
+    """Transform a scalar function ``f`` into ``h(*args, v=...)`` returning ``H v``.
+
+    Parameters
+    ----------
+    f : callable
+        Function with one scalar output.
+    argnums : int or sequence of int
+        Arguments to differentiate with respect to; ``v`` is shaped like them (a tuple for
+        a sequence ``argnums``), and so is the result.
+
+    Returns
+    -------
+    callable
+        ``h(*args, v)``: Hessian-vector product by one forward-over-reverse sweep.
+    """
+    cache = tape_cache(f)
+    single = isinstance(argnums, int | np.integer)
+
+    @functools.wraps(f)
+    def wrapped(*args: Any, v: Any) -> Any:
+        tape, x, p, shapes = cache.prepare(args, argnums)
+        vs = (v,) if single else tuple(v)
+        if len(vs) != len(shapes) or any(np.shape(a) != s for a, s in zip(vs, shapes, strict=False)):
+            raise ValueError(
+                f"v must match the shapes of the differentiated arguments {shapes}"
+            )
+        hv = tape.hvp(x, _concat([np.asarray(a, dtype=np.float64) for a in vs]), params=p)
+        return _split(hv, shapes, single)
+
+    wrapped.tape_cache = cache  # type: ignore[attr-defined]
+    return wrapped
+
+
+def jvp(f: Callable[..., Any], primals: Sequence[Any], tangents: Sequence[Any]) -> tuple:
+    """Evaluate ``f(*primals)`` and its directional derivative along ``tangents``.
+
+    Forward mode (one tangent sweep over the cached tape of ``f``), as in JAX.
+
+    Parameters
+    ----------
+    f : callable
+        Function of the primal arguments (all differentiated).
+    primals, tangents : sequence
+        Arguments and matching tangent directions of the same shapes.
+
+    Returns
+    -------
+    (outputs, output_tangents)
+        Shaped like ``f``'s output (flattened to one vector when ``f`` returns a tuple).
+    """
+    primals, tangents = tuple(primals), tuple(tangents)
+    if len(primals) != len(tangents) or any(
+        np.shape(a) != np.shape(t) for a, t in zip(primals, tangents, strict=False)
+    ):
+        raise ValueError("primals and tangents must have the same structure and shapes")
+    cache = tape_cache(f)
+    tape, x, p, _ = cache.prepare(primals, tuple(range(len(primals))))
+    v = _concat([np.asarray(t, dtype=np.float64) for t in tangents]) if tangents else x
+    y = np.asarray(tape.forward(x, params=p), dtype=np.float64)
+    ty = np.asarray(tape.jvp(x, v, params=p), dtype=np.float64)
+    so = _out_shape(tape)
+    return y.reshape(so), ty.reshape(so)
