@@ -10,6 +10,7 @@ from ._errors import ControlFlowError, TracingError
 from ._ops import OPS, Op
 from ._record import record, stop_gradient
 from ._tape import Tape
+from ._validate import TapeFormatError
 from ._transforms import grad, hessian, hvp, jacobian, jvp, value_and_grad
 from ._version import __version__
 
@@ -18,6 +19,7 @@ __all__ = [
     "ControlFlowError",
     "Op",
     "Tape",
+    "TapeFormatError",
     "TracingError",
     "__version__",
     "grad",

@@ -27,6 +27,7 @@ import numba
 
 from ._codegen import HEADER, ROW, load_kernels
 from ._ops import BY_CODE
+from ._validate import check_tape_arrays
 
 _F64 = np.dtype(np.float64)
 _EMPTY2 = np.zeros((1, 0))
@@ -92,8 +93,10 @@ def _buffer(out, shape: tuple[int, ...], what: str) -> np.ndarray:
 class Tape:
     """A recorded function: a flat list of instructions over numbered value slots.
 
-    Create one with :func:`tapejit.record`. A tape is immutable and safe to share
-    between threads; every evaluation allocates its own workspace.
+    Create one with :func:`tapejit.record` (or from arrays, which are validated:
+    :class:`~tapejit.TapeFormatError` on anything a kernel could not run safely). A tape
+    is immutable and safe to share between threads; every evaluation allocates its own
+    workspace.
 
     Points are given as ``x`` of shape ``(n_inputs,)`` for one point or
     ``(n_points, n_inputs)`` for many. Parameters (arguments recorded as not
@@ -114,11 +117,12 @@ class Tape:
         output_shapes: tuple[tuple[int, ...], ...] = (),
         name: str = "",
     ) -> None:
+        opcodes, args, consts, inputs, params, outputs = check_tape_arrays(
+            opcodes, args, consts, inputs, params, outputs
+        )
         n_instr = len(opcodes)
         nc, n_in, n_par, n_out = len(consts), len(inputs), len(params), len(outputs)
         n_slots = nc + n_par + n_in + n_instr
-        if n_slots >= 2**31 - 1:
-            raise ValueError(f"tape too large: {n_slots} slots (limit 2**31 - 2)")
         o_in = HEADER
         o_par = o_in + n_in
         o_out = o_par + n_par
@@ -278,11 +282,12 @@ class Tape:
             )
         return p
 
-    def _batch(self, n: int) -> tuple[object, int]:
-        """Kernel suffix (parallel or serial) and thread count for ``n`` points."""
-        if n > 2 * self._chunk:
-            return "par", numba.get_num_threads()
-        return "ser", 1
+    def _batch(self, n: int, chunk: int | None = None) -> tuple[str, int, int]:
+        """Kernel suffix (parallel or serial), thread count and chunk for ``n`` points."""
+        chunk = self._chunk if chunk is None else chunk
+        if n > 2 * chunk:
+            return "par", numba.get_num_threads(), chunk
+        return "ser", 1, max(1, min(chunk, n))
 
     def _scalar_output(self, what: str) -> None:
         if self._n_out != 1:
@@ -322,8 +327,8 @@ class Tape:
         p = self._params(params, n)
         shape = (n,) if self._n_out == 1 else (n, self._n_out)
         y = _buffer(out, shape, "out").reshape(n, self._n_out)
-        suffix, nt = self._batch(n)
-        getattr(K, f"forward_batch_{suffix}")(self._prog, self._consts, x, p, y, self._chunk, nt)
+        suffix, nt, chunk = self._batch(n)
+        getattr(K, f"forward_batch_{suffix}")(self._prog, self._consts, x, p, y, chunk, nt)
         return y.reshape(shape)
 
     def value_and_grad(self, x, params=None, out=None):
@@ -424,9 +429,9 @@ class Tape:
         return y, g
 
     def _vjp_batch(self, X, P, WT, Y, G) -> None:
-        suffix, nt = self._batch(X.shape[0])
+        suffix, nt, chunk = self._batch(X.shape[0])
         getattr(_kernels(), f"vjp_batch_{suffix}")(
-            self._prog, self._consts, X, P, WT, Y, G, self._chunk, nt
+            self._prog, self._consts, X, P, WT, Y, G, chunk, nt
         )
 
     def _directions(self, v, n: int, single: bool, what: str) -> np.ndarray:
@@ -444,9 +449,14 @@ class Tape:
         return int(max(1, min(CHUNK_MAX, WORKSPACE_VALUES // max(self._n_slots * n_dirs, 1))))
 
     def _jvp_batch(self, X, P, V, Y, TY) -> None:
-        suffix, nt = self._batch(X.shape[0])
+        """Tangents ``TY (n, n_outputs, n_dirs)`` of directions ``V (1 or n, n_dirs, n_in)``;
+        one point goes through the scalar sweep."""
+        if X.shape[0] == 1 and V.shape[0] == 1:
+            _kernels().jvp_point(self._prog, self._consts, X[0], P[0], V[0], Y[0], TY[0])
+            return
+        suffix, nt, chunk = self._batch(X.shape[0], self._chunk_for(V.shape[1] + 1))
         getattr(_kernels(), f"jvp_batch_{suffix}")(
-            self._prog, self._consts, X, P, V, Y, TY, self._chunk_for(V.shape[1] + 1), nt
+            self._prog, self._consts, X, P, V, Y, TY, chunk, nt
         )
 
     def jvp(self, x, v, params=None):
@@ -515,9 +525,9 @@ class Tape:
             V = np.eye(self._n_in).reshape(1, self._n_in, self._n_in)
             self._jvp_batch(X, P, V, Y, J3)
             return J
-        suffix, nt = self._batch(n)
+        suffix, nt, chunk = self._batch(n)
         getattr(_kernels(), f"jacrev_batch_{suffix}")(
-            self._prog, self._consts, X, P, Y, J3, self._chunk, nt
+            self._prog, self._consts, X, P, Y, J3, chunk, nt
         )
         return J
 
@@ -527,14 +537,18 @@ class Tape:
         HV = np.empty((n, nv, self._n_in))
         Y = np.empty((n, 1))
         G = np.empty((n, self._n_in))
-        suffix, nt = self._batch(n)
-        kernel = getattr(_kernels(), f"hvp_batch_{suffix}")
+        K = _kernels()
         for d0 in range(0, nv, _DIR_BLOCK):
             d1 = min(nv, d0 + _DIR_BLOCK)
             Vb = np.ascontiguousarray(V[:, d0:d1])
             HVb = HV if (d0, d1) == (0, nv) else np.empty((n, d1 - d0, self._n_in))
-            kernel(self._prog, self._consts, X, P, Vb, Y, G, HVb,
-                   self._chunk_for(2 * (d1 - d0) + 2), nt)
+            if n == 1 and V.shape[0] == 1:
+                K.hvp_point(self._prog, self._consts, X[0], P[0], Vb[0], G[0], HVb[0])
+            else:
+                suffix, nt, chunk = self._batch(n, self._chunk_for(2 * (d1 - d0) + 2))
+                getattr(K, f"hvp_batch_{suffix}")(
+                    self._prog, self._consts, X, P, Vb, Y, G, HVb, chunk, nt
+                )
             if HVb is not HV:
                 HV[:, d0:d1] = HVb
         return HV

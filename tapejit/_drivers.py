@@ -1,0 +1,325 @@
+"""Numba source of the kernel drivers: workspaces, chunking, threads, entry points.
+
+The sweeps themselves (``forward_chunk``, ``reverse_point_sweep``, ...) are generated
+from the op table by ``_codegen.py``; the drivers here call them. This is source text,
+not code: ``_codegen.generate_source`` puts it into the one generated module, so Numba's
+cache of every kernel is keyed on the whole source, table included.
+
+Conventions shared with ``_tape.py``:
+
+* ``prog`` is the packed int32 program (header documented in ``_tape.py``);
+* a chunk workspace ``W`` is ``(n_slots, chunk)``: points innermost;
+* ``P`` (parameters), ``WT`` (output weights) and ``V`` (directions) have a leading axis
+  of 1 (the same for every point) or ``n_points``;
+* batched drivers come in two copies, ``*_par`` (``prange`` over threads, each thread
+  owning its workspace and taking chunks ``t, t + nt, ...``) and ``*_ser``;
+* ``*_point`` drivers evaluate one point with scalar sweeps (no chunk loops).
+"""
+
+SUPPORT = '''
+@njit(cache=True, nogil=True)
+def _fill_fixed(prog, consts, P, W):
+    # Constants and point-independent parameters: written once per workspace.
+    for s in range(prog[1]):
+        for p in range(W.shape[1]):
+            W[s, p] = consts[s]
+    if P.shape[0] == 1:
+        o = prog[8]
+        for j in range(prog[4]):
+            s = prog[o + j]
+            for p in range(W.shape[1]):
+                W[s, p] = P[0, j]
+
+
+@njit(cache=True, nogil=True)
+def _load(prog, X, P, W, p0, m):
+    o = prog[7]
+    for j in range(prog[3]):
+        s = prog[o + j]
+        for p in range(m):
+            W[s, p] = X[p0 + p, j]
+    if P.shape[0] > 1:
+        o = prog[8]
+        for j in range(prog[4]):
+            s = prog[o + j]
+            for p in range(m):
+                W[s, p] = P[p0 + p, j]
+
+
+@njit(cache=True, nogil=True)
+def _store_outputs(prog, W, Y, p0, m):
+    o = prog[9]
+    for k in range(prog[5]):
+        s = prog[o + k]
+        for p in range(m):
+            Y[p0 + p, k] = W[s, p]
+
+
+@njit(cache=True, nogil=True)
+def _zero_adjoints(prog, A, m):
+    for s in range(prog[2], prog[0]):
+        for p in range(m):
+            A[s, p] = 0.0
+
+
+@njit(cache=True, nogil=True)
+def _seed(prog, WT, A, p0, m):
+    o = prog[9]
+    for k in range(prog[5]):
+        s = prog[o + k]
+        if WT.shape[0] == 1:
+            for p in range(m):
+                A[s, p] += WT[0, k]
+        else:
+            for p in range(m):
+                A[s, p] += WT[p0 + p, k]
+
+
+@njit(cache=True, nogil=True)
+def _store_grad(prog, A, G, p0, m):
+    o = prog[7]
+    for j in range(prog[3]):
+        s = prog[o + j]
+        for p in range(m):
+            G[p0 + p, j] = A[s, p]
+
+
+@njit(cache=True, nogil=True)
+def _zero_low_tangents(prog, T):
+    # Constants and parameters have zero tangent; instructions never write these rows.
+    for s in range(prog[2]):
+        for d in range(T.shape[1]):
+            for p in range(T.shape[2]):
+                T[s, d, p] = 0.0
+
+
+@njit(cache=True, nogil=True)
+def _seed_tangents(prog, V, T, p0, m):
+    o = prog[7]
+    for j in range(prog[3]):
+        s = prog[o + j]
+        for d in range(V.shape[1]):
+            if V.shape[0] == 1:
+                for p in range(m):
+                    T[s, d, p] = V[0, d, j]
+            else:
+                for p in range(m):
+                    T[s, d, p] = V[p0 + p, d, j]
+'''
+
+POINT = '''
+@njit(cache=True, nogil=True)
+def _point_workspace(prog, consts, x, P):
+    W = np.empty(prog[0])
+    for s in range(prog[1]):
+        W[s] = consts[s]
+    o = prog[8]
+    for j in range(prog[4]):
+        W[prog[o + j]] = P[j]
+    o = prog[7]
+    for j in range(prog[3]):
+        W[prog[o + j]] = x[j]
+    return W
+
+
+@njit(cache=True, nogil=True)
+def _point_tangents(prog, V):
+    T = np.zeros((prog[0], V.shape[0]))
+    o = prog[7]
+    for j in range(prog[3]):
+        for d in range(V.shape[0]):
+            T[prog[o + j], d] = V[d, j]
+    return T
+
+
+@njit(cache=True, nogil=True)
+def forward_point(prog, consts, x, P, y):
+    W = _point_workspace(prog, consts, x, P)
+    forward_point_sweep(prog, W)
+    o = prog[9]
+    for k in range(prog[5]):
+        y[k] = W[prog[o + k]]
+
+
+@njit(cache=True, nogil=True)
+def value_grad_point(prog, consts, x, P, g):
+    W = _point_workspace(prog, consts, x, P)
+    forward_point_sweep(prog, W)
+    A = np.zeros(prog[0])
+    out = prog[prog[9]]
+    A[out] = 1.0
+    reverse_point_sweep(prog, W, A)
+    o = prog[7]
+    for j in range(prog[3]):
+        g[j] = A[prog[o + j]]
+    return W[out]
+
+
+@njit(cache=True, nogil=True)
+def jvp_point(prog, consts, x, P, V, y, TY):
+    W = _point_workspace(prog, consts, x, P)
+    T = _point_tangents(prog, V)
+    forward_tangent_point_sweep(prog, W, T, V.shape[0])
+    o = prog[9]
+    for k in range(prog[5]):
+        s = prog[o + k]
+        y[k] = W[s]
+        for d in range(V.shape[0]):
+            TY[k, d] = T[s, d]
+
+
+@njit(cache=True, nogil=True)
+def hvp_point(prog, consts, x, P, V, g, HV):
+    nv = V.shape[0]
+    W = _point_workspace(prog, consts, x, P)
+    T = _point_tangents(prog, V)
+    forward_tangent_point_sweep(prog, W, T, nv)
+    A = np.zeros(prog[0])
+    Ad = np.zeros((prog[0], nv))
+    out = prog[prog[9]]
+    A[out] = 1.0
+    reverse_hvp_point_sweep(prog, W, T, A, Ad, nv)
+    o = prog[7]
+    for j in range(prog[3]):
+        s = prog[o + j]
+        g[j] = A[s]
+        for d in range(nv):
+            HV[d, j] = Ad[s, d]
+    return W[out]
+'''
+
+BATCH = '''
+@njit(cache=True, nogil=True, parallel={PAR})
+def forward_batch_{SUF}(prog, consts, X, P, Y, chunk, nthreads):
+    n = X.shape[0]
+    nchunks = (n + chunk - 1) // chunk
+    nt = min(nthreads, nchunks)
+    for t in {RANGE}(nt):
+        W = np.empty((prog[0], chunk))
+        _fill_fixed(prog, consts, P, W)
+        for c in range(t, nchunks, nt):
+            p0 = c * chunk
+            m = min(chunk, n - p0)
+            _load(prog, X, P, W, p0, m)
+            forward_chunk(prog, W, m)
+            _store_outputs(prog, W, Y, p0, m)
+
+
+@njit(cache=True, nogil=True, parallel={PAR})
+def vjp_batch_{SUF}(prog, consts, X, P, WT, Y, G, chunk, nthreads):
+    n = X.shape[0]
+    nchunks = (n + chunk - 1) // chunk
+    nt = min(nthreads, nchunks)
+    for t in {RANGE}(nt):
+        W = np.empty((prog[0], chunk))
+        A = np.empty((prog[0], chunk))
+        _fill_fixed(prog, consts, P, W)
+        for c in range(t, nchunks, nt):
+            p0 = c * chunk
+            m = min(chunk, n - p0)
+            _load(prog, X, P, W, p0, m)
+            forward_chunk(prog, W, m)
+            _store_outputs(prog, W, Y, p0, m)
+            _zero_adjoints(prog, A, m)
+            _seed(prog, WT, A, p0, m)
+            reverse_chunk(prog, W, A, m)
+            _store_grad(prog, A, G, p0, m)
+
+
+@njit(cache=True, nogil=True, parallel={PAR})
+def jacrev_batch_{SUF}(prog, consts, X, P, Y, J, chunk, nthreads):
+    n = X.shape[0]
+    nchunks = (n + chunk - 1) // chunk
+    nt = min(nthreads, nchunks)
+    oo = prog[9]
+    oi = prog[7]
+    for t in {RANGE}(nt):
+        W = np.empty((prog[0], chunk))
+        A = np.empty((prog[0], chunk))
+        _fill_fixed(prog, consts, P, W)
+        for c in range(t, nchunks, nt):
+            p0 = c * chunk
+            m = min(chunk, n - p0)
+            _load(prog, X, P, W, p0, m)
+            forward_chunk(prog, W, m)
+            _store_outputs(prog, W, Y, p0, m)
+            for k in range(prog[5]):
+                _zero_adjoints(prog, A, m)
+                s = prog[oo + k]
+                for p in range(m):
+                    A[s, p] += 1.0
+                reverse_chunk(prog, W, A, m)
+                for j in range(prog[3]):
+                    s = prog[oi + j]
+                    for p in range(m):
+                        J[p0 + p, k, j] = A[s, p]
+
+
+@njit(cache=True, nogil=True, parallel={PAR})
+def jvp_batch_{SUF}(prog, consts, X, P, V, Y, TY, chunk, nthreads):
+    n = X.shape[0]
+    nv = V.shape[1]
+    nchunks = (n + chunk - 1) // chunk
+    nt = min(nthreads, nchunks)
+    oo = prog[9]
+    for t in {RANGE}(nt):
+        W = np.empty((prog[0], chunk))
+        T = np.empty((prog[0], nv, chunk))
+        D = np.empty((3, chunk))
+        _fill_fixed(prog, consts, P, W)
+        _zero_low_tangents(prog, T)
+        for c in range(t, nchunks, nt):
+            p0 = c * chunk
+            m = min(chunk, n - p0)
+            _load(prog, X, P, W, p0, m)
+            _seed_tangents(prog, V, T, p0, m)
+            forward_tangent_chunk(prog, W, T, D, nv, m)
+            _store_outputs(prog, W, Y, p0, m)
+            for k in range(prog[5]):
+                s = prog[oo + k]
+                for d in range(nv):
+                    for p in range(m):
+                        TY[p0 + p, k, d] = T[s, d, p]
+
+
+@njit(cache=True, nogil=True, parallel={PAR})
+def hvp_batch_{SUF}(prog, consts, X, P, V, Y, G, HV, chunk, nthreads):
+    n = X.shape[0]
+    nv = V.shape[1]
+    nchunks = (n + chunk - 1) // chunk
+    nt = min(nthreads, nchunks)
+    oi = prog[7]
+    out = prog[prog[9]]
+    for t in {RANGE}(nt):
+        W = np.empty((prog[0], chunk))
+        T = np.empty((prog[0], nv, chunk))
+        A = np.empty((prog[0], chunk))
+        Ad = np.empty((prog[0], nv, chunk))
+        D = np.empty((3, chunk))
+        S = np.empty((6, chunk))
+        _fill_fixed(prog, consts, P, W)
+        _zero_low_tangents(prog, T)
+        for c in range(t, nchunks, nt):
+            p0 = c * chunk
+            m = min(chunk, n - p0)
+            _load(prog, X, P, W, p0, m)
+            _seed_tangents(prog, V, T, p0, m)
+            forward_tangent_chunk(prog, W, T, D, nv, m)
+            _store_outputs(prog, W, Y, p0, m)
+            for s in range(prog[2], prog[0]):
+                for p in range(m):
+                    A[s, p] = 0.0
+                for d in range(nv):
+                    for p in range(m):
+                        Ad[s, d, p] = 0.0
+            for p in range(m):
+                A[out, p] += 1.0
+            reverse_hvp_chunk(prog, W, T, A, Ad, D, S, nv, m)
+            for j in range(prog[3]):
+                s = prog[oi + j]
+                for p in range(m):
+                    G[p0 + p, j] = A[s, p]
+                for d in range(nv):
+                    for p in range(m):
+                        HV[p0 + p, d, j] = Ad[s, d, p]
+'''
