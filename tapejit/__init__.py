@@ -10,8 +10,8 @@ from ._errors import ControlFlowError, TracingError
 from ._ops import OPS, Op
 from ._record import record, stop_gradient
 from ._tape import Tape
-from ._validate import TapeFormatError
 from ._transforms import grad, hessian, hvp, jacobian, jvp, value_and_grad
+from ._validate import TapeFormatError
 from ._version import __version__
 
 __all__ = [

@@ -58,7 +58,7 @@ def _nonzero_partials(op: Op) -> list[int]:
 
 def _header(name: str, args: str, reverse: bool) -> list[str]:
     loop = (
-        [f"    for i in range(prog[6] - 1, -1, -1):", f"        k = prog[10] + {ROW} * i"]
+        ["    for i in range(prog[6] - 1, -1, -1):", f"        k = prog[10] + {ROW} * i"]
         if reverse
         else ["    for i in range(prog[6]):", f"        k = prog[10] + {ROW} * i"]
     )
@@ -197,14 +197,13 @@ def _forward_tangent(point: bool) -> str:
             body.add("for d in range(nv):")
             terms = []
             for k in ks:
-                t = f"T[{_SLOTS[k]}, d]"
-                pk = op.partials[k]
-                terms.append(
-                    f"+ {t}" if pk == "1.0" else f"- {t}" if pk == "-1.0" else f"+ _azmul({t}, d{k})"
-                )
-            expr = " ".join(terms).lstrip("+ ") if terms else "0.0"
-            if expr.startswith("- "):
-                expr = "-" + expr[2:]
+                t, pk = f"T[{_SLOTS[k]}, d]", op.partials[k]
+                if pk == "-1.0":
+                    terms.append(f"- {t}")
+                else:
+                    terms.append(f"+ {t}" if pk == "1.0" else f"+ _azmul({t}, d{k})")
+            expr = " ".join(terms) or "+ 0.0"
+            expr = expr[2:] if expr[0] == "+" else "-" + expr[2:]
             body.add(f"T[ir, d] = {expr}", 1)
         else:
             body.views(used)

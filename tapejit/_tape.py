@@ -22,8 +22,8 @@ range of slots), which will carry their extents in extra columns.
 
 from __future__ import annotations
 
-import numpy as np
 import numba
+import numpy as np
 
 from ._codegen import HEADER, ROW, load_kernels
 from ._ops import BY_CODE
@@ -56,7 +56,7 @@ def _as_points(x, n: int, what: str) -> np.ndarray:
     if type(x) is not np.ndarray:
         try:
             x = np.asarray(x)
-        except Exception as exc:  # noqa: BLE001 - re-raised with context
+        except Exception as exc:
             raise TypeError(f"{what} must be an array of real numbers: {exc}") from None
     if x.dtype != _F64:
         if x.dtype.kind not in "iuf":

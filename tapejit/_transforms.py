@@ -294,7 +294,7 @@ def hvp(f: Callable[..., Any], argnums: int | Sequence[int] = 0) -> Callable[...
     def wrapped(*args: Any, v: Any) -> Any:
         tape, x, p, shapes = cache.prepare(args, argnums)
         vs = (v,) if single else tuple(v)
-        if len(vs) != len(shapes) or any(np.shape(a) != s for a, s in zip(vs, shapes, strict=False)):
+        if tuple(np.shape(a) for a in vs) != tuple(shapes):
             raise ValueError(
                 f"v must match the shapes of the differentiated arguments {shapes}"
             )
