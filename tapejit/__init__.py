@@ -6,19 +6,30 @@
 [2.0, 4.0, 6.0]
 """
 
-from ._errors import ControlFlowError, TracingError
+from ._errors import BranchError, TracingError
 from ._ops import OPS, Op
 from ._record import record, stop_gradient
 from ._tape import Tape
-from ._transforms import grad, hessian, hvp, jacobian, jvp, value_and_grad
+from ._transforms import (
+    RecordingWarning,
+    TapeCache,
+    grad,
+    hessian,
+    hvp,
+    jacobian,
+    jvp,
+    value_and_grad,
+)
 from ._validate import TapeFormatError
 from ._version import __version__
 
 __all__ = [
     "OPS",
-    "ControlFlowError",
+    "BranchError",
     "Op",
+    "RecordingWarning",
     "Tape",
+    "TapeCache",
     "TapeFormatError",
     "TracingError",
     "__version__",

@@ -23,7 +23,7 @@ from . import _drivers
 from ._ops import HELPERS, OPS, Op
 
 #: Number of int32 header fields at the start of a packed program (see ``_tape.py``).
-HEADER = 12
+HEADER = 14
 #: int32 fields per instruction: opcode, result slot, three operand slots.
 ROW = 5
 

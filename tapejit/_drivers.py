@@ -13,7 +13,12 @@ Conventions shared with ``_tape.py``:
   of 1 (the same for every point) or ``n_points``;
 * batched drivers come in two copies, ``*_par`` (``prange`` over threads, each thread
   owning its workspace and taking chunks ``t, t + nt, ...``) and ``*_ser``;
-* ``*_point`` drivers evaluate one point with scalar sweeps (no chunk loops).
+* ``*_point`` drivers evaluate one point with scalar sweeps (no chunk loops);
+* guards (recorded branch decisions) are checked after each forward sweep: batched
+  drivers write ``valid[p]`` (1: every guard holds at point ``p``), point drivers return
+  the number of failed guards, except ``value_grad_point`` which returns the value and
+  signals a failed guard by returning NaN with a NaN gradient (no extra argument on the
+  optimizer's hot path; the caller re-checks only when it sees NaN).
 """
 
 SUPPORT = '''
@@ -85,6 +90,29 @@ def _store_grad(prog, A, G, p0, m):
 
 
 @njit(cache=True, nogil=True)
+def _check_guards(prog, W, valid, p0, m):
+    for p in range(m):
+        valid[p0 + p] = 1
+    o = prog[13]
+    for q in range(prog[12]):
+        s = prog[o + 2 * q]
+        want = prog[o + 2 * q + 1] != 0
+        for p in range(m):
+            if (W[s, p] != 0.0) != want:
+                valid[p0 + p] = 0
+
+
+@njit(cache=True, nogil=True)
+def _point_failed_guards(prog, W):
+    failed = 0
+    o = prog[13]
+    for q in range(prog[12]):
+        if (W[prog[o + 2 * q]] != 0.0) != (prog[o + 2 * q + 1] != 0):
+            failed += 1
+    return failed
+
+
+@njit(cache=True, nogil=True)
 def _zero_low_tangents(prog, T):
     # Constants and parameters have zero tangent; instructions never write these rows.
     for s in range(prog[2]):
@@ -139,12 +167,17 @@ def forward_point(prog, consts, x, P, y):
     o = prog[9]
     for k in range(prog[5]):
         y[k] = W[prog[o + k]]
+    return _point_failed_guards(prog, W)
 
 
 @njit(cache=True, nogil=True)
 def value_grad_point(prog, consts, x, P, g):
     W = _point_workspace(prog, consts, x, P)
     forward_point_sweep(prog, W)
+    if prog[12] > 0 and _point_failed_guards(prog, W) > 0:
+        for j in range(prog[3]):
+            g[j] = np.nan
+        return np.nan
     A = np.zeros(prog[0])
     out = prog[prog[9]]
     A[out] = 1.0
@@ -166,6 +199,7 @@ def jvp_point(prog, consts, x, P, V, y, TY):
         y[k] = W[s]
         for d in range(V.shape[0]):
             TY[k, d] = T[s, d]
+    return _point_failed_guards(prog, W)
 
 
 @njit(cache=True, nogil=True)
@@ -185,12 +219,12 @@ def hvp_point(prog, consts, x, P, V, g, HV):
         g[j] = A[s]
         for d in range(nv):
             HV[d, j] = Ad[s, d]
-    return W[out]
+    return _point_failed_guards(prog, W)
 '''
 
 BATCH = '''
 @njit(cache=True, nogil=True, parallel={PAR})
-def forward_batch_{SUF}(prog, consts, X, P, Y, chunk, nthreads):
+def forward_batch_{SUF}(prog, consts, X, P, Y, valid, chunk, nthreads):
     n = X.shape[0]
     nchunks = (n + chunk - 1) // chunk
     nt = min(nthreads, nchunks)
@@ -202,11 +236,12 @@ def forward_batch_{SUF}(prog, consts, X, P, Y, chunk, nthreads):
             m = min(chunk, n - p0)
             _load(prog, X, P, W, p0, m)
             forward_chunk(prog, W, m)
+            _check_guards(prog, W, valid, p0, m)
             _store_outputs(prog, W, Y, p0, m)
 
 
 @njit(cache=True, nogil=True, parallel={PAR})
-def vjp_batch_{SUF}(prog, consts, X, P, WT, Y, G, chunk, nthreads):
+def vjp_batch_{SUF}(prog, consts, X, P, WT, Y, G, valid, chunk, nthreads):
     n = X.shape[0]
     nchunks = (n + chunk - 1) // chunk
     nt = min(nthreads, nchunks)
@@ -219,6 +254,7 @@ def vjp_batch_{SUF}(prog, consts, X, P, WT, Y, G, chunk, nthreads):
             m = min(chunk, n - p0)
             _load(prog, X, P, W, p0, m)
             forward_chunk(prog, W, m)
+            _check_guards(prog, W, valid, p0, m)
             _store_outputs(prog, W, Y, p0, m)
             _zero_adjoints(prog, A, m)
             _seed(prog, WT, A, p0, m)
@@ -227,7 +263,7 @@ def vjp_batch_{SUF}(prog, consts, X, P, WT, Y, G, chunk, nthreads):
 
 
 @njit(cache=True, nogil=True, parallel={PAR})
-def jacrev_batch_{SUF}(prog, consts, X, P, Y, J, chunk, nthreads):
+def jacrev_batch_{SUF}(prog, consts, X, P, Y, J, valid, chunk, nthreads):
     n = X.shape[0]
     nchunks = (n + chunk - 1) // chunk
     nt = min(nthreads, nchunks)
@@ -242,6 +278,7 @@ def jacrev_batch_{SUF}(prog, consts, X, P, Y, J, chunk, nthreads):
             m = min(chunk, n - p0)
             _load(prog, X, P, W, p0, m)
             forward_chunk(prog, W, m)
+            _check_guards(prog, W, valid, p0, m)
             _store_outputs(prog, W, Y, p0, m)
             for k in range(prog[5]):
                 _zero_adjoints(prog, A, m)
@@ -256,7 +293,7 @@ def jacrev_batch_{SUF}(prog, consts, X, P, Y, J, chunk, nthreads):
 
 
 @njit(cache=True, nogil=True, parallel={PAR})
-def jvp_batch_{SUF}(prog, consts, X, P, V, Y, TY, chunk, nthreads):
+def jvp_batch_{SUF}(prog, consts, X, P, V, Y, TY, valid, chunk, nthreads):
     n = X.shape[0]
     nv = V.shape[1]
     nchunks = (n + chunk - 1) // chunk
@@ -274,6 +311,7 @@ def jvp_batch_{SUF}(prog, consts, X, P, V, Y, TY, chunk, nthreads):
             _load(prog, X, P, W, p0, m)
             _seed_tangents(prog, V, T, p0, m)
             forward_tangent_chunk(prog, W, T, D, nv, m)
+            _check_guards(prog, W, valid, p0, m)
             _store_outputs(prog, W, Y, p0, m)
             for k in range(prog[5]):
                 s = prog[oo + k]
@@ -283,7 +321,7 @@ def jvp_batch_{SUF}(prog, consts, X, P, V, Y, TY, chunk, nthreads):
 
 
 @njit(cache=True, nogil=True, parallel={PAR})
-def hvp_batch_{SUF}(prog, consts, X, P, V, Y, G, HV, chunk, nthreads):
+def hvp_batch_{SUF}(prog, consts, X, P, V, Y, G, HV, valid, chunk, nthreads):
     n = X.shape[0]
     nv = V.shape[1]
     nchunks = (n + chunk - 1) // chunk
@@ -305,6 +343,7 @@ def hvp_batch_{SUF}(prog, consts, X, P, V, Y, G, HV, chunk, nthreads):
             _load(prog, X, P, W, p0, m)
             _seed_tangents(prog, V, T, p0, m)
             forward_tangent_chunk(prog, W, T, D, nv, m)
+            _check_guards(prog, W, valid, p0, m)
             _store_outputs(prog, W, Y, p0, m)
             for s in range(prog[2], prog[0]):
                 for p in range(m):

@@ -12,10 +12,29 @@ class TracingError(TypeError):
     """
 
 
-class ControlFlowError(TracingError):
-    """Python control flow (``if``, ``while``, ``and``/``or``) on a traced value.
+class BranchError(ValueError):
+    """Points were evaluated on a tape whose recorded branches they do not take.
 
-    A tape records one path through the code; a branch taken on a traced value would be
-    frozen silently. Write the branch with ``np.where``, ``np.maximum``, ``np.abs`` or
-    ``np.clip`` instead.
+    A tape records one path through Python control flow (``if``, ``while``, ``and``,
+    ``or``, builtin ``min``/``max``) as *guards*. Evaluating it where a guard does not
+    hold would give another branch's values, so tapejit raises this instead. Use the
+    function transforms (:func:`tapejit.grad` and friends), which re-record, or pass
+    ``check="mask"`` to get a per-point validity mask with NaN at the invalid points.
+
+    Attributes
+    ----------
+    n_invalid, n_points : int
+        How many of how many points left the recorded branches.
     """
+
+    def __init__(self, n_invalid: int, n_points: int, tape: object = None) -> None:
+        self.n_invalid = n_invalid
+        self.n_points = n_points
+        name = f" {tape.name!r}" if getattr(tape, "name", "") else ""
+        super().__init__(
+            f"{n_invalid} of {n_points} point(s) left the branches recorded in tape{name} "
+            f"({getattr(tape, 'n_guards', '?')} guard(s)): its values there would come from "
+            "the wrong branch. Use tapejit.grad/value_and_grad/jacobian/hessian (they "
+            "re-record per branch), or check='mask' for a validity mask with NaN at those "
+            "points."
+        )

@@ -79,8 +79,10 @@ def record(
         Function of the arguments, returning a number, an array, or a tuple of them
         (outputs are flattened in order).
     *args : float or array_like
-        Example arguments; only their shapes matter (values are used for nothing but
-        folding what does not depend on them).
+        Arguments at which to record: their shapes fix the tape's shapes, and where ``f``
+        branches on a traced value (``if``, ``while``) their values decide the branch
+        recorded. Each such decision becomes a *guard* that every later evaluation checks
+        (see :meth:`Tape.forward`'s ``check``).
     argnums : int or sequence of int, optional
         Arguments to differentiate with respect to; they become the tape's inputs
         (flattened in order). The other arguments become *parameters*: tape inputs that
@@ -96,9 +98,8 @@ def record(
     Raises
     ------
     TracingError
-        If ``f`` does something a tape cannot record faithfully (Python control flow on a
-        traced value, an unsupported numpy function, converting a traced value to a
-        number).
+        If ``f`` does something a tape cannot record faithfully (an unsupported numpy
+        function, converting a traced value to a number, using it as an index).
 
     Examples
     --------
@@ -120,7 +121,7 @@ def record(
     shapes: dict[int, tuple[int, ...]] = {}
     for i in traced_pos:
         arr = _as_arg(args[i], i)
-        leaves[i] = rec.leaves(arr.shape)
+        leaves[i] = rec.leaves(arr)
         shapes[i] = arr.shape
         call_args[i] = Tracer(rec, leaves[i].copy())  # f may assign into it
     try:
@@ -133,11 +134,9 @@ def record(
     def cat(pos: list[int]) -> np.ndarray:
         return np.concatenate([leaves[i].ravel() for i in pos]) if pos else np.empty(0, int)
 
-    opcodes, op_args, consts, inputs, params, outputs = rec.finalize(
-        cat(list(nums)), cat(param_pos), out_ids
-    )
+    arrays = rec.finalize(cat(list(nums)), cat(param_pos), out_ids)
     return Tape(
-        opcodes, op_args, consts, inputs, params, outputs,
+        **arrays,
         input_shapes=tuple(shapes[i] for i in nums),
         output_shapes=out_shapes,
         name=getattr(f, "__name__", ""),

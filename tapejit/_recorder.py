@@ -9,6 +9,11 @@ its ``n`` instructions with a handful of vectorized numpy calls. Elements whose 
 are all constants are folded with the op's numpy reference and never become
 instructions.
 
+The recorder also keeps the *value* of every node at the recording point (computed with
+the op's numpy reference, vectorized), so that Python control flow on a traced value can
+be decided there and recorded as a *guard*: the comparison node and the outcome seen.
+Replays check every guard at every point (see ``_drivers.py``).
+
 :meth:`Recorder.finalize` turns this into the slot layout of a :class:`~tapejit.Tape`.
 """
 
@@ -16,9 +21,31 @@ from __future__ import annotations
 
 import numpy as np
 
-from ._ops import COMPARISON, Op
+from ._ops import Op
 
 _I64 = np.int64
+
+
+class _Growing:
+    """A float64 or int64 array that grows by doubling."""
+
+    def __init__(self, dtype: type) -> None:
+        self.data = np.empty(64, dtype=dtype)
+        self.n = 0
+
+    def extend(self, values: np.ndarray) -> int:
+        k0 = self.n
+        need = k0 + values.size
+        if need > self.data.size:
+            grown = np.empty(max(need, 2 * self.data.size), dtype=self.data.dtype)
+            grown[:k0] = self.data[:k0]
+            self.data = grown
+        self.data[k0:need] = values
+        self.n = need
+        return k0
+
+    def view(self) -> np.ndarray:
+        return self.data[: self.n]
 
 
 class Recorder:
@@ -28,51 +55,53 @@ class Recorder:
         self._ops: list[np.ndarray] = []  # uint8 opcode blocks
         self._args: list[np.ndarray] = []  # (k, 3) int64 operand-id blocks, -1 pads unused
         self.n_leaves = 0
-        self.n_nodes = 0
-        self._cvals = np.empty(64)
-        self.n_consts = 0
-        self._cindex: dict[float, int] = {}
+        self._vals = _Growing(np.float64)  # value of each variable node at the record point
+        self._consts = _Growing(np.float64)
+        self._cindex: dict[object, int] = {}
+        self._guards: list[tuple[int, int]] = []  # (comparison node id, outcome 0/1)
         self.closed = False
 
+    @property
+    def n_nodes(self) -> int:
+        return self._vals.n
+
+    @property
+    def n_consts(self) -> int:
+        return self._consts.n
+
     # -- leaves and constants ------------------------------------------------------------
-    def leaves(self, shape: tuple[int, ...]) -> np.ndarray:
-        """Allocate input/parameter leaves; only valid before the first instruction."""
-        n = int(np.prod(shape, dtype=_I64))
-        ids = np.arange(self.n_leaves, self.n_leaves + n, dtype=_I64).reshape(shape)
-        self.n_leaves += n
-        self.n_nodes += n
-        return ids
+    def leaves(self, values: np.ndarray) -> np.ndarray:
+        """Allocate input/parameter leaves holding ``values``; before any instruction."""
+        if self._ops:
+            raise RuntimeError("leaves must be allocated before the first instruction")
+        flat = np.ascontiguousarray(values, dtype=np.float64).ravel()
+        k0 = self._vals.extend(flat)
+        self.n_leaves += flat.size
+        return np.arange(k0, k0 + flat.size, dtype=_I64).reshape(np.shape(values))
 
     def const(self, values: np.ndarray) -> np.ndarray:
-        """Ids of constants (float64 array of any shape); small pools are deduplicated."""
+        """Ids of constants (float64 array of any shape); small batches are deduplicated."""
         flat = np.ascontiguousarray(values, dtype=np.float64).ravel()
-        if flat.size <= 64:
-            out = np.empty(flat.size, dtype=_I64)
-            for i, v in enumerate(flat.tolist()):
-                key = v if v == v else "nan"  # NaN != NaN; one pool entry for it
-                k = self._cindex.get(key)
-                if k is None or (v == 0.0 and np.signbit(v) != np.signbit(self._cvals[k])):
-                    k = self._append_consts(np.array([v]))
-                    self._cindex.setdefault(key, k)
-                out[i] = -1 - k
-            return out.reshape(np.shape(values))
-        k0 = self._append_consts(flat)
-        return (-1 - np.arange(k0, k0 + flat.size, dtype=_I64)).reshape(np.shape(values))
+        if flat.size > 64:
+            k0 = self._consts.extend(flat)
+            return (-1 - np.arange(k0, k0 + flat.size, dtype=_I64)).reshape(np.shape(values))
+        out = np.empty(flat.size, dtype=_I64)
+        bits = flat.view(np.int64).tolist()  # by bits: 0.0 and -0.0 differ, NaN is one key
+        for i, key in enumerate(bits):
+            k = self._cindex.get(key)
+            if k is None:
+                k = self._cindex[key] = self._consts.extend(flat[i : i + 1])
+            out[i] = -1 - k
+        return out.reshape(np.shape(values))
 
-    def _append_consts(self, flat: np.ndarray) -> int:
-        k0 = self.n_consts
-        need = k0 + flat.size
-        if need > self._cvals.size:
-            grown = np.empty(max(need, 2 * self._cvals.size))
-            grown[:k0] = self._cvals[:k0]
-            self._cvals = grown
-        self._cvals[k0:need] = flat
-        self.n_consts = need
-        return k0
-
-    def const_values(self, ids: np.ndarray) -> np.ndarray:
-        """Values of constant ids (all ``< 0``)."""
-        return self._cvals[-1 - ids]
+    def values(self, ids: np.ndarray) -> np.ndarray:
+        """Values at the recording point of any ids (variables and constants)."""
+        ids = np.asarray(ids)
+        out = np.empty(ids.shape)
+        var = ids >= 0
+        out[var] = self._vals.data[ids[var]]
+        out[~var] = self._consts.data[-1 - ids[~var]]
+        return out
 
     # -- instructions --------------------------------------------------------------------
     def emit(self, op: Op, *operands: np.ndarray) -> np.ndarray:
@@ -82,17 +111,18 @@ class Recorder:
         operands = np.broadcast_arrays(*operands)
         shape = operands[0].shape
         flat = [np.ascontiguousarray(o).ravel() for o in operands]
-        result = np.empty(flat[0].size, dtype=_I64)
+        with np.errstate(all="ignore"):
+            vals = np.asarray(op.numpy(*(self.values(o) for o in flat)), dtype=np.float64)
+        vals = np.broadcast_to(vals, flat[0].shape)
         is_const = flat[0] < 0
         for o in flat[1:]:
             is_const &= o < 0
+        result = np.empty(flat[0].size, dtype=_I64)
         if is_const.any():
-            vals = [self.const_values(o[is_const]) for o in flat]
-            with np.errstate(all="ignore"):
-                folded = np.asarray(op.numpy(*vals), dtype=np.float64)
-            result[is_const] = self.const(np.broadcast_to(folded, vals[0].shape))
+            result[is_const] = self.const(vals[is_const])
             var = ~is_const
             flat = [o[var] for o in flat]
+            vals = vals[var]
         else:
             var = slice(None)
         n = flat[0].size
@@ -102,19 +132,24 @@ class Recorder:
                 args[:, j] = o
             self._ops.append(np.full(n, op.code, dtype=np.uint8))
             self._args.append(args)
-            result[var] = np.arange(self.n_nodes, self.n_nodes + n, dtype=_I64)
-            self.n_nodes += n
+            k0 = self._vals.extend(vals)
+            result[var] = np.arange(k0, k0 + n, dtype=_I64)
         return result.reshape(shape)
+
+    def guard(self, node: int) -> bool:
+        """Record that the comparison ``node`` (value 1.0/0.0) decided a Python branch."""
+        outcome = bool(self._vals.data[node] != 0.0)
+        self._guards.append((int(node), int(outcome)))
+        return outcome
 
     # -- finishing -----------------------------------------------------------------------
     def finalize(
         self, input_leaves: np.ndarray, param_leaves: np.ndarray, outputs: np.ndarray
-    ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    ) -> dict[str, np.ndarray]:
         """Map ids to slots ``[constants | parameters | inputs | results]``.
 
-        Returns ``(opcodes, results, args, consts, input_slots, param_slots,
-        output_slots)`` minus the results column, which is implied by the order; see
-        ``_tape.py``.
+        Returns the arrays a :class:`~tapejit.Tape` is built from: ``opcodes``, ``args``,
+        ``consts``, ``inputs``, ``params``, ``outputs`` and ``guards``.
         """
         self.closed = True
         nc = self.n_consts
@@ -134,17 +169,14 @@ class Recorder:
         unused = args == -1
         args = slot(args)
         args[unused] = 0
-        consts = self._cvals[:nc].copy()
-        return (
-            ops,
-            args,
-            consts,
-            nc + n_par + np.arange(input_leaves.size),
-            nc + np.arange(n_par),
-            slot(outputs),
-        )
-
-
-def is_comparison(op: Op) -> bool:
-    """Whether an op yields 1.0/0.0 truth values."""
-    return COMPARISON in op.flags
+        guards = np.array(self._guards, dtype=_I64).reshape(-1, 2)
+        guards[:, 0] = slot(guards[:, 0])
+        return {
+            "opcodes": ops,
+            "args": args,
+            "consts": self._consts.view().copy(),
+            "inputs": nc + n_par + np.arange(input_leaves.size),
+            "params": nc + np.arange(n_par),
+            "outputs": slot(outputs),
+            "guards": guards,
+        }

@@ -9,11 +9,16 @@ Slot layout (one float64 row per slot in a sweep's workspace)::
 All integer data lives in one packed int32 *program* handed to the kernels in a single
 argument (fewer arguments make the per-call dispatch cheaper)::
 
-    prog[0:12]  header: n_slots, n_consts, nd, n_inputs, n_params, n_outputs, n_instr,
+    prog[0:14]  header: n_slots, n_consts, nd, n_inputs, n_params, n_outputs, n_instr,
                 offset of inputs, offset of params, offset of outputs, offset of code,
-                ints per instruction (5)
+                ints per instruction (5), n_guards, offset of guards
     inputs, params, outputs   slot indices
     code        n_instr rows of (opcode, result slot, operand slots a, b, c)
+    guards      n_guards pairs (slot of a comparison, outcome 0/1 seen when recording)
+
+A *guard* records a Python branch taken on a traced value while recording (``if x > 0``);
+every evaluation checks every guard at every point, and a point where one fails is never
+given this tape's values (``check=`` of the evaluation methods).
 
 The public views (:attr:`Tape.opcodes`, :attr:`Tape.args`, ...) are read-only slices of
 that buffer. Opcodes 128-255 are reserved for block instructions (one instruction over a
@@ -26,6 +31,7 @@ import numba
 import numpy as np
 
 from ._codegen import HEADER, ROW, load_kernels
+from ._errors import BranchError
 from ._ops import BY_CODE
 from ._validate import check_tape_arrays
 
@@ -116,9 +122,10 @@ class Tape:
         input_shapes: tuple[tuple[int, ...], ...] = (),
         output_shapes: tuple[tuple[int, ...], ...] = (),
         name: str = "",
+        guards: np.ndarray | None = None,
     ) -> None:
-        opcodes, args, consts, inputs, params, outputs = check_tape_arrays(
-            opcodes, args, consts, inputs, params, outputs
+        opcodes, args, consts, inputs, params, outputs, guards = check_tape_arrays(
+            opcodes, args, consts, inputs, params, outputs, guards
         )
         n_instr = len(opcodes)
         nc, n_in, n_par, n_out = len(consts), len(inputs), len(params), len(outputs)
@@ -127,16 +134,18 @@ class Tape:
         o_par = o_in + n_in
         o_out = o_par + n_par
         o_code = o_out + n_out
-        prog = np.empty(o_code + ROW * n_instr, dtype=np.int32)
+        o_guard = o_code + ROW * n_instr
+        prog = np.empty(o_guard + 2 * len(guards), dtype=np.int32)
         prog[:HEADER] = (n_slots, nc, nc + n_par, n_in, n_par, n_out, n_instr,
-                         o_in, o_par, o_out, o_code, ROW)
+                         o_in, o_par, o_out, o_code, ROW, len(guards), o_guard)
         prog[o_in:o_par] = inputs
         prog[o_par:o_out] = params
         prog[o_out:o_code] = outputs
-        code = prog[o_code:].reshape(n_instr, ROW)
+        code = prog[o_code:o_guard].reshape(n_instr, ROW)
         code[:, 0] = opcodes
         code[:, 1] = nc + n_par + n_in + np.arange(n_instr)
         code[:, 2:] = args
+        prog[o_guard:] = guards.ravel()
         _kernels()
         self._prog = prog
         self._consts = np.array(consts, dtype=np.float64)
@@ -144,6 +153,7 @@ class Tape:
         self._consts.flags.writeable = False
         self._n_slots = n_slots
         self._n_in, self._n_par, self._n_out = n_in, n_par, n_out
+        self._n_guards = len(guards)
         self._chunk = int(max(1, min(CHUNK_MAX, WORKSPACE_VALUES // max(n_slots, 1))))
         self.input_shapes = input_shapes
         self.output_shapes = output_shapes
@@ -179,8 +189,17 @@ class Tape:
         return self._n_slots
 
     def _code(self) -> np.ndarray:
-        o = int(self._prog[10])
-        return self._prog[o:].reshape(-1, ROW)
+        return self._prog[self._prog[10] : self._prog[13]].reshape(-1, ROW)
+
+    @property
+    def guards(self) -> np.ndarray:
+        """Recorded branch decisions, ``(n_guards, 2)``: comparison slot and outcome (1/0)."""
+        return self._prog[self._prog[13] :].reshape(-1, 2)
+
+    @property
+    def n_guards(self) -> int:
+        """Number of recorded branch decisions (0 for branch-free code)."""
+        return self._n_guards
 
     @property
     def opcodes(self) -> np.ndarray:
@@ -221,7 +240,8 @@ class Tape:
         name = f" {self.name!r}" if self.name else ""
         return (
             f"<tapejit.Tape{name}: {len(self)} instructions, {self.n_inputs} inputs, "
-            f"{self.n_params} params, {self.n_outputs} outputs, {len(self._consts)} constants>"
+            f"{self.n_params} params, {self.n_outputs} outputs, {len(self._consts)} constants"
+            + (f", {self._n_guards} guards>" if self._n_guards else ">")
         )
 
     def listing(self, limit: int | None = 50) -> str:
@@ -252,6 +272,8 @@ class Tape:
             lines.append(f"  {slot(int(row[1]))} = {op.name}({operands})")
         if limit is not None and len(code) > limit:
             lines.append(f"  ... {len(code) - limit} more")
+        for s, outcome in self.guards:
+            lines.append(f"  guard {slot(int(s))} is {bool(outcome)}")
         outs = ", ".join(slot(int(s)) for s in self.outputs)
         lines.append(f"  return {outs}")
         return "\n".join(lines)
@@ -297,7 +319,39 @@ class Tape:
             )
 
     # -- evaluation ----------------------------------------------------------------------
-    def forward(self, x, params=None, out: np.ndarray | None = None):
+    def _prepare(self, x, params) -> tuple[np.ndarray, np.ndarray, bool]:
+        """Points as ``(n, n_inputs)``, parameters as ``(1 or n, n_params)``, one-point flag."""
+        x = _as_points(x, self._n_in, "x")
+        single = x.ndim == 1
+        X = x.reshape(1, -1) if single else x
+        return X, self._params(params, X.shape[0]), single
+
+    def _guarded(self, valid: np.ndarray, check: str, results: tuple, single: bool) -> tuple:
+        """Apply the guard policy to per-point ``results`` (leading axis: points).
+
+        ``check="raise"``: :class:`BranchError` if any point failed a guard.
+        ``check="mask"``: failed points become NaN and a boolean validity mask (a bool for
+        one point) is appended to the results.
+        """
+        ok = None
+        if self._n_guards:
+            ok = valid.view(np.bool_)
+            if not ok.all():
+                if check == "raise":
+                    raise BranchError(int(ok.size - np.count_nonzero(ok)), ok.size, self)
+                for r in results:
+                    r[~ok] = np.nan
+        if check == "mask":
+            if ok is None:
+                ok = np.ones(valid.shape[0], dtype=bool)
+            return (*results, bool(ok[0]) if single else ok)
+        return results
+
+    def _check_arg(self, check: str) -> None:
+        if check not in ("raise", "mask"):
+            raise ValueError(f"check must be 'raise' or 'mask'; got {check!r}")
+
+    def forward(self, x, params=None, out: np.ndarray | None = None, check: str = "raise"):
         """Evaluate the outputs.
 
         Parameters
@@ -307,31 +361,42 @@ class Tape:
         params : array_like, optional
             Parameters, shape ``(n_params,)`` or ``(n_points, n_params)``.
         out : ndarray, optional
-            Buffer for the result, shape as returned (a float is returned for one point
-            with one output, so ``out`` then has shape ``(1,)``).
+            Buffer for the result, shaped as the result (``(1,)`` for one point with one
+            output, which then returns the buffer instead of a float).
+        check : {"raise", "mask"}
+            What to do at points where a recorded branch decision (a guard) does not
+            hold: ``"raise"`` a :class:`BranchError` (default), or ``"mask"``: set those
+            points' results to NaN and also return a boolean validity mask.
 
         Returns
         -------
         float or ndarray
             ``(n_outputs,)`` or ``(n_points, n_outputs)``; the output axis is dropped when
-            the tape has one output.
+            the tape has one output. With ``check="mask"``, ``(result, valid)``.
         """
-        K = _kernels()
-        x = _as_points(x, self._n_in, "x")
-        if x.ndim == 1:
-            p = self._params(params, None)
+        self._check_arg(check)
+        X, P, single = self._prepare(x, params)
+        n = X.shape[0]
+        if single:
             y = _buffer(out, (self._n_out,), "out")
-            K.forward_point(self._prog, self._consts, x, p, y)
-            return float(y[0]) if self._n_out == 1 and out is None else y
-        n = x.shape[0]
-        p = self._params(params, n)
+            failed = _K.forward_point(self._prog, self._consts, X[0], P[0], y)
+            if failed:
+                if check == "raise":
+                    raise BranchError(1, 1, self)
+                y[:] = np.nan
+            res = float(y[0]) if self._n_out == 1 and out is None else y
+            return (res, failed == 0) if check == "mask" else res
         shape = (n,) if self._n_out == 1 else (n, self._n_out)
-        y = _buffer(out, shape, "out").reshape(n, self._n_out)
+        y = _buffer(out, shape, "out")
+        valid = np.empty(n, dtype=np.uint8)
         suffix, nt, chunk = self._batch(n)
-        getattr(K, f"forward_batch_{suffix}")(self._prog, self._consts, x, p, y, chunk, nt)
-        return y.reshape(shape)
+        getattr(_K, f"forward_batch_{suffix}")(
+            self._prog, self._consts, X, P, y.reshape(n, self._n_out), valid, chunk, nt
+        )
+        res = self._guarded(valid, check, (y,), False)
+        return res if check == "mask" else res[0]
 
-    def value_and_grad(self, x, params=None, out=None):
+    def value_and_grad(self, x, params=None, out=None, check: str = "raise"):
         """Value and gradient of a one-output tape.
 
         Parameters
@@ -345,6 +410,8 @@ class Tape:
             ``None``; for one point it is ignored, the value is returned as a float) and
             gradient buffer shaped like ``x``. An optimizer loop that passes them
             allocates nothing per call beyond the kernel's workspace.
+        check : {"raise", "mask"}
+            See :meth:`forward`; with ``"mask"`` a validity mask is returned third.
 
         Returns
         -------
@@ -359,38 +426,46 @@ class Tape:
             and x.dtype is _F64
             and x.shape == self._shape1
             and x.flags.carray
-        ):
+            and check == "raise"
+        ):  # the optimizer's hot path: one point, nothing to convert
             if out is None:
                 g = np.empty(self._n_in)
-                return _K.value_grad_point(self._prog, self._consts, x, _EMPTY1, g), g
-            if out[0] is None:
+            else:
                 g = out[1]
-                if type(g) is np.ndarray and g.dtype is _F64 and g.shape == self._shape1 and (
-                    g.flags.carray
-                ):
-                    return _K.value_grad_point(self._prog, self._consts, x, _EMPTY1, g), g
+                if not (out[0] is None and type(g) is np.ndarray and g.dtype is _F64
+                        and g.shape == self._shape1 and g.flags.carray):
+                    g = None
+            if g is not None:
+                v = _K.value_grad_point(self._prog, self._consts, x, _EMPTY1, g)
+                if v == v or not self._n_guards:  # NaN may mean a failed guard
+                    return v, g
         self._scalar_output("value_and_grad")
-        x = _as_points(x, self._n_in, "x")
+        self._check_arg(check)
+        X, P, single = self._prepare(x, params)
+        n = X.shape[0]
         vbuf, gbuf = (None, None) if out is None else out
-        if x.ndim == 1:
-            g = _buffer(gbuf, (self._n_in,), "grad buffer")
-            v = _kernels().value_grad_point(
-                self._prog, self._consts, x, self._params(params, None), g
-            )
+        g = _buffer(gbuf, (n, self._n_in) if not single else (self._n_in,), "grad buffer")
+        if single:
+            v = _K.value_grad_point(self._prog, self._consts, X[0], P[0], g)
+            failed = 0
+            if v != v and self._n_guards:
+                failed = _K.forward_point(self._prog, self._consts, X[0], P[0], np.empty(1))
+            if failed and check == "raise":
+                raise BranchError(1, 1, self)
             if vbuf is not None:
                 vbuf[...] = v
-            return v, g
-        n = x.shape[0]
+            return (v, g, failed == 0) if check == "mask" else (v, g)
         y = _buffer(vbuf, (n,), "value buffer")
-        g = _buffer(gbuf, x.shape, "grad buffer")
-        self._vjp_batch(x, self._params(params, n), self._ones, y.reshape(n, 1), g)
-        return y, g
+        valid = self._vjp_batch(X, P, self._ones, y.reshape(n, 1), g)
+        res = self._guarded(valid, check, (y, g), False)
+        return res
 
-    def gradient(self, x, params=None, out: np.ndarray | None = None) -> np.ndarray:
+    def gradient(self, x, params=None, out: np.ndarray | None = None, check: str = "raise"):
         """Gradient of a one-output tape, shaped like ``x`` (see :meth:`value_and_grad`)."""
-        return self.value_and_grad(x, params, out=(None, out))[1]
+        res = self.value_and_grad(x, params, out=(None, out), check=check)
+        return (res[1], res[2]) if check == "mask" else res[1]
 
-    def vjp(self, x, w, params=None, out=None):
+    def vjp(self, x, w, params=None, out=None, check: str = "raise"):
         """Vector-Jacobian product: outputs and ``w @ J`` for weights ``w`` per output.
 
         Parameters
@@ -404,6 +479,8 @@ class Tape:
         params : array_like, optional
         out : tuple of (ndarray or None, ndarray or None), optional
             Buffers ``(outputs (n_points, n_outputs), vjp shaped like x)``.
+        check : {"raise", "mask"}
+            See :meth:`forward`.
 
         Returns
         -------
@@ -412,9 +489,8 @@ class Tape:
         vjp : ndarray
             Shaped like ``x``.
         """
-        x = _as_points(x, self._n_in, "x")
-        single = x.ndim == 1
-        X = x.reshape(1, -1) if single else x
+        self._check_arg(check)
+        X, P, single = self._prepare(x, params)
         n = X.shape[0]
         w = _as_points(w, self._n_out, "w")
         if w.ndim == 1:
@@ -423,16 +499,20 @@ class Tape:
             raise ValueError(f"w must have shape ({self._n_out},) or ({n}, {self._n_out})")
         ybuf, gbuf = (None, None) if out is None else out
         y = _buffer(ybuf, (self._n_out,) if single else (n, self._n_out), "outputs buffer")
-        g = _buffer(gbuf, x.shape, "vjp buffer")
-        p = self._params(params, n)
-        self._vjp_batch(X, p, w, y.reshape(n, self._n_out), g.reshape(n, self._n_in))
-        return y, g
+        g = _buffer(gbuf, (self._n_in,) if single else (n, self._n_in), "vjp buffer")
+        y2, g2 = y.reshape(n, self._n_out), g.reshape(n, self._n_in)
+        valid = self._vjp_batch(X, P, w, y2, g2)
+        res = self._guarded(valid, check, (y2, g2), single)
+        return (y, g, res[2]) if check == "mask" else (y, g)
 
-    def _vjp_batch(self, X, P, WT, Y, G) -> None:
-        suffix, nt, chunk = self._batch(X.shape[0])
-        getattr(_kernels(), f"vjp_batch_{suffix}")(
-            self._prog, self._consts, X, P, WT, Y, G, chunk, nt
+    def _vjp_batch(self, X, P, WT, Y, G) -> np.ndarray:
+        n = X.shape[0]
+        valid = np.empty(n, dtype=np.uint8)
+        suffix, nt, chunk = self._batch(n)
+        getattr(_K, f"vjp_batch_{suffix}")(
+            self._prog, self._consts, X, P, WT, Y, G, valid, chunk, nt
         )
+        return valid
 
     def _directions(self, v, n: int, single: bool, what: str) -> np.ndarray:
         """Directions ``v`` shaped like ``x`` as ``(1 or n, 1, n_inputs)``."""
@@ -448,18 +528,21 @@ class Tape:
     def _chunk_for(self, n_dirs: int) -> int:
         return int(max(1, min(CHUNK_MAX, WORKSPACE_VALUES // max(self._n_slots * n_dirs, 1))))
 
-    def _jvp_batch(self, X, P, V, Y, TY) -> None:
+    def _jvp_batch(self, X, P, V, Y, TY) -> np.ndarray:
         """Tangents ``TY (n, n_outputs, n_dirs)`` of directions ``V (1 or n, n_dirs, n_in)``;
-        one point goes through the scalar sweep."""
-        if X.shape[0] == 1 and V.shape[0] == 1:
-            _kernels().jvp_point(self._prog, self._consts, X[0], P[0], V[0], Y[0], TY[0])
-            return
-        suffix, nt, chunk = self._batch(X.shape[0], self._chunk_for(V.shape[1] + 1))
-        getattr(_kernels(), f"jvp_batch_{suffix}")(
-            self._prog, self._consts, X, P, V, Y, TY, chunk, nt
+        one point goes through the scalar sweep. Returns the guard validity per point."""
+        n = X.shape[0]
+        if n == 1 and V.shape[0] == 1:
+            failed = _K.jvp_point(self._prog, self._consts, X[0], P[0], V[0], Y[0], TY[0])
+            return np.array([failed == 0], dtype=np.uint8)
+        valid = np.empty(n, dtype=np.uint8)
+        suffix, nt, chunk = self._batch(n, self._chunk_for(V.shape[1] + 1))
+        getattr(_K, f"jvp_batch_{suffix}")(
+            self._prog, self._consts, X, P, V, Y, TY, valid, chunk, nt
         )
+        return valid
 
-    def jvp(self, x, v, params=None):
+    def jvp(self, x, v, params=None, check: str = "raise"):
         """Jacobian-vector product (forward mode, one tangent sweep).
 
         Parameters
@@ -469,6 +552,8 @@ class Tape:
         v : array_like
             Tangent direction shaped like ``x`` (or ``(n_inputs,)`` for every point).
         params : array_like, optional
+        check : {"raise", "mask"}
+            See :meth:`forward`.
 
         Returns
         -------
@@ -476,19 +561,22 @@ class Tape:
             ``J v``: ``(n_outputs,)`` or ``(n_points, n_outputs)``, the output axis dropped
             when the tape has one output (as :meth:`forward`).
         """
-        x = _as_points(x, self._n_in, "x")
-        single = x.ndim == 1
-        X = x.reshape(1, -1) if single else x
+        self._check_arg(check)
+        X, P, single = self._prepare(x, params)
         n = X.shape[0]
         V = self._directions(v, n, single, "v")
         Y = np.empty((n, self._n_out))
         TY = np.empty((n, self._n_out, 1))
-        self._jvp_batch(X, self._params(params, n), V, Y, TY)
+        valid = self._jvp_batch(X, P, V, Y, TY)
+        (ty, *mask) = self._guarded(valid, check, (TY[:, :, 0],), single)
         if single:
-            return float(TY[0, 0, 0]) if self._n_out == 1 else TY[0, :, 0]
-        return TY[:, 0, 0] if self._n_out == 1 else TY[:, :, 0]
+            ty = float(ty[0, 0]) if self._n_out == 1 else ty[0]
+        elif self._n_out == 1:
+            ty = ty[:, 0]
+        return (ty, *mask) if check == "mask" else ty
 
-    def jacobian(self, x, params=None, out: np.ndarray | None = None, mode: str = "auto"):
+    def jacobian(self, x, params=None, out: np.ndarray | None = None, mode: str = "auto",
+                 check: str = "raise"):
         """Jacobian ``d outputs / d inputs``: ``(n_outputs, n_inputs)`` per point.
 
         Parameters
@@ -502,6 +590,8 @@ class Tape:
             ``"forward"``: one tangent sweep carrying all ``n_inputs`` directions;
             ``"reverse"``: one adjoint sweep per output; ``"auto"`` picks forward when
             ``n_inputs < n_outputs``.
+        check : {"raise", "mask"}
+            See :meth:`forward`.
 
         Returns
         -------
@@ -512,48 +602,50 @@ class Tape:
             raise ValueError(f"mode must be 'auto', 'forward' or 'reverse'; got {mode!r}")
         if mode == "auto":
             mode = "forward" if self._n_in < self._n_out else "reverse"
-        x = _as_points(x, self._n_in, "x")
-        single = x.ndim == 1
-        X = x.reshape(1, -1) if single else x
+        self._check_arg(check)
+        X, P, single = self._prepare(x, params)
         n = X.shape[0]
         shape = (self._n_out, self._n_in) if single else (n, self._n_out, self._n_in)
         J = _buffer(out, shape, "out")
         J3 = J.reshape(n, self._n_out, self._n_in)
         Y = np.empty((n, self._n_out))
-        P = self._params(params, n)
         if mode == "forward":
             V = np.eye(self._n_in).reshape(1, self._n_in, self._n_in)
-            self._jvp_batch(X, P, V, Y, J3)
-            return J
-        suffix, nt, chunk = self._batch(n)
-        getattr(_kernels(), f"jacrev_batch_{suffix}")(
-            self._prog, self._consts, X, P, Y, J3, chunk, nt
-        )
-        return J
+            valid = self._jvp_batch(X, P, V, Y, J3)
+        else:
+            valid = np.empty(n, dtype=np.uint8)
+            suffix, nt, chunk = self._batch(n)
+            getattr(_K, f"jacrev_batch_{suffix}")(
+                self._prog, self._consts, X, P, Y, J3, valid, chunk, nt
+            )
+        res = self._guarded(valid, check, (J3,), single)
+        return (J, res[1]) if check == "mask" else J
 
-    def _hvp_batch(self, X, P, V) -> np.ndarray:
-        """``(n, n_dirs, n_inputs)`` Hessian-direction products, directions in blocks."""
+    def _hvp_batch(self, X, P, V) -> tuple[np.ndarray, np.ndarray]:
+        """``(n, n_dirs, n_inputs)`` Hessian-direction products (directions in blocks that
+        bound the workspace) and the guard validity per point."""
         n, nv = X.shape[0], V.shape[1]
         HV = np.empty((n, nv, self._n_in))
         Y = np.empty((n, 1))
         G = np.empty((n, self._n_in))
-        K = _kernels()
+        valid = np.empty(n, dtype=np.uint8)
         for d0 in range(0, nv, _DIR_BLOCK):
             d1 = min(nv, d0 + _DIR_BLOCK)
             Vb = np.ascontiguousarray(V[:, d0:d1])
             HVb = HV if (d0, d1) == (0, nv) else np.empty((n, d1 - d0, self._n_in))
             if n == 1 and V.shape[0] == 1:
-                K.hvp_point(self._prog, self._consts, X[0], P[0], Vb[0], G[0], HVb[0])
+                failed = _K.hvp_point(self._prog, self._consts, X[0], P[0], Vb[0], G[0], HVb[0])
+                valid[0] = failed == 0
             else:
                 suffix, nt, chunk = self._batch(n, self._chunk_for(2 * (d1 - d0) + 2))
-                getattr(K, f"hvp_batch_{suffix}")(
-                    self._prog, self._consts, X, P, Vb, Y, G, HVb, chunk, nt
+                getattr(_K, f"hvp_batch_{suffix}")(
+                    self._prog, self._consts, X, P, Vb, Y, G, HVb, valid, chunk, nt
                 )
             if HVb is not HV:
                 HV[:, d0:d1] = HVb
-        return HV
+        return HV, valid
 
-    def hvp(self, x, v, params=None) -> np.ndarray:
+    def hvp(self, x, v, params=None, check: str = "raise") -> np.ndarray:
         """Hessian-vector product of a one-output tape (forward-over-reverse).
 
         Parameters
@@ -563,6 +655,8 @@ class Tape:
         v : array_like
             Direction shaped like ``x`` (or ``(n_inputs,)`` for every point).
         params : array_like, optional
+        check : {"raise", "mask"}
+            See :meth:`forward`.
 
         Returns
         -------
@@ -570,24 +664,27 @@ class Tape:
             ``H v``, shaped like ``x``.
         """
         self._scalar_output("hvp")
-        x = _as_points(x, self._n_in, "x")
-        single = x.ndim == 1
-        X = x.reshape(1, -1) if single else x
+        self._check_arg(check)
+        X, P, single = self._prepare(x, params)
         n = X.shape[0]
-        HV = self._hvp_batch(X, self._params(params, n), self._directions(v, n, single, "v"))
-        return HV[0, 0] if single else HV[:, 0]
+        HV, valid = self._hvp_batch(X, P, self._directions(v, n, single, "v"))
+        hv, *mask = self._guarded(valid, check, (HV[:, 0],), single)
+        hv = hv[0] if single else hv
+        return (hv, *mask) if check == "mask" else hv
 
-    def hessian(self, x, params=None) -> np.ndarray:
+    def hessian(self, x, params=None, check: str = "raise") -> np.ndarray:
         """Hessian of a one-output tape: ``(n_inputs, n_inputs)`` per point.
 
-        Computed as ``n_inputs`` Hessian-vector products in vector mode, then symmetrized
-        (``(H + H.T) / 2``), so the result is exactly symmetric.
+        Computed as ``n_inputs`` Hessian-vector products in vector mode (forward over
+        reverse), then symmetrized, ``(H + H.T) / 2``, so the result is exactly symmetric.
 
         Parameters
         ----------
         x : array_like
             ``(n_inputs,)`` or ``(n_points, n_inputs)``.
         params : array_like, optional
+        check : {"raise", "mask"}
+            See :meth:`forward`.
 
         Returns
         -------
@@ -595,12 +692,12 @@ class Tape:
             ``(..., n_inputs, n_inputs)``.
         """
         self._scalar_output("hessian")
-        x = _as_points(x, self._n_in, "x")
-        single = x.ndim == 1
-        X = x.reshape(1, -1) if single else x
-        n = X.shape[0]
+        self._check_arg(check)
+        X, P, single = self._prepare(x, params)
         V = np.eye(self._n_in).reshape(1, self._n_in, self._n_in)
-        H = self._hvp_batch(X, self._params(params, n), V)
+        H, valid = self._hvp_batch(X, P, V)
         H += H.transpose(0, 2, 1)
         H *= 0.5
-        return H[0] if single else H
+        H, *mask = self._guarded(valid, check, (H,), single)
+        H = H[0] if single else H
+        return (H, *mask) if check == "mask" else H

@@ -14,7 +14,7 @@ from typing import Any
 
 import numpy as np
 
-from ._errors import ControlFlowError, TracingError
+from ._errors import TracingError
 from ._ops import BY_NAME, COMPARISON, OPS, Op
 from ._recorder import Recorder
 
@@ -79,13 +79,26 @@ class Tracer:
 
     # -- conversions that would lose the trace -------------------------------------------
     def __bool__(self) -> bool:
-        raise ControlFlowError(
-            "the truth value of a traced value was requested (an `if`, `while`, `and`, "
-            "`or`, `not` or builtin min()/max() on a value that depends on the inputs). "
-            "A tape records one branch and would replay it silently at every point. "
-            "Write the branch without Python control flow: np.where(cond, a, b), "
-            "np.maximum/np.minimum, np.abs or np.clip."
-        )
+        """Decide a Python branch at the recording point and record it as a guard.
+
+        The tape then holds the comparison and the outcome seen; every evaluation checks
+        it at every point, so a point that would take another branch is never given this
+        branch's values (see :meth:`Tape.forward`). ``np.where``, ``np.maximum``,
+        ``np.abs`` and ``np.clip`` need no guard.
+        """
+        if self._ids.size != 1:
+            raise ValueError(
+                "The truth value of a traced array with more than one element is ambiguous. "
+                "Use np.all()/np.any() outside the traced code, or np.where to select."
+            )
+        node = int(self._ids.reshape(-1)[0])
+        if node < 0:  # a constant: an ordinary Python branch
+            return bool(self._rec.values(np.array(node)) != 0.0)
+        if not self._truth:
+            node = int(emit("not_equal", self, 0.0)._ids.reshape(-1)[0])
+            if node < 0:
+                return bool(self._rec.values(np.array(node)) != 0.0)
+        return self._rec.guard(node)
 
     def _no_convert(self, what: str) -> TracingError:
         return TracingError(

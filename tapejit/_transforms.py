@@ -1,17 +1,34 @@
-"""Function transforms: ``grad`` and ``value_and_grad`` with a per-function tape cache.
+"""Function transforms with a per-function, branch-aware tape cache.
 
-The first call with a given signature (the shapes of the array arguments and the values
-of the static ones) records a tape; later calls with the same signature reuse it.
-Arguments in ``argnums`` are differentiated; other float/array arguments become tape
-parameters (their values change from call to call without re-recording); Python ints,
-bools, strings and other objects are *static*: passed to ``f`` as they are and part of
-the cache key (a new value records a new tape).
+``grad``, ``value_and_grad``, ``jacobian``, ``hessian``, ``hvp`` and ``jvp`` all go through
+one :class:`TapeCache` per function object, so the transforms of ``f`` share recordings.
+
+How a call is served:
+
+1. The *signature* of the call is the shapes of its array arguments, the values of its
+   static arguments and ``argnums``. Arguments in ``argnums`` are differentiated; other
+   float/array arguments become tape *parameters* (their values change from call to
+   call without re-recording); Python ints, bools, strings and other hashable objects are
+   *static*: passed to ``f`` as they are and part of the signature.
+2. The cached tapes of that signature (one per branch pattern seen: the outcomes of the
+   Python ``if``/``while`` decisions on traced values) are tried, most recently used
+   first. Each evaluation checks the tape's guards at every point.
+3. Points that fail the guards of every cached tape are re-recorded at the first such
+   point, and the new tape joins the cache. With ``batched=True`` the points of one call
+   are split this way by branch; each group is evaluated on its own tape in one sweep and
+   the results are put back in order.
+
+The cache holds at most :attr:`TapeCache.max_tapes` tapes (least recently used are
+dropped). ``f.tape_cache`` of a transformed function shows its tapes and counters; a
+:class:`RecordingWarning` is issued once when a function re-records on most calls.
 """
 
 from __future__ import annotations
 
 import functools
+import warnings
 import weakref
+from collections import OrderedDict
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -19,6 +36,15 @@ import numpy as np
 
 from ._record import normalize_argnums, record
 from ._tape import Tape
+
+#: Most tapes kept per function (all signatures and branches together).
+MAX_TAPES = 64
+#: A single call may record at most this many new branches before giving up.
+MAX_NEW_BRANCHES_PER_CALL = 256
+
+
+class RecordingWarning(UserWarning):
+    """A function re-records a tape on most calls: its tapes are rarely reused."""
 
 
 def _is_array_like(a: Any) -> bool:
@@ -34,36 +60,41 @@ def _is_array_like(a: Any) -> bool:
     return False
 
 
-class _TapeCache:
-    """Tapes of one function, keyed by call signature and argnums.
+class _Call:
+    """One call's arguments, split into inputs, parameters and static values."""
 
-    One cache per function object, shared by every transform of it (``grad``,
-    ``jacobian``, ``hessian``, ...), so the transforms of ``f`` record each signature once.
-    """
-
-    def __init__(self, f: Callable[..., Any]) -> None:
-        self.f = f
-        self.tapes: dict[tuple, tuple[Tape, tuple[int, ...], list[int]]] = {}
-        self.n_records = 0
-
-    def prepare(
-        self, args: tuple, argnums: int | Sequence[int]
-    ) -> tuple[Tape, np.ndarray, np.ndarray | None, tuple]:
-        """Tape for this call, flat inputs, flat params and the input shapes."""
+    def __init__(self, args: tuple, argnums: int | Sequence[int], batched: bool) -> None:
         nums = normalize_argnums(argnums, len(args))
-        key: list[Any] = [nums]
-        static = {}
-        arrays: list[np.ndarray | None] = []
+        self.nums = nums
+        self.args = args
+        self.batched = batched
+        self.static: dict[int, Any] = {}
+        self.arrays: list[np.ndarray | None] = []
+        key: list[Any] = [nums, batched]
+        n_points = None
         for i, a in enumerate(args):
             if i in nums or _is_array_like(a):
-                arr = np.asarray(a, dtype=np.float64) if i in nums else np.asarray(a)
-                if arr.dtype.kind not in "iuf":
+                arr = np.asarray(a)
+                if arr.dtype.kind not in "iuf" or isinstance(a, bool):
                     raise TypeError(
                         f"argument {i} must be a real number or array of real numbers; "
-                        f"got dtype {arr.dtype}"
+                        f"got {type(a).__name__}" + (f" of dtype {arr.dtype}" if arr.ndim else "")
                     )
-                arrays.append(arr)
-                key.append(("a", arr.shape))
+                arr = arr.astype(np.float64, copy=False)
+                if batched and (i in nums or arr.ndim > 0):
+                    if arr.ndim == 0:
+                        raise ValueError(
+                            f"batched=True: argument {i} needs a leading points axis"
+                        )
+                    if n_points is None:
+                        n_points = arr.shape[0]
+                    elif arr.shape[0] != n_points:
+                        raise ValueError(
+                            f"batched=True: argument {i} has {arr.shape[0]} points, "
+                            f"expected {n_points}"
+                        )
+                self.arrays.append(arr)
+                key.append(("a", arr.shape[1:] if batched and arr.ndim else arr.shape))
             else:
                 try:
                     hash(a)
@@ -72,69 +103,244 @@ class _TapeCache:
                         f"argument {i} ({type(a).__name__}) is neither an array nor hashable; "
                         "non-array arguments are static and must be hashable"
                     ) from None
-                static[i] = a
-                arrays.append(None)
+                self.static[i] = a
+                self.arrays.append(None)
                 key.append(("s", type(a), a))
-        k = tuple(key)
-        entry = self.tapes.get(k)
-        if entry is None:
-            tape = record(self.f, *args, argnums=nums, static=static)
-            params_pos = [i for i, a in enumerate(arrays) if a is not None and i not in nums]
-            entry = (tape, nums, params_pos)
-            self.tapes[k] = entry
-            self.n_records += 1
-        tape, nums, params_pos = entry
-        x = _concat([arrays[i] for i in nums])
-        p = _concat([arrays[i] for i in params_pos]) if params_pos else None
-        return tape, x, p, tuple(arrays[i].shape for i in nums)
+        self.key = tuple(key)
+        self.n_points = n_points
+        self.param_pos = [i for i, a in enumerate(self.arrays) if a is not None and i not in nums]
 
+    def per_point(self, i: int) -> bool:
+        """Whether array argument ``i`` carries a points axis."""
+        return self.batched and self.arrays[i].ndim > 0
+
+    def shapes(self) -> tuple[tuple[int, ...], ...]:
+        """Shapes of the differentiated arguments at one point."""
+        return tuple(self.arrays[i].shape[1:] if self.batched else self.arrays[i].shape
+                     for i in self.nums)
+
+    def flat(self, positions: list[int]) -> np.ndarray | None:
+        """Flat values of the arguments at ``positions``: ``(k,)`` or ``(n_points, k)``."""
+        if not positions:
+            return None
+        if not self.batched:
+            parts = [np.ravel(self.arrays[i]) for i in positions]
+            return parts[0] if len(parts) == 1 else np.concatenate(parts)
+        n = self.n_points
+        parts = [
+            self.arrays[i].reshape(n, -1) if self.per_point(i)
+            else np.broadcast_to(self.arrays[i].reshape(1, -1), (n, self.arrays[i].size))
+            for i in positions
+        ]
+        return np.ascontiguousarray(np.concatenate(parts, axis=1))
+
+    def args_at(self, k: int) -> tuple:
+        """The arguments of point ``k`` of a batch (all arguments when not batched)."""
+        if not self.batched:
+            return self.args
+        return tuple(
+            self.arrays[i][k] if self.arrays[i] is not None and self.per_point(i) else a
+            for i, a in enumerate(self.args)
+        )
+
+
+class TapeCache:
+    """Tapes of one function, keyed by call signature and branch pattern (LRU).
+
+    Attributes
+    ----------
+    max_tapes : int
+        Capacity; the least recently used tape is dropped beyond it.
+    n_calls, n_records : int
+        Calls served and tapes recorded so far.
+    """
+
+    def __init__(self, f: Callable[..., Any], max_tapes: int = MAX_TAPES) -> None:
+        self.f = f
+        self.max_tapes = max_tapes
+        self._tapes: OrderedDict[tuple, Tape] = OrderedDict()
+        self.n_calls = 0
+        self.n_records = 0
+        self._warned = False
+
+    def __len__(self) -> int:
+        return len(self._tapes)
+
+    @property
+    def tapes(self) -> list[Tape]:
+        """The cached tapes, least recently used first."""
+        return list(self._tapes.values())
+
+    def __repr__(self) -> str:
+        return (
+            f"<TapeCache of {getattr(self.f, '__name__', self.f)!r}: {len(self)} tapes, "
+            f"{self.n_records} recordings in {self.n_calls} calls>"
+        )
+
+    def _record(self, call: _Call, k: int) -> tuple[tuple, Tape]:
+        tape = record(self.f, *call.args_at(k), argnums=call.nums, static=call.static)
+        branch = tuple(map(tuple, tape.guards[:, 1:].tolist()))
+        key = (call.key, len(tape), branch)
+        self.n_records += 1
+        if (
+            not self._warned
+            and self.n_calls >= 20
+            and self.n_records > 0.5 * self.n_calls
+        ):
+            self._warned = True
+            warnings.warn(
+                f"{getattr(self.f, '__name__', 'function')} re-recorded {self.n_records} "
+                f"tapes in {self.n_calls} calls: its Python control flow takes new branches "
+                "at most points, so tapes are rarely reused. Branch-free code (np.where, "
+                "np.maximum, np.clip) records one tape for all points.",
+                RecordingWarning,
+                stacklevel=4,
+            )
+        self._tapes[key] = tape
+        while len(self._tapes) > self.max_tapes:
+            self._tapes.popitem(last=False)
+        return key, tape
+
+    def evaluate(
+        self, call: _Call, method: Callable[[Tape, Any, Any, Any], tuple]
+    ) -> tuple[Tape, tuple]:
+        """Serve ``method(tape, x, params, rows) -> (*results, valid)`` for the call.
+
+        ``rows`` is ``None`` (all points) or the indices into the batch of the points
+        ``x`` holds, for methods with per-point extras (``hvp``'s directions).
+
+        Results of a batch are assembled in point order from as many tapes as the
+        points' branches need. Returns the last tape used and the results.
+        """
+        self.n_calls += 1
+        x = call.flat(list(call.nums))
+        p = call.flat(call.param_pos)
+        if not call.batched:
+            for key in [k for k in reversed(self._tapes) if k[0] == call.key]:
+                tape = self._tapes[key]
+                *res, ok = method(tape, x, p, None)
+                if ok:
+                    self._tapes.move_to_end(key)
+                    return tape, tuple(res)
+            key, tape = self._record(call, 0)
+            *res, ok = method(tape, x, p, None)
+            if not ok:
+                raise RuntimeError(_INCONSISTENT)
+            return tape, tuple(res)
+        return self._evaluate_batch(call, method, x, p)
+
+    def _evaluate_batch(self, call: _Call, method, x, p) -> tuple[Tape, tuple]:
+        n = call.n_points
+        remaining = np.arange(n)
+        out: list[np.ndarray] | None = None
+        tape = None
+
+        def serve(tape: Tape, idx: np.ndarray) -> np.ndarray:
+            nonlocal out
+            xs = x if idx.size == n else x[idx]
+            ps = None if p is None else (p if idx.size == n else p[idx])
+            *res, ok = method(tape, xs, ps, None if idx.size == n else idx)
+            if out is None:
+                out = [np.empty((n, *np.shape(r)[1:])) for r in res]
+            for o, r in zip(out, res, strict=True):
+                o[idx[ok]] = r[ok]
+            return idx[~ok]
+
+        for key in [k for k in reversed(self._tapes) if k[0] == call.key]:
+            if remaining.size == 0:
+                break
+            tape = self._tapes[key]
+            before = remaining.size
+            remaining = serve(tape, remaining)
+            if remaining.size < before:
+                self._tapes.move_to_end(key)
+        new = 0
+        while remaining.size:
+            if new == MAX_NEW_BRANCHES_PER_CALL:
+                raise RuntimeError(
+                    f"{remaining.size} points still take branches not seen after recording "
+                    f"{new} new tapes in this call; write the branching part with np.where"
+                )
+            first = remaining[0]
+            key, tape = self._record(call, int(first))
+            new += 1
+            remaining = serve(tape, remaining)
+            if remaining.size and remaining[0] == first:
+                raise RuntimeError(_INCONSISTENT)
+        if out is None:  # zero points: shapes from a tape evaluated on nothing
+            tape = tape or (self._tapes[next(reversed(self._tapes))] if self._tapes else None)
+            if tape is None:
+                raise ValueError("cannot record a function from an empty batch of points")
+            *res, _ = method(tape, x, p, None)
+            out = list(res)
+        return tape, tuple(out)
+
+
+_INCONSISTENT = (
+    "a tape recorded at a point does not hold at that same point: a branch decision "
+    "compares values that the recorder (numpy) and the kernels (Numba) round differently. "
+    "Write that comparison with np.where, or move it away from exact ties."
+)
 
 _CACHES: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 
 
-def tape_cache(f: Callable[..., Any]) -> _TapeCache:
+def tape_cache(f: Callable[..., Any]) -> TapeCache:
     """The tape cache shared by all transforms of ``f``."""
     try:
         cache = _CACHES.get(f)
     except TypeError:  # not weak-referenceable: a private cache
-        return _TapeCache(f)
+        return TapeCache(f)
     if cache is None:
-        cache = _CACHES[f] = _TapeCache(f)
+        cache = _CACHES[f] = TapeCache(f)
     return cache
 
 
-def _concat(arrays: list[np.ndarray]) -> np.ndarray:
-    if len(arrays) == 1:
-        return np.ravel(arrays[0]).astype(np.float64, copy=False)
-    return np.concatenate([np.ravel(a) for a in arrays]).astype(np.float64, copy=False)
-
-
-def _split(g: np.ndarray, shapes: tuple, single: bool) -> Any:
-    parts = []
-    o = 0
+def _split(g: np.ndarray, shapes: tuple, single: bool, batched: bool) -> Any:
+    """Split flat derivatives ``(..., n)`` into the differentiated arguments' shapes."""
+    lead = g.shape[:1] if batched else ()
+    parts, o = [], 0
     for s in shapes:
-        n = int(np.prod(s, dtype=np.int64))
-        part = g[o : o + n].reshape(s)
-        parts.append(float(part) if s == () else part)
-        o += n
+        k = int(np.prod(s, dtype=np.int64))
+        part = g[..., o : o + k].reshape(lead + s)
+        parts.append(float(part) if part.shape == () else part)
+        o += k
     return parts[0] if single else tuple(parts)
 
 
-def value_and_grad(
-    f: Callable[..., Any], argnums: int | Sequence[int] = 0
-) -> Callable[..., tuple[float, Any]]:
-    """Transform ``f`` into a function returning ``(f(*args), gradient)``.
+def _out_shape(tape: Tape) -> tuple[int, ...]:
+    shapes = tape.output_shapes
+    return shapes[0] if len(shapes) == 1 else (tape.n_outputs,)
 
-    The tape is recorded at the first call and reused while the argument shapes (and
-    static arguments) stay the same.
+
+def _transform(f: Callable[..., Any]) -> Callable:
+    """Attach the shared cache and metadata to a transformed function."""
+
+    def deco(wrapped: Callable) -> Callable:
+        functools.update_wrapper(wrapped, f)
+        wrapped.tape_cache = tape_cache(f)  # type: ignore[attr-defined]
+        return wrapped
+
+    return deco
+
+
+def value_and_grad(
+    f: Callable[..., Any], argnums: int | Sequence[int] = 0, *, batched: bool = False
+) -> Callable[..., tuple[Any, Any]]:
+    """Transform ``f`` into a function returning ``(f(*args), gradient)``.
 
     Parameters
     ----------
     f : callable
-        Function with one scalar output.
+        Function with one scalar output. It may branch on its inputs with Python
+        ``if``/``while``: each branch pattern gets its own tape (module docstring).
     argnums : int or sequence of int
         Arguments to differentiate with respect to. The gradient has their shapes (a
         tuple when ``argnums`` is a sequence).
+    batched : bool
+        If true, every array argument carries a leading points axis and the call
+        evaluates all points at once (split by branch where ``f`` branches); Python
+        floats stay fixed for all points.
 
     Returns
     -------
@@ -144,26 +350,32 @@ def value_and_grad(
     cache = tape_cache(f)
     single = isinstance(argnums, int | np.integer)
 
-    @functools.wraps(f)
-    def wrapped(*args: Any) -> tuple[float, Any]:
-        tape, x, p, shapes = cache.prepare(args, argnums)
+    def method(tape: Tape, x, p, rows):
         tape._scalar_output("value_and_grad")
-        v, g = tape.value_and_grad(x, params=p)
-        return v, _split(g, shapes, single)
+        return tape.value_and_grad(x, params=p, check="mask")
 
-    wrapped.tape_cache = cache  # type: ignore[attr-defined]
+    @_transform(f)
+    def wrapped(*args: Any) -> tuple[Any, Any]:
+        call = _Call(args, argnums, batched)
+        _, (v, g) = cache.evaluate(call, method)
+        return v, _split(g, call.shapes(), single, batched)
+
     return wrapped
 
 
-def grad(f: Callable[..., Any], argnums: int | Sequence[int] = 0) -> Callable[..., Any]:
+def grad(
+    f: Callable[..., Any], argnums: int | Sequence[int] = 0, *, batched: bool = False
+) -> Callable[..., Any]:
     """Transform ``f`` into a function returning its gradient.
 
     Parameters
     ----------
     f : callable
-        Function with one scalar output.
+        Function with one scalar output (Python control flow allowed).
     argnums : int or sequence of int
         Arguments to differentiate with respect to.
+    batched : bool
+        Leading points axis on every array argument (see :func:`value_and_grad`).
 
     Returns
     -------
@@ -177,23 +389,21 @@ def grad(f: Callable[..., Any], argnums: int | Sequence[int] = 0) -> Callable[..
     >>> g(np.array([1.0, 2.0, 3.0])).tolist()
     [4.0, 8.0, 12.0]
     """
-    vg = value_and_grad(f, argnums)
+    vg = value_and_grad(f, argnums, batched=batched)
 
-    @functools.wraps(f)
+    @_transform(f)
     def wrapped(*args: Any) -> Any:
         return vg(*args)[1]
 
-    wrapped.tape_cache = vg.tape_cache  # type: ignore[attr-defined]
     return wrapped
 
 
-def _out_shape(tape: Tape) -> tuple[int, ...]:
-    shapes = tape.output_shapes
-    return shapes[0] if len(shapes) == 1 else (tape.n_outputs,)
-
-
 def jacobian(
-    f: Callable[..., Any], argnums: int | Sequence[int] = 0, mode: str = "auto"
+    f: Callable[..., Any],
+    argnums: int | Sequence[int] = 0,
+    mode: str = "auto",
+    *,
+    batched: bool = False,
 ) -> Callable[..., Any]:
     """Transform ``f`` into a function returning its Jacobian.
 
@@ -205,34 +415,41 @@ def jacobian(
         Arguments to differentiate with respect to.
     mode : {"auto", "forward", "reverse"}
         See :meth:`Tape.jacobian`.
+    batched : bool
+        Leading points axis on every array argument (see :func:`value_and_grad`).
 
     Returns
     -------
     callable
         ``J(*args)``: for one output array of shape ``so`` and an argument of shape
         ``si`` the block has shape ``so + si`` (a tuple of blocks for a sequence
-        ``argnums``).
+        ``argnums``; a leading points axis when batched).
     """
     cache = tape_cache(f)
     single = isinstance(argnums, int | np.integer)
 
-    @functools.wraps(f)
+    def method(tape: Tape, x, p, rows):
+        return tape.jacobian(x, params=p, mode=mode, check="mask")
+
+    @_transform(f)
     def wrapped(*args: Any) -> Any:
-        tape, x, p, shapes = cache.prepare(args, argnums)
-        J = tape.jacobian(x, params=p, mode=mode)
+        call = _Call(args, argnums, batched)
+        tape, (J,) = cache.evaluate(call, method)
         so = _out_shape(tape)
+        lead = J.shape[:1] if batched else ()
         blocks, o = [], 0
-        for s in shapes:
-            n = int(np.prod(s, dtype=np.int64))
-            blocks.append(J[:, o : o + n].reshape(so + s))
-            o += n
+        for s in call.shapes():
+            k = int(np.prod(s, dtype=np.int64))
+            blocks.append(J[..., o : o + k].reshape(lead + so + s))
+            o += k
         return blocks[0] if single else tuple(blocks)
 
-    wrapped.tape_cache = cache  # type: ignore[attr-defined]
     return wrapped
 
 
-def hessian(f: Callable[..., Any], argnums: int | Sequence[int] = 0) -> Callable[..., Any]:
+def hessian(
+    f: Callable[..., Any], argnums: int | Sequence[int] = 0, *, batched: bool = False
+) -> Callable[..., Any]:
     """Transform a scalar function ``f`` into a function returning its Hessian.
 
     Parameters
@@ -241,6 +458,8 @@ def hessian(f: Callable[..., Any], argnums: int | Sequence[int] = 0) -> Callable
         Function with one scalar output.
     argnums : int or sequence of int
         Arguments to differentiate with respect to.
+    batched : bool
+        Leading points axis on every array argument (see :func:`value_and_grad`).
 
     Returns
     -------
@@ -252,26 +471,34 @@ def hessian(f: Callable[..., Any], argnums: int | Sequence[int] = 0) -> Callable
     cache = tape_cache(f)
     single = isinstance(argnums, int | np.integer)
 
-    @functools.wraps(f)
+    def method(tape: Tape, x, p, rows):
+        return tape.hessian(x, params=p, check="mask")
+
+    @_transform(f)
     def wrapped(*args: Any) -> Any:
-        tape, x, p, shapes = cache.prepare(args, argnums)
-        H = tape.hessian(x, params=p)
+        call = _Call(args, argnums, batched)
+        _, (H,) = cache.evaluate(call, method)
+        shapes = call.shapes()
+        lead = H.shape[:1] if batched else ()
         sizes = [int(np.prod(s, dtype=np.int64)) for s in shapes]
         offs = np.concatenate([[0], np.cumsum(sizes)]).astype(int)
         blocks = tuple(
             tuple(
-                H[offs[i] : offs[i + 1], offs[j] : offs[j + 1]].reshape(shapes[i] + shapes[j])
+                H[..., offs[i] : offs[i + 1], offs[j] : offs[j + 1]].reshape(
+                    lead + shapes[i] + shapes[j]
+                )
                 for j in range(len(shapes))
             )
             for i in range(len(shapes))
         )
         return blocks[0][0] if single else blocks
 
-    wrapped.tape_cache = cache  # type: ignore[attr-defined]
     return wrapped
 
 
-def hvp(f: Callable[..., Any], argnums: int | Sequence[int] = 0) -> Callable[..., Any]:
+def hvp(
+    f: Callable[..., Any], argnums: int | Sequence[int] = 0, *, batched: bool = False
+) -> Callable[..., Any]:
     """Transform a scalar function ``f`` into ``h(*args, v=...)`` returning ``H v``.
 
     Parameters
@@ -281,6 +508,8 @@ def hvp(f: Callable[..., Any], argnums: int | Sequence[int] = 0) -> Callable[...
     argnums : int or sequence of int
         Arguments to differentiate with respect to; ``v`` is shaped like them (a tuple for
         a sequence ``argnums``), and so is the result.
+    batched : bool
+        Leading points axis on every array argument and on ``v``.
 
     Returns
     -------
@@ -290,18 +519,23 @@ def hvp(f: Callable[..., Any], argnums: int | Sequence[int] = 0) -> Callable[...
     cache = tape_cache(f)
     single = isinstance(argnums, int | np.integer)
 
-    @functools.wraps(f)
+    @_transform(f)
     def wrapped(*args: Any, v: Any) -> Any:
-        tape, x, p, shapes = cache.prepare(args, argnums)
+        call = _Call(args, argnums, batched)
         vs = (v,) if single else tuple(v)
-        if tuple(np.shape(a) for a in vs) != tuple(shapes):
-            raise ValueError(
-                f"v must match the shapes of the differentiated arguments {shapes}"
-            )
-        hv = tape.hvp(x, _concat([np.asarray(a, dtype=np.float64) for a in vs]), params=p)
-        return _split(hv, shapes, single)
+        want = tuple((call.n_points, *s) if batched else s for s in call.shapes())
+        if tuple(np.shape(a) for a in vs) != want:
+            raise ValueError(f"v must match the shapes of the differentiated arguments {want}")
+        lead = (call.n_points,) if batched else ()
+        V = np.concatenate([np.asarray(a, dtype=np.float64).reshape(*lead, -1) for a in vs],
+                           axis=-1)
 
-    wrapped.tape_cache = cache  # type: ignore[attr-defined]
+        def method(tape: Tape, x, p, rows):
+            return tape.hvp(x, V if rows is None else V[rows], params=p, check="mask")
+
+        _, (hv,) = cache.evaluate(call, method)
+        return _split(hv, call.shapes(), single, batched)
+
     return wrapped
 
 
@@ -324,13 +558,17 @@ def jvp(f: Callable[..., Any], primals: Sequence[Any], tangents: Sequence[Any]) 
     """
     primals, tangents = tuple(primals), tuple(tangents)
     if len(primals) != len(tangents) or any(
-        np.shape(a) != np.shape(t) for a, t in zip(primals, tangents, strict=False)
+        np.shape(a) != np.shape(t) for a, t in zip(primals, tangents, strict=True)
     ):
         raise ValueError("primals and tangents must have the same structure and shapes")
-    cache = tape_cache(f)
-    tape, x, p, _ = cache.prepare(primals, tuple(range(len(primals))))
-    v = _concat([np.asarray(t, dtype=np.float64) for t in tangents]) if tangents else x
-    y = np.asarray(tape.forward(x, params=p), dtype=np.float64)
-    ty = np.asarray(tape.jvp(x, v, params=p), dtype=np.float64)
+    call = _Call(primals, tuple(range(len(primals))), False)
+    v = np.concatenate([np.ravel(np.asarray(t, dtype=np.float64)) for t in tangents])
+
+    def method(tape: Tape, x, p, rows):
+        y, ok = tape.forward(x, params=p, check="mask")
+        ty = tape.jvp(x, v, params=p, check="mask")[0]
+        return y, ty, ok
+
+    tape, (y, ty) = tape_cache(f).evaluate(call, method)
     so = _out_shape(tape)
-    return y.reshape(so), ty.reshape(so)
+    return np.asarray(y, dtype=np.float64).reshape(so), np.asarray(ty).reshape(so)

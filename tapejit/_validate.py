@@ -38,13 +38,15 @@ def check_tape_arrays(
     inputs: object,
     params: object,
     outputs: object,
-) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    guards: object = None,
+) -> tuple[np.ndarray, ...]:
     """Check the arrays of a tape and return them normalized (int64 / float64).
 
     The layout is ``[constants | parameters | inputs | results]``: ``params`` must be the
     slots ``nc ..``, ``inputs`` the slots after them, instruction ``i`` writes slot
     ``n_fixed + i`` and reads only constants, parameters, inputs and results of earlier
-    instructions; unused operand columns are 0.
+    instructions; unused operand columns are 0. ``guards`` (optional, ``(n_guards, 2)``)
+    pairs an instruction's result slot with the outcome 0 or 1 it had when recorded.
 
     Raises
     ------
@@ -100,4 +102,14 @@ def check_tape_arrays(
         raise TapeFormatError(
             f"output {k} refers to slot {int(out[k])}, expected 0..{n_slots - 1}"
         )
-    return ops, arg, cst, inp, par, out
+    grd = np.zeros((0, 2), np.int64) if guards is None else _int_array("guards", guards, 2)
+    if grd.shape[1:] != (2,):
+        raise TapeFormatError(f"guards must have shape (n_guards, 2); got {grd.shape}")
+    bad = (grd[:, 0] < n_fixed) | (grd[:, 0] >= n_slots) | ((grd[:, 1] != 0) & (grd[:, 1] != 1))
+    if bad.any():
+        q = int(np.argmax(bad))
+        raise TapeFormatError(
+            f"guard {q} = {grd[q].tolist()}: expected (result slot in {n_fixed}..{n_slots - 1}, "
+            "outcome 0 or 1)"
+        )
+    return ops, arg, cst, inp, par, out, grd

@@ -1,0 +1,379 @@
+"""Saving and loading tapes: a versioned ``.npz`` of plain arrays, validated on load.
+
+A tape file is a zip archive written by :func:`numpy.savez` (no pickle, no object
+arrays) with exactly these members (format version 1)::
+
+    format_version   int64, shape ()        1 (a newer file needs a newer tapejit)
+    tapejit_version  unicode, shape ()      version of tapejit that wrote the file
+    fingerprint      unicode, shape ()      tapejit._ops.fingerprint() of the writer
+    name             unicode, shape ()      the tape's name
+    opcodes          uint8, (n,)
+    args             int32, (n, 3)          operand slots, unused columns 0
+    consts           float64, (nc,)
+    inputs           int32, (n_inputs,)     slots (see Tape)
+    params           int32, (n_params,)
+    outputs          int32, (n_outputs,)
+    guards           int32, (n_guards, 2)   recorded branch decisions (slot, outcome 0/1)
+    input_shapes     int64, (k,)            shapes, each as ndim followed by its dims
+    output_shapes    int64, (k,)
+
+All numbers are little-endian. :func:`load_tape` checks everything before a
+:class:`~tapejit.Tape` exists: the archive, the member names, each member's ``.npy``
+header (dtype, shape, memory order and that the declared size matches the bytes the
+archive holds, so nothing absurd is allocated), the format version, the op-table
+fingerprint, the shapes, and finally the arrays themselves through the same check every
+Tape goes through (``check_tape_arrays``). Any problem raises
+:class:`~tapejit.TapeFormatError` naming it.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import tempfile
+import zipfile
+from typing import Any, BinaryIO
+
+import numpy as np
+
+from ._ops import fingerprint
+from ._tape import Tape
+from ._validate import TapeFormatError
+from ._version import __version__
+
+#: Format version written by :func:`save_tape`; :func:`load_tape` reads versions 1..this.
+FORMAT_VERSION = 1
+
+_MAX_NDIM = 32  # of a recorded argument or output shape
+_MAX_TEXT = 4096  # characters of a name or version string
+# Deflate cannot compress better than about 1032:1; a member claiming more is a lie.
+_MAX_RATIO = 1100
+
+# member -> (dtype string, ndim, second axis or None); "U" is any little-endian unicode
+_SPEC: dict[str, tuple[str, int, int | None]] = {
+    "format_version": ("<i8", 0, None),
+    "tapejit_version": ("U", 0, None),
+    "fingerprint": ("U", 0, None),
+    "name": ("U", 0, None),
+    "opcodes": ("|u1", 1, None),
+    "args": ("<i4", 2, 3),
+    "consts": ("<f8", 1, None),
+    "inputs": ("<i4", 1, None),
+    "params": ("<i4", 1, None),
+    "outputs": ("<i4", 1, None),
+    "guards": ("<i4", 2, 2),
+    "input_shapes": ("<i8", 1, None),
+    "output_shapes": ("<i8", 1, None),
+}
+
+
+# ---------------------------------------------------------------------------------------
+# shapes <-> int arrays
+# ---------------------------------------------------------------------------------------
+def _encode_shapes(shapes: tuple[tuple[int, ...], ...]) -> np.ndarray:
+    flat: list[int] = []
+    for s in shapes:
+        flat.append(len(s))
+        flat.extend(int(d) for d in s)
+    return np.array(flat, dtype="<i8")
+
+
+def _decode_shapes(what: str, code: np.ndarray, n: int) -> tuple[tuple[int, ...], ...]:
+    """Inverse of :func:`_encode_shapes`, checking that the sizes add up to ``n``."""
+    vals = code.tolist()
+    shapes: list[tuple[int, ...]] = []
+    i, total = 0, 0
+    while i < len(vals):
+        nd = vals[i]
+        if not 0 <= nd <= _MAX_NDIM or i + 1 + nd > len(vals):
+            raise TapeFormatError(
+                f"{what}: entry {len(shapes)} declares {nd} dimensions; expected 0..{_MAX_NDIM} "
+                "dimensions followed by that many sizes"
+            )
+        dims = tuple(vals[i + 1 : i + 1 + nd])
+        if any(d < 0 or d > n for d in dims):
+            raise TapeFormatError(f"{what}: entry {len(shapes)} has an invalid size {dims}")
+        size = 1
+        for d in dims:
+            size *= d
+        total += size
+        shapes.append(dims)
+        i += 1 + nd
+    if shapes and total != n:
+        raise TapeFormatError(
+            f"{what} describe {total} values but the tape has {n}"
+        )
+    return tuple(shapes)
+
+
+# ---------------------------------------------------------------------------------------
+# saving
+# ---------------------------------------------------------------------------------------
+def _arrays(tape: Tape) -> dict[str, np.ndarray]:
+    arrays = {
+        "format_version": np.array(FORMAT_VERSION, dtype="<i8"),
+        "tapejit_version": np.array(str(__version__)),
+        "fingerprint": np.array(fingerprint()),
+        "name": np.array(str(tape.name)),
+        "opcodes": np.ascontiguousarray(tape.opcodes, dtype="|u1"),
+        "args": np.ascontiguousarray(tape.args, dtype="<i4"),
+        "consts": np.ascontiguousarray(tape.consts, dtype="<f8"),
+        "inputs": np.ascontiguousarray(tape.inputs, dtype="<i4"),
+        "params": np.ascontiguousarray(tape.params, dtype="<i4"),
+        "outputs": np.ascontiguousarray(tape.outputs, dtype="<i4"),
+        "guards": np.ascontiguousarray(tape.guards, dtype="<i4").reshape(-1, 2),
+        "input_shapes": _encode_shapes(tape.input_shapes),
+        "output_shapes": _encode_shapes(tape.output_shapes),
+    }
+    # What load_tape would reject must not be written in the first place.
+    _decode_shapes("input_shapes", arrays["input_shapes"], tape.n_inputs)
+    _decode_shapes("output_shapes", arrays["output_shapes"], tape.n_outputs)
+    for key in ("name", "tapejit_version"):
+        if len(str(arrays[key])) > _MAX_TEXT:
+            raise ValueError(f"tape {key} is longer than {_MAX_TEXT} characters")
+    return arrays
+
+
+def save_tape(tape: Tape, path: str | os.PathLike[str] | BinaryIO) -> None:
+    """Write ``tape`` to a versioned ``.npz`` file (plain arrays, no pickle).
+
+    Parameters
+    ----------
+    tape : Tape
+    path : str, path-like or binary file object
+        Written exactly as given (no ``.npz`` is appended). A path is written atomically:
+        to a temporary file in the same directory, then renamed.
+
+    Raises
+    ------
+    TypeError
+        If ``tape`` is not a :class:`Tape`.
+    ValueError
+        If the tape's shapes or name cannot be stored (a hand-built tape whose
+        ``input_shapes`` do not add up to ``n_inputs``, for instance).
+    """
+    if not isinstance(tape, Tape):
+        raise TypeError(f"save_tape needs a tapejit.Tape; got {type(tape).__name__}")
+    arrays = _arrays(tape)
+    if hasattr(path, "write"):
+        np.savez(path, **arrays)  # type: ignore[arg-type]
+        return
+    path = os.fspath(path)  # type: ignore[arg-type]
+    directory = os.path.dirname(os.path.abspath(path))
+    fd, tmp = tempfile.mkstemp(prefix=".tapejit-", suffix=".npz.tmp", dir=directory)
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            np.savez(fh, **arrays)
+        os.replace(tmp, path)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except OSError:
+            pass
+        raise
+
+
+# ---------------------------------------------------------------------------------------
+# loading
+# ---------------------------------------------------------------------------------------
+def _member_header(
+    zf: zipfile.ZipFile, info: zipfile.ZipInfo, key: str
+) -> tuple[tuple[int, ...], np.dtype, bool]:
+    """Read and check one member's ``.npy`` header without reading its data."""
+    if info.flag_bits & 0x1:
+        raise TapeFormatError(f"member {key!r} is encrypted")
+    if info.compress_type not in (zipfile.ZIP_STORED, zipfile.ZIP_DEFLATED):
+        raise TapeFormatError(
+            f"member {key!r} uses zip compression method {info.compress_type}; "
+            "expected stored or deflated"
+        )
+    if info.compress_type == zipfile.ZIP_STORED and info.file_size != info.compress_size:
+        raise TapeFormatError(f"member {key!r}: stored sizes disagree (corrupt archive)")
+    if info.file_size > _MAX_RATIO * info.compress_size + 4096:
+        raise TapeFormatError(
+            f"member {key!r} claims {info.file_size} bytes from {info.compress_size} "
+            "compressed bytes (corrupt or hostile archive)"
+        )
+    with zf.open(info) as fp:
+        head = io.BytesIO(fp.read(min(info.file_size, 16 + 10_000)))
+    version = np.lib.format.read_magic(head)
+    if version == (1, 0):
+        shape, fortran, dtype = np.lib.format.read_array_header_1_0(head)
+    elif version == (2, 0):
+        shape, fortran, dtype = np.lib.format.read_array_header_2_0(head)
+    else:
+        raise TapeFormatError(f"member {key!r}: unsupported .npy format version {version}")
+    if dtype.hasobject:
+        raise TapeFormatError(f"member {key!r} is an object array; tape files hold none")
+    n_items = 1
+    for d in shape:
+        n_items *= int(d)
+    if head.tell() + n_items * dtype.itemsize != info.file_size:
+        raise TapeFormatError(
+            f"member {key!r} declares shape {shape} of {dtype} ({n_items * dtype.itemsize} "
+            f"bytes) but holds {info.file_size - head.tell()} bytes of data"
+        )
+    return tuple(int(d) for d in shape), dtype, bool(fortran)
+
+
+def _check_member(key: str, shape: tuple[int, ...], dtype: np.dtype, fortran: bool) -> None:
+    want, ndim, cols = _SPEC[key]
+    if want == "U":
+        ok = dtype.str.startswith("<U") and dtype.itemsize // 4 <= _MAX_TEXT
+        want_txt = f"a unicode string of at most {_MAX_TEXT} characters"
+    else:
+        ok = dtype.str == want
+        want_txt = np.dtype(want).name + ("" if want == "|u1" else " (little-endian)")
+    if not ok:
+        raise TapeFormatError(f"member {key!r} must be {want_txt}; got dtype {dtype.str}")
+    if len(shape) != ndim or (cols is not None and shape[1] != cols):
+        expect = "()" if ndim == 0 else ("(n,)" if ndim == 1 else f"(n, {cols})")
+        raise TapeFormatError(f"member {key!r} must have shape {expect}; got {shape}")
+    if fortran and ndim > 1:
+        raise TapeFormatError(f"member {key!r} must be stored in C order")
+
+
+def _read_arrays(z: Any, max_bytes: int | None) -> tuple[tuple, dict[str, Any]]:
+    """Everything :class:`Tape` needs, checked: ``(arrays, keyword arguments)``."""
+    zf: zipfile.ZipFile = z.zip
+    infos = zf.infolist()
+    names = [i.filename for i in infos]
+    if len(set(names)) != len(names):
+        raise TapeFormatError("archive has duplicate member names")
+    members = {}
+    for info in infos:
+        key = info.filename[:-4] if info.filename.endswith(".npy") else info.filename
+        members[key] = info
+    # The version first: a newer file may have other members.
+    if "format_version" not in members:
+        raise TapeFormatError("not a tapejit tape file: member 'format_version' is missing")
+    headers = {"format_version": _member_header(zf, members["format_version"], "format_version")}
+    _check_member("format_version", *headers["format_version"])
+    version = int(z["format_version"])
+    if version > FORMAT_VERSION:
+        raise TapeFormatError(
+            f"tape file format version {version} is newer than this tapejit ({__version__}) "
+            f"reads (up to {FORMAT_VERSION}); the file needs a newer tapejit"
+        )
+    if version < 1:
+        raise TapeFormatError(f"invalid tape file format version {version}")
+    missing = [k for k in _SPEC if k not in members]
+    if missing:
+        raise TapeFormatError(f"tape file is missing member(s) {', '.join(missing)}")
+    extra = sorted(k for k in members if k not in _SPEC)
+    if extra:
+        raise TapeFormatError(
+            f"tape file has unexpected member(s) {', '.join(map(repr, extra))} for format "
+            f"version {version}"
+        )
+    if any(not members[k].filename.endswith(".npy") for k in _SPEC):
+        raise TapeFormatError("tape file members must be .npy arrays")
+    total = 0
+    for key in _SPEC:
+        if key not in headers:
+            headers[key] = _member_header(zf, members[key], key)
+            _check_member(key, *headers[key])
+        total += members[key].file_size
+    if max_bytes is not None and total > max_bytes:
+        raise TapeFormatError(f"tape file holds {total} bytes of arrays; limit is {max_bytes}")
+
+    def text(key: str) -> str:
+        return str(z[key][()])
+
+    fp = text("fingerprint")
+    if fp != fingerprint():
+        raise TapeFormatError(
+            f"the op table changed since this tape was written (written by tapejit "
+            f"{text('tapejit_version')!r}, op-table fingerprint {fp!r}; this tapejit "
+            f"{__version__} has {fingerprint()!r}): opcodes may mean something else now, "
+            "so the tape is refused. Record the function again."
+        )
+    a = {k: z[k] for k in ("opcodes", "args", "consts", "inputs", "params", "outputs")}
+    n = len(a["opcodes"])
+    if a["args"].shape != (n, 3):
+        raise TapeFormatError(
+            f"args must have shape ({n}, 3) for {n} opcodes; got {a['args'].shape}"
+        )
+    input_shapes = _decode_shapes("input_shapes", z["input_shapes"], len(a["inputs"]))
+    output_shapes = _decode_shapes("output_shapes", z["output_shapes"], len(a["outputs"]))
+    arrays = (a["opcodes"], a["args"], a["consts"], a["inputs"], a["params"], a["outputs"])
+    return arrays, {
+        "input_shapes": input_shapes,
+        "output_shapes": output_shapes,
+        "name": text("name"),
+        "guards": z["guards"],
+    }
+
+
+def _peek(path: str | os.PathLike[str] | BinaryIO, n: int) -> bytes:
+    """The first ``n`` bytes of a path or file object (whose position is kept)."""
+    if hasattr(path, "read"):
+        pos = path.tell()  # type: ignore[union-attr]
+        head = path.read(n)  # type: ignore[union-attr]
+        path.seek(pos)  # type: ignore[union-attr]
+        return bytes(head)
+    with open(path, "rb") as fh:  # type: ignore[arg-type]
+        return fh.read(n)
+
+
+def load_tape(
+    path: str | os.PathLike[str] | BinaryIO, *, max_bytes: int | None = None
+) -> Tape:
+    """Load a tape written by :func:`save_tape`, checking everything first.
+
+    Parameters
+    ----------
+    path : str, path-like or binary file object
+    max_bytes : int, optional
+        Refuse files whose arrays hold more than this many (uncompressed) bytes. Even
+        without it, no member may declare more data than the archive holds.
+
+    Returns
+    -------
+    Tape
+        Evaluates bit for bit as the tape that was saved.
+
+    Raises
+    ------
+    TapeFormatError
+        For every problem with the file: unreadable, not a zip/npz archive, truncated or
+        corrupt, missing or unexpected members, wrong dtypes or shapes, object arrays,
+        a newer format version, an op table that changed since the file was written,
+        out-of-range or forward slot references, unknown opcodes. The message names what
+        is wrong.
+    """
+    source = repr(os.fspath(path)) if not hasattr(path, "read") else "file object"
+    try:
+        magic = _peek(path, 6)
+        if magic.startswith(b"\x93NUMPY"):
+            raise TapeFormatError(
+                f"{source} is not a tapejit tape file (a .npz archive); it holds a single "
+                ".npy array"
+            )
+        if not magic.startswith((b"PK\x03\x04", b"PK\x05\x06")):
+            raise TapeFormatError(
+                f"{source} is not a tapejit tape file: not a .npz (zip) archive"
+                + (" (the file is empty)" if not magic else "")
+            )
+        z = np.load(path, allow_pickle=False)  # type: ignore[arg-type]
+    except TapeFormatError:
+        raise
+    except Exception as exc:
+        raise TapeFormatError(
+            f"cannot read tape file {source}: {type(exc).__name__}: {exc}"
+        ) from exc
+    if not isinstance(z, np.lib.npyio.NpzFile):  # pragma: no cover - magic checked above
+        raise TapeFormatError(f"{source} is not a tapejit tape file (a .npz archive)")
+    try:
+        with z:
+            arrays, kwargs = _read_arrays(z, max_bytes)
+    except TapeFormatError as exc:
+        raise TapeFormatError(f"tape file {source}: {exc}") from None
+    except Exception as exc:  # zlib, zipfile, numpy header errors of a damaged archive
+        raise TapeFormatError(
+            f"tape file {source} is corrupt: {type(exc).__name__}: {exc}"
+        ) from exc
+    try:
+        return Tape(*arrays, **kwargs)  # check_tape_arrays: opcodes, slot references
+    except TapeFormatError as exc:
+        raise TapeFormatError(f"tape file {source}: {exc}") from None

@@ -1,0 +1,475 @@
+"""Looking at a tape: the Wengert list at a point, and the computation graph as DOT.
+
+Both are computed by a small pure-numpy interpreter driven by the op table (the same
+``value`` and ``partials`` expressions the Numba kernels are generated from, evaluated
+with numpy scalars), so they serve as an independent check on the kernels: the tests
+compare the interpreter's values, tangents and adjoints with :meth:`Tape.forward`,
+:meth:`Tape.jvp` and :meth:`Tape.gradient`. It follows the kernels' NaN policy: a
+product of a tangent or adjoint and a local partial is zero when either is zero.
+
+The interpreter runs one Python step per instruction (a few microseconds each): meant
+for looking at tapes, not for evaluating them.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from ._ops import BY_CODE, HELPERS, OPS, Op
+from ._tape import Tape
+
+_ZERO = ("0.0", "0")
+_MATH_TO_NP = {"asin": "arcsin", "acos": "arccos", "atan": "arctan", "atan2": "arctan2",
+               "asinh": "arcsinh", "acosh": "arccosh", "atanh": "arctanh"}
+
+
+class _NumpyMath:
+    """``math`` with numpy's scalar functions: inf and NaN instead of exceptions."""
+
+    def __getattr__(self, name: str) -> Callable[..., Any]:
+        fn = getattr(np, _MATH_TO_NP.get(name, name), None)
+        if fn is None:
+            raise AttributeError(f"math.{name} has no numpy equivalent for the interpreter")
+        return fn
+
+
+def _namespace() -> dict[str, Any]:
+    """Names the table's expressions use: ``math``, ``np`` and the scalar helpers, the
+    latter built from the table's own helper source (``HELPERS``) without Numba."""
+    ns: dict[str, Any] = {"math": _NumpyMath(), "np": np, "__builtins__": {"abs": abs}}
+    ns["njit"] = lambda *a, **k: (lambda f: f)
+    exec(compile(HELPERS, "<tapejit._ops.HELPERS>", "exec"), ns)
+    del ns["njit"]
+    return ns
+
+
+_NS = _namespace()
+_AZMUL: Callable[[Any, Any], Any] = _NS["_azmul"]
+
+
+@dataclass(frozen=True)
+class _Compiled:
+    op: Op
+    value: Any
+    partials: tuple[Any, ...]  # None where the partial is identically 0
+    unit: tuple[bool, ...]  # the partial is the constant 1.0 or -1.0
+
+
+def _compile_ops() -> dict[int, _Compiled]:
+    out = {}
+    for op in OPS:
+        parts = tuple(
+            None if p in _ZERO else compile(p, f"<{op.name}.d{k}>", "eval")
+            for k, p in enumerate(op.partials)
+        )
+        unit = tuple(p in ("1.0", "-1.0") for p in op.partials)
+        out[op.code] = _Compiled(op, compile(op.value, f"<{op.name}>", "eval"), parts, unit)
+    return out
+
+
+_OPS = _compile_ops()
+
+
+@dataclass
+class Sweep:
+    """Every slot's value, tangent and adjoint at one point (see :func:`interpret`).
+
+    Attributes
+    ----------
+    values, tangents, adjoints : ndarray
+        ``(n_slots,)``. Tangents are ``d v / d x[wrt]``; adjoints ``d y[output] / d v``
+        (parameters get theirs too; constants 0).
+    partials : ndarray
+        ``(n_instructions, 3)``: local partial of each instruction with respect to each
+        operand (0 for unused operands).
+    """
+
+    values: np.ndarray
+    tangents: np.ndarray
+    adjoints: np.ndarray
+    partials: np.ndarray
+
+
+def _point(tape: Tape, x: Any, params: Any) -> tuple[np.ndarray, np.ndarray]:
+    xv = np.asarray(x, dtype=np.float64).reshape(-1)
+    if xv.shape != (tape.n_inputs,):
+        raise ValueError(f"x must hold {tape.n_inputs} values (one point); got {xv.size}")
+    if params is None:
+        if tape.n_params:
+            raise ValueError(f"this tape has {tape.n_params} parameters: pass params=")
+        pv = np.zeros(0)
+    else:
+        pv = np.asarray(params, dtype=np.float64).reshape(-1)
+        if pv.shape != (tape.n_params,):
+            raise ValueError(f"params must hold {tape.n_params} values; got {pv.size}")
+    return xv, pv
+
+
+def interpret(tape: Tape, x: Any, params: Any = None, wrt: int = 0, output: int = 0) -> Sweep:
+    """Values, forward tangents and reverse adjoints of every slot at one point.
+
+    Parameters
+    ----------
+    tape : Tape
+    x : array_like
+        One point, ``n_inputs`` values.
+    params : array_like, optional
+        ``n_params`` values.
+    wrt : int
+        Input whose tangent is propagated (forward mode).
+    output : int
+        Output whose adjoints are propagated (reverse mode).
+
+    Returns
+    -------
+    Sweep
+    """
+    xv, pv = _point(tape, x, params)
+    if tape.n_inputs and not 0 <= wrt < tape.n_inputs:
+        raise ValueError(f"wrt must be an input index in 0..{tape.n_inputs - 1}; got {wrt}")
+    if tape.n_outputs and not 0 <= output < tape.n_outputs:
+        raise ValueError(f"output must be in 0..{tape.n_outputs - 1}; got {output}")
+    nc = len(tape.consts)
+    n = len(tape)
+    W = np.zeros(tape.n_slots)
+    W[:nc] = tape.consts
+    W[tape.params] = pv
+    W[tape.inputs] = xv
+    T = np.zeros(tape.n_slots)
+    if tape.n_inputs:
+        T[tape.inputs[wrt]] = 1.0
+    D = np.zeros((n, 3))
+    ops = tape.opcodes.tolist()
+    args = tape.args.tolist()
+    res = tape.results.tolist()
+    Wl = [np.float64(v) for v in W]  # numpy scalars: IEEE results instead of exceptions
+    Tl = T.tolist()
+    ns = dict(_NS)
+    with np.errstate(all="ignore"):
+        for i in range(n):
+            c = _OPS[ops[i]]
+            ar = args[i]
+            ns["a"], ns["b"], ns["c"] = Wl[ar[0]], Wl[ar[1]], Wl[ar[2]]
+            r = np.float64(eval(c.value, ns))
+            ns["r"] = r
+            Wl[res[i]] = r
+            t = None
+            for k, p in enumerate(c.partials):
+                if p is not None:
+                    d = float(eval(p, ns))
+                    D[i, k] = d
+                    # as the kernels: +-T for the partials 1.0 and -1.0, else azmul(d, T)
+                    term = Tl[ar[k]] * d if c.unit[k] else _AZMUL(d, Tl[ar[k]])
+                    t = term if t is None else t + term
+            Tl[res[i]] = 0.0 if t is None else t
+        A = [0.0] * tape.n_slots
+        if tape.n_outputs:
+            A[int(tape.outputs[output])] = 1.0
+        low = nc  # constants get no adjoints
+        for i in range(n - 1, -1, -1):
+            abar = A[res[i]]
+            if abar == 0.0:
+                continue
+            ar = args[i]
+            for k, p in enumerate(_OPS[ops[i]].partials):
+                if p is not None and ar[k] >= low:
+                    A[ar[k]] += _AZMUL(abar, float(D[i, k]))
+    return Sweep(np.array(Wl, dtype=np.float64), np.array(Tl), np.array(A), D)
+
+
+# ---------------------------------------------------------------------------------------
+# names
+# ---------------------------------------------------------------------------------------
+class _Names:
+    """Slot names: ``"listing"`` as :meth:`Tape.listing` (x0.., p0.., v0..; constants by
+    value) or ``"wengert"`` as in Griewank's tables (inputs v-1, v0 for two inputs,
+    instructions v1, v2, ...)."""
+
+    def __init__(self, tape: Tape, style: str) -> None:
+        if style not in ("listing", "wengert"):
+            raise ValueError(f"style must be 'listing' or 'wengert'; got {style!r}")
+        self.nc = len(tape.consts)
+        self.n_par = tape.n_params
+        self.n_in = tape.n_inputs
+        self.n_fixed = self.nc + self.n_par + self.n_in
+        self.consts = tape.consts
+        self.wengert = style == "wengert"
+
+    def __call__(self, s: int) -> str:
+        if s < self.nc:
+            return repr(float(self.consts[s]))
+        if s < self.nc + self.n_par:
+            return f"p{s - self.nc}"
+        if s < self.n_fixed:
+            j = s - self.nc - self.n_par
+            return f"v{j + 1 - self.n_in}" if self.wengert else f"x{j}"
+        i = s - self.n_fixed
+        return f"v{i + 1}" if self.wengert else f"v{i}"
+
+    def input(self, j: int) -> str:
+        return self(self.nc + self.n_par + j)
+
+
+def _fmt(v: float, digits: int) -> str:
+    return f"{float(v):.{digits}g}"
+
+
+def _instr_text(op: Op, operands: list[str]) -> str:
+    return f"{op.name}({', '.join(operands)})"
+
+
+# ---------------------------------------------------------------------------------------
+# table
+# ---------------------------------------------------------------------------------------
+def table(
+    tape: Tape,
+    x: Any,
+    params: Any = None,
+    wrt: int | None = None,
+    *,
+    output: int = 0,
+    limit: int | None = None,
+    digits: int = 6,
+    style: str = "listing",
+) -> str:
+    """The Wengert list at one point: one row per node with its value, tangent and adjoint.
+
+    Parameters
+    ----------
+    tape : Tape
+    x : array_like
+        One point, ``n_inputs`` values.
+    params : array_like, optional
+        ``n_params`` values, if the tape has parameters.
+    wrt : int, optional
+        Input of the forward tangent column ``d v / d x[wrt]`` (default 0).
+    output : int
+        Output of the adjoint column ``d y[output] / d v`` (reverse mode).
+    limit : int, optional
+        Show at most this many instruction rows (the output rows are always shown).
+    digits : int
+        Significant digits of the numbers.
+    style : {"listing", "wengert"}
+        Node names: as :meth:`Tape.listing` (inputs ``x0, x1``, instructions
+        ``v0, v1, ...``) or as in the textbook tables (inputs ``v-1, v0``, instructions
+        ``v1, v2, ...``).
+
+    Returns
+    -------
+    str
+
+    Examples
+    --------
+    >>> import numpy as np, tapejit
+    >>> from tapejit._show import table
+    >>> tape = tapejit.record(lambda x1, x2: np.log(x1) + x1 * x2 - np.sin(x2), 2.0, 5.0)
+    >>> print(table(tape, [2.0, 5.0], digits=4))  # doctest: +NORMALIZE_WHITESPACE
+    Wengert list of '<lambda>' at x = [2, 5]
+    tangent = d(node)/d(x0) (forward mode), adjoint = d(y0)/d(node) (reverse mode)
+    node  operation    value   tangent  adjoint
+    ----  -----------  ------  -------  -------
+    x0    input        2       1        5.5
+    x1    input        5       0        1.716
+    v0    log(x0)      0.6931  0.5      1
+    v1    mul(x0, x1)  10      5        1
+    v2    add(v0, v1)  10.69   5.5      1
+    v3    sin(x1)      -0.9589 0        -1
+    v4    sub(v2, v3)  11.65   5.5      1        = y0
+    """
+    wrt = 0 if wrt is None else int(wrt)
+    sw = interpret(tape, x, params, wrt, output)
+    name = _Names(tape, style)
+    xv, pv = _point(tape, x, params)
+    outs: dict[int, list[int]] = {}
+    for k, s in enumerate(tape.outputs.tolist()):
+        outs.setdefault(s, []).append(k)
+    guards = {int(s): int(o) for s, o in tape.guards.tolist()} if tape.n_guards else {}
+
+    def row(s: int, what: str) -> list[str]:
+        notes = []
+        if s in outs:
+            notes.append("= " + ", ".join(f"y{k}" for k in outs[s]))
+        if s in guards:
+            holds = (sw.values[s] != 0.0) == bool(guards[s])
+            notes.append(f"guard {bool(guards[s])}: " + ("holds" if holds else "FAILS here"))
+        return [name(s), what, _fmt(sw.values[s], digits), _fmt(sw.tangents[s], digits),
+                _fmt(sw.adjoints[s], digits), "; ".join(notes)]
+
+    rows = []
+    for j in range(tape.n_params):
+        rows.append(row(len(tape.consts) + j, "parameter"))
+    for j in range(tape.n_inputs):
+        rows.append(row(int(tape.inputs[j]), "input"))
+    ops, args, res = tape.opcodes.tolist(), tape.args.tolist(), tape.results.tolist()
+    n = len(ops)
+    shown = n if limit is None else max(0, min(n, int(limit)))
+    for i in range(n):
+        if i == shown:
+            rows.append(["...", f"{n - shown} more", "", "", "", ""])
+        if i >= shown and res[i] not in outs:
+            continue
+        op = BY_CODE[ops[i]]
+        rows.append(row(res[i], _instr_text(op, [name(a) for a in args[i][: op.arity]])))
+    header = ["node", "operation", "value", "tangent", "adjoint", ""]
+    widths = [max(len(r[c]) for r in [header, *rows]) for c in range(5)]
+    lines = [
+        f"Wengert list of {tape.name!r} at x = [{', '.join(_fmt(v, digits) for v in xv)}]"
+        + (f", params = [{', '.join(_fmt(v, digits) for v in pv)}]" if tape.n_params else ""),
+        f"tangent = d(node)/d({name.input(wrt) if tape.n_inputs else '-'}) (forward mode, "
+        f"input {wrt}), "
+        f"adjoint = d(y{output})/d(node) (reverse mode)",
+    ]
+    for r in [header, ["-" * w for w in widths] + [""], *rows]:
+        lines.append("  ".join(c.ljust(w) for c, w in zip(r[:5], widths, strict=True))
+                     + ("  " + r[5] if r[5] else ""))
+    for k, s in enumerate(tape.outputs.tolist()):
+        if s < len(tape.consts):  # no row of its own
+            lines.append(f"y{k} = {name(s)} (a constant)")
+    return "\n".join(line.rstrip() for line in lines)
+
+
+# ---------------------------------------------------------------------------------------
+# DOT
+# ---------------------------------------------------------------------------------------
+def _q(text: str) -> str:
+    """A DOT double-quoted string (``\\n`` in ``text`` stays a DOT line break)."""
+    return '"' + text.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n") + '"'
+
+
+def _symbolic(expr: str) -> str:
+    """A partial's expression, readable: ``math.cos(a)`` -> ``cos(a)``."""
+    return expr.replace("math.", "").replace("np.", "")
+
+
+def to_dot(tape: Tape, x: Any = None, params: Any = None, *, digits: int = 4) -> str:
+    """Graphviz DOT source of the computation graph.
+
+    Nodes are the inputs, parameters, constants in use and instructions (labelled with
+    the node name, the op name and, when ``x`` is given, the value at ``x``); an edge goes
+    from each operand to the instruction that reads it and is labelled with the local
+    partial derivative: its value at ``x``, or its formula (in the operands ``a, b, c``
+    and the result ``r``) without ``x``. Outputs are drawn as extra nodes ``y0, y1, ...``.
+
+    Parameters
+    ----------
+    tape : Tape
+    x : array_like, optional
+        A point, ``n_inputs`` values.
+    params : array_like, optional
+    digits : int
+        Significant digits of the numbers.
+
+    Returns
+    -------
+    str
+        ``digraph`` source; see :func:`render`.
+    """
+    sw = None if x is None else interpret(tape, x, params)
+    name = _Names(tape, "listing")
+    nc = len(tape.consts)
+    ops, args, res = tape.opcodes.tolist(), tape.args.tolist(), tape.results.tolist()
+
+    def node_id(s: int) -> str:
+        return f"c{s}" if s < nc else name(s)
+
+    def val(s: int) -> str:
+        return "" if sw is None else "\n" + _fmt(sw.values[s], digits)
+
+    title = tape.name or "tape"
+    lines = [f"digraph {_q(title)} {{", "  rankdir=BT;",
+             '  node [fontname="Helvetica"]; edge [fontname="Helvetica", fontsize=10];']
+    used_consts = sorted({a for i, ar in enumerate(args)
+                          for a in ar[: BY_CODE[ops[i]].arity] if a < nc}
+                         | {s for s in tape.outputs.tolist() if s < nc})
+    for s in used_consts:
+        lines.append(f"  {node_id(s)} [label={_q(_fmt(tape.consts[s], digits))}, "
+                     "shape=plaintext];")
+    for j in range(tape.n_params):
+        s = nc + j
+        lines.append(f"  {node_id(s)} [label={_q(name(s) + val(s))}, shape=box, "
+                     "style=dashed];")
+    for s in tape.inputs.tolist():
+        lines.append(f"  {node_id(s)} [label={_q(name(s) + val(s))}, shape=box];")
+    guards = {int(s): int(o) for s, o in tape.guards.tolist()} if tape.n_guards else {}
+    for i, s in enumerate(res):
+        op = BY_CODE[ops[i]]
+        label = f"{name(s)} = {op.name}" + val(s)
+        extra = ""
+        if s in guards:
+            label += f"\nguard: {bool(guards[s])}"
+            extra = ", style=bold, color=red"
+        lines.append(f"  {node_id(s)} [label={_q(label)}, shape=ellipse{extra}];")
+    for i, s in enumerate(res):
+        op = BY_CODE[ops[i]]
+        for k in range(op.arity):
+            a = args[i][k]
+            if sw is None:
+                lab = _symbolic(op.partials[k])
+            else:
+                lab = _fmt(sw.partials[i, k], digits)
+            lines.append(f"  {node_id(a)} -> {node_id(s)} [label={_q(lab)}];")
+    for k, s in enumerate(tape.outputs.tolist()):
+        lines.append(f"  y{k} [label={_q(f'y{k}')}, shape=doublecircle];")
+        lines.append(f"  {node_id(s)} -> y{k};")
+    lines.append("}")
+    return "\n".join(lines) + "\n"
+
+
+_FORMATS = {"svg", "png", "pdf", "ps", "eps", "gif", "jpg", "jpeg", "json", "dot", "plain"}
+
+
+def render(dot: str, path: str | os.PathLike[str]) -> str:
+    """Render DOT source to a file with Graphviz's ``dot``; the format is the extension.
+
+    Parameters
+    ----------
+    dot : str
+        DOT source (:func:`to_dot`).
+    path : str or path-like
+        Output file: ``.svg``, ``.png``, ``.pdf``, ...
+
+    Returns
+    -------
+    str
+        The path written.
+
+    Raises
+    ------
+    RuntimeError
+        If Graphviz is not installed (no ``dot`` on ``PATH``) or ``dot`` fails.
+    ValueError
+        If the extension is not a Graphviz output format.
+    """
+    path = os.fspath(path)
+    fmt = os.path.splitext(path)[1].lstrip(".").lower()
+    if fmt not in _FORMATS:
+        raise ValueError(
+            f"cannot tell the output format from {path!r}: use one of the extensions "
+            + ", ".join(f".{f}" for f in sorted(_FORMATS))
+        )
+    exe = shutil.which("dot")
+    if exe is None:
+        raise RuntimeError(
+            "Graphviz is not installed: no 'dot' executable on PATH (install the graphviz "
+            "package of your system, or paste the DOT text into any Graphviz viewer)"
+        )
+    proc = subprocess.run(  # noqa: S603 - fixed executable, no shell
+        [exe, f"-T{fmt}", "-o", path], input=dot.encode(), capture_output=True,
+        timeout=600, check=False,
+    )
+    if proc.returncode != 0:
+        raise RuntimeError(
+            f"Graphviz 'dot' failed (exit {proc.returncode}): "
+            + proc.stderr.decode(errors="replace").strip()
+        )
+    return path
+
+
+__all__ = ["Sweep", "interpret", "render", "table", "to_dot"]
