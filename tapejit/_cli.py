@@ -1,12 +1,25 @@
-"""Command line: ``tapejit demo`` (also ``python -m tapejit demo``)."""
+"""Command line: ``tapejit demo``, ``tapejit inspect FILE``, ``tapejit eval FILE ...``
+(also ``python -m tapejit ...``).
+
+Exit codes: 0 success; 1 the output could not be written (or Graphviz is missing);
+2 the tape file is unreadable, corrupt or from an incompatible tapejit (and command-line
+usage errors); 3 the points or parameters are unreadable or do not fit the tape (wrong
+shape, points outside the recorded branches).
+"""
 
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import time
 
 import numpy as np
+
+EXIT_OK = 0
+EXIT_OUTPUT = 1
+EXIT_TAPE = 2
+EXIT_POINTS = 3
 
 
 def _seed(x1, x2):
@@ -52,17 +65,172 @@ def demo(n_points: int = 10**6) -> int:
     return 0
 
 
+def _err(command: str, message: object) -> None:
+    print(f"tapejit {command}: {message}", file=sys.stderr)
+
+
+def _load(command: str, path: str):
+    """The tape in ``path``, or ``None`` after printing why not."""
+    from ._io import load_tape
+    from ._validate import TapeFormatError
+
+    try:
+        return load_tape(path)
+    except TapeFormatError as exc:
+        _err(command, exc)
+        return None
+
+
+def _floats(text: str) -> np.ndarray:
+    """``"1,2.5,-3"`` as a float array (``""`` is no values)."""
+    parts = [t for t in text.replace(" ", "").split(",") if t]
+    return np.array([float(t) for t in parts], dtype=np.float64)
+
+
+def inspect(path: str, point: str | None = None, params: str | None = None, wrt: int = 0,
+            limit: int = 50, dot: str | None = None) -> int:
+    """Print a saved tape's summary, statistics and listing, and its table at a point."""
+    from ._passes import format_stats, stats
+    from ._show import render, table, to_dot
+
+    tape = _load("inspect", path)
+    if tape is None:
+        return EXIT_TAPE
+    lim = None if limit <= 0 else limit
+    listing = tape.listing(limit=lim).split("\n")
+    print(listing[0])  # repr
+    print(format_stats(stats(tape)))
+    print("\n".join(listing[1:]))
+    x = p = None
+    if point is not None:
+        try:
+            x = _floats(point)
+            p = None if params is None else _floats(params)
+            text = table(tape, x, p, wrt=wrt, limit=lim)
+        except ValueError as exc:
+            _err("inspect", f"bad point for --table: {exc}")
+            return EXIT_POINTS
+        print()
+        print(text)
+    if dot is not None:
+        source = to_dot(tape, x, p)
+        try:
+            if os.path.splitext(dot)[1].lower() in (".dot", ".gv"):
+                with open(dot, "w", encoding="utf-8") as fh:
+                    fh.write(source)
+            else:
+                render(source, dot)
+        except (OSError, RuntimeError, ValueError) as exc:
+            _err("inspect", f"cannot write {dot}: {exc}")
+            return EXIT_OUTPUT
+    return EXIT_OK
+
+
+def _load_array(what: str, path: str) -> np.ndarray:
+    try:
+        a = np.load(path, allow_pickle=False)
+    except Exception as exc:
+        raise ValueError(f"cannot read {what} file {path!r}: {type(exc).__name__}: {exc}") from exc
+    if not isinstance(a, np.ndarray):
+        a.close()
+        raise ValueError(f"{what} file {path!r} is a .npz archive; expected one .npy array")
+    if a.dtype.kind not in "iuf":
+        raise ValueError(f"{what} in {path!r} must be real numbers; got dtype {a.dtype}")
+    return a.astype(np.float64)
+
+
+def evaluate(path: str, points: str, out: str, params: str | None = None,
+             what: str = "forward", check: str = "raise") -> int:
+    """Evaluate a saved tape at the points of a ``.npy`` file and save the result."""
+    from ._errors import BranchError
+
+    tape = _load("eval", path)
+    if tape is None:
+        return EXIT_TAPE
+    try:
+        X = _load_array("points", points)
+        P = None if params is None else _load_array("params", params)
+        if tape.n_inputs == 1 and X.ndim == 1 and X.shape[0] != 1:
+            X = X[:, None]  # one input: a plain vector holds many points
+        if what in ("grad", "hessian") and tape.n_outputs != 1:
+            raise ValueError(
+                f"--{what} needs a tape with one output; this tape has {tape.n_outputs} "
+                "(use --jacobian)"
+            )
+        if what == "forward":
+            res = tape.forward(X, P, check=check)
+        elif what == "grad":
+            res = tape.gradient(X, P, check=check)
+        elif what == "jacobian":
+            res = tape.jacobian(X, P, check=check)
+        else:
+            res = tape.hessian(X, P, check=check)
+    except BranchError as exc:
+        _err("eval", f"{exc} (--mask writes NaN there instead)")
+        return EXIT_POINTS
+    except (ValueError, TypeError) as exc:
+        _err("eval", exc)
+        return EXIT_POINTS
+    if check == "mask":
+        res, valid = res
+        bad = int(np.size(valid) - np.count_nonzero(valid))
+        if bad:
+            _err("eval", f"{bad} point(s) left the recorded branches: NaN there")
+    result = np.asarray(res, dtype=np.float64)
+    try:
+        with open(out, "wb") as fh:  # exactly this name (np.save would append .npy)
+            np.save(fh, result)
+    except OSError as exc:
+        _err("eval", f"cannot write {out!r}: {exc}")
+        return EXIT_OUTPUT
+    print(f"wrote {out}: {what} {'x'.join(map(str, result.shape)) or 'scalar'}")
+    return EXIT_OK
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the ``tapejit`` command."""
-    parser = argparse.ArgumentParser(prog="tapejit", description=__doc__)
+    parser = argparse.ArgumentParser(
+        prog="tapejit", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     sub = parser.add_subparsers(dest="command", required=True)
     p_demo = sub.add_parser("demo", help="record the seed example and evaluate it")
     p_demo.add_argument("--points", type=int, default=10**6, help="points for the timing")
+    p_ins = sub.add_parser("inspect", help="summary, statistics and listing of a saved tape")
+    p_ins.add_argument("file", help="tape file written by Tape.save / tapejit.save")
+    p_ins.add_argument("--table", metavar="X1,X2,...",
+                       help="also print the Wengert table (values, tangents, adjoints) here")
+    p_ins.add_argument("--params", metavar="P1,P2,...", help="parameters for --table")
+    p_ins.add_argument("--wrt", type=int, default=0,
+                       help="input of the tangent column of --table (default 0)")
+    p_ins.add_argument("--limit", type=int, default=50,
+                       help="instructions shown at most (default 50; 0: all)")
+    p_ins.add_argument("--dot", metavar="PATH",
+                       help="write the graph: .dot/.gv as text, .svg/.png/.pdf via Graphviz")
+    p_ev = sub.add_parser("eval", help="evaluate a saved tape at the points of a .npy file")
+    p_ev.add_argument("file", help="tape file")
+    p_ev.add_argument("--points", required=True, metavar="P.npy",
+                      help="points, shape (n_inputs,) or (n_points, n_inputs)")
+    p_ev.add_argument("--params", metavar="Q.npy",
+                      help="parameters, shape (n_params,) or (n_points, n_params)")
+    mode = p_ev.add_mutually_exclusive_group()
+    mode.add_argument("--grad", action="store_true", help="gradient (one-output tape)")
+    mode.add_argument("--jacobian", action="store_true", help="Jacobian")
+    mode.add_argument("--hessian", action="store_true", help="Hessian (one-output tape)")
+    p_ev.add_argument("--mask", action="store_true",
+                      help="NaN at points outside the recorded branches instead of failing")
+    p_ev.add_argument("--out", required=True, metavar="O.npy", help="result file (.npy)")
     args = parser.parse_args(argv)
     if args.command == "demo":
         if args.points < 1:
             parser.error("--points must be at least 1")
         return demo(args.points)
+    if args.command == "inspect":
+        return inspect(args.file, args.table, args.params, args.wrt, args.limit, args.dot)
+    if args.command == "eval":
+        what = ("grad" if args.grad else "jacobian" if args.jacobian
+                else "hessian" if args.hessian else "forward")
+        return evaluate(args.file, args.points, args.out, args.params, what,
+                        "mask" if args.mask else "raise")
     return 2  # pragma: no cover - argparse enforces the choices
 
 

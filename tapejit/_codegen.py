@@ -24,12 +24,21 @@ from ._ops import HELPERS, OPS, Op
 
 #: Number of int32 header fields at the start of a packed program (see ``_tape.py``).
 HEADER = 14
-#: int32 fields per instruction: opcode, result slot, three operand slots.
-ROW = 5
+#: int32 fields per instruction: opcode, first result slot, first slot of each of three
+#: operands, number of elements, slot stride of each operand.
+ROW = 9
 
 _ORDER = ("mul", "add", "sub", "div", "neg", "square", "where")  # frequent ops first
-_SLOT = {"a": "ia", "b": "ib", "c": "ic", "r": "ir"}
-_SLOTS = ("ia", "ib", "ic")
+# Inside an op's element loop: the slots of element ``e`` of a block instruction.
+_SLOT = {"a": "ja", "b": "jb", "c": "jc", "r": "jr"}
+_SLOTS = ("ja", "jb", "jc")
+_ELEMENT = [
+    "for e in range(n):",
+    "    jr = ir + e",
+    "    ja = ia + e * sa",
+    "    jb = ib + e * sb",
+    "    jc = ic + e * sc",
+]
 _ZERO = ("0.0", "0")
 _SECOND_INDEX = {
     1: {(0, 0): 0},
@@ -72,7 +81,86 @@ def _header(name: str, args: str, reverse: bool) -> list[str]:
         "        ia = prog[k + 2]",
         "        ib = prog[k + 3]",
         "        ic = prog[k + 4]",
+        "        n = prog[k + 5]",
+        "        sa = prog[k + 6]",
+        "        sb = prog[k + 7]",
+        "        sc = prog[k + 8]",
     ]
+
+
+def _case(
+    kw: str, op: Op, body: list[str], pre: tuple[str, ...] = (), fast: list[str] = ()
+) -> list[str]:
+    """One dispatch branch: ``body`` runs once per element of the instruction (a scalar
+    instruction has one element; a block has ``n``, operand slots advancing by their
+    strides). ``pre`` lines open the element loop (e.g. skip elements with no adjoint).
+    ``fast`` is an ``if/elif`` chain of block fast paths tried before that loop."""
+    out = [f"        {kw} op == {op.code}:  # {op.name}"]
+    ind = "            "
+    if fast:
+        out += [ind + line for line in fast] + [ind + "else:"]
+        ind += "    "
+    out += [ind + line for line in _ELEMENT]
+    out += [ind + "    " + line for line in pre]
+    out += [ind[:-8] + line for line in body]
+    return out
+
+
+_COMBOS = {
+    1: ["v"],
+    2: ["vv", "sv", "vs"],
+    3: ["vvv", "vvs", "vsv", "vss"],
+}
+
+
+def _fast_paths(op: Op, reverse: bool) -> list[str]:
+    """Block fast paths of one point: every operand either contiguous (stride 1, read
+    through a view, ``v``) or one slot broadcast (stride 0, a scalar, ``s``). These loops
+    have no per-element index arithmetic or branches, so LLVM vectorizes them.
+
+    Reverse: an operand range is either all differentiable (``>= nd``) or all not;
+    a range straddling ``nd`` takes the generic loop.
+    """
+    names = "abc"[: op.arity]
+    out: list[str] = []
+    kw = "if"
+    for combo in _COMBOS[op.arity]:
+        mode = dict(zip(names, combo, strict=True))
+        cond = ["n > 1"] + [f"s{x} == {1 if m == 'v' else 0}" for x, m in mode.items()]
+        if reverse:
+            cond += [f"(i{x} >= nd or i{x} + n <= nd)" for x, m in mode.items() if m == "v"]
+        out.append(f"{kw} {' and '.join(cond)}:")
+        kw = "elif"
+        setup = [f"w{x} = W[i{x} : i{x} + n]" if m == "v" else f"{x} = W[i{x}]"
+                 for x, m in mode.items()]
+        loads = [f"{x} = w{x}[e]" for x, m in mode.items() if m == "v"]
+        if not reverse:
+            out += ["    " + line for line in setup]
+            out += ["    wr = W[ir : ir + n]", "    for e in range(n):"]
+            used = [x for x in _uses(op.value) if x != "r"]
+            out += ["        " + line for line in loads if line[0] in used]
+            out += [f"        wr[e] = {op.value}"]
+            continue
+        out += ["    " + line for line in setup]
+        out += ["    wr = W[ir : ir + n]", "    gr = A[ir : ir + n]"]
+        for k in _nonzero_partials(op):
+            x, pk = names[k], op.partials[k]
+            need = [v for v in _uses(pk) if v != "r"]
+            load = [line for line in loads if line[0] in need]
+            if "r" in _uses(pk):
+                load.append("r = wr[e]")
+            contrib = ("g" if pk == "1.0" else "-g" if pk == "-1.0" else f"_azmul(g, {pk})")
+            out.append(f"    if i{x} >= nd:")
+            if mode[x] == "v":
+                out += [f"        ga = A[i{x} : i{x} + n]", "        for e in range(n):",
+                        "            g = gr[e]"]
+                out += ["            " + line for line in load]
+                out.append(f"            ga[e] += {contrib}")
+            else:  # a broadcast operand collects the sum over the block
+                out += ["        t = 0.0", "        for e in range(n):", "            g = gr[e]"]
+                out += ["            " + line for line in load]
+                out += [f"            t += {contrib}", f"        A[i{x}] += t"]
+    return out
 
 
 class _Body:
@@ -107,15 +195,14 @@ def _forward(point: bool) -> str:
         body = _Body(point, "            ")
         if point:
             body.loads(used)
-            body.add(f"W[ir] = {op.value}")
+            body.add(f"W[jr] = {op.value}")
         else:
             body.views(used)
-            body.add("wr = W[ir]")
+            body.add("wr = W[jr]")
             body.add("for p in range(m):")
             body.loads(used, 1)
             body.add(f"wr[p] = {op.value}", 1)
-        lines.append(f"        {kw} op == {op.code}:  # {op.name}")
-        lines += body.lines
+        lines += _case(kw, op, body.lines, fast=_fast_paths(op, False) if point else ())
         kw = "elif"
     return "\n".join(lines)
 
@@ -123,8 +210,9 @@ def _forward(point: bool) -> str:
 def _reverse(point: bool) -> str:
     args = "prog, W, A" if point else "prog, W, A, m"
     lines = _header("reverse_point_sweep" if point else "reverse_chunk", args, True)
-    if point:  # zero adjoint: nothing flows back (zero times anything is zero)
-        lines += ["        g = A[ir]", "        if g == 0.0:", "            continue"]
+    # One point: an element with a zero adjoint sends nothing back (zero times anything
+    # is zero), so it is skipped before its partials are computed.
+    pre = ("g = A[jr]", "if g == 0.0:", "    continue") if point else ()
     kw = "if"
     for op in _dispatch_order():
         ks = _nonzero_partials(op)
@@ -132,7 +220,7 @@ def _reverse(point: bool) -> str:
             continue
         body = _Body(point, "            ")
         if not point:
-            body.add("gr = A[ir]")
+            body.add("gr = A[jr]")
         for k in ks:
             pk, slot = op.partials[k], _SLOTS[k]
             body.add(f"if {slot} >= nd:")
@@ -152,8 +240,7 @@ def _reverse(point: bool) -> str:
             else:
                 body.loads(_uses(pk), 2)
                 body.add(f"ga[p] += _azmul(gr[p], {pk})", 2)
-        lines.append(f"        {kw} op == {op.code}:  # {op.name}")
-        lines += body.lines
+        lines += _case(kw, op, body.lines, pre, _fast_paths(op, True) if point else ())
         kw = "elif"
     return "\n".join(lines)
 
@@ -192,7 +279,7 @@ def _forward_tangent(point: bool) -> str:
         general = [k for k in ks if op.partials[k] not in ("1.0", "-1.0")]
         if point:
             body.loads(used)
-            body.add(f"W[ir] = {op.value}")
+            body.add(f"W[jr] = {op.value}")
             _locals_loop(op, body, [(f"d{k}", op.partials[k]) for k in general])
             body.add("for d in range(nv):")
             terms = []
@@ -204,15 +291,15 @@ def _forward_tangent(point: bool) -> str:
                     terms.append(f"+ {t}" if pk == "1.0" else f"+ _azmul({t}, d{k})")
             expr = " ".join(terms) or "+ 0.0"
             expr = expr[2:] if expr[0] == "+" else "-" + expr[2:]
-            body.add(f"T[ir, d] = {expr}", 1)
+            body.add(f"T[jr, d] = {expr}", 1)
         else:
             body.views(used)
-            body.add("wr = W[ir]")
+            body.add("wr = W[jr]")
             body.add("for p in range(m):")
             body.loads(used, 1)
             body.add(f"wr[p] = {op.value}", 1)
             _locals_loop(op, body, [(f"D[{k}, p]", op.partials[k]) for k in general])
-            body.add("tr = T[ir]")
+            body.add("tr = T[jr]")
             body.add("for d in range(nv):")
             body.add("for p in range(m):", 1)
             body.add("tr[d, p] = 0.0", 2)
@@ -226,8 +313,7 @@ def _forward_tangent(point: bool) -> str:
                     body.add(f"tr[d, p] {'+' if pk == '1.0' else '-'}= tk[d, p]", 3)
                 else:
                     body.add(f"tr[d, p] += _azmul(tk[d, p], D[{k}, p])", 3)
-        lines.append(f"        {kw} op == {op.code}:  # {op.name}")
-        lines += body.lines
+        lines += _case(kw, op, body.lines)
         kw = "elif"
     return "\n".join(lines)
 
@@ -263,15 +349,15 @@ def _reverse_hvp(point: bool) -> str:
             + [(sname[kj], e) for kj, e in seconds.items()],
         )
         if point:
-            body.add("g = A[ir]")
+            body.add("g = A[jr]")
         else:
-            body.add("gr = A[ir]")
-            body.add("gdr = Ad[ir]")
+            body.add("gr = A[jr]")
+            body.add("gdr = Ad[jr]")
         for k in ks:
             pk, slot = op.partials[k], _SLOTS[k]
             js = [j for j in range(op.arity) if (k, j) in seconds]
             g = "g" if point else "gr[p]"
-            gd = "Ad[ir, d]" if point else "gdr[d, p]"
+            gd = "Ad[jr, d]" if point else "gdr[d, p]"
             if pk == "1.0":
                 first, dfirst = g, gd
             elif pk == "-1.0":
@@ -302,8 +388,7 @@ def _reverse_hvp(point: bool) -> str:
                 u = " + ".join(f"_azmul({sname[(k, j)]}, t{j}[d, p])" for j in js)
                 tail = f" + _azmul(gr[p], {u})"
             body.add(f"gda[d, p] += {dfirst}{tail}", 3)
-        lines.append(f"        {kw} op == {op.code}:  # {op.name}")
-        lines += body.lines
+        lines += _case(kw, op, body.lines)
         kw = "elif"
     return "\n".join(lines)
 

@@ -137,8 +137,9 @@ def _seed_tangents(prog, V, T, p0, m):
 
 POINT = '''
 @njit(cache=True, nogil=True)
-def _point_workspace(prog, consts, x, P):
-    W = np.empty(prog[0])
+def _point_workspace(prog, consts, x, P, WS):
+    # WS: a caller's reusable buffer (large tapes), else allocate here.
+    W = WS[: prog[0]] if WS.size >= prog[0] else np.empty(prog[0])
     for s in range(prog[1]):
         W[s] = consts[s]
     o = prog[8]
@@ -161,8 +162,61 @@ def _point_tangents(prog, V):
 
 
 @njit(cache=True, nogil=True)
-def forward_point(prog, consts, x, P, y):
-    W = _point_workspace(prog, consts, x, P)
+def _fill_point(prog, consts, X, P, q, W):
+    for s in range(prog[1]):
+        W[s] = consts[s]
+    r = 0 if P.shape[0] == 1 else q
+    o = prog[8]
+    for j in range(prog[4]):
+        W[prog[o + j]] = P[r, j]
+    o = prog[7]
+    for j in range(prog[3]):
+        W[prog[o + j]] = X[q, j]
+
+
+@njit(cache=True, nogil=True)
+def _point_guards_valid(prog, W, valid, q):
+    valid[q] = 1 if _point_failed_guards(prog, W) == 0 else 0
+
+
+@njit(cache=True, nogil=True)
+def _forward_points(prog, consts, X, P, Y, valid, t, nt):
+    # Huge tapes: one point at a time through the scalar sweep (its block fast paths
+    # beat chunk rows of one point).
+    W = np.empty(prog[0])
+    o = prog[9]
+    for q in range(t, X.shape[0], nt):
+        _fill_point(prog, consts, X, P, q, W)
+        forward_point_sweep(prog, W)
+        _point_guards_valid(prog, W, valid, q)
+        for k in range(prog[5]):
+            Y[q, k] = W[prog[o + k]]
+
+
+@njit(cache=True, nogil=True)
+def _vjp_points(prog, consts, X, P, WT, Y, G, valid, t, nt):
+    W = np.empty(prog[0])
+    A = np.empty(prog[0])
+    oo = prog[9]
+    oi = prog[7]
+    for q in range(t, X.shape[0], nt):
+        _fill_point(prog, consts, X, P, q, W)
+        forward_point_sweep(prog, W)
+        _point_guards_valid(prog, W, valid, q)
+        A[:] = 0.0
+        r = 0 if WT.shape[0] == 1 else q
+        for k in range(prog[5]):
+            s = prog[oo + k]
+            Y[q, k] = W[s]
+            A[s] += WT[r, k]
+        reverse_point_sweep(prog, W, A)
+        for j in range(prog[3]):
+            G[q, j] = A[prog[oi + j]]
+
+
+@njit(cache=True, nogil=True)
+def forward_point(prog, consts, x, P, y, WS):
+    W = _point_workspace(prog, consts, x, P, WS)
     forward_point_sweep(prog, W)
     o = prog[9]
     for k in range(prog[5]):
@@ -171,14 +225,18 @@ def forward_point(prog, consts, x, P, y):
 
 
 @njit(cache=True, nogil=True)
-def value_grad_point(prog, consts, x, P, g):
-    W = _point_workspace(prog, consts, x, P)
+def value_grad_point(prog, consts, x, P, g, WS):
+    W = _point_workspace(prog, consts, x, P, WS)
     forward_point_sweep(prog, W)
     if prog[12] > 0 and _point_failed_guards(prog, W) > 0:
         for j in range(prog[3]):
             g[j] = np.nan
         return np.nan
-    A = np.zeros(prog[0])
+    if WS.size >= 2 * prog[0]:
+        A = WS[prog[0] : 2 * prog[0]]
+        A[:] = 0.0
+    else:
+        A = np.zeros(prog[0])
     out = prog[prog[9]]
     A[out] = 1.0
     reverse_point_sweep(prog, W, A)
@@ -190,7 +248,7 @@ def value_grad_point(prog, consts, x, P, g):
 
 @njit(cache=True, nogil=True)
 def jvp_point(prog, consts, x, P, V, y, TY):
-    W = _point_workspace(prog, consts, x, P)
+    W = _point_workspace(prog, consts, x, P, P[:0])
     T = _point_tangents(prog, V)
     forward_tangent_point_sweep(prog, W, T, V.shape[0])
     o = prog[9]
@@ -205,7 +263,7 @@ def jvp_point(prog, consts, x, P, V, y, TY):
 @njit(cache=True, nogil=True)
 def hvp_point(prog, consts, x, P, V, g, HV):
     nv = V.shape[0]
-    W = _point_workspace(prog, consts, x, P)
+    W = _point_workspace(prog, consts, x, P, P[:0])
     T = _point_tangents(prog, V)
     forward_tangent_point_sweep(prog, W, T, nv)
     A = np.zeros(prog[0])
@@ -228,6 +286,10 @@ def forward_batch_{SUF}(prog, consts, X, P, Y, valid, chunk, nthreads):
     n = X.shape[0]
     nchunks = (n + chunk - 1) // chunk
     nt = min(nthreads, nchunks)
+    if chunk == 1:
+        for t in {RANGE}(nt):
+            _forward_points(prog, consts, X, P, Y, valid, t, nt)
+        return
     for t in {RANGE}(nt):
         W = np.empty((prog[0], chunk))
         _fill_fixed(prog, consts, P, W)
@@ -245,6 +307,10 @@ def vjp_batch_{SUF}(prog, consts, X, P, WT, Y, G, valid, chunk, nthreads):
     n = X.shape[0]
     nchunks = (n + chunk - 1) // chunk
     nt = min(nthreads, nchunks)
+    if chunk == 1:
+        for t in {RANGE}(nt):
+            _vjp_points(prog, consts, X, P, WT, Y, G, valid, t, nt)
+        return
     for t in {RANGE}(nt):
         W = np.empty((prog[0], chunk))
         A = np.empty((prog[0], chunk))

@@ -8,7 +8,9 @@ arrays) with exactly these members (format version 1)::
     fingerprint      unicode, shape ()      tapejit._ops.fingerprint() of the writer
     name             unicode, shape ()      the tape's name
     opcodes          uint8, (n,)
-    args             int32, (n, 3)          operand slots, unused columns 0
+    args             int32, (n, 3)          first operand slots, unused columns 0
+    sizes            int32, (n,)            elements per instruction (1: scalar)
+    strides          int32, (n, 3)          operand strides of block instructions
     consts           float64, (nc,)
     inputs           int32, (n_inputs,)     slots (see Tape)
     params           int32, (n_params,)
@@ -28,6 +30,7 @@ Tape goes through (``check_tape_arrays``). Any problem raises
 
 from __future__ import annotations
 
+import functools
 import io
 import os
 import tempfile
@@ -48,6 +51,9 @@ _MAX_NDIM = 32  # of a recorded argument or output shape
 _MAX_TEXT = 4096  # characters of a name or version string
 # Deflate cannot compress better than about 1032:1; a member claiming more is a lie.
 _MAX_RATIO = 1100
+_HEAD_MAX = 16 + 10_000  # magic, length and numpy's largest header by default
+#: Default limit on the bytes of arrays in a file (:func:`load_tape`'s ``max_bytes``).
+MAX_BYTES = 1 << 32
 
 # member -> (dtype string, ndim, second axis or None); "U" is any little-endian unicode
 _SPEC: dict[str, tuple[str, int, int | None]] = {
@@ -57,6 +63,8 @@ _SPEC: dict[str, tuple[str, int, int | None]] = {
     "name": ("U", 0, None),
     "opcodes": ("|u1", 1, None),
     "args": ("<i4", 2, 3),
+    "sizes": ("<i4", 1, None),
+    "strides": ("<i4", 2, 3),
     "consts": ("<f8", 1, None),
     "inputs": ("<i4", 1, None),
     "params": ("<i4", 1, None),
@@ -116,7 +124,9 @@ def _arrays(tape: Tape) -> dict[str, np.ndarray]:
         "fingerprint": np.array(fingerprint()),
         "name": np.array(str(tape.name)),
         "opcodes": np.ascontiguousarray(tape.opcodes, dtype="|u1"),
-        "args": np.ascontiguousarray(tape.args, dtype="<i4"),
+        "args": np.ascontiguousarray(tape.args, dtype="<i4").reshape(-1, 3),
+        "sizes": np.ascontiguousarray(tape.sizes, dtype="<i4"),
+        "strides": np.ascontiguousarray(tape.strides, dtype="<i4").reshape(-1, 3),
         "consts": np.ascontiguousarray(tape.consts, dtype="<f8"),
         "inputs": np.ascontiguousarray(tape.inputs, dtype="<i4"),
         "params": np.ascontiguousarray(tape.params, dtype="<i4"),
@@ -176,10 +186,9 @@ def save_tape(tape: Tape, path: str | os.PathLike[str] | BinaryIO) -> None:
 # ---------------------------------------------------------------------------------------
 # loading
 # ---------------------------------------------------------------------------------------
-def _member_header(
-    zf: zipfile.ZipFile, info: zipfile.ZipInfo, key: str
-) -> tuple[tuple[int, ...], np.dtype, bool]:
-    """Read and check one member's ``.npy`` header without reading its data."""
+def _read_member(zf: zipfile.ZipFile, info: zipfile.ZipInfo, key: str) -> np.ndarray:
+    """One member as an array, its ``.npy`` header checked against the spec and against
+    the size the archive declares before the data is read."""
     if info.flag_bits & 0x1:
         raise TapeFormatError(f"member {key!r} is encrypted")
     if info.compress_type not in (zipfile.ZIP_STORED, zipfile.ZIP_DEFLATED):
@@ -195,31 +204,49 @@ def _member_header(
             "compressed bytes (corrupt or hostile archive)"
         )
     with zf.open(info) as fp:
-        head = io.BytesIO(fp.read(min(info.file_size, 16 + 10_000)))
-    version = np.lib.format.read_magic(head)
-    if version == (1, 0):
-        shape, fortran, dtype = np.lib.format.read_array_header_1_0(head)
-    elif version == (2, 0):
-        shape, fortran, dtype = np.lib.format.read_array_header_2_0(head)
-    else:
-        raise TapeFormatError(f"member {key!r}: unsupported .npy format version {version}")
-    if dtype.hasobject:
-        raise TapeFormatError(f"member {key!r} is an object array; tape files hold none")
-    n_items = 1
-    for d in shape:
-        n_items *= int(d)
-    if head.tell() + n_items * dtype.itemsize != info.file_size:
-        raise TapeFormatError(
-            f"member {key!r} declares shape {shape} of {dtype} ({n_items * dtype.itemsize} "
-            f"bytes) but holds {info.file_size - head.tell()} bytes of data"
-        )
-    return tuple(int(d) for d in shape), dtype, bool(fortran)
+        first = fp.read(min(info.file_size, _HEAD_MAX))
+        head = io.BytesIO(first)
+        try:
+            version = np.lib.format.read_magic(head)
+            if version == (1, 0):
+                shape, fortran, dtype = np.lib.format.read_array_header_1_0(head)
+            elif version == (2, 0):
+                shape, fortran, dtype = np.lib.format.read_array_header_2_0(head)
+            else:
+                raise TapeFormatError(f"unsupported .npy format version {version}")
+        except Exception as exc:  # numpy's ValueError/EOFError, or ours
+            raise TapeFormatError(f"member {key!r} has no valid .npy header: {exc}") from None
+        if dtype.hasobject:
+            raise TapeFormatError(f"member {key!r} is an object array; tape files hold none")
+        _check_member(key, shape, dtype, fortran)
+        n_items = 1
+        for d in shape:
+            n_items *= int(d)
+        hlen = head.tell()
+        nbytes = n_items * dtype.itemsize
+        if hlen + nbytes != info.file_size:
+            raise TapeFormatError(
+                f"member {key!r} declares shape {shape} of {dtype.str} ({nbytes} bytes) but "
+                f"holds {info.file_size - hlen} bytes of data"
+            )
+        out = np.empty(n_items, dtype=dtype)
+        buf = memoryview(out.view(np.uint8).reshape(-1))
+        got = min(nbytes, len(first) - hlen)
+        buf[:got] = first[hlen : hlen + got]
+        while got < nbytes:
+            k = fp.readinto(buf[got:])
+            if not k:
+                raise TapeFormatError(f"member {key!r} is truncated")
+            got += k
+        if fp.read(1):  # also makes zipfile check the CRC at the end of the member
+            raise TapeFormatError(f"member {key!r} has data after its array")
+    return out.reshape(shape)
 
 
 def _check_member(key: str, shape: tuple[int, ...], dtype: np.dtype, fortran: bool) -> None:
     want, ndim, cols = _SPEC[key]
     if want == "U":
-        ok = dtype.str.startswith("<U") and dtype.itemsize // 4 <= _MAX_TEXT
+        ok = dtype.str.startswith("<U") and 4 <= dtype.itemsize <= 4 * _MAX_TEXT
         want_txt = f"a unicode string of at most {_MAX_TEXT} characters"
     else:
         ok = dtype.str == want
@@ -231,6 +258,11 @@ def _check_member(key: str, shape: tuple[int, ...], dtype: np.dtype, fortran: bo
         raise TapeFormatError(f"member {key!r} must have shape {expect}; got {shape}")
     if fortran and ndim > 1:
         raise TapeFormatError(f"member {key!r} must be stored in C order")
+
+
+@functools.cache
+def _fingerprint() -> str:
+    return fingerprint()
 
 
 def _read_arrays(z: Any, max_bytes: int | None) -> tuple[tuple, dict[str, Any]]:
@@ -247,9 +279,7 @@ def _read_arrays(z: Any, max_bytes: int | None) -> tuple[tuple, dict[str, Any]]:
     # The version first: a newer file may have other members.
     if "format_version" not in members:
         raise TapeFormatError("not a tapejit tape file: member 'format_version' is missing")
-    headers = {"format_version": _member_header(zf, members["format_version"], "format_version")}
-    _check_member("format_version", *headers["format_version"])
-    version = int(z["format_version"])
+    version = int(_read_member(zf, members["format_version"], "format_version"))
     if version > FORMAT_VERSION:
         raise TapeFormatError(
             f"tape file format version {version} is newer than this tapejit ({__version__}) "
@@ -268,40 +298,31 @@ def _read_arrays(z: Any, max_bytes: int | None) -> tuple[tuple, dict[str, Any]]:
         )
     if any(not members[k].filename.endswith(".npy") for k in _SPEC):
         raise TapeFormatError("tape file members must be .npy arrays")
-    total = 0
-    for key in _SPEC:
-        if key not in headers:
-            headers[key] = _member_header(zf, members[key], key)
-            _check_member(key, *headers[key])
-        total += members[key].file_size
+    total = sum(members[k].file_size for k in _SPEC)
     if max_bytes is not None and total > max_bytes:
-        raise TapeFormatError(f"tape file holds {total} bytes of arrays; limit is {max_bytes}")
-
-    def text(key: str) -> str:
-        return str(z[key][()])
-
-    fp = text("fingerprint")
-    if fp != fingerprint():
+        raise TapeFormatError(
+            f"tape file holds {total} bytes of arrays, more than max_bytes={max_bytes}"
+        )
+    z_ = {k: _read_member(zf, members[k], k) for k in ("fingerprint", "tapejit_version")}
+    fp = str(z_["fingerprint"][()])
+    if fp != _fingerprint():
         raise TapeFormatError(
             f"the op table changed since this tape was written (written by tapejit "
-            f"{text('tapejit_version')!r}, op-table fingerprint {fp!r}; this tapejit "
-            f"{__version__} has {fingerprint()!r}): opcodes may mean something else now, "
-            "so the tape is refused. Record the function again."
+            f"{str(z_['tapejit_version'][()])!r} with op-table fingerprint {fp!r}; this "
+            f"tapejit {__version__} has {_fingerprint()!r}): opcodes may mean something "
+            "else now, so the tape is refused. Record the function again."
         )
-    a = {k: z[k] for k in ("opcodes", "args", "consts", "inputs", "params", "outputs")}
-    n = len(a["opcodes"])
-    if a["args"].shape != (n, 3):
-        raise TapeFormatError(
-            f"args must have shape ({n}, 3) for {n} opcodes; got {a['args'].shape}"
-        )
-    input_shapes = _decode_shapes("input_shapes", z["input_shapes"], len(a["inputs"]))
-    output_shapes = _decode_shapes("output_shapes", z["output_shapes"], len(a["outputs"]))
+    a = {k: _read_member(zf, members[k], k) for k in _SPEC if k not in z_}
+    input_shapes = _decode_shapes("input_shapes", a["input_shapes"], len(a["inputs"]))
+    output_shapes = _decode_shapes("output_shapes", a["output_shapes"], len(a["outputs"]))
     arrays = (a["opcodes"], a["args"], a["consts"], a["inputs"], a["params"], a["outputs"])
     return arrays, {
         "input_shapes": input_shapes,
         "output_shapes": output_shapes,
-        "name": text("name"),
-        "guards": z["guards"],
+        "name": str(a["name"][()]),
+        "guards": a["guards"],
+        "sizes": a["sizes"],
+        "strides": a["strides"],
     }
 
 
@@ -317,16 +338,18 @@ def _peek(path: str | os.PathLike[str] | BinaryIO, n: int) -> bytes:
 
 
 def load_tape(
-    path: str | os.PathLike[str] | BinaryIO, *, max_bytes: int | None = None
+    path: str | os.PathLike[str] | BinaryIO, *, max_bytes: int | None = MAX_BYTES
 ) -> Tape:
     """Load a tape written by :func:`save_tape`, checking everything first.
 
     Parameters
     ----------
     path : str, path-like or binary file object
-    max_bytes : int, optional
-        Refuse files whose arrays hold more than this many (uncompressed) bytes. Even
-        without it, no member may declare more data than the archive holds.
+    max_bytes : int or None
+        Refuse files whose arrays hold more than this many (uncompressed) bytes; default
+        4 GiB (about 300 million instructions), ``None`` for no limit. Whatever the
+        limit, no member may declare more data than the archive holds, and the sizes are
+        checked before anything is allocated.
 
     Returns
     -------
@@ -339,41 +362,36 @@ def load_tape(
         For every problem with the file: unreadable, not a zip/npz archive, truncated or
         corrupt, missing or unexpected members, wrong dtypes or shapes, object arrays,
         a newer format version, an op table that changed since the file was written,
-        out-of-range or forward slot references, unknown opcodes. The message names what
-        is wrong.
+        out-of-range or forward slot references, unknown opcodes. The message names the
+        file and what is wrong.
     """
-    source = repr(os.fspath(path)) if not hasattr(path, "read") else "file object"
+    where = f"tape file {os.fspath(path)!r}" if not hasattr(path, "read") else "tape file"
     try:
         magic = _peek(path, 6)
         if magic.startswith(b"\x93NUMPY"):
             raise TapeFormatError(
-                f"{source} is not a tapejit tape file (a .npz archive); it holds a single "
-                ".npy array"
+                f"{where} is not a tapejit tape (a .npz archive): it holds a single .npy array"
             )
         if not magic.startswith((b"PK\x03\x04", b"PK\x05\x06")):
             raise TapeFormatError(
-                f"{source} is not a tapejit tape file: not a .npz (zip) archive"
+                f"{where} is not a tapejit tape: not a .npz (zip) archive"
                 + (" (the file is empty)" if not magic else "")
             )
         z = np.load(path, allow_pickle=False)  # type: ignore[arg-type]
     except TapeFormatError:
         raise
-    except Exception as exc:
-        raise TapeFormatError(
-            f"cannot read tape file {source}: {type(exc).__name__}: {exc}"
-        ) from exc
+    except Exception as exc:  # missing, unreadable, a directory, a broken zip directory
+        raise TapeFormatError(f"cannot read {where}: {type(exc).__name__}: {exc}") from exc
     if not isinstance(z, np.lib.npyio.NpzFile):  # pragma: no cover - magic checked above
-        raise TapeFormatError(f"{source} is not a tapejit tape file (a .npz archive)")
+        raise TapeFormatError(f"{where} is not a tapejit tape (a .npz archive)")
     try:
         with z:
             arrays, kwargs = _read_arrays(z, max_bytes)
     except TapeFormatError as exc:
-        raise TapeFormatError(f"tape file {source}: {exc}") from None
+        raise TapeFormatError(f"{where}: {exc}") from None
     except Exception as exc:  # zlib, zipfile, numpy header errors of a damaged archive
-        raise TapeFormatError(
-            f"tape file {source} is corrupt: {type(exc).__name__}: {exc}"
-        ) from exc
+        raise TapeFormatError(f"{where} is corrupt: {type(exc).__name__}: {exc}") from exc
     try:
         return Tape(*arrays, **kwargs)  # check_tape_arrays: opcodes, slot references
     except TapeFormatError as exc:
-        raise TapeFormatError(f"tape file {source}: {exc}") from None
+        raise TapeFormatError(f"{where}: {exc}") from None

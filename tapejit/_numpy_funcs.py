@@ -86,16 +86,25 @@ def apply_ufunc(rec: Recorder, ufunc: np.ufunc, method: str, inputs: tuple, kwar
 
 # -- reductions --------------------------------------------------------------------------
 def _tree(rec: Recorder, name: str, ids: np.ndarray) -> np.ndarray:
-    """Reduce the last axis of ``ids`` pairwise with op ``name``."""
+    """Reduce the last axis of ``ids`` pairwise with op ``name``.
+
+    Each level combines the first half with the second half (contiguous ranges, so a
+    level is one block instruction per row); an odd element is set aside and folded in
+    at the end. ``log2 n`` emissions in all, and no element is added more than
+    ``log2 n`` times (the accuracy of pairwise summation).
+    """
     op = BY_NAME[name]
+    spare = []
     while ids.shape[-1] > 1:
         n = ids.shape[-1]
         h = n // 2
-        pair = rec.emit(op, ids[..., 0 : 2 * h : 2], ids[..., 1 : 2 * h : 2])
         if n % 2:
-            pair = np.concatenate([pair, ids[..., -1:]], axis=-1)
-        ids = pair
-    return ids[..., 0]
+            spare.append(ids[..., -1])
+        ids = rec.emit(op, ids[..., :h], ids[..., h : 2 * h])
+    out = ids[..., 0]
+    for s in reversed(spare):
+        out = rec.emit(op, out, s)
+    return out
 
 
 def _reduce(name: str, empty: float | None, x: Any, axis: Any, keepdims: bool, kw: dict):

@@ -1,29 +1,35 @@
 """Optimization passes over a tape, and tape statistics.
 
 :func:`optimize` runs any of three passes, in the order given, and returns a new valid
-canonical :class:`~tapejit.Tape` (results numbered ``n_fixed + i``, operands strictly
-earlier, parameter and input slots fixed; slots are renumbered after instructions are
-removed):
+canonical :class:`~tapejit.Tape` (results consecutive from ``n_fixed`` in instruction
+order, operands strictly earlier, parameter and input slots fixed; slots are renumbered
+after instructions are removed):
 
 ``"fold"``
     Constant folding: an instruction whose operands are all constants (or results folded
-    before it) becomes a constant. The values are computed by the tape's own Numba
-    forward kernel on a tape of just those instructions, so they are bit for bit what
+    before it) becomes constants. The values are computed by the tape's own Numba
+    forward kernel running the tape's own instructions, so they are bit for bit what
     evaluating the original tape computes (the op's numpy reference can differ from the
-    kernels in the last bit for transcendental functions). Instructions whose result is
-    checked by a guard are kept, so the guard still refers to a result slot. The
-    recorder already folds while recording; this pass matters for hand-built or
-    transformed tapes.
+    kernels in the last bit for transcendental functions). Instructions with a guarded
+    result are kept, so the guard still refers to a result slot. The recorder already
+    folds while recording; this pass matters for hand-built or transformed tapes.
 ``"cse"``
     Common subexpression elimination by hash-consing ``(opcode, operands)`` in one
-    forward pass. Constants with the same bits count as the same operand. The operands
-    of ops that are commutative *bit for bit* are sorted first: ``add``, ``mul``,
-    ``hypot``, ``logaddexp``, ``equal``, ``not_equal``. ``maximum`` and ``minimum`` are
-    commutative but not bit for bit (``maximum(0.0, -0.0)`` is ``0.0``,
-    ``maximum(-0.0, 0.0)`` is ``-0.0``), so their operand order is kept.
+    forward pass; a block instruction's operands are compared element by element.
+    Constants with the same bits count as the same operand. The operands of ops that are
+    commutative *bit for bit* are sorted first: ``add``, ``mul``, ``hypot``,
+    ``logaddexp``, ``equal``, ``not_equal``. ``maximum`` and ``minimum`` are commutative
+    but not bit for bit (``maximum(0.0, -0.0)`` is ``0.0``, ``maximum(-0.0, 0.0)`` is
+    ``-0.0``), so their operand order is kept.
 ``"dce"``
-    Dead code elimination: instructions that reach no output and no guard are removed,
-    and so are constants no one reads.
+    Dead code elimination: instructions none of whose results reaches an output or a
+    guard are removed, and so are constants no one reads.
+
+Block instructions (one op over ``size`` elements, operands read with strides) are
+kept whole: a pass removes or merges whole instructions, and never one whose slots are
+read by a multi-element operand of a kept instruction unless renumbering keeps that
+operand an evenly strided run of slots (checked after each pass, which otherwise backs
+off for those instructions).
 
 Guarantees: every pass leaves the values of the outputs (and the guard decisions) bit for
 bit as they were, with one IEEE caveat for CSE (when both operands of a commutative op
@@ -34,9 +40,9 @@ partials: derivatives are the same numbers mathematically but may differ in the 
 bits (``(a + b) * d`` against ``a * d + b * d``).
 
 Not done (out of scope for now): slot compaction, i.e. reusing the slots of values that
-are dead for later results, which would shrink the workspace (see ``stats()["peak_live"]``
-for what it could reach), and algebraic simplification (``x * 1``, ``x + 0``), which is
-not bit-exact in general (``-0.0 + 0.0``).
+are dead for later results, which would shrink the workspace (``stats()["peak_live"]``
+is what it could reach); algebraic simplification (``x * 1``, ``x + 0``), which is not
+bit-exact in general (``-0.0 + 0.0``); merging scalar instructions into blocks.
 """
 
 from __future__ import annotations
@@ -56,6 +62,7 @@ from ._tape import Tape
 BIT_COMMUTATIVE = frozenset(
     BY_NAME[n].code for n in ("add", "mul", "hypot", "logaddexp", "equal", "not_equal")
 )
+#: The passes, in their default order.
 PASSES = ("fold", "cse", "dce")
 
 _ARITY = np.zeros(256, dtype=np.int64)
@@ -63,12 +70,22 @@ for _op in OPS:
     _ARITY[_op.code] = _op.arity
 
 
+def _starts(sizes: np.ndarray) -> np.ndarray:
+    """Exclusive cumulative sum: offset of each instruction's first result."""
+    out = np.zeros(len(sizes), dtype=np.int64)
+    if len(sizes) > 1:
+        np.cumsum(sizes[:-1], out=out[1:])
+    return out
+
+
 @dataclass(frozen=True)
 class _Prog:
     """A tape's arrays (int64 / float64), the form the passes work on."""
 
     ops: np.ndarray  # (n,)
-    args: np.ndarray  # (n, 3), unused columns 0
+    args: np.ndarray  # (n, 3) first operand slots, unused columns 0
+    sizes: np.ndarray  # (n,) elements per instruction
+    strides: np.ndarray  # (n, 3)
     consts: np.ndarray  # (nc,)
     n_par: int
     n_in: int
@@ -85,17 +102,58 @@ class _Prog:
 
     @property
     def n_slots(self) -> int:
-        return self.n_fixed + len(self.ops)
+        return self.n_fixed + int(self.sizes.sum())
+
+    @property
+    def results(self) -> np.ndarray:
+        return self.n_fixed + _starts(self.sizes)
 
     def used(self) -> np.ndarray:
         """``(n, 3)`` mask of the operand columns each instruction reads."""
         return np.arange(3)[None, :] < _ARITY[self.ops][:, None]
 
+    def elements(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Per result slot (element): its instruction, its index in the instruction, and
+        the ``(n_elements, 3)`` operand slots it reads (0 in unused columns)."""
+        inst = np.repeat(np.arange(len(self.ops)), self.sizes)
+        e = np.arange(len(inst), dtype=np.int64) - np.repeat(_starts(self.sizes), self.sizes)
+        slots = self.args[inst] + e[:, None] * self.strides[inst]
+        return inst, e, np.where(self.used()[inst], slots, 0)
+
+    def spans(self, which: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """``lo, hi`` slot ranges of the multi-element, strided operands of the
+        instructions ``which`` (all by default)."""
+        sel = self.used() & (self.sizes[:, None] > 1) & (self.strides != 0)
+        if which is not None:
+            sel &= which[:, None]
+        i, k = np.nonzero(sel)
+        a = self.args[i, k]
+        last = a + (self.sizes[i] - 1) * self.strides[i, k]
+        return np.minimum(a, last), np.maximum(a, last)
+
+
+def _cover(n_slots: int, lo: np.ndarray, hi: np.ndarray) -> np.ndarray:
+    """Bool mask of the slots inside any range ``lo[j]..hi[j]``."""
+    diff = np.zeros(n_slots + 1, dtype=np.int64)
+    np.add.at(diff, lo, 1)
+    np.add.at(diff, hi + 1, -1)
+    return np.cumsum(diff[:-1]) > 0
+
+
+def _any_in(mask: np.ndarray, p: _Prog) -> np.ndarray:
+    """Per instruction: does ``mask`` hold for any of its result slots?"""
+    c = np.concatenate([[0], np.cumsum(mask, dtype=np.int64)])
+    r = p.results
+    return c[r + p.sizes] > c[r]
+
 
 def _unpack(tape: Tape) -> _Prog:
+    n = len(tape)
     return _Prog(
         ops=np.asarray(tape.opcodes, dtype=np.int64),
-        args=np.asarray(tape.args, dtype=np.int64),
+        args=np.asarray(tape.args, dtype=np.int64).reshape(n, 3),
+        sizes=np.asarray(tape.sizes, dtype=np.int64),
+        strides=np.asarray(tape.strides, dtype=np.int64).reshape(n, 3),
         consts=np.array(tape.consts, dtype=np.float64),
         n_par=tape.n_params,
         n_in=tape.n_inputs,
@@ -110,18 +168,8 @@ def _pack(p: _Prog, like: Tape) -> Tape:
         p.ops, p.args, p.consts,
         nc + p.n_par + np.arange(p.n_in), nc + np.arange(p.n_par), p.outputs,
         input_shapes=like.input_shapes, output_shapes=like.output_shapes, name=like.name,
-        guards=p.guards,
+        guards=p.guards, sizes=p.sizes, strides=p.strides,
     )
-
-
-def _relabel(p: _Prog, M: np.ndarray, keep: np.ndarray, consts: np.ndarray) -> _Prog:
-    """Keep the instructions ``keep``; every old slot ``s`` now reads new slot ``M[s]``."""
-    ops = p.ops[keep]
-    used = p.used()[keep]
-    args = np.where(used, M[p.args[keep]], 0)
-    guards = p.guards.copy()
-    guards[:, 0] = M[guards[:, 0]]
-    return _Prog(ops, args, consts, p.n_par, p.n_in, M[p.outputs], guards)
 
 
 def _result_map(p: _Prog, keep: np.ndarray, nc_new: int) -> np.ndarray:
@@ -129,143 +177,273 @@ def _result_map(p: _Prog, keep: np.ndarray, nc_new: int) -> np.ndarray:
     M = np.full(p.n_slots, -1, dtype=np.int64)
     shift = nc_new - p.nc
     M[p.nc : p.n_fixed] = np.arange(p.nc, p.n_fixed) + shift
-    n_keep = int(np.count_nonzero(keep))
-    M[p.n_fixed + np.flatnonzero(keep)] = p.n_fixed + shift + np.arange(n_keep)
+    kept_elems = np.repeat(keep, p.sizes)
+    M[p.n_fixed + np.flatnonzero(kept_elems)] = (
+        p.n_fixed + shift + np.arange(int(np.count_nonzero(kept_elems)))
+    )
     return M
 
 
+def _bad_spans(p: _Prog, M: np.ndarray, keep: np.ndarray) -> np.ndarray:
+    """Slots inside multi-element operands of kept instructions that ``M`` would not map
+    to an evenly strided run with the same stride (mask over old slots)."""
+    bad = np.zeros(p.n_slots, dtype=bool)
+    sel = keep & (p.sizes > 1)
+    if not sel.any():
+        return bad
+    inst, e, slots = p.elements()
+    m = sel[inst]
+    inst, e, slots = inst[m], e[m], slots[m]
+    for k in range(3):
+        s = p.strides[inst, k]
+        a = p.args[inst, k]
+        chk = (_ARITY[p.ops[inst]] > k) & (s != 0)
+        wrong = chk & ((M[slots[:, k]] < 0) | (M[slots[:, k]] != M[a] + e * s))
+        if wrong.any():
+            i = np.unique(inst[wrong])
+            last = p.args[i, k] + (p.sizes[i] - 1) * p.strides[i, k]
+            lo, hi = np.minimum(p.args[i, k], last), np.maximum(p.args[i, k], last)
+            bad |= _cover(p.n_slots, lo, hi)
+    return bad
+
+
+def _relabel(p: _Prog, M: np.ndarray, keep: np.ndarray, consts: np.ndarray) -> _Prog:
+    """Keep the instructions ``keep``; every old slot ``s`` now reads new slot ``M[s]``."""
+    used = p.used()[keep]
+    args = np.where(used, M[p.args[keep]], 0)
+    guards = p.guards.copy()
+    guards[:, 0] = M[guards[:, 0]]
+    return _Prog(p.ops[keep], args, p.sizes[keep], p.strides[keep], consts, p.n_par,
+                 p.n_in, M[p.outputs], guards)
+
+
 # ---------------------------------------------------------------------------------------
-# passes
+# fold
 # ---------------------------------------------------------------------------------------
-def _fold(p: _Prog) -> _Prog:
-    n, nc, nf = len(p.ops), p.nc, p.n_fixed
-    if n == 0:
-        return p
-    guarded = set(p.guards[:, 0].tolist())
-    is_const = [True] * nc + [False] * (p.n_par + p.n_in) + [False] * n
+def _foldable(p: _Prog, blocked: np.ndarray) -> np.ndarray:
+    """Instructions whose operands are all constants or results of such instructions."""
+    n = len(p.ops)
+    is_const = np.zeros(p.n_slots, dtype=bool)
+    is_const[: p.nc] = True
     fold = np.zeros(n, dtype=bool)
     ar = _ARITY[p.ops].tolist()
     args = p.args.tolist()
+    sizes = p.sizes.tolist()
+    strides = p.strides.tolist()
+    res = p.results.tolist()
+    ic = is_const.tolist()
+    blk = blocked.tolist()
     for i in range(n):
-        a = args[i]
-        k = ar[i]
-        if (
-            is_const[a[0]]
-            and (k < 2 or is_const[a[1]])
-            and (k < 3 or is_const[a[2]])
-            and nf + i not in guarded
-        ):
-            is_const[nf + i] = True
+        if blk[i]:
+            continue
+        a, k, sz = args[i], ar[i], sizes[i]
+        if sz == 1:
+            ok = ic[a[0]] and (k < 2 or ic[a[1]]) and (k < 3 or ic[a[2]])
+        else:
+            ok = all(
+                all(ic[a[j] + e * strides[i][j]] for e in range(sz)) for j in range(k)
+            )
+        if ok:
             fold[i] = True
-    if not fold.any():
-        return p
-    idx = np.flatnonzero(fold)
-    # A tape of just the folded instructions, evaluated by the kernels.
-    sub = np.full(p.n_slots, 0, dtype=np.int64)
-    sub[:nc] = np.arange(nc)
-    sub[nf + idx] = nc + np.arange(len(idx))
-    used = p.used()[idx]
-    sub_args = np.where(used, sub[p.args[idx]], 0)
-    sub_tape = Tape(
-        p.ops[idx], sub_args, p.consts, np.zeros(0, np.int64), np.zeros(0, np.int64),
-        nc + np.arange(len(idx)),
+            ic[res[i] : res[i] + sz] = [True] * sz
+    return fold
+
+
+def _fold_values(p: _Prog, slots: np.ndarray) -> np.ndarray | None:
+    """Values of constant ``slots``, computed by the kernels running this very program
+    (at an arbitrary point: these slots depend on constants only)."""
+    nc = p.nc
+    evaluator = Tape(
+        p.ops, p.args, p.consts, nc + p.n_par + np.arange(p.n_in), nc + np.arange(p.n_par),
+        slots, sizes=p.sizes, strides=p.strides,
     )
-    values = np.empty(len(idx))
-    sub_tape.forward(np.zeros(0), out=values)
-    # New constants, reusing pool entries with the same bits.
-    pool = {b: k for k, b in reversed(list(enumerate(p.consts.view(np.int64).tolist())))}
-    new_vals: list[float] = []
-    const_slot = np.empty(len(idx), dtype=np.int64)
-    for j, b in enumerate(values.view(np.int64).tolist()):
-        k = pool.get(b)
-        if k is None:
-            k = pool[b] = nc + len(new_vals)
-            new_vals.append(float(values[j]))
-        const_slot[j] = k
-    consts = np.concatenate([p.consts, np.array(new_vals, dtype=np.float64)])
-    keep = ~fold
-    M = _result_map(p, keep, len(consts))
-    M[:nc] = np.arange(nc)
-    M[nf + idx] = const_slot
-    return _relabel(p, M, keep, consts)
+    values = np.empty(len(slots))
+    try:
+        evaluator.forward(np.zeros(p.n_in), np.zeros(p.n_par) if p.n_par else None,
+                          out=values)
+    except ArithmeticError:  # kernels raising (e.g. ZeroDivisionError): fold nothing
+        return None
+    return values
 
 
-def _const_reps(consts: np.ndarray) -> np.ndarray:
-    """For each constant, the first constant with the same bits."""
+def _fold(p: _Prog) -> _Prog:
+    n, nc = len(p.ops), p.nc
+    if n == 0:
+        return p
+    guarded = np.zeros(p.n_slots, dtype=bool)
+    guarded[p.guards[:, 0]] = True
+    blocked = _any_in(guarded, p)
+    bits: np.ndarray | None = None  # value bits of every slot the first round folds
+    pool0 = {b: k for k, b in reversed(list(enumerate(p.consts.view(np.int64).tolist())))}
+    while True:
+        fold = _foldable(p, blocked)
+        if not fold.any():
+            return p
+        keep = ~fold
+        # Folded values must not be read by a multi-element operand of a kept
+        # instruction: constants are deduplicated, which would break its stride.
+        lo, hi = p.spans(keep)
+        covered = _any_in(_cover(p.n_slots, lo, hi), p) & fold
+        if covered.any():
+            blocked |= covered
+            continue
+        fold_elems = np.repeat(fold, p.sizes)
+        folded_slots = p.n_fixed + np.flatnonzero(fold_elems)
+        if bits is None:  # later rounds fold a subset of the first
+            values = _fold_values(p, folded_slots)
+            if values is None:
+                return p
+            bits = np.zeros(p.n_slots, dtype=np.int64)
+            bits[folded_slots] = values.view(np.int64)
+        # New constants, reusing pool entries with the same bits.
+        pool = dict(pool0)
+        new_bits: list[int] = []
+        const_slot = np.empty(len(folded_slots), dtype=np.int64)
+        for j, b in enumerate(bits[folded_slots].tolist()):
+            k = pool.get(b)
+            if k is None:
+                k = pool[b] = nc + len(new_bits)
+                new_bits.append(b)
+            const_slot[j] = k
+        consts = np.concatenate([p.consts, np.array(new_bits, dtype=np.int64).view(np.float64)])
+        M = _result_map(p, keep, len(consts))
+        M[:nc] = np.arange(nc)
+        M[folded_slots] = const_slot
+        if not _bad_spans(p, M, keep).any():
+            return _relabel(p, M, keep, consts)
+        # A kept strided run crosses from the constants into the parameters or inputs,
+        # so the pool cannot grow: fold only what needs no new constant.
+        needs_new = np.zeros(p.n_slots, dtype=bool)
+        needs_new[folded_slots[const_slot >= nc]] = True
+        more = _any_in(needs_new, p) & fold
+        if not more.any():  # pragma: no cover - nothing else moves
+            return p
+        blocked |= more
+
+
+# ---------------------------------------------------------------------------------------
+# cse
+# ---------------------------------------------------------------------------------------
+def _const_reps(consts: np.ndarray, blocked: np.ndarray) -> np.ndarray:
+    """For each constant, the first constant with the same bits (itself if blocked)."""
     if len(consts) == 0:
         return np.zeros(0, dtype=np.int64)
     bits = consts.view(np.int64)
     _, first, inverse = np.unique(bits, return_index=True, return_inverse=True)
-    return first[inverse].astype(np.int64)
+    rep = first[inverse.reshape(-1)].astype(np.int64)
+    return np.where(blocked, np.arange(len(consts)), rep)
 
 
-def _cse(p: _Prog) -> _Prog:
-    n, nc, nf = len(p.ops), p.nc, p.n_fixed
+def _cse_once(p: _Prog, blocked: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """One hash-consing pass: ``(duplicate instructions, canonical slot of each slot)``."""
+    n, nc = len(p.ops), p.nc
     canon = list(range(p.n_slots))
-    canon[:nc] = _const_reps(p.consts).tolist()
-    seen: dict[tuple[int, int, int, int], int] = {}
+    canon[:nc] = _const_reps(p.consts, blocked[:nc]).tolist()
+    seen: dict[tuple, int] = {}
     dup = np.zeros(n, dtype=bool)
+    no_elim = _any_in(blocked, p).tolist()
     ops = p.ops.tolist()
     ar = _ARITY[p.ops].tolist()
     args = p.args.tolist()
+    sizes = p.sizes.tolist()
+    strides = p.strides.tolist()
+    res = p.results.tolist()
     swap = BIT_COMMUTATIVE
     for i in range(n):
-        a0, a1, a2 = args[i]
-        k = ar[i]
-        a0 = canon[a0]
-        a1 = canon[a1] if k > 1 else 0
-        a2 = canon[a2] if k > 2 else 0
-        op = ops[i]
-        if op in swap and a1 < a0:
-            a0, a1 = a1, a0
-        key = (op, a0, a1, a2)
+        op, k, sz, a = ops[i], ar[i], sizes[i], args[i]
+        key: tuple
+        if sz == 1:
+            a0 = canon[a[0]]
+            a1 = canon[a[1]] if k > 1 else 0
+            a2 = canon[a[2]] if k > 2 else 0
+            if op in swap and a1 < a0:
+                a0, a1 = a1, a0
+            key = (op, a0, a1, a2)
+        else:
+            parts: list[tuple] = []
+            for j in range(3):
+                if j >= k:
+                    parts.append((0, 0, 0))
+                    continue
+                st = strides[i][j]
+                el = [canon[a[j] + e * st] for e in range(sz)]
+                d = el[1] - el[0]
+                if all(el[e] == el[0] + e * d for e in range(2, sz)):
+                    parts.append((0, el[0], d))  # an evenly strided run
+                else:
+                    parts.append((1, tuple(el)))
+            if op in swap and parts[1] < parts[0]:
+                parts[0], parts[1] = parts[1], parts[0]
+            key = (op, -sz, *parts)
         r = seen.get(key)
         if r is None:
-            seen[key] = nf + i
-        else:
-            canon[nf + i] = r
+            seen[key] = res[i]
+        elif not no_elim[i]:
+            canon[res[i] : res[i] + sz] = range(r, r + sz)
             dup[i] = True
-    canon_arr = np.array(canon, dtype=np.int64)
-    if not dup.any() and np.array_equal(canon_arr[:nc], np.arange(nc)):
-        return p
-    keep = ~dup
-    M = _result_map(p, keep, nc)
-    M[:nc] = np.arange(nc)
-    M = M[canon_arr]  # every slot reads its representative's new slot
-    return _relabel(p, M, keep, p.consts)
+    return dup, np.array(canon, dtype=np.int64)
 
 
+def _cse(p: _Prog) -> _Prog:
+    nc = p.nc
+    blocked = np.zeros(p.n_slots, dtype=bool)
+    while True:
+        dup, canon = _cse_once(p, blocked)
+        if not dup.any() and np.array_equal(canon[:nc], np.arange(nc)):
+            return p
+        keep = ~dup
+        M = _result_map(p, keep, nc)
+        M[:nc] = np.arange(nc)
+        M = M[canon]  # every slot reads its representative's new slot
+        bad = _bad_spans(p, M, keep)
+        if not bad.any():
+            return _relabel(p, M, keep, p.consts)
+        if not (bad & ~blocked).any():
+            return p
+        blocked |= bad
+
+
+# ---------------------------------------------------------------------------------------
+# dce
+# ---------------------------------------------------------------------------------------
 def _live(p: _Prog) -> np.ndarray:
-    """Which slots an output or a guard depends on."""
-    live = np.zeros(p.n_slots, dtype=bool)
-    live[p.outputs] = True
-    live[p.guards[:, 0]] = True
-    nf = p.n_fixed
+    """Slots an output or a guard depends on. A multi-element operand of a live
+    instruction makes its whole slot range live (so renumbering keeps it strided)."""
+    live = [False] * p.n_slots
+    for s in p.outputs.tolist() + p.guards[:, 0].tolist():
+        live[s] = True
     ar = _ARITY[p.ops].tolist()
     args = p.args.tolist()
-    lv = live.tolist()
+    sizes = p.sizes.tolist()
+    strides = p.strides.tolist()
+    res = p.results.tolist()
     for i in range(len(ar) - 1, -1, -1):
-        if lv[nf + i]:
-            a = args[i]
-            k = ar[i]
-            lv[a[0]] = True
-            if k > 1:
-                lv[a[1]] = True
-                if k > 2:
-                    lv[a[2]] = True
-    return np.array(lv, dtype=bool)
+        r, sz = res[i], sizes[i]
+        if not (live[r] if sz == 1 else any(live[r : r + sz])):
+            continue
+        a, k = args[i], ar[i]
+        for j in range(k):
+            st = strides[i][j]
+            if sz == 1 or st == 0:
+                live[a[j]] = True
+            else:
+                lo, hi = sorted((a[j], a[j] + (sz - 1) * st))
+                live[lo : hi + 1] = [True] * (hi - lo + 1)
+    return np.array(live, dtype=bool)
 
 
 def _dce(p: _Prog) -> _Prog:
-    nc, nf = p.nc, p.n_fixed
+    nc = p.nc
     live = _live(p)
-    keep = live[nf:]
+    keep = _any_in(live, p)
     const_keep = live[:nc]
     if keep.all() and const_keep.all():
         return p
     nc_new = int(np.count_nonzero(const_keep))
     M = _result_map(p, keep, nc_new)
     M[np.flatnonzero(const_keep)] = np.arange(nc_new)
+    if _bad_spans(p, M, keep).any():  # pragma: no cover - live ranges prevent it
+        raise AssertionError("dce would break a strided operand")
     return _relabel(p, M, keep, p.consts[const_keep])
 
 
@@ -282,10 +460,11 @@ def optimize(
     tape : Tape
     passes : iterable of {"fold", "cse", "dce"}
         Passes to run, in this order (a pass may be repeated). See the module docstring
-        for what each does and guarantees.
+        of ``tapejit._passes`` for what each does and guarantees.
     report : bool
         Also return one dict per pass run: ``pass``, ``instructions_before``,
-        ``instructions_after``, ``consts_before``, ``consts_after``, ``seconds``.
+        ``instructions_after``, ``elements_before``, ``elements_after`` (result slots),
+        ``consts_before``, ``consts_after``, ``seconds``.
 
     Returns
     -------
@@ -294,15 +473,21 @@ def optimize(
 
     Notes
     -----
-    Slot compaction (reusing dead slots, which would shrink the workspace) is out of scope
-    for now: the optimized tape still has one slot per constant, input, parameter and
-    instruction.
+    Slot compaction (reusing the slots of dead values, which would shrink the workspace)
+    is out of scope for now: the optimized tape still has one slot per constant, input,
+    parameter and instruction element.
+
+    Examples
+    --------
+    >>> import numpy as np, tapejit
+    >>> from tapejit._passes import optimize
+    >>> tape = tapejit.record(lambda x, y: np.sin(x) * y + y * np.sin(x), 1.0, 2.0)
+    >>> len(tape), len(optimize(tape))
+    (5, 3)
     """
     if not isinstance(tape, Tape):
         raise TypeError(f"optimize needs a tapejit.Tape; got {type(tape).__name__}")
-    if isinstance(passes, str):
-        passes = (passes,)
-    names = list(passes)
+    names = [passes] if isinstance(passes, str) else list(passes)
     for name in names:
         if name not in _RUN:
             raise ValueError(f"unknown pass {name!r}; the passes are {', '.join(PASSES)}")
@@ -315,6 +500,8 @@ def optimize(
             "pass": name,
             "instructions_before": len(p.ops),
             "instructions_after": len(q.ops),
+            "elements_before": int(p.sizes.sum()),
+            "elements_after": int(q.sizes.sum()),
             "consts_before": p.nc,
             "consts_after": q.nc,
             "seconds": time.perf_counter() - t0,
@@ -329,18 +516,20 @@ def optimize(
 # ---------------------------------------------------------------------------------------
 def _peak_live(p: _Prog) -> int:
     """Peak number of simultaneously live variable values (inputs, parameters, results)
-    over a forward sweep: a value lives from its definition to its last use (outputs and
-    guarded values to the end); an instruction's operands and result are live together."""
+    over a forward sweep: a value lives from the instruction that defines it to its last
+    use (outputs and guarded values to the end); an instruction's operands and results
+    are live together; inputs and parameters are defined before the first instruction."""
     n, nc, nf = len(p.ops), p.nc, p.n_fixed
     last = np.full(p.n_slots, -1, dtype=np.int64)
-    if n:
-        used = p.used()
-        step = np.broadcast_to(np.arange(n)[:, None], (n, 3))
-        np.maximum.at(last, p.args[used], step[used])
+    inst, _, slots = p.elements()
+    if len(inst):
+        used = p.used()[inst]
+        step = np.broadcast_to(inst[:, None], slots.shape)
+        np.maximum.at(last, slots[used], step[used])
     last[p.outputs] = n
     last[p.guards[:, 0]] = n
     define = np.full(p.n_slots, -1, dtype=np.int64)
-    define[nf:] = np.arange(n)
+    define[nf:] = inst
     var = slice(nc, p.n_slots)
     start = define[var] + 1  # steps -1..n shifted to 0..n+1
     end = np.maximum(define[var], last[var]) + 1
@@ -356,46 +545,55 @@ def stats(tape: Tape) -> dict[str, Any]:
     Returns
     -------
     dict
-        ``name``; counts ``n_instructions``, ``n_consts``, ``n_inputs``, ``n_params``,
-        ``n_outputs``, ``n_guards``, ``n_slots``; ``op_counts`` (op name -> count, most
-        frequent first); ``bytes`` (``program``: the packed int32 program, ``consts``,
-        ``total``); ``workspace_bytes_per_point`` (one float64 per slot, a forward sweep's
-        workspace); ``peak_live`` (most variable values alive at once in a forward sweep,
-        from their last uses: the slots a slot-reusing allocator would need besides the
-        constants); ``dead_instructions`` (instructions that reach no output or guard,
+        ``name``; counts ``n_instructions``, ``n_blocks`` (instructions over more than
+        one element), ``n_elements`` (result slots), ``n_consts``, ``n_inputs``,
+        ``n_params``, ``n_outputs``, ``n_guards``, ``n_slots``; ``op_counts`` (op name ->
+        instructions, most frequent first) and ``op_elements`` (op name -> elements);
+        ``bytes`` (``program``: the packed int32 program, ``consts``, ``total``);
+        ``workspace_bytes_per_point`` (one float64 per slot: a forward sweep's
+        workspace); ``peak_live`` (most variable values alive at once in a forward
+        sweep, from their last uses: what a slot-reusing allocator would need besides
+        the constants); ``dead_instructions`` (instructions reaching no output or guard,
         which the ``"dce"`` pass removes).
     """
     p = _unpack(tape)
-    counts = np.bincount(p.ops, minlength=256) if len(p.ops) else np.zeros(256, np.int64)
-    order = np.argsort(-counts, kind="stable")
-    op_counts = {BY_CODE[int(c)].name: int(counts[c]) for c in order if counts[c]}
+    counts = np.bincount(p.ops, minlength=256)
+    elems = np.bincount(p.ops, weights=p.sizes, minlength=256).astype(np.int64)
+    order = np.argsort(-elems, kind="stable")
     prog_bytes = int(tape._prog.nbytes)
     const_bytes = int(tape.consts.nbytes)
     return {
         "name": tape.name,
         "n_instructions": len(p.ops),
+        "n_blocks": int(np.count_nonzero(p.sizes > 1)),
+        "n_elements": int(p.sizes.sum()),
         "n_consts": p.nc,
         "n_inputs": p.n_in,
         "n_params": p.n_par,
         "n_outputs": len(p.outputs),
         "n_guards": len(p.guards),
         "n_slots": p.n_slots,
-        "op_counts": op_counts,
+        "op_counts": {BY_CODE[int(c)].name: int(counts[c]) for c in order if counts[c]},
+        "op_elements": {BY_CODE[int(c)].name: int(elems[c]) for c in order if counts[c]},
         "bytes": {"program": prog_bytes, "consts": const_bytes,
                   "total": prog_bytes + const_bytes},
         "workspace_bytes_per_point": 8 * p.n_slots,
         "peak_live": _peak_live(p),
-        "dead_instructions": int(len(p.ops) - np.count_nonzero(_live(p)[p.n_fixed:])),
+        "dead_instructions": int(len(p.ops) - np.count_nonzero(_any_in(_live(p), p))),
     }
 
 
 def format_stats(s: dict[str, Any]) -> str:
     """:func:`stats` as readable lines."""
-    ops = ", ".join(f"{k} {v}" for k, v in s["op_counts"].items()) or "-"
+    ops = ", ".join(
+        f"{k} {v}" + (f" ({s['op_elements'][k]} elements)" if s["op_elements"][k] != v else "")
+        for k, v in s["op_counts"].items()
+    ) or "-"
     return "\n".join([
-        f"instructions {s['n_instructions']}, constants {s['n_consts']}, inputs "
-        f"{s['n_inputs']}, parameters {s['n_params']}, outputs {s['n_outputs']}, guards "
-        f"{s['n_guards']}, slots {s['n_slots']}",
+        f"instructions {s['n_instructions']} ({s['n_blocks']} blocks, {s['n_elements']} "
+        f"elements), constants {s['n_consts']}, inputs {s['n_inputs']}, parameters "
+        f"{s['n_params']}, outputs {s['n_outputs']}, guards {s['n_guards']}, slots "
+        f"{s['n_slots']}",
         f"ops: {ops}",
         f"memory: program {s['bytes']['program']} B, constants {s['bytes']['consts']} B; "
         f"workspace {s['workspace_bytes_per_point']} B per point",

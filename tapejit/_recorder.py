@@ -19,25 +19,29 @@ Replays check every guard at every point (see ``_drivers.py``).
 
 from __future__ import annotations
 
+import bisect
+
 import numpy as np
 
-from ._ops import Op
+from ._ops import BY_CODE, Op
 
 _I64 = np.int64
+#: Fewest elements an emission needs to become one block instruction.
+BLOCK_MIN = 2
 
 
 class _Growing:
-    """A float64 or int64 array that grows by doubling."""
+    """A float64 array that grows by doubling (the constant pool)."""
 
-    def __init__(self, dtype: type) -> None:
-        self.data = np.empty(64, dtype=dtype)
+    def __init__(self) -> None:
+        self.data = np.empty(64)
         self.n = 0
 
     def extend(self, values: np.ndarray) -> int:
         k0 = self.n
         need = k0 + values.size
         if need > self.data.size:
-            grown = np.empty(max(need, 2 * self.data.size), dtype=self.data.dtype)
+            grown = np.empty(max(need, 2 * self.data.size))
             grown[:k0] = self.data[:k0]
             self.data = grown
         self.data[k0:need] = values
@@ -48,34 +52,49 @@ class _Growing:
         return self.data[: self.n]
 
 
+# An operand of an emission: ``(start, stride)`` when its ids advance affinely within
+# one region (constants, one argument's leaves, or results), else a flat id array.
+Operand = tuple[int, int] | np.ndarray
+
+
 class Recorder:
     """Growing tape under construction."""
 
     def __init__(self) -> None:
-        self._ops: list[np.ndarray] = []  # uint8 opcode blocks
-        self._args: list[np.ndarray] = []  # (k, 3) int64 operand-id blocks, -1 pads unused
+        # One group per emission: opcode, element count, last-axis length (rows of a
+        # 2-D emission may each be affine) and its operands.
+        self._groups: list[tuple[int, int, int, list[Operand]]] = []
         self.n_leaves = 0
-        self._vals = _Growing(np.float64)  # value of each variable node at the record point
-        self._consts = _Growing(np.float64)
+        self.n_nodes = 0
+        self._arg_starts: list[int] = []  # first leaf id of each argument
+        # Values of the variable nodes at the recording point, one chunk per argument
+        # and per emission (no copying as the tape grows).
+        self._chunk_starts: list[int] = []
+        self._chunk_vals: list[np.ndarray] = []
+        self._consts = _Growing()
         self._cindex: dict[object, int] = {}
         self._guards: list[tuple[int, int]] = []  # (comparison node id, outcome 0/1)
         self.closed = False
 
     @property
-    def n_nodes(self) -> int:
-        return self._vals.n
-
-    @property
     def n_consts(self) -> int:
         return self._consts.n
+
+    def _add_chunk(self, values: np.ndarray) -> int:
+        k0 = self.n_nodes
+        self._chunk_starts.append(k0)
+        self._chunk_vals.append(values)
+        self.n_nodes += values.size
+        return k0
 
     # -- leaves and constants ------------------------------------------------------------
     def leaves(self, values: np.ndarray) -> np.ndarray:
         """Allocate input/parameter leaves holding ``values``; before any instruction."""
-        if self._ops:
+        if self._groups:
             raise RuntimeError("leaves must be allocated before the first instruction")
-        flat = np.ascontiguousarray(values, dtype=np.float64).ravel()
-        k0 = self._vals.extend(flat)
+        flat = np.array(values, dtype=np.float64).ravel()
+        self._arg_starts.append(self.n_nodes)
+        k0 = self._add_chunk(flat)
         self.n_leaves += flat.size
         return np.arange(k0, k0 + flat.size, dtype=_I64).reshape(np.shape(values))
 
@@ -94,14 +113,71 @@ class Recorder:
             out[i] = -1 - k
         return out.reshape(np.shape(values))
 
+    # -- values at the recording point ----------------------------------------------------
     def values(self, ids: np.ndarray) -> np.ndarray:
         """Values at the recording point of any ids (variables and constants)."""
         ids = np.asarray(ids)
-        out = np.empty(ids.shape)
-        var = ids >= 0
-        out[var] = self._vals.data[ids[var]]
-        out[~var] = self._consts.data[-1 - ids[~var]]
-        return out
+        flat = ids.ravel()
+        out = np.empty(flat.size)
+        neg = flat < 0
+        if neg.any():
+            out[neg] = self._consts.data[-1 - flat[neg]]
+        if not neg.all():
+            var = flat[~neg]
+            starts = np.asarray(self._chunk_starts)
+            chunk = np.searchsorted(starts, var, side="right") - 1
+            lo, hi = chunk.min(), chunk.max()
+            if lo == hi:
+                got = self._chunk_vals[lo][var - starts[lo]]
+            else:
+                got = np.empty(var.size)
+                for c in np.unique(chunk).tolist():
+                    m = chunk == c
+                    got[m] = self._chunk_vals[c][var[m] - starts[c]]
+            out[~neg] = got
+        return out.reshape(ids.shape)
+
+    def _operand_values(self, o: Operand, n: int) -> np.ndarray:
+        if isinstance(o, np.ndarray):
+            return self.values(o)
+        start, stride = o
+        if start < 0:
+            idx = -1 - start - stride * np.arange(n) if stride else None
+            return self._consts.data[idx] if stride else np.full(n, self._consts.data[-1 - start])
+        c = bisect.bisect_right(self._chunk_starts, start) - 1
+        vals, c0 = self._chunk_vals[c], self._chunk_starts[c]
+        end = start + stride * (n - 1)
+        if c0 <= end < c0 + vals.size:  # one chunk: a strided view, no copy
+            if stride == 0:
+                return np.broadcast_to(vals[start - c0], (n,))
+            return vals[start - c0 :: stride][:n]
+        return self.values(start + stride * np.arange(n, dtype=_I64))
+
+    def _region(self, node: int) -> int:
+        """-1 for constants, -2 for results, else the argument a leaf belongs to."""
+        if node < 0:
+            return -1
+        if node >= self.n_leaves:
+            return -2
+        return bisect.bisect_right(self._arg_starts, node) - 1
+
+    def _as_operand(self, o: np.ndarray) -> Operand:
+        """An id array as an affine ``(start, stride)`` when it is one, else flat ids."""
+        if all(st == 0 for st in o.strides):  # a broadcast single id
+            return (int(o.flat[0]), 0)
+        f = o.ravel()
+        n = f.size
+        first = int(f[0])
+        if n == 1:
+            return (first, 0)
+        stride = int(f[1]) - first
+        if int(f[-1]) != first + stride * (n - 1) or self._region(first) != self._region(
+            int(f[-1])
+        ):
+            return f
+        if n > 2 and not (np.diff(f) == stride).all():
+            return f
+        return (first, stride)
 
     # -- instructions --------------------------------------------------------------------
     def emit(self, op: Op, *operands: np.ndarray) -> np.ndarray:
@@ -110,35 +186,39 @@ class Recorder:
             raise RuntimeError("this recording has finished; a traced value escaped f")
         operands = np.broadcast_arrays(*operands)
         shape = operands[0].shape
-        flat = [np.ascontiguousarray(o).ravel() for o in operands]
-        with np.errstate(all="ignore"):
-            vals = np.asarray(op.numpy(*(self.values(o) for o in flat)), dtype=np.float64)
-        vals = np.broadcast_to(vals, flat[0].shape)
-        is_const = flat[0] < 0
-        for o in flat[1:]:
-            is_const &= o < 0
-        result = np.empty(flat[0].size, dtype=_I64)
-        if is_const.any():
-            result[is_const] = self.const(vals[is_const])
-            var = ~is_const
-            flat = [o[var] for o in flat]
-            vals = vals[var]
+        n = operands[0].size
+        ops = [self._as_operand(o) for o in operands]
+        affine = [o for o in ops if not isinstance(o, np.ndarray)]
+        if any(o[0] >= 0 for o in affine):  # an operand is variable everywhere: no folding
+            is_const = None
         else:
-            var = slice(None)
-        n = flat[0].size
-        if n:
-            args = np.full((n, 3), -1, dtype=_I64)
-            for j, o in enumerate(flat):
-                args[:, j] = o
-            self._ops.append(np.full(n, op.code, dtype=np.uint8))
-            self._args.append(args)
-            k0 = self._vals.extend(vals)
-            result[var] = np.arange(k0, k0 + n, dtype=_I64)
+            is_const = np.ones(n, dtype=bool)
+            for o in ops:
+                if isinstance(o, np.ndarray):
+                    is_const &= o < 0
+        with np.errstate(all="ignore"):
+            vals = op.numpy(*(self._operand_values(o, n) for o in ops))
+        vals = np.broadcast_to(np.asarray(vals, dtype=np.float64), (n,))
+        if is_const is None or not is_const.any():
+            k0 = self._add_chunk(np.array(vals))
+            if n:
+                self._groups.append((op.code, n, shape[-1] if shape else 1, ops))
+            return np.arange(k0, k0 + n, dtype=_I64).reshape(shape)
+        # Some elements have only constant operands: fold them, emit the rest.
+        result = np.empty(n, dtype=_I64)
+        result[is_const] = self.const(vals[is_const])
+        var = ~is_const
+        m = int(var.sum())
+        if m:
+            full = [o if isinstance(o, np.ndarray) else o[0] + o[1] * np.arange(n) for o in ops]
+            k0 = self._add_chunk(np.array(vals[var]))
+            self._groups.append((op.code, m, m, [f[var] for f in full]))
+            result[var] = np.arange(k0, k0 + m, dtype=_I64)
         return result.reshape(shape)
 
     def guard(self, node: int) -> bool:
         """Record that the comparison ``node`` (value 1.0/0.0) decided a Python branch."""
-        outcome = bool(self._vals.data[node] != 0.0)
+        outcome = bool(self.values(np.array([node]))[0] != 0.0)
         self._guards.append((int(node), int(outcome)))
         return outcome
 
@@ -149,7 +229,10 @@ class Recorder:
         """Map ids to slots ``[constants | parameters | inputs | results]``.
 
         Returns the arrays a :class:`~tapejit.Tape` is built from: ``opcodes``, ``args``,
-        ``consts``, ``inputs``, ``params``, ``outputs`` and ``guards``.
+        ``sizes``, ``strides``, ``consts``, ``inputs``, ``params``, ``outputs`` and
+        ``guards``. Each emission whose operand slots advance affinely (as slices,
+        broadcasts and fresh results do) becomes one block instruction, or one per row
+        of its last axis; anything else becomes scalar instructions.
         """
         self.closed = True
         nc = self.n_consts
@@ -164,19 +247,70 @@ class Recorder:
             out[leaf] = leaf_slot[ids[leaf]]
             return out
 
-        ops = np.concatenate(self._ops) if self._ops else np.empty(0, np.uint8)
-        args = np.concatenate(self._args) if self._args else np.empty((0, 3), _I64)
-        unused = args == -1
-        args = slot(args)
-        args[unused] = 0
+        def affine_slot(o: tuple[int, int]) -> tuple[int, int]:
+            start, stride = o
+            if start < 0:
+                return -1 - start, -stride
+            return (int(leaf_slot[start]) if start < self.n_leaves else nc + start), stride
+
+        rows = []
+        for code, n, row, ops in self._groups:
+            arity = BY_CODE[code].arity
+            if all(not isinstance(o, np.ndarray) for o in ops):
+                mapped = [affine_slot(o) for o in ops] + [(0, 0)] * (3 - arity)
+                rows.append(np.array(
+                    [[code, -1, *(m[0] for m in mapped), n, *(m[1] if n > 1 else 0
+                                                             for m in mapped)]],
+                    dtype=_I64,
+                ))
+                continue
+            slots = np.zeros((n, 3), dtype=_I64)
+            for j, o in enumerate(ops):
+                ids = o if isinstance(o, np.ndarray) else o[0] + o[1] * np.arange(n)
+                slots[:, j] = slot(ids)
+            rows.append(_rows(code, slots, row))
+        code = np.concatenate(rows) if rows else np.empty((0, 9), _I64)
         guards = np.array(self._guards, dtype=_I64).reshape(-1, 2)
         guards[:, 0] = slot(guards[:, 0])
         return {
-            "opcodes": ops,
-            "args": args,
+            "opcodes": code[:, 0],
+            "args": code[:, 2:5],
+            "sizes": code[:, 5],
+            "strides": code[:, 6:9],
             "consts": self._consts.view().copy(),
             "inputs": nc + n_par + np.arange(input_leaves.size),
             "params": nc + np.arange(n_par),
             "outputs": slot(outputs),
             "guards": guards,
         }
+
+
+def _rows(code: int, slots: np.ndarray, row: int) -> np.ndarray:
+    """Instruction rows ``(op, res, a, b, c, n, sa, sb, sc)`` for one emission.
+
+    ``slots`` holds the operand slots (``-1`` where unused, set to ``0``); the results
+    are fresh consecutive slots, so only the operands decide whether elements form a
+    block: every operand must advance by a constant stride.
+    """
+    n = len(slots)
+    if n >= BLOCK_MIN:
+        d = np.diff(slots, axis=0)
+        if (d == d[0]).all():
+            return np.array([[code, -1, *slots[0], n, *d[0]]], dtype=_I64)
+        if BLOCK_MIN <= row < n and n % row == 0:
+            s3 = slots.reshape(n // row, row, 3)
+            d3 = np.diff(s3, axis=1)
+            if (d3 == d3[:, :1]).all():
+                out = np.empty((n // row, 9), dtype=_I64)
+                out[:, 0] = code
+                out[:, 1] = -1
+                out[:, 2:5] = s3[:, 0]
+                out[:, 5] = row
+                out[:, 6:9] = d3[:, 0]
+                return out
+    out = np.zeros((n, 9), dtype=_I64)
+    out[:, 0] = code
+    out[:, 1] = -1  # result slots are assigned by the Tape (consecutive)
+    out[:, 2:5] = slots
+    out[:, 5] = 1
+    return out

@@ -23,6 +23,7 @@ from typing import Any
 import numpy as np
 
 from ._ops import BY_CODE, HELPERS, OPS, Op
+from ._passes import _unpack
 from ._tape import Tape
 
 _ZERO = ("0.0", "0")
@@ -87,8 +88,8 @@ class Sweep:
         ``(n_slots,)``. Tangents are ``d v / d x[wrt]``; adjoints ``d y[output] / d v``
         (parameters get theirs too; constants 0).
     partials : ndarray
-        ``(n_instructions, 3)``: local partial of each instruction with respect to each
-        operand (0 for unused operands).
+        ``(n_elements, 3)``: local partial of each instruction element (result slot
+        ``n_fixed + i`` for row ``i``) with respect to each operand (0 if unused).
     """
 
     values: np.ndarray
@@ -137,7 +138,7 @@ def interpret(tape: Tape, x: Any, params: Any = None, wrt: int = 0, output: int 
     if tape.n_outputs and not 0 <= output < tape.n_outputs:
         raise ValueError(f"output must be in 0..{tape.n_outputs - 1}; got {output}")
     nc = len(tape.consts)
-    n = len(tape)
+    n_fixed = nc + tape.n_params + tape.n_inputs
     W = np.zeros(tape.n_slots)
     W[:nc] = tape.consts
     W[tape.params] = pv
@@ -145,10 +146,13 @@ def interpret(tape: Tape, x: Any, params: Any = None, wrt: int = 0, output: int 
     T = np.zeros(tape.n_slots)
     if tape.n_inputs:
         T[tape.inputs[wrt]] = 1.0
+    # one step per element (a block instruction is its elements in order)
+    prog = _unpack(tape)
+    inst, _, slots = prog.elements()
+    ops = prog.ops[inst].tolist()
+    args = slots.tolist()
+    n = len(ops)
     D = np.zeros((n, 3))
-    ops = tape.opcodes.tolist()
-    args = tape.args.tolist()
-    res = tape.results.tolist()
     Wl = [np.float64(v) for v in W]  # numpy scalars: IEEE results instead of exceptions
     Tl = T.tolist()
     ns = dict(_NS)
@@ -159,7 +163,7 @@ def interpret(tape: Tape, x: Any, params: Any = None, wrt: int = 0, output: int 
             ns["a"], ns["b"], ns["c"] = Wl[ar[0]], Wl[ar[1]], Wl[ar[2]]
             r = np.float64(eval(c.value, ns))
             ns["r"] = r
-            Wl[res[i]] = r
+            Wl[n_fixed + i] = r
             t = None
             for k, p in enumerate(c.partials):
                 if p is not None:
@@ -168,13 +172,13 @@ def interpret(tape: Tape, x: Any, params: Any = None, wrt: int = 0, output: int 
                     # as the kernels: +-T for the partials 1.0 and -1.0, else azmul(d, T)
                     term = Tl[ar[k]] * d if c.unit[k] else _AZMUL(d, Tl[ar[k]])
                     t = term if t is None else t + term
-            Tl[res[i]] = 0.0 if t is None else t
+            Tl[n_fixed + i] = 0.0 if t is None else t
         A = [0.0] * tape.n_slots
         if tape.n_outputs:
             A[int(tape.outputs[output])] = 1.0
         low = nc  # constants get no adjoints
         for i in range(n - 1, -1, -1):
-            abar = A[res[i]]
+            abar = A[n_fixed + i]
             if abar == 0.0:
                 continue
             ar = args[i]
@@ -217,6 +221,14 @@ class _Names:
         return self(self.nc + self.n_par + j)
 
 
+def _elements(tape: Tape) -> tuple[list[int], list[list[int]], list[int]]:
+    """Opcode, operand slots and result slot of every instruction element (a block
+    instruction contributes one per element)."""
+    prog = _unpack(tape)
+    inst, _, slots = prog.elements()
+    return prog.ops[inst].tolist(), slots.tolist(), (prog.n_fixed + np.arange(len(inst))).tolist()
+
+
 def _fmt(v: float, digits: int) -> str:
     return f"{float(v):.{digits}g}"
 
@@ -253,7 +265,8 @@ def table(
     output : int
         Output of the adjoint column ``d y[output] / d v`` (reverse mode).
     limit : int, optional
-        Show at most this many instruction rows (the output rows are always shown).
+        Show at most this many instruction rows (the output rows are always shown). A
+        block instruction has one row per element.
     digits : int
         Significant digits of the numbers.
     style : {"listing", "wengert"}
@@ -307,7 +320,7 @@ def table(
         rows.append(row(len(tape.consts) + j, "parameter"))
     for j in range(tape.n_inputs):
         rows.append(row(int(tape.inputs[j]), "input"))
-    ops, args, res = tape.opcodes.tolist(), tape.args.tolist(), tape.results.tolist()
+    ops, args, res = _elements(tape)
     n = len(ops)
     shown = n if limit is None else max(0, min(n, int(limit)))
     for i in range(n):
@@ -374,7 +387,7 @@ def to_dot(tape: Tape, x: Any = None, params: Any = None, *, digits: int = 4) ->
     sw = None if x is None else interpret(tape, x, params)
     name = _Names(tape, "listing")
     nc = len(tape.consts)
-    ops, args, res = tape.opcodes.tolist(), tape.args.tolist(), tape.results.tolist()
+    ops, args, res = _elements(tape)
 
     def node_id(s: int) -> str:
         return f"c{s}" if s < nc else name(s)
@@ -460,7 +473,7 @@ def render(dot: str, path: str | os.PathLike[str]) -> str:
             "Graphviz is not installed: no 'dot' executable on PATH (install the graphviz "
             "package of your system, or paste the DOT text into any Graphviz viewer)"
         )
-    proc = subprocess.run(  # noqa: S603 - fixed executable, no shell
+    proc = subprocess.run(  # a fixed executable and argument list, no shell
         [exe, f"-T{fmt}", "-o", path], input=dot.encode(), capture_output=True,
         timeout=600, check=False,
     )

@@ -27,6 +27,8 @@ range of slots), which will carry their extents in extra columns.
 
 from __future__ import annotations
 
+import threading
+
 import numba
 import numpy as np
 
@@ -44,6 +46,10 @@ _EMPTY2.flags.writeable = _EMPTY1.flags.writeable = True
 CHUNK_MAX = 256
 #: Per-thread budget for one workspace, in float64 values.
 WORKSPACE_VALUES = 1 << 16
+#: Batches over tapes with more slots than this run one point at a time (scalar sweeps).
+_POINTWISE_SLOTS = 16384
+#: Tapes with more slots than this reuse a per-thread one-point workspace.
+_REUSE_SLOTS = 4096
 #: Directions carried by one second-order sweep at most (bounds its workspace).
 _DIR_BLOCK = 16
 
@@ -123,13 +129,17 @@ class Tape:
         output_shapes: tuple[tuple[int, ...], ...] = (),
         name: str = "",
         guards: np.ndarray | None = None,
+        sizes: np.ndarray | None = None,
+        strides: np.ndarray | None = None,
     ) -> None:
-        opcodes, args, consts, inputs, params, outputs, guards = check_tape_arrays(
-            opcodes, args, consts, inputs, params, outputs, guards
+        a = check_tape_arrays(opcodes, args, consts, inputs, params, outputs, guards,
+                              sizes, strides)
+        consts, inputs, params, outputs, guards = (
+            a["consts"], a["inputs"], a["params"], a["outputs"], a["guards"]
         )
-        n_instr = len(opcodes)
+        n_instr = len(a["opcodes"])
         nc, n_in, n_par, n_out = len(consts), len(inputs), len(params), len(outputs)
-        n_slots = nc + n_par + n_in + n_instr
+        n_slots = a["n_slots"]
         o_in = HEADER
         o_par = o_in + n_in
         o_out = o_par + n_par
@@ -142,9 +152,11 @@ class Tape:
         prog[o_par:o_out] = params
         prog[o_out:o_code] = outputs
         code = prog[o_code:o_guard].reshape(n_instr, ROW)
-        code[:, 0] = opcodes
-        code[:, 1] = nc + n_par + n_in + np.arange(n_instr)
-        code[:, 2:] = args
+        code[:, 0] = a["opcodes"]
+        code[:, 1] = a["results"]
+        code[:, 2:5] = a["args"]
+        code[:, 5] = a["sizes"]
+        code[:, 6:9] = a["strides"]
         prog[o_guard:] = guards.ravel()
         _kernels()
         self._prog = prog
@@ -154,7 +166,10 @@ class Tape:
         self._n_slots = n_slots
         self._n_in, self._n_par, self._n_out = n_in, n_par, n_out
         self._n_guards = len(guards)
+        # Points per chunk: bounded working memory; huge tapes go one point at a time.
         self._chunk = int(max(1, min(CHUNK_MAX, WORKSPACE_VALUES // max(n_slots, 1))))
+        if n_slots > _POINTWISE_SLOTS:
+            self._chunk = 1
         self.input_shapes = input_shapes
         self.output_shapes = output_shapes
         self.name = name
@@ -162,6 +177,9 @@ class Tape:
         # Single-point fast path: checks that cost tens of ns each, nothing else.
         self._shape1 = (n_in,)
         self._fast_vg = n_out == 1 and n_par == 0
+        # Large tapes reuse a per-thread workspace: allocating (and page-faulting) a big
+        # one per call would cost more than the sweep.
+        self._tls = threading.local() if n_slots > _REUSE_SLOTS else None
 
     # -- structure -----------------------------------------------------------------------
     def __len__(self) -> int:
@@ -208,13 +226,23 @@ class Tape:
 
     @property
     def results(self) -> np.ndarray:
-        """Result slot of each instruction, read-only."""
+        """First result slot of each instruction (a block writes consecutive slots)."""
         return self._code()[:, 1]
 
     @property
     def args(self) -> np.ndarray:
-        """Operand slots, shape ``(len(tape), 3)``; unused operands are 0. Read-only."""
-        return self._code()[:, 2:]
+        """First operand slots, ``(len(tape), 3)``; unused operands are 0. Read-only."""
+        return self._code()[:, 2:5]
+
+    @property
+    def sizes(self) -> np.ndarray:
+        """Elements of each instruction: 1 for scalar, more for a block. Read-only."""
+        return self._code()[:, 5]
+
+    @property
+    def strides(self) -> np.ndarray:
+        """Operand slot strides of each instruction, ``(len(tape), 3)``. Read-only."""
+        return self._code()[:, 6:9]
 
     @property
     def consts(self) -> np.ndarray:
@@ -264,12 +292,24 @@ class Tape:
                 return f"x{s - nc - n_par}"
             return f"v{s - n_fixed}"
 
+        def span(s: int, size: int, stride: int) -> str:
+            if size == 1:
+                return slot(s)
+            if stride == 0:
+                return f"{slot(s)} (x{size})"
+            last = slot(s + (size - 1) * stride)
+            return f"{slot(s)}..{last}" + (f" step {stride}" if stride != 1 else "")
+
         lines = [repr(self)]
         code = self._code()
         for row in code[: limit if limit is not None else len(code)]:
             op = BY_CODE[int(row[0])]
-            operands = ", ".join(slot(int(s)) for s in row[2 : 2 + op.arity])
-            lines.append(f"  {slot(int(row[1]))} = {op.name}({operands})")
+            size = int(row[5])
+            operands = ", ".join(
+                span(int(s), size, int(st)) for s, st in zip(row[2 : 2 + op.arity],
+                                                             row[6 : 6 + op.arity], strict=True)
+            )
+            lines.append(f"  {span(int(row[1]), size, 1)} = {op.name}({operands})")
         if limit is not None and len(code) > limit:
             lines.append(f"  ... {len(code) - limit} more")
         for s, outcome in self.guards:
@@ -307,7 +347,7 @@ class Tape:
     def _batch(self, n: int, chunk: int | None = None) -> tuple[str, int, int]:
         """Kernel suffix (parallel or serial), thread count and chunk for ``n`` points."""
         chunk = self._chunk if chunk is None else chunk
-        if n > 2 * chunk:
+        if n > max(2 * chunk, 16):
             return "par", numba.get_num_threads(), chunk
         return "ser", 1, max(1, min(chunk, n))
 
@@ -319,6 +359,15 @@ class Tape:
             )
 
     # -- evaluation ----------------------------------------------------------------------
+    def _workspace(self) -> np.ndarray:
+        """This thread's reusable one-point workspace (empty for small tapes)."""
+        if self._tls is None:
+            return _EMPTY1
+        ws = getattr(self._tls, "ws", None)
+        if ws is None:
+            ws = self._tls.ws = np.empty(2 * self._n_slots)
+        return ws
+
     def _prepare(self, x, params) -> tuple[np.ndarray, np.ndarray, bool]:
         """Points as ``(n, n_inputs)``, parameters as ``(1 or n, n_params)``, one-point flag."""
         x = _as_points(x, self._n_in, "x")
@@ -379,7 +428,7 @@ class Tape:
         n = X.shape[0]
         if single:
             y = _buffer(out, (self._n_out,), "out")
-            failed = _K.forward_point(self._prog, self._consts, X[0], P[0], y)
+            failed = _K.forward_point(self._prog, self._consts, X[0], P[0], y, self._workspace())
             if failed:
                 if check == "raise":
                     raise BranchError(1, 1, self)
@@ -432,12 +481,15 @@ class Tape:
                 g = np.empty(self._n_in)
             else:
                 g = out[1]
-                if not (out[0] is None and type(g) is np.ndarray and g.dtype is _F64
-                        and g.shape == self._shape1 and g.flags.carray):
+                if not (type(g) is np.ndarray and g.dtype is _F64 and g.shape == self._shape1
+                        and g.flags.carray):
                     g = None
             if g is not None:
-                v = _K.value_grad_point(self._prog, self._consts, x, _EMPTY1, g)
+                v = _K.value_grad_point(self._prog, self._consts, x, _EMPTY1, g,
+                                        _EMPTY1 if self._tls is None else self._workspace())
                 if v == v or not self._n_guards:  # NaN may mean a failed guard
+                    if out is not None and out[0] is not None:
+                        out[0][...] = v
                     return v, g
         self._scalar_output("value_and_grad")
         self._check_arg(check)
@@ -446,10 +498,11 @@ class Tape:
         vbuf, gbuf = (None, None) if out is None else out
         g = _buffer(gbuf, (n, self._n_in) if not single else (self._n_in,), "grad buffer")
         if single:
-            v = _K.value_grad_point(self._prog, self._consts, X[0], P[0], g)
+            v = _K.value_grad_point(self._prog, self._consts, X[0], P[0], g, self._workspace())
             failed = 0
             if v != v and self._n_guards:
-                failed = _K.forward_point(self._prog, self._consts, X[0], P[0], np.empty(1))
+                failed = _K.forward_point(self._prog, self._consts, X[0], P[0],
+                                          np.empty(self._n_out), self._workspace())
             if failed and check == "raise":
                 raise BranchError(1, 1, self)
             if vbuf is not None:

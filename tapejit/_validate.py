@@ -39,14 +39,25 @@ def check_tape_arrays(
     params: object,
     outputs: object,
     guards: object = None,
-) -> tuple[np.ndarray, ...]:
+    sizes: object = None,
+    strides: object = None,
+) -> dict[str, np.ndarray]:
     """Check the arrays of a tape and return them normalized (int64 / float64).
 
     The layout is ``[constants | parameters | inputs | results]``: ``params`` must be the
-    slots ``nc ..``, ``inputs`` the slots after them, instruction ``i`` writes slot
-    ``n_fixed + i`` and reads only constants, parameters, inputs and results of earlier
-    instructions; unused operand columns are 0. ``guards`` (optional, ``(n_guards, 2)``)
-    pairs an instruction's result slot with the outcome 0 or 1 it had when recorded.
+    slots ``nc ..``, ``inputs`` the slots after them. Instruction ``i`` applies its op to
+    ``sizes[i]`` elements (1 for a scalar instruction, more for a block): element ``e``
+    reads operand slots ``args[i, j] + e * strides[i, j]`` and writes the next free
+    result slot, so results are consecutive from ``n_fixed``. Every operand slot must
+    come strictly before the instruction's first result (an earlier node); unused
+    operand columns (beyond the op's arity) are 0 with stride 0. ``guards``
+    (``(n_guards, 2)``) pair a result slot with the outcome 0 or 1 it had when recorded.
+
+    Returns
+    -------
+    dict
+        ``opcodes, args, sizes, strides, results, consts, inputs, params, outputs,
+        guards``.
 
     Raises
     ------
@@ -54,7 +65,10 @@ def check_tape_arrays(
         Naming the first problem found.
     """
     ops = _int_array("opcodes", opcodes, 1)
+    n = len(ops)
     arg = _int_array("args", args, 2)
+    size = np.ones(n, np.int64) if sizes is None else _int_array("sizes", sizes, 1)
+    stride = np.zeros((n, 3), np.int64) if strides is None else _int_array("strides", strides, 2)
     cst = np.asarray(consts)
     if cst.dtype != np.float64 or cst.ndim != 1:
         raise TapeFormatError(
@@ -63,11 +77,16 @@ def check_tape_arrays(
     inp = _int_array("inputs", inputs, 1)
     par = _int_array("params", params, 1)
     out = _int_array("outputs", outputs, 1)
-    n, nc, n_par, n_in = len(ops), len(cst), len(par), len(inp)
-    if arg.shape != (n, 3):
-        raise TapeFormatError(f"args must have shape ({n}, 3) for {n} opcodes; got {arg.shape}")
+    nc, n_par, n_in = len(cst), len(par), len(inp)
+    for name, a, shape in (("args", arg, (n, 3)), ("sizes", size, (n,)),
+                           ("strides", stride, (n, 3))):
+        if a.shape != shape:
+            raise TapeFormatError(f"{name} must have shape {shape} for {n} opcodes; got {a.shape}")
+    if (size < 1).any() or (size > _MAX_SLOTS).any():
+        i = int(np.argmax((size < 1) | (size > _MAX_SLOTS)))
+        raise TapeFormatError(f"instruction {i}: size {int(size[i])}, expected 1..{_MAX_SLOTS}")
     n_fixed = nc + n_par + n_in
-    n_slots = n_fixed + n
+    n_slots = n_fixed + int(size.sum())
     if n_slots > _MAX_SLOTS:
         raise TapeFormatError(f"tape has {n_slots} slots; at most {_MAX_SLOTS} are supported")
     if not np.array_equal(par, nc + np.arange(n_par)):
@@ -84,19 +103,22 @@ def check_tape_arrays(
     arity = np.zeros(256, dtype=np.int64)
     for code, op in BY_CODE.items():
         arity[code] = op.arity
-    ar = arity[ops]
-    used = np.arange(3)[None, :] < ar[:, None]
-    limit = (n_fixed + np.arange(n))[:, None]  # operands come strictly before the result
-    bad_arg = used & ((arg < 0) | (arg >= limit))
+    used = np.arange(3)[None, :] < arity[ops][:, None]
+    res = n_fixed + np.concatenate([[0], np.cumsum(size)[:-1]]).astype(np.int64) if n else (
+        np.zeros(0, np.int64)
+    )
+    last = arg + (size[:, None] - 1) * stride  # slot of the last element
+    lo, hi = np.minimum(arg, last), np.maximum(arg, last)
+    bad_arg = used & ((lo < 0) | (hi >= res[:, None]))
     if bad_arg.any():
         i, j = (int(v) for v in np.argwhere(bad_arg)[0])
         raise TapeFormatError(
-            f"instruction {i} ({BY_CODE[int(ops[i])].name}): operand {j} refers to slot "
-            f"{int(arg[i, j])}, expected a slot in 0..{n_fixed + i - 1} (an earlier node)"
+            f"instruction {i} ({BY_CODE[int(ops[i])].name}): operand {j} reads slots "
+            f"{int(lo[i, j])}..{int(hi[i, j])}, expected slots in 0..{int(res[i]) - 1} "
+            "(earlier nodes)"
         )
-    if (arg[~used] != 0).any():
-        i = int(np.argwhere(arg[~used] != 0)[0][0])
-        raise TapeFormatError("unused operand columns of args must be 0")
+    if (arg[~used] != 0).any() or (stride[~used] != 0).any():
+        raise TapeFormatError("unused operand columns of args and strides must be 0")
     if ((out < 0) | (out >= n_slots)).any():
         k = int(np.argmax((out < 0) | (out >= n_slots)))
         raise TapeFormatError(
@@ -112,4 +134,8 @@ def check_tape_arrays(
             f"guard {q} = {grd[q].tolist()}: expected (result slot in {n_fixed}..{n_slots - 1}, "
             "outcome 0 or 1)"
         )
-    return ops, arg, cst, inp, par, out, grd
+    return {
+        "opcodes": ops, "args": arg, "sizes": size, "strides": stride, "results": res,
+        "consts": cst, "inputs": inp, "params": par, "outputs": out, "guards": grd,
+        "n_slots": n_slots,
+    }

@@ -8,11 +8,13 @@
 * :func:`multistart` runs Adam or gradient descent from many starting points at once,
   one batched sweep over all of them per step (no scipy needed).
 
-``f`` is recorded once per argument signature through the tape cache it shares with
-:func:`tapejit.grad` and the other transforms. The first argument is differentiated;
-the extra ``args`` become tape *parameters* (array-like values, fixed during a run and
-free to change between runs without re-recording) or, for ints, strings and other
-hashable non-arrays, static arguments that are part of the cache key.
+Every evaluation is served by the tape cache ``f`` shares with :func:`tapejit.grad` and
+the other transforms: ``f`` is recorded once per argument signature, and once more for
+each Python branch (``if``/``while`` on a traced value) the optimizer's points take. The
+first argument is differentiated; the extra ``args`` become tape *parameters*
+(array-like values, fixed during a run and free to change between runs without
+re-recording) or, for ints, strings and other hashable non-arrays, static arguments that
+are part of the cache key.
 
 scipy is an optional dependency (``pip install tapejit[opt]``), imported when
 :func:`minimize` or :func:`least_squares` is called.
@@ -27,7 +29,7 @@ import numpy as np
 from numpy.typing import ArrayLike
 
 from ._tape import Tape
-from ._transforms import tape_cache
+from ._transforms import _Call, tape_cache
 
 __all__ = ["MultistartResult", "least_squares", "minimize", "multistart"]
 
@@ -37,7 +39,6 @@ _DERIVATIVE_FREE = frozenset({"nelder-mead", "powell", "cobyla", "cobyqa"})
 _HESSP_METHODS = frozenset({"newton-cg", "trust-ncg", "trust-krylov", "trust-constr"})
 #: Second-order methods that need the Hessian matrix itself (``hess``).
 _HESS_METHODS = frozenset({"dogleg", "trust-exact"})
-_SECOND_ORDER = _HESSP_METHODS | _HESS_METHODS
 
 _ADAM_BETA1 = 0.9
 _ADAM_BETA2 = 0.999
@@ -61,67 +62,102 @@ def _reject(options: dict[str, Any], names: Sequence[str], why: str) -> None:
             raise TypeError(f"{name}= cannot be given: {why}")
 
 
-class _Objective:
-    """Evaluations of ``f(x, *args)`` at flat points ``x``, each through the tape cache.
+def _scalar(tape: Tape) -> None:
+    if tape.n_outputs != 1:
+        raise ValueError(
+            f"f must return a single number; it returns {tape.n_outputs} values "
+            "(for a vector of residuals use tapejit.optimize.least_squares)"
+        )
 
-    Every evaluation asks the cache for the tape of the call it is about to make
-    (``tape_cache(f).prepare``), so whatever the cache decides per call (re-recording,
-    for instance) applies here too. Counts the sweeps it runs.
+
+# Evaluation methods for TapeCache.evaluate: (tape, x, params, rows) -> (*results, valid)
+
+
+def _vg(tape: Tape, x: np.ndarray, p: np.ndarray | None, rows: Any) -> tuple:
+    _scalar(tape)
+    return tape.value_and_grad(x, params=p, check="mask")
+
+
+def _value(tape: Tape, x: np.ndarray, p: np.ndarray | None, rows: Any) -> tuple:
+    _scalar(tape)
+    return tape.forward(x, params=p, check="mask")
+
+
+def _hessian(tape: Tape, x: np.ndarray, p: np.ndarray | None, rows: Any) -> tuple:
+    _scalar(tape)
+    return tape.hessian(x, params=p, check="mask")
+
+
+def _residuals(tape: Tape, x: np.ndarray, p: np.ndarray | None, rows: Any) -> tuple:
+    y, ok = tape.forward(x, params=p, check="mask")
+    return np.atleast_1d(np.asarray(y, dtype=np.float64)), ok
+
+
+def _jacobian(tape: Tape, x: np.ndarray, p: np.ndarray | None, rows: Any) -> tuple:
+    return tape.jacobian(x, params=p, mode="auto", check="mask")
+
+
+class _Objective:
+    """Evaluations of ``f(x, *args)`` at flat points ``x``, served by ``f``'s tape cache.
+
+    Every evaluation goes through :meth:`TapeCache.evaluate` with the actual arguments, so
+    a point where ``f`` takes another Python branch than the tapes recorded so far gets a
+    tape of its own (recorded there), exactly as for :func:`tapejit.grad`. Counts the
+    sweeps it runs; ``tape`` is the tape of the latest evaluation.
     """
 
-    def __init__(self, f: Callable[..., Any], x0: ArrayLike, args: tuple, what: str) -> None:
+    def __init__(self, f: Callable[..., Any], x0: ArrayLike, args: Any, what: str) -> None:
         if not callable(f):
             raise TypeError(f"{what} must be callable; got {type(f).__name__}")
-        if not isinstance(args, tuple):
-            args = (args,)
+        self.args = args if isinstance(args, tuple) else (args,)
         x0 = np.asarray(x0)
         if x0.dtype.kind not in "iuf":
             raise TypeError(f"x0 must hold real numbers; got dtype {x0.dtype}")
         self.cache = tape_cache(f)
-        self.args = args
         self.shape = x0.shape
-        self.tape, x, self.params, _ = self.cache.prepare((x0, *args), 0)
-        self.x0 = np.array(x, dtype=np.float64)  # flat, owned (scipy may write into it)
+        self.x0 = np.array(x0, dtype=np.float64).ravel()  # flat and owned
+        self.tape: Tape | None = None
         self.nfev = 0  # sweeps that evaluated f (value alone or fused with the gradient)
         self.njev = 0  # gradients or Jacobians computed
         self.nhev = 0  # Hessians or Hessian-vector products computed
 
-    def _at(self, x: np.ndarray) -> tuple[Tape, np.ndarray, np.ndarray | None]:
-        tape, xf, p, _ = self.cache.prepare((x.reshape(self.shape), *self.args), 0)
-        return tape, xf, p
+    def _eval(self, x: np.ndarray, method: Callable[..., tuple]) -> tuple:
+        call = _Call((x.reshape(self.shape), *self.args), 0, False)
+        self.tape, res = self.cache.evaluate(call, method)
+        return res
 
     def value(self, x: np.ndarray) -> float:
-        tape, xf, p = self._at(x)
         self.nfev += 1
-        return float(tape.forward(xf, params=p))
+        return float(self._eval(x, _value)[0])
 
     def value_and_grad(self, x: np.ndarray) -> tuple[float, np.ndarray]:
-        tape, xf, p = self._at(x)
         self.nfev += 1
         self.njev += 1
         # A fresh gradient array per call, not a reused out= buffer: scipy keeps the
         # arrays it is given (BFGS forms y = g_new - g_old from two of them).
-        return tape.value_and_grad(xf, params=p)
+        v, g = self._eval(x, _vg)
+        return float(v), g
 
     def hessp(self, x: np.ndarray, v: np.ndarray) -> np.ndarray:
-        tape, xf, p = self._at(x)
         self.nhev += 1
-        return tape.hvp(xf, v, params=p)
+
+        def method(tape: Tape, xf: np.ndarray, p: np.ndarray | None, rows: Any) -> tuple:
+            _scalar(tape)
+            return tape.hvp(xf, v, params=p, check="mask")
+
+        return self._eval(x, method)[0]
 
     def hessian(self, x: np.ndarray) -> np.ndarray:
-        tape, xf, p = self._at(x)
         self.nhev += 1
-        return tape.hessian(xf, params=p)
+        return self._eval(x, _hessian)[0]
 
     def residuals(self, x: np.ndarray) -> np.ndarray:
-        tape, xf, p = self._at(x)
         self.nfev += 1
-        return np.atleast_1d(np.asarray(tape.forward(xf, params=p), dtype=np.float64))
+        return self._eval(x, _residuals)[0]
 
     def jacobian(self, x: np.ndarray) -> np.ndarray:
-        tape, xf, p = self._at(x)
         self.njev += 1
-        return tape.jacobian(xf, params=p, mode="auto")
+        return self._eval(x, _jacobian)[0]
 
     def unflatten(self, res: Any, fields: Sequence[str]) -> None:
         """Reshape the flat vectors ``res[field]`` back to the shape of ``x0``."""
@@ -130,6 +166,44 @@ class _Objective:
             val = res.get(name)
             if isinstance(val, np.ndarray) and val.size == n:
                 res[name] = val.reshape(self.shape)
+
+
+class _Batch:
+    """Batched value and gradient of ``f`` at the rows of ``X`` (the starts).
+
+    The common case is one sweep of the latest tape straight into the caller's buffers,
+    with the parameters given once for all points. When a point fails that tape's guards
+    (it takes another Python branch), the whole batch goes through
+    :meth:`TapeCache.evaluate` instead, which splits it by branch and records the
+    branches not seen yet.
+    """
+
+    def __init__(self, f: Callable[..., Any], x0s: np.ndarray, args: Any) -> None:
+        self.args = args if isinstance(args, tuple) else (args,)
+        self.cache = tape_cache(f)
+        self.n, self.x_shape = x0s.shape[0], x0s.shape[1:]
+        one = _Call((x0s[0], *self.args), 0, False)  # validates the arguments
+        self.params = one.flat(one.param_pos)  # (n_params,): the same for every start
+        # A batched call wants a points axis on every array parameter that has axes.
+        self.bargs = tuple(
+            np.broadcast_to(np.asarray(a, dtype=np.float64), (self.n, *np.shape(a)))
+            if j + 1 in one.param_pos and np.ndim(a) > 0
+            else a
+            for j, a in enumerate(self.args)
+        )
+        self.tape: Tape | None = None
+        self.nfev = 0
+
+    def value_and_grad(self, X: np.ndarray, V: np.ndarray, G: np.ndarray) -> None:
+        self.nfev += 1
+        if self.tape is not None:
+            _, _, ok = self.tape.value_and_grad(X, params=self.params, out=(V, G), check="mask")
+            if ok.all():
+                return
+        call = _Call((X.reshape(self.n, *self.x_shape), *self.bargs), 0, True)
+        self.tape, (v, g) = self.cache.evaluate(call, _vg)
+        V[:] = v
+        G[:] = g.reshape(G.shape)
 
 
 def _second_order(
@@ -168,9 +242,10 @@ def minimize(
 ) -> Any:
     """Minimize a scalar function with :func:`scipy.optimize.minimize` and tape derivatives.
 
-    ``f(x, *args)`` is recorded once (at ``x0``'s shape) and every evaluation scipy asks
-    for is one sweep of the tape that returns the value and the gradient together
-    (``jac=True``). The second-order methods also get their curvature from the tape:
+    ``f(x, *args)`` is recorded at ``x0`` (and again only where the optimizer's points
+    take a Python branch not recorded yet), and every evaluation scipy asks for is one
+    sweep of the tape that returns the value and the gradient together (``jac=True``).
+    The second-order methods also get their curvature from the tape:
     Hessian-vector products (``hessp``) for ``"Newton-CG"``, ``"trust-ncg"``,
     ``"trust-krylov"`` and ``"trust-constr"``, the Hessian matrix (``hess``) for
     ``"dogleg"`` and ``"trust-exact"``. Derivative-free methods (``"Nelder-Mead"``,
@@ -212,7 +287,7 @@ def minimize(
         evaluated ``f`` (each of them, for a gradient method, also computed the
         gradient: nothing else is spent on it), ``njev`` gradients computed (equal to
         ``nfev`` for gradient methods), ``nhev`` Hessians or Hessian-vector products
-        computed. ``tape`` is the tape used at ``x0``.
+        computed. ``tape`` is the tape of the last evaluation.
 
     Raises
     ------
@@ -239,11 +314,6 @@ def minimize(
     so = _import_scipy_optimize()
     _reject(scipy_options, ("jac", "hessp"), "tapejit computes them from the tape (see hess=)")
     obj = _Objective(f, x0, args, "f")
-    if obj.tape.n_outputs != 1:
-        raise ValueError(
-            f"f must return a single number; it returns {obj.tape.n_outputs} values "
-            "(for a vector of residuals use tapejit.optimize.least_squares)"
-        )
     meth = "_custom" if callable(method) else str(method).lower()
     if meth in _DERIVATIVE_FREE:
         fun, jac = obj.value, None
@@ -275,9 +345,10 @@ def least_squares(
     """Nonlinear least squares with :func:`scipy.optimize.least_squares` and the tape Jacobian.
 
     Minimizes ``0.5 * sum(residuals(x, *args) ** 2)`` (or a robust ``loss`` of it). The
-    residuals are recorded once (at ``x0``'s shape); every evaluation is a forward sweep
-    and every Jacobian one tape Jacobian (forward mode when there are fewer parameters
-    than residuals, reverse mode otherwise).
+    residuals are recorded at ``x0`` (and again only for Python branches not recorded
+    yet); every evaluation is a forward sweep and every Jacobian one tape Jacobian
+    (forward mode when there are fewer parameters than residuals, reverse mode
+    otherwise).
 
     Parameters
     ----------
@@ -299,7 +370,8 @@ def least_squares(
     scipy.optimize.OptimizeResult
         scipy's result with ``x`` in the shape of ``x0``; ``fun`` is the flattened
         residual vector and ``jac`` its ``(n_residuals, x0.size)`` Jacobian; ``nfev`` and
-        ``njev`` are the residual and Jacobian evaluations made; ``tape`` is the tape.
+        ``njev`` are the residual and Jacobian evaluations made; ``tape`` is the tape of
+        the last evaluation.
 
     Raises
     ------
@@ -349,7 +421,7 @@ class MultistartResult(dict):
     nit : int
         Update steps taken.
     nfev : int
-        Batched sweeps (each a value and gradient at every start): ``nit + 1``.
+        Batched value-and-gradient evaluations of all starts: ``nit + 1``.
     history : ndarray
         Best value seen so far, after each sweep, ``(nfev,)``.
     success : bool
@@ -392,12 +464,14 @@ def multistart(
     starts are the tape's points axis), followed by a vectorized numpy update of all of
     them: Adam (``beta1 = 0.9``, ``beta2 = 0.999``, ``eps = 1e-8``, bias-corrected) or
     plain gradient descent. Useful to find the global minimum of a function with many
-    local minima, or to fit one model from many initial guesses.
+    local minima, or to fit one model from many initial guesses. If ``f`` branches in
+    Python on its input, starts on different branches are evaluated on their own tapes
+    (see :func:`tapejit.value_and_grad` with ``batched=True``).
 
     Parameters
     ----------
     f : callable
-        ``f(x, *args) -> float`` of one point ``x`` (plain numpy); recorded once.
+        ``f(x, *args) -> float`` of one point ``x`` (plain numpy).
     x0s : array_like
         Starting points, shape ``(n_starts, *x_shape)`` (``(n_starts,)`` for a scalar
         ``x``).
@@ -448,12 +522,11 @@ def multistart(
     if x0s.ndim == 0 or x0s.shape[0] == 0:
         raise ValueError(f"x0s must have shape (n_starts, *x_shape) with n_starts >= 1; "
                          f"got {x0s.shape}")
-    obj = _Objective(f, x0s[0], args, "f")
-    tape, params = obj.tape, obj.params
-    if tape.n_outputs != 1:
-        raise ValueError(f"f must return a single number; it returns {tape.n_outputs} values")
+    if not callable(f):
+        raise TypeError(f"f must be callable; got {type(f).__name__}")
+    batch = _Batch(f, x0s, args)
     n_starts, x_shape = x0s.shape[0], x0s.shape[1:]
-    X = np.array(x0s, dtype=np.float64, order="C").reshape(n_starts, tape.n_inputs)
+    X = np.array(x0s, dtype=np.float64, order="C").reshape(n_starts, -1)
     V = np.empty(n_starts)
     G = np.empty_like(X)
     step = np.empty_like(X)
@@ -467,7 +540,7 @@ def multistart(
     it = 0
     message = f"maximum number of steps ({steps}) reached"
     while True:
-        tape.value_and_grad(X, params=params, out=(V, G))
+        batch.value_and_grad(X, V, G)
         i = int(np.argmin(np.where(np.isnan(V), np.inf, V)))
         if V[i] < best:
             best = float(V[i])
@@ -507,7 +580,7 @@ def multistart(
         funs=V.copy(),
         converged=converged,
         nit=it,
-        nfev=it + 1,
+        nfev=batch.nfev,
         history=history[: it + 1].copy(),
         success=bool(np.isfinite(best)),
         message=message,
