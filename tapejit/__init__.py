@@ -6,6 +6,7 @@
 [2.0, 4.0, 6.0]
 """
 
+from . import optimize
 from ._errors import BranchError, TracingError
 from ._ops import OPS, Op
 from ._record import record, stop_gradient
@@ -38,6 +39,7 @@ __all__ = [
     "hvp",
     "jacobian",
     "jvp",
+    "optimize",
     "record",
     "stop_gradient",
     "value_and_grad",

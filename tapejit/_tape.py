@@ -176,7 +176,8 @@ class Tape:
         self._ones = np.ones((1, max(n_out, 1)))
         # Single-point fast path: checks that cost tens of ns each, nothing else.
         self._shape1 = (n_in,)
-        self._fast_vg = n_out == 1 and n_par == 0
+        self._fast_vg = n_out == 1
+        self._pshape1 = (n_par,)
         # Large tapes reuse a per-thread workspace: allocating (and page-faulting) a big
         # one per call would cost more than the sweep.
         self._tls = threading.local() if n_slots > _REUSE_SLOTS else None
@@ -470,12 +471,16 @@ class Tape:
         """
         if (
             self._fast_vg
-            and params is None
             and type(x) is np.ndarray
             and x.dtype is _F64
             and x.shape == self._shape1
             and x.flags.carray
             and check == "raise"
+            and (
+                (params is None and not self._n_par)
+                or (type(params) is np.ndarray and params.dtype is _F64
+                    and params.shape == self._pshape1 and params.flags.carray)
+            )
         ):  # the optimizer's hot path: one point, nothing to convert
             if out is None:
                 g = np.empty(self._n_in)
@@ -485,8 +490,10 @@ class Tape:
                         and g.flags.carray):
                     g = None
             if g is not None:
-                v = _K.value_grad_point(self._prog, self._consts, x, _EMPTY1, g,
-                                        _EMPTY1 if self._tls is None else self._workspace())
+                v = _K.value_grad_point(
+                    self._prog, self._consts, x, _EMPTY1 if params is None else params, g,
+                    _EMPTY1 if self._tls is None else self._workspace(),
+                )
                 if v == v or not self._n_guards:  # NaN may mean a failed guard
                     if out is not None and out[0] is not None:
                         out[0][...] = v
