@@ -32,10 +32,9 @@ def _implements(*funcs: Callable) -> Callable:
 
 def unsupported(func: Callable) -> TracingError:
     """Error for a numpy function tapejit does not trace."""
-    mod = getattr(func, "__module__", "numpy") or "numpy"
-    name = f"{mod.replace('numpy._core', 'numpy').split('.')[0]}.{func.__name__}"
-    if mod.startswith("numpy.linalg"):
-        name = f"numpy.linalg.{func.__name__}"
+    mod = getattr(func, "__module__", None) or "numpy"
+    public = ".".join(p for p in mod.split(".") if not p.startswith("_")) or "numpy"
+    name = f"{public}.{getattr(func, '__name__', repr(func))}"
     return TracingError(
         f"tapejit cannot trace {name}: it is not supported. Supported numpy functions "
         f"are the ufuncs of the op table and: {', '.join(supported_functions())}."
@@ -54,6 +53,8 @@ def apply_ufunc(rec: Recorder, ufunc: np.ufunc, method: str, inputs: tuple, kwar
         raise TracingError(
             f"numpy.{ufunc.__name__}(..., out=...) cannot be traced; assign the result instead"
         )
+    if method == "reduce" and ufunc in _REDUCERS:
+        return _REDUCERS[ufunc](*inputs, **kwargs)
     kwargs.pop("casting", None)
     dtype = kwargs.pop("dtype", None)
     if dtype is not None and not np.issubdtype(np.dtype(dtype), np.floating):
@@ -62,8 +63,6 @@ def apply_ufunc(rec: Recorder, ufunc: np.ufunc, method: str, inputs: tuple, kwar
         raise TracingError(
             f"numpy.{ufunc.__name__} with keyword(s) {sorted(kwargs)} cannot be traced"
         )
-    if method == "reduce" and ufunc in _REDUCERS:
-        return _REDUCERS[ufunc](*inputs)
     if method != "__call__":
         raise TracingError(f"numpy.{ufunc.__name__}.{method} cannot be traced")
     if ufunc is np.power:
@@ -289,9 +288,25 @@ def _shape_fn(fn: Callable) -> Callable:
 for _f in (
     np.reshape, np.ravel, np.transpose, np.squeeze, np.expand_dims, np.atleast_1d,
     np.atleast_2d, np.broadcast_to, np.swapaxes, np.moveaxis, np.flip, np.roll, np.tile,
-    np.repeat, np.diagonal, np.copy, np.triu, np.tril,
+    np.repeat, np.diagonal, np.copy,
 ):
     FUNCTIONS[_f] = _shape_fn(_f)
+
+
+def _triangle(fn: Callable) -> Callable:
+    """np.triu/np.tril: the cleared triangle holds the constant 0.0, not an id."""
+
+    def impl(m, k=0):
+        rec = recorder_of([m])
+        ids = lift(rec, m)
+        keep = fn(np.ones(ids.shape[-2:], dtype=bool), k)
+        return Tracer(rec, np.where(keep, ids, rec.const(np.zeros(()))))
+
+    return impl
+
+
+FUNCTIONS[np.triu] = _triangle(np.triu)
+FUNCTIONS[np.tril] = _triangle(np.tril)
 
 
 def _seq_fn(fn: Callable) -> Callable:

@@ -165,7 +165,7 @@ class Recorder:
         """An id array as an affine ``(start, stride)`` when it is one, else flat ids."""
         if all(st == 0 for st in o.strides):  # a broadcast single id
             return (int(o.flat[0]), 0)
-        f = o.ravel()
+        f = np.array(o).ravel()  # a copy: traced arrays are assigned into in place
         n = f.size
         first = int(f[0])
         if n == 1:

@@ -1,0 +1,89 @@
+"""Shared helpers for the tapejit test suite.
+
+* ``central_diff`` (fixture, session scope so it also works under hypothesis): central
+  finite differences of a vectorized numpy function, used as the independent reference
+  for gradients and Jacobians.
+* A hypothesis profile without deadlines (the first call of a kernel may compile it).
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+
+import numpy as np
+import pytest
+from hypothesis import HealthCheck, settings
+
+# The package is importable from the repository root (python -m pytest from the root puts
+# it on sys.path); make that hold however pytest is started.
+try:
+    import tapejit  # noqa: F401
+except ImportError:
+    sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+settings.register_profile(
+    "tapejit",
+    deadline=None,
+    print_blob=True,
+    suppress_health_check=[HealthCheck.too_slow],
+)
+settings.load_profile("tapejit")
+
+
+def _central_diff(f, X, h=1e-6, fixed=()):
+    """Central differences of ``f`` at the points ``X``.
+
+    Parameters
+    ----------
+    f : callable
+        Maps an ``(n_points, n_inputs)`` float array to ``(n_points,)`` or
+        ``(n_points, n_outputs)``; must be vectorized over points (plain numpy).
+    X : ndarray
+        ``(n_points, n_inputs)``.
+    h : float
+        Relative step: input ``j`` of a point moves by ``h * max(1, |x_j|)``.
+    fixed : iterable of int
+        Inputs not perturbed; their column of the result is 0.
+
+    Returns
+    -------
+    ndarray
+        ``(n_points, n_inputs)`` for a one-output ``f``, else
+        ``(n_points, n_outputs, n_inputs)``.
+    """
+    X = np.asarray(X, dtype=np.float64)
+    n, k = X.shape
+    cols = []
+    with np.errstate(all="ignore"):
+        for j in range(k):
+            if j in fixed:
+                cols.append(None)
+                continue
+            step = h * np.maximum(1.0, np.abs(X[:, j]))
+            Xp, Xm = X.copy(), X.copy()
+            Xp[:, j] += step
+            Xm[:, j] -= step
+            # the step actually taken, after rounding of x +- step
+            dx = Xp[:, j] - Xm[:, j]
+            fp = np.asarray(f(Xp), dtype=np.float64)
+            fm = np.asarray(f(Xm), dtype=np.float64)
+            d = fp - fm
+            cols.append(d / (dx if d.ndim == 1 else dx[:, None]))
+    proto = next(c for c in cols if c is not None) if any(c is not None for c in cols) else None
+    if proto is None:
+        return np.zeros((n, k))
+    cols = [np.zeros_like(proto) if c is None else c for c in cols]
+    return np.stack(cols, axis=-1)
+
+
+@pytest.fixture(scope="session")
+def central_diff():
+    """The central-difference helper ``central_diff(f, X, h=1e-6, fixed=())``."""
+    return _central_diff
+
+
+@pytest.fixture(scope="session")
+def rng_seed():
+    """A fixed seed, so every run samples the same points."""
+    return 20240611
