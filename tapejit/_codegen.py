@@ -1,8 +1,8 @@
 """Generate the Numba interpreters from the op table, once, and load them.
 
 The sweeps contain no per-op derivative logic of their own: each is a dispatch over
-:data:`tapejit._ops.OPS` written out from the table's ``value`` and ``partials``
-expressions. The generated source is written to a cache directory under a name that is
+:data:`tapejit._ops.OPS` written out from the table's ``value``, ``partials`` and
+``second`` expressions. The generated source is written to a cache directory under a name that is
 the hash of the source itself, so Numba's on-disk cache (``cache=True``) stays valid for
 exactly that source and is reused by every later process.
 """

@@ -10,8 +10,8 @@ Each :class:`Op` holds everything the rest of the package derives from it:
 * ``numpy``: the numpy reference (used for constant folding while recording and by the
   tests);
 * ``domain``: for each operand, the interval the tests sample from;
-* ``flags``: named classes of ops (STYLE.md section 2) that the code generator and the
-  tracer exploit.
+* ``flags``: named classes of ops (linear, zero-derivative, ...) that the code generator
+  and the tracer exploit.
 
 The tracer (``_tracer.py``), the generated Numba kernels (``_codegen.py``), the tests and
 the docs' op listing all iterate over :data:`OPS`. Adding an op touches this file only.
@@ -59,8 +59,7 @@ class Op:
     Attributes
     ----------
     code : int
-        Opcode stored in the tape (1..127; 0 is never used, 128+ is reserved for block
-        instructions).
+        Opcode stored in the tape (1..127; 0 is never used).
     name : str
         Name used in listings, errors and docs.
     arity : int

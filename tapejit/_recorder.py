@@ -4,8 +4,8 @@ During recording every value has an integer *id*: ``>= 0`` for a variable node (
 leaves, i.e. inputs and parameters, come first, then one node per instruction, in
 recording order) and ``< 0`` for a constant (``-1 - k`` is entry ``k`` of the constant
 pool). A traced array is a numpy array of ids, so slicing, broadcasting and fancy
-indexing are plain numpy index arithmetic, and an elementwise op on ``n`` elements emits
-its ``n`` instructions with a handful of vectorized numpy calls. Elements whose operands
+indexing are plain numpy index arithmetic, and an elementwise op on ``n`` elements is
+recorded with a handful of vectorized numpy calls, usually as one block instruction. Elements whose operands
 are all constants are folded with the op's numpy reference and never become
 instructions.
 

@@ -11,9 +11,12 @@ argument (fewer arguments make the per-call dispatch cheaper)::
 
     prog[0:14]  header: n_slots, n_consts, nd, n_inputs, n_params, n_outputs, n_instr,
                 offset of inputs, offset of params, offset of outputs, offset of code,
-                ints per instruction (5), n_guards, offset of guards
+                ints per instruction (9), n_guards, offset of guards
     inputs, params, outputs   slot indices
-    code        n_instr rows of (opcode, result slot, operand slots a, b, c)
+    code        n_instr rows of (opcode, first result slot, first slots of operands a,
+                b, c, size, slot strides of a, b, c): an instruction applies its op to
+                ``size`` elements (1: scalar; more: a block), element e reading
+                ``a + e * stride_a`` ... and writing ``result + e``
     guards      n_guards pairs (slot of a comparison, outcome 0/1 seen when recording)
 
 A *guard* records a Python branch taken on a traced value while recording (``if x > 0``);
@@ -21,8 +24,7 @@ every evaluation checks every guard at every point, and a point where one fails 
 given this tape's values (``check=`` of the evaluation methods).
 
 The public views (:attr:`Tape.opcodes`, :attr:`Tape.args`, ...) are read-only slices of
-that buffer. Opcodes 128-255 are reserved for block instructions (one instruction over a
-range of slots), which will carry their extents in extra columns.
+that buffer.
 """
 
 from __future__ import annotations
@@ -35,7 +37,7 @@ import numpy as np
 from ._codegen import HEADER, ROW, load_kernels
 from ._errors import BranchError
 from ._ops import BY_CODE
-from ._validate import check_tape_arrays
+from ._validate import TapeFormatError, check_tape_arrays
 
 _F64 = np.dtype(np.float64)
 _EMPTY2 = np.zeros((1, 0))
@@ -158,14 +160,26 @@ class Tape:
         code[:, 5] = a["sizes"]
         code[:, 6:9] = a["strides"]
         prog[o_guard:] = guards.ravel()
+        self._adopt(prog, np.array(consts, dtype=np.float64), input_shapes, output_shapes,
+                    name)
+
+    def _adopt(self, prog: np.ndarray, consts: np.ndarray, input_shapes: tuple,
+               output_shapes: tuple, name: str) -> None:
+        """Take a validated packed program and constant pool as they are (no copy).
+
+        Both become read-only views: a tape is immutable (and the kernels are compiled
+        for read-only arrays, so every tape has the same argument types).
+        """
         _kernels()
+        prog, consts = prog.view(), consts.view()
+        prog.flags.writeable = False
+        consts.flags.writeable = False
         self._prog = prog
-        self._consts = np.array(consts, dtype=np.float64)
-        self._prog.flags.writeable = False
-        self._consts.flags.writeable = False
+        self._consts = consts
+        n_slots, n_in, n_par, n_out = (int(v) for v in prog[[0, 3, 4, 5]])
+        self._n_guards = int(prog[12])
         self._n_slots = n_slots
         self._n_in, self._n_par, self._n_out = n_in, n_par, n_out
-        self._n_guards = len(guards)
         # Points per chunk: bounded working memory; huge tapes go one point at a time.
         self._chunk = int(max(1, min(CHUNK_MAX, WORKSPACE_VALUES // max(n_slots, 1))))
         if n_slots > _POINTWISE_SLOTS:
@@ -181,6 +195,52 @@ class Tape:
         # Large tapes reuse a per-thread workspace: allocating (and page-faulting) a big
         # one per call would cost more than the sweep.
         self._tls = threading.local() if n_slots > _REUSE_SLOTS else None
+
+    @classmethod
+    def _from_packed(cls, prog: np.ndarray, consts: np.ndarray, input_shapes: tuple = (),
+                     output_shapes: tuple = (), name: str = "") -> Tape:
+        """A tape over an existing packed program (e.g. in shared memory), not copied.
+
+        The program is decoded and fully validated first; it must be a C-contiguous int32
+        array and is used as it is (through a read-only view), so the caller must not
+        modify it afterwards.
+        """
+        prog = np.asarray(prog)
+        consts = np.asarray(consts)
+        if prog.dtype != np.int32 or prog.ndim != 1 or not prog.flags.c_contiguous:
+            raise TapeFormatError("a packed program must be a 1-D C-contiguous int32 array")
+        if consts.dtype != np.float64 or consts.ndim != 1 or not consts.flags.c_contiguous:
+            raise TapeFormatError("constants must be a 1-D C-contiguous float64 array")
+        if prog.size < HEADER:
+            raise TapeFormatError(f"a packed program has at least {HEADER} header fields")
+        h = prog[:HEADER].astype(np.int64)
+        n_in, n_par, n_out, n_instr, n_guards = h[3], h[4], h[5], h[6], h[12]
+        o_in, o_par, o_out, o_code, o_guard = h[7], h[8], h[9], h[10], h[13]
+        expect = (HEADER, o_in + n_in, o_par + n_par, o_out + n_out,
+                  o_code + ROW * n_instr, o_guard + 2 * n_guards)
+        if (h[11] != ROW or min(h) < 0 or (o_in, o_par, o_out, o_code, o_guard, prog.size)
+                != expect):
+            raise TapeFormatError("the packed program's header does not match its layout")
+        if h[1] != consts.size:
+            raise TapeFormatError(f"the program expects {h[1]} constants, got {consts.size}")
+        code = prog[o_code:o_guard].reshape(-1, ROW)
+        a = check_tape_arrays(
+            code[:, 0], code[:, 2:5], consts, prog[o_in:o_par], prog[o_par:o_out],
+            prog[o_out:o_code], prog[o_guard:].reshape(-1, 2), code[:, 5], code[:, 6:9],
+        )
+        if (not np.array_equal(a["results"], code[:, 1]) or h[0] != a["n_slots"]
+                or h[2] != h[1] + n_par):
+            raise TapeFormatError("the packed program's slot numbering is inconsistent")
+        tape = cls.__new__(cls)
+        tape._adopt(prog, consts, tuple(map(tuple, input_shapes)),
+                    tuple(map(tuple, output_shapes)), name)
+        return tape
+
+    def __reduce__(self):
+        # Pickles as the packed program and constants (two flat arrays): cheap, and
+        # validated again when unpickled.
+        return (_unpickle, (np.array(self._prog), np.array(self._consts), self.input_shapes,
+                            self.output_shapes, self.name))
 
     # -- structure -----------------------------------------------------------------------
     def __len__(self) -> int:
@@ -457,7 +517,8 @@ class Tape:
             Parameters, shape ``(n_params,)`` or ``(n_points, n_params)``.
         out : tuple of (ndarray or None, ndarray), optional
             ``(value_buffer, grad_buffer)``: value buffer of shape ``(n_points,)`` (or
-            ``None``; for one point it is ignored, the value is returned as a float) and
+            ``None``; for one point the value is returned as a float and also written
+            into a given buffer of shape ``()`` or ``(1,)``) and
             gradient buffer shaped like ``x``. An optimizer loop that passes them
             allocates nothing per call beyond the kernel's workspace.
         check : {"raise", "mask"}
@@ -521,7 +582,10 @@ class Tape:
         return res
 
     def gradient(self, x, params=None, out: np.ndarray | None = None, check: str = "raise"):
-        """Gradient of a one-output tape, shaped like ``x`` (see :meth:`value_and_grad`)."""
+        """Gradient of a one-output tape, shaped like ``x`` (see :meth:`value_and_grad`).
+
+        With ``check="mask"`` returns ``(gradient, valid)``.
+        """
         res = self.value_and_grad(x, params, out=(None, out), check=check)
         return (res[1], res[2]) if check == "mask" else res[1]
 
@@ -619,7 +683,8 @@ class Tape:
         -------
         float or ndarray
             ``J v``: ``(n_outputs,)`` or ``(n_points, n_outputs)``, the output axis dropped
-            when the tape has one output (as :meth:`forward`).
+            when the tape has one output (as :meth:`forward`). With ``check="mask"``,
+            ``(jv, valid)``.
         """
         self._check_arg(check)
         X, P, single = self._prepare(x, params)
@@ -656,7 +721,7 @@ class Tape:
         Returns
         -------
         ndarray
-            ``(..., n_outputs, n_inputs)``.
+            ``(..., n_outputs, n_inputs)``. With ``check="mask"``, ``(J, valid)``.
         """
         if mode not in ("auto", "forward", "reverse"):
             raise ValueError(f"mode must be 'auto', 'forward' or 'reverse'; got {mode!r}")
@@ -721,7 +786,7 @@ class Tape:
         Returns
         -------
         ndarray
-            ``H v``, shaped like ``x``.
+            ``H v``, shaped like ``x``. With ``check="mask"``, ``(hv, valid)``.
         """
         self._scalar_output("hvp")
         self._check_arg(check)
@@ -749,7 +814,7 @@ class Tape:
         Returns
         -------
         ndarray
-            ``(..., n_inputs, n_inputs)``.
+            ``(..., n_inputs, n_inputs)``. With ``check="mask"``, ``(H, valid)``.
         """
         self._scalar_output("hessian")
         self._check_arg(check)
@@ -761,3 +826,7 @@ class Tape:
         H, *mask = self._guarded(valid, check, (H,), single)
         H = H[0] if single else H
         return (H, *mask) if check == "mask" else H
+
+
+def _unpickle(prog, consts, input_shapes, output_shapes, name) -> Tape:
+    return Tape._from_packed(prog, consts, input_shapes, output_shapes, name)

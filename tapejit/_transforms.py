@@ -514,7 +514,7 @@ def hvp(
     Returns
     -------
     callable
-        ``h(*args, v)``: Hessian-vector product by one forward-over-reverse sweep.
+        ``h(*args, v=...)``: Hessian-vector product by one forward-over-reverse sweep.
     """
     cache = tape_cache(f)
     single = isinstance(argnums, int | np.integer)
