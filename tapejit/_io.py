@@ -99,7 +99,7 @@ def _decode_shapes(what: str, code: np.ndarray, n: int) -> tuple[tuple[int, ...]
                 "dimensions followed by that many sizes"
             )
         dims = tuple(vals[i + 1 : i + 1 + nd])
-        if any(d < 0 or d > n for d in dims):
+        if any(d < 0 for d in dims):
             raise TapeFormatError(f"{what}: entry {len(shapes)} has an invalid size {dims}")
         size = 1
         for d in dims:

@@ -220,32 +220,37 @@ def _relabel(p: _Prog, M: np.ndarray, keep: np.ndarray, consts: np.ndarray) -> _
 # ---------------------------------------------------------------------------------------
 # fold
 # ---------------------------------------------------------------------------------------
+def _columns(p: _Prog) -> tuple[list[int], ...]:
+    """Flat Python lists (no per-instruction containers, so no garbage-collector churn):
+    arity, sizes, first result, and the three operand columns."""
+    return (_ARITY[p.ops].tolist(), p.sizes.tolist(), p.results.tolist(),
+            p.args[:, 0].tolist(), p.args[:, 1].tolist(), p.args[:, 2].tolist())
+
+
+def _span(p: _Prog, i: int, j: int) -> list[int]:
+    """Operand slots of column ``j`` of block instruction ``i``, element by element."""
+    return (p.args[i, j] + p.strides[i, j] * np.arange(p.sizes[i])).tolist()
+
+
 def _foldable(p: _Prog, blocked: np.ndarray) -> np.ndarray:
     """Instructions whose operands are all constants or results of such instructions."""
     n = len(p.ops)
-    is_const = np.zeros(p.n_slots, dtype=bool)
-    is_const[: p.nc] = True
     fold = np.zeros(n, dtype=bool)
-    ar = _ARITY[p.ops].tolist()
-    args = p.args.tolist()
-    sizes = p.sizes.tolist()
-    strides = p.strides.tolist()
-    res = p.results.tolist()
-    ic = is_const.tolist()
+    ar, sizes, res, c0, c1, c2 = _columns(p)
+    ic = [True] * p.nc + [False] * (p.n_slots - p.nc)
     blk = blocked.tolist()
     for i in range(n):
         if blk[i]:
             continue
-        a, k, sz = args[i], ar[i], sizes[i]
+        k, sz = ar[i], sizes[i]
         if sz == 1:
-            ok = ic[a[0]] and (k < 2 or ic[a[1]]) and (k < 3 or ic[a[2]])
+            ok = ic[c0[i]] and (k < 2 or ic[c1[i]]) and (k < 3 or ic[c2[i]])
         else:
-            ok = all(
-                all(ic[a[j] + e * strides[i][j]] for e in range(sz)) for j in range(k)
-            )
+            ok = all(ic[s] for j in range(k) for s in _span(p, i, j))
         if ok:
             fold[i] = True
-            ic[res[i] : res[i] + sz] = [True] * sz
+            r = res[i]
+            ic[r : r + sz] = [True] * sz
     return fold
 
 
@@ -339,34 +344,30 @@ def _cse_once(p: _Prog, blocked: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     n, nc = len(p.ops), p.nc
     canon = list(range(p.n_slots))
     canon[:nc] = _const_reps(p.consts, blocked[:nc]).tolist()
-    seen: dict[tuple, int] = {}
+    seen: dict[object, int] = {}
     dup = np.zeros(n, dtype=bool)
     no_elim = _any_in(blocked, p).tolist()
     ops = p.ops.tolist()
-    ar = _ARITY[p.ops].tolist()
-    args = p.args.tolist()
-    sizes = p.sizes.tolist()
-    strides = p.strides.tolist()
-    res = p.results.tolist()
+    ar, sizes, res, c0, c1, c2 = _columns(p)
     swap = BIT_COMMUTATIVE
+    S = p.n_slots + 1
     for i in range(n):
-        op, k, sz, a = ops[i], ar[i], sizes[i], args[i]
-        key: tuple
+        op, k, sz = ops[i], ar[i], sizes[i]
+        key: object
         if sz == 1:
-            a0 = canon[a[0]]
-            a1 = canon[a[1]] if k > 1 else 0
-            a2 = canon[a[2]] if k > 2 else 0
-            if op in swap and a1 < a0:
+            a0 = canon[c0[i]]
+            a1 = canon[c1[i]] if k > 1 else 0
+            a2 = canon[c2[i]] if k > 2 else 0
+            if a1 < a0 and op in swap:
                 a0, a1 = a1, a0
-            key = (op, a0, a1, a2)
+            key = ((op * S + a0) * S + a1) * S + a2  # an int: no tuple to allocate
         else:
             parts: list[tuple] = []
             for j in range(3):
                 if j >= k:
                     parts.append((0, 0, 0))
                     continue
-                st = strides[i][j]
-                el = [canon[a[j] + e * st] for e in range(sz)]
+                el = [canon[s] for s in _span(p, i, j)]
                 d = el[1] - el[0]
                 if all(el[e] == el[0] + e * d for e in range(2, sz)):
                     parts.append((0, el[0], d))  # an evenly strided run
@@ -374,7 +375,7 @@ def _cse_once(p: _Prog, blocked: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
                     parts.append((1, tuple(el)))
             if op in swap and parts[1] < parts[0]:
                 parts[0], parts[1] = parts[1], parts[0]
-            key = (op, -sz, *parts)
+            key = (op, sz, *parts)
         r = seen.get(key)
         if r is None:
             seen[key] = res[i]
@@ -412,23 +413,25 @@ def _live(p: _Prog) -> np.ndarray:
     live = [False] * p.n_slots
     for s in p.outputs.tolist() + p.guards[:, 0].tolist():
         live[s] = True
-    ar = _ARITY[p.ops].tolist()
-    args = p.args.tolist()
-    sizes = p.sizes.tolist()
-    strides = p.strides.tolist()
-    res = p.results.tolist()
+    ar, sizes, res, c0, c1, c2 = _columns(p)
     for i in range(len(ar) - 1, -1, -1):
         r, sz = res[i], sizes[i]
-        if not (live[r] if sz == 1 else any(live[r : r + sz])):
+        if sz == 1:
+            if live[r]:
+                k = ar[i]
+                live[c0[i]] = True
+                if k > 1:
+                    live[c1[i]] = True
+                    if k > 2:
+                        live[c2[i]] = True
             continue
-        a, k = args[i], ar[i]
-        for j in range(k):
-            st = strides[i][j]
-            if sz == 1 or st == 0:
-                live[a[j]] = True
-            else:
-                lo, hi = sorted((a[j], a[j] + (sz - 1) * st))
-                live[lo : hi + 1] = [True] * (hi - lo + 1)
+        if not any(live[r : r + sz]):
+            continue
+        for j in range(ar[i]):
+            st = int(p.strides[i, j])
+            a = int(p.args[i, j])
+            lo, hi = sorted((a, a + (sz - 1) * st))
+            live[lo : hi + 1] = [True] * (hi - lo + 1)
     return np.array(live, dtype=bool)
 
 
