@@ -5,9 +5,9 @@ leaves, i.e. inputs and parameters, come first, then one node per instruction, i
 recording order) and ``< 0`` for a constant (``-1 - k`` is entry ``k`` of the constant
 pool). A traced array is a numpy array of ids, so slicing, broadcasting and fancy
 indexing are plain numpy index arithmetic, and an elementwise op on ``n`` elements is
-recorded with a handful of vectorized numpy calls, usually as one block instruction. Elements whose operands
-are all constants are folded with the op's numpy reference and never become
-instructions.
+recorded with a handful of vectorized numpy calls, usually as one block instruction.
+Elements whose operands are all constants are folded with the op's numpy reference and
+never become instructions.
 
 The recorder also keeps the *value* of every node at the recording point (computed with
 the op's numpy reference, vectorized), so that Python control flow on a traced value can
