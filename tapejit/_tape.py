@@ -29,6 +29,8 @@ that buffer.
 
 from __future__ import annotations
 
+import os
+import sys
 import threading
 
 import numba
@@ -56,12 +58,49 @@ _REUSE_SLOTS = 4096
 _DIR_BLOCK = 16
 
 _K = None
+_NOTICE_SHOWN = False
+
+
+class _Kernels:
+    """The generated kernel module, with a one-line notice before a first compile.
+
+    Attribute lookups go through ``__getattr__`` only the first time per kernel; the
+    kernel is then cached on the instance, so the hot path pays nothing.
+    """
+
+    def __init__(self, module) -> None:
+        self._module = module
+
+    def __getattr__(self, name: str):
+        fn = getattr(self._module, name)
+        _notice_if_cold(fn)
+        setattr(self, name, fn)
+        return fn
+
+
+def _notice_if_cold(fn) -> None:
+    """Tell the user (once per process) that interpreters are being compiled."""
+    global _NOTICE_SHOWN
+    if _NOTICE_SHOWN or os.environ.get("TAPEJIT_QUIET"):
+        return
+    try:
+        index = fn._cache._cache_file._index_path  # Numba's on-disk cache index
+    except AttributeError:
+        return
+    if not os.path.exists(index):
+        _NOTICE_SHOWN = True
+        print(
+            "tapejit: compiling its interpreters for this machine (first use only, up to "
+            f"a few minutes; cached in {os.path.dirname(os.path.dirname(index))})",
+            file=sys.stderr,
+            flush=True,
+        )
 
 
 def _kernels():
     global _K
     if _K is None:
-        _K = load_kernels()
+        _K = _Kernels(load_kernels())
     return _K
 
 
