@@ -72,8 +72,8 @@ _OP_NAMES = [op.name for op in tapejit.OPS] if tapejit is not None else []
 class OpSweeps:
     """Forward, reverse, tangent and second-order sweeps of each op."""
 
-    params = [_OP_NAMES, ["forward", "gradient", "jvp", "hvp"]]
-    param_names = ["op", "sweep"]
+    params = (_OP_NAMES, ["forward", "gradient", "jvp", "hvp"])
+    param_names = ("op", "sweep")
     timeout = 600
 
     def setup(self, name, sweep):
@@ -105,8 +105,8 @@ class OpSweeps:
 class OpNumpyBaseline:
     """The same elementwise work in plain numpy (values only), for scale."""
 
-    params = [_OP_NAMES]
-    param_names = ["op"]
+    params = (_OP_NAMES,)
+    param_names = ("op",)
 
     def setup(self, name):
         if tapejit is None:
