@@ -207,6 +207,77 @@ def _forward(point: bool) -> str:
     return "\n".join(lines)
 
 
+def _ndiff(op: Op) -> int:
+    """Operands up to the last one with a nonzero partial (0: a zero-derivative op)."""
+    ks = _nonzero_partials(op)
+    return ks[-1] + 1 if ks else 0
+
+
+def _ndiff_table() -> str:
+    table = [0] * 128
+    for op in OPS:
+        table[op.code] = _ndiff(op)
+    return f"_NDIFF = {tuple(table)!r}  # by opcode: operands with stored partials"
+
+
+def _forward_partials() -> str:
+    """Chunk forward sweep that also stores every local partial for the reverse sweep.
+
+    ``D[3 * (s - nf) + k]`` holds the partial of result slot ``s`` with respect to its
+    operand ``k`` (0 where the op has fewer operands or a zero partial), ``nf`` being
+    the first result slot. Computing a value and its partials in one loop lets LLVM
+    share work between them (``sin`` and ``cos`` of one argument), and leaves the
+    reverse sweep only multiply-adds, which vectorize.
+    """
+    lines = _header("forward_partials_chunk", "prog, W, D, m", False)
+    lines.insert(3, "    nf = prog[2] + prog[3]")
+    kw = "if"
+    for op in _dispatch_order():
+        used = sorted({v for e in (op.value, *op.partials) for v in _uses(e)} - {"r"},
+                      key="abc".index)
+        body = _Body(False, "            ")
+        body.views(used)
+        body.add("wr = W[jr]")
+        body.add("q = 3 * (jr - nf)")
+        for k in range(_ndiff(op)):
+            body.add(f"d{k} = D[q + {k}]")
+        body.add("for p in range(m):")
+        body.loads(used, 1)
+        body.add(f"r = {op.value}", 1)
+        body.add("wr[p] = r", 1)
+        for k in range(_ndiff(op)):
+            body.add(f"d{k}[p] = {op.partials[k]}", 1)
+        lines += _case(kw, op, body.lines)
+        kw = "elif"
+    return "\n".join(lines)
+
+
+def _reverse_stored() -> str:
+    """Chunk reverse sweep over partials stored by ``forward_partials_chunk``: no
+    per-op code at all, each operand's adjoint gains ``A[result] * D[partial]``."""
+    lines = _header("reverse_stored_chunk", "prog, A, D, m", True)
+    lines.insert(3, "    nf = prog[2] + prog[3]")
+    lines += [
+        "        nk = _NDIFF[op]",
+        "        for e in range(n):",
+        "            jr = ir + e",
+        "            gr = A[jr]",
+        "            q = 3 * (jr - nf)",
+    ]
+    for k, (slot, start, stride) in enumerate(
+        (("ja", "ia", "sa"), ("jb", "ib", "sb"), ("jc", "ic", "sc"))
+    ):
+        lines += [
+            f"            {slot} = {start} + e * {stride}",
+            f"            if nk > {k} and {slot} >= nd:",
+            f"                ga = A[{slot}]",
+            f"                dk = D[q + {k}]",
+            "                for p in range(m):",
+            "                    ga[p] += _azmul(gr[p], dk[p])",
+        ]
+    return "\n".join(lines)
+
+
 def _reverse(point: bool) -> str:
     args = "prog, W, A" if point else "prog, W, A, m"
     lines = _header("reverse_point_sweep" if point else "reverse_chunk", args, True)
@@ -410,8 +481,12 @@ def generate_source() -> str:
         "from numba import njit as _njit, prange",
         _NJIT,
         HELPERS,
-        *(f(point) for f in (_forward, _reverse, _forward_tangent, _reverse_hvp)
+        *(f(point) for f in (_forward, _forward_tangent, _reverse_hvp)
           for point in (False, True)),
+        _reverse(True),
+        _ndiff_table(),
+        _forward_partials(),
+        _reverse_stored(),
         _drivers.SUPPORT,
         _drivers.POINT,
         *(_drivers.BATCH.replace("{PAR}", par).replace("{SUF}", suf).replace("{RANGE}", rng)

@@ -314,17 +314,18 @@ def vjp_batch_{SUF}(prog, consts, X, P, WT, Y, G, valid, chunk, nthreads):
     for t in {RANGE}(nt):
         W = np.empty((prog[0], chunk))
         A = np.empty((prog[0], chunk))
+        D = np.empty((3 * (prog[0] - prog[2] - prog[3]), chunk))
         _fill_fixed(prog, consts, P, W)
         for c in range(t, nchunks, nt):
             p0 = c * chunk
             m = min(chunk, n - p0)
             _load(prog, X, P, W, p0, m)
-            forward_chunk(prog, W, m)
+            forward_partials_chunk(prog, W, D, m)
             _check_guards(prog, W, valid, p0, m)
             _store_outputs(prog, W, Y, p0, m)
             _zero_adjoints(prog, A, m)
             _seed(prog, WT, A, p0, m)
-            reverse_chunk(prog, W, A, m)
+            reverse_stored_chunk(prog, A, D, m)
             _store_grad(prog, A, G, p0, m)
 
 
@@ -338,12 +339,13 @@ def jacrev_batch_{SUF}(prog, consts, X, P, Y, J, valid, chunk, nthreads):
     for t in {RANGE}(nt):
         W = np.empty((prog[0], chunk))
         A = np.empty((prog[0], chunk))
+        D = np.empty((3 * (prog[0] - prog[2] - prog[3]), chunk))
         _fill_fixed(prog, consts, P, W)
         for c in range(t, nchunks, nt):
             p0 = c * chunk
             m = min(chunk, n - p0)
             _load(prog, X, P, W, p0, m)
-            forward_chunk(prog, W, m)
+            forward_partials_chunk(prog, W, D, m)
             _check_guards(prog, W, valid, p0, m)
             _store_outputs(prog, W, Y, p0, m)
             for k in range(prog[5]):
@@ -351,7 +353,7 @@ def jacrev_batch_{SUF}(prog, consts, X, P, Y, J, valid, chunk, nthreads):
                 s = prog[oo + k]
                 for p in range(m):
                     A[s, p] += 1.0
-                reverse_chunk(prog, W, A, m)
+                reverse_stored_chunk(prog, A, D, m)
                 for j in range(prog[3]):
                     s = prog[oi + j]
                     for p in range(m):
