@@ -111,20 +111,94 @@ _COMBOS = {
     2: ["vv", "sv", "vs"],
     3: ["vvv", "vvs", "vsv", "vss"],
 }
+# Ops with block fast paths: the cheap ones, where vectorizing pays. An op that calls a
+# libm function per element (exp, sin, ...) runs as fast in the generic loop, and every
+# fast path is code that Numba must compile (minutes for the whole table).
+_FAST_OPS = {"add", "sub", "mul", "div", "neg", "square", "reciprocal", "abs", "maximum",
+             "minimum", "where", "clip"}
+# Binary ops that also get the broadcast (``sv``/``vs``) paths.
+_BROADCAST_FAST = {"add", "sub", "mul", "div", "maximum", "minimum"}
 
 
-def _fast_paths(op: Op, reverse: bool) -> list[str]:
+class _Body:
+    """Per-op code in one of two shapes: a chunk (rows of ``m`` points, the point loop
+    innermost) or a single point (scalars)."""
+
+    def __init__(self, point: bool, ind: str) -> None:
+        self.point = point
+        self.ind = ind
+        self.lines: list[str] = []
+
+    def add(self, line: str, extra: int = 0) -> None:
+        self.lines.append(self.ind + "    " * extra + line)
+
+    def loads(self, names: list[str], extra: int = 0) -> None:
+        """Make operand values ``a, b, c, r`` available (inside the point loop)."""
+        for v in names:
+            self.add(f"{v} = W[{_SLOT[v]}]" if self.point else f"{v} = w{v}[p]", extra)
+
+    def views(self, names: list[str]) -> None:
+        if not self.point:
+            for v in names:
+                self.add(f"w{v} = W[{_SLOT[v]}]")
+
+
+def _fast_paths(op: Op) -> list[str]:
     """Block fast paths of one point: every operand either contiguous (stride 1, read
     through a view, ``v``) or one slot broadcast (stride 0, a scalar, ``s``). These loops
     have no per-element index arithmetic or branches, so LLVM vectorizes them.
-
-    Reverse: an operand range is either all differentiable (``>= nd``) or all not;
-    a range straddling ``nd`` takes the generic loop.
     """
+    if op.name not in _FAST_OPS:
+        return []
     names = "abc"[: op.arity]
+    combos = _COMBOS[op.arity]
+    if op.arity == 2 and op.name not in _BROADCAST_FAST:
+        combos = combos[:1]
+    used = [v for v in _uses(op.value) if v != "r"]
     out: list[str] = []
     kw = "if"
-    for combo in _COMBOS[op.arity]:
+    for combo in combos:
+        mode = dict(zip(names, combo, strict=True))
+        cond = ["n > 1"] + [f"s{x} == {1 if m == 'v' else 0}" for x, m in mode.items()]
+        out.append(f"{kw} {' and '.join(cond)}:")
+        kw = "elif"
+        out += [f"    w{x} = W[i{x} : i{x} + n]" if mode[x] == "v" else f"    {x} = W[i{x}]"
+                for x in used]
+        out.append("    wr = W[ir : ir + n]")
+        out.append("    for e in range(n):")
+        out += [f"        {x} = w{x}[e]" for x in used if mode[x] == "v"]
+        out.append(f"        wr[e] = {op.value}")
+    return out
+
+
+def _forward_point() -> str:
+    """One-point forward sweep (values only)."""
+    lines = _header("forward_point_sweep", "prog, W", False)
+    kw = "if"
+    for op in _dispatch_order():
+        used = [v for v in _uses(op.value) if v != "r"]
+        body = _Body(True, "            ")
+        body.loads(used)
+        body.add(f"W[jr] = {op.value}")
+        lines += _case(kw, op, body.lines, fast=_fast_paths(op))
+        kw = "elif"
+    return "\n".join(lines)
+
+
+def _fast_paths_reverse(op: Op) -> list[str]:
+    """Reverse block fast paths of one point (see :func:`_fast_paths`): adjoints
+    recomputed from the values, an operand range either all differentiable (``>= nd``)
+    or all not; a range straddling ``nd`` takes the generic loop."""
+    if op.name not in _FAST_OPS:
+        return []
+    reverse = True
+    names = "abc"[: op.arity]
+    combos = _COMBOS[op.arity]
+    if op.arity == 2 and op.name not in _BROADCAST_FAST:
+        combos = combos[:1]
+    out: list[str] = []
+    kw = "if"
+    for combo in combos:
         mode = dict(zip(names, combo, strict=True))
         cond = ["n > 1"] + [f"s{x} == {1 if m == 'v' else 0}" for x, m in mode.items()]
         if reverse:
@@ -163,46 +237,46 @@ def _fast_paths(op: Op, reverse: bool) -> list[str]:
     return out
 
 
-class _Body:
-    """Per-op code in one of two shapes: a chunk (rows of ``m`` points, the point loop
-    innermost) or a single point (scalars)."""
+def _reverse_point() -> str:
+    """One-point reverse sweep, recomputing each partial from the values.
 
-    def __init__(self, point: bool, ind: str) -> None:
-        self.point = point
-        self.ind = ind
-        self.lines: list[str] = []
+    An element with a zero adjoint sends nothing back (zero times anything is zero), so
+    it is skipped before its partials are computed.
+    """
+    lines = _header("reverse_point_sweep", "prog, W, A", True)
+    pre = ("g = A[jr]", "if g == 0.0:", "    continue")
+    kw = "if"
+    for op in _dispatch_order():
+        ks = _nonzero_partials(op)
+        if not ks:  # zero-derivative op
+            continue
+        body = _Body(True, "            ")
+        for k in ks:
+            pk, slot = op.partials[k], _SLOTS[k]
+            body.add(f"if {slot} >= nd:")
+            body.loads(_uses(pk), 1)
+            if pk in ("1.0", "-1.0"):
+                body.add(f"A[{slot}] {'+' if pk == '1.0' else '-'}= g", 1)
+            else:
+                body.add(f"A[{slot}] += _azmul(g, {pk})", 1)
+        lines += _case(kw, op, body.lines, pre, _fast_paths_reverse(op))
+        kw = "elif"
+    return "\n".join(lines)
 
-    def add(self, line: str, extra: int = 0) -> None:
-        self.lines.append(self.ind + "    " * extra + line)
 
-    def loads(self, names: list[str], extra: int = 0) -> None:
-        """Make operand values ``a, b, c, r`` available (inside the point loop)."""
-        for v in names:
-            self.add(f"{v} = W[{_SLOT[v]}]" if self.point else f"{v} = w{v}[p]", extra)
-
-    def views(self, names: list[str]) -> None:
-        if not self.point:
-            for v in names:
-                self.add(f"w{v} = W[{_SLOT[v]}]")
-
-
-def _forward(point: bool) -> str:
-    args = "prog, W" if point else "prog, W, m"
-    lines = _header("forward_point_sweep" if point else "forward_chunk", args, False)
+def _forward() -> str:
+    """Chunk forward sweep (values only)."""
+    lines = _header("forward_chunk", "prog, W, m", False)
     kw = "if"
     for op in _dispatch_order():
         used = [v for v in _uses(op.value) if v != "r"]
-        body = _Body(point, "            ")
-        if point:
-            body.loads(used)
-            body.add(f"W[jr] = {op.value}")
-        else:
-            body.views(used)
-            body.add("wr = W[jr]")
-            body.add("for p in range(m):")
-            body.loads(used, 1)
-            body.add(f"wr[p] = {op.value}", 1)
-        lines += _case(kw, op, body.lines, fast=_fast_paths(op, False) if point else ())
+        body = _Body(False, "            ")
+        body.views(used)
+        body.add("wr = W[jr]")
+        body.add("for p in range(m):")
+        body.loads(used, 1)
+        body.add(f"wr[p] = {op.value}", 1)
+        lines += _case(kw, op, body.lines)
         kw = "elif"
     return "\n".join(lines)
 
@@ -275,44 +349,6 @@ def _reverse_stored() -> str:
             "                for p in range(m):",
             "                    ga[p] += _azmul(gr[p], dk[p])",
         ]
-    return "\n".join(lines)
-
-
-def _reverse(point: bool) -> str:
-    args = "prog, W, A" if point else "prog, W, A, m"
-    lines = _header("reverse_point_sweep" if point else "reverse_chunk", args, True)
-    # One point: an element with a zero adjoint sends nothing back (zero times anything
-    # is zero), so it is skipped before its partials are computed.
-    pre = ("g = A[jr]", "if g == 0.0:", "    continue") if point else ()
-    kw = "if"
-    for op in _dispatch_order():
-        ks = _nonzero_partials(op)
-        if not ks:  # zero-derivative op
-            continue
-        body = _Body(point, "            ")
-        if not point:
-            body.add("gr = A[jr]")
-        for k in ks:
-            pk, slot = op.partials[k], _SLOTS[k]
-            body.add(f"if {slot} >= nd:")
-            if point:
-                body.loads(_uses(pk), 1)
-                if pk in ("1.0", "-1.0"):
-                    body.add(f"A[{slot}] {'+' if pk == '1.0' else '-'}= g", 1)
-                else:
-                    body.add(f"A[{slot}] += _azmul(g, {pk})", 1)
-                continue
-            body.add(f"ga = A[{slot}]", 1)
-            for v in _uses(pk):
-                body.add(f"w{v} = W[{_SLOT[v]}]", 1)
-            body.add("for p in range(m):", 1)
-            if pk in ("1.0", "-1.0"):
-                body.add(f"ga[p] {'+' if pk == '1.0' else '-'}= gr[p]", 2)
-            else:
-                body.loads(_uses(pk), 2)
-                body.add(f"ga[p] += _azmul(gr[p], {pk})", 2)
-        lines += _case(kw, op, body.lines, pre, _fast_paths(op, True) if point else ())
-        kw = "elif"
     return "\n".join(lines)
 
 
@@ -481,12 +517,13 @@ def generate_source() -> str:
         "from numba import njit as _njit, prange",
         _NJIT,
         HELPERS,
-        *(f(point) for f in (_forward, _forward_tangent, _reverse_hvp)
-          for point in (False, True)),
-        _reverse(True),
         _ndiff_table(),
+        _forward(),
+        _forward_point(),
+        _reverse_point(),
         _forward_partials(),
         _reverse_stored(),
+        *(f(point) for f in (_forward_tangent, _reverse_hvp) for point in (False, True)),
         _drivers.SUPPORT,
         _drivers.POINT,
         *(_drivers.BATCH.replace("{PAR}", par).replace("{SUF}", suf).replace("{RANGE}", rng)

@@ -1,6 +1,6 @@
 """Numba source of the kernel drivers: workspaces, chunking, threads, entry points.
 
-The sweeps themselves (``forward_chunk``, ``reverse_point_sweep``, ...) are generated
+The sweeps themselves (``forward_chunk``, ``reverse_stored_chunk``, ...) are generated
 from the op table by ``_codegen.py``; the drivers here call them. This is source text,
 not code: ``_codegen.generate_source`` puts it into the one generated module, so Numba's
 cache of every kernel is keyed on the whole source, table included.

@@ -50,6 +50,13 @@ def _release_rows(arr, r0: int, r1: int) -> None:
         pass
 
 
+def _column_sums(a: np.ndarray) -> np.ndarray:
+    """Sums of the columns of a C-ordered ``(m, k)`` block (pairwise, so accurate)."""
+    if a.shape[1] <= 16:  # numpy's axis-0 sum is slow for a few columns: one at a time
+        return np.array([a[:, j].sum() for j in range(a.shape[1])])
+    return a.sum(axis=0)
+
+
 def _open_points(points, n: int, what: str):
     """A ``(n_points, n)`` array-like from a path (memory-mapped) or an array."""
     if isinstance(points, (str, os.PathLike)):
@@ -179,6 +186,7 @@ def evaluate_file(
     # Outputs: memmapped files, in-memory arrays, or nothing (reduction).
     vo = go = fo = None  # value, gradient, forward outputs (n-sized), when stored
     ret = None
+    both = None  # value_and_grad into a single (n, 1 + n_inputs) file
     files = []  # output memmaps, whose pages are released after each block
     if reduce is None:
         fshape = (n,) if n_out == 1 else (n, n_out)
@@ -201,8 +209,7 @@ def evaluate_file(
             files = [vo, go]
         elif method == "value_and_grad":
             both = _out_file(out_path, (n, 1 + n_in))
-            vo, go = both[:, 0], both[:, 1:]
-            ret = (vo, go)
+            ret = (both[:, 0], both[:, 1:])
             files = [both]
         elif method == "forward":
             fo = _out_file(out_path, fshape)
@@ -219,6 +226,8 @@ def evaluate_file(
     yb = np.empty((block_points, n_out)) if method == "forward" else None
     vb = np.empty(block_points) if method == "value_and_grad" else None
     gb = np.empty((block_points, n_in)) if method != "forward" else None
+    # One output array of rows (value, gradient): rows assembled here, written at once.
+    cb = np.empty((block_points, 1 + n_in)) if both is not None else None
     acc_v = 0.0 if method == "value_and_grad" else None
     acc_y = np.zeros(n_out) if method == "forward" else None
     acc_g = np.zeros(n_in) if method != "forward" else None
@@ -239,7 +248,7 @@ def evaluate_file(
             y = yb[:m]
             tape.forward(x, p, out=y if n_out > 1 else y.reshape(m))
             if reduce is not None:
-                acc_y += y.sum(axis=0)
+                acc_y += _column_sums(y)
             else:
                 fo[r0:r1] = y if n_out > 1 else y[:, 0]
         else:
@@ -250,9 +259,14 @@ def evaluate_file(
             else:
                 tape.gradient(x, p, out=g)
             if reduce is not None:
-                acc_g += g.sum(axis=0)
+                acc_g += _column_sums(g)
                 if vb is not None:
                     acc_v += float(v.sum())
+            elif both is not None:
+                c = cb[:m]
+                c[:, 0] = v
+                c[:, 1:] = g
+                both[r0:r1] = c
             else:
                 go[r0:r1] = g
                 if vo is not None:
