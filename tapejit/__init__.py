@@ -8,6 +8,7 @@
 
 from . import optimize
 from ._errors import BranchError, TracingError
+from ._io import load_tape as load
 from ._ops import OPS, Op
 from ._record import record, stop_gradient
 from ._tape import Tape
@@ -39,6 +40,7 @@ __all__ = [
     "hvp",
     "jacobian",
     "jvp",
+    "load",
     "optimize",
     "record",
     "stop_gradient",

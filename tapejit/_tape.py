@@ -418,6 +418,53 @@ class Tape:
         lines.append(f"  return {outs}")
         return "\n".join(lines)
 
+    # -- files, pictures, passes (implemented in _io, _show and _passes) ---------------------
+    def save(self, path) -> None:
+        """Write the tape to a versioned ``.npz`` of plain arrays (see :func:`tapejit.load`).
+
+        Parameters
+        ----------
+        path : str or path-like or binary file
+        """
+        from ._io import save_tape
+
+        save_tape(self, path)
+
+    def table(self, x, params=None, wrt: int | None = None, **kwargs) -> str:
+        """The Wengert list at one point: each node's operation, value, forward tangent
+        ``d v / d x[wrt]`` and reverse adjoint (see :func:`tapejit._show.table`)."""
+        from ._show import table
+
+        return table(self, x, params, wrt, **kwargs)
+
+    def to_dot(self, x=None, params=None) -> str:
+        """The computation as a Graphviz DOT graph; with ``x``, values on the nodes and
+        the local partial derivatives at ``x`` on the edges."""
+        from ._show import to_dot
+
+        return to_dot(self, x, params)
+
+    def render(self, path, x=None, params=None) -> str:
+        """Render :meth:`to_dot` to SVG or PNG (by the extension of ``path``) with
+        Graphviz's ``dot``; ``RuntimeError`` when Graphviz is not installed."""
+        from ._show import render, to_dot
+
+        return render(to_dot(self, x, params), path)
+
+    def stats(self) -> dict:
+        """Op counts, instructions, slots, bytes and peak live values."""
+        from ._passes import stats
+
+        return stats(self)
+
+    def optimize(self, passes=("fold", "cse", "dce"), *, report: bool = False):
+        """A new tape after constant folding, common-subexpression and dead-code
+        elimination (each optional); results are bit-identical (see ``_passes``).
+        With ``report=True`` also returns the per-pass instruction counts."""
+        from ._passes import optimize
+
+        return optimize(self, passes, report=report)
+
     # -- argument handling ---------------------------------------------------------------
     def _params(self, params, n_points: int | None) -> np.ndarray:
         """Parameters as ``(1, n_params)`` or ``(n_points, n_params)``; 1-D for one point."""

@@ -1,0 +1,42 @@
+"""The main job, ``tapejit demo``, end to end (small sizes)."""
+
+import importlib.util
+import io
+
+import numpy as np
+
+from tapejit._cli import main
+from tapejit._demo import run
+
+
+def test_demo_runs_end_to_end(tmp_path):
+    out = io.StringIO()
+    result = run(n_points=5000, steps=200, out_dir=str(tmp_path), out=out)
+    text = out.getvalue()
+    v, g = result["seed"]
+    assert abs(v - (np.log(2) + 10 - np.sin(5))) < 1e-12
+    np.testing.assert_allclose(g, [5.5, 2 - np.cos(5)], rtol=1e-14)
+    assert "11.6521" in text and "0.693147" in text  # the Wengert table of seed 001
+    assert abs(result["w"] - 1.5) < 0.05  # the fit recovers the frequency
+    assert result["throughput"] > 0
+    if importlib.util.find_spec("matplotlib") is not None:
+        names = sorted(p.name for p in result["pictures"])
+        assert names == ["fit.png", "graph.png", "loss.png"]
+        assert all(p.stat().st_size > 1000 for p in result["pictures"])
+    else:
+        assert "pip install 'tapejit[plot]'" in text
+
+
+def test_demo_command_exit_code(tmp_path, capsys):
+    code = main(["demo", "--points", "1000", "--steps", "5", "--no-pictures"])
+    assert code == 0
+    assert "found w =" in capsys.readouterr().out
+
+
+def test_demo_rejects_bad_points(capsys):
+    try:
+        main(["demo", "--points", "0"])
+    except SystemExit as exc:
+        assert exc.code == 2
+    else:
+        raise AssertionError("--points 0 was accepted")

@@ -1,0 +1,587 @@
+"""Saving and loading tapes (``tapejit._io``).
+
+* Round trips give bit-identical results (forward, gradient, Jacobian, Hessian, guards)
+  for recorded functions with parameters, several outputs, constants, guards, and for
+  hand-built tapes.
+* The format-version-1 fixture ``tests/data/tape_v1.npz`` keeps loading and gives known
+  numbers.
+* Every malformed file raises ``TapeFormatError`` naming the problem, and nothing else:
+  hand-crafted files (wrong dtypes, shapes, versions, fingerprints, slot references,
+  opcodes, sizes) and hypothesis fuzzing (bit flips, truncations and insertions of the
+  whole file; the same inside one member of an otherwise valid archive; random arrays in
+  a valid archive). A file that does load is evaluated, so a tape that slipped through
+  validation would crash the kernels here.
+"""
+
+from __future__ import annotations
+
+import io
+import math
+import zipfile
+from pathlib import Path
+
+import numpy as np
+import pytest
+from hypothesis import HealthCheck, event, given, settings
+from hypothesis import strategies as st
+
+import tapejit
+from tapejit import Tape, TapeFormatError
+from tapejit._io import FORMAT_VERSION, load_tape, save_tape
+from tapejit._ops import OPS, fingerprint
+
+DATA = Path(__file__).resolve().parent / "data"
+
+
+# ---------------------------------------------------------------------------------------
+# tapes
+# ---------------------------------------------------------------------------------------
+def seed(x1, x2):
+    return np.log(x1) + x1 * x2 - np.sin(x2)
+
+
+def with_params(x, p):
+    return p[0] * np.sum(np.sin(x * p[1])) + np.hypot(x[0], p[2])
+
+
+def multi(x):
+    return x[0] * x[1], np.exp(-x[2]) * np.array([1.0, 2.0, -0.0]), x[2]
+
+
+def consts(x):
+    big = np.linspace(-1.0, 1.0, 80)  # a large constant pool, not deduplicated
+    return np.sum(big * x[0]) + np.nan * 0.0 + x[1] * -0.0 + np.maximum(x[1], np.inf)
+
+
+def guarded(x):
+    if x[0] > 0.0:
+        return x[0] ** 2 * x[1]
+    return -x[1]
+
+
+def _bits(a):
+    a = np.ascontiguousarray(np.asarray(a, dtype=np.float64))
+    return a.view(np.uint64)
+
+
+def assert_same_bits(a, b):
+    assert np.shape(a) == np.shape(b)
+    np.testing.assert_array_equal(_bits(a), _bits(b))
+
+
+@pytest.fixture(scope="module")
+def tapes():
+    return {
+        "seed": (tapejit.record(seed, 2.0, 5.0), None, 2),
+        "params": (tapejit.record(with_params, np.ones(3), np.ones(3), argnums=0),
+                   np.array([0.5, 1.5, 2.0]), 3),
+        "multi": (tapejit.record(multi, np.ones(3)), None, 3),
+        "consts": (tapejit.record(consts, np.ones(2)), None, 2),
+        "guarded": (tapejit.record(guarded, np.array([1.0, 2.0])), None, 2),
+    }
+
+
+def roundtrip(tape, tmp_path=None):
+    if tmp_path is None:
+        buf = io.BytesIO()
+        save_tape(tape, buf)
+        buf.seek(0)
+        return load_tape(buf)
+    path = tmp_path / "t.tape"  # any name: nothing is appended
+    save_tape(tape, path)
+    assert path.exists() and not (tmp_path / "t.tape.npz").exists()
+    return load_tape(path)
+
+
+@pytest.mark.parametrize("which", ["seed", "params", "multi", "consts", "guarded"])
+def test_roundtrip_bit_identical(tapes, which, tmp_path):
+    tape, p, n_in = tapes[which]
+    back = roundtrip(tape, tmp_path)
+    assert back.listing(None) == tape.listing(None)
+    for attr in ("opcodes", "args", "sizes", "strides", "inputs", "params", "outputs",
+                 "guards"):
+        assert np.array_equal(getattr(back, attr), getattr(tape, attr)), attr
+    assert_same_bits(back.consts, tape.consts)  # -0.0 and NaN payloads included
+    assert back.input_shapes == tape.input_shapes
+    assert back.output_shapes == tape.output_shapes
+    assert back.name == tape.name
+    rng = np.random.default_rng(1)
+    X = rng.uniform(0.2, 3.0, size=(600, n_in))  # > 2 chunks: parallel kernels too
+    for x in (X, X[0]):
+        assert_same_bits(back.forward(x, p, check="mask")[0], tape.forward(x, p, check="mask")[0])
+        assert_same_bits(back.jacobian(x, p, check="mask")[0],
+                         tape.jacobian(x, p, check="mask")[0])
+        if tape.n_outputs == 1:
+            assert_same_bits(back.gradient(x, p, check="mask")[0],
+                             tape.gradient(x, p, check="mask")[0])
+            assert_same_bits(back.hessian(x, p, check="mask")[0],
+                             tape.hessian(x, p, check="mask")[0])
+
+
+def test_roundtrip_file_object_and_pathlike(tapes, tmp_path):
+    tape = tapes["multi"][0]
+    assert roundtrip(tape).listing() == tape.listing()
+    save_tape(tape, str(tmp_path / "a.npz"))
+    assert load_tape(str(tmp_path / "a.npz")).listing() == tape.listing()
+
+
+def test_roundtrip_hand_built_tapes():
+    # no instructions, output is an input; and an output that is a constant
+    t = Tape(np.zeros(0, np.uint8), np.zeros((0, 3), np.int32), np.array([7.5]),
+             np.array([1]), np.zeros(0, int), np.array([1, 0]))
+    back = roundtrip(t)
+    assert back.input_shapes == () and back.output_shapes == ()
+    assert back.forward(np.array([2.0])).tolist() == [2.0, 7.5]
+    # nothing at all
+    t = Tape(np.zeros(0, np.uint8), np.zeros((0, 3), np.int32), np.zeros(0),
+             np.zeros(0, int), np.zeros(0, int), np.zeros(0, int))
+    assert len(roundtrip(t)) == 0
+
+
+def test_save_refuses_what_load_would_refuse(tmp_path):
+    t = Tape(np.array([18]), np.array([[0, 0, 0]]), np.zeros(0), np.array([0]),
+             np.zeros(0, int), np.array([1]), input_shapes=((3,),))
+    with pytest.raises(ValueError, match="input_shapes describe 3 values but the tape has 1"):
+        save_tape(t, tmp_path / "t.npz")
+    assert not list(tmp_path.iterdir())  # nothing written, no temporary left
+    with pytest.raises(TypeError, match=r"needs a tapejit\.Tape"):
+        save_tape("not a tape", tmp_path / "t.npz")
+
+
+# ---------------------------------------------------------------------------------------
+# the version-1 fixture
+# ---------------------------------------------------------------------------------------
+def test_fixture_v1_loads_and_gives_known_numbers():
+    path = DATA / "tape_v1.npz"
+    try:
+        tape = load_tape(path)
+    except TapeFormatError as exc:  # pragma: no cover - message for the maintainer
+        if "op table changed" in str(exc):
+            pytest.fail(
+                "the op table changed, so tape files written before are refused. If that "
+                "is intended, regenerate the fixture: python tests/data/make_fixtures.py"
+            )
+        raise
+    assert tape.name == "fixture"
+    assert (tape.n_inputs, tape.n_params, tape.n_outputs, tape.n_guards) == (2, 1, 2, 1)
+    assert tape.input_shapes == ((2,),) and tape.output_shapes == ((), ())
+    with zipfile.ZipFile(path) as zf:
+        assert int(np.load(zf.open("format_version.npy"))) == 1
+    x, p = np.array([2.0, 5.0]), np.array([3.0])
+    y, z = tape.forward(x, p)
+    assert y == pytest.approx(math.log(2.0) + 10.0 - math.sin(5.0), rel=1e-15)
+    assert z == pytest.approx(3.0 * math.exp(-2.0), rel=1e-15)
+    J = tape.jacobian(x, p)
+    np.testing.assert_allclose(
+        J, [[5.5, 2.0 - math.cos(5.0)], [-3.0 * math.exp(-2.0), 0.0]], rtol=1e-14
+    )
+    # the guard x2 > 0 was recorded
+    with pytest.raises(tapejit.BranchError):
+        tape.forward(np.array([2.0, -1.0]), p)
+
+
+# ---------------------------------------------------------------------------------------
+# crafted bad files
+# ---------------------------------------------------------------------------------------
+def _members(tape) -> dict[str, np.ndarray]:
+    buf = io.BytesIO()
+    save_tape(tape, buf)
+    buf.seek(0)
+    with np.load(buf, allow_pickle=False) as z:
+        return {k: z[k] for k in z.files}
+
+
+def _npz(members: dict[str, object], raw: dict[str, bytes] | None = None,
+         compression=zipfile.ZIP_STORED) -> bytes:
+    """An archive of ``.npy`` members (and raw members, written byte for byte)."""
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w", compression=compression) as zf:
+        for k, v in members.items():
+            b = io.BytesIO()
+            np.lib.format.write_array(b, np.asanyarray(v), allow_pickle=True)
+            zf.writestr(k + ".npy", b.getvalue())
+        for k, v in (raw or {}).items():
+            zf.writestr(k, v)
+    return buf.getvalue()
+
+
+def _load_bytes(data: bytes):
+    return load_tape(io.BytesIO(data))
+
+
+@pytest.fixture(scope="module")
+def good(tapes):
+    return _members(tapes["guarded"][0])
+
+
+def _with(good, **changes):
+    m = dict(good)
+    for k, v in changes.items():
+        if v is None:
+            del m[k]
+        else:
+            m[k] = v
+    return m
+
+
+BAD = {
+    "missing member": (lambda g: _with(g, consts=None), "missing member.*consts"),
+    "missing version": (lambda g: _with(g, format_version=None), "format_version' is missing"),
+    "unexpected member": (lambda g: _with(g, extra=np.zeros(2)), "unexpected member.*'extra'"),
+    "newer version": (lambda g: _with(g, format_version=np.array(FORMAT_VERSION + 1)),
+                      "needs a newer tapejit"),
+    "version 0": (lambda g: _with(g, format_version=np.array(0)), "invalid .*version 0"),
+    "version as float": (lambda g: _with(g, format_version=np.array(1.0)),
+                         "'format_version' must be int64"),
+    "fingerprint": (lambda g: _with(g, fingerprint=np.array("0123456789abcdef")),
+                    "op table changed"),
+    "args int64": (lambda g: _with(g, args=g["args"].astype(np.int64)),
+                   "'args' must be int32"),
+    "args big-endian": (lambda g: _with(g, args=g["args"].astype(">i4")),
+                        "'args' must be int32 \\(little-endian\\); got dtype >i4"),
+    "args (n, 2)": (lambda g: _with(g, args=g["args"][:, :2].copy()),
+                    "'args' must have shape \\(n, 3\\)"),
+    "args fortran": (lambda g: _with(g, args=np.asfortranarray(g["args"])),
+                     "C order"),
+    "args rows": (lambda g: _with(g, args=g["args"][:-1].copy()),
+                  "args must have shape"),
+    "opcodes int32": (lambda g: _with(g, opcodes=g["opcodes"].astype(np.int32)),
+                      "'opcodes' must be uint8"),
+    "consts float32": (lambda g: _with(g, consts=g["consts"].astype(np.float32)),
+                       "'consts' must be float64"),
+    "consts 2-D": (lambda g: _with(g, consts=g["consts"].reshape(1, -1)),
+                   "'consts' must have shape \\(n,\\)"),
+    "object array": (lambda g: _with(g, name=np.array(["x", None], dtype=object)),
+                     "object array"),
+    "name bytes": (lambda g: _with(g, name=np.array(b"abc")), "'name' must be a unicode"),
+    "name too long": (lambda g: _with(g, name=np.array("x" * 5000)), "at most 4096"),
+    "guards (n, 3)": (lambda g: _with(g, guards=np.zeros((1, 3), np.int32)),
+                      "'guards' must have shape \\(n, 2\\)"),
+    "guard slot": (lambda g: _with(g, guards=np.array([[0, 1]], np.int32)), "guard 0"),
+    "guard outcome": (lambda g: _with(g, guards=np.array([[g["guards"][0, 0], 2]], np.int32)),
+                      "guard 0"),
+    "unknown opcode": (lambda g: _with(g, opcodes=np.where(np.arange(len(g["opcodes"])) == 1,
+                                                           200, g["opcodes"]).astype(np.uint8)),
+                       "instruction 1: unknown opcode 200"),
+    "opcode 0": (lambda g: _with(g, opcodes=np.zeros_like(g["opcodes"])), "unknown opcode 0"),
+    "forward reference": (lambda g: _with(g, args=_set(g["args"], 0, 0, 10)),
+                          "instruction 0 .*reads slots 10..10"),
+    "self reference": (lambda g: _with(g, args=_set(g["args"], 1, 0, _n_fixed(g) + 1)),
+                       "instruction 1 .*earlier nodes"),
+    "negative slot": (lambda g: _with(g, args=_set(g["args"], 0, 0, -1)), "slots -1..-1"),
+    "block past its result": (lambda g: _with(g, sizes=_set1(g["sizes"], 0, 3),
+                                              strides=_set(g["strides"], 0, 0, 1)),
+                              "instruction 0 .*reads slots"),
+    "size 0": (lambda g: _with(g, sizes=_set1(g["sizes"], 0, 0)), "size 0"),
+    "stride of unused": (lambda g: _with(g, strides=_set(g["strides"], 0, 2, 1)),
+                         "unused operand"),
+    "sizes rows": (lambda g: _with(g, sizes=g["sizes"][:-1].copy()), "sizes must have shape"),
+    "strides int64": (lambda g: _with(g, strides=g["strides"].astype(np.int64)),
+                      "'strides' must be int32"),
+    "unused column": (lambda g: _with(g, args=_set(g["args"], 0, 2, 1)), "unused operand"),
+    "output range": (lambda g: _with(g, outputs=np.array([10**6], np.int32)),
+                     "output 0 refers to slot 1000000"),
+    "inputs": (lambda g: _with(g, inputs=g["inputs"][::-1].copy()), "inputs must be the slots"),
+    "params": (lambda g: _with(g, params=np.array([0], np.int32)), "params must be the slots"),
+    "input shapes sum": (lambda g: _with(g, input_shapes=np.array([1, 3], np.int64)),
+                         "input_shapes describe 3 values but the tape has 2"),
+    "input shapes ndim": (lambda g: _with(g, input_shapes=np.array([40], np.int64)),
+                          "declares 40 dimensions"),
+    "input shapes negative": (lambda g: _with(g, input_shapes=np.array([1, -2], np.int64)),
+                              "invalid size"),
+    "input shapes truncated": (lambda g: _with(g, input_shapes=np.array([2, 2], np.int64)),
+                               "declares 2 dimensions"),
+}
+
+
+def _n_fixed(g):
+    return len(g["consts"]) + len(g["params"]) + len(g["inputs"])
+
+
+def _set(a, i, j, v):
+    a = a.copy()
+    a[i, j] = v
+    return a
+
+
+def _set1(a, i, v):
+    a = a.copy()
+    a[i] = v
+    return a
+
+
+@pytest.mark.parametrize("case", sorted(BAD))
+def test_crafted_bad_file(good, case):
+    make, pattern = BAD[case]
+    data = _npz(make(good))
+    with pytest.raises(TapeFormatError, match=pattern):
+        _load_bytes(data)
+
+
+def test_good_members_still_load(good):
+    """The crafting helper itself writes loadable files."""
+    assert _load_bytes(_npz(good)).n_guards == 1
+    assert _load_bytes(_npz(good, compression=zipfile.ZIP_DEFLATED)).n_guards == 1
+
+
+def _npy_bytes(a) -> bytes:
+    b = io.BytesIO()
+    np.lib.format.write_array(b, a)
+    return b.getvalue()
+
+
+def _header_lies(a, shape) -> bytes:
+    """``.npy`` bytes of ``a`` whose header declares ``shape`` instead."""
+    d = np.lib.format.header_data_from_array_1_0(a)
+    d["shape"] = shape
+    b = io.BytesIO()
+    np.lib.format.write_array_header_1_0(b, d)
+    return b.getvalue() + a.tobytes()
+
+
+@pytest.mark.parametrize(
+    "shape, pattern",
+    [((10**15,), "declares shape"), ((2**63 - 1,), "declares shape"), ((1,), "declares shape"),
+     ((3, 3), "must have shape")],
+)
+def test_header_declaring_more_data_than_the_file_holds(good, shape, pattern):
+    m = _with(good, opcodes=None)
+    data = _npz(m, raw={"opcodes.npy": _header_lies(good["opcodes"], shape)})
+    with pytest.raises(TapeFormatError, match=pattern):
+        _load_bytes(data)
+
+
+def _central_entries(data: bytes):
+    """``{name: offset}`` of the central directory entries of a zip."""
+    out = {}
+    pos = data.find(b"PK\x01\x02")
+    while pos >= 0:
+        n = int.from_bytes(data[pos + 28 : pos + 30], "little")
+        out[data[pos + 46 : pos + 46 + n].decode()] = pos
+        pos = data.find(b"PK\x01\x02", pos + 46 + n)
+    return out
+
+
+def test_zip_bomb_ratio_is_refused(good):
+    """A deflated member claiming more bytes than deflate can make of its compressed
+    size is refused before anything is decompressed or allocated."""
+    data = bytearray(_npz(good, compression=zipfile.ZIP_DEFLATED))
+    entry = _central_entries(bytes(data))["consts.npy"]
+    csize = int.from_bytes(data[entry + 20 : entry + 24], "little")
+    data[entry + 24 : entry + 28] = (csize * 5000 + 10**6).to_bytes(4, "little")
+    with pytest.raises(TapeFormatError, match=r"claims .* bytes from"):
+        _load_bytes(bytes(data))
+
+
+def test_max_bytes(good):
+    data = _npz(good)
+    with pytest.raises(TapeFormatError, match="more than max_bytes=100"):
+        load_tape(io.BytesIO(data), max_bytes=100)
+    assert load_tape(io.BytesIO(data), max_bytes=None).n_guards == 1
+
+
+def test_other_compression_and_encryption_are_refused(good):
+    data = _npz(good, compression=zipfile.ZIP_BZIP2)
+    with pytest.raises(TapeFormatError, match="compression method 12"):
+        _load_bytes(data)
+    data = bytearray(_npz(good))
+    for entry in _central_entries(bytes(data)).values():  # set the "encrypted" flag
+        data[entry + 8] |= 1
+    with pytest.raises(TapeFormatError, match="is encrypted"):
+        _load_bytes(bytes(data))
+
+
+def test_duplicate_member(good):
+    buf = io.BytesIO(_npz(good))
+    with pytest.warns(UserWarning), zipfile.ZipFile(buf, "a") as zf:
+        zf.writestr("consts.npy", _npy_bytes(good["consts"]))
+    with pytest.raises(TapeFormatError, match="duplicate"):
+        _load_bytes(buf.getvalue())
+
+
+def test_not_npy_member(good):
+    data = _npz(_with(good, name=None), raw={"name": b"hello"})
+    with pytest.raises(TapeFormatError, match=r"must be \.npy"):
+        _load_bytes(data)
+    data = _npz(_with(good, name=None), raw={"name.npy": b"hello, not an npy header"})
+    with pytest.raises(TapeFormatError, match="name"):
+        _load_bytes(data)
+
+
+@pytest.mark.parametrize(
+    "content, pattern",
+    [
+        (b"", "the file is empty"),
+        (b"hello world", "not a .npz"),
+        (b"PK\x03\x04 but not really a zip", "cannot read tape file"),
+        (_npy_bytes(np.zeros(3)), "single .npy array"),
+        (b"\x80\x04\x95" + b"pickle" * 5, "not a .npz"),
+    ],
+)
+def test_not_a_tape_file(tmp_path, content, pattern):
+    path = tmp_path / "t.npz"
+    path.write_bytes(content)
+    with pytest.raises(TapeFormatError, match=pattern):
+        load_tape(path)
+
+
+def test_missing_file_and_directory(tmp_path):
+    with pytest.raises(TapeFormatError, match="FileNotFoundError"):
+        load_tape(tmp_path / "nope.npz")
+    with pytest.raises(TapeFormatError, match=r"IsADirectoryError|PermissionError"):
+        load_tape(tmp_path)
+
+
+def test_message_names_the_file(tmp_path, good):
+    path = tmp_path / "bad.npz"
+    path.write_bytes(_npz(_with(good, consts=None)))
+    with pytest.raises(TapeFormatError, match=r"bad\.npz.*missing member"):
+        load_tape(path)
+
+
+def test_fingerprint_is_the_op_tables():
+    assert fingerprint() == fingerprint() and len(fingerprint()) == 16
+    assert len(OPS) > 40
+
+
+# ---------------------------------------------------------------------------------------
+# fuzzing
+# ---------------------------------------------------------------------------------------
+def _must_not_crash(data: bytes) -> None:
+    """Load; anything but a valid tape or TapeFormatError fails. A loaded tape is run."""
+    try:
+        tape = _load_bytes(data)
+    except TapeFormatError as exc:
+        event("refused: " + str(exc).split(":")[1].strip()[:40])
+        return
+    event("loaded and evaluated")
+    x = np.full(tape.n_inputs, 0.5)
+    p = np.full(tape.n_params, 0.25) if tape.n_params else None
+    tape.forward(x, p, check="mask")
+    tape.forward(np.tile(x, (5, 1)), p, check="mask")
+    if tape.n_outputs:
+        tape.vjp(x, np.ones(tape.n_outputs), p, check="mask")
+        tape.jacobian(x, p, check="mask")
+
+
+@pytest.fixture(scope="module")
+def good_bytes(good):
+    return _npz(good)
+
+
+_FUZZ = settings(max_examples=1500, deadline=None, database=None, derandomize=True,
+                 suppress_health_check=[HealthCheck.function_scoped_fixture,
+                                        HealthCheck.too_slow])
+
+
+@_FUZZ
+@given(data=st.data())
+def test_fuzz_whole_file(good_bytes, data):
+    b = bytearray(good_bytes)
+    kind = data.draw(st.sampled_from(["flip", "truncate", "insert", "delete", "overwrite"]))
+    if kind == "flip":
+        for pos in data.draw(st.lists(st.integers(0, len(b) - 1), min_size=1, max_size=4)):
+            b[pos] ^= 1 << data.draw(st.integers(0, 7))
+    elif kind == "truncate":
+        b = b[: data.draw(st.integers(0, len(b) - 1))]
+    elif kind == "insert":
+        pos = data.draw(st.integers(0, len(b)))
+        b[pos:pos] = data.draw(st.binary(min_size=1, max_size=16))
+    elif kind == "delete":
+        pos = data.draw(st.integers(0, len(b) - 1))
+        del b[pos : pos + data.draw(st.integers(1, 16))]
+    else:
+        pos = data.draw(st.integers(0, len(b) - 1))
+        chunk = data.draw(st.binary(min_size=1, max_size=8))
+        b[pos : pos + len(chunk)] = chunk
+    _must_not_crash(bytes(b))
+
+
+@_FUZZ
+@given(data=st.data())
+def test_fuzz_one_member_in_a_valid_archive(good, data):
+    """Damage inside one member, with a correct zip around it (so the CRC passes and the
+    ``.npy`` header and the arrays themselves are what is tested)."""
+    key = data.draw(st.sampled_from(sorted(good)))
+    raw = bytearray(_npy_bytes(good[key]))
+    kind = data.draw(st.sampled_from(["flip", "truncate", "extend", "overwrite"]))
+    if kind == "flip":
+        for pos in data.draw(st.lists(st.integers(0, len(raw) - 1), min_size=1, max_size=3)):
+            raw[pos] ^= 1 << data.draw(st.integers(0, 7))
+    elif kind == "truncate":
+        raw = raw[: data.draw(st.integers(0, len(raw) - 1))]
+    elif kind == "extend":
+        raw += data.draw(st.binary(min_size=1, max_size=24))
+    else:
+        pos = data.draw(st.integers(0, len(raw) - 1))
+        chunk = data.draw(st.binary(min_size=1, max_size=8))
+        raw[pos : pos + len(chunk)] = chunk
+    _must_not_crash(_npz(_with(good, **{key: None}), raw={key + ".npy": bytes(raw)}))
+
+
+_DTYPES = ["|u1", "<i4", "<i8", "<f8", "<f4", ">i4", "|b1", "<U3", "<c16"]
+
+
+@_FUZZ
+@given(data=st.data())
+def test_fuzz_arrays_in_a_valid_archive(good, data):
+    """Random arrays of random dtypes and shapes for one or more members; small integers
+    so that some programs are valid and get evaluated."""
+    m = dict(good)
+    for key in data.draw(st.lists(st.sampled_from(sorted(good)), min_size=1, max_size=3)):
+        dtype = np.dtype(data.draw(st.sampled_from([good[key].dtype.str] * 4 + _DTYPES)))
+        ndim = data.draw(st.sampled_from([good[key].ndim] * 3 + [0, 1, 2]))
+        shape = tuple(data.draw(st.integers(0, 6)) for _ in range(ndim))
+        if ndim == 2 and data.draw(st.booleans()):
+            shape = (shape[0], good[key].shape[1] if good[key].ndim == 2 else 3)
+        size = int(np.prod(shape, dtype=np.int64))
+        if dtype.kind == "U":
+            vals = data.draw(st.lists(st.text(max_size=3), min_size=size, max_size=size))
+        elif dtype.kind == "f":
+            vals = data.draw(st.lists(st.floats(allow_nan=True), min_size=size, max_size=size))
+        elif dtype.kind == "c":
+            vals = [complex(v) for v in range(size)]
+        else:
+            vals = data.draw(st.lists(st.integers(-2, 60), min_size=size, max_size=size))
+        with np.errstate(all="ignore"):
+            if not size:
+                arr = np.zeros(0, dtype)
+            elif dtype.kind in "iub":
+                arr = np.array(vals, dtype=np.int64).astype(dtype)  # wraps around
+            else:
+                arr = np.array(vals, dtype=object).astype(dtype)
+        m[key] = arr.reshape(shape)
+    _must_not_crash(_npz(m))
+
+
+@settings(max_examples=400, deadline=None, database=None, derandomize=True)
+@given(
+    n=st.integers(0, 12), nc=st.integers(0, 3), n_par=st.integers(0, 2),
+    n_in=st.integers(0, 3), data=st.data(),
+)
+def test_fuzz_programs(n, nc, n_par, n_in, data):
+    """Random (mostly invalid) programs written as a well-formed file: the loader's
+    verdict decides, and whatever it accepts runs."""
+    codes = [op.code for op in OPS] + [0, 99, 127, 128, 255]
+    n_fixed = nc + n_par + n_in
+    opcodes = np.array(data.draw(st.lists(st.sampled_from(codes), min_size=n, max_size=n)),
+                       dtype=np.uint8)
+    args = np.array(
+        data.draw(st.lists(st.integers(-1, n_fixed + n), min_size=3 * n, max_size=3 * n)),
+        dtype=np.int32,
+    ).reshape(n, 3)
+    outputs = np.array(data.draw(st.lists(st.integers(-1, n_fixed + n), max_size=3)), np.int32)
+    guards = np.array(
+        data.draw(st.lists(st.tuples(st.integers(0, n_fixed + n), st.integers(0, 1)),
+                           max_size=2)), dtype=np.int32,
+    ).reshape(-1, 2)
+    members = {
+        "format_version": np.array(1, np.int64), "tapejit_version": np.array("0"),
+        "fingerprint": np.array(fingerprint()), "name": np.array("fuzz"),
+        "opcodes": opcodes, "args": args, "consts": np.linspace(-1, 2, nc),
+        "inputs": (nc + n_par + np.arange(n_in)).astype(np.int32),
+        "params": (nc + np.arange(n_par)).astype(np.int32), "outputs": outputs,
+        "guards": guards, "input_shapes": np.zeros(0, np.int64),
+        "output_shapes": np.zeros(0, np.int64),
+    }
+    _must_not_crash(_npz(members))
