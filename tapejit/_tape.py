@@ -535,16 +535,17 @@ class Tape:
             if not ok.all():
                 if check == "raise":
                     raise BranchError(int(ok.size - np.count_nonzero(ok)), ok.size, self)
-                for r in results:
-                    r[~ok] = np.nan
-        if check == "mask":
+                if check == "mask":
+                    for r in results:
+                        r[~ok] = np.nan
+        if check != "raise":
             if ok is None:
                 ok = np.ones(valid.shape[0], dtype=bool)
             return (*results, bool(ok[0]) if single else ok)
         return results
 
     def _check_arg(self, check: str) -> None:
-        if check not in ("raise", "mask"):
+        if check not in ("raise", "mask", "_keep"):
             raise ValueError(f"check must be 'raise' or 'mask'; got {check!r}")
 
     def forward(self, x, params=None, out: np.ndarray | None = None, check: str = "raise"):
@@ -581,7 +582,7 @@ class Tape:
                     raise BranchError(1, 1, self)
                 y[:] = np.nan
             res = float(y[0]) if self._n_out == 1 and out is None else y
-            return (res, failed == 0) if check == "mask" else res
+            return (res, failed == 0) if check != "raise" else res
         shape = (n,) if self._n_out == 1 else (n, self._n_out)
         y = _buffer(out, shape, "out")
         valid = np.empty(n, dtype=np.uint8)
@@ -590,7 +591,7 @@ class Tape:
             self._prog, self._consts, X, P, y.reshape(n, self._n_out), valid, chunk, nt
         )
         res = self._guarded(valid, check, (y,), False)
-        return res if check == "mask" else res[0]
+        return res if check != "raise" else res[0]
 
     def value_and_grad(self, x, params=None, out=None, check: str = "raise"):
         """Value and gradient of a one-output tape.
@@ -661,7 +662,7 @@ class Tape:
                 raise BranchError(1, 1, self)
             if vbuf is not None:
                 vbuf[...] = v
-            return (v, g, failed == 0) if check == "mask" else (v, g)
+            return (v, g, failed == 0) if check != "raise" else (v, g)
         y = _buffer(vbuf, (n,), "value buffer")
         valid = self._vjp_batch(X, P, self._ones, y.reshape(n, 1), g)
         res = self._guarded(valid, check, (y, g), False)
@@ -673,7 +674,7 @@ class Tape:
         With ``check="mask"`` returns ``(gradient, valid)``.
         """
         res = self.value_and_grad(x, params, out=(None, out), check=check)
-        return (res[1], res[2]) if check == "mask" else res[1]
+        return (res[1], res[2]) if check != "raise" else res[1]
 
     def vjp(self, x, w, params=None, out=None, check: str = "raise"):
         """Vector-Jacobian product: outputs and ``w @ J`` for weights ``w`` per output.
@@ -713,7 +714,7 @@ class Tape:
         y2, g2 = y.reshape(n, self._n_out), g.reshape(n, self._n_in)
         valid = self._vjp_batch(X, P, w, y2, g2)
         res = self._guarded(valid, check, (y2, g2), single)
-        return (y, g, res[2]) if check == "mask" else (y, g)
+        return (y, g, res[2]) if check != "raise" else (y, g)
 
     def _vjp_batch(self, X, P, WT, Y, G) -> np.ndarray:
         n = X.shape[0]
@@ -784,7 +785,7 @@ class Tape:
             ty = float(ty[0, 0]) if self._n_out == 1 else ty[0]
         elif self._n_out == 1:
             ty = ty[:, 0]
-        return (ty, *mask) if check == "mask" else ty
+        return (ty, *mask) if check != "raise" else ty
 
     def jacobian(self, x, params=None, out: np.ndarray | None = None, mode: str = "auto",
                  check: str = "raise"):
@@ -830,7 +831,7 @@ class Tape:
                 self._prog, self._consts, X, P, Y, J3, valid, chunk, nt
             )
         res = self._guarded(valid, check, (J3,), single)
-        return (J, res[1]) if check == "mask" else J
+        return (J, res[1]) if check != "raise" else J
 
     def _hvp_batch(self, X, P, V) -> tuple[np.ndarray, np.ndarray]:
         """``(n, n_dirs, n_inputs)`` Hessian-direction products (directions in blocks that
@@ -881,7 +882,7 @@ class Tape:
         HV, valid = self._hvp_batch(X, P, self._directions(v, n, single, "v"))
         hv, *mask = self._guarded(valid, check, (HV[:, 0],), single)
         hv = hv[0] if single else hv
-        return (hv, *mask) if check == "mask" else hv
+        return (hv, *mask) if check != "raise" else hv
 
     def hessian(self, x, params=None, check: str = "raise") -> np.ndarray:
         """Hessian of a one-output tape: ``(n_inputs, n_inputs)`` per point.
@@ -911,7 +912,7 @@ class Tape:
         H *= 0.5
         H, *mask = self._guarded(valid, check, (H,), single)
         H = H[0] if single else H
-        return (H, *mask) if check == "mask" else H
+        return (H, *mask) if check != "raise" else H
 
 
 def _unpickle(prog, consts, input_shapes, output_shapes, name) -> Tape:

@@ -26,6 +26,7 @@ dropped). ``f.tape_cache`` of a transformed function shows its tapes and counter
 from __future__ import annotations
 
 import functools
+import os
 import warnings
 import weakref
 from collections import OrderedDict
@@ -37,6 +38,9 @@ import numpy as np
 from ._record import normalize_argnums, record
 from ._tape import Tape
 
+# The tape methods' private guard mode for the cache: a validity mask, and the values of
+# failed points left as computed (they are replaced by another tape's, never returned).
+_KEEP = "_keep"
 #: Most tapes kept per function (all signatures and branches together).
 MAX_TAPES = 64
 #: A single call may record at most this many new branches before giving up.
@@ -156,12 +160,23 @@ class TapeCache:
     """
 
     def __init__(self, f: Callable[..., Any], max_tapes: int = MAX_TAPES) -> None:
-        self.f = f
+        # A weak reference: the cache is the value of a WeakKeyDictionary keyed by f, so a
+        # strong one would keep f (and every tape) alive for good. The transformed
+        # functions hold f strongly while they live.
+        try:
+            self._f = weakref.ref(f)
+        except TypeError:
+            self._f = lambda: f
         self.max_tapes = max_tapes
         self._tapes: OrderedDict[tuple, Tape] = OrderedDict()
         self.n_calls = 0
         self.n_records = 0
         self._warned = False
+
+    @property
+    def f(self) -> Callable[..., Any]:
+        """The function whose tapes these are."""
+        return self._f()
 
     def __len__(self) -> int:
         return len(self._tapes)
@@ -194,7 +209,7 @@ class TapeCache:
                 "at most points, so tapes are rarely reused. Branch-free code (np.where, "
                 "np.maximum, np.clip) records one tape for all points.",
                 RecordingWarning,
-                stacklevel=4,
+                stacklevel=_caller_level(),
             )
         self._tapes[key] = tape
         while len(self._tapes) > self.max_tapes:
@@ -237,13 +252,23 @@ class TapeCache:
 
         def serve(tape: Tape, idx: np.ndarray) -> np.ndarray:
             nonlocal out
-            xs = x if idx.size == n else x[idx]
-            ps = None if p is None else (p if idx.size == n else p[idx])
-            *res, ok = method(tape, xs, ps, None if idx.size == n else idx)
-            if out is None:
-                out = [np.empty((n, *np.shape(r)[1:])) for r in res]
-            for o, r in zip(out, res, strict=True):
-                o[idx[ok]] = r[ok]
+            full = idx.size == n
+            xs = x if full else x.take(idx, axis=0)
+            ps = None if p is None or p.shape[0] != n or full else p.take(idx, axis=0)
+            ps = p if ps is None else ps
+            *res, ok = method(tape, xs, ps, None if full else idx)
+            if out is None and full:  # the first sweep's arrays become the results;
+                out = list(res)  # rows of failed points are overwritten later
+            else:
+                if out is None:
+                    out = [np.empty((n, *np.shape(r)[1:])) for r in res]
+                if ok.all():
+                    for o, r in zip(out, res, strict=True):
+                        o[idx] = r
+                else:
+                    sel = idx[ok]
+                    for o, r in zip(out, res, strict=True):
+                        o[sel] = r[ok]
             return idx[~ok]
 
         for key in [k for k in reversed(self._tapes) if k[0] == call.key]:
@@ -274,6 +299,17 @@ class TapeCache:
             *res, _ = method(tape, x, p, None)
             out = list(res)
         return tape, tuple(out)
+
+
+def _caller_level() -> int:
+    """``stacklevel`` of the first frame outside tapejit (the user's call)."""
+    import sys
+
+    here = os.path.dirname(os.path.abspath(__file__))
+    frame, level = sys._getframe(1), 1
+    while frame is not None and os.path.dirname(os.path.abspath(frame.f_code.co_filename)) == here:
+        frame, level = frame.f_back, level + 1
+    return level
 
 
 _INCONSISTENT = (
@@ -352,7 +388,7 @@ def value_and_grad(
 
     def method(tape: Tape, x, p, rows):
         tape._scalar_output("value_and_grad")
-        return tape.value_and_grad(x, params=p, check="mask")
+        return tape.value_and_grad(x, params=p, check=_KEEP)
 
     @_transform(f)
     def wrapped(*args: Any) -> tuple[Any, Any]:
@@ -429,7 +465,7 @@ def jacobian(
     single = isinstance(argnums, int | np.integer)
 
     def method(tape: Tape, x, p, rows):
-        return tape.jacobian(x, params=p, mode=mode, check="mask")
+        return tape.jacobian(x, params=p, mode=mode, check=_KEEP)
 
     @_transform(f)
     def wrapped(*args: Any) -> Any:
@@ -472,7 +508,7 @@ def hessian(
     single = isinstance(argnums, int | np.integer)
 
     def method(tape: Tape, x, p, rows):
-        return tape.hessian(x, params=p, check="mask")
+        return tape.hessian(x, params=p, check=_KEEP)
 
     @_transform(f)
     def wrapped(*args: Any) -> Any:
@@ -531,7 +567,7 @@ def hvp(
                            axis=-1)
 
         def method(tape: Tape, x, p, rows):
-            return tape.hvp(x, V if rows is None else V[rows], params=p, check="mask")
+            return tape.hvp(x, V if rows is None else V[rows], params=p, check=_KEEP)
 
         _, (hv,) = cache.evaluate(call, method)
         return _split(hv, call.shapes(), single, batched)

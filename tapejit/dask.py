@@ -133,6 +133,8 @@ def _params(tape: Tape, params, X):
         P = _points(params, tape.n_params, "params")
         if P.shape[0] != X.shape[0]:
             raise ValueError(f"params has {P.shape[0]} rows for {X.shape[0]} points")
+        if P.chunks[0] != X.chunks[0]:  # one chunk of parameters per chunk of points
+            P = P.rechunk({0: X.chunks[0]})
         return P, None
     p = np.ascontiguousarray(params, dtype=np.float64).reshape(-1)
     if p.shape != (tape.n_params,):
