@@ -33,8 +33,11 @@ except ImportError as exc:  # pragma: no cover - depends on the environment
         f"'dask[array]' distributed); the import failed with: {exc}"
     ) from exc
 
+import operator
+
 import numba
 import numpy as np
+from dask.highlevelgraph import HighLevelGraph
 
 from ._tape import Tape
 
@@ -70,33 +73,50 @@ def _call(threads, fn, *args, **kwargs):
         numba.set_num_threads(old)
 
 
-def _block_forward(x, p=None, *, tape, params, threads):
-    return _call(threads, tape.forward, x, params if p is None else p)
+def _one(blocks):
+    """A chunk of points from a list of chunks along the inputs axis (one: no copy)."""
+    if blocks is None or isinstance(blocks, np.ndarray):
+        return blocks
+    return blocks[0] if len(blocks) == 1 else np.concatenate(blocks, axis=1)
 
 
-def _block_value_and_grad(x, p=None, *, tape, params, threads):
-    return _call(threads, tape.value_and_grad, x, params if p is None else p)
+def _block(method, x, p=None, *, tape, params, threads):
+    """Per-point results of ``tape.<method>`` on one chunk, as a tuple of arrays."""
+    p = _one(p)
+    res = _call(threads, getattr(tape, method), _one(x), params if p is None else p)
+    return res if isinstance(res, tuple) else (res,)
 
 
-def _block_gradient(x, p=None, *, tape, params, threads):
-    return _call(threads, tape.gradient, x, params if p is None else p)
+#: Points per kernel call inside a reducing task: buffers that stay in cache, reused.
+_SUB_BLOCK = 1 << 14
 
 
-def _block_jacobian(x, p=None, *, tape, params, threads):
-    return _call(threads, tape.jacobian, x, params if p is None else p)
-
-
-def _block_hessian(x, p=None, *, tape, params, threads):
-    return _call(threads, tape.hessian, x, params if p is None else p)
+def _column_sums(a):
+    # numpy's axis-0 sum is slow for a few columns: sum them one at a time (pairwise)
+    if a.shape[1] <= 16:
+        return np.array([a[:, j].sum() for j in range(a.shape[1])])
+    return a.sum(axis=0)
 
 
 def _block_sums(x, p=None, *, tape, params, threads):
-    """One row ``(n_points, sum of values, sums of gradients...)`` for a block."""
-    v, g = _call(threads, tape.value_and_grad, x, params if p is None else p)
-    row = np.empty((1, 2 + g.shape[1]))
-    row[0, 0] = x.shape[0]
-    row[0, 1] = v.sum()
-    row[0, 2:] = [g[:, j].sum() for j in range(g.shape[1])] if g.shape[1] <= 16 else g.sum(0)
+    """One row ``(n_points, sum of values, sums of gradients...)`` for a block, evaluated
+    in sub-blocks into small reused buffers (no per-point result the size of the block)."""
+    x, p = _one(x), _one(p)
+    n, n_in = x.shape
+    step = min(n, _SUB_BLOCK) if threads == 1 else n  # several threads: one call
+    row = np.zeros((1, 2 + n_in))
+    row[0, 0] = n
+    if n == 0:
+        return row
+    v = np.empty(step)
+    g = np.empty((step, n_in))
+    x = np.ascontiguousarray(x, dtype=np.float64)
+    for i in range(0, n, step):
+        m = min(step, n - i)
+        pp = params if p is None else p[i : i + m]
+        _call(threads, tape.value_and_grad, x[i : i + m], pp, out=(v[:m], g[:m]))
+        row[0, 1] += v[:m].sum()
+        row[0, 2:] += _column_sums(g[:m])
     return row
 
 
@@ -143,22 +163,34 @@ def _params(tape: Tape, params, X):
     return None, p
 
 
-def _apply(block, tape, X, params, numba_threads, core_out, n_out_arrays=1):
-    """Lazy per-point results: ``block`` applied to every chunk of points.
+def _lazy(method, tape, X, params, numba_threads, trailing):
+    """Lazy per-point results of ``tape.<method>``: one task per chunk of points, then one
+    array per result (``trailing``: each result's shape per point).
 
-    ``core_out`` is the gufunc signature's output part, e.g. ``"(),(n)"``.
+    The chunks are passed to the tasks as they are (lists along the inputs axis, never
+    concatenated when that axis is one chunk), and a method with several results runs
+    once per chunk: each output array picks its part of the task's tuple.
     """
     tape = _check_tape(tape)
     X = _points(X, tape.n_inputs, "X")
     P, p = _params(tape, params, X)
-    signature = "(n)" + (",(q)" if P is not None else "") + "->" + core_out
-    arrays = (X,) if P is None else (X, P)
-    return da.apply_gufunc(
-        block, signature, *arrays,
-        output_dtypes=(float,) * n_out_arrays if n_out_arrays > 1 else float,
-        output_sizes={"k": tape.n_outputs},
+    pairs = (X, "ij") if P is None else (X, "ij", P, "iq")
+    base = da.blockwise(
+        _block, "i", method, None, *pairs, concatenate=False, dtype=float,
+        meta=np.empty((0,)), name=f"tapejit-{method}-" + dask.base.tokenize(
+            method, tape, X, P, p, numba_threads),
         tape=dask.delayed(tape, pure=True), params=p, threads=_threads(numba_threads),
     )
+    outs = []
+    for k, shape in enumerate(trailing):
+        name = f"{base.name}-{k}"
+        zeros = (0,) * len(shape)
+        layer = {(name, i, *zeros): (operator.getitem, (base.name, i), k)
+                 for i in range(base.numblocks[0])}
+        graph = HighLevelGraph.from_collections(name, layer, dependencies=[base])
+        chunks = (X.chunks[0], *((d,) for d in shape))
+        outs.append(da.Array(graph, name, chunks=chunks, meta=np.empty((0, *zeros))))
+    return tuple(outs)
 
 
 def forward(tape: Tape, X, params=None, *, numba_threads: int | None = 1):
@@ -179,8 +211,8 @@ def forward(tape: Tape, X, params=None, *, numba_threads: int | None = 1):
     -------
     dask.array.Array
     """
-    out = "()" if _check_tape(tape).n_outputs == 1 else "(k)"
-    return _apply(_block_forward, tape, X, params, numba_threads, out)
+    n_out = _check_tape(tape).n_outputs
+    return _lazy("forward", tape, X, params, numba_threads, [(n_out,) if n_out > 1 else ()])[0]
 
 
 def value_and_grad(tape: Tape, X, params=None, *, numba_threads: int | None = 1):
@@ -188,27 +220,29 @@ def value_and_grad(tape: Tape, X, params=None, *, numba_threads: int | None = 1)
     as two lazy arrays computed by the same tasks (compute them together:
     ``dask.compute(v, g)``). Arguments as :func:`forward`."""
     _scalar(tape, "value_and_grad")
-    return _apply(_block_value_and_grad, tape, X, params, numba_threads, "(),(n)", 2)
+    return _lazy("value_and_grad", tape, X, params, numba_threads, [(), (tape.n_inputs,)])
 
 
 def gradient(tape: Tape, X, params=None, *, numba_threads: int | None = 1):
     """Gradients ``(n_points, n_inputs)`` of a one-output tape, lazily. Arguments as
     :func:`forward`."""
     _scalar(tape, "gradient")
-    return _apply(_block_gradient, tape, X, params, numba_threads, "(n)")
+    return _lazy("gradient", tape, X, params, numba_threads, [(tape.n_inputs,)])[0]
 
 
 def jacobian(tape: Tape, X, params=None, *, numba_threads: int | None = 1):
     """Jacobians ``(n_points, n_outputs, n_inputs)``, lazily. Arguments as
     :func:`forward`."""
-    return _apply(_block_jacobian, tape, X, params, numba_threads, "(k,n)")
+    shape = (_check_tape(tape).n_outputs, tape.n_inputs)
+    return _lazy("jacobian", tape, X, params, numba_threads, [shape])[0]
 
 
 def hessian(tape: Tape, X, params=None, *, numba_threads: int | None = 1):
     """Hessians ``(n_points, n_inputs, n_inputs)`` of a one-output tape, lazily.
     Arguments as :func:`forward`."""
     _scalar(tape, "hessian")
-    return _apply(_block_hessian, tape, X, params, numba_threads, "(n,n)")
+    n = tape.n_inputs
+    return _lazy("hessian", tape, X, params, numba_threads, [(n, n)])[0]
 
 
 def sum_value_and_grad(tape: Tape, X, params=None, mean: bool = False, *,
@@ -242,10 +276,10 @@ def sum_value_and_grad(tape: Tape, X, params=None, mean: bool = False, *,
     X = _points(X, tape.n_inputs, "X")
     P, p = _params(tape, params, X)
     width = 2 + tape.n_inputs
-    pairs = (X, "ik") if P is None else (X, "ik", P, "iq")
+    pairs = (X, "ij") if P is None else (X, "ij", P, "iq")
     rows = da.blockwise(
         _block_sums, "iw", *pairs, new_axes={"w": width}, adjust_chunks={"i": 1},
-        concatenate=True, dtype=float, meta=np.empty((0, 0)),
+        concatenate=False, dtype=float, meta=np.empty((0, 0)),
         tape=dask.delayed(tape, pure=True), params=p, threads=_threads(numba_threads),
     )
     total = rows.sum(axis=0, split_every=split_every)
