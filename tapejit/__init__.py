@@ -11,6 +11,8 @@ from ._errors import BranchError, TracingError
 from ._io import load_tape as load
 from ._ops import OPS, Op
 from ._record import record, stop_gradient
+from ._share import SharedTape, share
+from ._stream import evaluate_file
 from ._tape import Tape
 from ._transforms import (
     RecordingWarning,
@@ -30,11 +32,13 @@ __all__ = [
     "BranchError",
     "Op",
     "RecordingWarning",
+    "SharedTape",
     "Tape",
     "TapeCache",
     "TapeFormatError",
     "TracingError",
     "__version__",
+    "evaluate_file",
     "grad",
     "hessian",
     "hvp",
@@ -43,6 +47,7 @@ __all__ = [
     "load",
     "optimize",
     "record",
+    "share",
     "stop_gradient",
     "value_and_grad",
 ]
