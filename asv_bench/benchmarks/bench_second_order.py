@@ -19,6 +19,7 @@ import numpy as np
 
 from . import _baselines as B
 from . import import_tapejit
+from .bench_core import _record, _try
 
 tapejit, _TAPEJIT_ERROR = import_tapejit()
 
@@ -43,22 +44,6 @@ def f10_points(n, seed=0):
     return X[0].copy() if n == 1 else X
 
 
-def _record(f, *args, **kwargs):
-    """Record a tape or skip the benchmark (NotImplementedError -> asv skip)."""
-    if tapejit is None:
-        raise NotImplementedError(f"tapejit unavailable: {_TAPEJIT_ERROR}")
-    try:
-        return tapejit.record(f, *args, **kwargs)
-    except Exception as exc:
-        raise NotImplementedError(f"tapejit.record failed: {exc!r}") from exc
-
-
-def _try(fn, *args, **kwargs):
-    """Warm-up call; a missing tapejit feature skips instead of failing."""
-    try:
-        return fn(*args, **kwargs)
-    except Exception as exc:
-        raise NotImplementedError(f"{getattr(fn, '__name__', fn)} failed: {exc!r}") from exc
 
 
 def jax_or_skip():
