@@ -332,13 +332,18 @@ def tape_cache(f: Callable[..., Any]) -> TapeCache:
     return cache
 
 
-def _split(g: np.ndarray, shapes: tuple, single: bool, batched: bool) -> Any:
-    """Split flat derivatives ``(..., n)`` into the differentiated arguments' shapes."""
+def _split(g: np.ndarray, shapes: tuple, single: bool, batched: bool,
+           between: tuple[int, ...] = ()) -> Any:
+    """Split flat derivatives ``(..., n)`` into the differentiated arguments' shapes.
+
+    ``between``: axes kept between the points axis and the argument's (a Jacobian's
+    output shape).
+    """
     lead = g.shape[:1] if batched else ()
     parts, o = [], 0
     for s in shapes:
         k = int(np.prod(s, dtype=np.int64))
-        part = g[..., o : o + k].reshape(lead + s)
+        part = g[..., o : o + k].reshape(lead + between + s)
         parts.append(float(part) if part.shape == () else part)
         o += k
     return parts[0] if single else tuple(parts)
@@ -471,14 +476,7 @@ def jacobian(
     def wrapped(*args: Any) -> Any:
         call = _Call(args, argnums, batched)
         tape, (J,) = cache.evaluate(call, method)
-        so = _out_shape(tape)
-        lead = J.shape[:1] if batched else ()
-        blocks, o = [], 0
-        for s in call.shapes():
-            k = int(np.prod(s, dtype=np.int64))
-            blocks.append(J[..., o : o + k].reshape(lead + so + s))
-            o += k
-        return blocks[0] if single else tuple(blocks)
+        return _split(J, call.shapes(), single, batched, _out_shape(tape))
 
     return wrapped
 
