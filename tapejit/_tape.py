@@ -60,6 +60,21 @@ _DIR_BLOCK = 16
 _K = None
 _NOTICE_SHOWN = False
 
+# Numba's workqueue threading layer (its fallback where neither OpenMP nor TBB loads)
+# aborts the process when two threads launch parallel kernels at once. Until Numba
+# reports a layer that allows that, one thread at a time runs a parallel kernel and the
+# others run its serial copy rather than wait.
+_PAR_LOCK = threading.Lock()
+_par_concurrent = False
+
+
+def _note_layer() -> None:
+    global _par_concurrent
+    try:
+        _par_concurrent = numba.threading_layer() in ("omp", "tbb")
+    except ValueError:  # no parallel kernel has run yet
+        pass
+
 
 class _Kernels:
     """The generated kernel module, with a one-line notice before a first compile.
@@ -491,12 +506,22 @@ class Tape:
             )
         return p
 
-    def _batch(self, n: int, chunk: int | None = None) -> tuple[str, int, int]:
-        """Kernel suffix (parallel or serial), thread count and chunk for ``n`` points."""
-        chunk = self._chunk if chunk is None else chunk
-        if n > max(2 * chunk, 16):
-            return "par", numba.get_num_threads(), chunk
-        return "ser", 1, max(1, min(chunk, n))
+    def _run_batch(self, kernel: str, n: int, chunk: int, *args) -> None:
+        """Run batched ``kernel`` over ``n`` points: its parallel copy over all of
+        Numba's threads when there are enough chunks for them, else its serial copy."""
+        nt = numba.get_num_threads()
+        if nt > 1 and n > max(2 * chunk, 16):
+            if _par_concurrent:
+                getattr(_K, kernel + "_par")(*args, chunk, nt)
+                return
+            if _PAR_LOCK.acquire(blocking=False):
+                try:
+                    getattr(_K, kernel + "_par")(*args, chunk, nt)
+                finally:
+                    _PAR_LOCK.release()
+                _note_layer()
+                return
+        getattr(_K, kernel + "_ser")(*args, max(1, min(chunk, n)), 1)
 
     def _scalar_output(self, what: str) -> None:
         if self._n_out != 1:
@@ -586,10 +611,8 @@ class Tape:
         shape = (n,) if self._n_out == 1 else (n, self._n_out)
         y = _buffer(out, shape, "out")
         valid = np.empty(n, dtype=np.uint8)
-        suffix, nt, chunk = self._batch(n)
-        getattr(_K, f"forward_batch_{suffix}")(
-            self._prog, self._consts, X, P, y.reshape(n, self._n_out), valid, chunk, nt
-        )
+        self._run_batch("forward_batch", n, self._chunk,
+                        self._prog, self._consts, X, P, y.reshape(n, self._n_out), valid)
         res = self._guarded(valid, check, (y,), False)
         return res if check != "raise" else res[0]
 
@@ -719,10 +742,8 @@ class Tape:
     def _vjp_batch(self, X, P, WT, Y, G) -> np.ndarray:
         n = X.shape[0]
         valid = np.empty(n, dtype=np.uint8)
-        suffix, nt, chunk = self._batch(n)
-        getattr(_K, f"vjp_batch_{suffix}")(
-            self._prog, self._consts, X, P, WT, Y, G, valid, chunk, nt
-        )
+        self._run_batch("vjp_batch", n, self._chunk,
+                        self._prog, self._consts, X, P, WT, Y, G, valid)
         return valid
 
     def _directions(self, v, n: int, single: bool, what: str) -> np.ndarray:
@@ -747,10 +768,8 @@ class Tape:
             failed = _K.jvp_point(self._prog, self._consts, X[0], P[0], V[0], Y[0], TY[0])
             return np.array([failed == 0], dtype=np.uint8)
         valid = np.empty(n, dtype=np.uint8)
-        suffix, nt, chunk = self._batch(n, self._chunk_for(V.shape[1] + 1))
-        getattr(_K, f"jvp_batch_{suffix}")(
-            self._prog, self._consts, X, P, V, Y, TY, valid, chunk, nt
-        )
+        self._run_batch("jvp_batch", n, self._chunk_for(V.shape[1] + 1),
+                        self._prog, self._consts, X, P, V, Y, TY, valid)
         return valid
 
     def jvp(self, x, v, params=None, check: str = "raise"):
@@ -826,10 +845,8 @@ class Tape:
             valid = self._jvp_batch(X, P, V, Y, J3)
         else:
             valid = np.empty(n, dtype=np.uint8)
-            suffix, nt, chunk = self._batch(n)
-            getattr(_K, f"jacrev_batch_{suffix}")(
-                self._prog, self._consts, X, P, Y, J3, valid, chunk, nt
-            )
+            self._run_batch("jacrev_batch", n, self._chunk,
+                            self._prog, self._consts, X, P, Y, J3, valid)
         res = self._guarded(valid, check, (J3,), single)
         return (J, res[1]) if check != "raise" else J
 
@@ -849,10 +866,8 @@ class Tape:
                 failed = _K.hvp_point(self._prog, self._consts, X[0], P[0], Vb[0], G[0], HVb[0])
                 valid[0] = failed == 0
             else:
-                suffix, nt, chunk = self._batch(n, self._chunk_for(2 * (d1 - d0) + 2))
-                getattr(_K, f"hvp_batch_{suffix}")(
-                    self._prog, self._consts, X, P, Vb, Y, G, HVb, valid, chunk, nt
-                )
+                self._run_batch("hvp_batch", n, self._chunk_for(2 * (d1 - d0) + 2),
+                                self._prog, self._consts, X, P, Vb, Y, G, HVb, valid)
             if HVb is not HV:
                 HV[:, d0:d1] = HVb
         return HV, valid
