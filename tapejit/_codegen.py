@@ -281,25 +281,43 @@ def _forward() -> str:
     return "\n".join(lines)
 
 
-def _ndiff(op: Op) -> int:
-    """Operands up to the last one with a nonzero partial (0: a zero-derivative op)."""
-    ks = _nonzero_partials(op)
-    return ks[-1] + 1 if ks else 0
+# Where the chunk reverse sweep finds a local partial (``_PSRC[3 * opcode + k]``):
+# nowhere (zero), stored by the forward sweep in ``D``, a constant (``_PCONST``), or a
+# value already in the workspace (an operand, or the result itself: ``d exp(a) = r``).
+# Only computed partials cost a store in the forward sweep and a row of ``D``.
+_SRC_ZERO, _SRC_STORED, _SRC_CONST = 0, 1, 2
+_SRC_SLOT = {"a": 3, "b": 4, "c": 5, "r": 6}
 
 
-def _ndiff_table() -> str:
-    table = [0] * 128
+def _partial_source(op: Op, k: int) -> tuple[int, float]:
+    expr = op.partials[k].strip()
+    if expr in _ZERO:
+        return _SRC_ZERO, 0.0
+    if expr in _SRC_SLOT:
+        return _SRC_SLOT[expr], 0.0
+    try:
+        return _SRC_CONST, float(expr)
+    except ValueError:
+        return _SRC_STORED, 0.0
+
+
+def _partial_source_tables() -> str:
+    src, const = [0] * (3 * 128), [0.0] * (3 * 128)
     for op in OPS:
-        table[op.code] = _ndiff(op)
-    return f"_NDIFF = {tuple(table)!r}  # by opcode: operands with stored partials"
+        for k in range(op.arity):
+            src[3 * op.code + k], const[3 * op.code + k] = _partial_source(op, k)
+    return (f"_PSRC = {tuple(src)!r}  # by 3 * opcode + operand: where its partial is\n"
+            f"_PCONST = {tuple(const)!r}  # the constant partials")
 
 
 def _forward_partials() -> str:
-    """Chunk forward sweep that also stores every local partial for the reverse sweep.
+    """Chunk forward sweep that also stores the computed local partials for the reverse
+    sweep.
 
     ``D[3 * (s - nf) + k]`` holds the partial of result slot ``s`` with respect to its
-    operand ``k`` (0 where the op has fewer operands or a zero partial), ``nf`` being
-    the first result slot. Computing a value and its partials in one loop lets LLVM
+    operand ``k`` when ``_PSRC`` says it is stored (zero, constant and workspace-value
+    partials are not: the reverse sweep finds them elsewhere), ``nf`` being the first
+    result slot. Computing a value and its partials in one loop lets LLVM
     share work between them (``sin`` and ``cos`` of one argument), and leaves the
     reverse sweep only multiply-adds, which vectorize.
     """
@@ -313,13 +331,14 @@ def _forward_partials() -> str:
         body.views(used)
         body.add("wr = W[jr]")
         body.add("q = 3 * (jr - nf)")
-        for k in range(_ndiff(op)):
+        stored = [k for k in range(op.arity) if _partial_source(op, k)[0] == _SRC_STORED]
+        for k in stored:
             body.add(f"d{k} = D[q + {k}]")
         body.add("for p in range(m):")
         body.loads(used, 1)
         body.add(f"r = {op.value}", 1)
         body.add("wr[p] = r", 1)
-        for k in range(_ndiff(op)):
+        for k in stored:
             body.add(f"d{k}[p] = {op.partials[k]}", 1)
         lines += _case(kw, op, body.lines)
         kw = "elif"
@@ -327,27 +346,50 @@ def _forward_partials() -> str:
 
 
 def _reverse_stored() -> str:
-    """Chunk reverse sweep over partials stored by ``forward_partials_chunk``: no
-    per-op code at all, each operand's adjoint gains ``A[result] * D[partial]``."""
-    lines = _header("reverse_stored_chunk", "prog, A, D, m", True)
+    """Chunk reverse sweep after ``forward_partials_chunk``: no per-op code at all, each
+    operand's adjoint gains ``A[result]`` times its partial, found where ``_PSRC`` says
+    (``D``, a constant, or a workspace row of ``W``)."""
+    lines = _header("reverse_stored_chunk", "prog, W, A, D, m", True)
     lines.insert(3, "    nf = prog[2] + prog[3]")
     lines += [
-        "        nk = _NDIFF[op]",
         "        for e in range(n):",
         "            jr = ir + e",
         "            gr = A[jr]",
         "            q = 3 * (jr - nf)",
+        "            ja = ia + e * sa",
+        "            jb = ib + e * sb",
+        "            jc = ic + e * sc",
     ]
-    for k, (slot, start, stride) in enumerate(
-        (("ja", "ia", "sa"), ("jb", "ib", "sb"), ("jc", "ic", "sc"))
-    ):
+    for k, slot in enumerate(("ja", "jb", "jc")):
         lines += [
-            f"            {slot} = {start} + e * {stride}",
-            f"            if nk > {k} and {slot} >= nd:",
+            f"            src = _PSRC[3 * op + {k}]",
+            f"            if src != {_SRC_ZERO} and {slot} >= nd:",
             f"                ga = A[{slot}]",
-            f"                dk = D[q + {k}]",
-            "                for p in range(m):",
-            "                    ga[p] += _azmul(gr[p], dk[p])",
+            f"                if src == {_SRC_CONST}:",
+            f"                    dc = _PCONST[3 * op + {k}]",
+            # +-1 (add, sub, neg): a plain add; azmul(g, +-1) differs only in a zero's sign
+            "                    if dc == 1.0:",
+            "                        for p in range(m):",
+            "                            ga[p] += gr[p]",
+            "                    elif dc == -1.0:",
+            "                        for p in range(m):",
+            "                            ga[p] -= gr[p]",
+            "                    else:",
+            "                        for p in range(m):",
+            "                            ga[p] += _azmul(gr[p], dc)",
+            "                else:",
+            f"                    if src == {_SRC_STORED}:",
+            f"                        dk = D[q + {k}]",
+            f"                    elif src == {_SRC_SLOT['a']}:",
+            "                        dk = W[ja]",
+            f"                    elif src == {_SRC_SLOT['b']}:",
+            "                        dk = W[jb]",
+            f"                    elif src == {_SRC_SLOT['c']}:",
+            "                        dk = W[jc]",
+            "                    else:",
+            "                        dk = W[jr]",
+            "                    for p in range(m):",
+            "                        ga[p] += _azmul(gr[p], dk[p])",
         ]
     return "\n".join(lines)
 
@@ -517,7 +559,7 @@ def generate_source() -> str:
         "from numba import njit as _njit, prange",
         _NJIT,
         HELPERS,
-        _ndiff_table(),
+        _partial_source_tables(),
         _forward(),
         _forward_point(),
         _reverse_point(),

@@ -325,7 +325,7 @@ def vjp_batch_{SUF}(prog, consts, X, P, WT, Y, G, valid, chunk, nthreads):
             _store_outputs(prog, W, Y, p0, m)
             _zero_adjoints(prog, A, m)
             _seed(prog, WT, A, p0, m)
-            reverse_stored_chunk(prog, A, D, m)
+            reverse_stored_chunk(prog, W, A, D, m)
             _store_grad(prog, A, G, p0, m)
 
 
@@ -353,7 +353,7 @@ def jacrev_batch_{SUF}(prog, consts, X, P, Y, J, valid, chunk, nthreads):
                 s = prog[oo + k]
                 for p in range(m):
                     A[s, p] += 1.0
-                reverse_stored_chunk(prog, A, D, m)
+                reverse_stored_chunk(prog, W, A, D, m)
                 for j in range(prog[3]):
                     s = prog[oi + j]
                     for p in range(m):
