@@ -143,32 +143,56 @@ class _Body:
                 self.add(f"w{v} = W[{_SLOT[v]}]")
 
 
-def _fast_paths(op: Op) -> list[str]:
-    """Block fast paths of one point: every operand either contiguous (stride 1, read
-    through a view, ``v``) or one slot broadcast (stride 0, a scalar, ``s``). These loops
-    have no per-element index arithmetic or branches, so LLVM vectorizes them.
-    """
+def _block_modes(op: Op, reverse: bool = False) -> list[tuple[str, dict[str, str]]]:
+    """Block fast paths of ``op``: ``(condition, mode)`` pairs, ``mode`` giving each
+    operand as contiguous (stride 1, read through a view, ``"v"``) or one slot broadcast
+    (stride 0, a scalar, ``"s"``). Such loops have no per-element index arithmetic or
+    branches, so LLVM vectorizes them. A reverse path also needs each contiguous operand
+    range all differentiable (``>= nd``) or all not; a range straddling ``nd`` takes the
+    generic loop."""
     if op.name not in _FAST_OPS:
         return []
     names = "abc"[: op.arity]
     combos = _COMBOS[op.arity]
     if op.arity == 2 and op.name not in _BROADCAST_FAST:
         combos = combos[:1]
-    used = [v for v in _uses(op.value) if v != "r"]
-    out: list[str] = []
-    kw = "if"
+    out = []
     for combo in combos:
         mode = dict(zip(names, combo, strict=True))
         cond = ["n > 1"] + [f"s{x} == {1 if m == 'v' else 0}" for x, m in mode.items()]
-        out.append(f"{kw} {' and '.join(cond)}:")
-        kw = "elif"
-        out += [f"    w{x} = W[i{x} : i{x} + n]" if mode[x] == "v" else f"    {x} = W[i{x}]"
-                for x in used]
-        out.append("    wr = W[ir : ir + n]")
-        out.append("    for e in range(n):")
-        out += [f"        {x} = w{x}[e]" for x in used if mode[x] == "v"]
-        out.append(f"        wr[e] = {op.value}")
+        if reverse:
+            cond += [f"(i{x} >= nd or i{x} + n <= nd)" for x, m in mode.items() if m == "v"]
+        out.append((" and ".join(cond), mode))
     return out
+
+
+def _chain(paths: list[tuple[str, list[str]]]) -> list[str]:
+    """``if/elif`` chain of ``(condition, body lines)``."""
+    out: list[str] = []
+    for n, (cond, body) in enumerate(paths):
+        out.append(f"{'elif' if n else 'if'} {cond}:")
+        out += ["    " + line for line in body]
+    return out
+
+
+def _value_setup(mode: dict[str, str], names) -> list[str]:
+    return [f"w{x} = W[i{x} : i{x} + n]" if mode[x] == "v" else f"{x} = W[i{x}]"
+            for x in names if x != "r"]
+
+
+def _value_loads(mode: dict[str, str], names) -> list[str]:
+    return [f"{x} = w{x}[e]" for x in names if x != "r" and mode[x] == "v"]
+
+
+def _fast_paths(op: Op) -> list[str]:
+    """Forward block fast paths of one point (see :func:`_block_modes`)."""
+    used = [v for v in _uses(op.value) if v != "r"]
+    return _chain([
+        (cond, [*_value_setup(mode, used), "wr = W[ir : ir + n]", "for e in range(n):",
+                *("    " + line for line in _value_loads(mode, used)),
+                f"    wr[e] = {op.value}"])
+        for cond, mode in _block_modes(op)
+    ])
 
 
 def _forward_point() -> str:
@@ -186,55 +210,112 @@ def _forward_point() -> str:
 
 
 def _fast_paths_reverse(op: Op) -> list[str]:
-    """Reverse block fast paths of one point (see :func:`_fast_paths`): adjoints
-    recomputed from the values, an operand range either all differentiable (``>= nd``)
-    or all not; a range straddling ``nd`` takes the generic loop."""
-    if op.name not in _FAST_OPS:
-        return []
-    reverse = True
-    names = "abc"[: op.arity]
-    combos = _COMBOS[op.arity]
-    if op.arity == 2 and op.name not in _BROADCAST_FAST:
-        combos = combos[:1]
-    out: list[str] = []
-    kw = "if"
-    for combo in combos:
-        mode = dict(zip(names, combo, strict=True))
-        cond = ["n > 1"] + [f"s{x} == {1 if m == 'v' else 0}" for x, m in mode.items()]
-        if reverse:
-            cond += [f"(i{x} >= nd or i{x} + n <= nd)" for x, m in mode.items() if m == "v"]
-        out.append(f"{kw} {' and '.join(cond)}:")
-        kw = "elif"
-        setup = [f"w{x} = W[i{x} : i{x} + n]" if m == "v" else f"{x} = W[i{x}]"
-                 for x, m in mode.items()]
-        loads = [f"{x} = w{x}[e]" for x, m in mode.items() if m == "v"]
-        if not reverse:
-            out += ["    " + line for line in setup]
-            out += ["    wr = W[ir : ir + n]", "    for e in range(n):"]
-            used = [x for x in _uses(op.value) if x != "r"]
-            out += ["        " + line for line in loads if line[0] in used]
-            out += [f"        wr[e] = {op.value}"]
-            continue
-        out += ["    " + line for line in setup]
-        out += ["    wr = W[ir : ir + n]", "    gr = A[ir : ir + n]"]
-        for k in _nonzero_partials(op):
-            x, pk = names[k], op.partials[k]
-            need = [v for v in _uses(pk) if v != "r"]
-            load = [line for line in loads if line[0] in need]
-            if "r" in _uses(pk):
-                load.append("r = wr[e]")
-            contrib = ("g" if pk == "1.0" else "-g" if pk == "-1.0" else f"_azmul(g, {pk})")
-            out.append(f"    if i{x} >= nd:")
+    """Reverse block fast paths of one point (see :func:`_block_modes`): adjoints
+    recomputed from the values."""
+    ks = _nonzero_partials(op)
+    need = sorted({v for k in ks for v in _uses(op.partials[k])} - {"r"}, key="abc".index)
+    paths = []
+    for cond, mode in _block_modes(op, reverse=True):
+        body = [*_value_setup(mode, need), "wr = W[ir : ir + n]", "gr = A[ir : ir + n]"]
+        for k in ks:
+            x, pk = "abc"[k], op.partials[k]
+            load = _value_loads(mode, _uses(pk)) + (["r = wr[e]"] if "r" in _uses(pk) else [])
+            contrib = "g" if pk == "1.0" else "-g" if pk == "-1.0" else f"_azmul(g, {pk})"
+            body.append(f"if i{x} >= nd:")
             if mode[x] == "v":
-                out += [f"        ga = A[i{x} : i{x} + n]", "        for e in range(n):",
-                        "            g = gr[e]"]
-                out += ["            " + line for line in load]
-                out.append(f"            ga[e] += {contrib}")
+                body += [f"    ga = A[i{x} : i{x} + n]", "    for e in range(n):",
+                         "        g = gr[e]", *("        " + line for line in load),
+                         f"        ga[e] += {contrib}"]
             else:  # a broadcast operand collects the sum over the block
-                out += ["        t = 0.0", "        for e in range(n):", "            g = gr[e]"]
-                out += ["            " + line for line in load]
-                out += [f"            t += {contrib}", f"        A[i{x}] += t"]
-    return out
+                body += ["    t = 0.0", "    for e in range(n):", "        g = gr[e]",
+                         *("        " + line for line in load), f"        t += {contrib}",
+                         f"    A[i{x}] += t"]
+        paths.append((cond, body))
+    return _chain(paths)
+
+
+def _tangent_expr(op: Op, ks: list[int], tangent: dict[int, str]) -> str:
+    """The result's tangent: sum over operands of their tangent times the partial
+    (``d{k}``), with +-1 partials as plain additions."""
+    terms = []
+    for k in ks:
+        t, pk = tangent[k], op.partials[k]
+        if pk == "-1.0":
+            terms.append(f"- {t}")
+        else:
+            terms.append(f"+ {t}" if pk == "1.0" else f"+ _azmul({t}, d{k})")
+    expr = " ".join(terms) or "+ 0.0"
+    return expr[2:] if expr[0] == "+" else "-" + expr[2:]
+
+
+def _general(op: Op, ks: list[int]) -> list[int]:
+    """Operands whose partial is computed (not a constant +-1)."""
+    return [k for k in ks if op.partials[k] not in ("1.0", "-1.0")]
+
+
+def _seconds(op: Op, ks: list[int]) -> dict[tuple[int, int], str]:
+    """Nonzero second partials ``(k, j) -> expr`` of the operands ``ks``."""
+    return {(k, j): _second(op, k, j) for k in ks for j in range(op.arity)
+            if _second(op, k, j) not in _ZERO}
+
+
+def _fast_paths_tangent(op: Op) -> list[str]:
+    """Tangent block fast paths of one point and one direction (``T1``: ``T`` flat)."""
+    ks = _nonzero_partials(op)
+    general = _general(op, ks)
+    vals = sorted({v for e in (op.value, *(op.partials[k] for k in general))
+                   for v in _uses(e)} - {"r"}, key="abc".index)
+    paths = []
+    for cond, mode in _block_modes(op):
+        xs = ["abc"[k] for k in ks]
+        tan = {k: f"t{x}[e]" if mode[x] == "v" else f"t{x}" for k, x in zip(ks, xs, strict=True)}
+        body = [*_value_setup(mode, vals),
+                *(f"t{x} = T1[i{x} : i{x} + n]" if mode[x] == "v" else f"t{x} = T1[i{x}]"
+                  for x in xs),
+                "wr = W[ir : ir + n]", "tr = T1[ir : ir + n]", "for e in range(n):",
+                *("    " + line for line in _value_loads(mode, vals)),
+                f"    r = {op.value}", "    wr[e] = r",
+                *(f"    d{k} = {op.partials[k]}" for k in general),
+                f"    tr[e] = {_tangent_expr(op, ks, tan)}"]
+        paths.append((cond + " and nv == 1", body))
+    return _chain(paths)
+
+
+def _fast_paths_hvp(op: Op) -> list[str]:
+    """Forward-over-reverse block fast paths of one point and one direction (``T1``,
+    ``Ad1``: ``T`` and ``Ad`` flat); same order of updates as the generic loop."""
+    ks = _nonzero_partials(op)
+    general, seconds = _general(op, ks), _seconds(op, ks)
+    exprs = [op.partials[k] for k in general] + list(seconds.values())
+    need = {v for e in exprs for v in _uses(e)}
+    vals = sorted(need - {"r"}, key="abc".index)
+    paths = []
+    for cond, mode in _block_modes(op, reverse=True):
+        def at(x: str, row: str) -> str:
+            return f"{row}[i{x} + e]" if mode[x] == "v" else f"{row}[i{x}]"  # noqa: B023
+
+        body = [*_value_setup(mode, vals), *(["wr = W[ir : ir + n]"] if "r" in need else []),
+                "for e in range(n):", "    g = A[ir + e]", "    gd = Ad1[ir + e]",
+                *("    " + line for line in _value_loads(mode, vals)),
+                *(["    r = wr[e]"] if "r" in need else []),
+                *(f"    d{k} = {op.partials[k]}" for k in general),
+                *(f"    s{k}{j} = {e}" for (k, j), e in seconds.items())]
+        for k in ks:
+            x, pk = "abc"[k], op.partials[k]
+            if pk in ("1.0", "-1.0"):
+                sign = "" if pk == "1.0" else "-"
+                first, dfirst = f"{sign}g", f"{sign}gd"
+            else:
+                first, dfirst = f"_azmul(g, d{k})", f"_azmul(gd, d{k})"
+            js = [j for j in range(op.arity) if (k, j) in seconds]
+            tail = ""
+            if js:
+                u = " + ".join(f"_azmul(s{k}{j}, {at('abc'[j], 'T1')})" for j in js)
+                tail = f" + _azmul(g, {u})"
+            body += [f"    if i{x} >= nd:", f"        {at(x, 'A')} += {first}",
+                     f"        {at(x, 'Ad1')} += {dfirst}{tail}"]
+        paths.append((cond + " and nv == 1", body))
+    return _chain(paths)
 
 
 def _reverse_point() -> str:
@@ -420,27 +501,21 @@ def _forward_tangent(point: bool) -> str:
     args = "prog, W, T, nv" if point else "prog, W, T, D, nv, m"
     lines = _header("forward_tangent_point_sweep" if point else "forward_tangent_chunk",
                     args, False)
+    if point:  # flat view for the one-direction block fast paths
+        lines.insert(3, "    T1 = T.reshape(T.size)")
     kw = "if"
     for op in _dispatch_order():
         used = [v for v in _uses(op.value) if v != "r"]
         body = _Body(point, "            ")
         ks = _nonzero_partials(op)
-        general = [k for k in ks if op.partials[k] not in ("1.0", "-1.0")]
+        general = _general(op, ks)
         if point:
             body.loads(used)
             body.add(f"W[jr] = {op.value}")
             _locals_loop(op, body, [(f"d{k}", op.partials[k]) for k in general])
             body.add("for d in range(nv):")
-            terms = []
-            for k in ks:
-                t, pk = f"T[{_SLOTS[k]}, d]", op.partials[k]
-                if pk == "-1.0":
-                    terms.append(f"- {t}")
-                else:
-                    terms.append(f"+ {t}" if pk == "1.0" else f"+ _azmul({t}, d{k})")
-            expr = " ".join(terms) or "+ 0.0"
-            expr = expr[2:] if expr[0] == "+" else "-" + expr[2:]
-            body.add(f"T[jr, d] = {expr}", 1)
+            tangent = {k: f"T[{_SLOTS[k]}, d]" for k in ks}
+            body.add(f"T[jr, d] = {_tangent_expr(op, ks, tangent)}", 1)
         else:
             body.views(used)
             body.add("wr = W[jr]")
@@ -462,7 +537,7 @@ def _forward_tangent(point: bool) -> str:
                     body.add(f"tr[d, p] {'+' if pk == '1.0' else '-'}= tk[d, p]", 3)
                 else:
                     body.add(f"tr[d, p] += _azmul(tk[d, p], D[{k}, p])", 3)
-        lines += _case(kw, op, body.lines)
+        lines += _case(kw, op, body.lines, fast=_fast_paths_tangent(op) if point else ())
         kw = "elif"
     return "\n".join(lines)
 
@@ -476,19 +551,15 @@ def _reverse_hvp(point: bool) -> str:
     """
     args = "prog, W, T, A, Ad, nv" if point else "prog, W, T, A, Ad, D, S, nv, m"
     lines = _header("reverse_hvp_point_sweep" if point else "reverse_hvp_chunk", args, True)
+    if point:  # flat views for the one-direction block fast paths
+        lines[3:3] = ["    T1 = T.reshape(T.size)", "    Ad1 = Ad.reshape(Ad.size)"]
     kw = "if"
     for op in _dispatch_order():
         ks = _nonzero_partials(op)
         if not ks:
             continue
         body = _Body(point, "            ")
-        general = [k for k in ks if op.partials[k] not in ("1.0", "-1.0")]
-        seconds = {
-            (k, j): _second(op, k, j)
-            for k in ks
-            for j in range(op.arity)
-            if _second(op, k, j) not in _ZERO
-        }
+        general, seconds = _general(op, ks), _seconds(op, ks)
         sname = {kj: (f"s{kj[0]}{kj[1]}" if point else f"S[{n}, p]")
                  for n, kj in enumerate(seconds)}
         dname = {k: (f"d{k}" if point else f"D[{k}, p]") for k in general}
@@ -537,7 +608,7 @@ def _reverse_hvp(point: bool) -> str:
                 u = " + ".join(f"_azmul({sname[(k, j)]}, t{j}[d, p])" for j in js)
                 tail = f" + _azmul(gr[p], {u})"
             body.add(f"gda[d, p] += {dfirst}{tail}", 3)
-        lines += _case(kw, op, body.lines)
+        lines += _case(kw, op, body.lines, fast=_fast_paths_hvp(op) if point else ())
         kw = "elif"
     return "\n".join(lines)
 

