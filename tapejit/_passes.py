@@ -49,7 +49,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import numpy as np
@@ -448,6 +448,24 @@ def _dce(p: _Prog) -> _Prog:
     if _bad_spans(p, M, keep).any():  # pragma: no cover - live ranges prevent it
         raise AssertionError("dce would break a strided operand")
     return _relabel(p, M, keep, p.consts[const_keep])
+
+
+def guard_slice(tape: Tape) -> Tape | None:
+    """The part of ``tape`` its guards depend on: a tape with the same inputs,
+    parameters and guards, whose one output is the first guard's comparison. Evaluating
+    it tells which points take the recorded branches at a fraction of a full sweep's
+    cost. ``None`` for a tape without guards."""
+    p = _unpack(tape)
+    if not len(p.guards):
+        return None
+    q = _dce(replace(p, outputs=p.guards[:1, 0]))
+    nc = q.nc
+    return Tape(
+        q.ops, q.args, q.consts,
+        nc + q.n_par + np.arange(q.n_in), nc + np.arange(q.n_par), q.outputs,
+        input_shapes=tape.input_shapes, output_shapes=((),), name=f"guards of {tape.name}",
+        guards=q.guards, sizes=q.sizes, strides=q.strides,
+    )
 
 
 _RUN = {"fold": _fold, "cse": _cse, "dce": _dce}

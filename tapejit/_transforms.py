@@ -35,6 +35,7 @@ from typing import Any
 
 import numpy as np
 
+from ._passes import guard_slice
 from ._record import normalize_argnums, record
 from ._tape import Tape
 
@@ -169,6 +170,7 @@ class TapeCache:
             self._f = lambda: f
         self.max_tapes = max_tapes
         self._tapes: OrderedDict[tuple, Tape] = OrderedDict()
+        self._slices: dict[tuple, Tape | None] = {}  # guard-only tapes, by key
         self.n_calls = 0
         self.n_records = 0
         self._warned = False
@@ -213,8 +215,17 @@ class TapeCache:
             )
         self._tapes[key] = tape
         while len(self._tapes) > self.max_tapes:
-            self._tapes.popitem(last=False)
+            self._slices.pop(self._tapes.popitem(last=False)[0], None)
         return key, tape
+
+    def _holds(self, key: tuple, tape: Tape, x: np.ndarray, p: np.ndarray | None) -> np.ndarray:
+        """Per point of ``x``: does it take the branches ``tape`` recorded?"""
+        if key not in self._slices:
+            self._slices[key] = guard_slice(tape)
+        sl = self._slices[key]
+        if sl is None:
+            return np.ones(x.shape[0], dtype=bool)
+        return sl.forward(x, p, check="_keep")[1]
 
     def evaluate(
         self, call: _Call, method: Callable[[Tape, Any, Any, Any], tuple]
@@ -250,13 +261,16 @@ class TapeCache:
         out: list[np.ndarray] | None = None
         tape = None
 
+        def take(a: np.ndarray | None, idx: np.ndarray) -> np.ndarray | None:
+            """Rows ``idx`` of per-point ``a`` (all of ``a`` if that is every point)."""
+            if a is None or a.shape[0] != n or idx.size == n:
+                return a
+            return a.take(idx, axis=0)
+
         def serve(tape: Tape, idx: np.ndarray) -> np.ndarray:
             nonlocal out
             full = idx.size == n
-            xs = x if full else x.take(idx, axis=0)
-            ps = None if p is None or p.shape[0] != n or full else p.take(idx, axis=0)
-            ps = p if ps is None else ps
-            *res, ok = method(tape, xs, ps, None if full else idx)
+            *res, ok = method(tape, take(x, idx), take(p, idx), None if full else idx)
             if out is None and full:  # the first sweep's arrays become the results;
                 out = list(res)  # rows of failed points are overwritten later
             else:
@@ -271,10 +285,21 @@ class TapeCache:
                         o[sel] = r[ok]
             return idx[~ok]
 
-        for key in [k for k in reversed(self._tapes) if k[0] == call.key]:
+        keys = [k for k in reversed(self._tapes) if k[0] == call.key]
+        for key in keys:
             if remaining.size == 0:
                 break
             tape = self._tapes[key]
+            if len(keys) > 1:
+                # Several branch patterns seen: a guard-only sweep sorts the points, so
+                # each point gets one full sweep, with the tape of its own branches.
+                ok = self._holds(key, tape, take(x, remaining), take(p, remaining))
+                if not ok.any():
+                    continue
+                self._tapes.move_to_end(key)
+                left = serve(tape, remaining[ok])
+                remaining = np.union1d(remaining[~ok], left) if left.size else remaining[~ok]
+                continue
             before = remaining.size
             remaining = serve(tape, remaining)
             if remaining.size < before:
