@@ -283,37 +283,51 @@ def _fast_paths_tangent(op: Op) -> list[str]:
 
 def _fast_paths_hvp(op: Op) -> list[str]:
     """Forward-over-reverse block fast paths of one point and one direction (``T1``,
-    ``Ad1``: ``T`` and ``Ad`` flat); same order of updates as the generic loop."""
+    ``Ad1``: ``T`` and ``Ad`` flat), one loop per operand like
+    :func:`_fast_paths_reverse`."""
     ks = _nonzero_partials(op)
-    general, seconds = _general(op, ks), _seconds(op, ks)
-    exprs = [op.partials[k] for k in general] + list(seconds.values())
-    need = {v for e in exprs for v in _uses(e)}
-    vals = sorted(need - {"r"}, key="abc".index)
+    seconds = _seconds(op, ks)
     paths = []
     for cond, mode in _block_modes(op, reverse=True):
-        def at(x: str, row: str) -> str:
-            return f"{row}[i{x} + e]" if mode[x] == "v" else f"{row}[i{x}]"  # noqa: B023
-
-        body = [*_value_setup(mode, vals), *(["wr = W[ir : ir + n]"] if "r" in need else []),
-                "for e in range(n):", "    g = A[ir + e]", "    gd = Ad1[ir + e]",
-                *("    " + line for line in _value_loads(mode, vals)),
-                *(["    r = wr[e]"] if "r" in need else []),
-                *(f"    d{k} = {op.partials[k]}" for k in general),
-                *(f"    s{k}{j} = {e}" for (k, j), e in seconds.items())]
+        need = {v for k in ks for e in (op.partials[k], *(seconds.get((k, j), "0.0")
+                                                           for j in range(op.arity)))
+                for v in _uses(e)}
+        body = [*_value_setup(mode, sorted(need - {"r"}, key="abc".index)),
+                *(["wr = W[ir : ir + n]"] if "r" in need else []),
+                "gr = A[ir : ir + n]", "gdr = Ad1[ir : ir + n]"]
+        tangents = {j for (_, j) in seconds}
+        body += [f"t{x} = T1[i{x} : i{x} + n]" if mode[x] == "v" else f"t{x} = T1[i{x}]"
+                 for x in ("abc"[j] for j in sorted(tangents))]
         for k in ks:
             x, pk = "abc"[k], op.partials[k]
+            js = [j for j in range(op.arity) if (k, j) in seconds]
+            exprs = [pk] + [seconds[(k, j)] for j in js]
+            names = sorted({v for e in exprs for v in _uses(e)}, key="abcr".index)
+            loop = ["g = gr[e]", "gd = gdr[e]", *_value_loads(mode, names),
+                    *(["r = wr[e]"] if "r" in names else [])]
             if pk in ("1.0", "-1.0"):
                 sign = "" if pk == "1.0" else "-"
                 first, dfirst = f"{sign}g", f"{sign}gd"
             else:
+                loop.append(f"d{k} = {pk}")
                 first, dfirst = f"_azmul(g, d{k})", f"_azmul(gd, d{k})"
-            js = [j for j in range(op.arity) if (k, j) in seconds]
             tail = ""
             if js:
-                u = " + ".join(f"_azmul(s{k}{j}, {at('abc'[j], 'T1')})" for j in js)
+                loop += [f"s{k}{j} = {seconds[(k, j)]}" for j in js]
+                u = " + ".join(
+                    f"_azmul(s{k}{j}, t{'abc'[j]}{'[e]' if mode['abc'[j]] == 'v' else ''})"
+                    for j in js)
                 tail = f" + _azmul(g, {u})"
-            body += [f"    if i{x} >= nd:", f"        {at(x, 'A')} += {first}",
-                     f"        {at(x, 'Ad1')} += {dfirst}{tail}"]
+            body.append(f"if i{x} >= nd:")
+            if mode[x] == "v":
+                body += [f"    ga = A[i{x} : i{x} + n]", f"    gda = Ad1[i{x} : i{x} + n]",
+                         "    for e in range(n):", *("        " + line for line in loop),
+                         f"        ga[e] += {first}", f"        gda[e] += {dfirst}{tail}"]
+            else:  # a broadcast operand collects the sums over the block
+                body += ["    t = 0.0", "    td = 0.0", "    for e in range(n):",
+                         *("        " + line for line in loop),
+                         f"        t += {first}", f"        td += {dfirst}{tail}",
+                         f"    A[i{x}] += t", f"    Ad1[i{x}] += td"]
         paths.append((cond + " and nv == 1", body))
     return _chain(paths)
 

@@ -153,13 +153,16 @@ def _point_workspace(prog, consts, x, P, WS):
 
 
 @njit(cache=True, nogil=True)
-def _point_tangents(prog, V):
-    T = np.zeros((prog[0], V.shape[0]))
-    o = prog[7]
-    for j in range(prog[3]):
+def _point_tangents(prog, V, T):
+    # Constants and parameters get zero tangents, inputs the directions; the sweep
+    # writes every result row.
+    for s in range(prog[2]):
         for d in range(V.shape[0]):
+            T[s, d] = 0.0
+    o = prog[7]
+    for d in range(V.shape[0]):
+        for j in range(prog[3]):
             T[prog[o + j], d] = V[d, j]
-    return T
 
 
 @njit(cache=True, nogil=True)
@@ -250,7 +253,8 @@ def value_grad_point(prog, consts, x, P, g, WS):
 @njit(cache=True, nogil=True)
 def jvp_point(prog, consts, x, P, V, y, TY):
     W = _point_workspace(prog, consts, x, P, P[:0])
-    T = _point_tangents(prog, V)
+    T = np.empty((prog[0], V.shape[0]))
+    _point_tangents(prog, V, T)
     forward_tangent_point_sweep(prog, W, T, V.shape[0])
     o = prog[9]
     for k in range(prog[5]):
@@ -262,13 +266,24 @@ def jvp_point(prog, consts, x, P, V, y, TY):
 
 
 @njit(cache=True, nogil=True)
-def hvp_point(prog, consts, x, P, V, g, HV):
+def hvp_point(prog, consts, x, P, V, g, HV, WS):
+    # WS: a caller's reusable buffer of (2 + 2 nv) floats per slot (large tapes), or
+    # too small and the arrays are allocated here.
     nv = V.shape[0]
-    W = _point_workspace(prog, consts, x, P, P[:0])
-    T = _point_tangents(prog, V)
+    n = prog[0]
+    W = _point_workspace(prog, consts, x, P, WS)
+    if WS.size >= (2 + 2 * nv) * n:
+        A = WS[n : 2 * n]
+        T = WS[2 * n : (2 + nv) * n].reshape(n, nv)
+        Ad = WS[(2 + nv) * n : (2 + 2 * nv) * n].reshape(n, nv)
+        A[:] = 0.0
+        Ad[:] = 0.0
+    else:
+        A = np.zeros(n)
+        T = np.empty((n, nv))
+        Ad = np.zeros((n, nv))
+    _point_tangents(prog, V, T)
     forward_tangent_point_sweep(prog, W, T, nv)
-    A = np.zeros(prog[0])
-    Ad = np.zeros((prog[0], nv))
     out = prog[prog[9]]
     A[out] = 1.0
     reverse_hvp_point_sweep(prog, W, T, A, Ad, nv)

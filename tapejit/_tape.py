@@ -531,13 +531,14 @@ class Tape:
             )
 
     # -- evaluation ----------------------------------------------------------------------
-    def _workspace(self) -> np.ndarray:
-        """This thread's reusable one-point workspace (empty for small tapes)."""
+    def _workspace(self, size: int | None = None) -> np.ndarray:
+        """This thread's reusable one-point workspace (empty for small tapes): two floats
+        per slot, or ``size`` floats when a sweep needs more."""
         if self._tls is None:
             return _EMPTY1
         ws = getattr(self._tls, "ws", None)
-        if ws is None:
-            ws = self._tls.ws = np.empty(2 * self._n_slots)
+        if ws is None or (size is not None and ws.size < size):
+            ws = self._tls.ws = np.empty(max(size or 0, 2 * self._n_slots))
         return ws
 
     def _prepare(self, x, params) -> tuple[np.ndarray, np.ndarray, bool]:
@@ -863,7 +864,10 @@ class Tape:
             Vb = np.ascontiguousarray(V[:, d0:d1])
             HVb = HV if (d0, d1) == (0, nv) else np.empty((n, d1 - d0, self._n_in))
             if n == 1 and V.shape[0] == 1:
-                failed = _K.hvp_point(self._prog, self._consts, X[0], P[0], Vb[0], G[0], HVb[0])
+                # one direction reuses this thread's workspace; more allocate theirs
+                ws = self._workspace(4 * self._n_slots) if d1 - d0 == 1 else _EMPTY1
+                failed = _K.hvp_point(self._prog, self._consts, X[0], P[0], Vb[0], G[0],
+                                      HVb[0], ws)
                 valid[0] = failed == 0
             else:
                 self._run_batch("hvp_batch", n, self._chunk_for(2 * (d1 - d0) + 2),
@@ -890,6 +894,21 @@ class Tape:
         ndarray
             ``H v``, shaped like ``x``. With ``check="mask"``, ``(hv, valid)``.
         """
+        if (
+            self._fast_vg
+            and check == "raise"
+            and params is None
+            and not self._n_par
+            and type(x) is np.ndarray and x.dtype is _F64 and x.shape == self._shape1
+            and x.flags.carray
+            and type(v) is np.ndarray and v.dtype is _F64 and v.shape == self._shape1
+            and v.flags.carray
+        ):  # a Newton-CG inner loop: one point, one direction, nothing to convert
+            hv = np.empty(self._n_in)
+            if not _K.hvp_point(self._prog, self._consts, x, _EMPTY1, v.reshape(1, -1),
+                                np.empty(self._n_in), hv.reshape(1, -1),
+                                self._workspace(4 * self._n_slots)):
+                return hv
         self._scalar_output("hvp")
         self._check_arg(check)
         X, P, single = self._prepare(x, params)

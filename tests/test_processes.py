@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import gc
 import multiprocessing
+import os
 import pickle
 import subprocess
 import sys
@@ -212,3 +213,17 @@ def test_no_resource_tracker_noise(tmp_path):
     assert not noise, proc.stderr
     name = proc.stdout.split()[-1]
     assert not Path("/dev/shm", name).exists() or sys.platform != "linux"
+
+
+def test_kernel_source_is_the_same_in_every_process():
+    # The generated source keys Numba's on-disk cache: text that varied with Python's
+    # hash seed (a set iterated while generating) would recompile in every process.
+    code = (f"import sys, hashlib; sys.path.insert(0, {str(ROOT)!r}); "
+            "from tapejit._codegen import generate_source; "
+            "print(hashlib.sha256(generate_source().encode()).hexdigest())")
+    digests = {
+        subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
+                       env={**os.environ, "PYTHONHASHSEED": str(seed)}).stdout
+        for seed in (1, 2, 3, 4)
+    }
+    assert len(digests) == 1, digests
