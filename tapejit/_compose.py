@@ -160,7 +160,14 @@ def _inline(rec: Recorder, tape, args: tuple, params: Any, shapes: tuple) -> Any
 
 
 def _emit_all(rec: Recorder, tape, m: np.ndarray) -> None:
-    """Re-emit every instruction of ``tape`` into ``rec``, filling the slot map ``m``."""
+    """Re-emit every instruction of ``tape`` into ``rec``, filling the slot map ``m``.
+
+    A run of instructions of one op and one size, none reading another's result, whose
+    operands are not affine over the whole run (else the tape would have made one block
+    of them), is re-emitted as one emission of shape ``(run, size)``: the scalar
+    instructions or row blocks that one non-affine emission was split into. The outer
+    recorder then folds and splits that emission as it would the original one.
+    """
     n_instr = len(tape)
     if not n_instr:
         return
@@ -169,32 +176,35 @@ def _emit_all(rec: Recorder, tape, m: np.ndarray) -> None:
     sizes = tape.sizes.tolist()
     A = tape.args.astype(_I64)
     ST = tape.strides.astype(_I64)
-    top = A.max(axis=1).tolist()  # unused operands are 0
+    last = A + ST * (tape.sizes.astype(_I64)[:, None] - 1)
+    top = np.maximum(A, last).max(axis=1).tolist()  # unused operands are 0
     i = 0
     while i < n_instr:
         op = BY_CODE[codes[i]]
         n = sizes[i]
-        if n == 1:
-            # A run of scalar instructions of one op, none reading another's result, that
-            # are not affine (else the tape would have made them a block): one emission.
+        j = i + 1
+        while j < n_instr and codes[j] == codes[i] and sizes[j] == n and top[j] < res[i]:
+            j += 1
+        if j > i + 1 and _affine(A[i:j, : op.arity], ST[i:j, : op.arity], n):
             j = i + 1
-            while j < n_instr and codes[j] == codes[i] and sizes[j] == 1 and top[j] < res[i]:
-                j += 1
-            if j - i == 2 or (j > i + 2 and _affine(A[i:j, : op.arity])):
-                j = i + 1
-            operands = [m[A[i:j, k]] for k in range(op.arity)]
-            n = j - i
-        else:
-            j = i + 1
-            e = np.arange(n, dtype=_I64)
-            operands = [
-                np.broadcast_to(m[A[i, k]], (n,)) if ST[i, k] == 0 else m[A[i, k] + ST[i, k] * e]
-                for k in range(op.arity)
-            ]
-        m[res[i] : res[i] + n] = rec.emit(op, *operands)
+        e = np.arange(n, dtype=_I64)
+        operands = []
+        for k in range(op.arity):
+            a, st = A[i:j, k], ST[i:j, k]
+            if j == i + 1 and st[0] == 0:
+                operands.append(np.broadcast_to(m[a[0]], (n,)))
+            else:
+                ids = m[a[:, None] + st[:, None] * e]
+                operands.append(ids.reshape(-1) if n == 1 else ids.reshape(-1, n))
+        ids = rec.emit(op, *operands)
+        m[res[i] : res[i] + (j - i) * n] = ids.reshape(-1)
         i = j
 
 
-def _affine(slots: np.ndarray) -> bool:
-    d = np.diff(slots, axis=0)
-    return bool((d == d[0]).all())
+def _affine(a: np.ndarray, st: np.ndarray, n: int) -> bool:
+    """Whether rows of ``n`` elements, operand ``k`` of row ``r`` at ``a[r, k] +
+    e * st[r, k]``, are affine over all the rows together (one block)."""
+    if n == 1:
+        d = np.diff(a, axis=0)
+        return bool((d == d[0]).all())
+    return bool((st == st[0]).all() and (np.diff(a, axis=0) == n * st[0]).all())
