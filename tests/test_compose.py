@@ -290,6 +290,12 @@ def test_jit_params_guards_and_errors():
     with pytest.raises(TypeError, match="JitArgs"):
         tapejit.jit_value(tuple(args), np.zeros(2))
     assert not args.prog.flags.writeable and not args.consts.flags.writeable
+    # a bundle for other kernels (as a function cached against an older op table sees)
+    other = args._replace(stamp=args.stamp + 1)
+    with pytest.raises(RuntimeError, match="other tapejit kernels"):
+        _descend(other, np.zeros(2), 1, 0.1)
+    with pytest.raises(RuntimeError, match="other tapejit kernels"):
+        tapejit.jit_value(other, np.zeros(2))
 
 
 def test_jit_entry_point_is_cached_across_processes():
