@@ -34,11 +34,13 @@ from typing import Any
 import numpy as np
 
 from ._errors import BranchError
-from ._ops import BY_CODE
+from ._ops import BY_CODE, COMPARISON, OPS
 from ._recorder import Recorder
 from ._tracer import Tracer, lift, recorder_of
 
 _I64 = np.int64
+_IS_COMPARISON = np.zeros(256, dtype=bool)
+_IS_COMPARISON[[op.code for op in OPS if COMPARISON in op.flags]] = True
 
 
 def input_shapes(tape) -> tuple[tuple[int, ...], ...]:
@@ -156,7 +158,25 @@ def _inline(rec: Recorder, tape, args: tuple, params: Any, shapes: tuple) -> Any
             bad += rec.guard(node) != bool(outcome)
     if bad:
         raise BranchError(1, 1, tape)
-    return _unflatten(m[tape.outputs], output_shapes(tape), lambda a: Tracer(rec, a.copy()))
+    truth = _comparison_results(tape)
+    outs, k = [], 0
+    for shape in output_shapes(tape):
+        n = int(np.prod(shape, dtype=_I64))
+        ids = m[tape.outputs[k : k + n]].reshape(shape)
+        outs.append(Tracer(rec, ids, bool(truth[k : k + n].all())))
+        k += n
+    return outs[0] if len(outs) == 1 else tuple(outs)
+
+
+def _comparison_results(tape) -> np.ndarray:
+    """Whether each output is the result of a comparison (a truth value, 1.0 or 0.0)."""
+    outs = tape.outputs.astype(_I64)
+    first = tape.results.astype(_I64)
+    k = np.searchsorted(first, outs, side="right") - 1  # the instruction writing it
+    truth = np.zeros(outs.size, dtype=bool)
+    inst = k >= 0
+    truth[inst] = _IS_COMPARISON[tape.opcodes[k[inst]]]
+    return truth
 
 
 def _emit_all(rec: Recorder, tape, m: np.ndarray) -> None:

@@ -156,6 +156,20 @@ def test_guards_carry_over():
         tapejit.record(lambda x: inner(np.stack([np.float64(-2.0), x[0]])), np.ones(1))
 
 
+def test_truth_values_stay_truth_values():
+    inner = tapejit.record(lambda v: (v[0] > v[1], v * 2.0), np.array([2.0, 1.0]))
+
+    def outer(h, x):
+        c, y = h(x)
+        return np.sum(y) if c else -x[0]
+
+    composed = tapejit.record(lambda x: outer(inner, x), np.array([3.0, 1.0]))
+    direct = tapejit.record(lambda x: outer(lambda v: (v[0] > v[1], v * 2.0), x),
+                            np.array([3.0, 1.0]))
+    assert composed.n_guards == direct.n_guards == 1
+    _same_tape(composed, direct, np.array([[3.0, 1.0], [4.0, 2.0]]))
+
+
 def test_transforms_record_through_a_tape():
     inner = tapejit.record(g_elementwise, np.zeros(3))
     grad = tapejit.grad(lambda x: np.sum(inner(x) ** 2))
