@@ -296,6 +296,67 @@ class Tape:
         return (_unpickle, (np.array(self._prog), np.array(self._consts), self.input_shapes,
                             self.output_shapes, self.name))
 
+    # -- calling a tape, and its arrays for Numba code (implemented in _compose, _jit_api) --
+    def __call__(self, *args, params=None):
+        """Call the recorded function: on numbers, evaluate; on traced values, inline.
+
+        Parameters
+        ----------
+        *args : float, array_like or traced value
+            One per recorded (differentiated) argument, in order, each shaped as when
+            recorded (a tape built from arrays takes one vector of ``n_inputs``).
+        params : array_like or traced value, optional
+            The ``n_params`` parameter values (the non-differentiated arguments,
+            flattened and concatenated); required when the tape has parameters.
+
+        Returns
+        -------
+        float, ndarray, traced value or tuple of them
+            The outputs shaped as the recorded function returned them (a tuple when it
+            returned several). Inside :func:`tapejit.record` the tape's instructions and
+            guards are recorded into the outer tape, so its derivatives flow through.
+
+        Raises
+        ------
+        ValueError
+            On a wrong number of arguments or a wrong shape.
+        BranchError
+            If the arguments leave a branch recorded in the tape.
+
+        Examples
+        --------
+        >>> import numpy as np, tapejit
+        >>> inner = tapejit.record(lambda v: np.sin(v) * v, np.zeros(2))
+        >>> inner(np.array([0.0, 1.0])).round(6).tolist()
+        [0.0, 0.841471]
+        >>> outer = tapejit.record(lambda x: np.sum(inner(2 * x)), np.zeros(2))
+        >>> float(outer.forward(np.array([0.0, 0.5]))) == float(np.sin(1.0))
+        True
+        """
+        from ._compose import call_tape
+
+        return call_tape(self, args, params)
+
+    def jit_args(self, params=None):
+        """The tape's arrays for :func:`tapejit.jit_value_and_grad` in Numba code.
+
+        Parameters
+        ----------
+        params : array_like, optional
+            The ``n_params`` parameter values (required when the tape has any); the
+            bundle holds a writeable copy a Numba function may update in place.
+
+        Returns
+        -------
+        JitArgs
+            A named tuple of the validated read-only program and constants, the
+            parameters, scratch buffers sized for this tape and the kernels' stamp. The
+            scratch buffers make a bundle single-threaded: use one per thread.
+        """
+        from ._jit_api import jit_args
+
+        return jit_args(self, params)
+
     # -- structure -----------------------------------------------------------------------
     def __len__(self) -> int:
         """Number of instructions."""
