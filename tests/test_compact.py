@@ -210,3 +210,21 @@ def test_small_tapes_keep_their_program():
     tape.forward(np.ones((3, 1)))
     assert tape._fwd[0] is tape._prog
     assert tape.stats()["compact_slots"] <= tape.n_slots
+
+
+def test_point_counts_around_the_compact_chunk():
+    def f(x):
+        for _ in range(100):
+            x = np.tanh(x) * 1.5 - x[::-1] * 0.25
+        return x
+
+    tape = tapejit.record(f, np.ones(3))
+    ref = plain(tape)
+    X = np.random.default_rng(3).uniform(-2, 2, (3000, 3))
+    tape.forward(X[:1])
+    prog, _, c = tape._fwd
+    assert prog is not tape._prog and c > tape._chunk
+    for n in (1, 2, c - 1, c, c + 1, 2 * c, 2 * c + 1, 5 * c + 3):
+        assert same_bits(tape.forward(X[:n]), ref.forward(X[:n]))
+        v = X[n:2 * n] if n <= 1000 else np.ones(3)
+        assert same_bits(tape.jvp(X[:n], v), ref.jvp(X[:n], v))
