@@ -95,7 +95,8 @@ def _page_doctest(page: str, globs: dict) -> tuple[doctest.DocTest, list[str]]:
                 skipped.append(f"line {lineno + 1}: {module} not installed")
                 continue
         # doctest compiles an example as one interactive statement; a block is a module
-        code = f"exec(compile({source!r}, {f'docs/{page}, code block at line {lineno + 1}'!r}, 'exec'))"
+        where = f"docs/{page}, code block at line {lineno + 1}"
+        code = f"exec(compile({source!r}, {where!r}, 'exec'))"
         examples.append(doctest.Example(code, "", lineno=lineno))
     examples.sort(key=lambda e: e.lineno)
     return doctest.DocTest(examples, globs, page, str(path), 0, text), skipped
@@ -260,7 +261,7 @@ def test_performance_page_includes_the_generated_table():
     assert "asv_bench/compare_peers.py" in table  # says where it comes from
     assert ".. list-table::" in table
     rows = re.findall(r"^   \* - (.*)$", table, re.M)
-    workloads = [r for r in rows[1:]]
+    workloads = rows[1:]
     assert rows[0] == "workload" and len(workloads) >= 6
     for name in ("seed value_and_grad", "rosen2", "rosen_ext", "record", "sinfit"):
         assert any(name in w for w in workloads), name
