@@ -568,9 +568,17 @@ def table():
 
 
 def _rst_escape(text):
-    """Escape what reStructuredText would read as markup in a table cell or note."""
-    text = re.sub(r"([\\*`|])", r"\\\1", str(text))
-    return re.sub(r"_(?=\W|$)", r"\\_", text)
+    """Text for a reStructuredText table cell or note: markdown ``code`` spans become
+    inline literals, and everything else that reST would read as markup is escaped."""
+    parts = re.split(r"`([^`]+)`", str(text))
+    out = []
+    for i, part in enumerate(parts):
+        if i % 2:
+            out.append(f"``{part}``")
+        else:
+            part = re.sub(r"([\\*`|])", r"\\\1", part)
+            out.append(re.sub(r"_(?=\W|$)", r"\\_", part))
+    return "".join(out)
 
 
 def rst_report(rows, machine_lines, *, quick, seconds, command, date=None):
