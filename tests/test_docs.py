@@ -73,6 +73,8 @@ def _code_blocks(text: str):
             if line.strip() and len(line) - len(line.lstrip()) <= indent:
                 break
             body.append(line)
+        if not any(x.strip() for x in body):
+            continue  # an empty block: nothing to run (Sphinx warns about it anyway)
         width = min(len(x) - len(x.lstrip()) for x in body if x.strip())
         source = "\n".join(x[width:] for x in body).strip("\n") + "\n"
         marker = _MARKER.search(text[: m.start()])
