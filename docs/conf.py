@@ -33,7 +33,7 @@ extensions = [
     "sphinx.ext.doctest",
     "numpydoc",
 ]
-exclude_patterns = ["_build", "_generated", "Thumbs.db", ".DS_Store"]
+exclude_patterns = ["_build", "_generated", "_include", "Thumbs.db", ".DS_Store"]
 root_doc = "index"
 default_role = "literal"
 

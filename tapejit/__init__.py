@@ -9,6 +9,7 @@
 from . import optimize
 from ._errors import BranchError, TracingError
 from ._io import load_tape as load
+from ._jit_api import JitArgs, jit_value, jit_value_and_grad
 from ._ops import OPS, Op
 from ._record import record, stop_gradient
 from ._share import SharedTape, share
@@ -30,6 +31,7 @@ from ._version import __version__
 __all__ = [
     "OPS",
     "BranchError",
+    "JitArgs",
     "Op",
     "RecordingWarning",
     "SharedTape",
@@ -43,6 +45,8 @@ __all__ = [
     "hessian",
     "hvp",
     "jacobian",
+    "jit_value",
+    "jit_value_and_grad",
     "jvp",
     "load",
     "optimize",

@@ -39,9 +39,10 @@ the merged copies received separately are summed before being multiplied by the 
 partials: derivatives are the same numbers mathematically but may differ in the last
 bits (``(a + b) * d`` against ``a * d + b * d``).
 
-Not done (out of scope for now): slot compaction, i.e. reusing the slots of values that
-are dead for later results, which would shrink the workspace (``stats()["peak_live"]``
-is what it could reach); algebraic simplification (``x * 1``, ``x + 0``), which is not
+Slot compaction (reusing the slots of dead values in the forward sweeps) is not a pass
+over the tape but a derived program each tape builds for itself: see ``_compact``.
+
+Not done (out of scope for now): algebraic simplification (``x * 1``, ``x + 0``), which is not
 bit-exact in general (``-0.0 + 0.0``); merging scalar instructions into blocks.
 """
 
@@ -54,6 +55,7 @@ from typing import Any
 
 import numpy as np
 
+from ._compact import compact
 from ._ops import BY_CODE, BY_NAME, OPS
 from ._tape import Tape
 
@@ -494,9 +496,8 @@ def optimize(
 
     Notes
     -----
-    Slot compaction (reusing the slots of dead values, which would shrink the workspace)
-    is out of scope for now: the optimized tape still has one slot per constant, input,
-    parameter and instruction element.
+    The optimized tape still has one slot per constant, input, parameter and instruction
+    element; its forward sweeps reuse the slots of dead values on their own (``_compact``).
 
     Examples
     --------
@@ -560,6 +561,11 @@ def _peak_live(p: _Prog) -> int:
     return int(np.cumsum(diff).max(initial=0))
 
 
+def _compact_slots(tape: Tape) -> int:
+    prog, n_slots, _ = tape._forward_prog()
+    return n_slots if prog is not tape._prog else int(compact(tape._prog)[0])
+
+
 def stats(tape: Tape) -> dict[str, Any]:
     """Size and shape of a tape.
 
@@ -574,7 +580,9 @@ def stats(tape: Tape) -> dict[str, Any]:
         ``workspace_bytes_per_point`` (one float64 per slot: a forward sweep's
         workspace); ``peak_live`` (most variable values alive at once in a forward
         sweep, from their last uses: what a slot-reusing allocator would need besides
-        the constants); ``dead_instructions`` (instructions reaching no output or guard,
+        the constants); ``compact_slots`` (slots of the slot-compacted forward program,
+        see ``tapejit._compact``: the forward and tangent sweeps use it when it has at most
+        3/4 of ``n_slots``); ``dead_instructions`` (instructions reaching no output or guard,
         which the ``"dce"`` pass removes).
     """
     p = _unpack(tape)
@@ -600,6 +608,7 @@ def stats(tape: Tape) -> dict[str, Any]:
                   "total": prog_bytes + const_bytes},
         "workspace_bytes_per_point": 8 * p.n_slots,
         "peak_live": _peak_live(p),
+        "compact_slots": _compact_slots(tape),
         "dead_instructions": int(len(p.ops) - np.count_nonzero(_any_in(_live(p), p))),
     }
 
@@ -618,7 +627,8 @@ def format_stats(s: dict[str, Any]) -> str:
         f"ops: {ops}",
         f"memory: program {s['bytes']['program']} B, constants {s['bytes']['consts']} B; "
         f"workspace {s['workspace_bytes_per_point']} B per point",
-        f"peak live values {s['peak_live']}; dead instructions {s['dead_instructions']}",
+        f"peak live values {s['peak_live']}; slots after compaction {s['compact_slots']}; "
+        f"dead instructions {s['dead_instructions']}",
     ])
 
 

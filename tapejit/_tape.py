@@ -56,6 +56,9 @@ _POINTWISE_SLOTS = 16384
 _REUSE_SLOTS = 4096
 #: Directions carried by one second-order sweep at most (bounds its workspace).
 _DIR_BLOCK = 16
+#: Tapes of at least this many instructions run their forward and tangent sweeps over a
+#: slot-compacted program (``_compact``) when it needs at most 3/4 of the slots.
+_COMPACT_MIN_INSTR = 16
 
 _K = None
 _NOTICE_SHOWN = False
@@ -143,6 +146,13 @@ def _as_points(x, n: int, what: str) -> np.ndarray:
     if not (flags.c_contiguous and flags.writeable):
         x = np.array(x, dtype=np.float64, order="C")
     return x
+
+
+def _chunk_of(n_slots: int) -> int:
+    """Points per chunk: bounded working memory; huge tapes go one point at a time."""
+    if n_slots > _POINTWISE_SLOTS:
+        return 1
+    return int(max(1, min(CHUNK_MAX, WORKSPACE_VALUES // max(n_slots, 1))))
 
 
 def _buffer(out, shape: tuple[int, ...], what: str) -> np.ndarray:
@@ -234,10 +244,8 @@ class Tape:
         self._n_guards = int(prog[12])
         self._n_slots = n_slots
         self._n_in, self._n_par, self._n_out = n_in, n_par, n_out
-        # Points per chunk: bounded working memory; huge tapes go one point at a time.
-        self._chunk = int(max(1, min(CHUNK_MAX, WORKSPACE_VALUES // max(n_slots, 1))))
-        if n_slots > _POINTWISE_SLOTS:
-            self._chunk = 1
+        self._chunk = _chunk_of(n_slots)
+        self._fwd = None  # (program, n_slots, chunk) of the forward sweeps, on first use
         self.input_shapes = input_shapes
         self.output_shapes = output_shapes
         self.name = name
@@ -295,6 +303,67 @@ class Tape:
         # validated again when unpickled.
         return (_unpickle, (np.array(self._prog), np.array(self._consts), self.input_shapes,
                             self.output_shapes, self.name))
+
+    # -- calling a tape, and its arrays for Numba code (implemented in _compose, _jit_api) --
+    def __call__(self, *args, params=None):
+        """Call the recorded function: on numbers, evaluate; on traced values, inline.
+
+        Parameters
+        ----------
+        *args : float, array_like or traced value
+            One per recorded (differentiated) argument, in order, each shaped as when
+            recorded (a tape built from arrays takes one vector of ``n_inputs``).
+        params : array_like or traced value, optional
+            The ``n_params`` parameter values (the non-differentiated arguments,
+            flattened and concatenated); required when the tape has parameters.
+
+        Returns
+        -------
+        float, ndarray, traced value or tuple of them
+            The outputs shaped as the recorded function returned them (a tuple when it
+            returned several). Inside :func:`tapejit.record` the tape's instructions and
+            guards are recorded into the outer tape, so its derivatives flow through.
+
+        Raises
+        ------
+        ValueError
+            On a wrong number of arguments or a wrong shape.
+        BranchError
+            If the arguments leave a branch recorded in the tape.
+
+        Examples
+        --------
+        >>> import numpy as np, tapejit
+        >>> inner = tapejit.record(lambda v: np.sin(v) * v, np.zeros(2))
+        >>> inner(np.array([0.0, 1.0])).round(6).tolist()
+        [0.0, 0.841471]
+        >>> outer = tapejit.record(lambda x: np.sum(inner(2 * x)), np.zeros(2))
+        >>> float(outer.forward(np.array([0.0, 0.5]))) == float(np.sin(1.0))
+        True
+        """
+        from ._compose import call_tape
+
+        return call_tape(self, args, params)
+
+    def jit_args(self, params=None):
+        """The tape's arrays for :func:`tapejit.jit_value_and_grad` in Numba code.
+
+        Parameters
+        ----------
+        params : array_like, optional
+            The ``n_params`` parameter values (required when the tape has any); the
+            bundle holds a writeable copy a Numba function may update in place.
+
+        Returns
+        -------
+        JitArgs
+            A named tuple of the validated read-only program and constants, the
+            parameters, scratch buffers sized for this tape and the kernels' stamp. The
+            scratch buffers make a bundle single-threaded: use one per thread.
+        """
+        from ._jit_api import jit_args
+
+        return jit_args(self, params)
 
     # -- structure -----------------------------------------------------------------------
     def __len__(self) -> int:
@@ -541,6 +610,28 @@ class Tape:
             ws = self._tls.ws = np.empty(max(size or 0, 2 * self._n_slots))
         return ws
 
+    def _forward_prog(self) -> tuple[np.ndarray, int, int]:
+        """Program, slot count and chunk of the forward-only and tangent sweeps.
+
+        Computed on first use: the slot-compacted program of ``_compact`` (the same
+        instructions over reused slots, so the same bits in a smaller workspace and
+        larger chunks) when it saves a quarter of the slots or more, else the tape's own.
+        The reverse sweeps index everything by result slot and keep the tape's program.
+        """
+        fwd = self._fwd
+        if fwd is None:
+            prog = self._prog
+            if len(self) >= _COMPACT_MIN_INSTR:
+                from ._compact import compact
+
+                comp = compact(prog)
+                if 4 * int(comp[0]) <= 3 * self._n_slots:
+                    comp.flags.writeable = False
+                    prog = comp
+            n_slots = int(prog[0])
+            fwd = self._fwd = (prog, n_slots, _chunk_of(n_slots))
+        return fwd
+
     def _prepare(self, x, params) -> tuple[np.ndarray, np.ndarray, bool]:
         """Points as ``(n, n_inputs)``, parameters as ``(1 or n, n_params)``, one-point flag."""
         x = _as_points(x, self._n_in, "x")
@@ -600,9 +691,11 @@ class Tape:
         self._check_arg(check)
         X, P, single = self._prepare(x, params)
         n = X.shape[0]
+        prog, n_slots, chunk = self._fwd or self._forward_prog()
         if single:
             y = _buffer(out, (self._n_out,), "out")
-            failed = _K.forward_point(self._prog, self._consts, X[0], P[0], y, self._workspace())
+            ws = self._workspace() if n_slots > _REUSE_SLOTS else _EMPTY1
+            failed = _K.forward_point(prog, self._consts, X[0], P[0], y, ws)
             if failed:
                 if check == "raise":
                     raise BranchError(1, 1, self)
@@ -612,8 +705,8 @@ class Tape:
         shape = (n,) if self._n_out == 1 else (n, self._n_out)
         y = _buffer(out, shape, "out")
         valid = np.empty(n, dtype=np.uint8)
-        self._run_batch("forward_batch", n, self._chunk,
-                        self._prog, self._consts, X, P, y.reshape(n, self._n_out), valid)
+        self._run_batch("forward_batch", n, chunk,
+                        prog, self._consts, X, P, y.reshape(n, self._n_out), valid)
         res = self._guarded(valid, check, (y,), False)
         return res if check != "raise" else res[0]
 
@@ -758,19 +851,21 @@ class Tape:
             )
         return v.reshape(n, 1, -1)
 
-    def _chunk_for(self, n_dirs: int) -> int:
-        return int(max(1, min(CHUNK_MAX, WORKSPACE_VALUES // max(self._n_slots * n_dirs, 1))))
+    def _chunk_for(self, n_dirs: int, n_slots: int | None = None) -> int:
+        n_slots = self._n_slots if n_slots is None else n_slots
+        return int(max(1, min(CHUNK_MAX, WORKSPACE_VALUES // max(n_slots * n_dirs, 1))))
 
     def _jvp_batch(self, X, P, V, Y, TY) -> np.ndarray:
         """Tangents ``TY (n, n_outputs, n_dirs)`` of directions ``V (1 or n, n_dirs, n_in)``;
         one point goes through the scalar sweep. Returns the guard validity per point."""
         n = X.shape[0]
+        prog, n_slots, _ = self._fwd or self._forward_prog()
         if n == 1 and V.shape[0] == 1:
-            failed = _K.jvp_point(self._prog, self._consts, X[0], P[0], V[0], Y[0], TY[0])
+            failed = _K.jvp_point(prog, self._consts, X[0], P[0], V[0], Y[0], TY[0])
             return np.array([failed == 0], dtype=np.uint8)
         valid = np.empty(n, dtype=np.uint8)
-        self._run_batch("jvp_batch", n, self._chunk_for(V.shape[1] + 1),
-                        self._prog, self._consts, X, P, V, Y, TY, valid)
+        self._run_batch("jvp_batch", n, self._chunk_for(V.shape[1] + 1, n_slots),
+                        prog, self._consts, X, P, V, Y, TY, valid)
         return valid
 
     def jvp(self, x, v, params=None, check: str = "raise"):

@@ -1,0 +1,230 @@
+"""Slot compaction of the forward program (``tapejit._compact``).
+
+* On random programs (hand-built tapes with blocks, strides, parameters and guards from
+  ``test_passes``; recorded ones from ``test_random_programs``) the compacted program
+  passes its range check, a symbolic sweep shows every read finds the value it read
+  before compaction, and forward values (many points, one point, parameters, guard
+  masks) and tangents are bit for bit those of the tape's own program.
+* Chains need O(1) slots; array code (Rosenbrock) needs its live blocks; a strided
+  read that starts in the inputs keeps its results where they were.
+* ``check_compact`` rejects a program that would read or write outside its workspace.
+* A tape uses the compacted program in ``forward`` and ``jvp`` (and says so in
+  ``stats``), with the larger chunk it allows.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from test_passes import programs as built_programs
+from test_passes import same_bits
+from test_random_programs import programs as recorded_programs
+
+import tapejit
+from tapejit import Tape, TapeFormatError
+from tapejit._codegen import HEADER, ROW
+from tapejit._compact import _ARITY, check_compact, compact
+from tapejit._ops import BY_NAME
+from tapejit._tape import _chunk_of
+
+
+def symbolic_sweep(prog: np.ndarray, comp: np.ndarray) -> None:
+    """Run both programs on slot names instead of values: every element of every
+    instruction, output and guard of ``comp`` must read the slot that ``prog`` reads."""
+    nf = int(prog[2] + prog[3])
+    held = np.full(int(comp[0]), -1, dtype=np.int64)  # original slot held by each slot
+    held[:nf] = np.arange(nf)
+    code = prog[prog[10] : prog[13]].reshape(-1, ROW).astype(np.int64)
+    new = comp[comp[10] : comp[13]].reshape(-1, ROW).astype(np.int64)
+    for row, crow in zip(code, new, strict=True):
+        e = np.arange(row[5])
+        for k in range(_ARITY[row[0]]):
+            want = row[2 + k] + e * row[6 + k]
+            got = crow[2 + k] + e * crow[6 + k]
+            assert np.array_equal(held[got], want)
+        held[crow[1] + e] = row[1] + e
+    for lo, hi in ((9, 10), (13, None)):
+        a = prog[prog[lo] : prog[hi] if hi else None]
+        b = comp[comp[lo] : comp[hi] if hi else None]
+        if lo == 13:
+            a, b = a[0::2], b[0::2]
+        assert np.array_equal(held[b], a)
+
+
+def forced(tape: Tape) -> Tape:
+    """The tape with its forward sweeps on the compacted program, whatever it saves."""
+    comp = compact(tape._prog)
+    check_compact(tape._prog, comp)
+    symbolic_sweep(tape._prog, comp)
+    comp.flags.writeable = False
+    tape._fwd = (comp, int(comp[0]), _chunk_of(int(comp[0])))
+    return tape
+
+
+def plain(tape: Tape) -> Tape:
+    """The same tape, forward sweeps on its own program."""
+    other = Tape._from_packed(np.array(tape._prog), np.array(tape._consts))
+    other._fwd = (other._prog, other.n_slots, other._chunk)
+    return other
+
+
+def assert_same_forward(tape: Tape, X: np.ndarray, P=None) -> None:
+    ref = plain(tape)
+    forced(tape)
+    many = np.repeat(X, 400, axis=0)  # more than two chunks: the parallel driver
+    Pm = P if P is None or P.ndim == 1 else np.repeat(P, 400, axis=0)
+    with np.errstate(all="ignore"):
+        for x, p in ((X, P), (many, Pm), (X[0], None if P is None else P.reshape(-1)[
+                : tape.n_params])):
+            got, ok = tape.forward(x, p, check="mask")
+            want, ok0 = ref.forward(x, p, check="mask")
+            assert same_bits(got, want) and np.array_equal(ok, ok0)
+            v = np.linspace(-1, 1, tape.n_inputs)
+            got, ok = tape.jvp(x, v, p, check="mask")
+            want, ok0 = ref.jvp(x, v, p, check="mask")
+            assert same_bits(got, want) and np.array_equal(ok, ok0)
+        jf = tape.jacobian(X, P, mode="forward", check="mask")[0]
+        assert same_bits(jf, ref.jacobian(X, P, mode="forward", check="mask")[0])
+
+
+@settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(case=built_programs(max_instr=40))
+def test_hand_built_programs(case):
+    tape, X, P = case
+    assert_same_forward(tape, X, P)
+    if P is not None:  # parameters per point as well
+        assert_same_forward(tape, X, np.tile(P, (len(X), 1)))
+
+
+@settings(max_examples=100, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(prog=recorded_programs(n_params=1, max_outputs=2), seed=st.integers(0, 2**32 - 1))
+def test_recorded_programs(prog, seed):
+    tape = prog.record()
+    rng = np.random.default_rng(seed)
+    X = rng.uniform(-2, 2, (5, tape.n_inputs))
+    assert_same_forward(tape, X, rng.uniform(-1, 1, tape.n_params))
+
+
+def test_a_chain_needs_two_result_slots():
+    def chain(x):
+        for _ in range(1000):
+            x = np.sin(x) * 1.01
+        return x
+
+    tape = tapejit.record(chain, 0.5)
+    s = tape.stats()
+    assert s["n_slots"] == 2002 and s["peak_live"] == 2
+    assert s["compact_slots"] == len(tape.consts) + 1 + 2
+    X = np.linspace(-2, 2, 5000).reshape(-1, 1)
+    ref = plain(tape)
+    assert same_bits(tape.forward(X), ref.forward(X))
+    assert tape._fwd[0] is not tape._prog and tape._fwd[2] == 512
+    assert same_bits(tape.forward(X[0]), ref.forward(X[0]))
+    assert same_bits(tape.jvp(X, np.ones(1)), ref.jvp(X, np.ones(1)))
+
+
+def test_rosenbrock_keeps_three_blocks():
+    n = 200
+
+    def rosen(x):
+        return np.sum(100 * (x[1:] - x[:-1] ** 2) ** 2 + (1 - x[:-1]) ** 2)
+
+    tape = tapejit.record(rosen, np.ones(n))
+    n_fixed = len(tape.consts) + n
+    assert tape.stats()["compact_slots"] == n_fixed + 3 * (n - 1)
+    X = np.random.default_rng(0).uniform(-2, 2, (3000, n))
+    assert_same_forward(tape, X[:3])
+    assert same_bits(tape.forward(X), plain(tape).forward(X))
+
+
+def test_array_code_with_reductions_and_guards():
+    def f(x, p):
+        y = np.exp(-x) * p[0] + np.cumsum(x) / 3.0
+        if np.sum(y) > -1e9:
+            y = y[::-1] * np.tanh(y)
+        return np.stack([np.max(y), np.dot(y, x), np.prod(np.cos(y[::2]))])
+
+    tape = tapejit.record(f, np.ones(37), np.ones(2), argnums=0)
+    assert tape.n_guards
+    rng = np.random.default_rng(1)
+    assert_same_forward(tape, rng.uniform(-1, 1, (4, 37)), rng.uniform(-1, 1, (4, 2)))
+    assert tape._fwd[1] < tape.n_slots
+
+
+def _pinned_tape() -> Tape:
+    """A block reads inputs x0, x1 and the first two results with one stride: those
+    results must stay directly after the inputs."""
+    ops = BY_NAME
+    sin, neg, add = ops["sin"].code, ops["neg"].code, ops["add"].code
+    # slots: c0=1.0 | x0 x1 | v3 v4 v5... ; v3 = sin(x0), v4 = neg(x1), v5.. = add(x0..v4 step 1)
+    rows = [(sin, (1, 0, 0), 1, (0, 0, 0)), (neg, (2, 0, 0), 1, (0, 0, 0))]
+    rows += [(sin, (3 + k, 0, 0), 1, (0, 0, 0)) for k in range(30)]  # a chain v5..v34
+    rows += [(add, (1, 1, 0), 4, (1, 0, 0))]  # v35..v38 = add(x0..v4, x0 (x4))
+    rows += [(neg, (35, 0, 0), 4, (1, 0, 0))]
+    ops_, args, sizes, strides = zip(*rows, strict=True)
+    return Tape(np.array(ops_), np.array(args), np.array([1.0]), np.array([1, 2]),
+                np.zeros(0, np.int64), np.array([39, 40, 41, 42, 34]),
+                sizes=np.array(sizes), strides=np.array(strides))
+
+
+def test_a_read_from_the_inputs_into_the_results_pins_them():
+    tape = _pinned_tape()
+    comp = compact(tape._prog)
+    code = comp[comp[10] : comp[13]].reshape(-1, ROW)
+    assert code[0, 1] == 3 and code[1, 1] == 4  # where they were
+    assert comp[0] < tape.n_slots
+    assert_same_forward(tape, np.array([[0.3, -0.7], [1.0, 2.0]]))
+
+
+def test_check_compact_rejects_out_of_range_slots():
+    tape = _pinned_tape()
+    good = compact(tape._prog)
+    n_slots = int(good[0])
+    o_code = int(good[10])
+    bad_fields = [
+        (o_code + 1, n_slots),  # a result past the end
+        (o_code + 1, 0),  # a result over the constants
+        (o_code + ROW * 32 + 1, n_slots - 2),  # a block result running past the end
+        (o_code + ROW * 33 + 2, n_slots - 1),  # a block operand running past the end
+        (o_code + 2, -1),
+        (o_code + 3, 1),  # an unused operand column
+        (int(good[9]), n_slots),  # an output
+        (0, int(tape._prog[0]) + 1),  # more slots than the original
+        (o_code, 1),  # another opcode
+    ]
+    for pos, value in bad_fields:
+        comp = good.copy()
+        comp[pos] = value
+        with pytest.raises(TapeFormatError):
+            check_compact(tape._prog, comp)
+    with pytest.raises(TapeFormatError):
+        check_compact(tape._prog, good[:-1])
+    check_compact(tape._prog, good)
+    assert HEADER == 14
+
+
+def test_small_tapes_keep_their_program():
+    tape = tapejit.record(lambda x: np.sin(x) * x, 1.0)
+    tape.forward(np.ones((3, 1)))
+    assert tape._fwd[0] is tape._prog
+    assert tape.stats()["compact_slots"] <= tape.n_slots
+
+
+def test_point_counts_around_the_compact_chunk():
+    def f(x):
+        for _ in range(100):
+            x = np.tanh(x) * 1.5 - x[::-1] * 0.25
+        return x
+
+    tape = tapejit.record(f, np.ones(3))
+    ref = plain(tape)
+    X = np.random.default_rng(3).uniform(-2, 2, (3000, 3))
+    tape.forward(X[:1])
+    prog, _, c = tape._fwd
+    assert prog is not tape._prog and c > tape._chunk
+    for n in (1, 2, c - 1, c, c + 1, 2 * c, 2 * c + 1, 5 * c + 3):
+        assert same_bits(tape.forward(X[:n]), ref.forward(X[:n]))
+        v = X[n:2 * n] if n <= 1000 else np.ones(3)
+        assert same_bits(tape.jvp(X[:n], v), ref.jvp(X[:n], v))
