@@ -595,3 +595,39 @@ def test_no_recording_warning_for_a_three_branch_function():
     assert not [w for w in caught if issubclass(w.category, RecordingWarning)]
     assert g.tape_cache.n_records == 3 + 3  # single calls, then the batched signature
     assert g.tape_cache.n_calls == 351
+
+
+@pytest.mark.parametrize("name", sorted(PIECEWISE))
+def test_batched_calls_with_cached_branches_sort_points_by_guards(name):
+    # Later calls find every branch cached: the points are sorted by guard-only sweeps,
+    # each evaluated once with its own tape, results back in point order.
+    f, value, deriv, _second = PIECEWISE[name]
+    f = fresh(f)
+    vg = tapejit.value_and_grad(f, batched=True)
+    vg(piecewise_points(21))
+    n_records = vg.tape_cache.n_records
+    for seed in (22, 23):
+        x = piecewise_points(seed)[::-1].copy()
+        v, G = vg(x)
+        np.testing.assert_array_equal(v, value(x))
+        np.testing.assert_array_equal(G, deriv(x))
+    assert vg.tape_cache.n_records == n_records
+
+
+def test_guard_slice_keeps_only_what_the_guards_read():
+    from tapejit._passes import guard_slice
+
+    def f(x):
+        if x < -1:
+            return -2.0 * x - 1.0
+        elif x < 1:
+            return np.sin(x) * np.exp(x) * x
+        return 2.0 * x - 1.0
+
+    tape = tapejit.record(f, 0.5)
+    sl = guard_slice(tape)
+    assert len(sl) == 2 and sl.n_guards == tape.n_guards
+    x = piecewise_points(24).reshape(-1, 1)
+    np.testing.assert_array_equal(sl.forward(x, check="mask")[1],
+                                  tape.forward(x, check="mask")[1])
+    assert guard_slice(tapejit.record(lambda x: np.sin(x), 0.5)) is None
