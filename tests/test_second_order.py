@@ -21,6 +21,7 @@ import numpy as np
 import pytest
 from hypothesis import assume, given, settings
 from hypothesis import strategies as st
+from test_ops import away_from_kinks
 
 import tapejit
 from tapejit import OPS
@@ -72,22 +73,6 @@ def sample(op, n: int, seed: int, ties: bool = True) -> np.ndarray:
         X[::7, 0] = X[::7, 1]
         X[3::7, 0] = X[3::7, 2]
     return X
-
-
-def away_from_kinks(op, X: np.ndarray, gap: float = 1e-3) -> np.ndarray:
-    """Rows at least ``gap`` from every kink or jump of ``op`` (finite differences of the
-    gradient must not straddle one)."""
-    a = X[:, 0]
-    keep = np.ones(len(X), dtype=bool)
-    if op.name in ("abs", "sign"):
-        keep &= np.abs(a) > gap
-    elif op.name in ("floor", "ceil"):
-        keep &= np.abs(a - np.round(a)) > gap
-    elif op.name == "clip":
-        keep &= (np.abs(a - X[:, 1]) > gap) & (np.abs(a - X[:, 2]) > gap)
-    elif op.arity == 2 and PIECEWISE in op.flags:
-        keep &= np.abs(a - X[:, 1]) > gap
-    return X[keep]
 
 
 def assert_close_scaled(got, ref, rtol, axis_points=0):
