@@ -13,6 +13,7 @@ from ._jit_api import JitArgs, jit_value, jit_value_and_grad
 from ._ops import OPS, Op
 from ._record import record, stop_gradient
 from ._share import SharedTape, share
+from ._single import Float32Tape
 from ._stream import evaluate_file
 from ._tape import Tape
 from ._transforms import (
@@ -31,6 +32,7 @@ from ._version import __version__
 __all__ = [
     "OPS",
     "BranchError",
+    "Float32Tape",
     "JitArgs",
     "Op",
     "RecordingWarning",

@@ -9,6 +9,7 @@ central differences; (d) pictures, when matplotlib is installed.
 from __future__ import annotations
 
 import os
+import subprocess
 import sys
 import tempfile
 import time
@@ -25,6 +26,56 @@ def seed(x1, x2):
 def loss(w, x, y):
     """Mean squared error of sin(w x) against samples y (x, y are tape parameters)."""
     return np.mean((np.sin(w * x) - y) ** 2)
+
+
+# (c) times the batched sweep over 10^6 points. On a machine whose cache is cold it is
+# compiled by a helper process, on the second core, while (a) and (b) compile the
+# one-point sweep here: the first demo then takes about the longer of the two compiles,
+# not their sum. The helper makes the same call as (c), so this process loads its result.
+_WARM_POINTS = 2000
+
+
+def _batched_first_call(tape, X) -> None:
+    tape.value_and_grad(X[:_WARM_POINTS])
+
+
+def _warm_batched() -> None:
+    """Helper process: compile (into the on-disk cache) the batched sweep of (c)."""
+    import tapejit
+
+    X = np.random.default_rng(0).uniform(0.5, 3.0, size=(_WARM_POINTS, 2))
+    _batched_first_call(tapejit.record(seed, 2.0, 5.0), X)
+
+
+def _start_warm_helper():
+    """Start :func:`_warm_batched` in a process when it would compile, else None."""
+    import numba
+
+    from tapejit._tape import _is_cached
+
+    kernel = "vjp_batch_par" if numba.get_num_threads() > 1 else "vjp_batch_ser"
+    if (os.cpu_count() or 1) < 2 or _is_cached(kernel):
+        return None
+    root = str(Path(__file__).resolve().parent.parent)
+    env = dict(os.environ, TAPEJIT_QUIET="1")
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [root, env.get("PYTHONPATH")]))
+    try:
+        return subprocess.Popen(
+            [sys.executable, "-c", "from tapejit._demo import _warm_batched; _warm_batched()"],
+            env=env, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+    except OSError:
+        return None  # this process compiles it when (c) needs it
+
+
+def _join(helper) -> None:
+    if helper is None:
+        return
+    try:
+        helper.wait(timeout=900)
+    except subprocess.TimeoutExpired:
+        helper.kill()
 
 
 def _progress(i: int, n: int, text: str, out) -> None:
@@ -49,6 +100,7 @@ def run(n_points: int = 10**6, steps: int = 200, out_dir: str | None = None,
     # (a) the seed example as a Wengert table ------------------------------------------
     say(f"tapejit {tapejit.__version__}\n")
     say("(a) y = ln(x1) + x1*x2 - sin(x2), recorded once:")
+    helper = _start_warm_helper() if n_points > _WARM_POINTS else None
     tape = tapejit.record(seed, 2.0, 5.0)
     t0 = time.perf_counter()
     v, g = tape.value_and_grad(np.array([2.0, 5.0]))
@@ -85,7 +137,8 @@ def run(n_points: int = 10**6, steps: int = 200, out_dir: str | None = None,
     # (c) a million points ----------------------------------------------------------------
     say(f"(c) value and gradient at {n_points:,} points:")
     X = rng.uniform(0.5, 3.0, size=(n_points, 2))
-    tape.value_and_grad(X[:2000])  # compile/load the batched sweep outside the timing
+    _join(helper)
+    _batched_first_call(tape, X)  # load (or compile) the batched sweep outside the timing
     t0 = time.perf_counter()
     _, G = tape.value_and_grad(X)
     t_tape = time.perf_counter() - t0
@@ -130,7 +183,8 @@ def run(n_points: int = 10**6, steps: int = 200, out_dir: str | None = None,
     plt.close(fig)
 
     ws = np.linspace(0.0, 3.0, 400)
-    losses = fit.forward(ws[:, None], params=data)
+    # One point at a time through the sweep of (b): nothing new to compile.
+    losses = np.array([fit.value_and_grad(np.array([wi]), params=data)[0] for wi in ws])
     pw, pl = np.array(path).T
     fig, ax = plt.subplots(figsize=(6, 3.5))
     ax.plot(ws, losses, "-", label="L(w)")

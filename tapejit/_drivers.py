@@ -296,16 +296,29 @@ def hvp_point(prog, consts, x, P, V, g, HV, WS):
     return _point_failed_guards(prog, W)
 '''
 
+# Huge tapes (chunk of one point) run point by point through the scalar sweeps, in kernels
+# of their own: the chunked kernels then do not link the point sweeps, which halves their
+# compile time on first use.
 BATCH = '''
+@njit(cache=True, nogil=True, parallel={PAR})
+def forward_points_{SUF}(prog, consts, X, P, Y, valid, chunk, nthreads):
+    nt = min(nthreads, X.shape[0])
+    for t in {RANGE}(nt):
+        _forward_points(prog, consts, X, P, Y, valid, t, nt)
+
+
+@njit(cache=True, nogil=True, parallel={PAR})
+def vjp_points_{SUF}(prog, consts, X, P, WT, Y, G, valid, chunk, nthreads):
+    nt = min(nthreads, X.shape[0])
+    for t in {RANGE}(nt):
+        _vjp_points(prog, consts, X, P, WT, Y, G, valid, t, nt)
+
+
 @njit(cache=True, nogil=True, parallel={PAR})
 def forward_batch_{SUF}(prog, consts, X, P, Y, valid, chunk, nthreads):
     n = X.shape[0]
     nchunks = (n + chunk - 1) // chunk
     nt = min(nthreads, nchunks)
-    if chunk == 1:
-        for t in {RANGE}(nt):
-            _forward_points(prog, consts, X, P, Y, valid, t, nt)
-        return
     for t in {RANGE}(nt):
         W = np.empty((prog[0], chunk))
         _fill_fixed(prog, consts, P, W)
@@ -323,10 +336,6 @@ def vjp_batch_{SUF}(prog, consts, X, P, WT, Y, G, valid, chunk, nthreads):
     n = X.shape[0]
     nchunks = (n + chunk - 1) // chunk
     nt = min(nthreads, nchunks)
-    if chunk == 1:
-        for t in {RANGE}(nt):
-            _vjp_points(prog, consts, X, P, WT, Y, G, valid, t, nt)
-        return
     for t in {RANGE}(nt):
         W = np.empty((prog[0], chunk))
         A = np.empty((prog[0], chunk))

@@ -21,6 +21,7 @@ import os
 
 import numpy as np
 
+from ._single import Float32Tape
 from ._tape import Tape
 
 __all__ = ["evaluate_file"]
@@ -74,8 +75,8 @@ def _open_points(points, n: int, what: str):
     return arr
 
 
-def _out_file(path, shape: tuple[int, ...]):
-    return np.lib.format.open_memmap(path, mode="w+", dtype=np.float64, shape=shape)
+def _out_file(path, shape: tuple[int, ...], dtype=np.float64):
+    return np.lib.format.open_memmap(path, mode="w+", dtype=dtype, shape=shape)
 
 
 def evaluate_file(
@@ -91,7 +92,9 @@ def evaluate_file(
 
     Parameters
     ----------
-    tape : Tape
+    tape : Tape or Float32Tape
+        A :class:`Float32Tape` (``tape.astype(np.float32)``) rounds the points and
+        parameters to float32 and stores (or returns) float32 results.
     points_path : str or path-like or array_like
         A ``.npy`` file of shape ``(n_points, n_inputs)``, any real dtype, memory-mapped
         and read block by block. An array (e.g. an existing ``np.memmap``) is streamed
@@ -142,8 +145,12 @@ def evaluate_file(
     >>> float(v), g.tolist()
     (285.0, [40.0, 50.0])
     """
+    dt = np.dtype(np.float64)
+    if isinstance(tape, Float32Tape):
+        tape, dt = tape.tape, np.dtype(np.float32)
     if not isinstance(tape, Tape):
         raise TypeError(f"evaluate_file() needs a tapejit.Tape; got {type(tape).__name__}")
+    single = dt == np.float32
     if method not in _METHODS:
         raise ValueError(f"method must be one of {_METHODS}; got {method!r}")
     if reduce not in (None, "sum", "mean"):
@@ -169,7 +176,7 @@ def evaluate_file(
             if P.shape[0] != n:
                 raise ValueError(f"params has {P.shape[0]} rows for {n} points")
         else:
-            p1 = np.ascontiguousarray(params, dtype=np.float64).reshape(-1)
+            p1 = np.ascontiguousarray(np.asarray(params, dtype=dt), np.float64).reshape(-1)
             if p1.shape != (n_par,):
                 raise ValueError(f"params must have shape ({n_par},) or ({n}, {n_par})")
 
@@ -192,31 +199,32 @@ def evaluate_file(
         fshape = (n,) if n_out == 1 else (n, n_out)
         if out_path is None:
             if method == "forward":
-                fo = np.empty(fshape)
+                fo = np.empty(fshape, dt)
                 ret = fo
             else:
-                go = np.empty((n, n_in))
+                go = np.empty((n, n_in), dt)
                 if method == "value_and_grad":
-                    vo = np.empty(n)
+                    vo = np.empty(n, dt)
                     ret = (vo, go)
                 else:
                     ret = go
         elif method == "value_and_grad" and isinstance(out_path, (tuple, list)):
             if len(out_path) != 2:
                 raise ValueError("out_path for value_and_grad: one path or (values, grads)")
-            vo, go = _out_file(out_path[0], (n,)), _out_file(out_path[1], (n, n_in))
+            vo, go = (_out_file(out_path[0], (n,), dt),
+                      _out_file(out_path[1], (n, n_in), dt))
             ret = (vo, go)
             files = [vo, go]
         elif method == "value_and_grad":
-            both = _out_file(out_path, (n, 1 + n_in))
+            both = _out_file(out_path, (n, 1 + n_in), dt)
             ret = (both[:, 0], both[:, 1:])
             files = [both]
         elif method == "forward":
-            fo = _out_file(out_path, fshape)
+            fo = _out_file(out_path, fshape, dt)
             ret = fo
             files = [fo]
         else:
-            go = _out_file(out_path, (n, n_in))
+            go = _out_file(out_path, (n, n_in), dt)
             ret = go
             files = [go]
 
@@ -237,10 +245,14 @@ def evaluate_file(
         m = r1 - r0
         x = xb[:m]
         np.copyto(x, X[r0:r1], casting="unsafe")
+        if single and X.dtype != np.float32:
+            x[...] = x.astype(np.float32)  # the float32 points
         _release_rows(X, r0, r1)
         if P is not None:
             p = pb[:m]
             np.copyto(p, P[r0:r1], casting="unsafe")
+            if single and P.dtype != np.float32:
+                p[...] = p.astype(np.float32)
             _release_rows(P, r0, r1)
         else:
             p = p1
@@ -276,11 +288,15 @@ def evaluate_file(
 
     if reduce is not None:
         scale = 1.0 if reduce == "sum" else (1.0 / n if n else np.nan)
+        # sums are accumulated in float64 whatever the dtype, then rounded once
         if method == "forward":
             acc_y *= scale
-            return float(acc_y[0]) if n_out == 1 else acc_y
-        acc_g *= scale
-        return (acc_v * scale, acc_g) if method == "value_and_grad" else acc_g
+            acc_y = acc_y.astype(dt)
+            return (float(acc_y[0]) if not single else acc_y[0]) if n_out == 1 else acc_y
+        acc_g = (acc_g * scale).astype(dt)
+        if method == "value_and_grad":
+            return (acc_v * scale if not single else np.float32(acc_v * scale)), acc_g
+        return acc_g
     for arr in files:
         arr.flush()
     return ret

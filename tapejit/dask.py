@@ -39,6 +39,7 @@ import numba
 import numpy as np
 from dask.highlevelgraph import HighLevelGraph
 
+from ._single import Float32Tape
 from ._tape import Tape
 
 __all__ = ["forward", "gradient", "hessian", "jacobian", "sum_value_and_grad",
@@ -50,6 +51,11 @@ def _tokenize_tape(tape: Tape):
     # Deterministic and cheap: the packed program, constants and shapes identify a tape.
     return ("tapejit.Tape", tape.name, tape.input_shapes, tape.output_shapes,
             normalize_token(np.asarray(tape._prog)), normalize_token(np.asarray(tape._consts)))
+
+
+@normalize_token.register(Float32Tape)
+def _tokenize_float32(tape: Float32Tape):
+    return ("tapejit.Float32Tape", _tokenize_tape(tape.tape))
 
 
 # -- task side -----------------------------------------------------------------------------
@@ -98,10 +104,15 @@ def _column_sums(a):
     return a.sum(axis=0)
 
 
-def _block_sums(x, p=None, *, tape, params, threads):
+def _block_sums(x, p=None, *, tape, params, threads, point_dtype=np.float64):
     """One row ``(n_points, sum of values, sums of gradients...)`` for a block, evaluated
-    in sub-blocks into small reused buffers (no per-point result the size of the block)."""
+    in sub-blocks into small reused buffers (no per-point result the size of the block).
+    With ``point_dtype`` float32 the points are rounded to float32 first (the sums stay
+    float64)."""
     x, p = _one(x), _one(p)
+    if point_dtype != np.float64:
+        x = x.astype(point_dtype, copy=False)
+        p = None if p is None else p.astype(point_dtype, copy=False)
     n, n_in = x.shape
     step = min(n, _SUB_BLOCK) if threads == 1 else n  # several threads: one call
     row = np.zeros((1, 2 + n_in))
@@ -122,7 +133,7 @@ def _block_sums(x, p=None, *, tape, params, threads):
 
 # -- graph side ----------------------------------------------------------------------------
 def _check_tape(tape) -> Tape:
-    if not isinstance(tape, Tape):
+    if not isinstance(tape, (Tape, Float32Tape)):
         raise TypeError(f"expected a tapejit.Tape; got {type(tape).__name__}")
     return tape
 
@@ -156,7 +167,7 @@ def _params(tape: Tape, params, X):
         if P.chunks[0] != X.chunks[0]:  # one chunk of parameters per chunk of points
             P = P.rechunk({0: X.chunks[0]})
         return P, None
-    p = np.ascontiguousarray(params, dtype=np.float64).reshape(-1)
+    p = np.ascontiguousarray(np.asarray(params, dtype=tape.dtype), np.float64).reshape(-1)
     if p.shape != (tape.n_params,):
         raise ValueError(f"params must have shape ({tape.n_params},) or (n_points, "
                          f"{tape.n_params})")
@@ -189,7 +200,8 @@ def _lazy(method, tape, X, params, numba_threads, trailing):
                  for i in range(base.numblocks[0])}
         graph = HighLevelGraph.from_collections(name, layer, dependencies=[base])
         chunks = (X.chunks[0], *((d,) for d in shape))
-        outs.append(da.Array(graph, name, chunks=chunks, meta=np.empty((0, *zeros))))
+        outs.append(da.Array(graph, name, chunks=chunks,
+                             meta=np.empty((0, *zeros), dtype=tape.dtype)))
     return tuple(outs)
 
 
@@ -198,7 +210,8 @@ def forward(tape: Tape, X, params=None, *, numba_threads: int | None = 1):
 
     Parameters
     ----------
-    tape : Tape
+    tape : Tape or Float32Tape
+        ``tape.astype(np.float32)`` gives float32 results (points rounded to float32).
     X : dask.array.Array or array_like
         Points ``(n_points, n_inputs)``, chunked along the points (the inputs axis is
         rechunked to one chunk). A numpy array is wrapped with automatic chunks.
@@ -273,6 +286,7 @@ def sum_value_and_grad(tape: Tape, X, params=None, mean: bool = False, *,
     """
     tape = _check_tape(tape)
     _scalar(tape, "sum_value_and_grad")
+    dtype = tape.dtype
     X = _points(X, tape.n_inputs, "X")
     P, p = _params(tape, params, X)
     width = 2 + tape.n_inputs
@@ -280,11 +294,14 @@ def sum_value_and_grad(tape: Tape, X, params=None, mean: bool = False, *,
     rows = da.blockwise(
         _block_sums, "iw", *pairs, new_axes={"w": width}, adjust_chunks={"i": 1},
         concatenate=False, dtype=float, meta=np.empty((0, 0)),
-        tape=dask.delayed(tape, pure=True), params=p, threads=_threads(numba_threads),
+        tape=dask.delayed(getattr(tape, "tape", tape), pure=True), params=p,
+        threads=_threads(numba_threads), point_dtype=dtype,
     )
     total = rows.sum(axis=0, split_every=split_every)
     if mean:
         total = total / total[0]
+    if dtype != np.float64:  # float64 sums, rounded once
+        total = total.astype(dtype)
     return total[1], total[2:]
 
 
