@@ -9,6 +9,8 @@
   dask time / direct time (best of 3 each). Two tapes: ``rosen2`` (7 instructions:
   memory-bound, where Dask's assembling of the per-point results into one array shows)
   and ``sines`` (blocks of sin and exp: some work per point).
+* ``Precision``: ``value_and_grad`` with float64 points and results against a
+  ``Float32Tape`` (``tape.astype(np.float32)``): time, peak memory, and the ratio.
 * ``Streamed``: ``evaluate_file`` over a ``.npy`` file of 1e7 points (160 MB, written
   once by ``setup_cache``), reduced or written to a ``.npy``: peak memory (asv's
   ``peakmem_`` is the whole process's maximum resident set, interpreter and kernels
@@ -115,6 +117,49 @@ class Threads:
         return len(self.X) / _best(lambda: self.fn(self.X), 5)
 
     track_points_per_second.unit = "points/s"
+
+
+# ---------------------------------------------------------------------------
+# single precision
+# ---------------------------------------------------------------------------
+
+
+class Precision:
+    """``value_and_grad`` over 1e7 points of ``rosen2`` and 1e6 of ``sines``, float64
+    points and results against a ``Float32Tape`` on float32 points (float64 arithmetic
+    either way): time and peak memory; ``track_ratio`` is float32 time / float64 time."""
+
+    params = (("rosen2", "sines"), ("float64", "float32"))
+    param_names = ("tape", "dtype")
+    timeout = 600
+    number = 1
+    repeat = (3, 5, 60.0)
+
+    def setup(self, tape, dtype):
+        base = _tape({"rosen2": rosen2, "sines": sines}[tape])
+        if not hasattr(base, "astype"):
+            raise NotImplementedError("this tapejit has no Tape.astype")
+        n = 10_000_000 if tape == "rosen2" else 1_000_000
+        X = np.random.default_rng(0).standard_normal((n, 2))
+        self.tape = base.astype(dtype)
+        self.X = X.astype(dtype)
+        self.tape.value_and_grad(self.X[:5000])  # compile / load
+
+    def time_value_and_grad(self, tape, dtype):
+        self.tape.value_and_grad(self.X)
+
+    def peakmem_value_and_grad(self, tape, dtype):
+        self.tape.value_and_grad(self.X)
+
+    def track_ratio(self, tape, dtype):
+        other = self.tape.astype("float64" if dtype == "float32" else "float32")
+        Xo = self.X.astype(other.dtype)
+        other.value_and_grad(Xo[:5000])
+        mine = _best(lambda: self.tape.value_and_grad(self.X))
+        theirs = _best(lambda: other.value_and_grad(Xo))
+        return mine / theirs if dtype == "float32" else theirs / mine
+
+    track_ratio.unit = "float32/float64"
 
 
 # ---------------------------------------------------------------------------
