@@ -340,7 +340,7 @@ def _peek(path: str | os.PathLike[str] | BinaryIO, n: int) -> bytes:
 def load_tape(
     path: str | os.PathLike[str] | BinaryIO, *, max_bytes: int | None = MAX_BYTES
 ) -> Tape:
-    """Load a tape written by :func:`save_tape`, checking everything first.
+    """Load a tape written by :meth:`Tape.save`, checking everything first.
 
     Parameters
     ----------

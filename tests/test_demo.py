@@ -40,3 +40,21 @@ def test_demo_rejects_bad_points(capsys):
         assert exc.code == 2
     else:
         raise AssertionError("--points 0 was accepted")
+
+
+def test_demo_warm_helper_compiles_in_another_process(monkeypatch):
+    """On a cold cache the demo starts a helper process for its batched kernel; the
+    helper must start from any working directory and exit cleanly."""
+    import os
+
+    from tapejit import _demo, _tape
+
+    monkeypatch.setattr(_tape, "_is_cached", lambda name: False)
+    monkeypatch.chdir(os.path.dirname(os.path.abspath(__file__)))
+    helper = _demo._start_warm_helper()
+    if (os.cpu_count() or 1) < 2:
+        assert helper is None
+        return
+    assert helper is not None
+    assert helper.wait(timeout=600) == 0
+    _demo._join(helper)  # already finished: returns at once
