@@ -493,15 +493,28 @@ def special_points(op) -> np.ndarray:
     return np.array(list(itertools.product(SPECIALS, repeat=op.arity)), dtype=np.float64)
 
 
+def assert_like_numpy(got, ref) -> None:
+    """NaN, infinities and zeros exactly where numpy has them; other values within
+    4 ulp: numpy's SIMD builds (AVX-512 machines) evaluate some ufuncs (``expm1``,
+    ``arccos``, ``arctanh``, ...) with its own vector code, whose last bit may differ from
+    the C library the kernels call."""
+    got, ref = np.asarray(got, dtype=np.float64), np.asarray(ref, dtype=np.float64)
+    assert got.shape == ref.shape
+    np.testing.assert_array_equal(np.isnan(got), np.isnan(ref))
+    exact = ~np.isfinite(ref) | (ref == 0)
+    np.testing.assert_array_equal(got[exact], ref[exact])  # NaN == NaN, 0.0 == -0.0
+    np.testing.assert_array_max_ulp(got[~exact], ref[~exact], maxulp=4)
+
+
 @pytest.mark.parametrize("name", OP_NAMES)
 def test_nan_and_inf_values_propagate_like_numpy(name):
     op = BY_NAME[name]
     tape = tape_of(name)
     X = special_points(op)
     ref = reference(op, X)
-    np.testing.assert_array_equal(tape.forward(X), ref)  # NaN == NaN here
+    assert_like_numpy(tape.forward(X), ref)
     for i in range(0, len(X), max(1, len(X) // 40)):
-        np.testing.assert_array_equal(tape.forward(X[i]), ref[i])
+        assert_like_numpy(tape.forward(X[i]), ref[i])
 
 
 @pytest.mark.parametrize("name", OP_NAMES)
@@ -513,11 +526,12 @@ def test_value_and_grad_at_special_points_runs_and_keeps_values(name):
     X = special_points(op)
     ref = reference(op, X)
     v, g = tape.value_and_grad(X)
-    np.testing.assert_array_equal(v, ref)
+    assert_like_numpy(v, ref)
+    np.testing.assert_array_equal(v, tape.forward(X))  # the same kernels' values
     assert g.shape == X.shape
     for i in range(0, len(X), max(1, len(X) // 40)):
         vi, gi = tape.value_and_grad(X[i])
-        np.testing.assert_array_equal(vi, ref[i])
+        assert_like_numpy(vi, ref[i])
         np.testing.assert_array_equal(gi, g[i])
     if ZERO_DERIVATIVE in op.flags:
         np.testing.assert_array_equal(g, 0.0)
