@@ -501,7 +501,8 @@ def machine_info():
     lines.append(
         f"- numba {numba.__version__}: NUMBA_NUM_THREADS="
         f"{numba.config.NUMBA_NUM_THREADS}, get_num_threads()="
-        f"{numba.get_num_threads()}, threading layer={layer}"
+        f"{numba.get_num_threads()}, threading layer={layer} (hand numba's prange; "
+        "tapejit uses its own threads)"
     )
     vers = [f"numpy {np.__version__}"]
     for mod in ("jax", "jaxlib", "casadi", "autograd"):

@@ -10,6 +10,7 @@ exactly that source and is reused by every later process.
 from __future__ import annotations
 
 import hashlib
+import importlib.abc
 import importlib.util
 import os
 import re
@@ -109,15 +110,18 @@ def _case(
 _COMBOS = {
     1: ["v"],
     2: ["vv", "sv", "vs"],
-    3: ["vvv", "vvs", "vsv", "vss"],
+    3: ["vvv"],
 }
-# Ops with block fast paths: the cheap ones, where vectorizing pays. An op that calls a
-# libm function per element (exp, sin, ...) runs as fast in the generic loop, and every
-# fast path is code that Numba must compile (minutes for the whole table).
-_FAST_OPS = {"add", "sub", "mul", "div", "neg", "square", "reciprocal", "abs", "maximum",
-             "minimum", "where", "clip"}
-# Binary ops that also get the broadcast (``sv``/``vs``) paths.
-_BROADCAST_FAST = {"add", "sub", "mul", "div", "maximum", "minimum"}
+# Ops with block fast paths: the cheap and frequent ones, where vectorizing pays. An op
+# that calls a libm function per element (exp, sin, ...) runs as fast in the generic
+# loop, and every fast path is code that Numba must compile on first use: these paths
+# are half of a one-point kernel's compile time (measured: dropping the fast paths of
+# reciprocal, abs, minimum and clip, and all but the all-contiguous one of where, took
+# value_grad_point from 39 s to 23 s, and block code of those ops runs at most 1.5x
+# slower at one point; batched sweeps have no fast paths).
+_FAST_OPS = {"add", "sub", "mul", "div", "neg", "square", "maximum", "where"}
+# Binary ops that also get the broadcast (``sv``/``vs``) paths (relu is maximum(x, 0)).
+_BROADCAST_FAST = {"add", "sub", "mul", "div", "maximum"}
 
 
 class _Body:
@@ -207,31 +211,6 @@ def _forward_point() -> str:
         lines += _case(kw, op, body.lines, fast=_fast_paths(op))
         kw = "elif"
     return "\n".join(lines)
-
-
-def _fast_paths_reverse(op: Op) -> list[str]:
-    """Reverse block fast paths of one point (see :func:`_block_modes`): adjoints
-    recomputed from the values."""
-    ks = _nonzero_partials(op)
-    need = sorted({v for k in ks for v in _uses(op.partials[k])} - {"r"}, key="abc".index)
-    paths = []
-    for cond, mode in _block_modes(op, reverse=True):
-        body = [*_value_setup(mode, need), "wr = W[ir : ir + n]", "gr = A[ir : ir + n]"]
-        for k in ks:
-            x, pk = "abc"[k], op.partials[k]
-            load = _value_loads(mode, _uses(pk)) + (["r = wr[e]"] if "r" in _uses(pk) else [])
-            contrib = "g" if pk == "1.0" else "-g" if pk == "-1.0" else f"_azmul(g, {pk})"
-            body.append(f"if i{x} >= nd:")
-            if mode[x] == "v":
-                body += [f"    ga = A[i{x} : i{x} + n]", "    for e in range(n):",
-                         "        g = gr[e]", *("        " + line for line in load),
-                         f"        ga[e] += {contrib}"]
-            else:  # a broadcast operand collects the sum over the block
-                body += ["    t = 0.0", "    for e in range(n):", "        g = gr[e]",
-                         *("        " + line for line in load), f"        t += {contrib}",
-                         f"    A[i{x}] += t"]
-        paths.append((cond, body))
-    return _chain(paths)
 
 
 def _tangent_expr(op: Op, ks: list[int], tangent: dict[int, str]) -> str:
@@ -332,33 +311,6 @@ def _fast_paths_hvp(op: Op) -> list[str]:
     return _chain(paths)
 
 
-def _reverse_point() -> str:
-    """One-point reverse sweep, recomputing each partial from the values.
-
-    An element with a zero adjoint sends nothing back (zero times anything is zero), so
-    it is skipped before its partials are computed.
-    """
-    lines = _header("reverse_point_sweep", "prog, W, A", True)
-    pre = ("g = A[jr]", "if g == 0.0:", "    continue")
-    kw = "if"
-    for op in _dispatch_order():
-        ks = _nonzero_partials(op)
-        if not ks:  # zero-derivative op
-            continue
-        body = _Body(True, "            ")
-        for k in ks:
-            pk, slot = op.partials[k], _SLOTS[k]
-            body.add(f"if {slot} >= nd:")
-            body.loads(_uses(pk), 1)
-            if pk in ("1.0", "-1.0"):
-                body.add(f"A[{slot}] {'+' if pk == '1.0' else '-'}= g", 1)
-            else:
-                body.add(f"A[{slot}] += _azmul(g, {pk})", 1)
-        lines += _case(kw, op, body.lines, pre, _fast_paths_reverse(op))
-        kw = "elif"
-    return "\n".join(lines)
-
-
 def _forward() -> str:
     """Chunk forward sweep (values only)."""
     lines = _header("forward_chunk", "prog, W, m", False)
@@ -398,11 +350,27 @@ def _partial_source(op: Op, k: int) -> tuple[int, float]:
 
 def _partial_source_tables() -> str:
     src, const = [0] * (3 * 128), [0.0] * (3 * 128)
+    count, index = [0] * 128, [0] * (3 * 128)
     for op in OPS:
         for k in range(op.arity):
             src[3 * op.code + k], const[3 * op.code + k] = _partial_source(op, k)
-    return (f"_PSRC = {tuple(src)!r}  # by 3 * opcode + operand: where its partial is\n"
-            f"_PCONST = {tuple(const)!r}  # the constant partials")
+        stored = _stored(op)
+        count[op.code] = len(stored)
+        for j, k in enumerate(stored):
+            index[3 * op.code + k] = j
+    # Global arrays are constants to Numba, indexed by a load (a tuple indexed at run time
+    # becomes a switch over all its entries: slow to compile).
+    return (f"_PSRC = np.array({src!r}, dtype=np.int32)  # by 3 * opcode + operand: "
+            "where its partial is\n"
+            f"_PCONST = np.array({const!r})  # the constant partials\n"
+            f"_PCNT = np.array({count!r}, dtype=np.int32)  # by opcode: partials stored\n"
+            f"_PIDX = np.array({index!r}, dtype=np.int32)  # by 3 * opcode + operand: "
+            "which stored partial")
+
+
+def _stored(op: Op) -> list[int]:
+    """Operands whose partial the forward sweeps store (``_SRC_STORED``)."""
+    return [k for k in range(op.arity) if _partial_source(op, k)[0] == _SRC_STORED]
 
 
 def _forward_partials() -> str:
@@ -426,7 +394,7 @@ def _forward_partials() -> str:
         body.views(used)
         body.add("wr = W[jr]")
         body.add("q = 3 * (jr - nf)")
-        stored = [k for k in range(op.arity) if _partial_source(op, k)[0] == _SRC_STORED]
+        stored = _stored(op)
         for k in stored:
             body.add(f"d{k} = D[q + {k}]")
         body.add("for p in range(m):")
@@ -487,6 +455,150 @@ def _reverse_stored() -> str:
             "                        ga[p] += _azmul(gr[p], dk[p])",
         ]
     return "\n".join(lines)
+
+
+def _forward_partials_point() -> str:
+    """One-point forward sweep that also stores the computed local partials, like
+    :func:`_forward_partials` (same expressions, so the same bits as the batched
+    sweeps). ``D`` is packed: an instruction's stored partials take ``n`` floats each,
+    in instruction order from offset 0; the sweep returns the end offset, from which
+    :func:`_reverse_stored_point` walks back."""
+    lines = _header("forward_partials_point_sweep", "prog, W, D", False)
+    lines.insert(3, "    q = 0")
+    kw = "if"
+    for op in _dispatch_order():
+        stored = _stored(op)
+        exprs = [op.value, *(op.partials[k] for k in stored)]
+        used = sorted({v for e in exprs for v in _uses(e)} - {"r"}, key="abc".index)
+        body = _Body(True, "            ")
+        body.loads(used)
+        body.add(f"r = {op.value}")
+        body.add("W[jr] = r")
+        for j, k in enumerate(stored):
+            body.add(f"D[q + {j} * n + e] = {op.partials[k]}")
+        fast = _chain([
+            (cond, [*_value_setup(mode, used), "wr = W[ir : ir + n]",
+                    *(f"d{j} = D[q + {j} * n : q + {j + 1} * n]" for j in range(len(stored))),
+                    "for e in range(n):",
+                    *("    " + line for line in _value_loads(mode, used)),
+                    f"    r = {op.value}", "    wr[e] = r",
+                    *(f"    d{j}[e] = {op.partials[k]}" for j, k in enumerate(stored))])
+            for cond, mode in _block_modes(op)
+        ])
+        lines += _case(kw, op, body.lines, fast=fast)
+        if stored:
+            lines.append(f"            q += {len(stored)} * n")
+        kw = "elif"
+    lines.append("    return q")
+    return "\n".join(lines)
+
+
+def _reverse_stored_point() -> str:
+    """One-point reverse sweep after :func:`_forward_partials_point`: no per-op code, like
+    :func:`_reverse_stored`; contiguous and broadcast operands of a block run in loops
+    that vectorize (``_back_block``)."""
+    lines = _header("reverse_stored_point_sweep", "prog, W, A, D, q", True)
+    lines += [
+        "        q -= _PCNT[op] * n",
+        "        if n == 1:",
+        "            g = A[ir]",
+        "            if g == 0.0:",
+        "                continue",
+    ]
+    for k, slot in enumerate(("ia", "ib", "ic")):
+        lines += [
+            f"            src = _PSRC[3 * op + {k}]",
+            f"            if src != {_SRC_ZERO} and {slot} >= nd:",
+            f"                if src == {_SRC_CONST}:",
+            f"                    A[{slot}] += _scale(g, _PCONST[3 * op + {k}])",
+            "                else:",
+            f"                    if src == {_SRC_STORED}:",
+            f"                        d = D[q + _PIDX[3 * op + {k}]]",
+            f"                    elif src == {_SRC_SLOT['a']}:",
+            "                        d = W[ia]",
+            f"                    elif src == {_SRC_SLOT['b']}:",
+            "                        d = W[ib]",
+            f"                    elif src == {_SRC_SLOT['c']}:",
+            "                        d = W[ic]",
+            "                    else:",
+            "                        d = W[ir]",
+            f"                    A[{slot}] += _azmul(g, d)",
+        ]
+    lines += ["        else:", "            gr = A[ir : ir + n]"]
+    for k, (slot, stride) in enumerate((("ia", "sa"), ("ib", "sb"), ("ic", "sc"))):
+        lines += [
+            f"            src = _PSRC[3 * op + {k}]",
+            f"            if src != {_SRC_ZERO}:",
+            f"                if src == {_SRC_SLOT['a']}:",
+            "                    j0, sj = ia, sa",
+            f"                elif src == {_SRC_SLOT['b']}:",
+            "                    j0, sj = ib, sb",
+            f"                elif src == {_SRC_SLOT['c']}:",
+            "                    j0, sj = ic, sc",
+            "                else:",
+            "                    j0, sj = ir, 1",
+            f"                _back_block(A, W, D, gr, {slot}, {stride}, n, nd, src,",
+            f"                            _PCONST[3 * op + {k}], q + _PIDX[3 * op + {k}] * n,"
+            " j0, sj)",
+        ]
+    return "\n".join(lines)
+
+
+_BACK_BLOCK = f'''
+@njit(cache=True, nogil=True)
+def _scale(g, dc):
+    # A constant partial; +-1 (add, sub, neg) is a plain add, as in the batched sweep.
+    if dc == 1.0:
+        return g
+    if dc == -1.0:
+        return -g
+    return _azmul(g, dc)
+
+
+@njit(cache=True, nogil=True)
+def _back_block(A, W, D, gr, i0, s0, n, nd, src, dc, base, j0, sj):
+    # One operand of a block: A[i0 + e * s0] gains gr[e] times its partial, which is the
+    # constant dc (src {_SRC_CONST}), D[base + e] (stored) or W[j0 + e * sj] (a value).
+    if s0 == 1 and i0 >= nd and (src == {_SRC_CONST} or src == {_SRC_STORED} or sj == 0 or sj == 1):
+        ga = A[i0 : i0 + n]
+        if src == {_SRC_CONST}:
+            if dc == 1.0:
+                for e in range(n):
+                    ga[e] += gr[e]
+            elif dc == -1.0:
+                for e in range(n):
+                    ga[e] -= gr[e]
+            else:
+                for e in range(n):
+                    ga[e] += _azmul(gr[e], dc)
+        elif src != {_SRC_STORED} and sj == 0:
+            d = W[j0]
+            for e in range(n):
+                ga[e] += _azmul(gr[e], d)
+        else:
+            dk = D[base : base + n] if src == {_SRC_STORED} else W[j0 : j0 + n]
+            for e in range(n):
+                ga[e] += _azmul(gr[e], dk[e])
+        return
+    if (s0 == 1 and i0 + n <= nd) or (s0 == 0 and i0 < nd):
+        return  # constants and parameters: no adjoints
+    if s0 == 0 and i0 >= nd:  # a broadcast operand collects the sum over the block
+        t = 0.0
+        for e in range(n):
+            if src == {_SRC_CONST}:
+                t += _scale(gr[e], dc)
+            else:
+                t += _azmul(gr[e], D[base + e] if src == {_SRC_STORED} else W[j0 + e * sj])
+        A[i0] += t
+        return
+    for e in range(n):
+        j = i0 + e * s0
+        if j >= nd:
+            if src == {_SRC_CONST}:
+                A[j] += _scale(gr[e], dc)
+            else:
+                A[j] += _azmul(gr[e], D[base + e] if src == {_SRC_STORED} else W[j0 + e * sj])
+'''
 
 
 def _locals_loop(op: Op, body: _Body, exprs: list[tuple[str, str]]) -> None:
@@ -641,20 +753,21 @@ def generate_source() -> str:
         '"""Generated by tapejit._codegen from the op table. Do not edit."""',
         "import math",
         "import numpy as np",
-        "from numba import njit as _njit, prange",
+        "from numba import njit as _njit",
         _NJIT,
         HELPERS,
         _partial_source_tables(),
         _forward(),
+        _BACK_BLOCK,
         _forward_point(),
-        _reverse_point(),
+        _forward_partials_point(),
+        _reverse_stored_point(),
         _forward_partials(),
         _reverse_stored(),
         *(f(point) for f in (_forward_tangent, _reverse_hvp) for point in (False, True)),
         _drivers.SUPPORT,
         _drivers.POINT,
-        *(_drivers.BATCH.replace("{PAR}", par).replace("{SUF}", suf).replace("{RANGE}", rng)
-          for par, suf, rng in (("True", "par", "prange"), ("False", "ser", "range"))),
+        _drivers.BATCH,
     ]
     return "\n\n".join(textwrap.dedent(p).strip("\n") + "\n" for p in parts)
 
@@ -682,15 +795,54 @@ def _write_once(path: Path, source: str) -> None:
     os.replace(tmp, path)
 
 
+def _roots() -> tuple[Path, Path]:
+    return cache_dir(), Path(tempfile.gettempdir()) / f"tapejit-{os.getuid()}"
+
+
+_MODULE_NAME = re.compile(r"tapejit_kernels_([0-9a-f]{16})")
+
+
+class _KernelModuleFinder(importlib.abc.MetaPathFinder, importlib.abc.Loader):
+    """Finds kernel modules by name for Numba's cache of *user* functions.
+
+    A user's ``cache=True`` function that calls :func:`tapejit.jit_value_and_grad` is
+    cached with the name of the kernel module it was compiled against, and loading it
+    imports that module. After the kernels change (a new op table, a new tapejit) the
+    module has another name: this finder loads the old one from the cache directory, or
+    gives an empty stand-in when it is gone, so that the cached function loads and its
+    stamp check raises the clear error of ``_jit_api`` (not ``ModuleNotFoundError``).
+    """
+
+    def find_spec(self, fullname, path=None, target=None):
+        m = _MODULE_NAME.fullmatch(fullname)
+        if m is None:
+            return None
+        for root in _roots():
+            candidate = root / m.group(1) / f"{fullname}.py"
+            if candidate.is_file():
+                return importlib.util.spec_from_file_location(fullname, candidate)
+        return importlib.util.spec_from_loader(fullname, self)
+
+    def create_module(self, spec):
+        return None  # the default: an empty module
+
+    def exec_module(self, module) -> None:
+        module._tapejit_stand_in = True
+
+
+if not any(isinstance(f, _KernelModuleFinder) for f in sys.meta_path):
+    sys.meta_path.append(_KernelModuleFinder())
+
+
 def load_kernels() -> ModuleType:
     """Write the generated module (once per distinct source) and import it."""
     source = generate_source()
     digest = hashlib.sha256(source.encode()).hexdigest()[:16]
     name = f"tapejit_kernels_{digest}"
-    if name in sys.modules:
+    if name in sys.modules and not getattr(sys.modules[name], "_tapejit_stand_in", False):
         return sys.modules[name]
     path = None
-    for root in (cache_dir(), Path(tempfile.gettempdir()) / f"tapejit-{os.getuid()}"):
+    for root in _roots():
         candidate = root / digest / f"{name}.py"
         try:
             _write_once(candidate, source)

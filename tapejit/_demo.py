@@ -49,12 +49,9 @@ def _warm_batched() -> None:
 
 def _start_warm_helper():
     """Start :func:`_warm_batched` in a process when it would compile, else None."""
-    import numba
-
     from tapejit._tape import _is_cached
 
-    kernel = "vjp_batch_par" if numba.get_num_threads() > 1 else "vjp_batch_ser"
-    if (os.cpu_count() or 1) < 2 or _is_cached(kernel):
+    if (os.cpu_count() or 1) < 2 or _is_cached("vjp_batch"):
         return None
     root = str(Path(__file__).resolve().parent.parent)
     env = dict(os.environ, TAPEJIT_QUIET="1")

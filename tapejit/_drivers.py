@@ -11,8 +11,9 @@ Conventions shared with ``_tape.py``:
 * a chunk workspace ``W`` is ``(n_slots, chunk)``: points innermost;
 * ``P`` (parameters), ``WT`` (output weights) and ``V`` (directions) have a leading axis
   of 1 (the same for every point) or ``n_points``;
-* batched drivers come in two copies, ``*_par`` (``prange`` over threads, each thread
-  owning its workspace and taking chunks ``t, t + nt, ...``) and ``*_ser``;
+* batched drivers take ``t, nt`` and evaluate chunks ``t, t + nt, ...`` with a workspace
+  of their own: ``_tape._run_batch`` calls them from ``nt`` threads at once (they release
+  the GIL), or once with ``0, 1``;
 * ``*_point`` drivers evaluate one point with scalar sweeps (no chunk loops);
 * guards (recorded branch decisions) are checked after each forward sweep: batched
   drivers write ``valid[p]`` (1: every guard holds at point ``p``), point drivers return
@@ -140,7 +141,12 @@ POINT = '''
 @njit(cache=True, nogil=True)
 def _point_workspace(prog, consts, x, P, WS):
     # WS: a caller's reusable buffer (large tapes), else allocate here.
-    W = WS[: prog[0]] if WS.size >= prog[0] else np.empty(prog[0])
+    return _fill_values(prog, consts, x, P, WS[: prog[0]] if WS.size >= prog[0]
+                        else np.empty(prog[0]))
+
+
+@njit(cache=True, nogil=True)
+def _fill_values(prog, consts, x, P, W):
     for s in range(prog[1]):
         W[s] = consts[s]
     o = prog[8]
@@ -184,9 +190,9 @@ def _point_guards_valid(prog, W, valid, q):
 
 
 @njit(cache=True, nogil=True)
-def _forward_points(prog, consts, X, P, Y, valid, t, nt):
+def forward_points(prog, consts, X, P, Y, valid, chunk, t, nt):
     # Huge tapes: one point at a time through the scalar sweep (its block fast paths
-    # beat chunk rows of one point).
+    # beat chunk rows of one point); points t, t + nt, ...
     W = np.empty(prog[0])
     o = prog[9]
     for q in range(t, X.shape[0], nt):
@@ -198,22 +204,25 @@ def _forward_points(prog, consts, X, P, Y, valid, t, nt):
 
 
 @njit(cache=True, nogil=True)
-def _vjp_points(prog, consts, X, P, WT, Y, G, valid, t, nt):
-    W = np.empty(prog[0])
-    A = np.empty(prog[0])
+def vjp_points(prog, consts, X, P, WT, Y, G, valid, chunk, t, nt):
+    n = prog[0]
+    nd = prog[2]
+    W = np.empty(n)
+    A = np.empty(n)
+    D = np.empty(3 * (n - nd - prog[3]))
     oo = prog[9]
     oi = prog[7]
     for q in range(t, X.shape[0], nt):
         _fill_point(prog, consts, X, P, q, W)
-        forward_point_sweep(prog, W)
+        end = forward_partials_point_sweep(prog, W, D)
         _point_guards_valid(prog, W, valid, q)
-        A[:] = 0.0
+        A[nd:] = 0.0
         r = 0 if WT.shape[0] == 1 else q
         for k in range(prog[5]):
             s = prog[oo + k]
             Y[q, k] = W[s]
             A[s] += WT[r, k]
-        reverse_point_sweep(prog, W, A)
+        reverse_stored_point_sweep(prog, W, A, D, end)
         for j in range(prog[3]):
             G[q, j] = A[prog[oi + j]]
 
@@ -230,20 +239,25 @@ def forward_point(prog, consts, x, P, y, WS):
 
 @njit(cache=True, nogil=True)
 def value_grad_point(prog, consts, x, P, g, WS):
-    W = _point_workspace(prog, consts, x, P, WS)
-    forward_point_sweep(prog, W)
+    # WS: a caller's reusable buffer of at least ``size`` floats (large tapes), else the
+    # workspaces are allocated here: values W, adjoints A, stored partials D.
+    n = prog[0]
+    nd = prog[2]
+    size = 5 * n - 3 * (nd + prog[3])
+    buf = WS if WS.size >= size else np.empty(size)
+    W = buf[:n]
+    A = buf[n : 2 * n]
+    D = buf[2 * n : size]
+    _fill_values(prog, consts, x, P, W)
+    end = forward_partials_point_sweep(prog, W, D)
     if prog[12] > 0 and _point_failed_guards(prog, W) > 0:
         for j in range(prog[3]):
             g[j] = np.nan
         return np.nan
-    if WS.size >= 2 * prog[0]:
-        A = WS[prog[0] : 2 * prog[0]]
-        A[:] = 0.0
-    else:
-        A = np.zeros(prog[0])
+    A[nd:] = 0.0
     out = prog[prog[9]]
     A[out] = 1.0
-    reverse_point_sweep(prog, W, A)
+    reverse_stored_point_sweep(prog, W, A, D, end)
     o = prog[7]
     for j in range(prog[3]):
         g[j] = A[prog[o + j]]
@@ -296,162 +310,138 @@ def hvp_point(prog, consts, x, P, V, g, HV, WS):
     return _point_failed_guards(prog, W)
 '''
 
-# Huge tapes (chunk of one point) run point by point through the scalar sweeps, in kernels
-# of their own: the chunked kernels then do not link the point sweeps, which halves their
-# compile time on first use.
+# Batched kernels: ``(..., chunk, t, nt)`` evaluates chunks ``t, t + nt, ...`` of the points
+# with a workspace of its own, so ``nt`` threads calling it with ``t = 0 .. nt-1`` share the
+# points (the caller's threads: no ``prange``, whose kernels compile twice as long).
 BATCH = '''
-@njit(cache=True, nogil=True, parallel={PAR})
-def forward_points_{SUF}(prog, consts, X, P, Y, valid, chunk, nthreads):
-    nt = min(nthreads, X.shape[0])
-    for t in {RANGE}(nt):
-        _forward_points(prog, consts, X, P, Y, valid, t, nt)
-
-
-@njit(cache=True, nogil=True, parallel={PAR})
-def vjp_points_{SUF}(prog, consts, X, P, WT, Y, G, valid, chunk, nthreads):
-    nt = min(nthreads, X.shape[0])
-    for t in {RANGE}(nt):
-        _vjp_points(prog, consts, X, P, WT, Y, G, valid, t, nt)
-
-
-@njit(cache=True, nogil=True, parallel={PAR})
-def forward_batch_{SUF}(prog, consts, X, P, Y, valid, chunk, nthreads):
+@njit(cache=True, nogil=True)
+def forward_batch(prog, consts, X, P, Y, valid, chunk, t, nt):
     n = X.shape[0]
     nchunks = (n + chunk - 1) // chunk
-    nt = min(nthreads, nchunks)
-    for t in {RANGE}(nt):
-        W = np.empty((prog[0], chunk))
-        _fill_fixed(prog, consts, P, W)
-        for c in range(t, nchunks, nt):
-            p0 = c * chunk
-            m = min(chunk, n - p0)
-            _load(prog, X, P, W, p0, m)
-            forward_chunk(prog, W, m)
-            _check_guards(prog, W, valid, p0, m)
-            _store_outputs(prog, W, Y, p0, m)
+    W = np.empty((prog[0], chunk))
+    _fill_fixed(prog, consts, P, W)
+    for c in range(t, nchunks, nt):
+        p0 = c * chunk
+        m = min(chunk, n - p0)
+        _load(prog, X, P, W, p0, m)
+        forward_chunk(prog, W, m)
+        _check_guards(prog, W, valid, p0, m)
+        _store_outputs(prog, W, Y, p0, m)
 
 
-@njit(cache=True, nogil=True, parallel={PAR})
-def vjp_batch_{SUF}(prog, consts, X, P, WT, Y, G, valid, chunk, nthreads):
+@njit(cache=True, nogil=True)
+def vjp_batch(prog, consts, X, P, WT, Y, G, valid, chunk, t, nt):
     n = X.shape[0]
     nchunks = (n + chunk - 1) // chunk
-    nt = min(nthreads, nchunks)
-    for t in {RANGE}(nt):
-        W = np.empty((prog[0], chunk))
-        A = np.empty((prog[0], chunk))
-        D = np.empty((3 * (prog[0] - prog[2] - prog[3]), chunk))
-        _fill_fixed(prog, consts, P, W)
-        for c in range(t, nchunks, nt):
-            p0 = c * chunk
-            m = min(chunk, n - p0)
-            _load(prog, X, P, W, p0, m)
-            forward_partials_chunk(prog, W, D, m)
-            _check_guards(prog, W, valid, p0, m)
-            _store_outputs(prog, W, Y, p0, m)
+    W = np.empty((prog[0], chunk))
+    A = np.empty((prog[0], chunk))
+    D = np.empty((3 * (prog[0] - prog[2] - prog[3]), chunk))
+    _fill_fixed(prog, consts, P, W)
+    for c in range(t, nchunks, nt):
+        p0 = c * chunk
+        m = min(chunk, n - p0)
+        _load(prog, X, P, W, p0, m)
+        forward_partials_chunk(prog, W, D, m)
+        _check_guards(prog, W, valid, p0, m)
+        _store_outputs(prog, W, Y, p0, m)
+        _zero_adjoints(prog, A, m)
+        _seed(prog, WT, A, p0, m)
+        reverse_stored_chunk(prog, W, A, D, m)
+        _store_grad(prog, A, G, p0, m)
+
+
+@njit(cache=True, nogil=True)
+def jacrev_batch(prog, consts, X, P, Y, J, valid, chunk, t, nt):
+    n = X.shape[0]
+    nchunks = (n + chunk - 1) // chunk
+    oo = prog[9]
+    oi = prog[7]
+    W = np.empty((prog[0], chunk))
+    A = np.empty((prog[0], chunk))
+    D = np.empty((3 * (prog[0] - prog[2] - prog[3]), chunk))
+    _fill_fixed(prog, consts, P, W)
+    for c in range(t, nchunks, nt):
+        p0 = c * chunk
+        m = min(chunk, n - p0)
+        _load(prog, X, P, W, p0, m)
+        forward_partials_chunk(prog, W, D, m)
+        _check_guards(prog, W, valid, p0, m)
+        _store_outputs(prog, W, Y, p0, m)
+        for k in range(prog[5]):
             _zero_adjoints(prog, A, m)
-            _seed(prog, WT, A, p0, m)
-            reverse_stored_chunk(prog, W, A, D, m)
-            _store_grad(prog, A, G, p0, m)
-
-
-@njit(cache=True, nogil=True, parallel={PAR})
-def jacrev_batch_{SUF}(prog, consts, X, P, Y, J, valid, chunk, nthreads):
-    n = X.shape[0]
-    nchunks = (n + chunk - 1) // chunk
-    nt = min(nthreads, nchunks)
-    oo = prog[9]
-    oi = prog[7]
-    for t in {RANGE}(nt):
-        W = np.empty((prog[0], chunk))
-        A = np.empty((prog[0], chunk))
-        D = np.empty((3 * (prog[0] - prog[2] - prog[3]), chunk))
-        _fill_fixed(prog, consts, P, W)
-        for c in range(t, nchunks, nt):
-            p0 = c * chunk
-            m = min(chunk, n - p0)
-            _load(prog, X, P, W, p0, m)
-            forward_partials_chunk(prog, W, D, m)
-            _check_guards(prog, W, valid, p0, m)
-            _store_outputs(prog, W, Y, p0, m)
-            for k in range(prog[5]):
-                _zero_adjoints(prog, A, m)
-                s = prog[oo + k]
-                for p in range(m):
-                    A[s, p] += 1.0
-                reverse_stored_chunk(prog, W, A, D, m)
-                for j in range(prog[3]):
-                    s = prog[oi + j]
-                    for p in range(m):
-                        J[p0 + p, k, j] = A[s, p]
-
-
-@njit(cache=True, nogil=True, parallel={PAR})
-def jvp_batch_{SUF}(prog, consts, X, P, V, Y, TY, valid, chunk, nthreads):
-    n = X.shape[0]
-    nv = V.shape[1]
-    nchunks = (n + chunk - 1) // chunk
-    nt = min(nthreads, nchunks)
-    oo = prog[9]
-    for t in {RANGE}(nt):
-        W = np.empty((prog[0], chunk))
-        T = np.empty((prog[0], nv, chunk))
-        D = np.empty((3, chunk))
-        _fill_fixed(prog, consts, P, W)
-        _zero_low_tangents(prog, T)
-        for c in range(t, nchunks, nt):
-            p0 = c * chunk
-            m = min(chunk, n - p0)
-            _load(prog, X, P, W, p0, m)
-            _seed_tangents(prog, V, T, p0, m)
-            forward_tangent_chunk(prog, W, T, D, nv, m)
-            _check_guards(prog, W, valid, p0, m)
-            _store_outputs(prog, W, Y, p0, m)
-            for k in range(prog[5]):
-                s = prog[oo + k]
-                for d in range(nv):
-                    for p in range(m):
-                        TY[p0 + p, k, d] = T[s, d, p]
-
-
-@njit(cache=True, nogil=True, parallel={PAR})
-def hvp_batch_{SUF}(prog, consts, X, P, V, Y, G, HV, valid, chunk, nthreads):
-    n = X.shape[0]
-    nv = V.shape[1]
-    nchunks = (n + chunk - 1) // chunk
-    nt = min(nthreads, nchunks)
-    oi = prog[7]
-    out = prog[prog[9]]
-    for t in {RANGE}(nt):
-        W = np.empty((prog[0], chunk))
-        T = np.empty((prog[0], nv, chunk))
-        A = np.empty((prog[0], chunk))
-        Ad = np.empty((prog[0], nv, chunk))
-        D = np.empty((3, chunk))
-        S = np.empty((6, chunk))
-        _fill_fixed(prog, consts, P, W)
-        _zero_low_tangents(prog, T)
-        for c in range(t, nchunks, nt):
-            p0 = c * chunk
-            m = min(chunk, n - p0)
-            _load(prog, X, P, W, p0, m)
-            _seed_tangents(prog, V, T, p0, m)
-            forward_tangent_chunk(prog, W, T, D, nv, m)
-            _check_guards(prog, W, valid, p0, m)
-            _store_outputs(prog, W, Y, p0, m)
-            for s in range(prog[2], prog[0]):
-                for p in range(m):
-                    A[s, p] = 0.0
-                for d in range(nv):
-                    for p in range(m):
-                        Ad[s, d, p] = 0.0
+            s = prog[oo + k]
             for p in range(m):
-                A[out, p] += 1.0
-            reverse_hvp_chunk(prog, W, T, A, Ad, D, S, nv, m)
+                A[s, p] += 1.0
+            reverse_stored_chunk(prog, W, A, D, m)
             for j in range(prog[3]):
                 s = prog[oi + j]
                 for p in range(m):
-                    G[p0 + p, j] = A[s, p]
-                for d in range(nv):
-                    for p in range(m):
-                        HV[p0 + p, d, j] = Ad[s, d, p]
+                    J[p0 + p, k, j] = A[s, p]
+
+
+@njit(cache=True, nogil=True)
+def jvp_batch(prog, consts, X, P, V, Y, TY, valid, chunk, t, nt):
+    n = X.shape[0]
+    nv = V.shape[1]
+    nchunks = (n + chunk - 1) // chunk
+    oo = prog[9]
+    W = np.empty((prog[0], chunk))
+    T = np.empty((prog[0], nv, chunk))
+    D = np.empty((3, chunk))
+    _fill_fixed(prog, consts, P, W)
+    _zero_low_tangents(prog, T)
+    for c in range(t, nchunks, nt):
+        p0 = c * chunk
+        m = min(chunk, n - p0)
+        _load(prog, X, P, W, p0, m)
+        _seed_tangents(prog, V, T, p0, m)
+        forward_tangent_chunk(prog, W, T, D, nv, m)
+        _check_guards(prog, W, valid, p0, m)
+        _store_outputs(prog, W, Y, p0, m)
+        for k in range(prog[5]):
+            s = prog[oo + k]
+            for d in range(nv):
+                for p in range(m):
+                    TY[p0 + p, k, d] = T[s, d, p]
+
+
+@njit(cache=True, nogil=True)
+def hvp_batch(prog, consts, X, P, V, Y, G, HV, valid, chunk, t, nt):
+    n = X.shape[0]
+    nv = V.shape[1]
+    nchunks = (n + chunk - 1) // chunk
+    oi = prog[7]
+    out = prog[prog[9]]
+    W = np.empty((prog[0], chunk))
+    T = np.empty((prog[0], nv, chunk))
+    A = np.empty((prog[0], chunk))
+    Ad = np.empty((prog[0], nv, chunk))
+    D = np.empty((3, chunk))
+    S = np.empty((6, chunk))
+    _fill_fixed(prog, consts, P, W)
+    _zero_low_tangents(prog, T)
+    for c in range(t, nchunks, nt):
+        p0 = c * chunk
+        m = min(chunk, n - p0)
+        _load(prog, X, P, W, p0, m)
+        _seed_tangents(prog, V, T, p0, m)
+        forward_tangent_chunk(prog, W, T, D, nv, m)
+        _check_guards(prog, W, valid, p0, m)
+        _store_outputs(prog, W, Y, p0, m)
+        for s in range(prog[2], prog[0]):
+            for p in range(m):
+                A[s, p] = 0.0
+            for d in range(nv):
+                for p in range(m):
+                    Ad[s, d, p] = 0.0
+        for p in range(m):
+            A[out, p] += 1.0
+        reverse_hvp_chunk(prog, W, T, A, Ad, D, S, nv, m)
+        for j in range(prog[3]):
+            s = prog[oi + j]
+            for p in range(m):
+                G[p0 + p, j] = A[s, p]
+            for d in range(nv):
+                for p in range(m):
+                    HV[p0 + p, d, j] = Ad[s, d, p]
 '''

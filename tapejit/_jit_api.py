@@ -52,7 +52,7 @@ class JitArgs(NamedTuple):
     prog: np.ndarray  #: the packed program (read-only int32)
     consts: np.ndarray  #: the constant pool (read-only float64)
     params: np.ndarray  #: ``n_params`` parameter values (float64, writeable)
-    workspace: np.ndarray  #: scratch: values and adjoints, ``2 * n_slots``
+    workspace: np.ndarray  #: scratch: values, adjoints and stored partials
     out: np.ndarray  #: scratch: the outputs of :func:`jit_value`
     stamp: int  #: identifies the kernels the bundle was made for
 
@@ -82,7 +82,7 @@ def jit_args(tape, params=None) -> JitArgs:
         if p.size != n_par:
             raise ValueError(f"params must have {n_par} values; got {np.shape(params)}")
     return JitArgs(
-        tape._prog, tape._consts, p, np.empty(2 * tape.n_slots),
+        tape._prog, tape._consts, p, np.empty(tape._point_floats()),
         np.empty(max(tape.n_outputs, 1)), kernel_stamp(),
     )
 

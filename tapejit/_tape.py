@@ -32,6 +32,7 @@ from __future__ import annotations
 import os
 import sys
 import threading
+from concurrent.futures import ThreadPoolExecutor
 
 import numba
 import numpy as np
@@ -63,20 +64,30 @@ _COMPACT_MIN_INSTR = 16
 _K = None
 _NOTICE_SHOWN = False
 
-# Numba's workqueue threading layer (its fallback where neither OpenMP nor TBB loads)
-# aborts the process when two threads launch parallel kernels at once. Until Numba
-# reports a layer that allows that, one thread at a time runs a parallel kernel and the
-# others run its serial copy rather than wait.
-_PAR_LOCK = threading.Lock()
-_par_concurrent = False
+# Batched calls over many points run on the caller's thread plus workers of this pool,
+# each evaluating every ``nt``-th chunk (the kernels release the GIL). Numba's ``prange``
+# would do the same, but its kernels take twice as long to compile.
+_POOL: ThreadPoolExecutor | None = None
+_POOL_LOCK = threading.Lock()
 
 
-def _note_layer() -> None:
-    global _par_concurrent
-    try:
-        _par_concurrent = numba.threading_layer() in ("omp", "tbb")
-    except ValueError:  # no parallel kernel has run yet
-        pass
+def _pool() -> ThreadPoolExecutor:
+    global _POOL
+    if _POOL is None:
+        with _POOL_LOCK:
+            if _POOL is None:
+                _POOL = ThreadPoolExecutor(max(1, numba.config.NUMBA_NUM_THREADS - 1),
+                                           thread_name_prefix="tapejit")
+    return _POOL
+
+
+def _forget_pool() -> None:
+    global _POOL
+    _POOL = None  # a forked child has none of the parent's threads
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_forget_pool)
 
 
 class _Kernels:
@@ -625,23 +636,22 @@ class Tape:
         return p
 
     def _run_batch(self, kernel: str, n: int, chunk: int, *args) -> None:
-        """Run batched ``kernel`` over ``n`` points: its parallel copy over all of
-        Numba's threads when there are enough chunks for them, else its serial copy."""
+        """Run batched ``kernel`` over ``n`` points, on ``numba.get_num_threads()``
+        threads when there are enough chunks for them (this one and the pool's)."""
         if chunk == 1 and kernel in _POINTWISE:
             kernel = _POINTWISE[kernel]
-        nt = numba.get_num_threads()
-        if nt > 1 and n > max(2 * chunk, 16):
-            if _par_concurrent:
-                getattr(_K, kernel + "_par")(*args, chunk, nt)
-                return
-            if _PAR_LOCK.acquire(blocking=False):
-                try:
-                    getattr(_K, kernel + "_par")(*args, chunk, nt)
-                finally:
-                    _PAR_LOCK.release()
-                _note_layer()
-                return
-        getattr(_K, kernel + "_ser")(*args, max(1, min(chunk, n)), 1)
+        fn = getattr(_K, kernel)
+        nt = min(numba.get_num_threads(), -(-n // chunk))
+        if nt < 2 or n <= max(2 * chunk, 16):
+            fn(*args, max(1, min(chunk, n)), 0, 1)
+            return
+        rest = [_pool().submit(fn, *args, chunk, t, nt) for t in range(1, nt)]
+        fn(*args, chunk, 0, nt)
+        for t, job in enumerate(rest, 1):
+            if job.cancel():  # the pool is busy with other calls: do that share here
+                fn(*args, chunk, t, nt)
+            else:
+                job.result()
 
     def _scalar_output(self, what: str) -> None:
         if self._n_out != 1:
@@ -652,14 +662,21 @@ class Tape:
 
     # -- evaluation ----------------------------------------------------------------------
     def _workspace(self, size: int | None = None) -> np.ndarray:
-        """This thread's reusable one-point workspace (empty for small tapes): two floats
-        per slot, or ``size`` floats when a sweep needs more."""
+        """This thread's reusable one-point workspace (empty for small tapes): what
+        ``value_grad_point`` needs (values, adjoints and up to three stored partials per
+        result: ``5 n_slots - 3 n_fixed`` floats, the partials' part touched only as far
+        as the tape stores some), or ``size`` floats when a sweep needs more."""
         if self._tls is None:
             return _EMPTY1
         ws = getattr(self._tls, "ws", None)
         if ws is None or (size is not None and ws.size < size):
-            ws = self._tls.ws = np.empty(max(size or 0, 2 * self._n_slots))
+            ws = self._tls.ws = np.empty(max(size or 0, self._point_floats()))
         return ws
+
+    def _point_floats(self) -> int:
+        """Floats of workspace ``value_grad_point`` uses (see :meth:`_workspace`)."""
+        nf = int(self._prog[2]) + self._n_in  # first result slot
+        return 5 * self._n_slots - 3 * nf
 
     def _forward_prog(self) -> tuple[np.ndarray, int, int]:
         """Program, slot count and chunk of the forward-only and tangent sweeps.

@@ -239,7 +239,7 @@ def test_bad_params():
 
 
 # -- Numba entry points ------------------------------------------------------------------------
-@numba.njit(cache=True)
+_DESCEND = '''
 def _descend(args, x, steps, lr):
     """A user's gradient descent in Numba: value and gradient from the tape."""
     g = np.empty_like(x)
@@ -248,6 +248,11 @@ def _descend(args, x, steps, lr):
         values[k] = tapejit.jit_value_and_grad(args, x, g)
         x -= lr * g
     return values, tapejit.jit_value(args, x)
+'''
+exec(_DESCEND)
+# Not cached here: a cache in tests/__pycache__ would go stale whenever the kernels change
+# (the cross-process tests below cache a copy in a temporary directory instead).
+_descend = numba.njit(_descend)  # noqa: F821 (defined by the exec)
 
 
 def _rosen(x):
@@ -312,26 +317,66 @@ def test_jit_params_guards_and_errors():
         tapejit.jit_value(other, np.zeros(2))
 
 
-def test_jit_entry_point_is_cached_across_processes():
-    """A user's ``cache=True`` function that calls the entry point loads from Numba's cache
-    in a fresh process (the kernels come from the dynamically generated module)."""
+def _user_module(tmp_path) -> None:
+    """A user's module with a ``cache=True`` function calling the entry points."""
+    (tmp_path / "user_descend.py").write_text(
+        "import numba\nimport numpy as np\nimport tapejit\n" + _DESCEND
+        + "\n_descend = numba.njit(cache=True)(_descend)\n")
+
+
+def _run_user(tmp_path, head: str = ""):
     here = os.path.dirname(os.path.abspath(__file__))
     script = (
         "import json, sys, numpy as np\n"
-        f"sys.path.insert(0, {here!r})\n"
-        "import tapejit, test_compose as t\n"
+        f"sys.path[:0] = [{str(tmp_path)!r}, {here!r}]\n"
+        "import tapejit, test_compose as t\n" + head +
+        "from user_descend import _descend\n"
         "tape = tapejit.record(t._rosen, np.zeros(4))\n"
         "x = np.full(4, 0.5)\n"
-        "values, last = t._descend(tape.jit_args(), x, 5, 1e-3)\n"
-        "print(json.dumps([values.tolist(), sum(t._descend.stats.cache_hits.values())]))\n"
+        "try:\n"
+        "    values, last = _descend(tape.jit_args(), x, 5, 1e-3)\n"
+        "except RuntimeError as exc:\n"
+        "    print(json.dumps(str(exc)))\n"
+        "else:\n"
+        "    print(json.dumps([values.tolist(), sum(_descend.stats.cache_hits.values())]))\n"
     )
     env = {**os.environ, "PYTHONPATH": os.path.dirname(here)}
-    runs = [
-        json.loads(subprocess.run([sys.executable, "-c", script], env=env, check=True,
-                                  capture_output=True, text=True).stdout.splitlines()[-1])
-        for _ in range(2)
-    ]
+    out = subprocess.run([sys.executable, "-c", script], env=env, check=True,
+                         capture_output=True, text=True).stdout
+    return json.loads(out.splitlines()[-1])
+
+
+def test_jit_entry_point_is_cached_across_processes(tmp_path):
+    """A user's ``cache=True`` function that calls the entry point loads from Numba's cache
+    in a fresh process (the kernels come from the dynamically generated module)."""
+    _user_module(tmp_path)
+    runs = [_run_user(tmp_path) for _ in range(2)]
     assert runs[1][1] >= 1  # the second process at least loads it from the cache
     assert runs[0][0] == runs[1][0]
     tape = tapejit.record(_rosen, np.zeros(4))
     assert runs[1][0][0] == tape.forward(np.full(4, 0.5))
+
+
+def test_jit_function_cached_against_other_kernels_raises(tmp_path):
+    """A user's function cached against other kernels (here: another stamp, as after an
+    op-table change) loads and raises the clear error, never runs them."""
+    _user_module(tmp_path)
+    head = "tapejit._jit_api.kernel_stamp = lambda: 12345\n"
+    assert _run_user(tmp_path, head)[1] == 0  # compiled and cached with that stamp
+    assert "other tapejit kernels" in _run_user(tmp_path)
+
+
+def test_kernel_modules_of_other_kernels_import(tmp_path):
+    """Loading such a cached function imports the kernel module it was compiled against:
+    one that is no longer in the cache directory imports as an empty stand-in (its stamp
+    check then raises), not as ModuleNotFoundError."""
+    script = (
+        "import importlib, tapejit\n"
+        "m = importlib.import_module('tapejit_kernels_' + '0' * 16)\n"
+        "print(m._tapejit_stand_in)\n"
+    )
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    env = {**os.environ, "PYTHONPATH": root}
+    out = subprocess.run([sys.executable, "-c", script], env=env, check=True,
+                         capture_output=True, text=True).stdout
+    assert out.split()[-1] == "True"

@@ -10,13 +10,13 @@ with forward / value_and_grad / hessian at single points and on batches.
 
 from __future__ import annotations
 
-import os
 import subprocess
 import sys
 import threading
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+import numba
 import numpy as np
 import pytest
 
@@ -128,27 +128,56 @@ def test_tape_is_read_only(tapes):
         assert not arr.flags.writeable
 
 
-_WORKQUEUE_SCRIPT = """
-import sys
+def test_batches_shared_by_threads_bitwise(tapes, monkeypatch):
+    # A batch split over the caller's thread and the pool's gives the single-thread bits.
+    shares = []
+    pool = _tape._pool()
+
+    class Counting:
+        def submit(self, *args):
+            shares.append(args[-2])
+            return pool.submit(*args)
+
+    monkeypatch.setattr(_tape, "_pool", lambda: Counting())
+    rng = np.random.default_rng(3)
+    for name, tape in tapes.items():
+        X = (0.5 if name != "small" else 1.0) * rng.standard_normal((2100, tape.n_inputs))
+        numba.set_num_threads(1)
+        try:
+            want = [tape.forward(X), tape.value_and_grad(X), tape.jacobian(X[:1500])]
+        finally:
+            numba.set_num_threads(numba.config.NUMBA_NUM_THREADS)
+        got = [tape.forward(X), tape.value_and_grad(X), tape.jacobian(X[:1500])]
+        assert all(map(_same, got, want)), name
+    if numba.config.NUMBA_NUM_THREADS > 1:  # the pool took shares 1 .. nt - 1
+        assert shares and min(shares) == 1
+
+
+_FORK_SCRIPT = """
+import multiprocessing as mp, sys
 sys.path.insert(0, {root!r})
-from concurrent.futures import ThreadPoolExecutor
-import numba, numpy as np, tapejit
+import numpy as np, tapejit
 tape = tapejit.record(lambda x: np.sum(x ** 2), np.zeros(3))
 X = np.random.default_rng(0).random((20000, 3))
-# The very first parallel launches race too: the layer is unknown until one has run.
-with ThreadPoolExecutor(4) as pool:
-    got = list(pool.map(lambda _: tape.value_and_grad(X)[1], range(32)))
-want = tape.value_and_grad(X)[1]
-assert all((g == want).all() for g in got)
-print(numba.threading_layer())
+want = tape.value_and_grad(X)[1]  # starts the pool's threads in the parent
+
+
+def child(q):
+    q.put(bool((tape.value_and_grad(X)[1] == want).all()))
+
+
+q = mp.get_context("fork").Queue()
+p = mp.get_context("fork").Process(target=child, args=(q,))
+p.start()
+print(q.get(timeout=300))
+p.join()
 """
 
 
-def test_threads_under_workqueue_layer():
-    # The layer Numba falls back to where neither OpenMP nor TBB is available.
+def test_batches_in_a_forked_child():
+    # A forked child has none of its parent's pool threads: it must not wait for them.
     root = str(Path(__file__).resolve().parents[1])
-    env = {**os.environ, "NUMBA_THREADING_LAYER": "workqueue"}
-    proc = subprocess.run([sys.executable, "-c", _WORKQUEUE_SCRIPT.format(root=root)],
-                          capture_output=True, text=True, env=env, timeout=600)
+    proc = subprocess.run([sys.executable, "-c", _FORK_SCRIPT.format(root=root)],
+                          capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-2000:]
-    assert proc.stdout.split()[-1] == "workqueue"
+    assert proc.stdout.split()[-1] == "True"
