@@ -105,6 +105,44 @@ def _check_guards(prog, W, valid, p0, m):
 
 
 @njit(cache=True, nogil=True)
+def _reverse_workspaces(prog, consts, P, chunk):
+    # Values (constants and fixed parameters filled in), adjoints, stored partials.
+    W = np.empty((prog[0], chunk))
+    _fill_fixed(prog, consts, P, W)
+    return W, np.empty((prog[0], chunk)), np.empty((3 * (prog[0] - prog[2] - prog[3]), chunk))
+
+
+@njit(cache=True, nogil=True)
+def _forward_stored(prog, X, P, W, D, Y, valid, p0, m):
+    # One chunk's values and stored partials; its outputs and guard checks written.
+    _load(prog, X, P, W, p0, m)
+    forward_partials_chunk(prog, W, D, m)
+    _check_guards(prog, W, valid, p0, m)
+    _store_outputs(prog, W, Y, p0, m)
+
+
+@njit(cache=True, nogil=True)
+def _tangent_workspaces(prog, consts, P, nv, chunk):
+    # Values (constants and fixed parameters filled in), tangents (zero for those),
+    # scratch partials.
+    W = np.empty((prog[0], chunk))
+    T = np.empty((prog[0], nv, chunk))
+    _fill_fixed(prog, consts, P, W)
+    _zero_low_tangents(prog, T)
+    return W, T, np.empty((3, chunk))
+
+
+@njit(cache=True, nogil=True)
+def _forward_tangents(prog, X, P, V, W, T, D, Y, valid, p0, m):
+    # One chunk's values and tangents; its outputs and guard checks written.
+    _load(prog, X, P, W, p0, m)
+    _seed_tangents(prog, V, T, p0, m)
+    forward_tangent_chunk(prog, W, T, D, V.shape[1], m)
+    _check_guards(prog, W, valid, p0, m)
+    _store_outputs(prog, W, Y, p0, m)
+
+
+@njit(cache=True, nogil=True)
 def _point_failed_guards(prog, W):
     failed = 0
     o = prog[13]
@@ -333,17 +371,11 @@ def forward_batch(prog, consts, X, P, Y, valid, chunk, t, nt):
 def vjp_batch(prog, consts, X, P, WT, Y, G, valid, chunk, t, nt):
     n = X.shape[0]
     nchunks = (n + chunk - 1) // chunk
-    W = np.empty((prog[0], chunk))
-    A = np.empty((prog[0], chunk))
-    D = np.empty((3 * (prog[0] - prog[2] - prog[3]), chunk))
-    _fill_fixed(prog, consts, P, W)
+    W, A, D = _reverse_workspaces(prog, consts, P, chunk)
     for c in range(t, nchunks, nt):
         p0 = c * chunk
         m = min(chunk, n - p0)
-        _load(prog, X, P, W, p0, m)
-        forward_partials_chunk(prog, W, D, m)
-        _check_guards(prog, W, valid, p0, m)
-        _store_outputs(prog, W, Y, p0, m)
+        _forward_stored(prog, X, P, W, D, Y, valid, p0, m)
         _zero_adjoints(prog, A, m)
         _seed(prog, WT, A, p0, m)
         reverse_stored_chunk(prog, W, A, D, m)
@@ -356,17 +388,11 @@ def jacrev_batch(prog, consts, X, P, Y, J, valid, chunk, t, nt):
     nchunks = (n + chunk - 1) // chunk
     oo = prog[9]
     oi = prog[7]
-    W = np.empty((prog[0], chunk))
-    A = np.empty((prog[0], chunk))
-    D = np.empty((3 * (prog[0] - prog[2] - prog[3]), chunk))
-    _fill_fixed(prog, consts, P, W)
+    W, A, D = _reverse_workspaces(prog, consts, P, chunk)
     for c in range(t, nchunks, nt):
         p0 = c * chunk
         m = min(chunk, n - p0)
-        _load(prog, X, P, W, p0, m)
-        forward_partials_chunk(prog, W, D, m)
-        _check_guards(prog, W, valid, p0, m)
-        _store_outputs(prog, W, Y, p0, m)
+        _forward_stored(prog, X, P, W, D, Y, valid, p0, m)
         for k in range(prog[5]):
             _zero_adjoints(prog, A, m)
             s = prog[oo + k]
@@ -385,19 +411,11 @@ def jvp_batch(prog, consts, X, P, V, Y, TY, valid, chunk, t, nt):
     nv = V.shape[1]
     nchunks = (n + chunk - 1) // chunk
     oo = prog[9]
-    W = np.empty((prog[0], chunk))
-    T = np.empty((prog[0], nv, chunk))
-    D = np.empty((3, chunk))
-    _fill_fixed(prog, consts, P, W)
-    _zero_low_tangents(prog, T)
+    W, T, D = _tangent_workspaces(prog, consts, P, nv, chunk)
     for c in range(t, nchunks, nt):
         p0 = c * chunk
         m = min(chunk, n - p0)
-        _load(prog, X, P, W, p0, m)
-        _seed_tangents(prog, V, T, p0, m)
-        forward_tangent_chunk(prog, W, T, D, nv, m)
-        _check_guards(prog, W, valid, p0, m)
-        _store_outputs(prog, W, Y, p0, m)
+        _forward_tangents(prog, X, P, V, W, T, D, Y, valid, p0, m)
         for k in range(prog[5]):
             s = prog[oo + k]
             for d in range(nv):
@@ -412,22 +430,14 @@ def hvp_batch(prog, consts, X, P, V, Y, G, HV, valid, chunk, t, nt):
     nchunks = (n + chunk - 1) // chunk
     oi = prog[7]
     out = prog[prog[9]]
-    W = np.empty((prog[0], chunk))
-    T = np.empty((prog[0], nv, chunk))
+    W, T, D = _tangent_workspaces(prog, consts, P, nv, chunk)
     A = np.empty((prog[0], chunk))
     Ad = np.empty((prog[0], nv, chunk))
-    D = np.empty((3, chunk))
     S = np.empty((6, chunk))
-    _fill_fixed(prog, consts, P, W)
-    _zero_low_tangents(prog, T)
     for c in range(t, nchunks, nt):
         p0 = c * chunk
         m = min(chunk, n - p0)
-        _load(prog, X, P, W, p0, m)
-        _seed_tangents(prog, V, T, p0, m)
-        forward_tangent_chunk(prog, W, T, D, nv, m)
-        _check_guards(prog, W, valid, p0, m)
-        _store_outputs(prog, W, Y, p0, m)
+        _forward_tangents(prog, X, P, V, W, T, D, Y, valid, p0, m)
         for s in range(prog[2], prog[0]):
             for p in range(m):
                 A[s, p] = 0.0
