@@ -89,20 +89,17 @@ def _header(name: str, args: str, reverse: bool) -> list[str]:
     ]
 
 
-def _case(
-    kw: str, op: Op, body: list[str], pre: tuple[str, ...] = (), fast: list[str] = ()
-) -> list[str]:
+def _case(kw: str, op: Op, body: list[str], fast: list[str] = ()) -> list[str]:
     """One dispatch branch: ``body`` runs once per element of the instruction (a scalar
     instruction has one element; a block has ``n``, operand slots advancing by their
-    strides). ``pre`` lines open the element loop (e.g. skip elements with no adjoint).
-    ``fast`` is an ``if/elif`` chain of block fast paths tried before that loop."""
+    strides). ``fast`` is an ``if/elif`` chain of block fast paths tried before that
+    loop."""
     out = [f"        {kw} op == {op.code}:  # {op.name}"]
     ind = "            "
     if fast:
         out += [ind + line for line in fast] + [ind + "else:"]
         ind += "    "
     out += [ind + line for line in _ELEMENT]
-    out += [ind + "    " + line for line in pre]
     out += [ind[:-8] + line for line in body]
     return out
 
