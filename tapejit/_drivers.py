@@ -37,71 +37,82 @@ def _fill_fixed(prog, consts, P, W):
                 W[s, p] = P[0, j]
 
 
+# Chunk rows are copied through 1-D views (``W[s]``, ``X[p0 : p0 + m, j]``) indexed by
+# the loop counter: Numba then needs no negative-index check per element, and the loops
+# run twice as fast as with two-index element access.
+@njit(cache=True, nogil=True)
+def _rows_in(prog, o, k, X, W, p0, m):
+    # Column j of the points X[p0 : p0 + m] into row prog[o + j] of W, for j < k.
+    for j in range(k):
+        w = W[prog[o + j]]
+        x = X[p0 : p0 + m, j]
+        for p in range(m):
+            w[p] = x[p]
+
+
+@njit(cache=True, nogil=True)
+def _rows_out(prog, o, k, W, Y, p0, m):
+    # Row prog[o + j] of W into column j of Y[p0 : p0 + m], for j < k.
+    for j in range(k):
+        w = W[prog[o + j]]
+        y = Y[p0 : p0 + m, j]
+        for p in range(m):
+            y[p] = w[p]
+
+
 @njit(cache=True, nogil=True)
 def _load(prog, X, P, W, p0, m):
-    o = prog[7]
-    for j in range(prog[3]):
-        s = prog[o + j]
-        for p in range(m):
-            W[s, p] = X[p0 + p, j]
+    _rows_in(prog, prog[7], prog[3], X, W, p0, m)
     if P.shape[0] > 1:
-        o = prog[8]
-        for j in range(prog[4]):
-            s = prog[o + j]
-            for p in range(m):
-                W[s, p] = P[p0 + p, j]
+        _rows_in(prog, prog[8], prog[4], P, W, p0, m)
 
 
 @njit(cache=True, nogil=True)
 def _store_outputs(prog, W, Y, p0, m):
-    o = prog[9]
-    for k in range(prog[5]):
-        s = prog[o + k]
-        for p in range(m):
-            Y[p0 + p, k] = W[s, p]
+    _rows_out(prog, prog[9], prog[5], W, Y, p0, m)
 
 
 @njit(cache=True, nogil=True)
 def _zero_adjoints(prog, A, m):
     for s in range(prog[2], prog[0]):
+        a = A[s]
         for p in range(m):
-            A[s, p] = 0.0
+            a[p] = 0.0
 
 
 @njit(cache=True, nogil=True)
 def _seed(prog, WT, A, p0, m):
     o = prog[9]
     for k in range(prog[5]):
-        s = prog[o + k]
+        a = A[prog[o + k]]
         if WT.shape[0] == 1:
+            wk = WT[0, k]
             for p in range(m):
-                A[s, p] += WT[0, k]
+                a[p] += wk
         else:
+            wt = WT[p0 : p0 + m, k]
             for p in range(m):
-                A[s, p] += WT[p0 + p, k]
+                a[p] += wt[p]
 
 
 @njit(cache=True, nogil=True)
 def _store_grad(prog, A, G, p0, m):
-    o = prog[7]
-    for j in range(prog[3]):
-        s = prog[o + j]
-        for p in range(m):
-            G[p0 + p, j] = A[s, p]
+    _rows_out(prog, prog[7], prog[3], A, G, p0, m)
 
 
 @njit(cache=True, nogil=True)
 def _check_guards(prog, W, valid, p0, m):
+    v = valid[p0 : p0 + m]
     for p in range(m):
-        valid[p0 + p] = 1
+        v[p] = 1
     o = prog[13]
     for q in range(prog[12]):
-        s = prog[o + 2 * q]
+        w = W[prog[o + 2 * q]]
         want = prog[o + 2 * q + 1] != 0
         # Branch-free: where points take mixed branches an ``if`` here mispredicts at
         # every other point (30x slower than the sweep of a small tape).
         for p in range(m):
-            valid[p0 + p] &= (W[s, p] != 0.0) == want
+            v[p] &= (w[p] != 0.0) == want
 
 
 @njit(cache=True, nogil=True)
@@ -167,12 +178,15 @@ def _seed_tangents(prog, V, T, p0, m):
     for j in range(prog[3]):
         s = prog[o + j]
         for d in range(V.shape[1]):
+            t = T[s, d]
             if V.shape[0] == 1:
+                vd = V[0, d, j]
                 for p in range(m):
-                    T[s, d, p] = V[0, d, j]
+                    t[p] = vd
             else:
+                v = V[p0 : p0 + m, d, j]
                 for p in range(m):
-                    T[s, d, p] = V[p0 + p, d, j]
+                    t[p] = v[p]
 '''
 
 POINT = '''
@@ -395,14 +409,15 @@ def jacrev_batch(prog, consts, X, P, Y, J, valid, chunk, t, nt):
         _forward_stored(prog, X, P, W, D, Y, valid, p0, m)
         for k in range(prog[5]):
             _zero_adjoints(prog, A, m)
-            s = prog[oo + k]
+            a = A[prog[oo + k]]
             for p in range(m):
-                A[s, p] += 1.0
+                a[p] += 1.0
             reverse_stored_chunk(prog, W, A, D, m)
             for j in range(prog[3]):
-                s = prog[oi + j]
+                a = A[prog[oi + j]]
+                jk = J[p0 : p0 + m, k, j]
                 for p in range(m):
-                    J[p0 + p, k, j] = A[s, p]
+                    jk[p] = a[p]
 
 
 @njit(cache=True, nogil=True)
@@ -419,8 +434,10 @@ def jvp_batch(prog, consts, X, P, V, Y, TY, valid, chunk, t, nt):
         for k in range(prog[5]):
             s = prog[oo + k]
             for d in range(nv):
+                t = T[s, d]
+                ty = TY[p0 : p0 + m, k, d]
                 for p in range(m):
-                    TY[p0 + p, k, d] = T[s, d, p]
+                    ty[p] = t[p]
 
 
 @njit(cache=True, nogil=True)
@@ -438,20 +455,22 @@ def hvp_batch(prog, consts, X, P, V, Y, G, HV, valid, chunk, t, nt):
         p0 = c * chunk
         m = min(chunk, n - p0)
         _forward_tangents(prog, X, P, V, W, T, D, Y, valid, p0, m)
+        _zero_adjoints(prog, A, m)
         for s in range(prog[2], prog[0]):
-            for p in range(m):
-                A[s, p] = 0.0
             for d in range(nv):
+                ad = Ad[s, d]
                 for p in range(m):
-                    Ad[s, d, p] = 0.0
+                    ad[p] = 0.0
+        a = A[out]
         for p in range(m):
-            A[out, p] += 1.0
+            a[p] += 1.0
         reverse_hvp_chunk(prog, W, T, A, Ad, D, S, nv, m)
+        _store_grad(prog, A, G, p0, m)
         for j in range(prog[3]):
             s = prog[oi + j]
-            for p in range(m):
-                G[p0 + p, j] = A[s, p]
             for d in range(nv):
+                ad = Ad[s, d]
+                hv = HV[p0 : p0 + m, d, j]
                 for p in range(m):
-                    HV[p0 + p, d, j] = Ad[s, d, p]
+                    hv[p] = ad[p]
 '''
