@@ -47,7 +47,7 @@ _EMPTY2 = np.zeros((1, 0))
 _EMPTY1 = np.zeros(0)
 _EMPTY2.flags.writeable = _EMPTY1.flags.writeable = True
 
-#: Points per chunk at most; a chunk's two workspaces hold ``2 * n_slots * chunk`` floats.
+#: Points per chunk at most; a chunk's values and adjoints hold ``2 * n_slots * chunk`` floats.
 CHUNK_MAX = 512
 #: Per-thread budget for one workspace, in float64 values.
 WORKSPACE_VALUES = 1 << 16
