@@ -405,13 +405,26 @@ def _forward_partials() -> str:
     return "\n".join(lines)
 
 
+def _first_or_add(target: str, expr: str, ind: str, loop: str = "for p in range(m):"
+                  ) -> list[str]:
+    """``target += expr`` in ``loop``, or ``target = 0.0 + expr`` when ``new`` (the
+    reverse plan's first write of these adjoints: they were not zeroed; the ``0.0 +``
+    gives a zero the sign zeroing and adding gave). Two loops, so both vectorize."""
+    first = expr if expr.startswith("_azmul") else f"0.0 + {expr}"  # azmul gives no -0.0
+    return [f"{ind}if new:", f"{ind}    {loop}", f"{ind}        {target} = {first}",
+            f"{ind}else:", f"{ind}    {loop}", f"{ind}        {target} += {expr}"]
+
+
 def _reverse_stored() -> str:
     """Chunk reverse sweep after ``forward_partials_chunk``: no per-op code at all, each
     operand's adjoint gains ``A[result]`` times its partial, found where ``_PSRC`` says
-    (``D``, a constant, or a workspace row of ``W``)."""
-    lines = _header("reverse_stored_chunk", "prog, W, A, D, m", True)
+    (``D``, a constant, or a workspace row of ``W``). ``R`` is the tape's reverse plan
+    (``reverse_plan``): bit ``k`` of ``R[i]`` makes operand ``k`` of instruction ``i``
+    assign its adjoints instead of adding to them."""
+    lines = _header("reverse_stored_chunk", "prog, R, W, A, D, m", True)
     lines.insert(3, "    nf = prog[2] + prog[3]")
     lines += [
+        "        fl = R[i]",
         "        for e in range(n):",
         "            jr = ir + e",
         "            gr = A[jr]",
@@ -425,18 +438,16 @@ def _reverse_stored() -> str:
             f"            src = _PSRC[3 * op + {k}]",
             f"            if src != {_SRC_ZERO} and {slot} >= nd:",
             f"                ga = A[{slot}]",
+            f"                new = (fl >> {k}) & 1",
             f"                if src == {_SRC_CONST}:",
             f"                    dc = _PCONST[3 * op + {k}]",
             # +-1 (add, sub, neg): a plain add; azmul(g, +-1) differs only in a zero's sign
             "                    if dc == 1.0:",
-            "                        for p in range(m):",
-            "                            ga[p] += gr[p]",
+            *_first_or_add("ga[p]", "gr[p]", " " * 24),
             "                    elif dc == -1.0:",
-            "                        for p in range(m):",
-            "                            ga[p] -= gr[p]",
+            *_first_or_add("ga[p]", "-gr[p]", " " * 24),
             "                    else:",
-            "                        for p in range(m):",
-            "                            ga[p] += _azmul(gr[p], dc)",
+            *_first_or_add("ga[p]", "_azmul(gr[p], dc)", " " * 24),
             "                else:",
             f"                    if src == {_SRC_STORED}:",
             f"                        dk = D[q + {k}]",
@@ -448,8 +459,7 @@ def _reverse_stored() -> str:
             "                        dk = W[jc]",
             "                    else:",
             "                        dk = W[jr]",
-            "                    for p in range(m):",
-            "                        ga[p] += _azmul(gr[p], dk[p])",
+            *_first_or_add("ga[p]", "_azmul(gr[p], dk[p])", " " * 20),
         ]
     return "\n".join(lines)
 
@@ -493,13 +503,14 @@ def _forward_partials_point() -> str:
 def _reverse_stored_point() -> str:
     """One-point reverse sweep after :func:`_forward_partials_point`: no per-op code, like
     :func:`_reverse_stored`; contiguous and broadcast operands of a block run in loops
-    that vectorize (``_back_block``)."""
-    lines = _header("reverse_stored_point_sweep", "prog, W, A, D, q", True)
+    that vectorize (``_back_block``). ``R`` is the reverse plan, as there."""
+    lines = _header("reverse_stored_point_sweep", "prog, R, W, A, D, q", True)
     lines += [
         "        q -= _PCNT[op] * n",
+        "        fl = R[i]",
         "        if n == 1:",
         "            g = A[ir]",
-        "            if g == 0.0:",
+        "            if g == 0.0 and fl == 0:",
         "                continue",
     ]
     for k, slot in enumerate(("ia", "ib", "ic")):
@@ -507,7 +518,7 @@ def _reverse_stored_point() -> str:
             f"            src = _PSRC[3 * op + {k}]",
             f"            if src != {_SRC_ZERO} and {slot} >= nd:",
             f"                if src == {_SRC_CONST}:",
-            f"                    A[{slot}] += _scale(g, _PCONST[3 * op + {k}])",
+            f"                    d = _scale(g, _PCONST[3 * op + {k}])",
             "                else:",
             f"                    if src == {_SRC_STORED}:",
             f"                        d = D[q + _PIDX[3 * op + {k}]]",
@@ -519,7 +530,8 @@ def _reverse_stored_point() -> str:
             "                        d = W[ic]",
             "                    else:",
             "                        d = W[ir]",
-            f"                    A[{slot}] += _azmul(g, d)",
+            "                    d = _azmul(g, d)",
+            f"                A[{slot}] = (0.0 if (fl >> {k}) & 1 else A[{slot}]) + d",
         ]
     lines += ["        else:", "            gr = A[ir : ir + n]"]
     for k, (slot, stride) in enumerate((("ia", "sa"), ("ib", "sb"), ("ic", "sc"))):
@@ -536,12 +548,25 @@ def _reverse_stored_point() -> str:
             "                    j0, sj = ir, 1",
             f"                _back_block(A, W, D, gr, {slot}, {stride}, n, nd, src,",
             f"                            _PCONST[3 * op + {k}], q + _PIDX[3 * op + {k}] * n,"
-            " j0, sj)",
+            f" j0, sj, (fl >> {k}) & 1)",
         ]
     return "\n".join(lines)
 
 
-_BACK_BLOCK = f'''
+def _back_block_source() -> str:
+    """``_scale`` and ``_back_block``, the one-point reverse sweep's block operands."""
+    loop = "for e in range(n):"
+    const = "\n".join([
+        "            if dc == 1.0:",
+        *_first_or_add("ga[e]", "gr[e]", " " * 16, loop),
+        "            elif dc == -1.0:",
+        *_first_or_add("ga[e]", "-gr[e]", " " * 16, loop),
+        "            else:",
+        *_first_or_add("ga[e]", "_azmul(gr[e], dc)", " " * 16, loop),
+    ])
+    bcast = "\n".join(_first_or_add("ga[e]", "_azmul(gr[e], d)", " " * 12, loop))
+    row = "\n".join(_first_or_add("ga[e]", "_azmul(gr[e], dk[e])", " " * 12, loop))
+    return f'''
 @njit(cache=True, nogil=True)
 def _scale(g, dc):
     # A constant partial; +-1 (add, sub, neg) is a plain add, as in the batched sweep.
@@ -553,29 +578,21 @@ def _scale(g, dc):
 
 
 @njit(cache=True, nogil=True)
-def _back_block(A, W, D, gr, i0, s0, n, nd, src, dc, base, j0, sj):
+def _back_block(A, W, D, gr, i0, s0, n, nd, src, dc, base, j0, sj, new):
     # One operand of a block: A[i0 + e * s0] gains gr[e] times its partial, which is the
     # constant dc (src {_SRC_CONST}), D[base + e] (stored) or W[j0 + e * sj] (a value).
+    # ``new`` (from the reverse plan): this is the adjoints' first write, they were not
+    # zeroed, so it assigns.
     if s0 == 1 and i0 >= nd and (src == {_SRC_CONST} or src == {_SRC_STORED} or sj == 0 or sj == 1):
         ga = A[i0 : i0 + n]
         if src == {_SRC_CONST}:
-            if dc == 1.0:
-                for e in range(n):
-                    ga[e] += gr[e]
-            elif dc == -1.0:
-                for e in range(n):
-                    ga[e] -= gr[e]
-            else:
-                for e in range(n):
-                    ga[e] += _azmul(gr[e], dc)
+{const}
         elif src != {_SRC_STORED} and sj == 0:
             d = W[j0]
-            for e in range(n):
-                ga[e] += _azmul(gr[e], d)
+{bcast}
         else:
             dk = D[base : base + n] if src == {_SRC_STORED} else W[j0 : j0 + n]
-            for e in range(n):
-                ga[e] += _azmul(gr[e], dk[e])
+{row}
         return
     if (s0 == 1 and i0 + n <= nd) or (s0 == 0 and i0 < nd):
         return  # constants and parameters: no adjoints
@@ -586,16 +603,18 @@ def _back_block(A, W, D, gr, i0, s0, n, nd, src, dc, base, j0, sj):
                 t += _scale(gr[e], dc)
             else:
                 t += _azmul(gr[e], D[base + e] if src == {_SRC_STORED} else W[j0 + e * sj])
-        A[i0] += t
+        A[i0] = (0.0 if new else A[i0]) + t
         return
     for e in range(n):
         j = i0 + e * s0
         if j >= nd:
             if src == {_SRC_CONST}:
-                A[j] += _scale(gr[e], dc)
+                v = _scale(gr[e], dc)
             else:
-                A[j] += _azmul(gr[e], D[base + e] if src == {_SRC_STORED} else W[j0 + e * sj])
+                v = _azmul(gr[e], D[base + e] if src == {_SRC_STORED} else W[j0 + e * sj])
+            A[j] = (0.0 if new else A[j]) + v
 '''
+
 
 
 def _locals_loop(op: Op, body: _Body, exprs: list[tuple[str, str]]) -> None:
@@ -755,7 +774,7 @@ def generate_source() -> str:
         HELPERS,
         _partial_source_tables(),
         _forward(),
-        _BACK_BLOCK,
+        _back_block_source(),
         _forward_point(),
         _forward_partials_point(),
         _reverse_stored_point(),

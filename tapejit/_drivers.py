@@ -81,6 +81,98 @@ def _zero_adjoints(prog, A, m):
 
 
 @njit(cache=True, nogil=True)
+def reverse_plan(prog):
+    # The reverse plan of a program, derived once per tape. R[i], bit k: operand k of
+    # instruction i *assigns* its adjoints in the reverse sweeps instead of adding to
+    # them, because it is their first write (sweeps run the instructions backwards):
+    # every slot it writes is differentiable (>= nd), not yet written by a later
+    # instruction or as an output's seed, written once in the block (no broadcast), and
+    # written by no other operand of the instruction (the chunk and the point sweeps
+    # order one instruction's writes differently). Then R[ni] = nz and nz ranges
+    # [lo, hi): the slots whose first write is not such an assignment (outputs, inputs
+    # no one reads, unread results, overlapping operands), the only adjoints a reverse
+    # sweep must zero first. For most tapes that is a few slots instead of all of them.
+    n = prog[0]
+    nd = prog[2]
+    ni = prog[6]
+    written = np.zeros(n, np.bool_)
+    assigned = np.zeros(n, np.bool_)
+    stamp = np.full(n, -1, np.int64)  # last instruction to touch a slot, and operand
+    owner = np.zeros(n, np.int64)
+    ok = np.zeros(3, np.bool_)
+    R = np.zeros(ni + 1, np.int32)
+    o = prog[9]
+    for k in range(prog[5]):
+        written[prog[o + k]] = True
+    for i in range(ni - 1, -1, -1):
+        r = prog[10] + prog[11] * i
+        op = prog[r]
+        m = prog[r + 5]
+        for k in range(3):
+            i0 = prog[r + 2 + k]
+            s0 = prog[r + 6 + k]
+            ok[k] = _PSRC[3 * op + k] != 0 and (m == 1 or s0 != 0)
+            if _PSRC[3 * op + k] == 0:
+                continue
+            for e in range(m):
+                s = i0 + e * s0
+                if s < nd or written[s]:
+                    ok[k] = False
+                if stamp[s] == i and owner[s] != k:
+                    ok[k] = False
+                    ok[owner[s]] = False
+                stamp[s] = i
+                owner[s] = k
+        f = 0
+        for k in range(3):
+            if _PSRC[3 * op + k] == 0:
+                continue
+            if ok[k]:
+                f |= 1 << k
+            i0 = prog[r + 2 + k]
+            s0 = prog[r + 6 + k]
+            for e in range(m):
+                s = i0 + e * s0
+                if s >= nd and not written[s]:
+                    written[s] = True
+                    assigned[s] = ok[k]
+        R[i] = f
+    nz = 0
+    for s in range(nd, n):
+        if not assigned[s] and (s == nd or assigned[s - 1]):
+            nz += 1
+    Z = np.empty(ni + 1 + 2 * nz, np.int32)
+    Z[: ni + 1] = R
+    Z[ni] = nz
+    z = ni + 1
+    for s in range(nd, n):
+        if not assigned[s]:
+            if s == nd or assigned[s - 1]:
+                Z[z] = s
+            if s == n - 1 or assigned[s + 1]:
+                Z[z + 1] = s + 1
+                z += 2
+    return Z
+
+
+@njit(cache=True, nogil=True)
+def _check_plan(prog, R):
+    # A plan from another program could index outside A: the drivers check its size.
+    ni = prog[6]
+    if R.shape[0] <= ni or R.shape[0] != ni + 1 + 2 * R[ni]:
+        raise ValueError("the reverse plan does not belong to this program")
+
+
+@njit(cache=True, nogil=True)
+def _zero_planned(prog, R, A):
+    # The adjoints (rows of A, or entries for one point) the reverse plan does not
+    # assign, clamped to the workspace.
+    ni = prog[6]
+    for z in range(R[ni]):
+        A[max(R[ni + 1 + 2 * z], prog[2]) : min(R[ni + 2 + 2 * z], prog[0])] = 0.0
+
+
+@njit(cache=True, nogil=True)
 def _seed(prog, WT, A, p0, m):
     o = prog[9]
     for k in range(prog[5]):
@@ -199,14 +291,19 @@ def _point_workspace(prog, consts, x, P, WS):
 
 @njit(cache=True, nogil=True)
 def _fill_values(prog, consts, x, P, W):
-    for s in range(prog[1]):
-        W[s] = consts[s]
-    o = prog[8]
-    for j in range(prog[4]):
-        W[prog[o + j]] = P[j]
-    o = prog[7]
+    # Every program keeps constants, parameters and inputs in slots 0, 1, ... in that
+    # order (validated), so this is three copies.
+    nc = prog[1]
+    nd = prog[2]
+    w = W[:nc]
+    for s in range(nc):
+        w[s] = consts[s]
+    w = W[nc:nd]
+    for j in range(nd - nc):
+        w[j] = P[j]
+    w = W[nd : nd + prog[3]]
     for j in range(prog[3]):
-        W[prog[o + j]] = x[j]
+        w[j] = x[j]
     return W
 
 
@@ -225,15 +322,7 @@ def _point_tangents(prog, V, T):
 
 @njit(cache=True, nogil=True)
 def _fill_point(prog, consts, X, P, q, W):
-    for s in range(prog[1]):
-        W[s] = consts[s]
-    r = 0 if P.shape[0] == 1 else q
-    o = prog[8]
-    for j in range(prog[4]):
-        W[prog[o + j]] = P[r, j]
-    o = prog[7]
-    for j in range(prog[3]):
-        W[prog[o + j]] = X[q, j]
+    _fill_values(prog, consts, X[q], P[0 if P.shape[0] == 1 else q], W)
 
 
 @njit(cache=True, nogil=True)
@@ -256,27 +345,29 @@ def forward_points(prog, consts, X, P, Y, valid, chunk, t, nt):
 
 
 @njit(cache=True, nogil=True)
-def vjp_points(prog, consts, X, P, WT, Y, G, valid, chunk, t, nt):
+def vjp_points(prog, R, consts, X, P, WT, Y, G, valid, chunk, t, nt):
+    _check_plan(prog, R)
     n = prog[0]
     nd = prog[2]
     W = np.empty(n)
     A = np.empty(n)
     D = np.empty(3 * (n - nd - prog[3]))
     oo = prog[9]
-    oi = prog[7]
     for q in range(t, X.shape[0], nt):
         _fill_point(prog, consts, X, P, q, W)
         end = forward_partials_point_sweep(prog, W, D)
         _point_guards_valid(prog, W, valid, q)
-        A[nd:] = 0.0
+        _zero_planned(prog, R, A)
         r = 0 if WT.shape[0] == 1 else q
         for k in range(prog[5]):
             s = prog[oo + k]
             Y[q, k] = W[s]
             A[s] += WT[r, k]
-        reverse_stored_point_sweep(prog, W, A, D, end)
+        reverse_stored_point_sweep(prog, R, W, A, D, end)
+        gq = G[q]
+        a = A[nd : nd + prog[3]]
         for j in range(prog[3]):
-            G[q, j] = A[prog[oi + j]]
+            gq[j] = a[j]
 
 
 @njit(cache=True, nogil=True)
@@ -290,9 +381,11 @@ def forward_point(prog, consts, x, P, y, WS):
 
 
 @njit(cache=True, nogil=True)
-def value_grad_point(prog, consts, x, P, g, WS):
+def value_grad_point(prog, R, consts, x, P, g, WS):
     # WS: a caller's reusable buffer of at least ``size`` floats (large tapes), else the
-    # workspaces are allocated here: values W, adjoints A, stored partials D.
+    # workspaces are allocated here: values W, adjoints A, stored partials D. R: the
+    # tape's reverse plan.
+    _check_plan(prog, R)
     n = prog[0]
     nd = prog[2]
     size = 5 * n - 3 * (nd + prog[3])
@@ -306,13 +399,13 @@ def value_grad_point(prog, consts, x, P, g, WS):
         for j in range(prog[3]):
             g[j] = np.nan
         return np.nan
-    A[nd:] = 0.0
+    _zero_planned(prog, R, A)
     out = prog[prog[9]]
     A[out] = 1.0
-    reverse_stored_point_sweep(prog, W, A, D, end)
-    o = prog[7]
+    reverse_stored_point_sweep(prog, R, W, A, D, end)
+    a = A[nd : nd + prog[3]]
     for j in range(prog[3]):
-        g[j] = A[prog[o + j]]
+        g[j] = a[j]
     return W[out]
 
 
@@ -382,7 +475,8 @@ def forward_batch(prog, consts, X, P, Y, valid, chunk, t, nt):
 
 
 @njit(cache=True, nogil=True)
-def vjp_batch(prog, consts, X, P, WT, Y, G, valid, chunk, t, nt):
+def vjp_batch(prog, R, consts, X, P, WT, Y, G, valid, chunk, t, nt):
+    _check_plan(prog, R)
     n = X.shape[0]
     nchunks = (n + chunk - 1) // chunk
     W, A, D = _reverse_workspaces(prog, consts, P, chunk)
@@ -390,14 +484,15 @@ def vjp_batch(prog, consts, X, P, WT, Y, G, valid, chunk, t, nt):
         p0 = c * chunk
         m = min(chunk, n - p0)
         _forward_stored(prog, X, P, W, D, Y, valid, p0, m)
-        _zero_adjoints(prog, A, m)
+        _zero_planned(prog, R, A)
         _seed(prog, WT, A, p0, m)
-        reverse_stored_chunk(prog, W, A, D, m)
+        reverse_stored_chunk(prog, R, W, A, D, m)
         _store_grad(prog, A, G, p0, m)
 
 
 @njit(cache=True, nogil=True)
-def jacrev_batch(prog, consts, X, P, Y, J, valid, chunk, t, nt):
+def jacrev_batch(prog, R, consts, X, P, Y, J, valid, chunk, t, nt):
+    _check_plan(prog, R)
     n = X.shape[0]
     nchunks = (n + chunk - 1) // chunk
     oo = prog[9]
@@ -408,11 +503,11 @@ def jacrev_batch(prog, consts, X, P, Y, J, valid, chunk, t, nt):
         m = min(chunk, n - p0)
         _forward_stored(prog, X, P, W, D, Y, valid, p0, m)
         for k in range(prog[5]):
-            _zero_adjoints(prog, A, m)
+            _zero_planned(prog, R, A)
             a = A[prog[oo + k]]
             for p in range(m):
                 a[p] += 1.0
-            reverse_stored_chunk(prog, W, A, D, m)
+            reverse_stored_chunk(prog, R, W, A, D, m)
             for j in range(prog[3]):
                 a = A[prog[oi + j]]
                 jk = J[p0 : p0 + m, k, j]

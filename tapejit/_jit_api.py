@@ -50,6 +50,7 @@ class JitArgs(NamedTuple):
     """
 
     prog: np.ndarray  #: the packed program (read-only int32)
+    plan: np.ndarray  #: its reverse plan (read-only int32, see ``_drivers.reverse_plan``)
     consts: np.ndarray  #: the constant pool (read-only float64)
     params: np.ndarray  #: ``n_params`` parameter values (float64, writeable)
     workspace: np.ndarray  #: scratch: values, adjoints and stored partials
@@ -82,7 +83,7 @@ def jit_args(tape, params=None) -> JitArgs:
         if p.size != n_par:
             raise ValueError(f"params must have {n_par} values; got {np.shape(params)}")
     return JitArgs(
-        tape._prog, tape._consts, p, np.empty(tape._point_floats()),
+        tape._prog, tape._plan(), tape._consts, p, np.empty(tape._point_floats()),
         np.empty(max(tape.n_outputs, 1)), kernel_stamp(),
     )
 
@@ -143,7 +144,7 @@ def jit_value_and_grad(args: JitArgs, x: np.ndarray, g: np.ndarray) -> float:
     x = _vector(x, n, "x")
     g = _vector(g, n, "g", writeable=True)
     return _kernel_module().value_grad_point(
-        args.prog, args.consts, x, args.params, g, args.workspace
+        args.prog, args.plan, args.consts, x, args.params, g, args.workspace
     )
 
 
@@ -198,7 +199,7 @@ def _ol_value_and_grad(args, x, g):
             raise ValueError("a JitArgs bundle whose arrays do not match its program")
         if prog[5] != 1:
             raise ValueError("jit_value_and_grad needs a tape with one output")
-        return kernel(prog, args.consts, x, args.params, g, args.workspace)
+        return kernel(prog, args.plan, args.consts, x, args.params, g, args.workspace)
 
     return impl
 

@@ -273,6 +273,7 @@ class Tape:
         self._n_in, self._n_par, self._n_out = n_in, n_par, n_out
         self._chunk = _chunk_of(n_slots)
         self._fwd = None  # (program, n_slots, chunk) of the forward sweeps, on first use
+        self._rev = None  # the reverse plan, on first use
         self.input_shapes = input_shapes
         self.output_shapes = output_shapes
         self.name = name
@@ -678,6 +679,17 @@ class Tape:
         nf = int(self._prog[2]) + self._n_in  # first result slot
         return 5 * self._n_slots - 3 * nf
 
+    def _plan(self) -> np.ndarray:
+        """The reverse plan (``reverse_plan`` of ``_drivers.py``), computed on first use:
+        which operands' adjoints the reverse sweeps assign at their first write, and the
+        few adjoints they must zero first instead of all of them."""
+        rev = self._rev
+        if rev is None:
+            rev = _K.reverse_plan(self._prog)
+            rev.flags.writeable = False
+            self._rev = rev
+        return rev
+
     def _forward_prog(self) -> tuple[np.ndarray, int, int]:
         """Program, slot count and chunk of the forward-only and tangent sweeps.
 
@@ -824,7 +836,8 @@ class Tape:
                     g = None
             if g is not None:
                 v = _K.value_grad_point(
-                    self._prog, self._consts, x, _EMPTY1 if params is None else params, g,
+                    self._prog, self._rev if self._rev is not None else self._plan(),
+                    self._consts, x, _EMPTY1 if params is None else params, g,
                     _EMPTY1 if self._tls is None else self._workspace(),
                 )
                 if v == v or not self._n_guards:  # NaN may mean a failed guard
@@ -838,7 +851,8 @@ class Tape:
         vbuf, gbuf = (None, None) if out is None else out
         g = _buffer(gbuf, (n, self._n_in) if not single else (self._n_in,), "grad buffer")
         if single:
-            v = _K.value_grad_point(self._prog, self._consts, X[0], P[0], g, self._workspace())
+            v = _K.value_grad_point(self._prog, self._plan(), self._consts, X[0], P[0], g,
+                                    self._workspace())
             failed = 0
             if v != v and self._n_guards:
                 failed = _K.forward_point(self._prog, self._consts, X[0], P[0],
@@ -905,7 +919,7 @@ class Tape:
         n = X.shape[0]
         valid = np.empty(n, dtype=np.uint8)
         self._run_batch("vjp_batch", n, self._chunk,
-                        self._prog, self._consts, X, P, WT, Y, G, valid)
+                        self._prog, self._plan(), self._consts, X, P, WT, Y, G, valid)
         return valid
 
     def _directions(self, v, n: int, single: bool, what: str) -> np.ndarray:
@@ -1010,7 +1024,7 @@ class Tape:
         else:
             valid = np.empty(n, dtype=np.uint8)
             self._run_batch("jacrev_batch", n, self._chunk,
-                            self._prog, self._consts, X, P, Y, J3, valid)
+                            self._prog, self._plan(), self._consts, X, P, Y, J3, valid)
         res = self._guarded(valid, check, (J3,), single)
         return (J, res[1]) if check != "raise" else J
 
