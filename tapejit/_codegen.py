@@ -334,15 +334,22 @@ _SRC_SLOT = {"a": 3, "b": 4, "c": 5, "r": 6}
 
 
 def _partial_source(op: Op, k: int) -> tuple[int, float]:
+    """Where the reverse sweeps find partial ``k`` of ``op``, and its constant: the
+    partial itself for ``_SRC_CONST``, else a factor (``square``'s ``2.0 * a`` is the
+    operand ``a`` times 2: nothing to store)."""
     expr = op.partials[k].strip()
     if expr in _ZERO:
         return _SRC_ZERO, 0.0
     if expr in _SRC_SLOT:
-        return _SRC_SLOT[expr], 0.0
+        return _SRC_SLOT[expr], 1.0
+    scaled = re.fullmatch(r"([abcr]) \* ([0-9.e+-]+)|([0-9.e+-]+) \* ([abcr])", expr)
+    if scaled:
+        slot, factor = (scaled[1], scaled[2]) if scaled[1] else (scaled[4], scaled[3])
+        return _SRC_SLOT[slot], float(factor)
     try:
         return _SRC_CONST, float(expr)
     except ValueError:
-        return _SRC_STORED, 0.0
+        return _SRC_STORED, 1.0
 
 
 def _partial_source_tables() -> str:
@@ -359,7 +366,7 @@ def _partial_source_tables() -> str:
     # becomes a switch over all its entries: slow to compile).
     return (f"_PSRC = np.array({src!r}, dtype=np.int32)  # by 3 * opcode + operand: "
             "where its partial is\n"
-            f"_PCONST = np.array({const!r})  # the constant partials\n"
+            f"_PCONST = np.array({const!r})  # the constant partials, or factors\n"
             f"_PCNT = np.array({count!r}, dtype=np.int32)  # by opcode: partials stored\n"
             f"_PIDX = np.array({index!r}, dtype=np.int32)  # by 3 * opcode + operand: "
             "which stored partial")
@@ -449,6 +456,7 @@ def _reverse_stored() -> str:
             "                    else:",
             *_first_or_add("ga[p]", "_azmul(gr[p], dc)", " " * 24),
             "                else:",
+            f"                    dc = _PCONST[3 * op + {k}]  # a factor: 1.0, or 2.0 (square)",
             f"                    if src == {_SRC_STORED}:",
             f"                        dk = D[q + {k}]",
             f"                    elif src == {_SRC_SLOT['a']}:",
@@ -459,7 +467,7 @@ def _reverse_stored() -> str:
             "                        dk = W[jc]",
             "                    else:",
             "                        dk = W[jr]",
-            *_first_or_add("ga[p]", "_azmul(gr[p], dk[p])", " " * 20),
+            *_first_or_add("ga[p]", "_azmul(gr[p], dc * dk[p])", " " * 20),
         ]
     return "\n".join(lines)
 
@@ -530,7 +538,7 @@ def _reverse_stored_point() -> str:
             "                        d = W[ic]",
             "                    else:",
             "                        d = W[ir]",
-            "                    d = _azmul(g, d)",
+            f"                    d = _azmul(g, _PCONST[3 * op + {k}] * d)",
             f"                A[{slot}] = (0.0 if (fl >> {k}) & 1 else A[{slot}]) + d",
         ]
     lines += ["        else:", "            gr = A[ir : ir + n]"]
@@ -565,7 +573,7 @@ def _back_block_source() -> str:
         *_first_or_add("ga[e]", "_azmul(gr[e], dc)", " " * 16, loop),
     ])
     bcast = "\n".join(_first_or_add("ga[e]", "_azmul(gr[e], d)", " " * 12, loop))
-    row = "\n".join(_first_or_add("ga[e]", "_azmul(gr[e], dk[e])", " " * 12, loop))
+    row = "\n".join(_first_or_add("ga[e]", "_azmul(gr[e], dc * dk[e])", " " * 12, loop))
     return f'''
 @njit(cache=True, nogil=True)
 def _scale(g, dc):
@@ -580,7 +588,7 @@ def _scale(g, dc):
 @njit(cache=True, nogil=True)
 def _back_block(A, W, D, gr, i0, s0, n, nd, src, dc, base, j0, sj, new):
     # One operand of a block: A[i0 + e * s0] gains gr[e] times its partial, which is the
-    # constant dc (src {_SRC_CONST}), D[base + e] (stored) or W[j0 + e * sj] (a value).
+    # constant dc (src {_SRC_CONST}), or dc times D[base + e] (stored) or W[j0 + e * sj].
     # ``new`` (from the reverse plan): this is the adjoints' first write, they were not
     # zeroed, so it assigns.
     if s0 == 1 and i0 >= nd and (src == {_SRC_CONST} or src == {_SRC_STORED} or sj == 0 or sj == 1):
@@ -588,7 +596,7 @@ def _back_block(A, W, D, gr, i0, s0, n, nd, src, dc, base, j0, sj, new):
         if src == {_SRC_CONST}:
 {const}
         elif src != {_SRC_STORED} and sj == 0:
-            d = W[j0]
+            d = dc * W[j0]
 {bcast}
         else:
             dk = D[base : base + n] if src == {_SRC_STORED} else W[j0 : j0 + n]
@@ -602,7 +610,7 @@ def _back_block(A, W, D, gr, i0, s0, n, nd, src, dc, base, j0, sj, new):
             if src == {_SRC_CONST}:
                 t += _scale(gr[e], dc)
             else:
-                t += _azmul(gr[e], D[base + e] if src == {_SRC_STORED} else W[j0 + e * sj])
+                t += _azmul(gr[e], dc * (D[base + e] if src == {_SRC_STORED} else W[j0 + e * sj]))
         A[i0] = (0.0 if new else A[i0]) + t
         return
     for e in range(n):
@@ -611,7 +619,8 @@ def _back_block(A, W, D, gr, i0, s0, n, nd, src, dc, base, j0, sj, new):
             if src == {_SRC_CONST}:
                 v = _scale(gr[e], dc)
             else:
-                v = _azmul(gr[e], D[base + e] if src == {_SRC_STORED} else W[j0 + e * sj])
+                v = _azmul(gr[e], dc * (D[base + e] if src == {_SRC_STORED}
+                                        else W[j0 + e * sj]))
             A[j] = (0.0 if new else A[j]) + v
 '''
 
