@@ -95,61 +95,64 @@ def reverse_plan(prog):
     n = prog[0]
     nd = prog[2]
     ni = prog[6]
-    written = np.zeros(n, np.bool_)
-    assigned = np.zeros(n, np.bool_)
-    stamp = np.full(n, -1, np.int64)  # last instruction to touch a slot, and operand
+    # Per slot: 1 once written (2: first by an assignment); the instruction and operand
+    # that last touched it.
+    state = np.zeros(n, np.int64)
+    stamp = np.empty(n, np.int64)
+    for s in range(n):
+        stamp[s] = -1
     owner = np.zeros(n, np.int64)
-    ok = np.zeros(3, np.bool_)
-    R = np.zeros(ni + 1, np.int32)
+    ok = np.zeros(3, np.int64)
+    R = np.zeros(ni + 1, np.int64)
     o = prog[9]
     for k in range(prog[5]):
-        written[prog[o + k]] = True
+        state[prog[o + k]] = 1
     for i in range(ni - 1, -1, -1):
         r = prog[10] + prog[11] * i
         op = prog[r]
         m = prog[r + 5]
         for k in range(3):
-            i0 = prog[r + 2 + k]
-            s0 = prog[r + 6 + k]
-            ok[k] = _PSRC[3 * op + k] != 0 and (m == 1 or s0 != 0)
+            ok[k] = 0
             if _PSRC[3 * op + k] == 0:
                 continue
+            i0 = prog[r + 2 + k]
+            s0 = prog[r + 6 + k]
+            ok[k] = 1 if m == 1 or s0 != 0 else 0
             for e in range(m):
                 s = i0 + e * s0
-                if s < nd or written[s]:
-                    ok[k] = False
+                if s < nd or state[s] != 0:
+                    ok[k] = 0
                 if stamp[s] == i and owner[s] != k:
-                    ok[k] = False
-                    ok[owner[s]] = False
+                    ok[k] = 0
+                    ok[owner[s]] = 0
                 stamp[s] = i
                 owner[s] = k
         f = 0
         for k in range(3):
             if _PSRC[3 * op + k] == 0:
                 continue
-            if ok[k]:
-                f |= 1 << k
+            f |= ok[k] << k
             i0 = prog[r + 2 + k]
             s0 = prog[r + 6 + k]
             for e in range(m):
                 s = i0 + e * s0
-                if s >= nd and not written[s]:
-                    written[s] = True
-                    assigned[s] = ok[k]
+                if s >= nd and state[s] == 0:
+                    state[s] = 1 + ok[k]
         R[i] = f
     nz = 0
     for s in range(nd, n):
-        if not assigned[s] and (s == nd or assigned[s - 1]):
+        if state[s] != 2 and (s == nd or state[s - 1] == 2):
             nz += 1
     Z = np.empty(ni + 1 + 2 * nz, np.int32)
-    Z[: ni + 1] = R
+    for i in range(ni):  # a loop: slice assignment costs seconds of compile
+        Z[i] = R[i]
     Z[ni] = nz
     z = ni + 1
     for s in range(nd, n):
-        if not assigned[s]:
-            if s == nd or assigned[s - 1]:
+        if state[s] != 2:
+            if s == nd or state[s - 1] == 2:
                 Z[z] = s
-            if s == n - 1 or assigned[s + 1]:
+            if s == n - 1 or state[s + 1] == 2:
                 Z[z + 1] = s + 1
                 z += 2
     return Z
