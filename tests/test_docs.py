@@ -280,11 +280,13 @@ def test_compare_peers_rst_writer(tmp_path):
                  "jax": "n/a: not installed", "casadi": module.Timing(4e-6, 4e-6, 10, 3),
                  "autograd": None}
     row.notes.append("a note with `code` and *stars*")
+    row.paired = 1.25  # the interleaved tapejit / hand numba ratio, a column of its own
     text = module.rst_report([row], ["- python 3", "- cpu: x"], quick=True, seconds=1.5,
                              command="python asv_bench/compare_peers.py --quick")
     assert ".. list-table::" in text and "   * - demo workload, 1 point\n" in text
     assert "     - 2 µs\n" in text and "     - 0.5\n" in text  # time, tapejit / casadi
     assert "n/a: not installed" in text
+    assert "     - tapejit / hand numba, interleaved\n" in text and "     - 1.25\n" in text
     assert "1 point: a note with ``code`` and \\*stars\\*\n" in text
     assert "python asv_bench/compare_peers.py --quick" in text
 
