@@ -576,7 +576,9 @@ def stats(tape: Tape) -> dict[str, Any]:
         one element), ``n_elements`` (result slots), ``n_consts``, ``n_inputs``,
         ``n_params``, ``n_outputs``, ``n_guards``, ``n_slots``; ``op_counts`` (op name ->
         instructions, most frequent first) and ``op_elements`` (op name -> elements);
-        ``bytes`` (``program``: the packed int32 program, ``consts``, ``total``);
+        ``bytes`` (``program``: the packed int32 program, ``consts``, ``derived``: what
+        the tape derives from its program on first use and keeps, the slot-compacted
+        forward program when it uses one and the reverse plan; ``total``);
         ``workspace_bytes_per_point`` (one float64 per slot: a forward sweep's
         workspace); ``peak_live`` (most variable values alive at once in a forward
         sweep, from their last uses: what a slot-reusing allocator would need besides
@@ -591,6 +593,8 @@ def stats(tape: Tape) -> dict[str, Any]:
     order = np.argsort(-elems, kind="stable")
     prog_bytes = int(tape._prog.nbytes)
     const_bytes = int(tape.consts.nbytes)
+    fwd = tape._forward_prog()[0]
+    derived = int(tape._plan().nbytes) + (int(fwd.nbytes) if fwd is not tape._prog else 0)
     return {
         "name": tape.name,
         "n_instructions": len(p.ops),
@@ -604,8 +608,8 @@ def stats(tape: Tape) -> dict[str, Any]:
         "n_slots": p.n_slots,
         "op_counts": {BY_CODE[int(c)].name: int(counts[c]) for c in order if counts[c]},
         "op_elements": {BY_CODE[int(c)].name: int(elems[c]) for c in order if counts[c]},
-        "bytes": {"program": prog_bytes, "consts": const_bytes,
-                  "total": prog_bytes + const_bytes},
+        "bytes": {"program": prog_bytes, "consts": const_bytes, "derived": derived,
+                  "total": prog_bytes + const_bytes + derived},
         "workspace_bytes_per_point": 8 * p.n_slots,
         "peak_live": _peak_live(p),
         "compact_slots": _compact_slots(tape),
@@ -625,7 +629,8 @@ def format_stats(s: dict[str, Any]) -> str:
         f"{s['n_params']}, outputs {s['n_outputs']}, guards {s['n_guards']}, slots "
         f"{s['n_slots']}",
         f"ops: {ops}",
-        f"memory: program {s['bytes']['program']} B, constants {s['bytes']['consts']} B; "
+        f"memory: program {s['bytes']['program']} B, constants {s['bytes']['consts']} B, "
+        f"derived programs {s['bytes']['derived']} B; "
         f"workspace {s['workspace_bytes_per_point']} B per point",
         f"peak live values {s['peak_live']}; slots after compaction {s['compact_slots']}; "
         f"dead instructions {s['dead_instructions']}",

@@ -329,7 +329,8 @@ def test_stats_of_the_seed():
     assert s["n_slots"] == 7 and s["workspace_bytes_per_point"] == 56
     assert s["op_counts"] == {"log": 1, "mul": 1, "add": 1, "sin": 1, "sub": 1}
     assert s["bytes"]["program"] == tape._prog.nbytes and s["bytes"]["consts"] == 0
-    assert s["bytes"]["total"] == s["bytes"]["program"]
+    assert s["bytes"]["derived"] == tape._plan().nbytes  # too short to compact
+    assert s["bytes"]["total"] == s["bytes"]["program"] + s["bytes"]["derived"]
     # x1, x2 live; then log (x1, x2, v0), mul (x1 dead after: x2, v0, v1), ...: at most 4
     assert s["peak_live"] == 4
     assert s["dead_instructions"] == 0
