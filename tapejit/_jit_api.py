@@ -20,8 +20,9 @@ kernels (``value_grad_point``, ``forward_point`` of ``_drivers.py``), which Numb
 compiles into the calling function.
 
 Safety. The kernels do not bounds-check, so everything they index comes from a
-validated tape: the bundle's program and constants are the tape's own read-only arrays,
-and its scratch buffers are sized for that tape. The wrappers check, for a few
+validated tape: the bundle's program, reverse plan and constants are the tape's own
+read-only arrays (the kernel refuses a plan whose size does not fit the program), and its
+scratch buffers are sized for that tape. The wrappers check, for a few
 nanoseconds, that ``x`` and ``g`` have ``n_inputs`` elements, that the bundle's
 constants and parameters have the sizes its program declares and that the tape has one
 output. The bundle also carries a *stamp* of the kernels it was made for: a cached

@@ -385,9 +385,10 @@ class Tape:
         Returns
         -------
         JitArgs
-            A named tuple of the validated read-only program and constants, the
-            parameters, scratch buffers sized for this tape and the kernels' stamp. The
-            scratch buffers make a bundle single-threaded: use one per thread.
+            A named tuple of the validated read-only program, its reverse plan and the
+            constants, the parameters, scratch buffers sized for this tape and the
+            kernels' stamp. The scratch buffers make a bundle single-threaded: use one
+            per thread.
         """
         from ._jit_api import jit_args
 
