@@ -422,6 +422,23 @@ def _first_or_add(target: str, expr: str, ind: str, loop: str = "for p in range(
             f"{ind}else:", f"{ind}    {loop}", f"{ind}        {target} += {expr}"]
 
 
+def _constant_cases(target: str, g: str, ind: str, loop: str = "for p in range(m):"
+                    ) -> list[str]:
+    """A constant partial ``dc``: +-1 (add, sub, neg) is a plain add or subtract
+    (``azmul(g, +-1)`` differs only in a zero's sign); other constants multiply, a case
+    generated only when the op table has such a partial (each case is two loops)."""
+    other = sorted({c for op in OPS for k in range(op.arity)
+                    for src, c in [_partial_source(op, k)]
+                    if src == _SRC_CONST and c not in (1.0, -1.0)})
+    lines = [f"{ind}if dc == 1.0:", *_first_or_add(target, g, ind + "    ", loop)]
+    if other:
+        lines += [f"{ind}elif dc == -1.0:", *_first_or_add(target, f"-{g}", ind + "    ", loop),
+                  f"{ind}else:", *_first_or_add(target, f"_azmul({g}, dc)", ind + "    ", loop)]
+    else:  # only +-1 in the table
+        lines += [f"{ind}else:", *_first_or_add(target, f"-{g}", ind + "    ", loop)]
+    return lines
+
+
 def _reverse_stored() -> str:
     """Chunk reverse sweep after ``forward_partials_chunk``: no per-op code at all, each
     operand's adjoint gains ``A[result]`` times its partial, found where ``_PSRC`` says
@@ -448,13 +465,7 @@ def _reverse_stored() -> str:
             f"                new = (fl >> {k}) & 1",
             f"                if src == {_SRC_CONST}:",
             f"                    dc = _PCONST[3 * op + {k}]",
-            # +-1 (add, sub, neg): a plain add; azmul(g, +-1) differs only in a zero's sign
-            "                    if dc == 1.0:",
-            *_first_or_add("ga[p]", "gr[p]", " " * 24),
-            "                    elif dc == -1.0:",
-            *_first_or_add("ga[p]", "-gr[p]", " " * 24),
-            "                    else:",
-            *_first_or_add("ga[p]", "_azmul(gr[p], dc)", " " * 24),
+            *_constant_cases("ga[p]", "gr[p]", " " * 20),
             "                else:",
             f"                    dc = _PCONST[3 * op + {k}]  # a factor: 1.0, or 2.0 (square)",
             f"                    if src == {_SRC_STORED}:",
@@ -564,14 +575,7 @@ def _reverse_stored_point() -> str:
 def _back_block_source() -> str:
     """``_scale`` and ``_back_block``, the one-point reverse sweep's block operands."""
     loop = "for e in range(n):"
-    const = "\n".join([
-        "            if dc == 1.0:",
-        *_first_or_add("ga[e]", "gr[e]", " " * 16, loop),
-        "            elif dc == -1.0:",
-        *_first_or_add("ga[e]", "-gr[e]", " " * 16, loop),
-        "            else:",
-        *_first_or_add("ga[e]", "_azmul(gr[e], dc)", " " * 16, loop),
-    ])
+    const = "\n".join(_constant_cases("ga[e]", "gr[e]", " " * 12, loop))
     bcast = "\n".join(_first_or_add("ga[e]", "_azmul(gr[e], d)", " " * 12, loop))
     row = "\n".join(_first_or_add("ga[e]", "_azmul(gr[e], dc * dk[e])", " " * 12, loop))
     return f'''
