@@ -417,8 +417,7 @@ def _first_or_add(target: str, expr: str, ind: str, loop: str = "for p in range(
     """``target += expr`` in ``loop``, or ``target = 0.0 + expr`` when ``new`` (the
     reverse plan's first write of these adjoints: they were not zeroed; the ``0.0 +``
     gives a zero the sign zeroing and adding gave). Two loops, so both vectorize."""
-    first = expr if expr.startswith("_azmul") else f"0.0 + {expr}"  # azmul gives no -0.0
-    return [f"{ind}if new:", f"{ind}    {loop}", f"{ind}        {target} = {first}",
+    return [f"{ind}if new:", f"{ind}    {loop}", f"{ind}        {target} = 0.0 + {expr}",
             f"{ind}else:", f"{ind}    {loop}", f"{ind}        {target} += {expr}"]
 
 

@@ -140,3 +140,17 @@ def test_a_plan_that_does_not_fit_is_refused():
         with pytest.raises(ValueError, match="reverse plan"):
             K.value_grad_point(tape._prog, bad, tape._consts, np.ones(2), np.zeros(0), g,
                                np.zeros(0))
+
+
+def test_an_underflowing_first_contribution_keeps_the_sign_zeroing_gave():
+    # d/dx of (x * y) * z is y * z, which underflows to -0.0 here: assigned as 0.0 + it,
+    # the same +0.0 as zeroing and adding (bit for bit, one point and batched).
+    tape = tapejit.record(lambda x, y, z: (x * y) * z, 1.0, 1.0, 1.0)
+    X = np.array([[1.0, -1e-200, 1e-200]])
+    planned = reverse_results(tape, X, None, np.ones((1, 1)))
+    assert np.signbit(planned["point"][1][0]) == np.signbit(0.0 + (-1e-200 * 1e-200))
+    tape._rev = zero_all_plan(tape)
+    plain = reverse_results(tape, X, None, np.ones((1, 1)))
+    for key, got in planned.items():
+        for a, b in zip(got, plain[key], strict=True):
+            assert same_bits(a, b), key
