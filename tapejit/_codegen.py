@@ -443,14 +443,17 @@ def _reverse_stored() -> str:
     operand's adjoint gains ``A[result]`` times its partial, found where ``_PSRC`` says
     (``D``, a constant, or a workspace row of ``W``). ``R`` is the tape's reverse plan
     (``reverse_plan``): bit ``k`` of ``R[i]`` makes operand ``k`` of instruction ``i``
-    assign its adjoints instead of adding to them."""
+    assign its adjoints instead of adding to them, bit ``3 + k`` skips a forwarded
+    operand, and instruction ``i`` reads its result adjoints where the plan says
+    (``_plan_slot``)."""
     lines = _header("reverse_stored_chunk", "prog, R, W, A, D, m", True)
     lines.insert(3, "    nf = prog[2] + prog[3]")
     lines += [
         "        fl = R[i]",
+        "        g0 = _plan_slot(prog, R, i, n)",
         "        for e in range(n):",
         "            jr = ir + e",
-        "            gr = A[jr]",
+        "            gr = A[g0 + e]",
         "            q = 3 * (jr - nf)",
         "            ja = ia + e * sa",
         "            jb = ib + e * sb",
@@ -459,7 +462,7 @@ def _reverse_stored() -> str:
     for k, slot in enumerate(("ja", "jb", "jc")):
         lines += [
             f"            src = _PSRC[3 * op + {k}]",
-            f"            if src != {_SRC_ZERO} and {slot} >= nd:",
+            f"            if src != {_SRC_ZERO} and {slot} >= nd and not (fl >> {3 + k}) & 1:",
             f"                ga = A[{slot}]",
             f"                new = (fl >> {k}) & 1",
             f"                if src == {_SRC_CONST}:",
@@ -526,15 +529,16 @@ def _reverse_stored_point() -> str:
     lines += [
         "        q -= _PCNT[op] * n",
         "        fl = R[i]",
+        "        g0 = _plan_slot(prog, R, i, n)",
         "        if n == 1:",
-        "            g = A[ir]",
+        "            g = A[g0]",
         "            if g == 0.0 and fl == 0:",
         "                continue",
     ]
     for k, slot in enumerate(("ia", "ib", "ic")):
         lines += [
             f"            src = _PSRC[3 * op + {k}]",
-            f"            if src != {_SRC_ZERO} and {slot} >= nd:",
+            f"            if src != {_SRC_ZERO} and {slot} >= nd and not (fl >> {3 + k}) & 1:",
             f"                if src == {_SRC_CONST}:",
             f"                    d = _scale(g, _PCONST[3 * op + {k}])",
             "                else:",
@@ -551,11 +555,11 @@ def _reverse_stored_point() -> str:
             f"                    d = _azmul(g, _PCONST[3 * op + {k}] * d)",
             f"                A[{slot}] = (0.0 if (fl >> {k}) & 1 else A[{slot}]) + d",
         ]
-    lines += ["        else:", "            gr = A[ir : ir + n]"]
+    lines += ["        else:", "            gr = A[g0 : g0 + n]"]
     for k, (slot, stride) in enumerate((("ia", "sa"), ("ib", "sb"), ("ic", "sc"))):
         lines += [
             f"            src = _PSRC[3 * op + {k}]",
-            f"            if src != {_SRC_ZERO}:",
+            f"            if src != {_SRC_ZERO} and not (fl >> {3 + k}) & 1:",
             f"                if src == {_SRC_SLOT['a']}:",
             "                    j0, sj = ia, sa",
             f"                elif src == {_SRC_SLOT['b']}:",

@@ -82,38 +82,85 @@ def _zero_adjoints(prog, A, m):
 
 @njit(cache=True, nogil=True)
 def reverse_plan(prog):
-    # The reverse plan of a program, derived once per tape. R[i], bit k: operand k of
-    # instruction i *assigns* its adjoints in the reverse sweeps instead of adding to
-    # them, because it is their first write (sweeps run the instructions backwards):
-    # every slot it writes is differentiable (>= nd), not yet written by a later
-    # instruction or as an output's seed, written once in the block (no broadcast), and
-    # written by no other operand of the instruction (the chunk and the point sweeps
-    # order one instruction's writes differently). Then R[ni] = nz and nz ranges
-    # [lo, hi): the slots whose first write is not such an assignment (outputs, inputs
-    # no one reads, unread results, overlapping operands), the only adjoints a reverse
-    # sweep must zero first. For most tapes that is a few slots instead of all of them.
+    # The reverse plan of a program, derived once per tape; int32, four sections:
+    #
+    # R[i], bit k: operand k of instruction i *assigns* its adjoints in the reverse
+    # sweeps instead of adding to them, because it is their first write (sweeps run the
+    # instructions backwards): every slot it writes is differentiable (>= nd), not yet
+    # written by a later instruction or as an output's seed, written once in the block
+    # (no broadcast), and written by no other operand of the instruction (the chunk and
+    # the point sweeps order one instruction's writes differently).
+    # R[i], bit 3 + k: operand k is *forwarded*: its partial is 1, it is the whole result
+    # range of one instruction p, element for element, and nothing else reads those
+    # adjoints (no other operand, no output). Their adjoints then equal instruction i's,
+    # so the sweeps skip the copy and p reads i's adjoints instead of its own (an add of
+    # two intermediates costs nothing in reverse).
+    # R[ni] = nz, then nz ranges [lo, hi): the slots whose first write is not an
+    # assignment (outputs, inputs no one reads, unread results, overlapping operands),
+    # the only adjoints a reverse sweep must zero first. For most tapes that is a few
+    # slots instead of all of them.
+    # Then ni entries: the slot where instruction i's result adjoints are (its own first
+    # result slot unless it feeds a forwarded operand).
     n = prog[0]
     nd = prog[2]
+    nf = nd + prog[3]
     ni = prog[6]
-    # Per slot: 1 once written (2: first by an assignment); the instruction and operand
-    # that last touched it.
+    # Per slot: 1 once written (2: first by an assignment, or never read); the
+    # instruction and operand that last touched it.
     state = np.zeros(n, np.int64)
     stamp = np.empty(n, np.int64)
     for s in range(n):
         stamp[s] = -1
     owner = np.zeros(n, np.int64)
+    # Per slot: adjoint readers (operands with a partial, outputs); the instruction whose
+    # result range starts there.
+    reads = np.zeros(n, np.int64)
+    first = np.empty(n, np.int64)
+    for s in range(n):
+        first[s] = -1
     ok = np.zeros(3, np.int64)
+    fw = np.zeros(3, np.int64)
     R = np.zeros(ni + 1, np.int64)
+    G = np.empty(ni, np.int64)
     o = prog[9]
     for k in range(prog[5]):
         state[prog[o + k]] = 1
+        reads[prog[o + k]] += 1
+    for i in range(ni):
+        r = prog[10] + prog[11] * i
+        op = prog[r]
+        m = prog[r + 5]
+        G[i] = prog[r + 1]
+        if m > 0:
+            first[prog[r + 1]] = i
+        for k in range(3):
+            if _PSRC[3 * op + k] != 0:
+                for e in range(m):
+                    reads[prog[r + 2 + k] + e * prog[r + 6 + k]] += 1
     for i in range(ni - 1, -1, -1):
         r = prog[10] + prog[11] * i
         op = prog[r]
         m = prog[r + 5]
         for k in range(3):
+            fw[k] = 0
+            i0 = prog[r + 2 + k]
+            if (_PSRC[3 * op + k] != 2 or _PCONST[3 * op + k] != 1.0 or i0 < nf
+                    or (m > 1 and prog[r + 6 + k] != 1) or first[i0] < 0):
+                continue
+            p = first[i0]
+            if prog[prog[10] + prog[11] * p + 5] != m:
+                continue
+            fw[k] = 1
+            for e in range(m):
+                if reads[i0 + e] != 1:
+                    fw[k] = 0
+            if fw[k] == 1:
+                G[p] = G[i]  # decided before p is reached: G[i] is final
+                for e in range(m):
+                    state[i0 + e] = 2  # never read: not zeroed
+        for k in range(3):
             ok[k] = 0
-            if _PSRC[3 * op + k] == 0:
+            if _PSRC[3 * op + k] == 0 or fw[k] == 1:
                 continue
             i0 = prog[r + 2 + k]
             s0 = prog[r + 6 + k]
@@ -131,6 +178,9 @@ def reverse_plan(prog):
         for k in range(3):
             if _PSRC[3 * op + k] == 0:
                 continue
+            f |= fw[k] << (3 + k)
+            if fw[k] == 1:
+                continue
             f |= ok[k] << k
             i0 = prog[r + 2 + k]
             s0 = prog[r + 6 + k]
@@ -143,7 +193,7 @@ def reverse_plan(prog):
     for s in range(nd, n):
         if state[s] != 2 and (s == nd or state[s - 1] == 2):
             nz += 1
-    Z = np.empty(ni + 1 + 2 * nz, np.int32)
+    Z = np.empty(2 * ni + 1 + 2 * nz, np.int32)
     for i in range(ni):  # a loop: slice assignment costs seconds of compile
         Z[i] = R[i]
     Z[ni] = nz
@@ -155,15 +205,27 @@ def reverse_plan(prog):
             if s == n - 1 or state[s + 1] == 2:
                 Z[z + 1] = s + 1
                 z += 2
+    for i in range(ni):
+        Z[z + i] = G[i]
     return Z
 
 
 @njit(cache=True, nogil=True)
 def _check_plan(prog, R):
-    # A plan from another program could index outside A: the drivers check its size.
+    # A plan from another program could index outside A: the drivers check its size, and
+    # the sweeps check each adjoint slot they read from it (_plan_slot).
     ni = prog[6]
-    if R.shape[0] <= ni or R.shape[0] != ni + 1 + 2 * R[ni]:
+    if R.shape[0] <= ni or R.shape[0] != 2 * ni + 1 + 2 * R[ni]:
         raise ValueError("the reverse plan does not belong to this program")
+
+
+@njit(cache=True, nogil=True)
+def _plan_slot(prog, R, i, n):
+    # Where instruction i's n result adjoints are (checked: the plan is data).
+    g = R[prog[6] + 1 + 2 * R[prog[6]] + i]
+    if g < prog[2] or g + n > prog[0]:
+        raise ValueError("the reverse plan does not belong to this program")
+    return g
 
 
 @njit(cache=True, nogil=True)

@@ -29,12 +29,23 @@ def _psrc() -> np.ndarray:
     return _kernels()._module._PSRC
 
 
+def _code(tape) -> np.ndarray:
+    prog = tape._prog
+    return prog[prog[10] : prog[13]].reshape(-1, ROW).astype(np.int64)
+
+
 def zero_all_plan(tape) -> np.ndarray:
-    """The plan that assigns nothing and zeroes every adjoint (the sweeps' old way)."""
+    """The plan that assigns and forwards nothing and zeroes every adjoint (the sweeps'
+    old way): every instruction's adjoints in its own result slots."""
     ni, nd, n = len(tape), int(tape._prog[2]), int(tape._prog[0])
-    plan = np.zeros(ni + 3, np.int32)
-    plan[ni:] = (1, nd, n) if n > nd else (0, 0, 0)
-    return plan if n > nd else plan[: ni + 1]
+    ranges = [1, nd, n] if n > nd else [0]
+    return np.array([0] * ni + ranges + list(_code(tape)[:, 1]), np.int32)
+
+
+def adjoint_slots(tape) -> np.ndarray:
+    """Per instruction, where the plan keeps its result adjoints."""
+    plan, ni = tape._plan(), len(tape)
+    return plan[ni + 1 + 2 * plan[ni] :]
 
 
 def reverse_results(tape, X, P, W):
@@ -85,29 +96,48 @@ def test_recorded_programs(prog, seed):
 
 def check_symbolically(tape) -> None:
     """Replay the writes of the chunk sweep (element-major within an instruction) and
-    of the point sweep (operand-major) on slot names."""
+    of the point sweep (operand-major) on slot names. A forwarded operand must be a
+    whole result range, of partial 1, whose producer reads the consumer's adjoints,
+    and nothing else may touch those adjoints."""
     prog, plan = tape._prog, tape._plan()
     n, nd, ni = int(prog[0]), int(prog[2]), len(tape)
     zeroed = np.zeros(n, bool)
     for z in range(plan[ni]):
         zeroed[plan[ni + 1 + 2 * z] : plan[ni + 2 + 2 * z]] = True
-    code = prog[prog[10] : prog[13]].reshape(-1, ROW).astype(np.int64)
+    code = _code(tape)
+    where = adjoint_slots(tape)
+    module = _kernels()._module
     writes = _psrc()[3 * code[:, :1] + np.arange(3)] != 0
     outputs = prog[prog[9] : prog[10]]
+    forwarded = np.zeros(n, bool)
+    for i in range(ni):
+        for k in range(3):
+            if not plan[i] >> (3 + k) & 1:
+                continue
+            op, s0, m = code[i, 0], code[i, 2 + k], code[i, 5]
+            assert module._PSRC[3 * op + k] == 2 and module._PCONST[3 * op + k] == 1.0
+            assert m == 1 or code[i, 6 + k] == 1
+            (p,) = np.flatnonzero((code[:, 1] == s0) & (code[:, 5] == m))[-1:]
+            assert p < i and where[p] == where[i], f"instruction {i} operand {k}"
+            assert not forwarded[s0 : s0 + m].any()
+            forwarded[s0 : s0 + m] = True
+    assert not forwarded[outputs].any(), "an output's adjoint is forwarded"
     for element_major in (True, False):
         ready = zeroed.copy()  # holds a sum that may be added to
         ready[:nd] = True  # never written
         assert ready[outputs].all(), "outputs are seeded by adding"
         for i in range(ni - 1, -1, -1):
-            op, ir, m = code[i, 0], code[i, 1], code[i, 5]
-            assert ready[ir : ir + m].all(), f"instruction {i} reads unready adjoints"
+            op, g, m = code[i, 0], where[i], code[i, 5]
+            assert ready[g : g + m].all(), f"instruction {i} reads unready adjoints"
             e = np.arange(m)
             order = [(k, j) for j in e for k in range(3)] if element_major else [
                 (k, j) for k in range(3) for j in e]
             for k, j in order:
                 s = code[i, 2 + k] + j * code[i, 6 + k]
-                if k >= _ARITY[op] or not writes[i, k] or s < nd:
+                if (k >= _ARITY[op] or not writes[i, k] or s < nd
+                        or plan[i] >> (3 + k) & 1):
                     continue
+                assert not forwarded[s], f"instruction {i} writes a forwarded adjoint"
                 if plan[i] >> k & 1:
                     assert not ready[s], f"instruction {i} operand {k} assigns over a sum"
                 else:
@@ -122,7 +152,7 @@ def test_array_code_zeroes_almost_nothing():
         lambda x: np.sum(100.0 * (x[1:] - x[:-1] ** 2) ** 2 + (1.0 - x[:-1]) ** 2), np.ones(50)
     )
     plan, ni = tape._plan(), len(tape)
-    ranges = plan[ni + 1 :].reshape(-1, 2)
+    ranges = plan[ni + 1 : ni + 1 + 2 * plan[ni]].reshape(-1, 2)
     assert int((ranges[:, 1] - ranges[:, 0]).sum()) <= 2  # the output and x[-1]
     check_symbolically(tape)
     x = np.linspace(-1.0, 2.0, 50)
