@@ -17,6 +17,10 @@ workers are the parallelism, and one Numba thread per Dask thread keeps the mach
 from being oversubscribed. Pass ``numba_threads=None`` to let every task use all of Numba's
 threads (one Dask thread per machine, say).
 
+:func:`store` computes per-point results straight into arrays you provide (numpy arrays
+on the threaded and synchronous schedulers, memory-mapped files on any scheduler): each
+task writes its rows in place, so no result is copied or assembled.
+
 This module needs Dask: ``pip install tapejit[dask]`` (``dask[array]`` and
 ``distributed``).
 """
@@ -33,16 +37,20 @@ except ImportError as exc:  # pragma: no cover - depends on the environment
         f"'dask[array]' distributed); the import failed with: {exc}"
     ) from exc
 
+import mmap
 import operator
+import uuid
+from concurrent.futures import ProcessPoolExecutor
 
 import numba
 import numpy as np
+from dask.delayed import Delayed
 from dask.highlevelgraph import HighLevelGraph
 
 from ._single import Float32Tape
 from ._tape import Tape
 
-__all__ = ["forward", "gradient", "hessian", "jacobian", "sum_value_and_grad",
+__all__ = ["forward", "gradient", "hessian", "jacobian", "store", "sum_value_and_grad",
            "value_and_grad"]
 
 
@@ -309,3 +317,273 @@ def _scalar(tape: Tape, what: str) -> None:
     if _check_tape(tape).n_outputs != 1:
         raise ValueError(f"{what} needs a tape with one output; this tape has "
                          f"{tape.n_outputs}. Use forward() or jacobian().")
+
+
+# -- writing into arrays -------------------------------------------------------------------
+#: Methods :func:`store` runs: the tape methods that take ``out=`` buffers.
+_STORE_METHODS = ("forward", "value_and_grad", "gradient", "jacobian")
+
+_NOT_SHARED = (
+    "a numpy out= array lives in this process's memory: only tasks run here (the "
+    "threaded or synchronous scheduler) can fill it, but {where} runs tasks in other "
+    "processes, which would fill a copy. Use scheduler='threads' or 'sync', or a "
+    "memory-mapped file as the target (np.lib.format.open_memmap(path, mode='w+', ...)), "
+    "which tasks reopen by file name wherever they run."
+)
+
+
+class _InMemory:
+    """A numpy target in this process: tasks write into row slices of the array itself.
+
+    It refuses to be pickled: a copy sent to another process would be filled there,
+    the caller's array never (and the copy alone costs the array's size).
+    """
+
+    __slots__ = ("array",)
+
+    def __init__(self, array: np.ndarray) -> None:
+        self.array = array
+
+    def rows(self, start: int, stop: int) -> np.ndarray:
+        return self.array[start:stop]
+
+    def done(self, rows: np.ndarray) -> None:
+        pass
+
+    def __reduce__(self):
+        raise TypeError(_NOT_SHARED.format(where="this scheduler"))
+
+    def __dask_tokenize__(self):
+        return ("tapejit.dask._InMemory", id(self.array))  # never hash the data
+
+
+class _MappedFile:
+    """A memory-mapped file target, as where its rows are: it pickles as a few numbers,
+    never the data. A task maps just its rows (mode ``r+``), writes them and flushes, in
+    whatever process or machine it runs (the file must be reachable there)."""
+
+    __slots__ = ("dtype", "filename", "offset", "shape")
+
+    def __init__(self, filename: str, offset: int, shape: tuple, dtype: np.dtype) -> None:
+        self.filename, self.offset, self.shape, self.dtype = filename, offset, shape, dtype
+
+    def __reduce__(self):
+        return (_MappedFile, (self.filename, self.offset, self.shape, self.dtype))
+
+    def rows(self, start: int, stop: int) -> np.memmap:
+        row = int(np.prod(self.shape[1:], dtype=np.int64)) * self.dtype.itemsize
+        return np.memmap(self.filename, self.dtype, "r+", self.offset + start * row,
+                         (stop - start, *self.shape[1:]))
+
+    def done(self, rows: np.memmap) -> None:
+        rows.flush()  # on the file before the task reports done (a shared disk, say)
+
+
+def _file_offset(a: np.memmap) -> int:
+    """Byte offset in its file of ``a``'s first element. A view of a memmap inherits the
+    whole map's ``offset``, so measure from the start of the mapping, which numpy
+    begins at the offset rounded down to the allocation granularity."""
+    start = np.frombuffer(a._mmap, np.uint8).ctypes.data
+    return a.offset - a.offset % mmap.ALLOCATIONGRANULARITY + (a.ctypes.data - start)
+
+
+def _result_shapes(tape: Tape, method: str, n: int) -> list[tuple[str, tuple]]:
+    """``(name, shape)`` of each result of ``tape.<method>`` at ``n`` points."""
+    n_in, n_out = tape.n_inputs, tape.n_outputs
+    if method == "forward":
+        return [("outputs", (n,) if n_out == 1 else (n, n_out))]
+    if method == "value_and_grad":
+        return [("values", (n,)), ("gradients", (n, n_in))]
+    if method == "gradient":
+        return [("gradients", (n, n_in))]
+    return [("jacobians", (n, n_out, n_in))]
+
+
+def _targets(tape: Tape, method: str, out, n: int) -> tuple:
+    """The validated ``out`` arrays as targets (:class:`_InMemory` or :class:`_MappedFile`):
+    exactly what ``tape.<method>(x, out=...)`` accepts, for all ``n`` points."""
+    shapes = _result_shapes(tape, method, n)
+    want = " and ".join(f"{name} {shape}" for name, shape in shapes)
+    arrays = (out,) if isinstance(out, np.ndarray) else out
+    if not isinstance(arrays, (tuple, list)):
+        hint = ("; to write into other array-likes (zarr, HDF5, ...) use dask.array.store "
+                "with the lazy results") if hasattr(out, "__setitem__") else ""
+        raise TypeError(f"out must be a numpy array or a tuple of them ({want}); got "
+                        f"{type(out).__name__}{hint}")
+    if len(arrays) != len(shapes):
+        raise ValueError(f"{method} has {len(shapes)} result(s): out must hold "
+                         f"{len(shapes)} array(s) ({want}); got {len(arrays)}")
+    targets = []
+    for a, (name, shape) in zip(arrays, shapes, strict=True):
+        what = f"out array for the {name}"
+        if not isinstance(a, np.ndarray):
+            raise TypeError(f"{what} must be a numpy array or np.memmap; got "
+                            f"{type(a).__name__}")
+        if a.dtype != np.float64:
+            raise TypeError(f"{what} must have dtype float64 (native byte order), as "
+                            f"Tape.{method} writes; got {a.dtype}")
+        if a.shape != shape:
+            raise ValueError(f"{what} must have shape {shape}; got {a.shape}")
+        if not a.flags.c_contiguous:
+            raise ValueError(f"{what} must be C-contiguous")
+        if not a.flags.writeable:
+            raise ValueError(f"{what} must be writeable")
+        if isinstance(a, np.memmap) and a.filename and getattr(a, "_mmap", None) is not None:
+            if a.mode == "c":
+                raise ValueError(f"{what} is a copy-on-write memmap (mode 'c'): writes "
+                                 "never reach its file; open it with mode 'r+' or 'w+'")
+            targets.append(_MappedFile(a.filename, _file_offset(a), shape, a.dtype))
+        else:
+            targets.append(_InMemory(a))
+    for i, a in enumerate(arrays):
+        for b in arrays[:i]:
+            if a.size and b.size and np.may_share_memory(a, b):
+                raise ValueError("the out arrays overlap: give each result its own array")
+    return tuple(targets)
+
+
+def _store_block(method, x, p, tape, params, threads, targets, start, stop):
+    """``tape.<method>`` of one chunk of points written into rows ``start:stop`` of the
+    targets: the kernels write there directly."""
+    if stop == start:
+        return None
+    rows = [t.rows(start, stop) for t in targets]
+    out = tuple(rows) if method == "value_and_grad" else rows[0]
+    _call(threads, getattr(tape, method), x, params if p is None else p, out=out)
+    for t, r in zip(targets, rows, strict=True):
+        t.done(r)
+    return None
+
+
+def _stored(blocks) -> None:
+    """The end of a store: every block written."""
+    return None
+
+
+def _store_graph(method: str, tape: Tape, X, P, p, targets: tuple,
+                 numba_threads: int | None) -> Delayed:
+    """One task per chunk of points writing its rows, then one task that waits for all.
+
+    The keys are unique to the call: the graph writes into ``out`` (a side effect), so it
+    must never be merged with another call's graph however equal their inputs.
+    """
+    name = f"tapejit-store-{method}-{uuid.uuid4().hex}"
+    tape_d = dask.delayed(tape, pure=True)
+    bounds = np.cumsum((0, *X.chunks[0])).tolist()
+    threads = _threads(numba_threads)
+    layer = {}
+    for i in range(X.numblocks[0]):
+        pkey = None if P is None else (P.name, i, 0)
+        layer[(name, i)] = (_store_block, method, (X.name, i, 0), pkey, tape_d.key, p,
+                            threads, targets, bounds[i], bounds[i + 1])
+    layer[name] = (_stored, [(name, i) for i in range(X.numblocks[0])])
+    deps = [X, tape_d] if P is None else [X, P, tape_d]
+    return Delayed(name, HighLevelGraph.from_collections(name, layer, dependencies=deps),
+                   layer=name)
+
+
+def _other_processes(scheduler, collection) -> str | None:
+    """What, in the scheduler :func:`dask.compute` would use, runs tasks in other
+    processes (or ``None``: threads or this thread)."""
+    if isinstance(scheduler, ProcessPoolExecutor):
+        return "a ProcessPoolExecutor"
+    get = dask.base.get_scheduler(scheduler=scheduler, collections=[collection])
+    if getattr(get, "__module__", None) == "dask.multiprocessing":
+        return "the multiprocessing scheduler"
+    if "Client" in type(getattr(get, "__self__", None)).__name__:
+        return "a dask.distributed Client"
+    return None
+
+
+def store(tape: Tape, method: str, X, out, params=None, *, numba_threads: int | None = 1,
+          compute: bool = True, **compute_kwargs):
+    """Compute per-point results of ``tape.<method>`` straight into arrays you provide.
+
+    Like :func:`dask.array.store` of :func:`forward` (or ...) results, without the copy:
+    each task calls the tape's kernels with ``out=`` the rows of the targets that its
+    chunk of points owns, so the results are written once, in place, and never
+    assembled or copied.
+
+    Which targets work on which schedulers:
+
+    * a numpy array: the threaded and synchronous schedulers only (tasks in this
+      process write into it). A process-based scheduler would fill a copy: when
+      ``compute=True`` finds one (``scheduler="processes"``, a ``ProcessPoolExecutor``,
+      a :mod:`dask.distributed` Client, given or the default) it raises, and the graph
+      refuses to be pickled in any case.
+    * an :class:`numpy.memmap` of a file (``np.lib.format.open_memmap(path, mode="w+",
+      ...)`` for a ``.npy`` file): any scheduler, worker processes and a
+      :mod:`dask.distributed` cluster included (with the file on a disk the workers
+      share). Tasks receive the file name and the rows' place in it, never the data,
+      map just their rows (mode ``"r+"``), write them and flush.
+
+    Parameters
+    ----------
+    tape : Tape
+        A float64 tape (a :class:`~tapejit.Float32Tape` takes no ``out=`` buffers).
+    method : {"forward", "value_and_grad", "gradient", "jacobian"}
+        The tape method whose results to store (``hessian`` takes no ``out=``: use
+        :func:`hessian` and :func:`dask.array.store`).
+    X : dask.array.Array or array_like
+        Points ``(n_points, n_inputs)``, as :func:`forward`.
+    out : ndarray or tuple of ndarray
+        The targets, exactly as ``tape.<method>(x, out=...)`` takes them for all the
+        points: float64, C-contiguous, writeable, shaped ``(n_points,)`` or
+        ``(n_points, n_outputs)`` for ``forward``, ``((n_points,), (n_points,
+        n_inputs))`` for ``value_and_grad`` (a tuple of two), ``(n_points, n_inputs)``
+        for ``gradient``, ``(n_points, n_outputs, n_inputs)`` for ``jacobian``.
+    params, numba_threads
+        As :func:`forward`.
+    compute : bool
+        Compute now (default) and return ``out``; or return a :class:`dask.delayed.Delayed`
+        that fills ``out`` when computed (its value is ``None``).
+    **compute_kwargs
+        Passed to :func:`dask.compute` (``scheduler=``, ...) when ``compute=True``.
+
+    Returns
+    -------
+    out or dask.delayed.Delayed
+
+    Examples
+    --------
+    >>> import numpy as np, dask.array as da, tapejit, tapejit.dask as td
+    >>> tape = tapejit.record(lambda x: x[0] * np.sin(x[1]), np.zeros(2))
+    >>> X = np.random.default_rng(0).standard_normal((1000, 2))
+    >>> v, g = np.empty(1000), np.empty((1000, 2))
+    >>> _ = td.store(tape, "value_and_grad", da.from_array(X, chunks=(300, 2)), (v, g),
+    ...              scheduler="threads")
+    >>> bool((g == tape.gradient(X)).all())
+    True
+    """
+    if isinstance(tape, Float32Tape):
+        raise TypeError("store needs a float64 Tape: a Float32Tape's methods take no out= "
+                        "buffers. Store with tape.astype(np.float64) into float64 arrays, "
+                        "or write the lazy float32 results (tapejit.dask.value_and_grad("
+                        "tape, X), ...) with dask.array.store")
+    tape = _check_tape(tape)
+    if method == "hessian":
+        raise ValueError("Tape.hessian takes no out= buffer: use tapejit.dask.hessian(tape, "
+                         "X) with dask.array.store")
+    if method not in _STORE_METHODS:
+        raise ValueError(f"method must be one of {', '.join(map(repr, _STORE_METHODS))}; "
+                         f"got {method!r}")
+    if method in ("value_and_grad", "gradient"):
+        _scalar(tape, method)
+    if not compute and compute_kwargs:
+        raise TypeError(f"compute_kwargs ({', '.join(compute_kwargs)}) are for compute=True; "
+                        "with compute=False pass them to dask.compute")
+    X = _points(X, tape.n_inputs, "X")
+    if any(c != c for c in X.chunks[0]):  # NaN: unknown chunk sizes
+        raise ValueError("X has unknown chunk sizes (the rows of each chunk must be known "
+                         "to place its results): call X.compute_chunk_sizes() first")
+    P, p = _params(tape, params, X)
+    targets = _targets(tape, method, out, X.shape[0])
+    result = _store_graph(method, tape, X, P, p, targets, numba_threads)
+    if not compute:
+        return result
+    if any(isinstance(t, _InMemory) for t in targets):
+        where = _other_processes(compute_kwargs.get("scheduler"), result)
+        if where is not None:
+            raise ValueError(_NOT_SHARED.format(where=where))
+    dask.compute(result, **compute_kwargs)
+    return out

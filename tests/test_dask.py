@@ -7,7 +7,9 @@ compared with direct evaluation. Skipped where Dask is not installed
 from __future__ import annotations
 
 import importlib
+import pickle
 import sys
+from concurrent.futures import ProcessPoolExecutor
 
 import numpy as np
 import pytest
@@ -17,6 +19,7 @@ import tapejit
 dask = pytest.importorskip("dask")
 da = pytest.importorskip("dask.array")
 distributed = pytest.importorskip("distributed")
+Delayed = pytest.importorskip("dask.delayed").Delayed
 td = importlib.import_module("tapejit.dask")
 
 
@@ -164,3 +167,163 @@ def test_import_error_hint(monkeypatch):
         importlib.import_module("tapejit.dask")
     monkeypatch.undo()
     assert importlib.import_module("tapejit.dask") is td
+
+
+# -- store: results written straight into arrays -------------------------------------------
+_UNEVEN = ((1000, 1, 0, 700, 1300), (4,))  # a one-point chunk and an empty one
+
+
+@pytest.fixture
+def uneven(points):
+    X, _ = points
+    return X, da.from_array(X, chunks=_UNEVEN)
+
+
+def _empty_like_results(res):
+    res = res if isinstance(res, tuple) else (res,)
+    return tuple(np.full_like(r, np.nan) for r in res)
+
+
+@pytest.mark.parametrize("sched", ["threads", "sync"])
+@pytest.mark.parametrize("method", ["forward", "value_and_grad", "gradient", "jacobian"])
+def test_store_numpy_targets(tape, uneven, sched, method):
+    X, Xd = uneven
+    ref = getattr(tape, method)(X)
+    out = _empty_like_results(ref)
+    arg = out if method == "value_and_grad" else out[0]
+    assert td.store(tape, method, Xd, arg, scheduler=sched) is arg
+    for o, r in zip(out, ref if isinstance(ref, tuple) else (ref,), strict=True):
+        assert _bitwise(o, r)
+
+
+def test_store_params_and_many_outputs():
+    t = tapejit.record(_model, np.zeros(3), np.ones(2), argnums=0)
+    rng = np.random.default_rng(7)
+    X, P = rng.standard_normal((1000, 3)), rng.standard_normal((1000, 2))
+    Xd, Pd = da.from_array(X, chunks=(300, 3)), da.from_array(P, chunks=(250, 2))
+    v, g = np.empty(1000), np.empty((1000, 3))
+    td.store(t, "value_and_grad", Xd, (v, g), Pd, scheduler="threads")  # per point
+    v0, g0 = t.value_and_grad(X, P)
+    assert _bitwise(v, v0) and _bitwise(g, g0)
+    p1 = np.array([1.5, -0.5])
+    td.store(t, "gradient", Xd, g, p1, scheduler="threads")  # one row for every point
+    assert _bitwise(g, t.gradient(X, p1))
+    m = tapejit.record(lambda x: (np.sin(x[:2]) * x[2], x[0] * x[1]), np.zeros(3))
+    y, J = np.empty((1000, 3)), np.empty((1000, 3, 3))
+    td.store(m, "forward", Xd, y, scheduler="threads")
+    td.store(m, "jacobian", Xd, (J,), scheduler="threads")  # a tuple of one is fine
+    assert _bitwise(y, m.forward(X)) and _bitwise(J, m.jacobian(X))
+
+
+def test_store_memmap_on_worker_processes(tape, uneven, client, tmp_path):
+    X, Xd = uneven
+    n = X.shape[0]
+    v = np.lib.format.open_memmap(tmp_path / "v.npy", mode="w+", shape=(n,))
+    # a view into the middle of a bigger file: its rows' place is measured, not assumed
+    big = np.lib.format.open_memmap(tmp_path / "g.npy", mode="w+", shape=(n + 20, 4))
+    td.store(tape, "value_and_grad", Xd, (v, big[10 : n + 10]))  # the default: client
+    v0, g0 = tape.value_and_grad(X)
+    assert _bitwise(np.load(tmp_path / "v.npy"), v0)
+    g = np.load(tmp_path / "g.npy")
+    assert _bitwise(g[10 : n + 10], g0) and not g[:10].any() and not g[n + 10 :].any()
+    # lazily, the same way, and the graph carries no data of the target
+    J = np.lib.format.open_memmap(tmp_path / "J.npy", mode="w+", shape=(n, 1, 4))
+    lazy = td.store(tape, "jacobian", Xd, J, compute=False)
+    assert not J.any()
+    assert dask.compute(lazy) == (None,)
+    assert _bitwise(np.load(tmp_path / "J.npy"), tape.jacobian(X))
+    target = np.lib.format.open_memmap(tmp_path / "big.npy", mode="w+", shape=(200_000, 4))
+    lazy = td.store(tape, "gradient", da.ones((200_000, 4), chunks=50_000), target,
+                    compute=False)
+    assert len(pickle.dumps(dict(lazy.__dask_graph__()))) < 50_000  # not 6.4 MB
+
+
+def test_store_lazy_numpy(tape, uneven):
+    X, Xd = uneven
+    g = np.zeros((X.shape[0], 4))
+    lazy = td.store(tape, "gradient", Xd, g, compute=False)
+    assert isinstance(lazy, Delayed) and not g.any()
+    assert lazy.compute(scheduler="threads") is None
+    assert _bitwise(g, tape.gradient(X))
+    # two stores with the same inputs into different arrays stay two graphs
+    g2 = np.zeros_like(g)
+    other = td.store(tape, "gradient", Xd, g2, compute=False)
+    assert other.key != lazy.key
+    dask.compute(lazy, other, scheduler="sync")
+    assert _bitwise(g2, g)
+
+
+def test_store_numpy_target_refuses_other_processes(tape, uneven, client):
+    X, Xd = uneven
+    g = np.zeros((X.shape[0], 4))
+    with ProcessPoolExecutor(1) as pool:  # never started: refused before
+        for scheduler, name in [(None, "Client"), (client, "Client"),
+                                ("processes", "multiprocessing"), (pool, "ProcessPool")]:
+            with pytest.raises(ValueError, match=f"{name}.*memory-mapped file"):
+                td.store(tape, "gradient", Xd, g, scheduler=scheduler)
+    lazy = td.store(tape, "gradient", Xd, g, compute=False)
+    with pytest.raises(TypeError, match="lives in this process's memory"):
+        pickle.dumps(dict(lazy.__dask_graph__()))  # what a process scheduler must do
+    with pytest.raises(TypeError) as info:  # distributed wraps the refusal
+        client.compute(lazy).result()
+    assert "lives in this process's memory" in " ".join(map(str, _chain(info.value)))
+    assert not g.any()
+    td.store(tape, "gradient", Xd, g, scheduler="threads")  # threads still fine
+    assert _bitwise(g, tape.gradient(X))
+
+
+def _chain(exc):
+    """An exception and those it was raised from or while handling."""
+    while exc is not None:
+        yield exc
+        exc = exc.__cause__ or exc.__context__
+
+
+def test_store_errors(tape, uneven, tmp_path):
+    X, Xd = uneven
+    n = X.shape[0]
+    g = np.empty((n, 4))
+
+    def fails(exc, match, *args, **kwargs):
+        with pytest.raises(exc, match=match):
+            td.store(*args, **kwargs)
+
+    fails(TypeError, "Float32Tape", tape.astype(np.float32), "gradient", Xd, g)
+    fails(TypeError, "Tape", None, "gradient", Xd, g)
+    fails(ValueError, "hessian takes no out=", tape, "hessian", Xd, g)
+    fails(ValueError, "method must be one of", tape, "vjp", Xd, g)
+    many = tapejit.record(lambda x: (x[0], x[1]), np.zeros(4))
+    fails(ValueError, "one output", many, "value_and_grad", Xd, (np.empty(n), g))
+    fails(ValueError, r"shape \(n_points, 4\)", tape, "gradient", da.zeros((10, 3)), g)
+    fails(ValueError, "2 array.*values.*gradients.*got 1", tape, "value_and_grad", Xd, g)
+    fails(ValueError, "1 array.*got 2", tape, "gradient", Xd, (g, g))
+    fails(TypeError, "numpy array or a tuple", tape, "gradient", Xd, None)
+    fails(TypeError, "numpy array or a tuple.*got Array.*dask.array.store", tape,
+          "gradient", Xd, da.zeros((n, 4)))
+    fails(TypeError, "numpy array or np.memmap; got list", tape, "value_and_grad", Xd,
+          (np.empty(n), [[0.0] * 4] * n))
+    fails(TypeError, "float64.*got float32", tape, "gradient", Xd,
+          np.empty((n, 4), np.float32))
+    fails(TypeError, "float64.*got >f8", tape, "gradient", Xd, np.empty((n, 4), ">f8"))
+    fails(ValueError, r"shape \(3001, 4\); got \(3000, 4\)", tape, "gradient", Xd, g[1:])
+    fails(ValueError, r"values must have shape \(3001,\)", tape, "value_and_grad", Xd,
+          (np.empty((n, 1)), g))
+    fails(ValueError, "C-contiguous", tape, "gradient", Xd, np.empty((n, 4), order="F"))
+    ro = np.empty((n, 4))
+    ro.flags.writeable = False
+    fails(ValueError, "writeable", tape, "gradient", Xd, ro)
+    np.save(tmp_path / "g.npy", g)
+    cow = np.load(tmp_path / "g.npy", mmap_mode="c")
+    fails(ValueError, "copy-on-write", tape, "gradient", Xd, cow)
+    flat = np.empty(5 * n)
+    fails(ValueError, "overlap", tape, "value_and_grad", Xd,
+          (flat[:n], flat[n - 1 : 5 * n - 1].reshape(n, 4)))
+    fails(TypeError, "compute_kwargs.*scheduler", tape, "gradient", Xd, g, compute=False,
+          scheduler="threads")
+    unknown = Xd[da.from_array(X[:, 0] > 0, chunks=Xd.chunks[0])]
+    fails(ValueError, "unknown chunk sizes", tape, "gradient", unknown, g)
+    t = tapejit.record(_model, np.zeros(3), np.ones(2), argnums=0)
+    X3 = da.zeros((10, 3))
+    fails(ValueError, "parameters", t, "forward", X3, np.empty(10))
+    fails(ValueError, "params has 9 rows", t, "forward", X3, np.empty(10), np.zeros((9, 2)))
+    fails(ValueError, "no parameters", tape, "forward", Xd, np.empty(n), np.zeros(2))

@@ -5,10 +5,13 @@
   ``setup``/``teardown``); ``track_points_per_second`` reports the rate.
 * ``DaskOverhead``: ``value_and_grad`` over 1e7 points in memory, direct versus
   ``tapejit.dask`` on the threaded scheduler with a few large chunks (8 of 1.25e6
-  points), per-point results and the sum reduction; ``track_ratio_*`` report
-  dask time / direct time (best of 3 each). Two tapes: ``rosen2`` (7 instructions:
-  memory-bound, where Dask's assembling of the per-point results into one array shows)
-  and ``sines`` (blocks of sin and exp: some work per point).
+  points), per-point results, the per-point results written by
+  ``tapejit.dask.store`` straight into preallocated arrays (against a direct
+  ``value_and_grad(X, out=(v, g))`` into the same arrays), and the sum reduction;
+  ``track_ratio_*`` report dask time / direct time (best of 3 each). Two tapes:
+  ``rosen2`` (7 instructions: memory-bound, where Dask's assembling of the per-point
+  results into one array shows) and ``sines`` (blocks of sin and exp: some work per
+  point).
 * ``Precision``: ``value_and_grad`` with float64 points and results against a
   ``Float32Tape`` (``tape.astype(np.float32)``): time, peak memory, and the ratio.
 * ``Streamed``: ``evaluate_file`` over a ``.npy`` file of 1e7 points (160 MB, written
@@ -186,12 +189,27 @@ class DaskOverhead:
         self.dask, self.td = dask, td
         self.X = np.random.default_rng(0).standard_normal((DASK_POINTS, 2))
         self.Xd = da.from_array(self.X, chunks=(DASK_POINTS // DASK_CHUNKS, 2))
+        # targets of the direct call with out= and of the store, pages faulted in
+        self.v, self.g = np.zeros(DASK_POINTS), np.zeros((DASK_POINTS, 2))
+        self.store = getattr(td, "store", None)  # tapejit.dask.store is newer
         self.direct_vg()
         self.dask_vg()
         self.dask_sum()
+        self.direct_into()
+        if self.store is not None:
+            self.dask_store()
 
     def direct_vg(self):
         return self.tape.value_and_grad(self.X)
+
+    def direct_into(self):
+        return self.tape.value_and_grad(self.X, out=(self.v, self.g))
+
+    def dask_store(self):
+        if self.store is None:
+            raise NotImplementedError("this tapejit has no tapejit.dask.store")
+        return self.store(self.tape, "value_and_grad", self.Xd, (self.v, self.g),
+                          scheduler="threads")
 
     def direct_sum(self):
         v, g = self.tape.value_and_grad(self.X)
@@ -211,6 +229,9 @@ class DaskOverhead:
     def time_dask_value_and_grad(self, tape):
         self.dask_vg()
 
+    def time_dask_store_value_and_grad(self, tape):
+        self.dask_store()
+
     def time_direct_sum(self, tape):
         self.direct_sum()
 
@@ -220,10 +241,14 @@ class DaskOverhead:
     def track_ratio_value_and_grad(self, tape):
         return _best(self.dask_vg) / _best(self.direct_vg)
 
+    def track_ratio_store(self, tape):
+        return _best(self.dask_store) / _best(self.direct_into)
+
     def track_ratio_sum(self, tape):
         return _best(self.dask_sum) / _best(self.direct_sum)
 
     track_ratio_value_and_grad.unit = "dask/direct"
+    track_ratio_store.unit = "dask/direct"
     track_ratio_sum.unit = "dask/direct"
 
 
