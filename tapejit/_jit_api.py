@@ -83,8 +83,10 @@ def jit_args(tape, params=None) -> JitArgs:
         p = np.array(params, dtype=np.float64).reshape(-1)  # a private, writeable copy
         if p.size != n_par:
             raise ValueError(f"params must have {n_par} values; got {np.shape(params)}")
+    plan = tape._plan().view()
+    plan.flags.writeable = False
     return JitArgs(
-        tape._prog, tape._plan(), tape._consts, p, np.empty(tape._point_floats()),
+        tape._prog, plan, tape._consts, p, np.empty(tape._point_floats()),
         np.empty(max(tape.n_outputs, 1)), kernel_stamp(),
     )
 

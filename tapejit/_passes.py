@@ -563,7 +563,7 @@ def _peak_live(p: _Prog) -> int:
 
 def _compact_slots(tape: Tape) -> int:
     prog, n_slots, _ = tape._forward_prog()
-    return n_slots if prog is not tape._prog else int(compact(tape._prog)[0])
+    return n_slots if prog is not tape._kp else int(compact(tape._prog)[0])
 
 
 def stats(tape: Tape) -> dict[str, Any]:
@@ -594,7 +594,7 @@ def stats(tape: Tape) -> dict[str, Any]:
     prog_bytes = int(tape._prog.nbytes)
     const_bytes = int(tape.consts.nbytes)
     fwd = tape._forward_prog()[0]
-    derived = int(tape._plan().nbytes) + (int(fwd.nbytes) if fwd is not tape._prog else 0)
+    derived = int(tape._plan().nbytes) + (int(fwd.nbytes) if fwd is not tape._kp else 0)
     return {
         "name": tape.name,
         "n_instructions": len(p.ops),

@@ -119,7 +119,7 @@ class Float32Tape:
         Y = np.empty((n, n_out), _F32)
         if method == "forward":
             prog, _, chunk = tape._fwd or tape._forward_prog()
-            tape._run_batch("forward_batch", n, chunk, prog, tape._consts, X, P, Y, valid)
+            tape._run_batch("forward_batch", n, chunk, prog, tape._kc, X, P, Y, valid)
             res = (Y[:, 0] if n_out == 1 else Y,)
         else:
             if method == "vjp":
@@ -128,8 +128,8 @@ class Float32Tape:
                 tape._scalar_output(method)
                 WT = np.ones((1, 1), _F32)
             G = np.empty((n, n_in), _F32)
-            tape._run_batch("vjp_batch", n, tape._chunk, tape._prog, tape._plan(),
-                            tape._consts, X, P, WT, Y, G, valid)
+            tape._run_batch("vjp_batch", n, tape._chunk, tape._kp, tape._plan(),
+                            tape._kc, X, P, WT, Y, G, valid)
             res = {"value_and_grad": (Y[:, 0], G), "gradient": (G,), "vjp": (Y, G)}[method]
         out = tape._guarded(valid, check, res, False)
         return out[0] if len(out) == 1 else out

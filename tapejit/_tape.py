@@ -258,15 +258,25 @@ class Tape:
                output_shapes: tuple, name: str) -> None:
         """Take a validated packed program and constant pool as they are (no copy).
 
-        Both become read-only views: a tape is immutable (and the kernels are compiled
-        for read-only arrays, so every tape has the same argument types).
+        Both are seen through read-only views: a tape is immutable. The kernels are
+        given the arrays themselves when this tape owns them (``_kp``, ``_kc``; nothing
+        writes them): Numba's dispatcher types a writeable array from a table but a
+        read-only one by a slower fingerprint, about 0.2 us per array and call, which
+        matters on the one-point path. A tape over memory it does not own (a shared
+        block, a file mapping) passes its read-only views, at the cost of a second
+        compiled variant of the kernels it uses.
         """
         _kernels()
+        own = prog.flags.owndata and consts.flags.owndata
+        self._kp = prog if own and prog.flags.writeable else None
+        self._kc = consts if own and consts.flags.writeable else None
         prog, consts = prog.view(), consts.view()
         prog.flags.writeable = False
         consts.flags.writeable = False
         self._prog = prog
         self._consts = consts
+        if self._kp is None or self._kc is None:
+            self._kp, self._kc = prog, consts
         n_slots, n_in, n_par, n_out = (int(v) for v in prog[[0, 3, 4, 5]])
         self._n_guards = int(prog[12])
         self._n_slots = n_slots
@@ -686,8 +696,7 @@ class Tape:
         few adjoints they must zero first instead of all of them."""
         rev = self._rev
         if rev is None:
-            rev = _K.reverse_plan(self._prog)
-            rev.flags.writeable = False
+            rev = _K.reverse_plan(self._kp)  # private: jit_args hands out a read-only view
             self._rev = rev
         return rev
 
@@ -701,14 +710,13 @@ class Tape:
         """
         fwd = self._fwd
         if fwd is None:
-            prog = self._prog
+            prog = self._kp
             if len(self) >= _COMPACT_MIN_INSTR:
                 from ._compact import compact
 
                 comp = compact(prog)
                 if 4 * int(comp[0]) <= 3 * self._n_slots:
-                    comp.flags.writeable = False
-                    prog = comp
+                    prog = comp  # private, as _kp
             n_slots = int(prog[0])
             fwd = self._fwd = (prog, n_slots, _chunk_of(n_slots))
         return fwd
@@ -776,7 +784,7 @@ class Tape:
         if single:
             y = _buffer(out, (self._n_out,), "out")
             ws = self._workspace() if n_slots > _REUSE_SLOTS else _EMPTY1
-            failed = _K.forward_point(prog, self._consts, X[0], P[0], y, ws)
+            failed = _K.forward_point(prog, self._kc, X[0], P[0], y, ws)
             if failed:
                 if check == "raise":
                     raise BranchError(1, 1, self)
@@ -787,7 +795,7 @@ class Tape:
         y = _buffer(out, shape, "out")
         valid = np.empty(n, dtype=np.uint8)
         self._run_batch("forward_batch", n, chunk,
-                        prog, self._consts, X, P, y.reshape(n, self._n_out), valid)
+                        prog, self._kc, X, P, y.reshape(n, self._n_out), valid)
         res = self._guarded(valid, check, (y,), False)
         return res if check != "raise" else res[0]
 
@@ -837,8 +845,8 @@ class Tape:
                     g = None
             if g is not None:
                 v = _K.value_grad_point(
-                    self._prog, self._rev if self._rev is not None else self._plan(),
-                    self._consts, x, _EMPTY1 if params is None else params, g,
+                    self._kp, self._rev if self._rev is not None else self._plan(),
+                    self._kc, x, _EMPTY1 if params is None else params, g,
                     _EMPTY1 if self._tls is None else self._workspace(),
                 )
                 if v == v or not self._n_guards:  # NaN may mean a failed guard
@@ -852,11 +860,11 @@ class Tape:
         vbuf, gbuf = (None, None) if out is None else out
         g = _buffer(gbuf, (n, self._n_in) if not single else (self._n_in,), "grad buffer")
         if single:
-            v = _K.value_grad_point(self._prog, self._plan(), self._consts, X[0], P[0], g,
+            v = _K.value_grad_point(self._kp, self._plan(), self._kc, X[0], P[0], g,
                                     self._workspace())
             failed = 0
             if v != v and self._n_guards:
-                failed = _K.forward_point(self._prog, self._consts, X[0], P[0],
+                failed = _K.forward_point(self._kp, self._kc, X[0], P[0],
                                           np.empty(self._n_out), self._workspace())
             if failed and check == "raise":
                 raise BranchError(1, 1, self)
@@ -920,7 +928,7 @@ class Tape:
         n = X.shape[0]
         valid = np.empty(n, dtype=np.uint8)
         self._run_batch("vjp_batch", n, self._chunk,
-                        self._prog, self._plan(), self._consts, X, P, WT, Y, G, valid)
+                        self._kp, self._plan(), self._kc, X, P, WT, Y, G, valid)
         return valid
 
     def _directions(self, v, n: int, single: bool, what: str) -> np.ndarray:
@@ -944,11 +952,11 @@ class Tape:
         n = X.shape[0]
         prog, n_slots, _ = self._fwd or self._forward_prog()
         if n == 1 and V.shape[0] == 1:
-            failed = _K.jvp_point(prog, self._consts, X[0], P[0], V[0], Y[0], TY[0])
+            failed = _K.jvp_point(prog, self._kc, X[0], P[0], V[0], Y[0], TY[0])
             return np.array([failed == 0], dtype=np.uint8)
         valid = np.empty(n, dtype=np.uint8)
         self._run_batch("jvp_batch", n, self._chunk_for(V.shape[1] + 1, n_slots),
-                        prog, self._consts, X, P, V, Y, TY, valid)
+                        prog, self._kc, X, P, V, Y, TY, valid)
         return valid
 
     def jvp(self, x, v, params=None, check: str = "raise"):
@@ -1025,7 +1033,7 @@ class Tape:
         else:
             valid = np.empty(n, dtype=np.uint8)
             self._run_batch("jacrev_batch", n, self._chunk,
-                            self._prog, self._plan(), self._consts, X, P, Y, J3, valid)
+                            self._kp, self._plan(), self._kc, X, P, Y, J3, valid)
         res = self._guarded(valid, check, (J3,), single)
         return (J, res[1]) if check != "raise" else J
 
@@ -1044,12 +1052,12 @@ class Tape:
             if n == 1 and V.shape[0] == 1:
                 # one direction reuses this thread's workspace; more allocate theirs
                 ws = self._workspace(4 * self._n_slots) if d1 - d0 == 1 else _EMPTY1
-                failed = _K.hvp_point(self._prog, self._consts, X[0], P[0], Vb[0], G[0],
+                failed = _K.hvp_point(self._kp, self._kc, X[0], P[0], Vb[0], G[0],
                                       HVb[0], ws)
                 valid[0] = failed == 0
             else:
                 self._run_batch("hvp_batch", n, self._chunk_for(2 * (d1 - d0) + 2),
-                                self._prog, self._consts, X, P, Vb, Y, G, HVb, valid)
+                                self._kp, self._kc, X, P, Vb, Y, G, HVb, valid)
             if HVb is not HV:
                 HV[:, d0:d1] = HVb
         return HV, valid
@@ -1083,7 +1091,7 @@ class Tape:
             and v.flags.carray
         ):  # a Newton-CG inner loop: one point, one direction, nothing to convert
             hv = np.empty(self._n_in)
-            if not _K.hvp_point(self._prog, self._consts, x, _EMPTY1, v.reshape(1, -1),
+            if not _K.hvp_point(self._kp, self._kc, x, _EMPTY1, v.reshape(1, -1),
                                 np.empty(self._n_in), hv.reshape(1, -1),
                                 self._workspace(4 * self._n_slots)):
                 return hv

@@ -168,7 +168,7 @@ def test_a_plan_that_does_not_fit_is_refused():
     for bad in (np.zeros(0, np.int32), np.zeros(len(tape), np.int32),
                 np.append(tape._plan(), 7).astype(np.int32)):
         with pytest.raises(ValueError, match="reverse plan"):
-            K.value_grad_point(tape._prog, bad, tape._consts, np.ones(2), np.zeros(0), g,
+            K.value_grad_point(tape._kp, bad, tape._kc, np.ones(2), np.zeros(0), g,
                                np.zeros(0))
 
 
