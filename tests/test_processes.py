@@ -101,6 +101,7 @@ def test_handle_is_small_and_attach_is_zero_copy(tape, points):
                 base = base.base
             assert not isinstance(base, (bytes, bytearray))
         assert np.shares_memory(t._prog, t._prog.base)
+        assert t._kp is t._prog and t._kc is t._consts  # kernels too: read-only, no copy
         for got, want in zip(t.value_and_grad(points), tape.value_and_grad(points),
                              strict=True):
             assert _bitwise(got, want)

@@ -126,6 +126,24 @@ def test_tape_is_read_only(tapes):
     tape = tapes["small"]
     for arr in (tape._prog, tape._consts, tape.opcodes, tape.consts):
         assert not arr.flags.writeable
+    args = tape.jit_args()
+    for arr in (args.prog, args.plan, args.consts):
+        assert not arr.flags.writeable
+
+
+def test_kernels_get_the_arrays_the_tape_owns(tapes):
+    # Writeable arguments take Numba's fast typing path; they are the same memory as
+    # the read-only views, so what the kernels see is what the tape shows.
+    tape = tapes["small"]
+    for own, view in ((tape._kp, tape._prog), (tape._kc, tape._consts)):
+        assert own.flags.writeable and own is not view and np.shares_memory(own, view)
+        assert np.array_equal(own, view)
+    x = np.linspace(0.5, 1.5, tape.n_inputs)
+    before = (tape._kp.copy(), tape._kc.copy(), tape._plan().copy())
+    tape.value_and_grad(x)
+    tape.value_and_grad(np.tile(x, (5, 1)))
+    for arr, old in zip((tape._kp, tape._kc, tape._plan()), before, strict=True):
+        assert np.array_equal(arr, old)  # nothing writes them
 
 
 def test_batches_shared_by_threads_bitwise(tapes, monkeypatch):
