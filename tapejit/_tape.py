@@ -1136,4 +1136,9 @@ class Tape:
 
 
 def _unpickle(prog, consts, input_shapes, output_shapes, name) -> Tape:
+    # Out-of-band buffers (pickle protocol 5, as Dask's workers receive them) arrive as
+    # read-only views: own a copy, so the kernels get writeable arrays (the variant they
+    # are compiled and cached for) instead of compiling a read-only one per worker.
+    prog = np.require(prog, requirements=("C", "W", "O"))
+    consts = np.require(consts, requirements=("C", "W", "O"))
     return Tape._from_packed(prog, consts, input_shapes, output_shapes, name)

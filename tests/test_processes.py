@@ -76,6 +76,21 @@ def test_pickle_is_small_and_exact(n):
         assert _bitwise(u.hessian(X[:3]), t.hessian(X[:3]))
 
 
+def test_out_of_band_pickle_gives_the_kernels_owned_arrays():
+    # Dask's workers unpickle with protocol 5 over read-only buffers: the tape copies them,
+    # so its kernels get writeable arrays (one compiled variant), its views stay read-only.
+    t = tapejit.record(_rosen, np.zeros(6))
+    buffers = []
+    blob = pickle.dumps(t, protocol=5, buffer_callback=buffers.append)
+    assert buffers  # the arrays did travel out of band
+    u = pickle.loads(blob, buffers=[memoryview(b).toreadonly() for b in buffers])
+    assert u._kp.flags.writeable and u._kc.flags.writeable and u._kp.flags.owndata
+    assert not u._prog.flags.writeable and not u._consts.flags.writeable
+    X = np.random.default_rng(3).standard_normal((5, 6))
+    for got, want in zip(u.value_and_grad(X), t.value_and_grad(X), strict=True):
+        assert _bitwise(got, want)
+
+
 def test_pickle_size_is_proportional():
     small = tapejit.record(_rosen, np.zeros(100))
     large = tapejit.record(_rosen, np.zeros(10000))
