@@ -58,7 +58,6 @@ def forced(tape: Tape) -> Tape:
     comp = compact(tape._prog)
     check_compact(tape._prog, comp)
     symbolic_sweep(tape._prog, comp)
-    comp.flags.writeable = False
     tape._fwd = (comp, int(comp[0]), _chunk_of(int(comp[0])))
     return tape
 
