@@ -263,8 +263,8 @@ class Tape:
         writes them): Numba's dispatcher types a writeable array from a table but a
         read-only one by a slower fingerprint, about 0.2 us per array and call, which
         matters on the one-point path. A tape over memory it does not own (a shared
-        block, a file mapping) passes its read-only views, at the cost of a second
-        compiled variant of the kernels it uses.
+        block) passes its read-only views, at the cost of a second compiled variant of
+        the kernels it uses.
         """
         _kernels()
         own = prog.flags.owndata and consts.flags.owndata
@@ -716,7 +716,9 @@ class Tape:
 
                 comp = compact(prog)
                 if 4 * int(comp[0]) <= 3 * self._n_slots:
-                    prog = comp  # private, as _kp
+                    # private, typed like _kp (one compiled variant per kind of tape)
+                    comp.flags.writeable = bool(prog.flags.writeable)
+                    prog = comp
             n_slots = int(prog[0])
             fwd = self._fwd = (prog, n_slots, _chunk_of(n_slots))
         return fwd
