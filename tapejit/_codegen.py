@@ -448,9 +448,10 @@ def _reverse_stored() -> str:
     (``_plan_slot``)."""
     lines = _header("reverse_stored_chunk", "prog, R, W, A, D, m", True)
     lines.insert(3, "    nf = prog[2] + prog[3]")
+    lines.insert(4, "    go = _plan_slots(prog, R)")
     lines += [
         "        fl = R[i]",
-        "        g0 = _plan_slot(prog, R, i, n)",
+        "        g0 = _plan_slot(prog, R, go + i, n)",
         "        for e in range(n):",
         "            jr = ir + e",
         "            gr = A[g0 + e]",
@@ -526,10 +527,11 @@ def _reverse_stored_point() -> str:
     :func:`_reverse_stored`; contiguous and broadcast operands of a block run in loops
     that vectorize (``_back_block``). ``R`` is the reverse plan, as there."""
     lines = _header("reverse_stored_point_sweep", "prog, R, W, A, D, q", True)
+    lines.insert(3, "    go = _plan_slots(prog, R)")
     lines += [
         "        q -= _PCNT[op] * n",
         "        fl = R[i]",
-        "        g0 = _plan_slot(prog, R, i, n)",
+        "        g0 = _plan_slot(prog, R, go + i, n)",
         "        if n == 1:",
         "            g = A[g0]",
         "            if g == 0.0 and fl == 0:",

@@ -144,6 +144,7 @@ def reverse_plan(prog):
         for k in range(3):
             fw[k] = 0
             i0 = prog[r + 2 + k]
+            # _PSRC 2: a constant partial (_SRC_CONST in _codegen.py), here exactly 1
             if (_PSRC[3 * op + k] != 2 or _PCONST[3 * op + k] != 1.0 or i0 < nf
                     or (m > 1 and prog[r + 6 + k] != 1) or first[i0] < 0):
                 continue
@@ -220,9 +221,16 @@ def _check_plan(prog, R):
 
 
 @njit(cache=True, nogil=True)
-def _plan_slot(prog, R, i, n):
-    # Where instruction i's n result adjoints are (checked: the plan is data).
-    g = R[prog[6] + 1 + 2 * R[prog[6]] + i]
+def _plan_slots(prog, R):
+    # Offset in the plan of its last section, the instructions' adjoint slots.
+    return prog[6] + 1 + 2 * R[prog[6]]
+
+
+@njit(cache=True, nogil=True)
+def _plan_slot(prog, R, j, n):
+    # Entry j of the plan (where an instruction's n result adjoints are), checked: the
+    # plan is data.
+    g = R[j]
     if g < prog[2] or g + n > prog[0]:
         raise ValueError("the reverse plan does not belong to this program")
     return g
