@@ -20,8 +20,8 @@ import textwrap
 from pathlib import Path
 from types import ModuleType
 
-from . import _drivers
-from ._ops import HELPERS, OPS, Op
+from . import _drivers, _libm
+from ._ops import HELPERS, OPS, TWINS, Op
 
 #: Number of int32 header fields at the start of a packed program (see ``_tape.py``).
 HEADER = 14
@@ -117,6 +117,10 @@ _COMBOS = {
 # value_grad_point from 39 s to 23 s, and block code of those ops runs at most 1.5x
 # slower at one point; batched sweeps have no fast paths).
 _FAST_OPS = {"add", "sub", "mul", "div", "neg", "square", "maximum", "where"}
+# Ops computed by tapejit's own vectorizing functions (``_libm.py``): a contiguous block
+# of them gets a fast path in the one-point value sweeps too (forward, and forward with
+# stored partials), where the loop vectorizes as in the batched sweeps.
+_OWN_FN_OPS = {"sin", "cos", "log"}
 # Binary ops that also get the broadcast (``sv``/``vs``) paths (relu is maximum(x, 0)).
 _BROADCAST_FAST = {"add", "sub", "mul", "div", "maximum"}
 
@@ -144,14 +148,62 @@ class _Body:
                 self.add(f"w{v} = W[{_SLOT[v]}]")
 
 
-def _block_modes(op: Op, reverse: bool = False) -> list[tuple[str, dict[str, str]]]:
+def _twin_calls(exprs: list[str]) -> list[tuple[str, str]]:
+    """``(helper, argument)`` of each call of a helper with a vectorizing twin
+    (``_ops.TWINS``); an argument must be one operand name."""
+    calls = []
+    for e in exprs:
+        for name in TWINS:
+            for m in re.finditer(rf"\b{name}\(([^()]*)\)", e):
+                if m[1] not in ("a", "b", "c", "r"):
+                    raise ValueError(f"{name} must be called on an operand, not {m[1]!r}")
+                if (name, m[1]) not in calls:
+                    calls.append((name, m[1]))
+    return calls
+
+
+def _loop_lines(loop: str, loads: list[str], assigns: list[tuple[str, str]]) -> list[str]:
+    """``loop`` (``for p in range(m):``) over ``loads`` and then each ``target = expr``,
+    as lines indented relative to the loop. Where the expressions call a helper that has a
+    vectorizing twin (``_ops.TWINS``), the loop calls the twin and counts the elements the
+    twin does not cover; a second loop, run only when there are any, redoes those elements
+    with the helpers. Every target gets the helpers' bits, and the loop still vectorizes.
+    The loads must include the helpers' arguments."""
+    calls = _twin_calls([e for _, e in assigns])
+    if not calls:
+        return [loop, *("    " + line for line in loads),
+                *(f"    {t} = {e}" for t, e in assigns)]
+    guard = " or ".join(dict.fromkeys(TWINS[name][1].format(x=x) for name, x in calls))
+    fast = []
+    for t, e in assigns:
+        for name, (twin, _) in TWINS.items():
+            e = re.sub(rf"\b{name}\(", f"{twin}(", e)
+        fast.append(f"    {t} = {e}")
+    return ["big = 0", loop, *("    " + line for line in loads), *fast,
+            f"    if {guard}:", "        big += 1",
+            "if big > 0:", "    " + loop, *("        " + line for line in loads),
+            f"        if {guard}:", *(f"            {t} = {e}" for t, e in assigns)]
+
+
+def _row_loop(body: _Body, names: list[str], assigns: list[tuple[str, str]]) -> None:
+    """``for p in range(m)`` over a chunk's rows (views ``w{name}`` of ``names``), see
+    :func:`_loop_lines`."""
+    names = sorted(set(names) | {x for _, x in _twin_calls([e for _, e in assigns])},
+                   key="abcr".index)
+    for line in _loop_lines("for p in range(m):", [f"{v} = w{v}[p]" for v in names], assigns):
+        body.add(line)
+
+
+def _block_modes(op: Op, reverse: bool = False, own: bool = False
+                 ) -> list[tuple[str, dict[str, str]]]:
     """Block fast paths of ``op``: ``(condition, mode)`` pairs, ``mode`` giving each
     operand as contiguous (stride 1, read through a view, ``"v"``) or one slot broadcast
     (stride 0, a scalar, ``"s"``). Such loops have no per-element index arithmetic or
-    branches, so LLVM vectorizes them. A reverse path also needs each contiguous operand
+    branches, so LLVM vectorizes them (``own``: also the ops of ``_OWN_FN_OPS``). A
+    reverse path also needs each contiguous operand
     range all differentiable (``>= nd``) or all not; a range straddling ``nd`` takes the
     generic loop."""
-    if op.name not in _FAST_OPS:
+    if op.name not in _FAST_OPS and not (own and op.name in _OWN_FN_OPS):
         return []
     names = "abc"[: op.arity]
     combos = _COMBOS[op.arity]
@@ -189,10 +241,10 @@ def _fast_paths(op: Op) -> list[str]:
     """Forward block fast paths of one point (see :func:`_block_modes`)."""
     used = [v for v in _uses(op.value) if v != "r"]
     return _chain([
-        (cond, [*_value_setup(mode, used), "wr = W[ir : ir + n]", "for e in range(n):",
-                *("    " + line for line in _value_loads(mode, used)),
-                f"    wr[e] = {op.value}"])
-        for cond, mode in _block_modes(op)
+        (cond, [*_value_setup(mode, used), "wr = W[ir : ir + n]",
+                *_loop_lines("for e in range(n):", _value_loads(mode, used),
+                             [("wr[e]", op.value)])])
+        for cond, mode in _block_modes(op, own=True)
     ])
 
 
@@ -317,9 +369,7 @@ def _forward() -> str:
         body = _Body(False, "            ")
         body.views(used)
         body.add("wr = W[jr]")
-        body.add("for p in range(m):")
-        body.loads(used, 1)
-        body.add(f"wr[p] = {op.value}", 1)
+        _row_loop(body, used, [("wr[p]", op.value)])
         lines += _case(kw, op, body.lines)
         kw = "elif"
     return "\n".join(lines)
@@ -401,12 +451,8 @@ def _forward_partials() -> str:
         stored = _stored(op)
         for k in stored:
             body.add(f"d{k} = D[q + {k}]")
-        body.add("for p in range(m):")
-        body.loads(used, 1)
-        body.add(f"r = {op.value}", 1)
-        body.add("wr[p] = r", 1)
-        for k in stored:
-            body.add(f"d{k}[p] = {op.partials[k]}", 1)
+        _row_loop(body, used, [("r", op.value), ("wr[p]", "r"),
+                               *((f"d{k}[p]", op.partials[k]) for k in stored)])
         lines += _case(kw, op, body.lines)
         kw = "elif"
     return "\n".join(lines)
@@ -508,11 +554,11 @@ def _forward_partials_point() -> str:
         fast = _chain([
             (cond, [*_value_setup(mode, used), "wr = W[ir : ir + n]",
                     *(f"d{j} = D[q + {j} * n : q + {j + 1} * n]" for j in range(len(stored))),
-                    "for e in range(n):",
-                    *("    " + line for line in _value_loads(mode, used)),
-                    f"    r = {op.value}", "    wr[e] = r",
-                    *(f"    d{j}[e] = {op.partials[k]}" for j, k in enumerate(stored))])
-            for cond, mode in _block_modes(op)
+                    *_loop_lines("for e in range(n):", _value_loads(mode, used),
+                                 [("r", op.value), ("wr[e]", "r"),
+                                  *((f"d{j}[e]", op.partials[k])
+                                    for j, k in enumerate(stored))])])
+            for cond, mode in _block_modes(op, own=True)
         ])
         lines += _case(kw, op, body.lines, fast=fast)
         if stored:
@@ -647,10 +693,7 @@ def _locals_loop(op: Op, body: _Body, exprs: list[tuple[str, str]]) -> None:
             body.add(f"{t} = {e}")
         return
     body.views(names)
-    body.add("for p in range(m):")
-    body.loads(names, 1)
-    for t, e in exprs:
-        body.add(f"{t} = {e}", 1)
+    _row_loop(body, names, exprs)
 
 
 def _forward_tangent(point: bool) -> str:
@@ -679,9 +722,7 @@ def _forward_tangent(point: bool) -> str:
         else:
             body.views(used)
             body.add("wr = W[jr]")
-            body.add("for p in range(m):")
-            body.loads(used, 1)
-            body.add(f"wr[p] = {op.value}", 1)
+            _row_loop(body, used, [("wr[p]", op.value)])
             _locals_loop(op, body, [(f"D[{k}, p]", op.partials[k]) for k in general])
             body.add("tr = T[jr]")
             body.add("for d in range(nv):")
@@ -790,6 +831,7 @@ def generate_source() -> str:
         "from numba import njit as _njit",
         _NJIT,
         HELPERS,
+        _libm.SOURCE,
         _partial_source_tables(),
         _forward(),
         _back_block_source(),

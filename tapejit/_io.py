@@ -39,7 +39,7 @@ from typing import Any, BinaryIO
 
 import numpy as np
 
-from ._ops import fingerprint
+from ._ops import COMPATIBLE_FINGERPRINTS, fingerprint
 from ._tape import Tape
 from ._validate import TapeFormatError
 from ._version import __version__
@@ -305,7 +305,7 @@ def _read_arrays(z: Any, max_bytes: int | None) -> tuple[tuple, dict[str, Any]]:
         )
     z_ = {k: _read_member(zf, members[k], k) for k in ("fingerprint", "tapejit_version")}
     fp = str(z_["fingerprint"][()])
-    if fp != _fingerprint():
+    if fp != _fingerprint() and fp not in COMPATIBLE_FINGERPRINTS:
         raise TapeFormatError(
             f"the op table changed since this tape was written (written by tapejit "
             f"{str(z_['tapejit_version'][()])!r} with op-table fingerprint {fp!r}; this "
@@ -354,14 +354,18 @@ def load_tape(
     Returns
     -------
     Tape
-        Evaluates bit for bit as the tape that was saved.
+        Evaluates bit for bit as the tape that was saved, by this version of tapejit (a
+        file from an earlier tapejit whose op table is compatible loads too; results of
+        ops whose implementation changed since, such as ``sin``, ``cos`` and ``log``,
+        may then differ in the last bit).
 
     Raises
     ------
     TapeFormatError
         For every problem with the file: unreadable, not a zip/npz archive, truncated or
         corrupt, missing or unexpected members, wrong dtypes or shapes, object arrays,
-        a newer format version, an op table that changed since the file was written,
+        a newer format version, an op table that changed since the file was written
+        (and is not listed as compatible: ``_ops.COMPATIBLE_FINGERPRINTS``),
         out-of-range or forward slot references, unknown opcodes. The message names the
         file and what is wrong.
     """

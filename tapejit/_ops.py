@@ -141,7 +141,7 @@ _TABLE: list[Op] = [
     Op(12, "exp2", 1, "np.exp2(a)", ("r * 0.6931471805599453",),
        ("r * 0.4804530139182014",), np.exp2, (_R,)),
     Op(13, "expm1", 1, "math.expm1(a)", ("r + 1.0",), ("r + 1.0",), np.expm1, (_R,)),
-    Op(14, "log", 1, "math.log(a)", ("1.0 / a",), ("-1.0 / (a * a)",), np.log, (_POS,)),
+    Op(14, "log", 1, "_log(a)", ("1.0 / a",), ("-1.0 / (a * a)",), np.log, (_POS,)),
     Op(15, "log2", 1, "math.log2(a)", ("1.4426950408889634 / a",),
        ("-1.4426950408889634 / (a * a)",), np.log2, (_POS,)),
     Op(16, "log10", 1, "math.log10(a)", ("0.4342944819032518 / a",),
@@ -149,8 +149,8 @@ _TABLE: list[Op] = [
     Op(17, "log1p", 1, "math.log1p(a)", ("1.0 / (1.0 + a)",),
        ("-1.0 / ((1.0 + a) * (1.0 + a))",), np.log1p, ((-0.9, 3.0),)),
     # --- trigonometric and hyperbolic ---------------------------------------------------
-    Op(18, "sin", 1, "math.sin(a)", ("math.cos(a)",), ("-r",), np.sin, (_R,)),
-    Op(19, "cos", 1, "math.cos(a)", ("-math.sin(a)",), ("-r",), np.cos, (_R,)),
+    Op(18, "sin", 1, "_sin(a)", ("_cos(a)",), ("-r",), np.sin, (_R,)),
+    Op(19, "cos", 1, "_cos(a)", ("-_sin(a)",), ("-r",), np.cos, (_R,)),
     Op(20, "tan", 1, "math.tan(a)", ("1.0 + r * r",), ("2.0 * r * (1.0 + r * r)",), np.tan,
        ((-1.3, 1.3),)),
     Op(21, "arcsin", 1, "math.asin(a)", ("1.0 / math.sqrt(1.0 - a * a)",),
@@ -281,6 +281,22 @@ def _azmul(x, y):
         return 0.0
     return x * y
 '''
+
+
+#: Helpers with a twin that vectorizes but is exact only where ``guard`` (of the helper's
+#: argument ``{x}``) is false: ``helper -> (twin, guard)``. The batched sweeps call the
+#: twin over a whole row and redo the (rare) guarded elements with the helper, so every
+#: sweep gives the helper's bits. The helpers and twins are in ``_libm.py``.
+TWINS: dict[str, tuple[str, str]] = {
+    "_sin": ("_sin_near", "abs({x}) > _TRIG_MAX"),
+    "_cos": ("_cos_near", "abs({x}) > _TRIG_MAX"),
+}
+
+#: Fingerprints of earlier op tables whose opcodes mean what they mean now (only how an
+#: op is computed changed since): tape files written with them still load.
+COMPATIBLE_FINGERPRINTS: dict[str, str] = {
+    "b0440a458002765c": "tapejit 0.1 before tapejit's own sin, cos and log (were libm's)",
+}
 
 
 def fingerprint() -> str:

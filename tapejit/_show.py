@@ -14,6 +14,7 @@ for looking at tapes, not for evaluating them.
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import subprocess
 from collections.abc import Callable
@@ -22,6 +23,7 @@ from typing import Any
 
 import numpy as np
 
+from ._libm import NUMPY as _LIBM_NUMPY
 from ._ops import BY_CODE, HELPERS, OPS, Op
 from ._passes import _unpack
 from ._tape import Tape
@@ -49,6 +51,7 @@ def _namespace() -> dict[str, Any]:
     ns["njit"] = lambda *a, **k: a[0] if a and callable(a[0]) else (lambda f: f)
     exec(compile(HELPERS, "<tapejit._ops.HELPERS>", "exec"), ns)
     del ns["njit"]
+    ns.update(_LIBM_NUMPY)  # tapejit's own sin, cos, log: numpy's here
     return ns
 
 
@@ -358,7 +361,9 @@ def _q(text: str) -> str:
 
 
 def _symbolic(expr: str) -> str:
-    """A partial's expression, readable: ``math.cos(a)`` -> ``cos(a)``."""
+    """A partial's expression, readable: ``math.cos(a)`` or ``_cos(a)`` -> ``cos(a)``."""
+    for name in _LIBM_NUMPY:
+        expr = re.sub(rf"\b{name}\(", f"{name[1:]}(", expr)
     return expr.replace("math.", "").replace("np.", "")
 
 

@@ -478,7 +478,9 @@ def test_lru_keeps_at_most_max_tapes_and_stays_correct():
     gb = tapejit.grad(f, batched=True)
     assert gb.tape_cache is cache
     x = np.random.default_rng(16).uniform(-4.5, 4.5, 2000)
-    np.testing.assert_allclose(gb(x), stairs_grad(x), rtol=1e-14)
+    # (j + 1) cos x + j cancels, and tapejit's cos and numpy's may differ in the last
+    # bit (docs/internals.rst, own-libm): an absolute tolerance of a few ulp of 8 cos x
+    np.testing.assert_allclose(gb(x), stairs_grad(x), rtol=1e-14, atol=1e-14)
     assert len(cache) <= 4
     np.testing.assert_allclose(tapejit.hessian(f, batched=True)(x),
                                -(np.searchsorted(EDGES, x, side="right") + 1.0) * np.sin(x),

@@ -1,0 +1,200 @@
+"""Numba source of tapejit's own ``sin``, ``cos`` and ``log``: they vectorize over points.
+
+A libm call inside a point loop stops LLVM from vectorizing it, and in transcendental
+code the call is most of the time (``sin`` and ``cos`` ~18 ns, ``log`` ~8 ns a point on
+the reference machine; these run in 5 and 3 ns four points at a time). The functions here
+are straight-line IEEE arithmetic: no calls, no branches (selects only), no fused
+multiply-adds (Numba does not contract without ``fastmath``), so a point loop vectorizes
+and a vector lane computes exactly the bits a scalar call does. Every sweep, batched or
+one point, therefore gives the same bits.
+
+Accuracy (``tests/test_libm.py`` measures it against long-double references): below
+0.8 ulp; results differ from numpy's (glibc's, nearly correctly rounded) by one ulp on a
+few percent of arguments.
+
+* ``_rem_pio2``: ``x = k pi/2 + (y0 + y1)``, ``pi/2`` split as three 33-bit constants
+  (``k * P`` exact for ``|k| < 2**20``) and a 53-bit tail, every subtraction's rounding
+  error kept (TwoSum): ~100 correct bits for ``|x| <= _TRIG_MAX``.
+* ``_ksin``/``_kcos``: the minimax polynomials of fdlibm's ``__kernel_sin`` and
+  ``__kernel_cos`` (coefficients from FreeBSD's msun, public), on ``[-pi/4, pi/4]``
+  with the reduction's tail ``y1``.
+* ``_sin_near``/``_cos_near``: exact for ``|x| <= _TRIG_MAX`` (and NaN), anything
+  beyond. ``_sin``/``_cos`` add the one branch, to libm for larger ``|x|``; the batched
+  forward sweeps run the ``_near`` twin over a whole row and then redo the (rare) larger
+  elements with ``_sin``/``_cos`` (see ``_ops.TWINS``), giving ``_sin``'s bits everywhere.
+* ``_log``: fdlibm's ``__ieee754_log`` reduction ``x = 2**k (1 + f)``,
+  ``sqrt(2)/2 <= 1 + f < sqrt(2)``, and its polynomial in ``s = f / (2 + f)``, without
+  its shortcut branches; the exponent is read from the bits (``_bits``), subnormals are
+  scaled by ``2**54`` first, and zero, negative, infinite and NaN arguments are selected
+  at the end (numpy's values).
+
+The branch-free functions are inlined by Numba (``inline="always"``): left to LLVM, a
+function this size is inlined at some call sites and called at others, and a call stops
+the row loop from vectorizing.
+
+This is source text like ``_drivers.py``: ``_codegen.generate_source`` puts it into the
+generated kernel module, so Numba's cache of every kernel is keyed on it.
+"""
+
+import numpy as np
+
+#: The numpy function each helper here computes (to within an ulp): the op table's
+#: pure-numpy interpreter (``_show.py``) evaluates the table's expressions with these,
+#: an independent check on the kernels.
+NUMPY = {"_sin": np.sin, "_cos": np.cos, "_log": np.log}
+
+SOURCE = '''
+from llvmlite import ir as _ir
+from numba.core import types as _types
+from numba.extending import intrinsic as _intrinsic
+
+
+@_intrinsic
+def _bits(typingctx, x):
+    # The IEEE bits of a float64 as an int64 (a bitcast: one instruction, vectorizes).
+    def codegen(context, builder, signature, args):
+        return builder.bitcast(args[0], _ir.IntType(64))
+
+    return _types.int64(_types.float64), codegen
+
+
+@_intrinsic
+def _from_bits(typingctx, i):
+    def codegen(context, builder, signature, args):
+        return builder.bitcast(args[0], _ir.DoubleType())
+
+    return _types.float64(_types.int64), codegen
+
+
+_INVPIO2 = 6.36619772367581382433e-01
+_PIO2_1 = 1.57079632673412561417e+00  # first 33 bits of pi/2
+_PIO2_2 = 6.07710050630396597660e-11  # next 33 bits
+_PIO2_3 = 2.02226624871116645580e-21  # next 33 bits
+_PIO2_3T = 8.47842766036889956997e-32  # pi/2 - (_PIO2_1 + _PIO2_2 + _PIO2_3)
+_ROUND = 6755399441055744.0  # 1.5 * 2**52: (y + _ROUND) - _ROUND rounds y to an integer
+_TRIG_MAX = 1.6e6  # < 2**20 * pi/2: beyond, k * _PIO2_i is no longer exact
+_TINY = 7.450580596923828e-09  # 2**-27: sin(x) rounds to x below (and keeps -0.0)
+_S1 = -1.66666666666666324348e-01
+_S2 = 8.33333333332248946124e-03
+_S3 = -1.98412698298579493134e-04
+_S4 = 2.75573137070700676789e-06
+_S5 = -2.50507602534068634195e-08
+_S6 = 1.58969099521155010221e-10
+_C1 = 4.16666666666666019037e-02
+_C2 = -1.38888888888741095749e-03
+_C3 = 2.48015872894767294178e-05
+_C4 = -2.75573143513906633035e-07
+_C5 = 2.08757232129817482790e-09
+_C6 = -1.13596475577881948265e-11
+_LG1 = 6.666666666666735130e-01
+_LG2 = 3.999999999940941908e-01
+_LG3 = 2.857142874366239149e-01
+_LG4 = 2.222219843214978396e-01
+_LG5 = 1.818357216161805012e-01
+_LG6 = 1.531383769920937332e-01
+_LG7 = 1.479819860511658591e-01
+_LN2_HI = 6.93147180369123816490e-01
+_LN2_LO = 1.90821492927058770002e-10
+
+
+@njit(cache=True, nogil=True, inline="always")
+def _rem_pio2(x):
+    k = (x * _INVPIO2 + _ROUND) - _ROUND
+    r = x - k * _PIO2_1  # exact
+    b = -(k * _PIO2_2)  # exact product; the sum's error is kept (TwoSum)
+    h = r + b
+    t = h - r
+    e1 = (r - (h - t)) + (b - t)
+    b = -(k * _PIO2_3)
+    h2 = h + b
+    t = h2 - h
+    e2 = (h - (h2 - t)) + (b - t)
+    lo = (e1 + e2) - k * _PIO2_3T
+    y0 = h2 + lo
+    return k, y0, (h2 - y0) + lo
+
+
+@njit(cache=True, nogil=True, inline="always")
+def _ksin(x, y):
+    z = x * x
+    w = z * z
+    r = _S2 + z * (_S3 + z * _S4) + z * w * (_S5 + z * _S6)
+    v = z * x
+    return x - ((z * (0.5 * y - v * r) - y) - v * _S1)
+
+
+@njit(cache=True, nogil=True, inline="always")
+def _kcos(x, y):
+    z = x * x
+    w = z * z
+    r = z * (_C1 + z * (_C2 + z * _C3)) + w * w * (_C4 + z * (_C5 + z * _C6))
+    hz = 0.5 * z
+    w = 1.0 - hz
+    return w + (((1.0 - w) - hz) + (z * r - x * y))
+
+
+@njit(cache=True, nogil=True, inline="always")
+def _sin_near(x):
+    k, y0, y1 = _rem_pio2(x)
+    s = _ksin(y0, y1)
+    c = _kcos(y0, y1)
+    q = k - 4.0 * math.floor(k * 0.25)  # k mod 4, as a float: no integer conversion
+    v = c if (q == 1.0 or q == 3.0) else s
+    v = -v if q >= 2.0 else v
+    return x if abs(x) < _TINY else v
+
+
+@njit(cache=True, nogil=True, inline="always")
+def _cos_near(x):
+    k, y0, y1 = _rem_pio2(x)
+    s = _ksin(y0, y1)
+    c = _kcos(y0, y1)
+    q = k - 4.0 * math.floor(k * 0.25)
+    v = s if (q == 1.0 or q == 3.0) else c
+    return -v if (q == 1.0 or q == 2.0) else v
+
+
+# The scalar forms branch where the twins select: only the polynomial they keep is
+# evaluated, on the same arguments, so the bits are the twins'.
+@njit(cache=True, nogil=True)
+def _sin(x):
+    if abs(x) > _TRIG_MAX:
+        return math.sin(x)
+    if abs(x) < _TINY:
+        return x
+    k, y0, y1 = _rem_pio2(x)
+    q = k - 4.0 * math.floor(k * 0.25)
+    v = _kcos(y0, y1) if (q == 1.0 or q == 3.0) else _ksin(y0, y1)
+    return -v if q >= 2.0 else v
+
+
+@njit(cache=True, nogil=True)
+def _cos(x):
+    if abs(x) > _TRIG_MAX:
+        return math.cos(x)
+    k, y0, y1 = _rem_pio2(x)
+    q = k - 4.0 * math.floor(k * 0.25)
+    v = _ksin(y0, y1) if (q == 1.0 or q == 3.0) else _kcos(y0, y1)
+    return -v if (q == 1.0 or q == 2.0) else v
+
+
+@njit(cache=True, nogil=True, inline="always")
+def _log(x):
+    sub = x < 2.2250738585072014e-308  # subnormal (or zero, negative: selected below)
+    i = _bits(x * 18014398509481984.0 if sub else x)  # 2**54
+    hx = (i >> 32) & 0x000FFFFF
+    j = (hx + 0x95F64) & 0x100000  # 1 where the mantissa is >= sqrt(2): halve it
+    m = _from_bits(((hx | (j ^ 0x3FF00000)) << 32) | (i & 0xFFFFFFFF))
+    e = ((i >> 52) & 0x7FF) - (1077 if sub else 1023) + (j >> 20)
+    k = _from_bits(e + 0x4338000000000000) - _ROUND  # e as a float, exactly
+    f = m - 1.0
+    s = f / (2.0 + f)
+    z = s * s
+    w = z * z
+    r = z * (_LG1 + w * (_LG3 + w * (_LG5 + w * _LG7))) + w * (_LG2 + w * (_LG4 + w * _LG6))
+    hfsq = 0.5 * f * f
+    v = k * _LN2_HI - ((hfsq - (s * (hfsq + r) + k * _LN2_LO)) - f)
+    v = v if x < math.inf else x  # inf and NaN
+    v = -math.inf if x == 0.0 else v
+    return math.nan if x < 0.0 else v
+'''

@@ -1,0 +1,161 @@
+"""tapejit's own ``sin``, ``cos`` and ``log`` (``tapejit/_libm.py``), through the kernels.
+
+* Accuracy: below :data:`MAX_ULP` against long-double references, on the batched
+  (vectorized) path, over typical, wide, tiny, subnormal and near-multiple-of-pi/2
+  arguments (the reduction's hard cases);
+* special values as numpy gives them: signed zeros, infinities, NaN, negative and zero
+  logarithms, subnormals, arguments on both sides of the reduction's limit and far
+  beyond it (libm there);
+* every sweep gives the same bits: batched rows (vectorized loop plus the fix-up of
+  large arguments, in some chunks and not others) against one point at a time, for
+  values, gradients, tangents and Hessian-vector products.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+
+import tapejit
+from tapejit._codegen import load_kernels
+from tapejit._libm import NUMPY
+from tapejit._ops import BY_NAME, TWINS
+
+#: Largest error accepted, in units in the last place of the true result (measured
+#: 0.78 for sin and cos, 0.85 for log: fdlibm's bound for its log is one ulp).
+MAX_ULP = 1.0
+L = np.longdouble
+LONG_DOUBLE_OK = np.finfo(L).nmant >= 63  # x86 extended or quad: a reference to 2**-63
+
+rng = np.random.default_rng(20261202)
+N = 200_000
+TRIG_SETS = {
+    "pi": rng.uniform(-np.pi, np.pi, N),
+    "hundred": rng.uniform(-100.0, 100.0, N),
+    "limit": rng.uniform(-1.6e6, 1.6e6, N),
+    "magnitudes": np.exp(rng.uniform(np.log(1e-12), np.log(1.6e6), N)) * rng.choice([-1, 1], N),
+    # x near k pi/2: the result (or its cosine partner) is tiny, relative error is the test
+    "near_k_pi_2": np.arange(1, 20_001) * (np.pi / 2),
+}
+LOG_SETS = {
+    "octave": rng.uniform(0.5, 2.0, N),
+    "near_one": 1.0 + rng.uniform(-1e-3, 1e-3, N),
+    "normal_range": np.exp(rng.uniform(np.log(1e-307), np.log(1e308), N)),
+    "subnormal": rng.uniform(5e-324, 2.2e-308, N),
+}
+
+
+def _ulp_error(got: np.ndarray, ref: np.ndarray) -> np.ndarray:
+    """|got - ref| in units of the last place of ``ref`` (as a float64)."""
+    _, e = np.frexp(ref)
+    ulp = np.ldexp(L(1), np.maximum(e.astype(np.int64) - 53, -1074))
+    return np.abs((got.astype(L) - ref) / ulp).astype(np.float64)
+
+
+def _tape(name: str):
+    return tapejit.record(getattr(np, name), 1.0)
+
+
+@pytest.mark.skipif(not LONG_DOUBLE_OK, reason="long double is not more precise here")
+@pytest.mark.parametrize(
+    "name, case",
+    [(f, c) for f in ("sin", "cos") for c in TRIG_SETS] + [("log", c) for c in LOG_SETS],
+)
+def test_accuracy_below_max_ulp(name, case):
+    x = (TRIG_SETS if name != "log" else LOG_SETS)[case]
+    got = _tape(name).forward(x[:, None])
+    err = _ulp_error(got, getattr(np, name)(x.astype(L)))
+    worst = int(np.argmax(err))
+    assert err[worst] < MAX_ULP, f"{name}({x[worst]!r}) = {got[worst]!r}: {err[worst]:.3f} ulp"
+    # and numpy (nearly correctly rounded) agrees to the last bit almost everywhere
+    assert np.mean(got != getattr(np, name)(x)) < 0.1
+
+
+SPECIAL = np.array([
+    0.0, -0.0, np.inf, -np.inf, np.nan, 5e-324, -5e-324, 2.2250738585072014e-308,
+    2.225073858507201e-308, 1e-300, -1e-300, 7.450580596923828e-09, 2.0 ** -27 * 1.5,
+    1.0, -1.0, 0.5, 2.0, math.pi, -math.pi, math.pi / 2, math.pi / 4, 1e22, -1e22,
+    1.6e6, np.nextafter(1.6e6, np.inf), -np.nextafter(1.6e6, np.inf), 1e300, 1.7976931348623157e308,
+    np.nextafter(1.0, 0.0), np.nextafter(1.0, 2.0), 0.7071067811865476, 1.4142135623730951,
+])
+
+
+@pytest.mark.parametrize("name", ["sin", "cos", "log"])
+def test_special_values_as_numpy(name):
+    with np.errstate(all="ignore"):
+        ref = getattr(np, name)(SPECIAL)
+        tape = _tape(name)
+        batched = tape.forward(SPECIAL[:, None])
+        points = np.array([tape.forward(np.array([v])) for v in SPECIAL])
+    for got in (batched, points):
+        same_nan = np.isnan(got) == np.isnan(ref)
+        assert same_nan.all(), SPECIAL[~same_nan]
+        ok = ~np.isnan(ref)
+        # infinities, zeros and their signs exactly; finite values within an ulp
+        assert np.array_equal(np.signbit(got[ok]), np.signbit(ref[ok])), SPECIAL[ok]
+        assert np.array_equal(np.isinf(got[ok]), np.isinf(ref[ok]))
+        fin = ok & np.isfinite(ref)
+        np.testing.assert_array_max_ulp(got[fin], ref[fin], maxulp=1)
+    assert np.array_equal(batched, points, equal_nan=True)
+    # beyond the reduction's limit the C library computes the value: numpy's bits
+    big = np.abs(SPECIAL) > 1.6e6
+    assert np.array_equal(batched[big], ref[big], equal_nan=True)
+
+
+def _mixed_points(n: int) -> np.ndarray:
+    """Points of f below whose trig arguments are beyond the reduction's limit in a few
+    chunks only (so the fix-up loop runs in some chunks and not in others)."""
+    r = np.random.default_rng(5)
+    X = np.column_stack([r.uniform(-4, 4, n), r.uniform(-4, 4, n), r.uniform(0.1, 5, n)])
+    big = r.choice(n, 7, replace=False)
+    X[big, 0] = r.uniform(1.6e6, 1e9, 7) * r.choice([-1, 1], 7)
+    X[big[:3], 1] = np.array([1e22, -3e7, 1.6000000000000002e6])
+    X[r.choice(n, 5, replace=False), 1] = np.nan
+    return X
+
+
+def f(x):
+    return np.sin(x[0]) * np.cos(x[1]) + np.log(x[2]) * np.sin(x[1])
+
+
+def test_every_sweep_same_bits_batched_and_one_point():
+    X = _mixed_points(5000)
+    V = np.random.default_rng(6).normal(size=X.shape)
+    tape = tapejit.record(f, np.ones(3))
+    y, g = tape.value_and_grad(X)
+    fw = tape.forward(X)
+    jv = tape.jvp(X, V)
+    hv = tape.hvp(X, V)
+    for i in range(0, len(X), 7):
+        x, v = X[i], V[i]
+        yi, gi = tape.value_and_grad(x)
+        assert np.array_equal([yi, fw[i], tape.forward(x)], [y[i]] * 3, equal_nan=True), i
+        assert np.array_equal(gi, g[i], equal_nan=True), i
+        assert np.array_equal(tape.jvp(x, v), jv[i], equal_nan=True), i
+        assert np.array_equal(tape.hvp(x, v), hv[i], equal_nan=True), i
+    # and the numbers are f's: numpy's value, the analytic gradient
+    ok = ~np.isnan(X).any(axis=1)
+    x0, x1, x2 = X[ok].T
+    np.testing.assert_allclose(y[ok], np.sin(x0) * np.cos(x1) + np.log(x2) * np.sin(x1),
+                               rtol=1e-13, atol=1e-15)
+    grad = np.column_stack([np.cos(x0) * np.cos(x1),
+                            -np.sin(x0) * np.sin(x1) + np.log(x2) * np.cos(x1),
+                            np.sin(x1) / x2])
+    np.testing.assert_allclose(g[ok], grad, rtol=1e-12, atol=1e-14)
+    assert np.isnan(y[~ok]).all()
+
+
+def test_helpers_with_twins_are_defined_and_used_by_the_table():
+    K = load_kernels()
+    for name, (twin, guard) in TWINS.items():
+        assert callable(getattr(K, name)) and callable(getattr(K, twin))
+        assert "{x}" in guard
+    used = {h for op in (BY_NAME["sin"], BY_NAME["cos"], BY_NAME["log"])
+            for h in NUMPY if h + "(" in op.value + " ".join(op.partials)}
+    assert used == set(NUMPY)
+    # the twin agrees with its helper inside the range, the helper goes to libm outside
+    for x in (0.3, -2.5, 1.5e6):
+        assert K._sin_near(x) == K._sin(x) and K._cos_near(x) == K._cos(x)
+    assert K._sin(1e22) == math.sin(1e22) and K._cos(-1e22) == math.cos(-1e22)
