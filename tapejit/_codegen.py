@@ -110,7 +110,7 @@ _COMBOS = {
     3: ["vvv"],
 }
 # Ops with block fast paths: the cheap and frequent ones, where vectorizing pays. An op
-# that calls a libm function per element (exp, sin, ...) runs as fast in the generic
+# that calls a libm function per element (exp, tan, ...) runs as fast in the generic
 # loop, and every fast path is code that Numba must compile on first use: these paths
 # are half of a one-point kernel's compile time (measured: dropping the fast paths of
 # reciprocal, abs, minimum and clip, and all but the all-contiguous one of where, took

@@ -158,8 +158,10 @@ def test_fixture_v1_loads_and_gives_known_numbers():
     except TapeFormatError as exc:  # pragma: no cover - message for the maintainer
         if "op table changed" in str(exc):
             pytest.fail(
-                "the op table changed, so tape files written before are refused. If that "
-                "is intended, regenerate the fixture: python tests/data/make_fixtures.py"
+                "the op table changed, so tape files written before are refused. If no "
+                "opcode changed meaning, list the fixture's fingerprint in "
+                "tapejit._ops.COMPATIBLE_FINGERPRINTS; if one did on purpose, regenerate "
+                "the fixture: python tests/data/make_fixtures.py"
             )
         raise
     assert tape.name == "fixture"
@@ -442,6 +444,19 @@ def test_message_names_the_file(tmp_path, good):
 def test_fingerprint_is_the_op_tables():
     assert fingerprint() == fingerprint() and len(fingerprint()) == 16
     assert len(OPS) > 40
+
+
+def test_compatible_fingerprints_are_earlier_tables_and_load(tmp_path, good):
+    from tapejit._ops import COMPATIBLE_FINGERPRINTS
+
+    assert fingerprint() not in COMPATIBLE_FINGERPRINTS
+    old = next(iter(COMPATIBLE_FINGERPRINTS))
+    path = tmp_path / "old.npz"
+    path.write_bytes(_npz(_with(good, fingerprint=np.array(old))))
+    assert load_tape(path).n_inputs == len(good["inputs"])
+    path.write_bytes(_npz(_with(good, fingerprint=np.array("0123456789abcdef"))))
+    with pytest.raises(TapeFormatError, match="op table changed"):
+        load_tape(path)
 
 
 # ---------------------------------------------------------------------------------------

@@ -1,9 +1,11 @@
 """Write the tape-file fixtures of ``tests/test_io.py``: ``python tests/data/make_fixtures.py``.
 
 ``tape_v1.npz`` is a tape in file format version 1. It must keep loading (and give the
-numbers ``test_io.py`` expects) for as long as tapejit reads format version 1. Regenerate
-it only when the op table changes on purpose (the file carries the table's fingerprint,
-and a file written with another table is refused).
+numbers ``test_io.py`` expects) for as long as tapejit reads format version 1. The file
+carries the op table's fingerprint, and a file written with another table is refused
+unless that table's fingerprint is listed in ``tapejit._ops.COMPATIBLE_FINGERPRINTS``
+(for changes that leave the meaning of every opcode as it was, such as a new
+implementation of ``sin``). Regenerate it only when opcodes change meaning on purpose.
 """
 
 from __future__ import annotations
