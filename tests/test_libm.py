@@ -6,6 +6,8 @@
 * special values as numpy gives them: signed zeros, infinities, NaN, negative and zero
   logarithms, subnormals, arguments on both sides of the reduction's limit and far
   beyond it (libm there);
+* any double (hypothesis, the whole range with infinities and NaN): numpy's result, or
+  its neighbour, batched and one point alike;
 * every sweep gives the same bits: batched rows (vectorized loop plus the fix-up of
   large arguments, in some chunks and not others) against one point at a time, for
   values, gradients, tangents and Hessian-vector products.
@@ -17,6 +19,8 @@ import math
 
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 import tapejit
 from tapejit._codegen import load_kernels
@@ -102,6 +106,32 @@ def test_special_values_as_numpy(name):
     # beyond the reduction's limit the C library computes the value: numpy's bits
     big = np.abs(SPECIAL) > 1.6e6
     assert np.array_equal(batched[big], ref[big], equal_nan=True)
+
+
+_TAPES = {}
+
+
+def _cached_tape(name: str):
+    if name not in _TAPES:
+        _TAPES[name] = _tape(name)
+    return _TAPES[name]
+
+
+@settings(max_examples=150, deadline=None, database=None)
+@given(st.lists(st.floats(width=64), min_size=1, max_size=40))
+def test_any_double_as_numpy_within_an_ulp(xs):
+    x = np.array(xs)
+    for name in ("sin", "cos", "log"):
+        tape = _cached_tape(name)
+        with np.errstate(all="ignore"):
+            ref = getattr(np, name)(x)
+            got = tape.forward(x[:, None])
+            one = np.array([tape.forward(v) for v in x[:3, None]])
+        assert np.array_equal(one, got[:3], equal_nan=True)
+        assert np.array_equal(np.isnan(got), np.isnan(ref)), x
+        fin = np.isfinite(ref)
+        assert np.array_equal(got[~fin & ~np.isnan(ref)], ref[~fin & ~np.isnan(ref)])
+        np.testing.assert_array_max_ulp(got[fin], ref[fin], maxulp=1)
 
 
 def _mixed_points(n: int) -> np.ndarray:
