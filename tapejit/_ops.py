@@ -240,7 +240,8 @@ if len(BY_NAME) != len(OPS) or len(BY_CODE) != len(OPS):
     raise RuntimeError("duplicate op name or opcode in the op table")
 
 #: Scalar helper functions the value and partial expressions may call, as Numba source.
-#: They live here, beside the table, so the table's expressions are self-contained.
+#: They live here, beside the table, so the table's expressions are self-contained; the
+#: expressions may also call tapejit's own ``_sin``, ``_cos`` and ``_log`` (``_libm.py``).
 HELPERS = '''
 @njit(cache=True, nogil=True)
 def _sign(a):
