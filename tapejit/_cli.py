@@ -1,10 +1,14 @@
 """Command line: ``tapejit demo``, ``tapejit inspect FILE``, ``tapejit eval FILE ...``
 (also ``python -m tapejit ...``).
 
-Exit codes: 0 success; 1 the output could not be written (or Graphviz is missing);
-2 the tape file is unreadable, corrupt or from an incompatible tapejit (and command-line
-usage errors); 3 the points or parameters are unreadable or do not fit the tape (wrong
-shape, points outside the recorded branches).
+Every output is written to a temporary file and renamed into place when complete: on any
+error the file that was at the path is untouched, and an output that is the same file as
+an input is refused.
+
+Exit codes: 0 success; 1 the output could not be written, or is an input (or Graphviz
+is missing); 2 the tape file is unreadable, corrupt or from an incompatible tapejit (and
+command-line usage errors); 3 the points or parameters are unreadable or do not fit the
+tape (wrong shape, points outside the recorded branches).
 """
 
 from __future__ import annotations
@@ -14,6 +18,8 @@ import os
 import sys
 
 import numpy as np
+
+from ._atomic import check_distinct, replacing
 
 EXIT_OK = 0
 EXIT_OUTPUT = 1
@@ -81,7 +87,7 @@ def inspect(path: str, point: str | None = None, params: str | None = None, wrt:
         source = to_dot(tape, x, p)
         try:
             if os.path.splitext(dot)[1].lower() in (".dot", ".gv"):
-                with open(dot, "w", encoding="utf-8") as fh:
+                with replacing(dot) as (tmp,), open(tmp, "w", encoding="utf-8") as fh:
                     fh.write(source)
             else:
                 render(source, dot)
@@ -109,6 +115,12 @@ def evaluate(path: str, points: str, out: str, params: str | None = None,
     """Evaluate a saved tape at the points of a ``.npy`` file and save the result."""
     from ._errors import BranchError
 
+    try:
+        check_distinct({"--out": out}, {"the tape file": path, "--points": points,
+                                        "--params": params})
+    except ValueError as exc:
+        _err("eval", exc)
+        return EXIT_OUTPUT
     tape = _load("eval", path)
     if tape is None:
         return EXIT_TAPE
@@ -143,7 +155,8 @@ def evaluate(path: str, points: str, out: str, params: str | None = None,
             _err("eval", f"{bad} point(s) left the recorded branches: NaN there")
     result = np.asarray(res, dtype=np.float64)
     try:
-        with open(out, "wb") as fh:  # exactly this name (np.save would append .npy)
+        # exactly this name (np.save would append .npy), replaced only when complete
+        with replacing(out) as (tmp,), open(tmp, "wb") as fh:
             np.save(fh, result)
     except OSError as exc:
         _err("eval", f"cannot write {out!r}: {exc}")

@@ -17,6 +17,8 @@ from pathlib import Path
 
 import numpy as np
 
+from ._atomic import replacing
+
 
 def seed(x1, x2):
     """The worked example of the seed articles: y = ln(x1) + x1*x2 - sin(x2)."""
@@ -176,7 +178,7 @@ def run(n_points: int = 10**6, steps: int = 200, out_dir: str | None = None,
     ax.legend()
     files.append(target / "fit.png")
     fig.tight_layout()
-    fig.savefig(files[-1], dpi=120)
+    _savefig(fig, files[-1])
     plt.close(fig)
 
     ws = np.linspace(0.0, 3.0, 400)
@@ -191,12 +193,12 @@ def run(n_points: int = 10**6, steps: int = 200, out_dir: str | None = None,
     ax.legend()
     files.append(target / "loss.png")
     fig.tight_layout()
-    fig.savefig(files[-1], dpi=120)
+    _savefig(fig, files[-1])
     plt.close(fig)
 
     files.append(target / "graph.png")
     _draw_graph(tape, np.array([2.0, 5.0]), files[-1], plt)
-    with open(target / "graph.dot", "w") as fh:
+    with replacing(target / "graph.dot") as (tmp,), open(tmp, "w") as fh:
         fh.write(to_dot(tape, np.array([2.0, 5.0])))
     result["pictures"] = files
     say(f"(d) pictures written to {target}:")
@@ -256,8 +258,14 @@ def _draw_graph(tape, x, path: Path, plt) -> None:
     ax.set_ylim(-tall / 2 - 0.2, tall / 2 + 0.2)
     ax.set_title("computation graph at (2, 5); edges: local partial derivatives", fontsize=9)
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
+    _savefig(fig, path)
     plt.close(fig)
+
+
+def _savefig(fig, path) -> None:
+    """Save a figure atomically (the format from ``path``'s extension)."""
+    with replacing(path) as (tmp,):
+        fig.savefig(tmp, dpi=120, format=os.path.splitext(path)[1].lstrip("."))
 
 
 if __name__ == "__main__":  # pragma: no cover

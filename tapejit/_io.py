@@ -33,12 +33,12 @@ from __future__ import annotations
 import functools
 import io
 import os
-import tempfile
 import zipfile
 from typing import Any, BinaryIO
 
 import numpy as np
 
+from ._atomic import replacing
 from ._ops import COMPATIBLE_FINGERPRINTS, fingerprint
 from ._tape import Tape
 from ._validate import TapeFormatError
@@ -151,8 +151,10 @@ def save_tape(tape: Tape, path: str | os.PathLike[str] | BinaryIO) -> None:
     ----------
     tape : Tape
     path : str, path-like or binary file object
-        Written exactly as given (no ``.npz`` is appended). A path is written atomically:
-        to a temporary file in the same directory, then renamed.
+        Written exactly as given (no ``.npz`` is appended). A path is written atomically
+        (see ``tapejit._atomic``): to a temporary file in the same directory, renamed
+        over ``path`` only when complete, so on any error or a kill the previous file at
+        ``path`` is untouched. A symbolic link is written through.
 
     Raises
     ------
@@ -161,6 +163,8 @@ def save_tape(tape: Tape, path: str | os.PathLike[str] | BinaryIO) -> None:
     ValueError
         If the tape's shapes or name cannot be stored (a hand-built tape whose
         ``input_shapes`` do not add up to ``n_inputs``, for instance).
+    IsADirectoryError, FileNotFoundError
+        If ``path`` is a directory or its directory does not exist (nothing is written).
     """
     if not isinstance(tape, Tape):
         raise TypeError(f"save_tape needs a tapejit.Tape; got {type(tape).__name__}")
@@ -168,19 +172,8 @@ def save_tape(tape: Tape, path: str | os.PathLike[str] | BinaryIO) -> None:
     if hasattr(path, "write"):
         np.savez(path, **arrays)  # type: ignore[arg-type]
         return
-    path = os.fspath(path)  # type: ignore[arg-type]
-    directory = os.path.dirname(os.path.abspath(path))
-    fd, tmp = tempfile.mkstemp(prefix=".tapejit-", suffix=".npz.tmp", dir=directory)
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            np.savez(fh, **arrays)
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
-        raise
+    with replacing(path) as (tmp,), open(tmp, "wb") as fh:  # type: ignore[arg-type]
+        np.savez(fh, **arrays)
 
 
 # ---------------------------------------------------------------------------------------

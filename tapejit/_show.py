@@ -23,6 +23,7 @@ from typing import Any
 
 import numpy as np
 
+from ._atomic import replacing
 from ._libm import NUMPY as _LIBM_NUMPY
 from ._ops import BY_CODE, HELPERS, OPS, Op
 from ._passes import _unpack
@@ -479,15 +480,16 @@ def render(dot: str, path: str | os.PathLike[str]) -> str:
             "Graphviz is not installed: no 'dot' executable on PATH (install the graphviz "
             "package of your system, or paste the DOT text into any Graphviz viewer)"
         )
-    proc = subprocess.run(  # a fixed executable and argument list, no shell
-        [exe, f"-T{fmt}", "-o", path], input=dot.encode(), capture_output=True,
-        timeout=600, check=False,
-    )
-    if proc.returncode != 0:
-        raise RuntimeError(
-            f"Graphviz 'dot' failed (exit {proc.returncode}): "
-            + proc.stderr.decode(errors="replace").strip()
+    with replacing(path) as (tmp,):
+        proc = subprocess.run(  # a fixed executable and argument list, no shell
+            [exe, f"-T{fmt}", "-o", tmp], input=dot.encode(), capture_output=True,
+            timeout=600, check=False,
         )
+        if proc.returncode != 0:
+            raise RuntimeError(
+                f"Graphviz 'dot' failed (exit {proc.returncode}): "
+                + proc.stderr.decode(errors="replace").strip()
+            )
     return path
 
 

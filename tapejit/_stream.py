@@ -21,6 +21,7 @@ import os
 
 import numpy as np
 
+from ._atomic import check_distinct, replacing
 from ._single import Float32Tape
 from ._tape import Tape
 
@@ -61,7 +62,17 @@ def _column_sums(a: np.ndarray) -> np.ndarray:
 def _open_points(points, n: int, what: str):
     """A ``(n_points, n)`` array-like from a path (memory-mapped) or an array."""
     if isinstance(points, (str, os.PathLike)):
-        arr = np.load(points, mmap_mode="r", allow_pickle=False)
+        expected = f"expected a .npy file of real numbers, shape (n_points, {n})"
+        try:
+            arr = np.load(points, mmap_mode="r", allow_pickle=False)
+        except OSError:  # missing or unreadable: the OS's own error says it best
+            raise
+        except Exception as exc:  # truncated, object dtype, not .npy at all
+            raise ValueError(f"cannot read {what} file {os.fspath(points)!r} "
+                             f"({type(exc).__name__}: {exc}); {expected}") from exc
+        if not isinstance(arr, np.ndarray):
+            arr.close()
+            raise ValueError(f"{what} file {os.fspath(points)!r} is a .npz archive; {expected}")
     else:
         arr = points
         if not hasattr(arr, "shape") or not hasattr(arr, "dtype"):
@@ -167,7 +178,7 @@ def evaluate_file(
     n = X.shape[0]
 
     P = None  # per-point parameters, streamed; else p1 for every point
-    p1 = None
+    p1 = params  # a tape without parameters: the Tape methods judge what was passed
     if n_par:
         if params is None:
             raise ValueError(f"this tape has {n_par} parameters: pass params=")
@@ -175,10 +186,27 @@ def evaluate_file(
             P = _open_points(params, n_par, "params")
             if P.shape[0] != n:
                 raise ValueError(f"params has {P.shape[0]} rows for {n} points")
+            p1 = None
         else:
             p1 = np.ascontiguousarray(np.asarray(params, dtype=dt), np.float64).reshape(-1)
             if p1.shape != (n_par,):
                 raise ValueError(f"params must have shape ({n_par},) or ({n}, {n_par})")
+
+    # Output files: named, checked against the inputs and each other, before any work.
+    paths: tuple = ()
+    if out_path is not None:
+        if method == "value_and_grad" and isinstance(out_path, (tuple, list)):
+            if len(out_path) != 2:
+                raise ValueError("out_path for value_and_grad: one path or (values, grads)")
+            paths = tuple(out_path)
+        else:
+            paths = (out_path,)
+        if not all(isinstance(q, (str, os.PathLike)) for q in paths):
+            raise TypeError(f"out_path must be a path or, for value_and_grad, two; "
+                            f"got {out_path!r}")
+        check_distinct({f"out_path[{i}]" if len(paths) > 1 else "out_path": q
+                        for i, q in enumerate(paths)},
+                       {"points": points_path, "params": params})
 
     # Per-point widths: outputs stored, and bytes of one point's buffers.
     width = {"forward": n_out, "gradient": n_in, "value_and_grad": 1 + n_in}[method]
@@ -190,113 +218,105 @@ def evaluate_file(
         raise ValueError("block_points must be at least 1")
     block_points = min(block_points, max(n, 1))
 
-    # Outputs: memmapped files, in-memory arrays, or nothing (reduction).
-    vo = go = fo = None  # value, gradient, forward outputs (n-sized), when stored
-    ret = None
-    both = None  # value_and_grad into a single (n, 1 + n_inputs) file
-    files = []  # output memmaps, whose pages are released after each block
-    if reduce is None:
-        fshape = (n,) if n_out == 1 else (n, n_out)
-        if out_path is None:
-            if method == "forward":
-                fo = np.empty(fshape, dt)
-                ret = fo
-            else:
-                go = np.empty((n, n_in), dt)
-                if method == "value_and_grad":
-                    vo = np.empty(n, dt)
-                    ret = (vo, go)
-                else:
-                    ret = go
-        elif method == "value_and_grad" and isinstance(out_path, (tuple, list)):
-            if len(out_path) != 2:
-                raise ValueError("out_path for value_and_grad: one path or (values, grads)")
-            vo, go = (_out_file(out_path[0], (n,), dt),
-                      _out_file(out_path[1], (n, n_in), dt))
-            ret = (vo, go)
-            files = [vo, go]
-        elif method == "value_and_grad":
-            both = _out_file(out_path, (n, 1 + n_in), dt)
-            ret = (both[:, 0], both[:, 1:])
-            files = [both]
-        elif method == "forward":
-            fo = _out_file(out_path, fshape, dt)
-            ret = fo
-            files = [fo]
-        else:
-            go = _out_file(out_path, (n, n_in), dt)
-            ret = go
-            files = [go]
-
     # Reusable block buffers (C-contiguous float64, as the kernels want).
     xb = np.empty((block_points, n_in))
     pb = np.empty((block_points, n_par)) if P is not None else None
     yb = np.empty((block_points, n_out)) if method == "forward" else None
     vb = np.empty(block_points) if method == "value_and_grad" else None
     gb = np.empty((block_points, n_in)) if method != "forward" else None
-    # One output array of rows (value, gradient): rows assembled here, written at once.
-    cb = np.empty((block_points, 1 + n_in)) if both is not None else None
-    acc_v = 0.0 if method == "value_and_grad" else None
-    acc_y = np.zeros(n_out) if method == "forward" else None
-    acc_g = np.zeros(n_in) if method != "forward" else None
 
-    for r0 in range(0, n, block_points):
-        r1 = min(n, r0 + block_points)
+    def block(r0: int, r1: int) -> tuple[np.ndarray, ...]:
+        """Results of points ``r0:r1``: ``(y,)``, ``(g,)`` or ``(v, g)`` (buffer views)."""
         m = r1 - r0
         x = xb[:m]
         np.copyto(x, X[r0:r1], casting="unsafe")
         if single and X.dtype != np.float32:
             x[...] = x.astype(np.float32)  # the float32 points
         _release_rows(X, r0, r1)
+        p = p1
         if P is not None:
             p = pb[:m]
             np.copyto(p, P[r0:r1], casting="unsafe")
             if single and P.dtype != np.float32:
                 p[...] = p.astype(np.float32)
             _release_rows(P, r0, r1)
-        else:
-            p = p1
         if method == "forward":
             y = yb[:m]
             tape.forward(x, p, out=y if n_out > 1 else y.reshape(m))
-            if reduce is not None:
-                acc_y += _column_sums(y)
-            else:
-                fo[r0:r1] = y if n_out > 1 else y[:, 0]
+            return (y,)
+        g = gb[:m]
+        if method == "gradient":
+            tape.gradient(x, p, out=g)
+            return (g,)
+        v = vb[:m]
+        tape.value_and_grad(x, p, out=(v, g))
+        return v, g
+
+    # The first block runs before any output exists: it checks the arguments exactly as
+    # the Tape methods do (and a point outside the recorded branches fails here too).
+    spans = [(r0, min(n, r0 + block_points)) for r0 in range(0, n, block_points)]
+    first = block(*spans[0]) if spans else None
+
+    def blocks():
+        if first is not None:
+            yield spans[0], first
+        for r0, r1 in spans[1:]:
+            yield (r0, r1), block(r0, r1)
+
+    if reduce is not None:
+        return _reduce(blocks(), method, n, n_in, n_out, dt, reduce)
+    fshape = (n,) if n_out == 1 else (n, n_out)
+    shapes = {"forward": [fshape], "gradient": [(n, n_in)],
+              "value_and_grad": [(n, 1 + n_in)] if len(paths) == 1 else [(n,), (n, n_in)]}
+    if not paths:  # in memory
+        outs = [np.empty(shape, dt) for shape in shapes[method]]
+        _store(blocks(), outs, [])
+        return outs[0] if len(outs) == 1 else tuple(outs)
+    with replacing(*paths) as temps:
+        outs = [_out_file(t, shape, dt) for t, shape in zip(temps, shapes[method], strict=True)]
+        _store(blocks(), outs, outs)
+        for arr in outs:
+            arr.flush()
+        del outs  # the maps of the temporary names; the results are reopened by name
+    outs = [np.load(q, mmap_mode="r+") for q in paths]
+    if method == "value_and_grad" and len(outs) == 1:
+        return outs[0][:, 0], outs[0][:, 1:]
+    return outs[0] if len(outs) == 1 else tuple(outs)
+
+
+def _store(blocks, outs: list[np.ndarray], files: list[np.ndarray]) -> None:
+    """Write each block's results into the n-sized ``outs``; ``value_and_grad`` into one
+    ``(n, 1 + n_inputs)`` array is assembled in a buffer of rows and written at once."""
+    rows = None
+    for (r0, r1), res in blocks:
+        if len(outs) == len(res):
+            for o, r in zip(outs, res, strict=True):
+                o[r0:r1] = r if o.ndim == r.ndim else r[:, 0]
         else:
-            g = gb[:m]
-            if method == "value_and_grad":
-                v = vb[:m]
-                tape.value_and_grad(x, p, out=(v, g))
-            else:
-                tape.gradient(x, p, out=g)
-            if reduce is not None:
-                acc_g += _column_sums(g)
-                if vb is not None:
-                    acc_v += float(v.sum())
-            elif both is not None:
-                c = cb[:m]
-                c[:, 0] = v
-                c[:, 1:] = g
-                both[r0:r1] = c
-            else:
-                go[r0:r1] = g
-                if vo is not None:
-                    vo[r0:r1] = v
+            v, g = res
+            if rows is None:
+                rows = np.empty((len(v), outs[0].shape[1]))
+            c = rows[: r1 - r0]
+            c[:, 0] = v
+            c[:, 1:] = g
+            outs[0][r0:r1] = c
         for arr in files:
             _release_rows(arr, r0, r1)
 
-    if reduce is not None:
-        scale = 1.0 if reduce == "sum" else (1.0 / n if n else np.nan)
-        # sums are accumulated in float64 whatever the dtype, then rounded once
-        if method == "forward":
-            acc_y *= scale
-            acc_y = acc_y.astype(dt)
-            return (float(acc_y[0]) if not single else acc_y[0]) if n_out == 1 else acc_y
-        acc_g = (acc_g * scale).astype(dt)
+
+def _reduce(blocks, method: str, n: int, n_in: int, n_out: int, dt: np.dtype, reduce: str):
+    """Sum (or mean) of the blocks' results, accumulated in float64, rounded once."""
+    single = dt == np.float32
+    acc_v = 0.0
+    acc = np.zeros(n_out if method == "forward" else n_in)
+    for _, res in blocks:
+        acc += _column_sums(res[-1])
         if method == "value_and_grad":
-            return (acc_v * scale if not single else np.float32(acc_v * scale)), acc_g
-        return acc_g
-    for arr in files:
-        arr.flush()
-    return ret
+            acc_v += float(res[0].sum())
+    scale = 1.0 if reduce == "sum" else (1.0 / n if n else np.nan)
+    acc = (acc * scale).astype(dt)
+    if method == "forward":
+        return (float(acc[0]) if not single else acc[0]) if n_out == 1 else acc
+    if method == "value_and_grad":
+        return (acc_v * scale if not single else np.float32(acc_v * scale)), acc
+    return acc
