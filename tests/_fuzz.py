@@ -1032,18 +1032,20 @@ class _Kill:
             state.append("old" if data == old[n] else
                          "new" if data == _read(self.expected[n]) else "torn")
         if "torn" in state or ("old" in state and done):
-            v = Verdict("wrong", f"files {state} after the kill (call returned: {done})")
-        elif "new" in state:
-            v = Verdict("loaded", f"files {state} (call returned: {done})")
+            v = Verdict("wrong", f"files {state} after the kill")
+        elif "new" in state:  # complete: killed after the rename, or not killed at all
+            v = Verdict("loaded", f"files {state}")
         else:
             v = Verdict("rejected", "the old files")
         self._evaluate(out if len(out) == 2 else out[0], small)  # the next successful call
         return self._strays(v, d, {*names, "s.npy"}, after_kill, at, done)
 
     def _strays(self, v, d, known, after_kill, at, done) -> Verdict:
+        """``v``, or wrong if the next successful call left temporary files."""
         after_next = sorted(set(os.listdir(d)) - known)
-        detail = (f"{v.detail}; killed at {at:.3f} s; files left: {after_kill} after the "
-                  f"kill, {after_next} after the next successful call")
+        detail = (f"{v.detail}; killed at {at:.3f} s (the call had {'' if done else 'not '}"
+                  f"returned); files left: {after_kill} after the kill, {after_next} after "
+                  "the next successful call")
         extra = {"tmp_after_kill": len(after_kill), "tmp_after_next": len(after_next)}
         return Verdict("wrong" if after_next else v.outcome, detail, extra)
 
@@ -1134,8 +1136,10 @@ def _tamper(b, **fields):
 class _Bundles:
     """Tampered ``jit_args`` bundles, from Python and from one compiled caller."""
 
-    MODES = ("none", "other-tape", "smaller", "larger", "empty", "garbage", "dtype", "flags",
-             "stamp", "x-g", "not-a-bundle")
+    # "none": the bundle as made; "canaried": its scratch arrays moved to canaried buffers
+    # (as in every other mode), then one field replaced, or the stamp, x or g changed
+    MODES = ("none", "canaried", "other-tape", "smaller", "larger", "empty", "garbage",
+             "dtype", "flags", "stamp", "x-g", "not-a-bundle")
 
     def __init__(self) -> None:
         import numba
@@ -1192,7 +1196,7 @@ class _Bundles:
     def case(self, seed: int, i: int) -> Case:
         rng = np.random.default_rng([seed, i])
         base = str(rng.choice(list(self.tapes)))
-        w = np.array([1, 3, 3, 2, 2, 3, 2, 2, 1, 2, 0.3])
+        w = np.array([1, 1, 3, 3, 2, 2, 3, 2, 2, 1, 2, 0.3])
         mode = str(rng.choice(self.MODES, p=w / w.sum()))
         key = str(rng.choice(self.arrays))
         what = key if mode in ("other-tape", "smaller", "larger", "empty", "garbage", "dtype",
@@ -1224,7 +1228,7 @@ class _Bundles:
         bufs = {}
         for k in arrays:
             arr = fields.get(k, getattr(b, k))
-            if arr.flags.writeable or k in fields:
+            if (arr.flags.writeable and mode != "none") or k in fields:
                 fields[k], bufs[k] = _canaried(arr)
         (xv, bufs["x"]), (gv, bufs["g"]) = _canaried(x), _canaried(g)
         sizes = {k: v.size for k, v in [*fields.items(), ("x", xv), ("g", gv)]}
@@ -1256,7 +1260,7 @@ class _Bundles:
             return False
 
     def _replacement(self, rng, mode, key, a) -> tuple[dict, str]:
-        if mode in ("none", "stamp", "x-g", "not-a-bundle"):
+        if mode in ("none", "canaried", "stamp", "x-g", "not-a-bundle"):
             return {}, mode
         if mode == "other-tape":
             t, p = self.tapes[str(rng.choice(list(self.tapes)))]
@@ -1552,6 +1556,6 @@ def main(argv: list[str] | None = None) -> int:
 
 if __name__ == "__main__":
     root = os.path.dirname(os.path.dirname(HERE))
-    if os.path.isdir(os.path.join(root, "tapejit")) and "--child" not in sys.argv:
-        sys.path.insert(0, root)  # this checkout's tapejit, for --report and --replay
+    if os.path.isdir(os.path.join(root, "tapejit")) and not os.environ.get("PYTHONPATH"):
+        sys.path.insert(0, root)  # this checkout's tapejit, unless PYTHONPATH says another
     sys.exit(main())
