@@ -7,6 +7,16 @@ points; nothing runs until you call ``.compute()`` (or :func:`dask.compute`,
 ``.persist()``, ``da.store``, ...). The same code runs on the threaded scheduler, the
 multiprocessing scheduler and a :mod:`dask.distributed` cluster of any size.
 
+The methods of a tape (``forward``, ``value_and_grad``, ``gradient``, ``jacobian``,
+``hessian``, ``vjp``, ``jvp``, ``hvp``, of a :class:`~tapejit.Float32Tape` too) come
+here when ``x``, per-point ``params``, ``w`` or ``v`` is a Dask array:
+``tape.value_and_grad(X)`` is ``tapejit.dask.value_and_grad(tape, X)``. Per-point
+arguments are rechunked to the chunks of the points; a one-row argument serves every
+point. A :class:`~tapejit.BranchError` is raised when a chunk holding points off the
+recorded branches is computed (counting that chunk's points); ``check="mask"`` gives a
+lazy validity mask instead. ``out=`` buffers are refused with Dask arrays:
+:func:`store` computes into arrays.
+
 The tape enters the task graph once, as its own key: tasks depend on it instead of each
 carrying a copy, so a cluster sends it to each worker once. It travels pickled as its
 packed program and constants (a few bytes per instruction, validated again when
