@@ -18,7 +18,7 @@ from __future__ import annotations
 import numpy as np
 
 from ._errors import BranchError
-from ._tape import _dask_in, _lazily
+from ._tape import _ND, _PLAIN, _dask_in, _lazily
 
 _F32 = np.dtype(np.float32)
 #: Points per conversion block: a few MB of float64 copies, many chunks for the threads.
@@ -144,7 +144,7 @@ class Float32Tape:
         so a :class:`BranchError` counts every failed point. Dask collections go to
         :mod:`tapejit.dask` (lazy float32 Dask arrays out).
         """
-        if ((type(x) is not np.ndarray or params is not None or extra)
+        if ((type(x) is not _ND or type(params) not in _PLAIN or extra)
                 and _dask_in(x, params, *(a for a, _ in extra))):
             return _lazily(self, method, x, tuple(a for a, _ in extra), params,
                            check=check, **kw)

@@ -195,12 +195,17 @@ def _buffer(out, shape: tuple[int, ...], what: str) -> np.ndarray:
     return out
 
 
+_ND = np.ndarray
+#: Types of arguments that are never Dask collections, ruled out inline by the methods
+#: before they call :func:`_dask_in`.
+_PLAIN = (np.ndarray, type(None))
+
+
 def _dask_in(*args) -> bool:
     """Whether an argument is a Dask collection, by the collection protocol (the type has
     ``__dask_graph__``): Dask is never imported for this. Numpy arrays and ``None`` are
-    ruled out first, and callers rule them out inline before calling: a failed
-    ``hasattr`` on a type costs about 0.35 us (it raises inside), too much for the
-    one-point calls."""
+    ruled out first (callers do it inline, before calling): a failed ``hasattr`` on a
+    type costs about 0.35 us (it raises inside), too much for the one-point calls."""
     for a in args:
         t = type(a)
         if t is not np.ndarray and a is not None and hasattr(t, "__dask_graph__"):
@@ -818,7 +823,7 @@ class Tape:
         (:mod:`tapejit.dask`; a :class:`BranchError` is raised when they are computed).
         ``out=`` is then refused: :func:`tapejit.dask.store` fills arrays.
         """
-        if (type(x) is not np.ndarray or params is not None) and _dask_in(x, params):
+        if (type(x) is not _ND or type(params) not in _PLAIN) and _dask_in(x, params):
             return _lazily(self, "forward", x, (), params, out, check=check)
         self._check_arg(check)
         X, P, single = self._prepare(x, params)
@@ -897,7 +902,7 @@ class Tape:
                     if out is not None and out[0] is not None:
                         out[0][...] = v
                     return v, g
-        if (type(x) is not np.ndarray or params is not None) and _dask_in(x, params):
+        if (type(x) is not _ND or type(params) not in _PLAIN) and _dask_in(x, params):
             return _lazily(self, "value_and_grad", x, (), params, out, check=check)
         self._scalar_output("value_and_grad")
         self._check_arg(check)
@@ -928,7 +933,7 @@ class Tape:
         With ``check="mask"`` returns ``(gradient, valid)``. Dask arrays in, lazy Dask
         arrays out (see :meth:`forward`).
         """
-        if (type(x) is not np.ndarray or params is not None) and _dask_in(x, params):
+        if (type(x) is not _ND or type(params) not in _PLAIN) and _dask_in(x, params):
             return _lazily(self, "gradient", x, (), params, out, check=check)
         res = self.value_and_grad(x, params, out=(None, out), check=check)
         return (res[1], res[2]) if check != "raise" else res[1]
@@ -958,7 +963,7 @@ class Tape:
             Shaped like ``x``. Dask arrays in (``x``, per-point ``w`` or ``params``),
             lazy Dask arrays out (see :meth:`forward`).
         """
-        if ((type(x) is not np.ndarray or type(w) is not np.ndarray or params is not None)
+        if ((type(x) is not _ND or type(w) is not _ND or type(params) not in _PLAIN)
                 and _dask_in(x, w, params)):
             return _lazily(self, "vjp", x, (w,), params, out, check=check)
         self._check_arg(check)
@@ -1033,7 +1038,7 @@ class Tape:
             ``(jv, valid)``. Dask arrays in (``x``, per-point ``v`` or ``params``),
             lazy Dask arrays out (see :meth:`forward`).
         """
-        if ((type(x) is not np.ndarray or type(v) is not np.ndarray or params is not None)
+        if ((type(x) is not _ND or type(v) is not _ND or type(params) not in _PLAIN)
                 and _dask_in(x, v, params)):
             return _lazily(self, "jvp", x, (v,), params, check=check)
         self._check_arg(check)
@@ -1074,7 +1079,7 @@ class Tape:
             ``(..., n_outputs, n_inputs)``. With ``check="mask"``, ``(J, valid)``. Dask
             arrays in, lazy Dask arrays out (see :meth:`forward`).
         """
-        if (type(x) is not np.ndarray or params is not None) and _dask_in(x, params):
+        if (type(x) is not _ND or type(params) not in _PLAIN) and _dask_in(x, params):
             return _lazily(self, "jacobian", x, (), params, out, mode=mode, check=check)
         if mode not in ("auto", "forward", "reverse"):
             raise ValueError(f"mode must be 'auto', 'forward' or 'reverse'; got {mode!r}")
@@ -1157,7 +1162,7 @@ class Tape:
                                 np.empty(self._n_in), hv.reshape(1, -1),
                                 self._workspace(4 * self._n_slots)):
                 return hv
-        if ((type(x) is not np.ndarray or type(v) is not np.ndarray or params is not None)
+        if ((type(x) is not _ND or type(v) is not _ND or type(params) not in _PLAIN)
                 and _dask_in(x, v, params)):
             return _lazily(self, "hvp", x, (v,), params, check=check)
         self._scalar_output("hvp")
@@ -1189,7 +1194,7 @@ class Tape:
             ``(..., n_inputs, n_inputs)``. With ``check="mask"``, ``(H, valid)``. Dask
             arrays in, lazy Dask arrays out (see :meth:`forward`).
         """
-        if (type(x) is not np.ndarray or params is not None) and _dask_in(x, params):
+        if (type(x) is not _ND or type(params) not in _PLAIN) and _dask_in(x, params):
             return _lazily(self, "hessian", x, (), params, check=check)
         self._scalar_output("hessian")
         self._check_arg(check)
