@@ -18,6 +18,7 @@ from __future__ import annotations
 import numpy as np
 
 from ._errors import BranchError
+from ._tape import _ND, _PLAIN, _dask_in, _lazily
 
 _F32 = np.dtype(np.float32)
 #: Points per conversion block: a few MB of float64 copies, many chunks for the threads.
@@ -53,7 +54,8 @@ class Float32Tape:
     Made by ``tape.astype(np.float32)``; it has the methods of a tape (``forward``,
     ``value_and_grad``, ``gradient``, ``vjp``, ``jvp``, ``jacobian``, ``hvp``,
     ``hessian``), with the same arguments except ``out=`` buffers, and its attributes
-    (``n_inputs``, ``listing()``, ...). Points and parameters are rounded to float32;
+    (``n_inputs``, ``listing()``, ...); Dask arrays in, lazy float32 Dask arrays out,
+    as :meth:`Tape.forward`. Points and parameters are rounded to float32;
     results are the float64 sweeps' results rounded to float32 (relative error at most
     2**-24 against the exact values at the float32 points). It pickles as the tape.
 
@@ -139,8 +141,13 @@ class Float32Tape:
 
         ``extra`` holds the per-point arguments after ``x`` (``w`` or ``v``), each shaped
         for one point or per point. The guard policy is applied over all points at once,
-        so a :class:`BranchError` counts every failed point.
+        so a :class:`BranchError` counts every failed point. Dask collections go to
+        :mod:`tapejit.dask` (lazy float32 Dask arrays out).
         """
+        if ((type(x) is not _ND or type(params) not in _PLAIN or extra)
+                and _dask_in(x, params, *(a for a, _ in extra))):
+            return _lazily(self, method, x, tuple(a for a, _ in extra), params,
+                           check=check, **kw)
         if check not in ("raise", "mask"):
             raise ValueError(f"check must be 'raise' or 'mask'; got {check!r}")
         fn = getattr(self.tape, method)

@@ -195,6 +195,43 @@ def _buffer(out, shape: tuple[int, ...], what: str) -> np.ndarray:
     return out
 
 
+_ND = np.ndarray
+#: Types of arguments that are never Dask collections, ruled out inline by the methods
+#: before they call :func:`_dask_in`.
+_PLAIN = (np.ndarray, type(None))
+
+
+def _dask_in(*args) -> bool:
+    """Whether an argument is a Dask collection, by the collection protocol (the type has
+    ``__dask_graph__``): Dask is never imported for this. Numpy arrays and ``None`` are
+    ruled out first (callers do it inline, before calling): a failed ``hasattr`` on a
+    type costs about 0.35 us (it raises inside), too much for the one-point calls."""
+    for a in args:
+        t = type(a)
+        if t is not np.ndarray and a is not None and hasattr(t, "__dask_graph__"):
+            return True
+    return False
+
+
+#: Methods whose out= buffers :func:`tapejit.dask.store` fills from Dask arrays.
+_STORABLE = ("forward", "value_and_grad", "gradient", "jacobian")
+
+
+def _lazily(tape, method: str, x, extra: tuple, params, out=None, **kwargs):
+    """``tapejit.dask.<method>(tape, x, *extra, params, **kwargs)``: a tape method's
+    path for Dask collections, lazy Dask arrays out. ``out=`` buffers make no sense
+    for results not computed yet: the error names what does that."""
+    if out is not None and not (isinstance(out, tuple) and all(o is None for o in out)):
+        how = (f"tapejit.dask.store(tape, {method!r}, X, out, params) computes into them"
+               if method in _STORABLE else
+               "dask.array.store(lazy results, out) computes into them")
+        raise ValueError(f"{method} got Dask arrays and out= buffers: with Dask arrays "
+                         f"it returns lazy Dask arrays and fills no buffers; {how}")
+    from . import dask as lazy  # Dask is installed: one of the arguments is a collection
+
+    return getattr(lazy, method)(tape, x, *extra, params, **kwargs)
+
+
 class Tape:
     """A recorded function: a flat list of instructions over numbered value slots.
 
@@ -778,7 +815,16 @@ class Tape:
         float or ndarray
             ``(n_outputs,)`` or ``(n_points, n_outputs)``; the output axis is dropped when
             the tape has one output. With ``check="mask"``, ``(result, valid)``.
+
+        Notes
+        -----
+        Dask in, Dask out: when ``x`` or per-point ``params`` is a Dask array, this and
+        the other evaluation methods return lazy Dask arrays computed chunk by chunk
+        (:mod:`tapejit.dask`; a :class:`BranchError` is raised when they are computed).
+        ``out=`` is then refused: :func:`tapejit.dask.store` fills arrays.
         """
+        if (type(x) is not _ND or type(params) not in _PLAIN) and _dask_in(x, params):
+            return _lazily(self, "forward", x, (), params, out, check=check)
         self._check_arg(check)
         X, P, single = self._prepare(x, params)
         n = X.shape[0]
@@ -823,7 +869,8 @@ class Tape:
         -------
         value : float or ndarray
         grad : ndarray
-            Shaped like ``x``.
+            Shaped like ``x``. Dask arrays in (``x`` or per-point ``params``), lazy Dask
+            arrays out (see :meth:`forward`).
         """
         if (
             self._fast_vg
@@ -855,6 +902,8 @@ class Tape:
                     if out is not None and out[0] is not None:
                         out[0][...] = v
                     return v, g
+        if (type(x) is not _ND or type(params) not in _PLAIN) and _dask_in(x, params):
+            return _lazily(self, "value_and_grad", x, (), params, out, check=check)
         self._scalar_output("value_and_grad")
         self._check_arg(check)
         X, P, single = self._prepare(x, params)
@@ -881,8 +930,11 @@ class Tape:
     def gradient(self, x, params=None, out: np.ndarray | None = None, check: str = "raise"):
         """Gradient of a one-output tape, shaped like ``x`` (see :meth:`value_and_grad`).
 
-        With ``check="mask"`` returns ``(gradient, valid)``.
+        With ``check="mask"`` returns ``(gradient, valid)``. Dask arrays in, lazy Dask
+        arrays out (see :meth:`forward`).
         """
+        if (type(x) is not _ND or type(params) not in _PLAIN) and _dask_in(x, params):
+            return _lazily(self, "gradient", x, (), params, out, check=check)
         res = self.value_and_grad(x, params, out=(None, out), check=check)
         return (res[1], res[2]) if check != "raise" else res[1]
 
@@ -908,8 +960,12 @@ class Tape:
         outputs : ndarray
             ``(n_outputs,)`` or ``(n_points, n_outputs)``.
         vjp : ndarray
-            Shaped like ``x``.
+            Shaped like ``x``. Dask arrays in (``x``, per-point ``w`` or ``params``),
+            lazy Dask arrays out (see :meth:`forward`).
         """
+        if ((type(x) is not _ND or type(w) is not _ND or type(params) not in _PLAIN)
+                and _dask_in(x, w, params)):
+            return _lazily(self, "vjp", x, (w,), params, out, check=check)
         self._check_arg(check)
         X, P, single = self._prepare(x, params)
         n = X.shape[0]
@@ -979,8 +1035,12 @@ class Tape:
         float or ndarray
             ``J v``: ``(n_outputs,)`` or ``(n_points, n_outputs)``, the output axis dropped
             when the tape has one output (as :meth:`forward`). With ``check="mask"``,
-            ``(jv, valid)``.
+            ``(jv, valid)``. Dask arrays in (``x``, per-point ``v`` or ``params``),
+            lazy Dask arrays out (see :meth:`forward`).
         """
+        if ((type(x) is not _ND or type(v) is not _ND or type(params) not in _PLAIN)
+                and _dask_in(x, v, params)):
+            return _lazily(self, "jvp", x, (v,), params, check=check)
         self._check_arg(check)
         X, P, single = self._prepare(x, params)
         n = X.shape[0]
@@ -1016,8 +1076,11 @@ class Tape:
         Returns
         -------
         ndarray
-            ``(..., n_outputs, n_inputs)``. With ``check="mask"``, ``(J, valid)``.
+            ``(..., n_outputs, n_inputs)``. With ``check="mask"``, ``(J, valid)``. Dask
+            arrays in, lazy Dask arrays out (see :meth:`forward`).
         """
+        if (type(x) is not _ND or type(params) not in _PLAIN) and _dask_in(x, params):
+            return _lazily(self, "jacobian", x, (), params, out, mode=mode, check=check)
         if mode not in ("auto", "forward", "reverse"):
             raise ValueError(f"mode must be 'auto', 'forward' or 'reverse'; got {mode!r}")
         if mode == "auto":
@@ -1080,7 +1143,9 @@ class Tape:
         Returns
         -------
         ndarray
-            ``H v``, shaped like ``x``. With ``check="mask"``, ``(hv, valid)``.
+            ``H v``, shaped like ``x``. With ``check="mask"``, ``(hv, valid)``. Dask
+            arrays in (``x``, per-point ``v`` or ``params``), lazy Dask arrays out (see
+            :meth:`forward`).
         """
         if (
             self._fast_vg
@@ -1097,6 +1162,9 @@ class Tape:
                                 np.empty(self._n_in), hv.reshape(1, -1),
                                 self._workspace(4 * self._n_slots)):
                 return hv
+        if ((type(x) is not _ND or type(v) is not _ND or type(params) not in _PLAIN)
+                and _dask_in(x, v, params)):
+            return _lazily(self, "hvp", x, (v,), params, check=check)
         self._scalar_output("hvp")
         self._check_arg(check)
         X, P, single = self._prepare(x, params)
@@ -1123,8 +1191,11 @@ class Tape:
         Returns
         -------
         ndarray
-            ``(..., n_inputs, n_inputs)``. With ``check="mask"``, ``(H, valid)``.
+            ``(..., n_inputs, n_inputs)``. With ``check="mask"``, ``(H, valid)``. Dask
+            arrays in, lazy Dask arrays out (see :meth:`forward`).
         """
+        if (type(x) is not _ND or type(params) not in _PLAIN) and _dask_in(x, params):
+            return _lazily(self, "hessian", x, (), params, check=check)
         self._scalar_output("hessian")
         self._check_arg(check)
         X, P, single = self._prepare(x, params)

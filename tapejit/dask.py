@@ -7,6 +7,16 @@ points; nothing runs until you call ``.compute()`` (or :func:`dask.compute`,
 ``.persist()``, ``da.store``, ...). The same code runs on the threaded scheduler, the
 multiprocessing scheduler and a :mod:`dask.distributed` cluster of any size.
 
+The methods of a tape (``forward``, ``value_and_grad``, ``gradient``, ``jacobian``,
+``hessian``, ``vjp``, ``jvp``, ``hvp``, of a :class:`~tapejit.Float32Tape` too) come
+here when ``x``, per-point ``params``, ``w`` or ``v`` is a Dask array:
+``tape.value_and_grad(X)`` is ``tapejit.dask.value_and_grad(tape, X)``. Per-point
+arguments are rechunked to the chunks of the points; a one-row argument serves every
+point. A :class:`~tapejit.BranchError` is raised when a chunk holding points off the
+recorded branches is computed (counting that chunk's points); ``check="mask"`` gives a
+lazy validity mask instead. ``out=`` buffers are refused with Dask arrays:
+:func:`store` computes into arrays.
+
 The tape enters the task graph once, as its own key: tasks depend on it instead of each
 carrying a copy, so a cluster sends it to each worker once. It travels pickled as its
 packed program and constants (a few bytes per instruction, validated again when
@@ -50,8 +60,8 @@ from dask.highlevelgraph import HighLevelGraph
 from ._single import Float32Tape
 from ._tape import Tape
 
-__all__ = ["forward", "gradient", "hessian", "jacobian", "store", "sum_value_and_grad",
-           "value_and_grad"]
+__all__ = ["forward", "gradient", "hessian", "hvp", "jacobian", "jvp", "store",
+           "sum_value_and_grad", "value_and_grad", "vjp"]
 
 
 @normalize_token.register(Tape)
@@ -94,10 +104,12 @@ def _one(blocks):
     return blocks[0] if len(blocks) == 1 else np.concatenate(blocks, axis=1)
 
 
-def _block(method, x, p=None, *, tape, params, threads):
-    """Per-point results of ``tape.<method>`` on one chunk, as a tuple of arrays."""
-    p = _one(p)
-    res = _call(threads, getattr(tape, method), _one(x), params if p is None else p)
+def _block(method, x, *args, tape, threads, kwargs):
+    """Per-point results of ``tape.<method>(x, *args, **kwargs)`` on one chunk of points,
+    as a tuple of arrays. ``args`` are the method's other positional arguments (``w`` or
+    ``v``, then ``params``): a chunk aligned with ``x``, one row for every point, or
+    ``None``."""
+    res = _call(threads, getattr(tape, method), _one(x), *map(_one, args), **kwargs)
     return res if isinstance(res, tuple) else (res,)
 
 
@@ -149,6 +161,10 @@ def _check_tape(tape) -> Tape:
 def _points(X, n: int, what: str):
     """``X`` as a float Dask array ``(n_points, n)`` with the second axis in one chunk."""
     if not isinstance(X, da.Array):
+        if dask.is_dask_collection(X):  # np.asarray would compute it here
+            raise TypeError(f"{what} must be a dask.array.Array; got a "
+                            f"{type(X).__module__}.{type(X).__name__} (convert it, e.g. "
+                            "DataFrame.to_dask_array(lengths=True))")
         X = np.asarray(X)
         X = da.from_array(X, chunks=("auto", -1) if X.ndim == 2 else "auto")
     if X.dtype.kind not in "iuf":
@@ -168,40 +184,62 @@ def _params(tape: Tape, params, X):
         return None, None
     if params is None:
         raise ValueError(f"this tape has {tape.n_params} parameters: pass params=")
-    if isinstance(params, da.Array) or np.ndim(params) == 2:
-        P = _points(params, tape.n_params, "params")
-        if P.shape[0] != X.shape[0]:
-            raise ValueError(f"params has {P.shape[0]} rows for {X.shape[0]} points")
-        if P.chunks[0] != X.chunks[0]:  # one chunk of parameters per chunk of points
-            P = P.rechunk({0: X.chunks[0]})
-        return P, None
-    p = np.ascontiguousarray(np.asarray(params, dtype=tape.dtype), np.float64).reshape(-1)
-    if p.shape != (tape.n_params,):
-        raise ValueError(f"params must have shape ({tape.n_params},) or (n_points, "
-                         f"{tape.n_params})")
-    return None, p
+    return _rows(tape, params, tape.n_params, "params", X)
 
 
-def _lazy(method, tape, X, params, numba_threads, trailing):
+def _rows(tape: Tape, a, width: int, what: str, X):
+    """A per-point argument (``params``, ``w``, ``v``) as ``(dask array aligned with the
+    chunks of X or None, numpy row for every point or None)``."""
+    if isinstance(a, da.Array) or np.ndim(a) == 2:
+        A = _points(a, width, what)
+        if A.shape[0] != X.shape[0]:
+            raise ValueError(f"{what} has {A.shape[0]} rows for {X.shape[0]} points")
+        if A.chunks[0] != X.chunks[0]:  # one chunk of the argument per chunk of points
+            A = A.rechunk({0: X.chunks[0]})
+        return A, None
+    row = np.ascontiguousarray(np.asarray(a, dtype=tape.dtype), np.float64).reshape(-1)
+    if row.shape != (width,):
+        raise ValueError(f"{what} must have shape ({width},) or (n_points, {width}); got "
+                         f"{np.shape(a)}")
+    return None, row
+
+
+_CHECKS = ("raise", "mask")
+
+
+def _lazy(method, tape, X, params, numba_threads, trailing, *, extra=(), check="raise",
+          **kwargs):
     """Lazy per-point results of ``tape.<method>``: one task per chunk of points, then one
     array per result (``trailing``: each result's shape per point).
 
-    The chunks are passed to the tasks as they are (lists along the inputs axis, never
-    concatenated when that axis is one chunk), and a method with several results runs
-    once per chunk: each output array picks its part of the task's tuple.
+    ``extra`` holds ``(value, width, name)`` of the per-point arguments between ``x`` and
+    ``params`` (``w``, ``v``). With ``check="mask"`` a boolean validity mask per point
+    is the last result. The chunks are passed to the tasks as they are (lists along the
+    inputs axis, never concatenated when that axis is one chunk), and a method with
+    several results runs once per chunk: each output array picks its part of the task's
+    tuple.
     """
     tape = _check_tape(tape)
+    if check not in _CHECKS:
+        raise ValueError(f"check must be 'raise' or 'mask'; got {check!r}")
     X = _points(X, tape.n_inputs, "X")
     P, p = _params(tape, params, X)
-    pairs = (X, "ij") if P is None else (X, "ij", P, "iq")
+    args = [_rows(tape, a, width, what, X) for a, width, what in extra] + [(P, p)]
+    pairs = [X, "ij"]
+    for lazy, row in args:  # a chunk per chunk of points, or one literal for every task
+        pairs += [lazy, "iq"] if lazy is not None else [row, None]
+    kwargs = {**kwargs, "check": check} if check != "raise" else kwargs
     base = da.blockwise(
         _block, "i", method, None, *pairs, concatenate=False, dtype=float,
         meta=np.empty((0,)), name=f"tapejit-{method}-" + dask.base.tokenize(
-            method, tape, X, P, p, numba_threads),
-        tape=dask.delayed(tape, pure=True), params=p, threads=_threads(numba_threads),
+            method, kwargs, tape, *pairs, numba_threads),
+        tape=dask.delayed(tape, pure=True), threads=_threads(numba_threads), kwargs=kwargs,
     )
+    dtypes = [tape.dtype] * len(trailing)
+    if check == "mask":
+        trailing, dtypes = [*trailing, ()], [*dtypes, np.dtype(bool)]
     outs = []
-    for k, shape in enumerate(trailing):
+    for k, (shape, dtype) in enumerate(zip(trailing, dtypes, strict=True)):
         name = f"{base.name}-{k}"
         zeros = (0,) * len(shape)
         layer = {(name, i, *zeros): (operator.getitem, (base.name, i), k)
@@ -209,11 +247,17 @@ def _lazy(method, tape, X, params, numba_threads, trailing):
         graph = HighLevelGraph.from_collections(name, layer, dependencies=[base])
         chunks = (X.chunks[0], *((d,) for d in shape))
         outs.append(da.Array(graph, name, chunks=chunks,
-                             meta=np.empty((0, *zeros), dtype=tape.dtype)))
+                             meta=np.empty((0, *zeros), dtype=dtype)))
     return tuple(outs)
 
 
-def forward(tape: Tape, X, params=None, *, numba_threads: int | None = 1):
+def _one_or_all(outs: tuple, check: str):
+    """One lazy result as an array (a tuple with its mask when ``check="mask"``)."""
+    return outs if check == "mask" else outs[0]
+
+
+def forward(tape: Tape, X, params=None, *, check: str = "raise",
+            numba_threads: int | None = 1):
     """Outputs at every point, lazily: ``(n_points,)`` or ``(n_points, n_outputs)``.
 
     Parameters
@@ -224,46 +268,137 @@ def forward(tape: Tape, X, params=None, *, numba_threads: int | None = 1):
         Points ``(n_points, n_inputs)``, chunked along the points (the inputs axis is
         rechunked to one chunk). A numpy array is wrapped with automatic chunks.
     params : array_like or dask.array.Array, optional
-        ``(n_params,)`` for every point, or ``(n_points, n_params)`` per point.
+        ``(n_params,)`` for every point, or ``(n_points, n_params)`` per point (rechunked
+        to the chunks of ``X``).
+    check : {"raise", "mask"}
+        As the tape's methods: ``"raise"`` a :class:`~tapejit.BranchError` when a chunk
+        is computed and one of its points leaves the recorded branches (it counts that
+        chunk's points); ``"mask"``: NaN at those points, and a lazy boolean validity
+        mask ``(n_points,)`` as the last result.
     numba_threads : int or None
         Numba threads per task (see the module's description); ``None``: all.
 
     Returns
     -------
     dask.array.Array
+        With ``check="mask"``, ``(outputs, valid)``.
     """
     n_out = _check_tape(tape).n_outputs
-    return _lazy("forward", tape, X, params, numba_threads, [(n_out,) if n_out > 1 else ()])[0]
+    return _one_or_all(_lazy("forward", tape, X, params, numba_threads,
+                             [(n_out,) if n_out > 1 else ()], check=check), check)
 
 
-def value_and_grad(tape: Tape, X, params=None, *, numba_threads: int | None = 1):
+def value_and_grad(tape: Tape, X, params=None, *, check: str = "raise",
+                   numba_threads: int | None = 1):
     """Values ``(n_points,)`` and gradients ``(n_points, n_inputs)`` of a one-output tape,
     as two lazy arrays computed by the same tasks (compute them together:
-    ``dask.compute(v, g)``). Arguments as :func:`forward`."""
+    ``dask.compute(v, g)``). Arguments as :func:`forward`; with ``check="mask"`` the
+    validity mask is a third array."""
     _scalar(tape, "value_and_grad")
-    return _lazy("value_and_grad", tape, X, params, numba_threads, [(), (tape.n_inputs,)])
+    return _lazy("value_and_grad", tape, X, params, numba_threads, [(), (tape.n_inputs,)],
+                 check=check)
 
 
-def gradient(tape: Tape, X, params=None, *, numba_threads: int | None = 1):
-    """Gradients ``(n_points, n_inputs)`` of a one-output tape, lazily. Arguments as
-    :func:`forward`."""
+def gradient(tape: Tape, X, params=None, *, check: str = "raise",
+             numba_threads: int | None = 1):
+    """Gradients ``(n_points, n_inputs)`` of a one-output tape, lazily. Arguments and
+    ``check="mask"`` as :func:`forward`."""
     _scalar(tape, "gradient")
-    return _lazy("gradient", tape, X, params, numba_threads, [(tape.n_inputs,)])[0]
+    return _one_or_all(_lazy("gradient", tape, X, params, numba_threads,
+                             [(tape.n_inputs,)], check=check), check)
 
 
-def jacobian(tape: Tape, X, params=None, *, numba_threads: int | None = 1):
-    """Jacobians ``(n_points, n_outputs, n_inputs)``, lazily. Arguments as
-    :func:`forward`."""
+def jacobian(tape: Tape, X, params=None, *, mode: str = "auto", check: str = "raise",
+             numba_threads: int | None = 1):
+    """Jacobians ``(n_points, n_outputs, n_inputs)``, lazily. ``mode`` as
+    :meth:`Tape.jacobian <tapejit.Tape.jacobian>` (``"auto"``, ``"forward"`` or
+    ``"reverse"``); the other arguments and ``check="mask"`` as :func:`forward`."""
+    if mode not in ("auto", "forward", "reverse"):
+        raise ValueError(f"mode must be 'auto', 'forward' or 'reverse'; got {mode!r}")
     shape = (_check_tape(tape).n_outputs, tape.n_inputs)
-    return _lazy("jacobian", tape, X, params, numba_threads, [shape])[0]
+    kwargs = {} if mode == "auto" else {"mode": mode}
+    return _one_or_all(_lazy("jacobian", tape, X, params, numba_threads, [shape],
+                             check=check, **kwargs), check)
 
 
-def hessian(tape: Tape, X, params=None, *, numba_threads: int | None = 1):
+def hessian(tape: Tape, X, params=None, *, check: str = "raise",
+            numba_threads: int | None = 1):
     """Hessians ``(n_points, n_inputs, n_inputs)`` of a one-output tape, lazily.
-    Arguments as :func:`forward`."""
+    Arguments and ``check="mask"`` as :func:`forward`."""
     _scalar(tape, "hessian")
     n = tape.n_inputs
-    return _lazy("hessian", tape, X, params, numba_threads, [(n, n)])[0]
+    return _one_or_all(_lazy("hessian", tape, X, params, numba_threads, [(n, n)],
+                             check=check), check)
+
+
+def vjp(tape: Tape, X, w, params=None, *, check: str = "raise",
+        numba_threads: int | None = 1):
+    """Outputs ``(n_points, n_outputs)`` and vector-Jacobian products ``w @ J``
+    ``(n_points, n_inputs)``, as two lazy arrays computed by the same tasks (see
+    :meth:`Tape.vjp <tapejit.Tape.vjp>`).
+
+    Parameters
+    ----------
+    tape, X, params, check, numba_threads
+        As :func:`forward` (with ``check="mask"`` the validity mask is a third array).
+    w : array_like or dask.array.Array
+        Output weights: ``(n_outputs,)`` for every point, or ``(n_points, n_outputs)``
+        per point (rechunked to the chunks of ``X``).
+
+    Returns
+    -------
+    outputs, vjp : dask.array.Array
+    """
+    n_out = _check_tape(tape).n_outputs
+    return _lazy("vjp", tape, X, params, numba_threads, [(n_out,), (tape.n_inputs,)],
+                 extra=[(w, n_out, "w")], check=check)
+
+
+def jvp(tape: Tape, X, v, params=None, *, check: str = "raise",
+        numba_threads: int | None = 1):
+    """Jacobian-vector products ``J v``, lazily: ``(n_points,)`` for a one-output tape,
+    else ``(n_points, n_outputs)`` (see :meth:`Tape.jvp <tapejit.Tape.jvp>`).
+
+    Parameters
+    ----------
+    tape, X, params, check, numba_threads
+        As :func:`forward`.
+    v : array_like or dask.array.Array
+        Tangent directions: ``(n_inputs,)`` for every point, or ``(n_points,
+        n_inputs)`` per point (rechunked to the chunks of ``X``).
+
+    Returns
+    -------
+    dask.array.Array
+        With ``check="mask"``, ``(jv, valid)``.
+    """
+    n_out = _check_tape(tape).n_outputs
+    return _one_or_all(_lazy("jvp", tape, X, params, numba_threads,
+                             [(n_out,) if n_out > 1 else ()],
+                             extra=[(v, tape.n_inputs, "v")], check=check), check)
+
+
+def hvp(tape: Tape, X, v, params=None, *, check: str = "raise",
+        numba_threads: int | None = 1):
+    """Hessian-vector products ``H v`` of a one-output tape, lazily: ``(n_points,
+    n_inputs)`` (see :meth:`Tape.hvp <tapejit.Tape.hvp>`).
+
+    Parameters
+    ----------
+    tape, X, params, check, numba_threads
+        As :func:`forward`.
+    v : array_like or dask.array.Array
+        Directions: ``(n_inputs,)`` for every point, or ``(n_points, n_inputs)`` per
+        point (rechunked to the chunks of ``X``).
+
+    Returns
+    -------
+    dask.array.Array
+        With ``check="mask"``, ``(hv, valid)``.
+    """
+    _scalar(tape, "hvp")
+    return _one_or_all(_lazy("hvp", tape, X, params, numba_threads, [(tape.n_inputs,)],
+                             extra=[(v, tape.n_inputs, "v")], check=check), check)
 
 
 def sum_value_and_grad(tape: Tape, X, params=None, mean: bool = False, *,

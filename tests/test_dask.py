@@ -327,3 +327,175 @@ def test_store_errors(tape, uneven, tmp_path):
     fails(ValueError, "parameters", t, "forward", X3, np.empty(10))
     fails(ValueError, "params has 9 rows", t, "forward", X3, np.empty(10), np.zeros((9, 2)))
     fails(ValueError, "no parameters", tape, "forward", Xd, np.empty(n), np.zeros(2))
+
+
+# -- the Tape methods: Dask arrays in, lazy Dask arrays out --------------------------------
+class _Counter:
+    """Counts the non-empty chunks of points computed through :meth:`watch`."""
+
+    def __init__(self) -> None:
+        self.chunks = 0
+
+    def _seen(self, block):
+        self.chunks += block.size > 0
+        return block
+
+    def watch(self, A):
+        return A.map_blocks(self._seen, dtype=A.dtype, meta=np.empty((0, 0), A.dtype))
+
+
+def _two_outputs(x):
+    return np.sin(x[:2]) * x[3], x[0] * x[1] * x[2]
+
+
+#: (method, extra arguments after x as a function of (per-point array, dask version))
+_METHODS = {
+    "forward": lambda V, Vd: (),
+    "value_and_grad": lambda V, Vd: (),
+    "gradient": lambda V, Vd: (),
+    "jacobian": lambda V, Vd: (),
+    "hessian": lambda V, Vd: (),
+    "vjp": lambda V, Vd: (np.array([0.5]),),
+    "jvp": lambda V, Vd: (Vd,),
+    "hvp": lambda V, Vd: (Vd,),
+}
+
+
+def _as_numpy(args, V, Vd):
+    return tuple(V if a is Vd else a for a in args)
+
+
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+@pytest.mark.parametrize("method", list(_METHODS))
+def test_methods_return_lazy_dask_arrays(tape, points, method, dtype):
+    X, Xd = points
+    t = tape.astype(dtype)
+    V = X[::-1] * 0.5
+    Vd = da.from_array(V, chunks=(500, 4))  # other chunks than X: aligned inside
+    counter = _Counter()
+    extra = _METHODS[method](V, Vd)
+    res = getattr(t, method)(counter.watch(Xd), *extra)
+    assert counter.chunks == 0  # nothing computed yet
+    res = res if isinstance(res, tuple) else (res,)
+    assert all(isinstance(r, da.Array) and r.dtype == dtype for r in res)
+    got = dask.compute(*res, scheduler="threads")
+    assert counter.chunks == Xd.npartitions  # each chunk once, for all results
+    want = getattr(t, method)(X, *_as_numpy(extra, V, Vd))
+    want = want if isinstance(want, tuple) else (want,)
+    assert len(got) == len(want)
+    for g, w in zip(got, want, strict=True):
+        assert _bitwise(g, w), method
+
+
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+def test_methods_many_outputs_and_per_point_arguments(points, dtype):
+    X, Xd = points
+    t = tapejit.record(_two_outputs, np.zeros(4)).astype(dtype)
+    rng = np.random.default_rng(8)
+    W, V = rng.standard_normal((len(X), 3)), rng.standard_normal((len(X), 4))
+    Wd, Vd = da.from_array(W, chunks=1000), da.from_array(V, chunks=900)
+    # any one argument a Dask array is enough: x given as numpy is wrapped
+    y, g = t.vjp(X, Wd)
+    jv = t.jvp(Xd, V[0])
+    jv2 = t.jvp(X, Vd)
+    J = t.jacobian(Xd, mode="forward")
+    f = t.forward(Xd)
+    assert all(isinstance(r, da.Array) for r in (y, g, jv, jv2, J, f))
+    y, g, jv, jv2, J, f = dask.compute(y, g, jv, jv2, J, f, scheduler="threads")
+    y0, g0 = t.vjp(X, W)
+    assert _bitwise(y, y0) and _bitwise(g, g0)
+    assert _bitwise(jv, t.jvp(X, V[0])) and _bitwise(jv2, t.jvp(X, V))
+    assert _bitwise(J, t.jacobian(X, mode="forward")) and _bitwise(f, t.forward(X))
+
+
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+def test_methods_per_point_params(dtype):
+    t = tapejit.record(_model, np.zeros(3), np.ones(2), argnums=0).astype(dtype)
+    rng = np.random.default_rng(9)
+    X, P = rng.standard_normal((1000, 3)), rng.standard_normal((1000, 2))
+    Xd, Pd = da.from_array(X, chunks=(300, 3)), da.from_array(P, chunks=(250, 2))
+    counter = _Counter()
+    v, g = t.value_and_grad(X, counter.watch(Pd))  # numpy points, Dask parameters
+    H = t.hessian(Xd, P)  # per point, numpy: aligned with the Dask points
+    hv = t.hvp(Xd, X[0], Pd)
+    f = t.forward(Xd, P[0])  # one row for every point
+    assert counter.chunks == 0
+    assert all(isinstance(r, da.Array) for r in (v, g, H, hv, f))
+    v, g, H, hv, f = dask.compute(v, g, H, hv, f, scheduler="threads")
+    v0, g0 = t.value_and_grad(X, P)
+    assert _bitwise(v, v0) and _bitwise(g, g0) and _bitwise(H, t.hessian(X, P))
+    assert _bitwise(hv, t.hvp(X, X[0], P)) and _bitwise(f, t.forward(X, P[0]))
+    with pytest.raises(ValueError, match="params has 999 rows"):
+        t.gradient(Xd, Pd[1:])
+
+
+def test_methods_on_worker_processes(tape, points, client):
+    X, Xd = points
+    v, g = tape.value_and_grad(Xd)
+    hv = tape.hvp(Xd, Xd)
+    v, g, hv = client.compute([v, g, hv], sync=True)
+    v0, g0 = tape.value_and_grad(X)
+    assert _bitwise(v, v0) and _bitwise(g, g0) and _bitwise(hv, tape.hvp(X, X))
+
+
+def test_branch_error_when_computed():
+    t = tapejit.record(lambda x: x[0] * x[1] if x[0] > 0 else x[1], np.ones(2))
+    X = np.random.default_rng(10).standard_normal((100, 2))
+    Xd = da.from_array(X, chunks=30)
+    for lazy in (t.forward(Xd), t.gradient(Xd), t.hessian(Xd), t.jvp(Xd, X[0]),
+                 t.astype(np.float32).value_and_grad(Xd)[1]):
+        with pytest.raises(tapejit.BranchError, match="left the branches"):
+            lazy.compute(scheduler="threads")
+    g, ok = t.gradient(Xd, check="mask")
+    g, ok = dask.compute(g, ok, scheduler="threads")
+    g0, ok0 = t.gradient(X, check="mask")
+    assert ok.dtype == bool and _bitwise(ok, ok0) and not ok.all()
+    np.testing.assert_array_equal(g, g0)  # NaN at the same points
+
+
+def test_methods_refuse_what_is_not_lazy(tape, points):
+    X, Xd = points
+    n = len(X)
+    with pytest.raises(ValueError, match=r"tapejit\.dask\.store\(tape, 'gradient'"):
+        tape.gradient(Xd, out=np.empty((n, 4)))
+    with pytest.raises(ValueError, match=r"tapejit\.dask\.store\(tape, 'value_and_grad'"):
+        tape.value_and_grad(Xd, out=(np.empty(n), np.empty((n, 4))))
+    with pytest.raises(ValueError, match=r"dask\.array\.store"):
+        tape.vjp(Xd, np.ones(1), out=(None, np.empty((n, 4))))
+    with pytest.raises(ValueError, match="check must be"):
+        tape.forward(Xd, check="nan")
+    with pytest.raises(ValueError, match="mode must be"):
+        tape.jacobian(Xd, mode="sideways")
+    with pytest.raises(TypeError, match=r"must be a dask\.array\.Array; got a dask\.delayed"):
+        tape.forward(dask.delayed(X))  # would be computed by np.asarray
+    with pytest.raises(ValueError, match=r"v must have shape \(4,\) or \(n_points, 4\)"):
+        tape.hvp(Xd, np.ones(3))
+    # out= given as "no buffers" is no buffer
+    assert isinstance(tape.value_and_grad(Xd, out=(None, None))[0], da.Array)
+
+
+_NO_DASK = r"""
+import sys
+sys.modules["dask"] = None  # `import dask` raises ImportError
+import numpy as np, tapejit
+
+t = tapejit.record(lambda x: np.sum(np.sin(x) * x[0]), np.zeros(3))
+x, X = np.array([0.1, 0.2, 0.3]), np.random.default_rng(0).standard_normal((50, 3))
+for tt in (t, t.astype(np.float32)):
+    for pts in (x, X, X.tolist()):
+        tt.forward(pts), tt.value_and_grad(pts), tt.gradient(pts), tt.jacobian(pts)
+        tt.hessian(pts), tt.vjp(pts, [1.0]), tt.jvp(pts, pts), tt.hvp(pts, pts)
+        tt.forward(pts, check="mask")
+assert sys.modules["dask"] is None
+assert not [m for m in sys.modules if m.startswith("dask.") or m == "tapejit.dask"]
+print("ok")
+"""
+
+
+def test_numpy_calls_never_import_dask():
+    import subprocess
+
+    res = subprocess.run([sys.executable, "-c", _NO_DASK], capture_output=True, text=True,
+                         timeout=300, env={**__import__("os").environ, "TAPEJIT_QUIET": "1"})
+    assert res.returncode == 0, res.stderr
+    assert res.stdout.strip() == "ok"
