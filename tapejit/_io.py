@@ -372,10 +372,10 @@ def _limit(keyword: str, value: object) -> int:
     return int(value)
 
 
-def _too_big(what: str, n: int, keyword: str, limit: int) -> TapeFormatError:
+def _too_big(what: str, keyword: str, limit: int) -> TapeFormatError:
     var = _LIMITS[keyword][0]
     return TapeFormatError(
-        f"{what} {n}, more than {keyword}={limit}; if the file is trusted, raise the limit "
+        f"{what}, more than {keyword}={limit}; if the file is trusted, raise the limit "
         f"with tapejit.load(..., {keyword}=N) or the environment variable {var}=N (which "
         "the tapejit command uses too)"
     )
@@ -386,7 +386,7 @@ def _check_counts(h: dict[str, _Header], lim: _Limits) -> None:
     every member's size before any member's data is read."""
     n = h["opcodes"].shape[0]
     if n > lim.instructions:
-        raise _too_big("instructions:", n, "max_instructions", lim.instructions)
+        raise _too_big(f"the tape has {n} instructions", "max_instructions", lim.instructions)
     for key, shape in (("args", (n, 3)), ("sizes", (n,)), ("strides", (n, 3))):
         if h[key].shape != shape:
             raise TapeFormatError(
@@ -394,18 +394,18 @@ def _check_counts(h: dict[str, _Header], lim: _Limits) -> None:
             )
     nc = h["consts"].shape[0]
     if nc > lim.consts:
-        raise _too_big("constants:", nc, "max_consts", lim.consts)
+        raise _too_big(f"the tape has {nc} constants", "max_consts", lim.consts)
     n_guards = h["guards"].shape[0]
     if n_guards > lim.instructions:  # one per recorded branch decision
-        raise _too_big("guards:", n_guards, "max_instructions", lim.instructions)
+        raise _too_big(f"the tape has {n_guards} guards", "max_instructions", lim.instructions)
     n_out = h["outputs"].shape[0]
     if n_out > lim.elements:  # each is an element of every result
-        raise _too_big("outputs:", n_out, "max_elements", lim.elements)
+        raise _too_big(f"the tape has {n_out} outputs", "max_elements", lim.elements)
     n_fixed = nc + h["params"].shape[0] + h["inputs"].shape[0]
     least = _point_elements(n_fixed, n)  # every instruction has at least one element
     if least > lim.elements:
-        raise _too_big("workspace elements per point: at least", least, "max_elements",
-                       lim.elements)
+        raise _too_big(f"the tape needs at least {least} workspace elements per point",
+                       "max_elements", lim.elements)
     for key, of in (("input_shapes", "inputs"), ("output_shapes", "outputs")):
         _check_shapes_length(key, h[key].shape[0], h[of].shape[0])
 
@@ -422,8 +422,8 @@ def _check_workspace(sizes: np.ndarray, n_fixed: int, lim: _Limits) -> None:
     n_results = int(np.maximum(sizes, 1).sum(dtype=np.int64))
     need = _point_elements(n_fixed, n_results)
     if need > lim.elements:
-        raise _too_big(f"workspace elements per point ({n_fixed + n_results} slots):", need,
-                       "max_elements", lim.elements)
+        raise _too_big(f"the tape needs {need} workspace elements per point "
+                       f"({n_fixed + n_results} slots)", "max_elements", lim.elements)
 
 
 def _read_arrays(z: Any, max_bytes: int | None, lim: _Limits) -> tuple[tuple, dict[str, Any]]:
