@@ -137,19 +137,20 @@ def _decode_shapes(what: str, code: np.ndarray, n: int) -> tuple[tuple[int, ...]
     starts = np.flatnonzero(reached[:length])
     nd = c[starts]
     bad = (nd < 0) | (nd > _MAX_NDIM) | (starts + 1 + nd > length)
-    if bad.any():
-        k = int(np.argmax(bad))
-        raise TapeFormatError(
-            f"{what}: entry {k} declares {int(nd[k])} dimensions; expected 0..{_MAX_NDIM} "
-            "dimensions followed by that many sizes"
-        )
+    first_bad = int(np.argmax(bad)) if bad.any() else len(starts)  # what follows: garbage
     is_dim = ~reached[:length]
     shape_of = np.cumsum(~is_dim) - 1  # shape each entry belongs to
-    neg = is_dim & (c < 0)
+    neg = is_dim & (c < 0) & (shape_of < first_bad)
     if neg.any():
         k = int(shape_of[np.argmax(neg)])
         dims = tuple(c[starts[k] + 1 : starts[k] + 1 + nd[k]].tolist())
         raise TapeFormatError(f"{what}: entry {k} has an invalid size {dims}")
+    if first_bad < len(starts):
+        k = first_bad
+        raise TapeFormatError(
+            f"{what}: entry {k} declares {int(nd[k])} dimensions; expected 0..{_MAX_NDIM} "
+            "dimensions followed by that many sizes"
+        )
     # Elements per shape, saturated at 2**31 (more than any tape holds), so no overflow.
     cap = 1 << 31
     size = np.ones(len(starts), dtype=np.int64)
