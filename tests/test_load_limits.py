@@ -150,7 +150,7 @@ def small():
 # ---------------------------------------------------------------------------------------
 def test_exp_block_of_2_26_elements_is_refused_then_loads_with_a_higher_limit():
     data = exp_block_file(2**26)
-    assert len(data) < 4000
+    assert len(data) < 8000  # np.savez does not compress
     exc = _rejected_cheaply(data, r"335544322 workspace elements per point")
     msg = str(exc)
     assert "max_elements=100000000" in msg and "TAPEJIT_MAX_ELEMENTS" in msg
