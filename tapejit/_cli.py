@@ -46,10 +46,23 @@ def _load(command: str, path: str):
     from ._validate import TapeFormatError
 
     try:
-        return load_tape(path)
+        return load_tape(path)  # limits from TAPEJIT_MAX_* (see _LIMITS_HELP)
     except TapeFormatError as exc:
         _err(command, exc)
         return None
+    except ValueError as exc:  # a TAPEJIT_MAX_* variable that is not a number
+        _err(command, exc)
+        return None
+
+
+_LIMITS_HELP = """\
+limits on loading a tape file (inspect, eval), as for tapejit.load: a file that exceeds
+one is refused (exit 2) before the bulk of it is read; for a trusted file, raise them with
+  TAPEJIT_MAX_ELEMENTS      workspace floats per point (default 10**8)
+  TAPEJIT_MAX_INSTRUCTIONS  instructions, and guards (default 10**8)
+  TAPEJIT_MAX_CONSTS        constants (default 10**8)
+e.g. TAPEJIT_MAX_ELEMENTS=1e9 tapejit inspect big.npz
+"""
 
 
 def _floats(text: str) -> np.ndarray:
@@ -167,8 +180,9 @@ def evaluate(path: str, points: str, out: str, params: str | None = None,
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the ``tapejit`` command."""
+    raw = argparse.RawDescriptionHelpFormatter
     parser = argparse.ArgumentParser(
-        prog="tapejit", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+        prog="tapejit", description=__doc__, epilog=_LIMITS_HELP, formatter_class=raw
     )
     sub = parser.add_subparsers(dest="command", required=True)
     p_demo = sub.add_parser("demo", help="the seed examples: table, fit, 1e6 points, pictures")
@@ -176,7 +190,8 @@ def main(argv: list[str] | None = None) -> int:
     p_demo.add_argument("--steps", type=int, default=200, help="gradient-descent steps")
     p_demo.add_argument("--out-dir", default=None, help="directory for the pictures")
     p_demo.add_argument("--no-pictures", action="store_true", help="skip the pictures")
-    p_ins = sub.add_parser("inspect", help="summary, statistics and listing of a saved tape")
+    p_ins = sub.add_parser("inspect", help="summary, statistics and listing of a saved tape",
+                           epilog=_LIMITS_HELP, formatter_class=raw)
     p_ins.add_argument("file", help="tape file written by Tape.save / tapejit.save")
     p_ins.add_argument("--table", metavar="X1,X2,...",
                        help="also print the Wengert table (values, tangents, adjoints) here")
@@ -187,7 +202,8 @@ def main(argv: list[str] | None = None) -> int:
                        help="instructions shown at most (default 50; 0: all)")
     p_ins.add_argument("--dot", metavar="PATH",
                        help="write the graph: .dot/.gv as text, .svg/.png/.pdf via Graphviz")
-    p_ev = sub.add_parser("eval", help="evaluate a saved tape at the points of a .npy file")
+    p_ev = sub.add_parser("eval", help="evaluate a saved tape at the points of a .npy file",
+                          epilog=_LIMITS_HELP, formatter_class=raw)
     p_ev.add_argument("file", help="tape file")
     p_ev.add_argument("--points", required=True, metavar="P.npy",
                       help="points, shape (n_inputs,) or (n_points, n_inputs)")

@@ -20,21 +20,27 @@ arrays) with exactly these members (format version 1)::
     output_shapes    int64, (k,)
 
 All numbers are little-endian. :func:`load_tape` checks everything before a
-:class:`~tapejit.Tape` exists: the archive, the member names, each member's ``.npy``
-header (dtype, shape, memory order and that the declared size matches the bytes the
-archive holds, so nothing absurd is allocated), the format version, the op-table
-fingerprint, the shapes, and finally the arrays themselves through the same check every
-Tape goes through (``check_tape_arrays``). Any problem raises
-:class:`~tapejit.TapeFormatError` naming it.
+:class:`~tapejit.Tape` exists, cheapest first, so that what it allocates and inflates is
+bounded by limits rather than by what a file declares: the archive, the member names and
+the format version; every member's ``.npy`` header, reading only its first bytes (dtype,
+shape, memory order and that the declared size matches the bytes the archive holds); the
+op-table fingerprint; the declared counts against each other (``args``, ``sizes``,
+``strides`` have a row per opcode; the shape lists are at most ``1 + 32`` entries per
+value, and a few more) and against the limits on instructions, constants and workspace
+elements; then ``sizes`` and the workspace per point it implies; only then the other
+members' data, the shapes, and finally the arrays themselves through the same check
+every Tape goes through (``check_tape_arrays``). Any problem raises
+:class:`~tapejit.TapeFormatError` naming it (and a limit, how to raise it).
 """
 
 from __future__ import annotations
 
 import functools
 import io
+import math
 import os
 import zipfile
-from typing import Any, BinaryIO
+from typing import Any, BinaryIO, NamedTuple
 
 import numpy as np
 
@@ -54,6 +60,14 @@ _MAX_RATIO = 1100
 _HEAD_MAX = 16 + 10_000  # magic, length and numpy's largest header by default
 #: Default limit on the bytes of arrays in a file (:func:`load_tape`'s ``max_bytes``).
 MAX_BYTES = 1 << 32
+#: Default limits of :func:`load_tape` (``max_elements``, ``max_instructions``,
+#: ``max_consts``): generous for real tapes, which have at most a few million elements.
+MAX_ELEMENTS = 10**8
+MAX_INSTRUCTIONS = 10**8
+MAX_CONSTS = 10**8
+# Shapes without elements (a zero-size argument) an encoded shape list may hold beyond
+# one per value: this bounds its length before it is decoded.
+_EMPTY_SHAPES = 1024
 
 # member -> (dtype string, ndim, second axis or None); "U" is any little-endian unicode
 _SPEC: dict[str, tuple[str, int, int | None]] = {
@@ -86,32 +100,71 @@ def _encode_shapes(shapes: tuple[tuple[int, ...], ...]) -> np.ndarray:
     return np.array(flat, dtype="<i8")
 
 
-def _decode_shapes(what: str, code: np.ndarray, n: int) -> tuple[tuple[int, ...], ...]:
-    """Inverse of :func:`_encode_shapes`, checking that the sizes add up to ``n``."""
-    vals = code.tolist()
-    shapes: list[tuple[int, ...]] = []
-    i, total = 0, 0
-    while i < len(vals):
-        nd = vals[i]
-        if not 0 <= nd <= _MAX_NDIM or i + 1 + nd > len(vals):
-            raise TapeFormatError(
-                f"{what}: entry {len(shapes)} declares {nd} dimensions; expected 0..{_MAX_NDIM} "
-                "dimensions followed by that many sizes"
-            )
-        dims = tuple(vals[i + 1 : i + 1 + nd])
-        if any(d < 0 for d in dims):
-            raise TapeFormatError(f"{what}: entry {len(shapes)} has an invalid size {dims}")
-        size = 1
-        for d in dims:
-            size *= d
-        total += size
-        shapes.append(dims)
-        i += 1 + nd
-    if shapes and total != n:
+def _shapes_cap(n: int) -> int:
+    """Most entries the shapes of ``n`` values can take: a shape with elements holds at
+    least one value and is at most ``1 + _MAX_NDIM`` entries; a few have none."""
+    return (1 + _MAX_NDIM) * (n + _EMPTY_SHAPES)
+
+
+def _check_shapes_length(what: str, length: int, n: int) -> None:
+    if length > _shapes_cap(n):
         raise TapeFormatError(
-            f"{what} describe {total} values but the tape has {n}"
+            f"{what} has {length} entries; the shapes of {n} values take at most "
+            f"{_shapes_cap(n)} (each is its number of dimensions, at most {_MAX_NDIM}, "
+            "followed by its sizes)"
         )
-    return tuple(shapes)
+
+
+def _decode_shapes(what: str, code: np.ndarray, n: int) -> tuple[tuple[int, ...], ...]:
+    """Inverse of :func:`_encode_shapes`, checking that the sizes add up to ``n``.
+
+    Vectorized, after its length is bounded by ``n``: a hostile code is refused in
+    time proportional to its length, before any tuple is built.
+    """
+    c = np.asarray(code, dtype=np.int64).reshape(-1)
+    length = len(c)
+    _check_shapes_length(what, length, n)
+    # Where each shape starts: entry i (a number of dimensions) leads to entry
+    # i + 1 + c[i]. The starts are the entries reached from 0, found by pointer doubling:
+    # ``reached`` holds steps 0 .. 2**k - 1 from entry 0 and ``jump`` goes 2**k steps.
+    jump = np.append(np.minimum(np.arange(length) + 1 + np.clip(c, 0, _MAX_NDIM), length),
+                     length)
+    reached = np.zeros(length + 1, dtype=bool)
+    reached[0] = True
+    while jump[0] < length:
+        reached[jump[reached]] = True
+        jump = jump[jump]
+    starts = np.flatnonzero(reached[:length])
+    nd = c[starts]
+    bad = (nd < 0) | (nd > _MAX_NDIM) | (starts + 1 + nd > length)
+    first_bad = int(np.argmax(bad)) if bad.any() else len(starts)  # what follows: garbage
+    is_dim = ~reached[:length]
+    shape_of = np.cumsum(~is_dim) - 1  # shape each entry belongs to
+    neg = is_dim & (c < 0) & (shape_of < first_bad)
+    if neg.any():
+        k = int(shape_of[np.argmax(neg)])
+        dims = tuple(c[starts[k] + 1 : starts[k] + 1 + nd[k]].tolist())
+        raise TapeFormatError(f"{what}: entry {k} has an invalid size {dims}")
+    if first_bad < len(starts):
+        k = first_bad
+        raise TapeFormatError(
+            f"{what}: entry {k} declares {int(nd[k])} dimensions; expected 0..{_MAX_NDIM} "
+            "dimensions followed by that many sizes"
+        )
+    # Elements per shape, saturated at 2**31 (more than any tape holds), so no overflow.
+    cap = 1 << 31
+    size = np.ones(len(starts), dtype=np.int64)
+    for j in range(int(nd.max(initial=0))):
+        more = nd > j
+        size[more] = np.minimum(size[more] * np.minimum(c[starts[more] + 1 + j], cap), cap)
+    if len(starts):
+        total = int(size.sum()) if size.sum(dtype=np.float64) < 2.0**62 else None
+        if total != n:
+            got = f"more than {cap}" if total is None or size.max() >= cap else str(total)
+            raise TapeFormatError(f"{what} describe {got} values but the tape has {n}")
+    vals = c.tolist()
+    pairs = zip(starts.tolist(), nd.tolist(), strict=True)
+    return tuple(tuple(vals[s + 1 : s + 1 + k]) for s, k in pairs)
 
 
 # ---------------------------------------------------------------------------------------
@@ -179,9 +232,19 @@ def save_tape(tape: Tape, path: str | os.PathLike[str] | BinaryIO) -> None:
 # ---------------------------------------------------------------------------------------
 # loading
 # ---------------------------------------------------------------------------------------
-def _read_member(zf: zipfile.ZipFile, info: zipfile.ZipInfo, key: str) -> np.ndarray:
-    """One member as an array, its ``.npy`` header checked against the spec and against
-    the size the archive declares before the data is read."""
+class _Header(NamedTuple):
+    """A member's ``.npy`` header, checked: where its data starts and what it holds."""
+
+    info: zipfile.ZipInfo
+    key: str
+    shape: tuple[int, ...]
+    dtype: np.dtype
+    offset: int  # bytes of magic and header before the data
+
+
+def _read_header(zf: zipfile.ZipFile, info: zipfile.ZipInfo, key: str) -> _Header:
+    """A member's ``.npy`` header, checked against the spec and against the size the
+    archive declares. Only the first bytes of the member are inflated."""
     if info.flag_bits & 0x1:
         raise TapeFormatError(f"member {key!r} is encrypted")
     if info.compress_type not in (zipfile.ZIP_STORED, zipfile.ZIP_DEFLATED):
@@ -197,43 +260,47 @@ def _read_member(zf: zipfile.ZipFile, info: zipfile.ZipInfo, key: str) -> np.nda
             "compressed bytes (corrupt or hostile archive)"
         )
     with zf.open(info) as fp:
-        first = fp.read(min(info.file_size, _HEAD_MAX))
-        head = io.BytesIO(first)
-        try:
-            version = np.lib.format.read_magic(head)
-            if version == (1, 0):
-                shape, fortran, dtype = np.lib.format.read_array_header_1_0(head)
-            elif version == (2, 0):
-                shape, fortran, dtype = np.lib.format.read_array_header_2_0(head)
-            else:
-                raise TapeFormatError(f"unsupported .npy format version {version}")
-        except Exception as exc:  # numpy's ValueError/EOFError, or ours
-            raise TapeFormatError(f"member {key!r} has no valid .npy header: {exc}") from None
-        if dtype.hasobject:
-            raise TapeFormatError(f"member {key!r} is an object array; tape files hold none")
-        _check_member(key, shape, dtype, fortran)
-        n_items = 1
-        for d in shape:
-            n_items *= int(d)
-        hlen = head.tell()
-        nbytes = n_items * dtype.itemsize
-        if hlen + nbytes != info.file_size:
-            raise TapeFormatError(
-                f"member {key!r} declares shape {shape} of {dtype.str} ({nbytes} bytes) but "
-                f"holds {info.file_size - hlen} bytes of data"
-            )
-        out = np.empty(n_items, dtype=dtype)
-        buf = memoryview(out.view(np.uint8).reshape(-1))
-        got = min(nbytes, len(first) - hlen)
-        buf[:got] = first[hlen : hlen + got]
-        while got < nbytes:
+        head = io.BytesIO(fp.read(min(info.file_size, _HEAD_MAX)))
+    try:
+        version = np.lib.format.read_magic(head)
+        if version == (1, 0):
+            shape, fortran, dtype = np.lib.format.read_array_header_1_0(head)
+        elif version == (2, 0):
+            shape, fortran, dtype = np.lib.format.read_array_header_2_0(head)
+        else:
+            raise TapeFormatError(f"unsupported .npy format version {version}")
+    except Exception as exc:  # numpy's ValueError/EOFError, or ours
+        raise TapeFormatError(f"member {key!r} has no valid .npy header: {exc}") from None
+    if dtype.hasobject:
+        raise TapeFormatError(f"member {key!r} is an object array; tape files hold none")
+    _check_member(key, shape, dtype, fortran)
+    shape = tuple(int(d) for d in shape)
+    offset = head.tell()
+    nbytes = math.prod(shape) * dtype.itemsize
+    if offset + nbytes != info.file_size:
+        raise TapeFormatError(
+            f"member {key!r} declares shape {shape} of {dtype.str} ({nbytes} bytes) but "
+            f"holds {info.file_size - offset} bytes of data"
+        )
+    return _Header(info, key, shape, dtype, offset)
+
+
+def _read_data(zf: zipfile.ZipFile, h: _Header) -> np.ndarray:
+    """The array of a member whose header :func:`_read_header` checked."""
+    out = np.empty(math.prod(h.shape), dtype=h.dtype)
+    buf = memoryview(out.view(np.uint8).reshape(-1))
+    with zf.open(h.info) as fp:
+        if len(fp.read(h.offset)) != h.offset:
+            raise TapeFormatError(f"member {h.key!r} is truncated")
+        got = 0
+        while got < len(buf):
             k = fp.readinto(buf[got:])
             if not k:
-                raise TapeFormatError(f"member {key!r} is truncated")
+                raise TapeFormatError(f"member {h.key!r} is truncated")
             got += k
         if fp.read(1):  # also makes zipfile check the CRC at the end of the member
-            raise TapeFormatError(f"member {key!r} has data after its array")
-    return out.reshape(shape)
+            raise TapeFormatError(f"member {h.key!r} has data after its array")
+    return out.reshape(h.shape)
 
 
 def _check_member(key: str, shape: tuple[int, ...], dtype: np.dtype, fortran: bool) -> None:
@@ -258,8 +325,114 @@ def _fingerprint() -> str:
     return fingerprint()
 
 
-def _read_arrays(z: Any, max_bytes: int | None) -> tuple[tuple, dict[str, Any]]:
-    """Everything :class:`Tape` needs, checked: ``(arrays, keyword arguments)``."""
+# ---------------------------------------------------------------------------------------
+# resource limits
+# ---------------------------------------------------------------------------------------
+class _Limits(NamedTuple):
+    elements: int
+    instructions: int
+    consts: int
+
+
+# keyword -> (environment variable, default)
+_LIMITS = {
+    "max_elements": ("TAPEJIT_MAX_ELEMENTS", MAX_ELEMENTS),
+    "max_instructions": ("TAPEJIT_MAX_INSTRUCTIONS", MAX_INSTRUCTIONS),
+    "max_consts": ("TAPEJIT_MAX_CONSTS", MAX_CONSTS),
+}
+
+
+def _limit(keyword: str, value: object) -> int:
+    """The limit ``keyword`` given as ``value``, else its environment variable (read now),
+    else its default."""
+    var, default = _LIMITS[keyword]
+    if value is None:
+        text = os.environ.get(var, "").strip()
+        if not text:
+            return default
+        num: float | None
+        try:
+            num = int(text)
+        except ValueError:
+            try:
+                num = float(text)  # 1e9
+            except ValueError:
+                num = None
+        if isinstance(num, float) and not (math.isfinite(num) and num == int(num)):
+            num = None  # inf, nan, 1.5
+        if num is None or num < 0:
+            raise ValueError(
+                f"environment variable {var}={text!r} is not a limit: expected a whole "
+                f"number >= 0 such as {default} or 1e9"
+            )
+        return int(num)
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
+        raise TypeError(f"{keyword} must be an integer or None; got {value!r}")
+    if value < 0:
+        raise ValueError(f"{keyword} must be >= 0; got {value}")
+    return int(value)
+
+
+def _too_big(what: str, keyword: str, limit: int) -> TapeFormatError:
+    var = _LIMITS[keyword][0]
+    return TapeFormatError(
+        f"{what}, more than {keyword}={limit}; if the file is trusted, raise the limit "
+        f"with tapejit.load(..., {keyword}=N) or the environment variable {var}=N (which "
+        "the tapejit command uses too)"
+    )
+
+
+def _check_counts(h: dict[str, _Header], lim: _Limits) -> None:
+    """The counts the headers declare, against each other and the limits: this bounds
+    every member's size before any member's data is read."""
+    n = h["opcodes"].shape[0]
+    if n > lim.instructions:
+        raise _too_big(f"the tape has {n} instructions", "max_instructions", lim.instructions)
+    for key, shape in (("args", (n, 3)), ("sizes", (n,)), ("strides", (n, 3))):
+        if h[key].shape != shape:
+            raise TapeFormatError(
+                f"{key} must have shape {shape} for {n} opcodes; got {h[key].shape}"
+            )
+    nc = h["consts"].shape[0]
+    if nc > lim.consts:
+        raise _too_big(f"the tape has {nc} constants", "max_consts", lim.consts)
+    n_guards = h["guards"].shape[0]
+    if n_guards > lim.instructions:  # one per recorded branch decision
+        raise _too_big(f"the tape has {n_guards} guards", "max_instructions", lim.instructions)
+    n_out = h["outputs"].shape[0]
+    if n_out > lim.elements:  # each is an element of every result
+        raise _too_big(f"the tape has {n_out} outputs", "max_elements", lim.elements)
+    n_fixed = nc + h["params"].shape[0] + h["inputs"].shape[0]
+    least = _point_elements(n_fixed, n)  # every instruction has at least one element
+    if least > lim.elements:
+        raise _too_big(f"the tape needs at least {least} workspace elements per point",
+                       "max_elements", lim.elements)
+    for key, of in (("input_shapes", "inputs"), ("output_shapes", "outputs")):
+        _check_shapes_length(key, h[key].shape[0], h[of].shape[0])
+
+
+def _point_elements(n_fixed: int, n_results: int) -> int:
+    """Workspace floats a point needs (``Tape._point_floats``): values, tangents and
+    adjoints of the ``n_fixed + n_results`` slots, less what the fixed slots skip."""
+    return 5 * (n_fixed + n_results) - 3 * n_fixed
+
+
+def _check_workspace(sizes: np.ndarray, n_fixed: int, lim: _Limits) -> None:
+    # Sizes below 1 are refused later (check_tape_arrays); counted as 1 here, so that
+    # negative sizes cannot cancel huge ones.
+    n_results = int(np.maximum(sizes, 1).sum(dtype=np.int64))
+    need = _point_elements(n_fixed, n_results)
+    if need > lim.elements:
+        raise _too_big(f"the tape needs {need} workspace elements per point "
+                       f"({n_fixed + n_results} slots)", "max_elements", lim.elements)
+
+
+def _read_arrays(z: Any, max_bytes: int | None, lim: _Limits) -> tuple[tuple, dict[str, Any]]:
+    """Everything :class:`Tape` needs, checked: ``(arrays, keyword arguments)``.
+
+    Order: names, version, every header, fingerprint, the declared counts against each
+    other and the limits, ``sizes`` and the workspace it implies, then the other data.
+    """
     zf: zipfile.ZipFile = z.zip
     infos = zf.infolist()
     names = [i.filename for i in infos]
@@ -272,7 +445,8 @@ def _read_arrays(z: Any, max_bytes: int | None) -> tuple[tuple, dict[str, Any]]:
     # The version first: a newer file may have other members.
     if "format_version" not in members:
         raise TapeFormatError("not a tapejit tape file: member 'format_version' is missing")
-    version = int(_read_member(zf, members["format_version"], "format_version"))
+    h = _read_header(zf, members["format_version"], "format_version")
+    version = int(_read_data(zf, h))
     if version > FORMAT_VERSION:
         raise TapeFormatError(
             f"tape file format version {version} is newer than this tapejit ({__version__}) "
@@ -296,7 +470,8 @@ def _read_arrays(z: Any, max_bytes: int | None) -> tuple[tuple, dict[str, Any]]:
         raise TapeFormatError(
             f"tape file holds {total} bytes of arrays, more than max_bytes={max_bytes}"
         )
-    z_ = {k: _read_member(zf, members[k], k) for k in ("fingerprint", "tapejit_version")}
+    heads = {k: _read_header(zf, members[k], k) for k in _SPEC}
+    z_ = {k: _read_data(zf, heads[k]) for k in ("fingerprint", "tapejit_version")}
     fp = str(z_["fingerprint"][()])
     if fp != _fingerprint() and fp not in COMPATIBLE_FINGERPRINTS:
         raise TapeFormatError(
@@ -305,7 +480,11 @@ def _read_arrays(z: Any, max_bytes: int | None) -> tuple[tuple, dict[str, Any]]:
             f"tapejit {__version__} has {_fingerprint()!r}): opcodes may mean something "
             "else now, so the tape is refused. Record the function again."
         )
-    a = {k: _read_member(zf, members[k], k) for k in _SPEC if k not in z_}
+    _check_counts(heads, lim)
+    a = {"sizes": _read_data(zf, heads["sizes"])}
+    n_fixed = sum(heads[k].shape[0] for k in ("consts", "params", "inputs"))
+    _check_workspace(a["sizes"], n_fixed, lim)
+    a.update((k, _read_data(zf, heads[k])) for k in _SPEC if k not in z_ and k not in a)
     input_shapes = _decode_shapes("input_shapes", a["input_shapes"], len(a["inputs"]))
     output_shapes = _decode_shapes("output_shapes", a["output_shapes"], len(a["outputs"]))
     arrays = (a["opcodes"], a["args"], a["consts"], a["inputs"], a["params"], a["outputs"])
@@ -331,18 +510,48 @@ def _peek(path: str | os.PathLike[str] | BinaryIO, n: int) -> bytes:
 
 
 def load_tape(
-    path: str | os.PathLike[str] | BinaryIO, *, max_bytes: int | None = MAX_BYTES
+    path: str | os.PathLike[str] | BinaryIO,
+    *,
+    max_bytes: int | None = MAX_BYTES,
+    max_elements: int | None = None,
+    max_instructions: int | None = None,
+    max_consts: int | None = None,
 ) -> Tape:
     """Load a tape written by :meth:`Tape.save`, checking everything first.
+
+    Before any member's data is read, every member's ``.npy`` header is read (its first
+    bytes only) and the counts the headers declare are checked against each other and
+    against the limits below; then ``sizes`` is read and the workspace it implies is
+    checked, and only then the other members. So a file that exceeds a limit, or whose
+    members do not fit together, is refused in milliseconds and megabytes whatever sizes
+    it declares.
 
     Parameters
     ----------
     path : str, path-like or binary file object
     max_bytes : int or None
         Refuse files whose arrays hold more than this many (uncompressed) bytes; default
-        4 GiB (about 300 million instructions), ``None`` for no limit. Whatever the
-        limit, no member may declare more data than the archive holds, and the sizes are
-        checked before anything is allocated.
+        4 GiB, ``None`` for no limit. Whatever the limit, no member may declare more data
+        than the archive holds.
+    max_elements : int or None
+        Refuse tapes whose evaluation at one point needs more workspace elements (floats)
+        than this: ``5 * n_slots - 3 * n_fixed``, where ``n_slots`` is the ``n_fixed``
+        constants, parameters and inputs plus the elements all instructions write
+        (8 bytes each; a many-point evaluation needs about this per point of a chunk).
+        Also bounds the number of outputs. ``None`` (the default): the environment
+        variable ``TAPEJIT_MAX_ELEMENTS`` if set, else ``MAX_ELEMENTS`` (10**8).
+    max_instructions : int or None
+        Refuse tapes with more instructions (or more guards) than this. ``None``: the
+        environment variable ``TAPEJIT_MAX_INSTRUCTIONS`` if set, else
+        ``MAX_INSTRUCTIONS`` (10**8).
+    max_consts : int or None
+        Refuse tapes with more constants than this. ``None``: the environment variable
+        ``TAPEJIT_MAX_CONSTS`` if set, else ``MAX_CONSTS`` (10**8).
+
+    The environment variables are read at each call and take a whole number (``1e9``
+    is accepted); a keyword beats its variable. The ``tapejit inspect`` and
+    ``tapejit eval`` commands load through this function, so the variables set their
+    limits too.
 
     Returns
     -------
@@ -357,11 +566,18 @@ def load_tape(
     TapeFormatError
         For every problem with the file: unreadable, not a zip/npz archive, truncated or
         corrupt, missing or unexpected members, wrong dtypes or shapes, object arrays,
-        a newer format version, an op table that changed since the file was written
-        (and is not listed as compatible: ``_ops.COMPATIBLE_FINGERPRINTS``),
-        out-of-range or forward slot references, unknown opcodes. The message names the
-        file and what is wrong.
+        members whose lengths disagree, a limit exceeded (the message names the limit
+        and how to raise it), a newer format version, an op table that changed since
+        the file was written (and is not listed as compatible:
+        ``_ops.COMPATIBLE_FINGERPRINTS``), out-of-range or forward slot references,
+        unknown opcodes. The message names the file and what is wrong.
+    ValueError, TypeError
+        If a limit keyword or environment variable is not a whole number >= 0 (checked
+        before the file is opened).
     """
+    lim = _Limits(_limit("max_elements", max_elements),
+                  _limit("max_instructions", max_instructions),
+                  _limit("max_consts", max_consts))
     where = f"tape file {os.fspath(path)!r}" if not hasattr(path, "read") else "tape file"
     try:
         magic = _peek(path, 6)
@@ -383,7 +599,7 @@ def load_tape(
         raise TapeFormatError(f"{where} is not a tapejit tape (a .npz archive)")
     try:
         with z:
-            arrays, kwargs = _read_arrays(z, max_bytes)
+            arrays, kwargs = _read_arrays(z, max_bytes, lim)
     except TapeFormatError as exc:
         raise TapeFormatError(f"{where}: {exc}") from None
     except Exception as exc:  # zlib, zipfile, numpy header errors of a damaged archive
