@@ -417,7 +417,8 @@ def _point_elements(n_fixed: int, n_results: int) -> int:
     return 5 * (n_fixed + n_results) - 3 * n_fixed
 
 
-def _check_workspace(sizes: np.ndarray, n_fixed: int, lim: _Limits) -> None:
+def _check_workspace(sizes: np.ndarray, n_fixed: int, lim: _Limits) -> int:
+    """Check the workspace a point needs; return the number of result elements."""
     # Sizes below 1 are refused later (check_tape_arrays); counted as 1 here, so that
     # negative sizes cannot cancel huge ones.
     n_results = int(np.maximum(sizes, 1).sum(dtype=np.int64))
@@ -425,6 +426,7 @@ def _check_workspace(sizes: np.ndarray, n_fixed: int, lim: _Limits) -> None:
     if need > lim.elements:
         raise _too_big(f"the tape needs {need} workspace elements per point "
                        f"({n_fixed + n_results} slots)", "max_elements", lim.elements)
+    return n_results
 
 
 def _read_arrays(z: Any, max_bytes: int | None, lim: _Limits) -> tuple[tuple, dict[str, Any]]:
@@ -483,7 +485,18 @@ def _read_arrays(z: Any, max_bytes: int | None, lim: _Limits) -> tuple[tuple, di
     _check_counts(heads, lim)
     a = {"sizes": _read_data(zf, heads["sizes"])}
     n_fixed = sum(heads[k].shape[0] for k in ("consts", "params", "inputs"))
-    _check_workspace(a["sizes"], n_fixed, lim)
+    n_results = _check_workspace(a["sizes"], n_fixed, lim)
+    # A tape holds each guard (result slot, outcome 0 or 1) once: more than two per result
+    # would only inflate a member that check_tape_arrays refuses anyway.
+    if heads["guards"].shape[0] > 2 * n_results:
+        raise TapeFormatError(f"the tape has {heads['guards'].shape[0]} guards for "
+                              f"{n_results} result elements; expected at most two per result")
+    # The slot layout from the small members, before the large ones are inflated.
+    a.update((k, _read_data(zf, heads[k])) for k in ("params", "inputs"))
+    nc = heads["consts"].shape[0]
+    for key, first in (("params", nc), ("inputs", nc + len(a["params"]))):
+        if not np.array_equal(a[key], first + np.arange(len(a[key]))):
+            raise TapeFormatError(f"{key} must be the slots {first}..{first + len(a[key]) - 1}")
     a.update((k, _read_data(zf, heads[k])) for k in _SPEC if k not in z_ and k not in a)
     input_shapes = _decode_shapes("input_shapes", a["input_shapes"], len(a["inputs"]))
     output_shapes = _decode_shapes("output_shapes", a["output_shapes"], len(a["outputs"]))

@@ -74,6 +74,7 @@ class Recorder:
         self._consts = _Growing()
         self._cindex: dict[object, int] = {}
         self._guards: list[tuple[int, int]] = []  # (comparison node id, outcome 0/1)
+        self._guard_set: set[tuple[int, int]] = set()
         self.closed = False
 
     @property
@@ -219,7 +220,9 @@ class Recorder:
     def guard(self, node: int) -> bool:
         """Record that the comparison ``node`` (value 1.0/0.0) decided a Python branch."""
         outcome = bool(self.values(np.array([node]))[0] != 0.0)
-        self._guards.append((int(node), int(outcome)))
+        if (int(node), int(outcome)) not in self._guard_set:  # a repeat checks nothing new
+            self._guard_set.add((int(node), int(outcome)))
+            self._guards.append((int(node), int(outcome)))
         return outcome
 
     # -- finishing -----------------------------------------------------------------------

@@ -51,7 +51,8 @@ def check_tape_arrays(
     result slot, so results are consecutive from ``n_fixed``. Every operand slot must
     come strictly before the instruction's first result (an earlier node); unused
     operand columns (beyond the op's arity) are 0 with stride 0. ``guards``
-    (``(n_guards, 2)``) pair a result slot with the outcome 0 or 1 it had when recorded.
+    (``(n_guards, 2)``) pair a result slot with the outcome 0 or 1 it had when recorded;
+    a repeated guard is dropped (the first of each is kept, in order).
 
     Returns
     -------
@@ -134,6 +135,10 @@ def check_tape_arrays(
             f"guard {q} = {grd[q].tolist()}: expected (result slot in {n_fixed}..{n_slots - 1}, "
             "outcome 0 or 1)"
         )
+    if len(grd) > 1:  # a repeated guard checks nothing new (passes can merge comparisons)
+        _, first = np.unique(grd, axis=0, return_index=True)
+        if len(first) < len(grd):
+            grd = grd[np.sort(first)]
     return {
         "opcodes": ops, "args": arg, "sizes": size, "strides": stride, "results": res,
         "consts": cst, "inputs": inp, "params": par, "outputs": out, "guards": grd,

@@ -196,6 +196,35 @@ def test_huge_declared_member_is_refused_from_its_header(small, key):
     _rejected_cheaply(declaring_file(small, key, shape), pattern)
 
 
+@pytest.mark.parametrize("key, shape, pattern", [
+    # within max_instructions, but more than two guards per result slot (outcome 0 or 1)
+    ("guards", (2**25, 2), r"33554432 guards for \d+ result elements"),
+    # within max_consts, but then the inputs are not the slots after them
+    ("consts", (2**25,), r"inputs must be the slots 33554432\.\."),
+])
+def test_members_within_the_limits_are_checked_against_the_layout_first(small, key, shape,
+                                                                        pattern):
+    """Found by the fuzz suite: 256 MB members that the limits admit were inflated (and
+    converted) before the layout refused them: 1 GB and 8 s."""
+    _rejected_cheaply(declaring_file(small, key, shape), pattern)
+
+
+def test_repeated_guards_are_kept_once():
+    def f(x):
+        positive = x[0] > 0.0
+        for _ in range(50):  # one comparison decides 50 branches
+            if positive:
+                x = x * 1.0
+        return x[0]
+
+    tape = tapejit.record(f, np.array([1.0]))
+    assert tape.n_guards == 1
+    arrays = [tape.opcodes, tape.args, tape.consts, tape.inputs, tape.params, tape.outputs]
+    again = tapejit.Tape(*arrays, guards=np.repeat(tape.guards, 7, axis=0),
+                         sizes=tape.sizes, strides=tape.strides)
+    assert again.guards.tolist() == tape.guards.tolist()
+
+
 def test_workspace_is_checked_from_sizes_before_the_rest_is_read(small):
     """``sizes`` is read (it is small), and the workspace it implies is refused before
     the other members are read: here an ``input_shapes`` of random bytes."""
