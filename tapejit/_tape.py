@@ -432,10 +432,12 @@ class Tape:
         Returns
         -------
         JitArgs
-            A named tuple of the validated read-only program, its reverse plan and the
-            constants, the parameters, scratch buffers sized for this tape and the
-            kernels' stamp. The scratch buffers make a bundle single-threaded: use one
-            per thread.
+            A named tuple of an immutable copy of the validated program, its reverse
+            plan and the constants, the parameters, scratch buffers sized for this
+            tape, the kernels' stamp and an integrity token. Every call checks the
+            bundle, and refuses one whose program, plan or constants were replaced
+            (see :class:`~tapejit.JitArgs`). The scratch buffers make a bundle
+            single-threaded: use one per thread.
         """
         from ._jit_api import jit_args
 
