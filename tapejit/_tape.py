@@ -735,7 +735,7 @@ class Tape:
         few adjoints they must zero first instead of all of them."""
         rev = self._rev
         if rev is None:
-            rev = _K.reverse_plan(self._kp)  # private: jit_args hands out a read-only view
+            rev = _K.reverse_plan(self._kp)  # private: jit_args hands out an immutable copy
             self._rev = rev
         return rev
 
