@@ -22,6 +22,7 @@ import numpy as np
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from test_io import _central_entries
 
 import tapejit
 from tapejit import TapeFormatError
@@ -57,17 +58,6 @@ def exp_block_file(n: int) -> bytes:
     buf = io.BytesIO()
     np.savez(buf, **m)
     return buf.getvalue()
-
-
-def _central_entries(data: bytes) -> dict[str, int]:
-    """``{name: offset}`` of the central directory entries of a zip."""
-    out = {}
-    pos = data.find(b"PK\x01\x02")
-    while pos >= 0:
-        n = int.from_bytes(data[pos + 28 : pos + 30], "little")
-        out[data[pos + 46 : pos + 46 + n].decode()] = pos
-        pos = data.find(b"PK\x01\x02", pos + 46 + n)
-    return out
 
 
 def declaring_file(members: dict[str, np.ndarray], key: str, shape: tuple[int, ...],
