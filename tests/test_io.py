@@ -593,7 +593,8 @@ def test_fuzz_programs(n, nc, n_par, n_in, data):
     members = {
         "format_version": np.array(1, np.int64), "tapejit_version": np.array("0"),
         "fingerprint": np.array(fingerprint()), "name": np.array("fuzz"),
-        "opcodes": opcodes, "args": args, "consts": np.linspace(-1, 2, nc),
+        "opcodes": opcodes, "args": args, "sizes": np.ones(n, np.int32),
+        "strides": np.zeros((n, 3), np.int32), "consts": np.linspace(-1, 2, nc),
         "inputs": (nc + n_par + np.arange(n_in)).astype(np.int32),
         "params": (nc + np.arange(n_par)).astype(np.int32), "outputs": outputs,
         "guards": guards, "input_shapes": np.zeros(0, np.int64),
