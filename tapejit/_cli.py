@@ -59,8 +59,8 @@ _LIMITS_HELP = """\
 limits on loading a tape file (inspect, eval), as for tapejit.load: a file that exceeds
 one is refused (exit 2) before the bulk of it is read; for a trusted file, raise them with
   TAPEJIT_MAX_ELEMENTS      workspace floats per point (default 10**8)
-  TAPEJIT_MAX_INSTRUCTIONS  instructions, and guards (default 10**8)
-  TAPEJIT_MAX_CONSTS        constants (default 10**8)
+  TAPEJIT_MAX_INSTRUCTIONS  instructions, and guards (default 10**7)
+  TAPEJIT_MAX_CONSTS        constants (default 10**7)
 e.g. TAPEJIT_MAX_ELEMENTS=1e9 tapejit inspect big.npz
 """
 

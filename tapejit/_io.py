@@ -63,8 +63,8 @@ MAX_BYTES = 1 << 32
 #: Default limits of :func:`load_tape` (``max_elements``, ``max_instructions``,
 #: ``max_consts``): generous for real tapes, which have at most a few million elements.
 MAX_ELEMENTS = 10**8
-MAX_INSTRUCTIONS = 10**8
-MAX_CONSTS = 10**8
+MAX_INSTRUCTIONS = 10**7
+MAX_CONSTS = 10**7
 # Shapes without elements (a zero-size argument) an encoded shape list may hold beyond
 # one per value: this bounds its length before it is decoded.
 _EMPTY_SHAPES = 1024
@@ -556,10 +556,10 @@ def load_tape(
     max_instructions : int or None
         Refuse tapes with more instructions (or more guards) than this. ``None``: the
         environment variable ``TAPEJIT_MAX_INSTRUCTIONS`` if set, else
-        ``MAX_INSTRUCTIONS`` (10**8).
+        ``MAX_INSTRUCTIONS`` (10**7).
     max_consts : int or None
         Refuse tapes with more constants than this. ``None``: the environment variable
-        ``TAPEJIT_MAX_CONSTS`` if set, else ``MAX_CONSTS`` (10**8).
+        ``TAPEJIT_MAX_CONSTS`` if set, else ``MAX_CONSTS`` (10**7).
 
     The environment variables are read at each call and take a whole number (``1e9``
     is accepted); a keyword beats its variable. The ``tapejit inspect`` and
