@@ -2,6 +2,7 @@
 evaluation before/after optimization.
 
 * ``TapeFile``: save and load a 1e6-instruction tape (validated on load), file size.
+* ``HostileFile``: refusing tiny files that declare huge sizes (time and peak memory).
 * ``Passes``: each pass (and the whole pipeline) on tapes of 1e4 and 1e5 instructions
   with repeated subexpressions and dead code; ``track_ns_per_instruction_*`` report the
   time per input instruction.
@@ -103,6 +104,59 @@ class TapeFile:
         return os.path.getsize(self.path)
 
     track_file_bytes.unit = "bytes"
+
+
+class HostileFile:
+    """Refusing tiny hostile tape files (issue #17): one ``exp`` block declaring 2**26
+    elements (2.6 KB; 2 GB to evaluate), and ``input_shapes`` of 2e7 entries deflated to
+    160 KB. Both must cost about a millisecond and no memory beyond the file."""
+
+    params = ("exp_block", "shapes")
+    param_names = ("file",)
+
+    def setup(self, kind):
+        import io
+        import zipfile
+
+        io_mod = _need("_io")
+        buf = io.BytesIO()
+        io_mod.save_tape(tapejit.record(np.exp, 1.0), buf)
+        buf.seek(0)
+        with np.load(buf, allow_pickle=False) as z:
+            members = {k: z[k] for k in z.files}
+        out = io.BytesIO()
+        if kind == "exp_block":
+            members["sizes"] = np.array([2**26], dtype="<i4")
+            np.savez(out, **members)
+        else:
+            with zipfile.ZipFile(out, "w", compression=zipfile.ZIP_DEFLATED) as zf:
+                for k, v in members.items():
+                    if k != "input_shapes":
+                        b = io.BytesIO()
+                        np.lib.format.write_array(b, v)
+                        zf.writestr(k + ".npy", b.getvalue())
+                with zf.open("input_shapes.npy", "w", force_zip64=True) as fh:
+                    np.lib.format.write_array_header_1_0(
+                        fh, {"descr": "<i8", "fortran_order": False, "shape": (2 * 10**7,)})
+                    for _ in range(160):
+                        fh.write(bytes(10**6))
+        self.data = out.getvalue()
+        self.load, self.error = io_mod.load_tape, tapejit.TapeFormatError
+
+    def _refuse(self):
+        import io
+
+        try:
+            self.load(io.BytesIO(self.data))
+        except self.error:
+            return
+        raise AssertionError("a hostile file was loaded")
+
+    def time_refuse(self, kind):
+        self._refuse()
+
+    def peakmem_refuse(self, kind):
+        self._refuse()
 
 
 class TapeFileNumpy:
