@@ -273,6 +273,8 @@ def _check_bundle(args: JitArgs) -> None:
                           args.workspace.size, args.out.size, int(token))
     if fault == 0:
         return
+    if fault <= 3:  # the program is not genuine: nothing may be read from it
+        raise ValueError(_FAULTS[fault] + _REMAKE)
     prog = args.prog
     detail = {
         4: f": expected {prog[4]}, got {args.params.shape[0]}",
@@ -281,7 +283,7 @@ def _check_bundle(args: JitArgs) -> None:
         6: f": expected at least {prog[5]}, got {args.out.shape[0]}",
         7: f"; this tape has {prog[5]}",
     }
-    raise ValueError(_FAULTS[fault] + (_REMAKE if fault <= 3 else detail[fault]))
+    raise ValueError(_FAULTS[fault] + detail[fault])
 
 
 def _describe(a) -> str:

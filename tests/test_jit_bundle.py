@@ -102,6 +102,12 @@ CASES = {
     "prog shortened": (
         "rosen", lambda b, t: b._replace(prog=b.prog[:-1]),
         "args.prog is not the program"),
+    "prog shorter than a header": (  # found by the fuzz suite: IndexError from Python
+        "rosen", lambda b, t: b._replace(prog=b.prog[:3]),
+        "args.prog is not the program"),
+    "prog empty": (
+        "rosen", lambda b, t: b._replace(prog=b.prog[:0]),
+        "args.prog is not the program"),
     "token": (
         "rosen", lambda b, t: b._replace(token=b.token ^ 1),
         "or args.token was changed"),
