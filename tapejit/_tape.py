@@ -937,7 +937,9 @@ class Tape:
         """
         if (type(x) is not _ND or type(params) not in _PLAIN) and _dask_in(x, params):
             return _lazily(self, "gradient", x, (), params, out, check=check)
-        res = self.value_and_grad(x, params, out=(None, out), check=check)
+        # out=None without a buffer: value_and_grad's one-point fast path needs it
+        res = self.value_and_grad(x, params, out=None if out is None else (None, out),
+                                  check=check)
         return (res[1], res[2]) if check != "raise" else res[1]
 
     def vjp(self, x, w, params=None, out=None, check: str = "raise"):
