@@ -38,3 +38,15 @@ class BranchError(ValueError):
             "re-record per branch), or check='mask' for a validity mask with NaN at those "
             "points."
         )
+
+    def __reduce__(self):
+        # Worker processes send errors pickled; the tape stays behind (the message names it).
+        return (_branch_error, (self.n_invalid, self.n_points, str(self)))
+
+
+def _branch_error(n_invalid: int, n_points: int, message: str) -> BranchError:
+    """A :class:`BranchError` with this message, as unpickled."""
+    err = BranchError.__new__(BranchError)
+    ValueError.__init__(err, message)
+    err.n_invalid, err.n_points = n_invalid, n_points
+    return err

@@ -240,6 +240,18 @@ def test_guard_failure_raises_branch_error_naming_the_points(call):
     call(tape, X_MIXED[0])
 
 
+def test_branch_error_pickles():
+    """Worker processes (Dask, multiprocessing) send it pickled: same type, message and
+    counts (it held only the message, so unpickling failed on the missing counts)."""
+    import pickle
+
+    with pytest.raises(BranchError) as info:
+        tapejit.record(relu, 1.0).forward(X_MIXED)
+    again = pickle.loads(pickle.dumps(info.value))
+    assert type(again) is BranchError and str(again) == str(info.value)
+    assert (again.n_invalid, again.n_points) == (3, 6)
+
+
 def test_check_mask_forward_value_and_grad_gradient():
     tape = tapejit.record(relu, 1.0)
     y, ok = tape.forward(X_MIXED, check="mask")
