@@ -23,11 +23,12 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from test_io import _central_entries
+from test_io import _members as tape_members
 
 import tapejit
 from tapejit import TapeFormatError
 from tapejit._cli import main
-from tapejit._io import _MAX_NDIM, _decode_shapes, _encode_shapes, load_tape, save_tape
+from tapejit._io import _MAX_NDIM, _decode_shapes, _encode_shapes, load_tape
 
 _LIMIT_VARS = ("TAPEJIT_MAX_ELEMENTS", "TAPEJIT_MAX_INSTRUCTIONS", "TAPEJIT_MAX_CONSTS")
 
@@ -41,14 +42,6 @@ def _no_limit_variables(monkeypatch):
 # ---------------------------------------------------------------------------------------
 # hostile files (also used by the measurement in the closing note of #17)
 # ---------------------------------------------------------------------------------------
-def tape_members(tape) -> dict[str, np.ndarray]:
-    buf = io.BytesIO()
-    save_tape(tape, buf)
-    buf.seek(0)
-    with np.load(buf, allow_pickle=False) as z:
-        return {k: z[k] for k in z.files}
-
-
 def exp_block_file(n: int) -> bytes:
     """A valid tape file of one ``exp`` instruction over ``n`` elements (all reading the
     scalar input: stride 0); about 2.6 KB whatever ``n``."""
