@@ -21,15 +21,9 @@ from pathlib import Path
 from types import ModuleType
 
 from . import _drivers, _libm
-from ._ops import HELPERS, OPS, TWINS, Op
+from ._ops import FAST_BLOCK, FAST_BROADCAST, HELPERS, OPS, TWINS, VECTOR_FN, Op
+from ._program import ROW
 
-#: Number of int32 header fields at the start of a packed program (see ``_tape.py``).
-HEADER = 14
-#: int32 fields per instruction: opcode, first result slot, first slot of each of three
-#: operands, number of elements, slot stride of each operand.
-ROW = 9
-
-_ORDER = ("mul", "add", "sub", "div", "neg", "square", "where")  # frequent ops first
 # Inside an op's element loop: the slots of element ``e`` of a block instruction.
 _SLOT = {"a": "ja", "b": "jb", "c": "jc", "r": "jr"}
 _SLOTS = ("ja", "jb", "jc")
@@ -54,8 +48,9 @@ def _uses(expr: str) -> list[str]:
 
 
 def _dispatch_order() -> list[Op]:
-    first = [op for name in _ORDER for op in OPS if op.name == name]
-    return first + [op for op in OPS if op not in first]
+    """The ops with a ``rank`` first (the frequent ones), then the others by opcode."""
+    first = sorted((op for op in OPS if op.rank), key=lambda op: op.rank)
+    return first + [op for op in OPS if not op.rank]
 
 
 def _second(op: Op, k: int, j: int) -> str:
@@ -109,20 +104,6 @@ _COMBOS = {
     2: ["vv", "sv", "vs"],
     3: ["vvv"],
 }
-# Ops with block fast paths: the cheap and frequent ones, where vectorizing pays. An op
-# that calls a libm function per element (exp, tan, ...) runs as fast in the generic
-# loop, and every fast path is code that Numba must compile on first use: these paths
-# are half of a one-point kernel's compile time (measured: dropping the fast paths of
-# reciprocal, abs, minimum and clip, and all but the all-contiguous one of where, took
-# value_grad_point from 39 s to 23 s, and block code of those ops runs at most 1.5x
-# slower at one point; batched sweeps have no fast paths).
-_FAST_OPS = {"add", "sub", "mul", "div", "neg", "square", "maximum", "where"}
-# Ops computed by tapejit's own vectorizing functions (``_libm.py``): a contiguous block
-# of them gets a fast path in the one-point value sweeps too (forward, and forward with
-# stored partials), where the loop vectorizes as in the batched sweeps.
-_OWN_FN_OPS = {"sin", "cos", "log"}
-# Binary ops that also get the broadcast (``sv``/``vs``) paths (relu is maximum(x, 0)).
-_BROADCAST_FAST = {"add", "sub", "mul", "div", "maximum"}
 
 
 class _Body:
@@ -199,15 +180,16 @@ def _block_modes(op: Op, reverse: bool = False, own: bool = False
     """Block fast paths of ``op``: ``(condition, mode)`` pairs, ``mode`` giving each
     operand as contiguous (stride 1, read through a view, ``"v"``) or one slot broadcast
     (stride 0, a scalar, ``"s"``). Such loops have no per-element index arithmetic or
-    branches, so LLVM vectorizes them (``own``: also the ops of ``_OWN_FN_OPS``). A
+    branches, so LLVM vectorizes them (the ``FAST_BLOCK`` ops; ``own``: also the
+    ``VECTOR_FN`` ops, and broadcast operands for ``FAST_BROADCAST`` ops). A
     reverse path also needs each contiguous operand
     range all differentiable (``>= nd``) or all not; a range straddling ``nd`` takes the
     generic loop."""
-    if op.name not in _FAST_OPS and not (own and op.name in _OWN_FN_OPS):
+    if FAST_BLOCK not in op.flags and not (own and VECTOR_FN in op.flags):
         return []
     names = "abc"[: op.arity]
     combos = _COMBOS[op.arity]
-    if op.arity == 2 and op.name not in _BROADCAST_FAST:
+    if op.arity == 2 and FAST_BROADCAST not in op.flags:
         combos = combos[:1]
     out = []
     for combo in combos:

@@ -40,8 +40,8 @@ from __future__ import annotations
 import numba
 import numpy as np
 
-from ._codegen import HEADER, ROW
 from ._ops import OPS
+from ._program import HEADER, ROW
 from ._validate import TapeFormatError
 
 _ARITY = np.zeros(256, dtype=np.int64)

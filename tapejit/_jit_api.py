@@ -66,7 +66,7 @@ import numpy as np
 from numba.core import errors, types
 from numba.extending import overload
 
-from ._codegen import HEADER
+from ._program import HEADER
 
 _F64 = np.dtype(np.float64)
 _I32 = np.dtype(np.int32)

@@ -40,6 +40,7 @@ into NaN in the gradient.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -50,6 +51,18 @@ ZERO_DERIVATIVE = "zero_derivative"  # every partial is 0
 COMMUTATIVE = "commutative"
 COMPARISON = "comparison"  # result is 1.0 or 0.0
 PIECEWISE = "piecewise"  # derivative has kinks or jumps: test points avoid them
+#: Operands may be swapped without changing a bit of the value or of any derivative
+#: (IEEE addition and multiplication, and ops built symmetrically); CSE merges such pairs.
+SWAPPABLE = "swappable"
+#: Cheap and frequent: one-point block instructions get fast paths over contiguous
+#: operands (loops without index arithmetic, which vectorize). Each fast path is code that
+#: Numba compiles on first use, so only ops where vectorizing pays have one.
+FAST_BLOCK = "fast_block"
+#: A binary ``FAST_BLOCK`` op that also gets fast paths with one operand broadcast.
+FAST_BROADCAST = "fast_broadcast"
+#: Computed by tapejit's own vectorizing functions (``_sin``, ``_cos``, ``_log``): a
+#: contiguous block gets a fast path in the one-point value sweeps too.
+VECTOR_FN = "vector_fn"
 
 
 @dataclass(frozen=True)
@@ -79,6 +92,9 @@ class Op:
         Op classes, see the module constants.
     doc : str
         One line for the docs (the kink convention where there is one).
+    rank : int
+        Place in the kernels' dispatch chain among the most frequent ops (1 is tested
+        first); 0 for the others, which follow in opcode order.
     """
 
     code: int
@@ -91,6 +107,7 @@ class Op:
     domain: tuple[tuple[float, float], ...]
     flags: frozenset[str] = frozenset()
     doc: str = ""
+    rank: int = 0
 
     def __post_init__(self) -> None:
         n_second = {1: 1, 2: 3, 3: 6}[self.arity]
@@ -111,17 +128,21 @@ Z = "0.0"
 _Z3 = (Z, Z, Z)
 _Z6 = (Z,) * 6
 _CMP = frozenset({ZERO_DERIVATIVE, COMPARISON, PIECEWISE})
+_FAST2 = frozenset({FAST_BLOCK, FAST_BROADCAST})
 
 _TABLE: list[Op] = [
     # --- arithmetic ---------------------------------------------------------------------
     Op(1, "add", 2, "a + b", ("1.0", "1.0"), _Z3, np.add, (_R, _R),
-       frozenset({LINEAR, COMMUTATIVE})),
-    Op(2, "sub", 2, "a - b", ("1.0", "-1.0"), _Z3, np.subtract, (_R, _R), frozenset({LINEAR})),
+       frozenset({LINEAR, COMMUTATIVE, SWAPPABLE}) | _FAST2, rank=2),
+    Op(2, "sub", 2, "a - b", ("1.0", "-1.0"), _Z3, np.subtract, (_R, _R),
+       frozenset({LINEAR}) | _FAST2, rank=3),
     Op(3, "mul", 2, "a * b", ("b", "a"), (Z, "1.0", Z), np.multiply, (_R, _R),
-       frozenset({COMMUTATIVE})),
+       frozenset({COMMUTATIVE, SWAPPABLE}) | _FAST2, rank=1),
     Op(4, "div", 2, "a / b", ("1.0 / b", "-r / b"),
-       (Z, "-1.0 / (b * b)", "2.0 * r / (b * b)"), np.divide, (_R, (0.5, 3.0))),
-    Op(5, "neg", 1, "-a", ("-1.0",), (Z,), np.negative, (_R,), frozenset({LINEAR})),
+       (Z, "-1.0 / (b * b)", "2.0 * r / (b * b)"), np.divide, (_R, (0.5, 3.0)), _FAST2,
+       rank=4),
+    Op(5, "neg", 1, "-a", ("-1.0",), (Z,), np.negative, (_R,),
+       frozenset({LINEAR, FAST_BLOCK}), rank=5),
     Op(6, "pow", 2, "a ** b",
        ("0.0 if b == 0.0 else b * a ** (b - 1.0)", "0.0 if r == 0.0 else r * math.log(a)"),
        ("0.0 if b == 0.0 or b == 1.0 else b * (b - 1.0) * a ** (b - 2.0)",
@@ -129,7 +150,8 @@ _TABLE: list[Op] = [
         "0.0 if r == 0.0 else r * math.log(a) ** 2"),
        np.power, (_POS, _R),
        doc="d/da is 0 where b == 0; d/db is 0 where the result is 0 (pow(0, y) has no NaN)"),
-    Op(7, "square", 1, "a * a", ("2.0 * a",), ("2.0",), np.square, (_R,)),
+    Op(7, "square", 1, "a * a", ("2.0 * a",), ("2.0",), np.square, (_R,),
+       frozenset({FAST_BLOCK}), rank=6),
     Op(8, "reciprocal", 1, "1.0 / a", ("-r * r",), ("2.0 * r * r * r",), np.reciprocal,
        ((0.5, 3.0),)),
     # --- roots, exponentials, logarithms -------------------------------------------------
@@ -141,7 +163,8 @@ _TABLE: list[Op] = [
     Op(12, "exp2", 1, "np.exp2(a)", ("r * 0.6931471805599453",),
        ("r * 0.4804530139182014",), np.exp2, (_R,)),
     Op(13, "expm1", 1, "math.expm1(a)", ("r + 1.0",), ("r + 1.0",), np.expm1, (_R,)),
-    Op(14, "log", 1, "_log(a)", ("1.0 / a",), ("-1.0 / (a * a)",), np.log, (_POS,)),
+    Op(14, "log", 1, "_log(a)", ("1.0 / a",), ("-1.0 / (a * a)",), np.log, (_POS,),
+       frozenset({VECTOR_FN})),
     Op(15, "log2", 1, "math.log2(a)", ("1.4426950408889634 / a",),
        ("-1.4426950408889634 / (a * a)",), np.log2, (_POS,)),
     Op(16, "log10", 1, "math.log10(a)", ("0.4342944819032518 / a",),
@@ -149,8 +172,8 @@ _TABLE: list[Op] = [
     Op(17, "log1p", 1, "math.log1p(a)", ("1.0 / (1.0 + a)",),
        ("-1.0 / ((1.0 + a) * (1.0 + a))",), np.log1p, ((-0.9, 3.0),)),
     # --- trigonometric and hyperbolic ---------------------------------------------------
-    Op(18, "sin", 1, "_sin(a)", ("_cos(a)",), ("-r",), np.sin, (_R,)),
-    Op(19, "cos", 1, "_cos(a)", ("-_sin(a)",), ("-r",), np.cos, (_R,)),
+    Op(18, "sin", 1, "_sin(a)", ("_cos(a)",), ("-r",), np.sin, (_R,), frozenset({VECTOR_FN})),
+    Op(19, "cos", 1, "_cos(a)", ("-_sin(a)",), ("-r",), np.cos, (_R,), frozenset({VECTOR_FN})),
     Op(20, "tan", 1, "math.tan(a)", ("1.0 + r * r",), ("2.0 * r * (1.0 + r * r)",), np.tan,
        ((-1.3, 1.3),)),
     Op(21, "arcsin", 1, "math.asin(a)", ("1.0 / math.sqrt(1.0 - a * a)",),
@@ -186,7 +209,7 @@ _TABLE: list[Op] = [
     Op(35, "maximum", 2, "_maximum(a, b)",
        ("1.0 if a > b else (0.5 if a == b else 0.0)",
         "1.0 if b > a else (0.5 if a == b else 0.0)"),
-       _Z3, np.maximum, (_R, _R), frozenset({COMMUTATIVE, PIECEWISE}),
+       _Z3, np.maximum, (_R, _R), frozenset({COMMUTATIVE, PIECEWISE}) | _FAST2,
        doc="1/2 to each operand at a tie; NaN propagates like numpy"),
     Op(36, "minimum", 2, "_minimum(a, b)",
        ("1.0 if a < b else (0.5 if a == b else 0.0)",
@@ -197,7 +220,8 @@ _TABLE: list[Op] = [
        ("0.0 if r == 0.0 else a / r", "0.0 if r == 0.0 else b / r"),
        ("0.0 if r == 0.0 else b * b / (r * r * r)", "0.0 if r == 0.0 else -a * b / (r * r * r)",
         "0.0 if r == 0.0 else a * a / (r * r * r)"),
-       np.hypot, (_R, _R), frozenset({COMMUTATIVE}), doc="derivative 0 at the origin"),
+       np.hypot, (_R, _R), frozenset({COMMUTATIVE, SWAPPABLE}),
+       doc="derivative 0 at the origin"),
     Op(38, "clip", 3, "_clip(a, b, c)",
        ("1.0 if (a >= b and a <= c) else 0.0",
         "1.0 if (a < b and b <= c) else 0.0",
@@ -206,12 +230,12 @@ _TABLE: list[Op] = [
        doc="d/dx = 1 on lo <= x <= hi; d/dlo where x < lo; d/dhi where x > hi"),
     Op(39, "where", 3, "b if a != 0.0 else c",
        (Z, "1.0 if a != 0.0 else 0.0", "0.0 if a != 0.0 else 1.0"),
-       _Z6, _sel, ((0.0, 1.0), _R, _R), frozenset({PIECEWISE}),
-       doc="select: the untaken operand gets an exactly zero adjoint"),
+       _Z6, _sel, ((0.0, 1.0), _R, _R), frozenset({PIECEWISE, FAST_BLOCK}),
+       doc="select: the untaken operand gets an exactly zero adjoint", rank=7),
     Op(40, "logaddexp", 2, "_logaddexp(a, b)", ("math.exp(a - r)", "math.exp(b - r)"),
        ("math.exp(a - r) * (1.0 - math.exp(a - r))", "-math.exp(a - r) * math.exp(b - r)",
         "math.exp(b - r) * (1.0 - math.exp(b - r))"),
-       np.logaddexp, (_R, _R), frozenset({COMMUTATIVE})),
+       np.logaddexp, (_R, _R), frozenset({COMMUTATIVE, SWAPPABLE})),
     Op(41, "stop_gradient", 1, "a", (Z,), (Z,), lambda a: np.array(a, dtype=np.float64),
        (_R,), frozenset({ZERO_DERIVATIVE}),
        doc="value passes through, derivative 0 (detach)"),
@@ -224,9 +248,9 @@ _TABLE: list[Op] = [
     Op(45, "greater_equal", 2, "1.0 if a >= b else 0.0", (Z, Z), _Z3, np.greater_equal,
        (_R, _R), _CMP),
     Op(46, "equal", 2, "1.0 if a == b else 0.0", (Z, Z), _Z3, np.equal, (_R, _R),
-       _CMP | {COMMUTATIVE}),
+       _CMP | {COMMUTATIVE, SWAPPABLE}),
     Op(47, "not_equal", 2, "1.0 if a != b else 0.0", (Z, Z), _Z3, np.not_equal,
-       (_R, _R), _CMP | {COMMUTATIVE}),
+       (_R, _R), _CMP | {COMMUTATIVE, SWAPPABLE}),
 ]
 
 #: All ops, in opcode order.
@@ -238,6 +262,19 @@ BY_CODE: dict[int, Op] = {op.code: op for op in OPS}
 
 if len(BY_NAME) != len(OPS) or len(BY_CODE) != len(OPS):
     raise RuntimeError("duplicate op name or opcode in the op table")
+
+def math_to_numpy() -> dict[str, str]:
+    """``math`` function name -> numpy ufunc name, where an op's value calls ``math`` and
+    its numpy reference is a ufunc of another name (``math.asin`` is ``np.arcsin``): the
+    reference interpreter evaluates the table's expressions with numpy."""
+    out = {}
+    for op in OPS:
+        m = re.fullmatch(r"math\.(\w+)\(.*\)", op.value)
+        name = getattr(op.numpy, "__name__", "")
+        if m and isinstance(op.numpy, np.ufunc) and m[1] != name:
+            out[m[1]] = name
+    return out
+
 
 #: Scalar helper functions the value and partial expressions may call, as Numba source.
 #: They live here, beside the table, so the table's expressions are self-contained; the

@@ -56,14 +56,12 @@ from typing import Any
 import numpy as np
 
 from ._compact import compact
-from ._ops import BY_CODE, BY_NAME, OPS
+from ._ops import BY_CODE, OPS, SWAPPABLE
 from ._tape import Tape
 
 #: Opcodes whose two operands may be swapped without changing a bit of the value or of
 #: any derivative: IEEE addition and multiplication, and ops built symmetrically.
-BIT_COMMUTATIVE = frozenset(
-    BY_NAME[n].code for n in ("add", "mul", "hypot", "logaddexp", "equal", "not_equal")
-)
+BIT_COMMUTATIVE = frozenset(op.code for op in OPS if SWAPPABLE in op.flags)
 #: The passes, in their default order.
 PASSES = ("fold", "cse", "dce")
 

@@ -25,13 +25,12 @@ import numpy as np
 
 from ._atomic import replacing
 from ._libm import NUMPY as _LIBM_NUMPY
-from ._ops import BY_CODE, HELPERS, OPS, Op
+from ._ops import BY_CODE, HELPERS, OPS, Op, math_to_numpy
 from ._passes import _unpack
 from ._tape import Tape
 
 _ZERO = ("0.0", "0")
-_MATH_TO_NP = {"asin": "arcsin", "acos": "arccos", "atan": "arctan", "atan2": "arctan2",
-               "asinh": "arcsinh", "acosh": "arccosh", "atanh": "arctanh"}
+_MATH_TO_NP = math_to_numpy()
 
 
 class _NumpyMath:

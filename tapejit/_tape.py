@@ -37,9 +37,10 @@ from concurrent.futures import ThreadPoolExecutor
 import numba
 import numpy as np
 
-from ._codegen import HEADER, ROW, load_kernels
+from ._codegen import load_kernels
 from ._errors import BranchError
 from ._ops import BY_CODE
+from ._program import HEADER, ROW
 from ._validate import TapeFormatError, check_tape_arrays
 
 _F64 = np.dtype(np.float64)

@@ -24,7 +24,7 @@ from test_random_programs import programs as recorded_programs
 
 import tapejit
 from tapejit import Tape, TapeFormatError
-from tapejit._codegen import HEADER, ROW
+from tapejit._program import HEADER, ROW
 from tapejit._compact import _ARITY, check_compact, compact
 from tapejit._ops import BY_NAME
 from tapejit._tape import _chunk_of

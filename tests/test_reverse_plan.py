@@ -20,7 +20,7 @@ from test_passes import same_bits
 from test_random_programs import programs as recorded_programs
 
 import tapejit
-from tapejit._codegen import ROW
+from tapejit._program import ROW
 from tapejit._compact import _ARITY
 from tapejit._tape import _kernels
 
