@@ -40,7 +40,7 @@ partials: derivatives are the same numbers mathematically but may differ in the 
 bits (``(a + b) * d`` against ``a * d + b * d``).
 
 Slot compaction (reusing the slots of dead values in the forward sweeps) is not a pass
-over the tape but a derived program each tape builds for itself: see ``_compact``.
+over the tape but a derived program each tape builds for itself: see ``_slot_reuse``.
 
 Not done (out of scope for now): algebraic simplification (``x * 1``, ``x + 0``), which is not
 bit-exact in general (``-0.0 + 0.0``); merging scalar instructions into blocks.
@@ -55,7 +55,7 @@ from typing import Any
 
 import numpy as np
 
-from ._compact import compact
+from ._slot_reuse import compact
 from ._ops import BY_CODE, OPS, SWAPPABLE
 from ._tape import Tape
 
@@ -495,7 +495,7 @@ def optimize(
     Notes
     -----
     The optimized tape still has one slot per constant, input, parameter and instruction
-    element; its forward sweeps reuse the slots of dead values on their own (``_compact``).
+    element; its forward sweeps reuse the slots of dead values on their own (``_slot_reuse``).
 
     Examples
     --------
@@ -581,7 +581,7 @@ def stats(tape: Tape) -> dict[str, Any]:
         workspace); ``peak_live`` (most variable values alive at once in a forward
         sweep, from their last uses: what a slot-reusing allocator would need besides
         the constants); ``compact_slots`` (slots of the slot-compacted forward program,
-        see ``tapejit._compact``: the forward and tangent sweeps use it when it has at most
+        see ``tapejit._slot_reuse``: the forward and tangent sweeps use it when it has at most
         3/4 of ``n_slots``); ``dead_instructions`` (instructions reaching no output or guard,
         which the ``"dce"`` pass removes).
     """

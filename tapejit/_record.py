@@ -8,7 +8,7 @@ from typing import Any
 import numpy as np
 
 from ._errors import TracingError
-from ._recorder import Recorder
+from ._tape_builder import Recorder
 from ._tape import Tape
 from ._tracer import Tracer
 

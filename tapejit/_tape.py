@@ -59,7 +59,7 @@ _REUSE_SLOTS = 4096
 #: Directions carried by one second-order sweep at most (bounds its workspace).
 _DIR_BLOCK = 16
 #: Tapes of at least this many instructions run their forward and tangent sweeps over a
-#: slot-compacted program (``_compact``) when it needs at most 3/4 of the slots.
+#: slot-compacted program (``_slot_reuse``) when it needs at most 3/4 of the slots.
 _COMPACT_MIN_INSTR = 16
 
 _K = None
@@ -743,7 +743,7 @@ class Tape:
     def _forward_prog(self) -> tuple[np.ndarray, int, int]:
         """Program, slot count and chunk of the forward-only and tangent sweeps.
 
-        Computed on first use: the slot-compacted program of ``_compact`` (the same
+        Computed on first use: the slot-compacted program of ``_slot_reuse`` (the same
         instructions over reused slots, so the same bits in a smaller workspace and
         larger chunks) when it saves a quarter of the slots or more, else the tape's own.
         The reverse sweeps index everything by result slot and keep the tape's program.
@@ -752,7 +752,7 @@ class Tape:
         if fwd is None:
             prog = self._kp
             if len(self) >= _COMPACT_MIN_INSTR:
-                from ._compact import compact
+                from ._slot_reuse import compact
 
                 comp = compact(prog)
                 if 4 * int(comp[0]) <= 3 * self._n_slots:

@@ -21,7 +21,7 @@ from test_random_programs import programs as recorded_programs
 
 import tapejit
 from tapejit._program import ROW
-from tapejit._compact import _ARITY
+from tapejit._slot_reuse import _ARITY
 from tapejit._tape import _kernels
 
 

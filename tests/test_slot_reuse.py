@@ -1,4 +1,4 @@
-"""Slot compaction of the forward program (``tapejit._compact``).
+"""Slot compaction of the forward program (``tapejit._slot_reuse``).
 
 * On random programs (hand-built tapes with blocks, strides, parameters and guards from
   ``test_passes``; recorded ones from ``test_random_programs``) the compacted program
@@ -25,7 +25,7 @@ from test_random_programs import programs as recorded_programs
 import tapejit
 from tapejit import Tape, TapeFormatError
 from tapejit._program import HEADER, ROW
-from tapejit._compact import _ARITY, check_compact, compact
+from tapejit._slot_reuse import _ARITY, check_compact, compact
 from tapejit._ops import BY_NAME
 from tapejit._tape import _chunk_of
 
