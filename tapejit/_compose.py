@@ -35,11 +35,12 @@ import numpy as np
 
 from ._errors import BranchError
 from ._ops import BY_CODE, COMPARISON, OPS
+from ._program import LAST_OPCODE
 from ._tape_builder import Recorder
 from ._tracer import Tracer, lift, recorder_of
 
 _I64 = np.int64
-_IS_COMPARISON = np.zeros(256, dtype=bool)
+_IS_COMPARISON = np.zeros(LAST_OPCODE + 1, dtype=bool)
 _IS_COMPARISON[[op.code for op in OPS if COMPARISON in op.flags]] = True
 
 

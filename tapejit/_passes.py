@@ -56,7 +56,7 @@ from typing import Any
 import numpy as np
 
 from ._ops import BY_CODE, OPS, SWAPPABLE
-from ._program import ARITY, GUARD, GUARD_SLOT, MAX_ARITY, N_SLOTS, Program
+from ._program import ARITY, GUARD, GUARD_SLOT, LAST_OPCODE, MAX_ARITY, N_SLOTS, Program
 from ._slot_reuse import compact
 from ._tape import Tape
 
@@ -494,8 +494,8 @@ def stats(tape: Tape) -> dict[str, Any]:
         which the ``"dce"`` pass removes).
     """
     p = Program.from_tape(tape)
-    counts = np.bincount(p.opcodes, minlength=256)
-    elems = np.bincount(p.opcodes, weights=p.sizes, minlength=256).astype(np.int64)
+    counts = np.bincount(p.opcodes, minlength=LAST_OPCODE + 1)
+    elems = np.bincount(p.opcodes, weights=p.sizes, minlength=LAST_OPCODE + 1).astype(np.int64)
     order = np.argsort(-elems, kind="stable")
     prog_bytes = int(tape._prog.nbytes)
     const_bytes = int(tape.consts.nbytes)

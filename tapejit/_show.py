@@ -26,7 +26,7 @@ import numpy as np
 from ._atomic import replacing
 from ._libm import NUMPY as _LIBM_NUMPY
 from ._ops import BY_CODE, HELPERS, OPS, Op, math_to_numpy
-from ._program import Program
+from ._program import MAX_ARITY, Program
 from ._tape import Tape
 
 _ZERO = ("0.0", "0")
@@ -156,7 +156,7 @@ def interpret(tape: Tape, x: Any, params: Any = None, wrt: int = 0, output: int 
     ops = prog.opcodes[inst].tolist()
     args = slots.tolist()
     n = len(ops)
-    D = np.zeros((n, 3))
+    D = np.zeros((n, MAX_ARITY))
     Wl = [np.float64(v) for v in W]  # numpy scalars: IEEE results instead of exceptions
     Tl = T.tolist()
     ns = dict(_NS)
