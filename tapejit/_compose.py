@@ -12,7 +12,7 @@ recording, so recorded tapes are building blocks of larger functions:
   constants, its inputs and parameters to the ids of the given values, and each
   instruction's results to the ids of its re-emission;
 * every instruction is re-emitted through :meth:`Recorder.emit
-  <tapejit._recorder.Recorder.emit>`: a block instruction as one emission over its
+  <tapejit._tape_builder.Recorder.emit>`: a block instruction as one emission over its
   strided operand ids (so it stays a block), a 2-D emission that the tape split into
   row blocks as one emission per row, and a run of independent scalar instructions of one
   op as one emission (as the single non-affine emission they usually came from). The
@@ -35,11 +35,12 @@ import numpy as np
 
 from ._errors import BranchError
 from ._ops import BY_CODE, COMPARISON, OPS
-from ._recorder import Recorder
+from ._program import LAST_OPCODE
+from ._tape_builder import Recorder
 from ._tracer import Tracer, lift, recorder_of
 
 _I64 = np.int64
-_IS_COMPARISON = np.zeros(256, dtype=bool)
+_IS_COMPARISON = np.zeros(LAST_OPCODE + 1, dtype=bool)
 _IS_COMPARISON[[op.code for op in OPS if COMPARISON in op.flags]] = True
 
 

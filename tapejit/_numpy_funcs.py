@@ -13,7 +13,7 @@ import numpy as np
 
 from ._errors import TracingError
 from ._ops import BY_NAME
-from ._recorder import Recorder
+from ._tape_builder import Recorder
 from ._tracer import UFUNC_OPS, Tracer, emit, lift, logical, power, recorder_of
 
 FUNCTIONS: dict[Callable, Callable] = {}

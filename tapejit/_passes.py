@@ -40,7 +40,7 @@ partials: derivatives are the same numbers mathematically but may differ in the 
 bits (``(a + b) * d`` against ``a * d + b * d``).
 
 Slot compaction (reusing the slots of dead values in the forward sweeps) is not a pass
-over the tape but a derived program each tape builds for itself: see ``_compact``.
+over the tape but a derived program each tape builds for itself: see ``_slot_reuse``.
 
 Not done (out of scope for now): algebraic simplification (``x * 1``, ``x + 0``), which is not
 bit-exact in general (``-0.0 + 0.0``); merging scalar instructions into blocks.
@@ -50,13 +50,14 @@ from __future__ import annotations
 
 import time
 from collections.abc import Iterable
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from typing import Any
 
 import numpy as np
 
-from ._compact import compact
 from ._ops import BY_CODE, OPS, SWAPPABLE
+from ._program import ARITY, GUARD, GUARD_SLOT, LAST_OPCODE, MAX_ARITY, N_SLOTS, Program
+from ._slot_reuse import compact
 from ._tape import Tape
 
 #: Opcodes whose two operands may be swapped without changing a bit of the value or of
@@ -64,73 +65,6 @@ from ._tape import Tape
 BIT_COMMUTATIVE = frozenset(op.code for op in OPS if SWAPPABLE in op.flags)
 #: The passes, in their default order.
 PASSES = ("fold", "cse", "dce")
-
-_ARITY = np.zeros(256, dtype=np.int64)
-for _op in OPS:
-    _ARITY[_op.code] = _op.arity
-
-
-def _starts(sizes: np.ndarray) -> np.ndarray:
-    """Exclusive cumulative sum: offset of each instruction's first result."""
-    out = np.zeros(len(sizes), dtype=np.int64)
-    if len(sizes) > 1:
-        np.cumsum(sizes[:-1], out=out[1:])
-    return out
-
-
-@dataclass(frozen=True)
-class _Prog:
-    """A tape's arrays (int64 / float64), the form the passes work on."""
-
-    ops: np.ndarray  # (n,)
-    args: np.ndarray  # (n, 3) first operand slots, unused columns 0
-    sizes: np.ndarray  # (n,) elements per instruction
-    strides: np.ndarray  # (n, 3)
-    consts: np.ndarray  # (nc,)
-    n_par: int
-    n_in: int
-    outputs: np.ndarray
-    guards: np.ndarray  # (g, 2)
-
-    @property
-    def nc(self) -> int:
-        return len(self.consts)
-
-    @property
-    def n_fixed(self) -> int:
-        return len(self.consts) + self.n_par + self.n_in
-
-    @property
-    def n_slots(self) -> int:
-        return self.n_fixed + int(self.sizes.sum())
-
-    @property
-    def results(self) -> np.ndarray:
-        return self.n_fixed + _starts(self.sizes)
-
-    def used(self) -> np.ndarray:
-        """``(n, 3)`` mask of the operand columns each instruction reads."""
-        return np.arange(3)[None, :] < _ARITY[self.ops][:, None]
-
-    def elements(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """Per result slot (element): its instruction, its index in the instruction, and
-        the ``(n_elements, 3)`` operand slots it reads (0 in unused columns)."""
-        inst = np.repeat(np.arange(len(self.ops)), self.sizes)
-        e = np.arange(len(inst), dtype=np.int64) - np.repeat(_starts(self.sizes), self.sizes)
-        slots = self.args[inst] + e[:, None] * self.strides[inst]
-        return inst, e, np.where(self.used()[inst], slots, 0)
-
-    def spans(self, which: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
-        """``lo, hi`` slot ranges of the multi-element, strided operands of the
-        instructions ``which`` (all by default)."""
-        sel = self.used() & (self.sizes[:, None] > 1) & (self.strides != 0)
-        if which is not None:
-            sel &= which[:, None]
-        i, k = np.nonzero(sel)
-        a = self.args[i, k]
-        last = a + (self.sizes[i] - 1) * self.strides[i, k]
-        return np.minimum(a, last), np.maximum(a, last)
-
 
 def _cover(n_slots: int, lo: np.ndarray, hi: np.ndarray) -> np.ndarray:
     """Bool mask of the slots inside any range ``lo[j]..hi[j]``."""
@@ -140,43 +74,25 @@ def _cover(n_slots: int, lo: np.ndarray, hi: np.ndarray) -> np.ndarray:
     return np.cumsum(diff[:-1]) > 0
 
 
-def _any_in(mask: np.ndarray, p: _Prog) -> np.ndarray:
+def _any_in(mask: np.ndarray, p: Program) -> np.ndarray:
     """Per instruction: does ``mask`` hold for any of its result slots?"""
     c = np.concatenate([[0], np.cumsum(mask, dtype=np.int64)])
     r = p.results
     return c[r + p.sizes] > c[r]
 
 
-def _unpack(tape: Tape) -> _Prog:
-    n = len(tape)
-    return _Prog(
-        ops=np.asarray(tape.opcodes, dtype=np.int64),
-        args=np.asarray(tape.args, dtype=np.int64).reshape(n, 3),
-        sizes=np.asarray(tape.sizes, dtype=np.int64),
-        strides=np.asarray(tape.strides, dtype=np.int64).reshape(n, 3),
-        consts=np.array(tape.consts, dtype=np.float64),
-        n_par=tape.n_params,
-        n_in=tape.n_inputs,
-        outputs=np.asarray(tape.outputs, dtype=np.int64),
-        guards=np.asarray(tape.guards, dtype=np.int64).reshape(-1, 2),
-    )
+def _tape(p: Program, like: Tape, **kwargs: Any) -> Tape:
+    """``p`` as a tape with ``like``'s shapes and name (checked again, as every tape is)."""
+    kwargs = {"input_shapes": like.input_shapes, "output_shapes": like.output_shapes,
+              "name": like.name, **kwargs}
+    return Tape(**p.arrays(), **kwargs)
 
 
-def _pack(p: _Prog, like: Tape) -> Tape:
-    nc = p.nc
-    return Tape(
-        p.ops, p.args, p.consts,
-        nc + p.n_par + np.arange(p.n_in), nc + np.arange(p.n_par), p.outputs,
-        input_shapes=like.input_shapes, output_shapes=like.output_shapes, name=like.name,
-        guards=p.guards, sizes=p.sizes, strides=p.strides,
-    )
-
-
-def _result_map(p: _Prog, keep: np.ndarray, nc_new: int) -> np.ndarray:
+def _result_map(p: Program, keep: np.ndarray, nc_new: int) -> np.ndarray:
     """Old slot -> new slot for the parameters, inputs and kept results (others -1)."""
     M = np.full(p.n_slots, -1, dtype=np.int64)
-    shift = nc_new - p.nc
-    M[p.nc : p.n_fixed] = np.arange(p.nc, p.n_fixed) + shift
+    shift = nc_new - p.n_consts
+    M[p.n_consts : p.n_fixed] = np.arange(p.n_consts, p.n_fixed) + shift
     kept_elems = np.repeat(keep, p.sizes)
     M[p.n_fixed + np.flatnonzero(kept_elems)] = (
         p.n_fixed + shift + np.arange(int(np.count_nonzero(kept_elems)))
@@ -184,7 +100,7 @@ def _result_map(p: _Prog, keep: np.ndarray, nc_new: int) -> np.ndarray:
     return M
 
 
-def _bad_spans(p: _Prog, M: np.ndarray, keep: np.ndarray) -> np.ndarray:
+def _bad_spans(p: Program, M: np.ndarray, keep: np.ndarray) -> np.ndarray:
     """Slots inside multi-element operands of kept instructions that ``M`` would not map
     to an evenly strided run with the same stride (mask over old slots)."""
     bad = np.zeros(p.n_slots, dtype=bool)
@@ -194,10 +110,10 @@ def _bad_spans(p: _Prog, M: np.ndarray, keep: np.ndarray) -> np.ndarray:
     inst, e, slots = p.elements()
     m = sel[inst]
     inst, e, slots = inst[m], e[m], slots[m]
-    for k in range(3):
+    for k in range(MAX_ARITY):
         s = p.strides[inst, k]
         a = p.args[inst, k]
-        chk = (_ARITY[p.ops[inst]] > k) & (s != 0)
+        chk = (ARITY[p.opcodes[inst]] > k) & (s != 0)
         wrong = chk & ((M[slots[:, k]] < 0) | (M[slots[:, k]] != M[a] + e * s))
         if wrong.any():
             i = np.unique(inst[wrong])
@@ -207,37 +123,37 @@ def _bad_spans(p: _Prog, M: np.ndarray, keep: np.ndarray) -> np.ndarray:
     return bad
 
 
-def _relabel(p: _Prog, M: np.ndarray, keep: np.ndarray, consts: np.ndarray) -> _Prog:
+def _relabel(p: Program, M: np.ndarray, keep: np.ndarray, consts: np.ndarray) -> Program:
     """Keep the instructions ``keep``; every old slot ``s`` now reads new slot ``M[s]``."""
     used = p.used()[keep]
     args = np.where(used, M[p.args[keep]], 0)
     guards = p.guards.copy()
-    guards[:, 0] = M[guards[:, 0]]
-    return _Prog(p.ops[keep], args, p.sizes[keep], p.strides[keep], consts, p.n_par,
-                 p.n_in, M[p.outputs], guards)
+    guards[:, GUARD_SLOT] = M[guards[:, GUARD_SLOT]]
+    return Program(p.opcodes[keep], args, p.sizes[keep], p.strides[keep], consts, p.n_params,
+                   p.n_inputs, M[p.outputs], guards)
 
 
 # ---------------------------------------------------------------------------------------
 # fold
 # ---------------------------------------------------------------------------------------
-def _columns(p: _Prog) -> tuple[list[int], ...]:
+def _columns(p: Program) -> tuple[list[int], ...]:
     """Flat Python lists (no per-instruction containers, so no garbage-collector churn):
     arity, sizes, first result, and the three operand columns."""
-    return (_ARITY[p.ops].tolist(), p.sizes.tolist(), p.results.tolist(),
+    return (ARITY[p.opcodes].tolist(), p.sizes.tolist(), p.results.tolist(),
             p.args[:, 0].tolist(), p.args[:, 1].tolist(), p.args[:, 2].tolist())
 
 
-def _span(p: _Prog, i: int, j: int) -> list[int]:
+def _span(p: Program, i: int, j: int) -> list[int]:
     """Operand slots of column ``j`` of block instruction ``i``, element by element."""
     return (p.args[i, j] + p.strides[i, j] * np.arange(p.sizes[i])).tolist()
 
 
-def _foldable(p: _Prog, blocked: np.ndarray) -> np.ndarray:
+def _foldable(p: Program, blocked: np.ndarray) -> np.ndarray:
     """Instructions whose operands are all constants or results of such instructions."""
-    n = len(p.ops)
+    n = len(p.opcodes)
     fold = np.zeros(n, dtype=bool)
     ar, sizes, res, c0, c1, c2 = _columns(p)
-    ic = [True] * p.nc + [False] * (p.n_slots - p.nc)
+    ic = [True] * p.n_consts + [False] * (p.n_slots - p.n_consts)
     blk = blocked.tolist()
     for i in range(n):
         if blk[i]:
@@ -254,29 +170,27 @@ def _foldable(p: _Prog, blocked: np.ndarray) -> np.ndarray:
     return fold
 
 
-def _fold_values(p: _Prog, slots: np.ndarray) -> np.ndarray | None:
+def _fold_values(p: Program, slots: np.ndarray) -> np.ndarray | None:
     """Values of constant ``slots``, computed by the kernels running this very program
     (at an arbitrary point: these slots depend on constants only)."""
-    nc = p.nc
-    evaluator = Tape(
-        p.ops, p.args, p.consts, nc + p.n_par + np.arange(p.n_in), nc + np.arange(p.n_par),
-        slots, sizes=p.sizes, strides=p.strides,
-    )
+    # Without the guards: they need not hold at this point.
+    unguarded = replace(p, outputs=slots, guards=np.zeros((0, GUARD), dtype=np.int64))
+    evaluator = Tape(**unguarded.arrays())
     values = np.empty(len(slots))
     try:
-        evaluator.forward(np.zeros(p.n_in), np.zeros(p.n_par) if p.n_par else None,
+        evaluator.forward(np.zeros(p.n_inputs), np.zeros(p.n_params) if p.n_params else None,
                           out=values)
     except ArithmeticError:  # kernels raising (e.g. ZeroDivisionError): fold nothing
         return None
     return values
 
 
-def _fold(p: _Prog) -> _Prog:
-    n, nc = len(p.ops), p.nc
+def _fold(p: Program) -> Program:
+    n, nc = len(p.opcodes), p.n_consts
     if n == 0:
         return p
     guarded = np.zeros(p.n_slots, dtype=bool)
-    guarded[p.guards[:, 0]] = True
+    guarded[p.guards[:, GUARD_SLOT]] = True
     blocked = _any_in(guarded, p)
     bits: np.ndarray | None = None  # value bits of every slot the first round folds
     pool0 = {b: k for k, b in reversed(list(enumerate(p.consts.view(np.int64).tolist())))}
@@ -339,15 +253,15 @@ def _const_reps(consts: np.ndarray, blocked: np.ndarray) -> np.ndarray:
     return np.where(blocked, np.arange(len(consts)), rep)
 
 
-def _cse_once(p: _Prog, blocked: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+def _cse_once(p: Program, blocked: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """One hash-consing pass: ``(duplicate instructions, canonical slot of each slot)``."""
-    n, nc = len(p.ops), p.nc
+    n, nc = len(p.opcodes), p.n_consts
     canon = list(range(p.n_slots))
     canon[:nc] = _const_reps(p.consts, blocked[:nc]).tolist()
     seen: dict[object, int] = {}
     dup = np.zeros(n, dtype=bool)
     no_elim = _any_in(blocked, p).tolist()
-    ops = p.ops.tolist()
+    ops = p.opcodes.tolist()
     ar, sizes, res, c0, c1, c2 = _columns(p)
     swap = BIT_COMMUTATIVE
     S = p.n_slots + 1
@@ -363,7 +277,7 @@ def _cse_once(p: _Prog, blocked: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
             key = ((op * S + a0) * S + a1) * S + a2  # an int: no tuple to allocate
         else:
             parts: list[tuple] = []
-            for j in range(3):
+            for j in range(MAX_ARITY):
                 if j >= k:
                     parts.append((0, 0, 0))
                     continue
@@ -385,8 +299,8 @@ def _cse_once(p: _Prog, blocked: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return dup, np.array(canon, dtype=np.int64)
 
 
-def _cse(p: _Prog) -> _Prog:
-    nc = p.nc
+def _cse(p: Program) -> Program:
+    nc = p.n_consts
     blocked = np.zeros(p.n_slots, dtype=bool)
     while True:
         dup, canon = _cse_once(p, blocked)
@@ -407,11 +321,11 @@ def _cse(p: _Prog) -> _Prog:
 # ---------------------------------------------------------------------------------------
 # dce
 # ---------------------------------------------------------------------------------------
-def _live(p: _Prog) -> np.ndarray:
+def _live(p: Program) -> np.ndarray:
     """Slots an output or a guard depends on. A multi-element operand of a live
     instruction makes its whole slot range live (so renumbering keeps it strided)."""
     live = [False] * p.n_slots
-    for s in p.outputs.tolist() + p.guards[:, 0].tolist():
+    for s in p.outputs.tolist() + p.guards[:, GUARD_SLOT].tolist():
         live[s] = True
     ar, sizes, res, c0, c1, c2 = _columns(p)
     for i in range(len(ar) - 1, -1, -1):
@@ -435,8 +349,8 @@ def _live(p: _Prog) -> np.ndarray:
     return np.array(live, dtype=bool)
 
 
-def _dce(p: _Prog) -> _Prog:
-    nc = p.nc
+def _dce(p: Program) -> Program:
+    nc = p.n_consts
     live = _live(p)
     keep = _any_in(live, p)
     const_keep = live[:nc]
@@ -455,17 +369,11 @@ def guard_slice(tape: Tape) -> Tape | None:
     parameters and guards, whose one output is the first guard's comparison. Evaluating
     it tells which points take the recorded branches at a fraction of a full sweep's
     cost. ``None`` for a tape without guards."""
-    p = _unpack(tape)
+    p = Program.from_tape(tape)
     if not len(p.guards):
         return None
-    q = _dce(replace(p, outputs=p.guards[:1, 0]))
-    nc = q.nc
-    return Tape(
-        q.ops, q.args, q.consts,
-        nc + q.n_par + np.arange(q.n_in), nc + np.arange(q.n_par), q.outputs,
-        input_shapes=tape.input_shapes, output_shapes=((),), name=f"guards of {tape.name}",
-        guards=q.guards, sizes=q.sizes, strides=q.strides,
-    )
+    q = _dce(replace(p, outputs=p.guards[:1, GUARD_SLOT]))
+    return _tape(q, tape, output_shapes=((),), name=f"guards of {tape.name}")
 
 
 _RUN = {"fold": _fold, "cse": _cse, "dce": _dce}
@@ -495,7 +403,7 @@ def optimize(
     Notes
     -----
     The optimized tape still has one slot per constant, input, parameter and instruction
-    element; its forward sweeps reuse the slots of dead values on their own (``_compact``).
+    element; its forward sweeps reuse the slots of dead values on their own (``_slot_reuse``).
 
     Examples
     --------
@@ -511,35 +419,35 @@ def optimize(
     for name in names:
         if name not in _RUN:
             raise ValueError(f"unknown pass {name!r}; the passes are {', '.join(PASSES)}")
-    p = _unpack(tape)
+    p = Program.from_tape(tape)
     log = []
     for name in names:
         t0 = time.perf_counter()
         q = _RUN[name](p)
         log.append({
             "pass": name,
-            "instructions_before": len(p.ops),
-            "instructions_after": len(q.ops),
+            "instructions_before": len(p.opcodes),
+            "instructions_after": len(q.opcodes),
             "elements_before": int(p.sizes.sum()),
             "elements_after": int(q.sizes.sum()),
-            "consts_before": p.nc,
-            "consts_after": q.nc,
+            "consts_before": p.n_consts,
+            "consts_after": q.n_consts,
             "seconds": time.perf_counter() - t0,
         })
         p = q
-    out = _pack(p, tape)
+    out = _tape(p, tape)
     return (out, log) if report else out
 
 
 # ---------------------------------------------------------------------------------------
 # statistics
 # ---------------------------------------------------------------------------------------
-def _peak_live(p: _Prog) -> int:
+def _peak_live(p: Program) -> int:
     """Peak number of simultaneously live variable values (inputs, parameters, results)
     over a forward sweep: a value lives from the instruction that defines it to its last
     use (outputs and guarded values to the end); an instruction's operands and results
     are live together; inputs and parameters are defined before the first instruction."""
-    n, nc, nf = len(p.ops), p.nc, p.n_fixed
+    n, nc, nf = len(p.opcodes), p.n_consts, p.n_fixed
     last = np.full(p.n_slots, -1, dtype=np.int64)
     inst, _, slots = p.elements()
     if len(inst):
@@ -547,7 +455,7 @@ def _peak_live(p: _Prog) -> int:
         step = np.broadcast_to(inst[:, None], slots.shape)
         np.maximum.at(last, slots[used], step[used])
     last[p.outputs] = n
-    last[p.guards[:, 0]] = n
+    last[p.guards[:, GUARD_SLOT]] = n
     define = np.full(p.n_slots, -1, dtype=np.int64)
     define[nf:] = inst
     var = slice(nc, p.n_slots)
@@ -561,7 +469,7 @@ def _peak_live(p: _Prog) -> int:
 
 def _compact_slots(tape: Tape) -> int:
     prog, n_slots, _ = tape._forward_prog()
-    return n_slots if prog is not tape._kp else int(compact(tape._prog)[0])
+    return n_slots if prog is not tape._kp else int(compact(tape._prog)[N_SLOTS])
 
 
 def stats(tape: Tape) -> dict[str, Any]:
@@ -581,13 +489,13 @@ def stats(tape: Tape) -> dict[str, Any]:
         workspace); ``peak_live`` (most variable values alive at once in a forward
         sweep, from their last uses: what a slot-reusing allocator would need besides
         the constants); ``compact_slots`` (slots of the slot-compacted forward program,
-        see ``tapejit._compact``: the forward and tangent sweeps use it when it has at most
+        see ``tapejit._slot_reuse``: the forward and tangent sweeps use it when it has at most
         3/4 of ``n_slots``); ``dead_instructions`` (instructions reaching no output or guard,
         which the ``"dce"`` pass removes).
     """
-    p = _unpack(tape)
-    counts = np.bincount(p.ops, minlength=256)
-    elems = np.bincount(p.ops, weights=p.sizes, minlength=256).astype(np.int64)
+    p = Program.from_tape(tape)
+    counts = np.bincount(p.opcodes, minlength=LAST_OPCODE + 1)
+    elems = np.bincount(p.opcodes, weights=p.sizes, minlength=LAST_OPCODE + 1).astype(np.int64)
     order = np.argsort(-elems, kind="stable")
     prog_bytes = int(tape._prog.nbytes)
     const_bytes = int(tape.consts.nbytes)
@@ -595,12 +503,12 @@ def stats(tape: Tape) -> dict[str, Any]:
     derived = int(tape._plan().nbytes) + (int(fwd.nbytes) if fwd is not tape._kp else 0)
     return {
         "name": tape.name,
-        "n_instructions": len(p.ops),
+        "n_instructions": len(p.opcodes),
         "n_blocks": int(np.count_nonzero(p.sizes > 1)),
         "n_elements": int(p.sizes.sum()),
-        "n_consts": p.nc,
-        "n_inputs": p.n_in,
-        "n_params": p.n_par,
+        "n_consts": p.n_consts,
+        "n_inputs": p.n_inputs,
+        "n_params": p.n_params,
         "n_outputs": len(p.outputs),
         "n_guards": len(p.guards),
         "n_slots": p.n_slots,
@@ -611,7 +519,7 @@ def stats(tape: Tape) -> dict[str, Any]:
         "workspace_bytes_per_point": 8 * p.n_slots,
         "peak_live": _peak_live(p),
         "compact_slots": _compact_slots(tape),
-        "dead_instructions": int(len(p.ops) - np.count_nonzero(_any_in(_live(p), p))),
+        "dead_instructions": int(len(p.opcodes) - np.count_nonzero(_any_in(_live(p), p))),
     }
 
 

@@ -8,8 +8,8 @@ from typing import Any
 import numpy as np
 
 from ._errors import TracingError
-from ._recorder import Recorder
 from ._tape import Tape
+from ._tape_builder import Recorder
 from ._tracer import Tracer
 
 
@@ -134,9 +134,9 @@ def record(
     def cat(pos: list[int]) -> np.ndarray:
         return np.concatenate([leaves[i].ravel() for i in pos]) if pos else np.empty(0, int)
 
-    arrays = rec.finalize(cat(list(nums)), cat(param_pos), out_ids)
+    program = rec.finalize(cat(list(nums)), cat(param_pos), out_ids)
     return Tape(
-        **arrays,
+        **program.arrays(),
         input_shapes=tuple(shapes[i] for i in nums),
         output_shapes=out_shapes,
         name=getattr(f, "__name__", ""),

@@ -26,7 +26,7 @@ import numpy as np
 from ._atomic import replacing
 from ._libm import NUMPY as _LIBM_NUMPY
 from ._ops import BY_CODE, HELPERS, OPS, Op, math_to_numpy
-from ._passes import _unpack
+from ._program import MAX_ARITY, Program
 from ._tape import Tape
 
 _ZERO = ("0.0", "0")
@@ -151,12 +151,12 @@ def interpret(tape: Tape, x: Any, params: Any = None, wrt: int = 0, output: int 
     if tape.n_inputs:
         T[tape.inputs[wrt]] = 1.0
     # one step per element (a block instruction is its elements in order)
-    prog = _unpack(tape)
+    prog = Program.from_tape(tape)
     inst, _, slots = prog.elements()
-    ops = prog.ops[inst].tolist()
+    ops = prog.opcodes[inst].tolist()
     args = slots.tolist()
     n = len(ops)
-    D = np.zeros((n, 3))
+    D = np.zeros((n, MAX_ARITY))
     Wl = [np.float64(v) for v in W]  # numpy scalars: IEEE results instead of exceptions
     Tl = T.tolist()
     ns = dict(_NS)
@@ -228,9 +228,10 @@ class _Names:
 def _elements(tape: Tape) -> tuple[list[int], list[list[int]], list[int]]:
     """Opcode, operand slots and result slot of every instruction element (a block
     instruction contributes one per element)."""
-    prog = _unpack(tape)
+    prog = Program.from_tape(tape)
     inst, _, slots = prog.elements()
-    return prog.ops[inst].tolist(), slots.tolist(), (prog.n_fixed + np.arange(len(inst))).tolist()
+    results = prog.n_fixed + np.arange(len(inst))
+    return prog.opcodes[inst].tolist(), slots.tolist(), results.tolist()
 
 
 def _fmt(v: float, digits: int) -> str:

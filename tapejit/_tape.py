@@ -40,8 +40,22 @@ import numpy as np
 from ._codegen import load_kernels
 from ._errors import BranchError
 from ._ops import BY_CODE
-from ._program import HEADER, ROW
-from ._validate import TapeFormatError, check_tape_arrays
+from ._program import (
+    ARG_A,
+    MAX_ARITY,
+    N_INSTR,
+    OPCODE,
+    RESULT,
+    SIZE,
+    STRIDE_A,
+    Program,
+    code_of,
+    guards_of,
+    inputs_of,
+    outputs_of,
+    params_of,
+)
+from ._validate import check_tape_arrays
 
 _F64 = np.dtype(np.float64)
 _EMPTY2 = np.zeros((1, 0))
@@ -59,7 +73,7 @@ _REUSE_SLOTS = 4096
 #: Directions carried by one second-order sweep at most (bounds its workspace).
 _DIR_BLOCK = 16
 #: Tapes of at least this many instructions run their forward and tangent sweeps over a
-#: slot-compacted program (``_compact``) when it needs at most 3/4 of the slots.
+#: slot-compacted program (``_slot_reuse``) when it needs at most 3/4 of the slots.
 _COMPACT_MIN_INSTR = 16
 
 _K = None
@@ -263,34 +277,9 @@ class Tape:
         sizes: np.ndarray | None = None,
         strides: np.ndarray | None = None,
     ) -> None:
-        a = check_tape_arrays(opcodes, args, consts, inputs, params, outputs, guards,
-                              sizes, strides)
-        consts, inputs, params, outputs, guards = (
-            a["consts"], a["inputs"], a["params"], a["outputs"], a["guards"]
-        )
-        n_instr = len(a["opcodes"])
-        nc, n_in, n_par, n_out = len(consts), len(inputs), len(params), len(outputs)
-        n_slots = a["n_slots"]
-        o_in = HEADER
-        o_par = o_in + n_in
-        o_out = o_par + n_par
-        o_code = o_out + n_out
-        o_guard = o_code + ROW * n_instr
-        prog = np.empty(o_guard + 2 * len(guards), dtype=np.int32)
-        prog[:HEADER] = (n_slots, nc, nc + n_par, n_in, n_par, n_out, n_instr,
-                         o_in, o_par, o_out, o_code, ROW, len(guards), o_guard)
-        prog[o_in:o_par] = inputs
-        prog[o_par:o_out] = params
-        prog[o_out:o_code] = outputs
-        code = prog[o_code:o_guard].reshape(n_instr, ROW)
-        code[:, 0] = a["opcodes"]
-        code[:, 1] = a["results"]
-        code[:, 2:5] = a["args"]
-        code[:, 5] = a["sizes"]
-        code[:, 6:9] = a["strides"]
-        prog[o_guard:] = guards.ravel()
-        self._adopt(prog, np.array(consts, dtype=np.float64), input_shapes, output_shapes,
-                    name)
+        prog, consts = check_tape_arrays(opcodes, args, consts, inputs, params, outputs,
+                                         guards, sizes, strides).pack()
+        self._adopt(prog, consts, input_shapes, output_shapes, name)
 
     def _adopt(self, prog: np.ndarray, consts: np.ndarray, input_shapes: tuple,
                output_shapes: tuple, name: str) -> None:
@@ -339,36 +328,12 @@ class Tape:
                      output_shapes: tuple = (), name: str = "") -> Tape:
         """A tape over an existing packed program (e.g. in shared memory), not copied.
 
-        The program is decoded and fully validated first; it must be a C-contiguous int32
-        array and is used as it is (through a read-only view), so the caller must not
-        modify it afterwards.
+        The program is decoded and fully validated first (``Program.unpack``); it must be
+        a C-contiguous int32 array and is used as it is (through a read-only view), so the
+        caller must not modify it afterwards.
         """
-        prog = np.asarray(prog)
-        consts = np.asarray(consts)
-        if prog.dtype != np.int32 or prog.ndim != 1 or not prog.flags.c_contiguous:
-            raise TapeFormatError("a packed program must be a 1-D C-contiguous int32 array")
-        if consts.dtype != np.float64 or consts.ndim != 1 or not consts.flags.c_contiguous:
-            raise TapeFormatError("constants must be a 1-D C-contiguous float64 array")
-        if prog.size < HEADER:
-            raise TapeFormatError(f"a packed program has at least {HEADER} header fields")
-        h = prog[:HEADER].astype(np.int64)
-        n_in, n_par, n_out, n_instr, n_guards = h[3], h[4], h[5], h[6], h[12]
-        o_in, o_par, o_out, o_code, o_guard = h[7], h[8], h[9], h[10], h[13]
-        expect = (HEADER, o_in + n_in, o_par + n_par, o_out + n_out,
-                  o_code + ROW * n_instr, o_guard + 2 * n_guards)
-        if (h[11] != ROW or min(h) < 0 or (o_in, o_par, o_out, o_code, o_guard, prog.size)
-                != expect):
-            raise TapeFormatError("the packed program's header does not match its layout")
-        if h[1] != consts.size:
-            raise TapeFormatError(f"the program expects {h[1]} constants, got {consts.size}")
-        code = prog[o_code:o_guard].reshape(-1, ROW)
-        a = check_tape_arrays(
-            code[:, 0], code[:, 2:5], consts, prog[o_in:o_par], prog[o_par:o_out],
-            prog[o_out:o_code], prog[o_guard:].reshape(-1, 2), code[:, 5], code[:, 6:9],
-        )
-        if (not np.array_equal(a["results"], code[:, 1]) or h[0] != a["n_slots"]
-                or h[2] != h[1] + n_par):
-            raise TapeFormatError("the packed program's slot numbering is inconsistent")
+        prog, consts = np.asarray(prog), np.asarray(consts)
+        Program.unpack(prog, consts)
         tape = cls.__new__(cls)
         tape._adopt(prog, consts, tuple(map(tuple, input_shapes)),
                     tuple(map(tuple, output_shapes)), name)
@@ -447,7 +412,7 @@ class Tape:
     # -- structure -----------------------------------------------------------------------
     def __len__(self) -> int:
         """Number of instructions."""
-        return int(self._prog[6])
+        return int(self._prog[N_INSTR])
 
     @property
     def n_inputs(self) -> int:
@@ -470,12 +435,12 @@ class Tape:
         return self._n_slots
 
     def _code(self) -> np.ndarray:
-        return self._prog[self._prog[10] : self._prog[13]].reshape(-1, ROW)
+        return code_of(self._prog)
 
     @property
     def guards(self) -> np.ndarray:
         """Recorded branch decisions, ``(n_guards, 2)``: comparison slot and outcome (1/0)."""
-        return self._prog[self._prog[13] :].reshape(-1, 2)
+        return guards_of(self._prog)
 
     @property
     def n_guards(self) -> int:
@@ -485,27 +450,27 @@ class Tape:
     @property
     def opcodes(self) -> np.ndarray:
         """Opcode of each instruction (see :data:`tapejit.OPS`), read-only."""
-        return self._code()[:, 0]
+        return self._code()[:, OPCODE]
 
     @property
     def results(self) -> np.ndarray:
         """First result slot of each instruction (a block writes consecutive slots)."""
-        return self._code()[:, 1]
+        return self._code()[:, RESULT]
 
     @property
     def args(self) -> np.ndarray:
         """First operand slots, ``(len(tape), 3)``; unused operands are 0. Read-only."""
-        return self._code()[:, 2:5]
+        return self._code()[:, ARG_A : ARG_A + MAX_ARITY]
 
     @property
     def sizes(self) -> np.ndarray:
         """Elements of each instruction: 1 for scalar, more for a block. Read-only."""
-        return self._code()[:, 5]
+        return self._code()[:, SIZE]
 
     @property
     def strides(self) -> np.ndarray:
         """Operand slot strides of each instruction, ``(len(tape), 3)``. Read-only."""
-        return self._code()[:, 6:9]
+        return self._code()[:, STRIDE_A : STRIDE_A + MAX_ARITY]
 
     @property
     def consts(self) -> np.ndarray:
@@ -515,17 +480,17 @@ class Tape:
     @property
     def inputs(self) -> np.ndarray:
         """Slot of each input, read-only."""
-        return self._prog[self._prog[7] : self._prog[8]]
+        return inputs_of(self._prog)
 
     @property
     def params(self) -> np.ndarray:
         """Slot of each parameter, read-only."""
-        return self._prog[self._prog[8] : self._prog[9]]
+        return params_of(self._prog)
 
     @property
     def outputs(self) -> np.ndarray:
         """Slot of each output, read-only."""
-        return self._prog[self._prog[9] : self._prog[10]]
+        return outputs_of(self._prog)
 
     def __repr__(self) -> str:
         name = f" {self.name!r}" if self.name else ""
@@ -743,7 +708,7 @@ class Tape:
     def _forward_prog(self) -> tuple[np.ndarray, int, int]:
         """Program, slot count and chunk of the forward-only and tangent sweeps.
 
-        Computed on first use: the slot-compacted program of ``_compact`` (the same
+        Computed on first use: the slot-compacted program of ``_slot_reuse`` (the same
         instructions over reused slots, so the same bits in a smaller workspace and
         larger chunks) when it saves a quarter of the slots or more, else the tape's own.
         The reverse sweeps index everything by result slot and keep the tape's program.
@@ -752,7 +717,7 @@ class Tape:
         if fwd is None:
             prog = self._kp
             if len(self) >= _COMPACT_MIN_INSTR:
-                from ._compact import compact
+                from ._slot_reuse import compact
 
                 comp = compact(prog)
                 if 4 * int(comp[0]) <= 3 * self._n_slots:

@@ -16,7 +16,7 @@ import numpy as np
 
 from ._errors import TracingError
 from ._ops import BY_NAME, COMPARISON, OPS, Op
-from ._recorder import Recorder
+from ._tape_builder import Recorder
 
 #: numpy ufunc -> op, derived from the op table's numpy references.
 UFUNC_OPS: dict[np.ufunc, Op] = {op.numpy: op for op in OPS if isinstance(op.numpy, np.ufunc)}

@@ -11,8 +11,22 @@ from __future__ import annotations
 import numpy as np
 
 from ._ops import BY_CODE
+from ._program import (
+    ARITY,
+    FIRST_FAMILY,
+    GUARD,
+    GUARD_OUTCOME,
+    GUARD_SLOT,
+    LAST_OPCODE,
+    MAX_ARITY,
+    Program,
+    unknown_family,
+)
 
 _MAX_SLOTS = 2**31 - 2
+#: Opcodes the kernels dispatch on: the op table's (no instruction family yet).
+_KNOWN = np.zeros(LAST_OPCODE + 1, dtype=bool)
+_KNOWN[list(BY_CODE)] = True
 
 
 class TapeFormatError(ValueError):
@@ -41,8 +55,9 @@ def check_tape_arrays(
     guards: object = None,
     sizes: object = None,
     strides: object = None,
-) -> dict[str, np.ndarray]:
-    """Check the arrays of a tape and return them normalized (int64 / float64).
+) -> Program:
+    """Check the arrays of a tape and return them as a :class:`~tapejit._program.Program`
+    (``int64`` / ``float64`` arrays).
 
     The layout is ``[constants | parameters | inputs | results]``: ``params`` must be the
     slots ``nc ..``, ``inputs`` the slots after them. Instruction ``i`` applies its op to
@@ -56,9 +71,8 @@ def check_tape_arrays(
 
     Returns
     -------
-    dict
-        ``opcodes, args, sizes, strides, results, consts, inputs, params, outputs,
-        guards``.
+    Program
+        The arrays normalized; the checked program.
 
     Raises
     ------
@@ -69,7 +83,8 @@ def check_tape_arrays(
     n = len(ops)
     arg = _int_array("args", args, 2)
     size = np.ones(n, np.int64) if sizes is None else _int_array("sizes", sizes, 1)
-    stride = np.zeros((n, 3), np.int64) if strides is None else _int_array("strides", strides, 2)
+    stride = (np.zeros((n, MAX_ARITY), np.int64) if strides is None
+              else _int_array("strides", strides, 2))
     cst = np.asarray(consts)
     if cst.dtype != np.float64 or cst.ndim != 1:
         raise TapeFormatError(
@@ -79,8 +94,8 @@ def check_tape_arrays(
     par = _int_array("params", params, 1)
     out = _int_array("outputs", outputs, 1)
     nc, n_par, n_in = len(cst), len(par), len(inp)
-    for name, a, shape in (("args", arg, (n, 3)), ("sizes", size, (n,)),
-                           ("strides", stride, (n, 3))):
+    for name, a, shape in (("args", arg, (n, MAX_ARITY)), ("sizes", size, (n,)),
+                           ("strides", stride, (n, MAX_ARITY))):
         if a.shape != shape:
             raise TapeFormatError(f"{name} must have shape {shape} for {n} opcodes; got {a.shape}")
     if (size < 1).any() or (size > _MAX_SLOTS).any():
@@ -94,17 +109,15 @@ def check_tape_arrays(
         raise TapeFormatError(f"params must be the slots {nc}..{nc + n_par - 1}")
     if not np.array_equal(inp, nc + n_par + np.arange(n_in)):
         raise TapeFormatError(f"inputs must be the slots {nc + n_par}..{n_fixed - 1}")
-    known = np.zeros(256, dtype=bool)
-    known[list(BY_CODE)] = True
-    bad = (ops < 0) | (ops > 255)
-    bad[~bad] = ~known[ops[~bad]]
+    bad = (ops < 0) | (ops > LAST_OPCODE)
+    bad[~bad] = ~_KNOWN[ops[~bad]]
     if bad.any():
         i = int(np.argmax(bad))
-        raise TapeFormatError(f"instruction {i}: unknown opcode {int(ops[i])}")
-    arity = np.zeros(256, dtype=np.int64)
-    for code, op in BY_CODE.items():
-        arity[code] = op.arity
-    used = np.arange(3)[None, :] < arity[ops][:, None]
+        op = int(ops[i])
+        raise TapeFormatError(f"instruction {i}: " + (
+            unknown_family(op) if FIRST_FAMILY <= op <= LAST_OPCODE else f"unknown opcode {op}"
+        ))
+    used = np.arange(MAX_ARITY)[None, :] < ARITY[ops][:, None]
     res = n_fixed + np.concatenate([[0], np.cumsum(size)[:-1]]).astype(np.int64) if n else (
         np.zeros(0, np.int64)
     )
@@ -125,10 +138,11 @@ def check_tape_arrays(
         raise TapeFormatError(
             f"output {k} refers to slot {int(out[k])}, expected 0..{n_slots - 1}"
         )
-    grd = np.zeros((0, 2), np.int64) if guards is None else _int_array("guards", guards, 2)
-    if grd.shape[1:] != (2,):
-        raise TapeFormatError(f"guards must have shape (n_guards, 2); got {grd.shape}")
-    bad = (grd[:, 0] < n_fixed) | (grd[:, 0] >= n_slots) | ((grd[:, 1] != 0) & (grd[:, 1] != 1))
+    grd = np.zeros((0, GUARD), np.int64) if guards is None else _int_array("guards", guards, 2)
+    if grd.shape[1:] != (GUARD,):
+        raise TapeFormatError(f"guards must have shape (n_guards, {GUARD}); got {grd.shape}")
+    slot, outcome = grd[:, GUARD_SLOT], grd[:, GUARD_OUTCOME]
+    bad = (slot < n_fixed) | (slot >= n_slots) | ((outcome != 0) & (outcome != 1))
     if bad.any():
         q = int(np.argmax(bad))
         raise TapeFormatError(
@@ -139,8 +153,5 @@ def check_tape_arrays(
         _, first = np.unique(grd, axis=0, return_index=True)
         if len(first) < len(grd):
             grd = grd[np.sort(first)]
-    return {
-        "opcodes": ops, "args": arg, "sizes": size, "strides": stride, "results": res,
-        "consts": cst, "inputs": inp, "params": par, "outputs": out, "guards": grd,
-        "n_slots": n_slots,
-    }
+    return Program(opcodes=ops, args=arg, sizes=size, strides=stride, consts=cst,
+                   n_params=n_par, n_inputs=n_in, outputs=out, guards=grd)

@@ -20,8 +20,22 @@ from test_passes import same_bits
 from test_random_programs import programs as recorded_programs
 
 import tapejit
-from tapejit._program import ROW
-from tapejit._compact import _ARITY
+from tapejit._program import (
+    ARG_A,
+    ARITY,
+    FIRST_ADJOINT,
+    MAX_ARITY,
+    N_SLOTS,
+    OPCODE,
+    PLAN_ASSIGN,
+    PLAN_FORWARD,
+    RESULT,
+    SIZE,
+    STRIDE_A,
+    code_of,
+    inputs_of,
+    outputs_of,
+)
 from tapejit._tape import _kernels
 
 
@@ -30,16 +44,15 @@ def _psrc() -> np.ndarray:
 
 
 def _code(tape) -> np.ndarray:
-    prog = tape._prog
-    return prog[prog[10] : prog[13]].reshape(-1, ROW).astype(np.int64)
+    return code_of(tape._prog).astype(np.int64)
 
 
 def zero_all_plan(tape) -> np.ndarray:
     """The plan that assigns and forwards nothing and zeroes every adjoint (the sweeps'
     old way): every instruction's adjoints in its own result slots."""
-    ni, nd, n = len(tape), int(tape._prog[2]), int(tape._prog[0])
+    ni, nd, n = len(tape), int(tape._prog[FIRST_ADJOINT]), int(tape._prog[N_SLOTS])
     ranges = [1, nd, n] if n > nd else [0]
-    return np.array([0] * ni + ranges + list(_code(tape)[:, 1]), np.int32)
+    return np.array([0] * ni + ranges + list(_code(tape)[:, RESULT]), np.int32)
 
 
 def adjoint_slots(tape) -> np.ndarray:
@@ -100,24 +113,25 @@ def check_symbolically(tape) -> None:
     whole result range, of partial 1, whose producer reads the consumer's adjoints,
     and nothing else may touch those adjoints."""
     prog, plan = tape._prog, tape._plan()
-    n, nd, ni = int(prog[0]), int(prog[2]), len(tape)
+    n, nd, ni = int(prog[N_SLOTS]), int(prog[FIRST_ADJOINT]), len(tape)
     zeroed = np.zeros(n, bool)
     for z in range(plan[ni]):
         zeroed[plan[ni + 1 + 2 * z] : plan[ni + 2 + 2 * z]] = True
     code = _code(tape)
     where = adjoint_slots(tape)
     module = _kernels()._module
-    writes = _psrc()[3 * code[:, :1] + np.arange(3)] != 0
-    outputs = prog[prog[9] : prog[10]]
+    writes = _psrc()[MAX_ARITY * code[:, OPCODE : OPCODE + 1] + np.arange(MAX_ARITY)] != 0
+    outputs = outputs_of(prog)
     forwarded = np.zeros(n, bool)
     for i in range(ni):
-        for k in range(3):
-            if not plan[i] >> (3 + k) & 1:
+        for k in range(MAX_ARITY):
+            if not plan[i] >> (PLAN_FORWARD + k) & 1:
                 continue
-            op, s0, m = code[i, 0], code[i, 2 + k], code[i, 5]
-            assert module._PSRC[3 * op + k] == 2 and module._PCONST[3 * op + k] == 1.0
-            assert m == 1 or code[i, 6 + k] == 1
-            (p,) = np.flatnonzero((code[:, 1] == s0) & (code[:, 5] == m))[-1:]
+            op, s0, m = code[i, OPCODE], code[i, ARG_A + k], code[i, SIZE]
+            q = MAX_ARITY * op + k
+            assert module._PSRC[q] == 2 and module._PCONST[q] == 1.0
+            assert m == 1 or code[i, STRIDE_A + k] == 1
+            (p,) = np.flatnonzero((code[:, RESULT] == s0) & (code[:, SIZE] == m))[-1:]
             assert p < i and where[p] == where[i], f"instruction {i} operand {k}"
             assert not forwarded[s0 : s0 + m].any()
             forwarded[s0 : s0 + m] = True
@@ -127,23 +141,23 @@ def check_symbolically(tape) -> None:
         ready[:nd] = True  # never written
         assert ready[outputs].all(), "outputs are seeded by adding"
         for i in range(ni - 1, -1, -1):
-            op, g, m = code[i, 0], where[i], code[i, 5]
+            op, g, m = code[i, OPCODE], where[i], code[i, SIZE]
             assert ready[g : g + m].all(), f"instruction {i} reads unready adjoints"
             e = np.arange(m)
-            order = [(k, j) for j in e for k in range(3)] if element_major else [
-                (k, j) for k in range(3) for j in e]
+            order = [(k, j) for j in e for k in range(MAX_ARITY)] if element_major else [
+                (k, j) for k in range(MAX_ARITY) for j in e]
             for k, j in order:
-                s = code[i, 2 + k] + j * code[i, 6 + k]
-                if (k >= _ARITY[op] or not writes[i, k] or s < nd
-                        or plan[i] >> (3 + k) & 1):
+                s = code[i, ARG_A + k] + j * code[i, STRIDE_A + k]
+                if (k >= ARITY[op] or not writes[i, k] or s < nd
+                        or plan[i] >> (PLAN_FORWARD + k) & 1):
                     continue
                 assert not forwarded[s], f"instruction {i} writes a forwarded adjoint"
-                if plan[i] >> k & 1:
+                if plan[i] >> (PLAN_ASSIGN + k) & 1:
                     assert not ready[s], f"instruction {i} operand {k} assigns over a sum"
                 else:
                     assert ready[s], f"instruction {i} operand {k} adds to an unzeroed slot"
                 ready[s] = True
-        ins = prog[prog[7] : prog[8]]
+        ins = inputs_of(prog)
         assert ready[ins].all(), "a gradient is read from an unzeroed adjoint"
 
 

@@ -1,4 +1,4 @@
-"""asv benchmarks of slot compaction (``tapejit._compact``).
+"""asv benchmarks of slot compaction (``tapejit._slot_reuse``).
 
 * ``Chain``: a 2000-step scalar loop (``x = sin(x) * 1.01``: libm-bound; ``x = x *
   0.999 + 0.001``: memory-bound) recorded once, ``forward`` over 1e5 points with the
@@ -50,7 +50,7 @@ class Chain:
         if tapejit is None:
             raise NotImplementedError(f"tapejit unavailable: {_TAPEJIT_ERROR}")
         try:
-            from tapejit._compact import compact
+            from tapejit._slot_reuse import compact
         except ImportError as exc:
             raise NotImplementedError(f"no slot compaction: {exc}") from exc
         self.compact = compact

@@ -1,4 +1,5 @@
-"""Write the tape-file fixtures of ``tests/test_io.py``: ``python tests/data/make_fixtures.py``.
+"""Write the tape-file fixtures of ``tests/test_io.py`` and ``tests/test_program.py``:
+``python tests/data/make_fixtures.py``.
 
 ``tape_v1.npz`` is a tape in file format version 1. It must keep loading (and give the
 numbers ``test_io.py`` expects) for as long as tapejit reads format version 1. The file
@@ -6,10 +7,15 @@ carries the op table's fingerprint, and a file written with another table is ref
 unless that table's fingerprint is listed in ``tapejit._ops.COMPATIBLE_FINGERPRINTS``
 (for changes that leave the meaning of every opcode as it was, such as a new
 implementation of ``sin``). Regenerate it only when opcodes change meaning on purpose.
+
+``tape_v1.pickle`` is the same tape pickled (``Tape.__reduce__``: the packed program of
+format version 1, header of 14 fields, rows of 9 ints). Pickles made by earlier versions
+must keep loading: a later program layout has to recognize and convert this one.
 """
 
 from __future__ import annotations
 
+import pickle
 import sys
 from pathlib import Path
 
@@ -39,5 +45,12 @@ def make_v1(path: Path = HERE / "tape_v1.npz") -> Path:
     return path
 
 
+def make_pickle_v1(path: Path = HERE / "tape_v1.pickle") -> Path:
+    tape = tapejit.record(fixture, np.array([2.0, 5.0]), np.array([3.0]), argnums=0)
+    path.write_bytes(pickle.dumps(tape, protocol=4))
+    return path
+
+
 if __name__ == "__main__":
     print(make_v1())
+    print(make_pickle_v1())

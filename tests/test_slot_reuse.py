@@ -1,4 +1,4 @@
-"""Slot compaction of the forward program (``tapejit._compact``).
+"""Slot compaction of the forward program (``tapejit._slot_reuse``).
 
 * On random programs (hand-built tapes with blocks, strides, parameters and guards from
   ``test_passes``; recorded ones from ``test_random_programs``) the compacted program
@@ -24,33 +24,45 @@ from test_random_programs import programs as recorded_programs
 
 import tapejit
 from tapejit import Tape, TapeFormatError
-from tapejit._program import HEADER, ROW
-from tapejit._compact import _ARITY, check_compact, compact
 from tapejit._ops import BY_NAME
+from tapejit._program import (
+    ARG_A,
+    ARITY,
+    AT_CODE,
+    AT_OUTPUTS,
+    GUARD_SLOT,
+    N_SLOTS,
+    OPCODE,
+    RESULT,
+    ROW,
+    SIZE,
+    STRIDE_A,
+    code_of,
+    first_result,
+    guards_of,
+    outputs_of,
+)
+from tapejit._slot_reuse import check_compact, compact
 from tapejit._tape import _chunk_of
 
 
 def symbolic_sweep(prog: np.ndarray, comp: np.ndarray) -> None:
     """Run both programs on slot names instead of values: every element of every
     instruction, output and guard of ``comp`` must read the slot that ``prog`` reads."""
-    nf = int(prog[2] + prog[3])
-    held = np.full(int(comp[0]), -1, dtype=np.int64)  # original slot held by each slot
+    nf = first_result(prog)
+    held = np.full(int(comp[N_SLOTS]), -1, dtype=np.int64)  # original slot held by each slot
     held[:nf] = np.arange(nf)
-    code = prog[prog[10] : prog[13]].reshape(-1, ROW).astype(np.int64)
-    new = comp[comp[10] : comp[13]].reshape(-1, ROW).astype(np.int64)
+    code = code_of(prog).astype(np.int64)
+    new = code_of(comp).astype(np.int64)
     for row, crow in zip(code, new, strict=True):
-        e = np.arange(row[5])
-        for k in range(_ARITY[row[0]]):
-            want = row[2 + k] + e * row[6 + k]
-            got = crow[2 + k] + e * crow[6 + k]
+        e = np.arange(row[SIZE])
+        for k in range(ARITY[row[OPCODE]]):
+            want = row[ARG_A + k] + e * row[STRIDE_A + k]
+            got = crow[ARG_A + k] + e * crow[STRIDE_A + k]
             assert np.array_equal(held[got], want)
-        held[crow[1] + e] = row[1] + e
-    for lo, hi in ((9, 10), (13, None)):
-        a = prog[prog[lo] : prog[hi] if hi else None]
-        b = comp[comp[lo] : comp[hi] if hi else None]
-        if lo == 13:
-            a, b = a[0::2], b[0::2]
-        assert np.array_equal(held[b], a)
+        held[crow[RESULT] + e] = row[RESULT] + e
+    assert np.array_equal(held[outputs_of(comp)], outputs_of(prog))
+    assert np.array_equal(held[guards_of(comp)[:, GUARD_SLOT]], guards_of(prog)[:, GUARD_SLOT])
 
 
 def forced(tape: Tape) -> Tape:
@@ -58,7 +70,7 @@ def forced(tape: Tape) -> Tape:
     comp = compact(tape._prog)
     check_compact(tape._prog, comp)
     symbolic_sweep(tape._prog, comp)
-    tape._fwd = (comp, int(comp[0]), _chunk_of(int(comp[0])))
+    tape._fwd = (comp, int(comp[N_SLOTS]), _chunk_of(int(comp[N_SLOTS])))
     return tape
 
 
@@ -171,27 +183,27 @@ def _pinned_tape() -> Tape:
 def test_a_read_from_the_inputs_into_the_results_pins_them():
     tape = _pinned_tape()
     comp = compact(tape._prog)
-    code = comp[comp[10] : comp[13]].reshape(-1, ROW)
-    assert code[0, 1] == 3 and code[1, 1] == 4  # where they were
-    assert comp[0] < tape.n_slots
+    code = code_of(comp)
+    assert code[0, RESULT] == 3 and code[1, RESULT] == 4  # where they were
+    assert comp[N_SLOTS] < tape.n_slots
     assert_same_forward(tape, np.array([[0.3, -0.7], [1.0, 2.0]]))
 
 
 def test_check_compact_rejects_out_of_range_slots():
     tape = _pinned_tape()
     good = compact(tape._prog)
-    n_slots = int(good[0])
-    o_code = int(good[10])
+    n_slots = int(good[N_SLOTS])
+    o_code = int(good[AT_CODE])
     bad_fields = [
-        (o_code + 1, n_slots),  # a result past the end
-        (o_code + 1, 0),  # a result over the constants
-        (o_code + ROW * 32 + 1, n_slots - 2),  # a block result running past the end
-        (o_code + ROW * 33 + 2, n_slots - 1),  # a block operand running past the end
-        (o_code + 2, -1),
-        (o_code + 3, 1),  # an unused operand column
-        (int(good[9]), n_slots),  # an output
-        (0, int(tape._prog[0]) + 1),  # more slots than the original
-        (o_code, 1),  # another opcode
+        (o_code + RESULT, n_slots),  # a result past the end
+        (o_code + RESULT, 0),  # a result over the constants
+        (o_code + ROW * 32 + RESULT, n_slots - 2),  # a block result running past the end
+        (o_code + ROW * 33 + ARG_A, n_slots - 1),  # a block operand running past the end
+        (o_code + ARG_A, -1),
+        (o_code + ARG_A + 1, 1),  # an unused operand column
+        (int(good[AT_OUTPUTS]), n_slots),  # an output
+        (N_SLOTS, int(tape._prog[N_SLOTS]) + 1),  # more slots than the original
+        (o_code + OPCODE, 1),  # another opcode
     ]
     for pos, value in bad_fields:
         comp = good.copy()
@@ -201,7 +213,6 @@ def test_check_compact_rejects_out_of_range_slots():
     with pytest.raises(TapeFormatError):
         check_compact(tape._prog, good[:-1])
     check_compact(tape._prog, good)
-    assert HEADER == 14
 
 
 def test_small_tapes_keep_their_program():

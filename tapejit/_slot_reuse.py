@@ -28,7 +28,7 @@ How slots are assigned:
   of the same instruction: results are written element by element while operands are
   read, and no kernel would survive that aliasing.
 
-The derived program has the packed format of ``_tape.py`` with ``n_slots`` lowered, but
+The derived program has the packed format of ``_program.py`` with ``N_SLOTS`` lowered, but
 it is not in SSA order, so ``_validate.check_tape_arrays`` does not apply to it;
 :func:`check_compact` checks it against the original instead (same instructions,
 inputs, parameters and header, every index a kernel can touch inside the workspace)
@@ -40,13 +40,26 @@ from __future__ import annotations
 import numba
 import numpy as np
 
-from ._ops import OPS
-from ._program import HEADER, ROW
+from ._program import (
+    ARG_A,
+    ARITY,
+    AT_OUTPUTS,
+    GUARD_OUTCOME,
+    GUARD_SLOT,
+    HEADER,
+    MAX_ARITY,
+    N_SLOTS,
+    OPCODE,
+    RESULT,
+    SIZE,
+    STRIDE_A,
+    code_of,
+    first_result,
+    guards_of,
+    outputs_of,
+)
 from ._validate import TapeFormatError
 
-_ARITY = np.zeros(256, dtype=np.int64)
-for _op in OPS:
-    _ARITY[_op.code] = _op.arity
 #: Free ranges (of more than one slot) the allocator keeps track of at most.
 _MAX_FREE = 256
 
@@ -132,10 +145,8 @@ def _allocate(first: np.ndarray, end: np.ndarray, size: np.ndarray,
 
 
 def _decode(prog: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-    """Header, code rows ``(n_instr, ROW)``, output slots and guard pairs (views)."""
-    h = prog[:HEADER]
-    code = prog[h[10] : h[13]].reshape(-1, ROW)
-    return h, code, prog[h[9] : h[10]], prog[h[13] :].reshape(-1, 2)
+    """Header, code rows ``(n_instr, ROW)``, output slots and guard rows (views)."""
+    return prog[:HEADER], code_of(prog), outputs_of(prog), guards_of(prog)
 
 
 @numba.njit(cache=True, nogil=True)
@@ -143,12 +154,12 @@ def _owners(code: np.ndarray, nf: int) -> tuple[np.ndarray, np.ndarray]:
     """First result slot of each instruction, and the instruction of each result slot
     when there are few slots per instruction (else empty: found by bisection)."""
     n = code.shape[0]
-    res = code[:, 1].astype(np.int64)
-    n_el = res[n - 1] + code[n - 1, 5] - nf
+    res = code[:, RESULT].astype(np.int64)
+    n_el = res[n - 1] + code[n - 1, SIZE] - nf
     owner = np.empty(n_el if n_el <= 4 * n else 0, dtype=np.int32)
     if owner.size:
         for i in range(n):
-            for e in range(code[i, 5]):
+            for e in range(code[i, SIZE]):
                 owner[res[i] - nf + e] = i
     return res, owner
 
@@ -173,10 +184,10 @@ def _plan(code: np.ndarray, nf: int, arity: np.ndarray, keep: np.ndarray) -> tup
     joins = np.zeros(n + 1, dtype=np.int64)
     pin = -1
     for i in range(n):
-        m = code[i, 5] - 1
-        for k in range(arity[code[i, 0]]):
-            a = code[i, 2 + k]
-            z = a + m * code[i, 6 + k]
+        m = code[i, SIZE] - 1
+        for k in range(arity[code[i, OPCODE]]):
+            a = code[i, ARG_A + k]
+            z = a + m * code[i, STRIDE_A + k]
             lo, hi = min(a, z), max(a, z)
             if hi < nf or lo == hi:
                 continue
@@ -210,10 +221,10 @@ def _plan(code: np.ndarray, nf: int, arity: np.ndarray, keep: np.ndarray) -> tup
     slot = res[first]
     size = np.empty(nu, dtype=np.int64)
     for u in range(nu):
-        size[u] = res[end[u]] + code[end[u], 5] - slot[u]
+        size[u] = res[end[u]] + code[end[u], SIZE] - slot[u]
     for i in range(n):
-        for k in range(arity[code[i, 0]]):
-            a = code[i, 2 + k]
+        for k in range(arity[code[i, OPCODE]]):
+            a = code[i, ARG_A + k]
             if a >= nf:
                 u = unit[_instr(res, owner, nf, a)]
                 end[u] = max(end[u], i)
@@ -232,11 +243,11 @@ def _remap(code: np.ndarray, new: np.ndarray, nf: int, arity: np.ndarray,
     every result slot by the shift of the instruction writing it."""
     res, owner = _owners(code, nf)
     for i in range(code.shape[0]):
-        new[i, 1] = code[i, 1] + shift[i]
-        for k in range(arity[code[i, 0]]):
-            a = code[i, 2 + k]
+        new[i, RESULT] = code[i, RESULT] + shift[i]
+        for k in range(arity[code[i, OPCODE]]):
+            a = code[i, ARG_A + k]
             if a >= nf:
-                new[i, 2 + k] = a + shift[_instr(res, owner, nf, a)]
+                new[i, ARG_A + k] = a + shift[_instr(res, owner, nf, a)]
     for j in range(slots.size):
         if slots[j] >= nf:
             slots[j] += shift[_instr(res, owner, nf, slots[j])]
@@ -248,30 +259,31 @@ def compact(prog: np.ndarray) -> np.ndarray:
     Parameters
     ----------
     prog : ndarray
-        A packed int32 program (see ``_tape.py``) that passed ``check_tape_arrays``.
+        A packed int32 program (see ``_program.py``) that passed ``Program.unpack`` or
+        was packed from a checked program.
 
     Returns
     -------
     ndarray
         A new packed int32 program with the same instructions in the same order and
-        ``prog[0]`` (``n_slots``) at most the original's, checked by
+        ``prog[N_SLOTS]`` at most the original's, checked by
         :func:`check_compact`. For forward and tangent sweeps only.
     """
-    h, code, outs, guards = _decode(prog)
-    nf = int(h[2] + h[3])
+    _, code, outs, guards = _decode(prog)
+    nf = first_result(prog)
     out = np.array(prog, dtype=np.int32)
     if len(code) == 0:
         return out
-    keep = np.concatenate([outs, guards[:, 0]]).astype(np.int64)
-    unit, first, end, slot, size = _plan(code, nf, _ARITY, keep)
+    keep = np.concatenate([outs, guards[:, GUARD_SLOT]]).astype(np.int64)
+    unit, first, end, slot, size = _plan(code, nf, ARITY, keep)
     start, high = _allocate(first, end, size, np.argsort(end, kind="stable"))
     shift = (start + nf - slot)[unit]
     _, new, new_outs, new_guards = _decode(out)
     slots = keep.copy()
-    _remap(code, new, nf, _ARITY, shift, slots)
+    _remap(code, new, nf, ARITY, shift, slots)
     new_outs[:] = slots[: len(outs)]
-    new_guards[:, 0] = slots[len(outs) :]
-    out[0] = nf + high
+    new_guards[:, GUARD_SLOT] = slots[len(outs) :]
+    out[N_SLOTS] = nf + high
     check_compact(prog, out)
     return out
 
@@ -281,17 +293,17 @@ def _outside(code: np.ndarray, nf: int, n_slots: int, arity: np.ndarray) -> int:
     """First instruction that writes outside ``nf..n_slots - 1`` or reads outside
     ``0..n_slots - 1`` (``-1``: none)."""
     for i in range(code.shape[0]):
-        m = code[i, 5] - 1
-        r = code[i, 1]
+        m = code[i, SIZE] - 1
+        r = code[i, RESULT]
         if r < nf or r + m >= n_slots:
             return i
-        for k in range(3):
-            a = code[i, 2 + k]
-            if k >= arity[code[i, 0]]:
+        for k in range(MAX_ARITY):
+            a = code[i, ARG_A + k]
+            if k >= arity[code[i, OPCODE]]:
                 if a != 0:
                     return i
                 continue
-            z = a + m * code[i, 6 + k]
+            z = a + m * code[i, STRIDE_A + k]
             if min(a, z) < 0 or max(a, z) >= n_slots:
                 return i
     return -1
@@ -299,7 +311,7 @@ def _outside(code: np.ndarray, nf: int, n_slots: int, arity: np.ndarray) -> int:
 
 def check_compact(prog: np.ndarray, comp: np.ndarray) -> None:
     """Check that ``comp`` is the validated program ``prog`` with only slots renumbered,
-    and that every slot a kernel can read or write is inside its ``comp[0]`` slots.
+    and that every slot a kernel can read or write is inside its ``comp[N_SLOTS]`` slots.
 
     It does not check that the renumbering keeps the values (the tests do, by
     simulating the sweep); it is what keeps a bug there from becoming a memory error.
@@ -313,21 +325,24 @@ def check_compact(prog: np.ndarray, comp: np.ndarray) -> None:
         raise TapeFormatError("a compact program has the layout of its original")
     h, code, _, guards = _decode(prog)
     hc, new, outs, new_guards = _decode(comp)
-    n_slots, nf = int(hc[0]), int(h[2] + h[3])
+    n_slots, nf = int(hc[N_SLOTS]), first_result(prog)
+    others = np.arange(HEADER) != N_SLOTS  # every header field but the slot count
     if (
-        not np.array_equal(h[1:], hc[1:])
-        or not nf <= n_slots <= h[0]
-        or not np.array_equal(prog[HEADER : h[9]], comp[HEADER : h[9]])
-        or not np.array_equal(code[:, 0], new[:, 0])
-        or not np.array_equal(code[:, 5:], new[:, 5:])
-        or not np.array_equal(guards[:, 1], new_guards[:, 1])
+        not np.array_equal(h[others], hc[others])
+        or not nf <= n_slots <= h[N_SLOTS]
+        or not np.array_equal(prog[HEADER : h[AT_OUTPUTS]], comp[HEADER : h[AT_OUTPUTS]])
+        or not np.array_equal(code[:, OPCODE], new[:, OPCODE])
+        or not np.array_equal(code[:, SIZE], new[:, SIZE])
+        or not np.array_equal(code[:, STRIDE_A : STRIDE_A + MAX_ARITY],
+                              new[:, STRIDE_A : STRIDE_A + MAX_ARITY])
+        or not np.array_equal(guards[:, GUARD_OUTCOME], new_guards[:, GUARD_OUTCOME])
     ):
         raise TapeFormatError("a compact program must keep its original's instructions")
-    i = _outside(new, nf, n_slots, _ARITY)
+    i = _outside(new, nf, n_slots, ARITY)
     if i >= 0:
         raise TapeFormatError(f"compact program: instruction {i} reaches outside its "
                               f"{n_slots} slots")
-    for s in (outs, new_guards[:, 0]):
+    for s in (outs, new_guards[:, GUARD_SLOT]):
         if s.size and (s.min() < 0 or s.max() >= n_slots):
             raise TapeFormatError("a compact program's outputs or guards are out of range")
 

@@ -1,4 +1,5 @@
-"""The recorder: appends instructions in bulk while a function is traced.
+"""The tape builder: the growing instruction buffer that records a traced function in bulk
+and finalizes into a :class:`~tapejit._program.Program` (``_record.record`` drives it).
 
 During recording every value has an integer *id*: ``>= 0`` for a variable node (the
 leaves, i.e. inputs and parameters, come first, then one node per instruction, in
@@ -14,7 +15,8 @@ the op's numpy reference, vectorized), so that Python control flow on a traced v
 be decided there and recorded as a *guard*: the comparison node and the outcome seen.
 Replays check every guard at every point (see ``_drivers.py``).
 
-:meth:`Recorder.finalize` turns this into the slot layout of a :class:`~tapejit.Tape`.
+:meth:`Recorder.finalize` turns this into the slot layout of a program, from which a
+:class:`~tapejit.Tape` is built.
 """
 
 from __future__ import annotations
@@ -23,7 +25,18 @@ import bisect
 
 import numpy as np
 
-from ._ops import BY_CODE, Op
+from ._ops import Op
+from ._program import (
+    ARG_A,
+    GUARD,
+    GUARD_SLOT,
+    MAX_ARITY,
+    OPCODE,
+    ROW,
+    SIZE,
+    STRIDE_A,
+    Program,
+)
 
 _I64 = np.int64
 #: Fewest elements an emission needs to become one block instruction.
@@ -228,14 +241,13 @@ class Recorder:
     # -- finishing -----------------------------------------------------------------------
     def finalize(
         self, input_leaves: np.ndarray, param_leaves: np.ndarray, outputs: np.ndarray
-    ) -> dict[str, np.ndarray]:
+    ) -> Program:
         """Map ids to slots ``[constants | parameters | inputs | results]``.
 
-        Returns the arrays a :class:`~tapejit.Tape` is built from: ``opcodes``, ``args``,
-        ``sizes``, ``strides``, ``consts``, ``inputs``, ``params``, ``outputs`` and
-        ``guards``. Each emission whose operand slots advance affinely (as slices,
-        broadcasts and fresh results do) becomes one block instruction, or one per row
-        of its last axis; anything else becomes scalar instructions.
+        Returns the program a :class:`~tapejit.Tape` is built from (checked then). Each
+        emission whose operand slots advance affinely (as slices, broadcasts and fresh
+        results do) becomes one block instruction, or one per row of its last axis;
+        anything else becomes scalar instructions.
         """
         self.closed = True
         nc = self.n_consts
@@ -258,62 +270,65 @@ class Recorder:
 
         rows = []
         for code, n, row, ops in self._groups:
-            arity = BY_CODE[code].arity
             if all(not isinstance(o, np.ndarray) for o in ops):
-                mapped = [affine_slot(o) for o in ops] + [(0, 0)] * (3 - arity)
-                rows.append(np.array(
-                    [[code, -1, *(m[0] for m in mapped), n, *(m[1] if n > 1 else 0
-                                                             for m in mapped)]],
-                    dtype=_I64,
-                ))
+                mapped = [affine_slot(o) for o in ops]
+                one = np.zeros((1, ROW), dtype=_I64)
+                one[0, OPCODE], one[0, SIZE] = code, n
+                for k, (first, stride) in enumerate(mapped):
+                    one[0, ARG_A + k] = first
+                    one[0, STRIDE_A + k] = stride if n > 1 else 0
+                rows.append(one)
                 continue
-            slots = np.zeros((n, 3), dtype=_I64)
+            slots = np.zeros((n, MAX_ARITY), dtype=_I64)
             for j, o in enumerate(ops):
                 ids = o if isinstance(o, np.ndarray) else o[0] + o[1] * np.arange(n)
                 slots[:, j] = slot(ids)
             rows.append(_rows(code, slots, row))
-        code = np.concatenate(rows) if rows else np.empty((0, 9), _I64)
-        guards = np.array(self._guards, dtype=_I64).reshape(-1, 2)
-        guards[:, 0] = slot(guards[:, 0])
-        return {
-            "opcodes": code[:, 0],
-            "args": code[:, 2:5],
-            "sizes": code[:, 5],
-            "strides": code[:, 6:9],
-            "consts": self._consts.view().copy(),
-            "inputs": nc + n_par + np.arange(input_leaves.size),
-            "params": nc + np.arange(n_par),
-            "outputs": slot(outputs),
-            "guards": guards,
-        }
+        code = np.concatenate(rows) if rows else np.empty((0, ROW), _I64)
+        guards = np.array(self._guards, dtype=_I64).reshape(-1, GUARD)
+        guards[:, GUARD_SLOT] = slot(guards[:, GUARD_SLOT])
+        return Program(
+            opcodes=code[:, OPCODE],
+            args=code[:, ARG_A : ARG_A + MAX_ARITY],
+            sizes=code[:, SIZE],
+            strides=code[:, STRIDE_A : STRIDE_A + MAX_ARITY],
+            consts=self._consts.view().copy(),
+            n_params=n_par,
+            n_inputs=input_leaves.size,
+            outputs=slot(outputs),
+            guards=guards,
+        )
 
 
 def _rows(code: int, slots: np.ndarray, row: int) -> np.ndarray:
-    """Instruction rows ``(op, res, a, b, c, n, sa, sb, sc)`` for one emission.
+    """Instruction rows (``ROW`` ints, results unset) for one emission.
 
-    ``slots`` holds the operand slots (``-1`` where unused, set to ``0``); the results
+    ``slots`` holds the operand slots (``0`` in unused columns); the results
     are fresh consecutive slots, so only the operands decide whether elements form a
     block: every operand must advance by a constant stride.
     """
     n = len(slots)
+    args = slice(ARG_A, ARG_A + MAX_ARITY)
+    strides = slice(STRIDE_A, STRIDE_A + MAX_ARITY)
     if n >= BLOCK_MIN:
         d = np.diff(slots, axis=0)
         if (d == d[0]).all():
-            return np.array([[code, -1, *slots[0], n, *d[0]]], dtype=_I64)
+            out = np.zeros((1, ROW), dtype=_I64)
+            out[0, OPCODE], out[0, SIZE] = code, n
+            out[0, args], out[0, strides] = slots[0], d[0]
+            return out
         if BLOCK_MIN <= row < n and n % row == 0:
-            s3 = slots.reshape(n // row, row, 3)
+            s3 = slots.reshape(n // row, row, MAX_ARITY)
             d3 = np.diff(s3, axis=1)
             if (d3 == d3[:, :1]).all():
-                out = np.empty((n // row, 9), dtype=_I64)
-                out[:, 0] = code
-                out[:, 1] = -1
-                out[:, 2:5] = s3[:, 0]
-                out[:, 5] = row
-                out[:, 6:9] = d3[:, 0]
+                out = np.zeros((n // row, ROW), dtype=_I64)
+                out[:, OPCODE] = code
+                out[:, args] = s3[:, 0]
+                out[:, SIZE] = row
+                out[:, strides] = d3[:, 0]
                 return out
-    out = np.zeros((n, 9), dtype=_I64)
-    out[:, 0] = code
-    out[:, 1] = -1  # result slots are assigned by the Tape (consecutive)
-    out[:, 2:5] = slots
-    out[:, 5] = 1
+    out = np.zeros((n, ROW), dtype=_I64)
+    out[:, OPCODE] = code
+    out[:, args] = slots
+    out[:, SIZE] = 1
     return out
