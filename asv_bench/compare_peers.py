@@ -32,6 +32,7 @@ tapejit rows tolerate missing tapejit features: any exception is reported as
 import argparse
 import datetime
 import importlib.metadata
+import json
 import os
 import platform
 import re
@@ -158,8 +159,11 @@ WARNINGS = []
 def run_cell(row, impl, make, *, quick, check=None, **kw):
     """``make()`` builds the callable (untimed; may do recording/compiling).
 
-    ``check(result)`` may raise or return a string describing a mismatch.
+    ``check(result)`` may raise or return a string describing a mismatch. A peer left
+    out by ``--no-peers`` is not run.
     """
+    if impl != "tapejit" and impl not in PEERS:
+        return
     try:
         fn = make()
         if fn is None:
@@ -669,7 +673,15 @@ def main(argv=None):
         help="also write the report as a reStructuredText fragment (for the docs: "
         "docs/_include/performance_table.rst)",
     )
+    ap.add_argument("--json", metavar="FILE.json",
+                    help="also write the median seconds per call of every cell and the "
+                    "interleaved ratios as JSON (read by compare_commits.py)")
+    ap.add_argument("--no-peers", action="store_true",
+                    help="time tapejit and hand-written Numba only (skip jax, casadi, "
+                    "autograd)")
     args = ap.parse_args(argv)
+    if args.no_peers:
+        PEERS[:] = ["hand numba"]
     command = "python asv_bench/compare_peers.py " + " ".join(
         sys.argv[1:] if argv is None else argv
     )
@@ -711,6 +723,12 @@ def main(argv=None):
     if args.out:
         Path(args.out).write_text(report + "\n")
         print(f"\nwritten to {args.out}")
+    if args.json:
+        cells = {r.name: {"cells": {i: (c.median if isinstance(c, Timing) else None)
+                                    for i, c in r.cells.items()},
+                          "paired": r.paired} for r in ROWS}
+        Path(args.json).write_text(json.dumps({"tapejit": getattr(tapejit, "__file__", None),
+                                               "rows": cells}, indent=1) + "\n")
     if args.rst:
         Path(args.rst).parent.mkdir(parents=True, exist_ok=True)
         Path(args.rst).write_text(
