@@ -1,5 +1,5 @@
-"""Command line: ``tapejit demo``, ``tapejit inspect FILE``, ``tapejit eval FILE ...``
-(also ``python -m tapejit ...``).
+"""Command line: ``tapejit demo``, ``tapejit inspect FILE``, ``tapejit eval FILE ...``,
+``tapejit kernels [--op NAME --sweep SWEEP]`` (also ``python -m tapejit ...``).
 
 Every output is written to a temporary file and renamed into place when complete: on any
 error the file that was at the path is untouched, and an output that is the same file as
@@ -34,6 +34,18 @@ def demo(n_points: int = 10**6, steps: int = 200, out_dir: str | None = None,
 
     run(n_points=n_points, steps=steps, out_dir=out_dir, pictures=pictures)
     return EXIT_OK
+
+
+def _op_names() -> list[str]:
+    from ._ops import BY_NAME
+
+    return list(BY_NAME)
+
+
+def _sweep_names() -> list[str]:
+    from ._kernels.codegen import SWEEPS
+
+    return list(SWEEPS)
 
 
 def _err(command: str, message: object) -> None:
@@ -178,6 +190,23 @@ def evaluate(path: str, points: str, out: str, params: str | None = None,
     return EXIT_OK
 
 
+def kernels(op: str | None = None, sweep: str | None = None) -> int:
+    """Print the sweeps and where each one's code comes from, or the code that one op
+    runs in one sweep (see :func:`tapejit._kernels.codegen.kernel_code`)."""
+    from ._kernels.codegen import kernel_code, sweep_origins
+
+    if op is None:
+        width = max(len(n) for n, _, _ in sweep_origins())
+        print("sweeps (tapejit kernels --op NAME --sweep SWEEP prints one op's code):")
+        for name, function, origin in sweep_origins():
+            print(f"  {name:<{width}}  {function}: {origin}")
+        print("drivers and helpers: tapejit/_kernels/{njit,scalar,libm,plan,support,point,"
+              "batch}.py")
+        return EXIT_OK
+    print(kernel_code(op, sweep), end="")
+    return EXIT_OK
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the ``tapejit`` command."""
     raw = argparse.RawDescriptionHelpFormatter
@@ -216,6 +245,12 @@ def main(argv: list[str] | None = None) -> int:
     p_ev.add_argument("--mask", action="store_true",
                       help="NaN at points outside the recorded branches instead of failing")
     p_ev.add_argument("--out", required=True, metavar="O.npy", help="result file (.npy)")
+    p_k = sub.add_parser("kernels", help="the kernel sweeps, or the code one op runs in one")
+    p_k.add_argument("--list", action="store_true", help="list the sweeps (the default)")
+    p_k.add_argument("--op", choices=_op_names(), metavar="NAME",
+                     help="an op of the table, e.g. mul (needs --sweep)")
+    p_k.add_argument("--sweep", choices=_sweep_names(), metavar="SWEEP",
+                     help="one of: " + ", ".join(_sweep_names()))
     args = parser.parse_args(argv)
     if args.command == "demo":
         if args.points < 1:
@@ -228,6 +263,12 @@ def main(argv: list[str] | None = None) -> int:
                 else "hessian" if args.hessian else "forward")
         return evaluate(args.file, args.points, args.out, args.params, what,
                         "mask" if args.mask else "raise")
+    if args.command == "kernels":
+        if args.list or (args.op is None and args.sweep is None):
+            return kernels()
+        if args.op is None or args.sweep is None:
+            parser.error("kernels: give both --op and --sweep (or --list)")
+        return kernels(args.op, args.sweep)
     return 2  # pragma: no cover - argparse enforces the choices
 
 

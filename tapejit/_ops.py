@@ -40,11 +40,15 @@ into NaN in the gradient.
 
 from __future__ import annotations
 
+import ast
+import functools
 import re
 from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
+
+from ._kernels.sources import kernel_body
 
 LINEAR = "linear"  # partials are constants
 ZERO_DERIVATIVE = "zero_derivative"  # every partial is 0
@@ -115,6 +119,62 @@ class Op:
             raise ValueError(f"op {self.name}: partials/second do not match arity {self.arity}")
         if not 0 < self.code < 128:
             raise ValueError(f"op {self.name}: opcode {self.code} outside 1..127")
+
+    @property
+    def partial_sources(self) -> tuple[PartialSource, ...]:
+        """Where the reverse sweeps find each partial (see :class:`PartialSource`)."""
+        return tuple(partial_source(p) for p in self.partials)
+
+
+@dataclass(frozen=True)
+class PartialSource:
+    """Where the reverse sweeps find one local partial of an op, derived from its
+    expression: only a ``"stored"`` partial costs a store in the forward sweep.
+
+    Attributes
+    ----------
+    kind : str
+        ``"zero"`` (nothing to propagate), ``"constant"`` (the number ``factor``),
+        ``"value"`` (the workspace value of ``operand`` times ``factor``: ``mul``'s
+        partial ``b``, ``square``'s ``2.0 * a``, ``exp``'s ``r``) or ``"stored"``
+        (computed and stored by the forward-partials sweeps).
+    operand : str
+        ``"a"``, ``"b"``, ``"c"`` or ``"r"`` (the result) for ``"value"``, else ``""``.
+    factor : float
+        The constant, or the factor of the value; 1.0 for ``"stored"``, 0.0 for ``"zero"``.
+    """
+
+    kind: str
+    operand: str = ""
+    factor: float = 1.0
+
+
+def _number(node: ast.expr) -> float | None:
+    """The value of a numeric literal, signed or not; ``None`` for anything else."""
+    if isinstance(node, ast.UnaryOp) and isinstance(node.op, (ast.USub, ast.UAdd)):
+        v = _number(node.operand)
+        return None if v is None else (-v if isinstance(node.op, ast.USub) else v)
+    if isinstance(node, ast.Constant) and type(node.value) in (int, float):
+        return float(node.value)
+    return None
+
+
+@functools.cache
+def partial_source(expr: str) -> PartialSource:
+    """Classify a partial expression (see :class:`PartialSource`)."""
+    node = ast.parse(expr.strip(), mode="eval").body
+    number = _number(node)
+    if number is not None:
+        return PartialSource("zero", factor=0.0) if number == 0.0 else \
+            PartialSource("constant", factor=number)
+    if isinstance(node, ast.Name) and node.id in ("a", "b", "c", "r"):
+        return PartialSource("value", node.id)
+    if isinstance(node, ast.BinOp) and isinstance(node.op, ast.Mult):
+        for x, y in ((node.left, node.right), (node.right, node.left)):
+            factor = _number(y)
+            if isinstance(x, ast.Name) and x.id in ("a", "b", "c", "r") and factor is not None:
+                return PartialSource("value", x.id, factor)
+    return PartialSource("stored")
 
 
 def _sel(c, a, b):
@@ -276,55 +336,17 @@ def math_to_numpy() -> dict[str, str]:
     return out
 
 
-#: Scalar helper functions the value and partial expressions may call, as Numba source.
-#: They live here, beside the table, so the table's expressions are self-contained; the
-#: expressions may also call tapejit's own ``_sin``, ``_cos`` and ``_log`` (``_libm.py``).
-HELPERS = '''
-@njit(cache=True, nogil=True)
-def _sign(a):
-    if a > 0.0:
-        return 1.0
-    if a < 0.0:
-        return -1.0
-    return a * 0.0  # 0.0 stays 0.0, NaN stays NaN
-
-
-@njit(cache=True, nogil=True)
-def _maximum(a, b):
-    return a if (a >= b or a != a) else b
-
-
-@njit(cache=True, nogil=True)
-def _minimum(a, b):
-    return a if (a <= b or a != a) else b
-
-
-@njit(cache=True, nogil=True)
-def _clip(a, lo, hi):
-    return _minimum(_maximum(a, lo), hi)
-
-
-@njit(cache=True, nogil=True)
-def _logaddexp(a, b):
-    if a == b:
-        return a + 0.6931471805599453
-    m = _maximum(a, b)
-    return m + math.log1p(math.exp(-abs(a - b)))
-
-
-@njit(cache=True, nogil=True)
-def _azmul(x, y):
-    # CppAD's azmul: zero times anything (inf, NaN) is zero.
-    if x == 0.0 or y == 0.0:
-        return 0.0
-    return x * y
-'''
+#: The kernel source of the scalar helper functions that the value and partial expressions
+#: may call (``tapejit/_kernels/scalar.py``), hashed by :func:`fingerprint`. The
+#: expressions may also call tapejit's own ``_sin``, ``_cos`` and ``_log``
+#: (``tapejit/_kernels/libm.py``).
+HELPERS = kernel_body("scalar")
 
 
 #: Helpers with a twin that vectorizes but is exact only where ``guard`` (of the helper's
 #: argument ``{x}``) is false: ``helper -> (twin, guard)``. The batched sweeps call the
 #: twin over a whole row and redo the (rare) guarded elements with the helper, so every
-#: sweep gives the helper's bits. The helpers and twins are in ``_libm.py``.
+#: sweep gives the helper's bits. The helpers and twins are in ``tapejit/_kernels/libm.py``.
 TWINS: dict[str, tuple[str, str]] = {
     "_sin": ("_sin_near", "abs({x}) > _TRIG_MAX"),
     "_cos": ("_cos_near", "abs({x}) > _TRIG_MAX"),

@@ -24,7 +24,7 @@ from typing import Any
 import numpy as np
 
 from ._atomic import replacing
-from ._libm import NUMPY as _LIBM_NUMPY
+from ._kernels.reference import LIBM_NUMPY as _LIBM_NUMPY
 from ._ops import BY_CODE, HELPERS, OPS, Op, math_to_numpy
 from ._program import MAX_ARITY, Program
 from ._tape import Tape

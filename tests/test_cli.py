@@ -271,3 +271,41 @@ def test_python_dash_m(files):
     )
     assert proc.returncode == 2
     assert proc.stderr.startswith("tapejit inspect: ") and proc.stdout == ""
+
+
+def test_kernels_lists_the_sweeps_and_their_origin(capsys):
+    assert main(["kernels"]) == 0
+    out = capsys.readouterr().out
+    assert "reverse_stored_chunk: tapejit/_kernels/reverse.py" in out
+    assert "forward_chunk: generated from the op table by tapejit._kernels.codegen._forward" in out
+    assert main(["kernels", "--list"]) == 0
+    assert capsys.readouterr().out == out
+
+
+def test_kernels_prints_an_ops_code(capsys):
+    assert main(["kernels", "--op", "mul", "--sweep", "forward"]) == 0
+    out = capsys.readouterr().out
+    assert "if op == 3:  # mul" in out and "wr[p] = a * b" in out
+    assert "_sin(a)" not in out  # only mul's branch
+    assert main(["kernels", "--op", "mul", "--sweep", "reverse"]) == 0
+    out = capsys.readouterr().out
+    assert "no per-op code" in out and "d/db = a: the value of a times 1.0" in out
+
+
+@pytest.mark.parametrize("args, named", [
+    (["--op", "mull", "--sweep", "reverse"], "'add', 'sub', 'mul'"),
+    (["--op", "mul", "--sweep", "backward"], "'forward', 'forward_point'"),
+])
+def test_kernels_unknown_op_or_sweep(capsys, args, named):
+    with pytest.raises(SystemExit) as exc:
+        main(["kernels", *args])
+    assert exc.value.code == 2
+    err = capsys.readouterr().err
+    assert "invalid choice" in err and named in err
+
+
+def test_kernels_needs_op_and_sweep_together(capsys):
+    with pytest.raises(SystemExit) as exc:
+        main(["kernels", "--op", "mul"])
+    assert exc.value.code == 2
+    assert "give both --op and --sweep" in capsys.readouterr().err

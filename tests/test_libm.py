@@ -1,4 +1,4 @@
-"""tapejit's own ``sin``, ``cos`` and ``log`` (``tapejit/_libm.py``), through the kernels.
+"""tapejit's own ``sin``, ``cos`` and ``log`` (``tapejit/_kernels/libm.py``), through the kernels.
 
 * Accuracy: below :data:`MAX_ULP` against long-double references, on the batched
   (vectorized) path, over typical, wide, tiny, subnormal and near-multiple-of-pi/2
@@ -23,8 +23,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import tapejit
-from tapejit._codegen import load_kernels
-from tapejit._libm import NUMPY
+from tapejit._kernels.cache import load_kernels
+from tapejit._kernels.reference import LIBM_NUMPY as NUMPY
 from tapejit._ops import BY_NAME, TWINS
 
 #: Largest error accepted, in units in the last place of the true result (measured
@@ -189,3 +189,20 @@ def test_helpers_with_twins_are_defined_and_used_by_the_table():
     for x in (0.3, -2.5, 1.5e6):
         assert K._sin_near(x) == K._sin(x) and K._cos_near(x) == K._cos(x)
     assert K._sin(1e22) == math.sin(1e22) and K._cos(-1e22) == math.cos(-1e22)
+
+
+def test_reference_helpers_are_the_kernel_helpers():
+    # The reference interpreter's helpers are the kernel files' own functions as Python
+    # (no copy of their source): same results as the compiled ones, NaN and ties included.
+    from tapejit._kernels.reference import reference_namespace
+
+    K = load_kernels()
+    ns = reference_namespace(math)
+    args = [(x, y, z) for x in (-2.0, -0.0, 0.0, 0.5, math.nan, math.inf)
+            for y in (-1.0, 0.0, 0.5) for z in (0.25, math.nan)]
+    for x, y, z in args:
+        for name, got in (("_sign", (x,)), ("_maximum", (x, y)), ("_minimum", (x, y)),
+                          ("_clip", (x, y, z)), ("_logaddexp", (x, y)), ("_azmul", (x, y))):
+            want = getattr(K, name)(*got)
+            assert np.array_equal(ns[name](*got), want, equal_nan=True), (name, got)
+    assert ns["_sin"] is np.sin and ns["math"] is math

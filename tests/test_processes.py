@@ -235,7 +235,7 @@ def test_kernel_source_is_the_same_in_every_process():
     # The generated source keys Numba's on-disk cache: text that varied with Python's
     # hash seed (a set iterated while generating) would recompile in every process.
     code = (f"import sys, hashlib; sys.path.insert(0, {str(ROOT)!r}); "
-            "from tapejit._codegen import generate_source; "
+            "from tapejit._kernels.codegen import generate_source; "
             "print(hashlib.sha256(generate_source().encode()).hexdigest())")
     digests = {
         subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,

@@ -21,7 +21,7 @@ few percent of arguments.
 * ``_sin_near``/``_cos_near``: exact for ``|x| <= _TRIG_MAX`` (and NaN), anything
   beyond. ``_sin``/``_cos`` add the one branch, to libm for larger ``|x|``; the batched
   forward sweeps run the ``_near`` twin over a whole row and then redo the (rare) larger
-  elements with ``_sin``/``_cos`` (see ``_ops.TWINS``), giving ``_sin``'s bits everywhere.
+  elements with ``_sin``/``_cos`` (see ``tapejit._ops.TWINS``), giving ``_sin``'s bits everywhere.
 * ``_log``: fdlibm's ``__ieee754_log`` reduction ``x = 2**k (1 + f)``,
   ``sqrt(2)/2 <= 1 + f < sqrt(2)``, and its polynomial in ``s = f / (2 + f)``, without
   its shortcut branches; the exponent is read from the bits (``_bits``), subnormals are
@@ -32,21 +32,19 @@ The branch-free functions are inlined by Numba (``inline="always"``): left to LL
 function this size is inlined at some call sites and called at others, and a call stops
 the row loop from vectorizing.
 
-This is source text like ``_drivers.py``: ``_codegen.generate_source`` puts it into the
-generated kernel module, so Numba's cache of every kernel is keyed on it.
+Kernel source (see ``sources.py``): the generator copies the code below the marker into
+the generated kernel module, so Numba's cache of every kernel is keyed on it.
 """
 
-import numpy as np
+import math
 
-#: The numpy function each helper here computes (to within an ulp): the op table's
-#: pure-numpy interpreter (``_show.py``) evaluates the table's expressions with these,
-#: an independent check on the kernels.
-NUMPY = {"_sin": np.sin, "_cos": np.cos, "_log": np.log}
-
-SOURCE = '''
 from llvmlite import ir as _ir
 from numba.core import types as _types
 from numba.extending import intrinsic as _intrinsic
+
+from tapejit._kernels.njit import njit
+
+# --- kernel source ---
 
 
 @_intrinsic
@@ -197,4 +195,3 @@ def _log(x):
     v = v if x < math.inf else x  # inf and NaN
     v = -math.inf if x == 0.0 else v
     return math.nan if x < 0.0 else v
-'''

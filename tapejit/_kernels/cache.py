@@ -1,0 +1,110 @@
+"""Write the generated kernel module into the cache directory, once, and import it.
+
+The module is written under a name that is the hash of its source, so Numba's on-disk
+cache (``cache=True``) stays valid for exactly that source and is reused by every later
+process. The source has no paths or timestamps in it: it is the same in every process.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.abc
+import importlib.util
+import os
+import re
+import sys
+import tempfile
+from pathlib import Path
+from types import ModuleType
+
+from .codegen import generate_source
+
+
+def cache_dir() -> Path:
+    """Directory that holds the generated kernel source and Numba's cache of it.
+
+    ``TAPEJIT_CACHE_DIR`` overrides the default ``$XDG_CACHE_HOME/tapejit`` (or
+    ``~/.cache/tapejit``); an unwritable location falls back to the temp directory.
+    """
+    env = os.environ.get("TAPEJIT_CACHE_DIR")
+    if env:
+        return Path(env)
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return Path(base) / "tapejit"
+
+
+def _write_once(path: Path, source: str) -> None:
+    if path.exists() and path.read_text() == source:
+        return  # keep the mtime: Numba's cache index is keyed on it
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
+    with os.fdopen(fd, "w") as fh:
+        fh.write(source)
+    os.replace(tmp, path)
+
+
+def _roots() -> tuple[Path, Path]:
+    return cache_dir(), Path(tempfile.gettempdir()) / f"tapejit-{os.getuid()}"
+
+
+_MODULE_NAME = re.compile(r"tapejit_kernels_([0-9a-f]{16})")
+
+
+class _KernelModuleFinder(importlib.abc.MetaPathFinder, importlib.abc.Loader):
+    """Finds kernel modules by name for Numba's cache of *user* functions.
+
+    A user's ``cache=True`` function that calls :func:`tapejit.jit_value_and_grad` is
+    cached with the name of the kernel module it was compiled against, and loading it
+    imports that module. After the kernels change (a new op table, a new tapejit) the
+    module has another name: this finder loads the old one from the cache directory, or
+    gives an empty stand-in when it is gone, so that the cached function loads and its
+    stamp check raises the clear error of ``_jit_api`` (not ``ModuleNotFoundError``).
+    """
+
+    def find_spec(self, fullname, path=None, target=None):
+        m = _MODULE_NAME.fullmatch(fullname)
+        if m is None:
+            return None
+        for root in _roots():
+            candidate = root / m.group(1) / f"{fullname}.py"
+            if candidate.is_file():
+                return importlib.util.spec_from_file_location(fullname, candidate)
+        return importlib.util.spec_from_loader(fullname, self)
+
+    def create_module(self, spec):
+        return None  # the default: an empty module
+
+    def exec_module(self, module) -> None:
+        module._tapejit_stand_in = True
+
+
+if not any(isinstance(f, _KernelModuleFinder) for f in sys.meta_path):
+    sys.meta_path.append(_KernelModuleFinder())
+
+
+def load_kernels() -> ModuleType:
+    """Write the generated module (once per distinct source) and import it."""
+    source = generate_source()
+    digest = hashlib.sha256(source.encode()).hexdigest()[:16]
+    name = f"tapejit_kernels_{digest}"
+    if name in sys.modules and not getattr(sys.modules[name], "_tapejit_stand_in", False):
+        return sys.modules[name]
+    path = None
+    for root in _roots():
+        candidate = root / digest / f"{name}.py"
+        try:
+            _write_once(candidate, source)
+        except OSError:
+            continue
+        path = candidate
+        break
+    if path is None:
+        raise OSError(
+            "tapejit could not write its kernel module to any cache directory; "
+            "set TAPEJIT_CACHE_DIR to a writable directory"
+        )
+    spec = importlib.util.spec_from_file_location(name, path)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module
+    spec.loader.exec_module(module)
+    return module

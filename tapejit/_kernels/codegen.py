@@ -1,0 +1,744 @@
+"""Generate the kernel module's source: the kernel files with the op table's sweeps.
+
+The value, tangent and second-order sweeps are a dispatch over :data:`tapejit._ops.OPS`
+written out here from the table's ``value``, ``partials`` and ``second`` expressions;
+they contain no per-op logic of their own. The reverse sweeps have no per-op code at all
+(``reverse.py``): they read the tables ``_PSRC``/``_PCONST``/``_PCNT``/``_PIDX`` derived
+here from ``Op.partial_sources``. Everything else is kernel files of this package, copied
+below their marker line (``sources.py``). :func:`generate_source` assembles the module;
+``cache.py`` writes it under the hash of its text and imports it. :func:`kernel_code`
+shows what one op runs in one sweep (``tapejit kernels``).
+"""
+
+from __future__ import annotations
+
+import ast
+import re
+import textwrap
+
+from .. import _program
+from .._ops import BY_NAME, FAST_BLOCK, FAST_BROADCAST, OPS, TWINS, VECTOR_FN, Op
+from . import constants
+from .constants import (
+    N_OPCODES,
+    SRC_A,
+    SRC_CONST,
+    SRC_STORED,
+    SRC_ZERO,
+)
+from .sources import kernel_body, kernel_path
+
+# Inside an op's element loop: the slots of element ``e`` of a block instruction.
+_SLOT = {"a": "ja", "b": "jb", "c": "jc", "r": "jr"}
+_SLOTS = ("ja", "jb", "jc")
+_ELEMENT = [
+    "for e in range(n):",
+    "    jr = ir + e",
+    "    ja = ia + e * sa",
+    "    jb = ib + e * sb",
+    "    jc = ic + e * sc",
+]
+_ZERO = ("0.0", "0")
+_SECOND_INDEX = {
+    1: {(0, 0): 0},
+    2: {(0, 0): 0, (0, 1): 1, (1, 1): 2},
+    3: {(0, 0): 0, (0, 1): 1, (0, 2): 2, (1, 1): 3, (1, 2): 4, (2, 2): 5},
+}
+
+
+def _uses(expr: str) -> list[str]:
+    """Names among a, b, c, r that an expression reads."""
+    return [v for v in ("a", "b", "c", "r") if re.search(rf"\b{v}\b", expr)]
+
+
+def _dispatch_order() -> list[Op]:
+    """The ops with a ``rank`` first (the frequent ones), then the others by opcode."""
+    first = sorted((op for op in OPS if op.rank), key=lambda op: op.rank)
+    return first + [op for op in OPS if not op.rank]
+
+
+def _second(op: Op, k: int, j: int) -> str:
+    return op.second[_SECOND_INDEX[op.arity][(min(k, j), max(k, j))]]
+
+
+def _nonzero_partials(op: Op) -> list[int]:
+    return [k for k, ps in enumerate(op.partial_sources) if ps.kind != "zero"]
+
+
+def _unit(op: Op, k: int) -> str | None:
+    """``"+"`` or ``"-"`` where partial ``k`` is the constant +-1 (a plain add or
+    subtract), else ``None``."""
+    ps = op.partial_sources[k]
+    if ps.kind == "constant" and ps.factor in (1.0, -1.0):
+        return "+" if ps.factor == 1.0 else "-"
+    return None
+
+
+def _header(name: str, args: str, reverse: bool) -> list[str]:
+    loop = (
+        ["    for i in range(prog[N_INSTR] - 1, -1, -1):"]
+        if reverse
+        else ["    for i in range(prog[N_INSTR]):"]
+    )
+    return [
+        "@njit(cache=True, nogil=True)",
+        f"def {name}({args}):",
+        "    nd = prog[FIRST_ADJOINT]",
+        *loop,
+        "        k = prog[AT_CODE] + ROW * i",
+        "        op = prog[k + OPCODE]",
+        "        ir = prog[k + RESULT]",
+        "        ia = prog[k + ARG_A]",
+        "        ib = prog[k + ARG_B]",
+        "        ic = prog[k + ARG_C]",
+        "        n = prog[k + SIZE]",
+        "        sa = prog[k + STRIDE_A]",
+        "        sb = prog[k + STRIDE_B]",
+        "        sc = prog[k + STRIDE_C]",
+    ]
+
+
+def _case(kw: str, op: Op, body: list[str], fast: list[str] = ()) -> list[str]:
+    """One dispatch branch: ``body`` runs once per element of the instruction (a scalar
+    instruction has one element; a block has ``n``, operand slots advancing by their
+    strides). ``fast`` is an ``if/elif`` chain of block fast paths tried before that
+    loop."""
+    out = [f"        {kw} op == {op.code}:  # {op.name}"]
+    ind = "            "
+    if fast:
+        out += [ind + line for line in fast] + [ind + "else:"]
+        ind += "    "
+    out += [ind + line for line in _ELEMENT]
+    out += [ind[:-8] + line for line in body]
+    return out
+
+
+_COMBOS = {
+    1: ["v"],
+    2: ["vv", "sv", "vs"],
+    3: ["vvv"],
+}
+
+
+class _Body:
+    """Per-op code in one of two shapes: a chunk (rows of ``m`` points, the point loop
+    innermost) or a single point (scalars)."""
+
+    def __init__(self, point: bool, ind: str) -> None:
+        self.point = point
+        self.ind = ind
+        self.lines: list[str] = []
+
+    def add(self, line: str, extra: int = 0) -> None:
+        self.lines.append(self.ind + "    " * extra + line)
+
+    def loads(self, names: list[str], extra: int = 0) -> None:
+        """Make operand values ``a, b, c, r`` available (inside the point loop)."""
+        for v in names:
+            self.add(f"{v} = W[{_SLOT[v]}]" if self.point else f"{v} = w{v}[p]", extra)
+
+    def views(self, names: list[str]) -> None:
+        if not self.point:
+            for v in names:
+                self.add(f"w{v} = W[{_SLOT[v]}]")
+
+
+def _twin_calls(exprs: list[str]) -> list[tuple[str, str]]:
+    """``(helper, argument)`` of each call of a helper with a vectorizing twin
+    (``_ops.TWINS``); an argument must be one operand name."""
+    calls = []
+    for e in exprs:
+        for name in TWINS:
+            for m in re.finditer(rf"\b{name}\(([^()]*)\)", e):
+                if m[1] not in ("a", "b", "c", "r"):
+                    raise ValueError(f"{name} must be called on an operand, not {m[1]!r}")
+                if (name, m[1]) not in calls:
+                    calls.append((name, m[1]))
+    return calls
+
+
+def _loop_lines(loop: str, loads: list[str], assigns: list[tuple[str, str]]) -> list[str]:
+    """``loop`` (``for p in range(m):``) over ``loads`` and then each ``target = expr``,
+    as lines indented relative to the loop. Where the expressions call a helper that has a
+    vectorizing twin (``_ops.TWINS``), the loop calls the twin and counts the elements the
+    twin does not cover; a second loop, run only when there are any, redoes those elements
+    with the helpers. Every target gets the helpers' bits, and the loop still vectorizes.
+    The loads must include the helpers' arguments."""
+    calls = _twin_calls([e for _, e in assigns])
+    if not calls:
+        return [loop, *("    " + line for line in loads),
+                *(f"    {t} = {e}" for t, e in assigns)]
+    guard = " or ".join(dict.fromkeys(TWINS[name][1].format(x=x) for name, x in calls))
+    fast = []
+    for t, e in assigns:
+        for name, (twin, _) in TWINS.items():
+            e = re.sub(rf"\b{name}\(", f"{twin}(", e)
+        fast.append(f"    {t} = {e}")
+    return ["big = 0", loop, *("    " + line for line in loads), *fast,
+            f"    if {guard}:", "        big += 1",
+            "if big > 0:", "    " + loop, *("        " + line for line in loads),
+            f"        if {guard}:", *(f"            {t} = {e}" for t, e in assigns)]
+
+
+def _row_loop(body: _Body, names: list[str], assigns: list[tuple[str, str]]) -> None:
+    """``for p in range(m)`` over a chunk's rows (views ``w{name}`` of ``names``), see
+    :func:`_loop_lines`."""
+    names = sorted(set(names) | {x for _, x in _twin_calls([e for _, e in assigns])},
+                   key="abcr".index)
+    for line in _loop_lines("for p in range(m):", [f"{v} = w{v}[p]" for v in names], assigns):
+        body.add(line)
+
+
+def _block_modes(op: Op, reverse: bool = False, own: bool = False
+                 ) -> list[tuple[str, dict[str, str]]]:
+    """Block fast paths of ``op``: ``(condition, mode)`` pairs, ``mode`` giving each
+    operand as contiguous (stride 1, read through a view, ``"v"``) or one slot broadcast
+    (stride 0, a scalar, ``"s"``). Such loops have no per-element index arithmetic or
+    branches, so LLVM vectorizes them (the ``FAST_BLOCK`` ops; ``own``: also the
+    ``VECTOR_FN`` ops, and broadcast operands for ``FAST_BROADCAST`` ops). A
+    reverse path also needs each contiguous operand
+    range all differentiable (``>= nd``) or all not; a range straddling ``nd`` takes the
+    generic loop."""
+    if FAST_BLOCK not in op.flags and not (own and VECTOR_FN in op.flags):
+        return []
+    names = "abc"[: op.arity]
+    combos = _COMBOS[op.arity]
+    if op.arity == 2 and FAST_BROADCAST not in op.flags:
+        combos = combos[:1]
+    out = []
+    for combo in combos:
+        mode = dict(zip(names, combo, strict=True))
+        cond = ["n > 1"] + [f"s{x} == {1 if m == 'v' else 0}" for x, m in mode.items()]
+        if reverse:
+            cond += [f"(i{x} >= nd or i{x} + n <= nd)" for x, m in mode.items() if m == "v"]
+        out.append((" and ".join(cond), mode))
+    return out
+
+
+def _chain(paths: list[tuple[str, list[str]]]) -> list[str]:
+    """``if/elif`` chain of ``(condition, body lines)``."""
+    out: list[str] = []
+    for n, (cond, body) in enumerate(paths):
+        out.append(f"{'elif' if n else 'if'} {cond}:")
+        out += ["    " + line for line in body]
+    return out
+
+
+def _value_setup(mode: dict[str, str], names) -> list[str]:
+    return [f"w{x} = W[i{x} : i{x} + n]" if mode[x] == "v" else f"{x} = W[i{x}]"
+            for x in names if x != "r"]
+
+
+def _value_loads(mode: dict[str, str], names) -> list[str]:
+    return [f"{x} = w{x}[e]" for x in names if x != "r" and mode[x] == "v"]
+
+
+def _fast_paths(op: Op) -> list[str]:
+    """Forward block fast paths of one point (see :func:`_block_modes`)."""
+    used = [v for v in _uses(op.value) if v != "r"]
+    return _chain([
+        (cond, [*_value_setup(mode, used), "wr = W[ir : ir + n]",
+                *_loop_lines("for e in range(n):", _value_loads(mode, used),
+                             [("wr[e]", op.value)])])
+        for cond, mode in _block_modes(op, own=True)
+    ])
+
+
+def _forward_point() -> str:
+    """One-point forward sweep (values only)."""
+    lines = _header("forward_point_sweep", "prog, W", False)
+    kw = "if"
+    for op in _dispatch_order():
+        used = [v for v in _uses(op.value) if v != "r"]
+        body = _Body(True, "            ")
+        body.loads(used)
+        body.add(f"W[jr] = {op.value}")
+        lines += _case(kw, op, body.lines, fast=_fast_paths(op))
+        kw = "elif"
+    return "\n".join(lines)
+
+
+def _tangent_expr(op: Op, ks: list[int], tangent: dict[int, str]) -> str:
+    """The result's tangent: sum over operands of their tangent times the partial
+    (``d{k}``), with +-1 partials as plain additions."""
+    terms = []
+    for k in ks:
+        t, unit = tangent[k], _unit(op, k)
+        terms.append(f"{unit} {t}" if unit else f"+ _azmul({t}, d{k})")
+    expr = " ".join(terms) or "+ 0.0"
+    return expr[2:] if expr[0] == "+" else "-" + expr[2:]
+
+
+def _general(op: Op, ks: list[int]) -> list[int]:
+    """Operands whose partial is computed (not a constant +-1)."""
+    return [k for k in ks if _unit(op, k) is None]
+
+
+def _seconds(op: Op, ks: list[int]) -> dict[tuple[int, int], str]:
+    """Nonzero second partials ``(k, j) -> expr`` of the operands ``ks``."""
+    return {(k, j): _second(op, k, j) for k in ks for j in range(op.arity)
+            if _second(op, k, j) not in _ZERO}
+
+
+def _fast_paths_tangent(op: Op) -> list[str]:
+    """Tangent block fast paths of one point and one direction (``T1``: ``T`` flat)."""
+    ks = _nonzero_partials(op)
+    general = _general(op, ks)
+    vals = sorted({v for e in (op.value, *(op.partials[k] for k in general))
+                   for v in _uses(e)} - {"r"}, key="abc".index)
+    paths = []
+    for cond, mode in _block_modes(op):
+        xs = ["abc"[k] for k in ks]
+        tan = {k: f"t{x}[e]" if mode[x] == "v" else f"t{x}" for k, x in zip(ks, xs, strict=True)}
+        body = [*_value_setup(mode, vals),
+                *(f"t{x} = T1[i{x} : i{x} + n]" if mode[x] == "v" else f"t{x} = T1[i{x}]"
+                  for x in xs),
+                "wr = W[ir : ir + n]", "tr = T1[ir : ir + n]", "for e in range(n):",
+                *("    " + line for line in _value_loads(mode, vals)),
+                f"    r = {op.value}", "    wr[e] = r",
+                *(f"    d{k} = {op.partials[k]}" for k in general),
+                f"    tr[e] = {_tangent_expr(op, ks, tan)}"]
+        paths.append((cond + " and nv == 1", body))
+    return _chain(paths)
+
+
+def _fast_paths_hvp(op: Op) -> list[str]:
+    """Forward-over-reverse block fast paths of one point and one direction (``T1``,
+    ``Ad1``: ``T`` and ``Ad`` flat), one loop per operand like
+    :func:`_fast_paths_reverse`."""
+    ks = _nonzero_partials(op)
+    seconds = _seconds(op, ks)
+    paths = []
+    for cond, mode in _block_modes(op, reverse=True):
+        need = {v for k in ks for e in (op.partials[k], *(seconds.get((k, j), "0.0")
+                                                           for j in range(op.arity)))
+                for v in _uses(e)}
+        body = [*_value_setup(mode, sorted(need - {"r"}, key="abc".index)),
+                *(["wr = W[ir : ir + n]"] if "r" in need else []),
+                "gr = A[ir : ir + n]", "gdr = Ad1[ir : ir + n]"]
+        tangents = {j for (_, j) in seconds}
+        body += [f"t{x} = T1[i{x} : i{x} + n]" if mode[x] == "v" else f"t{x} = T1[i{x}]"
+                 for x in ("abc"[j] for j in sorted(tangents))]
+        for k in ks:
+            x, pk = "abc"[k], op.partials[k]
+            js = [j for j in range(op.arity) if (k, j) in seconds]
+            exprs = [pk] + [seconds[(k, j)] for j in js]
+            names = sorted({v for e in exprs for v in _uses(e)}, key="abcr".index)
+            loop = ["g = gr[e]", "gd = gdr[e]", *_value_loads(mode, names),
+                    *(["r = wr[e]"] if "r" in names else [])]
+            if _unit(op, k):
+                sign = "" if _unit(op, k) == "+" else "-"
+                first, dfirst = f"{sign}g", f"{sign}gd"
+            else:
+                loop.append(f"d{k} = {pk}")
+                first, dfirst = f"_azmul(g, d{k})", f"_azmul(gd, d{k})"
+            tail = ""
+            if js:
+                loop += [f"s{k}{j} = {seconds[(k, j)]}" for j in js]
+                u = " + ".join(
+                    f"_azmul(s{k}{j}, t{'abc'[j]}{'[e]' if mode['abc'[j]] == 'v' else ''})"
+                    for j in js)
+                tail = f" + _azmul(g, {u})"
+            body.append(f"if i{x} >= nd:")
+            if mode[x] == "v":
+                body += [f"    ga = A[i{x} : i{x} + n]", f"    gda = Ad1[i{x} : i{x} + n]",
+                         "    for e in range(n):", *("        " + line for line in loop),
+                         f"        ga[e] += {first}", f"        gda[e] += {dfirst}{tail}"]
+            else:  # a broadcast operand collects the sums over the block
+                body += ["    t = 0.0", "    td = 0.0", "    for e in range(n):",
+                         *("        " + line for line in loop),
+                         f"        t += {first}", f"        td += {dfirst}{tail}",
+                         f"    A[i{x}] += t", f"    Ad1[i{x}] += td"]
+        paths.append((cond + " and nv == 1", body))
+    return _chain(paths)
+
+
+def _forward() -> str:
+    """Chunk forward sweep (values only)."""
+    lines = _header("forward_chunk", "prog, W, m", False)
+    kw = "if"
+    for op in _dispatch_order():
+        used = [v for v in _uses(op.value) if v != "r"]
+        body = _Body(False, "            ")
+        body.views(used)
+        body.add("wr = W[jr]")
+        _row_loop(body, used, [("wr[p]", op.value)])
+        lines += _case(kw, op, body.lines)
+        kw = "elif"
+    return "\n".join(lines)
+
+
+def _source_code(op: Op, k: int) -> tuple[int, float]:
+    """``_PSRC`` and ``_PCONST`` entries of partial ``k`` of ``op``: the ``SRC_*`` code
+    of its :class:`~tapejit._ops.PartialSource`, and its constant or factor."""
+    ps = op.partial_sources[k]
+    code = {"zero": SRC_ZERO, "stored": SRC_STORED, "constant": SRC_CONST}.get(ps.kind)
+    return ("abcr".index(ps.operand) + SRC_A if code is None else code), ps.factor
+
+
+def _partial_source_tables() -> str:
+    """Where the reverse sweeps find each partial, by ``MAX_ARITY * opcode + k``."""
+    width = _program.MAX_ARITY
+    src, const = [0] * (width * N_OPCODES), [0.0] * (width * N_OPCODES)
+    count, index = [0] * N_OPCODES, [0] * (width * N_OPCODES)
+    for op in OPS:
+        for k in range(op.arity):
+            src[width * op.code + k], const[width * op.code + k] = _source_code(op, k)
+        stored = _stored(op)
+        count[op.code] = len(stored)
+        for j, k in enumerate(stored):
+            index[width * op.code + k] = j
+    # Global arrays are constants to Numba, indexed by a load (a tuple indexed at run time
+    # becomes a switch over all its entries: slow to compile).
+    return (f"_PSRC = np.array({src!r}, dtype=np.int32)  # by MAX_ARITY * opcode + operand: "
+            "where its partial is\n"
+            f"_PCONST = np.array({const!r})  # the constant partials, or factors\n"
+            f"_PCNT = np.array({count!r}, dtype=np.int32)  # by opcode: partials stored\n"
+            f"_PIDX = np.array({index!r}, dtype=np.int32)  # by MAX_ARITY * opcode + "
+            "operand: which stored partial")
+
+
+def _stored(op: Op) -> list[int]:
+    """Operands whose partial the forward sweeps store (kind ``"stored"``)."""
+    return [k for k, ps in enumerate(op.partial_sources) if ps.kind == "stored"]
+
+
+def _forward_partials() -> str:
+    """Chunk forward sweep that also stores the computed local partials for the reverse
+    sweep.
+
+    ``D[MAX_ARITY * (s - nf) + k]`` holds the partial of result slot ``s`` with respect to its
+    operand ``k`` when ``_PSRC`` says it is stored (zero, constant and workspace-value
+    partials are not: the reverse sweep finds them elsewhere), ``nf`` being the first
+    result slot. Computing a value and its partials in one loop lets LLVM
+    share work between them (``sin`` and ``cos`` of one argument), and leaves the
+    reverse sweep only multiply-adds, which vectorize.
+    """
+    lines = _header("forward_partials_chunk", "prog, W, D, m", False)
+    lines.insert(3, "    nf = prog[FIRST_ADJOINT] + prog[N_INPUTS]")
+    kw = "if"
+    for op in _dispatch_order():
+        used = sorted({v for e in (op.value, *op.partials) for v in _uses(e)} - {"r"},
+                      key="abc".index)
+        body = _Body(False, "            ")
+        body.views(used)
+        body.add("wr = W[jr]")
+        body.add("q = MAX_ARITY * (jr - nf)")
+        stored = _stored(op)
+        for k in stored:
+            body.add(f"d{k} = D[q + {k}]")
+        _row_loop(body, used, [("r", op.value), ("wr[p]", "r"),
+                               *((f"d{k}[p]", op.partials[k]) for k in stored)])
+        lines += _case(kw, op, body.lines)
+        kw = "elif"
+    return "\n".join(lines)
+
+
+def _forward_partials_point() -> str:
+    """One-point forward sweep that also stores the computed local partials, like
+    :func:`_forward_partials` (same expressions, so the same bits as the batched
+    sweeps). ``D`` is packed: an instruction's stored partials take ``n`` floats each,
+    in instruction order from offset 0; the sweep returns the end offset, from which
+    ``reverse_stored_point_sweep`` (``reverse.py``) walks back."""
+    lines = _header("forward_partials_point_sweep", "prog, W, D", False)
+    lines.insert(3, "    q = 0")
+    kw = "if"
+    for op in _dispatch_order():
+        stored = _stored(op)
+        exprs = [op.value, *(op.partials[k] for k in stored)]
+        used = sorted({v for e in exprs for v in _uses(e)} - {"r"}, key="abc".index)
+        body = _Body(True, "            ")
+        body.loads(used)
+        body.add(f"r = {op.value}")
+        body.add("W[jr] = r")
+        for j, k in enumerate(stored):
+            body.add(f"D[q + {j} * n + e] = {op.partials[k]}")
+        fast = _chain([
+            (cond, [*_value_setup(mode, used), "wr = W[ir : ir + n]",
+                    *(f"d{j} = D[q + {j} * n : q + {j + 1} * n]" for j in range(len(stored))),
+                    *_loop_lines("for e in range(n):", _value_loads(mode, used),
+                                 [("r", op.value), ("wr[e]", "r"),
+                                  *((f"d{j}[e]", op.partials[k])
+                                    for j, k in enumerate(stored))])])
+            for cond, mode in _block_modes(op, own=True)
+        ])
+        lines += _case(kw, op, body.lines, fast=fast)
+        if stored:
+            lines.append(f"            q += {len(stored)} * n")
+        kw = "elif"
+    lines.append("    return q")
+    return "\n".join(lines)
+
+
+def _locals_loop(op: Op, body: _Body, exprs: list[tuple[str, str]]) -> None:
+    """Evaluate ``(target, expr)`` pairs for every point: scalars for a point, rows of the
+    scratch arrays for a chunk."""
+    if not exprs:
+        return
+    names = sorted({v for _, e in exprs for v in _uses(e)}, key="abcr".index)
+    if body.point:
+        body.loads(names)
+        for t, e in exprs:
+            body.add(f"{t} = {e}")
+        return
+    body.views(names)
+    _row_loop(body, names, exprs)
+
+
+def _forward_tangent(point: bool) -> str:
+    """Values and tangents in one pass; ``T[s, d(, p)]`` is direction ``d`` of slot ``s``.
+
+    Rows of constants and parameters in ``T`` are zero (the drivers set them once).
+    """
+    args = "prog, W, T, nv" if point else "prog, W, T, D, nv, m"
+    lines = _header("forward_tangent_point_sweep" if point else "forward_tangent_chunk",
+                    args, False)
+    if point:  # flat view for the one-direction block fast paths
+        lines.insert(3, "    T1 = T.reshape(T.size)")
+    kw = "if"
+    for op in _dispatch_order():
+        used = [v for v in _uses(op.value) if v != "r"]
+        body = _Body(point, "            ")
+        ks = _nonzero_partials(op)
+        general = _general(op, ks)
+        if point:
+            body.loads(used)
+            body.add(f"W[jr] = {op.value}")
+            _locals_loop(op, body, [(f"d{k}", op.partials[k]) for k in general])
+            body.add("for d in range(nv):")
+            tangent = {k: f"T[{_SLOTS[k]}, d]" for k in ks}
+            body.add(f"T[jr, d] = {_tangent_expr(op, ks, tangent)}", 1)
+        else:
+            body.views(used)
+            body.add("wr = W[jr]")
+            _row_loop(body, used, [("wr[p]", op.value)])
+            _locals_loop(op, body, [(f"D[{k}, p]", op.partials[k]) for k in general])
+            body.add("tr = T[jr]")
+            body.add("for d in range(nv):")
+            body.add("for p in range(m):", 1)
+            body.add("tr[d, p] = 0.0", 2)
+            for k in ks:
+                body.add(f"if {_SLOTS[k]} >= nd:")
+                body.add(f"tk = T[{_SLOTS[k]}]", 1)
+                body.add("for d in range(nv):", 1)
+                body.add("for p in range(m):", 2)
+                if _unit(op, k):
+                    body.add(f"tr[d, p] {_unit(op, k)}= tk[d, p]", 3)
+                else:
+                    body.add(f"tr[d, p] += _azmul(tk[d, p], D[{k}, p])", 3)
+        lines += _case(kw, op, body.lines, fast=_fast_paths_tangent(op) if point else ())
+        kw = "elif"
+    return "\n".join(lines)
+
+
+def _reverse_hvp(point: bool) -> str:
+    """Adjoints ``A`` and their tangents ``Ad`` (forward-over-reverse) in one pass back.
+
+    For operand k of an instruction with result r:
+    ``A[k] += A[r] * d_k`` and ``Ad[k] += Ad[r] * d_k + A[r] * sum_j d2_kj * T[j]``,
+    every product taken with the zero-times-anything-is-zero rule.
+    """
+    args = "prog, W, T, A, Ad, nv" if point else "prog, W, T, A, Ad, D, S, nv, m"
+    lines = _header("reverse_hvp_point_sweep" if point else "reverse_hvp_chunk", args, True)
+    if point:  # flat views for the one-direction block fast paths
+        lines[3:3] = ["    T1 = T.reshape(T.size)", "    Ad1 = Ad.reshape(Ad.size)"]
+    kw = "if"
+    for op in _dispatch_order():
+        ks = _nonzero_partials(op)
+        if not ks:
+            continue
+        body = _Body(point, "            ")
+        general, seconds = _general(op, ks), _seconds(op, ks)
+        sname = {kj: (f"s{kj[0]}{kj[1]}" if point else f"S[{n}, p]")
+                 for n, kj in enumerate(seconds)}
+        dname = {k: (f"d{k}" if point else f"D[{k}, p]") for k in general}
+        _locals_loop(
+            op, body,
+            [(dname[k], op.partials[k]) for k in general]
+            + [(sname[kj], e) for kj, e in seconds.items()],
+        )
+        if point:
+            body.add("g = A[jr]")
+        else:
+            body.add("gr = A[jr]")
+            body.add("gdr = Ad[jr]")
+        for k in ks:
+            slot = _SLOTS[k]
+            js = [j for j in range(op.arity) if (k, j) in seconds]
+            g = "g" if point else "gr[p]"
+            gd = "Ad[jr, d]" if point else "gdr[d, p]"
+            if _unit(op, k) == "+":
+                first, dfirst = g, gd
+            elif _unit(op, k) == "-":
+                first, dfirst = f"-{g}", f"-{gd}"
+            else:
+                first = f"_azmul({g}, {dname[k]})"
+                dfirst = f"_azmul({gd}, {dname[k]})"
+            body.add(f"if {slot} >= nd:")
+            if point:
+                body.add(f"A[{slot}] += {first}", 1)
+                body.add("for d in range(nv):", 1)
+                tail = ""
+                if js:
+                    u = " + ".join(f"_azmul({sname[(k, j)]}, T[{_SLOTS[j]}, d])" for j in js)
+                    tail = f" + _azmul(g, {u})"
+                body.add(f"Ad[{slot}, d] += {dfirst}{tail}", 2)
+                continue
+            body.add(f"ga = A[{slot}]", 1)
+            body.add(f"gda = Ad[{slot}]", 1)
+            for j in js:
+                body.add(f"t{j} = T[{_SLOTS[j]}]", 1)
+            body.add("for p in range(m):", 1)
+            body.add(f"ga[p] += {first}", 2)
+            body.add("for d in range(nv):", 1)
+            body.add("for p in range(m):", 2)
+            tail = ""
+            if js:
+                u = " + ".join(f"_azmul({sname[(k, j)]}, t{j}[d, p])" for j in js)
+                tail = f" + _azmul(gr[p], {u})"
+            body.add(f"gda[d, p] += {dfirst}{tail}", 3)
+        lines += _case(kw, op, body.lines, fast=_fast_paths_hvp(op) if point else ())
+        kw = "elif"
+    return "\n".join(lines)
+
+
+#: Imports of the generated module: what the kernel files import above their marker
+#: line (besides each other and the constants, which the module defines itself).
+_IMPORTS = """\
+import math
+
+import numpy as np
+from llvmlite import ir as _ir
+from numba import njit as _njit
+from numba.core import types as _types
+from numba.extending import intrinsic as _intrinsic
+"""
+
+
+def _sweep(fn, *args):
+    return lambda: fn(*args)
+
+
+#: The sweeps, by the short name ``tapejit kernels --sweep`` takes: the kernel function,
+#: and where its code comes from (a generator function here, or a kernel file).
+SWEEPS: dict[str, tuple[str, object]] = {
+    "forward": ("forward_chunk", _forward),
+    "forward_point": ("forward_point_sweep", _forward_point),
+    "forward_partials": ("forward_partials_chunk", _forward_partials),
+    "forward_partials_point": ("forward_partials_point_sweep", _forward_partials_point),
+    "reverse": ("reverse_stored_chunk", "reverse"),
+    "reverse_point": ("reverse_stored_point_sweep", "reverse"),
+    "tangent": ("forward_tangent_chunk", _sweep(_forward_tangent, False)),
+    "tangent_point": ("forward_tangent_point_sweep", _sweep(_forward_tangent, True)),
+    "hvp": ("reverse_hvp_chunk", _sweep(_reverse_hvp, False)),
+    "hvp_point": ("reverse_hvp_point_sweep", _sweep(_reverse_hvp, True)),
+}
+_GENERATORS = {"forward": "_forward", "forward_point": "_forward_point",
+               "forward_partials": "_forward_partials",
+               "forward_partials_point": "_forward_partials_point",
+               "tangent": "_forward_tangent(point=False)",
+               "tangent_point": "_forward_tangent(point=True)",
+               "hvp": "_reverse_hvp(point=False)", "hvp_point": "_reverse_hvp(point=True)"}
+
+
+def generate_source() -> str:
+    """Return the complete source of the kernel module: the kernel files in dependency
+    order, the program's and the kernels' constants, and the table-derived sweeps."""
+    parts = [
+        '"""Generated by tapejit._kernels.codegen from the op table and the kernel files of'
+        ' tapejit/_kernels. Do not edit."""',
+        _IMPORTS,
+        _program.constants_source(),
+        constants.constants_source(),
+        kernel_body("njit"),
+        kernel_body("scalar"),
+        kernel_body("libm"),
+        _partial_source_tables(),
+        *(SWEEPS[name][1]() for name in _GENERATORS),
+        kernel_body("plan"),
+        kernel_body("reverse"),
+        kernel_body("support"),
+        kernel_body("point"),
+        kernel_body("batch"),
+    ]
+    return "\n\n".join(textwrap.dedent(p).strip("\n") + "\n" for p in parts)
+
+
+def sweep_origins() -> list[tuple[str, str, str]]:
+    """``(short name, kernel function, where its code comes from)`` of every sweep."""
+    out = []
+    for name, (function, how) in SWEEPS.items():
+        origin = (f"tapejit/_kernels/{how}.py" if isinstance(how, str)
+                  else f"generated from the op table by tapejit._kernels.codegen."
+                       f"{_GENERATORS[name]}")
+        out.append((name, function, origin))
+    return out
+
+
+def _function_source(file: str, name: str) -> str:
+    """The text of function ``name`` of kernel file ``file``, decorator included."""
+    text = kernel_path(file).read_text(encoding="utf-8")
+    for node in ast.parse(text).body:
+        if isinstance(node, ast.FunctionDef) and node.name == name:
+            lines = text.splitlines()[node.decorator_list[0].lineno - 1 : node.end_lineno]
+            return "\n".join(lines) + "\n"
+    raise LookupError(f"no function {name} in tapejit/_kernels/{file}.py")
+
+
+def _branch(source: str, op: Op) -> str | None:
+    """The dispatch branch of ``op`` in a generated sweep's source, or ``None``."""
+    lines = source.splitlines()
+    head = re.compile(rf"        (?:el)?if op == {op.code}:  # {op.name}$")
+    for n, line in enumerate(lines):
+        if head.match(line):
+            end = n + 1
+            while end < len(lines) and (lines[end].startswith("         ")
+                                        or not lines[end].strip()):
+                end += 1
+            return "\n".join(lines[n:end]) + "\n"
+    return None
+
+
+def kernel_code(op: str, sweep: str) -> str:
+    """The code that runs for one op in one sweep, with a line saying where it comes from.
+
+    Parameters
+    ----------
+    op : str
+        An op name of the table (``"mul"``).
+    sweep : str
+        A key of :data:`SWEEPS` (``"forward"``, ``"reverse"``, ...).
+
+    Returns
+    -------
+    str
+        For a generated sweep, the op's dispatch branch; for the reverse sweeps, which
+        have no per-op code, the op's partial sources and the generic code they run.
+    """
+    if op not in BY_NAME:
+        raise ValueError(f"unknown op {op!r}; the ops are: {', '.join(BY_NAME)}")
+    if sweep not in SWEEPS:
+        raise ValueError(f"unknown sweep {sweep!r}; the sweeps are: {', '.join(SWEEPS)}")
+    the_op = BY_NAME[op]
+    function, how = SWEEPS[sweep]
+    origin = dict((n, o) for n, _, o in sweep_origins())[sweep]
+    if not isinstance(how, str):
+        branch = _branch(how(), the_op)
+        if branch is None:
+            return (f"# {function}: {origin}\n# no branch for {op}: all its partials are "
+                    "zero, the sweep skips it\n")
+        return f"# {function}: {origin}\n# the branch of {op} (opcode {the_op.code}):\n{branch}"
+    lines = [f"# {function}: {origin}",
+             f"# no per-op code: every op takes the same path; {op}'s partials are found as"]
+    for k, ps in enumerate(the_op.partial_sources):
+        where = {"zero": "zero: nothing to propagate",
+                 "constant": f"the constant {ps.factor!r}",
+                 "stored": "stored by the forward-partials sweep in D",
+                 "value": f"the value of {'the result' if ps.operand == 'r' else ps.operand}"
+                          f" times {ps.factor!r}"}[ps.kind]
+        lines.append(f"#   d/d{'abc'[k]} = {the_op.partials[k]}: {where}")
+    helpers = (("_back_rows", "_partial_value", "_gain_constant", "_gain_scaled")
+               if sweep == "reverse" else
+               ("_back_point", "_back_point_block", "_partial_value", "_scale", "_back_block"))
+    text = "\n".join(lines) + "\n\n" + _function_source(how, function)
+    return text + "".join("\n" + _function_source(how, h) for h in helpers)

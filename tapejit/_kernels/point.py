@@ -1,0 +1,210 @@
+"""One-point kernel drivers: one point at a time through the scalar sweeps (no chunk loops).
+
+Point drivers return the number of failed guards, except ``value_grad_point``, which
+returns the value and signals a failed guard by returning NaN with a NaN gradient (no
+extra argument on the optimizer's hot path; the caller re-checks only when it sees NaN).
+``forward_points`` and ``vjp_points`` take many points, for huge tapes, where the scalar
+sweep's block fast paths beat chunk rows of one point. Conventions: ``support.py``.
+"""
+
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+from tapejit._kernels.njit import njit
+from tapejit._kernels.plan import _check_plan, _zero_planned
+from tapejit._kernels.reverse import reverse_stored_point_sweep
+from tapejit._kernels.support import _point_failed_guards
+from tapejit._program import (
+    AT_INPUTS,
+    AT_OUTPUTS,
+    FIRST_ADJOINT,
+    MAX_ARITY,
+    N_CONSTS,
+    N_GUARDS,
+    N_INPUTS,
+    N_OUTPUTS,
+    N_SLOTS,
+)
+
+if TYPE_CHECKING:
+    from tapejit._kernels.generated import (
+        forward_partials_point_sweep,
+        forward_point_sweep,
+        forward_tangent_point_sweep,
+        reverse_hvp_point_sweep,
+    )
+
+# --- kernel source ---
+
+@njit(cache=True, nogil=True)
+def _point_workspace(prog, consts, x, P, WS):
+    # WS: a caller's reusable buffer (large tapes), else allocate here.
+    return _fill_values(prog, consts, x, P, WS[: prog[N_SLOTS]] if WS.size >= prog[N_SLOTS]
+                        else np.empty(prog[N_SLOTS]))
+
+
+@njit(cache=True, nogil=True)
+def _fill_values(prog, consts, x, P, W):
+    # Every program keeps constants, parameters and inputs in slots 0, 1, ... in that
+    # order (validated), so this is three copies.
+    nc = prog[N_CONSTS]
+    nd = prog[FIRST_ADJOINT]
+    w = W[:nc]
+    for s in range(nc):
+        w[s] = consts[s]
+    w = W[nc:nd]
+    for j in range(nd - nc):
+        w[j] = P[j]
+    w = W[nd : nd + prog[N_INPUTS]]
+    for j in range(prog[N_INPUTS]):
+        w[j] = x[j]
+    return W
+
+
+@njit(cache=True, nogil=True)
+def _point_tangents(prog, V, T):
+    # Constants and parameters get zero tangents, inputs the directions; the sweep
+    # writes every result row.
+    for s in range(prog[FIRST_ADJOINT]):
+        for d in range(V.shape[0]):
+            T[s, d] = 0.0
+    o = prog[AT_INPUTS]
+    for d in range(V.shape[0]):
+        for j in range(prog[N_INPUTS]):
+            T[prog[o + j], d] = V[d, j]
+
+
+@njit(cache=True, nogil=True)
+def _fill_point(prog, consts, X, P, q, W):
+    _fill_values(prog, consts, X[q], P[0 if P.shape[0] == 1 else q], W)
+
+
+@njit(cache=True, nogil=True)
+def _point_guards_valid(prog, W, valid, q):
+    valid[q] = 1 if _point_failed_guards(prog, W) == 0 else 0
+
+
+@njit(cache=True, nogil=True)
+def forward_points(prog, consts, X, P, Y, valid, chunk, t, nt):
+    # Huge tapes: one point at a time through the scalar sweep (its block fast paths
+    # beat chunk rows of one point); points t, t + nt, ...
+    W = np.empty(prog[N_SLOTS])
+    o = prog[AT_OUTPUTS]
+    for q in range(t, X.shape[0], nt):
+        _fill_point(prog, consts, X, P, q, W)
+        forward_point_sweep(prog, W)
+        _point_guards_valid(prog, W, valid, q)
+        for k in range(prog[N_OUTPUTS]):
+            Y[q, k] = W[prog[o + k]]
+
+
+@njit(cache=True, nogil=True)
+def vjp_points(prog, R, consts, X, P, WT, Y, G, valid, chunk, t, nt):
+    _check_plan(prog, R)
+    n = prog[N_SLOTS]
+    nd = prog[FIRST_ADJOINT]
+    W = np.empty(n)
+    A = np.empty(n)
+    D = np.empty(MAX_ARITY * (n - nd - prog[N_INPUTS]))
+    oo = prog[AT_OUTPUTS]
+    for q in range(t, X.shape[0], nt):
+        _fill_point(prog, consts, X, P, q, W)
+        end = forward_partials_point_sweep(prog, W, D)
+        _point_guards_valid(prog, W, valid, q)
+        _zero_planned(prog, R, A)
+        r = 0 if WT.shape[0] == 1 else q
+        for k in range(prog[N_OUTPUTS]):
+            s = prog[oo + k]
+            Y[q, k] = W[s]
+            A[s] += WT[r, k]
+        reverse_stored_point_sweep(prog, R, W, A, D, end)
+        gq = G[q]
+        a = A[nd : nd + prog[N_INPUTS]]
+        for j in range(prog[N_INPUTS]):
+            gq[j] = a[j]
+
+
+@njit(cache=True, nogil=True)
+def forward_point(prog, consts, x, P, y, WS):
+    W = _point_workspace(prog, consts, x, P, WS)
+    forward_point_sweep(prog, W)
+    o = prog[AT_OUTPUTS]
+    for k in range(prog[N_OUTPUTS]):
+        y[k] = W[prog[o + k]]
+    return _point_failed_guards(prog, W)
+
+
+@njit(cache=True, nogil=True)
+def value_grad_point(prog, R, consts, x, P, g, WS):
+    # WS: a caller's reusable buffer of at least ``size`` floats (large tapes), else the
+    # workspaces are allocated here: values W, adjoints A, stored partials D. R: the
+    # tape's reverse plan.
+    _check_plan(prog, R)
+    n = prog[N_SLOTS]
+    nd = prog[FIRST_ADJOINT]
+    size = 2 * n + MAX_ARITY * (n - nd - prog[N_INPUTS])
+    buf = WS if WS.size >= size else np.empty(size)
+    W = buf[:n]
+    A = buf[n : 2 * n]
+    D = buf[2 * n : size]
+    _fill_values(prog, consts, x, P, W)
+    end = forward_partials_point_sweep(prog, W, D)
+    if prog[N_GUARDS] > 0 and _point_failed_guards(prog, W) > 0:
+        for j in range(prog[N_INPUTS]):
+            g[j] = np.nan
+        return np.nan
+    _zero_planned(prog, R, A)
+    out = prog[prog[AT_OUTPUTS]]
+    A[out] = 1.0
+    reverse_stored_point_sweep(prog, R, W, A, D, end)
+    a = A[nd : nd + prog[N_INPUTS]]
+    for j in range(prog[N_INPUTS]):
+        g[j] = a[j]
+    return W[out]
+
+
+@njit(cache=True, nogil=True)
+def jvp_point(prog, consts, x, P, V, y, TY):
+    W = _point_workspace(prog, consts, x, P, P[:0])
+    T = np.empty((prog[N_SLOTS], V.shape[0]))
+    _point_tangents(prog, V, T)
+    forward_tangent_point_sweep(prog, W, T, V.shape[0])
+    o = prog[AT_OUTPUTS]
+    for k in range(prog[N_OUTPUTS]):
+        s = prog[o + k]
+        y[k] = W[s]
+        for d in range(V.shape[0]):
+            TY[k, d] = T[s, d]
+    return _point_failed_guards(prog, W)
+
+
+@njit(cache=True, nogil=True)
+def hvp_point(prog, consts, x, P, V, g, HV, WS):
+    # WS: a caller's reusable buffer of (2 + 2 nv) floats per slot (large tapes), or
+    # too small and the arrays are allocated here.
+    nv = V.shape[0]
+    n = prog[N_SLOTS]
+    W = _point_workspace(prog, consts, x, P, WS)
+    if WS.size >= (2 + 2 * nv) * n:
+        A = WS[n : 2 * n]
+        T = WS[2 * n : (2 + nv) * n].reshape(n, nv)
+        Ad = WS[(2 + nv) * n : (2 + 2 * nv) * n].reshape(n, nv)
+        A[:] = 0.0
+        Ad[:] = 0.0
+    else:
+        A = np.zeros(n)
+        T = np.empty((n, nv))
+        Ad = np.zeros((n, nv))
+    _point_tangents(prog, V, T)
+    forward_tangent_point_sweep(prog, W, T, nv)
+    out = prog[prog[AT_OUTPUTS]]
+    A[out] = 1.0
+    reverse_hvp_point_sweep(prog, W, T, A, Ad, nv)
+    o = prog[AT_INPUTS]
+    for j in range(prog[N_INPUTS]):
+        s = prog[o + j]
+        g[j] = A[s]
+        for d in range(nv):
+            HV[d, j] = Ad[s, d]
+    return _point_failed_guards(prog, W)

@@ -1,0 +1,32 @@
+"""The kernels' scalar helpers as plain Python, for the op table's pure-numpy reference
+interpreter (``tapejit/_show.py``), an independent check on the compiled kernels."""
+
+from __future__ import annotations
+
+import types
+from typing import Any
+
+import numpy as np
+
+from . import scalar
+
+#: The numpy function each of tapejit's own libm functions (``libm.py``) computes, to
+#: within an ulp.
+LIBM_NUMPY = {"_sin": np.sin, "_cos": np.cos, "_log": np.log}
+
+
+def reference_namespace(math: Any) -> dict[str, Any]:
+    """Names the table's expressions use, without Numba: ``math`` (as given), ``np``,
+    the helpers of ``scalar.py`` as Python functions and :data:`LIBM_NUMPY`.
+
+    Each helper is its compiled function's ``py_func`` rebound to the returned namespace,
+    so that it reads the given ``math`` and calls the other helpers as Python too.
+    """
+    ns: dict[str, Any] = {"math": math, "np": np}
+    for name, obj in vars(scalar).items():
+        fn = getattr(obj, "py_func", None)
+        if name.startswith("_") and isinstance(fn, types.FunctionType):
+            ns[name] = types.FunctionType(fn.__code__, ns, fn.__name__, fn.__defaults__,
+                                          fn.__closure__)
+    ns.update(LIBM_NUMPY)
+    return ns

@@ -1,0 +1,274 @@
+"""The reverse sweeps after the forward-partials sweeps: no per-op code at all.
+
+Each operand ``k`` of an instruction gains the result's adjoint times its local partial,
+found where ``_PSRC[MAX_ARITY * op + k]`` says (``Op.partial_sources`` of the op table):
+stored in ``D`` by the forward-partials sweep, a constant ``_PCONST``, or a value already
+in the workspace ``W`` (an operand or the result) times the factor ``_PCONST``. ``R`` is
+the tape's reverse plan (``reverse_plan`` in ``plan.py``): bit ``PLAN_ASSIGN + k`` of
+``R[i]`` makes operand ``k`` of instruction ``i`` assign its adjoints instead of adding to
+them, bit ``PLAN_FORWARD + k`` skips a forwarded operand, and instruction ``i`` reads its
+result adjoints where the plan says (``_plan_slot``).
+
+Every product is taken with ``_azmul`` (zero times anything is zero), except a constant
+partial of +-1 (add, sub, neg), which is a plain add or subtract (``azmul(g, +-1)``
+differs only in a zero's sign). A first write (``new``) assigns ``0.0 + x``: the zero's
+sign that zeroing and adding gave. Each case is its own loop, so that it vectorizes.
+"""
+
+from typing import TYPE_CHECKING
+
+from tapejit._kernels.constants import (
+    SRC_A,
+    SRC_B,
+    SRC_C,
+    SRC_CONST,
+    SRC_STORED,
+    SRC_ZERO,
+)
+from tapejit._kernels.njit import njit
+from tapejit._kernels.plan import _plan_slot, _plan_slots
+from tapejit._kernels.scalar import _azmul
+from tapejit._program import (
+    ARG_A,
+    ARG_B,
+    ARG_C,
+    AT_CODE,
+    FIRST_ADJOINT,
+    MAX_ARITY,
+    N_INPUTS,
+    N_INSTR,
+    OPCODE,
+    PLAN_ASSIGN,
+    PLAN_FORWARD,
+    RESULT,
+    ROW,
+    SIZE,
+    STRIDE_A,
+    STRIDE_B,
+    STRIDE_C,
+)
+
+if TYPE_CHECKING:
+    from tapejit._kernels.generated import _PCNT, _PCONST, _PIDX, _PSRC
+
+# --- kernel source ---
+
+@njit(cache=True, nogil=True, inline="always")
+def _gain_times(ga, gr, d, n, new):
+    # ga[e] gains gr[e] times the factor d, for e < n.
+    if new:
+        for e in range(n):
+            ga[e] = 0.0 + _azmul(gr[e], d)
+    else:
+        for e in range(n):
+            ga[e] += _azmul(gr[e], d)
+
+
+@njit(cache=True, nogil=True, inline="always")
+def _gain_constant(ga, gr, dc, n, new):
+    # ga[e] gains gr[e] times the constant partial dc, for e < n.
+    if dc == 1.0:
+        if new:
+            for e in range(n):
+                ga[e] = 0.0 + gr[e]
+        else:
+            for e in range(n):
+                ga[e] += gr[e]
+    elif dc == -1.0:
+        if new:
+            for e in range(n):
+                ga[e] = 0.0 + -gr[e]
+        else:
+            for e in range(n):
+                ga[e] += -gr[e]
+    else:
+        _gain_times(ga, gr, dc, n, new)
+
+
+@njit(cache=True, nogil=True, inline="always")
+def _gain_scaled(ga, gr, dc, dk, n, new):
+    # ga[e] gains gr[e] times dc * dk[e], for e < n.
+    if new:
+        for e in range(n):
+            ga[e] = 0.0 + _azmul(gr[e], dc * dk[e])
+    else:
+        for e in range(n):
+            ga[e] += _azmul(gr[e], dc * dk[e])
+
+
+@njit(cache=True, nogil=True, inline="always")
+def _partial_value(W, D, src, dq, ja, jb, jc, jr):
+    # The stored partial D[dq], or the workspace value (operand or result) src names:
+    # a float for one point, a row of points for a chunk.
+    if src == SRC_STORED:
+        return D[dq]
+    if src == SRC_A:
+        return W[ja]
+    if src == SRC_B:
+        return W[jb]
+    if src == SRC_C:
+        return W[jc]
+    return W[jr]
+
+
+@njit(cache=True, nogil=True)
+def _scale(g, dc):
+    # A constant partial; +-1 (add, sub, neg) is a plain add, as in the batched sweep.
+    if dc == 1.0:
+        return g
+    if dc == -1.0:
+        return -g
+    return _azmul(g, dc)
+
+
+@njit(cache=True, nogil=True)
+def _back_block(A, W, D, gr, i0, s0, n, nd, src, dc, base, j0, sj, new):
+    # One operand of a block: A[i0 + e * s0] gains gr[e] times its partial, which is the
+    # constant dc (SRC_CONST), or dc times D[base + e] (stored) or W[j0 + e * sj].
+    # ``new`` (from the reverse plan): this is the adjoints' first write, they were not
+    # zeroed, so it assigns.
+    if s0 == 1 and i0 >= nd and (src == SRC_CONST or src == SRC_STORED or sj == 0 or sj == 1):
+        ga = A[i0 : i0 + n]
+        if src == SRC_CONST:
+            _gain_constant(ga, gr, dc, n, new)
+        elif src != SRC_STORED and sj == 0:
+            _gain_times(ga, gr, dc * W[j0], n, new)
+        else:
+            dk = D[base : base + n] if src == SRC_STORED else W[j0 : j0 + n]
+            _gain_scaled(ga, gr, dc, dk, n, new)
+        return
+    if (s0 == 1 and i0 + n <= nd) or (s0 == 0 and i0 < nd):
+        return  # constants and parameters: no adjoints
+    if s0 == 0 and i0 >= nd:  # a broadcast operand collects the sum over the block
+        t = 0.0
+        for e in range(n):
+            if src == SRC_CONST:
+                t += _scale(gr[e], dc)
+            else:
+                t += _azmul(gr[e], dc * (D[base + e] if src == SRC_STORED else W[j0 + e * sj]))
+        A[i0] = (0.0 if new else A[i0]) + t
+        return
+    for e in range(n):
+        j = i0 + e * s0
+        if j >= nd:
+            if src == SRC_CONST:
+                v = _scale(gr[e], dc)
+            else:
+                v = _azmul(gr[e], dc * (D[base + e] if src == SRC_STORED
+                                        else W[j0 + e * sj]))
+            A[j] = (0.0 if new else A[j]) + v
+
+
+@njit(cache=True, nogil=True, inline="always")
+def _back_rows(A, W, D, gr, j, k, op, fl, nd, q, ja, jb, jc, jr, m):
+    # Operand k (slot j) of one element of an instruction, for the m points of a chunk.
+    src = _PSRC[MAX_ARITY * op + k]
+    if src != SRC_ZERO and j >= nd and not (fl >> (PLAN_FORWARD + k)) & 1:
+        ga = A[j]
+        new = (fl >> (PLAN_ASSIGN + k)) & 1
+        dc = _PCONST[MAX_ARITY * op + k]  # the constant, or a factor: 1.0, or 2.0 (square)
+        if src == SRC_CONST:
+            _gain_constant(ga, gr, dc, m, new)
+        else:
+            _gain_scaled(ga, gr, dc, _partial_value(W, D, src, q + k, ja, jb, jc, jr), m, new)
+
+
+@njit(cache=True, nogil=True)
+def reverse_stored_chunk(prog, R, W, A, D, m):
+    # After forward_partials_chunk: D[MAX_ARITY * (s - nf) + k] holds the stored partial
+    # of result slot s with respect to its operand k.
+    nd = prog[FIRST_ADJOINT]
+    nf = prog[FIRST_ADJOINT] + prog[N_INPUTS]
+    go = _plan_slots(prog, R)
+    for i in range(prog[N_INSTR] - 1, -1, -1):
+        k = prog[AT_CODE] + ROW * i
+        op = prog[k + OPCODE]
+        ir = prog[k + RESULT]
+        ia = prog[k + ARG_A]
+        ib = prog[k + ARG_B]
+        ic = prog[k + ARG_C]
+        n = prog[k + SIZE]
+        sa = prog[k + STRIDE_A]
+        sb = prog[k + STRIDE_B]
+        sc = prog[k + STRIDE_C]
+        fl = R[i]
+        g0 = _plan_slot(prog, R, go + i, n)
+        for e in range(n):
+            jr = ir + e
+            gr = A[g0 + e]
+            q = MAX_ARITY * (jr - nf)
+            ja = ia + e * sa
+            jb = ib + e * sb
+            jc = ic + e * sc
+            _back_rows(A, W, D, gr, ja, 0, op, fl, nd, q, ja, jb, jc, jr, m)
+            _back_rows(A, W, D, gr, jb, 1, op, fl, nd, q, ja, jb, jc, jr, m)
+            _back_rows(A, W, D, gr, jc, 2, op, fl, nd, q, ja, jb, jc, jr, m)
+
+
+@njit(cache=True, nogil=True, inline="always")
+def _back_point(A, W, D, g, j, k, op, fl, nd, q, ia, ib, ic, ir):
+    # Operand k (slot j) of a scalar instruction at one point.
+    src = _PSRC[MAX_ARITY * op + k]
+    if src != SRC_ZERO and j >= nd and not (fl >> (PLAN_FORWARD + k)) & 1:
+        if src == SRC_CONST:
+            d = _scale(g, _PCONST[MAX_ARITY * op + k])
+        else:
+            d = _partial_value(W, D, src, q + _PIDX[MAX_ARITY * op + k], ia, ib, ic, ir)
+            d = _azmul(g, _PCONST[MAX_ARITY * op + k] * d)
+        A[j] = (0.0 if (fl >> (PLAN_ASSIGN + k)) & 1 else A[j]) + d
+
+
+@njit(cache=True, nogil=True, inline="always")
+def _back_point_block(A, W, D, gr, i0, s0, k, op, fl, q, n, nd, ia, ib, ic, ir, sa, sb, sc):
+    # Operand k (slots i0 + e * s0) of a block instruction at one point.
+    src = _PSRC[MAX_ARITY * op + k]
+    if src != SRC_ZERO and not (fl >> (PLAN_FORWARD + k)) & 1:
+        if src == SRC_A:
+            j0, sj = ia, sa
+        elif src == SRC_B:
+            j0, sj = ib, sb
+        elif src == SRC_C:
+            j0, sj = ic, sc
+        else:
+            j0, sj = ir, 1
+        _back_block(A, W, D, gr, i0, s0, n, nd, src, _PCONST[MAX_ARITY * op + k],
+                    q + _PIDX[MAX_ARITY * op + k] * n, j0, sj, (fl >> (PLAN_ASSIGN + k)) & 1)
+
+
+@njit(cache=True, nogil=True)
+def reverse_stored_point_sweep(prog, R, W, A, D, q):
+    # After forward_partials_point_sweep, which returned q: D is packed, an instruction's
+    # stored partials take n floats each, in instruction order; this walks back from q.
+    # Contiguous and broadcast operands of a block run in loops that vectorize
+    # (_back_block).
+    nd = prog[FIRST_ADJOINT]
+    go = _plan_slots(prog, R)
+    for i in range(prog[N_INSTR] - 1, -1, -1):
+        k = prog[AT_CODE] + ROW * i
+        op = prog[k + OPCODE]
+        ir = prog[k + RESULT]
+        ia = prog[k + ARG_A]
+        ib = prog[k + ARG_B]
+        ic = prog[k + ARG_C]
+        n = prog[k + SIZE]
+        sa = prog[k + STRIDE_A]
+        sb = prog[k + STRIDE_B]
+        sc = prog[k + STRIDE_C]
+        q -= _PCNT[op] * n
+        fl = R[i]
+        g0 = _plan_slot(prog, R, go + i, n)
+        if n == 1:
+            g = A[g0]
+            if g == 0.0 and fl == 0:
+                continue
+            _back_point(A, W, D, g, ia, 0, op, fl, nd, q, ia, ib, ic, ir)
+            _back_point(A, W, D, g, ib, 1, op, fl, nd, q, ia, ib, ic, ir)
+            _back_point(A, W, D, g, ic, 2, op, fl, nd, q, ia, ib, ic, ir)
+        else:
+            gr = A[g0 : g0 + n]
+            _back_point_block(A, W, D, gr, ia, sa, 0, op, fl, q, n, nd, ia, ib, ic, ir,
+                              sa, sb, sc)
+            _back_point_block(A, W, D, gr, ib, sb, 1, op, fl, q, n, nd, ia, ib, ic, ir,
+                              sa, sb, sc)
+            _back_point_block(A, W, D, gr, ic, sc, 2, op, fl, q, n, nd, ia, ib, ic, ir,
+                              sa, sb, sc)

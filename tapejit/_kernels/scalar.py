@@ -1,0 +1,51 @@
+"""Scalar helpers that the op table's value and partial expressions call.
+
+They live beside the table (``tapejit/_ops.py``) in spirit: the table's expressions are
+self-contained given these and tapejit's own ``_sin``, ``_cos`` and ``_log``
+(``libm.py``). ``_azmul`` is the sweeps' product rule: zero times anything is zero.
+"""
+
+import math
+
+from tapejit._kernels.njit import njit
+
+# --- kernel source ---
+
+@njit(cache=True, nogil=True)
+def _sign(a):
+    if a > 0.0:
+        return 1.0
+    if a < 0.0:
+        return -1.0
+    return a * 0.0  # 0.0 stays 0.0, NaN stays NaN
+
+
+@njit(cache=True, nogil=True)
+def _maximum(a, b):
+    return a if (a >= b or a != a) else b
+
+
+@njit(cache=True, nogil=True)
+def _minimum(a, b):
+    return a if (a <= b or a != a) else b
+
+
+@njit(cache=True, nogil=True)
+def _clip(a, lo, hi):
+    return _minimum(_maximum(a, lo), hi)
+
+
+@njit(cache=True, nogil=True)
+def _logaddexp(a, b):
+    if a == b:
+        return a + 0.6931471805599453
+    m = _maximum(a, b)
+    return m + math.log1p(math.exp(-abs(a - b)))
+
+
+@njit(cache=True, nogil=True)
+def _azmul(x, y):
+    # CppAD's azmul: zero times anything (inf, NaN) is zero.
+    if x == 0.0 or y == 0.0:
+        return 0.0
+    return x * y

@@ -1,0 +1,67 @@
+"""The kernel module is assembled from ordinary files under ``tapejit/_kernels``.
+
+Each kernel file's code below its marker line reaches the generated module verbatim; the
+generated sweeps and the kernel files name the program's fields (no ``prog[6]``); the
+partial sources of the reverse sweeps are derived from the table's expressions.
+"""
+
+from __future__ import annotations
+
+import re
+
+import pytest
+
+from tapejit._kernels.codegen import SWEEPS, generate_source, kernel_code
+from tapejit._kernels.sources import MARKER, kernel_body, kernel_path
+from tapejit._ops import BY_NAME, OPS, PartialSource, partial_source
+
+FILES = ("njit", "scalar", "libm", "plan", "reverse", "support", "point", "batch")
+
+
+def test_every_kernel_file_is_in_the_module_below_its_marker():
+    source = generate_source()
+    for name in FILES:
+        text = kernel_path(name).read_text()
+        _, body = text.split(MARKER + "\n")
+        assert kernel_body(name) == body
+        assert body.strip() in source, name
+    # the imports above the markers are for tools: the module defines each name once
+    for fn in ("reverse_stored_chunk", "_azmul", "value_grad_point", "forward_chunk"):
+        assert len(re.findall(rf"^def {fn}\(", source, re.M)) == 1, fn
+
+
+def test_no_bare_program_index_in_the_kernels():
+    source = generate_source()
+    assert not re.findall(r"prog\[[^\]]*\b\d+\b[^\]]*\]", source)
+    assert "N_INSTR = 6" in source and "SRC_CONST = 2" in source
+
+
+def test_partial_sources_are_derived_from_the_expressions():
+    assert BY_NAME["mul"].partial_sources == (PartialSource("value", "b"),
+                                              PartialSource("value", "a"))
+    assert BY_NAME["sub"].partial_sources == (PartialSource("constant", factor=1.0),
+                                              PartialSource("constant", factor=-1.0))
+    assert BY_NAME["square"].partial_sources == (PartialSource("value", "a", 2.0),)
+    assert BY_NAME["exp"].partial_sources == (PartialSource("value", "r"),)
+    assert BY_NAME["sin"].partial_sources == (PartialSource("stored"),)
+    assert BY_NAME["sign"].partial_sources == (PartialSource("zero", factor=0.0),)
+    assert partial_source("-2.5 * c") == PartialSource("value", "c", -2.5)
+    assert partial_source("a * b").kind == "stored"
+    for op in OPS:
+        assert len(op.partial_sources) == op.arity
+
+
+def test_kernel_code_of_each_sweep():
+    for sweep in SWEEPS:
+        text = kernel_code("mul", sweep)
+        assert text.startswith("# "), sweep
+    assert "wr[p] = a * b" in kernel_code("mul", "forward")
+    assert "if op == 3:  # mul" in kernel_code("mul", "forward_point")
+    reverse = kernel_code("mul", "reverse")
+    assert "no per-op code" in reverse and "def reverse_stored_chunk(" in reverse
+    assert "d/da = b: the value of b" in reverse
+    assert "all its partials are zero" in kernel_code("sign", "hvp")
+    with pytest.raises(ValueError, match="the ops are: add, sub, mul"):
+        kernel_code("mull", "forward")
+    with pytest.raises(ValueError, match="the sweeps are: forward, forward_point"):
+        kernel_code("mul", "backward")
