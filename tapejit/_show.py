@@ -25,7 +25,8 @@ import numpy as np
 
 from ._atomic import replacing
 from ._kernels.reference import LIBM_NUMPY as _LIBM_NUMPY
-from ._ops import BY_CODE, HELPERS, OPS, Op, math_to_numpy
+from ._kernels.reference import reference_namespace
+from ._ops import BY_CODE, OPS, Op, math_to_numpy
 from ._program import MAX_ARITY, Program
 from ._tape import Tape
 
@@ -43,19 +44,7 @@ class _NumpyMath:
         return fn
 
 
-def _namespace() -> dict[str, Any]:
-    """Names the table's expressions use: ``math``, ``np`` and the scalar helpers, the
-    latter built from the table's own helper source (``HELPERS``) without Numba."""
-    ns: dict[str, Any] = {"math": _NumpyMath(), "np": np}
-    # ``@njit`` and ``@njit(...)`` become no-ops
-    ns["njit"] = lambda *a, **k: a[0] if a and callable(a[0]) else (lambda f: f)
-    exec(compile(HELPERS, "<tapejit._ops.HELPERS>", "exec"), ns)
-    del ns["njit"]
-    ns.update(_LIBM_NUMPY)  # tapejit's own sin, cos, log: numpy's here
-    return ns
-
-
-_NS = _namespace()
+_NS = reference_namespace(_NumpyMath())
 _AZMUL: Callable[[Any, Any], Any] = _NS["_azmul"]
 
 
