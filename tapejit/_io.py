@@ -654,8 +654,8 @@ def load_tape(
     -------
     Tape
         Evaluates bit for bit as the tape that was saved, by this version of tapejit (a
-        file from an earlier tapejit whose op table is compatible loads too; results of
-        ops whose implementation changed since, such as ``sin``, ``cos`` and ``log``,
+        file from another tapejit whose ops it uses are defined alike loads too; results
+        of ops whose implementation changed since, such as ``sin``, ``cos`` and ``log``,
         may then differ in the last bit).
 
     Raises
@@ -664,9 +664,10 @@ def load_tape(
         For every problem with the file: unreadable, not a zip/npz archive, truncated or
         corrupt, missing or unexpected members, wrong dtypes or shapes, object arrays,
         members whose lengths disagree, a limit exceeded (the message names the limit
-        and how to raise it), a newer format version, an op table that changed since
-        the file was written (and is not listed as compatible:
-        ``_ops.COMPATIBLE_FINGERPRINTS``), out-of-range or forward slot references,
+        and how to raise it), a newer format version, an op the file uses that is not
+        defined as when the file was written (the message names it; format version 1:
+        an op table not listed in ``_ops.COMPATIBLE_FINGERPRINTS``), out-of-range or
+        forward slot references,
         unknown opcodes. The message names the file and what is wrong.
     ValueError, TypeError
         If a limit keyword or environment variable is not a whole number >= 0 (checked
