@@ -426,12 +426,15 @@ _CALL = re.compile(r"\b(_\w+)\s*\(")
 
 
 def _code_tokens(source: str) -> str:
-    """``source`` without comments, blank lines and layout: what a hash of code should
-    see (rewording a comment or moving a helper to another file changes nothing)."""
+    """A helper's code from its ``def`` on, without decorators, comments, blank lines and
+    layout: what a hash of its meaning should see (rewording a comment, or moving the
+    helper to another file with other decorators, changes nothing)."""
     skip = {tokenize.COMMENT, tokenize.NL, tokenize.ENCODING, tokenize.ENDMARKER}
-    toks = tokenize.generate_tokens(io.StringIO(textwrap.dedent(source)).readline)
+    toks = [t for t in tokenize.generate_tokens(io.StringIO(textwrap.dedent(source)).readline)
+            if t.type not in skip]
+    start = next(i for i, t in enumerate(toks) if t.type == tokenize.NAME and t.string == "def")
     return " ".join(t.string if t.string.strip() else tokenize.tok_name[t.type]
-                    for t in toks if t.type not in skip)
+                    for t in toks[start:])
 
 
 @functools.cache

@@ -509,7 +509,9 @@ def test_changing_a_helper_changes_the_fingerprints_of_the_ops_calling_it(monkey
     sources = _ops._helper_sources()
     # _clip calls _maximum and _minimum: a change of _maximum reaches clip too
     edited = dict(sources, _maximum=sources["_maximum"].replace(">=", ">"))
-    commented = dict(sources, _maximum=sources["_maximum"] + "  # a comment\n\n")
+    # decorators, comments and blank lines are not the helper's meaning
+    commented = dict(sources, _maximum="@njit(cache=True)\n" + sources["_maximum"]
+                     + "  # a comment\n\n")
     monkeypatch.setattr(_ops, "_helper_sources", lambda: commented)
     _ops.op_fingerprint.cache_clear()
     assert {op.name: _ops.op_fingerprint(op) for op in OPS} == before
