@@ -58,9 +58,10 @@ def render_ops() -> str:
         "",
         f"The op table has {len(OPS)} ops. Expressions are the Numba source pasted into the",
         "kernels: ``a``, ``b``, ``c`` are the operands and ``r`` the op's result; helpers such",
-        "as ``_sign`` and ``_maximum`` are defined beside the table (``tapejit._ops.HELPERS``);",
+        "as ``_sign`` and ``_maximum`` are kernel code in ``tapejit/_kernels/scalar.py``;",
         "``_sin``, ``_cos`` and ``_log`` are tapejit's own implementations of those functions",
-        "(``tapejit._libm``): they vectorize over points, and are accurate to below 0.8 ulp",
+        "(``tapejit/_kernels/libm.py``): they vectorize over points, and are accurate to "
+        "below 0.8 ulp",
         "(numpy's, from the C library, differ from them by one ulp on a few percent of",
         "arguments).",
         "",

@@ -1,11 +1,13 @@
 """Saving and loading tapes: a versioned ``.npz`` of plain arrays, validated on load.
 
 A tape file is a zip archive written by :func:`numpy.savez` (no pickle, no object
-arrays) with exactly these members (format version 1)::
+arrays) with exactly these members (format version 2)::
 
-    format_version   int64, shape ()        1 (a newer file needs a newer tapejit)
+    format_version   int64, shape ()        2 (a newer file needs a newer tapejit)
     tapejit_version  unicode, shape ()      version of tapejit that wrote the file
-    fingerprint      unicode, shape ()      tapejit._ops.fingerprint() of the writer
+    op_codes         uint8, (k,)            the opcodes the tape uses, ascending
+    op_names         unicode, (k,)          their names
+    op_hashes        unicode, (k,)          their definitions' hashes (_ops.op_fingerprint)
     name             unicode, shape ()      the tape's name
     opcodes          uint8, (n,)
     args             int32, (n, 3)          first operand slots, unused columns 0
@@ -19,23 +21,29 @@ arrays) with exactly these members (format version 1)::
     input_shapes     int64, (k,)            shapes, each as ndim followed by its dims
     output_shapes    int64, (k,)
 
-All numbers are little-endian. :func:`load_tape` checks everything before a
-:class:`~tapejit.Tape` exists, cheapest first, so that what it allocates and inflates is
-bounded by limits rather than by what a file declares: the archive, the member names and
-the format version; every member's ``.npy`` header, reading only its first bytes (dtype,
-shape, memory order and that the declared size matches the bytes the archive holds); the
-op-table fingerprint; the declared counts against each other (``args``, ``sizes``,
-``strides`` have a row per opcode; the shape lists are at most ``1 + 32`` entries per
-value, and a few more) and against the limits on instructions, constants and workspace
-elements; then ``sizes`` and the workspace per point it implies; only then the other
-members' data, the shapes, and finally the arrays themselves through the same check
-every Tape goes through (``check_tape_arrays``). Any problem raises
-:class:`~tapejit.TapeFormatError` naming it (and a limit, how to raise it).
+All numbers are little-endian. Format version 1 had one member ``fingerprint`` (unicode,
+shape ()), a hash of the whole op table, instead of the three ``op_*`` members; such a
+file loads if its table is listed in ``_ops.COMPATIBLE_FINGERPRINTS``. A file of
+version 2 loads as long as every op it uses is defined as when it was written, whatever
+ops the table gained since.
+
+:func:`load_tape` checks everything before a :class:`~tapejit.Tape` exists, cheapest
+first, so that what it allocates and inflates is bounded by limits rather than by what a
+file declares: the archive, the member names and the format version; every member's
+``.npy`` header, reading only its first bytes (dtype, shape, memory order and that the
+declared size matches the bytes the archive holds); the definitions of the ops the file
+uses (version 1: the op-table fingerprint); the declared counts against each other
+(``args``, ``sizes``, ``strides`` have a row per opcode; the shape lists are at most
+``1 + 32`` entries per value, and a few more) and against the limits on instructions,
+constants and workspace elements; then ``sizes`` and the workspace per point it
+implies; only then the other members' data, the shapes, and finally the arrays
+themselves through the same check every Tape goes through (``check_tape_arrays``). Any
+problem raises :class:`~tapejit.TapeFormatError` naming it (and a limit, how to raise
+it).
 """
 
 from __future__ import annotations
 
-import functools
 import io
 import math
 import os
@@ -44,14 +52,14 @@ from typing import Any, BinaryIO, NamedTuple
 
 import numpy as np
 
+from . import _ops
 from ._atomic import replacing
-from ._ops import COMPATIBLE_FINGERPRINTS, fingerprint
 from ._tape import Tape
 from ._validate import TapeFormatError
 from ._version import __version__
 
 #: Format version written by :func:`save_tape`; :func:`load_tape` reads versions 1..this.
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
 
 _MAX_NDIM = 32  # of a recorded argument or output shape
 _MAX_TEXT = 4096  # characters of a name or version string
@@ -70,10 +78,9 @@ MAX_CONSTS = 10**7
 _EMPTY_SHAPES = 1024
 
 # member -> (dtype string, ndim, second axis or None); "U" is any little-endian unicode
-_SPEC: dict[str, tuple[str, int, int | None]] = {
+_COMMON: dict[str, tuple[str, int, int | None]] = {
     "format_version": ("<i8", 0, None),
     "tapejit_version": ("U", 0, None),
-    "fingerprint": ("U", 0, None),
     "name": ("U", 0, None),
     "opcodes": ("|u1", 1, None),
     "args": ("<i4", 2, 3),
@@ -87,6 +94,16 @@ _SPEC: dict[str, tuple[str, int, int | None]] = {
     "input_shapes": ("<i8", 1, None),
     "output_shapes": ("<i8", 1, None),
 }
+# The members that say which ops the file uses, and what they meant, per format version.
+_OP_MEMBERS: dict[int, dict[str, tuple[str, int, int | None]]] = {
+    1: {"fingerprint": ("U", 0, None)},
+    2: {"op_codes": ("|u1", 1, None), "op_names": ("U", 1, None), "op_hashes": ("U", 1, None)},
+}
+#: Every member of a file of each format version.
+_SPEC: dict[int, dict[str, tuple[str, int, int | None]]] = {
+    v: {**_COMMON, **ops} for v, ops in _OP_MEMBERS.items()
+}
+_MAX_OPS = 255  # entries of op_codes: opcodes are uint8
 
 
 # ---------------------------------------------------------------------------------------
@@ -170,11 +187,23 @@ def _decode_shapes(what: str, code: np.ndarray, n: int) -> tuple[tuple[int, ...]
 # ---------------------------------------------------------------------------------------
 # saving
 # ---------------------------------------------------------------------------------------
+def _op_members(opcodes: np.ndarray) -> dict[str, np.ndarray]:
+    """The ``op_*`` members: each op ``opcodes`` uses, with its definition's hash."""
+    ops = [_ops.BY_CODE.get(int(c)) for c in np.unique(opcodes)]
+    if None in ops:  # a hand-built tape; Tape's own check refuses it first
+        raise ValueError("the tape uses opcodes that are not in the op table")
+    return {
+        "op_codes": np.array([op.code for op in ops], dtype="|u1"),
+        "op_names": np.array([op.name for op in ops], dtype="<U"),
+        "op_hashes": np.array([_ops.op_fingerprint(op) for op in ops], dtype="<U"),
+    }
+
+
 def _arrays(tape: Tape) -> dict[str, np.ndarray]:
     arrays = {
         "format_version": np.array(FORMAT_VERSION, dtype="<i8"),
         "tapejit_version": np.array(str(__version__)),
-        "fingerprint": np.array(fingerprint()),
+        **_op_members(tape.opcodes),
         "name": np.array(str(tape.name)),
         "opcodes": np.ascontiguousarray(tape.opcodes, dtype="|u1"),
         "args": np.ascontiguousarray(tape.args, dtype="<i4").reshape(-1, 3),
@@ -242,9 +271,11 @@ class _Header(NamedTuple):
     offset: int  # bytes of magic and header before the data
 
 
-def _read_header(zf: zipfile.ZipFile, info: zipfile.ZipInfo, key: str) -> _Header:
-    """A member's ``.npy`` header, checked against the spec and against the size the
-    archive declares. Only the first bytes of the member are inflated."""
+def _read_header(zf: zipfile.ZipFile, info: zipfile.ZipInfo, key: str,
+                 spec: dict[str, tuple[str, int, int | None]]) -> _Header:
+    """A member's ``.npy`` header, checked against ``spec`` (of its format version) and
+    against the size the archive declares. Only the first bytes of the member are
+    inflated."""
     if info.flag_bits & 0x1:
         raise TapeFormatError(f"member {key!r} is encrypted")
     if info.compress_type not in (zipfile.ZIP_STORED, zipfile.ZIP_DEFLATED):
@@ -273,7 +304,7 @@ def _read_header(zf: zipfile.ZipFile, info: zipfile.ZipInfo, key: str) -> _Heade
         raise TapeFormatError(f"member {key!r} has no valid .npy header: {exc}") from None
     if dtype.hasobject:
         raise TapeFormatError(f"member {key!r} is an object array; tape files hold none")
-    _check_member(key, shape, dtype, fortran)
+    _check_member(key, shape, dtype, fortran, spec)
     shape = tuple(int(d) for d in shape)
     offset = head.tell()
     nbytes = math.prod(shape) * dtype.itemsize
@@ -303,8 +334,9 @@ def _read_data(zf: zipfile.ZipFile, h: _Header) -> np.ndarray:
     return out.reshape(h.shape)
 
 
-def _check_member(key: str, shape: tuple[int, ...], dtype: np.dtype, fortran: bool) -> None:
-    want, ndim, cols = _SPEC[key]
+def _check_member(key: str, shape: tuple[int, ...], dtype: np.dtype, fortran: bool,
+                  spec: dict[str, tuple[str, int, int | None]]) -> None:
+    want, ndim, cols = spec[key]
     if want == "U":
         ok = dtype.str.startswith("<U") and 4 <= dtype.itemsize <= 4 * _MAX_TEXT
         want_txt = f"a unicode string of at most {_MAX_TEXT} characters"
@@ -318,11 +350,6 @@ def _check_member(key: str, shape: tuple[int, ...], dtype: np.dtype, fortran: bo
         raise TapeFormatError(f"member {key!r} must have shape {expect}; got {shape}")
     if fortran and ndim > 1:
         raise TapeFormatError(f"member {key!r} must be stored in C order")
-
-
-@functools.cache
-def _fingerprint() -> str:
-    return fingerprint()
 
 
 # ---------------------------------------------------------------------------------------
@@ -429,10 +456,63 @@ def _check_workspace(sizes: np.ndarray, n_fixed: int, lim: _Limits) -> int:
     return n_results
 
 
+# ---------------------------------------------------------------------------------------
+# what the ops meant when the file was written
+# ---------------------------------------------------------------------------------------
+def _check_table(fp: str, writer: str) -> None:
+    """Format version 1: one fingerprint of the whole op table that wrote the file."""
+    if fp not in _ops.COMPATIBLE_FINGERPRINTS:
+        raise TapeFormatError(
+            f"the op table changed since this tape was written (written by tapejit "
+            f"{writer!r} in format version 1 with op-table fingerprint {fp!r}, which this "
+            f"tapejit {__version__} does not list as compatible): opcodes may mean "
+            "something else now, so the tape is refused. Record the function again."
+        )
+
+
+def _check_ops(zf: zipfile.ZipFile, heads: dict[str, _Header], writer: str) -> np.ndarray:
+    """Format version 2: every op the file lists must be defined as when it was written.
+    Returns the listed opcodes."""
+    n = heads["op_codes"].shape[0]
+    if n > _MAX_OPS or heads["op_names"].shape != (n,) or heads["op_hashes"].shape != (n,):
+        raise TapeFormatError(
+            f"op_codes, op_names and op_hashes must have one entry per op the tape uses "
+            f"(at most {_MAX_OPS}); got shapes {heads['op_codes'].shape}, "
+            f"{heads['op_names'].shape}, {heads['op_hashes'].shape}"
+        )
+    codes = _read_data(zf, heads["op_codes"])
+    names = _read_data(zf, heads["op_names"])
+    hashes = _read_data(zf, heads["op_hashes"])
+    if len(np.unique(codes)) != n:
+        raise TapeFormatError("op_codes lists an opcode twice")
+    for code, name, saved in zip(codes.tolist(), names.tolist(), hashes.tolist(), strict=True):
+        op = _ops.BY_CODE.get(code)
+        if op is None:
+            raise TapeFormatError(
+                f"the tape uses op {name!r} (opcode {code}), which this tapejit "
+                f"{__version__} does not have (written by tapejit {writer!r}); load it "
+                "with a tapejit that has the op"
+            )
+        if op.name != name:
+            raise TapeFormatError(
+                f"opcode {code} was op {name!r} when this tape was saved (by tapejit "
+                f"{writer!r}) and is op {op.name!r} in this tapejit {__version__}, so the "
+                "tape is refused. Record the function again."
+            )
+        if _ops.op_fingerprint(op) != saved:
+            raise TapeFormatError(
+                f"op {name!r} (opcode {code}) is defined differently than when this tape "
+                f"was saved (by tapejit {writer!r}): its value or derivative formulas, or "
+                "a helper they call, changed, so the tape is refused. Record the function "
+                "again."
+            )
+    return codes
+
+
 def _read_arrays(z: Any, max_bytes: int | None, lim: _Limits) -> tuple[tuple, dict[str, Any]]:
     """Everything :class:`Tape` needs, checked: ``(arrays, keyword arguments)``.
 
-    Order: names, version, every header, fingerprint, the declared counts against each
+    Order: names, version, every header, the ops' definitions, the declared counts against each
     other and the limits, ``sizes`` and the workspace it implies, then the other data.
     """
     zf: zipfile.ZipFile = z.zip
@@ -447,7 +527,7 @@ def _read_arrays(z: Any, max_bytes: int | None, lim: _Limits) -> tuple[tuple, di
     # The version first: a newer file may have other members.
     if "format_version" not in members:
         raise TapeFormatError("not a tapejit tape file: member 'format_version' is missing")
-    h = _read_header(zf, members["format_version"], "format_version")
+    h = _read_header(zf, members["format_version"], "format_version", _COMMON)
     version = int(_read_data(zf, h))
     if version > FORMAT_VERSION:
         raise TapeFormatError(
@@ -456,32 +536,31 @@ def _read_arrays(z: Any, max_bytes: int | None, lim: _Limits) -> tuple[tuple, di
         )
     if version < 1:
         raise TapeFormatError(f"invalid tape file format version {version}")
-    missing = [k for k in _SPEC if k not in members]
+    spec = _SPEC[version]
+    missing = [k for k in spec if k not in members]
     if missing:
         raise TapeFormatError(f"tape file is missing member(s) {', '.join(missing)}")
-    extra = sorted(k for k in members if k not in _SPEC)
+    extra = sorted(k for k in members if k not in spec)
     if extra:
         raise TapeFormatError(
             f"tape file has unexpected member(s) {', '.join(map(repr, extra))} for format "
             f"version {version}"
         )
-    if any(not members[k].filename.endswith(".npy") for k in _SPEC):
+    if any(not members[k].filename.endswith(".npy") for k in spec):
         raise TapeFormatError("tape file members must be .npy arrays")
-    total = sum(members[k].file_size for k in _SPEC)
+    total = sum(members[k].file_size for k in spec)
     if max_bytes is not None and total > max_bytes:
         raise TapeFormatError(
             f"tape file holds {total} bytes of arrays, more than max_bytes={max_bytes}"
         )
-    heads = {k: _read_header(zf, members[k], k) for k in _SPEC}
-    z_ = {k: _read_data(zf, heads[k]) for k in ("fingerprint", "tapejit_version")}
-    fp = str(z_["fingerprint"][()])
-    if fp != _fingerprint() and fp not in COMPATIBLE_FINGERPRINTS:
-        raise TapeFormatError(
-            f"the op table changed since this tape was written (written by tapejit "
-            f"{str(z_['tapejit_version'][()])!r} with op-table fingerprint {fp!r}; this "
-            f"tapejit {__version__} has {_fingerprint()!r}): opcodes may mean something "
-            "else now, so the tape is refused. Record the function again."
-        )
+    heads = {k: _read_header(zf, members[k], k, spec) for k in spec}
+    done = {"format_version", "tapejit_version", *_OP_MEMBERS[version]}
+    writer = str(_read_data(zf, heads["tapejit_version"])[()])
+    if version == 1:
+        _check_table(str(_read_data(zf, heads["fingerprint"])[()]), writer)
+        listed = None
+    else:
+        listed = _check_ops(zf, heads, writer)
     _check_counts(heads, lim)
     a = {"sizes": _read_data(zf, heads["sizes"])}
     n_fixed = sum(heads[k].shape[0] for k in ("consts", "params", "inputs"))
@@ -497,7 +576,12 @@ def _read_arrays(z: Any, max_bytes: int | None, lim: _Limits) -> tuple[tuple, di
     for key, first in (("params", nc), ("inputs", nc + len(a["params"]))):
         if not np.array_equal(a[key], first + np.arange(len(a[key]))):
             raise TapeFormatError(f"{key} must be the slots {first}..{first + len(a[key]) - 1}")
-    a.update((k, _read_data(zf, heads[k])) for k in _SPEC if k not in z_ and k not in a)
+    a.update((k, _read_data(zf, heads[k])) for k in spec if k not in done and k not in a)
+    if listed is not None:
+        unlisted = np.setdiff1d(a["opcodes"], listed)
+        if len(unlisted):
+            raise TapeFormatError(f"the tape uses opcode {int(unlisted[0])}, which its "
+                                  "member op_codes does not list")
     input_shapes = _decode_shapes("input_shapes", a["input_shapes"], len(a["inputs"]))
     output_shapes = _decode_shapes("output_shapes", a["output_shapes"], len(a["outputs"]))
     arrays = (a["opcodes"], a["args"], a["consts"], a["inputs"], a["params"], a["outputs"])
@@ -570,8 +654,8 @@ def load_tape(
     -------
     Tape
         Evaluates bit for bit as the tape that was saved, by this version of tapejit (a
-        file from an earlier tapejit whose op table is compatible loads too; results of
-        ops whose implementation changed since, such as ``sin``, ``cos`` and ``log``,
+        file from another tapejit whose ops it uses are defined alike loads too; results
+        of ops whose implementation changed since, such as ``sin``, ``cos`` and ``log``,
         may then differ in the last bit).
 
     Raises
@@ -580,9 +664,10 @@ def load_tape(
         For every problem with the file: unreadable, not a zip/npz archive, truncated or
         corrupt, missing or unexpected members, wrong dtypes or shapes, object arrays,
         members whose lengths disagree, a limit exceeded (the message names the limit
-        and how to raise it), a newer format version, an op table that changed since
-        the file was written (and is not listed as compatible:
-        ``_ops.COMPATIBLE_FINGERPRINTS``), out-of-range or forward slot references,
+        and how to raise it), a newer format version, an op the file uses that is not
+        defined as when the file was written (the message names it; format version 1:
+        an op table not listed in ``_ops.COMPATIBLE_FINGERPRINTS``), out-of-range or
+        forward slot references,
         unknown opcodes. The message names the file and what is wrong.
     ValueError, TypeError
         If a limit keyword or environment variable is not a whole number >= 0 (checked

@@ -9,12 +9,16 @@ Each :class:`Op` holds everything the rest of the package derives from it:
   ``aa, ab, ac, bb, bc, cc``), used by second-order sweeps;
 * ``numpy``: the numpy reference (used for constant folding while recording and by the
   tests);
-* ``domain``: for each operand, the interval the tests sample from;
+* ``domain``: for each operand, the interval the tests sample from; ``edges`` plants the
+  op's edge cases (exact ties, bounds, integer conditions) among the sampled points and
+  ``kink`` measures how far a point is from the nearest kink or jump;
+* ``trace``: how user code reaches the op, where that is not by calling ``numpy``;
 * ``flags``: named classes of ops (linear, zero-derivative, ...) that the code generator
   and the tracer exploit.
 
 The tracer (``_tracer.py``), the generated Numba kernels (``_codegen.py``), the tests and
-the docs' op listing all iterate over :data:`OPS`. Adding an op touches this file only.
+the docs' op listing all iterate over :data:`OPS`. Adding an elementwise op whose numpy
+reference is a ufunc touches this file only: one row (``tests/test_new_op.py`` proves it).
 
 Derivative conventions at kinks (documented in docs/ops):
 
@@ -42,7 +46,11 @@ from __future__ import annotations
 
 import ast
 import functools
+import hashlib
+import io
 import re
+import textwrap
+import tokenize
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -67,6 +75,9 @@ FAST_BROADCAST = "fast_broadcast"
 #: Computed by tapejit's own vectorizing functions (``_sin``, ``_cos``, ``_log``): a
 #: contiguous block gets a fast path in the one-point value sweeps too.
 VECTOR_FN = "vector_fn"
+#: The value is exact or one correctly rounded IEEE operation, so it equals numpy's bit
+#: for bit (the tests compare such ops bitwise, the others to a few ulp).
+EXACT = "exact"
 
 
 @dataclass(frozen=True)
@@ -99,6 +110,17 @@ class Op:
     rank : int
         Place in the kernels' dispatch chain among the most frequent ops (1 is tested
         first); 0 for the others, which follow in opcode order.
+    kink : callable or None
+        For ops with kinks or jumps (``PIECEWISE``): a numpy function of the operands
+        giving each point's distance to the nearest kink or jump (the tests compare
+        derivatives with finite differences only away from them). None for smooth ops.
+    edges : callable or None
+        Plants the op's edge cases in place into sampled points ``X`` (one row per
+        point, one column per operand): exact ties, bounds, integer conditions. None
+        where uniform samples from ``domain`` are all the tests need.
+    trace : callable or None
+        How traced user code reaches the op, where calling ``numpy`` on traced values
+        does not (``stop_gradient``). None: ``numpy`` itself reaches it.
     """
 
     code: int
@@ -112,6 +134,9 @@ class Op:
     flags: frozenset[str] = frozenset()
     doc: str = ""
     rank: int = 0
+    kink: Callable[..., np.ndarray] | None = None
+    edges: Callable[[np.ndarray], None] | None = None
+    trace: Callable[..., object] | None = None
 
     def __post_init__(self) -> None:
         n_second = {1: 1, 2: 3, 3: 6}[self.arity]
@@ -178,7 +203,45 @@ def partial_source(expr: str) -> PartialSource:
 
 
 def _sel(c, a, b):
-    return np.where(np.asarray(c) != 0, a, b)
+    # np.not_equal, not ``np.asarray(c) != 0``: traced values reach the op through it too
+    return np.where(np.not_equal(c, 0.0), a, b)
+
+
+def _stop_gradient(a):
+    # imported at the call: _record imports the tracer, which imports this table
+    from ._record import stop_gradient
+
+    return stop_gradient(a)
+
+
+# --- test samplers: edge cases planted in sampled points, distances to kinks -----------
+def _tie(X: np.ndarray) -> None:
+    X[::7, 1] = X[::7, 0]  # a == b
+
+
+def _at_bounds(X: np.ndarray) -> None:
+    X[::7, 0] = X[::7, 1]  # x == lo
+    X[3::7, 0] = X[3::7, 2]  # x == hi
+
+
+def _conditions(X: np.ndarray) -> None:
+    X[:, 0] = np.round(X[:, 0])  # conditions 0.0 and 1.0
+
+
+def _from_zero(a):
+    return np.abs(a)
+
+
+def _from_integers(a):
+    return np.abs(a - np.round(a))
+
+
+def _from_tie(a, b):
+    return np.abs(a - b)
+
+
+def _from_bounds(a, lo, hi):
+    return np.minimum(np.abs(a - lo), np.abs(a - hi))
 
 
 _R = (-3.0, 3.0)
@@ -187,22 +250,23 @@ _UNIT = (-0.95, 0.95)
 Z = "0.0"
 _Z3 = (Z, Z, Z)
 _Z6 = (Z,) * 6
-_CMP = frozenset({ZERO_DERIVATIVE, COMPARISON, PIECEWISE})
+_CMP = frozenset({ZERO_DERIVATIVE, COMPARISON, PIECEWISE, EXACT})
+_TIES = {"kink": _from_tie, "edges": _tie}
 _FAST2 = frozenset({FAST_BLOCK, FAST_BROADCAST})
 
 _TABLE: list[Op] = [
     # --- arithmetic ---------------------------------------------------------------------
     Op(1, "add", 2, "a + b", ("1.0", "1.0"), _Z3, np.add, (_R, _R),
-       frozenset({LINEAR, COMMUTATIVE, SWAPPABLE}) | _FAST2, rank=2),
+       frozenset({LINEAR, COMMUTATIVE, SWAPPABLE, EXACT}) | _FAST2, rank=2),
     Op(2, "sub", 2, "a - b", ("1.0", "-1.0"), _Z3, np.subtract, (_R, _R),
-       frozenset({LINEAR}) | _FAST2, rank=3),
+       frozenset({LINEAR, EXACT}) | _FAST2, rank=3),
     Op(3, "mul", 2, "a * b", ("b", "a"), (Z, "1.0", Z), np.multiply, (_R, _R),
-       frozenset({COMMUTATIVE, SWAPPABLE}) | _FAST2, rank=1),
+       frozenset({COMMUTATIVE, SWAPPABLE, EXACT}) | _FAST2, rank=1),
     Op(4, "div", 2, "a / b", ("1.0 / b", "-r / b"),
-       (Z, "-1.0 / (b * b)", "2.0 * r / (b * b)"), np.divide, (_R, (0.5, 3.0)), _FAST2,
-       rank=4),
+       (Z, "-1.0 / (b * b)", "2.0 * r / (b * b)"), np.divide, (_R, (0.5, 3.0)),
+       frozenset({EXACT}) | _FAST2, rank=4),
     Op(5, "neg", 1, "-a", ("-1.0",), (Z,), np.negative, (_R,),
-       frozenset({LINEAR, FAST_BLOCK}), rank=5),
+       frozenset({LINEAR, FAST_BLOCK, EXACT}), rank=5),
     Op(6, "pow", 2, "a ** b",
        ("0.0 if b == 0.0 else b * a ** (b - 1.0)", "0.0 if r == 0.0 else r * math.log(a)"),
        ("0.0 if b == 0.0 or b == 1.0 else b * (b - 1.0) * a ** (b - 2.0)",
@@ -211,12 +275,12 @@ _TABLE: list[Op] = [
        np.power, (_POS, _R),
        doc="d/da is 0 where b == 0; d/db is 0 where the result is 0 (pow(0, y) has no NaN)"),
     Op(7, "square", 1, "a * a", ("2.0 * a",), ("2.0",), np.square, (_R,),
-       frozenset({FAST_BLOCK}), rank=6),
+       frozenset({FAST_BLOCK, EXACT}), rank=6),
     Op(8, "reciprocal", 1, "1.0 / a", ("-r * r",), ("2.0 * r * r * r",), np.reciprocal,
-       ((0.5, 3.0),)),
+       ((0.5, 3.0),), frozenset({EXACT})),
     # --- roots, exponentials, logarithms -------------------------------------------------
     Op(9, "sqrt", 1, "math.sqrt(a)", ("0.5 / r",), ("-0.25 / (r * r * r)",), np.sqrt, (_POS,),
-       doc="derivative +inf at 0"),
+       frozenset({EXACT}), doc="derivative +inf at 0"),
     Op(10, "cbrt", 1, "np.cbrt(a)", ("1.0 / (3.0 * r * r)",),
        ("-2.0 / (9.0 * r * r * r * r * r)",), np.cbrt, ((0.2, 4.0),), doc="derivative +inf at 0"),
     Op(11, "exp", 1, "math.exp(a)", ("r",), ("r",), np.exp, (_R,)),
@@ -258,24 +322,24 @@ _TABLE: list[Op] = [
     Op(30, "arctanh", 1, "math.atanh(a)", ("1.0 / (1.0 - a * a)",),
        ("2.0 * a / ((1.0 - a * a) * (1.0 - a * a))",), np.arctanh, (_UNIT,)),
     # --- piecewise ------------------------------------------------------------------------
-    Op(31, "abs", 1, "abs(a)", ("_sign(a)",), (Z,), np.abs, (_R,), frozenset({PIECEWISE}),
-       doc="derivative sign(a): 0 at 0"),
+    Op(31, "abs", 1, "abs(a)", ("_sign(a)",), (Z,), np.abs, (_R,),
+       frozenset({PIECEWISE, EXACT}), doc="derivative sign(a): 0 at 0", kink=_from_zero),
     Op(32, "sign", 1, "_sign(a)", (Z,), (Z,), np.sign, (_R,),
-       frozenset({ZERO_DERIVATIVE, PIECEWISE})),
+       frozenset({ZERO_DERIVATIVE, PIECEWISE, EXACT}), kink=_from_zero),
     Op(33, "floor", 1, "np.floor(a)", (Z,), (Z,), np.floor, (_R,),
-       frozenset({ZERO_DERIVATIVE, PIECEWISE})),
+       frozenset({ZERO_DERIVATIVE, PIECEWISE, EXACT}), kink=_from_integers),
     Op(34, "ceil", 1, "np.ceil(a)", (Z,), (Z,), np.ceil, (_R,),
-       frozenset({ZERO_DERIVATIVE, PIECEWISE})),
+       frozenset({ZERO_DERIVATIVE, PIECEWISE, EXACT}), kink=_from_integers),
     Op(35, "maximum", 2, "_maximum(a, b)",
        ("1.0 if a > b else (0.5 if a == b else 0.0)",
         "1.0 if b > a else (0.5 if a == b else 0.0)"),
-       _Z3, np.maximum, (_R, _R), frozenset({COMMUTATIVE, PIECEWISE}) | _FAST2,
-       doc="1/2 to each operand at a tie; NaN propagates like numpy"),
+       _Z3, np.maximum, (_R, _R), frozenset({COMMUTATIVE, PIECEWISE, EXACT}) | _FAST2,
+       doc="1/2 to each operand at a tie; NaN propagates like numpy", **_TIES),
     Op(36, "minimum", 2, "_minimum(a, b)",
        ("1.0 if a < b else (0.5 if a == b else 0.0)",
         "1.0 if b < a else (0.5 if a == b else 0.0)"),
-       _Z3, np.minimum, (_R, _R), frozenset({COMMUTATIVE, PIECEWISE}),
-       doc="1/2 to each operand at a tie; NaN propagates like numpy"),
+       _Z3, np.minimum, (_R, _R), frozenset({COMMUTATIVE, PIECEWISE, EXACT}),
+       doc="1/2 to each operand at a tie; NaN propagates like numpy", **_TIES),
     Op(37, "hypot", 2, "math.hypot(a, b)",
        ("0.0 if r == 0.0 else a / r", "0.0 if r == 0.0 else b / r"),
        ("0.0 if r == 0.0 else b * b / (r * r * r)", "0.0 if r == 0.0 else -a * b / (r * r * r)",
@@ -286,31 +350,33 @@ _TABLE: list[Op] = [
        ("1.0 if (a >= b and a <= c) else 0.0",
         "1.0 if (a < b and b <= c) else 0.0",
         "1.0 if (a > c or b > c) else 0.0"),
-       _Z6, np.clip, (_R, (-1.0, -0.2), (0.2, 1.0)), frozenset({PIECEWISE}),
-       doc="d/dx = 1 on lo <= x <= hi; d/dlo where x < lo; d/dhi where x > hi"),
+       _Z6, np.clip, (_R, (-1.0, -0.2), (0.2, 1.0)), frozenset({PIECEWISE, EXACT}),
+       doc="d/dx = 1 on lo <= x <= hi; d/dlo where x < lo; d/dhi where x > hi",
+       kink=_from_bounds, edges=_at_bounds),
     Op(39, "where", 3, "b if a != 0.0 else c",
        (Z, "1.0 if a != 0.0 else 0.0", "0.0 if a != 0.0 else 1.0"),
-       _Z6, _sel, ((0.0, 1.0), _R, _R), frozenset({PIECEWISE, FAST_BLOCK}),
-       doc="select: the untaken operand gets an exactly zero adjoint", rank=7),
+       _Z6, _sel, ((0.0, 1.0), _R, _R), frozenset({PIECEWISE, FAST_BLOCK, EXACT}),
+       doc="select: the untaken operand gets an exactly zero adjoint", rank=7,
+       edges=_conditions),
     Op(40, "logaddexp", 2, "_logaddexp(a, b)", ("math.exp(a - r)", "math.exp(b - r)"),
        ("math.exp(a - r) * (1.0 - math.exp(a - r))", "-math.exp(a - r) * math.exp(b - r)",
         "math.exp(b - r) * (1.0 - math.exp(b - r))"),
        np.logaddexp, (_R, _R), frozenset({COMMUTATIVE, SWAPPABLE})),
     Op(41, "stop_gradient", 1, "a", (Z,), (Z,), lambda a: np.array(a, dtype=np.float64),
-       (_R,), frozenset({ZERO_DERIVATIVE}),
-       doc="value passes through, derivative 0 (detach)"),
+       (_R,), frozenset({ZERO_DERIVATIVE, EXACT}),
+       doc="value passes through, derivative 0 (detach)", trace=_stop_gradient),
     # --- comparisons: value 1.0 or 0.0, derivative 0 -------------------------------------
-    Op(42, "less", 2, "1.0 if a < b else 0.0", (Z, Z), _Z3, np.less, (_R, _R), _CMP),
+    Op(42, "less", 2, "1.0 if a < b else 0.0", (Z, Z), _Z3, np.less, (_R, _R), _CMP, **_TIES),
     Op(43, "less_equal", 2, "1.0 if a <= b else 0.0", (Z, Z), _Z3, np.less_equal,
-       (_R, _R), _CMP),
+       (_R, _R), _CMP, **_TIES),
     Op(44, "greater", 2, "1.0 if a > b else 0.0", (Z, Z), _Z3, np.greater, (_R, _R),
-       _CMP),
+       _CMP, **_TIES),
     Op(45, "greater_equal", 2, "1.0 if a >= b else 0.0", (Z, Z), _Z3, np.greater_equal,
-       (_R, _R), _CMP),
+       (_R, _R), _CMP, **_TIES),
     Op(46, "equal", 2, "1.0 if a == b else 0.0", (Z, Z), _Z3, np.equal, (_R, _R),
-       _CMP | {COMMUTATIVE, SWAPPABLE}),
+       _CMP | {COMMUTATIVE, SWAPPABLE}, **_TIES),
     Op(47, "not_equal", 2, "1.0 if a != b else 0.0", (Z, Z), _Z3, np.not_equal,
-       (_R, _R), _CMP | {COMMUTATIVE, SWAPPABLE}),
+       (_R, _R), _CMP | {COMMUTATIVE, SWAPPABLE}, **_TIES),
 ]
 
 #: All ops, in opcode order.
@@ -336,13 +402,6 @@ def math_to_numpy() -> dict[str, str]:
     return out
 
 
-#: The kernel source of the scalar helper functions that the value and partial expressions
-#: may call (``tapejit/_kernels/scalar.py``), hashed by :func:`fingerprint`. The
-#: expressions may also call tapejit's own ``_sin``, ``_cos`` and ``_log``
-#: (``tapejit/_kernels/libm.py``).
-HELPERS = kernel_body("scalar")
-
-
 #: Helpers with a twin that vectorizes but is exact only where ``guard`` (of the helper's
 #: argument ``{x}``) is false: ``helper -> (twin, guard)``. The batched sweeps call the
 #: twin over a whole row and redo the (rare) guarded elements with the helper, so every
@@ -352,22 +411,66 @@ TWINS: dict[str, tuple[str, str]] = {
     "_cos": ("_cos_near", "abs({x}) > _TRIG_MAX"),
 }
 
-#: Fingerprints of earlier op tables whose opcodes mean what they mean now (only how an
-#: op is computed changed since): tape files written with them still load.
+#: Op-table fingerprints of tape files of format version 1, which carry one hash of the
+#: whole table instead of one per op (``tapejit._io``): tables whose opcodes mean what
+#: they mean now. Version 1 was last written by the second one. Should an op that
+#: existed then change meaning, these entries must go: such a file does not say which
+#: definitions it used.
 COMPATIBLE_FINGERPRINTS: dict[str, str] = {
     "b0440a458002765c": "tapejit 0.1 before tapejit's own sin, cos and log (were libm's)",
+    "544b622e883cef34": "tapejit 0.1, the last op table that wrote format version 1",
 }
 
 
-def fingerprint() -> str:
-    """Return a short hash of the op table: opcodes, names, arity and formulas.
+def _helper_sources() -> dict[str, str]:
+    """Source text of each scalar helper the table's expressions may call, by name.
 
-    Saved tapes carry it so that a tape is never run by kernels of a different table.
+    The one place that knows where the helpers live: ``tapejit/_kernels/scalar.py``.
+    tapejit's own ``_sin``, ``_cos`` and ``_log`` (``tapejit/_kernels/libm.py``) are
+    not listed: they compute the function their name says, so a new implementation
+    does not change what an op means.
     """
-    import hashlib
+    source = kernel_body("scalar")
+    tree = ast.parse(source)
+    return {node.name: ast.get_source_segment(source, node) or ""
+            for node in tree.body if isinstance(node, ast.FunctionDef)}
 
+
+_CALL = re.compile(r"\b(_\w+)\s*\(")
+
+
+def _code_tokens(source: str) -> str:
+    """A helper's code from its ``def`` on, without decorators, comments, blank lines and
+    layout: what a hash of its meaning should see (rewording a comment, or moving the
+    helper to another file with other decorators, changes nothing)."""
+    skip = {tokenize.COMMENT, tokenize.NL, tokenize.ENCODING, tokenize.ENDMARKER}
+    toks = [t for t in tokenize.generate_tokens(io.StringIO(textwrap.dedent(source)).readline)
+            if t.type not in skip]
+    start = next(i for i, t in enumerate(toks) if t.type == tokenize.NAME and t.string == "def")
+    return " ".join(t.string if t.string.strip() else tokenize.tok_name[t.type]
+                    for t in toks[start:])
+
+
+@functools.cache
+def op_fingerprint(op: Op) -> str:
+    """A short hash of what ``op`` means: its opcode, name, arity, value and derivative
+    expressions, and the code of every scalar helper those call (directly or through
+    another helper).
+
+    A tape file records it for each op it uses (``tapejit._io``) and is refused where
+    one of them differs: an op whose definition is unchanged keeps its hash whatever
+    else the table gains.
+    """
+    sources = _helper_sources()
+    todo = [*op.partials, *op.second, op.value]
+    used: set[str] = set()
+    while todo:
+        for name in _CALL.findall(todo.pop()):
+            if name in sources and name not in used:
+                used.add(name)
+                todo.append(sources[name])
     h = hashlib.sha256()
-    for op in OPS:
-        h.update(repr((op.code, op.name, op.arity, op.value, op.partials, op.second)).encode())
-    h.update(HELPERS.encode())
+    h.update(repr((op.code, op.name, op.arity, op.value, op.partials, op.second)).encode())
+    for name in sorted(used):
+        h.update(f"\n{name}: {_code_tokens(sources[name])}".encode())
     return h.hexdigest()[:16]

@@ -3,10 +3,12 @@
 * Round trips give bit-identical results (forward, gradient, Jacobian, Hessian, guards)
   for recorded functions with parameters, several outputs, constants, guards, and for
   hand-built tapes.
-* The format-version-1 fixture ``tests/data/tape_v1.npz`` keeps loading and gives known
-  numbers.
+* The fixtures ``tests/data/tape_v1.npz`` and ``tape_v2.npz`` (format versions 1 and 2)
+  keep loading and give known numbers.
+* A file records the ops it uses with their definitions' hashes: it loads whatever ops
+  the table gains, and is refused, naming the op, when one of its ops changed.
 * Every malformed file raises ``TapeFormatError`` naming the problem, and nothing else:
-  hand-crafted files (wrong dtypes, shapes, versions, fingerprints, slot references,
+  hand-crafted files (wrong dtypes, shapes, versions, op lists, slot references,
   opcodes, sizes) and hypothesis fuzzing (bit flips, truncations and insertions of the
   whole file; the same inside one member of an otherwise valid archive; random arrays in
   a valid archive). A file that does load is evaluated, so a tape that slipped through
@@ -15,6 +17,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import io
 import math
 import zipfile
@@ -26,9 +29,9 @@ from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
 import tapejit
-from tapejit import Tape, TapeFormatError
+from tapejit import Tape, TapeFormatError, _ops
 from tapejit._io import FORMAT_VERSION, load_tape, save_tape
-from tapejit._ops import OPS, fingerprint
+from tapejit._ops import COMPATIBLE_FINGERPRINTS, OPS
 
 DATA = Path(__file__).resolve().parent / "data"
 
@@ -149,26 +152,26 @@ def test_save_refuses_what_load_would_refuse(tmp_path):
 
 
 # ---------------------------------------------------------------------------------------
-# the version-1 fixture
+# the fixtures of each format version
 # ---------------------------------------------------------------------------------------
-def test_fixture_v1_loads_and_gives_known_numbers():
-    path = DATA / "tape_v1.npz"
+@pytest.mark.parametrize("version", [1, 2])
+def test_fixture_loads_and_gives_known_numbers(version):
+    path = DATA / f"tape_v{version}.npz"
     try:
         tape = load_tape(path)
     except TapeFormatError as exc:  # pragma: no cover - message for the maintainer
-        if "op table changed" in str(exc):
+        if "defined differently" in str(exc) or "op table changed" in str(exc):
             pytest.fail(
-                "the op table changed, so tape files written before are refused. If no "
-                "opcode changed meaning, list the fixture's fingerprint in "
-                "tapejit._ops.COMPATIBLE_FINGERPRINTS; if one did on purpose, regenerate "
-                "the fixture: python tests/data/make_fixtures.py"
+                f"{exc}\nTape files written before are refused. If the op still means "
+                "what it meant, keep its definition; if it changed meaning on purpose, "
+                "regenerate the fixtures: python tests/data/make_fixtures.py (see there)"
             )
         raise
     assert tape.name == "fixture"
     assert (tape.n_inputs, tape.n_params, tape.n_outputs, tape.n_guards) == (2, 1, 2, 1)
     assert tape.input_shapes == ((2,),) and tape.output_shapes == ((), ())
     with zipfile.ZipFile(path) as zf:
-        assert int(np.load(zf.open("format_version.npy"))) == 1
+        assert int(np.load(zf.open("format_version.npy"))) == version
     x, p = np.array([2.0, 5.0]), np.array([3.0])
     y, z = tape.forward(x, p)
     assert y == pytest.approx(math.log(2.0) + 10.0 - math.sin(5.0), rel=1e-15)
@@ -235,8 +238,29 @@ BAD = {
     "version 0": (lambda g: _with(g, format_version=np.array(0)), "invalid .*version 0"),
     "version as float": (lambda g: _with(g, format_version=np.array(1.0)),
                          "'format_version' must be int64"),
-    "fingerprint": (lambda g: _with(g, fingerprint=np.array("0123456789abcdef")),
-                    "op table changed"),
+    "op changed": (lambda g: _with(g, op_hashes=_set1(g["op_hashes"], 0, "0123456789abcdef")),
+                   r"op '\w+' \(opcode \d+\) is defined differently than when this tape "
+                   "was saved"),
+    "op renamed": (lambda g: _with(g, op_names=_set1(g["op_names"].astype("<U16"), 0,
+                                                     "frobnicate")),
+                   r"opcode \d+ was op 'frobnicate' when this tape was saved"),
+    "op unknown": (lambda g: _with(g, op_codes=_set1(g["op_codes"], 0, 200)),
+                   r"uses op '\w+' \(opcode 200\), which this tapejit .* does not have"),
+    "op listed twice": (lambda g: _with(g, op_codes=np.full_like(g["op_codes"], 3)),
+                        "lists an opcode twice"),
+    "op lists disagree": (lambda g: _with(g, op_names=g["op_names"][:-1].copy()),
+                          "one entry per op the tape uses"),
+    "op not listed": (lambda g: _with(g, op_codes=g["op_codes"][1:].copy(),
+                                      op_names=g["op_names"][1:].copy(),
+                                      op_hashes=g["op_hashes"][1:].copy()),
+                      "which its member op_codes does not list"),
+    "op codes int64": (lambda g: _with(g, op_codes=g["op_codes"].astype(np.int64)),
+                       "'op_codes' must be uint8"),
+    "v1 member in v2": (lambda g: _with(g, fingerprint=np.array("0123456789abcdef")),
+                        "unexpected member.*'fingerprint'.*version 2"),
+    "v1 fingerprint": (lambda g: _v1(g, "0123456789abcdef"), "op table changed"),
+    "v1 with v2 members": (lambda g: {**_v1(g, "544b622e883cef34"), "op_codes": g["op_codes"]},
+                           "unexpected member.*'op_codes'.*version 1"),
     "args int64": (lambda g: _with(g, args=g["args"].astype(np.int64)),
                    "'args' must be int32"),
     "args big-endian": (lambda g: _with(g, args=g["args"].astype(">i4")),
@@ -263,9 +287,14 @@ BAD = {
     "guard outcome": (lambda g: _with(g, guards=np.array([[g["guards"][0, 0], 2]], np.int32)),
                       "guard 0"),
     "unknown opcode": (lambda g: _with(g, opcodes=np.where(np.arange(len(g["opcodes"])) == 1,
-                                                           100, g["opcodes"]).astype(np.uint8)),
-                       "instruction 1: unknown opcode 100"),
-    "opcode 0": (lambda g: _with(g, opcodes=np.zeros_like(g["opcodes"])), "unknown opcode 0"),
+                                                           200, g["opcodes"]).astype(np.uint8)),
+                       "uses opcode 200, which its member op_codes does not list"),
+    "opcode 0": (lambda g: _with(g, opcodes=np.zeros_like(g["opcodes"])),
+                 "uses opcode 0, which its member op_codes does not list"),
+    "v1 unknown opcode": (lambda g: _v1(_with(g, opcodes=_set1(g["opcodes"], 1, 100))),
+                          "instruction 1: unknown opcode 100"),
+    "v1 family opcode": (lambda g: _v1(_with(g, opcodes=_set1(g["opcodes"], 1, 200))),
+                         "instruction family 200 is not known"),
     "forward reference": (lambda g: _with(g, args=_set(g["args"], 0, 0, 10)),
                           "instruction 0 .*reads slots 10..10"),
     "self reference": (lambda g: _with(g, args=_set(g["args"], 1, 0, _n_fixed(g) + 1)),
@@ -294,6 +323,15 @@ BAD = {
     "input shapes truncated": (lambda g: _with(g, input_shapes=np.array([2, 2], np.int64)),
                                "declares 2 dimensions"),
 }
+
+
+V1_FINGERPRINT = next(iter(COMPATIBLE_FINGERPRINTS))
+
+
+def _v1(g, fp=V1_FINGERPRINT):
+    """``g`` as a file of format version 1 with op-table fingerprint ``fp``."""
+    return _with(g, format_version=np.array(1), fingerprint=np.array(fp), op_codes=None,
+                 op_names=None, op_hashes=None)
 
 
 def _n_fixed(g):
@@ -441,21 +479,87 @@ def test_message_names_the_file(tmp_path, good):
         load_tape(path)
 
 
-def test_fingerprint_is_the_op_tables():
-    assert fingerprint() == fingerprint() and len(fingerprint()) == 16
-    assert len(OPS) > 40
+def _redefined(op, **fields) -> dict:
+    """The op table's lookups with ``op`` replaced by a copy with other ``fields``."""
+    new = dataclasses.replace(op, **fields)
+    ops = tuple(new if o is op else o for o in OPS)
+    return {"OPS": ops, "BY_CODE": {o.code: o for o in ops},
+            "BY_NAME": {o.name: o for o in ops}}
 
 
-def test_compatible_fingerprints_are_earlier_tables_and_load(tmp_path, good):
-    from tapejit._ops import COMPATIBLE_FINGERPRINTS
+def _patch(monkeypatch, table: dict) -> None:
+    for name, value in table.items():
+        monkeypatch.setattr(_ops, name, value)
 
-    assert fingerprint() not in COMPATIBLE_FINGERPRINTS
-    old = next(iter(COMPATIBLE_FINGERPRINTS))
+
+def test_changing_a_formula_changes_that_ops_fingerprint_only():
+    sin = _ops.BY_NAME["sin"]
+    before = {op.code: _ops.op_fingerprint(op) for op in OPS}
+    assert len(set(before.values())) == len(OPS)  # every op its own hash
+    changed = dataclasses.replace(sin, partials=("-_cos(a)",))
+    assert _ops.op_fingerprint(changed) != before[sin.code]
+    assert _ops.op_fingerprint(dataclasses.replace(sin, second=("r",))) != before[sin.code]
+    assert _ops.op_fingerprint(dataclasses.replace(sin, value="math.sin(a)")) != before[sin.code]
+    # what the tests and the docs read (flags, samplers, doc) is not the op's meaning
+    assert _ops.op_fingerprint(dataclasses.replace(sin, doc="x", domain=((0.0, 1.0),))) \
+        == before[sin.code]
+    assert {op.code: _ops.op_fingerprint(op) for op in OPS} == before
+
+
+def test_changing_a_helper_changes_the_fingerprints_of_the_ops_calling_it(monkeypatch):
+    before = {op.name: _ops.op_fingerprint(op) for op in OPS}
+    sources = _ops._helper_sources()
+    # _clip calls _maximum and _minimum: a change of _maximum reaches clip too
+    edited = dict(sources, _maximum=sources["_maximum"].replace(">=", ">"))
+    # decorators, comments and blank lines are not the helper's meaning
+    commented = dict(sources, _maximum="@njit(cache=True)\n" + sources["_maximum"]
+                     + "  # a comment\n\n")
+    monkeypatch.setattr(_ops, "_helper_sources", lambda: commented)
+    _ops.op_fingerprint.cache_clear()
+    assert {op.name: _ops.op_fingerprint(op) for op in OPS} == before
+    monkeypatch.setattr(_ops, "_helper_sources", lambda: edited)
+    _ops.op_fingerprint.cache_clear()
+    after = {op.name: _ops.op_fingerprint(op) for op in OPS}
+    _ops.op_fingerprint.cache_clear()
+    assert {n for n in before if after[n] != before[n]} == {"maximum", "clip", "logaddexp"}
+
+
+def test_a_file_whose_op_changed_is_refused_naming_it(tmp_path, monkeypatch):
+    uses_sin = tmp_path / "sin.npz"
+    save_tape(tapejit.record(lambda x: np.sin(x) * x, 0.5), uses_sin)
+    no_sin = tmp_path / "exp.npz"
+    save_tape(tapejit.record(lambda x: np.exp(x) * x, 0.5), no_sin)
+    sin = _ops.BY_NAME["sin"]
+    _patch(monkeypatch, _redefined(sin, partials=("-_cos(a)",)))
+    with pytest.raises(TapeFormatError, match=(
+            rf"sin\.npz.*op 'sin' \(opcode {sin.code}\) is defined differently than when "
+            "this tape was saved")):
+        load_tape(uses_sin)
+    assert load_tape(no_sin).forward(np.array([1.0])) == pytest.approx(math.e)
+
+
+def test_a_new_op_does_not_invalidate_saved_files(tmp_path, monkeypatch):
+    path = tmp_path / "t.npz"
+    tape = tapejit.record(seed, 1.5, 0.5)
+    save_tape(tape, path)
+    mul = _ops.BY_NAME["mul"]
+    new = dataclasses.replace(mul, code=120, name="mul_again")
+    ops = (*OPS, new)
+    _patch(monkeypatch, {"OPS": ops, "BY_CODE": {o.code: o for o in ops},
+                         "BY_NAME": {o.name: o for o in ops}})
+    x = np.array([[1.5, 0.5], [2.0, -1.0]])
+    np.testing.assert_array_equal(load_tape(path).forward(x), tape.forward(x))
+
+
+def test_version_1_files_load_by_their_op_table(tmp_path, good):
     path = tmp_path / "old.npz"
-    path.write_bytes(_npz(_with(good, fingerprint=np.array(old))))
-    assert load_tape(path).n_inputs == len(good["inputs"])
-    path.write_bytes(_npz(_with(good, fingerprint=np.array("0123456789abcdef"))))
-    with pytest.raises(TapeFormatError, match="op table changed"):
+    for fp in COMPATIBLE_FINGERPRINTS:
+        path.write_bytes(_npz(_v1(good, fp)))
+        assert load_tape(path).n_inputs == len(good["inputs"])
+    with zipfile.ZipFile(DATA / "tape_v1.npz") as zf:
+        assert str(np.load(zf.open("fingerprint.npy"))) in COMPATIBLE_FINGERPRINTS
+    path.write_bytes(_npz(_v1(good, "0123456789abcdef")))
+    with pytest.raises(TapeFormatError, match=r"op table changed.*'0123456789abcdef'"):
         load_tape(path)
 
 
@@ -592,7 +696,7 @@ def test_fuzz_programs(n, nc, n_par, n_in, data):
     ).reshape(-1, 2)
     members = {
         "format_version": np.array(1, np.int64), "tapejit_version": np.array("0"),
-        "fingerprint": np.array(fingerprint()), "name": np.array("fuzz"),
+        "fingerprint": np.array(next(iter(COMPATIBLE_FINGERPRINTS))), "name": np.array("fuzz"),
         "opcodes": opcodes, "args": args, "sizes": np.ones(n, np.int32),
         "strides": np.zeros((n, 3), np.int32), "consts": np.linspace(-1, 2, nc),
         "inputs": (nc + n_par + np.arange(n_in)).astype(np.int32),

@@ -1,12 +1,17 @@
 """Write the tape-file fixtures of ``tests/test_io.py`` and ``tests/test_program.py``:
 ``python tests/data/make_fixtures.py``.
 
-``tape_v1.npz`` is a tape in file format version 1. It must keep loading (and give the
-numbers ``test_io.py`` expects) for as long as tapejit reads format version 1. The file
-carries the op table's fingerprint, and a file written with another table is refused
-unless that table's fingerprint is listed in ``tapejit._ops.COMPATIBLE_FINGERPRINTS``
-(for changes that leave the meaning of every opcode as it was, such as a new
-implementation of ``sin``). Regenerate it only when opcodes change meaning on purpose.
+Both tape files hold the same tape (:func:`fixture`) and must keep loading, and give the
+numbers ``test_io.py`` expects, for as long as tapejit reads their format version.
+
+``tape_v2.npz`` (format version 2, written by this script) records the ops it uses with
+their definitions' hashes (``tapejit._ops.op_fingerprint``): it loads as long as those
+ops are defined as they were. Regenerate it only when one of them changes meaning on
+purpose.
+
+``tape_v1.npz`` (format version 1) was written by tapejit 0.1, which this script no
+longer can: it carries one fingerprint of that whole op table, and loads because the
+fingerprint is listed in ``tapejit._ops.COMPATIBLE_FINGERPRINTS``.
 
 ``tape_v1.pickle`` is the same tape pickled (``Tape.__reduce__``: the packed program of
 format version 1, header of 14 fields, rows of 9 ints). Pickles made by earlier versions
@@ -39,7 +44,7 @@ def fixture(x, p):
     return y, z
 
 
-def make_v1(path: Path = HERE / "tape_v1.npz") -> Path:
+def make_v2(path: Path = HERE / "tape_v2.npz") -> Path:
     tape = tapejit.record(fixture, np.array([2.0, 5.0]), np.array([3.0]), argnums=0)
     save_tape(tape, path)
     return path
@@ -52,5 +57,5 @@ def make_pickle_v1(path: Path = HERE / "tape_v1.pickle") -> Path:
 
 
 if __name__ == "__main__":
-    print(make_v1())
+    print(make_v2())
     print(make_pickle_v1())

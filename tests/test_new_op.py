@@ -1,0 +1,48 @@
+"""Adding an elementwise op is one row of the op table (issue 18).
+
+A copy of the ``tapejit`` package gets one more row in ``_ops.py`` and nothing else;
+``tests/_new_op_check.py`` then records user code that calls the new op's numpy ufunc,
+evaluates it in every sweep, saves and loads it and displays it, in a subprocess that
+imports the copy.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+import tapejit
+
+#: The row added to the copy's table, exactly as a maintainer would write it: a ufunc of
+#: numpy's that the table does not have yet, so the tracer reaches it through the table.
+ROW = '''\
+    Op(120, "logaddexp2", 2, "math.log(2.0 ** a + 2.0 ** b) * 1.4426950408889634",
+       ("2.0 ** (a - r)", "2.0 ** (b - r)"),
+       ("0.6931471805599453 * 2.0 ** (a - r) * (1.0 - 2.0 ** (a - r))",
+        "-0.6931471805599453 * 2.0 ** (a - r) * 2.0 ** (b - r)",
+        "0.6931471805599453 * 2.0 ** (b - r) * (1.0 - 2.0 ** (b - r))"),
+       np.logaddexp2, (_R, _R), frozenset({COMMUTATIVE})),
+'''
+
+
+@pytest.mark.slow  # the new row changes the generated kernels: a cold compile of them all
+def test_a_new_elementwise_op_is_one_table_row(tmp_path):
+    shutil.copytree(Path(tapejit.__file__).parent, tmp_path / "tapejit",
+                    ignore=shutil.ignore_patterns("__pycache__"))
+    ops = tmp_path / "tapejit" / "_ops.py"
+    text = ops.read_text()
+    end = "\n]\n\n#: All ops"
+    assert text.count(end) == 1, "the table's end moved; adjust this test"
+    ops.write_text(text.replace(end, "\n" + ROW + end[1:]))
+    env = {**os.environ, "PYTHONPATH": str(tmp_path),
+           "TAPEJIT_CACHE_DIR": str(tmp_path / "cache")}
+    check = Path(__file__).with_name("_new_op_check.py")
+    run = subprocess.run([sys.executable, str(check), str(tmp_path)], env=env,
+                         capture_output=True, text=True, timeout=3000, cwd=tmp_path)
+    assert run.returncode == 0, run.stdout + run.stderr
+    assert run.stdout.strip().endswith("ok"), run.stdout
