@@ -35,7 +35,7 @@ from multiprocessing import shared_memory
 
 import numpy as np
 
-from ._tape import Tape
+from ._tape import Tape, packed
 
 __all__ = ["SharedTape", "share"]
 
@@ -225,7 +225,7 @@ def share(tape: Tape) -> SharedTape:
     """
     if not isinstance(tape, Tape):
         raise TypeError(f"share() needs a tapejit.Tape; got {type(tape).__name__}")
-    prog, consts = tape._prog, tape._consts
+    prog, consts = packed(tape)
     nbytes = 8 * consts.size + 4 * prog.size
     shm = shared_memory.SharedMemory(create=True, size=max(nbytes, 1))
     try:

@@ -27,7 +27,7 @@ from tapejit import Tape, TapeFormatError
 from tapejit._program import HEADER, ROW
 from tapejit._compact import _ARITY, check_compact, compact
 from tapejit._ops import BY_NAME
-from tapejit._tape import _chunk_of
+from tapejit._kernels.runtime import chunk_of
 
 
 def symbolic_sweep(prog: np.ndarray, comp: np.ndarray) -> None:
@@ -58,7 +58,7 @@ def forced(tape: Tape) -> Tape:
     comp = compact(tape._prog)
     check_compact(tape._prog, comp)
     symbolic_sweep(tape._prog, comp)
-    tape._fwd = (comp, int(comp[0]), _chunk_of(int(comp[0])))
+    tape._fwd = (comp, int(comp[0]), chunk_of(int(comp[0])))
     return tape
 
 

@@ -22,11 +22,11 @@ from test_random_programs import programs as recorded_programs
 import tapejit
 from tapejit._program import ROW
 from tapejit._compact import _ARITY
-from tapejit._tape import _kernels
+from tapejit._kernels.runtime import kernels
 
 
 def _psrc() -> np.ndarray:
-    return _kernels()._module._PSRC
+    return kernels().module._PSRC
 
 
 def _code(tape) -> np.ndarray:
@@ -106,7 +106,7 @@ def check_symbolically(tape) -> None:
         zeroed[plan[ni + 1 + 2 * z] : plan[ni + 2 + 2 * z]] = True
     code = _code(tape)
     where = adjoint_slots(tape)
-    module = _kernels()._module
+    module = kernels().module
     writes = _psrc()[3 * code[:, :1] + np.arange(3)] != 0
     outputs = prog[prog[9] : prog[10]]
     forwarded = np.zeros(n, bool)
@@ -163,7 +163,7 @@ def test_array_code_zeroes_almost_nothing():
 
 def test_a_plan_that_does_not_fit_is_refused():
     tape = tapejit.record(lambda x: np.sin(x[0]) * x[1], np.ones(2))
-    K = _kernels()
+    K = kernels()
     g = np.empty(2)
     for bad in (np.zeros(0, np.int32), np.zeros(len(tape), np.int32),
                 np.append(tape._plan(), 7).astype(np.int32)):
