@@ -30,7 +30,8 @@ Package-internal interface. Other modules of tapejit never touch a tape's privat
 attributes; what they need beyond the public API goes through the functions at the end of
 this module, each taking the tape:
 
-* :func:`packed`: the packed program and constants (read-only; for copies and hashes);
+* :func:`packed`: the packed program and constants (read-only; for copies and hashes),
+  and :func:`from_packed`, a tape over such arrays (validated, not copied);
 * :func:`kernel_arrays`: the program and constants handed to the kernels;
 * :func:`reverse_plan`, :func:`forward_program`: the programs a tape derives from its
   own on first use and keeps (the reverse sweeps' plan; the slot-compacted forward
@@ -1132,6 +1133,13 @@ class Tape:
 
 
 # -- the package-internal interface (see the module docstring) ---------------------------
+def from_packed(prog: np.ndarray, consts: np.ndarray, input_shapes: tuple = (),
+                output_shapes: tuple = (), name: str = "") -> Tape:
+    """A tape over an existing packed program and constants (validated, not copied; see
+    ``Tape._from_packed``)."""
+    return Tape._from_packed(prog, consts, input_shapes, output_shapes, name)
+
+
 def packed(tape: Tape) -> tuple[np.ndarray, np.ndarray]:
     """The tape's packed program and constant pool, read-only views (what pickling,
     shared memory, Dask tokens and jit bundles copy)."""
