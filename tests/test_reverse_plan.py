@@ -23,6 +23,7 @@ import tapejit
 from tapejit._program import ROW
 from tapejit._compact import _ARITY
 from tapejit._kernels.runtime import kernels
+from tapejit._tape import kernel_arrays
 
 
 def _psrc() -> np.ndarray:
@@ -168,8 +169,8 @@ def test_a_plan_that_does_not_fit_is_refused():
     for bad in (np.zeros(0, np.int32), np.zeros(len(tape), np.int32),
                 np.append(tape._plan(), 7).astype(np.int32)):
         with pytest.raises(ValueError, match="reverse plan"):
-            K.value_grad_point(tape._kp, bad, tape._kc, np.ones(2), np.zeros(0), g,
-                               np.zeros(0))
+            K.value_grad_point(kernel_arrays(tape)[0], bad, kernel_arrays(tape)[1],
+                               np.ones(2), np.zeros(0), g, np.zeros(0))
 
 
 def test_an_underflowing_first_contribution_keeps_the_sign_zeroing_gave():
