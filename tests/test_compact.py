@@ -65,7 +65,7 @@ def forced(tape: Tape) -> Tape:
 def plain(tape: Tape) -> Tape:
     """The same tape, forward sweeps on its own program."""
     other = Tape._from_packed(np.array(tape._prog), np.array(tape._consts))
-    other._fwd = (other._kp, other.n_slots, other._chunk)
+    other._fwd = (other._kernel_prog, other.n_slots, other._chunk)
     return other
 
 
@@ -207,7 +207,7 @@ def test_check_compact_rejects_out_of_range_slots():
 def test_small_tapes_keep_their_program():
     tape = tapejit.record(lambda x: np.sin(x) * x, 1.0)
     tape.forward(np.ones((3, 1)))
-    assert tape._fwd[0] is tape._kp
+    assert tape._fwd[0] is tape._kernel_prog
     assert tape.stats()["compact_slots"] <= tape.n_slots
 
 
