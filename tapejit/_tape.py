@@ -687,11 +687,12 @@ class Tape:
         ``check="mask"``: failed points become NaN and a boolean validity mask (a bool for
         one point) is appended to the results.
 
-        ``keep_failed`` (the private ``_keep_failed=`` of ``forward``, ``value_and_grad``,
-        ``jacobian``, ``hvp`` and ``hessian``, for the tape cache of
+        ``keep_failed`` (the private last parameter ``_keep_failed`` of ``forward``,
+        ``value_and_grad``, ``jacobian``, ``hvp`` and ``hessian``, for the tape cache of
         :mod:`tapejit._transforms` only): with ``check="mask"``, leave failed points'
         results as computed; the cache replaces them with another tape's, and filling
-        them with NaN first would cost a pass over the results.
+        them with NaN first would cost a pass over the results. It is not keyword-only:
+        keyword-only parameters make CPython's calls of these methods slower.
         """
         ok = None
         if self._n_guards:
@@ -713,7 +714,7 @@ class Tape:
             raise ValueError(f"check must be 'raise' or 'mask'; got {check!r}")
 
     def forward(self, x, params=None, out: np.ndarray | None = None, check: str = "raise",
-                *, _keep_failed: bool = False):
+                _keep_failed: bool = False):
         """Evaluate the outputs.
 
         Parameters
@@ -767,7 +768,7 @@ class Tape:
         res = self._guarded(valid, check, (y,), False, _keep_failed)
         return res if check != "raise" else res[0]
 
-    def value_and_grad(self, x, params=None, out=None, check: str = "raise", *,
+    def value_and_grad(self, x, params=None, out=None, check: str = "raise",
                        _keep_failed: bool = False):
         """Value and gradient of a one-output tape.
 
@@ -978,7 +979,7 @@ class Tape:
         return (ty, *mask) if check != "raise" else ty
 
     def jacobian(self, x, params=None, out: np.ndarray | None = None, mode: str = "auto",
-                 check: str = "raise", *, _keep_failed: bool = False):
+                 check: str = "raise", _keep_failed: bool = False):
         """Jacobian ``d outputs / d inputs``: ``(n_outputs, n_inputs)`` per point.
 
         Parameters
@@ -1049,7 +1050,7 @@ class Tape:
                 HV[:, d0:d1] = HVb
         return HV, valid
 
-    def hvp(self, x, v, params=None, check: str = "raise", *,
+    def hvp(self, x, v, params=None, check: str = "raise",
             _keep_failed: bool = False) -> np.ndarray:
         """Hessian-vector product of a one-output tape (forward-over-reverse).
 
@@ -1097,7 +1098,7 @@ class Tape:
         hv = hv[0] if single else hv
         return (hv, *mask) if check != "raise" else hv
 
-    def hessian(self, x, params=None, check: str = "raise", *,
+    def hessian(self, x, params=None, check: str = "raise",
                 _keep_failed: bool = False) -> np.ndarray:
         """Hessian of a one-output tape: ``(n_inputs, n_inputs)`` per point.
 
