@@ -39,7 +39,10 @@ this module, each taking the tape:
 * :func:`point_floats`: the one-point workspace size;
 * :func:`require_one_output`, :func:`guarded`: the argument check and the guard policy
   of the evaluation methods, for evaluators of their own (``Float32Tape``);
-* :func:`dask_in`, :func:`lazily`, :data:`PLAIN`: the Dask dispatch of the methods.
+* :func:`dask_in`, :func:`lazily`, :data:`PLAIN`: the Dask dispatch of the methods;
+* ``_keep_failed=True`` with ``check="mask"`` (a private last parameter of ``forward``,
+  ``value_and_grad``, ``jacobian``, ``hvp`` and ``hessian``): the tape cache's guard
+  mode, failed points' results left as computed (see ``Tape._guarded``).
 
 The kernels themselves, the thread pool that runs batches and the chunk policy are in
 :mod:`tapejit._kernels.runtime`.
