@@ -8,12 +8,12 @@
 
 from . import optimize
 from ._errors import BranchError, TracingError
+from ._float32 import Float32Tape
 from ._io import load_tape as load
 from ._jit_api import JitArgs, jit_value, jit_value_and_grad
 from ._ops import OPS, Op
 from ._record import record, stop_gradient
 from ._share import SharedTape, share
-from ._single import Float32Tape
 from ._stream import evaluate_file
 from ._tape import Tape
 from ._transforms import (

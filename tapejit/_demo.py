@@ -51,9 +51,9 @@ def _warm_batched() -> None:
 
 def _start_warm_helper():
     """Start :func:`_warm_batched` in a process when it would compile, else None."""
-    from tapejit._tape import _is_cached
+    from ._kernels.runtime import is_cached
 
-    if (os.cpu_count() or 1) < 2 or _is_cached("vjp_batch"):
+    if (os.cpu_count() or 1) < 2 or is_cached("vjp_batch"):
         return None
     root = str(Path(__file__).resolve().parent.parent)
     env = dict(os.environ, TAPEJIT_QUIET="1")

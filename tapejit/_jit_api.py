@@ -66,7 +66,8 @@ import numpy as np
 from numba.core import errors, types
 from numba.extending import overload
 
-from ._program import HEADER
+from ._kernels.runtime import kernels
+from ._program import HEADER, N_PARAMS
 
 _F64 = np.dtype(np.float64)
 _I32 = np.dtype(np.int32)
@@ -112,9 +113,7 @@ _LAYOUT = 1
 
 
 def _kernel_module():
-    from ._tape import _kernels
-
-    return _kernels()._module
+    return kernels().module
 
 
 def kernel_stamp() -> int:
@@ -213,9 +212,12 @@ def _raise_fault(fault):
     raise ValueError(_FAULTS[7])
 
 
-def jit_args(tape, params=None) -> JitArgs:
-    """The bundle for ``tape`` (see :meth:`Tape.jit_args <tapejit.Tape.jit_args>`)."""
-    n_par = tape.n_params
+def jit_args(prog: np.ndarray, plan: np.ndarray, consts: np.ndarray, workspace: int,
+             n_outputs: int, params=None) -> JitArgs:
+    """The bundle of a tape's packed program, reverse plan and constants, with scratch
+    buffers of ``workspace`` and ``n_outputs`` floats (see :meth:`Tape.jit_args
+    <tapejit.Tape.jit_args>`, which gathers them: this module needs no tape)."""
+    n_par = int(prog[N_PARAMS])
     if params is None:
         if n_par:
             raise ValueError(
@@ -230,9 +232,6 @@ def jit_args(tape, params=None) -> JitArgs:
     # [consts | prog | nonce | plan]: the constants first keep them 8-byte aligned (a
     # bytes object's data is 16-byte aligned), and the plan and the constants are then
     # found next to the program, whose view keeps the copy alive.
-    prog = tape._prog
-    plan = tape._plan()
-    consts = tape._consts
     nonce = np.frombuffer(secrets.token_bytes(8), np.int32)
     buf = np.frombuffer(
         b"".join(a.tobytes() for a in (consts, prog, nonce, plan)), np.uint8
@@ -244,8 +243,8 @@ def jit_args(tape, params=None) -> JitArgs:
     b_plan = buf[p_end:].view(np.int32)
     token = int(_token(b_prog.ctypes.data, b_prog.size, b_prog[-2], b_prog[-1]))
     return JitArgs(
-        b_prog, b_plan, b_consts, p, np.empty(tape._point_floats()),
-        np.empty(max(tape.n_outputs, 1)), _stamp(), token,
+        b_prog, b_plan, b_consts, p, np.empty(workspace), np.empty(max(n_outputs, 1)),
+        _stamp(), token,
     )
 
 

@@ -58,7 +58,7 @@ import numpy as np
 from ._ops import BY_CODE, OPS, SWAPPABLE
 from ._program import ARITY, GUARD, GUARD_SLOT, LAST_OPCODE, MAX_ARITY, N_SLOTS, Program
 from ._slot_reuse import compact
-from ._tape import Tape
+from ._tape import Tape, forward_program, kernel_arrays, packed, reverse_plan
 
 #: Opcodes whose two operands may be swapped without changing a bit of the value or of
 #: any derivative: IEEE addition and multiplication, and ops built symmetrically.
@@ -468,8 +468,9 @@ def _peak_live(p: Program) -> int:
 
 
 def _compact_slots(tape: Tape) -> int:
-    prog, n_slots, _ = tape._forward_prog()
-    return n_slots if prog is not tape._kp else int(compact(tape._prog)[N_SLOTS])
+    prog, n_slots, _ = forward_program(tape)
+    return (n_slots if prog is not kernel_arrays(tape)[0]
+            else int(compact(packed(tape)[0])[N_SLOTS]))
 
 
 def stats(tape: Tape) -> dict[str, Any]:
@@ -497,10 +498,11 @@ def stats(tape: Tape) -> dict[str, Any]:
     counts = np.bincount(p.opcodes, minlength=LAST_OPCODE + 1)
     elems = np.bincount(p.opcodes, weights=p.sizes, minlength=LAST_OPCODE + 1).astype(np.int64)
     order = np.argsort(-elems, kind="stable")
-    prog_bytes = int(tape._prog.nbytes)
+    prog_bytes = int(packed(tape)[0].nbytes)
     const_bytes = int(tape.consts.nbytes)
-    fwd = tape._forward_prog()[0]
-    derived = int(tape._plan().nbytes) + (int(fwd.nbytes) if fwd is not tape._kp else 0)
+    fwd = forward_program(tape)[0]
+    own = fwd is kernel_arrays(tape)[0]
+    derived = int(reverse_plan(tape).nbytes) + (0 if own else int(fwd.nbytes))
     return {
         "name": tape.name,
         "n_instructions": len(p.opcodes),

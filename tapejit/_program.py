@@ -254,7 +254,7 @@ To activate it:
 2. ``_validate.check_tape_arrays``: accept opcodes in FAMILIES (arity from the family),
    check each family instruction's ATTR range inside attrs and its attribute values
    (per family: a ``check`` callable on Family), and that elementwise rows have ATTR 0.
-3. Kernels (``_drivers``/``_codegen``): dispatch opcodes >= FIRST_FAMILY to the
+3. Kernels (``tapejit/_kernels``): dispatch opcodes >= FIRST_FAMILY to the
    family's rule routine per sweep (SWEEPS), passing (prog, attrs offset, workspace);
    every ``prog[k + ...]`` row read already uses ROW, so only the dispatch is new. The
    reverse plan treats a family's operands as plain accumulating reads (no PLAN bits).

@@ -10,7 +10,7 @@ A tape is two flat arrays, the packed int32 program and the float64 constant poo
 and returns a :class:`SharedTape`: a handle of a few hundred bytes that pickles as the
 block's name and the tape's shapes. :meth:`SharedTape.attach` in any process on the same
 machine maps the block read-only and builds a :class:`~tapejit.Tape` directly over it
-(``Tape._from_packed``: validated, not copied), so a tape of any size costs each worker
+(``_tape.from_packed``: validated, not copied), so a tape of any size costs each worker
 one validation and no memory of its own.
 
 Lifetime: the process that called :func:`share` owns the block. It stays available to
@@ -35,7 +35,7 @@ from multiprocessing import shared_memory
 
 import numpy as np
 
-from ._tape import Tape
+from ._tape import Tape, from_packed, packed
 
 __all__ = ["SharedTape", "share"]
 
@@ -157,8 +157,8 @@ class SharedTape:
             consts = np.frombuffer(buf, dtype=np.float64, count=self.n_consts)
             prog = np.frombuffer(buf, dtype=np.int32, count=self.prog_size,
                                  offset=8 * self.n_consts)
-            tape = Tape._from_packed(prog, consts, self.input_shapes, self.output_shapes,
-                                     self.tape_name)
+            tape = from_packed(prog, consts, self.input_shapes, self.output_shapes,
+                               self.tape_name)
             _ATTACHED[self._token] = tape
             return tape
 
@@ -225,7 +225,7 @@ def share(tape: Tape) -> SharedTape:
     """
     if not isinstance(tape, Tape):
         raise TypeError(f"share() needs a tapejit.Tape; got {type(tape).__name__}")
-    prog, consts = tape._prog, tape._consts
+    prog, consts = packed(tape)
     nbytes = 8 * consts.size + 4 * prog.size
     shm = shared_memory.SharedMemory(create=True, size=max(nbytes, 1))
     try:

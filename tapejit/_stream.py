@@ -22,7 +22,7 @@ import os
 import numpy as np
 
 from ._atomic import check_distinct, replacing
-from ._single import Float32Tape
+from ._float32 import Float32Tape
 from ._tape import Tape
 
 __all__ = ["evaluate_file"]

@@ -25,20 +25,38 @@ given this tape's values (``check=`` of the evaluation methods).
 
 The public views (:attr:`Tape.opcodes`, :attr:`Tape.args`, ...) are read-only slices of
 that buffer.
+
+Package-internal interface. Other modules of tapejit never touch a tape's private
+attributes; what they need beyond the public API goes through the functions at the end of
+this module, each taking the tape:
+
+* :func:`packed`: the packed program and constants (read-only; for copies and hashes),
+  and :func:`from_packed`, a tape over such arrays (validated, not copied);
+* :func:`kernel_arrays`: the program and constants handed to the kernels;
+* :func:`reverse_plan`, :func:`forward_program`: the programs a tape derives from its
+  own on first use and keeps (the reverse sweeps' plan; the slot-compacted forward
+  program with its slot count and chunk);
+* :func:`point_floats`: the one-point workspace size;
+* :func:`require_one_output`, :func:`guarded`: the argument check and the guard policy
+  of the evaluation methods, for evaluators of their own (``Float32Tape``);
+* :func:`dask_in`, :func:`lazily`, :data:`PLAIN`: the Dask dispatch of the methods;
+* ``_keep_failed=True`` with ``check="mask"`` (a private last parameter of ``forward``,
+  ``value_and_grad``, ``jacobian``, ``hvp`` and ``hessian``): the tape cache's guard
+  mode, failed points' results left as computed (see ``Tape._guarded``).
+
+The kernels themselves, the thread pool that runs batches and the chunk policy are in
+:mod:`tapejit._kernels.runtime`.
 """
 
 from __future__ import annotations
 
-import os
-import sys
 import threading
-from concurrent.futures import ThreadPoolExecutor
+import warnings
 
-import numba
 import numpy as np
 
-from ._codegen import load_kernels
 from ._errors import BranchError
+from ._kernels.runtime import DIR_BLOCK, REUSE_SLOTS, chunk_for, chunk_of, kernels, run_batch
 from ._ops import BY_CODE
 from ._program import (
     ARG_A,
@@ -62,102 +80,13 @@ _EMPTY2 = np.zeros((1, 0))
 _EMPTY1 = np.zeros(0)
 _EMPTY2.flags.writeable = _EMPTY1.flags.writeable = True
 
-#: Points per chunk at most; a chunk's values and adjoints hold ``2 * n_slots * chunk`` floats.
-CHUNK_MAX = 512
-#: Per-thread budget for one workspace, in float64 values.
-WORKSPACE_VALUES = 1 << 16
-#: Batches over tapes with more slots than this run one point at a time (scalar sweeps).
-_POINTWISE_SLOTS = 16384
-#: Tapes with more slots than this reuse a per-thread one-point workspace.
-_REUSE_SLOTS = 4096
-#: Directions carried by one second-order sweep at most (bounds its workspace).
-_DIR_BLOCK = 16
 #: Tapes of at least this many instructions run their forward and tangent sweeps over a
 #: slot-compacted program (``_slot_reuse``) when it needs at most 3/4 of the slots.
 _COMPACT_MIN_INSTR = 16
 
+# The kernels, bound on the first tape's creation (loading them is not free, and
+# ``import tapejit`` should not pay it); the evaluation methods read this global.
 _K = None
-_NOTICE_SHOWN = False
-
-# Batched calls over many points run on the caller's thread plus workers of this pool,
-# each evaluating every ``nt``-th chunk (the kernels release the GIL). Numba's ``prange``
-# would do the same, but its kernels take twice as long to compile.
-_POOL: ThreadPoolExecutor | None = None
-_POOL_LOCK = threading.Lock()
-
-
-def _pool() -> ThreadPoolExecutor:
-    global _POOL
-    if _POOL is None:
-        with _POOL_LOCK:
-            if _POOL is None:
-                _POOL = ThreadPoolExecutor(max(1, numba.config.NUMBA_NUM_THREADS - 1),
-                                           thread_name_prefix="tapejit")
-    return _POOL
-
-
-def _forget_pool() -> None:
-    global _POOL
-    _POOL = None  # a forked child has none of the parent's threads
-
-
-if hasattr(os, "register_at_fork"):
-    os.register_at_fork(after_in_child=_forget_pool)
-
-
-class _Kernels:
-    """The generated kernel module, with a one-line notice before a first compile.
-
-    Attribute lookups go through ``__getattr__`` only the first time per kernel; the
-    kernel is then cached on the instance, so the hot path pays nothing.
-    """
-
-    def __init__(self, module) -> None:
-        self._module = module
-
-    def __getattr__(self, name: str):
-        fn = getattr(self._module, name)
-        _notice_if_cold(fn)
-        setattr(self, name, fn)
-        return fn
-
-
-def _cache_index(fn) -> str | None:
-    """Path of Numba's on-disk cache index of kernel ``fn`` (None if it has no cache)."""
-    try:
-        return fn._cache._cache_file._index_path
-    except AttributeError:
-        return None
-
-
-def _is_cached(name: str) -> bool:
-    """Whether kernel ``name`` is compiled in this process or in the on-disk cache."""
-    fn = getattr(_kernels()._module, name)
-    index = _cache_index(fn)
-    return bool(fn.signatures) or index is None or os.path.exists(index)
-
-
-def _notice_if_cold(fn) -> None:
-    """Tell the user (once per process) that interpreters are being compiled."""
-    global _NOTICE_SHOWN
-    if _NOTICE_SHOWN or os.environ.get("TAPEJIT_QUIET"):
-        return
-    index = _cache_index(fn)
-    if index is not None and not os.path.exists(index):
-        _NOTICE_SHOWN = True
-        print(
-            "tapejit: compiling its interpreters for this machine (first use only, up to "
-            f"a few minutes; cached in {os.path.dirname(os.path.dirname(index))})",
-            file=sys.stderr,
-            flush=True,
-        )
-
-
-def _kernels():
-    global _K
-    if _K is None:
-        _K = _Kernels(load_kernels())
-    return _K
 
 
 def _as_points(x, n: int, what: str) -> np.ndarray:
@@ -186,17 +115,6 @@ def _as_points(x, n: int, what: str) -> np.ndarray:
     return x
 
 
-#: Batched kernels with a point-by-point twin for tapes too long for a chunk of points.
-_POINTWISE = {"forward_batch": "forward_points", "vjp_batch": "vjp_points"}
-
-
-def _chunk_of(n_slots: int) -> int:
-    """Points per chunk: bounded working memory; huge tapes go one point at a time."""
-    if n_slots > _POINTWISE_SLOTS:
-        return 1
-    return int(max(1, min(CHUNK_MAX, WORKSPACE_VALUES // max(n_slots, 1))))
-
-
 def _buffer(out, shape: tuple[int, ...], what: str) -> np.ndarray:
     """Validate a user ``out=`` buffer, or allocate one."""
     if out is None:
@@ -212,11 +130,11 @@ def _buffer(out, shape: tuple[int, ...], what: str) -> np.ndarray:
 
 _ND = np.ndarray
 #: Types of arguments that are never Dask collections, ruled out inline by the methods
-#: before they call :func:`_dask_in`.
-_PLAIN = (np.ndarray, type(None))
+#: before they call :func:`dask_in`.
+PLAIN = (np.ndarray, type(None))
 
 
-def _dask_in(*args) -> bool:
+def dask_in(*args) -> bool:
     """Whether an argument is a Dask collection, by the collection protocol (the type has
     ``__dask_graph__``): Dask is never imported for this. Numpy arrays and ``None`` are
     ruled out first (callers do it inline, before calling): a failed ``hasattr`` on a
@@ -232,7 +150,7 @@ def _dask_in(*args) -> bool:
 _STORABLE = ("forward", "value_and_grad", "gradient", "jacobian")
 
 
-def _lazily(tape, method: str, x, extra: tuple, params, out=None, **kwargs):
+def lazily(tape, method: str, x, extra: tuple, params, out=None, **kwargs):
     """``tapejit.dask.<method>(tape, x, *extra, params, **kwargs)``: a tape method's
     path for Dask collections, lazy Dask arrays out. ``out=`` buffers make no sense
     for results not computed yet: the error names what does that."""
@@ -286,29 +204,31 @@ class Tape:
         """Take a validated packed program and constant pool as they are (no copy).
 
         Both are seen through read-only views: a tape is immutable. The kernels are
-        given the arrays themselves when this tape owns them (``_kp``, ``_kc``; nothing
-        writes them): Numba's dispatcher types a writeable array from a table but a
-        read-only one by a slower fingerprint, about 0.2 us per array and call, which
-        matters on the one-point path. A tape over memory it does not own (a shared
-        block) passes its read-only views, at the cost of a second compiled variant of
-        the kernels it uses.
+        given the arrays themselves when this tape owns them (``_kernel_prog``,
+        ``_kernel_consts``; nothing writes them): Numba's dispatcher types a writeable
+        array from a table but a read-only one by a slower fingerprint, per array and
+        call, which matters on the one-point path. A tape over memory it does not own (a
+        shared block) passes its read-only views, at the cost of a second compiled
+        variant of the kernels it uses.
         """
-        _kernels()
+        global _K
+        if _K is None:
+            _K = kernels()
         own = prog.flags.owndata and consts.flags.owndata
-        self._kp = prog if own and prog.flags.writeable else None
-        self._kc = consts if own and consts.flags.writeable else None
+        self._kernel_prog = prog if own and prog.flags.writeable else None
+        self._kernel_consts = consts if own and consts.flags.writeable else None
         prog, consts = prog.view(), consts.view()
         prog.flags.writeable = False
         consts.flags.writeable = False
         self._prog = prog
         self._consts = consts
-        if self._kp is None or self._kc is None:
-            self._kp, self._kc = prog, consts
+        if self._kernel_prog is None or self._kernel_consts is None:
+            self._kernel_prog, self._kernel_consts = prog, consts
         n_slots, n_in, n_par, n_out = (int(v) for v in prog[[0, 3, 4, 5]])
         self._n_guards = int(prog[12])
         self._n_slots = n_slots
         self._n_in, self._n_par, self._n_out = n_in, n_par, n_out
-        self._chunk = _chunk_of(n_slots)
+        self._chunk = chunk_of(n_slots)
         self._fwd = None  # (program, n_slots, chunk) of the forward sweeps, on first use
         self._rev = None  # the reverse plan, on first use
         self.input_shapes = input_shapes
@@ -321,7 +241,7 @@ class Tape:
         self._pshape1 = (n_par,)
         # Large tapes reuse a per-thread workspace: allocating (and page-faulting) a big
         # one per call would cost more than the sweep.
-        self._tls = threading.local() if n_slots > _REUSE_SLOTS else None
+        self._tls = threading.local() if n_slots > REUSE_SLOTS else None
 
     @classmethod
     def _from_packed(cls, prog: np.ndarray, consts: np.ndarray, input_shapes: tuple = (),
@@ -407,7 +327,8 @@ class Tape:
         """
         from ._jit_api import jit_args
 
-        return jit_args(self, params)
+        return jit_args(self._prog, self._plan(), self._consts, self._point_floats(),
+                        self._n_out, params)
 
     # -- structure -----------------------------------------------------------------------
     def __len__(self) -> int:
@@ -585,13 +506,21 @@ class Tape:
 
         return stats(self)
 
-    def optimize(self, passes=("fold", "cse", "dce"), *, report: bool = False):
+    def simplify(self, passes=("fold", "cse", "dce"), *, report: bool = False):
         """A new tape after constant folding, common-subexpression and dead-code
         elimination (each optional); results are bit-identical (see ``_passes``).
         With ``report=True`` also returns the per-pass instruction counts."""
         from ._passes import optimize
 
         return optimize(self, passes, report=report)
+
+    def optimize(self, passes=("fold", "cse", "dce"), *, report: bool = False):
+        """Deprecated spelling of :meth:`simplify` (removed in the next release; the
+        name belongs to the optimizers of :mod:`tapejit.optimize`)."""
+        warnings.warn("Tape.optimize() is deprecated: use Tape.simplify() (same "
+                      "arguments); tapejit.optimize is the scipy optimizers' module",
+                      DeprecationWarning, stacklevel=2)
+        return self.simplify(passes, report=report)
 
     @property
     def dtype(self) -> np.dtype:
@@ -621,7 +550,7 @@ class Tape:
         if dt == _F64:
             return self
         if dt == np.float32:
-            from ._single import Float32Tape
+            from ._float32 import Float32Tape
 
             return Float32Tape(self)
         raise TypeError(f"dtype must be float64 or float32; got {dt}")
@@ -651,24 +580,6 @@ class Tape:
                 "per point or a single row for all"
             )
         return p
-
-    def _run_batch(self, kernel: str, n: int, chunk: int, *args) -> None:
-        """Run batched ``kernel`` over ``n`` points, on ``numba.get_num_threads()``
-        threads when there are enough chunks for them (this one and the pool's)."""
-        if chunk == 1 and kernel in _POINTWISE:
-            kernel = _POINTWISE[kernel]
-        fn = getattr(_K, kernel)
-        nt = min(numba.get_num_threads(), -(-n // chunk))
-        if nt < 2 or n <= max(2 * chunk, 16):
-            fn(*args, max(1, min(chunk, n)), 0, 1)
-            return
-        rest = [_pool().submit(fn, *args, chunk, t, nt) for t in range(1, nt)]
-        fn(*args, chunk, 0, nt)
-        for t, job in enumerate(rest, 1):
-            if job.cancel():  # the pool is busy with other calls: do that share here
-                fn(*args, chunk, t, nt)
-            else:
-                job.result()
 
     def _scalar_output(self, what: str) -> None:
         if self._n_out != 1:
@@ -701,7 +612,8 @@ class Tape:
         few adjoints they must zero first instead of all of them."""
         rev = self._rev
         if rev is None:
-            rev = _K.reverse_plan(self._kp)  # private: jit_args hands out an immutable copy
+            # private: jit_args hands out an immutable copy
+            rev = _K.reverse_plan(self._kernel_prog)
             self._rev = rev
         return rev
 
@@ -715,17 +627,17 @@ class Tape:
         """
         fwd = self._fwd
         if fwd is None:
-            prog = self._kp
+            prog = self._kernel_prog
             if len(self) >= _COMPACT_MIN_INSTR:
                 from ._slot_reuse import compact
 
                 comp = compact(prog)
                 if 4 * int(comp[0]) <= 3 * self._n_slots:
-                    # private, typed like _kp (one compiled variant per kind of tape)
+                    # private, typed like _kernel_prog (one compiled variant per kind of tape)
                     comp.flags.writeable = bool(prog.flags.writeable)
                     prog = comp
             n_slots = int(prog[0])
-            fwd = self._fwd = (prog, n_slots, _chunk_of(n_slots))
+            fwd = self._fwd = (prog, n_slots, chunk_of(n_slots))
         return fwd
 
     def _prepare(self, x, params) -> tuple[np.ndarray, np.ndarray, bool]:
@@ -735,12 +647,20 @@ class Tape:
         X = x.reshape(1, -1) if single else x
         return X, self._params(params, X.shape[0]), single
 
-    def _guarded(self, valid: np.ndarray, check: str, results: tuple, single: bool) -> tuple:
+    def _guarded(self, valid: np.ndarray, check: str, results: tuple, single: bool,
+                 keep_failed: bool = False) -> tuple:
         """Apply the guard policy to per-point ``results`` (leading axis: points).
 
         ``check="raise"``: :class:`BranchError` if any point failed a guard.
         ``check="mask"``: failed points become NaN and a boolean validity mask (a bool for
         one point) is appended to the results.
+
+        ``keep_failed`` (the private last parameter ``_keep_failed`` of ``forward``,
+        ``value_and_grad``, ``jacobian``, ``hvp`` and ``hessian``, for the tape cache of
+        :mod:`tapejit._transforms` only): with ``check="mask"``, leave failed points'
+        results as computed; the cache replaces them with another tape's, and filling
+        them with NaN first would cost a pass over the results. It is not keyword-only:
+        keyword-only parameters make CPython's calls of these methods slower.
         """
         ok = None
         if self._n_guards:
@@ -748,7 +668,7 @@ class Tape:
             if not ok.all():
                 if check == "raise":
                     raise BranchError(int(ok.size - np.count_nonzero(ok)), ok.size, self)
-                if check == "mask":
+                if not keep_failed:
                     for r in results:
                         r[~ok] = np.nan
         if check != "raise":
@@ -758,10 +678,11 @@ class Tape:
         return results
 
     def _check_arg(self, check: str) -> None:
-        if check not in ("raise", "mask", "_keep"):
+        if check != "raise" and check != "mask":
             raise ValueError(f"check must be 'raise' or 'mask'; got {check!r}")
 
-    def forward(self, x, params=None, out: np.ndarray | None = None, check: str = "raise"):
+    def forward(self, x, params=None, out: np.ndarray | None = None, check: str = "raise",
+                _keep_failed: bool = False):
         """Evaluate the outputs.
 
         Parameters
@@ -791,16 +712,16 @@ class Tape:
         (:mod:`tapejit.dask`; a :class:`BranchError` is raised when they are computed).
         ``out=`` is then refused: :func:`tapejit.dask.store` fills arrays.
         """
-        if (type(x) is not _ND or type(params) not in _PLAIN) and _dask_in(x, params):
-            return _lazily(self, "forward", x, (), params, out, check=check)
+        if (type(x) is not _ND or type(params) not in PLAIN) and dask_in(x, params):
+            return lazily(self, "forward", x, (), params, out, check=check)
         self._check_arg(check)
         X, P, single = self._prepare(x, params)
         n = X.shape[0]
         prog, n_slots, chunk = self._fwd or self._forward_prog()
         if single:
             y = _buffer(out, (self._n_out,), "out")
-            ws = self._workspace() if n_slots > _REUSE_SLOTS else _EMPTY1
-            failed = _K.forward_point(prog, self._kc, X[0], P[0], y, ws)
+            ws = self._workspace() if n_slots > REUSE_SLOTS else _EMPTY1
+            failed = _K.forward_point(prog, self._kernel_consts, X[0], P[0], y, ws)
             if failed:
                 if check == "raise":
                     raise BranchError(1, 1, self)
@@ -810,12 +731,13 @@ class Tape:
         shape = (n,) if self._n_out == 1 else (n, self._n_out)
         y = _buffer(out, shape, "out")
         valid = np.empty(n, dtype=np.uint8)
-        self._run_batch("forward_batch", n, chunk,
-                        prog, self._kc, X, P, y.reshape(n, self._n_out), valid)
-        res = self._guarded(valid, check, (y,), False)
+        run_batch("forward_batch", n, chunk,
+                  prog, self._kernel_consts, X, P, y.reshape(n, self._n_out), valid)
+        res = self._guarded(valid, check, (y,), False, _keep_failed)
         return res if check != "raise" else res[0]
 
-    def value_and_grad(self, x, params=None, out=None, check: str = "raise"):
+    def value_and_grad(self, x, params=None, out=None, check: str = "raise",
+                       _keep_failed: bool = False):
         """Value and gradient of a one-output tape.
 
         Parameters
@@ -862,16 +784,16 @@ class Tape:
                     g = None
             if g is not None:
                 v = _K.value_grad_point(
-                    self._kp, self._rev if self._rev is not None else self._plan(),
-                    self._kc, x, _EMPTY1 if params is None else params, g,
+                    self._kernel_prog, self._rev if self._rev is not None else self._plan(),
+                    self._kernel_consts, x, _EMPTY1 if params is None else params, g,
                     _EMPTY1 if self._tls is None else self._workspace(),
                 )
                 if v == v or not self._n_guards:  # NaN may mean a failed guard
                     if out is not None and out[0] is not None:
                         out[0][...] = v
                     return v, g
-        if (type(x) is not _ND or type(params) not in _PLAIN) and _dask_in(x, params):
-            return _lazily(self, "value_and_grad", x, (), params, out, check=check)
+        if (type(x) is not _ND or type(params) not in PLAIN) and dask_in(x, params):
+            return lazily(self, "value_and_grad", x, (), params, out, check=check)
         self._scalar_output("value_and_grad")
         self._check_arg(check)
         X, P, single = self._prepare(x, params)
@@ -879,11 +801,11 @@ class Tape:
         vbuf, gbuf = (None, None) if out is None else out
         g = _buffer(gbuf, (n, self._n_in) if not single else (self._n_in,), "grad buffer")
         if single:
-            v = _K.value_grad_point(self._kp, self._plan(), self._kc, X[0], P[0], g,
-                                    self._workspace())
+            v = _K.value_grad_point(self._kernel_prog, self._plan(), self._kernel_consts,
+                                    X[0], P[0], g, self._workspace())
             failed = 0
             if v != v and self._n_guards:
-                failed = _K.forward_point(self._kp, self._kc, X[0], P[0],
+                failed = _K.forward_point(self._kernel_prog, self._kernel_consts, X[0], P[0],
                                           np.empty(self._n_out), self._workspace())
             if failed and check == "raise":
                 raise BranchError(1, 1, self)
@@ -892,7 +814,7 @@ class Tape:
             return (v, g, failed == 0) if check != "raise" else (v, g)
         y = _buffer(vbuf, (n,), "value buffer")
         valid = self._vjp_batch(X, P, self._ones, y.reshape(n, 1), g)
-        res = self._guarded(valid, check, (y, g), False)
+        res = self._guarded(valid, check, (y, g), False, _keep_failed)
         return res
 
     def gradient(self, x, params=None, out: np.ndarray | None = None, check: str = "raise"):
@@ -901,8 +823,8 @@ class Tape:
         With ``check="mask"`` returns ``(gradient, valid)``. Dask arrays in, lazy Dask
         arrays out (see :meth:`forward`).
         """
-        if (type(x) is not _ND or type(params) not in _PLAIN) and _dask_in(x, params):
-            return _lazily(self, "gradient", x, (), params, out, check=check)
+        if (type(x) is not _ND or type(params) not in PLAIN) and dask_in(x, params):
+            return lazily(self, "gradient", x, (), params, out, check=check)
         # out=None without a buffer: value_and_grad's one-point fast path needs it
         res = self.value_and_grad(x, params, out=None if out is None else (None, out),
                                   check=check)
@@ -933,9 +855,9 @@ class Tape:
             Shaped like ``x``. Dask arrays in (``x``, per-point ``w`` or ``params``),
             lazy Dask arrays out (see :meth:`forward`).
         """
-        if ((type(x) is not _ND or type(w) is not _ND or type(params) not in _PLAIN)
-                and _dask_in(x, w, params)):
-            return _lazily(self, "vjp", x, (w,), params, out, check=check)
+        if ((type(x) is not _ND or type(w) is not _ND or type(params) not in PLAIN)
+                and dask_in(x, w, params)):
+            return lazily(self, "vjp", x, (w,), params, out, check=check)
         self._check_arg(check)
         X, P, single = self._prepare(x, params)
         n = X.shape[0]
@@ -955,8 +877,8 @@ class Tape:
     def _vjp_batch(self, X, P, WT, Y, G) -> np.ndarray:
         n = X.shape[0]
         valid = np.empty(n, dtype=np.uint8)
-        self._run_batch("vjp_batch", n, self._chunk,
-                        self._kp, self._plan(), self._kc, X, P, WT, Y, G, valid)
+        run_batch("vjp_batch", n, self._chunk,
+                  self._kernel_prog, self._plan(), self._kernel_consts, X, P, WT, Y, G, valid)
         return valid
 
     def _directions(self, v, n: int, single: bool, what: str) -> np.ndarray:
@@ -971,8 +893,7 @@ class Tape:
         return v.reshape(n, 1, self._n_in)
 
     def _chunk_for(self, n_dirs: int, n_slots: int | None = None) -> int:
-        n_slots = self._n_slots if n_slots is None else n_slots
-        return int(max(1, min(CHUNK_MAX, WORKSPACE_VALUES // max(n_slots * n_dirs, 1))))
+        return chunk_for(self._n_slots if n_slots is None else n_slots, n_dirs)
 
     def _jvp_batch(self, X, P, V, Y, TY) -> np.ndarray:
         """Tangents ``TY (n, n_outputs, n_dirs)`` of directions ``V (1 or n, n_dirs, n_in)``;
@@ -980,11 +901,11 @@ class Tape:
         n = X.shape[0]
         prog, n_slots, _ = self._fwd or self._forward_prog()
         if n == 1 and V.shape[0] == 1:
-            failed = _K.jvp_point(prog, self._kc, X[0], P[0], V[0], Y[0], TY[0])
+            failed = _K.jvp_point(prog, self._kernel_consts, X[0], P[0], V[0], Y[0], TY[0])
             return np.array([failed == 0], dtype=np.uint8)
         valid = np.empty(n, dtype=np.uint8)
-        self._run_batch("jvp_batch", n, self._chunk_for(V.shape[1] + 1, n_slots),
-                        prog, self._kc, X, P, V, Y, TY, valid)
+        run_batch("jvp_batch", n, self._chunk_for(V.shape[1] + 1, n_slots),
+                  prog, self._kernel_consts, X, P, V, Y, TY, valid)
         return valid
 
     def jvp(self, x, v, params=None, check: str = "raise"):
@@ -1008,9 +929,9 @@ class Tape:
             ``(jv, valid)``. Dask arrays in (``x``, per-point ``v`` or ``params``),
             lazy Dask arrays out (see :meth:`forward`).
         """
-        if ((type(x) is not _ND or type(v) is not _ND or type(params) not in _PLAIN)
-                and _dask_in(x, v, params)):
-            return _lazily(self, "jvp", x, (v,), params, check=check)
+        if ((type(x) is not _ND or type(v) is not _ND or type(params) not in PLAIN)
+                and dask_in(x, v, params)):
+            return lazily(self, "jvp", x, (v,), params, check=check)
         self._check_arg(check)
         X, P, single = self._prepare(x, params)
         n = X.shape[0]
@@ -1026,7 +947,7 @@ class Tape:
         return (ty, *mask) if check != "raise" else ty
 
     def jacobian(self, x, params=None, out: np.ndarray | None = None, mode: str = "auto",
-                 check: str = "raise"):
+                 check: str = "raise", _keep_failed: bool = False):
         """Jacobian ``d outputs / d inputs``: ``(n_outputs, n_inputs)`` per point.
 
         Parameters
@@ -1049,8 +970,8 @@ class Tape:
             ``(..., n_outputs, n_inputs)``. With ``check="mask"``, ``(J, valid)``. Dask
             arrays in, lazy Dask arrays out (see :meth:`forward`).
         """
-        if (type(x) is not _ND or type(params) not in _PLAIN) and _dask_in(x, params):
-            return _lazily(self, "jacobian", x, (), params, out, mode=mode, check=check)
+        if (type(x) is not _ND or type(params) not in PLAIN) and dask_in(x, params):
+            return lazily(self, "jacobian", x, (), params, out, mode=mode, check=check)
         if mode not in ("auto", "forward", "reverse"):
             raise ValueError(f"mode must be 'auto', 'forward' or 'reverse'; got {mode!r}")
         if mode == "auto":
@@ -1067,9 +988,9 @@ class Tape:
             valid = self._jvp_batch(X, P, V, Y, J3)
         else:
             valid = np.empty(n, dtype=np.uint8)
-            self._run_batch("jacrev_batch", n, self._chunk,
-                            self._kp, self._plan(), self._kc, X, P, Y, J3, valid)
-        res = self._guarded(valid, check, (J3,), single)
+            run_batch("jacrev_batch", n, self._chunk, self._kernel_prog, self._plan(),
+                      self._kernel_consts, X, P, Y, J3, valid)
+        res = self._guarded(valid, check, (J3,), single, _keep_failed)
         return (J, res[1]) if check != "raise" else J
 
     def _hvp_batch(self, X, P, V) -> tuple[np.ndarray, np.ndarray]:
@@ -1080,24 +1001,25 @@ class Tape:
         Y = np.empty((n, 1))
         G = np.empty((n, self._n_in))
         valid = np.empty(n, dtype=np.uint8)
-        for d0 in range(0, nv, _DIR_BLOCK):
-            d1 = min(nv, d0 + _DIR_BLOCK)
+        for d0 in range(0, nv, DIR_BLOCK):
+            d1 = min(nv, d0 + DIR_BLOCK)
             Vb = np.ascontiguousarray(V[:, d0:d1])
             HVb = HV if (d0, d1) == (0, nv) else np.empty((n, d1 - d0, self._n_in))
             if n == 1 and V.shape[0] == 1:
                 # one direction reuses this thread's workspace; more allocate theirs
                 ws = self._workspace(4 * self._n_slots) if d1 - d0 == 1 else _EMPTY1
-                failed = _K.hvp_point(self._kp, self._kc, X[0], P[0], Vb[0], G[0],
-                                      HVb[0], ws)
+                failed = _K.hvp_point(self._kernel_prog, self._kernel_consts, X[0], P[0],
+                                      Vb[0], G[0], HVb[0], ws)
                 valid[0] = failed == 0
             else:
-                self._run_batch("hvp_batch", n, self._chunk_for(2 * (d1 - d0) + 2),
-                                self._kp, self._kc, X, P, Vb, Y, G, HVb, valid)
+                run_batch("hvp_batch", n, self._chunk_for(2 * (d1 - d0) + 2),
+                          self._kernel_prog, self._kernel_consts, X, P, Vb, Y, G, HVb, valid)
             if HVb is not HV:
                 HV[:, d0:d1] = HVb
         return HV, valid
 
-    def hvp(self, x, v, params=None, check: str = "raise") -> np.ndarray:
+    def hvp(self, x, v, params=None, check: str = "raise",
+            _keep_failed: bool = False) -> np.ndarray:
         """Hessian-vector product of a one-output tape (forward-over-reverse).
 
         Parameters
@@ -1128,23 +1050,24 @@ class Tape:
             and v.flags.carray
         ):  # a Newton-CG inner loop: one point, one direction, nothing to convert
             hv = np.empty(self._n_in)
-            if not _K.hvp_point(self._kp, self._kc, x, _EMPTY1, v.reshape(1, -1),
-                                np.empty(self._n_in), hv.reshape(1, -1),
+            if not _K.hvp_point(self._kernel_prog, self._kernel_consts, x, _EMPTY1,
+                                v.reshape(1, -1), np.empty(self._n_in), hv.reshape(1, -1),
                                 self._workspace(4 * self._n_slots)):
                 return hv
-        if ((type(x) is not _ND or type(v) is not _ND or type(params) not in _PLAIN)
-                and _dask_in(x, v, params)):
-            return _lazily(self, "hvp", x, (v,), params, check=check)
+        if ((type(x) is not _ND or type(v) is not _ND or type(params) not in PLAIN)
+                and dask_in(x, v, params)):
+            return lazily(self, "hvp", x, (v,), params, check=check)
         self._scalar_output("hvp")
         self._check_arg(check)
         X, P, single = self._prepare(x, params)
         n = X.shape[0]
         HV, valid = self._hvp_batch(X, P, self._directions(v, n, single, "v"))
-        hv, *mask = self._guarded(valid, check, (HV[:, 0],), single)
+        hv, *mask = self._guarded(valid, check, (HV[:, 0],), single, _keep_failed)
         hv = hv[0] if single else hv
         return (hv, *mask) if check != "raise" else hv
 
-    def hessian(self, x, params=None, check: str = "raise") -> np.ndarray:
+    def hessian(self, x, params=None, check: str = "raise",
+                _keep_failed: bool = False) -> np.ndarray:
         """Hessian of a one-output tape: ``(n_inputs, n_inputs)`` per point.
 
         Computed as ``n_inputs`` Hessian-vector products in vector mode (forward over
@@ -1164,8 +1087,8 @@ class Tape:
             ``(..., n_inputs, n_inputs)``. With ``check="mask"``, ``(H, valid)``. Dask
             arrays in, lazy Dask arrays out (see :meth:`forward`).
         """
-        if (type(x) is not _ND or type(params) not in _PLAIN) and _dask_in(x, params):
-            return _lazily(self, "hessian", x, (), params, check=check)
+        if (type(x) is not _ND or type(params) not in PLAIN) and dask_in(x, params):
+            return lazily(self, "hessian", x, (), params, check=check)
         self._scalar_output("hessian")
         self._check_arg(check)
         X, P, single = self._prepare(x, params)
@@ -1173,9 +1096,59 @@ class Tape:
         H, valid = self._hvp_batch(X, P, V)
         H += H.transpose(0, 2, 1)
         H *= 0.5
-        H, *mask = self._guarded(valid, check, (H,), single)
+        H, *mask = self._guarded(valid, check, (H,), single, _keep_failed)
         H = H[0] if single else H
         return (H, *mask) if check != "raise" else H
+
+
+# -- the package-internal interface (see the module docstring) ---------------------------
+def from_packed(prog: np.ndarray, consts: np.ndarray, input_shapes: tuple = (),
+                output_shapes: tuple = (), name: str = "") -> Tape:
+    """A tape over an existing packed program and constants (validated, not copied; see
+    ``Tape._from_packed``)."""
+    return Tape._from_packed(prog, consts, input_shapes, output_shapes, name)
+
+
+def packed(tape: Tape) -> tuple[np.ndarray, np.ndarray]:
+    """The tape's packed program and constant pool, read-only views (what pickling,
+    shared memory, Dask tokens and jit bundles copy)."""
+    return tape._prog, tape._consts
+
+
+def kernel_arrays(tape: Tape) -> tuple[np.ndarray, np.ndarray]:
+    """The program and constants the kernels are given: :func:`packed`'s arrays, or the
+    owned writeable arrays behind them (the cheaper variant to dispatch on; nothing
+    writes them)."""
+    return tape._kernel_prog, tape._kernel_consts
+
+
+def reverse_plan(tape: Tape) -> np.ndarray:
+    """The reverse sweeps' plan of the tape's program, computed on first use and kept
+    (private to the tape: never hand it out writeable)."""
+    return tape._plan()
+
+
+def forward_program(tape: Tape) -> tuple[np.ndarray, int, int]:
+    """``(program, n_slots, chunk)`` of the forward and tangent sweeps: the
+    slot-compacted program when it saves enough slots, else :func:`kernel_arrays`'
+    program; computed on first use and kept."""
+    return tape._fwd or tape._forward_prog()
+
+
+def point_floats(tape: Tape) -> int:
+    """Floats of one-point workspace ``value_grad_point`` needs."""
+    return tape._point_floats()
+
+
+def require_one_output(tape: Tape, what: str) -> None:
+    """``ValueError`` naming ``what`` unless the tape has exactly one output."""
+    tape._scalar_output(what)
+
+
+def guarded(tape: Tape, valid: np.ndarray, check: str, results: tuple,
+            keep_failed: bool = False) -> tuple:
+    """The guard policy ``check`` applied to batched ``results`` (see ``Tape._guarded``)."""
+    return tape._guarded(valid, check, results, False, keep_failed)
 
 
 def _unpickle(prog, consts, input_shapes, output_shapes, name) -> Tape:

@@ -37,11 +37,11 @@ import numpy as np
 
 from ._passes import guard_slice
 from ._record import normalize_argnums, record
-from ._tape import Tape
+from ._tape import Tape, require_one_output
 
-# The tape methods' private guard mode for the cache: a validity mask, and the values of
-# failed points left as computed (they are replaced by another tape's, never returned).
-_KEEP = "_keep"
+# The tape methods' guard mode for the cache: a validity mask, and the values of failed
+# points left as computed (they are replaced by another tape's, never returned).
+_KEEP = {"check": "mask", "_keep_failed": True}
 #: Most tapes kept per function (all signatures and branches together).
 MAX_TAPES = 64
 #: A single call may record at most this many new branches before giving up.
@@ -225,7 +225,7 @@ class TapeCache:
         sl = self._slices[key]
         if sl is None:
             return np.ones(x.shape[0], dtype=bool)
-        return sl.forward(x, p, check="_keep")[1]
+        return sl.forward(x, p, **_KEEP)[1]
 
     def evaluate(
         self, call: _Call, method: Callable[[Tape, Any, Any, Any], tuple]
@@ -427,8 +427,8 @@ def value_and_grad(
     single = isinstance(argnums, int | np.integer)
 
     def method(tape: Tape, x, p, rows):
-        tape._scalar_output("value_and_grad")
-        return tape.value_and_grad(x, params=p, check=_KEEP)
+        require_one_output(tape, "value_and_grad")
+        return tape.value_and_grad(x, params=p, **_KEEP)
 
     @_transform(f)
     def wrapped(*args: Any) -> tuple[Any, Any]:
@@ -505,7 +505,7 @@ def jacobian(
     single = isinstance(argnums, int | np.integer)
 
     def method(tape: Tape, x, p, rows):
-        return tape.jacobian(x, params=p, mode=mode, check=_KEEP)
+        return tape.jacobian(x, params=p, mode=mode, **_KEEP)
 
     @_transform(f)
     def wrapped(*args: Any) -> Any:
@@ -541,7 +541,7 @@ def hessian(
     single = isinstance(argnums, int | np.integer)
 
     def method(tape: Tape, x, p, rows):
-        return tape.hessian(x, params=p, check=_KEEP)
+        return tape.hessian(x, params=p, **_KEEP)
 
     @_transform(f)
     def wrapped(*args: Any) -> Any:
@@ -600,7 +600,7 @@ def hvp(
                            axis=-1)
 
         def method(tape: Tape, x, p, rows):
-            return tape.hvp(x, V if rows is None else V[rows], params=p, check=_KEEP)
+            return tape.hvp(x, V if rows is None else V[rows], params=p, **_KEEP)
 
         _, (hv,) = cache.evaluate(call, method)
         return _split(hv, call.shapes(), single, batched)

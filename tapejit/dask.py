@@ -57,8 +57,8 @@ import numpy as np
 from dask.delayed import Delayed
 from dask.highlevelgraph import HighLevelGraph
 
-from ._single import Float32Tape
-from ._tape import Tape
+from ._float32 import Float32Tape
+from ._tape import Tape, packed
 
 __all__ = ["forward", "gradient", "hessian", "hvp", "jacobian", "jvp", "store",
            "sum_value_and_grad", "value_and_grad", "vjp"]
@@ -68,7 +68,7 @@ __all__ = ["forward", "gradient", "hessian", "hvp", "jacobian", "jvp", "store",
 def _tokenize_tape(tape: Tape):
     # Deterministic and cheap: the packed program, constants and shapes identify a tape.
     return ("tapejit.Tape", tape.name, tape.input_shapes, tape.output_shapes,
-            normalize_token(np.asarray(tape._prog)), normalize_token(np.asarray(tape._consts)))
+            *(normalize_token(np.asarray(a)) for a in packed(tape)))
 
 
 @normalize_token.register(Float32Tape)

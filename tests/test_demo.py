@@ -47,9 +47,10 @@ def test_demo_warm_helper_compiles_in_another_process(monkeypatch):
     helper must start from any working directory and exit cleanly."""
     import os
 
-    from tapejit import _demo, _tape
+    from tapejit import _demo
+    from tapejit._kernels import runtime
 
-    monkeypatch.setattr(_tape, "_is_cached", lambda name: False)
+    monkeypatch.setattr(runtime, "is_cached", lambda name: False)
     monkeypatch.chdir(os.path.dirname(os.path.abspath(__file__)))
     helper = _demo._start_warm_helper()
     if (os.cpu_count() or 1) < 2:

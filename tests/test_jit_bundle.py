@@ -18,6 +18,7 @@ import pytest
 from numba.core.errors import TypingError
 
 import tapejit
+from tapejit._tape import packed, point_floats, reverse_plan
 
 SENTINEL = 12345.0
 
@@ -60,7 +61,7 @@ def tapes():
 
 
 def _need(tape) -> int:
-    return tape._point_floats()
+    return point_floats(tape)
 
 
 def _fenced(tape, params=None):
@@ -266,6 +267,6 @@ def test_each_bundle_is_its_own_copy(tapes):
     tape = tapes["rosen"]
     a, b = tape.jit_args(), tape.jit_args()
     assert a.token != b.token and not np.shares_memory(a.prog, b.prog)
-    np.testing.assert_array_equal(a.prog[:-2], tape._prog)  # then the nonce
-    np.testing.assert_array_equal(a.plan, tape._plan())
+    np.testing.assert_array_equal(a.prog[:-2], packed(tape)[0])  # then the nonce
+    np.testing.assert_array_equal(a.plan, reverse_plan(tape))
     np.testing.assert_array_equal(a.consts, tape.consts)

@@ -9,6 +9,7 @@ import warnings
 import numpy as np
 import pytest
 
+import tapejit
 import tapejit.optimize as topt
 from tapejit._transforms import tape_cache
 from tapejit.optimize import least_squares, minimize, multistart
@@ -601,3 +602,16 @@ def test_module_docstring_examples():
     result = doctest.testmod(topt, optionflags=doctest.ELLIPSIS | doctest.NORMALIZE_WHITESPACE)
     assert result.attempted > 0
     assert result.failed == 0
+
+
+def test_tape_optimize_is_a_deprecated_spelling_of_simplify():
+    # tapejit.optimize is the optimizers' module; the tape passes are Tape.simplify.
+    tape = tapejit.record(lambda x: np.sum(np.exp(x) * 1.0 + np.exp(x)), np.zeros(3))
+    with pytest.warns(DeprecationWarning, match=r"Tape\.simplify\(\)"):
+        old, old_report = tape.optimize(report=True)
+    new, new_report = tape.simplify(report=True)
+    assert old.listing(None) == new.listing(None)
+    assert len(new) < len(tape)
+    assert [r["instructions_after"] for r in old_report] == [
+        r["instructions_after"] for r in new_report
+    ]

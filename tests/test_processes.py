@@ -26,6 +26,7 @@ import pytest
 
 import tapejit
 from tapejit._share import SharedTape, share
+from tapejit._tape import kernel_arrays, packed
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -49,7 +50,7 @@ def points():
 
 
 def _payload(t) -> int:
-    return t._prog.nbytes + t._consts.nbytes
+    return sum(a.nbytes for a in packed(t))
 
 
 def _bitwise(a, b) -> bool:
@@ -65,7 +66,7 @@ def test_pickle_is_small_and_exact(n):
     # the two flat arrays, plus a fixed overhead (class, shapes, name)
     assert _payload(t) <= len(blob) <= _payload(t) + 600, (len(blob), _payload(t))
     u = pickle.loads(blob)
-    assert _bitwise(u._prog, t._prog) and _bitwise(u._consts, t._consts)
+    assert all(map(_bitwise, packed(u), packed(t)))
     assert (u.input_shapes, u.output_shapes, u.name) == (t.input_shapes, t.output_shapes,
                                                          t.name)
     X = np.random.default_rng(n).standard_normal((40, n))
@@ -84,8 +85,9 @@ def test_out_of_band_pickle_gives_the_kernels_owned_arrays():
     blob = pickle.dumps(t, protocol=5, buffer_callback=buffers.append)
     assert buffers  # the arrays did travel out of band
     u = pickle.loads(blob, buffers=[memoryview(b).toreadonly() for b in buffers])
-    assert u._kp.flags.writeable and u._kc.flags.writeable and u._kp.flags.owndata
-    assert not u._prog.flags.writeable and not u._consts.flags.writeable
+    kprog, kconsts = kernel_arrays(u)
+    assert kprog.flags.writeable and kconsts.flags.writeable and kprog.flags.owndata
+    assert not any(a.flags.writeable for a in packed(u))
     X = np.random.default_rng(3).standard_normal((5, 6))
     for got, want in zip(u.value_and_grad(X), t.value_and_grad(X), strict=True):
         assert _bitwise(got, want)
@@ -109,20 +111,22 @@ def test_handle_is_small_and_attach_is_zero_copy(tape, points):
         t = worker.attach()
         assert t is worker.attach()  # attached once per process
         # the arrays are views of the shared mapping, read-only, not copies
-        for arr in (t._prog, t._consts):
+        for arr in packed(t):
             assert not arr.flags.owndata and not arr.flags.writeable
             base = arr
             while isinstance(base, np.ndarray):
                 base = base.base
             assert not isinstance(base, (bytes, bytearray))
-        assert np.shares_memory(t._prog, t._prog.base)
-        assert t._kp is t._prog and t._kc is t._consts  # kernels too: read-only, no copy
+        prog = packed(t)[0]
+        assert np.shares_memory(prog, prog.base)
+        # kernels too: read-only, no copy
+        assert all(k is a for k, a in zip(kernel_arrays(t), packed(t), strict=True))
         for got, want in zip(t.value_and_grad(points), tape.value_and_grad(points),
                              strict=True):
             assert _bitwise(got, want)
         assert _bitwise(t.hessian(points[0]), tape.hessian(points[0]))
         with pytest.raises(ValueError, match="read-only"):
-            t._prog[0] = 1
+            packed(t)[0][0] = 1
         with pytest.raises(RuntimeError, match="only the handle returned by share"):
             worker.unlink()
         worker.detach()

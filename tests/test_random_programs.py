@@ -332,7 +332,7 @@ def _tape(which: str) -> tuple[Program, tapejit.Tape]:
 
 def test_big_program_has_a_small_chunk():
     _, tape = _tape("big")
-    from tapejit._tape import CHUNK_MAX
+    from tapejit._kernels.runtime import CHUNK_MAX
 
     assert 1 < tape._chunk < CHUNK_MAX
     _, small = _tape("small")

@@ -20,6 +20,7 @@ from test_passes import same_bits
 from test_random_programs import programs as recorded_programs
 
 import tapejit
+from tapejit._kernels.runtime import kernels
 from tapejit._program import (
     ARG_A,
     ARITY,
@@ -36,11 +37,11 @@ from tapejit._program import (
     inputs_of,
     outputs_of,
 )
-from tapejit._tape import _kernels
+from tapejit._tape import kernel_arrays
 
 
 def _psrc() -> np.ndarray:
-    return _kernels()._module._PSRC
+    return kernels().module._PSRC
 
 
 def _code(tape) -> np.ndarray:
@@ -119,7 +120,7 @@ def check_symbolically(tape) -> None:
         zeroed[plan[ni + 1 + 2 * z] : plan[ni + 2 + 2 * z]] = True
     code = _code(tape)
     where = adjoint_slots(tape)
-    module = _kernels()._module
+    module = kernels().module
     writes = _psrc()[MAX_ARITY * code[:, OPCODE : OPCODE + 1] + np.arange(MAX_ARITY)] != 0
     outputs = outputs_of(prog)
     forwarded = np.zeros(n, bool)
@@ -177,13 +178,13 @@ def test_array_code_zeroes_almost_nothing():
 
 def test_a_plan_that_does_not_fit_is_refused():
     tape = tapejit.record(lambda x: np.sin(x[0]) * x[1], np.ones(2))
-    K = _kernels()
+    K = kernels()
     g = np.empty(2)
     for bad in (np.zeros(0, np.int32), np.zeros(len(tape), np.int32),
                 np.append(tape._plan(), 7).astype(np.int32)):
         with pytest.raises(ValueError, match="reverse plan"):
-            K.value_grad_point(tape._kp, bad, tape._kc, np.ones(2), np.zeros(0), g,
-                               np.zeros(0))
+            K.value_grad_point(kernel_arrays(tape)[0], bad, kernel_arrays(tape)[1],
+                               np.ones(2), np.zeros(0), g, np.zeros(0))
 
 
 def test_an_underflowing_first_contribution_keeps_the_sign_zeroing_gave():

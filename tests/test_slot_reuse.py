@@ -24,6 +24,7 @@ from test_random_programs import programs as recorded_programs
 
 import tapejit
 from tapejit import Tape, TapeFormatError
+from tapejit._kernels.runtime import chunk_of
 from tapejit._ops import BY_NAME
 from tapejit._program import (
     ARG_A,
@@ -43,7 +44,6 @@ from tapejit._program import (
     outputs_of,
 )
 from tapejit._slot_reuse import check_compact, compact
-from tapejit._tape import _chunk_of
 
 
 def symbolic_sweep(prog: np.ndarray, comp: np.ndarray) -> None:
@@ -70,14 +70,14 @@ def forced(tape: Tape) -> Tape:
     comp = compact(tape._prog)
     check_compact(tape._prog, comp)
     symbolic_sweep(tape._prog, comp)
-    tape._fwd = (comp, int(comp[N_SLOTS]), _chunk_of(int(comp[N_SLOTS])))
+    tape._fwd = (comp, int(comp[N_SLOTS]), chunk_of(int(comp[N_SLOTS])))
     return tape
 
 
 def plain(tape: Tape) -> Tape:
     """The same tape, forward sweeps on its own program."""
     other = Tape._from_packed(np.array(tape._prog), np.array(tape._consts))
-    other._fwd = (other._kp, other.n_slots, other._chunk)
+    other._fwd = (other._kernel_prog, other.n_slots, other._chunk)
     return other
 
 
@@ -218,7 +218,7 @@ def test_check_compact_rejects_out_of_range_slots():
 def test_small_tapes_keep_their_program():
     tape = tapejit.record(lambda x: np.sin(x) * x, 1.0)
     tape.forward(np.ones((3, 1)))
-    assert tape._fwd[0] is tape._kp
+    assert tape._fwd[0] is tape._kernel_prog
     assert tape.stats()["compact_slots"] <= tape.n_slots
 
 

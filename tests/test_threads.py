@@ -21,7 +21,8 @@ import numpy as np
 import pytest
 
 import tapejit
-from tapejit import _tape
+from tapejit._kernels import runtime
+from tapejit._tape import kernel_arrays, packed, reverse_plan
 
 N_THREADS = 8
 
@@ -45,9 +46,9 @@ def tapes():
     small = tapejit.record(_rosen, np.zeros(5))
     big = tapejit.record(_decay(1200), np.zeros(3))
     huge = tapejit.record(_decay(4000), np.zeros(3))
-    assert small.n_slots < _tape._REUSE_SLOTS
-    assert _tape._REUSE_SLOTS < big.n_slots <= _tape._POINTWISE_SLOTS
-    assert huge.n_slots > _tape._POINTWISE_SLOTS
+    assert small.n_slots < runtime.REUSE_SLOTS
+    assert runtime.REUSE_SLOTS < big.n_slots <= runtime.POINTWISE_SLOTS
+    assert huge.n_slots > runtime.POINTWISE_SLOTS
     return {"small": small, "big": big, "huge": huge}
 
 
@@ -124,7 +125,7 @@ def test_out_buffers_per_thread(tapes):
 
 def test_tape_is_read_only(tapes):
     tape = tapes["small"]
-    for arr in (tape._prog, tape._consts, tape.opcodes, tape.consts):
+    for arr in (*packed(tape), tape.opcodes, tape.consts):
         assert not arr.flags.writeable
     args = tape.jit_args()
     for arr in (args.prog, args.plan, args.consts):
@@ -135,28 +136,28 @@ def test_kernels_get_the_arrays_the_tape_owns(tapes):
     # Writeable arguments take Numba's fast typing path; they are the same memory as
     # the read-only views, so what the kernels see is what the tape shows.
     tape = tapes["small"]
-    for own, view in ((tape._kp, tape._prog), (tape._kc, tape._consts)):
+    for own, view in zip(kernel_arrays(tape), packed(tape), strict=True):
         assert own.flags.writeable and own is not view and np.shares_memory(own, view)
         assert np.array_equal(own, view)
     x = np.linspace(0.5, 1.5, tape.n_inputs)
-    before = (tape._kp.copy(), tape._kc.copy(), tape._plan().copy())
+    before = [a.copy() for a in (*kernel_arrays(tape), reverse_plan(tape))]
     tape.value_and_grad(x)
     tape.value_and_grad(np.tile(x, (5, 1)))
-    for arr, old in zip((tape._kp, tape._kc, tape._plan()), before, strict=True):
+    for arr, old in zip((*kernel_arrays(tape), reverse_plan(tape)), before, strict=True):
         assert np.array_equal(arr, old)  # nothing writes them
 
 
 def test_batches_shared_by_threads_bitwise(tapes, monkeypatch):
     # A batch split over the caller's thread and the pool's gives the single-thread bits.
     shares = []
-    pool = _tape._pool()
+    pool = runtime.pool()
 
     class Counting:
         def submit(self, *args):
             shares.append(args[-2])
             return pool.submit(*args)
 
-    monkeypatch.setattr(_tape, "_pool", lambda: Counting())
+    monkeypatch.setattr(runtime, "pool", lambda: Counting())
     rng = np.random.default_rng(3)
     for name, tape in tapes.items():
         X = (0.5 if name != "small" else 1.0) * rng.standard_normal((2100, tape.n_inputs))

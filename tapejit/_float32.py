@@ -18,9 +18,20 @@ from __future__ import annotations
 import numpy as np
 
 from ._errors import BranchError
-from ._tape import _ND, _PLAIN, _dask_in, _lazily
+from ._kernels.runtime import chunk_of, run_batch
+from ._tape import (
+    PLAIN,
+    dask_in,
+    forward_program,
+    guarded,
+    kernel_arrays,
+    lazily,
+    require_one_output,
+    reverse_plan,
+)
 
 _F32 = np.dtype(np.float32)
+_ND = np.ndarray
 #: Points per conversion block: a few MB of float64 copies, many chunks for the threads.
 _BLOCK = 1 << 16
 #: Methods whose batched kernels read and write float32 arrays directly (a kernel
@@ -119,21 +130,22 @@ class Float32Tape:
             P = self._rows32(params, n, n_par, "params")
         valid = np.empty(n, dtype=np.uint8)
         Y = np.empty((n, n_out), _F32)
+        kprog, kconsts = kernel_arrays(tape)
         if method == "forward":
-            prog, _, chunk = tape._fwd or tape._forward_prog()
-            tape._run_batch("forward_batch", n, chunk, prog, tape._kc, X, P, Y, valid)
+            prog, _, chunk = forward_program(tape)
+            run_batch("forward_batch", n, chunk, prog, kconsts, X, P, Y, valid)
             res = (Y[:, 0] if n_out == 1 else Y,)
         else:
             if method == "vjp":
                 WT = self._rows32(w, n, n_out, "w")
             else:
-                tape._scalar_output(method)
+                require_one_output(tape, method)
                 WT = np.ones((1, 1), _F32)
             G = np.empty((n, n_in), _F32)
-            tape._run_batch("vjp_batch", n, tape._chunk, tape._kp, tape._plan(),
-                            tape._kc, X, P, WT, Y, G, valid)
+            run_batch("vjp_batch", n, chunk_of(tape.n_slots), kprog, reverse_plan(tape),
+                      kconsts, X, P, WT, Y, G, valid)
             res = {"value_and_grad": (Y[:, 0], G), "gradient": (G,), "vjp": (Y, G)}[method]
-        out = tape._guarded(valid, check, res, False)
+        out = guarded(tape, valid, check, res)
         return out[0] if len(out) == 1 else out
 
     def _run(self, method: str, x, params, extra: tuple, check: str, **kw):
@@ -144,9 +156,9 @@ class Float32Tape:
         so a :class:`BranchError` counts every failed point. Dask collections go to
         :mod:`tapejit.dask` (lazy float32 Dask arrays out).
         """
-        if ((type(x) is not _ND or type(params) not in _PLAIN or extra)
-                and _dask_in(x, params, *(a for a, _ in extra))):
-            return _lazily(self, method, x, tuple(a for a, _ in extra), params,
+        if ((type(x) is not _ND or type(params) not in PLAIN or extra)
+                and dask_in(x, params, *(a for a, _ in extra))):
+            return lazily(self, method, x, tuple(a for a, _ in extra), params,
                            check=check, **kw)
         if check not in ("raise", "mask"):
             raise ValueError(f"check must be 'raise' or 'mask'; got {check!r}")

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 import tapejit
-from tapejit import _single
+from tapejit import _float32
 
 F32 = np.float32
 
@@ -65,7 +65,7 @@ def test_astype_rejects_other_dtypes(model, bad):
 
 @pytest.mark.parametrize("n", [0, 1, 7, 300])
 def test_batched_methods_equal_float64_at_the_rounded_points(model, n, monkeypatch):
-    monkeypatch.setattr(_single, "_BLOCK", 64)  # several conversion blocks
+    monkeypatch.setattr(_float32, "_BLOCK", 64)  # several conversion blocks
     rng = np.random.default_rng(n)
     X = rng.uniform(-2, 2, (n, 3))  # float64 on purpose: rounded on the way in
     P = rng.uniform(0.5, 1.5, (n, 2))
