@@ -305,6 +305,15 @@ def test_repository_map_names_every_module():
     assert not missing, f"docs/internals.rst repository map does not mention {missing}"
 
 
+def test_repository_map_names_only_paths_that_exist():
+    text = (DOCS / "internals.rst").read_text(encoding="utf-8")
+    rows = text[text.index(".. _repository-map:"):].split("   * - ")[2:]
+    named = [m for row in rows for m in re.findall(r"``([^`]+)``", row.split("\n     - ")[0])]
+    assert len(named) > 40
+    gone = [n for n in named if not list(ROOT.glob(n.rstrip("/")))]
+    assert not gone, f"docs/internals.rst repository map names paths that do not exist: {gone}"
+
+
 def test_sphinx_build_has_no_warnings(tmp_path):
     pytest.importorskip("sphinx")
     pytest.importorskip("numpydoc")
