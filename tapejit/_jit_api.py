@@ -67,7 +67,16 @@ from numba.core import errors, types
 from numba.extending import overload
 
 from ._kernels.runtime import kernels
-from ._program import HEADER, N_PARAMS
+from ._program import (
+    FIRST_ADJOINT,
+    HEADER,
+    N_CONSTS,
+    N_INPUTS,
+    N_INSTR,
+    N_OUTPUTS,
+    N_PARAMS,
+    N_SLOTS,
+)
 
 _F64 = np.dtype(np.float64)
 _I32 = np.dtype(np.int32)
@@ -109,7 +118,7 @@ _FIELDS = (
 )
 #: Bumped whenever the token or the checks below change: they are compiled into users'
 #: cached functions, which then raise the stale error instead of misjudging bundles.
-_LAYOUT = 1
+_LAYOUT = 2
 
 
 def _kernel_module():
@@ -177,19 +186,20 @@ def _bundle_fault(prog, plan, consts, n_params, n_workspace, n_out, token):
         return 1
     # The plan and the constants are views of the copy the program's view keeps alive:
     # their addresses show it, and their lengths are what the genuine program says.
-    ni = prog[6]
+    ni = prog[N_INSTR]
     if (np.int64(plan.ctypes.data) != p + 4 * n or plan.shape[0] <= ni
             or plan.shape[0] != 2 * ni + 1 + 2 * plan[ni]):
         return 2
-    if consts.shape[0] != prog[1] or np.int64(consts.ctypes.data) + 8 * prog[1] != p:
+    nc = prog[N_CONSTS]
+    if consts.shape[0] != nc or np.int64(consts.ctypes.data) + 8 * nc != p:
         return 3
-    if n_params != prog[4]:
+    if n_params != prog[N_PARAMS]:
         return 4
-    if n_workspace < 5 * prog[0] - 3 * (prog[2] + prog[3]):
+    if n_workspace < 5 * prog[N_SLOTS] - 3 * (prog[FIRST_ADJOINT] + prog[N_INPUTS]):
         return 5
-    if n_out < prog[5]:
+    if n_out < prog[N_OUTPUTS]:
         return 6
-    if prog[5] != 1:
+    if prog[N_OUTPUTS] != 1:
         return 7
     return 0
 
