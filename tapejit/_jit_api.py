@@ -286,11 +286,12 @@ def _check_bundle(args: JitArgs) -> None:
         raise ValueError(_FAULTS[fault] + _REMAKE)
     prog = args.prog
     detail = {
-        4: f": expected {prog[4]}, got {args.params.shape[0]}",
-        5: f": expected at least {5 * prog[0] - 3 * (prog[2] + prog[3])}, "
+        4: f": expected {prog[N_PARAMS]}, got {args.params.shape[0]}",
+        5: f": expected at least "
+           f"{5 * prog[N_SLOTS] - 3 * (prog[FIRST_ADJOINT] + prog[N_INPUTS])}, "
            f"got {args.workspace.shape[0]}",
-        6: f": expected at least {prog[5]}, got {args.out.shape[0]}",
-        7: f"; this tape has {prog[5]}",
+        6: f": expected at least {prog[N_OUTPUTS]}, got {args.out.shape[0]}",
+        7: f"; this tape has {prog[N_OUTPUTS]}",
     }
     raise ValueError(_FAULTS[fault] + detail[fault])
 
@@ -346,7 +347,7 @@ def jit_value_and_grad(args: JitArgs, x: np.ndarray, g: np.ndarray) -> float:
         the loaded ones (see the module notes).
     """
     _check_bundle(args)
-    n = int(args.prog[3])
+    n = int(args.prog[N_INPUTS])
     x = _vector(x, n, "x")
     g = _vector(g, n, "g", writeable=True)
     return _kernel_module().value_grad_point(
@@ -361,7 +362,7 @@ def jit_value(args: JitArgs, x: np.ndarray) -> float:
     :func:`jit_value_and_grad` for the arguments and errors.
     """
     _check_bundle(args)
-    x = _vector(x, int(args.prog[3]), "x")
+    x = _vector(x, int(args.prog[N_INPUTS]), "x")
     module = _kernel_module()
     failed = module.forward_point(args.prog, args.consts, x, args.params, args.out,
                                   args.workspace)
@@ -417,7 +418,7 @@ def _ol_value_and_grad(args, x, g):
                               args.out.shape[0], args.token)
         if fault != 0:
             _raise_fault(fault)
-        if x.shape[0] != prog[3] or g.shape[0] != prog[3]:
+        if x.shape[0] != prog[N_INPUTS] or g.shape[0] != prog[N_INPUTS]:
             raise ValueError("x and g must have n_inputs elements")
         return kernel(prog, plan, consts, x, params, g, ws)
 
@@ -438,7 +439,7 @@ def _ol_value(args, x):
                               args.workspace.shape[0], out.shape[0], args.token)
         if fault != 0:
             _raise_fault(fault)
-        if x.shape[0] != prog[3]:
+        if x.shape[0] != prog[N_INPUTS]:
             raise ValueError("x must have n_inputs elements")
         if kernel(prog, consts, x, params, out, args.workspace):
             return np.nan
