@@ -67,7 +67,16 @@ from numba.core import errors, types
 from numba.extending import overload
 
 from ._kernels.runtime import kernels
-from ._program import HEADER, N_PARAMS
+from ._program import (
+    FIRST_ADJOINT,
+    HEADER,
+    N_CONSTS,
+    N_INPUTS,
+    N_INSTR,
+    N_OUTPUTS,
+    N_PARAMS,
+    N_SLOTS,
+)
 
 _F64 = np.dtype(np.float64)
 _I32 = np.dtype(np.int32)
@@ -109,7 +118,7 @@ _FIELDS = (
 )
 #: Bumped whenever the token or the checks below change: they are compiled into users'
 #: cached functions, which then raise the stale error instead of misjudging bundles.
-_LAYOUT = 1
+_LAYOUT = 2
 
 
 def _kernel_module():
@@ -177,19 +186,20 @@ def _bundle_fault(prog, plan, consts, n_params, n_workspace, n_out, token):
         return 1
     # The plan and the constants are views of the copy the program's view keeps alive:
     # their addresses show it, and their lengths are what the genuine program says.
-    ni = prog[6]
+    ni = prog[N_INSTR]
     if (np.int64(plan.ctypes.data) != p + 4 * n or plan.shape[0] <= ni
             or plan.shape[0] != 2 * ni + 1 + 2 * plan[ni]):
         return 2
-    if consts.shape[0] != prog[1] or np.int64(consts.ctypes.data) + 8 * prog[1] != p:
+    nc = prog[N_CONSTS]
+    if consts.shape[0] != nc or np.int64(consts.ctypes.data) + 8 * nc != p:
         return 3
-    if n_params != prog[4]:
+    if n_params != prog[N_PARAMS]:
         return 4
-    if n_workspace < 5 * prog[0] - 3 * (prog[2] + prog[3]):
+    if n_workspace < 5 * prog[N_SLOTS] - 3 * (prog[FIRST_ADJOINT] + prog[N_INPUTS]):
         return 5
-    if n_out < prog[5]:
+    if n_out < prog[N_OUTPUTS]:
         return 6
-    if prog[5] != 1:
+    if prog[N_OUTPUTS] != 1:
         return 7
     return 0
 
@@ -276,11 +286,12 @@ def _check_bundle(args: JitArgs) -> None:
         raise ValueError(_FAULTS[fault] + _REMAKE)
     prog = args.prog
     detail = {
-        4: f": expected {prog[4]}, got {args.params.shape[0]}",
-        5: f": expected at least {5 * prog[0] - 3 * (prog[2] + prog[3])}, "
+        4: f": expected {prog[N_PARAMS]}, got {args.params.shape[0]}",
+        5: f": expected at least "
+           f"{5 * prog[N_SLOTS] - 3 * (prog[FIRST_ADJOINT] + prog[N_INPUTS])}, "
            f"got {args.workspace.shape[0]}",
-        6: f": expected at least {prog[5]}, got {args.out.shape[0]}",
-        7: f"; this tape has {prog[5]}",
+        6: f": expected at least {prog[N_OUTPUTS]}, got {args.out.shape[0]}",
+        7: f"; this tape has {prog[N_OUTPUTS]}",
     }
     raise ValueError(_FAULTS[fault] + detail[fault])
 
@@ -336,7 +347,7 @@ def jit_value_and_grad(args: JitArgs, x: np.ndarray, g: np.ndarray) -> float:
         the loaded ones (see the module notes).
     """
     _check_bundle(args)
-    n = int(args.prog[3])
+    n = int(args.prog[N_INPUTS])
     x = _vector(x, n, "x")
     g = _vector(g, n, "g", writeable=True)
     return _kernel_module().value_grad_point(
@@ -351,7 +362,7 @@ def jit_value(args: JitArgs, x: np.ndarray) -> float:
     :func:`jit_value_and_grad` for the arguments and errors.
     """
     _check_bundle(args)
-    x = _vector(x, int(args.prog[3]), "x")
+    x = _vector(x, int(args.prog[N_INPUTS]), "x")
     module = _kernel_module()
     failed = module.forward_point(args.prog, args.consts, x, args.params, args.out,
                                   args.workspace)
@@ -407,7 +418,7 @@ def _ol_value_and_grad(args, x, g):
                               args.out.shape[0], args.token)
         if fault != 0:
             _raise_fault(fault)
-        if x.shape[0] != prog[3] or g.shape[0] != prog[3]:
+        if x.shape[0] != prog[N_INPUTS] or g.shape[0] != prog[N_INPUTS]:
             raise ValueError("x and g must have n_inputs elements")
         return kernel(prog, plan, consts, x, params, g, ws)
 
@@ -428,7 +439,7 @@ def _ol_value(args, x):
                               args.workspace.shape[0], out.shape[0], args.token)
         if fault != 0:
             _raise_fault(fault)
-        if x.shape[0] != prog[3]:
+        if x.shape[0] != prog[N_INPUTS]:
             raise ValueError("x must have n_inputs elements")
         if kernel(prog, consts, x, params, out, args.workspace):
             return np.nan

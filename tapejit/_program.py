@@ -16,27 +16,55 @@ generator writes the same constants into the generated kernel module, so the ker
 sources read ``prog[N_INSTR]`` as the Python modules do. No module indexes a program by
 a bare number.
 
-Layout of a packed ``int32`` program (format version 1)::
+Layout of a packed ``int32`` program (format version 2)::
 
-    header      HEADER fields, named below (counts, then section offsets)
-    inputs      N_INPUTS slot indices          at AT_INPUTS
-    params      N_PARAMS slot indices          at AT_PARAMS
-    outputs     N_OUTPUTS slot indices         at AT_OUTPUTS
-    code        N_INSTR rows of ROW ints       at AT_CODE
-    guards      N_GUARDS rows of GUARD ints    at AT_GUARDS
+    header       HEADER fields, named below (counts, then section offsets)
+    inputs       N_INPUTS slot indices                    at AT_INPUTS
+    params       N_PARAMS slot indices                    at AT_PARAMS
+    outputs      N_OUTPUTS slot indices                   at AT_OUTPUTS
+    code         N_INSTR rows of ROW ints                 at AT_CODE
+    guards       N_GUARDS rows of GUARD ints              at AT_GUARDS
+    attrs        N_ATTRS ints                             at AT_ATTRS
+    subprograms  N_SUBPROGRAMS rows of SUBPROGRAM ints    at AT_SUBPROGRAMS
+    nested programs, one per sub-program entry, in table order, to the array's end
+
+Every section directly follows the one before, so the header describes the array
+exactly (:func:`check_layout`).
 
 Slots are numbered ``[constants | parameters | inputs | instruction results]``;
 ``FIRST_ADJOINT`` (``nd``) is the first slot that receives adjoints. The constants'
 values travel next to the program as a ``float64`` array.
 
 An instruction row is ``(OPCODE, RESULT, ARG_A, ARG_B, ARG_C, SIZE, STRIDE_A, STRIDE_B,
-STRIDE_C)``: it applies its op to ``SIZE`` elements (1: scalar; more: a block), element
-``e`` reading slot ``ARG_k + e * STRIDE_k`` of each operand ``k`` and writing
+STRIDE_C, ATTR)``: it applies its op to ``SIZE`` elements (1: scalar; more: a block),
+element ``e`` reading slot ``ARG_k + e * STRIDE_k`` of each operand ``k`` and writing
 ``RESULT + e``. Results are consecutive in instruction order from the first result slot,
-and every operand slot comes before its instruction's first result.
+and every operand slot comes before its instruction's first result. ``ATTR`` is 0 for an
+elementwise instruction; for a family instruction it is the offset in the attribute
+section of its first attribute.
 
 A *guard* row ``(GUARD_SLOT, GUARD_OUTCOME)`` records a Python branch taken on a traced
 value while recording: the comparison's result slot and the outcome seen (0 or 1).
+
+The *attribute section* holds the integer attributes of family instructions (shapes,
+axes, the index of a sub-program, ...): a family instruction reads ``len(family.attrs)``
+ints from ``attrs[ATTR:]``; every attribute is read by some instruction.
+
+A *sub-program table* entry ``(SUB_AT, SUB_LEN, SUB_CONSTS)`` locates a nested program:
+``prog[SUB_AT : SUB_AT + SUB_LEN]`` is a complete packed program (its own header, with
+offsets relative to its own start, and its own sub-programs, at most
+:data:`MAX_NESTING` levels deep), and its constants are
+``consts[SUB_CONSTS : SUB_CONSTS + its N_CONSTS]`` of the enclosing pool, so one program
+still travels as one ``int32`` and one ``float64`` array. A sub-program is the body a
+family instruction runs (a loop's), named by one of its attributes
+(``Family.bodies``); every sub-program is named by some instruction. Nested programs
+have their own slot numbering and workspace.
+
+Format version 1 (pickles and shared tapes made before) had a header of 14 fields (no
+attribute or sub-program fields) and rows of 9 ints (no ``ATTR``), the other fields at
+the same positions; it is recognized by ``prog[AT_INPUTS] == 14`` and
+``prog[ROW_INTS] == 9`` (:func:`is_version_1`) and converted on loading by
+:meth:`Program.unpack_v1` and :meth:`Program.pack` (:func:`upgrade`).
 
 Opcodes and instruction families
 --------------------------------
@@ -45,17 +73,25 @@ Opcodes ``1 .. FIRST_FAMILY - 1`` are the elementwise ops of the op table
 Opcodes ``FIRST_FAMILY .. LAST_OPCODE`` are reserved for *instruction families*:
 instructions that call a routine over whole operand blocks (a contraction, a solve, a
 reduction, a loop), each with its own forward, reverse, tangent and second-order rules
-(:class:`Family`, registered in :data:`FAMILIES`). No family exists yet, and the packed
-format of this version has no room for their attributes: validation refuses every opcode
-from ``FIRST_FAMILY`` on ("instruction family N is not known to this tapejit version").
-:data:`FORMAT_NEXT` is the ready-to-apply design of the sections that make room for them
-and for sub-programs.
+(:class:`Family`, registered in :data:`FAMILIES`). No family exists yet: validation
+refuses every opcode from ``FIRST_FAMILY`` on that is not registered ("instruction family
+N is not known to this tapejit version"), and a :class:`~tapejit.Tape` refuses every
+family instruction until the kernels dispatch it (``_validate.check_runnable``).
+
+Adding a family: register it in :data:`FAMILIES` (its arity, attribute names, a check of
+their values, the attributes naming sub-programs); give the kernels (``tapejit/_kernels``)
+one routine per sweep (:data:`SWEEPS`) and a dispatch for opcodes from ``FIRST_FAMILY``
+on, passing the program, ``ATTR`` and the workspace (every row read already uses
+``ROW``); let ``_validate.check_runnable`` accept it; the reverse plan treats its
+operands as accumulating reads (no plan bits); the passes treat it as opaque (CSE keying
+on its attribute values) and slot reuse keeps its operand blocks whole.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Any
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any, NamedTuple
 
 import numpy as np
 
@@ -76,8 +112,12 @@ AT_CODE = 10  #: offset of the first instruction row
 ROW_INTS = 11  #: ints per instruction row (== ROW, checked when a program is adopted)
 N_GUARDS = 12
 AT_GUARDS = 13  #: offset of the first guard row
+N_ATTRS = 14  #: integer attributes of family instructions
+AT_ATTRS = 15  #: offset of the attribute section
+N_SUBPROGRAMS = 16  #: entries of the sub-program table
+AT_SUBPROGRAMS = 17  #: offset of the sub-program table
 #: Number of header fields.
-HEADER = 14
+HEADER = 18
 
 # -- instruction row fields --------------------------------------------------------------
 OPCODE = 0
@@ -89,8 +129,11 @@ SIZE = 5  #: elements
 STRIDE_A = 6  #: slot stride of operand a; operand k's is ``STRIDE_A + k``
 STRIDE_B = 7
 STRIDE_C = 8
+#: Offset in the attribute section of a family instruction's first attribute (0 for an
+#: elementwise instruction).
+ATTR = 9
 #: Ints per instruction row.
-ROW = 9
+ROW = 10
 #: Operands per instruction at most.
 MAX_ARITY = 3
 
@@ -99,6 +142,13 @@ GUARD_SLOT = 0  #: slot of a comparison's result
 GUARD_OUTCOME = 1  #: its value (0 or 1) when the tape was recorded
 #: Ints per guard row.
 GUARD = 2
+
+# -- sub-program table entry fields ---------------------------------------------------------
+SUB_AT = 0  #: offset in this same array of the nested program's header
+SUB_LEN = 1  #: its length in ints
+SUB_CONSTS = 2  #: offset of its constants in the enclosing program's constant pool
+#: Ints per sub-program table entry.
+SUBPROGRAM = 3
 
 # -- reverse plan (``reverse_plan`` of the kernel drivers) --------------------------------
 #: Bit ``PLAN_ASSIGN + k`` of an instruction's plan entry: operand ``k`` assigns its
@@ -117,9 +167,10 @@ LAST_OPCODE = 255
 KERNEL_CONSTANTS: tuple[str, ...] = (
     "N_SLOTS", "N_CONSTS", "FIRST_ADJOINT", "N_INPUTS", "N_PARAMS", "N_OUTPUTS", "N_INSTR",
     "AT_INPUTS", "AT_PARAMS", "AT_OUTPUTS", "AT_CODE", "ROW_INTS", "N_GUARDS", "AT_GUARDS",
-    "HEADER", "OPCODE", "RESULT", "ARG_A", "ARG_B", "ARG_C", "SIZE", "STRIDE_A",
-    "STRIDE_B", "STRIDE_C", "ROW", "MAX_ARITY", "GUARD_SLOT", "GUARD_OUTCOME", "GUARD",
-    "PLAN_ASSIGN", "PLAN_FORWARD",
+    "N_ATTRS", "AT_ATTRS", "N_SUBPROGRAMS", "AT_SUBPROGRAMS", "HEADER", "OPCODE", "RESULT",
+    "ARG_A", "ARG_B", "ARG_C", "SIZE", "STRIDE_A", "STRIDE_B", "STRIDE_C", "ATTR", "ROW",
+    "MAX_ARITY", "GUARD_SLOT", "GUARD_OUTCOME", "GUARD", "SUB_AT", "SUB_LEN", "SUB_CONSTS",
+    "SUBPROGRAM", "PLAN_ASSIGN", "PLAN_FORWARD", "FIRST_FAMILY",
 )
 
 
@@ -139,7 +190,7 @@ ARITY.flags.writeable = False
 
 
 # ---------------------------------------------------------------------------------------
-# instruction families and the next format version (designed, not yet active)
+# instruction families
 # ---------------------------------------------------------------------------------------
 #: The sweeps a family gives a rule for, each the name of a kernel routine.
 SWEEPS = ("forward", "reverse", "tangent", "second_order")
@@ -155,8 +206,7 @@ class Family:
     blocks (``ARG_k`` with ``STRIDE_k``, as elementwise instructions do), writes ``SIZE``
     consecutive result slots, and reads its integer attributes (shapes, axes, a
     sub-program's index, ...) from the program's attribute section: ``attrs`` names
-    them in order, and the row field ``ATTR`` (see :data:`FORMAT_NEXT`) is the offset
-    of the first.
+    them in order, and the row field ``ATTR`` is the offset of the first.
 
     Parameters
     ----------
@@ -170,6 +220,14 @@ class Family:
         Names of the integer attributes it reads.
     rules : dict
         A routine name for each of :data:`SWEEPS`.
+    bodies : tuple of str
+        The attributes (among ``attrs``) whose values are indices of sub-program table
+        entries: the programs it runs (a loop's body).
+    check : callable, optional
+        ``check(values) -> bad``: given the ``(m, len(attrs))`` attribute values of
+        ``m`` instructions, a boolean mask of the instructions whose values are invalid
+        (operand and result sizes are checked with them). Without one, any values are
+        accepted.
     """
 
     name: str
@@ -177,6 +235,8 @@ class Family:
     arity: int
     attrs: tuple[str, ...]
     rules: dict[str, str]
+    bodies: tuple[str, ...] = ()
+    check: Callable[[np.ndarray], np.ndarray] | None = None
 
     def __post_init__(self) -> None:
         if not FIRST_FAMILY <= self.opcode <= LAST_OPCODE:
@@ -187,87 +247,38 @@ class Family:
                              f"0..{MAX_ARITY}")
         if set(self.rules) != set(SWEEPS):
             raise ValueError(f"family {self.name}: needs a rule for each of {SWEEPS}")
+        if not set(self.bodies) <= set(self.attrs):
+            raise ValueError(f"family {self.name}: its bodies must be among its attrs")
 
 
 #: The instruction families this version knows, by opcode. Empty: validation refuses
-#: every opcode from ``FIRST_FAMILY`` on until the next format version is active.
+#: every opcode from ``FIRST_FAMILY`` on.
 FAMILIES: dict[int, Family] = {}
+
+#: Sub-programs nest at most this deep (a hostile chain of nested headers is refused
+#: before it is read).
+MAX_NESTING = 8
 
 
 def unknown_family(opcode: int) -> str:
-    """The message for an instruction of a family this version cannot run."""
+    """The message for an instruction of a family this version does not know."""
     return f"instruction family {opcode} is not known to this tapejit version"
 
 
-#: Header fields of the next format version, appended after today's (which keep their
-#: positions, so the kernels' reads of them do not change). Inactive: ``HEADER`` is 14.
-N_ATTRS = 14  #: integer attributes of family instructions
-AT_ATTRS = 15  #: offset of the attribute section
-N_SUBPROGRAMS = 16  #: entries of the sub-program table
-AT_SUBPROGRAMS = 17  #: offset of the sub-program table
-HEADER_NEXT = 18
-#: Row field of the next version: offset of a family instruction's first attribute in
-#: the attribute section (0 for an elementwise instruction). Inactive: ``ROW`` is 9.
-ATTR = 9
-ROW_NEXT = 10
-#: Fields of a sub-program table entry (next version).
-SUB_AT = 0  #: offset in this same array of the nested program's header
-SUB_LEN = 1  #: its length in ints
-SUB_CONSTS = 2  #: offset of its constants in the enclosing pool
-SUBPROGRAM = 3
+def arities(opcodes: np.ndarray) -> np.ndarray:
+    """Operands of each of ``opcodes`` (known ones: op table or :data:`FAMILIES`)."""
+    out = ARITY[opcodes]
+    for code, family in FAMILIES.items():
+        out[opcodes == code] = family.arity
+    return out
 
-#: The next format version, as it is to be applied (kept here so that it is reviewed
-#: with the format it extends).
-FORMAT_NEXT = """
-Format version 2: room for instruction families and sub-programs.
 
-Layout (new sections after today's, so offsets of today's sections only move by the
-header's growth)::
+class Subprogram(NamedTuple):
+    """An entry of a program's sub-program table: a nested program, and where its
+    constants start in the enclosing program's constant pool."""
 
-    header       HEADER_NEXT (18) fields: today's 14, then N_ATTRS, AT_ATTRS,
-                 N_SUBPROGRAMS, AT_SUBPROGRAMS
-    inputs, params, outputs            as today
-    code         N_INSTR rows of ROW_NEXT (10) ints: today's 9 fields, then ATTR
-    guards       as today
-    attrs        N_ATTRS ints                     at AT_ATTRS
-    subprograms  N_SUBPROGRAMS rows of SUBPROGRAM (3) ints (SUB_AT, SUB_LEN, SUB_CONSTS)
-                                                  at AT_SUBPROGRAMS
-    nested programs, each a complete packed program (its own header, sections and
-                 sub-programs), at the SUB_AT of its entry
-
-A family instruction (opcode FIRST_FAMILY..LAST_OPCODE, registered in FAMILIES) reads
-len(family.attrs) ints from attrs[ATTR ...]; a loop family names its body by the index
-of a sub-program entry among its attributes. A nested program's constants are
-consts[SUB_CONSTS : SUB_CONSTS + its N_CONSTS] of the enclosing pool, so one float64
-array still travels with one int32 array. Elementwise instructions have ATTR 0.
-
-To activate it:
-
-1. In this module: HEADER = HEADER_NEXT and ROW = ROW_NEXT; move N_ATTRS .. SUBPROGRAM
-   and FIRST_FAMILY into KERNEL_CONSTANTS; Program gains ``attrs`` (int64 array) and
-   ``subprograms`` (a tuple of (Program, consts offset)); ``pack`` writes the new
-   fields and sections, ``check_layout`` checks AT_ATTRS = AT_GUARDS + GUARD *
-   N_GUARDS, AT_SUBPROGRAMS = AT_ATTRS + N_ATTRS, every nested program inside the
-   array after the table and not overlapping another, and the array's end; ``unpack``
-   validates each nested program recursively (its own check_layout and
-   check_tape_arrays) and its constant range inside the pool.
-2. ``_validate.check_tape_arrays``: accept opcodes in FAMILIES (arity from the family),
-   check each family instruction's ATTR range inside attrs and its attribute values
-   (per family: a ``check`` callable on Family), and that elementwise rows have ATTR 0.
-3. Kernels (``tapejit/_kernels``): dispatch opcodes >= FIRST_FAMILY to the
-   family's rule routine per sweep (SWEEPS), passing (prog, attrs offset, workspace);
-   every ``prog[k + ...]`` row read already uses ROW, so only the dispatch is new. The
-   reverse plan treats a family's operands as plain accumulating reads (no PLAN bits).
-4. Passes: fold, CSE and DCE treat a family instruction as opaque (CSE keys on opcode,
-   operands and its attribute values); slot reuse keeps its operands' blocks whole (a
-   unit per family instruction).
-5. Old programs: a packed program with prog[AT_INPUTS] == 14 and prog[ROW_INTS] == 9 is
-   version 1 (pickles and shared tapes made before). ``Tape._from_packed`` and
-   ``_unpickle`` recognize it and convert it by ``Program.unpack_v1(prog, consts)
-   .pack()`` (today's ``check_layout`` and reading, with no attrs and no
-   sub-programs); ``tests/data/tape_v1.pickle`` must keep loading. Tape files (``_io``)
-   store the arrays, not the packed program, and are not affected.
-"""
+    program: Program
+    consts_at: int
 
 
 # ---------------------------------------------------------------------------------------
@@ -303,6 +314,19 @@ def outputs_of(prog: np.ndarray) -> np.ndarray:
     return prog[at : at + int(prog[N_OUTPUTS])]
 
 
+def attrs_of(prog: np.ndarray) -> np.ndarray:
+    """The attribute section of a packed program (a view)."""
+    at = int(prog[AT_ATTRS])
+    return prog[at : at + int(prog[N_ATTRS])]
+
+
+def subprograms_of(prog: np.ndarray) -> np.ndarray:
+    """The sub-program table of a packed program, ``(n_subprograms, SUBPROGRAM)`` (a
+    view)."""
+    at = int(prog[AT_SUBPROGRAMS])
+    return prog[at : at + SUBPROGRAM * int(prog[N_SUBPROGRAMS])].reshape(-1, SUBPROGRAM)
+
+
 def first_result(prog: np.ndarray) -> int:
     """First result slot of a packed program (after constants, parameters and inputs)."""
     return int(prog[FIRST_ADJOINT]) + int(prog[N_INPUTS])
@@ -327,6 +351,11 @@ class Program:
     :attr:`n_fixed` (:attr:`results`). The inputs and parameters are not stored either:
     parameters are the slots after the constants, inputs the slots after them.
 
+    Family instructions read their attributes from :attr:`attrs` at their
+    :attr:`attr_at` offset (``None``: every instruction is elementwise, all offsets 0);
+    :attr:`subprograms` are the nested programs, each with its constants' place in
+    this program's pool (:class:`Subprogram`).
+
     A program is checked when a :class:`~tapejit.Tape` is built from it
     (``_validate.check_tape_arrays`` returns a checked one) or when it is read from a
     packed array (:meth:`unpack`); anything else (the tape builder's, a pass's) is
@@ -342,6 +371,9 @@ class Program:
     n_inputs: int
     outputs: np.ndarray  #: ``(n_outputs,)`` slots
     guards: np.ndarray  #: ``(n_guards, GUARD)``
+    attrs: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))  #: ``(n_attrs,)``
+    attr_at: np.ndarray | None = None  #: ``(n,)`` each instruction's ``ATTR``, or None: 0
+    subprograms: tuple[Subprogram, ...] = ()
 
     # -- counts and derived arrays ---------------------------------------------------------
     def __len__(self) -> int:
@@ -366,6 +398,13 @@ class Program:
         return self.n_fixed + int(self.sizes.sum())
 
     @property
+    def attr_offsets(self) -> np.ndarray:
+        """Each instruction's ``ATTR`` (0 for elementwise instructions)."""
+        if self.attr_at is None:
+            return np.zeros(len(self.opcodes), dtype=np.int64)
+        return self.attr_at
+
+    @property
     def results(self) -> np.ndarray:
         """First result slot of each instruction."""
         return self.n_fixed + _starts(self.sizes)
@@ -380,7 +419,7 @@ class Program:
 
     def arity(self) -> np.ndarray:
         """Operands of each instruction."""
-        return ARITY[self.opcodes]
+        return arities(self.opcodes)
 
     def used(self) -> np.ndarray:
         """``(n, MAX_ARITY)`` mask of the operand columns each instruction reads."""
@@ -433,17 +472,31 @@ class Program:
     def pack(self) -> tuple[np.ndarray, np.ndarray]:
         """The packed ``int32`` program and the ``float64`` constants (new arrays).
 
-        The program must be valid (every count and slot fits ``int32``): pack the one
-        ``check_tape_arrays`` returns.
+        The program must be valid (every count, slot and attribute fits ``int32``): pack
+        the one ``check_tape_arrays`` returns.
         """
+        return self._pack(), np.array(self.consts, dtype=np.float64)
+
+    def _pack(self) -> np.ndarray:
         n, n_in, n_par = len(self.opcodes), self.n_inputs, self.n_params
         n_out, n_guards = len(self.outputs), len(self.guards)
+        n_attrs, n_sub = len(self.attrs), len(self.subprograms)
+        nested = [sub.program._pack() for sub in self.subprograms]
         at_in = HEADER
         at_par = at_in + n_in
         at_out = at_par + n_par
         at_code = at_out + n_out
         at_guards = at_code + ROW * n
-        prog = np.empty(at_guards + GUARD * n_guards, dtype=np.int32)
+        at_attrs = at_guards + GUARD * n_guards
+        at_sub = at_attrs + n_attrs
+        at_nested = at_sub + SUBPROGRAM * n_sub
+        size = at_nested + sum(len(p) for p in nested)
+        if size > _MAX_INT32:
+            from ._validate import TapeFormatError
+
+            raise TapeFormatError(f"the packed program would have {size} ints; at most "
+                                  f"{_MAX_INT32} are supported")
+        prog = np.empty(size, dtype=np.int32)
         h = prog[:HEADER]
         h[N_SLOTS] = self.n_slots
         h[N_CONSTS] = self.n_consts
@@ -452,6 +505,8 @@ class Program:
         h[AT_INPUTS], h[AT_PARAMS], h[AT_OUTPUTS], h[AT_CODE] = at_in, at_par, at_out, at_code
         h[ROW_INTS] = ROW
         h[N_GUARDS], h[AT_GUARDS] = n_guards, at_guards
+        h[N_ATTRS], h[AT_ATTRS] = n_attrs, at_attrs
+        h[N_SUBPROGRAMS], h[AT_SUBPROGRAMS] = n_sub, at_sub
         prog[at_in:at_par] = self.inputs
         prog[at_par:at_out] = self.params
         prog[at_out:at_code] = self.outputs
@@ -461,52 +516,118 @@ class Program:
         code[:, ARG_A : ARG_A + MAX_ARITY] = self.args
         code[:, SIZE] = self.sizes
         code[:, STRIDE_A : STRIDE_A + MAX_ARITY] = self.strides
-        prog[at_guards:] = np.asarray(self.guards).ravel()
-        return prog, np.array(self.consts, dtype=np.float64)
+        code[:, ATTR] = self.attr_offsets
+        prog[at_guards:at_attrs] = np.asarray(self.guards).ravel()
+        prog[at_attrs:at_sub] = self.attrs
+        table = prog[at_sub:at_nested].reshape(n_sub, SUBPROGRAM)
+        at = at_nested
+        for j, (sub, p) in enumerate(zip(self.subprograms, nested, strict=True)):
+            table[j, SUB_AT], table[j, SUB_LEN], table[j, SUB_CONSTS] = at, len(p), sub.consts_at
+            prog[at : at + len(p)] = p
+            at += len(p)
+        return prog
 
     @classmethod
     def unpack(cls, prog: np.ndarray, consts: np.ndarray) -> Program:
         """Read a packed program back, validating everything a kernel relies on.
 
         Checks the array types, that the header describes the array's layout exactly
-        (:func:`check_layout`), the arrays themselves (``check_tape_arrays``: opcodes,
-        operand slots, guards), and that the slot numbering the header and rows state
-        is the canonical one.
+        (:func:`check_layout`, nested programs included), the arrays themselves
+        (``check_tape_arrays``: opcodes, operand slots, guards, attributes,
+        sub-programs), and that the slot numbering the header and rows state is the
+        canonical one, recursively.
 
         Raises
         ------
         TapeFormatError
             Naming the first problem found.
         """
-        # _validate reads this module's constants, so it is imported when first needed.
-        from ._validate import TapeFormatError, check_tape_arrays
-
         check_layout(prog, consts)
-        code = code_of(prog)
-        p = check_tape_arrays(
-            code[:, OPCODE], code[:, ARG_A : ARG_A + MAX_ARITY], consts, inputs_of(prog),
-            params_of(prog), outputs_of(prog), guards_of(prog), code[:, SIZE],
-            code[:, STRIDE_A : STRIDE_A + MAX_ARITY],
-        )
-        if (not np.array_equal(p.results, code[:, RESULT]) or prog[N_SLOTS] != p.n_slots
-                or prog[FIRST_ADJOINT] != p.first_adjoint):
-            raise TapeFormatError("the packed program's slot numbering is inconsistent")
-        return p
+        return _read(np.asarray(prog), np.asarray(consts))
+
+    @classmethod
+    def unpack_v1(cls, prog: np.ndarray, consts: np.ndarray) -> Program:
+        """Read a packed program of format version 1 (a header of 14 fields, rows of 9
+        ints, no attributes or sub-programs), validating it as :meth:`unpack` does.
+
+        Raises
+        ------
+        TapeFormatError
+            Naming the first problem found.
+        """
+        from ._validate import TapeFormatError
+
+        prog, consts = _check_types(prog, consts)
+        h = _header(prog, _V1_HEADER)
+        if h[AT_INPUTS] != _V1_HEADER or h[ROW_INTS] != _V1_ROW:
+            raise TapeFormatError("not a packed program of format version 1")
+        if _sections(h, _V1_HEADER, _V1_ROW) != prog.size:
+            raise TapeFormatError("the packed program's header does not match its layout")
+        _check_n_consts(h, consts)
+        at = int(h[AT_CODE])
+        code = prog[at : at + _V1_ROW * int(h[N_INSTR])].reshape(-1, _V1_ROW)
+        return _checked(prog, code, consts, None, ())
 
 
-def check_layout(prog: np.ndarray, consts: np.ndarray) -> None:
-    """Check a packed program's types and that its header describes its layout.
+#: Ints of a packed program at most (its offsets are int32).
+_MAX_INT32 = 2**31 - 1
+#: Header fields and row ints of format version 1.
+_V1_HEADER = 14
+_V1_ROW = 9
 
-    ``prog`` must be a 1-D C-contiguous ``int32`` array whose sections follow the header
-    in order with no gap, its rows of ``ROW`` ints; ``consts`` a 1-D C-contiguous
-    ``float64`` array of ``N_CONSTS`` values. What the sections hold is checked by
-    :meth:`Program.unpack`.
 
-    Raises
-    ------
-    TapeFormatError
-        On any mismatch.
-    """
+def is_version_1(prog: np.ndarray) -> bool:
+    """Whether ``prog`` claims to be a packed program of format version 1 (whose
+    ``AT_INPUTS`` is its header's length, 14, and ``ROW_INTS`` 9)."""
+    prog = np.asarray(prog)
+    return (prog.ndim == 1 and prog.dtype.kind in "iu" and prog.size >= _V1_HEADER
+            and int(prog[AT_INPUTS]) == _V1_HEADER and int(prog[ROW_INTS]) == _V1_ROW)
+
+
+def upgrade(prog: np.ndarray, consts: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """``prog, consts`` as they are, or converted to this format version (new arrays,
+    validated) when ``prog`` is of format version 1."""
+    if is_version_1(prog):
+        return Program.unpack_v1(prog, consts).pack()
+    return prog, consts
+
+
+def _read(prog: np.ndarray, consts: np.ndarray) -> Program:
+    """The program of a packed array whose layout :func:`check_layout` accepted,
+    validated (nested programs first)."""
+    from ._validate import TapeFormatError
+
+    subs = []
+    for j, (at, length, c) in enumerate(subprograms_of(prog).astype(np.int64)):
+        nested = prog[at : at + length]
+        try:
+            p = _read(nested, consts[c : c + int(nested[N_CONSTS])])
+        except TapeFormatError as exc:
+            raise TapeFormatError(f"sub-program {j}: {exc}") from None
+        subs.append(Subprogram(p, int(c)))
+    return _checked(prog, code_of(prog), consts, attrs_of(prog), tuple(subs))
+
+
+def _checked(prog: np.ndarray, code: np.ndarray, consts: np.ndarray,
+             attrs: np.ndarray | None, subs: tuple[Subprogram, ...]) -> Program:
+    """``check_tape_arrays`` of a packed program's sections (rows ``code``), and its
+    slot numbering."""
+    # _validate reads this module's constants, so it is imported when first needed.
+    from ._validate import TapeFormatError, check_tape_arrays
+
+    p = check_tape_arrays(
+        code[:, OPCODE], code[:, ARG_A : ARG_A + MAX_ARITY], consts, inputs_of(prog),
+        params_of(prog), outputs_of(prog), guards_of(prog), code[:, SIZE],
+        code[:, STRIDE_A : STRIDE_A + MAX_ARITY],
+        attrs=attrs, attr_at=None if attrs is None else code[:, ATTR], subprograms=subs,
+    )
+    if (not np.array_equal(p.results, code[:, RESULT]) or prog[N_SLOTS] != p.n_slots
+            or prog[FIRST_ADJOINT] != p.first_adjoint):
+        raise TapeFormatError("the packed program's slot numbering is inconsistent")
+    return p
+
+
+def _check_types(prog: np.ndarray, consts: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     from ._validate import TapeFormatError
 
     prog = np.asarray(prog)
@@ -515,24 +636,87 @@ def check_layout(prog: np.ndarray, consts: np.ndarray) -> None:
         raise TapeFormatError("a packed program must be a 1-D C-contiguous int32 array")
     if consts.dtype != np.float64 or consts.ndim != 1 or not consts.flags.c_contiguous:
         raise TapeFormatError("constants must be a 1-D C-contiguous float64 array")
-    if prog.size < HEADER:
-        raise TapeFormatError(f"a packed program has at least {HEADER} header fields")
-    h = prog[:HEADER].astype(np.int64)
+    return prog, consts
+
+
+def _header(prog: np.ndarray, fields: int) -> np.ndarray:
+    """The first ``fields`` ints of ``prog`` as int64, all non-negative."""
+    from ._validate import TapeFormatError
+
+    if prog.size < fields:
+        raise TapeFormatError(f"a packed program has at least {fields} header fields")
+    h = prog[:fields].astype(np.int64)
     if h.min() < 0:
         raise TapeFormatError("the packed program's header has a negative field")
-    if h[ROW_INTS] != ROW:
-        raise TapeFormatError(f"the packed program has rows of {h[ROW_INTS]} ints; this "
-                              f"tapejit version reads rows of {ROW}")
+    return h
+
+
+def _sections(h: np.ndarray, header: int, row: int) -> int:
+    """The end of the guard section, after checking that the sections up to it follow
+    the header in order with no gap (``-1`` when they do not)."""
     expect = {  # each section directly after the one before
-        AT_INPUTS: HEADER,
+        AT_INPUTS: header,
         AT_PARAMS: h[AT_INPUTS] + h[N_INPUTS],
         AT_OUTPUTS: h[AT_PARAMS] + h[N_PARAMS],
         AT_CODE: h[AT_OUTPUTS] + h[N_OUTPUTS],
-        AT_GUARDS: h[AT_CODE] + ROW * h[N_INSTR],
+        AT_GUARDS: h[AT_CODE] + row * h[N_INSTR],
     }
-    end = h[AT_GUARDS] + GUARD * h[N_GUARDS]
-    if any(h[at] != want for at, want in expect.items()) or end != prog.size:
-        raise TapeFormatError("the packed program's header does not match its layout")
+    if any(h[at] != want for at, want in expect.items()):
+        return -1
+    return int(h[AT_GUARDS] + GUARD * h[N_GUARDS])
+
+
+def _check_n_consts(h: np.ndarray, consts: np.ndarray) -> None:
+    from ._validate import TapeFormatError
+
     if h[N_CONSTS] != consts.size:
         raise TapeFormatError(f"the program expects {h[N_CONSTS]} constants, got "
                               f"{consts.size}")
+
+
+def check_layout(prog: np.ndarray, consts: np.ndarray, depth: int = 0) -> None:
+    """Check a packed program's types and that its header describes its layout.
+
+    ``prog`` must be a 1-D C-contiguous ``int32`` array whose sections follow the header
+    in order with no gap, its rows of ``ROW`` ints, its nested programs (laid out the
+    same way, at most :data:`MAX_NESTING` deep) one after the other in table order to the
+    array's end; ``consts`` a 1-D C-contiguous ``float64`` array of ``N_CONSTS`` values,
+    each nested program's constants a range of it. What the sections hold is checked
+    by :meth:`Program.unpack`.
+
+    Raises
+    ------
+    TapeFormatError
+        On any mismatch.
+    """
+    from ._validate import TapeFormatError
+
+    prog, consts = _check_types(prog, consts)
+    h = _header(prog, HEADER)
+    if h[ROW_INTS] != ROW:
+        raise TapeFormatError(f"the packed program has rows of {h[ROW_INTS]} ints; this "
+                              f"tapejit version reads rows of {ROW}")
+    table_end = h[AT_SUBPROGRAMS] + SUBPROGRAM * h[N_SUBPROGRAMS]
+    guards_end = _sections(h, HEADER, ROW)
+    if (guards_end < 0 or h[AT_ATTRS] != guards_end
+            or h[AT_SUBPROGRAMS] != h[AT_ATTRS] + h[N_ATTRS] or table_end > prog.size):
+        raise TapeFormatError("the packed program's header does not match its layout")
+    _check_n_consts(h, consts)
+    table = subprograms_of(prog).astype(np.int64)
+    if len(table) and depth >= MAX_NESTING:
+        raise TapeFormatError(f"sub-programs nest more than {MAX_NESTING} deep")
+    at = table_end
+    for j, (sub_at, length, _) in enumerate(table):
+        if sub_at != at or length < HEADER or sub_at + length > prog.size:
+            raise TapeFormatError(f"sub-program {j} is not where the program's layout "
+                                  f"puts it (at {at}, at least {HEADER} ints)")
+        at += length
+    if at != prog.size:
+        raise TapeFormatError("the packed program's header does not match its layout")
+    for j, (sub_at, length, c) in enumerate(table):
+        nested = prog[sub_at : sub_at + length]
+        n = _header(nested, HEADER)[N_CONSTS]
+        if c < 0 or c + n > consts.size:
+            raise TapeFormatError(f"sub-program {j}: its constants {c}..{c + n - 1} are "
+                                  f"outside the pool of {consts.size}")
+        check_layout(nested, consts[c : c + n], depth + 1)

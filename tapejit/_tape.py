@@ -7,17 +7,11 @@ Slot layout (one float64 row per slot in a sweep's workspace)::
                                         receives adjoints
 
 All integer data lives in one packed int32 *program* handed to the kernels in a single
-argument (fewer arguments make the per-call dispatch cheaper)::
-
-    prog[0:14]  header: n_slots, n_consts, nd, n_inputs, n_params, n_outputs, n_instr,
-                offset of inputs, offset of params, offset of outputs, offset of code,
-                ints per instruction (9), n_guards, offset of guards
-    inputs, params, outputs   slot indices
-    code        n_instr rows of (opcode, first result slot, first slots of operands a,
-                b, c, size, slot strides of a, b, c): an instruction applies its op to
-                ``size`` elements (1: scalar; more: a block), element e reading
-                ``a + e * stride_a`` ... and writing ``result + e``
-    guards      n_guards pairs (slot of a comparison, outcome 0/1 seen when recording)
+argument (fewer arguments make the per-call dispatch cheaper): a header of named fields,
+then the input, parameter and output slots, the instruction rows (opcode, first result
+slot, first slots and slot strides of operands a, b, c, size, attribute offset), the
+guards, and the sections of instruction families (attributes, sub-programs). The layout
+and every field's name are in :mod:`tapejit._program`.
 
 A *guard* records a Python branch taken on a traced value while recording (``if x > 0``);
 every evaluation checks every guard at every point, and a point where one fails is never
@@ -61,7 +55,12 @@ from ._ops import BY_CODE
 from ._program import (
     ARG_A,
     MAX_ARITY,
+    N_GUARDS,
+    N_INPUTS,
     N_INSTR,
+    N_OUTPUTS,
+    N_PARAMS,
+    N_SLOTS,
     OPCODE,
     RESULT,
     SIZE,
@@ -72,8 +71,9 @@ from ._program import (
     inputs_of,
     outputs_of,
     params_of,
+    upgrade,
 )
-from ._validate import check_tape_arrays
+from ._validate import check_runnable, check_tape_arrays
 
 _F64 = np.dtype(np.float64)
 _EMPTY2 = np.zeros((1, 0))
@@ -212,6 +212,7 @@ class Tape:
         variant of the kernels it uses.
         """
         global _K
+        check_runnable(prog)
         if _K is None:
             _K = kernels()
         own = prog.flags.owndata and consts.flags.owndata
@@ -224,8 +225,9 @@ class Tape:
         self._consts = consts
         if self._kernel_prog is None or self._kernel_consts is None:
             self._kernel_prog, self._kernel_consts = prog, consts
-        n_slots, n_in, n_par, n_out = (int(v) for v in prog[[0, 3, 4, 5]])
-        self._n_guards = int(prog[12])
+        n_slots, n_in, n_par, n_out = (int(prog[f]) for f in (N_SLOTS, N_INPUTS, N_PARAMS,
+                                                              N_OUTPUTS))
+        self._n_guards = int(prog[N_GUARDS])
         self._n_slots = n_slots
         self._n_in, self._n_par, self._n_out = n_in, n_par, n_out
         self._chunk = chunk_of(n_slots)
@@ -250,9 +252,10 @@ class Tape:
 
         The program is decoded and fully validated first (``Program.unpack``); it must be
         a C-contiguous int32 array and is used as it is (through a read-only view), so the
-        caller must not modify it afterwards.
+        caller must not modify it afterwards. A program of format version 1 (pickled or
+        shared by an earlier tapejit) is converted: the tape then holds a new copy.
         """
-        prog, consts = np.asarray(prog), np.asarray(consts)
+        prog, consts = upgrade(np.asarray(prog), np.asarray(consts))
         Program.unpack(prog, consts)
         tape = cls.__new__(cls)
         tape._adopt(prog, consts, tuple(map(tuple, input_shapes)),

@@ -12,21 +12,29 @@ import numpy as np
 
 from ._ops import BY_CODE
 from ._program import (
-    ARITY,
+    FAMILIES,
     FIRST_FAMILY,
     GUARD,
     GUARD_OUTCOME,
     GUARD_SLOT,
     LAST_OPCODE,
     MAX_ARITY,
+    MAX_NESTING,
+    N_INSTR,
+    OPCODE,
     Program,
+    Subprogram,
+    arities,
+    code_of,
     unknown_family,
 )
 
 _MAX_SLOTS = 2**31 - 2
+#: Opcodes of the op table.
+_ELEMENTWISE = np.zeros(LAST_OPCODE + 1, dtype=bool)
+_ELEMENTWISE[list(BY_CODE)] = True
 #: Opcodes the kernels dispatch on: the op table's (no instruction family yet).
-_KNOWN = np.zeros(LAST_OPCODE + 1, dtype=bool)
-_KNOWN[list(BY_CODE)] = True
+_RUNNABLE = _ELEMENTWISE
 
 
 class TapeFormatError(ValueError):
@@ -55,6 +63,11 @@ def check_tape_arrays(
     guards: object = None,
     sizes: object = None,
     strides: object = None,
+    *,
+    attrs: object = None,
+    attr_at: object = None,
+    subprograms: tuple[Subprogram, ...] = (),
+    depth: int = 0,
 ) -> Program:
     """Check the arrays of a tape and return them as a :class:`~tapejit._program.Program`
     (``int64`` / ``float64`` arrays).
@@ -68,6 +81,14 @@ def check_tape_arrays(
     operand columns (beyond the op's arity) are 0 with stride 0. ``guards``
     (``(n_guards, 2)``) pair a result slot with the outcome 0 or 1 it had when recorded;
     a repeated guard is dropped (the first of each is kept, in order).
+
+    Instruction families (opcodes in ``_program.FAMILIES``) read ``len(family.attrs)``
+    ints of ``attrs`` from their ``attr_at`` offset; elementwise instructions have
+    ``attr_at`` 0, and every attribute is read by some family instruction.
+    ``subprograms`` (:class:`~tapejit._program.Subprogram`) are checked the same way,
+    recursively (at most ``MAX_NESTING`` deep, ``depth`` being this program's level);
+    their constants must be the range of ``consts`` their entry names, and each must be
+    named by some family instruction's ``bodies`` attribute.
 
     Returns
     -------
@@ -110,14 +131,16 @@ def check_tape_arrays(
     if not np.array_equal(inp, nc + n_par + np.arange(n_in)):
         raise TapeFormatError(f"inputs must be the slots {nc + n_par}..{n_fixed - 1}")
     bad = (ops < 0) | (ops > LAST_OPCODE)
-    bad[~bad] = ~_KNOWN[ops[~bad]]
+    bad[~bad] = ~_ELEMENTWISE[ops[~bad]]
+    if FAMILIES and bad.any():
+        bad &= ~np.isin(ops, list(FAMILIES))
     if bad.any():
         i = int(np.argmax(bad))
         op = int(ops[i])
         raise TapeFormatError(f"instruction {i}: " + (
             unknown_family(op) if FIRST_FAMILY <= op <= LAST_OPCODE else f"unknown opcode {op}"
         ))
-    used = np.arange(MAX_ARITY)[None, :] < ARITY[ops][:, None]
+    used = np.arange(MAX_ARITY)[None, :] < arities(ops)[:, None]
     res = n_fixed + np.concatenate([[0], np.cumsum(size)[:-1]]).astype(np.int64) if n else (
         np.zeros(0, np.int64)
     )
@@ -127,7 +150,7 @@ def check_tape_arrays(
     if bad_arg.any():
         i, j = (int(v) for v in np.argwhere(bad_arg)[0])
         raise TapeFormatError(
-            f"instruction {i} ({BY_CODE[int(ops[i])].name}): operand {j} reads slots "
+            f"instruction {i} ({_name(int(ops[i]))}): operand {j} reads slots "
             f"{int(lo[i, j])}..{int(hi[i, j])}, expected slots in 0..{int(res[i]) - 1} "
             "(earlier nodes)"
         )
@@ -153,5 +176,130 @@ def check_tape_arrays(
         _, first = np.unique(grd, axis=0, return_index=True)
         if len(first) < len(grd):
             grd = grd[np.sort(first)]
+    att, at = _check_attrs(ops, attrs, attr_at)
+    subs = _check_subprograms(ops, att, at, cst, subprograms, depth)
     return Program(opcodes=ops, args=arg, sizes=size, strides=stride, consts=cst,
-                   n_params=n_par, n_inputs=n_in, outputs=out, guards=grd)
+                   n_params=n_par, n_inputs=n_in, outputs=out, guards=grd, attrs=att,
+                   attr_at=at, subprograms=subs)
+
+
+def _name(opcode: int) -> str:
+    return BY_CODE[opcode].name if opcode in BY_CODE else FAMILIES[opcode].name
+
+
+def _family_attrs(ops: np.ndarray, at: np.ndarray):
+    """Per family present: its instructions and their ``(m, len(attrs))`` attribute
+    index ranges (not yet checked to be inside ``attrs``)."""
+    for code, family in FAMILIES.items():
+        (which,) = np.nonzero(ops == code)
+        if which.size:
+            yield family, which, at[which][:, None] + np.arange(len(family.attrs))
+
+
+def _check_attrs(ops: np.ndarray, attrs: object, attr_at: object,
+                 ) -> tuple[np.ndarray, np.ndarray]:
+    """The attribute section and offsets, checked against the instructions."""
+    n = len(ops)
+    att = np.zeros(0, np.int64) if attrs is None else _int_array("attrs", attrs, 1)
+    at = np.zeros(n, np.int64) if attr_at is None else _int_array("attr_at", attr_at, 1)
+    if at.shape != (n,):
+        raise TapeFormatError(f"attr_at must have shape ({n},) for {n} opcodes; "
+                              f"got {at.shape}")
+    if ((att < -(2**31)) | (att >= 2**31)).any():
+        raise TapeFormatError("attributes must fit int32")
+    bad = (ops < FIRST_FAMILY) & (at != 0)
+    if bad.any():
+        i = int(np.argmax(bad))
+        raise TapeFormatError(f"instruction {i} ({_name(int(ops[i]))}) is elementwise: "
+                              f"its attribute offset must be 0, got {int(at[i])}")
+    read = np.zeros(len(att), bool)
+    for family, which, idx in _family_attrs(ops, at):
+        outside = (idx < 0) | (idx >= len(att))
+        if outside.any():
+            i = int(which[np.argmax(outside.any(axis=1))])
+            raise TapeFormatError(
+                f"instruction {i} ({family.name}): its {len(family.attrs)} attributes at "
+                f"{int(at[i])} are outside the {len(att)} of the attribute section")
+        read[idx.ravel()] = True
+        if family.check is not None:
+            invalid = np.asarray(family.check(att[idx]), dtype=bool)
+            if invalid.any():
+                i = int(which[np.argmax(invalid)])
+                values = dict(zip(family.attrs, att[idx[np.argmax(invalid)]].tolist(),
+                                  strict=True))
+                raise TapeFormatError(f"instruction {i} ({family.name}): invalid "
+                                      f"attributes {values}")
+    if not read.all():
+        k = int(np.argmax(~read))
+        raise TapeFormatError(f"attribute {k} is read by no instruction")
+    return att, at
+
+
+def _check_subprograms(ops: np.ndarray, att: np.ndarray, at: np.ndarray, cst: np.ndarray,
+                       subprograms: tuple[Subprogram, ...], depth: int,
+                       ) -> tuple[Subprogram, ...]:
+    """The sub-programs, each checked (recursively) and named by some instruction."""
+    subs = tuple(subprograms)
+    if subs and depth >= MAX_NESTING:
+        raise TapeFormatError(f"sub-programs nest more than {MAX_NESTING} deep")
+    named = np.zeros(len(subs), bool)
+    for family, which, idx in _family_attrs(ops, at):
+        for body in family.bodies:
+            j = att[idx[:, family.attrs.index(body)]]
+            outside = (j < 0) | (j >= len(subs))
+            if outside.any():
+                i = int(which[np.argmax(outside)])
+                raise TapeFormatError(
+                    f"instruction {i} ({family.name}): its {body} names sub-program "
+                    f"{int(j[np.argmax(outside)])}; the program has {len(subs)}")
+            named[j] = True
+    if not named.all():
+        raise TapeFormatError(f"sub-program {int(np.argmax(~named))} is run by no "
+                              "instruction")
+    out = []
+    for j, sub in enumerate(subs):
+        if not isinstance(sub, Subprogram) or not isinstance(sub.program, Program):
+            raise TapeFormatError(f"sub-program {j} must be a Subprogram(program, "
+                                  "consts_at)")
+        c, p = int(sub.consts_at), sub.program
+        nc = len(p.consts)
+        if c < 0 or c + nc > len(cst):
+            raise TapeFormatError(f"sub-program {j}: its constants {c}..{c + nc - 1} are "
+                                  f"outside the pool of {len(cst)}")
+        mine = cst[c : c + nc]
+        if not np.array_equal(np.asarray(p.consts, np.float64).view(np.int64),
+                              mine.view(np.int64)):
+            raise TapeFormatError(f"sub-program {j}: its constants are not those at "
+                                  f"{c} of the enclosing pool")
+        try:
+            checked = check_tape_arrays(
+                p.opcodes, p.args, mine, p.inputs, p.params, p.outputs, p.guards, p.sizes,
+                p.strides, attrs=p.attrs, attr_at=p.attr_at, subprograms=p.subprograms,
+                depth=depth + 1)
+        except TapeFormatError as exc:
+            raise TapeFormatError(f"sub-program {j}: {exc}") from None
+        out.append(Subprogram(checked, c))
+    return tuple(out)
+
+
+def check_runnable(prog: np.ndarray) -> None:
+    """Check that the kernels dispatch on every opcode of a valid packed program.
+
+    Validation accepts the instruction families of ``_program.FAMILIES``; the kernels
+    of this version run none, so a :class:`~tapejit.Tape` refuses them here, where a
+    program is handed to the kernels.
+
+    Raises
+    ------
+    TapeFormatError
+        Naming the first instruction no kernel runs.
+    """
+    if not int(prog[N_INSTR]):
+        return
+    ops = code_of(prog)[:, OPCODE]
+    bad = ~_RUNNABLE[ops]
+    if bad.any():
+        i = int(np.argmax(bad))
+        op = int(ops[i])
+        raise TapeFormatError(f"instruction {i}: no kernel of this tapejit version runs "
+                              f"instruction family {_name(op)} (opcode {op})")

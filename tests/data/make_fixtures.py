@@ -13,14 +13,14 @@ purpose.
 longer can: it carries one fingerprint of that whole op table, and loads because the
 fingerprint is listed in ``tapejit._ops.COMPATIBLE_FINGERPRINTS``.
 
-``tape_v1.pickle`` is the same tape pickled (``Tape.__reduce__``: the packed program of
-format version 1, header of 14 fields, rows of 9 ints). Pickles made by earlier versions
-must keep loading: a later program layout has to recognize and convert this one.
+``tape_v1.pickle`` is the same tape pickled (``Tape.__reduce__``) by an earlier tapejit:
+the packed program of format version 1 (header of 14 fields, rows of 9 ints), which
+``tapejit._program.upgrade`` recognizes and converts. Pickles made by earlier versions must
+keep loading; this script writes today's format, so do not regenerate this file.
 """
 
 from __future__ import annotations
 
-import pickle
 import sys
 from pathlib import Path
 
@@ -50,12 +50,5 @@ def make_v2(path: Path = HERE / "tape_v2.npz") -> Path:
     return path
 
 
-def make_pickle_v1(path: Path = HERE / "tape_v1.pickle") -> Path:
-    tape = tapejit.record(fixture, np.array([2.0, 5.0]), np.array([3.0]), argnums=0)
-    path.write_bytes(pickle.dumps(tape, protocol=4))
-    return path
-
-
 if __name__ == "__main__":
     print(make_v2())
-    print(make_pickle_v1())
