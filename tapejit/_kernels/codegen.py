@@ -737,8 +737,7 @@ def kernel_code(op: str, sweep: str) -> str:
                  "value": f"the value of {'the result' if ps.operand == 'r' else ps.operand}"
                           f" times {ps.factor!r}"}[ps.kind]
         lines.append(f"#   d/d{'abc'[k]} = {the_op.partials[k]}: {where}")
-    helpers = (("_back_rows", "_partial_value", "_gain_constant", "_gain_scaled")
-               if sweep == "reverse" else
-               ("_back_point", "_back_point_block", "_partial_value", "_scale", "_back_block"))
+    helpers = (() if sweep == "reverse" else
+               ("_scale", "_back_block", "_gain_constant", "_gain_times", "_gain_scaled"))
     text = "\n".join(lines) + "\n\n" + _function_source(how, function)
     return text + "".join("\n" + _function_source(how, h) for h in helpers)

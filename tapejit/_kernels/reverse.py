@@ -96,21 +96,6 @@ def _gain_scaled(ga, gr, dc, dk, n, new):
             ga[e] += _azmul(gr[e], dc * dk[e])
 
 
-@njit(cache=True, nogil=True, inline="always")
-def _partial_value(W, D, src, dq, ja, jb, jc, jr):
-    # The stored partial D[dq], or the workspace value (operand or result) src names:
-    # a float for one point, a row of points for a chunk.
-    if src == SRC_STORED:
-        return D[dq]
-    if src == SRC_A:
-        return W[ja]
-    if src == SRC_B:
-        return W[jb]
-    if src == SRC_C:
-        return W[jc]
-    return W[jr]
-
-
 @njit(cache=True, nogil=True)
 def _scale(g, dc):
     # A constant partial; +-1 (add, sub, neg) is a plain add, as in the batched sweep.
@@ -159,24 +144,12 @@ def _back_block(A, W, D, gr, i0, s0, n, nd, src, dc, base, j0, sj, new):
             A[j] = (0.0 if new else A[j]) + v
 
 
-@njit(cache=True, nogil=True, inline="always")
-def _back_rows(A, W, D, gr, j, k, op, fl, nd, q, ja, jb, jc, jr, m):
-    # Operand k (slot j) of one element of an instruction, for the m points of a chunk.
-    src = _PSRC[MAX_ARITY * op + k]
-    if src != SRC_ZERO and j >= nd and not (fl >> (PLAN_FORWARD + k)) & 1:
-        ga = A[j]
-        new = (fl >> (PLAN_ASSIGN + k)) & 1
-        dc = _PCONST[MAX_ARITY * op + k]  # the constant, or a factor: 1.0, or 2.0 (square)
-        if src == SRC_CONST:
-            _gain_constant(ga, gr, dc, m, new)
-        else:
-            _gain_scaled(ga, gr, dc, _partial_value(W, D, src, q + k, ja, jb, jc, jr), m, new)
-
-
 @njit(cache=True, nogil=True)
 def reverse_stored_chunk(prog, R, W, A, D, m):
     # After forward_partials_chunk: D[MAX_ARITY * (s - nf) + k] holds the stored partial
     # of result slot s with respect to its operand k.
+    # The operand loop is written out here rather than in helpers inlined by Numba:
+    # IR-inlined helpers taking arrays made both reverse sweeps slower (docs: performance).
     nd = prog[FIRST_ADJOINT]
     nf = prog[FIRST_ADJOINT] + prog[N_INPUTS]
     go = _plan_slots(prog, R)
@@ -200,39 +173,52 @@ def reverse_stored_chunk(prog, R, W, A, D, m):
             ja = ia + e * sa
             jb = ib + e * sb
             jc = ic + e * sc
-            _back_rows(A, W, D, gr, ja, 0, op, fl, nd, q, ja, jb, jc, jr, m)
-            _back_rows(A, W, D, gr, jb, 1, op, fl, nd, q, ja, jb, jc, jr, m)
-            _back_rows(A, W, D, gr, jc, 2, op, fl, nd, q, ja, jb, jc, jr, m)
-
-
-@njit(cache=True, nogil=True, inline="always")
-def _back_point(A, W, D, g, j, k, op, fl, nd, q, ia, ib, ic, ir):
-    # Operand k (slot j) of a scalar instruction at one point.
-    src = _PSRC[MAX_ARITY * op + k]
-    if src != SRC_ZERO and j >= nd and not (fl >> (PLAN_FORWARD + k)) & 1:
-        if src == SRC_CONST:
-            d = _scale(g, _PCONST[MAX_ARITY * op + k])
-        else:
-            d = _partial_value(W, D, src, q + _PIDX[MAX_ARITY * op + k], ia, ib, ic, ir)
-            d = _azmul(g, _PCONST[MAX_ARITY * op + k] * d)
-        A[j] = (0.0 if (fl >> (PLAN_ASSIGN + k)) & 1 else A[j]) + d
-
-
-@njit(cache=True, nogil=True, inline="always")
-def _back_point_block(A, W, D, gr, i0, s0, k, op, fl, q, n, nd, ia, ib, ic, ir, sa, sb, sc):
-    # Operand k (slots i0 + e * s0) of a block instruction at one point.
-    src = _PSRC[MAX_ARITY * op + k]
-    if src != SRC_ZERO and not (fl >> (PLAN_FORWARD + k)) & 1:
-        if src == SRC_A:
-            j0, sj = ia, sa
-        elif src == SRC_B:
-            j0, sj = ib, sb
-        elif src == SRC_C:
-            j0, sj = ic, sc
-        else:
-            j0, sj = ir, 1
-        _back_block(A, W, D, gr, i0, s0, n, nd, src, _PCONST[MAX_ARITY * op + k],
-                    q + _PIDX[MAX_ARITY * op + k] * n, j0, sj, (fl >> (PLAN_ASSIGN + k)) & 1)
+            for k in range(MAX_ARITY):
+                j = ja if k == 0 else (jb if k == 1 else jc)
+                src = _PSRC[MAX_ARITY * op + k]
+                if src == SRC_ZERO or j < nd or (fl >> (PLAN_FORWARD + k)) & 1:
+                    continue
+                ga = A[j]
+                new = (fl >> (PLAN_ASSIGN + k)) & 1
+                dc = _PCONST[MAX_ARITY * op + k]  # the constant, or a factor (2.0: square)
+                if src == SRC_CONST and dc == 1.0:
+                    if new:
+                        for p in range(m):
+                            ga[p] = 0.0 + gr[p]
+                    else:
+                        for p in range(m):
+                            ga[p] += gr[p]
+                elif src == SRC_CONST and dc == -1.0:
+                    if new:
+                        for p in range(m):
+                            ga[p] = 0.0 + -gr[p]
+                    else:
+                        for p in range(m):
+                            ga[p] += -gr[p]
+                elif src == SRC_CONST:
+                    if new:
+                        for p in range(m):
+                            ga[p] = 0.0 + _azmul(gr[p], dc)
+                    else:
+                        for p in range(m):
+                            ga[p] += _azmul(gr[p], dc)
+                else:
+                    if src == SRC_STORED:
+                        dk = D[q + k]
+                    elif src == SRC_A:
+                        dk = W[ja]
+                    elif src == SRC_B:
+                        dk = W[jb]
+                    elif src == SRC_C:
+                        dk = W[jc]
+                    else:
+                        dk = W[jr]
+                    if new:
+                        for p in range(m):
+                            ga[p] = 0.0 + _azmul(gr[p], dc * dk[p])
+                    else:
+                        for p in range(m):
+                            ga[p] += _azmul(gr[p], dc * dk[p])
 
 
 @njit(cache=True, nogil=True)
@@ -261,14 +247,39 @@ def reverse_stored_point_sweep(prog, R, W, A, D, q):
             g = A[g0]
             if g == 0.0 and fl == 0:
                 continue
-            _back_point(A, W, D, g, ia, 0, op, fl, nd, q, ia, ib, ic, ir)
-            _back_point(A, W, D, g, ib, 1, op, fl, nd, q, ia, ib, ic, ir)
-            _back_point(A, W, D, g, ic, 2, op, fl, nd, q, ia, ib, ic, ir)
+            for k in range(MAX_ARITY):
+                j = ia if k == 0 else (ib if k == 1 else ic)
+                src = _PSRC[MAX_ARITY * op + k]
+                if src != SRC_ZERO and j >= nd and not (fl >> (PLAN_FORWARD + k)) & 1:
+                    if src == SRC_CONST:
+                        d = _scale(g, _PCONST[MAX_ARITY * op + k])
+                    else:
+                        if src == SRC_STORED:
+                            d = D[q + _PIDX[MAX_ARITY * op + k]]
+                        elif src == SRC_A:
+                            d = W[ia]
+                        elif src == SRC_B:
+                            d = W[ib]
+                        elif src == SRC_C:
+                            d = W[ic]
+                        else:
+                            d = W[ir]
+                        d = _azmul(g, _PCONST[MAX_ARITY * op + k] * d)
+                    A[j] = (0.0 if (fl >> (PLAN_ASSIGN + k)) & 1 else A[j]) + d
         else:
             gr = A[g0 : g0 + n]
-            _back_point_block(A, W, D, gr, ia, sa, 0, op, fl, q, n, nd, ia, ib, ic, ir,
-                              sa, sb, sc)
-            _back_point_block(A, W, D, gr, ib, sb, 1, op, fl, q, n, nd, ia, ib, ic, ir,
-                              sa, sb, sc)
-            _back_point_block(A, W, D, gr, ic, sc, 2, op, fl, q, n, nd, ia, ib, ic, ir,
-                              sa, sb, sc)
+            for k in range(MAX_ARITY):
+                src = _PSRC[MAX_ARITY * op + k]
+                if src != SRC_ZERO and not (fl >> (PLAN_FORWARD + k)) & 1:
+                    if src == SRC_A:
+                        j0, sj = ia, sa
+                    elif src == SRC_B:
+                        j0, sj = ib, sb
+                    elif src == SRC_C:
+                        j0, sj = ic, sc
+                    else:
+                        j0, sj = ir, 1
+                    i0, s0 = (ia, sa) if k == 0 else ((ib, sb) if k == 1 else (ic, sc))
+                    _back_block(A, W, D, gr, i0, s0, n, nd, src, _PCONST[MAX_ARITY * op + k],
+                                q + _PIDX[MAX_ARITY * op + k] * n, j0, sj,
+                                (fl >> (PLAN_ASSIGN + k)) & 1)
