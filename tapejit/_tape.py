@@ -41,7 +41,9 @@ this module, each taking the tape:
   of the evaluation methods, for evaluators of their own (``Float32Tape``);
 * :func:`dask_in`, :func:`lazily`, :data:`PLAIN`: the Dask dispatch of the methods;
 * :func:`evaluate_keep_failed`: an evaluation method in the tape cache's guard mode
-  (``check="mask"``, failed points' results left as computed).
+  (``check="mask"``, failed points' results left as computed);
+* :func:`install_for_tests`: a test hook that replaces the derived programs (a plan that
+  zeroes every adjoint, the uncompacted forward program) and the batch chunk.
 
 The kernels themselves, the thread pool that runs batches and the chunk policy are in
 :mod:`tapejit._kernels.runtime`.
@@ -61,6 +63,7 @@ from ._program import (
     ARG_A,
     MAX_ARITY,
     N_INSTR,
+    N_SLOTS,
     OPCODE,
     RESULT,
     SIZE,
@@ -1181,6 +1184,24 @@ def evaluate_keep_failed(tape: Tape, method: str, x, *extra, params=None, **opti
     or ``"hessian"``; ``options``: the method's other keyword arguments (``mode=``)."""
     return _KEEPING[method](tape, x, *extra, params=params, check="mask", keep_failed=True,
                             **options)
+
+
+def install_for_tests(tape: Tape, *, plan: np.ndarray | None = None,
+                      forward_prog: np.ndarray | None = None, chunk: int | None = None) -> None:
+    """Test hook: make the tape use ``plan`` as its reverse plan, ``forward_prog`` as the
+    program of its forward and tangent sweeps (with :func:`chunk_of` its slot count) or
+    ``chunk`` points per task of its reverse batch sweeps (1: the point-by-point
+    driver), instead of what it derives; for tests and benchmarks that compare results
+    across derived programs. The kernels check a plan against its program, nothing
+    checks a forward program: pass ``_slot_reuse.compact`` of the tape's program (after
+    ``check_compact``) or :func:`kernel_arrays`' program."""
+    if plan is not None:
+        tape._rev = plan
+    if forward_prog is not None:
+        n_slots = int(forward_prog[N_SLOTS])
+        tape._fwd = (forward_prog, n_slots, chunk_of(n_slots))
+    if chunk is not None:
+        tape._chunk = chunk
 
 
 def _unpickle(prog, consts, input_shapes, output_shapes, name) -> Tape:

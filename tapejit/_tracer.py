@@ -306,6 +306,12 @@ def _check_key(key: Any) -> None:
             )
 
 
+def ids_of(t: Tracer) -> np.ndarray:
+    """The node ids of a tracer, an int array shaped like the traced array (negative ids
+    are constants of the recorder's pool)."""
+    return t._ids
+
+
 def recorder_of(values: Any) -> Recorder | None:
     """The recorder of the first tracer among ``values``; error if two recordings mix."""
     rec = None

@@ -39,8 +39,6 @@ from ._passes import guard_slice
 from ._record import normalize_argnums, record
 from ._tape import Tape, evaluate_keep_failed, require_one_output
 
-# The methods evaluate tapes with evaluate_keep_failed: a validity mask, and the values
-# of failed points left as computed (they are replaced by another tape's, never returned).
 #: Most tapes kept per function (all signatures and branches together).
 MAX_TAPES = 64
 #: A single call may record at most this many new branches before giving up.

@@ -24,6 +24,7 @@ import tapejit
 from tapejit import Tape
 from tapejit._ops import BY_NAME, COMMUTATIVE, OPS
 from tapejit._passes import BIT_COMMUTATIVE, PASSES, format_stats, optimize, stats
+from tapejit._tape import packed, reverse_plan
 
 PIPELINES = [("fold",), ("cse",), ("dce",), PASSES, ("dce", "cse", "fold", "dce")]
 _CONSTS = [0.0, -0.0, 1.0, 2.0, 0.5, -1.5, 3.0, np.inf, np.nan, 1e-300]
@@ -328,8 +329,8 @@ def test_stats_of_the_seed():
     assert (s["n_inputs"], s["n_params"], s["n_outputs"], s["n_consts"]) == (2, 0, 1, 0)
     assert s["n_slots"] == 7 and s["workspace_bytes_per_point"] == 56
     assert s["op_counts"] == {"log": 1, "mul": 1, "add": 1, "sin": 1, "sub": 1}
-    assert s["bytes"]["program"] == tape._prog.nbytes and s["bytes"]["consts"] == 0
-    assert s["bytes"]["derived"] == tape._plan().nbytes  # too short to compact
+    assert s["bytes"]["program"] == packed(tape)[0].nbytes and s["bytes"]["consts"] == 0
+    assert s["bytes"]["derived"] == reverse_plan(tape).nbytes  # too short to compact
     assert s["bytes"]["total"] == s["bytes"]["program"] + s["bytes"]["derived"]
     # x1, x2 live; then log (x1, x2, v0), mul (x1 dead after: x2, v0, v1), ...: at most 4
     assert s["peak_live"] == 4
