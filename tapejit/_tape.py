@@ -162,7 +162,9 @@ def lazily(tape, method: str, x, extra: tuple, params, out=None, **kwargs):
                "dask.array.store(lazy results, out) computes into them")
         raise ValueError(f"{method} got Dask arrays and out= buffers: with Dask arrays "
                          f"it returns lazy Dask arrays and fills no buffers; {how}")
-    from . import dask as lazy  # Dask is installed: one of the arguments is a collection
+    # lazy: Dask is optional (installed here: an argument is a collection), and
+    # tapejit.dask builds on Tape
+    from . import dask as lazy
 
     return getattr(lazy, method)(tape, x, *extra, params, **kwargs)
 
@@ -304,6 +306,7 @@ class Tape:
         >>> float(outer.forward(np.array([0.0, 0.5]))) == float(np.sin(1.0))
         True
         """
+        # lazy: the tracer machinery, needed only when called on traced values
         from ._compose import call_tape
 
         return call_tape(self, args, params)
@@ -477,6 +480,7 @@ class Tape:
         ----------
         path : str or path-like or binary file
         """
+        # lazy: _io builds and type-checks Tapes (an import circle at module level)
         from ._io import save_tape
 
         save_tape(self, path)
@@ -484,6 +488,7 @@ class Tape:
     def table(self, x, params=None, wrt: int | None = None, **kwargs) -> str:
         """The Wengert list at one point: each node's operation, value, forward tangent
         ``d v / d x[wrt]`` and reverse adjoint (see :func:`tapejit._show.table`)."""
+        # lazy: the display code (and its reference interpreter) loads when used
         from ._show import table
 
         return table(self, x, params, wrt, **kwargs)
@@ -504,6 +509,7 @@ class Tape:
 
     def stats(self) -> dict:
         """Op counts, instructions, slots, bytes and peak live values."""
+        # lazy: _passes builds new Tapes (an import circle at module level)
         from ._passes import stats
 
         return stats(self)
@@ -512,9 +518,10 @@ class Tape:
         """A new tape after constant folding, common-subexpression and dead-code
         elimination (each optional); results are bit-identical (see ``_passes``).
         With ``report=True`` also returns the per-pass instruction counts."""
-        from ._passes import optimize
+        # lazy: _passes builds new Tapes (an import circle at module level)
+        from ._passes import simplify
 
-        return optimize(self, passes, report=report)
+        return simplify(self, passes, report=report)
 
     def optimize(self, passes=("fold", "cse", "dce"), *, report: bool = False):
         """Deprecated spelling of :meth:`simplify` (removed in the next release; the
@@ -552,6 +559,7 @@ class Tape:
         if dt == _F64:
             return self
         if dt == np.float32:
+            # lazy: Float32Tape evaluates through this module's functions (a circle)
             from ._float32 import Float32Tape
 
             return Float32Tape(self)

@@ -143,11 +143,13 @@ class Tracer:
 
     # -- numpy protocols -----------------------------------------------------------------
     def __array_ufunc__(self, ufunc: np.ufunc, method: str, *inputs: Any, **kwargs: Any):
+        # lazy: _numpy_funcs builds on this module (an import circle)
         from ._numpy_funcs import apply_ufunc
 
         return apply_ufunc(self._rec, ufunc, method, inputs, kwargs)
 
     def __array_function__(self, func, types, args, kwargs):
+        # lazy: _numpy_funcs builds on this module (an import circle)
         from ._numpy_funcs import FUNCTIONS, unsupported
 
         impl = FUNCTIONS.get(func)
@@ -239,11 +241,13 @@ class Tracer:
         return logical("not", self)
 
     def __matmul__(self, o):
+        # lazy: _numpy_funcs builds on this module (an import circle)
         from ._numpy_funcs import matmul
 
         return matmul(self, o)
 
     def __rmatmul__(self, o):
+        # lazy: _numpy_funcs builds on this module (an import circle)
         from ._numpy_funcs import matmul
 
         return matmul(o, self)
@@ -331,6 +335,7 @@ def lift(rec: Recorder, value: Any) -> np.ndarray:
             raise TracingError("values from two different recordings were combined")
         return value._ids
     if isinstance(value, list | tuple) and any(isinstance(v, Tracer) for v in value):
+        # lazy: _numpy_funcs builds on this module (an import circle)
         from ._numpy_funcs import stack
 
         return stack(list(value))._ids
