@@ -47,7 +47,8 @@ def _simplify():
 def _random_program(n, seed=0, repeat=0.0, dead=0.0):
     """Constructor arguments of a valid random scalar tape: 4 inputs, 3 constants,
     ``n`` instructions over add/mul/sub/sin/exp/tanh reading recent slots. A fraction
-    ``repeat`` of instructions repeats an earlier one (operands of add/mul swapped);
+    ``repeat`` of instructions repeats an earlier one (operands swapped where the op
+    table says that gives the same bits: add, mul);
     roughly a fraction ``dead`` reaches no output."""
     ops_mod = _need("_ops")
     names = ["add", "mul", "sub", "sin", "tanh", "mul", "add"]
@@ -69,7 +70,8 @@ def _random_program(n, seed=0, repeat=0.0, dead=0.0):
         src = (rep * rng.random(len(rep))).astype(np.int64)  # an earlier instruction
         ops[rep] = ops[src]
         args[rep] = args[src]
-        swap = np.isin(ops[rep], [ops_mod.BY_NAME["add"].code, ops_mod.BY_NAME["mul"].code])
+        swappable = [op.code for op in ops_mod.OPS if ops_mod.SWAPPABLE in op.flags]
+        swap = np.isin(ops[rep], swappable)
         args[rep[swap], :2] = args[rep[swap]][:, [1, 0]]
     outputs = np.array([res[-1]])
     if dead:  # outputs only from a prefix of the program: the rest is dead
