@@ -82,7 +82,9 @@ class Float32Tape:
         self.tape = tape
 
     def __getattr__(self, name: str):
-        if name.startswith("__") or name == "tape":
+        # the tape's public attributes only: its internals are reached through the
+        # functions of _tape, given the tape itself
+        if name.startswith("_") or name == "tape":
             raise AttributeError(name)
         return getattr(self.tape, name)
 

@@ -14,7 +14,7 @@ import numpy as np
 from ._errors import TracingError
 from ._ops import BY_NAME
 from ._tape_builder import Recorder
-from ._tracer import UFUNC_OPS, Tracer, emit, lift, logical, power, recorder_of
+from ._tracer import UFUNC_OPS, Tracer, emit, ids_of, lift, logical, power, recorder_of
 
 FUNCTIONS: dict[Callable, Callable] = {}
 
@@ -158,7 +158,7 @@ def _min(x, axis=None, out=None, keepdims=False, **kw):
 @_implements(np.mean)
 def _mean(x, axis=None, dtype=None, out=None, keepdims=False, **kw):
     s = _sum(x, axis=axis, dtype=dtype, out=out, keepdims=keepdims, **kw)
-    n = np.size(lift(recorder_of([x]), x)) // max(np.size(s._ids), 1)
+    n = np.size(lift(recorder_of([x]), x)) // max(np.size(_ids(s)), 1)
     return emit("div", s, float(n))
 
 
@@ -272,7 +272,7 @@ def _clip(x, a_min=None, a_max=None, out=None, **kw):
 
 # -- shape manipulation ------------------------------------------------------------------
 def _ids(x: Any) -> np.ndarray:
-    return x._ids if isinstance(x, Tracer) else np.asarray(x)
+    return ids_of(x) if isinstance(x, Tracer) else np.asarray(x)
 
 
 def _shape_fn(fn: Callable) -> Callable:
@@ -354,7 +354,7 @@ def _const_like(fill: float | None) -> Callable:
         rec = recorder_of([x, *args])
         value = args[0] if fill is None else fill
         if isinstance(value, Tracer):
-            return Tracer(rec, np.broadcast_to(value._ids, shape).copy())
+            return Tracer(rec, np.broadcast_to(ids_of(value), shape).copy())
         return Tracer(rec, rec.const(np.full(shape, value, dtype=np.float64)))
 
     return impl

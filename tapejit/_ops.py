@@ -51,7 +51,7 @@ import io
 import re
 import textwrap
 import tokenize
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
 import numpy as np
@@ -389,16 +389,24 @@ BY_CODE: dict[int, Op] = {op.code: op for op in OPS}
 if len(BY_NAME) != len(OPS) or len(BY_CODE) != len(OPS):
     raise RuntimeError("duplicate op name or opcode in the op table")
 
-def math_to_numpy() -> dict[str, str]:
+def math_to_numpy(ops: Iterable[Op] = OPS) -> dict[str, str]:
     """``math`` function name -> numpy ufunc name, where an op's value calls ``math`` and
     its numpy reference is a ufunc of another name (``math.asin`` is ``np.arcsin``): the
-    reference interpreter evaluates the table's expressions with numpy."""
+    reference interpreter evaluates the table's expressions with numpy.
+
+    Only where numpy has no function of the ``math`` name or it is that same ufunc
+    (numpy 2's ``np.asin`` is ``np.arcsin``): the map renames every ``math.f`` in every
+    expression, so an op whose value is ``math.log2(a)`` but whose reference is
+    ``np.logaddexp2`` must not turn ``math.log2`` into ``logaddexp2``.
+    """
     out = {}
-    for op in OPS:
+    for op in ops:
         m = re.fullmatch(r"math\.(\w+)\(.*\)", op.value)
-        name = getattr(op.numpy, "__name__", "")
-        if m and isinstance(op.numpy, np.ufunc) and m[1] != name:
-            out[m[1]] = name
+        if m is None or not isinstance(op.numpy, np.ufunc) or m[1] == op.numpy.__name__:
+            continue
+        same_name = getattr(np, m[1], None)
+        if same_name is None or same_name is op.numpy:
+            out[m[1]] = op.numpy.__name__
     return out
 
 

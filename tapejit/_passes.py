@@ -1,9 +1,9 @@
 """Optimization passes over a tape, and tape statistics.
 
-:func:`optimize` runs any of three passes, in the order given, and returns a new valid
-canonical :class:`~tapejit.Tape` (results consecutive from ``n_fixed`` in instruction
-order, operands strictly earlier, parameter and input slots fixed; slots are renumbered
-after instructions are removed):
+:func:`simplify` (behind :meth:`Tape.simplify`) runs any of three passes, in the order
+given, and returns a new valid canonical :class:`~tapejit.Tape` (results consecutive from
+``n_fixed`` in instruction order, operands strictly earlier, parameter and input slots
+fixed; slots are renumbered after instructions are removed):
 
 ``"fold"``
     Constant folding: an instruction whose operands are all constants (or results folded
@@ -379,7 +379,7 @@ def guard_slice(tape: Tape) -> Tape | None:
 _RUN = {"fold": _fold, "cse": _cse, "dce": _dce}
 
 
-def optimize(
+def simplify(
     tape: Tape, passes: Iterable[str] = PASSES, *, report: bool = False
 ) -> Tape | tuple[Tape, list[dict[str, Any]]]:
     """Run optimization passes on a tape; each leaves the output values bit for bit.
@@ -408,13 +408,13 @@ def optimize(
     Examples
     --------
     >>> import numpy as np, tapejit
-    >>> from tapejit._passes import optimize
+    >>> from tapejit._passes import simplify
     >>> tape = tapejit.record(lambda x, y: np.sin(x) * y + y * np.sin(x), 1.0, 2.0)
-    >>> len(tape), len(optimize(tape))
+    >>> len(tape), len(simplify(tape))
     (5, 3)
     """
     if not isinstance(tape, Tape):
-        raise TypeError(f"optimize needs a tapejit.Tape; got {type(tape).__name__}")
+        raise TypeError(f"simplify needs a tapejit.Tape; got {type(tape).__name__}")
     names = [passes] if isinstance(passes, str) else list(passes)
     for name in names:
         if name not in _RUN:
@@ -545,4 +545,4 @@ def format_stats(s: dict[str, Any]) -> str:
     ])
 
 
-__all__ = ["BIT_COMMUTATIVE", "PASSES", "format_stats", "optimize", "stats"]
+__all__ = ["BIT_COMMUTATIVE", "PASSES", "format_stats", "simplify", "stats"]

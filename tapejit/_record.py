@@ -10,7 +10,7 @@ import numpy as np
 from ._errors import TracingError
 from ._tape import Tape
 from ._tape_builder import Recorder
-from ._tracer import Tracer
+from ._tracer import Tracer, ids_of, recorder_of
 
 
 def _as_arg(value: Any, i: int) -> np.ndarray:
@@ -43,9 +43,9 @@ def _flatten_outputs(rec: Recorder, result: Any) -> tuple[np.ndarray, tuple]:
     ids, shapes = [], []
     for k, item in enumerate(items):
         if isinstance(item, Tracer):
-            if item._rec is not rec:
+            if recorder_of([item]) is not rec:
                 raise TracingError("the function returned a value from another recording")
-            i = item._ids
+            i = ids_of(item)
         else:
             arr = np.asarray(item)
             if arr.dtype.kind not in "biuf":

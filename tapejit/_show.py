@@ -19,7 +19,7 @@ import shutil
 import subprocess
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -28,7 +28,9 @@ from ._kernels.reference import LIBM_NUMPY as _LIBM_NUMPY
 from ._kernels.reference import reference_namespace
 from ._ops import BY_CODE, OPS, Op, math_to_numpy
 from ._program import MAX_ARITY, Program
-from ._tape import Tape
+
+if TYPE_CHECKING:  # in annotations only: _tape imports this module's functions
+    from ._tape import Tape
 
 _ZERO = ("0.0", "0")
 _MATH_TO_NP = math_to_numpy()

@@ -34,9 +34,10 @@ this module, each taking the tape:
 * :func:`require_one_output`, :func:`guarded`: the argument check and the guard policy
   of the evaluation methods, for evaluators of their own (``Float32Tape``);
 * :func:`dask_in`, :func:`lazily`, :data:`PLAIN`: the Dask dispatch of the methods;
-* ``_keep_failed=True`` with ``check="mask"`` (a private last parameter of ``forward``,
-  ``value_and_grad``, ``jacobian``, ``hvp`` and ``hessian``): the tape cache's guard
-  mode, failed points' results left as computed (see ``Tape._guarded``).
+* :func:`evaluate_keep_failed`: an evaluation method in the tape cache's guard mode
+  (``check="mask"``, failed points' results left as computed);
+* :func:`install_for_tests`: a test hook that replaces the derived programs (a plan that
+  zeroes every adjoint, the uncompacted forward program) and the batch chunk.
 
 The kernels themselves, the thread pool that runs batches and the chunk policy are in
 :mod:`tapejit._kernels.runtime`.
@@ -67,6 +68,7 @@ from ._program import (
     STRIDE_A,
     Program,
     code_of,
+    first_result,
     guards_of,
     inputs_of,
     outputs_of,
@@ -160,7 +162,9 @@ def lazily(tape, method: str, x, extra: tuple, params, out=None, **kwargs):
                "dask.array.store(lazy results, out) computes into them")
         raise ValueError(f"{method} got Dask arrays and out= buffers: with Dask arrays "
                          f"it returns lazy Dask arrays and fills no buffers; {how}")
-    from . import dask as lazy  # Dask is installed: one of the arguments is a collection
+    # lazy: Dask is optional (installed here: an argument is a collection), and
+    # tapejit.dask builds on Tape
+    from . import dask as lazy
 
     return getattr(lazy, method)(tape, x, *extra, params, **kwargs)
 
@@ -305,6 +309,7 @@ class Tape:
         >>> float(outer.forward(np.array([0.0, 0.5]))) == float(np.sin(1.0))
         True
         """
+        # lazy: the tracer machinery, needed only when called on traced values
         from ._compose import call_tape
 
         return call_tape(self, args, params)
@@ -478,6 +483,7 @@ class Tape:
         ----------
         path : str or path-like or binary file
         """
+        # lazy: _io builds and type-checks Tapes (an import circle at module level)
         from ._io import save_tape
 
         save_tape(self, path)
@@ -485,6 +491,7 @@ class Tape:
     def table(self, x, params=None, wrt: int | None = None, **kwargs) -> str:
         """The Wengert list at one point: each node's operation, value, forward tangent
         ``d v / d x[wrt]`` and reverse adjoint (see :func:`tapejit._show.table`)."""
+        # lazy: the display code (and its reference interpreter) loads when used
         from ._show import table
 
         return table(self, x, params, wrt, **kwargs)
@@ -505,6 +512,7 @@ class Tape:
 
     def stats(self) -> dict:
         """Op counts, instructions, slots, bytes and peak live values."""
+        # lazy: _passes builds new Tapes (an import circle at module level)
         from ._passes import stats
 
         return stats(self)
@@ -513,9 +521,10 @@ class Tape:
         """A new tape after constant folding, common-subexpression and dead-code
         elimination (each optional); results are bit-identical (see ``_passes``).
         With ``report=True`` also returns the per-pass instruction counts."""
-        from ._passes import optimize
+        # lazy: _passes builds new Tapes (an import circle at module level)
+        from ._passes import simplify
 
-        return optimize(self, passes, report=report)
+        return simplify(self, passes, report=report)
 
     def optimize(self, passes=("fold", "cse", "dce"), *, report: bool = False):
         """Deprecated spelling of :meth:`simplify` (removed in the next release; the
@@ -553,6 +562,7 @@ class Tape:
         if dt == _F64:
             return self
         if dt == np.float32:
+            # lazy: Float32Tape evaluates through this module's functions (a circle)
             from ._float32 import Float32Tape
 
             return Float32Tape(self)
@@ -606,8 +616,8 @@ class Tape:
 
     def _point_floats(self) -> int:
         """Floats of workspace ``value_grad_point`` uses (see :meth:`_workspace`)."""
-        nf = int(self._prog[2]) + self._n_in  # first result slot
-        return 5 * self._n_slots - 3 * nf
+        nf = first_result(self._prog)
+        return 2 * self._n_slots + MAX_ARITY * (self._n_slots - nf)  # values, adjoints, partials
 
     def _plan(self) -> np.ndarray:
         """The reverse plan (``reverse_plan`` of ``_drivers.py``), computed on first use:
@@ -635,11 +645,11 @@ class Tape:
                 from ._slot_reuse import compact
 
                 comp = compact(prog)
-                if 4 * int(comp[0]) <= 3 * self._n_slots:
+                if 4 * int(comp[N_SLOTS]) <= 3 * self._n_slots:
                     # private, typed like _kernel_prog (one compiled variant per kind of tape)
                     comp.flags.writeable = bool(prog.flags.writeable)
                     prog = comp
-            n_slots = int(prog[0])
+            n_slots = int(prog[N_SLOTS])
             fwd = self._fwd = (prog, n_slots, chunk_of(n_slots))
         return fwd
 
@@ -658,12 +668,10 @@ class Tape:
         ``check="mask"``: failed points become NaN and a boolean validity mask (a bool for
         one point) is appended to the results.
 
-        ``keep_failed`` (the private last parameter ``_keep_failed`` of ``forward``,
-        ``value_and_grad``, ``jacobian``, ``hvp`` and ``hessian``, for the tape cache of
-        :mod:`tapejit._transforms` only): with ``check="mask"``, leave failed points'
-        results as computed; the cache replaces them with another tape's, and filling
-        them with NaN first would cost a pass over the results. It is not keyword-only:
-        keyword-only parameters make CPython's calls of these methods slower.
+        ``keep_failed`` (the tape cache's mode, through :func:`evaluate_keep_failed`):
+        with ``check="mask"``, leave failed points' results as computed; the cache
+        replaces them with another tape's, and filling them with NaN first would cost a
+        pass over the results.
         """
         ok = None
         if self._n_guards:
@@ -684,8 +692,7 @@ class Tape:
         if check != "raise" and check != "mask":
             raise ValueError(f"check must be 'raise' or 'mask'; got {check!r}")
 
-    def forward(self, x, params=None, out: np.ndarray | None = None, check: str = "raise",
-                _keep_failed: bool = False):
+    def forward(self, x, params=None, out: np.ndarray | None = None, check: str = "raise"):
         """Evaluate the outputs.
 
         Parameters
@@ -736,11 +743,10 @@ class Tape:
         valid = np.empty(n, dtype=np.uint8)
         run_batch("forward_batch", n, chunk,
                   prog, self._kernel_consts, X, P, y.reshape(n, self._n_out), valid)
-        res = self._guarded(valid, check, (y,), False, _keep_failed)
+        res = self._guarded(valid, check, (y,), False)
         return res if check != "raise" else res[0]
 
-    def value_and_grad(self, x, params=None, out=None, check: str = "raise",
-                       _keep_failed: bool = False):
+    def value_and_grad(self, x, params=None, out=None, check: str = "raise"):
         """Value and gradient of a one-output tape.
 
         Parameters
@@ -795,6 +801,12 @@ class Tape:
                     if out is not None and out[0] is not None:
                         out[0][...] = v
                     return v, g
+        return self._value_and_grad(x, params, out, check, False)
+
+    def _value_and_grad(self, x, params=None, out=None, check: str = "raise",
+                        keep_failed: bool = False):
+        """:meth:`value_and_grad` past its one-point fast path (``keep_failed``: see
+        :meth:`_guarded`)."""
         if (type(x) is not _ND or type(params) not in PLAIN) and dask_in(x, params):
             return lazily(self, "value_and_grad", x, (), params, out, check=check)
         self._scalar_output("value_and_grad")
@@ -817,7 +829,7 @@ class Tape:
             return (v, g, failed == 0) if check != "raise" else (v, g)
         y = _buffer(vbuf, (n,), "value buffer")
         valid = self._vjp_batch(X, P, self._ones, y.reshape(n, 1), g)
-        res = self._guarded(valid, check, (y, g), False, _keep_failed)
+        res = self._guarded(valid, check, (y, g), False, keep_failed)
         return res
 
     def gradient(self, x, params=None, out: np.ndarray | None = None, check: str = "raise"):
@@ -950,7 +962,7 @@ class Tape:
         return (ty, *mask) if check != "raise" else ty
 
     def jacobian(self, x, params=None, out: np.ndarray | None = None, mode: str = "auto",
-                 check: str = "raise", _keep_failed: bool = False):
+                 check: str = "raise"):
         """Jacobian ``d outputs / d inputs``: ``(n_outputs, n_inputs)`` per point.
 
         Parameters
@@ -973,6 +985,11 @@ class Tape:
             ``(..., n_outputs, n_inputs)``. With ``check="mask"``, ``(J, valid)``. Dask
             arrays in, lazy Dask arrays out (see :meth:`forward`).
         """
+        return self._jacobian(x, params, out, mode, check, False)
+
+    def _jacobian(self, x, params=None, out=None, mode: str = "auto", check: str = "raise",
+                  keep_failed: bool = False):
+        """:meth:`jacobian` (``keep_failed``: see :meth:`_guarded`)."""
         if (type(x) is not _ND or type(params) not in PLAIN) and dask_in(x, params):
             return lazily(self, "jacobian", x, (), params, out, mode=mode, check=check)
         if mode not in ("auto", "forward", "reverse"):
@@ -993,7 +1010,7 @@ class Tape:
             valid = np.empty(n, dtype=np.uint8)
             run_batch("jacrev_batch", n, self._chunk, self._kernel_prog, self._plan(),
                       self._kernel_consts, X, P, Y, J3, valid)
-        res = self._guarded(valid, check, (J3,), single, _keep_failed)
+        res = self._guarded(valid, check, (J3,), single, keep_failed)
         return (J, res[1]) if check != "raise" else J
 
     def _hvp_batch(self, X, P, V) -> tuple[np.ndarray, np.ndarray]:
@@ -1021,8 +1038,7 @@ class Tape:
                 HV[:, d0:d1] = HVb
         return HV, valid
 
-    def hvp(self, x, v, params=None, check: str = "raise",
-            _keep_failed: bool = False) -> np.ndarray:
+    def hvp(self, x, v, params=None, check: str = "raise") -> np.ndarray:
         """Hessian-vector product of a one-output tape (forward-over-reverse).
 
         Parameters
@@ -1057,6 +1073,11 @@ class Tape:
                                 v.reshape(1, -1), np.empty(self._n_in), hv.reshape(1, -1),
                                 self._workspace(4 * self._n_slots)):
                 return hv
+        return self._hvp(x, v, params, check, False)
+
+    def _hvp(self, x, v, params=None, check: str = "raise", keep_failed: bool = False):
+        """:meth:`hvp` past its one-point fast path (``keep_failed``: see
+        :meth:`_guarded`)."""
         if ((type(x) is not _ND or type(v) is not _ND or type(params) not in PLAIN)
                 and dask_in(x, v, params)):
             return lazily(self, "hvp", x, (v,), params, check=check)
@@ -1065,12 +1086,11 @@ class Tape:
         X, P, single = self._prepare(x, params)
         n = X.shape[0]
         HV, valid = self._hvp_batch(X, P, self._directions(v, n, single, "v"))
-        hv, *mask = self._guarded(valid, check, (HV[:, 0],), single, _keep_failed)
+        hv, *mask = self._guarded(valid, check, (HV[:, 0],), single, keep_failed)
         hv = hv[0] if single else hv
         return (hv, *mask) if check != "raise" else hv
 
-    def hessian(self, x, params=None, check: str = "raise",
-                _keep_failed: bool = False) -> np.ndarray:
+    def hessian(self, x, params=None, check: str = "raise") -> np.ndarray:
         """Hessian of a one-output tape: ``(n_inputs, n_inputs)`` per point.
 
         Computed as ``n_inputs`` Hessian-vector products in vector mode (forward over
@@ -1090,6 +1110,10 @@ class Tape:
             ``(..., n_inputs, n_inputs)``. With ``check="mask"``, ``(H, valid)``. Dask
             arrays in, lazy Dask arrays out (see :meth:`forward`).
         """
+        return self._hessian(x, params, check, False)
+
+    def _hessian(self, x, params=None, check: str = "raise", keep_failed: bool = False):
+        """:meth:`hessian` (``keep_failed``: see :meth:`_guarded`)."""
         if (type(x) is not _ND or type(params) not in PLAIN) and dask_in(x, params):
             return lazily(self, "hessian", x, (), params, check=check)
         self._scalar_output("hessian")
@@ -1099,7 +1123,7 @@ class Tape:
         H, valid = self._hvp_batch(X, P, V)
         H += H.transpose(0, 2, 1)
         H *= 0.5
-        H, *mask = self._guarded(valid, check, (H,), single, _keep_failed)
+        H, *mask = self._guarded(valid, check, (H,), single, keep_failed)
         H = H[0] if single else H
         return (H, *mask) if check != "raise" else H
 
@@ -1148,10 +1172,47 @@ def require_one_output(tape: Tape, what: str) -> None:
     tape._scalar_output(what)
 
 
-def guarded(tape: Tape, valid: np.ndarray, check: str, results: tuple,
-            keep_failed: bool = False) -> tuple:
+def guarded(tape: Tape, valid: np.ndarray, check: str, results: tuple) -> tuple:
     """The guard policy ``check`` applied to batched ``results`` (see ``Tape._guarded``)."""
-    return tape._guarded(valid, check, results, False, keep_failed)
+    return tape._guarded(valid, check, results, False)
+
+
+# The methods' implementations with the cache's guard mode as their last parameter; the
+# public methods keep their documented signatures (and their fast paths) and call them.
+_KEEPING = {
+    "value_and_grad": Tape._value_and_grad,
+    "jacobian": Tape._jacobian,
+    "hvp": Tape._hvp,
+    "hessian": Tape._hessian,
+}
+
+
+def evaluate_keep_failed(tape: Tape, method: str, x, *extra, params=None, **options):
+    """``tape.<method>(x, *extra, params=params, check="mask", **options)``, except that
+    the results of points that fail a guard are left as computed instead of set to NaN:
+    the guard mode of the tape cache (:mod:`tapejit._transforms`), which replaces them
+    with another tape's. ``method`` is ``"value_and_grad"``, ``"jacobian"``, ``"hvp"``
+    or ``"hessian"``; ``options``: the method's other keyword arguments (``mode=``)."""
+    return _KEEPING[method](tape, x, *extra, params=params, check="mask", keep_failed=True,
+                            **options)
+
+
+def install_for_tests(tape: Tape, *, plan: np.ndarray | None = None,
+                      forward_prog: np.ndarray | None = None, chunk: int | None = None) -> None:
+    """Test hook: make the tape use ``plan`` as its reverse plan, ``forward_prog`` as the
+    program of its forward and tangent sweeps (with :func:`chunk_of` its slot count) or
+    ``chunk`` points per task of its reverse batch sweeps (1: the point-by-point
+    driver), instead of what it derives; for tests and benchmarks that compare results
+    across derived programs. The kernels check a plan against its program, nothing
+    checks a forward program: pass ``_slot_reuse.compact`` of the tape's program (after
+    ``check_compact``) or :func:`kernel_arrays`' program."""
+    if plan is not None:
+        tape._rev = plan
+    if forward_prog is not None:
+        n_slots = int(forward_prog[N_SLOTS])
+        tape._fwd = (forward_prog, n_slots, chunk_of(n_slots))
+    if chunk is not None:
+        tape._chunk = chunk
 
 
 def _unpickle(prog, consts, input_shapes, output_shapes, name) -> Tape:

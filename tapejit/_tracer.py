@@ -143,11 +143,13 @@ class Tracer:
 
     # -- numpy protocols -----------------------------------------------------------------
     def __array_ufunc__(self, ufunc: np.ufunc, method: str, *inputs: Any, **kwargs: Any):
+        # lazy: _numpy_funcs builds on this module (an import circle)
         from ._numpy_funcs import apply_ufunc
 
         return apply_ufunc(self._rec, ufunc, method, inputs, kwargs)
 
     def __array_function__(self, func, types, args, kwargs):
+        # lazy: _numpy_funcs builds on this module (an import circle)
         from ._numpy_funcs import FUNCTIONS, unsupported
 
         impl = FUNCTIONS.get(func)
@@ -239,11 +241,13 @@ class Tracer:
         return logical("not", self)
 
     def __matmul__(self, o):
+        # lazy: _numpy_funcs builds on this module (an import circle)
         from ._numpy_funcs import matmul
 
         return matmul(self, o)
 
     def __rmatmul__(self, o):
+        # lazy: _numpy_funcs builds on this module (an import circle)
         from ._numpy_funcs import matmul
 
         return matmul(o, self)
@@ -306,6 +310,12 @@ def _check_key(key: Any) -> None:
             )
 
 
+def ids_of(t: Tracer) -> np.ndarray:
+    """The node ids of a tracer, an int array shaped like the traced array (negative ids
+    are constants of the recorder's pool)."""
+    return t._ids
+
+
 def recorder_of(values: Any) -> Recorder | None:
     """The recorder of the first tracer among ``values``; error if two recordings mix."""
     rec = None
@@ -325,6 +335,7 @@ def lift(rec: Recorder, value: Any) -> np.ndarray:
             raise TracingError("values from two different recordings were combined")
         return value._ids
     if isinstance(value, list | tuple) and any(isinstance(v, Tracer) for v in value):
+        # lazy: _numpy_funcs builds on this module (an import circle)
         from ._numpy_funcs import stack
 
         return stack(list(value))._ids

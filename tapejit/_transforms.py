@@ -37,11 +37,8 @@ import numpy as np
 
 from ._passes import guard_slice
 from ._record import normalize_argnums, record
-from ._tape import Tape, require_one_output
+from ._tape import Tape, evaluate_keep_failed, require_one_output
 
-# The tape methods' guard mode for the cache: a validity mask, and the values of failed
-# points left as computed (they are replaced by another tape's, never returned).
-_KEEP = {"check": "mask", "_keep_failed": True}
 #: Most tapes kept per function (all signatures and branches together).
 MAX_TAPES = 64
 #: A single call may record at most this many new branches before giving up.
@@ -225,7 +222,7 @@ class TapeCache:
         sl = self._slices[key]
         if sl is None:
             return np.ones(x.shape[0], dtype=bool)
-        return sl.forward(x, p, **_KEEP)[1]
+        return sl.forward(x, p, check="mask")[1]
 
     def evaluate(
         self, call: _Call, method: Callable[[Tape, Any, Any, Any], tuple]
@@ -428,7 +425,7 @@ def value_and_grad(
 
     def method(tape: Tape, x, p, rows):
         require_one_output(tape, "value_and_grad")
-        return tape.value_and_grad(x, params=p, **_KEEP)
+        return evaluate_keep_failed(tape, "value_and_grad", x, params=p)
 
     @_transform(f)
     def wrapped(*args: Any) -> tuple[Any, Any]:
@@ -505,7 +502,7 @@ def jacobian(
     single = isinstance(argnums, int | np.integer)
 
     def method(tape: Tape, x, p, rows):
-        return tape.jacobian(x, params=p, mode=mode, **_KEEP)
+        return evaluate_keep_failed(tape, "jacobian", x, params=p, mode=mode)
 
     @_transform(f)
     def wrapped(*args: Any) -> Any:
@@ -541,7 +538,7 @@ def hessian(
     single = isinstance(argnums, int | np.integer)
 
     def method(tape: Tape, x, p, rows):
-        return tape.hessian(x, params=p, **_KEEP)
+        return evaluate_keep_failed(tape, "hessian", x, params=p)
 
     @_transform(f)
     def wrapped(*args: Any) -> Any:
@@ -600,7 +597,8 @@ def hvp(
                            axis=-1)
 
         def method(tape: Tape, x, p, rows):
-            return tape.hvp(x, V if rows is None else V[rows], params=p, **_KEEP)
+            return evaluate_keep_failed(tape, "hvp", x, V if rows is None else V[rows],
+                                        params=p)
 
         _, (hv,) = cache.evaluate(call, method)
         return _split(hv, call.shapes(), single, batched)

@@ -518,6 +518,8 @@ def _file_offset(a: np.memmap) -> int:
     """Byte offset in its file of ``a``'s first element. A view of a memmap inherits the
     whole map's ``offset``, so measure from the start of the mapping, which numpy
     begins at the offset rounded down to the allocation granularity."""
+    # private to numpy, and the only record of where the mapping begins (checked present
+    # by the caller)
     start = np.frombuffer(a._mmap, np.uint8).ctypes.data
     return a.offset - a.offset % mmap.ALLOCATIONGRANULARITY + (a.ctypes.data - start)
 
@@ -563,6 +565,7 @@ def _targets(tape: Tape, method: str, out, n: int) -> tuple:
             raise ValueError(f"{what} must be C-contiguous")
         if not a.flags.writeable:
             raise ValueError(f"{what} must be writeable")
+        # numpy's private _mmap: a memmap that still maps its file (see _file_offset)
         if isinstance(a, np.memmap) and a.filename and getattr(a, "_mmap", None) is not None:
             if a.mode == "c":
                 raise ValueError(f"{what} is a copy-on-write memmap (mode 'c'): writes "

@@ -432,7 +432,7 @@ class _Files:
         import tapejit
 
         self.tmp = tempfile.TemporaryDirectory(prefix="fuzz-files-")
-        self.exp = next(op.code for op in tapejit.OPS if op.name == "exp")
+        self.block_op = next(op for op in tapejit.OPS if op.name == "exp")  # any unary op
         self.bases = []
         for tape, _ in base_tapes():
             buf = io.BytesIO()
@@ -596,7 +596,8 @@ class _Files:
     def _huge(self, rng, m, specials, d, deflate, log2=None):
         n = 2**log2 if log2 else int(rng.choice([2**26, 2**26, 2**29, 2**31 - 3]))
         arrays = {
-            "opcodes": np.array([self.exp], np.uint8), "args": np.zeros((1, 3), np.int32),
+            "opcodes": np.array([self.block_op.code], np.uint8),
+            "args": np.zeros((1, 3), np.int32),
             "sizes": np.array([n], np.int32), "strides": np.zeros((1, 3), np.int32),
             "consts": np.zeros(0), "inputs": np.zeros(1, np.int32),
             "params": np.zeros(0, np.int32), "outputs": np.array([1, n], np.int32),
@@ -604,7 +605,8 @@ class _Files:
             "output_shapes": np.zeros(0, np.int64)}
         for kv in m:
             kv[1] = arrays.get(kv[0][:-4], kv[1])
-        return None, f"exp block of {n} elements", lambda x: np.exp([x[0], x[0]])
+        op = self.block_op
+        return None, f"{op.name} block of {n} elements", lambda x: op.numpy([x[0], x[0]])
 
     def _shapes(self, rng, m, specials, d, deflate):
         key = str(rng.choice(["input_shapes", "output_shapes"]))
@@ -930,12 +932,14 @@ def _big_tape(n: int, rng: np.random.Generator):
     """A tape of ``n`` scalar instructions (add, mul, sin of earlier slots), 3 inputs."""
     import tapejit
 
-    code = {op.name: op.code for op in tapejit.OPS}
-    ops = rng.choice([code["add"], code["mul"], code["sin"]], n).astype(np.uint8)
+    chosen = [op for op in tapejit.OPS if op.name in ("add", "mul", "sin")]
+    kind = rng.choice(len(chosen), n)
+    ops = np.array([op.code for op in chosen], np.uint8)[kind]
+    arity = np.array([op.arity for op in chosen])[kind]
     first = 3 + np.arange(n)
     args = np.zeros((n, 3), np.int32)
     args[:, :2] = rng.random((n, 2)) * first[:, None]
-    args[ops == code["sin"], 1] = 0
+    args[arity < 2, 1] = 0  # unused operand columns are zero
     return tapejit.Tape(ops, args, np.zeros(0), np.arange(3, dtype=np.int32),
                         np.zeros(0, np.int32), np.array([n + 2], np.int32), name="big")
 

@@ -20,7 +20,7 @@ from test_passes import same_bits
 from test_random_programs import programs as recorded_programs
 
 import tapejit
-from tapejit._kernels.runtime import kernels
+from tapejit._kernels.runtime import chunk_of, kernels
 from tapejit._program import (
     ARG_A,
     ARITY,
@@ -37,7 +37,7 @@ from tapejit._program import (
     inputs_of,
     outputs_of,
 )
-from tapejit._tape import kernel_arrays
+from tapejit._tape import install_for_tests, kernel_arrays, packed, reverse_plan
 
 
 def _psrc() -> np.ndarray:
@@ -45,20 +45,21 @@ def _psrc() -> np.ndarray:
 
 
 def _code(tape) -> np.ndarray:
-    return code_of(tape._prog).astype(np.int64)
+    return code_of(packed(tape)[0]).astype(np.int64)
 
 
 def zero_all_plan(tape) -> np.ndarray:
     """The plan that assigns and forwards nothing and zeroes every adjoint (the sweeps'
     old way): every instruction's adjoints in its own result slots."""
-    ni, nd, n = len(tape), int(tape._prog[FIRST_ADJOINT]), int(tape._prog[N_SLOTS])
+    prog = packed(tape)[0]
+    ni, nd, n = len(tape), int(prog[FIRST_ADJOINT]), int(prog[N_SLOTS])
     ranges = [1, nd, n] if n > nd else [0]
     return np.array([0] * ni + ranges + list(_code(tape)[:, RESULT]), np.int32)
 
 
 def adjoint_slots(tape) -> np.ndarray:
     """Per instruction, where the plan keeps its result adjoints."""
-    plan, ni = tape._plan(), len(tape)
+    plan, ni = reverse_plan(tape), len(tape)
     return plan[ni + 1 + 2 * plan[ni] :]
 
 
@@ -70,18 +71,17 @@ def reverse_results(tape, X, P, W):
         out["jac"] = tape.jacobian(X, P, mode="reverse", check="mask")[0]
         if tape.n_outputs == 1:
             out["point"] = tape.value_and_grad(X[0], P, check="mask")[:2]
-        chunk = tape._chunk
-        tape._chunk = 1  # huge-tape path: vjp_points
+        install_for_tests(tape, chunk=1)  # huge-tape path: vjp_points
         try:
             out["points"] = tape.vjp(X, W, P, check="mask")[:2]
         finally:
-            tape._chunk = chunk
+            install_for_tests(tape, chunk=chunk_of(tape.n_slots))
     return out
 
 
 def assert_plan_changes_no_bit(tape, X, P, W):
     planned = reverse_results(tape, X, P, W)
-    tape._rev = zero_all_plan(tape)
+    install_for_tests(tape, plan=zero_all_plan(tape))
     plain = reverse_results(tape, X, P, W)
     for key, got in planned.items():
         for a, b in zip(got, plain[key], strict=True):
@@ -113,7 +113,7 @@ def check_symbolically(tape) -> None:
     of the point sweep (operand-major) on slot names. A forwarded operand must be a
     whole result range, of partial 1, whose producer reads the consumer's adjoints,
     and nothing else may touch those adjoints."""
-    prog, plan = tape._prog, tape._plan()
+    prog, plan = packed(tape)[0], reverse_plan(tape)
     n, nd, ni = int(prog[N_SLOTS]), int(prog[FIRST_ADJOINT]), len(tape)
     zeroed = np.zeros(n, bool)
     for z in range(plan[ni]):
@@ -166,13 +166,13 @@ def test_array_code_zeroes_almost_nothing():
     tape = tapejit.record(
         lambda x: np.sum(100.0 * (x[1:] - x[:-1] ** 2) ** 2 + (1.0 - x[:-1]) ** 2), np.ones(50)
     )
-    plan, ni = tape._plan(), len(tape)
+    plan, ni = reverse_plan(tape), len(tape)
     ranges = plan[ni + 1 : ni + 1 + 2 * plan[ni]].reshape(-1, 2)
     assert int((ranges[:, 1] - ranges[:, 0]).sum()) <= 2  # the output and x[-1]
     check_symbolically(tape)
     x = np.linspace(-1.0, 2.0, 50)
     g = tape.value_and_grad(x)[1]
-    tape._rev = zero_all_plan(tape)
+    install_for_tests(tape, plan=zero_all_plan(tape))
     assert same_bits(tape.value_and_grad(x)[1], g)
 
 
@@ -181,7 +181,7 @@ def test_a_plan_that_does_not_fit_is_refused():
     K = kernels()
     g = np.empty(2)
     for bad in (np.zeros(0, np.int32), np.zeros(len(tape), np.int32),
-                np.append(tape._plan(), 7).astype(np.int32)):
+                np.append(reverse_plan(tape), 7).astype(np.int32)):
         with pytest.raises(ValueError, match="reverse plan"):
             K.value_grad_point(kernel_arrays(tape)[0], bad, kernel_arrays(tape)[1],
                                np.ones(2), np.zeros(0), g, np.zeros(0))
@@ -194,7 +194,7 @@ def test_an_underflowing_first_contribution_keeps_the_sign_zeroing_gave():
     X = np.array([[1.0, -1e-200, 1e-200]])
     planned = reverse_results(tape, X, None, np.ones((1, 1)))
     assert np.signbit(planned["point"][1][0]) == np.signbit(0.0 + (-1e-200 * 1e-200))
-    tape._rev = zero_all_plan(tape)
+    install_for_tests(tape, plan=zero_all_plan(tape))
     plain = reverse_results(tape, X, None, np.ones((1, 1)))
     for key, got in planned.items():
         for a, b in zip(got, plain[key], strict=True):

@@ -13,6 +13,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import os
 import re
@@ -25,7 +26,7 @@ import pytest
 import tapejit
 from tapejit import Tape
 from tapejit._ops import BY_CODE as OPS_BY_CODE
-from tapejit._ops import OPS
+from tapejit._ops import BY_NAME, OPS, math_to_numpy
 from tapejit._show import interpret, render, table, to_dot
 
 
@@ -188,6 +189,19 @@ def test_interpreter_zero_times_inf_is_zero():
     sw = interpret(tape, [1.0])
     assert sw.adjoints[tape.inputs[0]] == 1.0
     assert tape.gradient(np.array([1.0]))[0] == 1.0
+
+
+def test_math_names_map_to_numpy_only_where_numpy_agrees():
+    # an op whose value is math.log2 but whose reference is another ufunc must not make
+    # the interpreter evaluate every math.log2 as that ufunc; np.log2 is right for it
+    odd = dataclasses.replace(BY_NAME["arctan2"], name="odd", value="math.log2(a)",
+                              numpy=np.logaddexp2)
+    assert "log2" not in math_to_numpy([*OPS, odd])
+    asin = BY_NAME["arcsin"]
+    assert math_to_numpy([asin]) == {"asin": "arcsin"}  # whether or not np.asin exists
+    renamed = dataclasses.replace(asin, value="math.nosuchname(a)")
+    assert math_to_numpy([renamed]) == {"nosuchname": "arcsin"}  # numpy has no such name
+    assert math_to_numpy() == math_to_numpy(OPS)
 
 
 # ---------------------------------------------------------------------------------------

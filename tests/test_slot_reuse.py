@@ -44,6 +44,7 @@ from tapejit._program import (
     outputs_of,
 )
 from tapejit._slot_reuse import check_compact, compact
+from tapejit._tape import forward_program, from_packed, install_for_tests, kernel_arrays, packed
 
 
 def symbolic_sweep(prog: np.ndarray, comp: np.ndarray) -> None:
@@ -67,17 +68,18 @@ def symbolic_sweep(prog: np.ndarray, comp: np.ndarray) -> None:
 
 def forced(tape: Tape) -> Tape:
     """The tape with its forward sweeps on the compacted program, whatever it saves."""
-    comp = compact(tape._prog)
-    check_compact(tape._prog, comp)
-    symbolic_sweep(tape._prog, comp)
-    tape._fwd = (comp, int(comp[N_SLOTS]), chunk_of(int(comp[N_SLOTS])))
+    prog = packed(tape)[0]
+    comp = compact(prog)
+    check_compact(prog, comp)
+    symbolic_sweep(prog, comp)
+    install_for_tests(tape, forward_prog=comp)
     return tape
 
 
 def plain(tape: Tape) -> Tape:
     """The same tape, forward sweeps on its own program."""
-    other = Tape._from_packed(np.array(tape._prog), np.array(tape._consts))
-    other._fwd = (other._kernel_prog, other.n_slots, other._chunk)
+    other = from_packed(*(np.array(a) for a in packed(tape)))
+    install_for_tests(other, forward_prog=kernel_arrays(other)[0])
     return other
 
 
@@ -131,7 +133,8 @@ def test_a_chain_needs_two_result_slots():
     X = np.linspace(-2, 2, 5000).reshape(-1, 1)
     ref = plain(tape)
     assert same_bits(tape.forward(X), ref.forward(X))
-    assert tape._fwd[0] is not tape._prog and tape._fwd[2] == 512
+    prog, _, chunk = forward_program(tape)
+    assert prog is not kernel_arrays(tape)[0] and chunk == 512
     assert same_bits(tape.forward(X[0]), ref.forward(X[0]))
     assert same_bits(tape.jvp(X, np.ones(1)), ref.jvp(X, np.ones(1)))
 
@@ -161,7 +164,7 @@ def test_array_code_with_reductions_and_guards():
     assert tape.n_guards
     rng = np.random.default_rng(1)
     assert_same_forward(tape, rng.uniform(-1, 1, (4, 37)), rng.uniform(-1, 1, (4, 2)))
-    assert tape._fwd[1] < tape.n_slots
+    assert forward_program(tape)[1] < tape.n_slots
 
 
 def _pinned_tape() -> Tape:
@@ -182,7 +185,7 @@ def _pinned_tape() -> Tape:
 
 def test_a_read_from_the_inputs_into_the_results_pins_them():
     tape = _pinned_tape()
-    comp = compact(tape._prog)
+    comp = compact(packed(tape)[0])
     code = code_of(comp)
     assert code[0, RESULT] == 3 and code[1, RESULT] == 4  # where they were
     assert comp[N_SLOTS] < tape.n_slots
@@ -191,7 +194,8 @@ def test_a_read_from_the_inputs_into_the_results_pins_them():
 
 def test_check_compact_rejects_out_of_range_slots():
     tape = _pinned_tape()
-    good = compact(tape._prog)
+    prog = packed(tape)[0]
+    good = compact(prog)
     n_slots = int(good[N_SLOTS])
     o_code = int(good[AT_CODE])
     bad_fields = [
@@ -202,23 +206,23 @@ def test_check_compact_rejects_out_of_range_slots():
         (o_code + ARG_A, -1),
         (o_code + ARG_A + 1, 1),  # an unused operand column
         (int(good[AT_OUTPUTS]), n_slots),  # an output
-        (N_SLOTS, int(tape._prog[N_SLOTS]) + 1),  # more slots than the original
+        (N_SLOTS, int(prog[N_SLOTS]) + 1),  # more slots than the original
         (o_code + OPCODE, 1),  # another opcode
     ]
     for pos, value in bad_fields:
         comp = good.copy()
         comp[pos] = value
         with pytest.raises(TapeFormatError):
-            check_compact(tape._prog, comp)
+            check_compact(prog, comp)
     with pytest.raises(TapeFormatError):
-        check_compact(tape._prog, good[:-1])
-    check_compact(tape._prog, good)
+        check_compact(prog, good[:-1])
+    check_compact(prog, good)
 
 
 def test_small_tapes_keep_their_program():
     tape = tapejit.record(lambda x: np.sin(x) * x, 1.0)
     tape.forward(np.ones((3, 1)))
-    assert tape._fwd[0] is tape._kernel_prog
+    assert forward_program(tape)[0] is kernel_arrays(tape)[0]
     assert tape.stats()["compact_slots"] <= tape.n_slots
 
 
@@ -232,8 +236,8 @@ def test_point_counts_around_the_compact_chunk():
     ref = plain(tape)
     X = np.random.default_rng(3).uniform(-2, 2, (3000, 3))
     tape.forward(X[:1])
-    prog, _, c = tape._fwd
-    assert prog is not tape._prog and c > tape._chunk
+    prog, _, c = forward_program(tape)
+    assert prog is not kernel_arrays(tape)[0] and c > chunk_of(tape.n_slots)
     for n in (1, 2, c - 1, c, c + 1, 2 * c, 2 * c + 1, 5 * c + 3):
         assert same_bits(tape.forward(X[:n]), ref.forward(X[:n]))
         v = X[n:2 * n] if n <= 1000 else np.ones(3)

@@ -51,13 +51,15 @@ class Chain:
             raise NotImplementedError(f"tapejit unavailable: {_TAPEJIT_ERROR}")
         try:
             from tapejit._slot_reuse import compact
+            from tapejit._tape import from_packed, install_for_tests, kernel_arrays, packed
         except ImportError as exc:
-            raise NotImplementedError(f"no slot compaction: {exc}") from exc
+            raise NotImplementedError(f"no slot compaction or test hook: {exc}") from exc
         self.compact = compact
         self.f = _chain(STEP[step])
         self.tape = tapejit.record(self.f, 0.5)
-        own = tapejit.Tape._from_packed(np.array(self.tape._prog), np.array(self.tape.consts))
-        own._fwd = (own._prog, own.n_slots, own._chunk)  # forward on the tape's own program
+        self.prog = packed(self.tape)[0]
+        own = from_packed(*(np.array(a) for a in packed(self.tape)))
+        install_for_tests(own, forward_prog=kernel_arrays(own)[0])  # the tape's own program
         self.own = own
         self.X = np.random.default_rng(0).uniform(-2, 2, (POINTS, 1))
         self.x = self.X[:, 0].copy()
@@ -74,7 +76,7 @@ class Chain:
         self.f(self.x)
 
     def time_compact(self, step):
-        self.compact(self.tape._prog)
+        self.compact(self.prog)
 
     def track_slots_own_program(self, step):
         return self.tape.n_slots

@@ -1,8 +1,10 @@
 """Every op of the op table through every sweep, with a numpy baseline beside it.
 
-The parameter list is derived from ``tapejit.OPS``; :func:`_check_complete` fails at
-import (as numpy's ``bench_ufunc.py`` does) if an op has no benchmark input, so a new
-op cannot land without one.
+The parameter list, the way each op is reached from user code (``op.trace``, else its
+numpy reference, as in the tests' ``_op_helpers.spec``) and the operands
+(``op.domain``) all come from ``tapejit.OPS``, so a new op is benchmarked with no entry
+here; :func:`_check_complete` fails at import (as numpy's ``bench_ufunc.py`` does) if an
+op has no callable route.
 
 Each benchmark evaluates one block instruction over ``N`` elements at one point (the
 one-point sweeps) and over ``P`` points of a scalar instruction (the chunked sweeps).
@@ -17,35 +19,15 @@ tapejit, _TAPEJIT_ERROR = import_tapejit()
 N = 10_000  # elements of the block instruction (one point)
 P = 10_000  # points of the scalar instruction (batched)
 
-# Operand builders per op name: how the op is reached from numpy code. Derived checks
-# below make sure this covers the whole table.
-_CALLS = {
-    "add": lambda a, b, c: a + b,
-    "sub": lambda a, b, c: a - b,
-    "mul": lambda a, b, c: a * b,
-    "div": lambda a, b, c: a / b,
-    "neg": lambda a, b, c: -a,
-    "pow": lambda a, b, c: a**b,
-    "square": lambda a, b, c: a**2,
-    "clip": lambda a, b, c: np.clip(a, b, c),
-    "where": lambda a, b, c: np.where(a > 0.5, b, c),
-    "stop_gradient": lambda a, b, c: tapejit.stop_gradient(a) * b,
-    "less": lambda a, b, c: np.where(a < b, a, c),
-    "less_equal": lambda a, b, c: np.where(a <= b, a, c),
-    "greater": lambda a, b, c: np.where(a > b, a, c),
-    "greater_equal": lambda a, b, c: np.where(a >= b, a, c),
-    "equal": lambda a, b, c: np.where(a == b, a, c),
-    "not_equal": lambda a, b, c: np.where(a != b, a, c),
-}
+def _route(op):
+    """How user code reaches ``op``: ``op.trace`` where calling its numpy reference on
+    traced values does not, else that reference."""
+    return getattr(op, "trace", None) or op.numpy  # getattr: tables before ``trace``
 
 
 def _call(op):
-    if op.name in _CALLS:
-        return _CALLS[op.name]
-    ufunc = op.numpy
-    if op.arity == 1:
-        return lambda a, b, c: ufunc(a)
-    return lambda a, b, c: ufunc(a, b)
+    fn, k = _route(op), op.arity
+    return lambda a, b, c: fn(*(a, b, c)[:k])
 
 
 def _domain_points(op, n, seed=0):
@@ -59,8 +41,7 @@ def _domain_points(op, n, seed=0):
 def _check_complete():
     if tapejit is None:
         return
-    missing = [op.name for op in tapejit.OPS if not (op.name in _CALLS or hasattr(op.numpy,
-                                                                               "nin"))]
+    missing = [op.name for op in tapejit.OPS if not callable(_route(op))]
     if missing:
         raise RuntimeError(f"ops without a benchmark input: {missing}")
 
