@@ -284,47 +284,48 @@ class Subprogram(NamedTuple):
 # ---------------------------------------------------------------------------------------
 # the packed program, read through these
 # ---------------------------------------------------------------------------------------
+def _section(prog: np.ndarray, at: int, count: int, width: int = 1) -> np.ndarray:
+    """The section whose offset is header field ``at`` and whose count of rows of
+    ``width`` ints is header field ``count`` (a view; 2-D when ``width > 1``)."""
+    start = int(prog[at])
+    rows = prog[start : start + width * int(prog[count])]
+    return rows.reshape(-1, width) if width > 1 else rows
+
+
 def code_of(prog: np.ndarray) -> np.ndarray:
     """The instruction rows of a packed program, ``(n_instr, ROW)`` (a view)."""
-    at = int(prog[AT_CODE])
-    return prog[at : at + ROW * int(prog[N_INSTR])].reshape(-1, ROW)
+    return _section(prog, AT_CODE, N_INSTR, ROW)
 
 
 def guards_of(prog: np.ndarray) -> np.ndarray:
     """The guard rows of a packed program, ``(n_guards, GUARD)`` (a view)."""
-    at = int(prog[AT_GUARDS])
-    return prog[at : at + GUARD * int(prog[N_GUARDS])].reshape(-1, GUARD)
+    return _section(prog, AT_GUARDS, N_GUARDS, GUARD)
 
 
 def inputs_of(prog: np.ndarray) -> np.ndarray:
     """The input slots of a packed program (a view)."""
-    at = int(prog[AT_INPUTS])
-    return prog[at : at + int(prog[N_INPUTS])]
+    return _section(prog, AT_INPUTS, N_INPUTS)
 
 
 def params_of(prog: np.ndarray) -> np.ndarray:
     """The parameter slots of a packed program (a view)."""
-    at = int(prog[AT_PARAMS])
-    return prog[at : at + int(prog[N_PARAMS])]
+    return _section(prog, AT_PARAMS, N_PARAMS)
 
 
 def outputs_of(prog: np.ndarray) -> np.ndarray:
     """The output slots of a packed program (a view)."""
-    at = int(prog[AT_OUTPUTS])
-    return prog[at : at + int(prog[N_OUTPUTS])]
+    return _section(prog, AT_OUTPUTS, N_OUTPUTS)
 
 
 def attrs_of(prog: np.ndarray) -> np.ndarray:
     """The attribute section of a packed program (a view)."""
-    at = int(prog[AT_ATTRS])
-    return prog[at : at + int(prog[N_ATTRS])]
+    return _section(prog, AT_ATTRS, N_ATTRS)
 
 
 def subprograms_of(prog: np.ndarray) -> np.ndarray:
     """The sub-program table of a packed program, ``(n_subprograms, SUBPROGRAM)`` (a
     view)."""
-    at = int(prog[AT_SUBPROGRAMS])
-    return prog[at : at + SUBPROGRAM * int(prog[N_SUBPROGRAMS])].reshape(-1, SUBPROGRAM)
+    return _section(prog, AT_SUBPROGRAMS, N_SUBPROGRAMS, SUBPROGRAM)
 
 
 def first_result(prog: np.ndarray) -> int:

@@ -305,6 +305,18 @@ def test_repository_map_names_every_module():
     assert not missing, f"docs/internals.rst repository map does not mention {missing}"
 
 
+def test_the_program_header_table_is_the_program_formats():
+    from tapejit import _program
+
+    text = (DOCS / "internals.rst").read_text(encoding="utf-8")
+    table = text[text.index(".. list-table:: Header of the packed program"):]
+    table = table[: table.index("\n\n", table.index("* - Index"))]
+    rows = re.findall(r"\* - (\d+)\n\s+- ``(\w+)``", table)
+    assert len(rows) == _program.HEADER
+    assert {name: int(i) for i, name in rows} == {
+        name: getattr(_program, name) for _, name in rows}
+
+
 def test_repository_map_names_only_paths_that_exist():
     text = (DOCS / "internals.rst").read_text(encoding="utf-8")
     rows = text[text.index(".. _repository-map:"):].split("   * - ")[2:]

@@ -97,6 +97,16 @@ def jacrev_batch(prog, R, consts, X, P, Y, J, valid, chunk, t, nt):
 
 
 @njit(cache=True, nogil=True)
+def _directions_out(S, s, Y, p0, m):
+    # The direction rows of slot s (S[s, d], points innermost) into Y[p0 : p0 + m, d].
+    for d in range(S.shape[1]):
+        src = S[s, d]
+        dst = Y[p0 : p0 + m, d]
+        for p in range(m):
+            dst[p] = src[p]
+
+
+@njit(cache=True, nogil=True)
 def jvp_batch(prog, consts, X, P, V, Y, TY, valid, chunk, t, nt):
     n = X.shape[0]
     nv = V.shape[1]
@@ -108,12 +118,7 @@ def jvp_batch(prog, consts, X, P, V, Y, TY, valid, chunk, t, nt):
         m = min(chunk, n - p0)
         _forward_tangents(prog, X, P, V, W, T, D, Y, valid, p0, m)
         for k in range(prog[N_OUTPUTS]):
-            s = prog[oo + k]
-            for d in range(nv):
-                t = T[s, d]
-                ty = TY[p0 : p0 + m, k, d]
-                for p in range(m):
-                    ty[p] = t[p]
+            _directions_out(T, prog[oo + k], TY[:, k, :], p0, m)
 
 
 @njit(cache=True, nogil=True)
@@ -143,9 +148,4 @@ def hvp_batch(prog, consts, X, P, V, Y, G, HV, valid, chunk, t, nt):
         reverse_hvp_chunk(prog, W, T, A, Ad, D, S, nv, m)
         _store_grad(prog, A, G, p0, m)
         for j in range(prog[N_INPUTS]):
-            s = prog[oi + j]
-            for d in range(nv):
-                ad = Ad[s, d]
-                hv = HV[p0 : p0 + m, d, j]
-                for p in range(m):
-                    hv[p] = ad[p]
+            _directions_out(Ad, prog[oi + j], HV[:, :, j], p0, m)

@@ -145,6 +145,28 @@ def _back_block(A, W, D, gr, i0, s0, n, nd, src, dc, base, j0, sj, new):
 
 
 @njit(cache=True, nogil=True)
+def _row(prog, i):
+    # Instruction i: opcode, first result slot, operand slots, size, operand strides.
+    k = prog[AT_CODE] + ROW * i
+    return (prog[k + OPCODE], prog[k + RESULT], prog[k + ARG_A], prog[k + ARG_B],
+            prog[k + ARG_C], prog[k + SIZE], prog[k + STRIDE_A], prog[k + STRIDE_B],
+            prog[k + STRIDE_C])
+
+
+@njit(cache=True, nogil=True)
+def _value_slot(src, a, b, c, r):
+    # Of an operand's (a, b, c) or the result's (r) slot or stride: the one a partial
+    # found in the workspace (src SRC_A .. SRC_R) reads.
+    if src == SRC_A:
+        return a
+    if src == SRC_B:
+        return b
+    if src == SRC_C:
+        return c
+    return r
+
+
+@njit(cache=True, nogil=True)
 def reverse_stored_chunk(prog, R, W, A, D, m):
     # After forward_partials_chunk: D[MAX_ARITY * (s - nf) + k] holds the stored partial
     # of result slot s with respect to its operand k.
@@ -154,16 +176,7 @@ def reverse_stored_chunk(prog, R, W, A, D, m):
     nf = prog[FIRST_ADJOINT] + prog[N_INPUTS]
     go = _plan_slots(prog, R)
     for i in range(prog[N_INSTR] - 1, -1, -1):
-        k = prog[AT_CODE] + ROW * i
-        op = prog[k + OPCODE]
-        ir = prog[k + RESULT]
-        ia = prog[k + ARG_A]
-        ib = prog[k + ARG_B]
-        ic = prog[k + ARG_C]
-        n = prog[k + SIZE]
-        sa = prog[k + STRIDE_A]
-        sb = prog[k + STRIDE_B]
-        sc = prog[k + STRIDE_C]
+        op, ir, ia, ib, ic, n, sa, sb, sc = _row(prog, i)
         fl = R[i]
         g0 = _plan_slot(prog, R, go + i, n)
         for e in range(n):
@@ -203,16 +216,7 @@ def reverse_stored_chunk(prog, R, W, A, D, m):
                         for p in range(m):
                             ga[p] += _azmul(gr[p], dc)
                 else:
-                    if src == SRC_STORED:
-                        dk = D[q + k]
-                    elif src == SRC_A:
-                        dk = W[ja]
-                    elif src == SRC_B:
-                        dk = W[jb]
-                    elif src == SRC_C:
-                        dk = W[jc]
-                    else:
-                        dk = W[jr]
+                    dk = D[q + k] if src == SRC_STORED else W[_value_slot(src, ja, jb, jc, jr)]
                     if new:
                         for p in range(m):
                             ga[p] = 0.0 + _azmul(gr[p], dc * dk[p])
@@ -230,16 +234,7 @@ def reverse_stored_point_sweep(prog, R, W, A, D, q):
     nd = prog[FIRST_ADJOINT]
     go = _plan_slots(prog, R)
     for i in range(prog[N_INSTR] - 1, -1, -1):
-        k = prog[AT_CODE] + ROW * i
-        op = prog[k + OPCODE]
-        ir = prog[k + RESULT]
-        ia = prog[k + ARG_A]
-        ib = prog[k + ARG_B]
-        ic = prog[k + ARG_C]
-        n = prog[k + SIZE]
-        sa = prog[k + STRIDE_A]
-        sb = prog[k + STRIDE_B]
-        sc = prog[k + STRIDE_C]
+        op, ir, ia, ib, ic, n, sa, sb, sc = _row(prog, i)
         q -= _PCNT[op] * n
         fl = R[i]
         g0 = _plan_slot(prog, R, go + i, n)
@@ -254,16 +249,8 @@ def reverse_stored_point_sweep(prog, R, W, A, D, q):
                     if src == SRC_CONST:
                         d = _scale(g, _PCONST[MAX_ARITY * op + k])
                     else:
-                        if src == SRC_STORED:
-                            d = D[q + _PIDX[MAX_ARITY * op + k]]
-                        elif src == SRC_A:
-                            d = W[ia]
-                        elif src == SRC_B:
-                            d = W[ib]
-                        elif src == SRC_C:
-                            d = W[ic]
-                        else:
-                            d = W[ir]
+                        d = (D[q + _PIDX[MAX_ARITY * op + k]] if src == SRC_STORED
+                             else W[_value_slot(src, ia, ib, ic, ir)])
                         d = _azmul(g, _PCONST[MAX_ARITY * op + k] * d)
                     A[j] = (0.0 if (fl >> (PLAN_ASSIGN + k)) & 1 else A[j]) + d
         else:
@@ -271,14 +258,8 @@ def reverse_stored_point_sweep(prog, R, W, A, D, q):
             for k in range(MAX_ARITY):
                 src = _PSRC[MAX_ARITY * op + k]
                 if src != SRC_ZERO and not (fl >> (PLAN_FORWARD + k)) & 1:
-                    if src == SRC_A:
-                        j0, sj = ia, sa
-                    elif src == SRC_B:
-                        j0, sj = ib, sb
-                    elif src == SRC_C:
-                        j0, sj = ic, sc
-                    else:
-                        j0, sj = ir, 1
+                    j0 = _value_slot(src, ia, ib, ic, ir)
+                    sj = _value_slot(src, sa, sb, sc, 1)
                     i0, s0 = (ia, sa) if k == 0 else ((ib, sb) if k == 1 else (ic, sc))
                     _back_block(A, W, D, gr, i0, s0, n, nd, src, _PCONST[MAX_ARITY * op + k],
                                 q + _PIDX[MAX_ARITY * op + k] * n, j0, sj,
