@@ -121,6 +121,9 @@ class Op:
     trace : callable or None
         How traced user code reaches the op, where calling ``numpy`` on traced values
         does not (``stop_gradient``). None: ``numpy`` itself reaches it.
+    aliases : tuple of numpy.ufunc
+        Other numpy ufuncs that compute this op on real input (``np.fabs`` is ``abs``):
+        the tracer maps them to it too.
     """
 
     code: int
@@ -137,6 +140,7 @@ class Op:
     kink: Callable[..., np.ndarray] | None = None
     edges: Callable[[np.ndarray], None] | None = None
     trace: Callable[..., object] | None = None
+    aliases: tuple[np.ufunc, ...] = ()
 
     def __post_init__(self) -> None:
         n_second = {1: 1, 2: 3, 3: 6}[self.arity]
@@ -323,7 +327,8 @@ _TABLE: list[Op] = [
        ("2.0 * a / ((1.0 - a * a) * (1.0 - a * a))",), np.arctanh, (_UNIT,)),
     # --- piecewise ------------------------------------------------------------------------
     Op(31, "abs", 1, "abs(a)", ("_sign(a)",), (Z,), np.abs, (_R,),
-       frozenset({PIECEWISE, EXACT}), doc="derivative sign(a): 0 at 0", kink=_from_zero),
+       frozenset({PIECEWISE, EXACT}), doc="derivative sign(a): 0 at 0", kink=_from_zero,
+       aliases=(np.fabs,)),
     Op(32, "sign", 1, "_sign(a)", (Z,), (Z,), np.sign, (_R,),
        frozenset({ZERO_DERIVATIVE, PIECEWISE, EXACT}), kink=_from_zero),
     Op(33, "floor", 1, "np.floor(a)", (Z,), (Z,), np.floor, (_R,),

@@ -18,9 +18,9 @@ from ._errors import TracingError
 from ._ops import BY_NAME, COMPARISON, OPS, Op
 from ._tape_builder import Recorder
 
-#: numpy ufunc -> op, derived from the op table's numpy references.
-UFUNC_OPS: dict[np.ufunc, Op] = {op.numpy: op for op in OPS if isinstance(op.numpy, np.ufunc)}
-UFUNC_OPS[np.fabs] = BY_NAME["abs"]
+#: numpy ufunc -> op, derived from the op table's numpy references and aliases.
+UFUNC_OPS: dict[np.ufunc, Op] = {
+    u: op for op in OPS for u in (op.numpy, *op.aliases) if isinstance(u, np.ufunc)}
 
 
 class Tracer:

@@ -30,9 +30,16 @@ from _op_helpers import (
 
 import tapejit
 from tapejit import OPS
-from tapejit._ops import COMPARISON, EXACT, PIECEWISE, ZERO_DERIVATIVE
+from tapejit._ops import BY_CODE, COMPARISON, EXACT, PIECEWISE, ZERO_DERIVATIVE
 
 N_POINTS = 1000
+
+
+@pytest.mark.parametrize(("alias", "name"),
+                         [(u, op.name) for op in OPS for u in op.aliases])
+def test_every_alias_records_its_op(alias, name):
+    tape = tapejit.record(lambda a: alias(a), 0.5)
+    assert [BY_CODE[int(c)].name for c in tape.opcodes] == [name]
 
 
 # ---------------------------------------------------------------------------------------

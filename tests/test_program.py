@@ -57,7 +57,7 @@ from tapejit._program import (
     subprograms_of,
 )
 from tapejit._slot_reuse import check_compact, compact
-from tapejit._tape import from_packed
+from tapejit._tape import from_packed, packed
 from tapejit._tape_builder import Recorder
 
 DATA = Path(__file__).resolve().parent / "data"
@@ -76,7 +76,7 @@ def tape() -> Tape:
 def test_pack_writes_what_the_tape_holds_and_unpack_reads_it_back(tape):
     p = Program.from_tape(tape)
     prog, consts = p.pack()
-    assert np.array_equal(prog, tape._prog) and prog.dtype == np.int32
+    assert np.array_equal(prog, packed(tape)[0]) and prog.dtype == np.int32
     assert np.array_equal(consts.view(np.int64), tape.consts.view(np.int64))
     q = Program.unpack(prog, consts)
     for name in ("opcodes", "args", "sizes", "strides", "outputs", "guards", "results",
@@ -98,7 +98,7 @@ def test_the_tape_builder_finalizes_into_a_program():
 
 def _refused(prog: np.ndarray, consts: np.ndarray, match: str | None = None) -> None:
     with pytest.raises(TapeFormatError, match=match):
-        Tape._from_packed(prog, consts)
+        from_packed(prog, consts)
     with pytest.raises(TapeFormatError, match=match):
         Program.unpack(prog, consts)
 
@@ -126,7 +126,7 @@ def test_malformed_packed_programs_are_refused(tape):
     bad = prog.copy()
     bad[N_CONSTS] = -1
     _refused(bad, consts, "negative")
-    Tape._from_packed(prog, consts)  # the unmodified program is accepted
+    from_packed(prog, consts)  # the unmodified program is accepted
 
 
 @pytest.mark.parametrize("opcode", [FIRST_FAMILY, 200, LAST_OPCODE])
@@ -176,10 +176,10 @@ def test_a_tape_pickled_by_format_version_1_loads():
     """Pickles made by earlier versions keep loading, converted to today's program."""
     blob = (DATA / "tape_v1.pickle").read_bytes()
     tape = pickle.loads(blob)
-    assert tape.name == "fixture" and int(tape._prog[AT_INPUTS]) == HEADER
+    assert tape.name == "fixture" and int(packed(tape)[0][AT_INPUTS]) == HEADER
     assert (tape.n_inputs, tape.n_params, tape.n_outputs, tape.n_guards) == (2, 1, 2, 1)
     same = load_tape(DATA / "tape_v2.npz")  # the same tape, from a tape file
-    assert np.array_equal(tape._prog, same._prog)
+    assert np.array_equal(packed(tape)[0], packed(same)[0])
     assert np.array_equal(tape.consts.view(np.int64), same.consts.view(np.int64))
     x, p = np.array([2.0, 5.0]), np.array([3.0])
     y, z = tape.forward(x, p)
@@ -189,7 +189,7 @@ def test_a_tape_pickled_by_format_version_1_loads():
     with pytest.raises(tapejit.BranchError):
         tape.forward(np.array([2.0, -1.0]), p)
     again = pickle.loads(pickle.dumps(tape))
-    assert np.array_equal(again._prog, tape._prog)
+    assert np.array_equal(packed(again)[0], packed(tape)[0])
 
 
 class _Arrays(pickle.Unpickler):
@@ -295,7 +295,7 @@ def test_a_tape_refuses_an_instruction_family_no_kernel_runs(families):
     prog, consts = _nested().pack()
     Program.unpack(prog, consts)  # a valid program
     with pytest.raises(TapeFormatError, match=r"no kernel .* runs instruction family probe"):
-        Tape._from_packed(prog, consts)
+        from_packed(prog, consts)
     with pytest.raises(TapeFormatError, match="family bare"):
         Tape(np.array([BARE.opcode]), np.zeros((1, 3), np.int64), np.zeros(0), np.array([0]),
              np.zeros(0, np.int64), np.array([1]))

@@ -24,6 +24,7 @@ from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 
 import tapejit
+from tapejit._kernels.runtime import chunk_of
 
 H = 1e-30  # complex step
 RTOL = 1e-9
@@ -334,14 +335,14 @@ def test_big_program_has_a_small_chunk():
     _, tape = _tape("big")
     from tapejit._kernels.runtime import CHUNK_MAX
 
-    assert 1 < tape._chunk < CHUNK_MAX
+    assert 1 < chunk_of(tape.n_slots) < CHUNK_MAX
     _, small = _tape("small")
-    assert small._chunk == CHUNK_MAX
+    assert chunk_of(small.n_slots) == CHUNK_MAX
 
 
 def _counts(which):
     _, tape = _tape(which)
-    c = tape._chunk
+    c = chunk_of(tape.n_slots)
     return [0, 1, c - 1, c, c + 1, 2 * c, 2 * c + 1, 5 * c + 3]
 
 
@@ -391,7 +392,7 @@ def test_large_point_count_bitwise_equals_point_by_point():
     v, g = tape.value_and_grad(X)
     assert v.shape == (n,) and g.shape == (n, 3)
     np.testing.assert_array_equal(tape.forward(X), v)
-    c = tape._chunk
+    c = chunk_of(tape.n_slots)
     idx = np.unique(np.concatenate([
         np.arange(0, n, 97),
         [c - 1, c, c + 1, n - c - 1, n - c, n - 2, n - 1],
