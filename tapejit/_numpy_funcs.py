@@ -162,6 +162,32 @@ def _mean(x, axis=None, dtype=None, out=None, keepdims=False, **kw):
     return emit("div", s, float(n))
 
 
+@_implements(np.var)
+def _var(x, axis=None, dtype=None, out=None, ddof=0, keepdims=False, **kw):
+    # numpy's two passes: the mean, then the mean of the squared deviations over n - ddof
+    # (n - ddof <= 0 gives inf or NaN, as numpy does).
+    if kw.get("mean", np._NoValue) is not np._NoValue:
+        raise TracingError("numpy.var(..., mean=...) cannot be traced: leave mean out")
+    correction = kw.pop("correction", np._NoValue)
+    kw.pop("mean", None)
+    if correction is not np._NoValue:
+        if ddof != 0:
+            raise ValueError("ddof and correction can't be provided simultaneously.")
+        ddof = correction
+    rec = recorder_of([x])
+    xt = Tracer(rec, lift(rec, x))
+    dev = xt - _mean(xt, axis=axis, dtype=dtype, out=out, keepdims=True, **kw)
+    s = _sum(dev * dev, axis=axis, dtype=dtype, out=out, keepdims=keepdims, **kw)
+    n = np.size(_ids(xt)) // max(np.size(_ids(s)), 1)
+    return emit("div", s, float(max(n - ddof, 0)))
+
+
+@_implements(np.std)
+def _std(x, axis=None, dtype=None, out=None, ddof=0, keepdims=False, **kw):
+    return np.sqrt(_var(x, axis=axis, dtype=dtype, out=out, ddof=ddof, keepdims=keepdims,
+                        **kw))
+
+
 _REDUCERS = {
     np.add: lambda x, axis=0, **kw: _sum(x, axis=axis, **kw),
     np.multiply: lambda x, axis=0, **kw: _prod(x, axis=axis, **kw),

@@ -287,6 +287,12 @@ class Tracer:
     def mean(self, axis=None, keepdims=False, **kw):
         return np.mean(self, axis=axis, keepdims=keepdims, **kw)
 
+    def var(self, axis=None, keepdims=False, **kw):
+        return np.var(self, axis=axis, keepdims=keepdims, **kw)
+
+    def std(self, axis=None, keepdims=False, **kw):
+        return np.std(self, axis=axis, keepdims=keepdims, **kw)
+
     def max(self, axis=None, keepdims=False, **kw):
         return np.max(self, axis=axis, keepdims=keepdims, **kw)
 

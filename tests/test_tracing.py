@@ -653,3 +653,44 @@ def test_opcodes_and_args_are_read_only():
         tape.opcodes[0] = 19
     with pytest.raises(ValueError):
         tape.args[0, 0] = 0
+
+
+# ---------------------------------------------------------------------------------------
+# var and std: numpy's two passes over recorded ops
+# ---------------------------------------------------------------------------------------
+_SPREADS = [{}, {"axis": 0}, {"axis": 1, "ddof": 1}, {"axis": (0, 1), "keepdims": True},
+            {"axis": -1, "correction": 1}, {"ddof": 2}]
+
+
+@pytest.mark.parametrize("fn", [np.var, np.std])
+@pytest.mark.parametrize("kw", _SPREADS)
+def test_var_and_std_match_numpy_and_central_differences(fn, kw, central_diff):
+    rng = np.random.default_rng(7)
+    x0 = rng.normal(size=(3, 4))
+    shape = np.shape(fn(x0, **kw))
+    w = np.arange(1.0, 1.0 + np.prod(shape)).reshape(shape)  # weights each result differently
+    tape = tapejit.record(lambda a: np.sum(fn(a, **kw) * w), x0)
+    X = rng.normal(size=(5, 12))
+
+    def ref(points):
+        return np.array([np.sum(fn(p.reshape(3, 4), **kw) * w) for p in points])
+
+    value, grad = tape.value_and_grad(X)
+    np.testing.assert_allclose(value, ref(X), rtol=1e-13)
+    np.testing.assert_allclose(grad, central_diff(ref, X), rtol=1e-6, atol=1e-8)
+
+
+def test_var_and_std_methods_and_their_refusals():
+    x0 = np.array([1.0, 2.0, 4.0])
+    assert tapejit.record(lambda a: a.std(), x0).forward(x0) == np.std(x0)
+    assert tapejit.record(lambda a: a.var(ddof=1), x0).forward(x0) == np.var(x0, ddof=1)
+    with pytest.raises(TracingError, match="mean="):
+        tapejit.record(lambda a: np.var(a, mean=np.mean(a)), x0)
+    with pytest.raises(ValueError, match="ddof and correction"):
+        tapejit.record(lambda a: np.var(a, ddof=1, correction=1), x0)
+
+
+def test_std_of_a_constant_input_has_a_zero_gradient():
+    # sqrt's infinite derivative at 0 meets exactly zero deviations: zero, never NaN (azmul)
+    value, grad = tapejit.record(np.std, np.ones(3)).value_and_grad(np.full(3, 2.0))
+    assert value == 0.0 and np.array_equal(grad, np.zeros(3))
