@@ -6,7 +6,7 @@
 [2.0, 4.0, 6.0]
 """
 
-from . import optimize
+from . import _families, optimize  # noqa: F401 - _families registers the families
 from ._errors import BranchError, TracingError
 from ._float32 import Float32Tape
 from ._io import load_tape as load

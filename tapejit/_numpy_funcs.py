@@ -11,6 +11,7 @@ from typing import Any
 
 import numpy as np
 
+from . import _contract
 from ._errors import TracingError
 from ._ops import BY_NAME
 from ._tape_builder import Recorder
@@ -214,44 +215,35 @@ def _cumsum(x, axis=None, dtype=None, out=None):
     return Tracer(rec, np.moveaxis(ids, -1, axis))
 
 
-# -- products ----------------------------------------------------------------------------
-def matmul(a: Any, b: Any) -> Any:
-    """``a @ b`` for 1-D and 2-D operands (and stacks of matrices)."""
-    rec = recorder_of([a, b])
-    A, B = lift(rec, a), lift(rec, b)
-    if A.ndim == 0 or B.ndim == 0:
-        raise ValueError("matmul: input operand does not have enough dimensions")
-    ta, tb = Tracer(rec, A), Tracer(rec, B)
-    if A.ndim == 1 and B.ndim == 1:
-        return _sum(ta * tb)
-    if B.ndim == 1:
-        return _sum(ta * tb, axis=-1)
-    if A.ndim == 1:
-        return _sum(Tracer(rec, A[:, None]) * tb, axis=-2)
-    return _sum(Tracer(rec, A[..., :, :, None]) * Tracer(rec, B[..., None, :, :]), axis=-2)
+# -- products (matmul family instructions: _contract.py) ---------------------------------
+matmul = _contract.matmul
 
 
 @_implements(np.dot)
 def _dot(a, b, out=None):
     if out is not None:
         raise TracingError("numpy.dot(..., out=...) cannot be traced")
-    if np.ndim(_ids(a)) == 0 or np.ndim(_ids(b)) == 0:
-        return emit("mul", a, b)
-    if np.ndim(_ids(b)) > 2:
-        raise TracingError("numpy.dot with an operand of more than 2 dimensions cannot be traced")
-    return matmul(a, b)
+    return _contract.dot(a, b)
 
 
 @_implements(np.vdot)
 def _vdot(a, b):
-    return _sum(emit("mul", np.ravel(a), np.ravel(b)))
+    return _contract.vdot(a, b)
 
 
 @_implements(np.inner)
 def _inner(a, b):
-    if np.ndim(_ids(a)) > 1 or np.ndim(_ids(b)) > 1:
-        raise TracingError("numpy.inner of arrays with more than 1 dimension cannot be traced")
-    return _dot(a, b)
+    return _contract.inner(a, b)
+
+
+@_implements(np.tensordot)
+def _tensordot(a, b, axes=2):
+    return _contract.tensordot(a, b, axes)
+
+
+@_implements(np.einsum)
+def _einsum(*operands, **kwargs):
+    return _contract.einsum(*operands, **kwargs)
 
 
 @_implements(np.outer)

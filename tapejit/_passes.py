@@ -372,7 +372,9 @@ def guard_slice(tape: Tape) -> Tape | None:
     p = Program.from_tape(tape)
     if not len(p.guards):
         return None
-    q = _dce(replace(p, outputs=p.guards[:1, GUARD_SLOT]))
+    q = replace(p, outputs=p.guards[:1, GUARD_SLOT])
+    if not p.has_families:  # the passes do not see inside family instructions yet
+        q = _dce(q)
     return _tape(q, tape, output_shapes=((),), name=f"guards of {tape.name}")
 
 
@@ -421,6 +423,8 @@ def simplify(
             raise ValueError(f"unknown pass {name!r}; the passes are {', '.join(PASSES)}")
     p = Program.from_tape(tape)
     log = []
+    if p.has_families:  # the passes do not see inside family instructions yet
+        names = []
     for name in names:
         t0 = time.perf_counter()
         q = _RUN[name](p)

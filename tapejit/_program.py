@@ -16,7 +16,7 @@ generator writes the same constants into the generated kernel module, so the ker
 sources read ``prog[N_INSTR]`` as the Python modules do. No module indexes a program by
 a bare number.
 
-Layout of a packed ``int32`` program (format version 2)::
+Layout of a packed ``int32`` program (format version 3)::
 
     header       HEADER fields, named below (counts, then section offsets)
     inputs       N_INPUTS slot indices                    at AT_INPUTS
@@ -24,6 +24,7 @@ Layout of a packed ``int32`` program (format version 2)::
     outputs      N_OUTPUTS slot indices                   at AT_OUTPUTS
     code         N_INSTR rows of ROW ints                 at AT_CODE
     guards       N_GUARDS rows of GUARD ints              at AT_GUARDS
+    resident     N_RESIDENT runs of RUN ints              at AT_RESIDENT
     attrs        N_ATTRS ints                             at AT_ATTRS
     subprograms  N_SUBPROGRAMS rows of SUBPROGRAM ints    at AT_SUBPROGRAMS
     nested programs, one per sub-program entry, in table order, to the array's end
@@ -35,13 +36,22 @@ Slots are numbered ``[constants | parameters | inputs | instruction results]``;
 ``FIRST_ADJOINT`` (``nd``) is the first slot that receives adjoints. The constants'
 values travel next to the program as a ``float64`` array.
 
+The *resident runs* ``(RUN_START, RUN_STOP)`` are the ranges of constant and parameter
+slots the drivers copy into a workspace: the ones elementwise instructions, outputs or
+guards read. Constants and parameters that only family instructions read (a data matrix)
+are read in place from the constant pool or the parameter vector, never copied per call.
+They are derived from the rest (:func:`resident_runs`), written by :meth:`Program.pack`
+and checked by :meth:`Program.unpack`.
+
 An instruction row is ``(OPCODE, RESULT, ARG_A, ARG_B, ARG_C, SIZE, STRIDE_A, STRIDE_B,
 STRIDE_C, ATTR)``: it applies its op to ``SIZE`` elements (1: scalar; more: a block),
 element ``e`` reading slot ``ARG_k + e * STRIDE_k`` of each operand ``k`` and writing
 ``RESULT + e``. Results are consecutive in instruction order from the first result slot,
 and every operand slot comes before its instruction's first result. ``ATTR`` is 0 for an
 elementwise instruction; for a family instruction it is the offset in the attribute
-section of its first attribute.
+section of its first attribute. A family instruction writes ``SIZE`` result slots and
+reads each operand ``k`` as one contiguous block: ``STRIDE_k`` holds its *length* (slots
+``ARG_k .. ARG_k + STRIDE_k - 1``; 0 for an empty operand).
 
 A *guard* row ``(GUARD_SLOT, GUARD_OUTCOME)`` records a Python branch taken on a traced
 value while recording: the comparison's result slot and the outcome seen (0 or 1).
@@ -64,7 +74,9 @@ Format version 1 (pickles and shared tapes made before) had a header of 14 field
 attribute or sub-program fields) and rows of 9 ints (no ``ATTR``), the other fields at
 the same positions; it is recognized by ``prog[AT_INPUTS] == 14`` and
 ``prog[ROW_INTS] == 9`` (:func:`is_version_1`) and converted on loading by
-:meth:`Program.unpack_v1` and :meth:`Program.pack` (:func:`upgrade`).
+:meth:`Program.unpack_v1` and :meth:`Program.pack` (:func:`upgrade`). Format version 2
+had a header of 18 fields and no resident runs (``prog[AT_INPUTS] == 18``); it is
+converted the same way (:meth:`Program.unpack_v2`).
 
 Opcodes and instruction families
 --------------------------------
@@ -116,8 +128,10 @@ N_ATTRS = 14  #: integer attributes of family instructions
 AT_ATTRS = 15  #: offset of the attribute section
 N_SUBPROGRAMS = 16  #: entries of the sub-program table
 AT_SUBPROGRAMS = 17  #: offset of the sub-program table
+N_RESIDENT = 18  #: runs of constant and parameter slots copied into a workspace
+AT_RESIDENT = 19  #: offset of the resident runs
 #: Number of header fields.
-HEADER = 18
+HEADER = 20
 
 # -- instruction row fields --------------------------------------------------------------
 OPCODE = 0
@@ -143,6 +157,12 @@ GUARD_OUTCOME = 1  #: its value (0 or 1) when the tape was recorded
 #: Ints per guard row.
 GUARD = 2
 
+# -- resident run fields -----------------------------------------------------------------
+RUN_START = 0  #: first slot of a run of resident constant or parameter slots
+RUN_STOP = 1  #: the slot after its last
+#: Ints per resident run.
+RUN = 2
+
 # -- sub-program table entry fields ---------------------------------------------------------
 SUB_AT = 0  #: offset in this same array of the nested program's header
 SUB_LEN = 1  #: its length in ints
@@ -167,10 +187,11 @@ LAST_OPCODE = 255
 KERNEL_CONSTANTS: tuple[str, ...] = (
     "N_SLOTS", "N_CONSTS", "FIRST_ADJOINT", "N_INPUTS", "N_PARAMS", "N_OUTPUTS", "N_INSTR",
     "AT_INPUTS", "AT_PARAMS", "AT_OUTPUTS", "AT_CODE", "ROW_INTS", "N_GUARDS", "AT_GUARDS",
-    "N_ATTRS", "AT_ATTRS", "N_SUBPROGRAMS", "AT_SUBPROGRAMS", "HEADER", "OPCODE", "RESULT",
+    "N_ATTRS", "AT_ATTRS", "N_SUBPROGRAMS", "AT_SUBPROGRAMS", "N_RESIDENT", "AT_RESIDENT",
+    "RUN_START", "RUN_STOP", "RUN", "HEADER", "OPCODE", "RESULT",
     "ARG_A", "ARG_B", "ARG_C", "SIZE", "STRIDE_A", "STRIDE_B", "STRIDE_C", "ATTR", "ROW",
     "MAX_ARITY", "GUARD_SLOT", "GUARD_OUTCOME", "GUARD", "SUB_AT", "SUB_LEN", "SUB_CONSTS",
-    "SUBPROGRAM", "PLAN_ASSIGN", "PLAN_FORWARD", "FIRST_FAMILY",
+    "SUBPROGRAM", "PLAN_ASSIGN", "PLAN_FORWARD", "FIRST_FAMILY", "LAST_OPCODE",
 )
 
 
@@ -225,9 +246,19 @@ class Family:
         entries: the programs it runs (a loop's body).
     check : callable, optional
         ``check(values) -> bad``: given the ``(m, len(attrs))`` attribute values of
-        ``m`` instructions, a boolean mask of the instructions whose values are invalid
-        (operand and result sizes are checked with them). Without one, any values are
-        accepted.
+        ``m`` instructions, a boolean mask of the instructions whose values are invalid.
+        Without one, any values are accepted.
+    sizes : callable, optional
+        ``sizes(values) -> (m, 1 + arity)``: the result size and each operand's length
+        the attribute values imply; validation requires exactly these (the routines
+        trust them). Required for a family the kernels run.
+    kernel : str
+        The kernel file (``tapejit/_kernels/<kernel>.py``) holding its routines; empty
+        for a family no kernel runs (validation accepts it, a tape refuses it).
+    reference : callable, optional
+        ``reference(attrs, a, b, c) -> r``: the numpy rule at one point, on flat float64
+        operand blocks (values at the recording point, the display's reference
+        interpreter, tests).
     """
 
     name: str
@@ -237,6 +268,9 @@ class Family:
     rules: dict[str, str]
     bodies: tuple[str, ...] = ()
     check: Callable[[np.ndarray], np.ndarray] | None = None
+    sizes: Callable[[np.ndarray], np.ndarray] | None = None
+    kernel: str = ""
+    reference: Callable[..., np.ndarray] | None = None
 
     def __post_init__(self) -> None:
         if not FIRST_FAMILY <= self.opcode <= LAST_OPCODE:
@@ -249,10 +283,13 @@ class Family:
             raise ValueError(f"family {self.name}: needs a rule for each of {SWEEPS}")
         if not set(self.bodies) <= set(self.attrs):
             raise ValueError(f"family {self.name}: its bodies must be among its attrs")
+        if self.kernel and (self.sizes is None or self.reference is None):
+            raise ValueError(f"family {self.name}: a family the kernels run needs sizes "
+                             "and a reference")
 
 
-#: The instruction families this version knows, by opcode. Empty: validation refuses
-#: every opcode from ``FIRST_FAMILY`` on.
+#: The instruction families this version knows, by opcode (registered by
+#: ``tapejit._families``); validation refuses every other opcode from ``FIRST_FAMILY`` on.
 FAMILIES: dict[int, Family] = {}
 
 #: Sub-programs nest at most this deep (a hostile chain of nested headers is refused
@@ -302,6 +339,11 @@ def guards_of(prog: np.ndarray) -> np.ndarray:
     return _section(prog, AT_GUARDS, N_GUARDS, GUARD)
 
 
+def resident_of(prog: np.ndarray) -> np.ndarray:
+    """The resident runs of a packed program, ``(n_runs, RUN)`` (a view)."""
+    return _section(prog, AT_RESIDENT, N_RESIDENT, RUN)
+
+
 def inputs_of(prog: np.ndarray) -> np.ndarray:
     """The input slots of a packed program (a view)."""
     return _section(prog, AT_INPUTS, N_INPUTS)
@@ -339,6 +381,38 @@ def _starts(sizes: np.ndarray) -> np.ndarray:
     if len(sizes) > 1:
         np.cumsum(sizes[:-1], out=out[1:])
     return out
+
+
+def resident_runs(p: Program) -> np.ndarray:
+    """``(n_runs, RUN)``: the runs of constant and parameter slots a workspace holds.
+
+    A constant or parameter slot is resident when an elementwise instruction may read it
+    (anywhere in the span of a block operand), it is an output, or a family instruction
+    reads it in an operand block that is not wholly constants or wholly parameters
+    (family routines read those in place, from the pool or the parameter vector).
+    """
+    nd, nc = p.first_adjoint, p.n_consts
+    delta = np.zeros(nd + 1, np.int64)
+    if len(p.opcodes):
+        used = p.used()
+        family = p.opcodes >= FIRST_FAMILY
+        last = p.args + (p.sizes[:, None] - 1) * p.strides
+        lo = np.minimum(p.args, last)
+        hi = np.maximum(p.args, last) + 1
+        fam_hi = p.args + p.strides
+        in_place = ((fam_hi <= nc) | ((p.args >= nc) & (fam_hi <= nd)))
+        lo = np.where(family[:, None], p.args, lo)
+        hi = np.where(family[:, None], fam_hi, hi)
+        pick = used & (lo < nd) & (hi > lo) & ~(family[:, None] & in_place)
+        np.add.at(delta, lo[pick], 1)
+        np.add.at(delta, np.minimum(hi[pick], nd), -1)
+    outs = p.outputs[p.outputs < nd]
+    np.add.at(delta, outs, 1)
+    np.add.at(delta, outs + 1, -1)
+    mask = np.cumsum(delta[:nd]) > 0
+    edges = np.diff(np.concatenate([[0], mask.astype(np.int8), [0]]))
+    return np.stack([np.nonzero(edges == 1)[0], np.nonzero(edges == -1)[0]],
+                    axis=1).astype(np.int64).reshape(-1, RUN)
 
 
 # ---------------------------------------------------------------------------------------
@@ -418,6 +492,11 @@ class Program:
     def inputs(self) -> np.ndarray:
         return self.first_adjoint + np.arange(self.n_inputs, dtype=np.int64)
 
+    @property
+    def has_families(self) -> bool:
+        """Whether any instruction is of an instruction family."""
+        return bool((self.opcodes >= FIRST_FAMILY).any())
+
     def arity(self) -> np.ndarray:
         """Operands of each instruction."""
         return arities(self.opcodes)
@@ -452,6 +531,7 @@ class Program:
             "opcodes": self.opcodes, "args": self.args, "consts": self.consts,
             "inputs": self.inputs, "params": self.params, "outputs": self.outputs,
             "guards": self.guards, "sizes": self.sizes, "strides": self.strides,
+            "attrs": self.attrs, "attr_offsets": self.attr_at,
         }
 
     @classmethod
@@ -468,6 +548,8 @@ class Program:
             n_inputs=tape.n_inputs,
             outputs=np.asarray(tape.outputs, dtype=np.int64),
             guards=np.asarray(tape.guards, dtype=np.int64).reshape(-1, GUARD),
+            attrs=np.asarray(tape.attrs, dtype=np.int64),
+            attr_at=np.asarray(tape.attr_offsets, dtype=np.int64) if len(tape.attrs) else None,
         )
 
     def pack(self) -> tuple[np.ndarray, np.ndarray]:
@@ -482,13 +564,15 @@ class Program:
         n, n_in, n_par = len(self.opcodes), self.n_inputs, self.n_params
         n_out, n_guards = len(self.outputs), len(self.guards)
         n_attrs, n_sub = len(self.attrs), len(self.subprograms)
+        runs = resident_runs(self)
         nested = [sub.program._pack() for sub in self.subprograms]
         at_in = HEADER
         at_par = at_in + n_in
         at_out = at_par + n_par
         at_code = at_out + n_out
         at_guards = at_code + ROW * n
-        at_attrs = at_guards + GUARD * n_guards
+        at_resident = at_guards + GUARD * n_guards
+        at_attrs = at_resident + RUN * len(runs)
         at_sub = at_attrs + n_attrs
         at_nested = at_sub + SUBPROGRAM * n_sub
         size = at_nested + sum(len(p) for p in nested)
@@ -508,6 +592,7 @@ class Program:
         h[N_GUARDS], h[AT_GUARDS] = n_guards, at_guards
         h[N_ATTRS], h[AT_ATTRS] = n_attrs, at_attrs
         h[N_SUBPROGRAMS], h[AT_SUBPROGRAMS] = n_sub, at_sub
+        h[N_RESIDENT], h[AT_RESIDENT] = len(runs), at_resident
         prog[at_in:at_par] = self.inputs
         prog[at_par:at_out] = self.params
         prog[at_out:at_code] = self.outputs
@@ -518,7 +603,8 @@ class Program:
         code[:, SIZE] = self.sizes
         code[:, STRIDE_A : STRIDE_A + MAX_ARITY] = self.strides
         code[:, ATTR] = self.attr_offsets
-        prog[at_guards:at_attrs] = np.asarray(self.guards).ravel()
+        prog[at_guards:at_resident] = np.asarray(self.guards).ravel()
+        prog[at_resident:at_attrs] = runs.ravel()
         prog[at_attrs:at_sub] = self.attrs
         table = prog[at_sub:at_nested].reshape(n_sub, SUBPROGRAM)
         at = at_nested
@@ -569,12 +655,27 @@ class Program:
         code = prog[at : at + _V1_ROW * int(h[N_INSTR])].reshape(-1, _V1_ROW)
         return _checked(prog, code, consts, None, ())
 
+    @classmethod
+    def unpack_v2(cls, prog: np.ndarray, consts: np.ndarray) -> Program:
+        """Read a packed program of format version 2 (a header of 18 fields, no resident
+        runs), validating it as :meth:`unpack` does.
+
+        Raises
+        ------
+        TapeFormatError
+            Naming the first problem found.
+        """
+        check_layout(prog, consts, header=_V2_HEADER)
+        return _read(np.asarray(prog), np.asarray(consts), _V2_HEADER)
+
 
 #: Ints of a packed program at most (its offsets are int32).
 _MAX_INT32 = 2**31 - 1
 #: Header fields and row ints of format version 1.
 _V1_HEADER = 14
 _V1_ROW = 9
+#: Header fields of format version 2.
+_V2_HEADER = 18
 
 
 def is_version_1(prog: np.ndarray) -> bool:
@@ -585,15 +686,25 @@ def is_version_1(prog: np.ndarray) -> bool:
             and int(prog[AT_INPUTS]) == _V1_HEADER and int(prog[ROW_INTS]) == _V1_ROW)
 
 
+def is_version_2(prog: np.ndarray) -> bool:
+    """Whether ``prog`` claims to be a packed program of format version 2 (a header of
+    18 fields: no resident runs)."""
+    prog = np.asarray(prog)
+    return (prog.ndim == 1 and prog.dtype.kind in "iu" and prog.size >= _V2_HEADER
+            and int(prog[AT_INPUTS]) == _V2_HEADER and int(prog[ROW_INTS]) == ROW)
+
+
 def upgrade(prog: np.ndarray, consts: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """``prog, consts`` as they are, or converted to this format version (new arrays,
-    validated) when ``prog`` is of format version 1."""
+    validated) when ``prog`` is of format version 1 or 2."""
     if is_version_1(prog):
         return Program.unpack_v1(prog, consts).pack()
+    if is_version_2(prog):
+        return Program.unpack_v2(prog, consts).pack()
     return prog, consts
 
 
-def _read(prog: np.ndarray, consts: np.ndarray) -> Program:
+def _read(prog: np.ndarray, consts: np.ndarray, header: int = HEADER) -> Program:
     """The program of a packed array whose layout :func:`check_layout` accepted,
     validated (nested programs first)."""
     from ._validate import TapeFormatError
@@ -602,11 +713,15 @@ def _read(prog: np.ndarray, consts: np.ndarray) -> Program:
     for j, (at, length, c) in enumerate(subprograms_of(prog).astype(np.int64)):
         nested = prog[at : at + length]
         try:
-            p = _read(nested, consts[c : c + int(nested[N_CONSTS])])
+            p = _read(nested, consts[c : c + int(nested[N_CONSTS])], header)
         except TapeFormatError as exc:
             raise TapeFormatError(f"sub-program {j}: {exc}") from None
         subs.append(Subprogram(p, int(c)))
-    return _checked(prog, code_of(prog), consts, attrs_of(prog), tuple(subs))
+    p = _checked(prog, code_of(prog), consts, attrs_of(prog), tuple(subs))
+    if header == HEADER and not np.array_equal(resident_of(prog), resident_runs(p)):
+        raise TapeFormatError("the packed program's resident runs are not the ones its "
+                              "instructions need")
+    return p
 
 
 def _checked(prog: np.ndarray, code: np.ndarray, consts: np.ndarray,
@@ -675,7 +790,8 @@ def _check_n_consts(h: np.ndarray, consts: np.ndarray) -> None:
                               f"{consts.size}")
 
 
-def check_layout(prog: np.ndarray, consts: np.ndarray, depth: int = 0) -> None:
+def check_layout(prog: np.ndarray, consts: np.ndarray, depth: int = 0,
+                 header: int = HEADER) -> None:
     """Check a packed program's types and that its header describes its layout.
 
     ``prog`` must be a 1-D C-contiguous ``int32`` array whose sections follow the header
@@ -683,7 +799,8 @@ def check_layout(prog: np.ndarray, consts: np.ndarray, depth: int = 0) -> None:
     same way, at most :data:`MAX_NESTING` deep) one after the other in table order to the
     array's end; ``consts`` a 1-D C-contiguous ``float64`` array of ``N_CONSTS`` values,
     each nested program's constants a range of it. What the sections hold is checked
-    by :meth:`Program.unpack`.
+    by :meth:`Program.unpack`. ``header``: :data:`HEADER`, or 18 for format version 2
+    (no resident runs).
 
     Raises
     ------
@@ -693,13 +810,19 @@ def check_layout(prog: np.ndarray, consts: np.ndarray, depth: int = 0) -> None:
     from ._validate import TapeFormatError
 
     prog, consts = _check_types(prog, consts)
-    h = _header(prog, HEADER)
+    h = _header(prog, header)
     if h[ROW_INTS] != ROW:
         raise TapeFormatError(f"the packed program has rows of {h[ROW_INTS]} ints; this "
                               f"tapejit version reads rows of {ROW}")
     table_end = h[AT_SUBPROGRAMS] + SUBPROGRAM * h[N_SUBPROGRAMS]
-    guards_end = _sections(h, HEADER, ROW)
-    if (guards_end < 0 or h[AT_ATTRS] != guards_end
+    guards_end = _sections(h, header, ROW)
+    if header == HEADER:
+        attrs_at = h[AT_RESIDENT] + RUN * h[N_RESIDENT]
+        if h[AT_RESIDENT] != guards_end:
+            guards_end = -1
+    else:
+        attrs_at = guards_end
+    if (guards_end < 0 or h[AT_ATTRS] != attrs_at
             or h[AT_SUBPROGRAMS] != h[AT_ATTRS] + h[N_ATTRS] or table_end > prog.size):
         raise TapeFormatError("the packed program's header does not match its layout")
     _check_n_consts(h, consts)
@@ -708,16 +831,16 @@ def check_layout(prog: np.ndarray, consts: np.ndarray, depth: int = 0) -> None:
         raise TapeFormatError(f"sub-programs nest more than {MAX_NESTING} deep")
     at = table_end
     for j, (sub_at, length, _) in enumerate(table):
-        if sub_at != at or length < HEADER or sub_at + length > prog.size:
+        if sub_at != at or length < header or sub_at + length > prog.size:
             raise TapeFormatError(f"sub-program {j} is not where the program's layout "
-                                  f"puts it (at {at}, at least {HEADER} ints)")
+                                  f"puts it (at {at}, at least {header} ints)")
         at += length
     if at != prog.size:
         raise TapeFormatError("the packed program's header does not match its layout")
     for j, (sub_at, length, c) in enumerate(table):
         nested = prog[sub_at : sub_at + length]
-        n = _header(nested, HEADER)[N_CONSTS]
+        n = _header(nested, header)[N_CONSTS]
         if c < 0 or c + n > consts.size:
             raise TapeFormatError(f"sub-program {j}: its constants {c}..{c + n - 1} are "
                                   f"outside the pool of {consts.size}")
-        check_layout(nested, consts[c : c + n], depth + 1)
+        check_layout(nested, consts[c : c + n], depth + 1, header)

@@ -55,6 +55,8 @@ from ._kernels.runtime import DIR_BLOCK, REUSE_SLOTS, chunk_for, chunk_of, kerne
 from ._ops import BY_CODE
 from ._program import (
     ARG_A,
+    ATTR,
+    FAMILIES,
     MAX_ARITY,
     N_GUARDS,
     N_INPUTS,
@@ -67,6 +69,7 @@ from ._program import (
     SIZE,
     STRIDE_A,
     Program,
+    attrs_of,
     code_of,
     first_result,
     guards_of,
@@ -198,9 +201,12 @@ class Tape:
         guards: np.ndarray | None = None,
         sizes: np.ndarray | None = None,
         strides: np.ndarray | None = None,
+        attrs: np.ndarray | None = None,
+        attr_offsets: np.ndarray | None = None,
     ) -> None:
         prog, consts = check_tape_arrays(opcodes, args, consts, inputs, params, outputs,
-                                         guards, sizes, strides).pack()
+                                         guards, sizes, strides, attrs=attrs,
+                                         attr_at=attr_offsets).pack()
         self._adopt(prog, consts, input_shapes, output_shapes, name)
 
     def _adopt(self, prog: np.ndarray, consts: np.ndarray, input_shapes: tuple,
@@ -398,8 +404,21 @@ class Tape:
 
     @property
     def strides(self) -> np.ndarray:
-        """Operand slot strides of each instruction, ``(len(tape), 3)``. Read-only."""
+        """Operand slot strides of each instruction, ``(len(tape), 3)``; for a family
+        instruction (opcode from 128), each operand block's length. Read-only."""
         return self._code()[:, STRIDE_A : STRIDE_A + MAX_ARITY]
+
+    @property
+    def attrs(self) -> np.ndarray:
+        """Integer attributes of the family instructions (shapes, flags), read-only; an
+        instruction's start at :attr:`attr_offsets`."""
+        return attrs_of(self._prog)
+
+    @property
+    def attr_offsets(self) -> np.ndarray:
+        """Offset in :attr:`attrs` of each instruction's first attribute (0 for an
+        elementwise instruction). Read-only."""
+        return self._code()[:, ATTR]
 
     @property
     def consts(self) -> np.ndarray:
@@ -459,14 +478,26 @@ class Tape:
 
         lines = [repr(self)]
         code = self._code()
+        attrs = self.attrs
         for row in code[: limit if limit is not None else len(code)]:
-            op = BY_CODE[int(row[0])]
-            size = int(row[5])
-            operands = ", ".join(
-                span(int(s), size, int(st)) for s, st in zip(row[2 : 2 + op.arity],
-                                                             row[6 : 6 + op.arity], strict=True)
-            )
-            lines.append(f"  {span(int(row[1]), size, 1)} = {op.name}({operands})")
+            size = int(row[SIZE])
+            args = row[ARG_A : ARG_A + MAX_ARITY]
+            strides = row[STRIDE_A : STRIDE_A + MAX_ARITY]
+            if int(row[OPCODE]) in FAMILIES:  # operand blocks; attributes by name
+                family = FAMILIES[int(row[OPCODE])]
+                values = attrs[int(row[ATTR]) : int(row[ATTR]) + len(family.attrs)]
+                name = family.name + "[" + ", ".join(
+                    f"{k}={int(v)}" for k, v in zip(family.attrs, values, strict=True)) + "]"
+                operands = ", ".join(span(int(a), int(n), 1) if n else "[]"
+                                     for a, n in zip(args[: family.arity],
+                                                     strides[: family.arity], strict=True))
+            else:
+                op = BY_CODE[int(row[OPCODE])]
+                name = op.name
+                operands = ", ".join(
+                    span(int(a), size, int(st))
+                    for a, st in zip(args[: op.arity], strides[: op.arity], strict=True))
+            lines.append(f"  {span(int(row[RESULT]), size, 1)} = {name}({operands})")
         if limit is not None and len(code) > limit:
             lines.append(f"  ... {len(code) - limit} more")
         for s, outcome in self.guards:

@@ -25,9 +25,11 @@ import bisect
 
 import numpy as np
 
-from ._ops import Op
+from ._ops import BY_NAME, Op
 from ._program import (
     ARG_A,
+    ATTR,
+    FIRST_FAMILY,
     GUARD,
     GUARD_SLOT,
     MAX_ARITY,
@@ -35,6 +37,7 @@ from ._program import (
     ROW,
     SIZE,
     STRIDE_A,
+    Family,
     Program,
 )
 
@@ -230,6 +233,50 @@ class Recorder:
             result[var] = np.arange(k0, k0 + m, dtype=_I64)
         return result.reshape(shape)
 
+    def block(self, ids: np.ndarray) -> bool:
+        """Whether flat ``ids`` are one block of consecutive slots (as a family operand
+        must be): ascending leaves of one argument or results, or a run of the pool."""
+        n = ids.size
+        if n <= 1:
+            return True
+        first, last = int(ids[0]), int(ids[-1])
+        step = -1 if first < 0 else 1
+        return (last - first == step * (n - 1) and self._region(first) == self._region(last)
+                and bool((np.diff(ids) == step).all()))
+
+    def emit_family(self, family: Family, operands: list[np.ndarray], attrs: tuple[int, ...],
+                    ) -> np.ndarray:
+        """Record one instruction of ``family`` on flat operand-id arrays; return the
+        result ids (flat). An operand that is not one block is copied into one first
+        (an exact multiplication by 1, or a new run of the pool for constants)."""
+        if self.closed:
+            raise RuntimeError("this recording has finished; a traced value escaped f")
+        blocks = []
+        for ids in operands:
+            ids = np.ascontiguousarray(ids, dtype=_I64).ravel()
+            if not self.block(ids):
+                if (ids < 0).all():
+                    ids = -1 - np.arange(self._consts.extend(self.values(ids)),
+                                         self._consts.n, dtype=_I64)
+                else:
+                    ids = self._copy(ids)
+            blocks.append(ids)
+        with np.errstate(all="ignore"):
+            vals = np.asarray(family.reference(attrs, *(self.values(b) for b in blocks)),
+                              dtype=np.float64).ravel()
+        k0 = self._add_chunk(np.array(vals))
+        first = [(int(b[0]) if b.size else 0, b.size) for b in blocks]
+        self._groups.append((family.opcode, vals.size, -1, [first, tuple(attrs)]))
+        return np.arange(k0, k0 + vals.size, dtype=_I64)
+
+    def _copy(self, ids: np.ndarray) -> np.ndarray:
+        """Fresh consecutive result ids holding the values of ``ids`` (never folded)."""
+        n = ids.size
+        k0 = self._add_chunk(np.array(self.values(ids)))
+        one = self.const(np.ones(1))
+        self._groups.append((BY_NAME["mul"].code, n, n, [ids, np.repeat(one, n)]))
+        return np.arange(k0, k0 + n, dtype=_I64)
+
     def guard(self, node: int) -> bool:
         """Record that the comparison ``node`` (value 1.0/0.0) decided a Python branch."""
         outcome = bool(self.values(np.array([node]))[0] != 0.0)
@@ -269,7 +316,18 @@ class Recorder:
             return (int(leaf_slot[start]) if start < self.n_leaves else nc + start), stride
 
         rows = []
+        attrs: list[int] = []
         for code, n, row, ops in self._groups:
+            if code >= FIRST_FAMILY:
+                blocks, values = ops
+                one = np.zeros((1, ROW), dtype=_I64)
+                one[0, OPCODE], one[0, SIZE], one[0, ATTR] = code, n, len(attrs)
+                for k, (first, length) in enumerate(blocks):
+                    one[0, ARG_A + k] = slot(np.array([first]))[0] if length else 0
+                    one[0, STRIDE_A + k] = length
+                attrs.extend(values)
+                rows.append(one)
+                continue
             if all(not isinstance(o, np.ndarray) for o in ops):
                 mapped = [affine_slot(o) for o in ops]
                 one = np.zeros((1, ROW), dtype=_I64)
@@ -297,6 +355,8 @@ class Recorder:
             n_inputs=input_leaves.size,
             outputs=slot(outputs),
             guards=guards,
+            attrs=np.array(attrs, dtype=_I64),
+            attr_at=code[:, ATTR] if attrs else None,
         )
 
 

@@ -365,6 +365,23 @@ def emit(name: str, *values: Any) -> Any:
     return Tracer(rec, ids, COMPARISON in op.flags)
 
 
+def emit_family(name: str, operands: list, attrs: tuple[int, ...], shape: tuple) -> Any:
+    """Record one instruction of family ``name`` over whole operands (tracers or arrays,
+    read flat in C order) with integer ``attrs``; the result has ``shape``. Without a
+    tracer among the operands, the family's numpy rule computes a plain array."""
+    # lazy: the families' modules read the op table through _program (import order)
+    from ._families import BY_NAME as FAMILY
+
+    family = FAMILY[name]
+    rec = recorder_of(operands)
+    attrs = tuple(int(v) for v in attrs)
+    if rec is None:
+        flat = [np.asarray(o, dtype=np.float64).ravel() for o in operands]
+        return np.asarray(family.reference(attrs, *flat)).reshape(shape)
+    ids = rec.emit_family(family, [lift(rec, o) for o in operands], attrs)
+    return Tracer(rec, ids.reshape(shape))
+
+
 def unary(name: str, x: Any) -> Any:
     return emit(name, x)
 

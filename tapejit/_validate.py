@@ -33,8 +33,11 @@ _MAX_SLOTS = 2**31 - 2
 #: Opcodes of the op table.
 _ELEMENTWISE = np.zeros(LAST_OPCODE + 1, dtype=bool)
 _ELEMENTWISE[list(BY_CODE)] = True
-#: Opcodes the kernels dispatch on: the op table's (no instruction family yet).
-_RUNNABLE = _ELEMENTWISE
+def _runnable() -> np.ndarray:
+    """Opcodes the kernels dispatch on: the op table's and the registered families'."""
+    out = _ELEMENTWISE.copy()
+    out[[code for code, f in FAMILIES.items() if f.kernel]] = True
+    return out
 
 
 class TapeFormatError(ValueError):
@@ -144,8 +147,16 @@ def check_tape_arrays(
     res = n_fixed + np.concatenate([[0], np.cumsum(size)[:-1]]).astype(np.int64) if n else (
         np.zeros(0, np.int64)
     )
+    family = (ops >= FIRST_FAMILY)[:, None]
+    if (family & used & (stride < 0)).any():
+        i = int(np.argmax((family & used & (stride < 0)).any(axis=1)))
+        raise TapeFormatError(f"instruction {i} ({_name(int(ops[i]))}): a family "
+                              "operand's length (its stride field) must be >= 0")
     last = arg + (size[:, None] - 1) * stride  # slot of the last element
     lo, hi = np.minimum(arg, last), np.maximum(arg, last)
+    # a family operand is the block ARG .. ARG + length - 1 (an empty one reads nothing)
+    lo = np.where(family, arg, lo)
+    hi = np.where(family, np.where(stride > 0, arg + stride - 1, arg), hi)
     bad_arg = used & ((lo < 0) | (hi >= res[:, None]))
     if bad_arg.any():
         i, j = (int(v) for v in np.argwhere(bad_arg)[0])
@@ -176,7 +187,7 @@ def check_tape_arrays(
         _, first = np.unique(grd, axis=0, return_index=True)
         if len(first) < len(grd):
             grd = grd[np.sort(first)]
-    att, at = _check_attrs(ops, attrs, attr_at)
+    att, at = _check_attrs(ops, attrs, attr_at, size, stride)
     subs = _check_subprograms(ops, att, at, cst, subprograms, depth)
     return Program(opcodes=ops, args=arg, sizes=size, strides=stride, consts=cst,
                    n_params=n_par, n_inputs=n_in, outputs=out, guards=grd, attrs=att,
@@ -196,8 +207,8 @@ def _family_attrs(ops: np.ndarray, at: np.ndarray):
             yield family, which, at[which][:, None] + np.arange(len(family.attrs))
 
 
-def _check_attrs(ops: np.ndarray, attrs: object, attr_at: object,
-                 ) -> tuple[np.ndarray, np.ndarray]:
+def _check_attrs(ops: np.ndarray, attrs: object, attr_at: object, size: np.ndarray,
+                 stride: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """The attribute section and offsets, checked against the instructions."""
     n = len(ops)
     att = np.zeros(0, np.int64) if attrs is None else _int_array("attrs", attrs, 1)
@@ -229,6 +240,18 @@ def _check_attrs(ops: np.ndarray, attrs: object, attr_at: object,
                                   strict=True))
                 raise TapeFormatError(f"instruction {i} ({family.name}): invalid "
                                       f"attributes {values}")
+        if family.sizes is None:
+            continue
+        want = np.asarray(family.sizes(att[idx]), dtype=np.int64).reshape(len(which), -1)
+        have = np.concatenate([size[which, None], stride[which, : family.arity]], axis=1)
+        wrong = (want != have).any(axis=1)
+        if wrong.any():
+            j = int(np.argmax(wrong))
+            raise TapeFormatError(
+                f"instruction {int(which[j])} ({family.name}): its result and operand "
+                f"sizes are {have[j].tolist()}; its attributes "
+                f"{dict(zip(family.attrs, att[idx[j]].tolist(), strict=True))} "
+                f"need {want[j].tolist()}")
     if not read.all():
         k = int(np.argmax(~read))
         raise TapeFormatError(f"attribute {k} is read by no instruction")
@@ -285,9 +308,9 @@ def _check_subprograms(ops: np.ndarray, att: np.ndarray, at: np.ndarray, cst: np
 def check_runnable(prog: np.ndarray) -> None:
     """Check that the kernels dispatch on every opcode of a valid packed program.
 
-    Validation accepts the instruction families of ``_program.FAMILIES``; the kernels
-    of this version run none, so a :class:`~tapejit.Tape` refuses them here, where a
-    program is handed to the kernels.
+    Validation accepts the instruction families of ``_program.FAMILIES``, and the
+    kernels dispatch every one of them; this keeps any other opcode from a program
+    handed to the kernels.
 
     Raises
     ------
@@ -297,7 +320,7 @@ def check_runnable(prog: np.ndarray) -> None:
     if not int(prog[N_INSTR]):
         return
     ops = code_of(prog)[:, OPCODE]
-    bad = ~_RUNNABLE[ops]
+    bad = ~_runnable()[ops]
     if bad.any():
         i = int(np.argmax(bad))
         op = int(ops[i])

@@ -50,7 +50,7 @@ def forward_batch(prog, consts, X, P, Y, valid, chunk, t, nt):
         p0 = c * chunk
         m = min(chunk, n - p0)
         _load(prog, X, P, W, p0, m)
-        forward_chunk(prog, W, m)
+        forward_chunk(prog, consts, P, W, m)
         _check_guards(prog, W, valid, p0, m)
         _store_outputs(prog, W, Y, p0, m)
 
@@ -64,10 +64,10 @@ def vjp_batch(prog, R, consts, X, P, WT, Y, G, valid, chunk, t, nt):
     for c in range(t, nchunks, nt):
         p0 = c * chunk
         m = min(chunk, n - p0)
-        _forward_stored(prog, X, P, W, D, Y, valid, p0, m)
+        _forward_stored(prog, consts, X, P, W, D, Y, valid, p0, m)
         _zero_planned(prog, R, A)
         _seed(prog, WT, A, p0, m)
-        reverse_stored_chunk(prog, R, W, A, D, m)
+        reverse_stored_chunk(prog, R, consts, P, W, A, D, m)
         _store_grad(prog, A, G, p0, m)
 
 
@@ -82,13 +82,13 @@ def jacrev_batch(prog, R, consts, X, P, Y, J, valid, chunk, t, nt):
     for c in range(t, nchunks, nt):
         p0 = c * chunk
         m = min(chunk, n - p0)
-        _forward_stored(prog, X, P, W, D, Y, valid, p0, m)
+        _forward_stored(prog, consts, X, P, W, D, Y, valid, p0, m)
         for k in range(prog[N_OUTPUTS]):
             _zero_planned(prog, R, A)
             a = A[prog[oo + k]]
             for p in range(m):
                 a[p] += 1.0
-            reverse_stored_chunk(prog, R, W, A, D, m)
+            reverse_stored_chunk(prog, R, consts, P, W, A, D, m)
             for j in range(prog[N_INPUTS]):
                 a = A[prog[oi + j]]
                 jk = J[p0 : p0 + m, k, j]
@@ -116,7 +116,7 @@ def jvp_batch(prog, consts, X, P, V, Y, TY, valid, chunk, t, nt):
     for c in range(t, nchunks, nt):
         p0 = c * chunk
         m = min(chunk, n - p0)
-        _forward_tangents(prog, X, P, V, W, T, D, Y, valid, p0, m)
+        _forward_tangents(prog, consts, X, P, V, W, T, D, Y, valid, p0, m)
         for k in range(prog[N_OUTPUTS]):
             _directions_out(T, prog[oo + k], TY[:, k, :], p0, m)
 
@@ -135,7 +135,7 @@ def hvp_batch(prog, consts, X, P, V, Y, G, HV, valid, chunk, t, nt):
     for c in range(t, nchunks, nt):
         p0 = c * chunk
         m = min(chunk, n - p0)
-        _forward_tangents(prog, X, P, V, W, T, D, Y, valid, p0, m)
+        _forward_tangents(prog, consts, X, P, V, W, T, D, Y, valid, p0, m)
         _zero_adjoints(prog, A, m)
         for s in range(prog[FIRST_ADJOINT], prog[N_SLOTS]):
             for d in range(nv):
@@ -145,7 +145,7 @@ def hvp_batch(prog, consts, X, P, V, Y, G, HV, valid, chunk, t, nt):
         a = A[out]
         for p in range(m):
             a[p] += 1.0
-        reverse_hvp_chunk(prog, W, T, A, Ad, D, S, nv, m)
+        reverse_hvp_chunk(prog, consts, P, W, T, A, Ad, D, S, nv, m)
         _store_grad(prog, A, G, p0, m)
         for j in range(prog[N_INPUTS]):
             _directions_out(Ad, prog[oi + j], HV[:, :, j], p0, m)

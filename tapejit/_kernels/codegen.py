@@ -98,6 +98,21 @@ def _header(name: str, args: str, reverse: bool) -> list[str]:
     ]
 
 
+#: Point sweeps hand family routines their one-point arrays as blocks of one column.
+_POINT_BLOCKS = {"P": "P.reshape((1, P.size))", "W": "W.reshape((W.size, 1))",
+                 "A": "A.reshape((A.size, 1))",
+                 "T": "T.reshape((T.shape[0], T.shape[1], 1))",
+                 "Ad": "Ad.reshape((Ad.shape[0], Ad.shape[1], 1))"}
+
+
+def _family_case(sweep: str, point: bool) -> list[str]:
+    """The dispatch branch of every instruction family (``_family_dispatch``)."""
+    args = [a.strip() for a in _FAMILY_ARGS[sweep].split(",")]
+    if point:
+        args = [_POINT_BLOCKS.get(a, "1" if a == "m" else a) for a in args]
+    return ["        elif op >= FIRST_FAMILY:", f"            _family_{sweep}({', '.join(args)})"]
+
+
 def _case(kw: str, op: Op, body: list[str], fast: list[str] = ()) -> list[str]:
     """One dispatch branch: ``body`` runs once per element of the instruction (a scalar
     instruction has one element; a block has ``n``, operand slots advancing by their
@@ -246,7 +261,7 @@ def _fast_paths(op: Op) -> list[str]:
 
 def _forward_point() -> str:
     """One-point forward sweep (values only)."""
-    lines = _header("forward_point_sweep", "prog, W", False)
+    lines = _header("forward_point_sweep", "prog, consts, P, W", False)
     kw = "if"
     for op in _dispatch_order():
         used = [v for v in _uses(op.value) if v != "r"]
@@ -255,7 +270,7 @@ def _forward_point() -> str:
         body.add(f"W[jr] = {op.value}")
         lines += _case(kw, op, body.lines, fast=_fast_paths(op))
         kw = "elif"
-    return "\n".join(lines)
+    return "\n".join(lines + _family_case("forward", True))
 
 
 def _tangent_expr(op: Op, ks: list[int], tangent: dict[int, str]) -> str:
@@ -355,7 +370,7 @@ def _fast_paths_hvp(op: Op) -> list[str]:
 
 def _forward() -> str:
     """Chunk forward sweep (values only)."""
-    lines = _header("forward_chunk", "prog, W, m", False)
+    lines = _header("forward_chunk", "prog, consts, P, W, m", False)
     kw = "if"
     for op in _dispatch_order():
         used = [v for v in _uses(op.value) if v != "r"]
@@ -365,7 +380,7 @@ def _forward() -> str:
         _row_loop(body, used, [("wr[p]", op.value)])
         lines += _case(kw, op, body.lines)
         kw = "elif"
-    return "\n".join(lines)
+    return "\n".join(lines + _family_case("forward", False))
 
 
 def _source_code(op: Op, k: int) -> tuple[int, float]:
@@ -414,7 +429,7 @@ def _forward_partials() -> str:
     share work between them (``sin`` and ``cos`` of one argument), and leaves the
     reverse sweep only multiply-adds, which vectorize.
     """
-    lines = _header("forward_partials_chunk", "prog, W, D, m", False)
+    lines = _header("forward_partials_chunk", "prog, consts, P, W, D, m", False)
     lines.insert(3, "    nf = prog[FIRST_ADJOINT] + prog[N_INPUTS]")
     kw = "if"
     for op in _dispatch_order():
@@ -431,7 +446,7 @@ def _forward_partials() -> str:
                                *((f"d{k}[p]", op.partials[k]) for k in stored)])
         lines += _case(kw, op, body.lines)
         kw = "elif"
-    return "\n".join(lines)
+    return "\n".join(lines + _family_case("forward", False))
 
 
 def _forward_partials_point() -> str:
@@ -440,7 +455,7 @@ def _forward_partials_point() -> str:
     sweeps). ``D`` is packed: an instruction's stored partials take ``n`` floats each,
     in instruction order from offset 0; the sweep returns the end offset, from which
     ``reverse_stored_point_sweep`` (``reverse.py``) walks back."""
-    lines = _header("forward_partials_point_sweep", "prog, W, D", False)
+    lines = _header("forward_partials_point_sweep", "prog, consts, P, W, D", False)
     lines.insert(3, "    q = 0")
     kw = "if"
     for op in _dispatch_order():
@@ -466,6 +481,7 @@ def _forward_partials_point() -> str:
         if stored:
             lines.append(f"            q += {len(stored)} * n")
         kw = "elif"
+    lines += _family_case("forward", True)
     lines.append("    return q")
     return "\n".join(lines)
 
@@ -490,7 +506,7 @@ def _forward_tangent(point: bool) -> str:
 
     Rows of constants and parameters in ``T`` are zero (the drivers set them once).
     """
-    args = "prog, W, T, nv" if point else "prog, W, T, D, nv, m"
+    args = "prog, consts, P, W, T, nv" if point else "prog, consts, P, W, T, D, nv, m"
     lines = _header("forward_tangent_point_sweep" if point else "forward_tangent_chunk",
                     args, False)
     if point:  # flat view for the one-direction block fast paths
@@ -528,7 +544,7 @@ def _forward_tangent(point: bool) -> str:
                     body.add(f"tr[d, p] += _azmul(tk[d, p], D[{k}, p])", 3)
         lines += _case(kw, op, body.lines, fast=_fast_paths_tangent(op) if point else ())
         kw = "elif"
-    return "\n".join(lines)
+    return "\n".join(lines + _family_case("tangent", point))
 
 
 def _reverse_hvp(point: bool) -> str:
@@ -538,7 +554,8 @@ def _reverse_hvp(point: bool) -> str:
     ``A[k] += A[r] * d_k`` and ``Ad[k] += Ad[r] * d_k + A[r] * sum_j d2_kj * T[j]``,
     every product taken with the zero-times-anything-is-zero rule.
     """
-    args = "prog, W, T, A, Ad, nv" if point else "prog, W, T, A, Ad, D, S, nv, m"
+    args = ("prog, consts, P, W, T, A, Ad, nv" if point
+            else "prog, consts, P, W, T, A, Ad, D, S, nv, m")
     lines = _header("reverse_hvp_point_sweep" if point else "reverse_hvp_chunk", args, True)
     if point:  # flat views for the one-direction block fast paths
         lines[3:3] = ["    T1 = T.reshape(T.size)", "    Ad1 = Ad.reshape(Ad.size)"]
@@ -599,7 +616,7 @@ def _reverse_hvp(point: bool) -> str:
             body.add(f"gda[d, p] += {dfirst}{tail}", 3)
         lines += _case(kw, op, body.lines, fast=_fast_paths_hvp(op) if point else ())
         kw = "elif"
-    return "\n".join(lines)
+    return "\n".join(lines + _family_case("second_order", point))
 
 
 #: Imports of the generated module: what the kernel files import above their marker
@@ -613,6 +630,62 @@ from numba import njit as _njit
 from numba.core import types as _types
 from numba.extending import intrinsic as _intrinsic
 """
+
+
+_FAMILY_ARGS = {
+    "forward": "prog, k, consts, P, W, m",
+    "reverse": "prog, k, consts, P, W, A, g0, m",
+    "tangent": "prog, k, consts, P, W, T, m",
+    "second_order": "prog, k, consts, P, W, T, A, Ad, m",
+}
+#: What each family rule is called with (after ``at``, the operands and the result).
+_FAMILY_CALL = {
+    "forward": "m",
+    "reverse": "A[g0 : g0 + n], ga, gb, gc, da, db, dc, m",
+    "tangent": "ta, tb, tc, T[ir : ir + n], da, db, dc, m",
+    "second_order": ("ta, tb, tc, T[ir : ir + n], A[ir : ir + n], Ad[ir : ir + n], ga, gb, gc, "
+                     "gda, gdb, gdc, da, db, dc, m"),
+}
+
+
+def _family_dispatch(sweep: str) -> str:
+    """The dispatcher of one sweep over the registered families: reads instruction
+    ``k``'s operand blocks (``families.py``) and calls the family's rule."""
+    lines = ["@njit(cache=True, nogil=True)",
+             f"def _family_{sweep}({_FAMILY_ARGS[sweep]}):",
+             "    op = prog[k + OPCODE]",
+             "    at = prog[prog[AT_ATTRS] + prog[k + ATTR] :]",
+             "    ir = prog[k + RESULT]",
+             "    n = prog[k + SIZE]",
+             "    r = W[ir : ir + n]"]
+    for x in "abc":
+        j = "abc".index(x)
+        lines += [f"    i{x} = prog[k + ARG_A + {j}]", f"    l{x} = prog[k + STRIDE_A + {j}]",
+                  f"    {x} = _family_operand(prog, consts, P, W, i{x}, l{x})",
+                  f"    d{x} = _family_active(prog, i{x}, l{x})"]
+        if sweep in ("reverse", "second_order"):
+            lines.append(f"    g{x} = A[i{x} : i{x} + l{x}] if d{x} else A[:0]")
+        if sweep in ("tangent", "second_order"):
+            lines.append(f"    t{x} = T[i{x} : i{x} + l{x}] if d{x} else T[:0]")
+        if sweep == "second_order":
+            lines.append(f"    gd{x} = Ad[i{x} : i{x} + l{x}] if d{x} else Ad[:0]")
+    kw = "if"
+    for code, family in sorted(_program.FAMILIES.items()):
+        if not family.kernel:
+            continue
+        lines += [f"    {kw} op == {code}:  # {family.name}",
+                  f"        {family.rules[sweep]}(at, a, b, c, r, {_FAMILY_CALL[sweep]})"]
+        kw = "elif"
+    if kw == "if":
+        lines.append("    return")
+    return "\n".join(lines) + "\n"
+
+
+def _family_kernels() -> list[str]:
+    """The kernel files of the registered families, then the dispatchers."""
+    files = sorted({f.kernel for f in _program.FAMILIES.values() if f.kernel})
+    return [kernel_body("families"), *(kernel_body(f) for f in files),
+            *(_family_dispatch(s) for s in _program.SWEEPS)]
 
 
 def _sweep(fn, *args):
@@ -654,6 +727,7 @@ def generate_source() -> str:
         kernel_body("scalar"),
         kernel_body("libm"),
         _partial_source_tables(),
+        *_family_kernels(),
         *(SWEEPS[name][1]() for name in _GENERATORS),
         kernel_body("plan"),
         kernel_body("reverse"),

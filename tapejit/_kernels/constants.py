@@ -6,7 +6,7 @@ constants (:func:`constants_source`), so kernel files name them as Python module
 
 from __future__ import annotations
 
-from tapejit._program import MAX_ARITY
+from tapejit._program import LAST_OPCODE, MAX_ARITY
 
 # Where the reverse sweeps find the local partial of operand ``k`` of an op, by
 # ``_PSRC[MAX_ARITY * opcode + k]`` (see ``Op.partial_sources`` in ``tapejit/_ops.py``):
@@ -17,8 +17,9 @@ SRC_A = 3  #: operand a's value times the factor ``_PCONST[...]``; operand k's i
 SRC_B = 4
 SRC_C = 5
 SRC_R = 6  #: the result's value times the factor (``d exp(a) = r``)
-#: Opcodes are below this (the partial-source tables have a row for each).
-N_OPCODES = 128
+#: Opcodes are below this (the partial-source tables have a row for each; a family's is
+#: all SRC_ZERO: the sweeps dispatch families before reading them).
+N_OPCODES = LAST_OPCODE + 1
 #: Second partials of one instruction at most: the upper triangle of ``MAX_ARITY``.
 N_SECOND = MAX_ARITY * (MAX_ARITY + 1) // 2
 

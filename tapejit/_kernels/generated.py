@@ -21,33 +21,37 @@ _PCNT: np.ndarray
 _PIDX: np.ndarray
 
 
-def forward_chunk(prog, W, m):
+def forward_chunk(prog, consts, P, W, m):
     """Values of ``m`` points (rows of the workspace ``W``)."""
 
 
-def forward_partials_chunk(prog, W, D, m):
+def forward_partials_chunk(prog, consts, P, W, D, m):
     """Values, and the stored local partials in ``D`` (for ``reverse_stored_chunk``)."""
 
 
-def forward_tangent_chunk(prog, W, T, D, nv, m):
+def forward_tangent_chunk(prog, consts, P, W, T, D, nv, m):
     """Values and ``nv`` tangents ``T`` (``D``: scratch partials)."""
 
 
-def reverse_hvp_chunk(prog, W, T, A, Ad, D, S, nv, m):
+def reverse_hvp_chunk(prog, consts, P, W, T, A, Ad, D, S, nv, m):
     """Adjoints ``A`` and their tangents ``Ad`` (forward-over-reverse)."""
 
 
-def forward_point_sweep(prog, W):
+def forward_point_sweep(prog, consts, P, W):
     """Values of one point (``W`` flat)."""
 
 
-def forward_partials_point_sweep(prog, W, D):
+def forward_partials_point_sweep(prog, consts, P, W, D):
     """Values and stored partials of one point; returns the end offset in ``D``."""
 
 
-def forward_tangent_point_sweep(prog, W, T, nv):
+def forward_tangent_point_sweep(prog, consts, P, W, T, nv):
     """Values and ``nv`` tangents of one point."""
 
 
-def reverse_hvp_point_sweep(prog, W, T, A, Ad, nv):
+def reverse_hvp_point_sweep(prog, consts, P, W, T, A, Ad, nv):
     """Adjoints and their tangents of one point."""
+
+
+def _family_reverse(prog, k, consts, P, W, A, g0, m):
+    """Instruction ``k``'s family reverse rule (``codegen._family_dispatch``)."""

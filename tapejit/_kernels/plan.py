@@ -14,6 +14,7 @@ from tapejit._program import (
     AT_CODE,
     AT_OUTPUTS,
     FIRST_ADJOINT,
+    FIRST_FAMILY,
     MAX_ARITY,
     N_INPUTS,
     N_INSTR,
@@ -85,6 +86,11 @@ def reverse_plan(prog):
         G[i] = prog[r + RESULT]
         if m > 0:
             first[prog[r + RESULT]] = i
+        if op >= FIRST_FAMILY:  # a family reads each operand block once
+            for k in range(MAX_ARITY):
+                for e in range(prog[r + STRIDE_A + k]):
+                    reads[prog[r + ARG_A + k] + e] += 1
+            continue
         for k in range(MAX_ARITY):
             if _PSRC[MAX_ARITY * op + k] != SRC_ZERO:
                 for e in range(m):
@@ -93,6 +99,16 @@ def reverse_plan(prog):
         r = prog[AT_CODE] + prog[ROW_INTS] * i
         op = prog[r]
         m = prog[r + SIZE]
+        if op >= FIRST_FAMILY:
+            # Family rules add into their operands' adjoints: no plan bits, and the
+            # first write to those slots is an addition (they are zeroed first).
+            for k in range(MAX_ARITY):
+                for e in range(prog[r + STRIDE_A + k]):
+                    s = prog[r + ARG_A + k] + e
+                    if s >= nd and state[s] == 0:
+                        state[s] = 1
+            R[i] = 0
+            continue
         for k in range(MAX_ARITY):
             fw[k] = 0
             i0 = prog[r + ARG_A + k]

@@ -18,13 +18,18 @@ from tapejit._kernels.support import _point_failed_guards
 from tapejit._program import (
     AT_INPUTS,
     AT_OUTPUTS,
+    AT_RESIDENT,
     FIRST_ADJOINT,
     MAX_ARITY,
     N_CONSTS,
     N_GUARDS,
     N_INPUTS,
     N_OUTPUTS,
+    N_RESIDENT,
     N_SLOTS,
+    RUN,
+    RUN_START,
+    RUN_STOP,
 )
 
 if TYPE_CHECKING:
@@ -47,15 +52,27 @@ def _point_workspace(prog, consts, x, P, WS):
 @njit(cache=True, nogil=True)
 def _fill_values(prog, consts, x, P, W):
     # Every program keeps constants, parameters and inputs in slots 0, 1, ... in that
-    # order (validated), so this is three copies.
+    # order (validated): the resident runs of constants and parameters, then the inputs.
     nc = prog[N_CONSTS]
     nd = prog[FIRST_ADJOINT]
-    w = W[:nc]
-    for s in range(nc):
-        w[s] = consts[s]
-    w = W[nc:nd]
-    for j in range(nd - nc):
-        w[j] = P[j]
+    o = prog[AT_RESIDENT]
+    for z in range(prog[N_RESIDENT]):
+        lo = prog[o + RUN * z + RUN_START]
+        hi = prog[o + RUN * z + RUN_STOP]
+        w = W[lo:hi]
+        if hi <= nc:
+            c = consts[lo:hi]
+        elif lo >= nc:
+            c = P[lo - nc : hi - nc]
+        else:
+            c = consts[lo:hi]  # a run across both: only its constants here
+            w = W[lo:nc]
+            for s in range(nc - lo):
+                w[s] = c[s]
+            c = P[: hi - nc]
+            w = W[nc:hi]
+        for s in range(w.size):
+            w[s] = c[s]
     w = W[nd : nd + prog[N_INPUTS]]
     for j in range(prog[N_INPUTS]):
         w[j] = x[j]
@@ -64,11 +81,13 @@ def _fill_values(prog, consts, x, P, W):
 
 @njit(cache=True, nogil=True)
 def _point_tangents(prog, V, T):
-    # Constants and parameters get zero tangents, inputs the directions; the sweep
-    # writes every result row.
-    for s in range(prog[FIRST_ADJOINT]):
-        for d in range(V.shape[0]):
-            T[s, d] = 0.0
+    # Resident constants and parameters get zero tangents (no sweep reads the others'),
+    # inputs the directions; the sweep writes every result row.
+    o = prog[AT_RESIDENT]
+    for z in range(prog[N_RESIDENT]):
+        for s in range(prog[o + RUN * z + RUN_START], prog[o + RUN * z + RUN_STOP]):
+            for d in range(V.shape[0]):
+                T[s, d] = 0.0
     o = prog[AT_INPUTS]
     for d in range(V.shape[0]):
         for j in range(prog[N_INPUTS]):
@@ -93,7 +112,7 @@ def forward_points(prog, consts, X, P, Y, valid, chunk, t, nt):
     o = prog[AT_OUTPUTS]
     for q in range(t, X.shape[0], nt):
         _fill_point(prog, consts, X, P, q, W)
-        forward_point_sweep(prog, W)
+        forward_point_sweep(prog, consts, P[0 if P.shape[0] == 1 else q], W)
         _point_guards_valid(prog, W, valid, q)
         for k in range(prog[N_OUTPUTS]):
             Y[q, k] = W[prog[o + k]]
@@ -110,7 +129,8 @@ def vjp_points(prog, R, consts, X, P, WT, Y, G, valid, chunk, t, nt):
     oo = prog[AT_OUTPUTS]
     for q in range(t, X.shape[0], nt):
         _fill_point(prog, consts, X, P, q, W)
-        end = forward_partials_point_sweep(prog, W, D)
+        pq = P[0 if P.shape[0] == 1 else q]
+        end = forward_partials_point_sweep(prog, consts, pq, W, D)
         _point_guards_valid(prog, W, valid, q)
         _zero_planned(prog, R, A)
         r = 0 if WT.shape[0] == 1 else q
@@ -118,7 +138,7 @@ def vjp_points(prog, R, consts, X, P, WT, Y, G, valid, chunk, t, nt):
             s = prog[oo + k]
             Y[q, k] = W[s]
             A[s] += WT[r, k]
-        reverse_stored_point_sweep(prog, R, W, A, D, end)
+        reverse_stored_point_sweep(prog, R, consts, pq, W, A, D, end)
         gq = G[q]
         a = A[nd : nd + prog[N_INPUTS]]
         for j in range(prog[N_INPUTS]):
@@ -128,7 +148,7 @@ def vjp_points(prog, R, consts, X, P, WT, Y, G, valid, chunk, t, nt):
 @njit(cache=True, nogil=True)
 def forward_point(prog, consts, x, P, y, WS):
     W = _point_workspace(prog, consts, x, P, WS)
-    forward_point_sweep(prog, W)
+    forward_point_sweep(prog, consts, P, W)
     o = prog[AT_OUTPUTS]
     for k in range(prog[N_OUTPUTS]):
         y[k] = W[prog[o + k]]
@@ -149,7 +169,7 @@ def value_grad_point(prog, R, consts, x, P, g, WS):
     A = buf[n : 2 * n]
     D = buf[2 * n : size]
     _fill_values(prog, consts, x, P, W)
-    end = forward_partials_point_sweep(prog, W, D)
+    end = forward_partials_point_sweep(prog, consts, P, W, D)
     if prog[N_GUARDS] > 0 and _point_failed_guards(prog, W) > 0:
         for j in range(prog[N_INPUTS]):
             g[j] = np.nan
@@ -157,7 +177,7 @@ def value_grad_point(prog, R, consts, x, P, g, WS):
     _zero_planned(prog, R, A)
     out = prog[prog[AT_OUTPUTS]]
     A[out] = 1.0
-    reverse_stored_point_sweep(prog, R, W, A, D, end)
+    reverse_stored_point_sweep(prog, R, consts, P, W, A, D, end)
     a = A[nd : nd + prog[N_INPUTS]]
     for j in range(prog[N_INPUTS]):
         g[j] = a[j]
@@ -169,7 +189,7 @@ def jvp_point(prog, consts, x, P, V, y, TY):
     W = _point_workspace(prog, consts, x, P, P[:0])
     T = np.empty((prog[N_SLOTS], V.shape[0]))
     _point_tangents(prog, V, T)
-    forward_tangent_point_sweep(prog, W, T, V.shape[0])
+    forward_tangent_point_sweep(prog, consts, P, W, T, V.shape[0])
     o = prog[AT_OUTPUTS]
     for k in range(prog[N_OUTPUTS]):
         s = prog[o + k]
@@ -197,10 +217,10 @@ def hvp_point(prog, consts, x, P, V, g, HV, WS):
         T = np.empty((n, nv))
         Ad = np.zeros((n, nv))
     _point_tangents(prog, V, T)
-    forward_tangent_point_sweep(prog, W, T, nv)
+    forward_tangent_point_sweep(prog, consts, P, W, T, nv)
     out = prog[prog[AT_OUTPUTS]]
     A[out] = 1.0
-    reverse_hvp_point_sweep(prog, W, T, A, Ad, nv)
+    reverse_hvp_point_sweep(prog, consts, P, W, T, A, Ad, nv)
     o = prog[AT_INPUTS]
     for j in range(prog[N_INPUTS]):
         s = prog[o + j]

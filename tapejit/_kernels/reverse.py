@@ -34,6 +34,7 @@ from tapejit._program import (
     ARG_C,
     AT_CODE,
     FIRST_ADJOINT,
+    FIRST_FAMILY,
     MAX_ARITY,
     N_INPUTS,
     N_INSTR,
@@ -49,7 +50,7 @@ from tapejit._program import (
 )
 
 if TYPE_CHECKING:
-    from tapejit._kernels.generated import _PCNT, _PCONST, _PIDX, _PSRC
+    from tapejit._kernels.generated import _PCNT, _PCONST, _PIDX, _PSRC, _family_reverse
 
 # --- kernel source ---
 
@@ -167,7 +168,7 @@ def _value_slot(src, a, b, c, r):
 
 
 @njit(cache=True, nogil=True)
-def reverse_stored_chunk(prog, R, W, A, D, m):
+def reverse_stored_chunk(prog, R, consts, P, W, A, D, m):
     # After forward_partials_chunk: D[MAX_ARITY * (s - nf) + k] holds the stored partial
     # of result slot s with respect to its operand k.
     # The operand loop is written out here rather than in helpers inlined by Numba:
@@ -179,6 +180,9 @@ def reverse_stored_chunk(prog, R, W, A, D, m):
         op, ir, ia, ib, ic, n, sa, sb, sc = _row(prog, i)
         fl = R[i]
         g0 = _plan_slot(prog, R, go + i, n)
+        if op >= FIRST_FAMILY:
+            _family_reverse(prog, prog[AT_CODE] + ROW * i, consts, P, W, A, g0, m)
+            continue
         for e in range(n):
             jr = ir + e
             gr = A[g0 + e]
@@ -226,7 +230,7 @@ def reverse_stored_chunk(prog, R, W, A, D, m):
 
 
 @njit(cache=True, nogil=True)
-def reverse_stored_point_sweep(prog, R, W, A, D, q):
+def reverse_stored_point_sweep(prog, R, consts, P, W, A, D, q):
     # After forward_partials_point_sweep, which returned q: D is packed, an instruction's
     # stored partials take n floats each, in instruction order; this walks back from q.
     # Contiguous and broadcast operands of a block run in loops that vectorize
@@ -238,7 +242,10 @@ def reverse_stored_point_sweep(prog, R, W, A, D, q):
         q -= _PCNT[op] * n
         fl = R[i]
         g0 = _plan_slot(prog, R, go + i, n)
-        if n == 1:
+        if op >= FIRST_FAMILY:
+            _family_reverse(prog, prog[AT_CODE] + ROW * i, consts, P.reshape((1, P.size)),
+                            W.reshape((W.size, 1)), A.reshape((A.size, 1)), g0, 1)
+        elif n == 1:
             g = A[g0]
             if g == 0.0 and fl == 0:
                 continue

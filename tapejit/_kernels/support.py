@@ -28,6 +28,7 @@ from tapejit._program import (
     AT_INPUTS,
     AT_OUTPUTS,
     AT_PARAMS,
+    AT_RESIDENT,
     FIRST_ADJOINT,
     GUARD,
     GUARD_OUTCOME,
@@ -38,7 +39,11 @@ from tapejit._program import (
     N_INPUTS,
     N_OUTPUTS,
     N_PARAMS,
+    N_RESIDENT,
     N_SLOTS,
+    RUN,
+    RUN_START,
+    RUN_STOP,
 )
 
 if TYPE_CHECKING:
@@ -48,16 +53,21 @@ if TYPE_CHECKING:
 
 @njit(cache=True, nogil=True)
 def _fill_fixed(prog, consts, P, W):
-    # Constants and point-independent parameters: written once per workspace.
-    for s in range(prog[N_CONSTS]):
-        for p in range(W.shape[1]):
-            W[s, p] = consts[s]
-    if P.shape[0] == 1:
-        o = prog[AT_PARAMS]
-        for j in range(prog[N_PARAMS]):
-            s = prog[o + j]
+    # Resident constants and point-independent parameters: written once per workspace
+    # (per-point parameters are loaded with each chunk, all of them).
+    nc = prog[N_CONSTS]
+    o = prog[AT_RESIDENT]
+    for z in range(prog[N_RESIDENT]):
+        for s in range(prog[o + RUN * z + RUN_START], prog[o + RUN * z + RUN_STOP]):
+            if s < nc:
+                v = consts[s]
+            elif P.shape[0] == 1:
+                v = P[0, s - nc]
+            else:
+                continue
+            w = W[s]
             for p in range(W.shape[1]):
-                W[s, p] = P[0, j]
+                w[p] = v
 
 
 # Chunk rows are copied through 1-D views (``W[s]``, ``X[p0 : p0 + m, j]``) indexed by
@@ -148,10 +158,10 @@ def _reverse_workspaces(prog, consts, P, chunk):
 
 
 @njit(cache=True, nogil=True)
-def _forward_stored(prog, X, P, W, D, Y, valid, p0, m):
+def _forward_stored(prog, consts, X, P, W, D, Y, valid, p0, m):
     # One chunk's values and stored partials; its outputs and guard checks written.
     _load(prog, X, P, W, p0, m)
-    forward_partials_chunk(prog, W, D, m)
+    forward_partials_chunk(prog, consts, P, W, D, m)
     _check_guards(prog, W, valid, p0, m)
     _store_outputs(prog, W, Y, p0, m)
 
@@ -168,11 +178,11 @@ def _tangent_workspaces(prog, consts, P, nv, chunk):
 
 
 @njit(cache=True, nogil=True)
-def _forward_tangents(prog, X, P, V, W, T, D, Y, valid, p0, m):
+def _forward_tangents(prog, consts, X, P, V, W, T, D, Y, valid, p0, m):
     # One chunk's values and tangents; its outputs and guard checks written.
     _load(prog, X, P, W, p0, m)
     _seed_tangents(prog, V, T, p0, m)
-    forward_tangent_chunk(prog, W, T, D, V.shape[1], m)
+    forward_tangent_chunk(prog, consts, P, W, T, D, V.shape[1], m)
     _check_guards(prog, W, valid, p0, m)
     _store_outputs(prog, W, Y, p0, m)
 
@@ -191,10 +201,19 @@ def _point_failed_guards(prog, W):
 @njit(cache=True, nogil=True)
 def _zero_low_tangents(prog, T):
     # Constants and parameters have zero tangent; instructions never write these rows.
-    for s in range(prog[FIRST_ADJOINT]):
+    # Per-point parameters are all in the workspace; else only the resident ones are
+    # (no sweep reads the others' tangents).
+    lo = prog[N_CONSTS] + prog[N_PARAMS]
+    for s in range(lo, prog[FIRST_ADJOINT]):
         for d in range(T.shape[1]):
             for p in range(T.shape[2]):
                 T[s, d, p] = 0.0
+    o = prog[AT_RESIDENT]
+    for z in range(prog[N_RESIDENT]):
+        for s in range(prog[o + RUN * z + RUN_START], prog[o + RUN * z + RUN_STOP]):
+            for d in range(T.shape[1]):
+                for p in range(T.shape[2]):
+                    T[s, d, p] = 0.0
 
 
 @njit(cache=True, nogil=True)

@@ -1,0 +1,43 @@
+"""The ``matmul`` instruction family on the Python side: attributes, sizes, numpy rule.
+
+Kernel routines: ``tapejit/_kernels/fam_matmul.py``. Attributes ``(batch, m, k, n,
+batch_a, batch_b, trans_a, trans_b)``: ``batch`` products of an ``(m, k)`` by a
+``(k, n)`` matrix; an operand without the batch flag is one matrix used for every
+product; a transposed operand is stored ``(k, m)`` (``(n, k)`` for ``b``).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from ._program import SWEEPS, Family
+
+ATTRS = ("batch", "m", "k", "n", "batch_a", "batch_b", "trans_a", "trans_b")
+
+
+def _sizes(v: np.ndarray) -> np.ndarray:
+    batch, m, k, n, ba, bb = (v[:, j] for j in range(6))
+    return np.stack([batch * m * n, np.where(ba != 0, batch, 1) * m * k,
+                     np.where(bb != 0, batch, 1) * k * n], axis=1)
+
+
+def _check(v: np.ndarray) -> np.ndarray:
+    return (v[:, :4] < 1).any(axis=1) | ((v[:, 4:] != 0) & (v[:, 4:] != 1)).any(axis=1)
+
+
+def _matrices(x: np.ndarray, count: int, rows: int, cols: int, trans: int) -> np.ndarray:
+    x = x.reshape(count, cols, rows).transpose(0, 2, 1) if trans else x.reshape(
+        count, rows, cols)
+    return x
+
+
+def reference(attrs, a, b, c=None) -> np.ndarray:
+    """The products at one point, flat (numpy's matmul)."""
+    batch, m, k, n, ba, bb, ta, tb = (int(v) for v in attrs)
+    A = _matrices(np.asarray(a), batch if ba else 1, m, k, ta)
+    B = _matrices(np.asarray(b), batch if bb else 1, k, n, tb)
+    return np.broadcast_to(np.matmul(A, B), (batch, m, n)).ravel()
+
+
+MATMUL = Family("matmul", 128, 2, ATTRS, {s: f"matmul_{s.split('_')[0]}" for s in SWEEPS},
+                check=_check, sizes=_sizes, kernel="fam_matmul", reference=reference)
