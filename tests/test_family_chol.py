@@ -82,7 +82,8 @@ class Fam:
 
     def jvp(self, blocks, ts, d, w, m):
         r = np.full((self.size, w), np.nan, blocks[0].dtype)
-        tr = np.full((self.size, ts[0].shape[1], w), np.nan, blocks[0].dtype)
+        nv = max(t.shape[1] for t in ts)
+        tr = np.full((self.size, nv, w), np.nan, blocks[0].dtype)
         tops = list(ts) + [np.empty((0, 1, 1))] * (3 - len(ts))
         self.tan(self.at, *self.ops(blocks), r, *tops, tr, *_pad(d), m)
         return r, tr
