@@ -102,10 +102,7 @@ def _check_all(fam, points, rng, w, d):
     """Every routine at the m = len(points[0]) points, w columns (an operand with a
     single point is shared: one column), against the reference and differences."""
     m = max(len(p) for p in points)
-    blocks = [_block(p, w if len(p) > 1 or w > 1 and di else 1)
-              for p, di in zip(points, d)]
-    blocks = [_block(p, 1) if len(p) == 1 and not di and w > 1 else b
-              for p, di, b in zip(points, d, blocks)]
+    blocks = [_block(p, w if len(p) > 1 else 1) for p in points]
     pt = [[p[min(q, len(p) - 1)] for q in range(m)] for p in points]
 
     # forward
@@ -136,14 +133,14 @@ def _check_all(fam, points, rng, w, d):
     ts = [_block([rng.standard_normal(x.shape[0]) for _ in range(m)], w)
           for x in blocks]
     ts3 = [np.stack([t, 2 * t[::-1] if t.shape[0] else t], axis=1) if dk
-           else np.empty((0, 1, 1)) for t, dk in zip(ts, d)]
+           else np.empty((0, 1, 1)) for t, dk in zip(ts, d, strict=True)]
     r2, tr = fam.jvp(blocks, ts3, d, w, m)
     _close(r2[:, :m], r[:, :m], 0)
     for q in range(m):
         for v in range(nv):
             x0 = [x[q] for x in pt]
             dirs = [t3[:, v, q] if dk else np.zeros_like(x)
-                    for t3, dk, x in zip(ts3, d, x0)]
+                    for t3, dk, x in zip(ts3, d, x0, strict=True)]
             flat0 = np.concatenate(x0)
             cuts = np.cumsum([x.size for x in x0])[:-1]
 
@@ -164,20 +161,22 @@ def _check_all(fam, points, rng, w, d):
         x0 = [x[q] for x in pt]
         for v in range(nv):
             dirs = [t3[:, v, q] if dk else np.zeros_like(x)
-                    for t3, dk, x in zip(ts3, d, x0)]
+                    for t3, dk, x in zip(ts3, d, x0, strict=True)]
             sizes = [x.size for x in x0]
-            flat0 = np.concatenate(x0 + [gr[:, q]])
-            flatd = np.concatenate(dirs + [gdr[:, v, q]])
+            flat0 = np.concatenate([*x0, gr[:, q]])
+            flatd = np.concatenate([*dirs, gdr[:, v, q]])
             cuts = np.cumsum(sizes)
 
             def h(flat, cuts=cuts):
                 parts = np.split(flat, cuts)
                 one = [p[:, None] for p in parts[:-1]]
                 got = fam.vjp(one, parts[-1][:, None], d, 1, 1)
-                return np.concatenate([gk[:, 0] for gk, dk in zip(got, d) if dk])
+                return np.concatenate([gk[:, 0] for gk, dk in
+                                       zip(got[:len(d)], d, strict=True) if dk])
 
             want = _diff(h, flat0, flatd)
-            got = np.concatenate([gd[:, v, q] for gd, dk in zip(gds, d) if dk])
+            got = np.concatenate([gd[:, v, q] for gd, dk in
+                                  zip(gds[:len(d)], d, strict=True) if dk])
             _close(got, want, 1e-9)
 
 

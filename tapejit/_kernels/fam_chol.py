@@ -38,6 +38,10 @@ _CHOL_NB = 64
 def _chol_take(src, rows, m):
     # A contiguous (rows, m) copy of the first m points of src (one column: shared).
     out = np.empty((rows, m), src.dtype)
+    if m == 1:
+        for i in range(rows):
+            out[i, 0] = src[i, 0]
+        return out
     one = src.shape[1] == 1
     for i in range(rows):
         for p in range(m):
@@ -51,6 +55,15 @@ def _chol_tri(src, n, m, lower, diag):
     # diag 0: src's diagonal, 1: ones (a unit diagonal), 2: zeros (its tangent).
     out = np.zeros((n * n, m), src.dtype)
     one = src.shape[1] == 1
+    if m == 1:
+        for i in range(n):
+            lo = 0 if lower else i
+            hi = i + 1 if lower else n
+            for j in range(lo, hi):
+                out[i * n + j, 0] = src[i * n + j, 0]
+            if diag != 0:
+                out[i * n + i, 0] = 1.0 if diag == 1 else 0.0
+        return out
     for i in range(n):
         lo = 0 if lower else i
         hi = i + 1 if lower else n
@@ -107,6 +120,10 @@ def _chol_phi(x, n):
 @njit(cache=True, nogil=True)
 def _chol_store(dst, x, m):
     # dst[:, p] = x[:, p] for the m points (x with one column: the same for all).
+    if m == 1:
+        for i in range(x.shape[0]):
+            dst[i, 0] = x[i, 0]
+        return
     one = x.shape[1] == 1
     for i in range(x.shape[0]):
         for p in range(m):
@@ -189,31 +206,13 @@ def _chol_block(t2, x2, s, e, fwd, tr):
         lo = s if fwd else i + 1
         hi = i if fwd else e
         if not tr:
-            if kc == 1:
-                # four partial sums: no loop-carried dependence on one register
-                acc0 = x2[i, 0]
-                acc1 = 0.0
-                acc2 = 0.0
-                acc3 = 0.0
-                j = lo
-                while j + 4 <= hi:
-                    acc0 -= t2[i, j] * x2[j, 0]
-                    acc1 -= t2[i, j + 1] * x2[j + 1, 0]
-                    acc2 -= t2[i, j + 2] * x2[j + 2, 0]
-                    acc3 -= t2[i, j + 3] * x2[j + 3, 0]
-                    j += 4
-                while j < hi:
-                    acc0 -= t2[i, j] * x2[j, 0]
-                    j += 1
-                x2[i, 0] = ((acc0 + acc1) + (acc2 + acc3)) / t2[i, i]
-            else:
-                for j in range(lo, hi):
-                    c = t2[i, j]
-                    for q in range(kc):
-                        x2[i, q] -= c * x2[j, q]
-                d = t2[i, i]
+            for j in range(lo, hi):
+                c = t2[i, j]
                 for q in range(kc):
-                    x2[i, q] /= d
+                    x2[i, q] -= c * x2[j, q]
+            d = t2[i, i]
+            for q in range(kc):
+                x2[i, q] /= d
         else:
             # column i of op(T) is row i of T: finish x_i, then update the rest
             d = t2[i, i]
@@ -221,15 +220,45 @@ def _chol_block(t2, x2, s, e, fwd, tr):
                 x2[i, q] /= d
             lo2 = i + 1 if fwd else s
             hi2 = e if fwd else i
-            if kc == 1:
-                xi = x2[i, 0]
-                for j in range(lo2, hi2):
-                    x2[j, 0] -= t2[i, j] * xi
-            else:
-                for j in range(lo2, hi2):
-                    c = t2[i, j]
-                    for q in range(kc):
-                        x2[j, q] -= c * x2[i, q]
+            for j in range(lo2, hi2):
+                c = t2[i, j]
+                for q in range(kc):
+                    x2[j, q] -= c * x2[i, q]
+
+
+@njit(cache=True, nogil=True, fastmath={"reassoc", "contract"})
+def _chol_rowdot(ti, xv, lo, hi):
+    # sum of ti[j] * xv[j] over [lo, hi); reassociation lets it vectorize (no
+    # assumption about NaN or inf)
+    acc = 0.0
+    for j in range(lo, hi):
+        acc += ti[j] * xv[j]
+    return acc
+
+
+@njit(cache=True, nogil=True)
+def _chol_trsv(t2, xv, fwd, tr):
+    # op(T) x = x in place for one vector x (contiguous): row dot products when
+    # op(T) = T, axpy updates along rows of T when op(T) = T^T.
+    n = t2.shape[0]
+    if not tr:
+        # one loop per direction: a loop-invariant range lets the dot product vectorize
+        if fwd:
+            for i in range(n):
+                xv[i] = (xv[i] - _chol_rowdot(t2[i], xv, 0, i)) / t2[i, i]
+        else:
+            for i in range(n - 1, -1, -1):
+                xv[i] = (xv[i] - _chol_rowdot(t2[i], xv, i + 1, n)) / t2[i, i]
+        return
+    for step in range(n):
+        i = step if fwd else n - 1 - step
+        ti = t2[i]
+        xv[i] /= ti[i]
+        xi = xv[i]
+        lo = i + 1 if fwd else 0
+        hi = n if fwd else i
+        for j in range(lo, hi):
+            xv[j] -= ti[j] * xi
 
 
 @njit(cache=True, nogil=True)
@@ -238,6 +267,9 @@ def _chol_trsm_dense(t2, x2, lower, tr):
     n = t2.shape[0]
     kc = x2.shape[1]
     fwd = lower != tr
+    if kc == 1:
+        _chol_trsv(t2, x2.reshape(n), fwd, tr)
+        return
     if kc < 8 or n <= _CHOL_NB:
         _chol_block(t2, x2, 0, n, fwd, tr)
         return
