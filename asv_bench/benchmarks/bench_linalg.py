@@ -91,7 +91,7 @@ class _DataFitHand:
 
 class _DataFitJax:
     def setup(self, *params):
-        self.fn, self.args = _jax_or_skip(self.make_jax, *self.fit_data(*params))
+        self.fn, self.args = _jax_or_skip(self.make_jax, *self.make_data(*params))
 
     def time_value_and_grad(self, *params):
         self.fn(*self.args)
