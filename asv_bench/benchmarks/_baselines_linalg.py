@@ -133,10 +133,15 @@ def _sigmoid(z):
     return 0.5 * (1.0 + np.tanh(0.5 * z))  # no overflow warning for large |z|
 
 
+def _softplus(z):
+    """``log(1 + exp(z))``, stable; numpy's ``logaddexp`` is several times slower."""
+    return np.maximum(z, 0.0) + np.log1p(np.exp(-np.abs(z)))
+
+
 def logreg_vg(w, X, y):
     """numpy: value and ``X.T @ (sigmoid(X w) - y) / m + lam w``."""
     z = X @ w
-    v = np.mean(np.logaddexp(0.0, z) - y * z) + 0.5 * LOGREG_LAM * (w @ w)
+    v = np.mean(_softplus(z) - y * z) + 0.5 * LOGREG_LAM * (w @ w)
     g = X.T @ (_sigmoid(z) - y) / X.shape[0] + LOGREG_LAM * w
     return v, g
 
@@ -144,7 +149,7 @@ def logreg_vg(w, X, y):
 def logreg_many_vg(W, X, y):
     """numpy, all parameter vectors ``W`` (n, k) at once: two matrix products."""
     Z = W @ X.T
-    v = np.mean(np.logaddexp(0.0, Z) - y * Z, axis=1) + 0.5 * LOGREG_LAM * np.sum(W * W, axis=1)
+    v = np.mean(_softplus(Z) - y * Z, axis=1) + 0.5 * LOGREG_LAM * np.sum(W * W, axis=1)
     G = (_sigmoid(Z) - y) @ X / X.shape[0] + LOGREG_LAM * W
     return v, G
 
