@@ -24,6 +24,10 @@ Conventions (they favour the peers, never tapejit):
   input; outputs left as ``DM``.  sinfit data converted to ``DM`` once.
 * autograd: numpy in, numpy out.
 * ratio columns are ``tapejit time / peer time``: < 1 means tapejit is faster.
+* the linear-algebra rows of issue 19 (logistic regression, MLP, Gaussian-process
+  likelihood, many points with shared data, 3x3 solves) put the gradient written by
+  hand in the "hand numba" column: numpy/scipy, or ``@njit`` for the 3x3 solves.
+  The issue's targets assume one BLAS thread (``OPENBLAS_NUM_THREADS=1``).
 
 tapejit rows tolerate missing tapejit features: any exception is reported as
 ``n/a: <reason>`` and the script carries on.
@@ -49,6 +53,7 @@ sys.path.insert(0, str(HERE))  # -> `benchmarks` package (baselines live there)
 import numba  # noqa: E402
 import numpy as np  # noqa: E402
 from benchmarks import _baselines as B  # noqa: E402
+from benchmarks import _baselines_linalg as L  # noqa: E402
 from benchmarks import import_tapejit  # noqa: E402
 
 tapejit, TAPEJIT_IMPORT_ERROR = import_tapejit()
@@ -514,6 +519,144 @@ def bench_sinfit(quick):
 
 
 # ---------------------------------------------------------------------------
+# linear-algebra workloads (issue 19); the "hand numba" column holds the
+# hand-written gradient, numpy/scipy unless the row's note says @njit
+# ---------------------------------------------------------------------------
+
+
+def _record_noted(row, f, *args, **kw):
+    """``tapejit.record`` with its time and tape length added to the row's notes."""
+    need_tapejit("record")
+    t0 = time.perf_counter()
+    tape = tapejit.record(f, *args, **kw)
+    row.notes.append(f"tapejit: recorded in {fmt_time(time.perf_counter() - t0)}, "
+                     f"{len(tape)} instructions")
+    return tape
+
+
+def _data_fit_row(row, quick, f, theta, data, hand_vg, make_jax, rtol):
+    """One point: tapejit with ``data`` as its params, the hand gradient, and JAX."""
+    vref, gref = hand_vg(theta, *data)
+    check = check_vg(vref, gref, rtol)
+
+    def tj():
+        tape = _record_noted(row, f, theta, *data, argnums=(0,))
+        params = np.concatenate([np.ravel(d) for d in data])
+        return lambda: tape.value_and_grad(theta, params=params)
+
+    run_cell(row, "tapejit", tj, quick=quick, check=check)
+    run_cell(row, "hand numba", lambda: lambda: hand_vg(theta, *data), quick=quick, check=check)
+
+    def jx():
+        fn = make_jax()
+        if fn is None:
+            return None
+        args = [B.jax_put(a) for a in (theta, *data)]
+        return lambda: fn(*args)
+
+    run_cell(row, "jax", jx, quick=quick, check=check)
+    row.cells["casadi"] = row.cells["autograd"] = None
+
+
+def bench_logreg(quick, m, k):
+    row = Row(f"logreg value_and_grad, X {m}x{k}")
+    ROWS.append(row)
+    w, X, y = L.logreg_data(m, k)
+    _data_fit_row(row, quick, L.logreg_f, w, (X, y), L.logreg_vg, L.make_jax_logreg, 1e-9)
+    row.notes.append("hand: numpy, `X.T @ (sigmoid(X w) - y) / m + lam w`; "
+                     "tapejit: params = concat(X.ravel(), y)")
+
+
+def bench_mlp(quick):
+    row = Row(f"MLP {L.MLP_IN}-{L.MLP_HIDDEN}-1 value_and_grad, {L.MLP_SAMPLES} samples")
+    ROWS.append(row)
+    theta, X, t = L.mlp_data()
+    _data_fit_row(row, quick, L.mlp_f, theta, (X, t), L.mlp_vg, L.make_jax_mlp, 1e-9)
+    row.notes.append(f"{L.MLP_N_WEIGHTS} weights in one flat vector; hand: numpy backprop")
+
+
+def bench_gp(quick, n):
+    row = Row(f"GP neg. log marginal likelihood, n={n}")
+    ROWS.append(row)
+    theta, x, y = L.gp_data(n)
+    _data_fit_row(row, quick, L.gp_nlml_f, theta, (x, y), L.gp_nlml_vg, L.make_jax_gp, 1e-7)
+    row.notes.append("gradient in 3 hyperparameters; hand: scipy cho_factor/cho_solve, "
+                     "`0.5 tr((K^-1 - a a^T) dK)`")
+
+
+def bench_logreg_many(quick, n, m, k):
+    row = Row(f"logreg value_and_grad, {n} points, X {m}x{k}")
+    ROWS.append(row)
+    _, X, y = L.logreg_data(m, k)
+    W = L.logreg_many_points(n, k)
+    vref, gref = L.logreg_many_vg(W, X, y)
+    check = check_vg(vref, gref)
+
+    def tj():
+        tape = _record_noted(row, L.logreg_f, W[0], X, y, argnums=(0,))
+        params = np.concatenate([X.ravel(), y])
+        return lambda: tape.value_and_grad(W, params=params)
+
+    run_cell(row, "tapejit", tj, quick=quick, check=check)
+    run_cell(row, "hand numba", lambda: lambda: L.logreg_many_vg(W, X, y), quick=quick,
+             check=check)
+
+    def jx():
+        fn = L.make_jax_logreg_many()
+        if fn is None:
+            return None
+        args = [B.jax_put(a) for a in (W, X, y)]
+        return lambda: fn(*args)
+
+    run_cell(row, "jax", jx, quick=quick, check=check)
+    row.cells["casadi"] = row.cells["autograd"] = None
+    row.notes.append("data shared by all points (tapejit: one params row); hand: numpy, "
+                     "one `W @ X.T` and one `@ X` for all points; jax: vmap over W")
+
+
+def bench_solve3(quick, n):
+    row = Row(f"3x3 solve value_and_grad, {n:.0e} points")
+    ROWS.append(row)
+    P = L.solve3_points(n)
+    vref, gref = L.solve3_vg_reference(P)
+    check = check_vg(vref, gref)
+
+    def tj():
+        tape = _record_noted(row, L.solve3_f, P[0])
+        v = np.empty(n)
+        g = np.empty((n, 12))
+        return lambda: tape.value_and_grad(P, out=(v, g))
+
+    run_cell(row, "tapejit", tj, quick=quick, check=check)
+
+    def nb():
+        v = np.empty(n)
+        g = np.empty((n, 12))
+
+        def f():
+            L.solve3_vg_batch(P, v, g)
+            return v, g
+
+        return f
+
+    run_cell(row, "hand numba", nb, quick=quick, check=check)
+
+    def jx():
+        fn = L.make_jax_solve3()
+        if fn is None:
+            return None
+        Pj = B.jax_put(P)
+        return lambda: fn(Pj)
+
+    run_cell(row, "jax", jx, quick=quick, check=check)
+    row.cells["casadi"] = row.cells["autograd"] = None
+    row.notes.append("`sum(solve(A, b)**2)`, A and b from 12 inputs per point; hand numba: "
+                     f"cofactor inverse and hand adjoint, `parallel=True` over "
+                     f"{numba.get_num_threads()} threads; checked against batched "
+                     "`np.linalg.solve`")
+
+
+# ---------------------------------------------------------------------------
 # report
 # ---------------------------------------------------------------------------
 
@@ -571,7 +714,8 @@ def machine_info():
         pass
     ob = os.environ.get("OPENBLAS_CORETYPE")
     lines.append(f"- OPENBLAS_CORETYPE: {'set to ' + repr(ob) if ob is not None else 'not set'}")
-    for var in ("OMP_NUM_THREADS", "NUMBA_NUM_THREADS", "XLA_FLAGS"):
+    for var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS",
+                "NUMBA_NUM_THREADS", "XLA_FLAGS"):
         if var in os.environ:
             lines.append(f"- {var}={os.environ[var]}")
     return lines
@@ -689,6 +833,7 @@ def main(argv=None):
 
     t0 = time.perf_counter()
     B.compile_all()  # hand-numba JIT (or cache load) outside any timing
+    L.compile_all()
     B._jax()  # enables x64 before any jax array exists
     machine = machine_info()
     header = ["# tapejit vs peers", "", *machine, ""]
@@ -701,6 +846,12 @@ def main(argv=None):
     bench_rosen_ext(quick, 10**4)
     bench_record(quick, 10**6)
     bench_sinfit(quick)
+    bench_logreg(quick, 10000, 100)
+    bench_logreg(quick, 1000, 20)
+    bench_mlp(quick)
+    bench_gp(quick, 500)
+    bench_logreg_many(quick, 100 if quick else 1000, 2000, 50)
+    bench_solve3(quick, 10**5 if quick else 10**6)
     pair_rows(quick)
 
     lines = list(header)
