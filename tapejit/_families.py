@@ -7,8 +7,33 @@ them are with the numpy functions they implement (``_contract.py``, ...).
 
 from __future__ import annotations
 
+import numpy as np
+
+from . import _fam_chol as chol
 from ._fam_matmul import MATMUL
-from ._program import FAMILIES, Family
+from ._program import FAMILIES, SWEEPS, Family
+
+
+def _rows(size, operands):
+    """``Family.sizes`` from a family module's per-instruction size functions."""
+    def sizes(values: np.ndarray) -> np.ndarray:
+        return np.array([[size(tuple(v)), *operands(tuple(v))] for v in values.tolist()],
+                        dtype=np.int64).reshape(len(values), -1)
+    return sizes
+
+
+def _rules(name: str) -> dict[str, str]:
+    return {s: f"{name}_{s.split('_')[0]}" for s in SWEEPS}
+
+
+CHOLESKY = Family("cholesky", 135, 1, ("n",), _rules("cholesky"), check=chol.cholesky_check,
+                  sizes=_rows(chol.cholesky_size, chol.cholesky_operand_sizes),
+                  kernel="fam_chol", reference=chol.cholesky_reference)
+SOLVE_TRIANGULAR = Family(
+    "solve_triangular", 136, 2, ("n", "k", "lower", "trans", "unit_diagonal"),
+    _rules("solve_triangular"), check=chol.solve_triangular_check,
+    sizes=_rows(chol.solve_triangular_size, chol.solve_triangular_operand_sizes),
+    kernel="fam_chol", reference=chol.solve_triangular_reference)
 
 
 def _register(*families: Family) -> None:
@@ -19,7 +44,7 @@ def _register(*families: Family) -> None:
         FAMILIES[f.opcode] = f
 
 
-_register(MATMUL)
+_register(MATMUL, CHOLESKY, SOLVE_TRIANGULAR)
 
 #: The registered families by name.
 BY_NAME: dict[str, Family] = {f.name: f for f in FAMILIES.values()}

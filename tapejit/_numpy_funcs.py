@@ -241,6 +241,15 @@ def _tensordot(a, b, axes=2):
     return _contract.tensordot(a, b, axes)
 
 
+@_implements(np.linalg.cholesky)
+def _cholesky(a, /, *, upper=False):
+    # lazy: the family modules import this one's tracer helpers
+    from ._fam_chol import record_cholesky
+    from ._tracer import emit_family
+
+    return record_cholesky(emit_family, a, upper=upper)
+
+
 @_implements(np.einsum)
 def _einsum(*operands, **kwargs):
     return _contract.einsum(*operands, **kwargs)
