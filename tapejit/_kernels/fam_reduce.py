@@ -42,8 +42,10 @@ _RED_PREFIX_CAP = 1 << 20
 def _red_view(x, outer, n, inner):
     # A (len, w) block as (outer, n, inner, w).
     s0, s1 = x.strides
+    outer, n, inner = np.int64(outer), np.int64(n), np.int64(inner)
     return np.lib.stride_tricks.as_strided(
-        x, shape=(outer, n, inner, x.shape[1]), strides=(n * inner * s0, inner * s0, s0, s1))
+        x, shape=(outer, n, inner, np.int64(x.shape[1])),
+        strides=(n * inner * s0, inner * s0, np.int64(s0), np.int64(s1)))
 
 
 @njit(cache=True, nogil=True)
@@ -141,7 +143,7 @@ def _red_psum1(x, st):
 
 @njit(cache=True, nogil=True)
 def _red_psum(x, out, st):
-    # out[l] = sum over k of x[k, l], pairwise per lane: blocks of 8 rows summed directly
+    # out[q] = sum over k of x[k, q], pairwise per lane: blocks of 8 rows summed directly
     # (lanes innermost), block sums combined as a binary tree on the stack st.
     n, lanes = x.shape
     if n == 0:
@@ -154,32 +156,32 @@ def _red_psum(x, out, st):
     nb = 0
     for b0 in range(0, n, 8):
         b1 = min(b0 + 8, n)
-        for l in range(lanes):
-            st[top, l] = x[b0, l]
+        for q in range(lanes):
+            st[top, q] = x[b0, q]
         for k in range(b0 + 1, b1):
-            for l in range(lanes):
-                st[top, l] += x[k, l]
+            for q in range(lanes):
+                st[top, q] += x[k, q]
         top += 1
         nb += 1
         c = nb
         while c % 2 == 0:
             top -= 1
-            for l in range(lanes):
-                st[top - 1, l] += st[top, l]
+            for q in range(lanes):
+                st[top - 1, q] += st[top, q]
             c //= 2
-    for l in range(lanes):
-        out[l] = st[top - 1, l]
+    for q in range(lanes):
+        out[q] = st[top - 1, q]
     for j in range(top - 2, -1, -1):
-        for l in range(lanes):
-            out[l] += st[j, l]
+        for q in range(lanes):
+            out[q] += st[j, q]
 
 
 @njit(cache=True, nogil=True)
 def _red_add_rows(g, v):
-    # g[k, l] += v[l] for every row k.
+    # g[k, q] += v[q] for every row k.
     for k in range(g.shape[0]):
-        for l in range(g.shape[1]):
-            g[k, l] += v[l]
+        for q in range(g.shape[1]):
+            g[k, q] += v[q]
 
 
 # -- products ----------------------------------------------------------------------------
@@ -188,19 +190,19 @@ def _red_pprod(x, out):
     n, lanes = x.shape
     out[:] = 1
     for k in range(n):
-        for l in range(lanes):
-            out[l] *= x[k, l]
+        for q in range(lanes):
+            out[q] *= x[k, q]
 
 
 @njit(cache=True, nogil=True)
 def _red_prefix(x, pre):
-    # pre[k, l]: the product of x[:k, l] (exclusive prefix).
+    # pre[k, q]: the product of x[:k, q] (exclusive prefix).
     n, lanes = x.shape
-    for l in range(lanes):
-        pre[0, l] = 1
+    for q in range(lanes):
+        pre[0, q] = 1
     for k in range(1, n):
-        for l in range(lanes):
-            pre[k, l] = pre[k - 1, l] * x[k - 1, l]
+        for q in range(lanes):
+            pre[k, q] = pre[k - 1, q] * x[k - 1, q]
 
 
 @njit(cache=True, nogil=True)
@@ -209,9 +211,9 @@ def _red_prod_vjp(x, pre, suf, gr, g):
     n, lanes = x.shape
     suf[:] = 1
     for k in range(n - 1, -1, -1):
-        for l in range(lanes):
-            g[k, l] += gr[l] * pre[k, l] * suf[l]
-            suf[l] *= x[k, l]
+        for q in range(lanes):
+            g[k, q] += gr[q] * pre[k, q] * suf[q]
+            suf[q] *= x[k, q]
 
 
 @njit(cache=True, nogil=True)
@@ -221,9 +223,9 @@ def _red_prod_jvp(x, t, out, dout):
     out[:] = 1
     dout[:] = 0
     for k in range(n):
-        for l in range(lanes):
-            dout[l] = dout[l] * x[k, l] + out[l] * t[k, l]
-            out[l] *= x[k, l]
+        for q in range(lanes):
+            dout[q] = dout[q] * x[k, q] + out[q] * t[k, q]
+            out[q] *= x[k, q]
 
 
 @njit(cache=True, nogil=True)
@@ -231,20 +233,20 @@ def _red_prod_second(x, t, pre, dpre, suf, dsuf, gr, gdr, gd):
     # gd[k] += gdr * E_k + gr * dE_k, E_k = pre[k] * suf_k (the product of the others),
     # with dpre and dsuf the tangents of the prefix and suffix products.
     n, lanes = x.shape
-    for l in range(lanes):
-        dpre[0, l] = 0
+    for q in range(lanes):
+        dpre[0, q] = 0
     for k in range(1, n):
-        for l in range(lanes):
-            dpre[k, l] = dpre[k - 1, l] * x[k - 1, l] + pre[k - 1, l] * t[k - 1, l]
+        for q in range(lanes):
+            dpre[k, q] = dpre[k - 1, q] * x[k - 1, q] + pre[k - 1, q] * t[k - 1, q]
     suf[:] = 1
     dsuf[:] = 0
     for k in range(n - 1, -1, -1):
-        for l in range(lanes):
-            e = pre[k, l] * suf[l]
-            de = dpre[k, l] * suf[l] + pre[k, l] * dsuf[l]
-            gd[k, l] += gdr[l] * e + gr[l] * de
-            dsuf[l] = dsuf[l] * x[k, l] + suf[l] * t[k, l]
-            suf[l] *= x[k, l]
+        for q in range(lanes):
+            e = pre[k, q] * suf[q]
+            de = dpre[k, q] * suf[q] + pre[k, q] * dsuf[q]
+            gd[k, q] += gdr[q] * e + gr[q] * de
+            dsuf[q] = dsuf[q] * x[k, q] + suf[q] * t[k, q]
+            suf[q] *= x[k, q]
 
 
 # -- extremes ----------------------------------------------------------------------------
@@ -252,29 +254,29 @@ def _red_prod_second(x, t, pre, dpre, suf, dsuf, gr, gdr, gd):
 def _red_arg(x, is_max, best, idx):
     # Per lane the first extreme element (a NaN beats numbers; the first NaN wins).
     n, lanes = x.shape
-    for l in range(lanes):
-        best[l] = x[0, l]
-        idx[l] = 0
+    for q in range(lanes):
+        best[q] = x[0, q]
+        idx[q] = 0
     for k in range(1, n):
-        for l in range(lanes):
-            v = x[k, l]
-            better = v > best[l] if is_max else v < best[l]
-            if better or (v != v and best[l] == best[l]):
-                best[l] = v
-                idx[l] = k
+        for q in range(lanes):
+            v = x[k, q]
+            better = v > best[q] if is_max else v < best[q]
+            if better or (v != v and best[q] == best[q]):
+                best[q] = v
+                idx[q] = k
 
 
 @njit(cache=True, nogil=True)
 def _red_gather_add(g, idx, v):
-    # g[idx[l], l] += v[l]
-    for l in range(idx.shape[0]):
-        g[idx[l], l] += v[l]
+    # g[idx[q], q] += v[q]
+    for q in range(idx.shape[0]):
+        g[idx[q], q] += v[q]
 
 
 # -- the reduce family -------------------------------------------------------------------
 @njit(cache=True, nogil=True)
 def reduce_forward(at, a, b, c, r, m):
-    kind, outer, n, inner = at[0], int(at[1]), int(at[2]), int(at[3])
+    kind, outer, n, inner = at[0], np.int64(at[1]), np.int64(at[2]), np.int64(at[3])
     wide = a.shape[1] > 1
     x4 = _red_view(a, outer, n, inner)
     r4 = _red_view(r, outer, 1, inner)
@@ -305,7 +307,7 @@ def reduce_forward(at, a, b, c, r, m):
 def reduce_reverse(at, a, b, c, r, gr, ga, gb, gc, da, db, dc, m):
     if da == 0:
         return
-    kind, outer, n, inner = at[0], int(at[1]), int(at[2]), int(at[3])
+    kind, outer, n, inner = at[0], np.int64(at[1]), np.int64(at[2]), np.int64(at[3])
     wide = a.shape[1] > 1
     x4 = _red_view(a, outer, n, inner)
     g4 = _red_view(ga, outer, n, inner)
@@ -340,7 +342,7 @@ def reduce_tangent(at, a, b, c, r, ta, tb, tc, tr, da, db, dc, m):
     if da == 0:
         tr[:] = 0
         return
-    kind, outer, n, inner = at[0], int(at[1]), int(at[2]), int(at[3])
+    kind, outer, n, inner = at[0], np.int64(at[1]), np.int64(at[2]), np.int64(at[3])
     wide = a.shape[1] > 1
     x4 = _red_view(a, outer, n, inner)
     tile = _red_tile(n, False)
@@ -364,8 +366,8 @@ def reduce_tangent(at, a, b, c, r, ta, tb, tc, tr, da, db, dc, m):
                 _red_prod_jvp(x, tx, val[:w], tout)
             elif n > 0:
                 _red_arg(x, kind == RED_MAX, val, idx)
-                for l in range(w):
-                    tout[l] = tx[idx[l], l]
+                for q in range(w):
+                    tout[q] = tx[idx[q], q]
 
 
 @njit(cache=True, nogil=True)
@@ -374,7 +376,7 @@ def reduce_second(at, a, b, c, r, ta, tb, tc, tr, gr, gdr, ga, gb, gc, gda, gdb,
     if da == 0:
         return
     reduce_reverse(at, a, b, c, r, gr, ga, gb, gc, da, db, dc, m)
-    kind, outer, n, inner = at[0], int(at[1]), int(at[2]), int(at[3])
+    kind, outer, n, inner = at[0], np.int64(at[1]), np.int64(at[2]), np.int64(at[3])
     wide = a.shape[1] > 1
     x4 = _red_view(a, outer, n, inner)
     gr4 = _red_view(gr, outer, 1, inner)
@@ -419,11 +421,11 @@ def _scan_run(x, y, is_prod):
     n, lanes = x.shape
     if n == 0:
         return
-    for l in range(lanes):
-        y[0, l] = x[0, l]
+    for q in range(lanes):
+        y[0, q] = x[0, q]
     for k in range(1, n):
-        for l in range(lanes):
-            y[k, l] = y[k - 1, l] * x[k, l] if is_prod else y[k - 1, l] + x[k, l]
+        for q in range(lanes):
+            y[k, q] = y[k - 1, q] * x[k, q] if is_prod else y[k - 1, q] + x[k, q]
 
 
 @njit(cache=True, nogil=True)
@@ -432,9 +434,9 @@ def _scan_rsum_add(gy, gx, acc):
     n, lanes = gy.shape
     acc[:] = 0
     for k in range(n - 1, -1, -1):
-        for l in range(lanes):
-            acc[l] += gy[k, l]
-            gx[k, l] += acc[l]
+        for q in range(lanes):
+            acc[q] += gy[k, q]
+            gx[k, q] += acc[q]
 
 
 @njit(cache=True, nogil=True)
@@ -443,12 +445,12 @@ def _scan_prod_vjp(x, y, gy, gx, acc):
     # over j >= k of gy[j] times the product of x[k+1..j] (no division by x[k]).
     n, lanes = x.shape
     for k in range(n - 1, -1, -1):
-        for l in range(lanes):
+        for q in range(lanes):
             if k == n - 1:
-                acc[l] = gy[k, l]
+                acc[q] = gy[k, q]
             else:
-                acc[l] = gy[k, l] + x[k + 1, l] * acc[l]
-            gx[k, l] += acc[l] * (y[k - 1, l] if k > 0 else 1)
+                acc[q] = gy[k, q] + x[k + 1, q] * acc[q]
+            gx[k, q] += acc[q] * (y[k - 1, q] if k > 0 else 1)
 
 
 @njit(cache=True, nogil=True)
@@ -457,11 +459,11 @@ def _scan_prod_jvp(x, y, t, ty):
     n, lanes = x.shape
     if n == 0:
         return
-    for l in range(lanes):
-        ty[0, l] = t[0, l]
+    for q in range(lanes):
+        ty[0, q] = t[0, q]
     for k in range(1, n):
-        for l in range(lanes):
-            ty[k, l] = ty[k - 1, l] * x[k, l] + y[k - 1, l] * t[k, l]
+        for q in range(lanes):
+            ty[k, q] = ty[k - 1, q] * x[k, q] + y[k - 1, q] * t[k, q]
 
 
 @njit(cache=True, nogil=True)
@@ -470,22 +472,22 @@ def _scan_prod_second(x, y, t, ty, gy, gdy, gd, acc, dacc):
     # gd[k] += y[k-1] * dT_k + ty[k-1] * T_k.
     n, lanes = x.shape
     for k in range(n - 1, -1, -1):
-        for l in range(lanes):
+        for q in range(lanes):
             if k == n - 1:
-                acc[l] = gy[k, l]
-                dacc[l] = gdy[k, l]
+                acc[q] = gy[k, q]
+                dacc[q] = gdy[k, q]
             else:
-                dacc[l] = gdy[k, l] + t[k + 1, l] * acc[l] + x[k + 1, l] * dacc[l]
-                acc[l] = gy[k, l] + x[k + 1, l] * acc[l]
+                dacc[q] = gdy[k, q] + t[k + 1, q] * acc[q] + x[k + 1, q] * dacc[q]
+                acc[q] = gy[k, q] + x[k + 1, q] * acc[q]
             if k > 0:
-                gd[k, l] += y[k - 1, l] * dacc[l] + ty[k - 1, l] * acc[l]
+                gd[k, q] += y[k - 1, q] * dacc[q] + ty[k - 1, q] * acc[q]
             else:
-                gd[k, l] += dacc[l]
+                gd[k, q] += dacc[q]
 
 
 @njit(cache=True, nogil=True)
 def scan_forward(at, a, b, c, r, m):
-    kind, outer, n, inner = at[0], int(at[1]), int(at[2]), int(at[3])
+    kind, outer, n, inner = at[0], np.int64(at[1]), np.int64(at[2]), np.int64(at[3])
     wide = a.shape[1] > 1
     x4 = _red_view(a, outer, n, inner)
     r4 = _red_view(r, outer, n, inner)
@@ -504,7 +506,7 @@ def scan_forward(at, a, b, c, r, m):
 def scan_reverse(at, a, b, c, r, gr, ga, gb, gc, da, db, dc, m):
     if da == 0:
         return
-    kind, outer, n, inner = at[0], int(at[1]), int(at[2]), int(at[3])
+    kind, outer, n, inner = at[0], np.int64(at[1]), np.int64(at[2]), np.int64(at[3])
     wide = a.shape[1] > 1
     x4 = _red_view(a, outer, n, inner)
     r4 = _red_view(r, outer, n, inner)
@@ -531,7 +533,7 @@ def scan_tangent(at, a, b, c, r, ta, tb, tc, tr, da, db, dc, m):
     if da == 0:
         tr[:] = 0
         return
-    kind, outer, n, inner = at[0], int(at[1]), int(at[2]), int(at[3])
+    kind, outer, n, inner = at[0], np.int64(at[1]), np.int64(at[2]), np.int64(at[3])
     wide = a.shape[1] > 1
     x4 = _red_view(a, outer, n, inner)
     r4 = _red_view(r, outer, n, inner)
@@ -558,7 +560,7 @@ def scan_second(at, a, b, c, r, ta, tb, tc, tr, gr, gdr, ga, gb, gc, gda, gdb, g
     if da == 0:
         return
     scan_reverse(at, a, b, c, r, gr, ga, gb, gc, da, db, dc, m)
-    kind, outer, n, inner = at[0], int(at[1]), int(at[2]), int(at[3])
+    kind, outer, n, inner = at[0], np.int64(at[1]), np.int64(at[2]), np.int64(at[3])
     wide = a.shape[1] > 1
     x4 = _red_view(a, outer, n, inner)
     r4 = _red_view(r, outer, n, inner)
