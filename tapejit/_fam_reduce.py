@@ -211,11 +211,11 @@ def _extreme(emit_family: EmitFamily, kind: int, x: Any, axis: Any, keepdims: bo
             raise ValueError(f"reduction operation '{_NAMES[kind]}' does not have an "
                              "identity, so to use a where mask one has to specify 'initial'")
         x = _masked(x, where, -np.inf if kind == MAX else np.inf)
-    if initial is not None and math.prod(np.shape(x)[d] for d in axes) == 0:
-        shape = tuple(1 if d in axes else s for d, s in enumerate(np.shape(x)))
-        r = np.full(shape if keepdims else tuple(s for d, s in enumerate(np.shape(x))
-                                                 if d not in axes), float(initial))
-        return r
+    shape = np.shape(x)
+    if initial is not None and math.prod(shape[d] for d in axes) == 0:
+        # Nothing to compare: the initial value, a constant.
+        out = [1 if d in axes else s for d, s in enumerate(shape) if keepdims or d not in axes]
+        return np.full(tuple(out), float(initial))
     r = _reduce(emit_family, kind, x, axes, keepdims)
     return r if initial is None else pick(r, initial)
 

@@ -302,4 +302,31 @@ def test_recording_errors_like_numpy():
     assert fr.record_sum(_emit, empty, axis=1).tolist() == [0.0] * 3
     assert fr.record_prod(_emit, empty).tolist() == 1.0
     assert fr.record_max(_emit, empty, axis=1, initial=-1.0).tolist() == [-1.0] * 3
+    assert fr.record_min(_emit, empty, axis=1, initial=1.0, keepdims=True).shape == (3, 1)
     assert np.isnan(fr.record_mean(_emit, empty, axis=1)).all()
+
+
+@pytest.mark.parametrize("fam,kind", KINDS)
+@pytest.mark.parametrize("attrs,w,m", [((2, 37, 300), 1, 1), ((2, 37, 2), 300, 299)])
+def test_many_lanes(fam, kind, attrs, w, m):
+    # More lanes than one tile (inner elements at one point, or points): values and
+    # reverse against the reference rules at every valid point.
+    rng = np.random.default_rng(3)
+    at = np.array((kind, *attrs), np.int32)
+    ln, size = _sizes(fam, tuple(at))
+    a = np.stack([_point(rng, kind, ln) for _ in range(w)], axis=1)
+    r = _forward(fam, at, a, w, m)
+    gr = rng.standard_normal((size, w))
+    ga = _reverse(fam, at, a, r, gr)
+    ref = RULES[fam][4]
+    for p in (0, m // 2, m - 1):
+        _close(r[:, p], ref(tuple(at), a[:, p]), 1e-13)
+        want = _reverse(fam, at, a[:, p:p + 1].copy(), r[:, p:p + 1].copy(),
+                        gr[:, p:p + 1].copy())
+        _close(ga[:, p], want[:, 0], 1e-13)
+    if fam == "reduce" and w == 1 and kind == fr.PROD:
+        outer, n, inner = attrs
+        x = a[:, 0].reshape(outer, n, inner)
+        others = np.array([np.prod(np.delete(x, j, axis=1), axis=1) for j in range(n)])
+        _close(ga[:, 0], (others * gr[:, 0].reshape(outer, inner)).transpose(1, 0, 2)
+               .reshape(-1), 1e-12)

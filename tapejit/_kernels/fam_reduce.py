@@ -179,6 +179,11 @@ def _red_psum(x, out, st):
 @njit(cache=True, nogil=True)
 def _red_add_rows(g, v):
     # g[k, q] += v[q] for every row k.
+    if g.shape[1] == 1:  # one lane: a loop the compiler sees as one sequence
+        v0 = v[0]
+        for k in range(g.shape[0]):
+            g[k, 0] += v0
+        return
     for k in range(g.shape[0]):
         for q in range(g.shape[1]):
             g[k, q] += v[q]
