@@ -150,17 +150,23 @@ def _red_psum(x, out, st):
         out[:] = 0
         return
     if lanes == 1:
-        out[0] = _red_psum1(x[:, 0], st[:, 0])
+        col = x[:, 0]
+        if col.strides[0] == col.itemsize:
+            out[0] = _red_psum1(np.ascontiguousarray(col), st[:, 0])
+        else:
+            out[0] = _red_psum1(col, st[:, 0])
         return
     top = 0
     nb = 0
     for b0 in range(0, n, 8):
         b1 = min(b0 + 8, n)
+        row = _red_row(x, b0)
         for q in range(lanes):
-            st[top, q] = x[b0, q]
+            st[top, q] = row[q]
         for k in range(b0 + 1, b1):
+            row = _red_row(x, k)
             for q in range(lanes):
-                st[top, q] += x[k, q]
+                st[top, q] += row[q]
         top += 1
         nb += 1
         c = nb
@@ -177,12 +183,33 @@ def _red_psum(x, out, st):
 
 
 @njit(cache=True, nogil=True)
+def _red_row(x, k):
+    # Row k of a lane matrix typed as contiguous, so that loops over it vectorize: a
+    # view when its lanes are adjacent (always, for columns of a block), else a copy
+    # (for reading only).
+    return np.ascontiguousarray(x[k])
+
+
+@njit(cache=True, nogil=True)
 def _red_add_rows(g, v):
     # g[k, q] += v[q] for every row k.
     if g.shape[1] == 1:  # one lane: a loop the compiler sees as one sequence
         v0 = v[0]
+        col = g[:, 0]
+        if col.strides[0] == col.itemsize:
+            col = np.ascontiguousarray(col)  # a view, typed contiguous: it vectorizes
+            for k in range(col.shape[0]):
+                col[k] += v0
+            return
         for k in range(g.shape[0]):
             g[k, 0] += v0
+        return
+    if g.strides[1] == g.itemsize:  # adjacent lanes: write through contiguous row views
+        vc = np.ascontiguousarray(v)
+        for k in range(g.shape[0]):
+            row = _red_row(g, k)
+            for q in range(g.shape[1]):
+                row[q] += vc[q]
         return
     for k in range(g.shape[0]):
         for q in range(g.shape[1]):
