@@ -74,11 +74,13 @@ def _red_task(t, groups, ntiles, tile, lanes):
 
 
 @njit(cache=True, nogil=True)
-def _red_tile(n, prefix):
-    # Lanes per tile; a rule with an (n, lanes) prefix temporary narrows it for long axes.
-    if not prefix:
-        return _RED_TILE
-    return max(1, min(_RED_TILE, _RED_PREFIX_CAP // max(n, 1)))
+def _red_tile(n, prefix, lanes):
+    # Lanes per tile (no more than there are, so temporaries stay small); a rule with an
+    # (n, lanes) prefix temporary narrows it for long axes.
+    tile = min(_RED_TILE, lanes)
+    if prefix:
+        tile = min(tile, _RED_PREFIX_CAP // max(n, 1))
+    return max(tile, 1)
 
 
 @njit(cache=True, nogil=True)
@@ -312,8 +314,8 @@ def reduce_forward(at, a, b, c, r, m):
     wide = a.shape[1] > 1
     x4 = _red_view(a, outer, n, inner)
     r4 = _red_view(r, outer, 1, inner)
-    tile = _red_tile(n, False)
     lanes = m if wide else inner
+    tile = _red_tile(n, False, lanes)
     nt, groups, ntiles = _red_ntasks(outer, inner, wide, m, tile)
     st = np.empty((_RED_LEVELS, tile), r.dtype)
     best = np.empty(tile, r.dtype)
@@ -344,8 +346,8 @@ def reduce_reverse(at, a, b, c, r, gr, ga, gb, gc, da, db, dc, m):
     x4 = _red_view(a, outer, n, inner)
     g4 = _red_view(ga, outer, n, inner)
     gr4 = _red_view(gr, outer, 1, inner)
-    tile = _red_tile(n, kind == RED_PROD)
     lanes = m if wide else inner
+    tile = _red_tile(n, kind == RED_PROD, lanes)
     nt, groups, ntiles = _red_ntasks(outer, inner, wide, m, tile)
     pre = np.empty((n if kind == RED_PROD else 0, tile), r.dtype)
     suf = np.empty(tile, r.dtype)
@@ -377,8 +379,8 @@ def reduce_tangent(at, a, b, c, r, ta, tb, tc, tr, da, db, dc, m):
     kind, outer, n, inner = at[0], np.int64(at[1]), np.int64(at[2]), np.int64(at[3])
     wide = a.shape[1] > 1
     x4 = _red_view(a, outer, n, inner)
-    tile = _red_tile(n, False)
     lanes = m if wide else inner
+    tile = _red_tile(n, False, lanes)
     nt, groups, ntiles = _red_ntasks(outer, inner, wide, m, tile)
     st = np.empty((_RED_LEVELS, tile), r.dtype)
     val = np.empty(tile, r.dtype)
@@ -412,8 +414,8 @@ def reduce_second(at, a, b, c, r, ta, tb, tc, tr, gr, gdr, ga, gb, gc, gda, gdb,
     wide = a.shape[1] > 1
     x4 = _red_view(a, outer, n, inner)
     gr4 = _red_view(gr, outer, 1, inner)
-    tile = _red_tile(n, kind == RED_PROD)
     lanes = m if wide else inner
+    tile = _red_tile(n, kind == RED_PROD, lanes)
     nt, groups, ntiles = _red_ntasks(outer, inner, wide, m, tile)
     npre = n if kind == RED_PROD else 0
     pre = np.empty((npre, tile), r.dtype)
@@ -523,8 +525,8 @@ def scan_forward(at, a, b, c, r, m):
     wide = a.shape[1] > 1
     x4 = _red_view(a, outer, n, inner)
     r4 = _red_view(r, outer, n, inner)
-    tile = _red_tile(n, False)
     lanes = m if wide else inner
+    tile = _red_tile(n, False, lanes)
     nt, groups, ntiles = _red_ntasks(outer, inner, wide, m, tile)
     for t in range(nt):
         o, g, l0, l1 = _red_task(t, groups, ntiles, tile, lanes)
@@ -544,8 +546,8 @@ def scan_reverse(at, a, b, c, r, gr, ga, gb, gc, da, db, dc, m):
     r4 = _red_view(r, outer, n, inner)
     g4 = _red_view(ga, outer, n, inner)
     gr4 = _red_view(gr, outer, n, inner)
-    tile = _red_tile(n, False)
     lanes = m if wide else inner
+    tile = _red_tile(n, False, lanes)
     nt, groups, ntiles = _red_ntasks(outer, inner, wide, m, tile)
     acc = np.empty(tile, r.dtype)
     for t in range(nt):
@@ -569,8 +571,8 @@ def scan_tangent(at, a, b, c, r, ta, tb, tc, tr, da, db, dc, m):
     wide = a.shape[1] > 1
     x4 = _red_view(a, outer, n, inner)
     r4 = _red_view(r, outer, n, inner)
-    tile = _red_tile(n, False)
     lanes = m if wide else inner
+    tile = _red_tile(n, False, lanes)
     nt, groups, ntiles = _red_ntasks(outer, inner, wide, m, tile)
     for v in range(tr.shape[1]):
         t4 = _red_view(ta[:, v, :], outer, n, inner)
@@ -597,8 +599,8 @@ def scan_second(at, a, b, c, r, ta, tb, tc, tr, gr, gdr, ga, gb, gc, gda, gdb, g
     x4 = _red_view(a, outer, n, inner)
     r4 = _red_view(r, outer, n, inner)
     gr4 = _red_view(gr, outer, n, inner)
-    tile = _red_tile(n, False)
     lanes = m if wide else inner
+    tile = _red_tile(n, False, lanes)
     nt, groups, ntiles = _red_ntasks(outer, inner, wide, m, tile)
     acc = np.empty(tile, r.dtype)
     dacc = np.empty(tile, r.dtype)
