@@ -193,6 +193,13 @@ def _red_row(x, k):
 
 
 @njit(cache=True, nogil=True)
+def _red_put(x, k, row):
+    # After writing through row = _red_row(x, k): store it back if it was a copy.
+    if x.strides[1] != x.itemsize:
+        x[k, :] = row
+
+
+@njit(cache=True, nogil=True)
 def _red_add_rows(g, v):
     # g[k, q] += v[q] for every row k.
     if g.shape[1] == 1:  # one lane: a loop the compiler sees as one sequence
@@ -206,37 +213,37 @@ def _red_add_rows(g, v):
         for k in range(g.shape[0]):
             g[k, 0] += v0
         return
-    if g.strides[1] == g.itemsize:  # adjacent lanes: write through contiguous row views
-        vc = np.ascontiguousarray(v)
-        for k in range(g.shape[0]):
-            row = _red_row(g, k)
-            for q in range(g.shape[1]):
-                row[q] += vc[q]
-        return
+    vc = np.ascontiguousarray(v)
     for k in range(g.shape[0]):
+        row = _red_row(g, k)
         for q in range(g.shape[1]):
-            g[k, q] += v[q]
+            row[q] += vc[q]
+        _red_put(g, k, row)
 
 
 # -- products ----------------------------------------------------------------------------
 @njit(cache=True, nogil=True)
-def _red_pprod(x, out):
+def _red_pprod(x, out, acc):
     n, lanes = x.shape
-    out[:] = 1
+    acc[:] = 1
     for k in range(n):
+        row = _red_row(x, k)
         for q in range(lanes):
-            out[q] *= x[k, q]
+            acc[q] *= row[q]
+    out[:] = acc
 
 
 @njit(cache=True, nogil=True)
 def _red_prefix(x, pre):
     # pre[k, q]: the product of x[:k, q] (exclusive prefix).
     n, lanes = x.shape
-    for q in range(lanes):
-        pre[0, q] = 1
+    if n == 0:
+        return
+    pre[0, :] = 1
     for k in range(1, n):
+        row, pp, pk = _red_row(x, k - 1), _red_row(pre, k - 1), _red_row(pre, k)
         for q in range(lanes):
-            pre[k, q] = pre[k - 1, q] * x[k - 1, q]
+            pk[q] = pp[q] * row[q]
 
 
 @njit(cache=True, nogil=True)
@@ -244,10 +251,13 @@ def _red_prod_vjp(x, pre, suf, gr, g):
     # g[k] += gr * (product of the others) = gr * pre[k] * (suffix after k).
     n, lanes = x.shape
     suf[:] = 1
+    grc = np.ascontiguousarray(gr)
     for k in range(n - 1, -1, -1):
+        xk, pk, gk = _red_row(x, k), _red_row(pre, k), _red_row(g, k)
         for q in range(lanes):
-            g[k, q] += gr[q] * pre[k, q] * suf[q]
-            suf[q] *= x[k, q]
+            gk[q] += grc[q] * pk[q] * suf[q]
+            suf[q] *= xk[q]
+        _red_put(g, k, gk)
 
 
 @njit(cache=True, nogil=True)
@@ -288,12 +298,14 @@ def _red_prod_second(x, t, pre, dpre, suf, dsuf, gr, gdr, gd):
 def _red_arg(x, is_max, best, idx):
     # Per lane the first extreme element (a NaN beats numbers; the first NaN wins).
     n, lanes = x.shape
+    row = _red_row(x, 0)
     for q in range(lanes):
-        best[q] = x[0, q]
+        best[q] = row[q]
         idx[q] = 0
     for k in range(1, n):
+        row = _red_row(x, k)
         for q in range(lanes):
-            v = x[k, q]
+            v = row[q]
             better = v > best[q] if is_max else v < best[q]
             if better or (v != v and best[q] == best[q]):
                 best[q] = v
@@ -327,7 +339,7 @@ def reduce_forward(at, a, b, c, r, m):
         if kind == RED_SUM:
             _red_psum(x, out, st)
         elif kind == RED_PROD:
-            _red_pprod(x, out)
+            _red_pprod(x, out, best[: l1 - l0])
         elif n > 0:
             _red_arg(x, kind == RED_MAX, best, idx)
             out[:] = best[: l1 - l0]
@@ -450,16 +462,24 @@ def reduce_second(at, a, b, c, r, ta, tb, tc, tr, gr, gdr, ga, gb, gc, gda, gdb,
 
 # -- the scan family ---------------------------------------------------------------------
 @njit(cache=True, nogil=True)
-def _scan_run(x, y, is_prod):
-    # y = running sum or product of x along rows.
+def _scan_run(x, y, is_prod, acc):
+    # y = running sum or product of x along rows (acc: the running values).
     n, lanes = x.shape
     if n == 0:
         return
-    for q in range(lanes):
-        y[0, q] = x[0, q]
+    acc[:lanes] = x[0, :]
+    y[0, :] = x[0, :]
     for k in range(1, n):
-        for q in range(lanes):
-            y[k, q] = y[k - 1, q] * x[k, q] if is_prod else y[k - 1, q] + x[k, q]
+        xk, yk = _red_row(x, k), _red_row(y, k)
+        if is_prod:
+            for q in range(lanes):
+                acc[q] *= xk[q]
+                yk[q] = acc[q]
+        else:
+            for q in range(lanes):
+                acc[q] += xk[q]
+                yk[q] = acc[q]
+        _red_put(y, k, yk)
 
 
 @njit(cache=True, nogil=True)
@@ -468,9 +488,11 @@ def _scan_rsum_add(gy, gx, acc):
     n, lanes = gy.shape
     acc[:] = 0
     for k in range(n - 1, -1, -1):
+        gyk, gxk = _red_row(gy, k), _red_row(gx, k)
         for q in range(lanes):
-            acc[q] += gy[k, q]
-            gx[k, q] += acc[q]
+            acc[q] += gyk[q]
+            gxk[q] += acc[q]
+        _red_put(gx, k, gxk)
 
 
 @njit(cache=True, nogil=True)
@@ -478,13 +500,23 @@ def _scan_prod_vjp(x, y, gy, gx, acc):
     # y = cumprod(x). gx[k] += y[k-1] * T_k with T_k = gy[k] + x[k+1] * T_{k+1}: the sum
     # over j >= k of gy[j] times the product of x[k+1..j] (no division by x[k]).
     n, lanes = x.shape
+    if n == 0:
+        return
+    acc[:lanes] = gy[n - 1, :]
     for k in range(n - 1, -1, -1):
-        for q in range(lanes):
-            if k == n - 1:
-                acc[q] = gy[k, q]
-            else:
-                acc[q] = gy[k, q] + x[k + 1, q] * acc[q]
-            gx[k, q] += acc[q] * (y[k - 1, q] if k > 0 else 1)
+        gyk, gxk = _red_row(gy, k), _red_row(gx, k)
+        if k < n - 1:
+            xn = _red_row(x, k + 1)
+            for q in range(lanes):
+                acc[q] = gyk[q] + xn[q] * acc[q]
+        if k > 0:
+            yp = _red_row(y, k - 1)
+            for q in range(lanes):
+                gxk[q] += acc[q] * yp[q]
+        else:
+            for q in range(lanes):
+                gxk[q] += acc[q]
+        _red_put(gx, k, gxk)
 
 
 @njit(cache=True, nogil=True)
@@ -528,10 +560,11 @@ def scan_forward(at, a, b, c, r, m):
     lanes = m if wide else inner
     tile = _red_tile(n, False, lanes)
     nt, groups, ntiles = _red_ntasks(outer, inner, wide, m, tile)
+    acc = np.empty(tile, r.dtype)
     for t in range(nt):
         o, g, l0, l1 = _red_task(t, groups, ntiles, tile, lanes)
         _scan_run(_red_lanes(x4, o, g, wide, m)[:, l0:l1],
-                  _red_lanes(r4, o, g, wide, m)[:, l0:l1], kind == SCAN_CUMPROD)
+                  _red_lanes(r4, o, g, wide, m)[:, l0:l1], kind == SCAN_CUMPROD, acc)
     if not wide:
         _red_spread(r, m)
 
@@ -574,6 +607,7 @@ def scan_tangent(at, a, b, c, r, ta, tb, tc, tr, da, db, dc, m):
     lanes = m if wide else inner
     tile = _red_tile(n, False, lanes)
     nt, groups, ntiles = _red_ntasks(outer, inner, wide, m, tile)
+    acc = np.empty(tile, r.dtype)
     for v in range(tr.shape[1]):
         t4 = _red_view(ta[:, v, :], outer, n, inner)
         tr4 = _red_view(tr[:, v, :], outer, n, inner)
@@ -582,7 +616,7 @@ def scan_tangent(at, a, b, c, r, ta, tb, tc, tr, da, db, dc, m):
             tx = _red_lanes(t4, o, g, wide, m)[:, l0:l1]
             ty = _red_lanes(tr4, o, g, wide, m)[:, l0:l1]
             if kind == SCAN_CUMSUM:
-                _scan_run(tx, ty, False)
+                _scan_run(tx, ty, False, acc)
             else:
                 _scan_prod_jvp(_red_lanes(x4, o, g, wide, m)[:, l0:l1],
                                _red_lanes(r4, o, g, wide, m)[:, l0:l1], tx, ty)
