@@ -10,7 +10,10 @@ points (``w > 1``) the lanes of one ``(o, i)`` pair are the points (contiguous c
 at one point (or for a shared operand) the lanes of one ``o`` are the ``inner`` elements.
 Lanes go innermost, in tiles, so the loops vectorize. Views come from ``as_strided`` on
 the operand blocks (the sizes were validated against the attributes before any routine
-runs).
+runs); the loops go through one row of lanes at a time, taken with
+``np.ascontiguousarray`` (``_red_row``): a view typed contiguous, which the compiler
+vectorizes, when the lanes are adjacent (columns of a block always are), else a copy
+that ``_red_put`` stores back after writing.
 
 Sums are pairwise (blocks summed directly, block sums combined as a balanced tree), so
 their rounding error grows with ``log n`` like numpy's. No rule divides by an element:
