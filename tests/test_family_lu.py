@@ -282,6 +282,18 @@ def test_singular_solve_inv_give_nan(n, w):
 
 
 @pytest.mark.parametrize("n", sorted(SINGULAR))
+def test_singular_shared_matrix_gives_nan_at_every_point(n):
+    a = SINGULAR[n].reshape(-1, 1)
+    b = np.ones((n, 4))
+    assert np.isnan(forward("solve", (n, 1), [a, b], 4, 4)).all()
+    gb = np.zeros((n, 4))
+    r = np.zeros((n, 4))
+    k.solve_reverse(np.array((n, 1), np.int32), a, b, EMPTY, r, np.ones((n, 4)),
+                    np.zeros((n * n, 1)), gb, EMPTY, 0, 1, 0, 4)
+    assert np.isnan(gb).all()
+
+
+@pytest.mark.parametrize("n", sorted(SINGULAR))
 @pytest.mark.parametrize("w", [1, 3])
 def test_singular_det_and_slogdet(n, w):
     x = SINGULAR[n]

@@ -4,11 +4,13 @@ Operands and results use the family layout of the instruction kernels: ``(len, w
 blocks, one column per point, a matrix stored row-major down the first axis. Two ways to
 factor a matrix, chosen per call:
 
-- *batched*: per-point matrices of a small order (``n <= LU_BATCHED_MAX``) are factored
-  together by Gaussian elimination with partial pivoting, the loop over points innermost
-  (it vectorizes); row swaps are branch-free selects for the same reason;
-- *LAPACK*: a shared matrix (one for all points: one solve over every point's columns),
-  a large per-point matrix (one solve per point), through Numba's ``np.linalg``.
+- *batched*: matrices of a small order (``n <= LU_BATCHED_MAX``) are factored by
+  Gaussian elimination with partial pivoting, per-point ones all together with the loop
+  over points innermost (it vectorizes; row swaps are branch-free selects for the same
+  reason), a shared one (``w == 1``: the same for every point) once, its factors then
+  applied to every point's right-hand sides;
+- *LAPACK*, through Numba's ``np.linalg``, for larger ones: a shared matrix in one solve
+  over every point's columns, per-point ones one solve per point.
 
 A singular matrix never raises inside a kernel. An exactly zero pivot (batched) or
 LAPACK's singular-matrix error makes every entry of that point's solution NaN, so
@@ -41,8 +43,8 @@ def _lu_factor(a, trans, n, m):
     # whether a pivot was exactly zero, det the determinant. LAPACK: F is a copy of the
     # (transposed) matrix, (n*n, 1) when shared; piv, sing and det are empty.
     wa = a.shape[1]
-    batched = n <= LU_BATCHED_MAX and (wa > 1 or m == 1)
-    cols = m if batched or wa > 1 else 1
+    batched = n <= LU_BATCHED_MAX
+    cols = m if wa > 1 else 1
     F = np.empty((n * n, cols), a.dtype)
     for i in range(n):
         for j in range(n):
@@ -57,6 +59,7 @@ def _lu_factor(a, trans, n, m):
     if not batched:
         return (F, np.empty((0, 1), np.int64), np.empty(0, np.bool_),
                 np.empty(0, a.dtype), False)
+    m = cols  # a shared matrix is factored once
     piv = np.empty((n, m), np.int64)
     sing = np.zeros(m, np.bool_)
     det = np.ones(m, a.dtype)
@@ -118,11 +121,55 @@ def _lu_lapack_solve(A2, B2):
 
 
 @njit(cache=True, nogil=True)
+def _lu_apply_shared(F, piv, sing, Y, n, q, m):
+    # _lu_apply with one factorization (F, piv: one column) for all m points.
+    if sing[0]:
+        for i in range(n * q):
+            for p in range(m):
+                Y[i, p] = np.nan
+        return
+    for c in range(n):
+        ip = piv[c, 0]
+        if ip != c:
+            for j in range(q):
+                x = Y[c * q + j]
+                y = Y[ip * q + j]
+                for p in range(m):
+                    t = x[p]
+                    x[p] = y[p]
+                    y[p] = t
+    for c in range(n):
+        for r in range(c + 1, n):
+            f = F[r * n + c, 0]
+            for j in range(q):
+                x = Y[c * q + j]
+                y = Y[r * q + j]
+                for p in range(m):
+                    y[p] -= f * x[p]
+    for c in range(n - 1, -1, -1):
+        u = 1 / F[c * n + c, 0]
+        for j in range(q):
+            x = Y[c * q + j]
+            for p in range(m):
+                x[p] *= u
+        for r in range(c):
+            f = F[r * n + c, 0]
+            for j in range(q):
+                x = Y[c * q + j]
+                y = Y[r * q + j]
+                for p in range(m):
+                    y[p] -= f * x[p]
+
+
+@njit(cache=True, nogil=True)
 def _lu_apply(f, Y, n, q, m):
     # Solves in place at the first m points: Y (n*q, >= m) holds q right-hand sides
     # per point (row i*q + j: row i, column j) and becomes the solution.
     F, piv, sing, _, batched = f
     if q == 0 or n == 0:
+        return
+    if batched and F.shape[1] == 1 and m > 1:
+        _lu_apply_shared(F, piv, sing, Y, n, q, m)
         return
     if batched:
         for c in range(n):
