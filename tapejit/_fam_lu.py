@@ -163,7 +163,7 @@ def _operand(x: Any, what: str) -> Any:
     return arr
 
 
-def _square(a: Any, what: str) -> int:
+def _square(a: Any) -> int:
     if a.ndim < 2:
         raise np.linalg.LinAlgError(f"{a.ndim}-dimensional array given. Array must be at "
                                     "least two-dimensional")
@@ -176,14 +176,15 @@ def _flat(x: Any) -> Any:
     return x.reshape(-1)
 
 
-def _each(batch: tuple[int, ...], one: Callable[[tuple[int, ...]], Any]) -> Any:
+def _each(batch: tuple[int, ...], shape: tuple[int, ...],
+          one: Callable[[tuple[int, ...]], Any]) -> Any:
     # One instruction per stacked matrix, the results stacked back (np.stack records
-    # no arithmetic).
+    # no arithmetic). An empty stack has no elements: nothing to record.
     if not batch:
         return one(())
+    if 0 in batch:
+        return np.zeros(batch + shape)
     parts = [one(idx) for idx in itertools.product(*(range(s) for s in batch))]
-    if not parts:
-        raise TracingError("numpy.linalg of an empty stack of matrices cannot be traced")
     stacked = np.stack(parts)
     return stacked.reshape(batch + tuple(stacked.shape[1:]))
 
@@ -215,45 +216,45 @@ def record_solve(emit_family: EmitFamily, a: Any, b: Any) -> Any:
     """
     a = _operand(a, "solve")
     b = _operand(b, "solve")
-    n = _square(a, "solve")
+    n = _square(a)
     vector = b.ndim == 1
     if vector:
         if b.shape[0] != n:
             raise ValueError(f"solve: b has {b.shape[0]} rows, a is {n} x {n}")
         batch = tuple(a.shape[:-2])
-        return _each(batch, lambda idx: emit_family(
+        return _each(batch, (n,), lambda idx: emit_family(
             "solve", [_flat(_pick(a, batch, idx)), b], (n, 1), (n,)))
     if b.shape[-2] != n:
         raise ValueError(f"solve: b has {b.shape[-2]} rows, a is {n} x {n}")
     k = b.shape[-1]
     batch = tuple(np.broadcast_shapes(a.shape[:-2], b.shape[:-2]))
-    return _each(batch, lambda idx: emit_family(
+    return _each(batch, (n, k), lambda idx: emit_family(
         "solve", [_flat(_pick(a, batch, idx)), _flat(_pick(b, batch, idx))], (n, k), (n, k)))
 
 
 def record_inv(emit_family: EmitFamily, a: Any) -> Any:
     """``numpy.linalg.inv(a)`` of ``(..., n, n)``."""
     a = _operand(a, "inv")
-    n = _square(a, "inv")
+    n = _square(a)
     batch = tuple(a.shape[:-2])
-    return _each(batch, lambda idx: emit_family(
+    return _each(batch, (n, n), lambda idx: emit_family(
         "inv", [_flat(_pick(a, batch, idx))], (n,), (n, n)))
 
 
 def record_det(emit_family: EmitFamily, a: Any) -> Any:
     """``numpy.linalg.det(a)`` of ``(..., n, n)``: shape ``(...)``."""
     a = _operand(a, "det")
-    n = _square(a, "det")
+    n = _square(a)
     batch = tuple(a.shape[:-2])
-    return _each(batch, lambda idx: emit_family(
+    return _each(batch, (), lambda idx: emit_family(
         "det", [_flat(_pick(a, batch, idx))], (n,), ()))
 
 
 def record_slogdet(emit_family: EmitFamily, a: Any) -> SlogdetResult:
     """``numpy.linalg.slogdet(a)`` of ``(..., n, n)``: sign and log|det|, shape ``(...)``."""
     a = _operand(a, "slogdet")
-    n = _square(a, "slogdet")
+    n = _square(a)
     batch = tuple(a.shape[:-2])
-    both = _each(batch, lambda idx: emit_family(
+    both = _each(batch, (2,), lambda idx: emit_family(
         "slogdet", [_flat(_pick(a, batch, idx))], (n,), (2,)))
     return SlogdetResult(both[..., 0], both[..., 1])

@@ -324,6 +324,19 @@ def test_nonfinite_input_gives_nan_not_an_error():
         assert np.isnan(forward("det", (n,), [a], 1, 1)).all()
 
 
+@pytest.mark.parametrize("n", [3, 20])
+def test_one_points_nan_spoils_no_other_point(n):
+    # A shared matrix: one factorization (n = 3) or one LAPACK solve (n = 20) for all.
+    rng = np.random.default_rng(4)
+    a = _matrix(rng, n).reshape(-1, 1)
+    b = rng.standard_normal((n, 3))
+    b[1, 1] = np.nan
+    r = forward("solve", (n, 1), [a, b], 3, 3)
+    assert np.isnan(r[:, 1]).all()
+    for p in (0, 2):
+        _close(r[:, p], np.linalg.solve(a.reshape(n, n), b[:, p]))
+
+
 def test_float32():
     rng = np.random.default_rng(3)
     n, nk, w, m = 3, 2, 4, 4
@@ -372,6 +385,11 @@ def test_record_matches_numpy():
     _close(sign, want.sign)
     _close(logdet, want.logabsdet)
     assert fl.record_solve(_emit, [[2.0]], [[4.0, 6.0]]).tolist() == [[2.0, 3.0]]
+    assert fl.record_solve(_emit, np.eye(2), np.ones((2, 0))).shape == (2, 0)
+    empty = np.zeros((0, 3, 3))
+    assert fl.record_inv(_emit, empty).shape == (0, 3, 3)
+    assert fl.record_slogdet(_emit, empty).sign.shape == (0,)
+    assert fl.record_solve(_emit, empty, np.ones(3)).shape == (0, 3)
 
 
 def test_record_refuses_what_numpy_refuses():

@@ -219,16 +219,26 @@ def _lu_apply(f, Y, n, q, m):
         for i in range(n):
             for j in range(n):
                 A2[i, j] = F[i * n + j, 0]
+        # LAPACK refuses a non-finite right-hand side: solve the other points with
+        # zeros in its place, so one point's NaN cannot spoil the rest.
+        bad = np.zeros(m, np.bool_)
         B2 = np.empty((n, q * m), Y.dtype)
         for i in range(n):
             for j in range(q):
                 for p in range(m):
-                    B2[i, j * m + p] = Y[i * q + j, p]
+                    v = Y[i * q + j, p]
+                    bad[p] |= not np.isfinite(v)
+                    B2[i, j * m + p] = v
+        for i in range(n):
+            for j in range(q):
+                for p in range(m):
+                    if bad[p]:
+                        B2[i, j * m + p] = 0
         X2 = _lu_lapack_solve(A2, B2)
         for i in range(n):
             for j in range(q):
                 for p in range(m):
-                    Y[i * q + j, p] = X2[i, j * m + p]
+                    Y[i * q + j, p] = np.nan if bad[p] else X2[i, j * m + p]
         return
     B2 = np.empty((n, q), Y.dtype)
     for p in range(m):
@@ -265,12 +275,12 @@ def _lu_gemm(alpha, P, tp, Q, tq, out, n1, n2, n3, m):
         return
     for i in range(n1):
         for j in range(n3):
-            o = i * n3 + j
+            o = out[i * n3 + j]
             for t in range(n2):
-                ip = t * n1 + i if tp else i * n2 + t
-                iq = j * n2 + t if tq else t * n3 + j
+                x = P[t * n1 + i] if tp else P[i * n2 + t]
+                y = Q[j * n2 + t] if tq else Q[t * n3 + j]
                 for p in range(m):
-                    out[o, p] += alpha * P[ip, p] * Q[iq, p]
+                    o[p] += alpha * x[p] * y[p]
 
 
 @njit(cache=True, nogil=True)
