@@ -1,0 +1,260 @@
+"""The LU families' Python side: ``solve``, ``inv``, ``det`` and ``slogdet``.
+
+For each family: its attributes and sizes, a check of attribute values, a numpy
+reference at one point, and the recording of the numpy function it implements. The
+recording functions take the recording call ``emit_family(name, operands, attrs, shape)``
+as their first argument (operands flattened in C order; it returns a tracer, or the
+numpy result when nothing is traced), so the numpy handlers bind it.
+
+A singular matrix gives NaN where numpy raises ``LinAlgError`` (``solve``, ``inv``), in
+the references as in the kernels (``tapejit/_kernels/fam_lu.py``); ``det`` and
+``slogdet`` give numpy's 0 and ``(0, -inf)``.
+
+Stacked matrices (more than 2 dimensions) record one instruction per matrix.
+"""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, NamedTuple
+
+import numpy as np
+
+from tapejit._errors import TracingError
+from tapejit._tracer import Tracer
+
+#: Sizes in a program are int32: a matrix operand has at most this many elements.
+MAX_SIZE = 2**31 - 1
+
+EmitFamily = Callable[[str, list, tuple, tuple], Any]
+
+
+# -- attributes and sizes ----------------------------------------------------------------
+
+def _int64(values: np.ndarray) -> np.ndarray:
+    return np.asarray(values, dtype=np.int64).reshape(len(values), -1)
+
+
+def solve_check(values: np.ndarray) -> np.ndarray:
+    """Bad rows of ``solve`` attributes ``(n, k)``: negative, or an operand too large.
+
+    ``k == 0`` (no right-hand sides) is accepted: the result is empty.
+    """
+    v = _int64(values)
+    n, k = v[:, 0], v[:, 1]
+    return (n < 0) | (k < 0) | (n * n > MAX_SIZE) | (n * k > MAX_SIZE)
+
+
+def square_check(values: np.ndarray) -> np.ndarray:
+    """Bad rows of ``inv``, ``det`` or ``slogdet`` attributes ``(n,)``.
+
+    ``n == 0`` is accepted, as numpy does (``det`` is 1, ``slogdet`` ``(1, 0)``).
+    """
+    n = _int64(values)[:, 0]
+    return (n < 0) | (n * n > MAX_SIZE)
+
+
+def solve_sizes(attrs: tuple[int, ...]) -> tuple[tuple[int, ...], int]:
+    """Operand sizes and result size of ``solve`` with attributes ``(n, k)``."""
+    n, k = attrs
+    return (n * n, n * k), n * k
+
+
+def inv_sizes(attrs: tuple[int, ...]) -> tuple[tuple[int, ...], int]:
+    """Operand sizes and result size of ``inv`` with attributes ``(n,)``."""
+    (n,) = attrs
+    return (n * n,), n * n
+
+
+def det_sizes(attrs: tuple[int, ...]) -> tuple[tuple[int, ...], int]:
+    """Operand sizes and result size of ``det`` with attributes ``(n,)``."""
+    (n,) = attrs
+    return (n * n,), 1
+
+
+def slogdet_sizes(attrs: tuple[int, ...]) -> tuple[tuple[int, ...], int]:
+    """Operand sizes and result size of ``slogdet`` (sign, log|det|)."""
+    (n,) = attrs
+    return (n * n,), 2
+
+
+# -- numpy references at one point -------------------------------------------------------
+
+def solve_reference(attrs: tuple[int, ...], a: np.ndarray, b: np.ndarray,
+                    c: np.ndarray | None = None) -> np.ndarray:
+    """``A^{-1} B`` flattened; NaN if ``A`` is singular."""
+    n, k = attrs
+    try:
+        x = np.linalg.solve(np.reshape(a, (n, n)), np.reshape(b, (n, k)))
+    except np.linalg.LinAlgError:
+        return np.full(n * k, np.nan)
+    return x.ravel()
+
+
+def inv_reference(attrs: tuple[int, ...], a: np.ndarray, b: Any = None,
+                  c: Any = None) -> np.ndarray:
+    """``A^{-1}`` flattened; NaN if ``A`` is singular."""
+    (n,) = attrs
+    try:
+        return np.linalg.inv(np.reshape(a, (n, n))).ravel()
+    except np.linalg.LinAlgError:
+        return np.full(n * n, np.nan)
+
+
+def det_reference(attrs: tuple[int, ...], a: np.ndarray, b: Any = None,
+                  c: Any = None) -> np.ndarray:
+    """``[det(A)]``."""
+    (n,) = attrs
+    return np.array([np.linalg.det(np.reshape(a, (n, n)))])
+
+
+def slogdet_reference(attrs: tuple[int, ...], a: np.ndarray, b: Any = None,
+                      c: Any = None) -> np.ndarray:
+    """``[sign, log|det(A)|]``."""
+    (n,) = attrs
+    sign, logdet = np.linalg.slogdet(np.reshape(a, (n, n)))
+    return np.array([sign, logdet])
+
+
+@dataclass(frozen=True)
+class LuFamily:
+    """What the registry needs of one LU family (the lead assigns opcodes)."""
+
+    name: str
+    arity: int
+    attrs: tuple[str, ...]
+    check: Callable[[np.ndarray], np.ndarray]
+    sizes: Callable[[tuple[int, ...]], tuple[tuple[int, ...], int]]
+    reference: Callable[..., np.ndarray]
+
+    @property
+    def rules(self) -> dict[str, str]:
+        """Kernel routine names (in ``tapejit/_kernels/fam_lu.py``) by sweep."""
+        return {s: f"{self.name}_{s}" for s in ("forward", "reverse", "tangent", "second")}
+
+
+#: The families of this module.
+LU_FAMILIES = (
+    LuFamily("solve", 2, ("n", "k"), solve_check, solve_sizes, solve_reference),
+    LuFamily("inv", 1, ("n",), square_check, inv_sizes, inv_reference),
+    LuFamily("det", 1, ("n",), square_check, det_sizes, det_reference),
+    LuFamily("slogdet", 1, ("n",), square_check, slogdet_sizes, slogdet_reference),
+)
+
+
+# -- recording ---------------------------------------------------------------------------
+
+class SlogdetResult(NamedTuple):
+    """``(sign, logabsdet)``, as ``numpy.linalg.slogdet`` returns them."""
+
+    sign: Any
+    logabsdet: Any
+
+
+def _operand(x: Any, what: str) -> Any:
+    if isinstance(x, Tracer):
+        return x
+    arr = np.asarray(x)
+    if arr.dtype.kind not in "biuf":
+        raise TracingError(f"numpy.linalg.{what} of an array of dtype {arr.dtype} cannot be "
+                           "traced; expected real numbers")
+    return arr
+
+
+def _square(a: Any) -> int:
+    if a.ndim < 2:
+        raise np.linalg.LinAlgError(f"{a.ndim}-dimensional array given. Array must be at "
+                                    "least two-dimensional")
+    if a.shape[-1] != a.shape[-2]:
+        raise np.linalg.LinAlgError("Last 2 dimensions of the array must be square")
+    return a.shape[-1]
+
+
+def _flat(x: Any) -> Any:
+    return x.reshape(-1)
+
+
+def _each(batch: tuple[int, ...], shape: tuple[int, ...],
+          one: Callable[[tuple[int, ...]], Any]) -> Any:
+    # One instruction per stacked matrix, the results stacked back (np.stack records
+    # no arithmetic). An empty stack has no elements: nothing to record.
+    if not batch:
+        return one(())
+    if 0 in batch:
+        return np.zeros(batch + shape)
+    parts = [one(idx) for idx in itertools.product(*(range(s) for s in batch))]
+    stacked = np.stack(parts)
+    return stacked.reshape(batch + tuple(stacked.shape[1:]))
+
+
+def _pick(x: Any, batch: tuple[int, ...], idx: tuple[int, ...]) -> Any:
+    # Matrix idx of x, whose leading axes broadcast against batch.
+    lead = x.ndim - 2
+    own = tuple(0 if x.shape[d] == 1 else i
+                for d, i in zip(range(lead), idx[len(batch) - lead:], strict=True))
+    return x[own] if own else x
+
+
+def record_solve(emit_family: EmitFamily, a: Any, b: Any) -> Any:
+    """``numpy.linalg.solve(a, b)``: ``b`` is one vector when 1-D, else matrices (numpy 2).
+
+    Parameters
+    ----------
+    emit_family : callable
+        The recording call.
+    a : array_like or Tracer
+        ``(..., n, n)``.
+    b : array_like or Tracer
+        ``(n,)`` or ``(..., n, k)``, leading axes broadcasting against ``a``'s.
+
+    Returns
+    -------
+    Tracer or numpy.ndarray
+        ``(..., n)`` or ``(..., n, k)``.
+    """
+    a = _operand(a, "solve")
+    b = _operand(b, "solve")
+    n = _square(a)
+    vector = b.ndim == 1
+    if vector:
+        if b.shape[0] != n:
+            raise ValueError(f"solve: b has {b.shape[0]} rows, a is {n} x {n}")
+        batch = tuple(a.shape[:-2])
+        return _each(batch, (n,), lambda idx: emit_family(
+            "solve", [_flat(_pick(a, batch, idx)), b], (n, 1), (n,)))
+    if b.shape[-2] != n:
+        raise ValueError(f"solve: b has {b.shape[-2]} rows, a is {n} x {n}")
+    k = b.shape[-1]
+    batch = tuple(np.broadcast_shapes(a.shape[:-2], b.shape[:-2]))
+    return _each(batch, (n, k), lambda idx: emit_family(
+        "solve", [_flat(_pick(a, batch, idx)), _flat(_pick(b, batch, idx))], (n, k), (n, k)))
+
+
+def record_inv(emit_family: EmitFamily, a: Any) -> Any:
+    """``numpy.linalg.inv(a)`` of ``(..., n, n)``."""
+    a = _operand(a, "inv")
+    n = _square(a)
+    batch = tuple(a.shape[:-2])
+    return _each(batch, (n, n), lambda idx: emit_family(
+        "inv", [_flat(_pick(a, batch, idx))], (n,), (n, n)))
+
+
+def record_det(emit_family: EmitFamily, a: Any) -> Any:
+    """``numpy.linalg.det(a)`` of ``(..., n, n)``: shape ``(...)``."""
+    a = _operand(a, "det")
+    n = _square(a)
+    batch = tuple(a.shape[:-2])
+    return _each(batch, (), lambda idx: emit_family(
+        "det", [_flat(_pick(a, batch, idx))], (n,), ()))
+
+
+def record_slogdet(emit_family: EmitFamily, a: Any) -> SlogdetResult:
+    """``numpy.linalg.slogdet(a)`` of ``(..., n, n)``: sign and log|det|, shape ``(...)``."""
+    a = _operand(a, "slogdet")
+    n = _square(a)
+    batch = tuple(a.shape[:-2])
+    both = _each(batch, (2,), lambda idx: emit_family(
+        "slogdet", [_flat(_pick(a, batch, idx))], (n,), (2,)))
+    return SlogdetResult(both[..., 0], both[..., 1])
