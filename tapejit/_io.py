@@ -54,6 +54,7 @@ import numpy as np
 
 from . import _ops
 from ._atomic import replacing
+from ._program import FIRST_FAMILY
 from ._tape import Tape
 from ._validate import TapeFormatError
 from ._version import __version__
@@ -189,6 +190,10 @@ def _decode_shapes(what: str, code: np.ndarray, n: int) -> tuple[tuple[int, ...]
 # ---------------------------------------------------------------------------------------
 def _op_members(opcodes: np.ndarray) -> dict[str, np.ndarray]:
     """The ``op_*`` members: each op ``opcodes`` uses, with its definition's hash."""
+    if (np.asarray(opcodes) >= FIRST_FAMILY).any():
+        raise ValueError("this tape has instruction family instructions (matrix products, "
+                         "factorizations): tape files cannot store them yet; pickle the "
+                         "tape or share it with tapejit.share instead")
     ops = [_ops.BY_CODE.get(int(c)) for c in np.unique(opcodes)]
     if None in ops:  # a hand-built tape; Tape's own check refuses it first
         raise ValueError("the tape uses opcodes that are not in the op table")
