@@ -10,6 +10,8 @@ from __future__ import annotations
 import numpy as np
 
 from . import _fam_chol as chol
+from . import _fam_lu as lu
+from . import _fam_reduce as red
 from ._fam_matmul import MATMUL
 from ._program import FAMILIES, SWEEPS, Family
 
@@ -44,7 +46,39 @@ def _register(*families: Family) -> None:
         FAMILIES[f.opcode] = f
 
 
-_register(MATMUL, CHOLESKY, SOLVE_TRIANGULAR)
+
+
+def _operands_then_result(sizes):
+    """``Family.sizes`` from a per-instruction ``(operand sizes, result size)``."""
+    def out(values: np.ndarray) -> np.ndarray:
+        rows = []
+        for v in values.tolist():
+            operands, result = sizes(tuple(v))
+            rows.append([result, *operands])
+        return np.array(rows, dtype=np.int64).reshape(len(values), -1)
+    return out
+
+
+def _length_then_result(sizes):
+    """``Family.sizes`` from a vectorized ``(operand length, result size)``."""
+    def out(values: np.ndarray) -> np.ndarray:
+        length, result = sizes(values.astype(np.int64))
+        return np.stack([result, length], axis=1)
+    return out
+
+
+REDUCE = Family("reduce", 129, 1, red.ATTRS, _rules("reduce"), check=red.reduce_check,
+                sizes=_length_then_result(red.reduce_sizes), kernel="fam_reduce",
+                reference=red.reduce_reference)
+SCAN = Family("scan", 130, 1, red.ATTRS, _rules("scan"), check=red.scan_check,
+              sizes=_length_then_result(red.scan_sizes), kernel="fam_reduce",
+              reference=red.scan_reference)
+LU = tuple(
+    Family(f.name, opcode, f.arity, f.attrs, _rules(f.name), check=f.check,
+           sizes=_operands_then_result(f.sizes), kernel="fam_lu", reference=f.reference)
+    for opcode, f in zip((131, 132, 133, 134), lu.LU_FAMILIES, strict=True))
+
+_register(MATMUL, REDUCE, SCAN, *LU, CHOLESKY, SOLVE_TRIANGULAR)
 
 #: The registered families by name.
 BY_NAME: dict[str, Family] = {f.name: f for f in FAMILIES.values()}

@@ -12,10 +12,22 @@ from typing import Any
 import numpy as np
 
 from . import _contract
+from . import _fam_chol as chol
+from . import _fam_lu as lu
+from . import _fam_reduce as red
 from ._errors import TracingError
-from ._ops import BY_NAME
 from ._tape_builder import Recorder
-from ._tracer import UFUNC_OPS, Tracer, emit, ids_of, lift, logical, power, recorder_of
+from ._tracer import (
+    UFUNC_OPS,
+    Tracer,
+    emit,
+    emit_family,
+    ids_of,
+    lift,
+    logical,
+    power,
+    recorder_of,
+)
 
 FUNCTIONS: dict[Callable, Callable] = {}
 
@@ -84,109 +96,90 @@ def apply_ufunc(rec: Recorder, ufunc: np.ufunc, method: str, inputs: tuple, kwar
     return emit(op.name, *inputs)
 
 
-# -- reductions --------------------------------------------------------------------------
-def _tree(rec: Recorder, name: str, ids: np.ndarray) -> np.ndarray:
-    """Reduce the last axis of ``ids`` pairwise with op ``name``.
-
-    Each level combines the first half with the second half (contiguous ranges, so a
-    level is one block instruction per row); an odd element is set aside and folded in
-    at the end. ``log2 n`` emissions in all, and no element is added more than
-    ``log2 n`` times (the accuracy of pairwise summation).
-    """
-    op = BY_NAME[name]
-    spare = []
-    while ids.shape[-1] > 1:
-        n = ids.shape[-1]
-        h = n // 2
-        if n % 2:
-            spare.append(ids[..., -1])
-        ids = rec.emit(op, ids[..., :h], ids[..., h : 2 * h])
-    out = ids[..., 0]
-    for s in reversed(spare):
-        out = rec.emit(op, out, s)
-    return out
-
-
-def _reduce(name: str, empty: float | None, x: Any, axis: Any, keepdims: bool, kw: dict):
-    for k, v in kw.items():
-        if k == "dtype" and (v is None or np.issubdtype(np.dtype(v), np.floating)):
-            continue
-        if k in ("out", "initial", "where") and v is None:
-            continue
-        if k in ("initial", "where") and v is np._NoValue:
-            continue
-        raise TracingError(f"numpy reduction with {k}={v!r} cannot be traced")
-    rec = recorder_of([x])
-    ids = lift(rec, x)
-    nd = ids.ndim
-    if axis is None:
-        axes = tuple(range(nd))
-    else:
-        axes = tuple(a % nd if nd else a for a in np.atleast_1d(axis).tolist())
-    keep = [a for a in range(nd) if a not in axes]
-    moved = ids.transpose(keep + list(axes)).reshape([ids.shape[a] for a in keep] + [-1])
-    if moved.shape[-1] == 0:
-        if empty is None:
-            raise ValueError("zero-size array to reduction operation which has no identity")
-        res = rec.const(np.full(moved.shape[:-1], empty))
-    else:
-        res = _tree(rec, name, moved)
-    if keepdims:
-        res = res.reshape([1 if a in axes else ids.shape[a] for a in range(nd)])
-    return Tracer(rec, np.asarray(res))
+# -- reductions (reduce and scan family instructions: _fam_reduce.py) --------------------
+def _no_out(name: str, out: Any, dtype: Any = None) -> None:
+    if out is not None:
+        raise TracingError(f"numpy.{name}(..., out=...) cannot be traced; assign the result "
+                           "instead")
+    if dtype is not None and not np.issubdtype(np.dtype(dtype), np.floating):
+        raise TracingError(f"numpy.{name}(..., dtype={dtype!r}) cannot be traced: traced "
+                           "values are floats")
 
 
 @_implements(np.sum)
-def _sum(x, axis=None, dtype=None, out=None, keepdims=False, **kw):
-    return _reduce("add", 0.0, x, axis, keepdims, dict(kw, dtype=dtype, out=out))
+def _sum(x, axis=None, dtype=None, out=None, keepdims=False, initial=np._NoValue,
+         where=np._NoValue):
+    _no_out("sum", out, dtype)
+    r = red.record_sum(emit_family, x, axis=axis, keepdims=keepdims,
+                       where=None if where is np._NoValue else where)
+    return r if initial is np._NoValue else emit("add", r, float(initial))
 
 
 @_implements(np.prod)
-def _prod(x, axis=None, dtype=None, out=None, keepdims=False, **kw):
-    return _reduce("mul", 1.0, x, axis, keepdims, dict(kw, dtype=dtype, out=out))
+def _prod(x, axis=None, dtype=None, out=None, keepdims=False, initial=np._NoValue,
+          where=np._NoValue):
+    _no_out("prod", out, dtype)
+    r = red.record_prod(emit_family, x, axis=axis, keepdims=keepdims,
+                        where=None if where is np._NoValue else where)
+    return r if initial is np._NoValue else emit("mul", r, float(initial))
 
 
-@_implements(np.max, np.amax)
-def _max(x, axis=None, out=None, keepdims=False, **kw):
-    return _reduce("maximum", None, x, axis, keepdims, dict(kw, out=out))
+def _extreme(record: Callable, name: str) -> Callable:
+    def impl(x, axis=None, out=None, keepdims=False, initial=np._NoValue, where=np._NoValue):
+        _no_out(name, out)
+        kw = {} if initial is np._NoValue else {"initial": initial}
+        if where is not np._NoValue:
+            kw["where"] = where
+        return record(emit_family, x, axis=axis, keepdims=keepdims, **kw)
+
+    return impl
 
 
-@_implements(np.min, np.amin)
-def _min(x, axis=None, out=None, keepdims=False, **kw):
-    return _reduce("minimum", None, x, axis, keepdims, dict(kw, out=out))
+_max = _implements(np.max, np.amax)(_extreme(red.record_max, "max"))
+_min = _implements(np.min, np.amin)(_extreme(red.record_min, "min"))
 
 
 @_implements(np.mean)
-def _mean(x, axis=None, dtype=None, out=None, keepdims=False, **kw):
-    s = _sum(x, axis=axis, dtype=dtype, out=out, keepdims=keepdims, **kw)
-    n = np.size(lift(recorder_of([x]), x)) // max(np.size(_ids(s)), 1)
-    return emit("div", s, float(n))
+def _mean(x, axis=None, dtype=None, out=None, keepdims=False, where=np._NoValue):
+    _no_out("mean", out, dtype)
+    return red.record_mean(emit_family, x, axis=axis, keepdims=keepdims,
+                           where=None if where is np._NoValue else where)
 
 
-@_implements(np.var)
-def _var(x, axis=None, dtype=None, out=None, ddof=0, keepdims=False, **kw):
-    # numpy's two passes: the mean, then the mean of the squared deviations over n - ddof
-    # (n - ddof <= 0 gives inf or NaN, as numpy does).
-    if kw.get("mean", np._NoValue) is not np._NoValue:
-        raise TracingError("numpy.var(..., mean=...) cannot be traced: leave mean out")
-    correction = kw.pop("correction", np._NoValue)
-    kw.pop("mean", None)
-    if correction is not np._NoValue:
-        if ddof != 0:
-            raise ValueError("ddof and correction can't be provided simultaneously.")
-        ddof = correction
-    rec = recorder_of([x])
-    xt = Tracer(rec, lift(rec, x))
-    dev = xt - _mean(xt, axis=axis, dtype=dtype, out=out, keepdims=True, **kw)
-    s = _sum(dev * dev, axis=axis, dtype=dtype, out=out, keepdims=keepdims, **kw)
-    n = np.size(_ids(xt)) // max(np.size(_ids(s)), 1)
-    return emit("div", s, float(max(n - ddof, 0)))
+def _moment(record: Callable, name: str) -> Callable:
+    def impl(x, axis=None, dtype=None, out=None, ddof=0, keepdims=False, where=np._NoValue,
+             mean=np._NoValue, correction=np._NoValue):
+        _no_out(name, out, dtype)
+        if mean is not np._NoValue:
+            raise TracingError(f"numpy.{name}(..., mean=...) cannot be traced: leave mean "
+                               "out")
+        kw = {} if correction is np._NoValue else {"correction": correction}
+        return record(emit_family, x, axis=axis, ddof=ddof, keepdims=keepdims,
+                      where=None if where is np._NoValue else where, **kw)
+
+    return impl
 
 
-@_implements(np.std)
-def _std(x, axis=None, dtype=None, out=None, ddof=0, keepdims=False, **kw):
-    return np.sqrt(_var(x, axis=axis, dtype=dtype, out=out, ddof=ddof, keepdims=keepdims,
-                        **kw))
+_var = _implements(np.var)(_moment(red.record_var, "var"))
+_std = _implements(np.std)(_moment(red.record_std, "std"))
+
+
+@_implements(np.average)
+def _average(x, axis=None, weights=None, returned=False, *, keepdims=np._NoValue):
+    return red.record_average(emit_family, x, axis=axis, weights=weights, returned=returned,
+                              keepdims=False if keepdims is np._NoValue else keepdims)
+
+
+@_implements(np.cumsum)
+def _cumsum(x, axis=None, dtype=None, out=None):
+    _no_out("cumsum", out, dtype)
+    return red.record_cumsum(emit_family, x, axis=axis)
+
+
+@_implements(np.cumprod)
+def _cumprod(x, axis=None, dtype=None, out=None):
+    _no_out("cumprod", out, dtype)
+    return red.record_cumprod(emit_family, x, axis=axis)
 
 
 _REDUCERS = {
@@ -195,24 +188,6 @@ _REDUCERS = {
     np.maximum: lambda x, axis=0, **kw: _max(x, axis=axis, **kw),
     np.minimum: lambda x, axis=0, **kw: _min(x, axis=axis, **kw),
 }
-
-
-@_implements(np.cumsum)
-def _cumsum(x, axis=None, dtype=None, out=None):
-    if out is not None:
-        raise TracingError("numpy.cumsum(..., out=...) cannot be traced")
-    rec = recorder_of([x])
-    ids = lift(rec, x)
-    if axis is None:
-        ids, axis = ids.ravel(), 0
-    ids = np.moveaxis(ids, axis, -1).copy()
-    op = BY_NAME["add"]
-    # Hillis-Steele scan: log2(n) bulk emissions.
-    step = 1
-    while step < ids.shape[-1]:
-        ids[..., step:] = rec.emit(op, ids[..., step:], ids[..., :-step])
-        step *= 2
-    return Tracer(rec, np.moveaxis(ids, -1, axis))
 
 
 # -- products (matmul family instructions: _contract.py) ---------------------------------
@@ -241,13 +216,29 @@ def _tensordot(a, b, axes=2):
     return _contract.tensordot(a, b, axes)
 
 
+@_implements(np.linalg.solve)
+def _solve(a, b):
+    return lu.record_solve(emit_family, a, b)
+
+
+@_implements(np.linalg.inv)
+def _inv(a):
+    return lu.record_inv(emit_family, a)
+
+
+@_implements(np.linalg.det)
+def _det(a):
+    return lu.record_det(emit_family, a)
+
+
+@_implements(np.linalg.slogdet)
+def _slogdet(a):
+    return lu.record_slogdet(emit_family, a)
+
+
 @_implements(np.linalg.cholesky)
 def _cholesky(a, /, *, upper=False):
-    # lazy: the family modules import this one's tracer helpers
-    from ._fam_chol import record_cholesky
-    from ._tracer import emit_family
-
-    return record_cholesky(emit_family, a, upper=upper)
+    return chol.record_cholesky(emit_family, a, upper=upper)
 
 
 @_implements(np.einsum)
