@@ -35,7 +35,7 @@ import numpy as np
 
 from ._errors import BranchError
 from ._ops import BY_CODE, COMPARISON, OPS
-from ._program import LAST_OPCODE
+from ._program import FAMILIES, LAST_OPCODE
 from ._tape_builder import Recorder
 from ._tracer import Tracer, lift, recorder_of
 
@@ -199,8 +199,16 @@ def _emit_all(rec: Recorder, tape, m: np.ndarray) -> None:
     ST = tape.strides.astype(_I64)
     last = A + ST * (tape.sizes.astype(_I64)[:, None] - 1)
     top = np.maximum(A, last).max(axis=1).tolist()  # unused operands are 0
+    attrs, at = tape.attrs.tolist(), tape.attr_offsets.tolist()
     i = 0
     while i < n_instr:
+        if codes[i] in FAMILIES:  # operand blocks and attributes, as recorded
+            family = FAMILIES[codes[i]]
+            blocks = [m[A[i, k] : A[i, k] + ST[i, k]] for k in range(family.arity)]
+            ids = rec.emit_family(family, blocks, tuple(attrs[at[i] : at[i] + len(family.attrs)]))
+            m[res[i] : res[i] + sizes[i]] = ids
+            i += 1
+            continue
         op = BY_CODE[codes[i]]
         n = sizes[i]
         j = i + 1

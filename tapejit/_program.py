@@ -370,6 +370,15 @@ def subprograms_of(prog: np.ndarray) -> np.ndarray:
     return _section(prog, AT_SUBPROGRAMS, N_SUBPROGRAMS, SUBPROGRAM)
 
 
+def working_slots(prog: np.ndarray) -> int:
+    """Slots a workspace actually uses per point: all but the constants and parameters
+    outside the resident runs (read in place, their rows never touched); what the
+    chunk width is chosen from."""
+    runs = resident_of(prog).astype(np.int64)
+    resident = int((runs[:, RUN_STOP] - runs[:, RUN_START]).sum()) if len(runs) else 0
+    return int(prog[N_SLOTS]) - int(prog[FIRST_ADJOINT]) + resident + int(prog[N_PARAMS])
+
+
 def first_result(prog: np.ndarray) -> int:
     """First result slot of a packed program (after constants, parameters and inputs)."""
     return int(prog[FIRST_ADJOINT]) + int(prog[N_INPUTS])

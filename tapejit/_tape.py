@@ -77,6 +77,7 @@ from ._program import (
     outputs_of,
     params_of,
     upgrade,
+    working_slots,
 )
 from ._validate import check_runnable, check_tape_arrays
 
@@ -240,7 +241,7 @@ class Tape:
         self._n_guards = int(prog[N_GUARDS])
         self._n_slots = n_slots
         self._n_in, self._n_par, self._n_out = n_in, n_par, n_out
-        self._chunk = chunk_of(n_slots)
+        self._chunk = chunk_of(working_slots(prog))
         self._fwd = None  # (program, n_slots, chunk) of the forward sweeps, on first use
         self._rev = None  # the reverse plan, on first use
         self.input_shapes = input_shapes
@@ -681,7 +682,7 @@ class Tape:
                     comp.flags.writeable = bool(prog.flags.writeable)
                     prog = comp
             n_slots = int(prog[N_SLOTS])
-            fwd = self._fwd = (prog, n_slots, chunk_of(n_slots))
+            fwd = self._fwd = (prog, n_slots, chunk_of(working_slots(prog)))
         return fwd
 
     def _prepare(self, x, params) -> tuple[np.ndarray, np.ndarray, bool]:
@@ -1241,7 +1242,7 @@ def install_for_tests(tape: Tape, *, plan: np.ndarray | None = None,
         tape._rev = plan
     if forward_prog is not None:
         n_slots = int(forward_prog[N_SLOTS])
-        tape._fwd = (forward_prog, n_slots, chunk_of(n_slots))
+        tape._fwd = (forward_prog, n_slots, chunk_of(working_slots(forward_prog)))
     if chunk is not None:
         tape._chunk = chunk
 
