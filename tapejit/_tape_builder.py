@@ -29,6 +29,7 @@ from ._ops import BY_NAME, Op
 from ._program import (
     ARG_A,
     ATTR,
+    FAMILIES,
     FIRST_FAMILY,
     GUARD,
     GUARD_SLOT,
@@ -204,6 +205,8 @@ class Recorder:
         operands = np.broadcast_arrays(*operands)
         shape = operands[0].shape
         n = operands[0].size
+        if len(shape) >= 2 and n >= 2 * shape[-1] > 2 and len(operands) > 1:
+            operands = self._rows_as_blocks(operands, shape)
         ops = [self._as_operand(o) for o in operands]
         affine = [o for o in ops if not isinstance(o, np.ndarray)]
         if any(o[0] >= 0 for o in affine):  # an operand is variable everywhere: no folding
@@ -232,6 +235,36 @@ class Recorder:
             self._groups.append((op.code, m, m, [f[var] for f in full]))
             result[var] = np.arange(k0, k0 + m, dtype=_I64)
         return result.reshape(shape)
+
+    def _rows_as_blocks(self, operands: list[np.ndarray], shape: tuple) -> list[np.ndarray]:
+        """A row vector broadcast down the rows of a matrix against an operand that is one
+        block (``X @ W + b``) would split the emission into one instruction per row. It
+        becomes one block first: a new run of the pool for constants, else one
+        ``matmul`` of a column of ones by the row (an outer product)."""
+        cols = shape[-1]
+        rows = operands[0].size // cols
+        flat = [np.reshape(o, (rows, cols)) for o in operands]
+        # a row repeated down the rows, or a column repeated along them (not a scalar)
+        kind = [1 if f.strides[0] == 0 and f.strides[1] != 0 else
+                2 if f.strides[1] == 0 and f.strides[0] != 0 else 0 for f in flat]
+        if not any(kind) or len(set(kind)) == 1:  # nothing broadcast, or all the same way
+            return operands
+        out = []
+        for o, f, k in zip(operands, flat, kind, strict=True):
+            r = np.ascontiguousarray(f[0] if k == 1 else f[:, 0])
+            if not k or not self.block(r):
+                out.append(o)
+            elif (r < 0).all():
+                vals = np.ascontiguousarray(np.broadcast_to(self.values(f), (rows, cols))).ravel()
+                k0 = self._consts.extend(vals)
+                out.append((-1 - np.arange(k0, k0 + vals.size, dtype=_I64)).reshape(shape))
+            else:
+                ones = self.const(np.ones(rows if k == 1 else cols))
+                pair, attrs = (([ones, r], (1, rows, 1, cols, 0, 0, 0, 0)) if k == 1 else
+                               ([r, ones], (1, rows, 1, cols, 0, 0, 0, 0)))
+                ids = self.emit_family(FAMILIES[FIRST_FAMILY], pair, attrs)
+                out.append(ids.reshape(shape))
+        return out
 
     def block(self, ids: np.ndarray) -> bool:
         """Whether flat ``ids`` are one block of consecutive slots (as a family operand
