@@ -233,9 +233,9 @@ def _each(a: Any, size: int, one: Callable[[Any], Any]) -> Any:
     if not batch:
         return one(a)
     if 0 in batch:
-        return np.zeros(batch + (size,))
+        return np.zeros((*batch, size))
     parts = [one(a[idx]) for idx in itertools.product(*(range(s) for s in batch))]
-    return np.stack(parts).reshape(batch + (size,))
+    return np.stack(parts).reshape((*batch, size))
 
 
 def _flat(x: Any) -> Any:
@@ -255,10 +255,10 @@ def _eigh_values(emit_family: EmitFamily, a: Any, uplo: str, vectors: bool,
     w = res[..., :n]
     if not vectors:
         return w, None
-    return w, res[..., n:].reshape(tuple(a.shape[:-2]) + (n, n))
+    return w, res[..., n:].reshape((*tuple(a.shape[:-2]), n, n))
 
 
-def record_eigh(emit_family: EmitFamily, a: Any, UPLO: str = "L") -> EighResult:  # noqa: N803
+def record_eigh(emit_family: EmitFamily, a: Any, UPLO: str = "L") -> EighResult:
     """``numpy.linalg.eigh(a, UPLO)`` of ``(..., n, n)``, one instruction per matrix.
 
     Only the triangle named by ``UPLO`` is read (numpy's behaviour): the derivatives with
@@ -271,7 +271,7 @@ def record_eigh(emit_family: EmitFamily, a: Any, UPLO: str = "L") -> EighResult:
     return EighResult(w, v)
 
 
-def record_eigvalsh(emit_family: EmitFamily, a: Any, UPLO: str = "L") -> Any:  # noqa: N803
+def record_eigvalsh(emit_family: EmitFamily, a: Any, UPLO: str = "L") -> Any:
     """``numpy.linalg.eigvalsh(a, UPLO)``: exact gradients even at repeated eigenvalues
     (for functions of them that are differentiable there)."""
     if not _traced(a):
@@ -315,9 +315,9 @@ def record_svd(emit_family: EmitFamily, a: Any, full_matrices: bool = True,
     if not compute_uv:
         return res
     batch = tuple(a.shape[:-2])
-    u = res[..., : m * k].reshape(batch + (m, k))
+    u = res[..., : m * k].reshape((*batch, m, k))
     s = res[..., m * k: m * k + k]
-    vh = res[..., m * k + k:].reshape(batch + (k, n))
+    vh = res[..., m * k + k:].reshape((*batch, k, n))
     return SVDResult(u, s, vh)
 
 
@@ -343,7 +343,7 @@ def record_qr(emit_family: EmitFamily, a: Any, mode: str = "reduced") -> Any:
     size = qr_sizes(attrs)[1]
     res = _each(a, size, lambda x: emit_family("qr", [_flat(x)], attrs, (size,)))
     batch = tuple(a.shape[:-2])
-    r = res[..., m * n:].reshape(batch + (n, n))
+    r = res[..., m * n:].reshape((*batch, n, n))
     if mode == "r":
         return r
-    return QRResult(res[..., : m * n].reshape(batch + (m, n)), r)
+    return QRResult(res[..., : m * n].reshape((*batch, m, n)), r)

@@ -133,7 +133,7 @@ def _check_all(fam, points, rng, w):
         for v in range(nv):
             n0 = points[q].size
 
-            def h(flat):
+            def h(flat, n0=n0):
                 return fam.vjp(flat[:n0, None], flat[n0:, None], 1, 1)[:, 0]
 
             want = _diff(h, np.concatenate([points[q], gr[:, q]]),
@@ -196,7 +196,7 @@ def test_eigh_repeated_eigenvalues():
     gr = np.zeros((12, 1))
     gr[:3, 0] = [1.0, 1.0, 2.0]
     g = fam.vjp(a[:, None], gr, 1, 1)[:, 0].reshape(3, 3)
-    w, v = np.linalg.eigh(a.reshape(3, 3))
+    _w, v = np.linalg.eigh(a.reshape(3, 3))
     full = v @ np.diag([1.0, 1.0, 2.0]) @ v.T
     _close(g, np.tril(2 * full - np.diag(np.diag(full))), 1e-12)
     # an eigenvector used: its derivative does not exist: non-finite, not a guess

@@ -170,7 +170,7 @@ def _eigh_point(s):
         w2, v2 = np.linalg.eigh(s)
         w[:] = w2
         v[:, :] = v2
-    except Exception:  # noqa: BLE001 - non-finite input or no convergence: NaN
+    except Exception:  # non-finite input or no convergence: NaN
         pass
     return w, v
 
@@ -331,7 +331,7 @@ def _svd_point(x):
         u[:, :] = u2
         s[:] = s2
         vh[:, :] = vh2
-    except Exception:  # noqa: BLE001 - non-finite input or no convergence: NaN
+    except Exception:  # non-finite input or no convergence: NaN
         pass
     return u, s, vh
 
@@ -567,7 +567,7 @@ def _qr_point(x):
         q2, r2 = np.linalg.qr(x)
         q[:, :] = q2
         rr[:, :] = r2
-    except Exception:  # noqa: BLE001 - non-finite input: NaN
+    except Exception:  # non-finite input or no convergence: NaN
         pass
     return q, rr
 
