@@ -1,0 +1,349 @@
+"""The Python side of the ``eigh``, ``svd`` and ``qr`` instruction families.
+
+For each family: its attributes and sizes, a check of attribute values, a numpy
+reference at one point, and the recording of the numpy functions it implements
+(``np.linalg.eigh``, ``eigvalsh``, ``svd``, ``qr``). The recording functions take the
+recording call ``emit_family(name, operands, attrs, shape)`` as their first argument
+(operands flattened in C order; it returns a tracer); untraced calls are plain numpy.
+The kernel routines are in ``tapejit/_kernels/fam_eig.py``.
+
+Attributes
+----------
+eigh: ``(n, lower, vectors)``; operand ``a`` n x n, of which only the triangle named
+by ``lower`` (1: ``UPLO='L'``, 0: ``'U'``) is read; result: the n eigenvalues
+(ascending) then, with ``vectors == 1``, the n x n eigenvectors (columns), as numpy
+returns them. ``vectors == 0`` is ``eigvalsh``.
+svd: ``(m, n, full_matrices, compute_uv)``; operand ``a`` m x n; result ``U`` (m x k),
+``S`` (k), ``Vh`` (k x n), ``k = min(m, n)``, or ``S`` alone with ``compute_uv == 0``.
+``full_matrices == 1`` only with ``m == n`` (the extra columns of a rectangular matrix's
+full ``U`` or ``V`` are not unique, so they have no derivative).
+qr: ``(m, n)``, ``m >= n``; operand ``a`` m x n; result ``Q`` (m x n) then ``R`` (n x n),
+numpy's ``mode='reduced'``.
+
+Derivatives are those of the returned factors, with LAPACK's choice of signs (of the
+eigenvectors, the singular vectors and R's diagonal): the same choice at nearby
+points, so the derivative of that choice. The kernels and the references run the same
+LAPACK routines as numpy (``syevd``, ``gesdd``, ``geqrf``/``orgqr``), from scipy's
+LAPACK, so the signs are numpy's, except for ``eigh(a, UPLO='U')``: it is computed as
+``eigh`` of the lower triangle of ``a.T`` (the same matrix), whose eigenvectors may
+differ from numpy's ``'U'`` ones in sign. Where eigenvalues or singular values are
+repeated the eigenvector/singular-vector derivatives do not exist: the kernels give
+inf/NaN there, never a finite guess; gradients of the eigenvalues or singular values
+alone (``eigvalsh``, ``compute_uv=False``, or only the values of ``eigh``/``svd`` used)
+stay finite and exact wherever the function of them is differentiable.
+
+A factorization that fails (non-finite input) gives NaN for the whole result, in the
+references as in the kernels.
+"""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, NamedTuple
+
+import numpy as np
+
+from tapejit._errors import TracingError
+from tapejit._tracer import Tracer
+
+#: Sizes in a program are int32: an operand or result has at most this many elements.
+MAX_SIZE = 2**31 - 1
+
+EmitFamily = Callable[[str, list, tuple, tuple], Any]
+
+
+# -- attributes and sizes ----------------------------------------------------------------
+def _int64(values: np.ndarray) -> np.ndarray:
+    return np.asarray(values, dtype=np.int64).reshape(len(values), -1)
+
+
+def _flags_bad(v: np.ndarray) -> np.ndarray:
+    return np.any((v != 0) & (v != 1), axis=1)
+
+
+def eigh_check(values: np.ndarray) -> np.ndarray:
+    """Bad rows of ``eigh`` attributes ``(n, lower, vectors)``."""
+    v = _int64(values)
+    n = v[:, 0]
+    return (n < 0) | (n * n + n > MAX_SIZE) | _flags_bad(v[:, 1:3])
+
+
+def svd_check(values: np.ndarray) -> np.ndarray:
+    """Bad rows of ``svd`` attributes ``(m, n, full_matrices, compute_uv)``: a negative
+    or too large size, a flag other than 0 or 1, or full matrices of a non-square one."""
+    v = _int64(values)
+    m, n = v[:, 0], v[:, 1]
+    k = np.minimum(m, n)
+    bad = (m < 0) | (n < 0) | (m * n > MAX_SIZE) | (m * k + k + k * n > MAX_SIZE)
+    return bad | _flags_bad(v[:, 2:4]) | ((v[:, 2] == 1) & (v[:, 3] == 1) & (m != n))
+
+
+def qr_check(values: np.ndarray) -> np.ndarray:
+    """Bad rows of ``qr`` attributes ``(m, n)``: sizes out of range or ``m < n``."""
+    v = _int64(values)
+    m, n = v[:, 0], v[:, 1]
+    return (n < 0) | (m < n) | (m * n + n * n > MAX_SIZE)
+
+
+def eigh_sizes(attrs: tuple[int, ...]) -> tuple[tuple[int, ...], int]:
+    """Operand sizes and result size of ``eigh``."""
+    n, _, vectors = attrs
+    return (n * n,), n + (n * n if vectors else 0)
+
+
+def svd_sizes(attrs: tuple[int, ...]) -> tuple[tuple[int, ...], int]:
+    """Operand sizes and result size of ``svd``."""
+    m, n, _, uv = attrs
+    k = min(m, n)
+    return (m * n,), (m * k + k + k * n) if uv else k
+
+
+def qr_sizes(attrs: tuple[int, ...]) -> tuple[tuple[int, ...], int]:
+    """Operand sizes and result size of ``qr``."""
+    m, n = attrs
+    return (m * n,), m * n + n * n
+
+
+# -- numpy references at one point -------------------------------------------------------
+def eigh_reference(attrs: tuple[int, ...], a: np.ndarray, b: Any = None,
+                   c: Any = None) -> np.ndarray:
+    """Eigenvalues (then eigenvectors) flattened; NaN if the input is not finite."""
+    from scipy.linalg import eigh
+
+    n, lower, vectors = attrs
+    mat = np.asarray(a, np.float64).reshape(n, n)
+    size = eigh_sizes(attrs)[1]
+    if n == 0:
+        return np.zeros(0)
+    # the symmetric matrix of the read triangle, its lower triangle to LAPACK's syevd as
+    # the kernels do (scipy's LAPACK: the kernels' own, so the same eigenvector signs)
+    low = np.tril(mat) if lower else np.triu(mat).T
+    if not np.all(np.isfinite(low)):
+        return np.full(size, np.nan)
+    w, v = eigh(low, lower=True, driver="evd", check_finite=False)
+    return np.concatenate([w, v.ravel()]) if vectors else w
+
+
+def svd_reference(attrs: tuple[int, ...], a: np.ndarray, b: Any = None,
+                  c: Any = None) -> np.ndarray:
+    """``U, S, Vh`` (reduced) or ``S`` flattened; NaN if the input is not finite."""
+    m, n, _, uv = attrs
+    mat = np.asarray(a, np.float64).reshape(m, n)
+    size = svd_sizes(attrs)[1]
+    if min(m, n) == 0:
+        return np.zeros(size)
+    if not np.all(np.isfinite(mat)):
+        return np.full(size, np.nan)
+    # scipy's LAPACK (gesdd), the kernels' own
+    from scipy.linalg import LinAlgError, svd
+
+    try:
+        u, s, vh = svd(mat, full_matrices=False, check_finite=False, lapack_driver="gesdd")
+    except LinAlgError:
+        return np.full(size, np.nan)
+    if not uv:
+        return s
+    return np.concatenate([u.ravel(), s, vh.ravel()])
+
+
+def qr_reference(attrs: tuple[int, ...], a: np.ndarray, b: Any = None,
+                 c: Any = None) -> np.ndarray:
+    """``Q, R`` (reduced) flattened; NaN if the input is not finite."""
+    m, n = attrs
+    mat = np.asarray(a, np.float64).reshape(m, n)
+    if n == 0:
+        return np.zeros(0)
+    if not np.all(np.isfinite(mat)):
+        return np.full(m * n + n * n, np.nan)
+    from scipy.linalg import qr  # scipy's LAPACK (geqrf, orgqr), the kernels' own
+
+    q, r = qr(mat, mode="economic", check_finite=False)
+    return np.concatenate([q.ravel(), r.ravel()])
+
+
+@dataclass(frozen=True)
+class EigFamily:
+    """What the registry needs of one family of this module (the lead assigns opcodes)."""
+
+    name: str
+    arity: int
+    attrs: tuple[str, ...]
+    check: Callable[[np.ndarray], np.ndarray]
+    sizes: Callable[[tuple[int, ...]], tuple[tuple[int, ...], int]]
+    reference: Callable[..., np.ndarray]
+
+    @property
+    def rules(self) -> dict[str, str]:
+        """Kernel routine names (in ``tapejit/_kernels/fam_eig.py``) by sweep."""
+        return {s: f"{self.name}_{s}" for s in ("forward", "reverse", "tangent", "second")}
+
+
+#: The families of this module.
+EIG_FAMILIES = (
+    EigFamily("eigh", 1, ("n", "lower", "vectors"), eigh_check, eigh_sizes, eigh_reference),
+    EigFamily("svd", 1, ("m", "n", "full_matrices", "compute_uv"), svd_check, svd_sizes,
+              svd_reference),
+    EigFamily("qr", 1, ("m", "n"), qr_check, qr_sizes, qr_reference),
+)
+
+
+# -- recording ---------------------------------------------------------------------------
+class EighResult(NamedTuple):
+    """``(eigenvalues, eigenvectors)``, as ``numpy.linalg.eigh`` returns them."""
+
+    eigenvalues: Any
+    eigenvectors: Any
+
+
+class SVDResult(NamedTuple):
+    """``(U, S, Vh)``, as ``numpy.linalg.svd`` returns them."""
+
+    U: Any
+    S: Any
+    Vh: Any
+
+
+class QRResult(NamedTuple):
+    """``(Q, R)``, as ``numpy.linalg.qr`` returns them."""
+
+    Q: Any
+    R: Any
+
+
+def _traced(x: Any) -> bool:
+    return isinstance(x, Tracer)
+
+
+def _matrices(a: Any, what: str) -> tuple[int, int]:
+    if not _traced(a) and np.asarray(a).dtype.kind not in "biuf":
+        raise TracingError(f"numpy.linalg.{what} of an array of dtype "
+                           f"{np.asarray(a).dtype} cannot be traced; expected real numbers")
+    if a.ndim < 2:
+        raise np.linalg.LinAlgError(f"{a.ndim}-dimensional array given. Array must be at "
+                                    "least two-dimensional")
+    return int(a.shape[-2]), int(a.shape[-1])
+
+
+def _each(a: Any, size: int, one: Callable[[Any], Any]) -> Any:
+    # one(matrix) -> flat result of `size`, for every matrix of the stack a (one
+    # instruction each), stacked as (*batch, size); np.stack records no arithmetic.
+    batch = tuple(a.shape[:-2])
+    if not batch:
+        return one(a)
+    if 0 in batch:
+        return np.zeros((*batch, size))
+    parts = [one(a[idx]) for idx in itertools.product(*(range(s) for s in batch))]
+    return np.stack(parts).reshape((*batch, size))
+
+
+def _flat(x: Any) -> Any:
+    return x.reshape(-1)
+
+
+def _eigh_values(emit_family: EmitFamily, a: Any, uplo: str, vectors: bool,
+                 what: str) -> tuple[Any, Any]:
+    rows, n = _matrices(a, what)
+    if rows != n:
+        raise np.linalg.LinAlgError("Last 2 dimensions of the array must be square")
+    if uplo not in ("L", "U"):
+        raise ValueError("UPLO argument must be 'L' or 'U'")
+    attrs = (n, int(uplo == "L"), int(vectors))
+    size = eigh_sizes(attrs)[1]
+    res = _each(a, size, lambda x: emit_family("eigh", [_flat(x)], attrs, (size,)))
+    w = res[..., :n]
+    if not vectors:
+        return w, None
+    return w, res[..., n:].reshape((*tuple(a.shape[:-2]), n, n))
+
+
+def record_eigh(emit_family: EmitFamily, a: Any, UPLO: str = "L") -> EighResult:
+    """``numpy.linalg.eigh(a, UPLO)`` of ``(..., n, n)``, one instruction per matrix.
+
+    Only the triangle named by ``UPLO`` is read (numpy's behaviour): the derivatives with
+    respect to the other one are zero. The eigenvector derivatives are those of the
+    vectors LAPACK returns (its signs); with repeated eigenvalues they are inf/NaN.
+    """
+    if not _traced(a):
+        return np.linalg.eigh(a, UPLO=UPLO)
+    w, v = _eigh_values(emit_family, a, UPLO, True, "eigh")
+    return EighResult(w, v)
+
+
+def record_eigvalsh(emit_family: EmitFamily, a: Any, UPLO: str = "L") -> Any:
+    """``numpy.linalg.eigvalsh(a, UPLO)``: exact gradients even at repeated eigenvalues
+    (for functions of them that are differentiable there)."""
+    if not _traced(a):
+        return np.linalg.eigvalsh(a, UPLO=UPLO)
+    return _eigh_values(emit_family, a, UPLO, False, "eigvalsh")[0]
+
+
+def record_svd(emit_family: EmitFamily, a: Any, full_matrices: bool = True,
+               compute_uv: bool = True, hermitian: bool = False) -> Any:
+    """``numpy.linalg.svd`` (same arguments) of ``(..., m, n)``, one instruction per matrix.
+
+    ``full_matrices=True`` (numpy's default) is traced for square matrices only, where it
+    is the reduced decomposition; ``hermitian=True`` only with ``compute_uv=False`` (the
+    singular values of the symmetric matrix with ``a``'s lower triangle, as numpy reads
+    it). Singular vectors are LAPACK's (its signs); with repeated singular values, or
+    zero ones of a rectangular matrix, their derivatives are inf/NaN.
+    """
+    if not _traced(a):
+        return np.linalg.svd(a, full_matrices=full_matrices, compute_uv=compute_uv,
+                             hermitian=hermitian)
+    m, n = _matrices(a, "svd")
+    if hermitian:
+        if compute_uv:
+            raise TracingError(
+                "numpy.linalg.svd(..., hermitian=True) cannot be traced with "
+                "compute_uv=True (numpy sorts eigenvectors by |eigenvalue|); use "
+                "np.linalg.eigh, or hermitian=False")
+        if m != n:
+            raise np.linalg.LinAlgError("Last 2 dimensions of the array must be square")
+        low = np.tril(np.ones((n, n), dtype=bool))
+        a = np.where(low, a, np.swapaxes(a, -1, -2))
+    if compute_uv and full_matrices and m != n:
+        raise TracingError(
+            f"numpy.linalg.svd of a {m} x {n} matrix with full_matrices=True cannot be "
+            "traced: the extra columns of U or V are not unique, so they have no "
+            "derivative; pass full_matrices=False")
+    k = min(m, n)
+    attrs = (m, n, int(bool(full_matrices) and m == n), int(bool(compute_uv)))
+    size = svd_sizes(attrs)[1]
+    res = _each(a, size, lambda x: emit_family("svd", [_flat(x)], attrs, (size,)))
+    if not compute_uv:
+        return res
+    batch = tuple(a.shape[:-2])
+    u = res[..., : m * k].reshape((*batch, m, k))
+    s = res[..., m * k: m * k + k]
+    vh = res[..., m * k + k:].reshape((*batch, k, n))
+    return SVDResult(u, s, vh)
+
+
+def record_qr(emit_family: EmitFamily, a: Any, mode: str = "reduced") -> Any:
+    """``numpy.linalg.qr(a, mode)`` of ``(..., m, n)`` with ``m >= n``, one instruction per
+    matrix: ``mode`` ``'reduced'`` (``QRResult``), ``'r'`` (R only), or ``'complete'``
+    of a square matrix (the same). R's diagonal signs are LAPACK's; a rank-deficient
+    matrix gives inf/NaN derivatives."""
+    if not _traced(a):
+        return np.linalg.qr(a, mode=mode)
+    m, n = _matrices(a, "qr")
+    if mode not in ("reduced", "r", "complete"):
+        raise TracingError(f"numpy.linalg.qr(..., mode={mode!r}) cannot be traced; use "
+                           "mode='reduced'")
+    if m < n:
+        raise TracingError(f"numpy.linalg.qr of a {m} x {n} matrix (fewer rows than "
+                           "columns) cannot be traced; qr(a.T) records")
+    if mode == "complete" and m != n:
+        raise TracingError("numpy.linalg.qr(..., mode='complete') of a non-square matrix "
+                           "cannot be traced: the extra columns of Q are not unique; use "
+                           "mode='reduced'")
+    attrs = (m, n)
+    size = qr_sizes(attrs)[1]
+    res = _each(a, size, lambda x: emit_family("qr", [_flat(x)], attrs, (size,)))
+    batch = tuple(a.shape[:-2])
+    r = res[..., m * n:].reshape((*batch, n, n))
+    if mode == "r":
+        return r
+    return QRResult(res[..., : m * n].reshape((*batch, m, n)), r)
