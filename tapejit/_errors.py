@@ -34,9 +34,10 @@ class BranchError(ValueError):
         super().__init__(
             f"{n_invalid} of {n_points} point(s) left the branches recorded in tape{name} "
             f"({getattr(tape, 'n_guards', '?')} guard(s)): its values there would come from "
-            "the wrong branch. Use tapejit.grad/value_and_grad/jacobian/hessian (they "
-            "re-record per branch), or check='mask' for a validity mask with NaN at those "
-            "points."
+            "the wrong branch, or a matrix instruction failed there (a singular or not "
+            "positive definite matrix: the tape guards their results to be finite). Use "
+            "tapejit.grad/value_and_grad/jacobian/hessian (they re-record per branch), or "
+            "check='mask' for a validity mask with NaN at those points."
         )
 
     def __reduce__(self):

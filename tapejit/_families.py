@@ -10,6 +10,7 @@ from __future__ import annotations
 import numpy as np
 
 from . import _fam_chol as chol
+from . import _fam_eig as eig
 from . import _fam_lu as lu
 from . import _fam_reduce as red
 from ._fam_matmul import MATMUL
@@ -30,12 +31,14 @@ def _rules(name: str) -> dict[str, str]:
 
 CHOLESKY = Family("cholesky", 135, 1, ("n",), _rules("cholesky"), check=chol.cholesky_check,
                   sizes=_rows(chol.cholesky_size, chol.cholesky_operand_sizes),
-                  kernel="fam_chol", reference=chol.cholesky_reference)
+                  kernel="fam_chol", reference=chol.cholesky_reference,
+                  failure="Matrix is not positive definite")
 SOLVE_TRIANGULAR = Family(
     "solve_triangular", 136, 2, ("n", "k", "lower", "trans", "unit_diagonal"),
     _rules("solve_triangular"), check=chol.solve_triangular_check,
     sizes=_rows(chol.solve_triangular_size, chol.solve_triangular_operand_sizes),
-    kernel="fam_chol", reference=chol.solve_triangular_reference)
+    kernel="fam_chol", reference=chol.solve_triangular_reference,
+    failure="Singular triangular matrix (a zero on its diagonal)")
 
 
 def _register(*families: Family) -> None:
@@ -73,12 +76,24 @@ REDUCE = Family("reduce", 129, 1, red.ATTRS, _rules("reduce"), check=red.reduce_
 SCAN = Family("scan", 130, 1, red.ATTRS, _rules("scan"), check=red.scan_check,
               sizes=_length_then_result(red.scan_sizes), kernel="fam_reduce",
               reference=red.scan_reference)
+#: What a NaN result of a family means (det and slogdet give numpy's 0 and -inf).
+_FAILURES = {"solve": "Singular matrix", "inv": "Singular matrix",
+             "eigh": "Eigenvalues did not converge (or a non-finite matrix)",
+             "svd": "SVD did not converge (or a non-finite matrix)",
+             "qr": "QR of a non-finite matrix"}
 LU = tuple(
     Family(f.name, opcode, f.arity, f.attrs, _rules(f.name), check=f.check,
-           sizes=_operands_then_result(f.sizes), kernel="fam_lu", reference=f.reference)
+           sizes=_operands_then_result(f.sizes), kernel="fam_lu", reference=f.reference,
+           failure=_FAILURES.get(f.name, ""))
     for opcode, f in zip((131, 132, 133, 134), lu.LU_FAMILIES, strict=True))
 
-_register(MATMUL, REDUCE, SCAN, *LU, CHOLESKY, SOLVE_TRIANGULAR)
+EIG = tuple(
+    Family(f.name, opcode, f.arity, f.attrs, _rules(f.name), check=f.check,
+           sizes=_operands_then_result(f.sizes), kernel="fam_eig", reference=f.reference,
+           failure=_FAILURES[f.name])
+    for opcode, f in zip((137, 138, 139), eig.EIG_FAMILIES, strict=True))
+
+_register(MATMUL, REDUCE, SCAN, *LU, CHOLESKY, SOLVE_TRIANGULAR, *EIG)
 
 #: The registered families by name.
 BY_NAME: dict[str, Family] = {f.name: f for f in FAMILIES.values()}

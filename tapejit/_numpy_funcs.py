@@ -13,8 +13,10 @@ import numpy as np
 
 from . import _contract
 from . import _fam_chol as chol
+from . import _fam_eig as eig
 from . import _fam_lu as lu
 from . import _fam_reduce as red
+from . import _linalg_compose as compose
 from ._errors import TracingError
 from ._tape_builder import Recorder
 from ._tracer import (
@@ -218,7 +220,27 @@ def _tensordot(a, b, axes=2):
 
 @_implements(np.linalg.solve)
 def _solve(a, b):
+    # A Cholesky factor (or its transpose) is triangular by construction: two triangular
+    # solves' worth of work instead of an LU factorization, and the same derivatives
+    # (the factor's other triangle is constant zero).
+    tri = _cholesky_factor(a)
+    if tri is not None and np.ndim(b) in (1, 2):
+        factor, trans = tri
+        return chol.record_solve_triangular(emit_family, factor, b, trans=trans, lower=True)
     return lu.record_solve(emit_family, a, b)
+
+
+def _cholesky_factor(a: Any) -> tuple[Tracer, int] | None:
+    """``(L, trans)`` when ``a`` is a recorded Cholesky factor ``L`` (``trans`` 0) or its
+    transpose (``trans`` 1), else ``None``."""
+    if not isinstance(a, Tracer) or a.ndim != 2:
+        return None
+    rec = recorder_of([a])
+    ids = ids_of(a)
+    for trans, view in ((0, ids), (1, ids.T)):
+        if rec.produced_by(np.ascontiguousarray(view).ravel()) == "cholesky":
+            return Tracer(rec, np.ascontiguousarray(view)), trans
+    return None
 
 
 @_implements(np.linalg.inv)
@@ -253,12 +275,53 @@ def _outer(a, b, out=None):
 
 @_implements(np.linalg.norm)
 def _norm(x, ord=None, axis=None, keepdims=False):
-    if ord not in (None, 2, "fro") or (ord == 2 and axis is None and np.ndim(_ids(x)) > 1):
-        raise TracingError(
-            f"numpy.linalg.norm with ord={ord!r} cannot be traced; write it with np.sum, "
-            "np.abs and np.sqrt"
-        )
-    return emit("sqrt", _sum(emit("square", x), axis=axis, keepdims=keepdims))
+    return compose.norm(x, ord=ord, axis=axis, keepdims=keepdims)
+
+
+@_implements(np.linalg.pinv)
+def _pinv(a, rcond=None, hermitian=False, **kwargs):
+    return compose.pinv(a, rcond=rcond, hermitian=hermitian, **kwargs)
+
+
+@_implements(np.linalg.lstsq)
+def _lstsq(a, b, rcond=None):
+    return compose.lstsq(a, b, rcond=rcond)
+
+
+@_implements(np.linalg.matrix_power)
+def _matrix_power(a, n):
+    return compose.matrix_power(a, n)
+
+
+@_implements(np.cross)
+def _cross(a, b, axisa=-1, axisb=-1, axisc=-1, axis=None):
+    return compose.cross(a, b, axisa=axisa, axisb=axisb, axisc=axisc, axis=axis)
+
+
+@_implements(np.kron)
+def _kron(a, b):
+    return compose.kron(a, b)
+
+
+@_implements(np.linalg.eigh)
+def _eigh(a, UPLO="L"):
+    return eig.record_eigh(emit_family, a, UPLO=UPLO)
+
+
+@_implements(np.linalg.eigvalsh)
+def _eigvalsh(a, UPLO="L"):
+    return eig.record_eigvalsh(emit_family, a, UPLO=UPLO)
+
+
+@_implements(np.linalg.svd)
+def _svd(a, full_matrices=True, compute_uv=True, hermitian=False):
+    return eig.record_svd(emit_family, a, full_matrices=full_matrices, compute_uv=compute_uv,
+                          hermitian=hermitian)
+
+
+@_implements(np.linalg.qr)
+def _qr(a, mode="reduced"):
+    return eig.record_qr(emit_family, a, mode=mode)
 
 
 # -- selection and clipping --------------------------------------------------------------
@@ -362,8 +425,9 @@ def _diff(x, n=1, axis=-1):
 
 
 @_implements(np.trace)
-def _trace(x, offset=0, axis1=0, axis2=1):
-    return _sum(np.diagonal(x, offset, axis1, axis2), axis=-1)
+def _trace(a, offset=0, axis1=0, axis2=1, dtype=None, out=None):
+    _no_out("trace", out, dtype)
+    return compose.trace(a, offset=offset, axis1=axis1, axis2=axis2)
 
 
 def _const_like(fill: float | None) -> Callable:

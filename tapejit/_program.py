@@ -259,6 +259,11 @@ class Family:
         ``reference(attrs, a, b, c) -> r``: the numpy rule at one point, on flat float64
         operand blocks (values at the recording point, the display's reference
         interpreter, tests).
+    failure : str
+        For a family whose routines give NaN where numpy raises (a singular or not
+        positive definite matrix): what went wrong, said when recording meets it; the
+        recorder also guards each such instruction's result to be finite, so evaluating
+        a tape there raises (or masks, ``check="mask"``) instead of returning NaN.
     """
 
     name: str
@@ -271,6 +276,7 @@ class Family:
     sizes: Callable[[np.ndarray], np.ndarray] | None = None
     kernel: str = ""
     reference: Callable[..., np.ndarray] | None = None
+    failure: str = ""
 
     def __post_init__(self) -> None:
         if not FIRST_FAMILY <= self.opcode <= LAST_OPCODE:
@@ -295,6 +301,14 @@ FAMILIES: dict[int, Family] = {}
 #: Sub-programs nest at most this deep (a hostile chain of nested headers is refused
 #: before it is read).
 MAX_NESTING = 8
+
+
+def family(name: str) -> Family:
+    """The registered family called ``name``."""
+    for f in FAMILIES.values():
+        if f.name == name:
+            return f
+    raise LookupError(f"no instruction family {name!r} is registered")
 
 
 def unknown_family(opcode: int) -> str:

@@ -29,7 +29,6 @@ from ._ops import BY_NAME, Op
 from ._program import (
     ARG_A,
     ATTR,
-    FAMILIES,
     FIRST_FAMILY,
     GUARD,
     GUARD_SLOT,
@@ -40,6 +39,7 @@ from ._program import (
     STRIDE_A,
     Family,
     Program,
+    family,
 )
 
 _I64 = np.int64
@@ -92,6 +92,7 @@ class Recorder:
         self._cindex: dict[object, int] = {}
         self._guards: list[tuple[int, int]] = []  # (comparison node id, outcome 0/1)
         self._guard_set: set[tuple[int, int]] = set()
+        self._family_results: dict[int, tuple[str, int]] = {}  # first id: (family, size)
         self.closed = False
 
     @property
@@ -262,9 +263,17 @@ class Recorder:
                 ones = self.const(np.ones(rows if k == 1 else cols))
                 pair, attrs = (([ones, r], (1, rows, 1, cols, 0, 0, 0, 0)) if k == 1 else
                                ([r, ones], (1, rows, 1, cols, 0, 0, 0, 0)))
-                ids = self.emit_family(FAMILIES[FIRST_FAMILY], pair, attrs)
+                ids = self.emit_family(family("matmul"), pair, attrs)
                 out.append(ids.reshape(shape))
         return out
+
+    def produced_by(self, ids: np.ndarray) -> str | None:
+        """The family whose instruction's whole result ``ids`` are (in order), else
+        ``None``."""
+        if not ids.size or not self.block(ids):
+            return None
+        name, size = self._family_results.get(int(ids[0]), (None, 0))
+        return name if size == ids.size and int(ids[0]) >= 0 else None
 
     def block(self, ids: np.ndarray) -> bool:
         """Whether flat ``ids`` are one block of consecutive slots (as a family operand
@@ -297,10 +306,30 @@ class Recorder:
         with np.errstate(all="ignore"):
             vals = np.asarray(family.reference(attrs, *(self.values(b) for b in blocks)),
                               dtype=np.float64).ravel()
+        if family.failure and not np.isfinite(vals).all() and all(
+                np.isfinite(self.values(b)).all() for b in blocks):
+            raise np.linalg.LinAlgError(f"{family.failure} ({family.name} at the recording "
+                                        "point)")
         k0 = self._add_chunk(np.array(vals))
+        self._family_results[k0] = (family.name, vals.size)
         first = [(int(b[0]) if b.size else 0, b.size) for b in blocks]
         self._groups.append((family.opcode, vals.size, -1, [first, tuple(attrs)]))
-        return np.arange(k0, k0 + vals.size, dtype=_I64)
+        ids = np.arange(k0, k0 + vals.size, dtype=_I64)
+        if family.failure and vals.size and np.isfinite(vals).all():
+            self._guard_finite(ids)
+        return ids
+
+    def _guard_finite(self, ids: np.ndarray) -> None:
+        """Guard that results are finite: ``sum(r * 0) == 0`` holds exactly then (a NaN or
+        infinity anywhere makes it NaN), so a point where a factorization fails is
+        refused or masked like a point off the recorded branches."""
+        # lazy: the family modules record through the tracer, which builds on this one
+        from ._fam_reduce import SUM
+
+        zero = self.const(np.zeros(1))
+        z = self.emit(BY_NAME["mul"], ids, zero)
+        s = self.emit_family(family("reduce"), [z], (SUM, 1, ids.size, 1))
+        self.guard(int(self.emit(BY_NAME["equal"], s, zero)[0]))
 
     def _copy(self, ids: np.ndarray) -> np.ndarray:
         """Fresh consecutive result ids holding the values of ``ids`` (never folded)."""
