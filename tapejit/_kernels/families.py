@@ -25,7 +25,9 @@ def _family_operand(prog, consts, P, W, ia, length):
     if ia + n <= nc:
         return consts[ia : ia + n].reshape((n, 1))
     if ia >= nc and ia + n <= prog[FIRST_ADJOINT] and P.shape[0] == 1:
-        return P[0][ia - nc : ia - nc + n].reshape((n, 1))
+        # float32 parameters (a float32 tape's) as float64, like the workspace; float64
+        # ones as they are (no copy)
+        return np.asarray(P[0][ia - nc : ia - nc + n], dtype=np.float64).reshape((n, 1))
     return W[ia : ia + n]
 
 
