@@ -31,6 +31,14 @@ read by a multi-element operand of a kept instruction unless renumbering keeps t
 operand an evenly strided run of slots (checked after each pass, which otherwise backs
 off for those instructions).
 
+Instruction family instructions (a matrix product, a factorization) are opaque nodes:
+DCE keeps one when any of its results is live, and then all of its operand blocks
+``ARG_k .. ARG_k + STRIDE_k - 1``; CSE merges two with the same opcode, attribute values
+and operand blocks (slot for slot, after earlier merges); fold never folds one (nor what
+reads it). Each operand block must stay whole: renumbering has to map it to consecutive
+slots, else the pass backs off as for strided blocks. Tapes whose families run
+sub-programs (loops) are left as they are.
+
 Guarantees: every pass leaves the values of the outputs (and the guard decisions) bit for
 bit as they were, with one IEEE caveat for CSE (when both operands of a commutative op
 are NaN, which NaN payload propagates may change; the result is NaN either way).
