@@ -12,7 +12,8 @@ arrays) with exactly these members (format version 2)::
     opcodes          uint8, (n,)
     args             int32, (n, 3)          first operand slots, unused columns 0
     sizes            int32, (n,)            elements per instruction (1: scalar)
-    strides          int32, (n, 3)          operand strides of block instructions
+    strides          int32, (n, 3)          operand strides of block instructions (of a
+                                            family instruction: its operand blocks' lengths)
     consts           float64, (nc,)
     inputs           int32, (n_inputs,)     slots (see Tape)
     params           int32, (n_params,)
@@ -21,19 +22,33 @@ arrays) with exactly these members (format version 2)::
     input_shapes     int64, (k,)            shapes, each as ndim followed by its dims
     output_shapes    int64, (k,)
 
+A tape with instruction family instructions (matrix products, factorizations: opcodes
+from 128) is written in format version 3, which has these members too::
+
+    attrs            int32, (n_attrs,)      the attribute section (Tape.attrs)
+    attr_offsets     int32, (n,)            each instruction's first attribute (ATTR)
+    family_codes     uint8, (f,)            the families the tape uses, ascending
+    family_names     unicode, (f,)          their names
+    family_attrs     unicode, (f,)          their attribute names, comma-separated
+    family_hashes    unicode, (f,)          hashes of what they mean (family_fingerprint)
+
+(``op_codes`` then lists the elementwise ops only.) A tape without families is still
+written in version 2, so that the tapejit versions before families read it.
+
 All numbers are little-endian. Format version 1 had one member ``fingerprint`` (unicode,
 shape ()), a hash of the whole op table, instead of the three ``op_*`` members; such a
 file loads if its table is listed in ``_ops.COMPATIBLE_FINGERPRINTS``. A file of
-version 2 loads as long as every op it uses is defined as when it was written, whatever
-ops the table gained since.
+version 2 or 3 loads as long as every op and family it uses is defined as when it was
+written, whatever ops and families this tapejit gained since.
 
 :func:`load_tape` checks everything before a :class:`~tapejit.Tape` exists, cheapest
 first, so that what it allocates and inflates is bounded by limits rather than by what a
 file declares: the archive, the member names and the format version; every member's
 ``.npy`` header, reading only its first bytes (dtype, shape, memory order and that the
-declared size matches the bytes the archive holds); the definitions of the ops the file
-uses (version 1: the op-table fingerprint); the declared counts against each other
-(``args``, ``sizes``, ``strides`` have a row per opcode; the shape lists are at most
+declared size matches the bytes the archive holds); the definitions of the ops and
+families the file uses (version 1: the op-table fingerprint); the declared counts against
+each other (``args``, ``sizes``, ``strides``, ``attr_offsets`` have a row per opcode, and
+``attrs`` at most as many entries as the families' attributes; the shape lists are at most
 ``1 + 32`` entries per value, and a few more) and against the limits on instructions,
 constants and workspace elements; then ``sizes`` and the workspace per point it
 implies; only then the other members' data, the shapes, and finally the arrays
@@ -44,23 +59,32 @@ it).
 
 from __future__ import annotations
 
+import hashlib
 import io
 import math
 import os
+import re
+import sys
+import tokenize
 import zipfile
+from functools import cache
+from pathlib import Path
 from typing import Any, BinaryIO, NamedTuple
 
 import numpy as np
 
 from . import _ops
 from ._atomic import replacing
-from ._program import FIRST_FAMILY
+from ._program import FAMILIES, FIRST_FAMILY, Family
 from ._tape import Tape
 from ._validate import TapeFormatError
 from ._version import __version__
 
-#: Format version written by :func:`save_tape`; :func:`load_tape` reads versions 1..this.
-FORMAT_VERSION = 2
+#: Format version written by :func:`save_tape` for a tape with family instructions (one
+#: without is written in version 2); :func:`load_tape` reads versions 1..this.
+FORMAT_VERSION = 3
+#: Format version of a tape without family instructions.
+_PLAIN_VERSION = 2
 
 _MAX_NDIM = 32  # of a recorded argument or output shape
 _MAX_TEXT = 4096  # characters of a name or version string
@@ -95,14 +119,28 @@ _COMMON: dict[str, tuple[str, int, int | None]] = {
     "input_shapes": ("<i8", 1, None),
     "output_shapes": ("<i8", 1, None),
 }
-# The members that say which ops the file uses, and what they meant, per format version.
+_OPS_V2: dict[str, tuple[str, int, int | None]] = {
+    "op_codes": ("|u1", 1, None), "op_names": ("U", 1, None), "op_hashes": ("U", 1, None),
+}
+_FAMILY_MEMBERS: dict[str, tuple[str, int, int | None]] = {
+    "family_codes": ("|u1", 1, None), "family_names": ("U", 1, None),
+    "family_attrs": ("U", 1, None), "family_hashes": ("U", 1, None),
+}
+# The members that say which ops (and families) the file uses, and what they meant, per
+# format version.
 _OP_MEMBERS: dict[int, dict[str, tuple[str, int, int | None]]] = {
     1: {"fingerprint": ("U", 0, None)},
-    2: {"op_codes": ("|u1", 1, None), "op_names": ("U", 1, None), "op_hashes": ("U", 1, None)},
+    2: _OPS_V2,
+    3: {**_OPS_V2, **_FAMILY_MEMBERS},
+}
+# The attribute section of family instructions (format version 3).
+_ATTR_MEMBERS: dict[str, tuple[str, int, int | None]] = {
+    "attrs": ("<i4", 1, None), "attr_offsets": ("<i4", 1, None),
 }
 #: Every member of a file of each format version.
 _SPEC: dict[int, dict[str, tuple[str, int, int | None]]] = {
-    v: {**_COMMON, **ops} for v, ops in _OP_MEMBERS.items()
+    v: {**_COMMON, **ops, **(_ATTR_MEMBERS if v >= 3 else {})}
+    for v, ops in _OP_MEMBERS.items()
 }
 _MAX_OPS = 255  # entries of op_codes: opcodes are uint8
 
@@ -186,15 +224,86 @@ def _decode_shapes(what: str, code: np.ndarray, n: int) -> tuple[tuple[int, ...]
 
 
 # ---------------------------------------------------------------------------------------
+# what a family means
+# ---------------------------------------------------------------------------------------
+_KERNELS = Path(__file__).resolve().parent / "_kernels"
+# A kernel file uses the functions of the kernel files it imports (above its marker).
+_KERNEL_IMPORT = re.compile(r"^from tapejit\._kernels\.(\w+) import", re.MULTILINE)
+_SKIP_TOKENS = {tokenize.COMMENT, tokenize.NL, tokenize.ENCODING, tokenize.ENDMARKER}
+
+
+@cache
+def _file_tokens(path: str) -> str:
+    """The code of a Python file without comments, blank lines and layout: rewording a
+    comment changes nothing, any change of the code does."""
+    with open(path, encoding="utf-8") as fh:
+        toks = tokenize.generate_tokens(io.StringIO(fh.read()).readline)
+        return " ".join(t.string if t.string.strip() else tokenize.tok_name[t.type]
+                        for t in toks if t.type not in _SKIP_TOKENS)
+
+
+def _kernel_files(kernel: str) -> list[Path]:
+    """The kernel file ``kernel`` and those it imports, directly or not (sorted)."""
+    todo, seen = [kernel], set()
+    while todo:
+        name = todo.pop()
+        path = _KERNELS / f"{name}.py"
+        if name in seen or not path.is_file():
+            continue
+        seen.add(name)
+        todo.extend(_KERNEL_IMPORT.findall(path.read_text(encoding="utf-8")))
+    return [_KERNELS / f"{name}.py" for name in sorted(seen)]
+
+
+def family_fingerprint(family: Family) -> str:
+    """A short hash of what ``family`` means: its opcode, name, arity, attribute names,
+    bodies and routine names, the code of its kernel file (and of the kernel files that
+    imports) and of the Python module of its numpy rule (``reference``: its attributes'
+    meaning, sizes and checks live there).
+
+    A tape file records it for each family it uses and is refused where one of them
+    differs: a family whose code is unchanged keeps its hash whatever families are
+    added or changed beside it.
+    """
+    h = hashlib.sha256()
+    h.update(repr((family.opcode, family.name, family.arity, family.attrs, family.bodies,
+                   sorted(family.rules.items()))).encode())
+    files = _kernel_files(family.kernel) if family.kernel else []
+    module = sys.modules.get(getattr(family.reference, "__module__", ""), None)
+    if getattr(module, "__file__", None):
+        files.append(Path(module.__file__))  # type: ignore[union-attr, arg-type]
+    for path in files:
+        h.update(f"\n{path.name}: {_file_tokens(str(path))}".encode())
+    return h.hexdigest()[:16]
+
+
+# ---------------------------------------------------------------------------------------
 # saving
 # ---------------------------------------------------------------------------------------
+def _family_members(opcodes: np.ndarray) -> dict[str, np.ndarray]:
+    """The ``family_*`` members: each family ``opcodes`` uses, with its fingerprint."""
+    codes = np.unique(opcodes[opcodes >= FIRST_FAMILY]).tolist()
+    families = [FAMILIES[c] for c in codes if c in FAMILIES]
+    if len(families) != len(codes):  # pragma: no cover - a Tape refuses them first
+        raise ValueError("the tape uses opcodes that are not registered families")
+    loops = [f.name for f in families if f.bodies]
+    if loops:
+        raise ValueError(f"this tape has instructions with sub-programs ({', '.join(loops)}"
+                         "): tape files cannot store them yet; pickle the tape or share "
+                         "it with tapejit.share instead")
+    return {
+        "family_codes": np.array([f.opcode for f in families], dtype="|u1"),
+        "family_names": np.array([f.name for f in families], dtype="<U"),
+        "family_attrs": np.array([",".join(f.attrs) for f in families], dtype="<U"),
+        "family_hashes": np.array([family_fingerprint(f) for f in families], dtype="<U"),
+    }
+
+
 def _op_members(opcodes: np.ndarray) -> dict[str, np.ndarray]:
-    """The ``op_*`` members: each op ``opcodes`` uses, with its definition's hash."""
-    if (np.asarray(opcodes) >= FIRST_FAMILY).any():
-        raise ValueError("this tape has instruction family instructions (matrix products, "
-                         "factorizations): tape files cannot store them yet; pickle the "
-                         "tape or share it with tapejit.share instead")
-    ops = [_ops.BY_CODE.get(int(c)) for c in np.unique(opcodes)]
+    """The ``op_*`` members: each elementwise op ``opcodes`` uses, with its definition's
+    hash."""
+    opcodes = np.asarray(opcodes)
+    ops = [_ops.BY_CODE.get(int(c)) for c in np.unique(opcodes[opcodes < FIRST_FAMILY])]
     if None in ops:  # a hand-built tape; Tape's own check refuses it first
         raise ValueError("the tape uses opcodes that are not in the op table")
     return {
@@ -205,10 +314,14 @@ def _op_members(opcodes: np.ndarray) -> dict[str, np.ndarray]:
 
 
 def _arrays(tape: Tape) -> dict[str, np.ndarray]:
+    opcodes = np.asarray(tape.opcodes)
+    families = bool((opcodes >= FIRST_FAMILY).any())
     arrays = {
-        "format_version": np.array(FORMAT_VERSION, dtype="<i8"),
+        "format_version": np.array(FORMAT_VERSION if families else _PLAIN_VERSION,
+                                   dtype="<i8"),
         "tapejit_version": np.array(str(__version__)),
-        **_op_members(tape.opcodes),
+        **_op_members(opcodes),
+        **(_family_members(opcodes) if families else {}),
         "name": np.array(str(tape.name)),
         "opcodes": np.ascontiguousarray(tape.opcodes, dtype="|u1"),
         "args": np.ascontiguousarray(tape.args, dtype="<i4").reshape(-1, 3),
@@ -222,6 +335,9 @@ def _arrays(tape: Tape) -> dict[str, np.ndarray]:
         "input_shapes": _encode_shapes(tape.input_shapes),
         "output_shapes": _encode_shapes(tape.output_shapes),
     }
+    if families:
+        arrays["attrs"] = np.ascontiguousarray(tape.attrs, dtype="<i4")
+        arrays["attr_offsets"] = np.ascontiguousarray(tape.attr_offsets, dtype="<i4")
     # What load_tape would reject must not be written in the first place.
     _decode_shapes("input_shapes", arrays["input_shapes"], tape.n_inputs)
     _decode_shapes("output_shapes", arrays["output_shapes"], tape.n_outputs)
@@ -420,11 +536,19 @@ def _check_counts(h: dict[str, _Header], lim: _Limits) -> None:
     n = h["opcodes"].shape[0]
     if n > lim.instructions:
         raise _too_big(f"the tape has {n} instructions", "max_instructions", lim.instructions)
-    for key, shape in (("args", (n, 3)), ("sizes", (n,)), ("strides", (n, 3))):
+    rows = [("args", (n, 3)), ("sizes", (n,)), ("strides", (n, 3))]
+    if "attr_offsets" in h:
+        rows.append(("attr_offsets", (n,)))
+    for key, shape in rows:
         if h[key].shape != shape:
             raise TapeFormatError(
                 f"{key} must have shape {shape} for {n} opcodes; got {h[key].shape}"
             )
+    if "attrs" in h:  # every attribute is read by an instruction (check_tape_arrays)
+        most = n * max((len(f.attrs) for f in FAMILIES.values()), default=0)
+        if h["attrs"].shape[0] > most:
+            raise TapeFormatError(f"the tape has {h['attrs'].shape[0]} attributes; its {n} "
+                                  f"instructions read at most {most}")
     nc = h["consts"].shape[0]
     if nc > lim.consts:
         raise _too_big(f"the tape has {nc} constants", "max_consts", lim.consts)
@@ -514,6 +638,55 @@ def _check_ops(zf: zipfile.ZipFile, heads: dict[str, _Header], writer: str) -> n
     return codes
 
 
+def _check_families(zf: zipfile.ZipFile, heads: dict[str, _Header], writer: str) -> np.ndarray:
+    """Format version 3: every family the file lists must mean what it meant when the
+    file was written. Returns the listed opcodes."""
+    n = heads["family_codes"].shape[0]
+    keys = ("family_names", "family_attrs", "family_hashes")
+    if n > _MAX_OPS or any(heads[k].shape != (n,) for k in keys):
+        raise TapeFormatError(
+            f"family_codes, family_names, family_attrs and family_hashes must have one "
+            f"entry per family the tape uses (at most {_MAX_OPS}); got shapes "
+            + ", ".join(str(heads[k].shape) for k in ("family_codes", *keys))
+        )
+    codes = _read_data(zf, heads["family_codes"])
+    names, attrs, hashes = (_read_data(zf, heads[k]).tolist() for k in keys)
+    if len(np.unique(codes)) != n:
+        raise TapeFormatError("family_codes lists an opcode twice")
+    if n and codes.min() < FIRST_FAMILY:
+        raise TapeFormatError(f"family_codes lists opcode {int(codes.min())}, which is not "
+                              f"an instruction family's (those are {FIRST_FAMILY}..255)")
+    for code, name, names_, saved in zip(codes.tolist(), names, attrs, hashes, strict=True):
+        family = FAMILIES.get(code)
+        if family is None:
+            raise TapeFormatError(
+                f"the tape uses instruction family {name!r} (opcode {code}), which this "
+                f"tapejit {__version__} does not have (written by tapejit {writer!r}); load "
+                "it with a tapejit that has the family"
+            )
+        if family.name != name:
+            raise TapeFormatError(
+                f"opcode {code} was instruction family {name!r} when this tape was saved "
+                f"(by tapejit {writer!r}) and is family {family.name!r} in this tapejit "
+                f"{__version__}, so the tape is refused. Record the function again."
+            )
+        if ",".join(family.attrs) != names_:
+            raise TapeFormatError(
+                f"instruction family {name!r} (opcode {code}) had the attributes "
+                f"({names_}) when this tape was saved (by tapejit {writer!r}) and has "
+                f"({', '.join(family.attrs)}) now, so the tape is refused. Record the "
+                "function again."
+            )
+        if family_fingerprint(family) != saved:
+            raise TapeFormatError(
+                f"instruction family {name!r} (opcode {code}) is defined differently than "
+                f"when this tape was saved (by tapejit {writer!r}): its kernel routines or "
+                "its Python side changed, so the tape is refused. Record the function "
+                "again."
+            )
+    return codes
+
+
 def _read_arrays(z: Any, max_bytes: int | None, lim: _Limits) -> tuple[tuple, dict[str, Any]]:
     """Everything :class:`Tape` needs, checked: ``(arrays, keyword arguments)``.
 
@@ -566,6 +739,8 @@ def _read_arrays(z: Any, max_bytes: int | None, lim: _Limits) -> tuple[tuple, di
         listed = None
     else:
         listed = _check_ops(zf, heads, writer)
+    if version >= 3:
+        listed = np.concatenate([listed, _check_families(zf, heads, writer)])
     _check_counts(heads, lim)
     a = {"sizes": _read_data(zf, heads["sizes"])}
     n_fixed = sum(heads[k].shape[0] for k in ("consts", "params", "inputs"))
@@ -585,12 +760,15 @@ def _read_arrays(z: Any, max_bytes: int | None, lim: _Limits) -> tuple[tuple, di
     if listed is not None:
         unlisted = np.setdiff1d(a["opcodes"], listed)
         if len(unlisted):
+            where = "op_codes" if version < 3 else "op_codes or family_codes"
             raise TapeFormatError(f"the tape uses opcode {int(unlisted[0])}, which its "
-                                  "member op_codes does not list")
+                                  f"member {where} does not list")
     input_shapes = _decode_shapes("input_shapes", a["input_shapes"], len(a["inputs"]))
     output_shapes = _decode_shapes("output_shapes", a["output_shapes"], len(a["outputs"]))
     arrays = (a["opcodes"], a["args"], a["consts"], a["inputs"], a["params"], a["outputs"])
+    attrs = {k: a[k] for k in _ATTR_MEMBERS if k in a}
     return arrays, {
+        **attrs,
         "input_shapes": input_shapes,
         "output_shapes": output_shapes,
         "name": str(a["name"][()]),

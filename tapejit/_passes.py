@@ -31,6 +31,14 @@ read by a multi-element operand of a kept instruction unless renumbering keeps t
 operand an evenly strided run of slots (checked after each pass, which otherwise backs
 off for those instructions).
 
+Instruction family instructions (a matrix product, a factorization) are opaque nodes:
+DCE keeps one when any of its results is live, and then all of its operand blocks
+``ARG_k .. ARG_k + STRIDE_k - 1``; CSE merges two with the same opcode, attribute values
+and operand blocks (slot for slot, after earlier merges); fold never folds one (nor what
+reads it). Each operand block must stay whole: renumbering has to map it to consecutive
+slots, else the pass backs off as for strided blocks. Tapes whose families run
+sub-programs (loops) are left as they are.
+
 Guarantees: every pass leaves the values of the outputs (and the guard decisions) bit for
 bit as they were, with one IEEE caveat for CSE (when both operands of a commutative op
 are NaN, which NaN payload propagates may change; the result is NaN either way).
@@ -56,7 +64,17 @@ from typing import Any
 import numpy as np
 
 from ._ops import BY_CODE, OPS, SWAPPABLE
-from ._program import ARITY, GUARD, GUARD_SLOT, LAST_OPCODE, MAX_ARITY, N_SLOTS, Program
+from ._program import (
+    ARITY,
+    FAMILIES,
+    FIRST_FAMILY,
+    GUARD,
+    GUARD_SLOT,
+    LAST_OPCODE,
+    MAX_ARITY,
+    N_SLOTS,
+    Program,
+)
 from ._slot_reuse import compact
 from ._tape import Tape, forward_program, kernel_arrays, packed, reverse_plan
 
@@ -65,6 +83,36 @@ from ._tape import Tape, forward_program, kernel_arrays, packed, reverse_plan
 BIT_COMMUTATIVE = frozenset(op.code for op in OPS if SWAPPABLE in op.flags)
 #: The passes, in their default order.
 PASSES = ("fold", "cse", "dce")
+
+
+def _family(p: Program) -> np.ndarray:
+    """Per instruction: is it of an instruction family?"""
+    return p.opcodes >= FIRST_FAMILY
+
+
+def _has_loops(p: Program) -> bool:
+    """Whether an instruction runs a sub-program (the passes do not look inside)."""
+    return any(FAMILIES[c].bodies for c in np.unique(p.opcodes[_family(p)]).tolist())
+
+
+def _reads(p: Program) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """``lo, hi, reads``, each ``(n, MAX_ARITY)``: the first and last slot each operand
+    reads, and which operands read any. A family operand is the whole block ``ARG_k ..
+    ARG_k + STRIDE_k - 1``; an elementwise one spans its elements."""
+    fam = _family(p)[:, None]
+    last = p.args + (p.sizes[:, None] - 1) * p.strides
+    lo = np.where(fam, p.args, np.minimum(p.args, last))
+    hi = np.where(fam, p.args + p.strides - 1, np.maximum(p.args, last))
+    return lo, hi, p.used() & ~(fam & (p.strides == 0))
+
+
+def _blocks(p: Program, which: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """``lo, hi`` of the operands of the instructions ``which`` that read more than one
+    slot in a fixed pattern: strided elementwise blocks and family operand blocks."""
+    lo, hi, reads = _reads(p)
+    sel = reads & which[:, None] & (hi > lo)
+    return lo[sel], hi[sel]
+
 
 def _cover(n_slots: int, lo: np.ndarray, hi: np.ndarray) -> np.ndarray:
     """Bool mask of the slots inside any range ``lo[j]..hi[j]``."""
@@ -104,7 +152,14 @@ def _bad_spans(p: Program, M: np.ndarray, keep: np.ndarray) -> np.ndarray:
     """Slots inside multi-element operands of kept instructions that ``M`` would not map
     to an evenly strided run with the same stride (mask over old slots)."""
     bad = np.zeros(p.n_slots, dtype=bool)
-    sel = keep & (p.sizes > 1)
+    # a family operand block must map to consecutive slots, as a whole
+    lo, hi, reads = _reads(p)
+    for i, k in zip(*np.nonzero(reads & (keep & _family(p))[:, None] & (hi > lo)),
+                    strict=True):
+        block = M[lo[i, k] : hi[i, k] + 1]
+        if block[0] < 0 or not np.array_equal(block, block[0] + np.arange(len(block))):
+            bad[lo[i, k] : hi[i, k] + 1] = True
+    sel = keep & (p.sizes > 1) & ~_family(p)
     if not sel.any():
         return bad
     inst, e, slots = p.elements()
@@ -125,12 +180,29 @@ def _bad_spans(p: Program, M: np.ndarray, keep: np.ndarray) -> np.ndarray:
 
 def _relabel(p: Program, M: np.ndarray, keep: np.ndarray, consts: np.ndarray) -> Program:
     """Keep the instructions ``keep``; every old slot ``s`` now reads new slot ``M[s]``."""
-    used = p.used()[keep]
-    args = np.where(used, M[p.args[keep]], 0)
+    _, _, reads = _reads(p)
+    args = np.where(reads[keep], M[p.args[keep]], 0)  # an empty family operand reads slot 0
     guards = p.guards.copy()
     guards[:, GUARD_SLOT] = M[guards[:, GUARD_SLOT]]
+    attrs, attr_at = _kept_attrs(p, keep)
     return Program(p.opcodes[keep], args, p.sizes[keep], p.strides[keep], consts, p.n_params,
-                   p.n_inputs, M[p.outputs], guards)
+                   p.n_inputs, M[p.outputs], guards, attrs, attr_at)
+
+
+def _kept_attrs(p: Program, keep: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
+    """The attribute section and offsets of the instructions ``keep`` (every attribute
+    must be read by an instruction, so the removed ones' go)."""
+    if p.attr_at is None:
+        return p.attrs, None
+    count = np.zeros(len(p.opcodes), dtype=np.int64)
+    for code, family in FAMILIES.items():
+        count[p.opcodes == code] = len(family.attrs)
+    count = count[keep]
+    at = p.attr_at[keep]
+    idx = np.repeat(at, count) + np.arange(int(count.sum())) - np.repeat(
+        np.cumsum(count) - count, count)
+    offsets = np.where(count > 0, np.cumsum(count) - count, 0)
+    return p.attrs[idx], offsets
 
 
 # ---------------------------------------------------------------------------------------
@@ -139,7 +211,7 @@ def _relabel(p: Program, M: np.ndarray, keep: np.ndarray, consts: np.ndarray) ->
 def _columns(p: Program) -> tuple[list[int], ...]:
     """Flat Python lists (no per-instruction containers, so no garbage-collector churn):
     arity, sizes, first result, and the three operand columns."""
-    return (ARITY[p.opcodes].tolist(), p.sizes.tolist(), p.results.tolist(),
+    return (p.arity().tolist(), p.sizes.tolist(), p.results.tolist(),
             p.args[:, 0].tolist(), p.args[:, 1].tolist(), p.args[:, 2].tolist())
 
 
@@ -191,7 +263,7 @@ def _fold(p: Program) -> Program:
         return p
     guarded = np.zeros(p.n_slots, dtype=bool)
     guarded[p.guards[:, GUARD_SLOT]] = True
-    blocked = _any_in(guarded, p)
+    blocked = _any_in(guarded, p) | _family(p)  # family instructions stay instructions
     bits: np.ndarray | None = None  # value bits of every slot the first round folds
     pool0 = {b: k for k, b in reversed(list(enumerate(p.consts.view(np.int64).tolist())))}
     while True:
@@ -201,7 +273,7 @@ def _fold(p: Program) -> Program:
         keep = ~fold
         # Folded values must not be read by a multi-element operand of a kept
         # instruction: constants are deduplicated, which would break its stride.
-        lo, hi = p.spans(keep)
+        lo, hi = _blocks(p, keep)
         covered = _any_in(_cover(p.n_slots, lo, hi), p) & fold
         if covered.any():
             blocked |= covered
@@ -265,10 +337,14 @@ def _cse_once(p: Program, blocked: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     ar, sizes, res, c0, c1, c2 = _columns(p)
     swap = BIT_COMMUTATIVE
     S = p.n_slots + 1
+    fam = _family_keys(p)
     for i in range(n):
         op, k, sz = ops[i], ar[i], sizes[i]
         key: object
-        if sz == 1:
+        if i in fam:  # equal attributes and equal operand blocks
+            key = (op, sz, fam[i], *(_block_key(canon, a, n_a) for a, n_a in zip(
+                p.args[i, :k].tolist(), p.strides[i, :k].tolist(), strict=True)))
+        elif sz == 1:
             a0 = canon[c0[i]]
             a1 = canon[c1[i]] if k > 1 else 0
             a2 = canon[c2[i]] if k > 2 else 0
@@ -297,6 +373,25 @@ def _cse_once(p: Program, blocked: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
             canon[res[i] : res[i] + sz] = range(r, r + sz)
             dup[i] = True
     return dup, np.array(canon, dtype=np.int64)
+
+
+def _family_keys(p: Program) -> dict[int, tuple[int, ...]]:
+    """Attribute values of each family instruction, by instruction."""
+    out = {}
+    at = p.attr_offsets
+    for i in np.flatnonzero(_family(p)).tolist():
+        count = len(FAMILIES[int(p.opcodes[i])].attrs)
+        out[i] = tuple(p.attrs[at[i] : at[i] + count].tolist())
+    return out
+
+
+def _block_key(canon: list[int], a: int, length: int) -> tuple:
+    """A family operand block ``a .. a + length - 1`` as its slots' representatives:
+    ``(0, first, length)`` when they are consecutive, else all of them."""
+    el = canon[a : a + length]
+    if all(s == el[0] + e for e, s in enumerate(el)):
+        return (0, el[0] if length else 0, length)
+    return (1, tuple(el))
 
 
 def _cse(p: Program) -> Program:
@@ -328,8 +423,17 @@ def _live(p: Program) -> np.ndarray:
     for s in p.outputs.tolist() + p.guards[:, GUARD_SLOT].tolist():
         live[s] = True
     ar, sizes, res, c0, c1, c2 = _columns(p)
+    fam = _family(p).tolist()
+    first, last, reads = (x.tolist() for x in _reads(p))
     for i in range(len(ar) - 1, -1, -1):
         r, sz = res[i], sizes[i]
+        if fam[i]:  # opaque: any live result makes its whole operand blocks live
+            if any(live[r : r + sz]):
+                for j in range(ar[i]):
+                    if reads[i][j]:
+                        a, z = first[i][j], last[i][j]
+                        live[a : z + 1] = [True] * (z - a + 1)
+            continue
         if sz == 1:
             if live[r]:
                 k = ar[i]
@@ -373,7 +477,7 @@ def guard_slice(tape: Tape) -> Tape | None:
     if not len(p.guards):
         return None
     q = replace(p, outputs=p.guards[:1, GUARD_SLOT])
-    if not p.has_families:  # the passes do not see inside family instructions yet
+    if not _has_loops(p):  # the passes do not see inside sub-programs
         q = _dce(q)
     return _tape(q, tape, output_shapes=((),), name=f"guards of {tape.name}")
 
@@ -423,7 +527,7 @@ def simplify(
             raise ValueError(f"unknown pass {name!r}; the passes are {', '.join(PASSES)}")
     p = Program.from_tape(tape)
     log = []
-    if p.has_families:  # the passes do not see inside family instructions yet
+    if _has_loops(p):  # the passes do not see inside sub-programs
         names = []
     for name in names:
         t0 = time.perf_counter()
@@ -455,9 +559,13 @@ def _peak_live(p: Program) -> int:
     last = np.full(p.n_slots, -1, dtype=np.int64)
     inst, _, slots = p.elements()
     if len(inst):
-        used = p.used()[inst]
+        used = p.used()[inst] & ~_family(p)[inst, None]
         step = np.broadcast_to(inst[:, None], slots.shape)
         np.maximum.at(last, slots[used], step[used])
+    lo, hi, reads = _reads(p)
+    for i, k in zip(*np.nonzero(reads & _family(p)[:, None]), strict=True):
+        block = last[lo[i, k] : hi[i, k] + 1]  # a family reads its operand blocks whole
+        np.maximum(block, i, out=block)
     last[p.outputs] = n
     last[p.guards[:, GUARD_SLOT]] = n
     define = np.full(p.n_slots, -1, dtype=np.int64)
@@ -475,6 +583,10 @@ def _compact_slots(tape: Tape) -> int:
     prog, n_slots, _ = forward_program(tape)
     return (n_slots if prog is not kernel_arrays(tape)[0]
             else int(compact(packed(tape)[0])[N_SLOTS]))
+
+
+def _op_name(code: int) -> str:
+    return BY_CODE[code].name if code in BY_CODE else FAMILIES[code].name
 
 
 def stats(tape: Tape) -> dict[str, Any]:
@@ -518,8 +630,8 @@ def stats(tape: Tape) -> dict[str, Any]:
         "n_outputs": len(p.outputs),
         "n_guards": len(p.guards),
         "n_slots": p.n_slots,
-        "op_counts": {BY_CODE[int(c)].name: int(counts[c]) for c in order if counts[c]},
-        "op_elements": {BY_CODE[int(c)].name: int(elems[c]) for c in order if counts[c]},
+        "op_counts": {_op_name(int(c)): int(counts[c]) for c in order if counts[c]},
+        "op_elements": {_op_name(int(c)): int(elems[c]) for c in order if counts[c]},
         "bytes": {"program": prog_bytes, "consts": const_bytes, "derived": derived,
                   "total": prog_bytes + const_bytes + derived},
         "workspace_bytes_per_point": 8 * p.n_slots,

@@ -7,6 +7,13 @@ compare the interpreter's values, tangents and adjoints with :meth:`Tape.forward
 :meth:`Tape.jvp` and :meth:`Tape.gradient`. It follows the kernels' NaN policy: a
 product of a tangent or adjoint and a local partial is zero when either is zero.
 
+An instruction family's instruction (a matrix product, a factorization: opcodes from
+128) is one step: its values come from the family's numpy rule (``Family.reference``);
+its tangents and adjoints from the family's kernel rules run on that one instruction
+(a one-instruction tape's ``jvp`` and ``vjp``), as the reference gives values only. The
+table shows it as one row, the graph as one node, with its attributes and its operand
+and result lengths.
+
 The interpreter runs one Python step per instruction (a few microseconds each): meant
 for looking at tapes, not for evaluating them.
 """
@@ -27,7 +34,7 @@ from ._atomic import replacing
 from ._kernels.reference import LIBM_NUMPY as _LIBM_NUMPY
 from ._kernels.reference import reference_namespace
 from ._ops import BY_CODE, OPS, Op, math_to_numpy
-from ._program import MAX_ARITY, Program
+from ._program import FAMILIES, FIRST_FAMILY, MAX_ARITY, Family, Program
 
 if TYPE_CHECKING:  # in annotations only: _tape imports this module's functions
     from ._tape import Tape
@@ -84,7 +91,8 @@ class Sweep:
         (parameters get theirs too; constants 0).
     partials : ndarray
         ``(n_elements, 3)``: local partial of each instruction element (result slot
-        ``n_fixed + i`` for row ``i``) with respect to each operand (0 if unused).
+        ``n_fixed + i`` for row ``i``) with respect to each operand (0 if unused, and for
+        the elements of family instructions, whose local derivatives are matrices).
     """
 
     values: np.ndarray
@@ -106,6 +114,72 @@ def _point(tape: Tape, x: Any, params: Any) -> tuple[np.ndarray, np.ndarray]:
         if pv.shape != (tape.n_params,):
             raise ValueError(f"params must hold {tape.n_params} values; got {pv.size}")
     return xv, pv
+
+
+@dataclass(frozen=True)
+class _FamilyStep:
+    """One family instruction as the interpreter runs it."""
+
+    family: Family
+    attrs: tuple[int, ...]
+    blocks: tuple[tuple[int, int], ...]  # (first slot, length) of each operand
+    result: int
+    size: int
+
+    def operands(self, V: list[Any]) -> list[np.ndarray]:
+        """The operand blocks' entries of ``V`` (empty for unused operands)."""
+        out = [np.array(V[a : a + n], dtype=np.float64) for a, n in self.blocks]
+        return out + [np.zeros(0)] * (MAX_ARITY - len(out))
+
+    def value(self, W: list[Any]) -> np.ndarray:
+        assert self.family.reference is not None  # a family the kernels run has one
+        r = np.asarray(self.family.reference(self.attrs, *self.operands(W)), np.float64)
+        return r.reshape(self.size)
+
+    def alone(self) -> Tape:
+        """This instruction as a tape of its own: the operand blocks, one after the
+        other, are its inputs; its results the outputs."""
+        from ._tape import Tape  # lazy: _tape imports this module's functions
+
+        lengths = [n for _, n in self.blocks]
+        starts = np.concatenate([[0], np.cumsum(lengths)[:-1]]).astype(np.int64)
+        args = np.zeros((1, MAX_ARITY), np.int64)
+        strides = np.zeros((1, MAX_ARITY), np.int64)
+        k = len(lengths)
+        args[0, :k] = np.where(np.array(lengths) > 0, starts, 0)
+        strides[0, :k] = lengths
+        n_in = int(sum(lengths))
+        return Tape(np.array([self.family.opcode]), args, np.zeros(0),
+                    np.arange(n_in), np.zeros(0, np.int64), n_in + np.arange(self.size),
+                    sizes=np.array([self.size]), strides=strides,
+                    attrs=np.array(self.attrs, dtype=np.int64),
+                    attr_offsets=np.zeros(1, np.int64))
+
+    def label(self, name: Callable[[int], str]) -> str:
+        """``matmul[m=5, ...](p0..p14 [15], x0..x2 [3]) -> [5]``."""
+        at = ", ".join(f"{k}={v}" for k, v in zip(self.family.attrs, self.attrs, strict=True))
+        ops = ", ".join(_range(name, a, n) + f" [{n}]" for a, n in self.blocks)
+        return f"{self.family.name}[{at}]({ops}) -> [{self.size}]"
+
+
+def _range(name: Callable[[int], str], a: int, n: int) -> str:
+    if n == 0:
+        return "[]"
+    return name(a) if n == 1 else f"{name(a)}..{name(a + n - 1)}"
+
+
+def _family_steps(prog: Program) -> dict[int, _FamilyStep]:
+    """The family instructions of ``prog``, by their first result slot."""
+    out = {}
+    at = prog.attr_offsets
+    for i in np.flatnonzero(prog.opcodes >= FIRST_FAMILY).tolist():
+        family = FAMILIES[int(prog.opcodes[i])]
+        blocks = tuple((int(prog.args[i, k]), int(prog.strides[i, k]))
+                       for k in range(family.arity))
+        attrs = tuple(prog.attrs[at[i] : at[i] + len(family.attrs)].tolist())
+        r = int(prog.results[i])
+        out[r] = _FamilyStep(family, attrs, blocks, r, int(prog.sizes[i]))
+    return out
 
 
 def interpret(tape: Tape, x: Any, params: Any = None, wrt: int = 0, output: int = 0) -> Sweep:
@@ -151,8 +225,15 @@ def interpret(tape: Tape, x: Any, params: Any = None, wrt: int = 0, output: int 
     Wl = [np.float64(v) for v in W]  # numpy scalars: IEEE results instead of exceptions
     Tl = T.tolist()
     ns = dict(_NS)
+    steps = _family_steps(prog)
+    alone: dict[int, Tape] = {}
     with np.errstate(all="ignore"):
         for i in range(n):
+            if ops[i] >= FIRST_FAMILY:  # the whole instruction at its first element
+                st = steps.get(n_fixed + i)
+                if st is not None:
+                    _family_forward(st, Wl, Tl, alone)
+                continue
             c = _OPS[ops[i]]
             ar = args[i]
             ns["a"], ns["b"], ns["c"] = Wl[ar[0]], Wl[ar[1]], Wl[ar[2]]
@@ -173,6 +254,11 @@ def interpret(tape: Tape, x: Any, params: Any = None, wrt: int = 0, output: int 
             A[int(tape.outputs[output])] = 1.0
         low = nc  # constants get no adjoints
         for i in range(n - 1, -1, -1):
+            if ops[i] >= FIRST_FAMILY:  # all its results' adjoints are complete here
+                st = steps.get(n_fixed + i)
+                if st is not None:
+                    _family_reverse(st, Wl, A, low, alone)
+                continue
             abar = A[n_fixed + i]
             if abar == 0.0:
                 continue
@@ -181,6 +267,41 @@ def interpret(tape: Tape, x: Any, params: Any = None, wrt: int = 0, output: int 
                 if p is not None and ar[k] >= low:
                     A[ar[k]] += _AZMUL(abar, float(D[i, k]))
     return Sweep(np.array(Wl, dtype=np.float64), np.array(Tl), np.array(A), D)
+
+
+def _point_of(st: _FamilyStep, V: list[Any]) -> np.ndarray:
+    return np.concatenate([o for o in st.operands(V)[: st.family.arity]] or [np.zeros(0)])
+
+
+def _family_forward(st: _FamilyStep, W: list[Any], T: list[float],
+                    alone: dict[int, Tape]) -> None:
+    """Values (numpy rule) and tangents (kernel rule) of a family instruction."""
+    r, n = st.result, st.size
+    W[r : r + n] = [np.float64(v) for v in st.value(W)]
+    x, v = _point_of(st, W), _point_of(st, T)
+    if not v.any():
+        T[r : r + n] = [0.0] * n
+        return
+    one = alone.setdefault(r, st.alone())
+    T[r : r + n] = np.asarray(one.jvp(x, v), dtype=np.float64).reshape(n).tolist()
+
+
+def _family_reverse(st: _FamilyStep, W: list[Any], A: list[float], low: int,
+                    alone: dict[int, Tape]) -> None:
+    """Add a family instruction's vector-Jacobian product into its operands' adjoints
+    (those of slots ``>= low``)."""
+    r, n = st.result, st.size
+    w = np.array(A[r : r + n], dtype=np.float64)
+    if not w.any():
+        return
+    one = alone.setdefault(r, st.alone())
+    g = np.asarray(one.vjp(_point_of(st, W), w)[1], dtype=np.float64).tolist()
+    at = 0
+    for a, length in st.blocks:
+        for e in range(length):
+            if a + e >= low:
+                A[a + e] += g[at + e]
+        at += length
 
 
 # ---------------------------------------------------------------------------------------
@@ -229,6 +350,14 @@ def _fmt(v: float, digits: int) -> str:
     return f"{float(v):.{digits}g}"
 
 
+def _fmt_vector(v: np.ndarray, digits: int, most: int = 4) -> str:
+    """``[1, 2, 3]``, or ``[1, 2, ..., 9]`` for more than ``most`` entries."""
+    parts = [_fmt(x, digits) for x in (v if len(v) <= most else v[: most - 1])]
+    if len(v) > most:
+        parts += ["...", _fmt(v[-1], digits)]
+    return "[" + ", ".join(parts) + "]"
+
+
 def _instr_text(op: Op, operands: list[str]) -> str:
     return f"{op.name}({', '.join(operands)})"
 
@@ -262,7 +391,8 @@ def table(
         Output of the adjoint column ``d y[output] / d v`` (reverse mode).
     limit : int, optional
         Show at most this many instruction rows (the output rows are always shown). A
-        block instruction has one row per element.
+        block instruction has one row per element; a family instruction (a matrix
+        product, a factorization) one row, its results' values as a vector.
     digits : int
         Significant digits of the numbers.
     style : {"listing", "wengert"}
@@ -301,13 +431,21 @@ def table(
         outs.setdefault(s, []).append(k)
     guards = {int(s): int(o) for s, o in tape.guards.tolist()} if tape.n_guards else {}
 
-    def row(s: int, what: str) -> list[str]:
+    def row(s: int, what: str, size: int = 0) -> list[str]:
+        """Slot ``s``'s row; with ``size``, the row of the ``size`` results from ``s``
+        of a family instruction."""
         notes = []
-        if s in outs:
-            notes.append("= " + ", ".join(f"y{k}" for k in outs[s]))
-        if s in guards:
-            holds = (sw.values[s] != 0.0) == bool(guards[s])
-            notes.append(f"guard {bool(guards[s])}: " + ("holds" if holds else "FAILS here"))
+        for t in range(s, s + max(size, 1)):
+            if t in outs:
+                notes.append("= " + ", ".join(f"y{k}" for k in outs[t]))
+            if t in guards:
+                holds = (sw.values[t] != 0.0) == bool(guards[t])
+                notes.append(f"guard {bool(guards[t])}: "
+                             + ("holds" if holds else "FAILS here"))
+        if size:
+            cols = [_fmt_vector(v[s : s + size], digits)
+                    for v in (sw.values, sw.tangents, sw.adjoints)]
+            return [_range(name, s, size), what, *cols, "; ".join(notes)]
         return [name(s), what, _fmt(sw.values[s], digits), _fmt(sw.tangents[s], digits),
                 _fmt(sw.adjoints[s], digits), "; ".join(notes)]
 
@@ -317,12 +455,19 @@ def table(
     for j in range(tape.n_inputs):
         rows.append(row(int(tape.inputs[j]), "input"))
     ops, args, res = _elements(tape)
-    n = len(ops)
+    steps = _family_steps(Program.from_tape(tape))
+    firsts = [i for i in range(len(ops)) if ops[i] < FIRST_FAMILY or res[i] in steps]
+    n = len(firsts)  # rows: elements, and one per family instruction
     shown = n if limit is None else max(0, min(n, int(limit)))
-    for i in range(n):
-        if i == shown:
+    for j, i in enumerate(firsts):
+        if j == shown:
             rows.append(["...", f"{n - shown} more", "", "", "", ""])
-        if i >= shown and res[i] not in outs:
+        st = steps.get(res[i])
+        size = st.size if st is not None else 1
+        if j >= shown and not any(res[i] + e in outs for e in range(size)):
+            continue
+        if st is not None:
+            rows.append(row(res[i], st.label(name), st.size))
             continue
         op = BY_CODE[ops[i]]
         rows.append(row(res[i], _instr_text(op, [name(a) for a in args[i][: op.arity]])))
@@ -368,6 +513,11 @@ def to_dot(tape: Tape, x: Any = None, params: Any = None, *, digits: int = 4) ->
     partial derivative: its value at ``x``, or its formula (in the operands ``a, b, c``
     and the result ``r``) without ``x``. Outputs are drawn as extra nodes ``y0, y1, ...``.
 
+    A family instruction (a matrix product, a factorization) is one box node with its
+    attributes and operand and result lengths; its edges are labelled with the operand
+    (``a``, ``b``, ``c``), and an operand block of constants or parameters (a data
+    matrix) is drawn as one node.
+
     Parameters
     ----------
     tape : Tape
@@ -386,8 +536,16 @@ def to_dot(tape: Tape, x: Any = None, params: Any = None, *, digits: int = 4) ->
     name = _Names(tape, "listing")
     nc = len(tape.consts)
     ops, args, res = _elements(tape)
+    steps = _family_steps(Program.from_tape(tape))
+    owner = {s: r for r, st in steps.items() for s in range(r, r + st.size)}
+    nd = nc + tape.n_params
+    # operand blocks of constants and parameters only (data): one node each
+    data = {(a, n) for st in steps.values() for a, n in st.blocks if n > 1 and a + n <= nd}
+    elementwise = [i for i in range(len(ops)) if ops[i] < FIRST_FAMILY]
 
     def node_id(s: int) -> str:
+        if s in owner:
+            return name(owner[s])
         return f"c{s}" if s < nc else name(s)
 
     def val(s: int) -> str:
@@ -396,20 +554,44 @@ def to_dot(tape: Tape, x: Any = None, params: Any = None, *, digits: int = 4) ->
     title = tape.name or "tape"
     lines = [f"digraph {_q(title)} {{", "  rankdir=BT;",
              '  node [fontname="Helvetica"]; edge [fontname="Helvetica", fontsize=10];']
-    used_consts = sorted({a for i, ar in enumerate(args)
-                          for a in ar[: BY_CODE[ops[i]].arity] if a < nc}
-                         | {s for s in tape.outputs.tolist() if s < nc})
+    family_reads = {a + e for st in steps.values() for a, n in st.blocks
+                    if (a, n) not in data for e in range(n)}
+    used_consts = sorted({a for i in elementwise for a in args[i][: BY_CODE[ops[i]].arity]
+                          if a < nc}
+                         | {s for s in tape.outputs.tolist() if s < nc}
+                         | {s for s in family_reads if s < nc})
     for s in used_consts:
         lines.append(f"  {node_id(s)} [label={_q(_fmt(tape.consts[s], digits))}, "
                      "shape=plaintext];")
+    in_data = {a + e for a, n in data for e in range(n)}
+    read = ({a for i in elementwise for a in args[i][: BY_CODE[ops[i]].arity]}
+            | family_reads | set(tape.outputs.tolist()))
     for j in range(tape.n_params):
         s = nc + j
+        if s in in_data and s not in read:  # drawn as part of its data block
+            continue
         lines.append(f"  {node_id(s)} [label={_q(name(s) + val(s))}, shape=box, "
                      "style=dashed];")
+    for a, n in sorted(data):
+        lines.append(f"  {_block_id(a, n)} [label={_q(_range(name, a, n) + f' [{n}]')}, "
+                     "shape=box3d];")
     for s in tape.inputs.tolist():
         lines.append(f"  {node_id(s)} [label={_q(name(s) + val(s))}, shape=box];")
     guards = {int(s): int(o) for s, o in tape.guards.tolist()} if tape.n_guards else {}
-    for i, s in enumerate(res):
+    for r, st in steps.items():
+        label = f"{_range(name, r, st.size)} = {st.label(name)}"
+        if sw is not None:
+            label += "\n" + _fmt_vector(sw.values[r : r + st.size], digits)
+        lines.append(f"  {node_id(r)} [label={_q(label)}, shape=box, style=rounded];")
+        for k, (a, n) in enumerate(st.blocks):
+            if (a, n) in data:
+                sources = [_block_id(a, n)]
+            else:
+                sources = list(dict.fromkeys(node_id(t) for t in range(a, a + n)))
+            for src in sources:
+                lines.append(f"  {src} -> {node_id(r)} [label={_q('abc'[k])}];")
+    for i in elementwise:
+        s = res[i]
         op = BY_CODE[ops[i]]
         label = f"{name(s)} = {op.name}" + val(s)
         extra = ""
@@ -417,7 +599,8 @@ def to_dot(tape: Tape, x: Any = None, params: Any = None, *, digits: int = 4) ->
             label += f"\nguard: {bool(guards[s])}"
             extra = ", style=bold, color=red"
         lines.append(f"  {node_id(s)} [label={_q(label)}, shape=ellipse{extra}];")
-    for i, s in enumerate(res):
+    for i in elementwise:
+        s = res[i]
         op = BY_CODE[ops[i]]
         for k in range(op.arity):
             a = args[i][k]
@@ -431,6 +614,11 @@ def to_dot(tape: Tape, x: Any = None, params: Any = None, *, digits: int = 4) ->
         lines.append(f"  {node_id(s)} -> y{k};")
     lines.append("}")
     return "\n".join(lines) + "\n"
+
+
+def _block_id(a: int, n: int) -> str:
+    """DOT node of the data block of ``n`` slots from ``a``."""
+    return f"block{a}_{n}"
 
 
 _FORMATS = {"svg", "png", "pdf", "ps", "eps", "gif", "jpg", "jpeg", "json", "dot", "plain"}

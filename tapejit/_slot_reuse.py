@@ -16,8 +16,11 @@ How slots are assigned:
 * a *unit* is a run of consecutive instructions whose results must keep their relative
   slots: one instruction, or several when a strided block operand reads across the
   results of more than one instruction (the operand keeps its stride, so the run moves
-  as a whole). A run read together with constants, parameters or inputs stays where it
-  is, directly after them, for the whole sweep;
+  as a whole). A family instruction reads each operand as one contiguous block
+  ``ARG .. ARG + length - 1`` (and writes its ``SIZE`` results as one): a block across
+  the results of several instructions joins them the same way. A run read together
+  with constants, parameters or inputs stays where it is, directly after them, for the
+  whole sweep;
 * a unit is live from its first instruction to the last instruction reading any of its
   slots; outputs and guarded values live to the end; a unit no one reads is live only
   while it is written;
@@ -26,7 +29,8 @@ How slots are assigned:
   of the used space shrinking when its last range is freed). A unit is released only
   after its last reading instruction, so a result never shares a slot with an operand
   of the same instruction: results are written element by element while operands are
-  read, and no kernel would survive that aliasing.
+  read (a family routine writes its results while it reads its operand blocks), and no
+  kernel would survive that aliasing.
 
 The derived program has the packed format of ``_program.py`` with ``N_SLOTS`` lowered
 (attributes and sub-programs unchanged: nested programs have workspaces of their own), but
@@ -43,7 +47,6 @@ import numpy as np
 
 from ._program import (
     ARG_A,
-    ARITY,
     AT_ATTRS,
     AT_OUTPUTS,
     ATTR,
@@ -51,12 +54,14 @@ from ._program import (
     GUARD_OUTCOME,
     GUARD_SLOT,
     HEADER,
+    LAST_OPCODE,
     MAX_ARITY,
     N_SLOTS,
     OPCODE,
     RESULT,
     SIZE,
     STRIDE_A,
+    arities,
     code_of,
     first_result,
     guards_of,
@@ -66,6 +71,23 @@ from ._validate import TapeFormatError
 
 #: Free ranges (of more than one slot) the allocator keeps track of at most.
 _MAX_FREE = 256
+
+
+def _arity_table() -> np.ndarray:
+    """Operands of every opcode, the registered families' included."""
+    return arities(np.arange(LAST_OPCODE + 1))
+
+
+@numba.njit(cache=True, nogil=True, inline="always")
+def _last_read(code: np.ndarray, i: int, k: int) -> int:
+    """Last slot operand ``k`` of instruction ``i`` reads from its ``ARG`` on, in the
+    direction of its stride: a family operand is the block ``ARG .. ARG + length - 1``
+    (an empty one: ``ARG``, read by no one), an elementwise one its last element."""
+    a = code[i, ARG_A + k]
+    st = code[i, STRIDE_A + k]
+    if code[i, OPCODE] >= FIRST_FAMILY:
+        return a + st - 1 if st > 0 else a
+    return a + (code[i, SIZE] - 1) * st
 
 
 @numba.njit(cache=True, nogil=True)
@@ -188,10 +210,9 @@ def _plan(code: np.ndarray, nf: int, arity: np.ndarray, keep: np.ndarray) -> tup
     joins = np.zeros(n + 1, dtype=np.int64)
     pin = -1
     for i in range(n):
-        m = code[i, SIZE] - 1
         for k in range(arity[code[i, OPCODE]]):
             a = code[i, ARG_A + k]
-            z = a + m * code[i, STRIDE_A + k]
+            z = _last_read(code, i, k)
             lo, hi = min(a, z), max(a, z)
             if hi < nf or lo == hi:
                 continue
@@ -276,17 +297,16 @@ def compact(prog: np.ndarray) -> np.ndarray:
     _, code, outs, guards = _decode(prog)
     nf = first_result(prog)
     out = np.array(prog, dtype=np.int32)
-    if len(code) == 0 or (code[:, OPCODE] >= FIRST_FAMILY).any():
-        # A family instruction's operand blocks would have to stay whole (one unit per
-        # instruction), which the planner does not do yet: such programs keep their slots.
+    if len(code) == 0:
         return out
+    arity = _arity_table()
     keep = np.concatenate([outs, guards[:, GUARD_SLOT]]).astype(np.int64)
-    unit, first, end, slot, size = _plan(code, nf, ARITY, keep)
+    unit, first, end, slot, size = _plan(code, nf, arity, keep)
     start, high = _allocate(first, end, size, np.argsort(end, kind="stable"))
     shift = (start + nf - slot)[unit]
     _, new, new_outs, new_guards = _decode(out)
     slots = keep.copy()
-    _remap(code, new, nf, ARITY, shift, slots)
+    _remap(code, new, nf, arity, shift, slots)
     new_outs[:] = slots[: len(outs)]
     new_guards[:, GUARD_SLOT] = slots[len(outs) :]
     out[N_SLOTS] = nf + high
@@ -309,7 +329,7 @@ def _outside(code: np.ndarray, nf: int, n_slots: int, arity: np.ndarray) -> int:
                 if a != 0:
                     return i
                 continue
-            z = a + m * code[i, STRIDE_A + k]
+            z = _last_read(code, i, k)
             if min(a, z) < 0 or max(a, z) >= n_slots:
                 return i
     return -1
@@ -346,7 +366,7 @@ def check_compact(prog: np.ndarray, comp: np.ndarray) -> None:
         or not np.array_equal(prog[h[AT_ATTRS] :], comp[h[AT_ATTRS] :])
     ):
         raise TapeFormatError("a compact program must keep its original's instructions")
-    i = _outside(new, nf, n_slots, ARITY)
+    i = _outside(new, nf, n_slots, _arity_table())
     if i >= 0:
         raise TapeFormatError(f"compact program: instruction {i} reaches outside its "
                               f"{n_slots} slots")
