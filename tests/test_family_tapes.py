@@ -267,8 +267,6 @@ def test_compaction_keeps_family_blocks_whole():
 
 
 # -- float32, shared tapes, streaming, the njit bundle -----------------------------------
-@pytest.mark.xfail(strict=True, reason="the float32 sweeps cannot type _family_operand "
-                   "yet (float64 constants against a float32 workspace; the kernels' fix)")
 def test_float32_tape(chol):
     t32 = chol.astype(np.float32)
     x = np.array([W, -W]).astype(np.float32)
