@@ -209,6 +209,8 @@ class Recorder:
         if len(shape) >= 2 and n >= 2 * shape[-1] > 2 and len(operands) > 1:
             operands = self._rows_as_blocks(operands, shape)
         ops = [self._as_operand(o) for o in operands]
+        if n >= BLOCK_MIN and any(isinstance(o, np.ndarray) and (o < 0).all() for o in ops):
+            ops = self._constants_as_runs(ops, n)
         affine = [o for o in ops if not isinstance(o, np.ndarray)]
         if any(o[0] >= 0 for o in affine):  # an operand is variable everywhere: no folding
             is_const = None
@@ -236,6 +238,20 @@ class Recorder:
             self._groups.append((op.code, m, m, [f[var] for f in full]))
             result[var] = np.arange(k0, k0 + m, dtype=_I64)
         return result.reshape(shape)
+
+    def _constants_as_runs(self, ops: list[Operand], n: int) -> list[Operand]:
+        """Constant operands that are not one run of the pool (``x + 3 * np.eye(3)``:
+        deduplicated values) become a new run, so that an emission whose other operands
+        are blocks is one block instruction instead of ``n`` scalar ones."""
+        if any(isinstance(o, np.ndarray) and not (o < 0).all() for o in ops):
+            return ops
+        out: list[Operand] = []
+        for o in ops:
+            if isinstance(o, np.ndarray):
+                k0 = self._consts.extend(self.values(o))
+                o = (-1 - k0, -1)
+            out.append(o)
+        return out
 
     def _rows_as_blocks(self, operands: list[np.ndarray], shape: tuple) -> list[np.ndarray]:
         """A row vector broadcast down the rows of a matrix against an operand that is one
