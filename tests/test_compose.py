@@ -17,9 +17,13 @@ import tapejit
 RNG = np.random.default_rng(7)
 
 
-def _same_tape(composed, direct, X, params=None):
-    """Composed and directly recorded tapes give bitwise equal values and gradients."""
-    assert composed.listing(None).split(":", 1)[1] == direct.listing(None).split(":", 1)[1]
+def _same_tape(composed, direct, X, params=None, same_listing=True):
+    """Composed and directly recorded tapes give bitwise equal values and gradients (and
+    the same instructions, unless an inner family operand had to be copied into one
+    block again: the copies are exact)."""
+    if same_listing:
+        assert (composed.listing(None).split(":", 1)[1]
+                == direct.listing(None).split(":", 1)[1])
     v1, g1 = composed.value_and_grad(X, params)
     v2, g2 = direct.value_and_grad(X, params)
     np.testing.assert_array_equal(v1, v2)
@@ -63,8 +67,11 @@ def test_composed_equals_directly_recorded(name):
     direct = tapejit.record(lambda x: outer(g, x), np.full(n, 0.5))
     assert composed.n_inputs == direct.n_inputs == n
     X = RNG.uniform(0.2, 1.5, size=(7, n))
-    _same_tape(composed, direct, X)
-    _same_tape(composed, direct, X[0])
+    # partly constant: the inner tape's copy of a strided reduce operand is re-emitted
+    # as an elementwise copy whose constant elements fold, so it is copied once more
+    same = name != "partly_constant"
+    _same_tape(composed, direct, X, same_listing=same)
+    _same_tape(composed, direct, X[0], same_listing=same)
 
 
 def test_several_arguments_and_outputs():
@@ -204,7 +211,8 @@ def test_call_on_numbers_equals_forward():
 def test_tape_from_arrays_takes_a_vector():
     base = tapejit.record(lambda x: (np.sum(x[:2]), x[2] * x[0]), np.zeros(3))
     bare = tapejit.Tape(base.opcodes, base.args, base.consts, base.inputs, base.params,
-                        base.outputs, sizes=base.sizes, strides=base.strides)
+                        base.outputs, sizes=base.sizes, strides=base.strides,
+                        attrs=base.attrs, attr_offsets=base.attr_offsets)
     out = bare(np.array([1.0, 2.0, 3.0]))
     np.testing.assert_array_equal(out, [3.0, 3.0])
     composed = tapejit.record(lambda x: np.sum(bare(x * x)), np.ones(3))
