@@ -6,7 +6,7 @@
 [2.0, 4.0, 6.0]
 """
 
-from . import _families, optimize  # noqa: F401 - _families registers the families
+from . import _families, linalg, optimize  # noqa: F401 - _families registers the families
 from ._errors import BranchError, TracingError
 from ._float32 import Float32Tape
 from ._io import load_tape as load
@@ -50,6 +50,7 @@ __all__ = [
     "jit_value",
     "jit_value_and_grad",
     "jvp",
+    "linalg",
     "load",
     "optimize",
     "record",

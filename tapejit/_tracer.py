@@ -124,7 +124,11 @@ class Tracer:
         )
 
     def __array__(self, dtype: Any = None, copy: Any = None) -> np.ndarray:
-        raise self._no_convert("converting to a numpy array (np.asarray/np.array)")
+        err = self._no_convert("converting to a numpy array (np.asarray/np.array)")
+        err.args = (err.args[0] + " SciPy functions convert their arguments so: for "
+                    "scipy.linalg's solve_triangular, cho_factor, cho_solve and expm use "
+                    "tapejit.linalg's (same arguments).",)
+        raise err
 
     def item(self, *args: Any) -> float:
         raise self._no_convert("item()")

@@ -146,3 +146,36 @@ def test_eigenvector_gradient_at_a_repeated_eigenvalue_is_not_finite():
     tape = tapejit.record(f, np.array([2.0, 0.1, 0.1, 1.0]))
     g = tape.value_and_grad(np.eye(2).ravel())[1]
     assert not np.isfinite(g).all()  # undefined there: never a finite garbage number
+
+
+def test_scipy_functions_from_tapejit_linalg():
+    import scipy.linalg as sl
+
+    from tapejit.linalg import cho_factor, cho_solve, expm, solve_triangular
+
+    def f(z, solve_tri, factor, solve, exp):
+        K = _spd(z)
+        c = factor(K, lower=True)
+        r = solve(c, z[N * N :])
+        L = np.tril(K) + np.eye(N)
+        t = solve_tri(L, z[N * N :], lower=True)
+        return r @ r + np.sum(t ** 2) + np.sum(exp(0.1 * _gen(z)))
+
+    z = 0.3 * RNG.normal(size=N * N + N)
+    ours = lambda z: f(z, solve_triangular, cho_factor, cho_solve, expm)  # noqa: E731
+    want = f(z, sl.solve_triangular, sl.cho_factor, sl.cho_solve, sl.expm)
+    assert ours(z) == pytest.approx(want, rel=1e-12)  # untraced: SciPy's own values
+    tape = tapejit.record(ours, z)
+    v, g = tape.value_and_grad(z)
+    assert v == pytest.approx(want, rel=1e-11)
+    eps = 1e-6
+    gn = np.array([(ours(z + eps * e) - ours(z - eps * e)) / (2 * eps) for e in np.eye(z.size)])
+    np.testing.assert_allclose(g, gn, rtol=1e-6, atol=1e-7)
+
+
+def test_scipy_on_a_traced_value_names_tapejit_linalg():
+    import scipy.linalg as sl
+
+    with pytest.raises(tapejit.TracingError, match=r"tapejit\.linalg"):
+        tapejit.record(lambda z: sl.solve_triangular(z.reshape(2, 2), np.ones(2)),
+                       np.array([1.0, 0.0, 1.0, 1.0]))
