@@ -319,11 +319,12 @@ class Recorder:
                 else:
                     ids = self._copy(ids)
             blocks.append(ids)
+        operand_values = [self._block_values(b) for b in blocks]
         with np.errstate(all="ignore"):
-            vals = np.asarray(family.reference(attrs, *(self.values(b) for b in blocks)),
+            vals = np.asarray(family.reference(attrs, *operand_values),
                               dtype=np.float64).ravel()
         if family.failure and not np.isfinite(vals).all() and all(
-                np.isfinite(self.values(b)).all() for b in blocks):
+                np.isfinite(v).all() for v in operand_values):
             raise np.linalg.LinAlgError(f"{family.failure} ({family.name} at the recording "
                                         "point)")
         k0 = self._add_chunk(np.array(vals))
@@ -346,6 +347,18 @@ class Recorder:
         z = self.emit(BY_NAME["mul"], ids, zero)
         s = self.emit_family(family("reduce"), [z], (SUM, 1, ids.size, 1))
         self.guard(int(self.emit(BY_NAME["equal"], s, zero)[0]))
+
+    def _block_values(self, ids: np.ndarray) -> np.ndarray:
+        """Values of one block of ids (a view where it lies in one chunk or the pool)."""
+        if ids.size > 1:
+            first = int(ids[0])
+            if first < 0:
+                return self._consts.data[-1 - first : -1 - first + ids.size]
+            c = bisect.bisect_right(self._chunk_starts, first) - 1
+            vals, c0 = self._chunk_vals[c], self._chunk_starts[c]
+            if first - c0 + ids.size <= vals.size:
+                return vals[first - c0 : first - c0 + ids.size]
+        return self.values(ids)
 
     def _copy(self, ids: np.ndarray) -> np.ndarray:
         """Fresh consecutive result ids holding the values of ``ids`` (never folded)."""
