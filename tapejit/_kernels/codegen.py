@@ -676,8 +676,10 @@ def _family_dispatch(sweep: str) -> str:
         lines += [f"    {kw} op == {code}:  # {family.name}",
                   f"        {family.rules[sweep]}(at, a, b, c, r, {_FAMILY_CALL[sweep]})"]
         kw = "elif"
-    if kw == "if":
-        lines.append("    return")
+    # an opcode no branch here runs: a program checked against other families
+    lines += ["    else:" if kw == "elif" else "    if True:",
+              '        raise ValueError("an instruction family this kernel module does not '
+              'run")']
     return "\n".join(lines) + "\n"
 
 
