@@ -30,7 +30,7 @@ few percent of arguments.
   at the end (numpy's values).
 * ``_exp``: fdlibm's ``__ieee754_exp``: ``x = k ln2 + r`` (``_reduce_ln2``, ``k`` read
   from the bits of the rounding sum), its polynomial in ``r``, and ``2**k`` applied in two
-  exact steps (``_scale``) so that subnormal results round once; overflow, underflow and
+  exact steps (``_times_pow2``) so that subnormal results round once; overflow, underflow and
   NaN are selected at the end.
 * ``_expm1``: fdlibm's ``expm1``, every case of ``k`` computed and the right one
   selected. ``_expm1_parts`` also returns the last addition's rounding error for
@@ -243,7 +243,7 @@ def _reduce_ln2(x):
 
 
 @njit(cache=True, nogil=True, inline="always")
-def _scale(y, ik):
+def _times_pow2(y, ik):
     # y * 2**ik for |ik| <= 1100, in two exact steps: one rounding, into the subnormals
     # or to infinity, where the result lands there.
     k1 = ik >> 1
@@ -257,7 +257,7 @@ def _exp(x):
     r = hi - lo
     t = r * r
     c = r - t * (_P1 + t * (_P2 + t * (_P3 + t * (_P4 + t * _P5))))
-    v = _scale(1.0 - ((lo - (r * c) / (2.0 - c)) - hi), ik)
+    v = _times_pow2(1.0 - ((lo - (r * c) / (2.0 - c)) - hi), ik)
     v = math.inf if x > _EXP_MAX else v
     v = 0.0 if x < _EXP_MIN else v
     return x if x != x else v
@@ -285,8 +285,8 @@ def _expm1_parts(x):
     v1 = -2.0 * (e - (r + 0.5)) if r < -0.25 else 1.0 + 2.0 * (r - e)  # k == 1
     vm1 = 0.5 * (r - e) - 0.5  # k == -1
     vs = ((1.0 - p) - (e - r)) if ik < 20 else ((r - (e + p)) + 1.0)  # 2 <= k <= 56
-    vs = _scale(vs, ik)
-    vb = _scale(1.0 - (e - r), ik) - 1.0  # k <= -2 or k > 56
+    vs = _times_pow2(vs, ik)
+    vb = _times_pow2(1.0 - (e - r), ik) - 1.0  # k <= -2 or k > 56
     v = vs if (ik >= 2 and ik <= 56) else vb
     v = v1 if ik == 1 else v
     v = vm1 if ik == -1 else v
