@@ -29,9 +29,9 @@ few percent of arguments.
   scaled by ``2**54`` first, and zero, negative, infinite and NaN arguments are selected
   at the end (numpy's values).
 * ``_exp``: fdlibm's ``__ieee754_exp``: ``x = k ln2 + r`` (``_reduce_ln2``, ``k`` read
-  from the bits of the rounding sum), its polynomial in ``r``, and ``2**k`` applied in two
-  exact steps (``_times_pow2``) so that subnormal results round once; overflow, underflow and
-  NaN are selected at the end.
+  from the bits of the rounding sum), its polynomial in ``r``, and ``2**k`` applied in
+  two exact steps (``_times_pow2``) so that subnormal results round once; overflow,
+  underflow and NaN are selected at the end.
 * ``_expm1``: fdlibm's ``expm1``, every case of ``k`` computed and the right one
   selected. ``_expm1_parts`` also returns the last addition's rounding error for
   ``|x| < ln2 / 2``.
