@@ -72,7 +72,7 @@ SWAPPABLE = "swappable"
 FAST_BLOCK = "fast_block"
 #: A binary ``FAST_BLOCK`` op that also gets fast paths with one operand broadcast.
 FAST_BROADCAST = "fast_broadcast"
-#: Computed by tapejit's own vectorizing functions (``_sin``, ``_cos``, ``_log``): a
+#: Computed by tapejit's own vectorizing functions (``_sin``, ``_log``, ``_exp``, ...): a
 #: contiguous block gets a fast path in the one-point value sweeps too.
 VECTOR_FN = "vector_fn"
 #: The value is exact or one correctly rounded IEEE operation, so it equals numpy's bit
@@ -287,18 +287,19 @@ _TABLE: list[Op] = [
        frozenset({EXACT}), doc="derivative +inf at 0"),
     Op(10, "cbrt", 1, "np.cbrt(a)", ("1.0 / (3.0 * r * r)",),
        ("-2.0 / (9.0 * r * r * r * r * r)",), np.cbrt, ((0.2, 4.0),), doc="derivative +inf at 0"),
-    Op(11, "exp", 1, "math.exp(a)", ("r",), ("r",), np.exp, (_R,)),
+    Op(11, "exp", 1, "_exp(a)", ("r",), ("r",), np.exp, (_R,), frozenset({VECTOR_FN})),
     Op(12, "exp2", 1, "np.exp2(a)", ("r * 0.6931471805599453",),
        ("r * 0.4804530139182014",), np.exp2, (_R,)),
-    Op(13, "expm1", 1, "math.expm1(a)", ("r + 1.0",), ("r + 1.0",), np.expm1, (_R,)),
+    Op(13, "expm1", 1, "_expm1(a)", ("r + 1.0",), ("r + 1.0",), np.expm1, (_R,),
+       frozenset({VECTOR_FN})),
     Op(14, "log", 1, "_log(a)", ("1.0 / a",), ("-1.0 / (a * a)",), np.log, (_POS,),
        frozenset({VECTOR_FN})),
     Op(15, "log2", 1, "math.log2(a)", ("1.4426950408889634 / a",),
        ("-1.4426950408889634 / (a * a)",), np.log2, (_POS,)),
     Op(16, "log10", 1, "math.log10(a)", ("0.4342944819032518 / a",),
        ("-0.4342944819032518 / (a * a)",), np.log10, (_POS,)),
-    Op(17, "log1p", 1, "math.log1p(a)", ("1.0 / (1.0 + a)",),
-       ("-1.0 / ((1.0 + a) * (1.0 + a))",), np.log1p, ((-0.9, 3.0),)),
+    Op(17, "log1p", 1, "_log1p(a)", ("1.0 / (1.0 + a)",),
+       ("-1.0 / ((1.0 + a) * (1.0 + a))",), np.log1p, ((-0.9, 3.0),), frozenset({VECTOR_FN})),
     # --- trigonometric and hyperbolic ---------------------------------------------------
     Op(18, "sin", 1, "_sin(a)", ("_cos(a)",), ("-r",), np.sin, (_R,), frozenset({VECTOR_FN})),
     Op(19, "cos", 1, "_cos(a)", ("-_sin(a)",), ("-r",), np.cos, (_R,), frozenset({VECTOR_FN})),
@@ -317,8 +318,8 @@ _TABLE: list[Op] = [
        np.arctan2, (_R, (0.5, 3.0)), doc="NaN derivative at the origin"),
     Op(25, "sinh", 1, "math.sinh(a)", ("math.cosh(a)",), ("r",), np.sinh, (_R,)),
     Op(26, "cosh", 1, "math.cosh(a)", ("math.sinh(a)",), ("r",), np.cosh, (_R,)),
-    Op(27, "tanh", 1, "math.tanh(a)", ("1.0 - r * r",), ("-2.0 * r * (1.0 - r * r)",),
-       np.tanh, (_R,)),
+    Op(27, "tanh", 1, "_tanh(a)", ("1.0 - r * r",), ("-2.0 * r * (1.0 - r * r)",),
+       np.tanh, (_R,), frozenset({VECTOR_FN})),
     Op(28, "arcsinh", 1, "math.asinh(a)", ("1.0 / math.sqrt(a * a + 1.0)",),
        ("-a / (a * a + 1.0) ** 1.5",), np.arcsinh, (_R,)),
     Op(29, "arccosh", 1, "math.acosh(a)", ("1.0 / math.sqrt(a * a - 1.0)",),
@@ -363,10 +364,10 @@ _TABLE: list[Op] = [
        _Z6, _sel, ((0.0, 1.0), _R, _R), frozenset({PIECEWISE, FAST_BLOCK, EXACT}),
        doc="select: the untaken operand gets an exactly zero adjoint", rank=7,
        edges=_conditions),
-    Op(40, "logaddexp", 2, "_logaddexp(a, b)", ("math.exp(a - r)", "math.exp(b - r)"),
-       ("math.exp(a - r) * (1.0 - math.exp(a - r))", "-math.exp(a - r) * math.exp(b - r)",
-        "math.exp(b - r) * (1.0 - math.exp(b - r))"),
-       np.logaddexp, (_R, _R), frozenset({COMMUTATIVE, SWAPPABLE})),
+    Op(40, "logaddexp", 2, "_logaddexp(a, b)", ("_exp(a - r)", "_exp(b - r)"),
+       ("_exp(a - r) * (1.0 - _exp(a - r))", "-_exp(a - r) * _exp(b - r)",
+        "_exp(b - r) * (1.0 - _exp(b - r))"),
+       np.logaddexp, (_R, _R), frozenset({COMMUTATIVE, SWAPPABLE, VECTOR_FN, FAST_BROADCAST})),
     Op(41, "stop_gradient", 1, "a", (Z,), (Z,), lambda a: np.array(a, dtype=np.float64),
        (_R,), frozenset({ZERO_DERIVATIVE, EXACT}),
        doc="value passes through, derivative 0 (detach)", trace=_stop_gradient),
@@ -435,6 +436,25 @@ COMPATIBLE_FINGERPRINTS: dict[str, str] = {
 }
 
 
+#: tapejit's own functions (``tapejit/_kernels/libm.py``) that replaced a C library call
+#: in the table's expressions, by the call they replaced. They compute the same function
+#: to within an ulp, so the op means what it meant: :func:`op_fingerprint` hashes the
+#: expressions with the call they replaced, and tape files saved before still load.
+REPLACED_CALLS: dict[str, str] = {
+    "_exp": "math.exp",
+    "_expm1": "math.expm1",
+    "_log1p": "math.log1p",
+    "_tanh": "math.tanh",
+}
+
+
+def _as_replaced(source: str) -> str:
+    """``source`` with each call of a :data:`REPLACED_CALLS` function spelled as the call
+    it replaced."""
+    return re.sub(r"\b(" + "|".join(REPLACED_CALLS) + r")\(",
+                  lambda m: REPLACED_CALLS[m[1]] + "(", source)
+
+
 def _helper_sources() -> dict[str, str]:
     """Source text of each scalar helper the table's expressions may call, by name.
 
@@ -468,13 +488,14 @@ def _code_tokens(source: str) -> str:
 def op_fingerprint(op: Op) -> str:
     """A short hash of what ``op`` means: its opcode, name, arity, value and derivative
     expressions, and the code of every scalar helper those call (directly or through
-    another helper).
+    another helper), with tapejit's own functions spelled as the C library calls they
+    replaced (:data:`REPLACED_CALLS`).
 
     A tape file records it for each op it uses (``tapejit._io``) and is refused where
     one of them differs: an op whose definition is unchanged keeps its hash whatever
     else the table gains.
     """
-    sources = _helper_sources()
+    sources = {name: _as_replaced(src) for name, src in _helper_sources().items()}
     todo = [*op.partials, *op.second, op.value]
     used: set[str] = set()
     while todo:
@@ -483,7 +504,9 @@ def op_fingerprint(op: Op) -> str:
                 used.add(name)
                 todo.append(sources[name])
     h = hashlib.sha256()
-    h.update(repr((op.code, op.name, op.arity, op.value, op.partials, op.second)).encode())
+    exprs = tuple(_as_replaced(e) for e in (op.value, *op.partials, *op.second))
+    value, partials, second = exprs[0], exprs[1 : 1 + op.arity], exprs[1 + op.arity :]
+    h.update(repr((op.code, op.name, op.arity, value, partials, second)).encode())
     for name in sorted(used):
         h.update(f"\n{name}: {_code_tokens(sources[name])}".encode())
     return h.hexdigest()[:16]

@@ -9,6 +9,11 @@ kernels give the same bits. Regenerate the fixture (only when a change of result
 intended and understood) with::
 
     python tests/_kernel_bits.py tests/data/kernel_bits.npz
+
+When only some ops' implementations changed (tapejit's own ``exp`` instead of libm's),
+recompute only the programs that use them, keeping every other program's stored bits::
+
+    python tests/_kernel_bits.py tests/data/kernel_bits.npz --ops exp,tanh
 """
 
 from __future__ import annotations
@@ -144,5 +149,27 @@ def programs(data) -> list[tuple[int, dict[str, dict[str, np.ndarray]]]]:
     return sorted(grouped.items())
 
 
+def refresh(path: str, names: list[str]) -> list[int]:
+    """Recompute, in the fixture at ``path``, the results of the programs that use one of
+    the ops ``names``; returns their indices."""
+    codes = {op.code for op in OPS if op.name in names}
+    if len(codes) != len(set(names)):
+        raise ValueError(f"unknown op among {names}")
+    with np.load(path) as f:
+        data = {k: f[k] for k in f.files}
+        cases = programs(f)
+    redone = []
+    for i, case in cases:
+        if codes & set(case["prog"]["opcodes"].tolist()):
+            for k, a in results(tape_of(case["prog"]), case["in"]).items():
+                data[f"{i}/out/{k}"] = a
+            redone.append(i)
+    np.savez_compressed(path, **data)
+    return redone
+
+
 if __name__ == "__main__":
-    np.savez_compressed(sys.argv[1], **build())
+    if sys.argv[2:3] == ["--ops"]:
+        print("recomputed programs", refresh(sys.argv[1], sys.argv[3].split(",")))
+    else:
+        np.savez_compressed(sys.argv[1], **build())

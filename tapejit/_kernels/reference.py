@@ -12,7 +12,8 @@ from . import scalar
 
 #: The numpy function each of tapejit's own libm functions (``libm.py``) computes, to
 #: within an ulp.
-LIBM_NUMPY = {"_sin": np.sin, "_cos": np.cos, "_log": np.log}
+LIBM_NUMPY = {"_sin": np.sin, "_cos": np.cos, "_log": np.log, "_exp": np.exp,
+              "_expm1": np.expm1, "_log1p": np.log1p, "_tanh": np.tanh}
 
 
 def reference_namespace(math: Any) -> dict[str, Any]:

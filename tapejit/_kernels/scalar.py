@@ -1,13 +1,17 @@
 """Scalar helpers that the op table's value and partial expressions call.
 
 They live beside the table (``tapejit/_ops.py``) in spirit: the table's expressions are
-self-contained given these and tapejit's own ``_sin``, ``_cos`` and ``_log``
-(``libm.py``). ``_azmul`` is the sweeps' product rule: zero times anything is zero.
+self-contained given these and tapejit's own ``_sin``, ``_cos``, ``_log``, ``_exp``,
+``_expm1``, ``_log1p`` and ``_tanh`` (``libm.py``). ``_azmul`` is the sweeps' product
+rule: zero times anything is zero.
 """
 
-import math
+from typing import TYPE_CHECKING
 
 from tapejit._kernels.njit import njit
+
+if TYPE_CHECKING:
+    from tapejit._kernels.libm import _exp, _log1p
 
 # --- kernel source ---
 
@@ -35,12 +39,13 @@ def _clip(a, lo, hi):
     return _minimum(_maximum(a, lo), hi)
 
 
-@njit(cache=True, nogil=True)
+# Inlined, so that a row loop over it vectorizes (tapejit's own _exp and _log1p).
+@njit(cache=True, nogil=True, inline="always")
 def _logaddexp(a, b):
     if a == b:
         return a + 0.6931471805599453
     m = _maximum(a, b)
-    return m + math.log1p(math.exp(-abs(a - b)))
+    return m + _log1p(_exp(-abs(a - b)))
 
 
 @njit(cache=True, nogil=True)
