@@ -116,7 +116,11 @@ def test_value_batched_matches_numpy(name, rng_seed):
     if EXACT in op.flags:
         np.testing.assert_array_equal(got, ref)
     else:
-        np.testing.assert_allclose(got, ref, rtol=1e-13, atol=0)
+        # 1e-13 relative, or a couple of ulps of the operands where the result cancels
+        # (logaddexp(a, b) near 0 with a ~ -b: numpy's own error there is that large)
+        tol = np.maximum(1e-13 * np.abs(ref), 2 * np.max(np.spacing(np.abs(X)), axis=1))
+        ok = (got == ref) | (np.abs(got - ref) <= tol) | (np.isnan(got) & np.isnan(ref))
+        assert ok.all(), (X[~ok][:3], got[~ok][:3], ref[~ok][:3])
     # a small batch takes the serial driver; it must give the same bits
     np.testing.assert_array_equal(tape.forward(X[:7]), got[:7])
 
