@@ -327,6 +327,8 @@ class Recorder:
                 np.isfinite(v).all() for v in operand_values):
             raise np.linalg.LinAlgError(f"{family.failure} ({family.name} at the recording "
                                         "point)")
+        if all((b < 0).all() for b in blocks):  # constants only: a constant result
+            return self.const(vals)
         k0 = self._add_chunk(np.array(vals))
         self._family_results[k0] = (family.name, vals.size)
         first = [(int(b[0]) if b.size else 0, b.size) for b in blocks]

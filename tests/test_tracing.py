@@ -265,12 +265,12 @@ def test_floordiv_mod_derivatives():
         assert g[0] == 1.0
 
 
-def test_reduction_of_ties_splits_the_derivative():
+def test_max_and_min_send_a_tie_s_derivative_to_the_first_extreme_element():
+    # numpy's argmax choice (docs: internals, the reduce family); a subgradient
     tape = tapejit.record(lambda a: np.max(a), np.zeros(2))
-    np.testing.assert_array_equal(tape.gradient(np.array([1.0, 1.0])), [0.5, 0.5])
-    tape = tapejit.record(lambda a: np.max(a), np.zeros(3))
-    g = tape.gradient(np.array([2.0, 2.0, 2.0]))
-    assert g.sum() == 1.0 and np.all(g > 0)
+    np.testing.assert_array_equal(tape.gradient(np.array([1.0, 1.0])), [1.0, 0.0])
+    tape = tapejit.record(lambda a: np.min(a), np.zeros(3))
+    np.testing.assert_array_equal(tape.gradient(np.array([3.0, 2.0, 2.0])), [0.0, 1.0, 0.0])
 
 
 def test_empty_reductions():
@@ -359,14 +359,14 @@ def test_constant_slots_hold_their_values():
     [
         (lambda x: np.sort(x), np.zeros(3), "numpy.sort"),
         (lambda x: np.fft.fft(x), np.zeros(4), "numpy.fft.fft"),
-        (lambda x: np.linalg.inv(x.reshape(2, 2)), np.zeros(4), "numpy.linalg.inv"),
-        (lambda x: np.linalg.det(x.reshape(2, 2)), np.zeros(4), "numpy.linalg.det"),
+        (lambda x: np.linalg.eig(x.reshape(2, 2)), np.zeros(4), "numpy.linalg.eig"),
+        (lambda x: np.linalg.cond(x.reshape(2, 2)), np.zeros(4), "numpy.linalg.cond"),
         (lambda x: np.median(x), np.zeros(3), "numpy.median"),
-        (lambda x: np.cumprod(x), np.zeros(3), "numpy.cumprod"),
+        (lambda x: np.nancumsum(x), np.zeros(3), "numpy.nancumsum"),
         (lambda x: np.fmod(x, 2.0), np.zeros(3), "numpy.fmod"),
         (lambda x: np.argmax(x), np.zeros(3), "numpy.argmax"),
     ],
-    ids=["sort", "fft", "inv", "det", "median", "cumprod", "fmod-ufunc", "argmax"],
+    ids=["sort", "fft", "eig", "cond", "median", "nancumsum", "fmod-ufunc", "argmax"],
 )
 def test_unsupported_numpy_function_raises_naming_it(f, arg, qualname):
     pattern = "cannot trace " + re.escape(qualname) + r"\b"
@@ -386,8 +386,8 @@ def test_ufunc_methods_other_than_reduce_raise():
         tapejit.record(lambda x: np.add.accumulate(x), np.zeros(3))
     with pytest.raises(TracingError, match=r"numpy\.exp\(\.\.\., out=\.\.\.\) cannot be traced"):
         tapejit.record(lambda x: np.exp(x, out=np.empty(3)), np.zeros(3))
-    with pytest.raises(TracingError, match=r"numpy\.sum with|reduction with initial"):
-        tapejit.record(lambda x: np.sum(x, initial=1.0), np.zeros(3))
+    with pytest.raises(TracingError, match=r"numpy\.sum\(\.\.\., out=\.\.\.\)"):
+        tapejit.record(lambda x: np.sum(x, out=np.empty(())), np.zeros(3))
 
 
 # ---------------------------------------------------------------------------------------
