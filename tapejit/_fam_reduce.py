@@ -163,7 +163,10 @@ def _reduce(emit_family: EmitFamily, kind: int, x: Any, axes: tuple[int, ...],
     if kind in _NAMES and n == 0 and outer * inner != 0:
         raise ValueError(
             f"zero-size array to reduction operation {_NAMES[kind]} which has no identity")
-    r = emit_family("reduce", [flat], (kind, outer, n, inner), out_shape)
+    if n == 1:  # one element: it is its own sum, product, max and min (records nothing)
+        r = np.reshape(np.transpose(x, kept + list(axes)), out_shape)
+    else:
+        r = emit_family("reduce", [flat], (kind, outer, n, inner), out_shape)
     if keepdims:
         r = np.reshape(r, tuple(1 if d in axes else s for d, s in enumerate(shape)))
     return r

@@ -147,7 +147,7 @@ def _vector_norm(x: Any, ord: Any, axis: int, keepdims: bool) -> Any:
     if ord == 1:
         return np.sum(np.abs(x), axis=axis, keepdims=keepdims)
     if ord is None or ord == 2:
-        return np.sqrt(np.sum(x * x, axis=axis, keepdims=keepdims))
+        return np.sqrt(np.sum(np.square(x), axis=axis, keepdims=keepdims))
     if isinstance(ord, str):
         raise ValueError(f"Invalid norm order '{ord}' for vectors")
     return np.sum(np.abs(x) ** ord, axis=axis, keepdims=keepdims) ** (1.0 / ord)
@@ -171,7 +171,7 @@ def _matrix_norm(x: Any, ord: Any, row: int, col: int) -> Any:
     if ord == -np.inf:
         return np.min(np.sum(np.abs(x), axis=col), axis=row - 1 if row > col else row)
     if ord in (None, "fro", "f"):
-        return np.sqrt(np.sum(x * x, axis=(row, col)))
+        return np.sqrt(np.sum(np.square(x), axis=(row, col)))
     if ord == "nuc":
         return np.sum(_singular_values(x, row, col), axis=-1)
     raise ValueError("Invalid norm order for matrices.")
@@ -185,7 +185,7 @@ def norm(x: Any, ord: Any = None, axis: Any = None, keepdims: bool = False) -> A
     nd = x.ndim
     if axis is None:
         if ord is None or (ord in ("f", "fro") and nd == 2) or (ord == 2 and nd == 1):
-            ret = np.sqrt(np.sum(x * x))
+            ret = np.sqrt(np.sum(np.square(x)))
             return ret.reshape((1,) * nd) if keepdims else ret
         axis = tuple(range(nd))
     elif not isinstance(axis, tuple):
