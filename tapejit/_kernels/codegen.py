@@ -659,8 +659,9 @@ def _family_dispatch(sweep: str) -> str:
              "    n = prog[k + SIZE]",
              "    r = W[ir : ir + n]"]
     for x in "abc":
-        j = "abc".index(x)
-        lines += [f"    i{x} = prog[k + ARG_A + {j}]", f"    l{x} = prog[k + STRIDE_A + {j}]",
+        arg, length = {"a": ("ARG_A", "STRIDE_A"), "b": ("ARG_B", "STRIDE_B"),
+                       "c": ("ARG_C", "STRIDE_C")}[x]
+        lines += [f"    i{x} = prog[k + {arg}]", f"    l{x} = prog[k + {length}]",
                   f"    {x} = _family_operand(prog, consts, P, W, i{x}, l{x})",
                   f"    d{x} = _family_active(prog, i{x}, l{x})"]
         if sweep in ("reverse", "second_order"):
