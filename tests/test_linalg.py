@@ -142,9 +142,11 @@ def test_eigvalsh_gradient_is_exact_at_a_repeated_eigenvalue():
 
 
 def test_eigenvector_gradient_at_a_repeated_eigenvalue_is_not_finite():
-    f = lambda a: np.sum(np.linalg.eigh(a.reshape(2, 2))[1][:, 0] ** 4)  # noqa: E731
-    tape = tapejit.record(f, np.array([2.0, 0.1, 0.1, 1.0]))
-    g = tape.value_and_grad(np.eye(2).ravel())[1]
+    f = lambda a: np.sum(np.linalg.eigh(a.reshape(3, 3))[1][:, 0] ** 4)  # noqa: E731
+    Q, _ = np.linalg.qr(RNG.normal(size=(3, 3)))
+    tape = tapejit.record(f, (Q @ np.diag([1.0, 2.0, 3.0]) @ Q.T).ravel())
+    repeated = (Q @ np.diag([1.0, 1.0, 3.0]) @ Q.T).ravel()  # a rotated, repeated pair
+    g = tape.value_and_grad(repeated)[1]
     assert not np.isfinite(g).all()  # undefined there: never a finite garbage number
 
 

@@ -97,7 +97,8 @@ def test_pickle_size_is_proportional():
     small = tapejit.record(_rosen, np.zeros(100))
     large = tapejit.record(_rosen, np.zeros(10000))
     ratio = len(pickle.dumps(large)) / len(pickle.dumps(small))
-    assert 0.8 < ratio / (_payload(large) / _payload(small)) < 1.25
+    # a small tape's pickle carries a fixed overhead (names, shapes) besides its arrays
+    assert 0.7 < ratio / (_payload(large) / _payload(small)) < 1.25
 
 
 # -- shared memory, in this process ------------------------------------------------------

@@ -168,7 +168,9 @@ def test_array_code_zeroes_almost_nothing():
     )
     plan, ni = reverse_plan(tape), len(tape)
     ranges = plan[ni + 1 : ni + 1 + 2 * plan[ni]].reshape(-1, 2)
-    assert int((ranges[:, 1] - ranges[:, 0]).sum()) <= 2  # the output and x[-1]
+    # the output, x[-1], and the 49 terms the sum instruction reads (a family routine
+    # adds into its operands' adjoints, so they are zeroed first)
+    assert int((ranges[:, 1] - ranges[:, 0]).sum()) <= 2 + 49
     check_symbolically(tape)
     x = np.linspace(-1.0, 2.0, 50)
     g = tape.value_and_grad(x)[1]

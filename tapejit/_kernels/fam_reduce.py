@@ -97,56 +97,6 @@ def _red_spread(r, m):
 
 # -- sums --------------------------------------------------------------------------------
 @njit(cache=True, nogil=True)
-def _red_psum1(x, st):
-    # Pairwise sum of one sequence, numpy's scheme: blocks of 128 summed by 8 interleaved
-    # accumulators, block sums combined as a binary tree (st: the stack of partial sums).
-    n = x.shape[0]
-    if n < 8:
-        s = x[0]
-        for k in range(1, n):
-            s += x[k]
-        return s
-    top = 0
-    nb = 0
-    for b0 in range(0, n, 128):
-        b1 = min(b0 + 128, n)
-        k = b0
-        if b1 - b0 >= 8:
-            s0, s1, s2, s3 = x[k], x[k + 1], x[k + 2], x[k + 3]
-            s4, s5, s6, s7 = x[k + 4], x[k + 5], x[k + 6], x[k + 7]
-            k += 8
-            while k + 8 <= b1:
-                s0 += x[k]
-                s1 += x[k + 1]
-                s2 += x[k + 2]
-                s3 += x[k + 3]
-                s4 += x[k + 4]
-                s5 += x[k + 5]
-                s6 += x[k + 6]
-                s7 += x[k + 7]
-                k += 8
-            s = ((s0 + s1) + (s2 + s3)) + ((s4 + s5) + (s6 + s7))
-        else:
-            s = x[k]
-            k += 1
-        while k < b1:
-            s += x[k]
-            k += 1
-        st[top] = s
-        top += 1
-        nb += 1
-        c = nb
-        while c % 2 == 0:
-            top -= 1
-            st[top - 1] += st[top]
-            c //= 2
-    s = st[top - 1]
-    for j in range(top - 2, -1, -1):
-        s += st[j]
-    return s
-
-
-@njit(cache=True, nogil=True)
 def _red_psum(x, out, st):
     # out[q] = sum over k of x[k, q], pairwise per lane: blocks of 8 rows summed directly
     # (lanes innermost), block sums combined as a binary tree on the stack st.
@@ -154,13 +104,8 @@ def _red_psum(x, out, st):
     if n == 0:
         out[:] = 0
         return
-    if lanes == 1:
-        col = x[:, 0]
-        if col.strides[0] == col.itemsize:
-            out[0] = _red_psum1(np.ascontiguousarray(col), st[:, 0])
-        else:
-            out[0] = _red_psum1(col, st[:, 0])
-        return
+    # The same order for one lane as for many: one point and many points give the same
+    # bits (numpy's own 8-accumulator order at one lane would differ from the lanes').
     top = 0
     nb = 0
     for b0 in range(0, n, 8):
