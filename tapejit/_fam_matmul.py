@@ -40,4 +40,5 @@ def reference(attrs, a, b, c=None) -> np.ndarray:
 
 
 MATMUL = Family("matmul", 128, 2, ATTRS, {s: f"matmul_{s.split('_')[0]}" for s in SWEEPS},
-                check=_check, sizes=_sizes, kernel="fam_matmul", reference=reference)
+                check=_check, sizes=_sizes, kernel="fam_matmul", reference=reference,
+                blas=True)

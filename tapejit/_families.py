@@ -32,13 +32,13 @@ def _rules(name: str) -> dict[str, str]:
 CHOLESKY = Family("cholesky", 135, 1, ("n",), _rules("cholesky"), check=chol.cholesky_check,
                   sizes=_rows(chol.cholesky_size, chol.cholesky_operand_sizes),
                   kernel="fam_chol", reference=chol.cholesky_reference,
-                  failure="Matrix is not positive definite")
+                  failure="Matrix is not positive definite", blas=True)
 SOLVE_TRIANGULAR = Family(
     "solve_triangular", 136, 2, ("n", "k", "lower", "trans", "unit_diagonal"),
     _rules("solve_triangular"), check=chol.solve_triangular_check,
     sizes=_rows(chol.solve_triangular_size, chol.solve_triangular_operand_sizes),
     kernel="fam_chol", reference=chol.solve_triangular_reference,
-    failure="Singular triangular matrix (a zero on its diagonal)")
+    failure="Singular triangular matrix (a zero on its diagonal)", blas=True)
 
 
 def _register(*families: Family) -> None:
@@ -84,13 +84,13 @@ _FAILURES = {"solve": "Singular matrix", "inv": "Singular matrix",
 LU = tuple(
     Family(f.name, opcode, f.arity, f.attrs, _rules(f.name), check=f.check,
            sizes=_operands_then_result(f.sizes), kernel="fam_lu", reference=f.reference,
-           failure=_FAILURES.get(f.name, ""))
+           failure=_FAILURES.get(f.name, ""), blas=True)
     for opcode, f in zip((131, 132, 133, 134), lu.LU_FAMILIES, strict=True))
 
 EIG = tuple(
     Family(f.name, opcode, f.arity, f.attrs, _rules(f.name), check=f.check,
            sizes=_operands_then_result(f.sizes), kernel="fam_eig", reference=f.reference,
-           failure=_FAILURES[f.name])
+           failure=_FAILURES[f.name], blas=True)
     for opcode, f in zip((137, 138, 139), eig.EIG_FAMILIES, strict=True))
 
 _register(MATMUL, REDUCE, SCAN, *LU, CHOLESKY, SOLVE_TRIANGULAR, *EIG)

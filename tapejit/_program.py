@@ -264,6 +264,11 @@ class Family:
         positive definite matrix): what went wrong, said when recording meets it; the
         recorder also guards each such instruction's result to be finite, so evaluating
         a tape there raises (or masks, ``check="mask"``) instead of returning NaN.
+    blas : bool
+        Whether its routines call BLAS or LAPACK. Those sum in an order of their own for
+        each shape of call (one point is a matrix-vector product, a chunk of points a
+        matrix-matrix product), so its values at one point and over many may differ in
+        the last bits; every other instruction gives the same bits on every path.
     """
 
     name: str
@@ -277,6 +282,7 @@ class Family:
     kernel: str = ""
     reference: Callable[..., np.ndarray] | None = None
     failure: str = ""
+    blas: bool = False
 
     def __post_init__(self) -> None:
         if not FIRST_FAMILY <= self.opcode <= LAST_OPCODE:
