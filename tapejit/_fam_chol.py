@@ -21,17 +21,15 @@ values (the reference: NaN). Neither raises inside a sweep: the boundary decides
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from typing import Any
 
 import numpy as np
 
+from ._program import MAX_FAMILY_SIZE, EmitFamily, Family, attr_columns, family_rules
 from ._tracer import Tracer
 
 #: Larger n would overflow the int32 slot arithmetic of an n x n operand.
 _MAX_N = 46340
-
-EmitFamily = Callable[[str, tuple[Any, ...], tuple[int, ...], tuple[int, ...]], Any]
 
 
 # -- references, sizes and checks -----------------------------------------------------
@@ -61,39 +59,43 @@ def solve_triangular_reference(attrs: tuple[int, ...], a: np.ndarray, b: np.ndar
         return np.full(n * k, np.nan)
 
 
-def cholesky_size(attrs: tuple[int, ...]) -> int:
-    """Elements of the result (and of the operand): ``n * n``."""
-    return attrs[0] * attrs[0]
+def cholesky_sizes(values: np.ndarray) -> np.ndarray:
+    """``Family.sizes``: the result and the operand are ``n * n``."""
+    n = attr_columns(values)[:, 0]
+    return np.stack([n * n, n * n], axis=1)
 
 
-def solve_triangular_size(attrs: tuple[int, ...]) -> int:
-    """Elements of the result (and of ``b``): ``n * k``."""
-    return attrs[0] * attrs[1]
-
-
-def cholesky_operand_sizes(attrs: tuple[int, ...]) -> tuple[int, ...]:
-    """Elements of each operand: ``(n * n,)``."""
-    return (attrs[0] * attrs[0],)
-
-
-def solve_triangular_operand_sizes(attrs: tuple[int, ...]) -> tuple[int, ...]:
-    """Elements of each operand: ``(n * n, n * k)``."""
-    return (attrs[0] * attrs[0], attrs[0] * attrs[1])
+def solve_triangular_sizes(values: np.ndarray) -> np.ndarray:
+    """``Family.sizes``: the result ``n * k``, operands ``n * n`` and ``n * k``."""
+    v = attr_columns(values)
+    n, k = v[:, 0], v[:, 1]
+    return np.stack([n * k, n * n, n * k], axis=1)
 
 
 def cholesky_check(values: np.ndarray) -> np.ndarray:
     """The rows of ``(m, 1)`` attribute values that are invalid (``n`` out of range)."""
-    n = np.asarray(values, np.int64)[:, 0]
+    n = attr_columns(values)[:, 0]
     return (n < 0) | (n > _MAX_N)
 
 
 def solve_triangular_check(values: np.ndarray) -> np.ndarray:
     """The rows of ``(m, 5)`` attribute values that are invalid: a size out of range,
     or a flag (``lower``, ``trans``, ``unit_diagonal``) other than 0 or 1."""
-    v = np.asarray(values, np.int64)
+    v = attr_columns(values)
     n, k = v[:, 0], v[:, 1]
-    bad = (n < 0) | (n > _MAX_N) | (k < 0) | (n * k > np.iinfo(np.int32).max)
+    bad = (n < 0) | (n > _MAX_N) | (k < 0) | (n * k > MAX_FAMILY_SIZE)
     return bad | np.any((v[:, 2:5] != 0) & (v[:, 2:5] != 1), axis=1)
+
+
+CHOLESKY = Family("cholesky", 135, 1, ("n",), family_rules("cholesky"),
+                  check=cholesky_check, sizes=cholesky_sizes, kernel="fam_chol",
+                  reference=cholesky_reference, failure="Matrix is not positive definite",
+                  blas=True)
+SOLVE_TRIANGULAR = Family(
+    "solve_triangular", 136, 2, ("n", "k", "lower", "trans", "unit_diagonal"),
+    family_rules("solve_triangular"), check=solve_triangular_check,
+    sizes=solve_triangular_sizes, kernel="fam_chol", reference=solve_triangular_reference,
+    failure="Singular triangular matrix (a zero on its diagonal)", blas=True)
 
 
 # -- recording --------------------------------------------------------------------------

@@ -40,24 +40,22 @@ from __future__ import annotations
 
 import itertools
 from collections.abc import Callable
-from dataclasses import dataclass
 from typing import Any, NamedTuple
 
 import numpy as np
 
 from tapejit._errors import TracingError
+from tapejit._program import (
+    MAX_FAMILY_SIZE,
+    EmitFamily,
+    Family,
+    attr_columns,
+    family_rules,
+    sizes_by_row,
+)
 from tapejit._tracer import Tracer
 
-#: Sizes in a program are int32: an operand or result has at most this many elements.
-MAX_SIZE = 2**31 - 1
-
-EmitFamily = Callable[[str, list, tuple, tuple], Any]
-
-
 # -- attributes and sizes ----------------------------------------------------------------
-def _int64(values: np.ndarray) -> np.ndarray:
-    return np.asarray(values, dtype=np.int64).reshape(len(values), -1)
-
 
 def _flags_bad(v: np.ndarray) -> np.ndarray:
     return np.any((v != 0) & (v != 1), axis=1)
@@ -65,45 +63,45 @@ def _flags_bad(v: np.ndarray) -> np.ndarray:
 
 def eigh_check(values: np.ndarray) -> np.ndarray:
     """Bad rows of ``eigh`` attributes ``(n, lower, vectors)``."""
-    v = _int64(values)
+    v = attr_columns(values)
     n = v[:, 0]
-    return (n < 0) | (n * n + n > MAX_SIZE) | _flags_bad(v[:, 1:3])
+    return (n < 0) | (n * n + n > MAX_FAMILY_SIZE) | _flags_bad(v[:, 1:3])
 
 
 def svd_check(values: np.ndarray) -> np.ndarray:
     """Bad rows of ``svd`` attributes ``(m, n, full_matrices, compute_uv)``: a negative
     or too large size, a flag other than 0 or 1, or full matrices of a non-square one."""
-    v = _int64(values)
+    v = attr_columns(values)
     m, n = v[:, 0], v[:, 1]
     k = np.minimum(m, n)
-    bad = (m < 0) | (n < 0) | (m * n > MAX_SIZE) | (m * k + k + k * n > MAX_SIZE)
+    bad = (m < 0) | (n < 0) | (m * n > MAX_FAMILY_SIZE) | (m * k + k + k * n > MAX_FAMILY_SIZE)
     return bad | _flags_bad(v[:, 2:4]) | ((v[:, 2] == 1) & (v[:, 3] == 1) & (m != n))
 
 
 def qr_check(values: np.ndarray) -> np.ndarray:
     """Bad rows of ``qr`` attributes ``(m, n)``: sizes out of range or ``m < n``."""
-    v = _int64(values)
+    v = attr_columns(values)
     m, n = v[:, 0], v[:, 1]
-    return (n < 0) | (m < n) | (m * n + n * n > MAX_SIZE)
+    return (n < 0) | (m < n) | (m * n + n * n > MAX_FAMILY_SIZE)
 
 
-def eigh_sizes(attrs: tuple[int, ...]) -> tuple[tuple[int, ...], int]:
-    """Operand sizes and result size of ``eigh``."""
+def eigh_sizes(attrs: tuple[int, ...]) -> tuple[int, ...]:
+    """Result size and operand length of ``eigh``."""
     n, _, vectors = attrs
-    return (n * n,), n + (n * n if vectors else 0)
+    return n + (n * n if vectors else 0), n * n
 
 
-def svd_sizes(attrs: tuple[int, ...]) -> tuple[tuple[int, ...], int]:
-    """Operand sizes and result size of ``svd``."""
+def svd_sizes(attrs: tuple[int, ...]) -> tuple[int, ...]:
+    """Result size and operand length of ``svd``."""
     m, n, _, uv = attrs
     k = min(m, n)
-    return (m * n,), (m * k + k + k * n) if uv else k
+    return (m * k + k + k * n) if uv else k, m * n
 
 
-def qr_sizes(attrs: tuple[int, ...]) -> tuple[tuple[int, ...], int]:
-    """Operand sizes and result size of ``qr``."""
+def qr_sizes(attrs: tuple[int, ...]) -> tuple[int, ...]:
+    """Result size and operand length of ``qr``."""
     m, n = attrs
-    return (m * n,), m * n + n * n
+    return m * n + n * n, m * n
 
 
 # -- numpy references at one point -------------------------------------------------------
@@ -114,7 +112,7 @@ def eigh_reference(attrs: tuple[int, ...], a: np.ndarray, b: Any = None,
 
     n, lower, vectors = attrs
     mat = np.asarray(a, np.float64).reshape(n, n)
-    size = eigh_sizes(attrs)[1]
+    size = eigh_sizes(attrs)[0]
     if n == 0:
         return np.zeros(0)
     # the symmetric matrix of the read triangle, its lower triangle to LAPACK's syevd as
@@ -131,7 +129,7 @@ def svd_reference(attrs: tuple[int, ...], a: np.ndarray, b: Any = None,
     """``U, S, Vh`` (reduced) or ``S`` flattened; NaN if the input is not finite."""
     m, n, _, uv = attrs
     mat = np.asarray(a, np.float64).reshape(m, n)
-    size = svd_sizes(attrs)[1]
+    size = svd_sizes(attrs)[0]
     if min(m, n) == 0:
         return np.zeros(size)
     if not np.all(np.isfinite(mat)):
@@ -163,29 +161,21 @@ def qr_reference(attrs: tuple[int, ...], a: np.ndarray, b: Any = None,
     return np.concatenate([q.ravel(), r.ravel()])
 
 
-@dataclass(frozen=True)
-class EigFamily:
-    """What the registry needs of one family of this module (the lead assigns opcodes)."""
-
-    name: str
-    arity: int
-    attrs: tuple[str, ...]
-    check: Callable[[np.ndarray], np.ndarray]
-    sizes: Callable[[tuple[int, ...]], tuple[tuple[int, ...], int]]
-    reference: Callable[..., np.ndarray]
-
-    @property
-    def rules(self) -> dict[str, str]:
-        """Kernel routine names (in ``tapejit/_kernels/fam_eig.py``) by sweep."""
-        return {s: f"{self.name}_{s}" for s in ("forward", "reverse", "tangent", "second")}
+def _eig(name: str, opcode: int, attrs: tuple[str, ...], check, sizes, reference,
+         failure: str) -> Family:
+    return Family(name, opcode, 1, attrs, family_rules(name), check=check,
+                  sizes=sizes_by_row(sizes), kernel="fam_eig", reference=reference,
+                  failure=failure, blas=True)
 
 
 #: The families of this module.
 EIG_FAMILIES = (
-    EigFamily("eigh", 1, ("n", "lower", "vectors"), eigh_check, eigh_sizes, eigh_reference),
-    EigFamily("svd", 1, ("m", "n", "full_matrices", "compute_uv"), svd_check, svd_sizes,
-              svd_reference),
-    EigFamily("qr", 1, ("m", "n"), qr_check, qr_sizes, qr_reference),
+    _eig("eigh", 137, ("n", "lower", "vectors"), eigh_check, eigh_sizes, eigh_reference,
+         "Eigenvalues did not converge (or a non-finite matrix)"),
+    _eig("svd", 138, ("m", "n", "full_matrices", "compute_uv"), svd_check, svd_sizes,
+         svd_reference, "SVD did not converge (or a non-finite matrix)"),
+    _eig("qr", 139, ("m", "n"), qr_check, qr_sizes, qr_reference,
+         "QR of a non-finite matrix"),
 )
 
 
@@ -250,7 +240,7 @@ def _eigh_values(emit_family: EmitFamily, a: Any, uplo: str, vectors: bool,
     if uplo not in ("L", "U"):
         raise ValueError("UPLO argument must be 'L' or 'U'")
     attrs = (n, int(uplo == "L"), int(vectors))
-    size = eigh_sizes(attrs)[1]
+    size = eigh_sizes(attrs)[0]
     res = _each(a, size, lambda x: emit_family("eigh", [_flat(x)], attrs, (size,)))
     w = res[..., :n]
     if not vectors:
@@ -310,7 +300,7 @@ def record_svd(emit_family: EmitFamily, a: Any, full_matrices: bool = True,
             "derivative; pass full_matrices=False")
     k = min(m, n)
     attrs = (m, n, int(bool(full_matrices) and m == n), int(bool(compute_uv)))
-    size = svd_sizes(attrs)[1]
+    size = svd_sizes(attrs)[0]
     res = _each(a, size, lambda x: emit_family("svd", [_flat(x)], attrs, (size,)))
     if not compute_uv:
         return res
@@ -340,7 +330,7 @@ def record_qr(emit_family: EmitFamily, a: Any, mode: str = "reduced") -> Any:
                            "cannot be traced: the extra columns of Q are not unique; use "
                            "mode='reduced'")
     attrs = (m, n)
-    size = qr_sizes(attrs)[1]
+    size = qr_sizes(attrs)[0]
     res = _each(a, size, lambda x: emit_family("qr", [_flat(x)], attrs, (size,)))
     batch = tuple(a.shape[:-2])
     r = res[..., m * n:].reshape((*batch, n, n))

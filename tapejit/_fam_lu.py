@@ -17,34 +17,31 @@ from __future__ import annotations
 
 import itertools
 from collections.abc import Callable
-from dataclasses import dataclass
 from typing import Any, NamedTuple
 
 import numpy as np
 
 from tapejit._errors import TracingError
+from tapejit._program import (
+    MAX_FAMILY_SIZE,
+    EmitFamily,
+    Family,
+    attr_columns,
+    family_rules,
+    sizes_by_row,
+)
 from tapejit._tracer import Tracer
 
-#: Sizes in a program are int32: a matrix operand has at most this many elements.
-MAX_SIZE = 2**31 - 1
-
-EmitFamily = Callable[[str, list, tuple, tuple], Any]
-
-
 # -- attributes and sizes ----------------------------------------------------------------
-
-def _int64(values: np.ndarray) -> np.ndarray:
-    return np.asarray(values, dtype=np.int64).reshape(len(values), -1)
-
 
 def solve_check(values: np.ndarray) -> np.ndarray:
     """Bad rows of ``solve`` attributes ``(n, k)``: negative, or an operand too large.
 
     ``k == 0`` (no right-hand sides) is accepted: the result is empty.
     """
-    v = _int64(values)
+    v = attr_columns(values)
     n, k = v[:, 0], v[:, 1]
-    return (n < 0) | (k < 0) | (n * n > MAX_SIZE) | (n * k > MAX_SIZE)
+    return (n < 0) | (k < 0) | (n * n > MAX_FAMILY_SIZE) | (n * k > MAX_FAMILY_SIZE)
 
 
 def square_check(values: np.ndarray) -> np.ndarray:
@@ -52,32 +49,32 @@ def square_check(values: np.ndarray) -> np.ndarray:
 
     ``n == 0`` is accepted, as numpy does (``det`` is 1, ``slogdet`` ``(1, 0)``).
     """
-    n = _int64(values)[:, 0]
-    return (n < 0) | (n * n > MAX_SIZE)
+    n = attr_columns(values)[:, 0]
+    return (n < 0) | (n * n > MAX_FAMILY_SIZE)
 
 
-def solve_sizes(attrs: tuple[int, ...]) -> tuple[tuple[int, ...], int]:
-    """Operand sizes and result size of ``solve`` with attributes ``(n, k)``."""
+def solve_sizes(attrs: tuple[int, ...]) -> tuple[int, ...]:
+    """Result size and operand lengths of ``solve`` with attributes ``(n, k)``."""
     n, k = attrs
-    return (n * n, n * k), n * k
+    return n * k, n * n, n * k
 
 
-def inv_sizes(attrs: tuple[int, ...]) -> tuple[tuple[int, ...], int]:
-    """Operand sizes and result size of ``inv`` with attributes ``(n,)``."""
+def inv_sizes(attrs: tuple[int, ...]) -> tuple[int, ...]:
+    """Result size and operand length of ``inv`` with attributes ``(n,)``."""
     (n,) = attrs
-    return (n * n,), n * n
+    return n * n, n * n
 
 
-def det_sizes(attrs: tuple[int, ...]) -> tuple[tuple[int, ...], int]:
-    """Operand sizes and result size of ``det`` with attributes ``(n,)``."""
+def det_sizes(attrs: tuple[int, ...]) -> tuple[int, ...]:
+    """Result size and operand length of ``det`` with attributes ``(n,)``."""
     (n,) = attrs
-    return (n * n,), 1
+    return 1, n * n
 
 
-def slogdet_sizes(attrs: tuple[int, ...]) -> tuple[tuple[int, ...], int]:
-    """Operand sizes and result size of ``slogdet`` (sign, log|det|)."""
+def slogdet_sizes(attrs: tuple[int, ...]) -> tuple[int, ...]:
+    """Result size (sign, log|det|) and operand length of ``slogdet``."""
     (n,) = attrs
-    return (n * n,), 2
+    return 2, n * n
 
 
 # -- numpy references at one point -------------------------------------------------------
@@ -118,29 +115,21 @@ def slogdet_reference(attrs: tuple[int, ...], a: np.ndarray, b: Any = None,
     return np.array([sign, logdet])
 
 
-@dataclass(frozen=True)
-class LuFamily:
-    """What the registry needs of one LU family (the lead assigns opcodes)."""
-
-    name: str
-    arity: int
-    attrs: tuple[str, ...]
-    check: Callable[[np.ndarray], np.ndarray]
-    sizes: Callable[[tuple[int, ...]], tuple[tuple[int, ...], int]]
-    reference: Callable[..., np.ndarray]
-
-    @property
-    def rules(self) -> dict[str, str]:
-        """Kernel routine names (in ``tapejit/_kernels/fam_lu.py``) by sweep."""
-        return {s: f"{self.name}_{s}" for s in ("forward", "reverse", "tangent", "second")}
+def _lu(name: str, opcode: int, arity: int, attrs: tuple[str, ...], check, sizes,
+        reference, failure: str = "") -> Family:
+    return Family(name, opcode, arity, attrs, family_rules(name), check=check,
+                  sizes=sizes_by_row(sizes), kernel="fam_lu", reference=reference,
+                  failure=failure, blas=True)
 
 
-#: The families of this module.
+#: The families of this module (a NaN result of ``det`` and ``slogdet`` is numpy's 0
+#: and ``-inf``, not a failure).
 LU_FAMILIES = (
-    LuFamily("solve", 2, ("n", "k"), solve_check, solve_sizes, solve_reference),
-    LuFamily("inv", 1, ("n",), square_check, inv_sizes, inv_reference),
-    LuFamily("det", 1, ("n",), square_check, det_sizes, det_reference),
-    LuFamily("slogdet", 1, ("n",), square_check, slogdet_sizes, slogdet_reference),
+    _lu("solve", 131, 2, ("n", "k"), solve_check, solve_sizes, solve_reference,
+        "Singular matrix"),
+    _lu("inv", 132, 1, ("n",), square_check, inv_sizes, inv_reference, "Singular matrix"),
+    _lu("det", 133, 1, ("n",), square_check, det_sizes, det_reference),
+    _lu("slogdet", 134, 1, ("n",), square_check, slogdet_sizes, slogdet_reference),
 )
 
 

@@ -37,6 +37,7 @@ from ._kernels.fam_reduce import (
     SCAN_CUMPROD,
     SCAN_CUMSUM,
 )
+from ._program import MAX_FAMILY_SIZE, EmitFamily, Family, family_rules
 from ._tracer import Tracer
 
 SUM, PROD, MAX, MIN = RED_SUM, RED_PROD, RED_MAX, RED_MIN
@@ -44,15 +45,8 @@ CUMSUM, CUMPROD = SCAN_CUMSUM, SCAN_CUMPROD
 
 #: Attribute names of both families, in order.
 ATTRS = ("kind", "outer", "n", "inner")
-#: Sweep -> kernel routine of each family.
-REDUCE_RULES = {"forward": "reduce_forward", "reverse": "reduce_reverse",
-                "tangent": "reduce_tangent", "second": "reduce_second"}
-SCAN_RULES = {"forward": "scan_forward", "reverse": "scan_reverse",
-              "tangent": "scan_tangent", "second": "scan_second"}
 
 _NAMES = {MAX: "maximum", MIN: "minimum"}
-# Elements of one operand at most (slot indices are int32).
-_MAX_ELEMENTS = 2**31 - 1
 
 
 # -- references, sizes and checks -------------------------------------------------------
@@ -80,12 +74,12 @@ def _columns(values: np.ndarray) -> tuple[np.ndarray, ...]:
 
 
 def _bad_shape(outer: np.ndarray, n: np.ndarray, inner: np.ndarray) -> np.ndarray:
-    # Negative or more than _MAX_ELEMENTS elements; each factor is below 2**31, so the
+    # Negative or more than MAX_FAMILY_SIZE elements; each factor is below 2**31, so the
     # products are formed in int64 only once the first is known to be small.
     bad = (outer < 0) | (n < 0) | (inner < 0)
     on = np.where(bad, 0, outer * n)
-    bad |= on > _MAX_ELEMENTS
-    bad |= np.where(bad, 0, on) * np.where(bad, 0, inner) > _MAX_ELEMENTS
+    bad |= on > MAX_FAMILY_SIZE
+    bad |= np.where(bad, 0, on) * np.where(bad, 0, inner) > MAX_FAMILY_SIZE
     return bad
 
 
@@ -107,21 +101,25 @@ def scan_check(values: np.ndarray) -> np.ndarray:
     return ~np.isin(kind, (CUMSUM, CUMPROD)) | _bad_shape(outer, n, inner)
 
 
-def reduce_sizes(values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Operand length and result size of each (checked) ``reduce`` attribute row."""
+def reduce_sizes(values: np.ndarray) -> np.ndarray:
+    """``Family.sizes`` of (checked) ``reduce`` rows: the result, then the operand."""
     _, outer, n, inner = _columns(values)
-    return outer * n * inner, outer * inner
+    return np.stack([outer * inner, outer * n * inner], axis=1)
 
 
-def scan_sizes(values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Operand length and result size of each (checked) ``scan`` attribute row."""
+def scan_sizes(values: np.ndarray) -> np.ndarray:
+    """``Family.sizes`` of (checked) ``scan`` rows: the result, then the operand."""
     _, outer, n, inner = _columns(values)
-    return outer * n * inner, outer * n * inner
+    return np.stack([outer * n * inner, outer * n * inner], axis=1)
+
+
+REDUCE = Family("reduce", 129, 1, ATTRS, family_rules("reduce"), check=reduce_check,
+                sizes=reduce_sizes, kernel="fam_reduce", reference=reduce_reference)
+SCAN = Family("scan", 130, 1, ATTRS, family_rules("scan"), check=scan_check,
+              sizes=scan_sizes, kernel="fam_reduce", reference=scan_reference)
 
 
 # -- recording ---------------------------------------------------------------------------
-EmitFamily = Callable[[str, list, tuple, tuple], Any]
-
 
 def _operand(x: Any) -> Any:
     return x if isinstance(x, Tracer) else np.asarray(x, dtype=np.float64)

@@ -300,6 +300,35 @@ class Family:
                              "and a reference")
 
 
+#: Elements a family operand or result may have (sizes are int32 in a program).
+MAX_FAMILY_SIZE = 2**31 - 1
+
+#: The recording call a family module's recording functions are written against:
+#: ``emit_family(name, operands, attrs, shape)`` (``tapejit._tracer.emit_family``).
+EmitFamily = Callable[[str, Any, tuple, tuple], Any]
+
+
+def family_rules(name: str) -> dict[str, str]:
+    """``Family.rules`` named by convention: ``<name>_forward``, ``<name>_reverse``, ..."""
+    return {s: f"{name}_{s.split('_')[0]}" for s in SWEEPS}
+
+
+def attr_columns(values: np.ndarray) -> np.ndarray:
+    """The ``(m, len(attrs))`` attribute values given to ``check`` and ``sizes``, as int64
+    (products of int32 attributes must not overflow)."""
+    return np.asarray(values, dtype=np.int64).reshape(len(values), -1)
+
+
+def sizes_by_row(size: Callable[[tuple[int, ...]], tuple[int, ...]]
+                 ) -> Callable[[np.ndarray], np.ndarray]:
+    """``Family.sizes`` from ``size(attrs) -> (result size, *operand lengths)`` of one
+    instruction (for families whose sizes are not simple column arithmetic)."""
+    def sizes(values: np.ndarray) -> np.ndarray:
+        rows = [size(tuple(v)) for v in attr_columns(values).tolist()]
+        return np.array(rows, dtype=np.int64).reshape(len(rows), -1)
+    return sizes
+
+
 #: The instruction families this version knows, by opcode (registered by
 #: ``tapejit._families``); validation refuses every other opcode from ``FIRST_FAMILY`` on.
 FAMILIES: dict[int, Family] = {}

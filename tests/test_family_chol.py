@@ -346,9 +346,9 @@ def test_attribute_checks():
                      [0, 0, 0, 1, 1], [3, 2, 0, 0, -1]])
     np.testing.assert_array_equal(fc.solve_triangular_check(vals),
                                   [False, True, True, False, True])
-    assert fc.cholesky_size((4,)) == 16
-    assert fc.solve_triangular_size((4, 3, 0, 0, 0)) == 12
-    assert fc.solve_triangular_operand_sizes((4, 3, 0, 0, 0)) == (16, 12)
+    # the result, then each operand
+    assert fc.cholesky_sizes(np.array([[4]])).tolist() == [[16, 16]]
+    assert fc.solve_triangular_sizes(np.array([[4, 3, 0, 0, 0]])).tolist() == [[12, 16, 12]]
 
 
 def test_untraced_calls_are_numpy_and_scipy():

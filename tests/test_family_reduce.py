@@ -23,8 +23,8 @@ E = np.zeros((0, 1))
 
 
 def _sizes(fam, attrs):
-    ln, size = RULES[fam][5](np.array([attrs]))
-    return int(ln[0]), int(size[0])
+    size, ln = RULES[fam][5](np.array([attrs]))[0]
+    return int(ln), int(size)
 
 
 def _point(rng, kind, ln):
@@ -230,13 +230,13 @@ def test_empty_axis_and_checks():
 
 # -- recording ---------------------------------------------------------------------------
 def _emit(name, operands, attrs, shape):
-    """A stand-in for the lead's emit_family: checks the attributes, then runs the
+    """A stand-in for the recorder's emit_family: checks the attributes, then runs the
     family's kernel forward at one point."""
     fam = RULES[name]
     assert not fam[6](np.array([attrs])).any()
     (x,) = operands
     x = np.asarray(x, dtype=np.float64)
-    assert x.ndim == 1 and x.size == int(fam[5](np.array([attrs]))[0][0])
+    assert x.ndim == 1 and x.size == _sizes(name, attrs)[0]
     r = _forward(name, np.array(attrs, np.int32), x[:, None].copy(), 1, 1)
     return r[:, 0].reshape(shape)
 
