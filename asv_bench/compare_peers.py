@@ -3,7 +3,7 @@
 
 Usage::
 
-    python asv_bench/compare_peers.py [--quick] [--out FILE.md] [--rst FILE.rst]
+    python asv_bench/compare_peers.py [--quick] [--only ROWS] [--out FILE.md] [--rst FILE.rst]
 
 ``--out`` writes the report as markdown; ``--rst`` writes it as a reStructuredText
 fragment (machine, command, date, a ``list-table`` and the notes) for the
@@ -823,6 +823,9 @@ def main(argv=None):
     ap.add_argument("--no-peers", action="store_true",
                     help="time tapejit and hand-written Numba only (skip jax, casadi, "
                     "autograd)")
+    ap.add_argument("--only", metavar="ROWS",
+                    help="comma-separated groups of rows to run, e.g. "
+                    "logreg,mlp,gp,logreg_many,solve3,rosen_ext (default: all)")
     args = ap.parse_args(argv)
     if args.no_peers:
         PEERS[:] = ["hand numba"]
@@ -840,19 +843,27 @@ def main(argv=None):
     print("\n".join(header), flush=True)
     print("running" + (" (--quick)" if quick else "") + " ...", flush=True)
 
-    bench_seed_batch(quick, 10**6)
-    bench_seed_point(quick)
-    bench_rosen2(quick)
-    bench_rosen_ext(quick, 10**4)
-    bench_record(quick, 10**6)
-    bench_sinfit(quick)
-    bench_logreg(quick, 10000, 100)
-    bench_logreg(quick, 1000, 20)
-    bench_mlp(quick)
-    bench_gp(quick, 500)
-    bench_logreg_many(quick, 100 if quick else 1000, 2000, 50)
-    bench_solve3(quick, 10**5 if quick else 10**6)
-    pair_rows(quick)
+    benches = {
+        "seed_batch": lambda: bench_seed_batch(quick, 10**6),
+        "seed_point": lambda: bench_seed_point(quick),
+        "rosen2": lambda: bench_rosen2(quick),
+        "rosen_ext": lambda: bench_rosen_ext(quick, 10**4),
+        "record": lambda: bench_record(quick, 10**6),
+        "sinfit": lambda: bench_sinfit(quick),
+        "logreg": lambda: (bench_logreg(quick, 10000, 100), bench_logreg(quick, 1000, 20)),
+        "mlp": lambda: bench_mlp(quick),
+        "gp": lambda: bench_gp(quick, 500),
+        "logreg_many": lambda: bench_logreg_many(quick, 100 if quick else 1000, 2000, 50),
+        "solve3": lambda: bench_solve3(quick, 10**5 if quick else 10**6),
+        "pairs": lambda: pair_rows(quick),
+    }
+    only = args.only.split(",") if args.only else list(benches)
+    unknown = sorted(set(only) - set(benches))
+    if unknown:
+        ap.error(f"--only: unknown rows {unknown}; choose from {sorted(benches)}")
+    for name, bench in benches.items():
+        if name in only:
+            bench()
 
     lines = list(header)
     lines.append(

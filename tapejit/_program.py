@@ -261,9 +261,11 @@ class Family:
         interpreter, tests).
     failure : str
         For a family whose routines give NaN where numpy raises (a singular or not
-        positive definite matrix): what went wrong, said when recording meets it; the
-        recorder also guards each such instruction's result to be finite, so evaluating
-        a tape there raises (or masks, ``check="mask"``) instead of returning NaN.
+        positive definite matrix): what went wrong, said when recording meets it. Such
+        a family's routines must give NaN for the whole result of a point where they
+        fail: the recorder guards each such instruction's first result element, so
+        evaluating a tape there raises (or masks, ``check="mask"``) instead of returning
+        NaN.
     blas : bool
         Whether its routines call BLAS or LAPACK. Those sum in an order of their own for
         each shape of call (one point is a matrix-vector product, a chunk of points a

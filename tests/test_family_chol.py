@@ -238,6 +238,28 @@ def test_cholesky_not_positive_definite_is_nan(m, w):
     assert np.all(np.isnan(fc.cholesky_reference((4,), bad)))
 
 
+@pytest.mark.parametrize("shared", [False, True])
+@pytest.mark.parametrize("trans", [0, 1])
+def test_solve_triangular_zero_diagonal_is_nan_for_the_whole_point(shared, trans):
+    # The solve alone leaves finite values before the zero pivot; the routines make the
+    # whole point NaN, so one element of the result tells a failed point (the guard).
+    good = np.array([2.0, 0.0, 0.5, 3.0])
+    bad = np.array([1.0, 0.0, 2.0, 0.0])  # a zero last on the diagonal
+    b = np.array([1.0, 1.0])
+    fam = _st_fam(2, 1, 1, trans, 0)
+    mats = [bad] if shared else [good, bad, good]
+    m = 3
+    a = _block(mats, 1 if shared else m)
+    r = fam.forward([a, _block([b] * m, m)], m, m)
+    ta = [np.zeros((4, 1, a.shape[1])), np.ones((2, 1, m))]
+    r2, _ = fam.jvp([a, _block([b] * m, m)], ta, [1, 1], m, m)  # the tangent sweep's values
+    for p in range(m):
+        if shared or p == 1:
+            assert np.isnan(r[:, p]).all() and np.isnan(r2[:, p]).all()
+        else:
+            assert np.isfinite(r[:, p]).all()
+
+
 def test_cholesky_float32():
     rng = np.random.default_rng(4)
     pts = [_spd(rng, 3) for _ in range(2)]

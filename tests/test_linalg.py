@@ -103,6 +103,9 @@ def test_singular_matrix_when_recording_is_numpys_error():
     (lambda z: np.sum(np.linalg.solve(z.reshape(2, 2), np.ones(2))), [1.0, 2.0, 2.0, 4.0]),
     (lambda z: np.sum(np.linalg.inv(z.reshape(2, 2))), [1.0, 2.0, 2.0, 4.0]),
     (lambda z: np.sum(np.linalg.cholesky(z.reshape(2, 2))), [1.0, 2.0, 2.0, 1.0]),
+    # a zero last on the diagonal: the solve's first element alone would be finite
+    (lambda z: np.sum(tapejit.linalg.solve_triangular(z.reshape(2, 2), np.ones(2),
+                                                      lower=True)), [1.0, 0.0, 2.0, 0.0]),
 ])
 def test_a_failing_matrix_point_is_refused_or_masked_never_silent(fn, bad):
     good = np.array([2.0, 0.5, 0.5, 3.0])

@@ -21,7 +21,10 @@ solve_triangular, attrs ``(n, k, lower, trans, unit_diagonal)``: ``r = X`` with
 ``op(A) X = B``, ``A = a`` (n x n, only the triangle named by ``lower`` read, and not its
 diagonal with ``unit_diagonal``), ``op(A) = A`` for ``trans == 0`` and ``A^T`` for 1,
 ``B = b`` (n x k), as ``scipy.linalg.solve_triangular``. A zero on the diagonal gives
-inf/NaN, never an exception.
+NaN for all of that point's ``X``, never an exception.
+
+Both give NaN for the whole result of a point where they fail, so checking one element
+of the result tells a failed point (the recorder's guard does that).
 """
 
 import numpy as np
@@ -457,11 +460,24 @@ def _st_outer(g, x, n, k, trn):
 
 
 @njit(cache=True, nogil=True)
+def _st_singular(t, x, n):
+    # NaN for all of X at each point whose A has a zero on its diagonal (the solve
+    # leaves inf/NaN only below or above it).
+    for p in range(x.shape[1]):
+        q = 0 if t.shape[1] == 1 else p
+        for i in range(n):
+            if t[i * n + i, q] == 0.0:
+                x[:, p] = np.nan
+                break
+
+
+@njit(cache=True, nogil=True)
 def solve_triangular_forward(at, a, b, c, r, m):
     n, k = np.int64(at[0]), np.int64(at[1])
     t = _st_matrix(at, a, m)
     x = _chol_take(b, n * k, _chol_points(b, m) if t.shape[1] == 1 else m)
     _chol_trsm(t, x, n, k, at[2] != 0, at[3] != 0)
+    _st_singular(t, x, n)
     _chol_store(r, x, m)
 
 
@@ -488,6 +504,7 @@ def solve_triangular_tangent(at, a, b, c, r, ta, tb, tc, tr, da, db, dc, m):
     t = _st_matrix(at, a, m)
     x = _chol_take(b, n * k, _chol_points(b, m) if t.shape[1] == 1 else m)
     _chol_trsm(t, x, n, k, lower, trn)
+    _st_singular(t, x, n)
     _chol_store(r, x, m)
     for v in range(tr.shape[1]):
         # Xdot = op(A)^{-1} (Bdot - op(Adot) X)
