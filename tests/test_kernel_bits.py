@@ -5,6 +5,11 @@
 them in every kind of call: one point and batched, values, gradients, vjp, jvp, Jacobians
 both ways, hvp and Hessians, per-point parameters. A refactoring of the kernel sources or of
 the program format must leave every one of those bits unchanged.
+
+The one deliberate change since: tapejit's own ``exp``, ``expm1``, ``log1p``, ``tanh`` and
+``logaddexp`` (``tapejit/_kernels/libm.py``, commit 7e04df9) compute those functions to
+within an ulp of the C library's, not to its bits, so the programs that use them were
+recomputed (``_kernel_bits.py --ops``); every other program keeps the bits of 8c34c1d.
 """
 
 from __future__ import annotations
