@@ -106,6 +106,9 @@ def _red_psum(x, out, st):
         return
     # The same order for one lane as for many: one point and many points give the same
     # bits (numpy's own 8-accumulator order at one lane would differ from the lanes').
+    if lanes == 1:
+        _red_psum1(x, out, st)
+        return
     top = 0
     nb = 0
     for b0 in range(0, n, 8):
@@ -130,6 +133,29 @@ def _red_psum(x, out, st):
     for j in range(top - 2, -1, -1):
         for q in range(lanes):
             out[q] += st[j, q]
+
+
+@njit(cache=True, nogil=True)
+def _red_psum1(x, out, st):
+    # _red_psum of one lane, element by element in the same order: a view per row
+    # (_red_row) would cost more than the addition it feeds.
+    n = x.shape[0]
+    top = 0
+    nb = 0
+    for b0 in range(0, n, 8):
+        st[top, 0] = x[b0, 0]
+        for k in range(b0 + 1, min(b0 + 8, n)):
+            st[top, 0] += x[k, 0]
+        top += 1
+        nb += 1
+        c = nb
+        while c % 2 == 0:
+            top -= 1
+            st[top - 1, 0] += st[top, 0]
+            c //= 2
+    out[0] = st[top - 1, 0]
+    for j in range(top - 2, -1, -1):
+        out[0] += st[j, 0]
 
 
 @njit(cache=True, nogil=True)
@@ -174,10 +200,14 @@ def _red_add_rows(g, v):
 def _red_pprod(x, out, acc):
     n, lanes = x.shape
     acc[:] = 1
-    for k in range(n):
-        row = _red_row(x, k)
-        for q in range(lanes):
-            acc[q] *= row[q]
+    if lanes == 1:  # no view per row (see _red_psum1)
+        for k in range(n):
+            acc[0] *= x[k, 0]
+    else:
+        for k in range(n):
+            row = _red_row(x, k)
+            for q in range(lanes):
+                acc[q] *= row[q]
     out[:] = acc
 
 
@@ -188,6 +218,10 @@ def _red_prefix(x, pre):
     if n == 0:
         return
     pre[0, :] = 1
+    if lanes == 1:  # no view per row (see _red_psum1)
+        for k in range(1, n):
+            pre[k, 0] = pre[k - 1, 0] * x[k - 1, 0]
+        return
     for k in range(1, n):
         row, pp, pk = _red_row(x, k - 1), _red_row(pre, k - 1), _red_row(pre, k)
         for q in range(lanes):
@@ -199,6 +233,11 @@ def _red_prod_vjp(x, pre, suf, gr, g):
     # g[k] += gr * (product of the others) = gr * pre[k] * (suffix after k).
     n, lanes = x.shape
     suf[:] = 1
+    if lanes == 1:  # no view per row (see _red_psum1)
+        for k in range(n - 1, -1, -1):
+            g[k, 0] += gr[0] * pre[k, 0] * suf[0]
+            suf[0] *= x[k, 0]
+        return
     grc = np.ascontiguousarray(gr)
     for k in range(n - 1, -1, -1):
         xk, pk, gk = _red_row(x, k), _red_row(pre, k), _red_row(g, k)
@@ -246,6 +285,16 @@ def _red_prod_second(x, t, pre, dpre, suf, dsuf, gr, gdr, gd):
 def _red_arg(x, is_max, best, idx):
     # Per lane the first extreme element (a NaN beats numbers; the first NaN wins).
     n, lanes = x.shape
+    if lanes == 1:  # no view per row (see _red_psum1)
+        best[0] = x[0, 0]
+        idx[0] = 0
+        for k in range(1, n):
+            v = x[k, 0]
+            better = v > best[0] if is_max else v < best[0]
+            if better or (v != v and best[0] == best[0]):
+                best[0] = v
+                idx[0] = k
+        return
     row = _red_row(x, 0)
     for q in range(lanes):
         best[q] = row[q]
