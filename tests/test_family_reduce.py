@@ -368,3 +368,27 @@ def test_strided_blocks(fam, kind, cols):
     rc = _forward(fam, at, ac, w, w)
     _close(r, rc, 0)
     _close(ga, _reverse(fam, at, ac, rc, gr), 0)
+
+
+@pytest.mark.parametrize("kind", [fr.SUM, fr.PROD, fr.MAX, fr.MIN])
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+def test_one_lane_gives_the_bits_of_many_lanes(kind, dtype):
+    # One point runs element-by-element paths (no view per row); they must keep the
+    # order of the many-lane loops, forward and reverse, so one point and many agree.
+    rng = np.random.default_rng(kind)
+    for n in (1, 7, 8, 9, 17, 100, 1001):
+        at = np.array((kind, 1, n, 1), np.int32)
+        a = rng.uniform(0.9, 1.1, (n, 5)).astype(dtype)
+        gr = rng.standard_normal((1, 5)).astype(dtype)
+        r5 = np.zeros((1, 5), dtype)
+        k.reduce_forward(at, a, E, E, r5, 5)
+        g5 = np.zeros((n, 5), dtype)
+        k.reduce_reverse(at, a, E, E, r5, gr, g5, E, E, 1, 0, 0, 5)
+        for p in range(5):
+            a1 = np.ascontiguousarray(a[:, p:p + 1])
+            r1 = np.zeros((1, 1), dtype)
+            k.reduce_forward(at, a1, E, E, r1, 1)
+            g1 = np.zeros((n, 1), dtype)
+            k.reduce_reverse(at, a1, E, E, r1, gr[:, p:p + 1].copy(), g1, E, E, 1, 0, 0, 1)
+            assert r1[0, 0].tobytes() == r5[0, p].tobytes()
+            assert g1[:, 0].tobytes() == g5[:, p].tobytes()
