@@ -25,7 +25,7 @@ from typing import Any
 
 import numpy as np
 
-from ._program import MAX_FAMILY_SIZE, EmitFamily, Family, attr_columns, family_rules
+from ._program import MAX_FAMILY_SIZE, EmitFamily, Family, attr_columns
 from ._tracer import Tracer
 
 #: Larger n would overflow the int32 slot arithmetic of an n x n operand.
@@ -87,13 +87,12 @@ def solve_triangular_check(values: np.ndarray) -> np.ndarray:
     return bad | np.any((v[:, 2:5] != 0) & (v[:, 2:5] != 1), axis=1)
 
 
-CHOLESKY = Family("cholesky", 135, 1, ("n",), family_rules("cholesky"),
-                  check=cholesky_check, sizes=cholesky_sizes, kernel="fam_chol",
-                  reference=cholesky_reference, failure="Matrix is not positive definite",
-                  blas=True)
+CHOLESKY = Family("cholesky", 135, 1, ("n",), check=cholesky_check, sizes=cholesky_sizes,
+                  kernel="fam_chol", reference=cholesky_reference,
+                  failure="Matrix is not positive definite", blas=True)
 SOLVE_TRIANGULAR = Family(
     "solve_triangular", 136, 2, ("n", "k", "lower", "trans", "unit_diagonal"),
-    family_rules("solve_triangular"), check=solve_triangular_check,
+    check=solve_triangular_check,
     sizes=solve_triangular_sizes, kernel="fam_chol", reference=solve_triangular_reference,
     failure="Singular triangular matrix (a zero on its diagonal)", blas=True)
 

@@ -50,7 +50,6 @@ from tapejit._program import (
     EmitFamily,
     Family,
     attr_columns,
-    family_rules,
     sizes_by_row,
 )
 from tapejit._tracer import Tracer
@@ -163,7 +162,7 @@ def qr_reference(attrs: tuple[int, ...], a: np.ndarray, b: Any = None,
 
 def _eig(name: str, opcode: int, attrs: tuple[str, ...], check, sizes, reference,
          failure: str) -> Family:
-    return Family(name, opcode, 1, attrs, family_rules(name), check=check,
+    return Family(name, opcode, 1, attrs, check=check,
                   sizes=sizes_by_row(sizes), kernel="fam_eig", reference=reference,
                   failure=failure, blas=True)
 

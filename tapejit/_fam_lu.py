@@ -27,7 +27,6 @@ from tapejit._program import (
     EmitFamily,
     Family,
     attr_columns,
-    family_rules,
     sizes_by_row,
 )
 from tapejit._tracer import Tracer
@@ -117,7 +116,7 @@ def slogdet_reference(attrs: tuple[int, ...], a: np.ndarray, b: Any = None,
 
 def _lu(name: str, opcode: int, arity: int, attrs: tuple[str, ...], check, sizes,
         reference, failure: str = "") -> Family:
-    return Family(name, opcode, arity, attrs, family_rules(name), check=check,
+    return Family(name, opcode, arity, attrs, check=check,
                   sizes=sizes_by_row(sizes), kernel="fam_lu", reference=reference,
                   failure=failure, blas=True)
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from ._program import Family, family_rules
+from ._program import Family
 
 ATTRS = ("batch", "m", "k", "n", "batch_a", "batch_b", "trans_a", "trans_b")
 
@@ -39,6 +39,6 @@ def reference(attrs, a, b, c=None) -> np.ndarray:
     return np.broadcast_to(np.matmul(A, B), (batch, m, n)).ravel()
 
 
-MATMUL = Family("matmul", 128, 2, ATTRS, family_rules("matmul"),
+MATMUL = Family("matmul", 128, 2, ATTRS,
                 check=_check, sizes=_sizes, kernel="fam_matmul", reference=reference,
                 blas=True)

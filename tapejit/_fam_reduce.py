@@ -37,7 +37,7 @@ from ._kernels.fam_reduce import (
     SCAN_CUMPROD,
     SCAN_CUMSUM,
 )
-from ._program import MAX_FAMILY_SIZE, EmitFamily, Family, family_rules
+from ._program import MAX_FAMILY_SIZE, EmitFamily, Family
 from ._tracer import Tracer
 
 SUM, PROD, MAX, MIN = RED_SUM, RED_PROD, RED_MAX, RED_MIN
@@ -113,9 +113,9 @@ def scan_sizes(values: np.ndarray) -> np.ndarray:
     return np.stack([outer * n * inner, outer * n * inner], axis=1)
 
 
-REDUCE = Family("reduce", 129, 1, ATTRS, family_rules("reduce"), check=reduce_check,
+REDUCE = Family("reduce", 129, 1, ATTRS, check=reduce_check,
                 sizes=reduce_sizes, kernel="fam_reduce", reference=reduce_reference)
-SCAN = Family("scan", 130, 1, ATTRS, family_rules("scan"), check=scan_check,
+SCAN = Family("scan", 130, 1, ATTRS, check=scan_check,
               sizes=scan_sizes, kernel="fam_reduce", reference=scan_reference)
 
 

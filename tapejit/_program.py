@@ -239,8 +239,9 @@ class Family:
         Block operands, at most ``MAX_ARITY``.
     attrs : tuple of str
         Names of the integer attributes it reads.
-    rules : dict
-        A routine name for each of :data:`SWEEPS`.
+    rules : dict, optional
+        A routine name for each of :data:`SWEEPS`; by default ``<name>_forward``,
+        ``<name>_reverse``, ``<name>_tangent``, ``<name>_second``.
     bodies : tuple of str
         The attributes (among ``attrs``) whose values are indices of sub-program table
         entries: the programs it runs (a loop's body).
@@ -277,7 +278,7 @@ class Family:
     opcode: int
     arity: int
     attrs: tuple[str, ...]
-    rules: dict[str, str]
+    rules: dict[str, str] = field(default_factory=dict)
     bodies: tuple[str, ...] = ()
     check: Callable[[np.ndarray], np.ndarray] | None = None
     sizes: Callable[[np.ndarray], np.ndarray] | None = None
@@ -287,6 +288,8 @@ class Family:
     blas: bool = False
 
     def __post_init__(self) -> None:
+        if not self.rules:
+            object.__setattr__(self, "rules", _default_rules(self.name))
         if not FIRST_FAMILY <= self.opcode <= LAST_OPCODE:
             raise ValueError(f"family {self.name}: opcode {self.opcode} is outside "
                              f"{FIRST_FAMILY}..{LAST_OPCODE}")
@@ -310,7 +313,7 @@ MAX_FAMILY_SIZE = 2**31 - 1
 EmitFamily = Callable[[str, Any, tuple, tuple], Any]
 
 
-def family_rules(name: str) -> dict[str, str]:
+def _default_rules(name: str) -> dict[str, str]:
     """``Family.rules`` named by convention: ``<name>_forward``, ``<name>_reverse``, ..."""
     return {s: f"{name}_{s.split('_')[0]}" for s in SWEEPS}
 
