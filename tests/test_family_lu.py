@@ -263,6 +263,27 @@ def _adjugate_t(x):
                       for j in range(n)] for i in range(n)])
 
 
+@pytest.mark.parametrize("trans", [False, True])
+def test_unrolled_3x3_solve_gives_the_bits_of_the_general_elimination(trans):
+    # One right-hand side of a 3x3 system per point runs an unrolled elimination; it
+    # must make the same pivot choices and operations as the general one. Small
+    # integers give ties between candidate pivots, zero pivots and singular matrices.
+    rng = np.random.default_rng(7)
+    m = 4000
+    a = rng.integers(-2, 3, (9, m)).astype(float)
+    a[:, : m // 2] += rng.standard_normal((9, m // 2))
+    a[rng.integers(0, 9, 40), rng.integers(0, m, 40)] = np.nan  # NaN is never a pivot
+    y = rng.standard_normal((3, m))
+    want = y.copy()
+    k._lu_apply(k._lu_factor(a, trans, 3, m), want, 3, 1, m)
+    for mm in (m, 1):
+        got = y.copy()
+        k._lu3_solve(a, trans, got, mm)
+        np.testing.assert_array_equal(got[:, :mm], want[:, :mm])  # NaN where NaN
+        assert got[:, :mm].tobytes() == want[:, :mm].tobytes()
+    assert np.isnan(want).any() and np.isfinite(want).any()
+
+
 @pytest.mark.parametrize("n", sorted(SINGULAR))
 @pytest.mark.parametrize("w", [1, 3])
 def test_singular_solve_inv_give_nan(n, w):

@@ -376,7 +376,8 @@ def test_one_lane_gives_the_bits_of_many_lanes(kind, dtype):
     # One point runs element-by-element paths (no view per row); they must keep the
     # order of the many-lane loops, forward and reverse, so one point and many agree.
     rng = np.random.default_rng(kind)
-    for n in (1, 7, 8, 9, 17, 100, 1001):
+    # Past 8 * 256 elements the one-lane sum works in tiles of 256 blocks of 8.
+    for n in (1, 7, 8, 9, 17, 100, 1001, 2048, 2056, 4103, 10007):
         at = np.array((kind, 1, n, 1), np.int32)
         a = rng.uniform(0.9, 1.1, (n, 5)).astype(dtype)
         gr = rng.standard_normal((1, 5)).astype(dtype)

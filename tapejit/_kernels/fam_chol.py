@@ -374,10 +374,32 @@ def cholesky_forward(at, a, b, c, r, m):
 
 
 @njit(cache=True, nogil=True)
+def _chol_lt_lower(lf, g, n):
+    # Phi(L^T G) for lower triangular L and G (zero above the diagonal). At one point
+    # only its lower triangle is formed, by blocks of rows: block I needs L's rows and
+    # G's rows from I on and G's columns up to I's end, a third of the full product.
+    m = lf.shape[1]
+    if m > 1 or n <= _CHOL_NB:
+        y = _chol_mm(lf, True, g, False, n, n, n)
+        _chol_phi(y, n)
+        return y
+    l2 = lf.reshape((n, n))
+    g2 = g.reshape((n, n))
+    y2 = np.zeros((n, n), lf.dtype)
+    for i0 in range(0, n, _CHOL_NB):
+        i1 = min(i0 + _CHOL_NB, n)
+        lt = np.ascontiguousarray(l2[i0:, i0:i1].T)
+        gb = np.ascontiguousarray(g2[i0:, :i1])
+        y2[i0:i1, :i1] = np.dot(lt, gb)
+    y = y2.reshape((n * n, 1))
+    _chol_phi(y, n)
+    return y
+
+
+@njit(cache=True, nogil=True)
 def _chol_rev_parts(n, lf, g):
     # Y = L^{-T} P and Z = S^T, S = L^{-T} P L^{-1}, P = Phi(L^T tril(G)).
-    y = _chol_mm(lf, True, g, False, n, n, n)
-    _chol_phi(y, n)
+    y = _chol_lt_lower(lf, g, n)
     _chol_trsm(lf, y, n, n, True, True)
     z = _chol_transpose(y, n, n)
     _chol_trsm(lf, z, n, n, True, True)

@@ -254,6 +254,94 @@ def _lu_apply(f, Y, n, q, m):
 
 
 @njit(cache=True, nogil=True)
+def _lu3_solve(a, trans, y, m):
+    # _lu_apply(_lu_factor(a, trans, 3, m), y, 3, 1, m) for one right-hand side per
+    # point, a per-point matrix (or m == 1): the same pivot choices and operations in
+    # the same order, so the same bits, each point's elimination in registers and one
+    # pass over the points. Row views, selects for the row swaps and each pivot's
+    # reciprocal taken once: the loop over the points vectorizes.
+    i01, i02, i12 = (3, 6, 7) if trans else (1, 2, 5)
+    i10, i20, i21 = (1, 2, 5) if trans else (3, 6, 7)
+    a00, a01, a02 = a[0], a[i01], a[i02]
+    a10, a11, a12 = a[i10], a[4], a[i12]
+    a20, a21, a22 = a[i20], a[i21], a[8]
+    y0v, y1v, y2v = y[0], y[1], y[2]
+    for p in range(m):
+        r00, r01, r02 = a00[p], a01[p], a02[p]
+        r10, r11, r12 = a10[p], a11[p], a12[p]
+        r20, r21, r22 = a20[p], a21[p], a22[p]
+        y0, y1, y2 = y0v[p], y1v[p], y2v[p]
+        # column 0: the first largest |entry| is the pivot; its row swaps with row 0
+        s1 = abs(r10) > abs(r00)
+        s2 = abs(r20) > (abs(r10) if s1 else abs(r00))
+        s1 = s1 and not s2
+        t0, t1, t2, ty = r00, r01, r02, y0
+        r00 = r10 if s1 else (r20 if s2 else r00)
+        r01 = r11 if s1 else (r21 if s2 else r01)
+        r02 = r12 if s1 else (r22 if s2 else r02)
+        y0 = y1 if s1 else (y2 if s2 else y0)
+        r10 = t0 if s1 else r10
+        r11 = t1 if s1 else r11
+        r12 = t2 if s1 else r12
+        y1 = ty if s1 else y1
+        r20 = t0 if s2 else r20
+        r21 = t1 if s2 else r21
+        r22 = t2 if s2 else r22
+        y2 = ty if s2 else y2
+        sing = r00 == 0
+        inv0 = 1 / r00
+        f = 0.0 if sing else inv0
+        r10 *= f
+        r20 *= f
+        r11 -= r10 * r01
+        r12 -= r10 * r02
+        r21 -= r20 * r01
+        r22 -= r20 * r02
+        # column 1
+        s = abs(r21) > abs(r11)
+        t0 = r10
+        r10 = r20 if s else r10
+        r20 = t0 if s else r20
+        t1 = r11
+        r11 = r21 if s else r11
+        r21 = t1 if s else r21
+        t2 = r12
+        r12 = r22 if s else r12
+        r22 = t2 if s else r22
+        ty = y1
+        y1 = y2 if s else y1
+        y2 = ty if s else y2
+        sing |= r11 == 0
+        inv1 = 1 / r11
+        r21 *= 0.0 if r11 == 0 else inv1
+        r22 -= r21 * r12
+        sing |= r22 == 0
+        # substitutions
+        y1 -= r10 * y0
+        y2 -= r20 * y0
+        y2 -= r21 * y1
+        y2 *= 1 / r22
+        y0 -= r02 * y2
+        y1 -= r12 * y2
+        y1 *= inv1
+        y0 -= r01 * y1
+        y0 *= inv0
+        y0v[p] = np.nan if sing else y0
+        y1v[p] = np.nan if sing else y1
+        y2v[p] = np.nan if sing else y2
+
+
+@njit(cache=True, nogil=True)
+def _lu_solve(a, trans, Y, n, q, m):
+    # Y = op(A)^{-1} Y in place at the first m points (op(A) = A^T when trans). One
+    # right-hand side of a 3x3 float64 system per point takes the unrolled elimination.
+    if n == 3 and q == 1 and Y.itemsize == 8 and (a.shape[1] > 1 or m == 1):
+        _lu3_solve(a, trans, Y, m)
+        return
+    _lu_apply(_lu_factor(a, trans, n, m), Y, n, q, m)
+
+
+@njit(cache=True, nogil=True)
 def _lu_gemm(alpha, P, tp, Q, tq, out, n1, n2, n3, m):
     # out[i*n3 + j, p] += alpha * (op(P) @ op(Q))[i, j] at the first m points, op(P)
     # n1 x n2 (P^T when tp, P stored n2 x n1), op(Q) n2 x n3 (likewise).
@@ -317,7 +405,13 @@ def _lu_solve_into(a, b, r, n, k, m):
 
 @njit(cache=True, nogil=True)
 def solve_forward(at, a, b, c, r, m):
-    _lu_solve_into(a, b, r, np.int64(at[0]), np.int64(at[1]), m)
+    n = np.int64(at[0])
+    k = np.int64(at[1])
+    wb = b.shape[1]
+    for i in range(n * k):
+        for p in range(m):
+            r[i, p] = b[i, p if wb > 1 else 0]
+    _lu_solve(a, False, r, n, k, m)
 
 
 @njit(cache=True, nogil=True)
@@ -331,7 +425,7 @@ def solve_reverse(at, a, b, c, r, gr, ga, gb, gc, da, db, dc, m):
     for i in range(n * k):
         for p in range(m):
             S[i, p] = gr[i, p]
-    _lu_apply(_lu_factor(a, 1, n, m), S, n, k, m)
+    _lu_solve(a, True, S, n, k, m)
     if db:
         for i in range(n * k):
             for p in range(m):

@@ -35,7 +35,8 @@ RED_MIN = 3
 SCAN_CUMSUM = 0
 SCAN_CUMPROD = 1
 # Lanes per tile, and the depth of the pairwise stack (block counts below 2**60).
-_RED_TILE = 256
+_RED_TILE_LOG = 8
+_RED_TILE = 1 << _RED_TILE_LOG
 _RED_LEVELS = 64
 # Elements of a product rule's prefix temporary (n x lanes) before lanes are narrowed.
 _RED_PREFIX_CAP = 1 << 20
@@ -137,22 +138,49 @@ def _red_psum(x, out, st):
 
 @njit(cache=True, nogil=True)
 def _red_psum1(x, out, st):
-    # _red_psum of one lane, element by element in the same order: a view per row
-    # (_red_row) would cost more than the addition it feeds.
-    n = x.shape[0]
+    # _red_psum of one lane, in the same order (a view per row, as in _red_row, would
+    # cost more than the addition it feeds). Up to _RED_TILE block sums at a time: each
+    # block's chain is short and independent of the others, so the processor overlaps
+    # them. The block sums then go to the stack as whole aligned groups of 2**k blocks,
+    # each summed level by level: the same tree as pushing block by block, without a
+    # data-dependent loop per block.
+    xc = x[:, 0]
+    n = xc.shape[0]
+    bs = np.empty(_RED_TILE, st.dtype)
+    lev = np.empty(_RED_LEVELS, np.int64)
     top = 0
-    nb = 0
-    for b0 in range(0, n, 8):
-        st[top, 0] = x[b0, 0]
-        for k in range(b0 + 1, min(b0 + 8, n)):
-            st[top, 0] += x[k, 0]
-        top += 1
-        nb += 1
-        c = nb
-        while c % 2 == 0:
-            top -= 1
-            st[top - 1, 0] += st[top, 0]
-            c //= 2
+    for c0 in range(0, n, 8 * _RED_TILE):
+        nb = min(_RED_TILE, (n - c0) // 8)
+        for b in range(nb):  # whole blocks: a fixed trip count, unrolled
+            k0 = c0 + 8 * b
+            s = xc[k0]
+            for k in range(1, 8):
+                s += xc[k0 + k]
+            bs[b] = s
+        k0 = c0 + 8 * nb
+        if nb < _RED_TILE and k0 < n:  # the short last block
+            s = xc[k0]
+            for k in range(k0 + 1, n):
+                s += xc[k]
+            bs[nb] = s
+            nb += 1
+        at = 0
+        for k in range(_RED_TILE_LOG, -1, -1):
+            size = 1 << k
+            if nb & size:
+                h = 1
+                while h < size:
+                    for i in range(at, at + size, 2 * h):
+                        bs[i] += bs[i + h]
+                    h *= 2
+                st[top, 0] = bs[at]
+                lev[top] = k
+                top += 1
+                while top > 1 and lev[top - 1] == lev[top - 2]:
+                    top -= 1
+                    st[top - 1, 0] += st[top, 0]
+                    lev[top - 1] += 1
+                at += size
     out[0] = st[top - 1, 0]
     for j in range(top - 2, -1, -1):
         out[0] += st[j, 0]
