@@ -253,6 +253,12 @@ def _lu_apply(f, Y, n, q, m):
                 Y[i * q + j, p] = X2[i, j]
 
 
+@njit(cache=True, nogil=True, inline="always")
+def _lu_swap(s, x, y):
+    # (y, x) where s, else (x, y): a row swap as selects.
+    return (y if s else x), (x if s else y)
+
+
 @njit(cache=True, nogil=True)
 def _lu3_solve(a, trans, y, m):
     # _lu_apply(_lu_factor(a, trans, 3, m), y, 3, 1, m) for one right-hand side per
@@ -299,18 +305,10 @@ def _lu3_solve(a, trans, y, m):
         r22 -= r20 * r02
         # column 1
         s = abs(r21) > abs(r11)
-        t0 = r10
-        r10 = r20 if s else r10
-        r20 = t0 if s else r20
-        t1 = r11
-        r11 = r21 if s else r11
-        r21 = t1 if s else r21
-        t2 = r12
-        r12 = r22 if s else r12
-        r22 = t2 if s else r22
-        ty = y1
-        y1 = y2 if s else y1
-        y2 = ty if s else y2
+        r10, r20 = _lu_swap(s, r10, r20)
+        r11, r21 = _lu_swap(s, r11, r21)
+        r12, r22 = _lu_swap(s, r12, r22)
+        y1, y2 = _lu_swap(s, y1, y2)
         sing |= r11 == 0
         inv1 = 1 / r11
         r21 *= 0.0 if r11 == 0 else inv1
