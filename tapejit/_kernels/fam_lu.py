@@ -280,20 +280,15 @@ def _lu3_solve(a, trans, y, m):
         # column 0: the first largest |entry| is the pivot; its row swaps with row 0
         s1 = abs(r10) > abs(r00)
         s2 = abs(r20) > (abs(r10) if s1 else abs(r00))
-        s1 = s1 and not s2
-        t0, t1, t2, ty = r00, r01, r02, y0
-        r00 = r10 if s1 else (r20 if s2 else r00)
-        r01 = r11 if s1 else (r21 if s2 else r01)
-        r02 = r12 if s1 else (r22 if s2 else r02)
-        y0 = y1 if s1 else (y2 if s2 else y0)
-        r10 = t0 if s1 else r10
-        r11 = t1 if s1 else r11
-        r12 = t2 if s1 else r12
-        y1 = ty if s1 else y1
-        r20 = t0 if s2 else r20
-        r21 = t1 if s2 else r21
-        r22 = t2 if s2 else r22
-        y2 = ty if s2 else y2
+        s1 = s1 and not s2  # at most one swap
+        r00, r10 = _lu_swap(s1, r00, r10)
+        r01, r11 = _lu_swap(s1, r01, r11)
+        r02, r12 = _lu_swap(s1, r02, r12)
+        y0, y1 = _lu_swap(s1, y0, y1)
+        r00, r20 = _lu_swap(s2, r00, r20)
+        r01, r21 = _lu_swap(s2, r01, r21)
+        r02, r22 = _lu_swap(s2, r02, r22)
+        y0, y2 = _lu_swap(s2, y0, y2)
         sing = r00 == 0
         inv0 = 1 / r00
         f = 0.0 if sing else inv0
@@ -390,12 +385,18 @@ def _lu_inv_t(a, n, m, dtype_of):
 # -- solve: X = A^{-1} B, attrs (n, k) ---------------------------------------------------
 
 @njit(cache=True, nogil=True)
-def _lu_solve_into(a, b, r, n, k, m):
-    # r = A^{-1} B at the first m points; returns the factorization for more solves.
+def _lu_rhs_into(b, r, n, k, m):
+    # r = B at the first m points (one column of b: shared).
     wb = b.shape[1]
     for i in range(n * k):
         for p in range(m):
             r[i, p] = b[i, p if wb > 1 else 0]
+
+
+@njit(cache=True, nogil=True)
+def _lu_solve_into(a, b, r, n, k, m):
+    # r = A^{-1} B at the first m points; returns the factorization for more solves.
+    _lu_rhs_into(b, r, n, k, m)
     f = _lu_factor(a, 0, n, m)
     _lu_apply(f, r, n, k, m)
     return f
@@ -405,10 +406,7 @@ def _lu_solve_into(a, b, r, n, k, m):
 def solve_forward(at, a, b, c, r, m):
     n = np.int64(at[0])
     k = np.int64(at[1])
-    wb = b.shape[1]
-    for i in range(n * k):
-        for p in range(m):
-            r[i, p] = b[i, p if wb > 1 else 0]
+    _lu_rhs_into(b, r, n, k, m)
     _lu_solve(a, False, r, n, k, m)
 
 
