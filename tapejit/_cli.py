@@ -1,5 +1,6 @@
 """Command line: ``tapejit demo``, ``tapejit inspect FILE``, ``tapejit eval FILE ...``,
-``tapejit kernels [--op NAME --sweep SWEEP]`` (also ``python -m tapejit ...``).
+``tapejit kernels [--op NAME --sweep SWEEP]``, ``tapejit compile [--jobs N]`` (also
+``python -m tapejit ...``).
 
 Every output is written to a temporary file and renamed into place when complete: on any
 error the file that was at the path is untouched, and an output that is the same file as
@@ -245,6 +246,10 @@ def main(argv: list[str] | None = None) -> int:
     p_ev.add_argument("--mask", action="store_true",
                       help="NaN at points outside the recorded branches instead of failing")
     p_ev.add_argument("--out", required=True, metavar="O.npy", help="result file (.npy)")
+    p_c = sub.add_parser("compile", help="compile every kernel for this machine, ahead of use "
+                         "(into the on-disk cache; for a Dockerfile or CI step)")
+    p_c.add_argument("--jobs", type=int, default=None,
+                     help="processes compiling side by side (default: the CPUs, at most 4)")
     p_k = sub.add_parser("kernels", help="the kernel sweeps, or the code one op runs in one")
     p_k.add_argument("--list", action="store_true", help="list the sweeps (the default)")
     p_k.add_argument("--op", choices=_op_names(), metavar="NAME",
@@ -263,6 +268,13 @@ def main(argv: list[str] | None = None) -> int:
                 else "hessian" if args.hessian else "forward")
         return evaluate(args.file, args.points, args.out, args.params, what,
                         "mask" if args.mask else "raise")
+    if args.command == "compile":
+        if args.jobs is not None and args.jobs < 1:
+            parser.error("--jobs must be at least 1")
+        from ._warmup import compile_kernels
+
+        compile_kernels(args.jobs)
+        return EXIT_OK
     if args.command == "kernels":
         if args.list or (args.op is None and args.sweep is None):
             return kernels()

@@ -9,9 +9,9 @@ A tape is two flat arrays, the packed int32 program and the float64 constant poo
 
 and returns a :class:`SharedTape`: a handle of a few hundred bytes that pickles as the
 block's name and the tape's shapes. :meth:`SharedTape.attach` in any process on the same
-machine maps the block read-only and builds a :class:`~tapejit.Tape` directly over it
-(``_tape.from_packed``: validated, not copied), so a tape of any size costs each worker
-one validation and no memory of its own.
+machine maps the block (copy-on-write; nothing writes it) and builds a
+:class:`~tapejit.Tape` directly over it (``_tape.from_packed``: validated, not copied), so
+a tape of any size costs each worker one validation and no memory of its own.
 
 Lifetime: the process that called :func:`share` owns the block. It stays available to
 :meth:`~SharedTape.attach` until the owner calls :meth:`~SharedTape.unlink` (or
@@ -45,19 +45,26 @@ _ATTACHED: dict[str, Tape] = {}
 _LOCK = threading.Lock()
 
 
-def _map_readonly(name: str, nbytes: int):
-    """Map ``nbytes`` of the shared block ``name`` read-only, untracked (an mmap)."""
+def _map_private(name: str, nbytes: int):
+    """Map ``nbytes`` of the shared block ``name`` copy-on-write, untracked (an mmap).
+
+    The pages stay the block's (no copy) while nothing writes them, and nothing does: the
+    tape's own views are read-only. Being writeable, the mapping gives the kernels the
+    array type they are compiled and cached for, not a read-only variant of its own;
+    a write could never reach the block or another process.
+    """
     if os.name == "nt":  # no resource tracker; a mapping keeps the block alive
         shm = shared_memory.SharedMemory(name=name)  # FileNotFoundError if gone
         try:
-            return mmap.mmap(-1, max(nbytes, 1), tagname=name, access=mmap.ACCESS_READ)
+            return mmap.mmap(-1, max(nbytes, 1), tagname=name, access=mmap.ACCESS_COPY)
         finally:
             shm.close()
     import _posixshmem  # what SharedMemory itself uses on POSIX
 
     fd = _posixshmem.shm_open("/" + name, os.O_RDONLY, mode=0o600)
     try:
-        return mmap.mmap(fd, os.fstat(fd).st_size, prot=mmap.PROT_READ)
+        return mmap.mmap(fd, os.fstat(fd).st_size, flags=mmap.MAP_PRIVATE,
+                         prot=mmap.PROT_READ | mmap.PROT_WRITE)
     finally:
         os.close(fd)
 
@@ -129,7 +136,7 @@ class SharedTape:
                 f"tape {self.tape_name!r}>")
 
     def attach(self) -> Tape:
-        """The shared tape, built over a read-only mapping of the block (no copy).
+        """The shared tape, built over a copy-on-write mapping of the block (no copy).
 
         The first call in a process maps and validates the block; later calls return the
         same :class:`~tapejit.Tape`. It stays valid however the block's owner closes or
@@ -146,7 +153,7 @@ class SharedTape:
             if tape is not None:
                 return tape
             try:
-                buf = _map_readonly(self.name, self.nbytes)
+                buf = _map_private(self.name, self.nbytes)
             except FileNotFoundError:
                 raise FileNotFoundError(
                     f"shared tape block {self.name!r} does not exist (any more): its "
@@ -158,7 +165,7 @@ class SharedTape:
             prog = np.frombuffer(buf, dtype=np.int32, count=self.prog_size,
                                  offset=8 * self.n_consts)
             tape = from_packed(prog, consts, self.input_shapes, self.output_shapes,
-                               self.tape_name)
+                               self.tape_name, private=True)
             _ATTACHED[self._token] = tape
             return tape
 

@@ -211,22 +211,22 @@ class Tape:
         self._adopt(prog, consts, input_shapes, output_shapes, name)
 
     def _adopt(self, prog: np.ndarray, consts: np.ndarray, input_shapes: tuple,
-               output_shapes: tuple, name: str) -> None:
+               output_shapes: tuple, name: str, private: bool = False) -> None:
         """Take a validated packed program and constant pool as they are (no copy).
 
         Both are seen through read-only views: a tape is immutable. The kernels are
         given the arrays themselves when this tape owns them (``_kernel_prog``,
         ``_kernel_consts``; nothing writes them): Numba's dispatcher types a writeable
         array from a table but a read-only one by a slower fingerprint, per array and
-        call, which matters on the one-point path. A tape over memory it does not own (a
-        shared block) passes its read-only views, at the cost of a second compiled
-        variant of the kernels it uses.
+        call, which matters on the one-point path, and compiles a read-only variant of
+        every kernel. ``private`` arrays (see ``_from_packed``) count as owned. A tape over
+        memory it does not own passes its read-only views, at the cost of that variant.
         """
         global _K
         check_runnable(prog)
         if _K is None:
             _K = kernels()
-        own = prog.flags.owndata and consts.flags.owndata
+        own = private or (prog.flags.owndata and consts.flags.owndata)
         self._kernel_prog = prog if own and prog.flags.writeable else None
         self._kernel_consts = consts if own and consts.flags.writeable else None
         prog, consts = prog.view(), consts.view()
@@ -258,19 +258,22 @@ class Tape:
 
     @classmethod
     def _from_packed(cls, prog: np.ndarray, consts: np.ndarray, input_shapes: tuple = (),
-                     output_shapes: tuple = (), name: str = "") -> Tape:
+                     output_shapes: tuple = (), name: str = "", private: bool = False) -> Tape:
         """A tape over an existing packed program (e.g. in shared memory), not copied.
 
         The program is decoded and fully validated first (``Program.unpack``); it must be
         a C-contiguous int32 array and is used as it is (through a read-only view), so the
-        caller must not modify it afterwards. A program of format version 1 (pickled or
-        shared by an earlier tapejit) is converted: the tape then holds a new copy.
+        caller must not modify it afterwards. ``private``: the caller vouches that nothing
+        else holds the two arrays (a private mapping of a shared block), so the kernels may
+        be given them as they are, like arrays the tape owns. A program of format version
+        1 (pickled or shared by an earlier tapejit) is converted: the tape then holds a new
+        copy.
         """
         prog, consts = upgrade(np.asarray(prog), np.asarray(consts))
         Program.unpack(prog, consts)
         tape = cls.__new__(cls)
         tape._adopt(prog, consts, tuple(map(tuple, input_shapes)),
-                    tuple(map(tuple, output_shapes)), name)
+                    tuple(map(tuple, output_shapes)), name, private)
         return tape
 
     def __reduce__(self):
@@ -1162,10 +1165,10 @@ class Tape:
 
 # -- the package-internal interface (see the module docstring) ---------------------------
 def from_packed(prog: np.ndarray, consts: np.ndarray, input_shapes: tuple = (),
-                output_shapes: tuple = (), name: str = "") -> Tape:
+                output_shapes: tuple = (), name: str = "", private: bool = False) -> Tape:
     """A tape over an existing packed program and constants (validated, not copied; see
     ``Tape._from_packed``)."""
-    return Tape._from_packed(prog, consts, input_shapes, output_shapes, name)
+    return Tape._from_packed(prog, consts, input_shapes, output_shapes, name, private)
 
 
 def packed(tape: Tape) -> tuple[np.ndarray, np.ndarray]:

@@ -4,6 +4,10 @@
   finite differences of a vectorized numpy function, used as the independent reference
   for gradients and Jacobians.
 * A hypothesis profile without deadlines (the first call of a kernel may compile it).
+* A run of more than one test module on a cold kernel cache first runs ``tapejit
+  compile`` (every kernel, on every core) instead of compiling each kernel where a test
+  first needs it, one at a time; ``TAPEJIT_TEST_WARMUP=0`` turns that off. A run of one
+  module compiles only what it uses.
 """
 
 from __future__ import annotations
@@ -29,6 +33,20 @@ settings.register_profile(
     suppress_health_check=[HealthCheck.too_slow],
 )
 settings.load_profile("tapejit")
+
+
+def pytest_collection_finish(session):
+    if os.environ.get("TAPEJIT_TEST_WARMUP") == "0":
+        return
+    if len({item.path for item in session.items}) < 2:
+        return
+    from tapejit._kernels.runtime import is_cached
+    from tapejit._warmup import compile_kernels
+
+    if not is_cached("hvp_batch"):  # the costliest kernel: the cache is cold
+        capture = session.config.pluginmanager.getplugin("capturemanager")
+        with capture.global_and_fixture_disabled():  # show the progress
+            compile_kernels()
 
 
 def _central_diff(f, X, h=1e-6, fixed=()):

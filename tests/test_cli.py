@@ -309,3 +309,19 @@ def test_kernels_needs_op_and_sweep_together(capsys):
         main(["kernels", "--op", "mul"])
     assert exc.value.code == 2
     assert "give both --op and --sweep" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("jobs", ["0", "-2"])
+def test_compile_needs_a_positive_job_count(capsys, jobs):
+    with pytest.raises(SystemExit) as exc:
+        main(["compile", "--jobs", jobs])
+    assert exc.value.code == 2
+    assert "--jobs must be at least 1" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("jobs", [0, 1.5, True])
+def test_compile_kernels_refuses_a_bad_job_count(jobs):
+    from tapejit._warmup import compile_kernels
+
+    with pytest.raises(ValueError, match="jobs must be a positive integer"):
+        compile_kernels(jobs)

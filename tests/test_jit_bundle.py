@@ -12,23 +12,15 @@ import copy
 import pickle
 import re
 
-import numba
 import numpy as np
 import pytest
+from _njit_caller import enter as _enter
 from numba.core.errors import TypingError
 
 import tapejit
 from tapejit._tape import packed, point_floats, reverse_plan
 
 SENTINEL = 12345.0
-
-
-@numba.njit
-def _enter(args, x, g, grad):
-    """The one compiled caller of the entry points (each new one compiles the kernels)."""
-    if grad:
-        return tapejit.jit_value_and_grad(args, x, g)
-    return tapejit.jit_value(args, x)
 
 
 def _rosen(x):

@@ -110,7 +110,8 @@ def _notice_if_cold(fn) -> None:
         _NOTICE_SHOWN = True
         print(
             "tapejit: compiling its interpreters for this machine (first use only, up to "
-            f"a few minutes; cached in {os.path.dirname(os.path.dirname(index))})",
+            f"a few minutes; cached in {os.path.dirname(os.path.dirname(index))}; "
+            "`tapejit compile` does them all ahead, on every core)",
             file=sys.stderr,
             flush=True,
         )
