@@ -19,6 +19,7 @@ import sys
 import time
 from collections.abc import Callable
 from concurrent.futures import ProcessPoolExecutor, as_completed
+from functools import partial
 from multiprocessing import get_context
 
 import numpy as np
@@ -36,72 +37,30 @@ def _tape(n: int = 3):
     return record(lambda x, p: np.sum(np.sin(x) * x[0] ** 2) * p, np.ones(n), 1.0, argnums=0)
 
 
-def _point() -> tuple:
-    return _tape(), np.ones(3), np.ones(1), np.ones(3)
-
-
-def _batch() -> tuple:
-    return _tape(), np.ones((5, 3)), np.ones((5, 1)), np.ones(3)
-
-
-def _forward_point() -> None:
-    t, x, p, _ = _point()
-    t.forward(x, p)
-
-
-def _gradient_point() -> None:
-    t, x, p, _ = _point()
-    t.value_and_grad(x, p)
-    t.vjp(x, np.ones(1), p)
-
-
-def _tangent_point() -> None:
-    t, x, p, v = _point()
-    t.jvp(x, v, p)
-    t.jacobian(x, p, mode="forward")
-
-
-def _second_order_point() -> None:
-    t, x, p, v = _point()
-    t.hessian(x, p)
-    t.hvp(x, v, p)
-    t.jacobian(x, p, mode="reverse")
-
-
-def _forward_batch() -> None:
-    t, X, P, _ = _batch()
-    t.forward(X, P)
-
-
-def _gradient_batch() -> None:
-    t, X, P, _ = _batch()
-    t.value_and_grad(X, P)
-    t.vjp(X, np.ones(1), P)
-
-
-def _tangent_batch() -> None:
-    t, X, P, v = _batch()
-    t.jvp(X, v, P)
-    t.jacobian(X, P, mode="forward")
-
-
-def _jacobian_batch() -> None:
-    t, X, P, _ = _batch()
-    t.jacobian(X, P, mode="reverse")
-
-
-def _second_order_batch() -> None:
-    t, X, P, v = _batch()
-    t.hessian(X, P)
-    t.hvp(X, v, P)
+def _calls(point: bool, *methods: str) -> None:
+    """Call the small tape's ``methods`` at one point or at a batch of points."""
+    t = _tape()
+    x, p = (np.ones(3), np.ones(1)) if point else (np.ones((5, 3)), np.ones((5, 1)))
+    v = np.ones(3)
+    run = {
+        "forward": lambda: t.forward(x, p),
+        "value_and_grad": lambda: t.value_and_grad(x, p),
+        "vjp": lambda: t.vjp(x, np.ones(1), p),
+        "jvp": lambda: t.jvp(x, v, p),
+        "jacobian_forward": lambda: t.jacobian(x, p, mode="forward"),
+        "jacobian_reverse": lambda: t.jacobian(x, p, mode="reverse"),
+        "hessian": lambda: t.hessian(x, p),
+        "hvp": lambda: t.hvp(x, v, p),
+    }
+    for method in methods:
+        run[method]()
 
 
 def _float32_batch() -> None:
-    t, X, P, _ = _batch()
-    t32 = t.astype(np.float32)
-    X32, P32 = X.astype(np.float32), P.astype(np.float32)
-    t32.forward(X32, P32)
-    t32.value_and_grad(X32, P32)
+    t = _tape().astype(np.float32)
+    X, P = np.ones((5, 3), np.float32), np.ones((5, 1), np.float32)
+    t.forward(X, P)
+    t.value_and_grad(X, P)
 
 
 def _long_batch() -> None:
@@ -111,20 +70,24 @@ def _long_batch() -> None:
     t.value_and_grad(X, P)
 
 
+def _at(point: bool, *methods: str) -> Callable[[], None]:
+    return partial(_calls, point, *methods)
+
+
 #: ``(name, what it runs, relative compile cost)``: one kind of call each; the cost orders
 #: the work (longest first) and weighs the progress bar.
 STEPS: tuple[tuple[str, Callable[[], None], int], ...] = (
-    ("hessian, batched", _second_order_batch, 240),
-    ("hessian, one point", _second_order_point, 185),
-    ("gradient, one point", _gradient_point, 140),
-    ("gradient, batched", _gradient_batch, 105),
-    ("forward, one point", _forward_point, 30),
-    ("float32, batched", _float32_batch, 30),
+    ("hessian, batched", _at(False, "hessian", "hvp"), 240),
+    ("hessian, one point", _at(True, "hessian", "hvp", "jacobian_reverse"), 185),
+    ("gradient, one point", _at(True, "value_and_grad", "vjp"), 140),
+    ("gradient, batched", _at(False, "value_and_grad", "vjp"), 105),
+    ("float32, batched", _float32_batch, 95),
+    ("forward, one point", _at(True, "forward"), 30),
     ("long tapes, batched", _long_batch, 30),
-    ("forward, batched", _forward_batch, 25),
-    ("jvp, batched", _tangent_batch, 15),
-    ("jacobian, batched", _jacobian_batch, 15),
-    ("jvp, one point", _tangent_point, 10),
+    ("forward, batched", _at(False, "forward"), 25),
+    ("jvp, batched", _at(False, "jvp", "jacobian_forward"), 15),
+    ("jacobian, batched", _at(False, "jacobian_reverse"), 15),
+    ("jvp, one point", _at(True, "jvp", "jacobian_forward"), 10),
 )
 _BY_NAME = {name: (run, cost) for name, run, cost in STEPS}
 
