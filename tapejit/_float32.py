@@ -22,6 +22,7 @@ from ._kernels.runtime import chunk_of, run_batch
 from ._tape import (
     PLAIN,
     dask_in,
+    float32_families,
     forward_program,
     guarded,
     kernel_arrays,
@@ -80,6 +81,7 @@ class Float32Tape:
 
     def __init__(self, tape) -> None:
         self.tape = tape
+        float32_families(tape)
 
     def __getattr__(self, name: str):
         # the tape's public attributes only: its internals are reached through the

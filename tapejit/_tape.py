@@ -57,6 +57,7 @@ from ._program import (
     ARG_A,
     ATTR,
     FAMILIES,
+    FIRST_FAMILY,
     MAX_ARITY,
     N_GUARDS,
     N_INPUTS,
@@ -93,6 +94,10 @@ _COMPACT_MIN_INSTR = 16
 # The kernels, bound on the first tape's creation (loading them is not free, and
 # ``import tapejit`` should not pay it); the evaluation methods read this global.
 _K = None
+#: The family sweeps (``_program.SWEEPS``) of values and gradients, and of tangents and
+#: second order (``_kernels/family_calls.py``).
+_FIRST_ORDER = ("forward", "reverse")
+_SECOND_ORDER = ("tangent", "second_order")
 
 
 def _as_points(x, n: int, what: str) -> np.ndarray:
@@ -244,6 +249,13 @@ class Tape:
         self._chunk = chunk_of(working_slots(prog))
         self._fwd = None  # (program, n_slots, chunk) of the forward sweeps, on first use
         self._rev = None  # the reverse plan, on first use
+        # Instruction families: their routines for values and gradients are compiled (or
+        # loaded) now, those of the tangent and second-order sweeps on first use.
+        ops = code_of(prog)[:, OPCODE] if int(prog[N_INSTR]) else np.empty(0, np.int32)
+        self._families = tuple(int(c) for c in np.unique(ops[ops >= FIRST_FAMILY]))
+        if self._families:
+            _K.ensure_family_routines(self._families, _FIRST_ORDER)
+        self._fam_pending = bool(self._families)
         self.input_shapes = input_shapes
         self.output_shapes = output_shapes
         self.name = name
@@ -945,9 +957,16 @@ class Tape:
     def _chunk_for(self, n_dirs: int, n_slots: int | None = None) -> int:
         return chunk_for(self._n_slots if n_slots is None else n_slots, n_dirs)
 
+    def _second_order_families(self) -> None:
+        """Compile (or load) the tangent and second-order routines of the tape's families."""
+        _K.ensure_family_routines(self._families, _SECOND_ORDER)
+        self._fam_pending = False
+
     def _jvp_batch(self, X, P, V, Y, TY) -> np.ndarray:
         """Tangents ``TY (n, n_outputs, n_dirs)`` of directions ``V (1 or n, n_dirs, n_in)``;
         one point goes through the scalar sweep. Returns the guard validity per point."""
+        if self._fam_pending:
+            self._second_order_families()
         n = X.shape[0]
         prog, n_slots, _ = self._fwd or self._forward_prog()
         if n == 1 and V.shape[0] == 1:
@@ -1051,6 +1070,8 @@ class Tape:
     def _hvp_batch(self, X, P, V) -> tuple[np.ndarray, np.ndarray]:
         """``(n, n_dirs, n_inputs)`` Hessian-direction products (directions in blocks that
         bound the workspace) and the guard validity per point."""
+        if self._fam_pending:
+            self._second_order_families()
         n, nv = X.shape[0], V.shape[1]
         HV = np.empty((n, nv, self._n_in))
         Y = np.empty((n, 1))
@@ -1103,6 +1124,8 @@ class Tape:
             and type(v) is np.ndarray and v.dtype is _F64 and v.shape == self._shape1
             and v.flags.carray
         ):  # a Newton-CG inner loop: one point, one direction, nothing to convert
+            if self._fam_pending:
+                self._second_order_families()
             hv = np.empty(self._n_in)
             if not _K.hvp_point(self._kernel_prog, self._kernel_consts, x, _EMPTY1,
                                 v.reshape(1, -1), np.empty(self._n_in), hv.reshape(1, -1),
@@ -1169,6 +1192,13 @@ def from_packed(prog: np.ndarray, consts: np.ndarray, input_shapes: tuple = (),
     """A tape over an existing packed program and constants (validated, not copied; see
     ``Tape._from_packed``)."""
     return Tape._from_packed(prog, consts, input_shapes, output_shapes, name, private)
+
+
+def float32_families(tape: Tape) -> None:
+    """Compile (or load) the routines of the tape's instruction families that the
+    batched kernels run with float32 parameters (``Float32Tape``'s direct methods)."""
+    if tape._families:
+        _K.ensure_family_routines(tape._families, _FIRST_ORDER, float32=True)
 
 
 def packed(tape: Tape) -> tuple[np.ndarray, np.ndarray]:

@@ -7,7 +7,8 @@ minutes. :func:`compile_kernels` makes those calls ahead of time on small tapes,
 worker processes that fill Numba's on-disk cache side by side, so a Dockerfile, a CI job
 or a new machine pays the compilation once, on every core, before any real work.
 
-Each :data:`STEPS` entry is one kind of call; the workers take the longest first. Two
+Each :data:`STEPS` entry is one kind of call, or the routines of the instruction families
+of one kernel file; the workers take the longest first. Two
 workers may both compile a routine that several kinds of call share (whichever finishes
 first writes it to the cache): a little duplicated work, for no waiting on each other.
 """
@@ -74,6 +75,29 @@ def _at(point: bool, *methods: str) -> Callable[[], None]:
     return partial(_calls, point, *methods)
 
 
+def _family_routines(file: str) -> None:
+    """The routines of the instruction families of kernel file ``file``, every sweep
+    (and the first-order ones for float32 parameters too: ``Float32Tape``)."""
+    from ._kernels.runtime import kernels
+    from ._program import FAMILIES, SWEEPS
+
+    codes = [code for code, family in FAMILIES.items() if family.kernel == file]
+    ensure = kernels().module.ensure_family_routines
+    ensure(codes, SWEEPS)
+    ensure(codes, ("forward", "reverse"), float32=True)
+
+
+def _family_steps() -> tuple:
+    from ._program import FAMILIES
+
+    files: dict[str, list[str]] = {}
+    for family in FAMILIES.values():
+        if family.kernel:
+            files.setdefault(family.kernel, []).append(family.name)
+    return tuple((f"families {'/'.join(names)}", partial(_family_routines, file), 40)
+                 for file, names in sorted(files.items()))
+
+
 #: ``(name, what it runs, relative compile cost)``: one kind of call each; the cost orders
 #: the work (longest first) and weighs the progress bar.
 STEPS: tuple[tuple[str, Callable[[], None], int], ...] = (
@@ -88,6 +112,7 @@ STEPS: tuple[tuple[str, Callable[[], None], int], ...] = (
     ("jvp, batched", _at(False, "jvp", "jacobian_forward"), 15),
     ("jacobian, batched", _at(False, "jacobian_reverse"), 15),
     ("jvp, one point", _at(True, "jvp", "jacobian_forward"), 10),
+    *_family_steps(),
 )
 _BY_NAME = {name: (run, cost) for name, run, cost in STEPS}
 
@@ -157,7 +182,8 @@ def compile_kernels(jobs: int | None = None, *, stream=None) -> float:
     progress = _Progress(sum(cost for _, _, cost in STEPS), stream)
     start = time.perf_counter()
     with ProcessPoolExecutor(jobs, mp_context=get_context("spawn")) as pool:
-        futures = {pool.submit(_run_step, name): name for name, _, _ in STEPS}
+        by_cost = sorted(STEPS, key=lambda step: -step[2])
+        futures = {pool.submit(_run_step, name): name for name, _, _ in by_cost}
         for n_done, future in enumerate(as_completed(futures), 1):
             name = futures[future]
             progress.step(name, _BY_NAME[name][1], future.result(), n_done, len(STEPS))

@@ -17,6 +17,7 @@ import tapejit
 from tapejit import _io
 from tapejit._cli import inspect
 from tapejit._fam_matmul import MATMUL
+from tapejit._kernels.runtime import kernels
 from tapejit._passes import guard_slice, stats
 from tapejit._program import FAMILIES, N_SLOTS, Program
 from tapejit._show import interpret
@@ -293,6 +294,26 @@ def test_evaluate_file(chol, tmp_path):
     v0, g0 = chol.value_and_grad(pts, X.ravel())
     _same(v, v0)
     _same(g, g0)
+
+
+@pytest.mark.parametrize("method", ["forward", "value_and_grad", "hessian"])
+def test_a_family_routine_not_compiled_raises_instead_of_being_called(chol, method):
+    # The sweeps call family routines through a table of addresses filled before any
+    # kernel runs them; an empty slot must raise, never jump to address 0.
+    module = kernels().module
+    table = module._FAMILY_TABLE
+    before = getattr(chol, method)(W, X.ravel())  # every slot this call reads is filled
+    saved = list(table)
+    try:
+        table[:] = [0] * len(table)
+        with pytest.raises(RuntimeError, match="family routine was not compiled"):
+            getattr(chol, method)(W, X.ravel())
+    finally:
+        table[:] = saved
+    after = getattr(chol, method)(W, X.ravel())
+    pairs = zip(before, after, strict=True) if method == "value_and_grad" else [(before, after)]
+    for a, b in pairs:
+        _same(a, b)
 
 
 def test_njit_bundle(tape):

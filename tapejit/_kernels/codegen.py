@@ -622,12 +622,19 @@ def _reverse_hvp(point: bool) -> str:
 #: Imports of the generated module: what the kernel files import above their marker
 #: line (besides each other and the constants, which the module defines itself).
 _IMPORTS = """\
+import ctypes as _ctypes
 import math
+import threading as _threading
 
+import llvmlite.binding as _llvm
 import numpy as np
 from llvmlite import ir as _ir
+from numba import carray as _carray
+from numba import cfunc as _cfunc
 from numba import njit as _njit
+from numba.core import cgutils as _cgutils
 from numba.core import types as _types
+from numba.core.errors import TypingError as _TypingError
 from numba.extending import intrinsic as _intrinsic
 """
 
@@ -648,11 +655,23 @@ _FAMILY_CALL = {
 }
 
 
-def _family_dispatch(sweep: str) -> str:
-    """The dispatcher of one sweep over the registered families: reads instruction
+#: How a family routine's array operands cross the C call: ``(element type's address
+#: intrinsic, ndim)``; ``None``: the parameters' dtype of the routine. Others: integers.
+_FAMILY_ARRAYS = {"prog": ("_int32_at", 1), "consts": ("_float64_at", 1), "P": (None, 2),
+                  "W": ("_float64_at", 2), "A": ("_float64_at", 2), "T": ("_float64_at", 3),
+                  "Ad": ("_float64_at", 3)}
+_FAMILY_PARAMS = {"f64": "_float64_at", "f32": "_float32_at"}
+
+
+def _family_files() -> list[str]:
+    return sorted({f.kernel for f in _program.FAMILIES.values() if f.kernel})
+
+
+def _family_routine(sweep: str, file: str) -> str:
+    """One sweep's routine for the families of one kernel file: reads instruction
     ``k``'s operand blocks (``families.py``) and calls the family's rule."""
     lines = ["@njit(cache=True, nogil=True)",
-             f"def _family_{sweep}({_FAMILY_ARGS[sweep]}):",
+             f"def _family_{sweep}__{file}({_FAMILY_ARGS[sweep]}):",
              "    op = prog[k + OPCODE]",
              "    at = prog[prog[AT_ATTRS] + prog[k + ATTR] :]",
              "    ir = prog[k + RESULT]",
@@ -672,22 +691,75 @@ def _family_dispatch(sweep: str) -> str:
             lines.append(f"    gd{x} = Ad[i{x} : i{x} + l{x}] if d{x} else Ad[:0]")
     kw = "if"
     for code, family in sorted(_program.FAMILIES.items()):
-        if not family.kernel:
+        if family.kernel != file:
             continue
         lines += [f"    {kw} op == {code}:  # {family.name}",
                   f"        {family.rules[sweep]}(at, a, b, c, r, {_FAMILY_CALL[sweep]})"]
         kw = "elif"
-    # an opcode no branch here runs: a program checked against other families
-    lines += ["    else:" if kw == "elif" else "    if True:",
-              '        raise ValueError("an instruction family this kernel module does not '
-              'run")']
     return "\n".join(lines) + "\n"
 
 
+def _family_c_routine(sweep: str, file: str, dtype: str) -> str:
+    """The C callable of :func:`_family_routine` for parameters of ``dtype``: its arrays
+    arrive as data addresses and shapes (``family_calls.py``); compiled on first use."""
+    names = [a.strip() for a in _FAMILY_ARGS[sweep].split(",")]
+    params, body = [], []
+    for name in names:
+        if name not in _FAMILY_ARRAYS:
+            params.append(name)
+            continue
+        at, ndim = _FAMILY_ARRAYS[name]
+        shape = [f"{name}_{d}" for d in range(ndim)]
+        params += [f"{name}_p", *shape]
+        body.append(f"    {name} = _carray({at or _FAMILY_PARAMS[dtype]}({name}_p), "
+                    f"({', '.join(shape)},))")
+    return "\n".join([f"def _family_{sweep}__{file}__{dtype}({', '.join(params)}):", *body,
+                      f"    _family_{sweep}__{file}({', '.join(names)})"]) + "\n"
+
+
+def _family_dispatch(sweep: str) -> str:
+    """The dispatcher the sweeps call: the C routine of the instruction's family, through
+    the table of ``family_calls.py`` (an instruction family's code never links into a
+    sweep)."""
+    args = _FAMILY_ARGS[sweep]
+    return "\n".join([
+        "@_intrinsic",
+        f"def _family_call_{sweep}(typingctx, addr, {args}):",
+        f"    return _c_call(addr, {args})",
+        "",
+        "",
+        "@njit(cache=True, nogil=True)",
+        f"def _family_{sweep}({args}):",
+        "    code = prog[k + OPCODE]",
+        "    if code < FIRST_FAMILY or code >= FIRST_FAMILY + N_FAMILY_CODES:",
+        '        raise ValueError("an instruction family this kernel module does not run")',
+        f"    addr = _family_address(_family_slot(code, {_program.SWEEPS.index(sweep)}, "
+        "_family_dtype(P)))",
+        "    if addr == 0:",
+        '        raise RuntimeError("tapejit: a family routine was not compiled before the '
+        'kernel that calls it ran (ensure_family_routines)")',
+        f"    _family_call_{sweep}(addr, {args})",
+    ]) + "\n"
+
+
+def _family_constants() -> str:
+    """What ``family_calls.py`` reads of the op table's families."""
+    files = {code: f.kernel for code, f in sorted(_program.FAMILIES.items()) if f.kernel}
+    first = _program.FIRST_FAMILY
+    return "\n".join([f"SWEEPS = {_program.SWEEPS!r}",
+                      f"N_FAMILY_CODES = {max(files, default=first - 1) + 1 - first}",
+                      f"_FAMILY_FILES = {files!r}"]) + "\n"
+
+
 def _family_kernels() -> list[str]:
-    """The kernel files of the registered families, then the dispatchers."""
-    files = sorted({f.kernel for f in _program.FAMILIES.values() if f.kernel})
+    """The kernel files of the registered families, their routines and C callables, and
+    the dispatchers."""
+    files = _family_files()
     return [kernel_body("families"), *(kernel_body(f) for f in files),
+            _family_constants(), kernel_body("family_calls"),
+            *(_family_routine(s, f) for s in _program.SWEEPS for f in files),
+            *(_family_c_routine(s, f, d) for s in _program.SWEEPS for f in files
+              for d in _FAMILY_PARAMS),
             *(_family_dispatch(s) for s in _program.SWEEPS)]
 
 
