@@ -215,6 +215,10 @@ ARITY.flags.writeable = False
 # ---------------------------------------------------------------------------------------
 #: The sweeps a family gives a rule for, each the name of a kernel routine.
 SWEEPS = ("forward", "reverse", "tangent", "second_order")
+#: Those that values and gradients run, and those of tangents and second order (the
+#: family routines are compiled in these two groups, ``_kernels/family_calls.py``).
+FIRST_ORDER_SWEEPS = SWEEPS[:2]
+SECOND_ORDER_SWEEPS = SWEEPS[2:]
 
 
 @dataclass(frozen=True)

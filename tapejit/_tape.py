@@ -58,6 +58,7 @@ from ._program import (
     ATTR,
     FAMILIES,
     FIRST_FAMILY,
+    FIRST_ORDER_SWEEPS,
     MAX_ARITY,
     N_GUARDS,
     N_INPUTS,
@@ -67,6 +68,7 @@ from ._program import (
     N_SLOTS,
     OPCODE,
     RESULT,
+    SECOND_ORDER_SWEEPS,
     SIZE,
     STRIDE_A,
     Program,
@@ -94,10 +96,6 @@ _COMPACT_MIN_INSTR = 16
 # The kernels, bound on the first tape's creation (loading them is not free, and
 # ``import tapejit`` should not pay it); the evaluation methods read this global.
 _K = None
-#: The family sweeps (``_program.SWEEPS``) of values and gradients, and of tangents and
-#: second order (``_kernels/family_calls.py``).
-_FIRST_ORDER = ("forward", "reverse")
-_SECOND_ORDER = ("tangent", "second_order")
 
 
 def _as_points(x, n: int, what: str) -> np.ndarray:
@@ -254,7 +252,7 @@ class Tape:
         ops = code_of(prog)[:, OPCODE] if int(prog[N_INSTR]) else np.empty(0, np.int32)
         self._families = tuple(int(c) for c in np.unique(ops[ops >= FIRST_FAMILY]))
         if self._families:
-            _K.ensure_family_routines(self._families, _FIRST_ORDER)
+            _K.ensure_family_routines(self._families, FIRST_ORDER_SWEEPS)
         self._fam_pending = bool(self._families)
         self.input_shapes = input_shapes
         self.output_shapes = output_shapes
@@ -959,7 +957,7 @@ class Tape:
 
     def _second_order_families(self) -> None:
         """Compile (or load) the tangent and second-order routines of the tape's families."""
-        _K.ensure_family_routines(self._families, _SECOND_ORDER)
+        _K.ensure_family_routines(self._families, SECOND_ORDER_SWEEPS)
         self._fam_pending = False
 
     def _jvp_batch(self, X, P, V, Y, TY) -> np.ndarray:
@@ -1198,7 +1196,7 @@ def float32_families(tape: Tape) -> None:
     """Compile (or load) the routines of the tape's instruction families that the
     batched kernels run with float32 parameters (``Float32Tape``'s direct methods)."""
     if tape._families:
-        _K.ensure_family_routines(tape._families, _FIRST_ORDER, float32=True)
+        _K.ensure_family_routines(tape._families, FIRST_ORDER_SWEEPS, float32=True)
 
 
 def packed(tape: Tape) -> tuple[np.ndarray, np.ndarray]:
