@@ -29,7 +29,7 @@ import numpy as np
 from numpy.typing import ArrayLike
 
 from ._tape import Tape
-from ._transforms import _Call, tape_cache
+from ._transforms import Call, tape_cache
 
 __all__ = ["MultistartResult", "least_squares", "minimize", "multistart"]
 
@@ -122,7 +122,7 @@ class _Objective:
         self.nhev = 0  # Hessians or Hessian-vector products computed
 
     def _eval(self, x: np.ndarray, method: Callable[..., tuple]) -> tuple:
-        call = _Call((x.reshape(self.shape), *self.args), 0, False)
+        call = Call(self.cache.f, (x.reshape(self.shape), *self.args), {}, 0, False)
         self.tape, res = self.cache.evaluate(call, method)
         return res
 
@@ -182,7 +182,7 @@ class _Batch:
         self.args = args if isinstance(args, tuple) else (args,)
         self.cache = tape_cache(f)
         self.n, self.x_shape = x0s.shape[0], x0s.shape[1:]
-        one = _Call((x0s[0], *self.args), 0, False)  # validates the arguments
+        one = Call(self.cache.f, (x0s[0], *self.args), {}, 0, False)  # validates the arguments
         self.params = one.flat(one.param_pos)  # (n_params,): the same for every start
         # A batched call wants a points axis on every array parameter that has axes.
         self.bargs = tuple(
@@ -200,7 +200,8 @@ class _Batch:
             _, _, ok = self.tape.value_and_grad(X, params=self.params, out=(V, G), check="mask")
             if ok.all():
                 return
-        call = _Call((X.reshape(self.n, *self.x_shape), *self.bargs), 0, True)
+        call = Call(self.cache.f, (X.reshape(self.n, *self.x_shape), *self.bargs), {}, 0,
+                     True)
         self.tape, (v, g) = self.cache.evaluate(call, _vg)
         V[:] = v
         G[:] = g.reshape(G.shape)
