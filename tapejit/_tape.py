@@ -505,7 +505,7 @@ class Tape:
             if size == 1:
                 return slot(s)
             if stride == 0:
-                return f"{slot(s)} (x{size})"
+                return f"{slot(s)} (repeated {size})"
             last = slot(s + (size - 1) * stride)
             return f"{slot(s)}..{last}" + (f" step {stride}" if stride != 1 else "")
 

@@ -74,7 +74,8 @@ class Tracer:
             yield self._view(row)
 
     def __repr__(self) -> str:
-        return f"Tracer(shape={self.shape})"
+        # what a user sees printing a value inside the function being recorded
+        return f"<traced float64 array, shape {self.shape}>"
 
     def _view(self, ids: Any) -> Tracer:
         return Tracer(self._rec, np.asarray(ids), self._truth)

@@ -426,7 +426,11 @@ class MultistartResult(dict):
     history : ndarray
         Best value seen so far, after each sweep, ``(nfev,)``.
     success : bool
-        Whether ``fun`` is finite.
+        Whether the run stopped because every start converged (its gradient within
+        ``tol``), as ``scipy.optimize``'s ``success``: ``False`` when the step limit
+        stopped it (always, without ``tol``) or the best value is not finite.
+    status : int
+        0: every start converged; 1: the step limit was reached; 2: no finite value.
     message : str
         Why the run stopped.
     """
@@ -444,7 +448,7 @@ class MultistartResult(dict):
         return list(self.keys())
 
     def __repr__(self) -> str:
-        keys = ("fun", "x", "nit", "nfev", "success", "message")
+        keys = ("fun", "x", "nit", "nfev", "success", "status", "message")
         body = ", ".join(f"{k}={self[k]!r}" for k in keys if k in self)
         return f"MultistartResult({body})"
 
@@ -540,6 +544,7 @@ def multistart(
     best, x_best = np.inf, X[0].copy()
     it = 0
     message = f"maximum number of steps ({steps}) reached"
+    status = 1
     while True:
         batch.value_and_grad(X, V, G)
         i = int(np.argmin(np.where(np.isnan(V), np.inf, V)))
@@ -551,6 +556,7 @@ def multistart(
             converged |= np.max(np.abs(G), axis=1, initial=0.0) <= tol
             if converged.all():
                 message = "all starts converged (gradient within tol)"
+                status = 0
                 break
         if it == steps:
             break
@@ -574,6 +580,8 @@ def multistart(
         if converged.any():
             step[converged] = 0.0
         X -= step
+    if not np.isfinite(best):
+        status, message = 2, "no start reached a finite value"
     return MultistartResult(
         x=x_best.reshape(x_shape),
         fun=best,
@@ -583,6 +591,7 @@ def multistart(
         nit=it,
         nfev=batch.nfev,
         history=history[: it + 1].copy(),
-        success=bool(np.isfinite(best)),
+        success=status == 0,
+        status=status,
         message=message,
     )
