@@ -148,7 +148,10 @@ class Tracer:
         SciPy function converting its argument, raises instead (it would freeze the value).
         """
         if dtype is not None and np.dtype(dtype) != np.dtype(object):
-            raise self._no_convert(f"converting to a numpy array of dtype {np.dtype(dtype)}")
+            err = self._no_convert(f"converting to a numpy array of dtype {np.dtype(dtype)}")
+            err.args = (err.args[0] + " (numpy's np.mean/np.var of an object array built with "
+                        "np.array([...]) do this: build it with np.stack([...]) instead.)",)
+            raise err
         caller = sys._getframe(1).f_globals.get("__name__", "")
         if caller.split(".")[0] == "scipy":
             raise _scipy_conversion(caller)
@@ -474,7 +477,14 @@ def lift(rec: Recorder, value: Any) -> np.ndarray:
     if arr.dtype == object:  # np.array([...]) of traced values (Tracer.__array__)
         ids = np.empty(arr.shape, dtype=np.int64)
         for k in np.ndindex(arr.shape):
-            ids[k] = lift(rec, arr[k])
+            item = arr[k]
+            if not isinstance(item, Tracer | int | float | np.integer | np.floating) or \
+                    isinstance(item, bool):
+                raise TracingError(
+                    f"an object array holds {type(item).__name__} at index {k}; expected "
+                    "traced values and numbers only (an element never assigned is None)"
+                )
+            ids[k] = lift(rec, item)
         return ids
     if arr.dtype.kind not in "biuf":
         raise TracingError(
