@@ -473,10 +473,17 @@ def test_sphinx_build_writes_nothing_into_the_source_tree(built_docs):
     )
 
 
-#: Pages opened in the browser: math (inline and display), wide code, the performance
-#: table and the generated op table.
-BROWSER_PAGES = ("performance.html", "getting_started.html", "tutorials/hessians.html",
-                 "ops.html")
+#: Pages whose screenshots the browser test keeps: math (inline and display), wide
+#: code, the performance table and the generated op table. It measures every page.
+SCREENSHOT_PAGES = ("performance.html", "getting_started.html", "tutorials/hessians.html",
+                    "ops.html")
+#: A table far wider than the column, added to a page to see the style make it scroll.
+_ADD_WIDE_TABLE = """() => {
+  const t = document.createElement('table');
+  t.className = 'docutils';
+  t.innerHTML = '<tr><td style="white-space: nowrap">' + 'wide '.repeat(400) + '</td></tr>';
+  document.querySelector('div.body').appendChild(t);
+}"""
 #: What a page looks like in the browser, measured in the page (see the test below).
 _MEASURE = r"""() => {
   const column = document.querySelector('div.body').getBoundingClientRect();
@@ -531,13 +538,19 @@ def test_pages_render_in_a_browser_at_1280x800(built_docs):
             "--disable-background-networking", "--disable-component-update"])
         try:
             page = browser.new_page(viewport={"width": 1280, "height": 800})
-            for name in BROWSER_PAGES:
-                page.goto((built_docs.html / name).as_uri())
+            for path in sorted(built_docs.html.rglob("*.html")):
+                name = path.relative_to(built_docs.html).as_posix()
+                page.goto(path.as_uri())
                 found[name] = page.evaluate(_MEASURE)
-                page.screenshot(path=str(shots / name.replace("/", "_").replace(".html", ".png")),
-                                full_page=True)
+                if name in SCREENSHOT_PAGES:
+                    png = shots / name.replace("/", "_").replace(".html", ".png")
+                    page.screenshot(path=str(png), full_page=True)
+            page.goto((built_docs.html / "performance.html").as_uri())
+            page.evaluate(_ADD_WIDE_TABLE)
+            found["performance.html, a wide table added"] = page.evaluate(_MEASURE)
         finally:
             browser.close()
+    assert len(found) > len(_pages())  # every page (and the index pages Sphinx adds)
     for name, m in found.items():
         assert not m["raw_tex"], f"{name} shows TeX source: {m['raw_tex']}"
         # MathML laid out as math (Chromium's "math" display types), with a size
@@ -553,9 +566,10 @@ def test_pages_render_in_a_browser_at_1280x800(built_docs):
     math_pages = ("performance.html", "getting_started.html", "tutorials/hessians.html")
     assert all(len(found[p]["math"]) >= 5 for p in math_pages), {
         p: len(found[p]["math"]) for p in math_pages}
-    # the check saw what it is for: the performance table, and a code block and a table
-    # wider than the column (each then scrolls in its own box)
+    # the check saw what it is for: the performance table, a code block wider than the
+    # column, and a table wider than the column (added), each scrolling in its own box
     assert any(b["what"].startswith("table: Median time per call")
                for b in found["performance.html"]["boxes"])
     wide = [b["what"] for m in found.values() for b in m["boxes"] if b["scroll"] > b["room"]]
-    assert any(w.startswith("table") for w in wide) and any(w.startswith("pre") for w in wide)
+    assert any(w.startswith("pre") for w in wide)
+    assert any(w.startswith("table: wide") for w in wide)
