@@ -460,6 +460,9 @@ def test_sphinx_build_has_no_warnings(built_docs):
     # math is MathML in the page: no script, nothing fetched when it is viewed
     page = (built_docs.html / "tutorials" / "hessians.html").read_text(encoding="utf-8")
     assert page.count("<math ") >= 5 and "mathjax" not in page.lower()
+    # defaults as the source writes them: load(..., max_bytes=MAX_BYTES), not 4294967296
+    api = (built_docs.html / "api.html").read_text(encoding="utf-8")
+    assert ">MAX_BYTES<" in api and str(1 << 32) not in api
 
 
 def test_sphinx_build_writes_nothing_into_the_source_tree(built_docs):
