@@ -231,6 +231,18 @@ def test_example_output_names_no_private_module(page):
     )
 
 
+def test_docstring_example_output_names_no_private_module():
+    # the API page shows the public objects' docstrings, examples included
+    finder = doctest.DocTestFinder(recurse=True)
+    shown = []
+    for module in (tapejit, tapejit.optimize):
+        for name in module.__all__:
+            for test in finder.find(getattr(module, name), f"{module.__name__}.{name}"):
+                shown += [(test.name, e.want) for e in test.examples
+                          if _PRIVATE_NAME.search(e.want) or "tapejit._" in e.want]
+    assert not shown, f"docstring examples show private module paths: {shown}"
+
+
 def test_a_private_exception_name_matches_the_public_one_shown():
     checker = _PublicNamesChecker()
     flags = doctest.ELLIPSIS
@@ -527,6 +539,8 @@ def _chromium() -> str:
 
 
 def test_pages_render_in_a_browser_at_1280x800(built_docs):
+    # Full-page screenshots of SCREENSHOT_PAGES stay in pytest's temporary folder
+    # (.../docs_build0/screenshots/), to look at.
     sync_api = pytest.importorskip(
         "playwright.sync_api", reason="the playwright package is not installed")
     chromium = _chromium()
