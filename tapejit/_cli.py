@@ -236,7 +236,9 @@ def main(argv: list[str] | None = None) -> int:
     """Entry point of the ``tapejit`` command."""
     raw = argparse.RawDescriptionHelpFormatter
     parser = argparse.ArgumentParser(
-        prog="tapejit", description=__doc__, epilog=_LIMITS_HELP, formatter_class=raw
+        # the module docstring, as plain text (no reStructuredText literals)
+        prog="tapejit", description=__doc__.replace("``", ""), epilog=_LIMITS_HELP,
+        formatter_class=raw,
     )
     sub = parser.add_subparsers(dest="command", required=True)
     p_demo = sub.add_parser("demo", help="the seed examples: table, fit, 1e6 points, pictures")
@@ -246,7 +248,8 @@ def main(argv: list[str] | None = None) -> int:
     p_demo.add_argument("--no-pictures", action="store_true", help="skip the pictures")
     p_ins = sub.add_parser("inspect", help="summary, statistics and listing of a saved tape",
                            epilog=_LIMITS_HELP, formatter_class=raw)
-    p_ins.add_argument("file", help="tape file written by Tape.save / tapejit.save")
+    p_ins.add_argument("file", help="tape file written by Tape.save (tape.save(path) in "
+                       "Python)")
     p_ins.add_argument("--table", metavar="X1,X2,...",
                        help="also print the Wengert table (values, tangents, adjoints) here")
     p_ins.add_argument("--params", metavar="P1,P2,...", help="parameters for --table")
@@ -258,7 +261,7 @@ def main(argv: list[str] | None = None) -> int:
                        help="write the graph: .dot/.gv as text, .svg/.png/.pdf via Graphviz")
     p_ev = sub.add_parser("eval", help="evaluate a saved tape at the points of a .npy file",
                           epilog=_LIMITS_HELP, formatter_class=raw)
-    p_ev.add_argument("file", help="tape file")
+    p_ev.add_argument("file", help="tape file written by Tape.save")
     p_ev.add_argument("--points", required=True, metavar="P.npy",
                       help="points, shape (n_inputs,) or (n_points, n_inputs)")
     p_ev.add_argument("--params", metavar="Q.npy",
