@@ -17,16 +17,37 @@ def _literal(text: str) -> str:
     return f"``{text}``"
 
 
+def _public_name(func) -> str:
+    """``np.sin``, ``scipy.special.expit``: how user code spells a ufunc or function
+    (ufuncs have no ``__module__``; one that numpy does not export is scipy.special's)."""
+    import numpy as np
+    import scipy.special
+
+    name = func.__name__
+    if getattr(np, name, None) is func:
+        return f"np.{name}"
+    if getattr(scipy.special, name, None) is func:
+        return f"scipy.special.{name}"
+    return name
+
+
 def _ufunc_names() -> dict[int, list[str]]:
-    """Opcode -> names of the numpy ufuncs the tracer maps to that op."""
+    """Opcode -> names of the numpy and scipy.special ufuncs the tracer maps to that op,
+    and of the numpy function that is an op's reference where that is not a ufunc
+    (``np.sinc``)."""
     import numpy as np
 
+    from tapejit import OPS
+    from tapejit._numpy_funcs import FUNCTIONS
     from tapejit._tracer import UFUNC_OPS
 
     names: dict[int, list[str]] = {}
     for ufunc, op in UFUNC_OPS.items():
         if isinstance(ufunc, np.ufunc):
-            names.setdefault(op.code, []).append(f"np.{ufunc.__name__}")
+            names.setdefault(op.code, []).append(_public_name(ufunc))
+    for op in OPS:
+        if not isinstance(op.numpy, np.ufunc) and op.numpy in FUNCTIONS:
+            names.setdefault(op.code, []).append(_public_name(op.numpy))
     return {code: sorted(v) for code, v in names.items()}
 
 

@@ -6,7 +6,7 @@
 [2.0, 4.0, 6.0]
 """
 
-from . import _families, linalg, optimize  # noqa: F401 - _families registers the families
+from . import _families, linalg, optimize, special  # noqa: F401 - _families registers the families
 from ._errors import BranchError, TracingError
 from ._float32 import Float32Tape
 from ._io import load_tape as load
@@ -55,6 +55,7 @@ __all__ = [
     "optimize",
     "record",
     "share",
+    "special",
     "stop_gradient",
     "value_and_grad",
 ]

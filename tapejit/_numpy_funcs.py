@@ -46,10 +46,19 @@ def _implements(*funcs: Callable) -> Callable:
 
 
 def unsupported(func: Callable) -> TracingError:
-    """Error for a numpy function tapejit does not trace."""
+    """Error for a numpy function (or a ufunc of numpy's or scipy.special's) tapejit does
+    not trace."""
+    short = getattr(func, "__name__", repr(func))
     mod = getattr(func, "__module__", None) or "numpy"
+    if isinstance(func, np.ufunc):
+        # ufuncs have no __module__: name the namespace that exports this one
+        import sys
+
+        special = sys.modules.get("scipy.special")
+        if getattr(np, short, None) is not func and getattr(special, short, None) is func:
+            mod = "scipy.special"
     public = ".".join(p for p in mod.split(".") if not p.startswith("_")) or "numpy"
-    name = f"{public}.{getattr(func, '__name__', repr(func))}"
+    name = f"{public}.{short}"
     return TracingError(
         f"tapejit cannot trace {name}: it is not supported. Supported numpy functions "
         f"are the ufuncs of the op table and: {', '.join(supported_functions())}."
@@ -452,3 +461,5 @@ FUNCTIONS[np.size] = lambda x, axis=None: np.size(_ids(x), axis)
 FUNCTIONS[np.result_type] = lambda *a: np.result_type(
     *[np.float64 if isinstance(v, Tracer) else v for v in a]
 )
+
+from . import _numpy_elementwise  # noqa: E402, F401  (registers into FUNCTIONS)

@@ -33,7 +33,11 @@ Derivative conventions at kinks (documented in docs/ops):
   and ``d/db`` is 0 where the result is 0 (so ``pow(0, 1.875)`` and ``pow(0, y)`` do not
   produce NaN);
 * ``sqrt``/``cbrt`` at 0, ``log`` at 0, ``arcsin`` at +-1 and similar: the true infinite
-  derivative.
+  derivative;
+* numpy's division family, rounding, NaN tests, ``fmax``/``fmin``, ``heaviside``,
+  ``copysign`` and scipy.special's ``xlogy``: JAX's conventions, each stated in the op's
+  ``doc`` (``mod``'s ``d/db`` is minus numpy's quotient, the true derivative also where
+  ``a / b`` rounds onto an integer).
 
 NaN policy: values propagate NaN and inf exactly as numpy does. In every sweep the
 product of an adjoint (or tangent) and a local partial is **zero when either factor is
@@ -55,6 +59,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
 import numpy as np
+import scipy.special as _sps
 
 from ._kernels.sources import kernel_body
 
@@ -99,8 +104,10 @@ class Op:
     second : tuple of str
         Upper triangle of the second partials in row order.
     numpy : callable
-        numpy reference implementation; where it is a ufunc, the tracer maps that ufunc
-        to this op. Comparison references return bools, read as 1.0/0.0.
+        numpy reference implementation; where it is a ufunc (numpy's or scipy.special's),
+        the tracer maps that ufunc to this op; a numpy function that is not a ufunc
+        (``np.sinc``) is registered in ``tapejit/_numpy_elementwise.py``. Comparison
+        references return bools, read as 1.0/0.0.
     domain : tuple of (float, float)
         Sampling interval per operand for the tests.
     flags : frozenset of str
@@ -248,6 +255,61 @@ def _from_bounds(a, lo, hi):
     return np.minimum(np.abs(a - lo), np.abs(a - hi))
 
 
+def _from_multiples(a, b):
+    # mod, fmod, floor_divide jump where a is a multiple of b
+    with np.errstate(all="ignore"):
+        return np.abs(a - b * np.round(a / b))
+
+
+def _from_half_integers(a):
+    return np.abs(np.abs(a - np.floor(a)) - 0.5)
+
+
+def _from_zero_first(a, b):
+    return np.abs(a)
+
+
+def _from_zero_either(a, b):
+    return np.minimum(np.abs(a), np.abs(b))
+
+
+def _divisors(X: np.ndarray) -> None:
+    X[1::2, 1] *= -1.0  # negative divisors too
+    X[::7, 1] = 0.5 * np.sign(X[::7, 1])  # exact multiples: integers over +-1/2
+    X[::7, 0] = np.round(X[::7, 0])
+    X[3::7] = (1.0, 0.1)  # 1.0 // 0.1 is 9.0 in numpy, floor(1.0 / 0.1) is 10.0
+    X[5::7, 0] = -X[5::7, 0]
+
+
+def _halves(X: np.ndarray) -> None:
+    X[::7, 0] = np.floor(X[::7, 0]) + 0.5  # ties: to even
+
+
+def _integers(X: np.ndarray) -> None:
+    X[::7, 0] = np.round(X[::7, 0])
+
+
+def _zeros_first(X: np.ndarray) -> None:
+    X[::5, 0] = 0.0
+    X[2::10, 0] = -0.0
+
+
+def _zeros_either(X: np.ndarray) -> None:
+    X[::7, 0] = 0.0
+    X[3::7, 1] = -0.0
+
+
+def _non_finite(X: np.ndarray) -> None:
+    X[::7, 0] = np.nan
+    X[1::7, 0] = np.inf
+    X[2::7, 0] = -np.inf
+
+
+def _signed_zeros(X: np.ndarray) -> None:
+    X[::7, 0] = 0.0
+    X[1::7, 0] = -0.0
+
+
 _R = (-3.0, 3.0)
 _POS = (0.1, 4.0)
 _UNIT = (-0.95, 0.95)
@@ -276,7 +338,7 @@ _TABLE: list[Op] = [
        ("0.0 if b == 0.0 or b == 1.0 else b * (b - 1.0) * a ** (b - 2.0)",
         "0.0 if a == 0.0 else a ** (b - 1.0) * (1.0 + b * math.log(a))",
         "0.0 if r == 0.0 else r * math.log(a) ** 2"),
-       np.power, (_POS, _R),
+       np.power, (_POS, _R), aliases=(np.float_power,),
        doc="d/da is 0 where b == 0; d/db is 0 where the result is 0 (pow(0, y) has no NaN)"),
     Op(7, "square", 1, "a * a", ("2.0 * a",), ("2.0",), np.square, (_R,),
        frozenset({FAST_BLOCK, EXACT}), rank=6),
@@ -383,6 +445,91 @@ _TABLE: list[Op] = [
        _CMP | {COMMUTATIVE, SWAPPABLE}, **_TIES),
     Op(47, "not_equal", 2, "1.0 if a != b else 0.0", (Z, Z), _Z3, np.not_equal,
        (_R, _R), _CMP | {COMMUTATIVE, SWAPPABLE}, **_TIES),
+    # --- numpy's division family: npy_divmod's values (fmod, then the sign correction) ---
+    Op(48, "mod", 2, "_mod(a, b)", ("1.0", "-_floordiv(a, b)"), _Z3, np.remainder,
+       (_R, (0.3, 2.0)), frozenset({PIECEWISE, EXACT}),
+       doc="d/da = 1, d/db = -floor_divide(a, b) (JAX's -floor(a/b) but from numpy's "
+           "quotient, so the true derivative where a/b rounds to an integer); a jump at "
+           "multiples of b takes the value's side",
+       kink=_from_multiples, edges=_divisors),
+    Op(49, "fmod", 2, "np.fmod(a, b)", ("1.0", "-_trunc_quotient(a, b, r)"), _Z3, np.fmod,
+       (_R, (0.3, 2.0)), frozenset({PIECEWISE, EXACT}),
+       doc="d/da = 1, d/db = -n where r = a - n*b (JAX's -trunc(a/b), exact n)",
+       kink=_from_multiples, edges=_divisors),
+    Op(50, "floor_divide", 2, "_floordiv(a, b)", (Z, Z), _Z3, np.floor_divide,
+       (_R, (0.3, 2.0)), frozenset({ZERO_DERIVATIVE, PIECEWISE, EXACT}),
+       doc="numpy's quotient (1.0 // 0.1 == 9.0); derivative 0 (JAX)",
+       kink=_from_multiples, edges=_divisors),
+    # --- NaN-ignoring extremes and other numpy ufuncs -----------------------------------
+    Op(51, "fmax", 2, "_fmax(a, b)",
+       ("1.0 if (a > b or b != b) else 0.0", "0.0 if (a > b or b != b) else 1.0"),
+       _Z3, np.fmax, (_R, _R), frozenset({PIECEWISE, EXACT}),
+       doc="NaN-ignoring; the derivative goes to the operand taken, to b at a tie (JAX)",
+       **_TIES),
+    Op(52, "fmin", 2, "_fmin(a, b)",
+       ("1.0 if (a < b or b != b) else 0.0", "0.0 if (a < b or b != b) else 1.0"),
+       _Z3, np.fmin, (_R, _R), frozenset({PIECEWISE, EXACT}),
+       doc="NaN-ignoring; the derivative goes to the operand taken, to b at a tie (JAX)",
+       **_TIES),
+    Op(53, "logaddexp2", 2, "_logaddexp2(a, b)", ("np.exp2(a - r)", "np.exp2(b - r)"),
+       ("0.6931471805599453 * np.exp2(a - r) * (1.0 - np.exp2(a - r))",
+        "-0.6931471805599453 * np.exp2(a - r) * np.exp2(b - r)",
+        "0.6931471805599453 * np.exp2(b - r) * (1.0 - np.exp2(b - r))"),
+       np.logaddexp2, (_R, _R), frozenset({COMMUTATIVE, SWAPPABLE})),
+    Op(54, "sinc", 1, "_sinc(a)", ("_sinc_d1(a)",), ("_sinc_d2(a)",), np.sinc, (_R,),
+       doc="derivatives from Taylor series near 0: 0 and -pi**2/3 at 0",
+       edges=_zeros_first),
+    Op(55, "heaviside", 2, "_heaviside(a, b)", (Z, "1.0 if a == 0.0 else 0.0"), _Z3,
+       np.heaviside, ((-1.0, 1.0), _R), frozenset({PIECEWISE, EXACT}),
+       doc="d/da = 0 (also at 0); d/db = 1 where a == 0, else 0 (JAX)",
+       kink=_from_zero_first, edges=_zeros_first),
+    Op(56, "rint", 1, "np.rint(a)", (Z,), (Z,), np.rint, (_R,),
+       frozenset({ZERO_DERIVATIVE, PIECEWISE, EXACT}),
+       doc="round half to even; derivative 0 (JAX), also for np.round/np.around",
+       kink=_from_half_integers, edges=_halves),
+    Op(57, "trunc", 1, "np.trunc(a)", (Z,), (Z,), np.trunc, (_R,),
+       frozenset({ZERO_DERIVATIVE, PIECEWISE, EXACT}),
+       doc="derivative 0 (JAX), also for np.fix", kink=_from_integers, edges=_integers),
+    Op(58, "isnan", 1, "1.0 if a != a else 0.0", (Z,), (Z,), np.isnan, (_R,), _CMP,
+       edges=_non_finite),
+    Op(59, "isfinite", 1, "1.0 if math.isfinite(a) else 0.0", (Z,), (Z,), np.isfinite,
+       (_R,), _CMP, edges=_non_finite),
+    Op(60, "isinf", 1, "1.0 if math.isinf(a) else 0.0", (Z,), (Z,), np.isinf, (_R,), _CMP,
+       edges=_non_finite),
+    Op(61, "signbit", 1, "1.0 if math.copysign(1.0, a) < 0.0 else 0.0", (Z,), (Z,),
+       np.signbit, (_R,), _CMP, edges=_signed_zeros),
+    Op(62, "conjugate", 1, "a", ("1.0",), (Z,), np.conjugate, (_R,),
+       frozenset({LINEAR, EXACT}), doc="real input: the identity"),
+    Op(63, "copysign", 2, "math.copysign(a, b)",
+       ("math.copysign(1.0, a) * math.copysign(1.0, b)", Z), _Z3, np.copysign, (_R, _R),
+       frozenset({PIECEWISE, EXACT}),
+       doc="d/da = +-1 by whether the signs of a and b agree (1 at a = +0, b > 0: JAX); "
+           "d/db = 0", kink=_from_zero_either, edges=_zeros_either),
+    # --- scipy.special ufuncs: scipy's own formulas ----------------------------------------
+    Op(64, "expit", 1, "1.0 / (1.0 + math.exp(-a))", ("_expit_d1(a)",), ("_expit_d2(a)",),
+       _sps.expit, ((-8.0, 8.0),), doc="the logistic sigmoid 1 / (1 + exp(-a))"),
+    Op(65, "logit", 1, "_logit(a)", ("1.0 / (a * (1.0 - a))",),
+       ("(2.0 * a - 1.0) / (a * a * (1.0 - a) * (1.0 - a))",), _sps.logit, ((0.02, 0.98),)),
+    Op(66, "erf", 1, "_erf(a)", ("1.1283791670955126 * math.exp(-a * a)",),
+       ("-2.256758334191025 * a * math.exp(-a * a)",), _sps.erf, (_R,)),
+    Op(67, "erfc", 1, "_erfc(a)", ("-1.1283791670955126 * math.exp(-a * a)",),
+       ("2.256758334191025 * a * math.exp(-a * a)",), _sps.erfc, (_R,)),
+    Op(68, "gammaln", 1, "_gammaln(a)", ("_digamma(a)",), ("_trigamma(a)",), _sps.gammaln,
+       ((2.2, 8.0),), doc="log|Gamma(a)|; derivatives digamma and trigamma"),
+    Op(69, "digamma", 1, "_digamma(a)", ("_trigamma(a)",), ("_tetragamma(a)",),
+       _sps.digamma, ((0.1, 6.0),),
+       doc="cephes' psi (scipy's); derivatives trigamma and tetragamma (own series)",
+       edges=_integers),
+    Op(70, "xlogy", 2, "_xlogy(a, b)", ("math.log(b)", "0.0 if a == 0.0 else a / b"),
+       (Z, "1.0 / b", "0.0 if a == 0.0 else -a / (b * b)"), _sps.xlogy, (_R, _POS),
+       doc="0 where a == 0 (b not NaN); d/da = log(b) (JAX), d/db = 0 where a == 0",
+       edges=_zeros_first),
+    Op(71, "xlog1py", 2, "_xlog1py(a, b)",
+       ("math.log1p(b)", "0.0 if a == 0.0 else a / (1.0 + b)"),
+       (Z, "1.0 / (1.0 + b)", "0.0 if a == 0.0 else -a / ((1.0 + b) * (1.0 + b))"),
+       _sps.xlog1py, (_R, (-0.9, 3.0)),
+       doc="0 where a == 0 (b not NaN); d/da = log1p(b) (JAX), d/db = 0 where a == 0",
+       edges=_zeros_first),
 ]
 
 #: All ops, in opcode order.

@@ -222,17 +222,24 @@ class Tracer:
     def __rpow__(self, o):
         return power(o, self)
 
+    # numpy's floor_divide and remainder (npy_divmod), not floor(a / b): 1.0 // 0.1 is 9.0
     def __floordiv__(self, o):
-        return unary("floor", binary("div", self, o))
+        return binary("floor_divide", self, o)
 
     def __rfloordiv__(self, o):
-        return unary("floor", binary("div", o, self))
+        return binary("floor_divide", o, self)
 
     def __mod__(self, o):
-        return binary("sub", self, binary("mul", self // o, o))
+        return binary("mod", self, o)
 
     def __rmod__(self, o):
-        return binary("sub", o, binary("mul", o // self, self))
+        return binary("mod", o, self)
+
+    def __divmod__(self, o):
+        return binary("floor_divide", self, o), binary("mod", self, o)
+
+    def __rdivmod__(self, o):
+        return binary("floor_divide", o, self), binary("mod", o, self)
 
     def __neg__(self):
         return unary("neg", self)

@@ -7,6 +7,7 @@ import types
 from typing import Any
 
 import numpy as np
+import scipy.special
 
 from . import scalar
 
@@ -14,6 +15,10 @@ from . import scalar
 #: within an ulp.
 LIBM_NUMPY = {"_sin": np.sin, "_cos": np.cos, "_log": np.log, "_exp": np.exp,
               "_expm1": np.expm1, "_log1p": np.log1p, "_tanh": np.tanh}
+
+#: Helpers of ``scalar.py`` that call a C library function numpy has no ufunc for, by the
+#: scipy.special ufunc that computes it (to within a few ulp).
+C_LIBRARY_SCIPY = {"_erf": "erf", "_erfc": "erfc", "_gammaln": "gammaln"}
 
 
 def reference_namespace(math: Any) -> dict[str, Any]:
@@ -30,4 +35,5 @@ def reference_namespace(math: Any) -> dict[str, Any]:
             ns[name] = types.FunctionType(fn.__code__, ns, fn.__name__, fn.__defaults__,
                                           fn.__closure__)
     ns.update(LIBM_NUMPY)
+    ns.update({k: getattr(scipy.special, v) for k, v in C_LIBRARY_SCIPY.items()})
     return ns
