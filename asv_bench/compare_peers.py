@@ -776,9 +776,32 @@ COMMON_NOTES = [
 ]
 
 
+#: Where the docs include the table from (``--rst``).
+DOCS_TABLE = "docs/_include/performance_table.rst"
+#: A parenthesized path of the machine that ran the script, as ``machine_info`` prints
+#: tapejit's: useful on the console, noise (and a scratch path) in the published docs.
+_LOCAL_PATH = re.compile(r" \((?:/|~|[A-Za-z]:[\\/])[^)]*\)")
+
+
+def rst_command(args) -> str:
+    """The command that regenerates the docs' table: the options that shape it, and
+    ``--rst`` with the docs' path, but none that only writes another file of this
+    machine (``--out``, ``--json``)."""
+    parts = ["python asv_bench/compare_peers.py"]
+    parts += ["--quick"] if args.quick else []
+    parts += ["--no-peers"] if args.no_peers else []
+    parts += [f"--only {args.only}"] if args.only else []
+    return " ".join([*parts, "--rst", DOCS_TABLE])
+
+
 def rst_report(rows, machine_lines, *, quick, seconds, command, date=None):
-    """The report as a reStructuredText fragment, for ``.. include::`` in the docs."""
+    """The report as a reStructuredText fragment, for ``.. include::`` in the docs.
+
+    ``command`` is shown as the way to regenerate it (see :func:`rst_command`); the
+    machine lines are shown without local paths.
+    """
     date = date or datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+    machine_lines = [_LOCAL_PATH.sub("", line) for line in machine_lines]
     impls = ["tapejit", *PEERS]
     head = ["workload", *impls] + [f"tapejit / {p}" for p in PEERS] + [PAIRED]
     out = [
@@ -787,7 +810,7 @@ def rst_report(rows, machine_lines, *, quick, seconds, command, date=None):
         "",
         f"Generated on {date} by ``{command}`` (total wall time {seconds:.0f} s), on:",
         "",
-        "::",
+        ".. code-block:: text",
         "",
         *[f"   {line[2:] if line.startswith('- ') else line}" for line in machine_lines],
         "",
@@ -795,6 +818,7 @@ def rst_report(rows, machine_lines, *, quick, seconds, command, date=None):
         + (" (``--quick``)" if quick else "")
         + "; ratio = tapejit / peer (< 1: tapejit faster); warm-up excluded.",
         "   :header-rows: 1",
+        "   :class: perf-table",  # docs/_static/tapejit.css: numbers on one line
         "",
     ]
     for cells in [head] + [_cells(row, impls) for row in rows]:
@@ -814,8 +838,8 @@ def main(argv=None):
     ap.add_argument(
         "--rst",
         metavar="FILE.rst",
-        help="also write the report as a reStructuredText fragment (for the docs: "
-        "docs/_include/performance_table.rst)",
+        help=f"also write the report as a reStructuredText fragment (for the docs: "
+        f"{DOCS_TABLE})",
     )
     ap.add_argument("--json", metavar="FILE.json",
                     help="also write the median seconds per call of every cell and the "
@@ -829,9 +853,6 @@ def main(argv=None):
     args = ap.parse_args(argv)
     if args.no_peers:
         PEERS[:] = ["hand numba"]
-    command = "python asv_bench/compare_peers.py " + " ".join(
-        sys.argv[1:] if argv is None else argv
-    )
     quick = args.quick
 
     t0 = time.perf_counter()
@@ -894,7 +915,7 @@ def main(argv=None):
     if args.rst:
         Path(args.rst).parent.mkdir(parents=True, exist_ok=True)
         Path(args.rst).write_text(
-            rst_report(ROWS, machine, quick=quick, seconds=seconds, command=command.strip()),
+            rst_report(ROWS, machine, quick=quick, seconds=seconds, command=rst_command(args)),
             encoding="utf-8",
         )
         print(f"written to {args.rst}")

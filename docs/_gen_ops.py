@@ -2,13 +2,12 @@
 
 Nothing here is written by hand: every row comes from :data:`tapejit.OPS` (and the ufunc
 map the tracer derives from it), and the list of numpy functions from
-``tapejit._numpy_funcs.supported_functions()``. ``docs/conf.py`` writes the result to
-``docs/_generated/ops.rst``, which ``docs/ops.rst`` includes.
+``tapejit._numpy_funcs.supported_functions()``. ``docs/conf.py`` puts the result into
+``docs/ops.rst`` as Sphinx reads it, in place of the line
+``.. include:: _generated/ops.rst`` (no file is written).
 """
 
 from __future__ import annotations
-
-from pathlib import Path
 
 _OPERANDS = ("a", "b", "c")
 
@@ -59,11 +58,9 @@ def render_ops() -> str:
         f"The op table has {len(OPS)} ops. Expressions are the Numba source pasted into the",
         "kernels: ``a``, ``b``, ``c`` are the operands and ``r`` the op's result; helpers such",
         "as ``_sign`` and ``_maximum`` are kernel code in ``tapejit/_kernels/scalar.py``;",
-        "``_sin``, ``_cos`` and ``_log`` are tapejit's own implementations of those functions",
-        "(``tapejit/_kernels/libm.py``): they vectorize over points, and are accurate to "
-        "below 0.8 ulp",
-        "(numpy's, from the C library, differ from them by one ulp on a few percent of",
-        "arguments).",
+        "``_sin``, ``_exp`` and the others of the ops flagged ``vector_fn`` are tapejit's own",
+        "implementations of those functions (``tapejit/_kernels/libm.py``), which vectorize",
+        "over points; how close they are to numpy's: see *Accuracy of values* above.",
         "",
         ".. list-table:: Ops of the tape (generated from ``tapejit.OPS``)",
         "   :header-rows: 1",
@@ -103,18 +100,3 @@ def render_ops() -> str:
         "",
     ]
     return "\n".join(out)
-
-
-def write_ops(target: str | Path) -> bool:
-    """Write :func:`render_ops` to ``target`` if its content changed; return whether it did.
-
-    An unchanged file keeps its modification time, so incremental Sphinx builds do not
-    re-read the pages that include it.
-    """
-    target = Path(target)
-    text = render_ops()
-    if target.exists() and target.read_text(encoding="utf-8") == text:
-        return False
-    target.parent.mkdir(parents=True, exist_ok=True)
-    target.write_text(text, encoding="utf-8")
-    return True

@@ -17,6 +17,7 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+from typing import Any
 
 import numpy as np
 
@@ -103,6 +104,7 @@ def inspect(path: str, point: str | None = None, params: str | None = None, wrt:
         try:
             x = _floats(point)
             p = None if params is None else _floats(params)
+            _check_cli_shapes(tape, x, p, "--table", "--params P1,P2,...")
             text = table(tape, x, p, wrt=wrt, limit=lim)
         except ValueError as exc:
             _err("inspect", f"bad point for --table: {exc}")
@@ -121,6 +123,24 @@ def inspect(path: str, point: str | None = None, params: str | None = None, wrt:
             _err("inspect", f"cannot write {dot}: {exc}")
             return EXIT_OUTPUT
     return EXIT_OK
+
+
+def _check_cli_shapes(tape: Any, x: np.ndarray, p: np.ndarray | None, x_flag: str,
+                      p_flag: str) -> None:
+    """The points' and parameters' shapes against the tape, in the CLI's terms (the
+    tape's own messages name its Python arguments)."""
+    n_in, n_par = tape.n_inputs, tape.n_params
+    if np.ndim(x) not in (1, 2) or np.shape(x)[-1] != n_in:
+        raise ValueError(f"{x_flag} must hold the tape's {n_in} input value(s) per point; "
+                         f"got shape {np.shape(x)}")
+    if p is None:
+        if n_par:
+            raise ValueError(f"this tape has {n_par} parameters: give them with {p_flag} "
+                             f"(shape ({n_par},), or (n_points, {n_par}) for --points)")
+        return
+    if np.ndim(p) not in (1, 2) or np.shape(p)[-1] != n_par:
+        raise ValueError(f"{p_flag.split()[0]} must hold the tape's {n_par} parameters "
+                         f"(shape ({n_par},) or (n_points, {n_par})); got shape {np.shape(p)}")
 
 
 def _load_array(what: str, path: str) -> np.ndarray:
@@ -155,6 +175,7 @@ def evaluate(path: str, points: str, out: str, params: str | None = None,
         P = None if params is None else _load_array("params", params)
         if tape.n_inputs == 1 and X.ndim == 1 and X.shape[0] != 1:
             X = X[:, None]  # one input: a plain vector holds many points
+        _check_cli_shapes(tape, X, P, "--points", "--params Q.npy")
         if what in ("grad", "hessian") and tape.n_outputs != 1:
             raise ValueError(
                 f"--{what} needs a tape with one output; this tape has {tape.n_outputs} "
@@ -169,7 +190,10 @@ def evaluate(path: str, points: str, out: str, params: str | None = None,
         else:
             res = tape.hessian(X, P, check=check)
     except BranchError as exc:
-        _err("eval", f"{exc} (--mask writes NaN there instead)")
+        _err("eval", f"{exc.n_invalid} of {exc.n_points} point(s) left the branches recorded "
+                     f"in the tape ({tape.n_guards} guard(s)): its values there would come "
+                     "from the wrong branch, or a matrix instruction failed there. Pass --mask "
+                     "to write NaN at those points (and evaluate the others).")
         return EXIT_POINTS
     except (ValueError, TypeError) as exc:
         _err("eval", exc)
@@ -212,7 +236,9 @@ def main(argv: list[str] | None = None) -> int:
     """Entry point of the ``tapejit`` command."""
     raw = argparse.RawDescriptionHelpFormatter
     parser = argparse.ArgumentParser(
-        prog="tapejit", description=__doc__, epilog=_LIMITS_HELP, formatter_class=raw
+        # the module docstring, as plain text (no reStructuredText literals)
+        prog="tapejit", description=__doc__.replace("``", ""), epilog=_LIMITS_HELP,
+        formatter_class=raw,
     )
     sub = parser.add_subparsers(dest="command", required=True)
     p_demo = sub.add_parser("demo", help="the seed examples: table, fit, 1e6 points, pictures")
@@ -222,7 +248,8 @@ def main(argv: list[str] | None = None) -> int:
     p_demo.add_argument("--no-pictures", action="store_true", help="skip the pictures")
     p_ins = sub.add_parser("inspect", help="summary, statistics and listing of a saved tape",
                            epilog=_LIMITS_HELP, formatter_class=raw)
-    p_ins.add_argument("file", help="tape file written by Tape.save / tapejit.save")
+    p_ins.add_argument("file", help="tape file written by Tape.save (tape.save(path) in "
+                       "Python)")
     p_ins.add_argument("--table", metavar="X1,X2,...",
                        help="also print the Wengert table (values, tangents, adjoints) here")
     p_ins.add_argument("--params", metavar="P1,P2,...", help="parameters for --table")
@@ -234,7 +261,7 @@ def main(argv: list[str] | None = None) -> int:
                        help="write the graph: .dot/.gv as text, .svg/.png/.pdf via Graphviz")
     p_ev = sub.add_parser("eval", help="evaluate a saved tape at the points of a .npy file",
                           epilog=_LIMITS_HELP, formatter_class=raw)
-    p_ev.add_argument("file", help="tape file")
+    p_ev.add_argument("file", help="tape file written by Tape.save")
     p_ev.add_argument("--points", required=True, metavar="P.npy",
                       help="points, shape (n_inputs,) or (n_points, n_inputs)")
     p_ev.add_argument("--params", metavar="Q.npy",

@@ -98,7 +98,8 @@ def run(n_points: int = 10**6, steps: int = 200, out_dir: str | None = None,
 
     # (a) the seed example as a Wengert table ------------------------------------------
     say(f"tapejit {tapejit.__version__}\n")
-    say("(a) y = ln(x1) + x1*x2 - sin(x2), recorded once:")
+    say("(a) y = ln(x1) + x1*x2 - sin(x2), recorded once (the article's numbering: v-1 is "
+        "x1, v0 is x2; tape.listing() counts from x0):")
     helper = _start_warm_helper() if n_points > _WARM_POINTS else None
     tape = tapejit.record(seed, 2.0, 5.0)
     t0 = time.perf_counter()

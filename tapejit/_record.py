@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -10,7 +11,7 @@ import numpy as np
 from ._errors import TracingError
 from ._tape import Tape
 from ._tape_builder import Recorder
-from ._tracer import Tracer, ids_of, recorder_of
+from ._tracer import Tracer, ids_of, lift, recorder_of
 
 
 def _as_arg(value: Any, i: int) -> np.ndarray:
@@ -21,6 +22,55 @@ def _as_arg(value: Any, i: int) -> np.ndarray:
             f"got {type(value).__name__}" + (f" of dtype {arr.dtype}" if arr.dtype.kind else "")
         )
     return arr.astype(np.float64)
+
+
+class KeywordCall:
+    """``f`` with its keyword arguments passed as trailing positional values, so that they
+    are traced, parameters or static exactly like positional arguments."""
+
+    def __init__(self, f: Callable[..., Any], n_positional: int, names: tuple[str, ...]):
+        self.f = f
+        self.n_positional = n_positional
+        self.names = names
+        self.__name__ = getattr(f, "__name__", "")
+
+    def __call__(self, *values: Any) -> Any:
+        n = self.n_positional
+        return self.f(*values[:n], **dict(zip(self.names, values[n:], strict=True)))
+
+
+def bind_call(f: Callable[..., Any], args: tuple, kwargs: dict) -> tuple[Callable, tuple, int]:
+    """``(function, values, n_positional)`` for calling ``f(*args, **kwargs)`` with
+    positional values only: the keyword arguments follow the positional ones, by name.
+    As in JAX, a keyword argument is never differentiated (``argnums`` counts the
+    positional ones); a call that does not fit ``f``'s signature fails here."""
+    if not kwargs:
+        return f, tuple(args), len(args)
+    try:
+        sig = inspect.signature(f)
+    except (TypeError, ValueError):  # no signature (a builtin): the call will tell
+        sig = None
+    if sig is not None:
+        try:
+            sig.bind(*args, **kwargs)
+        except TypeError as exc:
+            raise TypeError(f"{getattr(f, '__name__', 'f')}(): {exc}") from None
+    return KeywordCall(f, len(args), tuple(kwargs)), (*args, *kwargs.values()), len(args)
+
+
+def is_array_like(a: Any) -> bool:
+    """A float, an array or a non-empty list of real numbers: traced (Python ints, bools
+    and other objects are static: passed to ``f`` as they are)."""
+    if isinstance(a, bool):
+        return False
+    if isinstance(a, float | np.floating | np.ndarray):
+        return True
+    if isinstance(a, list | tuple) and a:
+        try:
+            return np.asarray(a).dtype.kind in "iuf"
+        except (ValueError, TypeError):
+            return False
+    return False
 
 
 def normalize_argnums(argnums: int | Sequence[int] | None, n_args: int) -> tuple[int, ...]:
@@ -46,6 +96,8 @@ def _flatten_outputs(rec: Recorder, result: Any) -> tuple[np.ndarray, tuple]:
             if recorder_of([item]) is not rec:
                 raise TracingError("the function returned a value from another recording")
             i = ids_of(item)
+        elif isinstance(item, np.ndarray) and item.dtype == object:
+            i = lift(rec, item)  # np.array([...]) of traced values
         else:
             arr = np.asarray(item)
             if arr.dtype.kind not in "biuf":
@@ -60,11 +112,27 @@ def _flatten_outputs(rec: Recorder, result: Any) -> tuple[np.ndarray, tuple]:
     return flat, tuple(shapes)
 
 
+#: numpy's own errors where a traced value met a plain numpy array (numpy gives them
+#: before tapejit can see the value), by a part of their message: what to write instead.
+_NUMPY_HINTS = {
+    "setting an array element with a sequence": (
+        "A numpy float array (such as y = np.zeros(3)) cannot hold a traced value. Start "
+        "the array from traced values instead: y = np.zeros_like(x, shape=(3,)), then "
+        "y[0] = ..."
+    ),
+    "only integers, slices": (
+        "If the index is a traced value, use int(x) (the tape guards that it stays that "
+        "integer), np.where to select, or a constant index."
+    ),
+}
+
+
 def record(
     f: Callable[..., Any],
     *args: Any,
     argnums: int | Sequence[int] | None = None,
     static: dict[int, Any] | None = None,
+    **kwargs: Any,
 ) -> Tape:
     """Record ``f`` once into a :class:`Tape`.
 
@@ -90,6 +158,9 @@ def record(
         fit, for instance). Default: all arguments are inputs.
     static : dict, optional
         Internal: arguments passed to ``f`` as they are, not traced (by position).
+    **kwargs
+        Keyword arguments of ``f``: parameters of the tape where they are floats or
+        arrays (never differentiated, as in JAX), passed as they are otherwise.
 
     Returns
     -------
@@ -109,9 +180,13 @@ def record(
     >>> round(v, 6), np.round(g, 6).tolist()
     (11.652071, [5.5, 1.716338])
     """
-    static = static or {}
+    static = dict(static or {})
+    target, args, n_pos = bind_call(f, args, kwargs)
+    for i in range(n_pos, len(args)):
+        if not is_array_like(args[i]):
+            static[i] = args[i]
     traced_pos = [i for i in range(len(args)) if i not in static]
-    nums = normalize_argnums(argnums, len(args))
+    nums = normalize_argnums(argnums, n_pos)
     for a in nums:
         if a in static:
             raise ValueError(f"argument {a} is static and cannot be differentiated")
@@ -125,7 +200,12 @@ def record(
         shapes[i] = arr.shape
         call_args[i] = Tracer(rec, leaves[i].copy())  # f may assign into it
     try:
-        result = f(*call_args)
+        result = target(*call_args)
+    except (ValueError, IndexError) as exc:
+        hint = next((h for m, h in _NUMPY_HINTS.items() if m in str(exc)), None)
+        if hint is None:
+            raise
+        raise TracingError(f"numpy: {exc} {hint}") from exc
     finally:
         rec.closed = True
     out_ids, out_shapes = _flatten_outputs(rec, result)

@@ -98,6 +98,25 @@ _COMPACT_MIN_INSTR = 16
 _K = None
 
 
+def _structured(params: tuple | list, n: int) -> object:
+    """``params`` given as the recorded arguments they stand for (``params=(X, y)`` for
+    ``record(f, w, X, y, argnums=0)``): their values flat and in order, where the parts
+    are arrays that hold ``n`` numbers in all. Anything else is returned as it is."""
+    if all(np.ndim(q) == 0 for q in params):
+        return params
+    parts = [np.asarray(q, dtype=np.float64).ravel() for q in params]
+    sizes = [q.size for q in parts]
+    if sum(sizes) == n:
+        return np.concatenate(parts)
+    if len({np.shape(q) for q in params}) > 1:
+        raise ValueError(
+            f"params given as a sequence of arrays must hold the tape's {n} parameter "
+            f"values in all (the non-differentiated arguments, in order); got arrays of "
+            f"sizes {sizes}"
+        )
+    return params
+
+
 def _as_points(x, n: int, what: str) -> np.ndarray:
     """``x`` as a C-contiguous, writeable float64 array of shape ``(n,)`` or ``(N, n)``."""
     if type(x) is not np.ndarray:
@@ -486,7 +505,7 @@ class Tape:
             if size == 1:
                 return slot(s)
             if stride == 0:
-                return f"{slot(s)} (x{size})"
+                return f"{slot(s)} (repeated {size})"
             last = slot(s + (size - 1) * stride)
             return f"{slot(s)}..{last}" + (f" step {stride}" if stride != 1 else "")
 
@@ -623,6 +642,8 @@ class Tape:
                     f"({self._n_par},) or (n_points, {self._n_par})"
                 )
             return _EMPTY1 if n_points is None else _EMPTY2
+        if isinstance(params, tuple | list):
+            params = _structured(params, self._n_par)
         p = _as_points(params, self._n_par, "params")
         if n_points is None:  # one point
             if p.ndim != 1:

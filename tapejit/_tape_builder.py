@@ -206,6 +206,8 @@ class Recorder:
         operands = np.broadcast_arrays(*operands)
         shape = operands[0].shape
         n = operands[0].size
+        if n == 0:  # an empty array: nothing to compute
+            return np.empty(shape, dtype=_I64)
         if len(shape) >= 2 and n >= 2 * shape[-1] > 2 and len(operands) > 1:
             operands = self._rows_as_blocks(operands, shape)
         ops = [self._as_operand(o) for o in operands]

@@ -10,6 +10,8 @@ instead.
 
 from __future__ import annotations
 
+import importlib
+import sys
 from typing import Any
 
 import numpy as np
@@ -72,7 +74,8 @@ class Tracer:
             yield self._view(row)
 
     def __repr__(self) -> str:
-        return f"Tracer(shape={self.shape})"
+        # what a user sees printing a value inside the function being recorded
+        return f"<traced float64 array, shape {self.shape}>"
 
     def _view(self, ids: Any) -> Tracer:
         return Tracer(self._rec, np.asarray(ids), self._truth)
@@ -103,32 +106,59 @@ class Tracer:
     def _no_convert(self, what: str) -> TracingError:
         return TracingError(
             f"{what} of a traced value would freeze it as a constant and drop its "
-            "derivative. Keep it an array: use numpy functions (np.sin, not math.sin), "
-            "np.stack/np.concatenate instead of np.array([...]), and np.zeros_like(x) "
-            "for an array you fill by assignment."
+            "derivative. Keep it traced: use numpy functions (np.sin, not math.sin), and "
+            "for an array filled by assignment start from traced values (y = "
+            "np.zeros_like(x, shape=(3,)), then y[0] = ...): a float array such as "
+            "np.zeros(3) cannot hold them."
         )
 
     def __float__(self) -> float:
         raise self._no_convert("float()")
 
     def __int__(self) -> int:
-        raise self._no_convert("int()")
+        """``int(x)``: the integer at the recording point, with guards that ``x`` stays
+        where truncation gives that integer (like a branch: a point that truncates to
+        another integer is caught, never given this one)."""
+        if self._ids.size != 1:
+            raise TypeError("only a traced array of one element can be converted to int")
+        value = float(self._rec.values(np.array(int(self._ids.reshape(-1)[0]))))
+        if not np.isfinite(value):
+            raise ValueError(f"cannot convert the traced value {value} to an integer")
+        k = int(value)
+        # the interval that truncates to k: [k, k+1) above 0, (k-1, k] below, (-1, 1) at 0
+        bool(binary("greater" if k <= 0 else "greater_equal", self, k - 1 if k <= 0 else k))
+        bool(binary("less" if k >= 0 else "less_equal", self, k + 1 if k >= 0 else k))
+        return k
 
     def __complex__(self) -> complex:
         raise self._no_convert("complex()")
 
     def __index__(self) -> int:
         raise TracingError(
-            "a traced value was used as an index or size; indices must not depend on the "
-            "inputs (use np.where or a constant index)"
+            "a traced value was used as an index or size; use int(x) for an index that "
+            "the tape guards, np.where to select, or a constant index"
         )
 
     def __array__(self, dtype: Any = None, copy: Any = None) -> np.ndarray:
-        err = self._no_convert("converting to a numpy array (np.asarray/np.array)")
-        err.args = (err.args[0] + " SciPy functions convert their arguments so: for "
-                    "scipy.linalg's solve_triangular, cho_factor, cho_solve and expm use "
-                    "tapejit.linalg's (same arguments).",)
-        raise err
+        """An object array of traced scalars, so ``np.array([r * np.sin(t), r])`` and
+        ``np.asarray(x)`` work as in JAX and autograd code.
+
+        Arithmetic on such an array records element by element, and a traced operand
+        or a returned result turns it back into a traced array. A float dtype, or a
+        SciPy function converting its argument, raises instead (it would freeze the value).
+        """
+        if dtype is not None and np.dtype(dtype) != np.dtype(object):
+            err = self._no_convert(f"converting to a numpy array of dtype {np.dtype(dtype)}")
+            err.args = (err.args[0] + " (numpy's np.mean/np.var of an object array built with "
+                        "np.array([...]) do this: build it with np.stack([...]) instead.)",)
+            raise err
+        caller = sys._getframe(1).f_globals.get("__name__", "")
+        if caller.split(".")[0] == "scipy":
+            raise _scipy_conversion(caller)
+        out = np.empty(self._ids.shape, dtype=object)
+        for k in np.ndindex(self._ids.shape):
+            out[k] = Tracer(self._rec, np.asarray(self._ids[k]), self._truth)
+        return out
 
     def item(self, *args: Any) -> float:
         raise self._no_convert("item()")
@@ -282,32 +312,126 @@ class Tracer:
             raise self._no_convert(f"astype({np.dtype(dtype)})")
         return self
 
-    def sum(self, axis=None, keepdims=False, **kw):
-        return np.sum(self, axis=axis, keepdims=keepdims, **kw)
+    def fill(self, value: Any) -> None:
+        self._ids[...] = lift(self._rec, value)
 
-    def prod(self, axis=None, keepdims=False, **kw):
-        return np.prod(self, axis=axis, keepdims=keepdims, **kw)
+    def sort(self, axis: int = -1, **kw: Any) -> None:
+        """In place, like ``ndarray.sort``."""
+        self._ids[...] = np.sort(self, axis=axis, **kw)._ids
 
-    def mean(self, axis=None, keepdims=False, **kw):
-        return np.mean(self, axis=axis, keepdims=keepdims, **kw)
+    @property
+    def flat(self) -> _Flat:
+        return _Flat(self)
 
-    def var(self, axis=None, keepdims=False, **kw):
-        return np.var(self, axis=axis, keepdims=keepdims, **kw)
+    @property
+    def real(self) -> Tracer:
+        return self
 
-    def std(self, axis=None, keepdims=False, **kw):
-        return np.std(self, axis=axis, keepdims=keepdims, **kw)
+    @property
+    def imag(self) -> Any:
+        return np.zeros_like(self)
 
-    def max(self, axis=None, keepdims=False, **kw):
-        return np.max(self, axis=axis, keepdims=keepdims, **kw)
+    def conj(self) -> Tracer:
+        return self
 
-    def min(self, axis=None, keepdims=False, **kw):
-        return np.min(self, axis=axis, keepdims=keepdims, **kw)
+    conjugate = conj
 
-    def dot(self, o):
-        return np.dot(self, o)
+    def __round__(self, ndigits: int | None = None) -> Any:
+        return np.round(self, ndigits or 0)
 
-    def cumsum(self, axis=None):
-        return np.cumsum(self, axis=axis)
+
+#: ndarray methods that are the numpy function of the same meaning (``x.clip(0, 1)`` is
+#: ``np.clip(x, 0, 1)``): each becomes a method that calls it.
+_ARRAY_METHODS: dict[str, Any] = {
+    "sum": np.sum, "prod": np.prod, "mean": np.mean, "var": np.var, "std": np.std,
+    "max": np.max, "min": np.min, "ptp": np.ptp, "all": np.all, "any": np.any,
+    "argmax": np.argmax, "argmin": np.argmin, "argsort": np.argsort,
+    "cumsum": np.cumsum, "cumprod": np.cumprod, "dot": np.dot, "clip": np.clip,
+    "round": np.round, "swapaxes": np.swapaxes, "repeat": np.repeat,
+    "diagonal": np.diagonal, "take": np.take, "trace": np.trace, "nonzero": np.nonzero,
+}
+
+
+def _method_of(fn: Any) -> Any:
+    def method(self: Tracer, *args: Any, **kwargs: Any) -> Any:
+        return fn(self, *args, **kwargs)
+
+    method.__name__ = fn.__name__
+    method.__doc__ = f"``np.{fn.__name__}`` of the traced array."
+    return method
+
+
+def _object_loop_method(ufunc: np.ufunc) -> Any:
+    """numpy's loop for object arrays calls a method named like the ufunc on each element
+    (``np.sin(a)`` calls ``a[i].sin()``): on a traced scalar it records the ufunc."""
+
+    def method(self: Tracer, *others: Any) -> Any:
+        return ufunc(self, *others)
+
+    method.__name__ = ufunc.__name__
+    return method
+
+
+for _name, _fn in _ARRAY_METHODS.items():
+    setattr(Tracer, _name, _method_of(_fn))
+
+
+class _Flat:
+    """``x.flat`` of a traced array: C-order indexing that reads and assigns through."""
+
+    def __init__(self, t: Tracer) -> None:
+        self._t = t
+
+    def __len__(self) -> int:
+        return self._t.size
+
+    def __getitem__(self, key: Any) -> Tracer:
+        _check_key(key)
+        return self._t._view(self._t._ids.flat[key])
+
+    def __setitem__(self, key: Any, value: Any) -> None:
+        _check_key(key)
+        self._t._ids.flat[key] = lift(self._t._rec, value)
+
+    def __iter__(self):
+        return iter(self._t.ravel())
+
+
+def _scipy_conversion(module: str) -> TracingError:
+    """The error for a SciPy function converting a traced value with ``np.asarray``:
+    it names the function (from the SciPy frames on the stack) and tapejit's own, where
+    one exists."""
+    frame, names = sys._getframe(2), []
+    while frame is not None and frame.f_globals.get("__name__", "").startswith("scipy"):
+        names.append((frame.f_code.co_name, frame.f_globals["__name__"]))
+        # a decorator's wrapper converts before the function runs: it holds the function
+        names += [(v.__name__, v.__module__) for v in frame.f_locals.values()
+                  if callable(v) and str(getattr(v, "__module__", "")).startswith("scipy")
+                  and isinstance(getattr(v, "__name__", None), str)]
+        frame = frame.f_back
+    ours = {}
+    for mod in ("tapejit.special", "tapejit.linalg"):
+        try:
+            ours[mod] = importlib.import_module(mod)
+        except ImportError:
+            continue
+    public = [(n, m) for n, m in reversed(names) if not n.startswith(("_", "<"))
+              and n not in ("wrapper", "inner", "decorated")]
+    name, module = public[0] if public else (names[-1] if names else ("", module))
+    instead = ""
+    for n, m in reversed(names):
+        hit = next((o for o, mod in ours.items() if hasattr(mod, n)), None)
+        if hit:
+            name, module = n, m
+            instead = f" Use {hit}.{n} (same arguments) instead."
+            break
+    where = ".".join(p for p in module.split(".") if not p.startswith("_"))
+    where = f"{where}.{name}" if name else where
+    return TracingError(
+        f"{where} converts its arguments to plain numpy arrays, which would freeze a traced "
+        f"value as a constant.{instead or ' Write it with numpy functions instead.'} "
+        "SciPy's ufuncs (scipy.special.erf, expit, ...) record directly."
+    )
 
 
 def _check_key(key: Any) -> None:
@@ -350,6 +474,18 @@ def lift(rec: Recorder, value: Any) -> np.ndarray:
 
         return stack(list(value))._ids
     arr = np.asarray(value)
+    if arr.dtype == object:  # np.array([...]) of traced values (Tracer.__array__)
+        ids = np.empty(arr.shape, dtype=np.int64)
+        for k in np.ndindex(arr.shape):
+            item = arr[k]
+            if not isinstance(item, Tracer | int | float | np.integer | np.floating) or \
+                    isinstance(item, bool):
+                raise TracingError(
+                    f"an object array holds {type(item).__name__} at index {k}; expected "
+                    "traced values and numbers only (an element never assigned is None)"
+                )
+            ids[k] = lift(rec, item)
+        return ids
     if arr.dtype.kind not in "biuf":
         raise TracingError(
             f"cannot combine a traced value with {type(value).__name__} of dtype {arr.dtype}; "
@@ -416,3 +552,8 @@ def logical(kind: str, x: Any, y: Any = None) -> Any:
     if isinstance(r, Tracer):
         r._truth = True
     return r
+
+
+for _ufunc in UFUNC_OPS:
+    if not hasattr(Tracer, _ufunc.__name__):
+        setattr(Tracer, _ufunc.__name__, _object_loop_method(_ufunc))

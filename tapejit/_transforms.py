@@ -26,6 +26,7 @@ dropped). ``f.tape_cache`` of a transformed function shows its tapes and counter
 from __future__ import annotations
 
 import functools
+import inspect
 import os
 import warnings
 import weakref
@@ -36,8 +37,9 @@ from typing import Any
 import numpy as np
 
 from ._passes import guard_slice
-from ._record import normalize_argnums, record
-from ._tape import Tape, evaluate_keep_failed, require_one_output
+from ._record import bind_call, is_array_like, normalize_argnums, record
+from ._tape import Tape, evaluate_keep_failed
+from ._tracer import Tracer
 
 #: Most tapes kept per function (all signatures and branches together).
 MAX_TAPES = 64
@@ -49,50 +51,41 @@ class RecordingWarning(UserWarning):
     """A function re-records a tape on most calls: its tapes are rarely reused."""
 
 
-def _is_array_like(a: Any) -> bool:
-    if isinstance(a, bool):
-        return False
-    if isinstance(a, float | np.floating | np.ndarray):
-        return True
-    if isinstance(a, list | tuple) and a:
-        try:
-            return np.asarray(a).dtype.kind in "iuf"
-        except (ValueError, TypeError):
-            return False
-    return False
-
-
-class _Call:
+class Call:
     """One call's arguments, split into inputs, parameters and static values."""
 
-    def __init__(self, args: tuple, argnums: int | Sequence[int], batched: bool) -> None:
-        nums = normalize_argnums(argnums, len(args))
+    def __init__(self, f: Callable[..., Any], args: tuple, kwargs: dict,
+                 argnums: int | Sequence[int], batched: bool) -> None:
+        self.target, args, n_pos = bind_call(f, args, kwargs)
+        nums = normalize_argnums(argnums, n_pos)
+        names = tuple(kwargs)
         self.nums = nums
         self.args = args
         self.batched = batched
         self.static: dict[int, Any] = {}
         self.arrays: list[np.ndarray | None] = []
-        key: list[Any] = [nums, batched]
+        key: list[Any] = [nums, batched, names]
         n_points = None
         for i, a in enumerate(args):
-            if i in nums or _is_array_like(a):
+            what = f"argument {i}" if i < n_pos else f"keyword argument {names[i - n_pos]!r}"
+            if i in nums or is_array_like(a):
                 arr = np.asarray(a)
                 if arr.dtype.kind not in "iuf" or isinstance(a, bool):
                     raise TypeError(
-                        f"argument {i} must be a real number or array of real numbers; "
+                        f"{what} must be a real number or array of real numbers; "
                         f"got {type(a).__name__}" + (f" of dtype {arr.dtype}" if arr.ndim else "")
                     )
                 arr = arr.astype(np.float64, copy=False)
                 if batched and (i in nums or arr.ndim > 0):
                     if arr.ndim == 0:
                         raise ValueError(
-                            f"batched=True: argument {i} needs a leading points axis"
+                            f"batched=True: {what} needs a leading points axis"
                         )
                     if n_points is None:
                         n_points = arr.shape[0]
                     elif arr.shape[0] != n_points:
                         raise ValueError(
-                            f"batched=True: argument {i} has {arr.shape[0]} points, "
+                            f"batched=True: {what} has {arr.shape[0]} points, "
                             f"expected {n_points}"
                         )
                 self.arrays.append(arr)
@@ -102,7 +95,7 @@ class _Call:
                     hash(a)
                 except TypeError:
                     raise TypeError(
-                        f"argument {i} ({type(a).__name__}) is neither an array nor hashable; "
+                        f"{what} ({type(a).__name__}) is neither an array nor hashable; "
                         "non-array arguments are static and must be hashable"
                     ) from None
                 self.static[i] = a
@@ -171,6 +164,8 @@ class TapeCache:
         self.n_calls = 0
         self.n_records = 0
         self._warned = False
+        #: Called with each new tape (``has_aux`` keeps the structure of ``aux`` by tape).
+        self.on_record: Callable[[Tape], None] | None = None
 
     @property
     def f(self) -> Callable[..., Any]:
@@ -191,8 +186,10 @@ class TapeCache:
             f"{self.n_records} recordings in {self.n_calls} calls>"
         )
 
-    def _record(self, call: _Call, k: int) -> tuple[tuple, Tape]:
-        tape = record(self.f, *call.args_at(k), argnums=call.nums, static=call.static)
+    def _record(self, call: Call, k: int) -> tuple[tuple, Tape]:
+        tape = record(call.target, *call.args_at(k), argnums=call.nums, static=call.static)
+        if self.on_record is not None:
+            self.on_record(tape)
         branch = tuple(map(tuple, tape.guards[:, 1:].tolist()))
         key = (call.key, len(tape), branch)
         self.n_records += 1
@@ -225,7 +222,7 @@ class TapeCache:
         return sl.forward(x, p, check="mask")[1]
 
     def evaluate(
-        self, call: _Call, method: Callable[[Tape, Any, Any, Any], tuple]
+        self, call: Call, method: Callable[[Tape, Any, Any, Any], tuple]
     ) -> tuple[Tape, tuple]:
         """Serve ``method(tape, x, params, rows) -> (*results, valid)`` for the call.
 
@@ -252,7 +249,7 @@ class TapeCache:
             return tape, tuple(res)
         return self._evaluate_batch(call, method, x, p)
 
-    def _evaluate_batch(self, call: _Call, method, x, p) -> tuple[Tape, tuple]:
+    def _evaluate_batch(self, call: Call, method, x, p) -> tuple[Tape, tuple]:
         n = call.n_points
         remaining = np.arange(n)
         out: list[np.ndarray] | None = None
@@ -386,19 +383,132 @@ def _out_shape(tape: Tape) -> tuple[int, ...]:
     return shapes[0] if len(shapes) == 1 else (tape.n_outputs,)
 
 
-def _transform(f: Callable[..., Any]) -> Callable:
+def _transform(f: Callable[..., Any], cache: TapeCache | None = None) -> Callable:
     """Attach the shared cache and metadata to a transformed function."""
 
     def deco(wrapped: Callable) -> Callable:
         functools.update_wrapper(wrapped, f)
-        wrapped.tape_cache = tape_cache(f)  # type: ignore[attr-defined]
+        wrapped.tape_cache = cache or tape_cache(f)  # type: ignore[attr-defined]
         return wrapped
 
     return deco
 
 
+def _one_output(tape: Tape, what: str, f: Callable[..., Any]) -> None:
+    """A transform's check that ``f`` returned one scalar, naming ``has_aux``."""
+    if tape.n_outputs == 1:
+        return
+    name, shapes = getattr(f, "__name__", "f"), list(tape.output_shapes)
+    if len(shapes) == 1:
+        got = f"an array of shape {shapes[0]}; for a vector function use jacobian"
+    else:
+        got = (f"{len(shapes)} values (shapes {shapes}); if it returns (output, auxiliary "
+               "data), pass has_aux=True")
+    raise ValueError(f"{what} needs {name} to return one scalar; it returned {got}")
+
+
+class _Aux:
+    """``f`` that returns ``(output, aux)``, recorded as one tape whose outputs are the
+    output followed by the array leaves of ``aux`` (tuples, lists and dicts of arrays;
+    other leaves are kept as they are). The structure is kept per tape."""
+
+    def __init__(self, f: Callable[..., Any]) -> None:
+        self.f = f
+        self.__name__ = getattr(f, "__name__", "f")
+        try:
+            self.__signature__ = inspect.signature(f)
+        except (TypeError, ValueError):
+            pass
+        self.trees: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+        self._last: tuple | None = None
+
+    def __call__(self, *args: Any, **kwargs: Any) -> tuple:
+        res = self.f(*args, **kwargs)
+        if not (isinstance(res, tuple) and len(res) == 2):
+            raise TypeError(
+                f"has_aux=True: {self.__name__} must return a pair (output, aux); got "
+                f"{type(res).__name__}" + (f" of {len(res)}" if isinstance(res, tuple) else "")
+            )
+        out, aux = res
+        leaves: list = []
+        self._last = (np.shape(out), _tree_flatten(aux, leaves))
+        return (out, *leaves)
+
+    def adopt(self, tape: Tape) -> None:
+        self.trees[tape] = self._last
+
+    def output_shape(self, tape: Tape) -> tuple[int, ...]:
+        return self.trees[tape][0]
+
+    def aux(self, tape: Tape, y: np.ndarray, batched: bool) -> Any:
+        """The aux of outputs ``y`` (``(n_outputs,)``, or per point when batched)."""
+        shape, tree = self.trees[tape]
+        lead = y.shape[:1] if batched else ()
+        it = iter(_split_outputs(y[..., int(np.prod(shape, dtype=np.int64)):],
+                                 tape.output_shapes[1:], lead))
+        return _tree_build(tree, it)
+
+
+def _is_leaf(v: Any) -> bool:
+    return isinstance(v, Tracer | np.ndarray | float | int | np.number) and not isinstance(
+        v, bool)
+
+
+def _tree_flatten(v: Any, leaves: list) -> Any:
+    """The structure of ``v`` with its array leaves moved to ``leaves``."""
+    if _is_leaf(v):
+        leaves.append(v)
+        return ("leaf",)
+    if isinstance(v, tuple | list):
+        return (type(v), [_tree_flatten(c, leaves) for c in v])
+    if isinstance(v, dict):
+        return (dict, list(v), [_tree_flatten(c, leaves) for c in v.values()])
+    return ("const", v)
+
+
+def _tree_build(tree: tuple, leaves: Any) -> Any:
+    kind = tree[0]
+    if kind == "leaf":
+        return next(leaves)
+    if kind == "const":
+        return tree[1]
+    if kind is dict:
+        return {k: _tree_build(c, leaves) for k, c in zip(tree[1], tree[2], strict=True)}
+    return kind(_tree_build(c, leaves) for c in tree[1])
+
+
+def _split_outputs(y: np.ndarray, shapes: tuple, lead: tuple) -> list:
+    """Flat outputs ``(..., k)`` cut into arrays of ``shapes`` (floats for one point)."""
+    parts, o = [], 0
+    for s in shapes:
+        k = int(np.prod(s, dtype=np.int64))
+        part = y[..., o : o + k].reshape(lead + tuple(s))
+        parts.append(float(part) if part.shape == () else part)
+        o += k
+    return parts
+
+
+def _aux_cache(f: Callable[..., Any], has_aux: bool) -> tuple[Callable, _Aux | None,
+                                                              TapeCache]:
+    """The function a transform records, its ``_Aux`` (``has_aux``) and its tape cache."""
+    if not has_aux:
+        return f, None, tape_cache(f)
+    aux = _Aux(f)
+    cache = TapeCache(aux)
+    cache.on_record = aux.adopt
+    return aux, aux, cache
+
+
+def _vjp_first(tape: Tape, x, p, rows):
+    """Outputs and the gradient of output 0 (``has_aux``: the others are aux)."""
+    w = np.zeros(tape.n_outputs)
+    w[0] = 1.0
+    return tape.vjp(x, w, params=p, check="mask")
+
+
 def value_and_grad(
-    f: Callable[..., Any], argnums: int | Sequence[int] = 0, *, batched: bool = False
+    f: Callable[..., Any], argnums: int | Sequence[int] = 0, *, batched: bool = False,
+    has_aux: bool = False,
 ) -> Callable[..., tuple[Any, Any]]:
     """Transform ``f`` into a function returning ``(f(*args), gradient)``.
 
@@ -408,36 +518,53 @@ def value_and_grad(
         Function with one scalar output. It may branch on its inputs with Python
         ``if``/``while``: each branch pattern gets its own tape (module docstring).
     argnums : int or sequence of int
-        Arguments to differentiate with respect to. The gradient has their shapes (a
-        tuple when ``argnums`` is a sequence).
+        Positional arguments to differentiate with respect to. The gradient has their
+        shapes (a tuple when ``argnums`` is a sequence). Keyword arguments are passed
+        to ``f``; numbers and arrays among them are tape parameters, never
+        differentiated.
     batched : bool
         If true, every array argument carries a leading points axis and the call
         evaluates all points at once (split by branch where ``f`` branches); Python
         floats stay fixed for all points.
+    has_aux : bool
+        ``f`` returns ``(output, aux)``: differentiate ``output`` and return ``aux``
+        (arrays, numbers, or tuples, lists and dicts of them) as computed, as JAX does.
 
     Returns
     -------
     callable
-        ``g(*args) -> (value, gradient)``; ``g.tape_cache`` shows its tapes.
+        ``g(*args, **kwargs) -> (value, gradient)``, or ``((value, aux), gradient)``
+        with ``has_aux``; ``g.tape_cache`` shows its tapes.
     """
-    cache = tape_cache(f)
+    target, aux, cache = _aux_cache(f, has_aux)
     single = isinstance(argnums, int | np.integer)
 
     def method(tape: Tape, x, p, rows):
-        require_one_output(tape, "value_and_grad")
+        _one_output(tape, "value_and_grad", f)
         return evaluate_keep_failed(tape, "value_and_grad", x, params=p)
 
-    @_transform(f)
-    def wrapped(*args: Any) -> tuple[Any, Any]:
-        call = _Call(args, argnums, batched)
-        _, (v, g) = cache.evaluate(call, method)
-        return v, _split(g, call.shapes(), single, batched)
+    def method_aux(tape: Tape, x, p, rows):
+        if aux.output_shape(tape) not in ((), (1,)):
+            raise ValueError(f"value_and_grad needs the output of {aux.__name__} to be a "
+                             f"scalar; it has shape {aux.output_shape(tape)}")
+        return _vjp_first(tape, x, p, rows)
+
+    @_transform(f, cache)
+    def wrapped(*args: Any, **kwargs: Any) -> tuple[Any, Any]:
+        call = Call(target, args, kwargs, argnums, batched)
+        if aux is None:
+            _, (v, g) = cache.evaluate(call, method)
+            return v, _split(g, call.shapes(), single, batched)
+        tape, (y, g) = cache.evaluate(call, method_aux)
+        v = y[..., 0] if batched else float(y[0])
+        return (v, aux.aux(tape, y, batched)), _split(g, call.shapes(), single, batched)
 
     return wrapped
 
 
 def grad(
-    f: Callable[..., Any], argnums: int | Sequence[int] = 0, *, batched: bool = False
+    f: Callable[..., Any], argnums: int | Sequence[int] = 0, *, batched: bool = False,
+    has_aux: bool = False,
 ) -> Callable[..., Any]:
     """Transform ``f`` into a function returning its gradient.
 
@@ -446,14 +573,17 @@ def grad(
     f : callable
         Function with one scalar output (Python control flow allowed).
     argnums : int or sequence of int
-        Arguments to differentiate with respect to.
+        Positional arguments to differentiate with respect to (keyword arguments are
+        passed to ``f``, never differentiated).
     batched : bool
         Leading points axis on every array argument (see :func:`value_and_grad`).
+    has_aux : bool
+        ``f`` returns ``(output, aux)``: the result is ``(gradient, aux)``.
 
     Returns
     -------
     callable
-        ``g(*args) -> gradient`` (a tuple when ``argnums`` is a sequence).
+        ``g(*args, **kwargs) -> gradient`` (a tuple when ``argnums`` is a sequence).
 
     Examples
     --------
@@ -462,11 +592,12 @@ def grad(
     >>> g(np.array([1.0, 2.0, 3.0])).tolist()
     [4.0, 8.0, 12.0]
     """
-    vg = value_and_grad(f, argnums, batched=batched)
+    vg = value_and_grad(f, argnums, batched=batched, has_aux=has_aux)
 
-    @_transform(f)
-    def wrapped(*args: Any) -> Any:
-        return vg(*args)[1]
+    @_transform(f, vg.tape_cache)
+    def wrapped(*args: Any, **kwargs: Any) -> Any:
+        v, g = vg(*args, **kwargs)
+        return (g, v[1]) if has_aux else g
 
     return wrapped
 
@@ -477,6 +608,7 @@ def jacobian(
     mode: str = "auto",
     *,
     batched: bool = False,
+    has_aux: bool = False,
 ) -> Callable[..., Any]:
     """Transform ``f`` into a function returning its Jacobian.
 
@@ -490,25 +622,38 @@ def jacobian(
         See :meth:`Tape.jacobian`.
     batched : bool
         Leading points axis on every array argument (see :func:`value_and_grad`).
+    has_aux : bool
+        ``f`` returns ``(output, aux)``: the result is ``(jacobian of output, aux)``.
 
     Returns
     -------
     callable
-        ``J(*args)``: for one output array of shape ``so`` and an argument of shape
-        ``si`` the block has shape ``so + si`` (a tuple of blocks for a sequence
+        ``J(*args, **kwargs)``: for one output array of shape ``so`` and an argument of
+        shape ``si`` the block has shape ``so + si`` (a tuple of blocks for a sequence
         ``argnums``; a leading points axis when batched).
     """
-    cache = tape_cache(f)
+    target, aux, cache = _aux_cache(f, has_aux)
     single = isinstance(argnums, int | np.integer)
 
     def method(tape: Tape, x, p, rows):
         return evaluate_keep_failed(tape, "jacobian", x, params=p, mode=mode)
 
-    @_transform(f)
-    def wrapped(*args: Any) -> Any:
-        call = _Call(args, argnums, batched)
-        tape, (J,) = cache.evaluate(call, method)
-        return _split(J, call.shapes(), single, batched, _out_shape(tape))
+    def method_aux(tape: Tape, x, p, rows):
+        y, ok = tape.forward(x, params=p, check="mask")
+        J, _ = evaluate_keep_failed(tape, "jacobian", x, params=p, mode=mode)
+        return y, J, ok
+
+    @_transform(f, cache)
+    def wrapped(*args: Any, **kwargs: Any) -> Any:
+        call = Call(target, args, kwargs, argnums, batched)
+        if aux is None:
+            tape, (J,) = cache.evaluate(call, method)
+            return _split(J, call.shapes(), single, batched, _out_shape(tape))
+        tape, (y, J) = cache.evaluate(call, method_aux)
+        so = aux.output_shape(tape)
+        k = int(np.prod(so, dtype=np.int64))
+        return (_split(J[..., :k, :], call.shapes(), single, batched, so),
+                aux.aux(tape, y, batched))
 
     return wrapped
 
@@ -538,11 +683,12 @@ def hessian(
     single = isinstance(argnums, int | np.integer)
 
     def method(tape: Tape, x, p, rows):
+        _one_output(tape, "hessian", f)
         return evaluate_keep_failed(tape, "hessian", x, params=p)
 
     @_transform(f)
-    def wrapped(*args: Any) -> Any:
-        call = _Call(args, argnums, batched)
+    def wrapped(*args: Any, **kwargs: Any) -> Any:
+        call = Call(f, args, kwargs, argnums, batched)
         _, (H,) = cache.evaluate(call, method)
         shapes = call.shapes()
         lead = H.shape[:1] if batched else ()
@@ -586,8 +732,8 @@ def hvp(
     single = isinstance(argnums, int | np.integer)
 
     @_transform(f)
-    def wrapped(*args: Any, v: Any) -> Any:
-        call = _Call(args, argnums, batched)
+    def wrapped(*args: Any, v: Any, **kwargs: Any) -> Any:
+        call = Call(f, args, kwargs, argnums, batched)
         vs = (v,) if single else tuple(v)
         want = tuple((call.n_points, *s) if batched else s for s in call.shapes())
         if tuple(np.shape(a) for a in vs) != want:
@@ -597,6 +743,7 @@ def hvp(
                            axis=-1)
 
         def method(tape: Tape, x, p, rows):
+            _one_output(tape, "hvp", f)
             return evaluate_keep_failed(tape, "hvp", x, V if rows is None else V[rows],
                                         params=p)
 
@@ -628,7 +775,7 @@ def jvp(f: Callable[..., Any], primals: Sequence[Any], tangents: Sequence[Any]) 
         np.shape(a) != np.shape(t) for a, t in zip(primals, tangents, strict=True)
     ):
         raise ValueError("primals and tangents must have the same structure and shapes")
-    call = _Call(primals, tuple(range(len(primals))), False)
+    call = Call(f, primals, {}, tuple(range(len(primals))), False)
     v = np.concatenate([np.ravel(np.asarray(t, dtype=np.float64)) for t in tangents])
 
     def method(tape: Tape, x, p, rows):

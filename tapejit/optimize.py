@@ -29,7 +29,7 @@ import numpy as np
 from numpy.typing import ArrayLike
 
 from ._tape import Tape
-from ._transforms import _Call, tape_cache
+from ._transforms import Call, tape_cache
 
 __all__ = ["MultistartResult", "least_squares", "minimize", "multistart"]
 
@@ -122,7 +122,7 @@ class _Objective:
         self.nhev = 0  # Hessians or Hessian-vector products computed
 
     def _eval(self, x: np.ndarray, method: Callable[..., tuple]) -> tuple:
-        call = _Call((x.reshape(self.shape), *self.args), 0, False)
+        call = Call(self.cache.f, (x.reshape(self.shape), *self.args), {}, 0, False)
         self.tape, res = self.cache.evaluate(call, method)
         return res
 
@@ -182,7 +182,7 @@ class _Batch:
         self.args = args if isinstance(args, tuple) else (args,)
         self.cache = tape_cache(f)
         self.n, self.x_shape = x0s.shape[0], x0s.shape[1:]
-        one = _Call((x0s[0], *self.args), 0, False)  # validates the arguments
+        one = Call(self.cache.f, (x0s[0], *self.args), {}, 0, False)  # validates the arguments
         self.params = one.flat(one.param_pos)  # (n_params,): the same for every start
         # A batched call wants a points axis on every array parameter that has axes.
         self.bargs = tuple(
@@ -200,7 +200,8 @@ class _Batch:
             _, _, ok = self.tape.value_and_grad(X, params=self.params, out=(V, G), check="mask")
             if ok.all():
                 return
-        call = _Call((X.reshape(self.n, *self.x_shape), *self.bargs), 0, True)
+        call = Call(self.cache.f, (X.reshape(self.n, *self.x_shape), *self.bargs), {}, 0,
+                     True)
         self.tape, (v, g) = self.cache.evaluate(call, _vg)
         V[:] = v
         G[:] = g.reshape(G.shape)
@@ -425,7 +426,11 @@ class MultistartResult(dict):
     history : ndarray
         Best value seen so far, after each sweep, ``(nfev,)``.
     success : bool
-        Whether ``fun`` is finite.
+        Whether the run stopped because every start converged (its gradient within
+        ``tol``), as ``scipy.optimize``'s ``success``: ``False`` when the step limit
+        stopped it (always, without ``tol``) or the best value is not finite.
+    status : int
+        0: every start converged; 1: the step limit was reached; 2: no finite value.
     message : str
         Why the run stopped.
     """
@@ -443,7 +448,7 @@ class MultistartResult(dict):
         return list(self.keys())
 
     def __repr__(self) -> str:
-        keys = ("fun", "x", "nit", "nfev", "success", "message")
+        keys = ("fun", "x", "nit", "nfev", "success", "status", "message")
         body = ", ".join(f"{k}={self[k]!r}" for k in keys if k in self)
         return f"MultistartResult({body})"
 
@@ -539,6 +544,7 @@ def multistart(
     best, x_best = np.inf, X[0].copy()
     it = 0
     message = f"maximum number of steps ({steps}) reached"
+    status = 1
     while True:
         batch.value_and_grad(X, V, G)
         i = int(np.argmin(np.where(np.isnan(V), np.inf, V)))
@@ -550,6 +556,7 @@ def multistart(
             converged |= np.max(np.abs(G), axis=1, initial=0.0) <= tol
             if converged.all():
                 message = "all starts converged (gradient within tol)"
+                status = 0
                 break
         if it == steps:
             break
@@ -573,6 +580,8 @@ def multistart(
         if converged.any():
             step[converged] = 0.0
         X -= step
+    if not np.isfinite(best):
+        status, message = 2, "no start reached a finite value"
     return MultistartResult(
         x=x_best.reshape(x_shape),
         fun=best,
@@ -582,6 +591,7 @@ def multistart(
         nit=it,
         nfev=batch.nfev,
         history=history[: it + 1].copy(),
-        success=bool(np.isfinite(best)),
+        success=status == 0,
+        status=status,
         message=message,
     )

@@ -129,7 +129,7 @@ def test_inspect_bad_tape_file(files, capsys, bad):
 def test_inspect_bad_point(files, capsys):
     _, p, _ = files
     assert run("inspect", p["seed"], "--table", "2,5,1") == 3
-    assert "x must hold 2 values" in capsys.readouterr().err
+    assert "--table must hold the tape's 2 input value(s)" in capsys.readouterr().err
     assert run("inspect", p["seed"], "--table", "2,abc") == 3
     assert run("inspect", p["multi"], "--table", "1,2") == 3  # params missing
     assert "parameters" in capsys.readouterr().err
@@ -193,7 +193,8 @@ def test_eval_guards(files, capsys):
     _, p, d = files
     out = d / "g.npy"
     assert run("eval", p["guarded"], "--points", p["neg"], "--out", out) == 3
-    assert "left the branches" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert "left the branches" in err and "Pass --mask" in err and "check=" not in err
     assert run("eval", p["guarded"], "--points", p["neg"], "--mask", "--out", out) == 0
     assert "1 point(s) left the recorded branches" in capsys.readouterr().err
     y = np.load(out)
@@ -203,7 +204,7 @@ def test_eval_guards(files, capsys):
 @pytest.mark.parametrize(
     "points, message",
     [
-        ("pts3", "x must have shape (2,) for one point or (n_points, 2)"),
+        ("pts3", "--points must hold the tape's 2 input value(s) per point"),
         ("objects", "cannot read points file"),
         ("strings", "must be real numbers"),
         ("archive", "is a .npz archive"),
@@ -223,7 +224,8 @@ def test_eval_bad_params_file(files, capsys):
     _, p, d = files
     assert run("eval", p["multi"], "--points", p["pts2"], "--params", p["pts3"],
                "--out", d / "x.npy") == 3
-    assert "params" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert "--params must hold the tape's" in err and "params=" not in err
 
 
 @pytest.mark.parametrize("bad", ["corrupt", "text", "missing"])

@@ -125,7 +125,7 @@ def test_multi_output_function_raises():
     def f(x):
         return x * 2.0
 
-    msg = r"value_and_grad needs a tape with one output; this tape has 3"
+    msg = r"value_and_grad needs f to return one scalar; it returned an array of shape \(3,\)"
     with pytest.raises(ValueError, match=msg):
         tapejit.grad(f)(np.ones(3))
 
