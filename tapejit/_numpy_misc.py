@@ -15,9 +15,9 @@ from typing import Any
 import numpy as np
 from numpy.lib.array_utils import normalize_axis_tuple
 
+from . import _numpy_order as order
 from ._errors import TracingError
 from ._numpy_funcs import _implements
-from ._numpy_order import guard_all
 from ._tracer import Tracer, emit, ids_of, lift, recorder_of
 
 
@@ -118,7 +118,7 @@ def _interp(x, xp, fp, left=None, right=None, period=None):
         if inner.any():
             case = np.where(inner, emit("greater_equal", X, XP[j]), case)
             conds = [case, np.where(inner, emit("less", X, XP[j + 1]), 1.0)]
-        guard_all(rec, conds, "numpy.interp")
+        order.guard_all(rec, conds, "numpy.interp")
     return res
 
 
