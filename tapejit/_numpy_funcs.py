@@ -10,6 +10,7 @@ from collections.abc import Callable
 from typing import Any
 
 import numpy as np
+from numpy.lib.array_utils import normalize_axis_tuple
 
 from . import _contract
 from . import _fam_chol as chol
@@ -79,6 +80,13 @@ def apply_ufunc(rec: Recorder, ufunc: np.ufunc, method: str, inputs: tuple, kwar
         )
     if method == "reduce" and ufunc in _REDUCERS:
         return _REDUCERS[ufunc](*inputs, **kwargs)
+    if method == "accumulate" and ufunc in _ACCUMULATORS:
+        return _accumulate(ufunc, *inputs, **kwargs)
+    if method == "outer":
+        # a.shape + b.shape: the first operand's ids get b.ndim trailing axes
+        a, b = inputs
+        a = np.reshape(a, np.shape(a) + (1,) * np.ndim(b))
+        return apply_ufunc(rec, ufunc, "__call__", (a, b), kwargs)
     kwargs.pop("casting", None)
     dtype = kwargs.pop("dtype", None)
     if dtype is not None and not np.issubdtype(np.dtype(dtype), np.floating):
@@ -88,7 +96,10 @@ def apply_ufunc(rec: Recorder, ufunc: np.ufunc, method: str, inputs: tuple, kwar
             f"numpy.{ufunc.__name__} with keyword(s) {sorted(kwargs)} cannot be traced"
         )
     if method != "__call__":
-        raise TracingError(f"numpy.{ufunc.__name__}.{method} cannot be traced")
+        which = {"reduce": _REDUCERS, "accumulate": _ACCUMULATORS}.get(method)
+        hint = (f"; numpy.<ufunc>.{method} can be traced for "
+                + ", ".join(sorted(u.__name__ for u in which))) if which else ""
+        raise TracingError(f"numpy.{ufunc.__name__}.{method} cannot be traced{hint}")
     if ufunc is np.power:
         return power(*inputs)
     if ufunc is np.matmul:
@@ -193,12 +204,83 @@ def _cumprod(x, axis=None, dtype=None, out=None):
     return red.record_cumprod(emit_family, x, axis=axis)
 
 
+def _constant_mask(where: Any, shape: tuple[int, ...]) -> np.ndarray:
+    if isinstance(where, Tracer):
+        raise TracingError("a reduction's where= mask must be a constant boolean array, "
+                           "not a traced value (use np.where to select instead)")
+    return np.broadcast_to(np.asarray(where, dtype=bool), shape)
+
+
+def _logaddexp_reduce(x, axis=0, dtype=None, out=None, keepdims=False,
+                      initial=np._NoValue, where=True):
+    """``np.logaddexp.reduce``: a pairwise tree of ``logaddexp`` emissions (``log2 n`` of
+    them) over the reduced axes moved last; masked-out elements are ``-inf``, its
+    identity. numpy reduces left to right, so values may differ in the last bits."""
+    _no_out("logaddexp.reduce", out, dtype)
+    rec = recorder_of([x])
+    ids = lift(rec, x)
+    axes = tuple(range(ids.ndim)) if axis is None else normalize_axis_tuple(axis, ids.ndim)
+    kept = [d for d in range(ids.ndim) if d not in axes]
+    if where is not True:
+        x = np.where(_constant_mask(where, ids.shape), x, -np.inf)
+        ids = lift(rec, x)
+    rows = np.transpose(ids, kept + list(axes))
+    rows = rows.reshape((*rows.shape[:len(kept)], -1))
+    if rows.shape[-1] == 0 and initial is np._NoValue:
+        raise ValueError("zero-size array to reduction operation logaddexp which has no "
+                         "identity")
+    r = Tracer(rec, rows)
+    while r.shape[-1] > 1:
+        h = r.shape[-1] // 2
+        pair = emit("logaddexp", r[..., :h], r[..., h : 2 * h])
+        r = np.concatenate([pair, r[..., 2 * h :]], axis=-1) if r.shape[-1] % 2 else pair
+    r = r[..., 0] if r.shape[-1] else Tracer(rec, rec.const(np.full(r.shape[:-1], -np.inf)))
+    if initial is not np._NoValue:
+        r = emit("logaddexp", r, float(initial))
+    if keepdims:
+        r = np.reshape(r, tuple(1 if d in axes else s for d, s in enumerate(ids.shape)))
+    return r
+
+
 _REDUCERS = {
     np.add: lambda x, axis=0, **kw: _sum(x, axis=axis, **kw),
     np.multiply: lambda x, axis=0, **kw: _prod(x, axis=axis, **kw),
     np.maximum: lambda x, axis=0, **kw: _max(x, axis=axis, **kw),
     np.minimum: lambda x, axis=0, **kw: _min(x, axis=axis, **kw),
+    np.logaddexp: _logaddexp_reduce,
 }
+
+#: ufunc.accumulate: ``scan`` instructions for sums and products; ``maximum``/``minimum``
+#: as log2 n doubling steps (exact in any order); ``logaddexp`` left to right as numpy
+#: computes it (n emissions, numpy's bits).
+_ACCUMULATORS = {np.add: "cumsum", np.multiply: "cumprod", np.maximum: "doubling",
+                 np.minimum: "doubling", np.logaddexp: "sequential"}
+
+
+def _accumulate(ufunc: np.ufunc, x, axis=0, dtype=None, out=None):
+    _no_out(f"{ufunc.__name__}.accumulate", out, dtype)
+    if axis is None:
+        raise TypeError("accumulate does not allow multiple axes")
+    how = _ACCUMULATORS[ufunc]
+    if how == "cumsum":
+        return red.record_cumsum(emit_family, x, axis=axis)
+    if how == "cumprod":
+        return red.record_cumprod(emit_family, x, axis=axis)
+    rec = recorder_of([x])
+    ids = np.moveaxis(lift(rec, x), axis, -1).copy()
+    op = UFUNC_OPS[ufunc].name
+    n = ids.shape[-1]
+    if how == "doubling":  # Hillis-Steele: after step s each holds the extreme of 2s
+        s = 1
+        while s < n:
+            ids[..., s:] = ids_of(emit(op, Tracer(rec, ids[..., s:]),
+                                       Tracer(rec, ids[..., :-s])))
+            s *= 2
+    else:
+        for k in range(1, n):
+            ids[..., k] = ids_of(emit(op, Tracer(rec, ids[..., k - 1]),
+                                      Tracer(rec, ids[..., k])))
+    return Tracer(rec, np.moveaxis(ids, -1, axis))
 
 
 # -- products (matmul family instructions: _contract.py) ---------------------------------
@@ -462,4 +544,12 @@ FUNCTIONS[np.result_type] = lambda *a: np.result_type(
     *[np.float64 if isinstance(v, Tracer) else v for v in a]
 )
 
-from . import _numpy_elementwise  # noqa: E402, F401  (registers into FUNCTIONS)
+
+# The other families of numpy functions register into FUNCTIONS when imported (they build
+# on _implements and the helpers above).
+from . import (  # noqa: E402, F401
+    _numpy_elementwise,
+    _numpy_misc,
+    _numpy_order,
+    _numpy_shape,
+)

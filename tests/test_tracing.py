@@ -365,16 +365,17 @@ def test_constant_slots_hold_their_values():
 @pytest.mark.parametrize(
     ("f", "arg", "qualname"),
     [
-        (lambda x: np.sort(x), np.zeros(3), "numpy.sort"),
+        (lambda x: np.sort_complex(x), np.zeros(3), "numpy.sort_complex"),
         (lambda x: np.fft.fft(x), np.zeros(4), "numpy.fft.fft"),
         (lambda x: np.linalg.eig(x.reshape(2, 2)), np.zeros(4), "numpy.linalg.eig"),
         (lambda x: np.linalg.cond(x.reshape(2, 2)), np.zeros(4), "numpy.linalg.cond"),
-        (lambda x: np.median(x), np.zeros(3), "numpy.median"),
+        (lambda x: np.nanmedian(x), np.zeros(3), "numpy.nanmedian"),
         (lambda x: np.nancumsum(x), np.zeros(3), "numpy.nancumsum"),
         (lambda x: np.fmod(x, 2.0), np.zeros(3), "numpy.fmod"),
-        (lambda x: np.argmax(x), np.zeros(3), "numpy.argmax"),
+        (lambda x: np.nanargmax(x), np.zeros(3), "numpy.nanargmax"),
     ],
-    ids=["sort", "fft", "eig", "cond", "median", "nancumsum", "fmod-ufunc", "argmax"],
+    ids=["sort_complex", "fft", "eig", "cond", "nanmedian", "nancumsum", "fmod-ufunc",
+         "nanargmax"],
 )
 def test_unsupported_numpy_function_raises_naming_it(f, arg, qualname):
     pattern = "cannot trace " + re.escape(qualname) + r"\b"
@@ -390,8 +391,8 @@ def test_error_types():
 
 
 def test_ufunc_methods_other_than_reduce_raise():
-    with pytest.raises(TracingError, match=r"numpy\.add\.accumulate cannot be traced"):
-        tapejit.record(lambda x: np.add.accumulate(x), np.zeros(3))
+    with pytest.raises(TracingError, match=r"numpy\.subtract\.accumulate cannot be traced"):
+        tapejit.record(lambda x: np.subtract.accumulate(x), np.zeros(3))
     with pytest.raises(TracingError, match=r"numpy\.exp\(\.\.\., out=\.\.\.\) cannot be traced"):
         tapejit.record(lambda x: np.exp(x, out=np.empty(3)), np.zeros(3))
     with pytest.raises(TracingError, match=r"numpy\.sum\(\.\.\., out=\.\.\.\)"):
