@@ -211,6 +211,19 @@ def _sel(c, a, b):
     return np.where(np.not_equal(c, 0.0), a, b)
 
 
+def _azmul(a, b):
+    with np.errstate(invalid="ignore"):
+        return np.where((np.asarray(a) == 0.0) | (np.asarray(b) == 0.0), 0.0,
+                        np.multiply(a, b))
+
+
+def _traced_azmul(a, b):
+    # imported at the call: the tracer imports this table
+    from ._tracer import emit
+
+    return emit("azmul", a, b)
+
+
 def _stop_gradient(a):
     # imported at the call: _record imports the tracer, which imports this table
     from ._record import stop_gradient
@@ -383,6 +396,15 @@ _TABLE: list[Op] = [
        _CMP | {COMMUTATIVE, SWAPPABLE}, **_TIES),
     Op(47, "not_equal", 2, "1.0 if a != b else 0.0", (Z, Z), _Z3, np.not_equal,
        (_R, _R), _CMP | {COMMUTATIVE, SWAPPABLE}, **_TIES),
+    # --- nested differentiation (tapejit/_nested.py) ---------------------------------------
+    # The NaN policy's product as an op of its own: an adjoint times a partial that nested
+    # differentiation records into a tape. Its derivatives are mul's (the product rule), so
+    # a gradient of a gradient is right where a factor is exactly 0, which a select on
+    # ``adjoint == 0`` (derivative 0 there) would get wrong.
+    Op(100, "azmul", 2, "_azmul(a, b)", ("b", "a"), (Z, "1.0", Z), _azmul, (_R, _R),
+       frozenset({COMMUTATIVE, SWAPPABLE, EXACT}),
+       doc="a * b, but exactly 0 where either factor is 0 (the sweeps' adjoint product, "
+           "recorded by nested differentiation)", trace=_traced_azmul),
 ]
 
 #: All ops, in opcode order.

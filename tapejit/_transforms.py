@@ -35,6 +35,7 @@ from typing import Any
 
 import numpy as np
 
+from . import _nested
 from ._passes import guard_slice
 from ._record import normalize_argnums, record
 from ._tape import Tape, evaluate_keep_failed, require_one_output
@@ -429,6 +430,8 @@ def value_and_grad(
 
     @_transform(f)
     def wrapped(*args: Any) -> tuple[Any, Any]:
+        if _nested.traced(args):  # inside a recording: record the gradient there
+            return _nested.value_and_grad(f, argnums, args, batched)
         call = _Call(args, argnums, batched)
         _, (v, g) = cache.evaluate(call, method)
         return v, _split(g, call.shapes(), single, batched)
@@ -466,6 +469,8 @@ def grad(
 
     @_transform(f)
     def wrapped(*args: Any) -> Any:
+        if _nested.traced(args):  # inside a recording: record the gradient there
+            return _nested.grad(f, argnums, args, batched)
         return vg(*args)[1]
 
     return wrapped
@@ -506,6 +511,8 @@ def jacobian(
 
     @_transform(f)
     def wrapped(*args: Any) -> Any:
+        if _nested.traced(args):  # inside a recording: record the Jacobian there
+            return _nested.jacobian(f, argnums, args, batched)
         call = _Call(args, argnums, batched)
         tape, (J,) = cache.evaluate(call, method)
         return _split(J, call.shapes(), single, batched, _out_shape(tape))
@@ -542,6 +549,8 @@ def hessian(
 
     @_transform(f)
     def wrapped(*args: Any) -> Any:
+        if _nested.traced(args):  # inside a recording: record the Hessian there
+            return _nested.hessian(f, argnums, args, batched)
         call = _Call(args, argnums, batched)
         _, (H,) = cache.evaluate(call, method)
         shapes = call.shapes()
@@ -587,6 +596,8 @@ def hvp(
 
     @_transform(f)
     def wrapped(*args: Any, v: Any) -> Any:
+        if _nested.traced((*args, v)):  # inside a recording: record H v there
+            return _nested.hvp(f, argnums, args, v, batched)
         call = _Call(args, argnums, batched)
         vs = (v,) if single else tuple(v)
         want = tuple((call.n_points, *s) if batched else s for s in call.shapes())
@@ -624,6 +635,8 @@ def jvp(f: Callable[..., Any], primals: Sequence[Any], tangents: Sequence[Any]) 
         Shaped like ``f``'s output (flattened to one vector when ``f`` returns a tuple).
     """
     primals, tangents = tuple(primals), tuple(tangents)
+    if _nested.traced((*primals, *tangents)):  # inside a recording: record it there
+        return _nested.jvp(f, primals, tangents)
     if len(primals) != len(tangents) or any(
         np.shape(a) != np.shape(t) for a, t in zip(primals, tangents, strict=True)
     ):
