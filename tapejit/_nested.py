@@ -43,6 +43,7 @@ from __future__ import annotations
 
 import ast
 import functools
+import itertools
 import re
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -190,11 +191,17 @@ class _Adjoints:
             idx, contrib = self._combine(idx, contrib)
         cur = self.ids[idx]
         new = cur == _NONE
-        self.ids[idx[new]] = contrib[new]
-        if not new.all():
+        if new.all():
+            self.ids[idx] = contrib
+        elif not new.any() or new.sum() < contrib.size // 2:
+            # Adding 0 to the few new ones keeps the sums one block (a mix of sums and
+            # plain contributions would split every later emission into scalars).
+            cur = np.where(new, self.rec.const(np.zeros(1))[0], cur)
+            self.ids[idx] = _emit_runs(self.rec, "add", cur, contrib)
+        else:
             old = ~new
-            total = emit("add", Tracer(self.rec, cur[old]), Tracer(self.rec, contrib[old]))
-            self.ids[idx[old]] = lift(self.rec, total)
+            self.ids[idx[new]] = contrib[new]
+            self.ids[idx[old]] = _emit_runs(self.rec, "add", cur[old], contrib[old])
 
     def _combine(self, idx: np.ndarray, contrib: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """One contribution per position: those to the same position summed, one
@@ -272,7 +279,12 @@ class _Window:
         flat = adj.of_inputs()
         out, k = [], 0
         for i in self.inputs:
-            out.append(flat[k : k + i.size].reshape(i.shape))
+            g = flat[k : k + i.size]
+            if g.size >= 8 and (g >= 0).any() and not self.rec.block(g):
+                # sums gathered from several emissions: copied into one block (a few
+                # exact "* 1.0"), so the code that reads the derivative is blocks too
+                g = _emit_runs(self.rec, "mul", g, self.rec.const(np.ones(g.size)))
+            out.append(g.reshape(i.shape))
             k += i.size
         return out
 
@@ -322,6 +334,24 @@ class _Window:
                 adj.add(t[want], d[want])
 
 
+def _emit_runs(rec: Recorder, name: str, *operands: np.ndarray) -> np.ndarray:
+    """Op ``name`` on flat operand ids, one emission per run where every operand's ids
+    advance by a constant step: each run is one block instruction (one emission over
+    ids with a jump somewhere would be one scalar instruction per element), and the
+    results are consecutive all the same."""
+    n = operands[0].size
+    if n > 2:
+        d = np.diff(np.stack(operands), axis=1)
+        change = np.flatnonzero((d[:, 1:] != d[:, :-1]).any(axis=0)) + 2
+        if 0 < change.size < n // 4:
+            # a run ends at j + 1 where the step into j + 1 differs from the one before
+            cuts = [0, *change.tolist(), n]
+            parts = [lift(rec, emit(name, *(Tracer(rec, o[a:b]) for o in operands)))
+                     for a, b in itertools.pairwise(cuts) if b > a]
+            return np.concatenate(parts)
+    return lift(rec, emit(name, *(Tracer(rec, o) for o in operands)))
+
+
 def _scaled(rec: Recorder, adjoint: np.ndarray, factor: float) -> np.ndarray:
     """Adjoint ids times a constant partial (never 0: those are skipped)."""
     if factor == 1.0:
@@ -336,7 +366,7 @@ def _times(rec: Recorder, adjoint: np.ndarray, partial: Any) -> np.ndarray:
     p = np.broadcast_to(lift(rec, partial), adjoint.shape)
     if (adjoint < 0).all() and (rec.values(adjoint) == 1.0).all():
         return np.array(p)
-    return lift(rec, emit("azmul", Tracer(rec, adjoint), Tracer(rec, p)))
+    return _emit_runs(rec, "azmul", adjoint, np.array(p))
 
 
 # -- the transforms on traced arguments ------------------------------------------------------

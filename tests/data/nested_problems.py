@@ -4,7 +4,8 @@ any numpy-like module ``xp``: tapejit traces them with numpy, and
 reference values in ``nested_reference.npz``.
 
 Most are Moré-Garbow-Hillstrom test problems (ACM TOMS 7, 1981) as sums of squared
-residuals; the others exercise matrix products, reductions, scans and a Python branch.
+residuals; the others exercise matrix products, reductions, scans, the LU families and a
+Python branch.
 """
 
 from __future__ import annotations
@@ -71,6 +72,21 @@ def matmul_reduce(x, xp):
             + xp.sum(xp.cumprod(x)) + xp.mean(xp.exp(x) * x))
 
 
+_B = np.array([[2.0, 0.5, 0.1], [0.3, 1.5, -0.2], [0.1, 0.4, 1.8]])
+
+
+def linalg(x, xp):
+    """``solve`` (a vector and a matrix right-hand side), ``inv``, ``det`` (3 x 3 by
+    cofactors and 4 x 4 by the inverse) and ``slogdet`` of matrices depending on ``x``."""
+    M = _B + 0.3 * xp.outer(x, x[::-1])
+    v = xp.concatenate([x, x[:1]])
+    M4 = 2.0 * np.eye(4) + 0.3 * xp.outer(v, v[::-1])
+    return (xp.sum(xp.linalg.solve(M, xp.sin(x)) ** 2)
+            + xp.sum(xp.linalg.solve(M, M[:, :2] * x[0]))
+            + xp.sum(xp.linalg.inv(M) * x) + xp.linalg.det(M) * x[1]
+            + xp.linalg.det(M4) + xp.linalg.slogdet(M)[1] * x[2])
+
+
 def branch_positive(x, xp):
     return xp.sum(x ** 3) / 3.0 + x[0] * x[1] * xp.exp(x[2])
 
@@ -101,6 +117,7 @@ PROBLEMS = {
     "box_3d": (box_3d, [[0.0, 10.0, 20.0], [1.0, 10.0, 1.0], [2.5, 4.0, -0.7]]),
     "matmul_reduce": (matmul_reduce, [[0.3, -0.7, 1.1], [1.2, 0.4, -0.9],
                                       [-0.5, 0.25, 0.6]]),
+    "linalg": (linalg, [[0.4, -0.3, 0.8], [1.0, 0.5, -0.6], [-0.2, 0.9, 0.3]]),
     "branch_positive": (branch_positive, [[0.3, -0.7, 1.1], [1.2, 0.4, -0.9],
                                           [0.5, 0.25, 0.6]]),
     "branch_negative": (branch_negative, [[-0.3, -0.7, 0.1], [-1.2, 0.4, -0.9],
