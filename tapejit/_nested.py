@@ -143,7 +143,7 @@ def traced_partial(op: Op, k: int, operands: Sequence[Any], result: Any) -> Any:
     its operands and result, as the table's expression says."""
     names = dict(zip("abc", operands, strict=False), r=result)
     try:
-        return eval(_partial_code(op.name, k), dict(_NAMESPACE), names)
+        return eval(_partial_code(op.name, k), _NAMESPACE, names)
     except (NameError, AttributeError) as err:
         raise TracingError(
             f"nested differentiation through {op.name} is not supported yet: its partial "
@@ -370,12 +370,12 @@ def _times(rec: Recorder, adjoint: np.ndarray, partial: Any) -> np.ndarray:
 
 
 # -- the transforms on traced arguments ------------------------------------------------------
-def traced(args: Sequence[Any]) -> bool:
+def traced(args: Sequence[Any], kwargs: dict[str, Any] | None = None) -> bool:
     """Whether any argument (or an item of a list or tuple argument) is traced: the
     transform is then called inside a recording and records its derivative there."""
     return any(isinstance(a, Tracer) or (isinstance(a, list | tuple)
                                          and any(isinstance(v, Tracer) for v in a))
-               for a in args)
+               for a in (*args, *(kwargs or {}).values()))
 
 
 class _Inner:
@@ -383,7 +383,8 @@ class _Inner:
     mark of the outer recording."""
 
     def __init__(self, what: str, f: Callable[..., Any], args: Sequence[Any],
-                 argnums: int | Sequence[int] | None, batched: bool = False) -> None:
+                 argnums: int | Sequence[int] | None, batched: bool = False,
+                 kwargs: dict[str, Any] | None = None) -> None:
         if batched:
             raise TracingError(
                 f"{what}(..., batched=True) was called inside a recorded function; there "
@@ -391,8 +392,10 @@ class _Inner:
                 "evaluate the outer tape on a batch of points instead.")
         self.single = argnums is None or isinstance(argnums, int | np.integer)
         nums = normalize_argnums(argnums, len(args))
-        rec = recorder_of([a for a in args if isinstance(a, Tracer)]
-                          + [v for a in args if isinstance(a, list | tuple) for v in a])
+        kwargs = kwargs or {}
+        everything = [*args, *kwargs.values()]
+        rec = recorder_of([a for a in everything if isinstance(a, Tracer)]
+                          + [v for a in everything if isinstance(a, list | tuple) for v in a])
         call = list(args)
         self.inputs = []
         for i in nums:
@@ -401,7 +404,7 @@ class _Inner:
             self.inputs.append(fresh)
         self.rec = rec
         self.mark = rec.mark()
-        out = f(*call)
+        out = f(*call, **kwargs)  # keyword arguments are not differentiated
         self.out = out
         items = list(out) if isinstance(out, tuple | list) else [out]
         self.out_ids = (np.concatenate([np.ravel(lift(rec, v)) for v in items]) if items
@@ -427,17 +430,18 @@ class _Inner:
 
 
 def value_and_grad(f: Callable[..., Any], argnums: Any, args: Sequence[Any],
-                   batched: bool = False) -> tuple[Any, Any]:
+                   batched: bool = False, kwargs: dict[str, Any] | None = None,
+                   ) -> tuple[Any, Any]:
     """``value_and_grad(f, argnums)(*args)`` on traced ``args``, recorded."""
-    inner = _Inner("value_and_grad", f, args, argnums, batched)
+    inner = _Inner("value_and_grad", f, args, argnums, batched, kwargs)
     inner.scalar("value_and_grad")
     return inner.out, inner.wrap(inner.grad_ids())
 
 
 def grad(f: Callable[..., Any], argnums: Any, args: Sequence[Any],
-         batched: bool = False) -> Any:
+         batched: bool = False, kwargs: dict[str, Any] | None = None) -> Any:
     """``grad(f, argnums)(*args)`` on traced ``args``, recorded."""
-    inner = _Inner("grad", f, args, argnums, batched)
+    inner = _Inner("grad", f, args, argnums, batched, kwargs)
     inner.scalar("grad")
     return inner.wrap(inner.grad_ids())
 
@@ -451,20 +455,20 @@ def _rows(window: _Window, outputs: np.ndarray, one: np.ndarray) -> list[np.ndar
 
 
 def jacobian(f: Callable[..., Any], argnums: Any, args: Sequence[Any],
-             batched: bool = False) -> Any:
+             batched: bool = False, kwargs: dict[str, Any] | None = None) -> Any:
     """``jacobian(f, argnums)(*args)`` on traced ``args``, recorded (one reverse walk
     per output element)."""
-    inner = _Inner("jacobian", f, args, argnums, batched)
+    inner = _Inner("jacobian", f, args, argnums, batched, kwargs)
     blocks = _rows(inner.window(), inner.out_ids, inner.rec.const(np.ones(1)))
     return inner.wrap([b.reshape(inner.out_shape + i.shape)
                        for b, i in zip(blocks, inner.inputs, strict=True)])
 
 
 def hessian(f: Callable[..., Any], argnums: Any, args: Sequence[Any],
-            batched: bool = False) -> Any:
+            batched: bool = False, kwargs: dict[str, Any] | None = None) -> Any:
     """``hessian(f, argnums)(*args)`` on traced ``args``, recorded: the gradient, then
     its Jacobian (one reverse walk per input element)."""
-    inner = _Inner("hessian", f, args, argnums, batched)
+    inner = _Inner("hessian", f, args, argnums, batched, kwargs)
     inner.scalar("hessian")
     g = np.concatenate([np.ravel(p) for p in inner.grad_ids()])
     blocks = _rows(inner.window(), g, inner.rec.const(np.ones(1)))  # (n, shape_j)
@@ -476,10 +480,10 @@ def hessian(f: Callable[..., Any], argnums: Any, args: Sequence[Any],
 
 
 def hvp(f: Callable[..., Any], argnums: Any, args: Sequence[Any], v: Any,
-        batched: bool = False) -> Any:
+        batched: bool = False, kwargs: dict[str, Any] | None = None) -> Any:
     """``hvp(f, argnums)(*args, v=v)`` on traced ``args`` (or ``v``), recorded: the
     gradient, then the gradient of its inner product with ``v``."""
-    inner = _Inner("hvp", f, args, argnums, batched)
+    inner = _Inner("hvp", f, args, argnums, batched, kwargs)
     inner.scalar("hvp")
     vs = (v,) if inner.single else tuple(v)
     if len(vs) != len(inner.inputs) or any(

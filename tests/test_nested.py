@@ -55,8 +55,9 @@ def test_third_derivative_against_jax(name):
 
 @pytest.mark.parametrize("name", sorted(P.PROBLEMS))
 def test_grad_of_grad_of_grad_against_jax(name):
-    """``grad(grad(grad(f)))`` as scalar compositions: ``T[i, j, k] u_j w_k``, and the
-    Hessian and gradient of the tapes on the way."""
+    """``grad(grad(grad(f)))`` as scalar compositions and ``grad`` of an ``hvp``:
+    ``T[i, j, k] u_j w_k``; ``jacobian(grad(f))``; the gradient and its kernel
+    Jacobian on the way."""
     f, X = _fn(name), REF[f"{name}/x"]
     n = X.shape[1]
     u, w = np.linspace(0.5, 1.5, n), np.linspace(-1.0, 2.0, n)
@@ -70,13 +71,20 @@ def test_grad_of_grad_of_grad_against_jax(name):
     def tuw(x):
         return grad(lambda z: np.sum(hu(z) * w))(x)
 
+    def tuw_hvp(x):
+        return grad(lambda z: np.sum(hvp(f)(z, v=u) * w))(x)
+
     t_g = tapejit.record(g, X[0])
     t_tuw = tapejit.record(tuw, X[0])
+    t_tuw_hvp = tapejit.record(tuw_hvp, X[0])
+    t_jg = tapejit.record(jacobian(grad(f)), X[0])
     for k, x in enumerate(X):
         H, T = REF[f"{name}/hessian"][k], REF[f"{name}/third"][k]
         _close(t_g.forward(x), REF[f"{name}/grad"][k])
         _close(t_g.jacobian(x), H)  # the kernels' Jacobian of the recorded gradient
+        _close(t_jg.forward(x).reshape(n, n), H)
         _close(t_tuw.forward(x), np.einsum("ijk,j,k->i", T, u, w))
+        _close(t_tuw_hvp.forward(x), np.einsum("ijk,j,k->i", T, u, w))
     _close(tapejit.record(hu, X[0]).forward(X), REF[f"{name}/hessian"] @ u)
 
 
@@ -191,6 +199,27 @@ def test_closure_values_are_constants_of_the_inner_derivative():
     t2 = tapejit.record(lambda x: grad(lambda z: np.sum(z ** 3))(np.stack([x[0], x[0], 2.0])),
                         x)
     _close(t2.forward(x), 3 * np.array([x[0], x[0], 2.0]) ** 2, 0)
+
+
+def test_constant_argument_output_without_dependence_and_keywords():
+    """A differentiated argument that is a constant of the outer recording, an output
+    that does not depend on the argument, and keyword arguments of the hooks."""
+    from tapejit import _nested
+
+    x = np.array([0.5, -1.0])
+    b = np.array([1.0, 2.0])
+    tape = tapejit.record(lambda x: grad(lambda a, b: np.sum(a * b ** 3), 1)(x, b), x)
+    _close(tape.forward(x), 3 * x * b ** 2, 0)
+    _close(tape.jacobian(x), np.diag(3 * b ** 2), 0)
+    t2 = tapejit.record(lambda x: grad(lambda a: 2.0)(x) + x, x)
+    _close(t2.forward(x), x, 0)
+
+    def g(a, *, scale=1.0):
+        return scale * np.sum(a ** 3)
+
+    t3 = tapejit.record(lambda x: _nested.grad(g, 0, (x,), kwargs={"scale": x[0]}), x)
+    _close(t3.forward(x), 3 * x[0] * x ** 2, 1e-15)
+    _close(t3.jacobian(x), np.diag(6 * x[0] * x) + np.outer(3 * x ** 2, [1.0, 0.0]), 1e-15)
 
 
 @pytest.mark.parametrize("op", OPS, ids=lambda op: op.name)
