@@ -4,8 +4,8 @@ any numpy-like module ``xp``: tapejit traces them with numpy, and
 reference values in ``nested_reference.npz``.
 
 Most are Moré-Garbow-Hillstrom test problems (ACM TOMS 7, 1981) as sums of squared
-residuals; the others exercise matrix products, reductions, scans, the LU families and a
-Python branch.
+residuals; the others exercise matrix products, reductions, scans, the LU and Cholesky
+families and a Python branch.
 """
 
 from __future__ import annotations
@@ -87,6 +87,27 @@ def linalg(x, xp):
             + xp.linalg.det(M4) + xp.linalg.slogdet(M)[1] * x[2])
 
 
+def _solve_triangular(xp):
+    if xp is np:
+        from tapejit.linalg import solve_triangular
+    else:  # JAX, for the reference values
+        from jax.scipy.linalg import solve_triangular
+    return solve_triangular
+
+
+def cholesky(x, xp):
+    """``cholesky`` and ``solve_triangular`` (lower, upper, transposed, unit diagonal)
+    of a symmetric positive definite matrix depending on ``x``."""
+    st = _solve_triangular(xp)
+    M = _B @ _B.T + 0.3 * xp.outer(x, x) + np.eye(3) * x[0] ** 2
+    L = xp.linalg.cholesky(M)
+    W = np.arange(9.0).reshape(3, 3) / 5.0
+    return (xp.sum(L * W) + xp.sum(st(L, xp.sin(x), lower=True) ** 2)
+            + xp.sum(st(M, xp.stack([x, x ** 2], axis=1), trans=1, lower=False,
+                        unit_diagonal=True))
+            + xp.sum(st(L.T, x, lower=False) ** 2))
+
+
 def branch_positive(x, xp):
     return xp.sum(x ** 3) / 3.0 + x[0] * x[1] * xp.exp(x[2])
 
@@ -118,6 +139,7 @@ PROBLEMS = {
     "matmul_reduce": (matmul_reduce, [[0.3, -0.7, 1.1], [1.2, 0.4, -0.9],
                                       [-0.5, 0.25, 0.6]]),
     "linalg": (linalg, [[0.4, -0.3, 0.8], [1.0, 0.5, -0.6], [-0.2, 0.9, 0.3]]),
+    "cholesky": (cholesky, [[0.4, -0.3, 0.8], [1.0, 0.5, -0.6], [-0.2, 0.9, 0.3]]),
     "branch_positive": (branch_positive, [[0.3, -0.7, 1.1], [1.2, 0.4, -0.9],
                                           [0.5, 0.25, 0.6]]),
     "branch_negative": (branch_negative, [[-0.3, -0.7, 0.1], [-1.2, 0.4, -0.9],
