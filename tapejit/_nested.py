@@ -305,7 +305,7 @@ class _Window:
             if src.kind == "constant":
                 contrib = _scaled(rec, a, src.factor)
             else:
-                p = traced_partial(op, k, [Tracer(rec, o[e]) for o in ins.operands],
+                p = traced_partial(op, k, [_operand(rec, o[e]) for o in ins.operands],
                                    Tracer(rec, ins.results[e]))
                 contrib = _times(rec, a, p)
             adj.add(target[e], contrib)
@@ -333,6 +333,13 @@ class _Window:
                 want = adj.is_active(t)
                 d = np.broadcast_to(np.ravel(lift(rec, d)), t.shape)
                 adj.add(t[want], d[want])
+
+
+def _operand(rec: Recorder, ids: np.ndarray) -> Any:
+    """An operand for a partial's expression: its values where it is all constants (so
+    ``b == 0.0`` selects at recording time and ``a ** (b - 1.0)`` with ``b = 3`` is a
+    ``square``, as if the user had written the numbers), else a tracer."""
+    return rec.values(ids) if (ids < 0).all() else Tracer(rec, ids)
 
 
 def _emit_runs(rec: Recorder, name: str, *operands: np.ndarray) -> np.ndarray:

@@ -107,6 +107,25 @@ def test_hvp_jvp_value_and_grad_inside(name):
     _close(t_v.jacobian(v, params=X[0]), REF[f"{name}/hessian"][0])
 
 
+def test_grad_grad_grad_of_a_scalar_function_through_the_public_api():
+    """``grad(grad(grad(f)))(x)`` with no explicit recording (each outer transform
+    records the inner one), and a fourth derivative, against the analytic ones."""
+    def f(x):
+        return np.sin(x) * x ** 3
+
+    def d3(x):
+        return (6 - 9 * x ** 2) * np.sin(x) + (18 * x - x ** 3) * np.cos(x)
+
+    def d4(x):
+        return (24 - 12 * x ** 2) * np.cos(x) + (x ** 3 - 36 * x) * np.sin(x)
+
+    for x in (0.0, 0.7, -2.3):
+        assert abs(grad(grad(grad(f)))(x) - d3(x)) <= 1e-12 * max(1.0, abs(d3(x)))
+        assert abs(grad(grad(grad(grad(f))))(x) - d4(x)) <= 1e-12 * max(1.0, abs(d4(x)))
+    xs = np.array([0.0, 0.7, -2.3])
+    _close(grad(grad(grad(f)), batched=True)(xs), d3(xs), 1e-12)
+
+
 def test_branchy_function_keeps_its_guard():
     """A branch inside the differentiated function is a guard of the outer tape: each
     branch's third derivatives, and a point on the other branch refused or re-recorded."""
