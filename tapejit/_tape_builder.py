@@ -447,6 +447,8 @@ class Recorder:
         """Fresh variable nodes holding the values of ``ids`` (any ids, constants too;
         one exact ``* 1.0``, never folded): distinct ids to differentiate with respect
         to where ``ids`` repeat an id or hold constants."""
+        if self.closed:
+            raise RuntimeError("this recording has finished; a traced value escaped f")
         flat = np.ascontiguousarray(ids, dtype=_I64).ravel()
         if not flat.size:
             return np.asarray(ids, dtype=_I64)

@@ -276,3 +276,15 @@ def test_batched_inside_a_recording_is_refused():
     with pytest.raises(tapejit.TracingError, match="batched=True"):
         tapejit.record(lambda x: grad(lambda z: np.sum(z ** 2), batched=True)(x),
                        np.ones(2))
+
+
+def test_through_an_inlined_tape():
+    """A tape called inside the differentiated function is inlined there, and
+    differentiated like the rest."""
+    def rosen(x):
+        return np.sum(100.0 * (x[1:] - x[:-1] ** 2) ** 2 + (1.0 - x[:-1]) ** 2)
+
+    inner = tapejit.record(rosen, np.zeros(3))
+    x = np.array([0.3, -0.2, 0.9])
+    tape = tapejit.record(lambda x: hessian(lambda z: 2.0 * inner(z) + np.sum(z))(x), x)
+    _close(tape.forward(x).reshape(3, 3), 2.0 * tapejit.hessian(rosen)(x), 1e-14)
