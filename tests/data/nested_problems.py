@@ -4,8 +4,8 @@ any numpy-like module ``xp``: tapejit traces them with numpy, and
 reference values in ``nested_reference.npz``.
 
 Most are Moré-Garbow-Hillstrom test problems (ACM TOMS 7, 1981) as sums of squared
-residuals; the others exercise matrix products, reductions, scans, the LU and Cholesky
-families and a Python branch.
+residuals; the others exercise matrix products, reductions, scans, the LU, Cholesky
+and eigh families and a Python branch.
 """
 
 from __future__ import annotations
@@ -108,6 +108,15 @@ def cholesky(x, xp):
             + xp.sum(st(L.T, x, lower=False) ** 2))
 
 
+def eigh(x, xp):
+    """Eigenvalues (``eigvalsh``) and sign-independent functions of eigenvectors
+    (``eigh``) of a symmetric matrix depending on ``x``."""
+    S = _B + _B.T + xp.outer(x, xp.sin(x)) + xp.outer(xp.sin(x), x)
+    w, V = xp.linalg.eigh(S)
+    return (xp.sum(xp.linalg.eigvalsh(S) ** 3) + xp.sum(V[:, 0] ** 2 * x)
+            + xp.sum(xp.abs(V[0])) + w[-1] * x[1])
+
+
 def branch_positive(x, xp):
     return xp.sum(x ** 3) / 3.0 + x[0] * x[1] * xp.exp(x[2])
 
@@ -140,6 +149,7 @@ PROBLEMS = {
                                       [-0.5, 0.25, 0.6]]),
     "linalg": (linalg, [[0.4, -0.3, 0.8], [1.0, 0.5, -0.6], [-0.2, 0.9, 0.3]]),
     "cholesky": (cholesky, [[0.4, -0.3, 0.8], [1.0, 0.5, -0.6], [-0.2, 0.9, 0.3]]),
+    "eigh": (eigh, [[0.4, -0.3, 0.8], [1.0, 0.5, -0.6], [-0.2, 0.9, 0.3]]),
     "branch_positive": (branch_positive, [[0.3, -0.7, 1.1], [1.2, 0.4, -0.9],
                                           [0.5, 0.25, 0.6]]),
     "branch_negative": (branch_negative, [[-0.3, -0.7, 0.1], [-1.2, 0.4, -0.9],
