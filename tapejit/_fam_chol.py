@@ -26,7 +26,7 @@ from typing import Any
 import numpy as np
 
 from ._program import MAX_FAMILY_SIZE, EmitFamily, Family, attr_columns
-from ._tracer import Tracer
+from ._tracer import Tracer, emit_family
 
 #: Larger n would overflow the int32 slot arithmetic of an n x n operand.
 _MAX_N = 46340
@@ -87,14 +87,59 @@ def solve_triangular_check(values: np.ndarray) -> np.ndarray:
     return bad | np.any((v[:, 2:5] != 0) & (v[:, 2:5] != 1), axis=1)
 
 
+# -- reverse rules as traced numpy (nested differentiation, ``tapejit/_nested.py``) ------
+# The kernels' rules, built from the same primitives (triangular solves and products),
+# recorded as these families again.
+
+def _tri_solve(a: Any, b: Any, trans: int, lower: int, unit: int) -> Any:
+    return record_solve_triangular(emit_family, a, b, trans=trans, lower=bool(lower),
+                                   unit_diagonal=bool(unit))
+
+
+def cholesky_vjp(attrs, operands, result, cotangent, needed=(True,)) -> tuple:
+    """Murray's rule: ``S = L^-T Phi(L^T tril(G)) L^-1``, folded onto the lower triangle
+    that the symmetric matrix is read from (``s_ij + s_ji`` below the diagonal,
+    ``s_ii`` on it, 0 above), as the kernels do."""
+    (n,) = (int(v) for v in attrs)
+    if n == 0:
+        return (None,)
+    low = np.tril(np.ones((n, n), dtype=bool))
+    eye = np.eye(n, dtype=bool)
+    L = np.reshape(result, (n, n))
+    G = np.where(low, np.reshape(cotangent, (n, n)), 0.0)
+    M = L.T @ G
+    P = np.where(eye, 0.5 * M, np.where(low, M, 0.0))
+    Y = _tri_solve(L, P, 1, 1, 0)  # L^-T P
+    Z = _tri_solve(L, Y.T, 1, 1, 0)  # (Y L^-1)^T = S^T
+    return (np.reshape(np.where(low & ~eye, Z + Z.T, np.where(eye, Z, 0.0)), -1),)
+
+
+def solve_triangular_vjp(attrs, operands, result, cotangent, needed=(True, True)) -> tuple:
+    """``Bbar = op(A)^-T Xbar``; ``Abar = -Bbar X^T`` (``-X Bbar^T`` for ``op(A) =
+    A^T``) on the triangle that is read, 0 elsewhere."""
+    n, k, lower, trans, unit = (int(v) for v in attrs)
+    A = np.reshape(operands[0], (n, n))
+    X = np.reshape(result, (n, k))
+    b_bar = _tri_solve(A, np.reshape(cotangent, (n, k)), 1 - trans, lower, unit)
+    a_bar = None
+    if needed[0]:
+        D = -(X @ b_bar.T) if trans else -(b_bar @ X.T)
+        read = (np.tril(np.ones((n, n), dtype=bool), -unit) if lower
+                else np.triu(np.ones((n, n), dtype=bool), unit))
+        a_bar = np.reshape(np.where(read, D, 0.0), -1)
+    return a_bar, (np.reshape(b_bar, -1) if needed[1] else None)
+
+
 CHOLESKY = Family("cholesky", 135, 1, ("n",), check=cholesky_check, sizes=cholesky_sizes,
                   kernel="fam_chol", reference=cholesky_reference,
-                  failure="Matrix is not positive definite", blas=True)
+                  failure="Matrix is not positive definite", blas=True,
+                  vjp=cholesky_vjp)
 SOLVE_TRIANGULAR = Family(
     "solve_triangular", 136, 2, ("n", "k", "lower", "trans", "unit_diagonal"),
     check=solve_triangular_check,
     sizes=solve_triangular_sizes, kernel="fam_chol", reference=solve_triangular_reference,
-    failure="Singular triangular matrix (a zero on its diagonal)", blas=True)
+    failure="Singular triangular matrix (a zero on its diagonal)", blas=True,
+    vjp=solve_triangular_vjp)
 
 
 # -- recording --------------------------------------------------------------------------

@@ -52,7 +52,7 @@ from tapejit._program import (
     attr_columns,
     sizes_by_row,
 )
-from tapejit._tracer import Tracer
+from tapejit._tracer import Tracer, emit_family
 
 # -- attributes and sizes ----------------------------------------------------------------
 
@@ -160,17 +160,51 @@ def qr_reference(attrs: tuple[int, ...], a: np.ndarray, b: Any = None,
     return np.concatenate([q.ravel(), r.ravel()])
 
 
+# -- reverse rules as traced numpy (nested differentiation, ``tapejit/_nested.py``) ------
+def eigh_vjp(attrs, operands, result, cotangent, needed=(True,)) -> tuple:
+    """The kernels' rule: ``Abar = V X V^T``, ``X = diag(wbar) + F o (V^T Vbar)``,
+    ``F_ij = 1 / (w_j - w_i)`` (0 where the numerator is 0; a gap within rounding of 0
+    is 0: inf/NaN), folded onto the triangle that is read. Without eigenvectors
+    (``eigvalsh``) they are recorded first (one more ``eigh`` of the same matrix)."""
+    n, lower, vectors = (int(v) for v in attrs)
+    if n == 0:
+        return (None,)
+    g = np.reshape(cotangent, -1)
+    if vectors:
+        both = np.reshape(result, -1)
+    else:
+        both = emit_family("eigh", [np.reshape(operands[0], -1)], (n, lower, 1),
+                           (n + n * n,))
+    w, V = both[:n], np.reshape(both[n:], (n, n))
+    eye = np.eye(n, dtype=bool)
+    X = np.broadcast_to(g[:n], (n, n))
+    if vectors:
+        num = V.T @ np.reshape(g[n:], (n, n))
+        gap = w[None, :] - w[:, None]
+        tiny = 10.0 * n * np.finfo(np.float64).eps * np.max(np.abs(w))
+        with np.errstate(divide="ignore", invalid="ignore"):
+            ratio = np.where(num == 0.0, 0.0,
+                             num / np.where(np.abs(gap) <= tiny, 0.0, gap))
+        X = np.where(eye, X, ratio)
+    else:
+        X = np.where(eye, X, 0.0)
+    Z = V @ X @ V.T
+    off = np.tril(np.ones((n, n), dtype=bool), -1) if lower else np.triu(
+        np.ones((n, n), dtype=bool), 1)
+    return (np.reshape(np.where(off, Z + Z.T, np.where(eye, Z, 0.0)), -1),)
+
+
 def _eig(name: str, opcode: int, attrs: tuple[str, ...], check, sizes, reference,
-         failure: str) -> Family:
+         failure: str, vjp=None) -> Family:
     return Family(name, opcode, 1, attrs, check=check,
                   sizes=sizes_by_row(sizes), kernel="fam_eig", reference=reference,
-                  failure=failure, blas=True)
+                  failure=failure, blas=True, vjp=vjp)
 
 
 #: The families of this module.
 EIG_FAMILIES = (
     _eig("eigh", 137, ("n", "lower", "vectors"), eigh_check, eigh_sizes, eigh_reference,
-         "Eigenvalues did not converge (or a non-finite matrix)"),
+         "Eigenvalues did not converge (or a non-finite matrix)", eigh_vjp),
     _eig("svd", 138, ("m", "n", "full_matrices", "compute_uv"), svd_check, svd_sizes,
          svd_reference, "SVD did not converge (or a non-finite matrix)"),
     _eig("qr", 139, ("m", "n"), qr_check, qr_sizes, qr_reference,

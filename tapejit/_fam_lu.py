@@ -114,21 +114,73 @@ def slogdet_reference(attrs: tuple[int, ...], a: np.ndarray, b: Any = None,
     return np.array([sign, logdet])
 
 
+# -- reverse rules as traced numpy (nested differentiation, ``tapejit/_nested.py``) ------
+# The kernels' rules, written with the same functions, which record these families again.
+
+def solve_vjp(attrs, operands, result, cotangent, needed=(True, True)) -> tuple:
+    """``Bbar = A^-T Xbar``, ``Abar = -Bbar X^T``."""
+    n, k = (int(v) for v in attrs)
+    A = np.reshape(operands[0], (n, n))
+    b_bar = np.linalg.solve(A.T, np.reshape(cotangent, (n, k)))
+    a_bar = -(b_bar @ np.reshape(result, (n, k)).T) if needed[0] else None
+    return (None if a_bar is None else np.reshape(a_bar, -1),
+            np.reshape(b_bar, -1) if needed[1] else None)
+
+
+def inv_vjp(attrs, operands, result, cotangent, needed=(True,)) -> tuple:
+    """``Abar = -X^T Xbar X^T`` with ``X = A^-1``."""
+    (n,) = (int(v) for v in attrs)
+    Xt = np.reshape(result, (n, n)).T
+    return (np.reshape(-(Xt @ np.reshape(cotangent, (n, n)) @ Xt), -1),)
+
+
+def _cofactors(A: Any, n: int) -> Any:
+    """The cofactor matrix (the derivative of ``det``) from the minors' determinants:
+    exact at a singular matrix."""
+    if n == 1:
+        return np.ones((1, 1))
+    rest = [[j for j in range(n) if j != i] for i in range(n)]
+    return np.stack([np.stack([(-1.0) ** (i + j) * np.linalg.det(A[np.ix_(rest[i], rest[j])])
+                               for j in range(n)]) for i in range(n)])
+
+
+def det_vjp(attrs, operands, result, cotangent, needed=(True,)) -> tuple:
+    """``Abar = g cof(A)``: cofactors up to order 3 (as the kernels), else
+    ``g det(A) A^-T``."""
+    (n,) = (int(v) for v in attrs)
+    if n == 0:
+        return (None,)
+    A = np.reshape(operands[0], (n, n))
+    d = _cofactors(A, n) if n <= 3 else np.reshape(result, ()) * np.linalg.inv(A).T
+    return (np.reshape(np.reshape(cotangent, ()) * d, -1),)
+
+
+def slogdet_vjp(attrs, operands, result, cotangent, needed=(True,)) -> tuple:
+    """``Abar = g A^-T`` for ``log|det|``; the sign's derivative is 0."""
+    (n,) = (int(v) for v in attrs)
+    if n == 0:
+        return (None,)
+    A = np.reshape(operands[0], (n, n))
+    return (np.reshape(np.reshape(cotangent, (2,))[1] * np.linalg.inv(A).T, -1),)
+
+
 def _lu(name: str, opcode: int, arity: int, attrs: tuple[str, ...], check, sizes,
-        reference, failure: str = "") -> Family:
+        reference, failure: str = "", vjp=None) -> Family:
     return Family(name, opcode, arity, attrs, check=check,
                   sizes=sizes_by_row(sizes), kernel="fam_lu", reference=reference,
-                  failure=failure, blas=True)
+                  failure=failure, blas=True, vjp=vjp)
 
 
 #: The families of this module (a NaN result of ``det`` and ``slogdet`` is numpy's 0
 #: and ``-inf``, not a failure).
 LU_FAMILIES = (
     _lu("solve", 131, 2, ("n", "k"), solve_check, solve_sizes, solve_reference,
-        "Singular matrix"),
-    _lu("inv", 132, 1, ("n",), square_check, inv_sizes, inv_reference, "Singular matrix"),
-    _lu("det", 133, 1, ("n",), square_check, det_sizes, det_reference),
-    _lu("slogdet", 134, 1, ("n",), square_check, slogdet_sizes, slogdet_reference),
+        "Singular matrix", solve_vjp),
+    _lu("inv", 132, 1, ("n",), square_check, inv_sizes, inv_reference, "Singular matrix",
+        inv_vjp),
+    _lu("det", 133, 1, ("n",), square_check, det_sizes, det_reference, vjp=det_vjp),
+    _lu("slogdet", 134, 1, ("n",), square_check, slogdet_sizes, slogdet_reference,
+        vjp=slogdet_vjp),
 )
 
 

@@ -26,9 +26,9 @@ def _check(v: np.ndarray) -> np.ndarray:
 
 
 def _matrices(x: np.ndarray, count: int, rows: int, cols: int, trans: int) -> np.ndarray:
-    x = x.reshape(count, cols, rows).transpose(0, 2, 1) if trans else x.reshape(
-        count, rows, cols)
-    return x
+    if trans:
+        return np.reshape(x, (count, cols, rows)).transpose(0, 2, 1)
+    return np.reshape(x, (count, rows, cols))
 
 
 def reference(attrs, a, b, c=None) -> np.ndarray:
@@ -39,6 +39,26 @@ def reference(attrs, a, b, c=None) -> np.ndarray:
     return np.broadcast_to(np.matmul(A, B), (batch, m, n)).ravel()
 
 
+def vjp(attrs, operands, result, cotangent, needed=(True, True)) -> tuple:
+    """Reverse rule as traced numpy (nested differentiation): ``Abar = G B^T`` and
+    ``Bbar = A^T G``, each one product (summed over the batch for an operand shared by
+    every product), stored as its operand is (transposed or not)."""
+    batch, m, k, n, ba, bb, ta, tb = (int(v) for v in attrs)
+    A = _matrices(operands[0], batch if ba else 1, m, k, ta)
+    B = _matrices(operands[1], batch if bb else 1, k, n, tb)
+    G = np.reshape(cotangent, (batch, m, n))
+    sa, sb = ("zmk" if ba else "mk"), ("zkn" if bb else "kn")
+    dA = np.einsum(f"zmn,{sb}->{sa}", G, B if bb else B[0]) if needed[0] else None
+    dB = np.einsum(f"{sa},zmn->{sb}", A if ba else A[0], G) if needed[1] else None
+
+    def stored(d, trans):
+        if d is None:
+            return None
+        return np.reshape(np.swapaxes(d, -1, -2) if trans else d, -1)
+
+    return stored(dA, ta), stored(dB, tb)
+
+
 MATMUL = Family("matmul", 128, 2, ATTRS,
                 check=_check, sizes=_sizes, kernel="fam_matmul", reference=reference,
-                blas=True)
+                blas=True, vjp=vjp)

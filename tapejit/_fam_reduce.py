@@ -113,10 +113,62 @@ def scan_sizes(values: np.ndarray) -> np.ndarray:
     return np.stack([outer * n * inner, outer * n * inner], axis=1)
 
 
+# -- reverse rules as traced numpy (nested differentiation, ``tapejit/_nested.py``) ------
+def _shift(x: Any, fill: float, forward: bool) -> Any:
+    """``x`` (``(outer, n, inner)``) moved one place along the middle axis, ``fill``
+    entering: the exclusive prefix (``forward``) or suffix of a scan."""
+    pad = np.full((np.shape(x)[0], 1, np.shape(x)[2]), fill)
+    return (np.concatenate([pad, x[:, :-1]], axis=1) if forward
+            else np.concatenate([x[:, 1:], pad], axis=1))
+
+
+def reduce_vjp(attrs, operands, result, cotangent, needed=(True,)) -> tuple:
+    """``reduce``'s reverse rule as traced numpy, the kernels' rules: a sum broadcasts
+    the cotangent (no instruction); a product multiplies it by the product of the other
+    elements (prefix times suffix products, no division, exact at zeros); a maximum or
+    minimum sends it to the first extreme element (a NaN counts as the extreme)."""
+    kind, outer, n, inner = (int(v) for v in attrs)
+    G = np.reshape(cotangent, (outer, 1, inner))
+    full = (outer, n, inner)
+    if kind == SUM or n == 0:
+        return (np.reshape(np.broadcast_to(G, full), -1),)
+    x = np.reshape(operands[0], full)
+    if kind == PROD:
+        before = _shift(np.cumprod(x, axis=1), 1.0, True)
+        after = _shift(np.flip(np.cumprod(np.flip(x, 1), axis=1), 1), 1.0, False)
+        return (np.reshape(G * (before * after), -1),)
+    r = np.reshape(result, (outer, 1, inner))
+    hit = (x == r) | ((x != x) & (r != r))
+    first = hit & (np.cumsum(hit * 1.0, axis=1) == 1.0)
+    return (np.reshape(np.where(first, np.broadcast_to(G, full), 0.0), -1),)
+
+
+def scan_vjp(attrs, operands, result, cotangent, needed=(True,)) -> tuple:
+    """``scan``'s reverse rule as traced numpy: a cumulative sum's is the reversed
+    cumulative sum of the cotangent; a cumulative product's is the kernels' backward
+    recurrence ``t[i] = g[i] + x[i+1] t[i+1]``, ``xbar[i] = y[i-1] t[i]`` (no division),
+    one elementwise step per element of the scanned axis."""
+    kind, outer, n, inner = (int(v) for v in attrs)
+    full = (outer, n, inner)
+    G = np.reshape(cotangent, full)
+    if kind == CUMSUM or n == 0:
+        return (np.reshape(np.flip(np.cumsum(np.flip(G, 1), axis=1), 1), -1),)
+    x = np.reshape(operands[0], full)
+    before = _shift(np.reshape(result, full), 1.0, True)
+    t = G[:, n - 1]
+    out = [before[:, n - 1] * t]
+    for i in range(n - 2, -1, -1):
+        t = G[:, i] + x[:, i + 1] * t
+        out.append(before[:, i] * t)
+    return (np.reshape(np.stack(out[::-1], axis=1), -1),)
+
+
 REDUCE = Family("reduce", 129, 1, ATTRS, check=reduce_check,
-                sizes=reduce_sizes, kernel="fam_reduce", reference=reduce_reference)
+                sizes=reduce_sizes, kernel="fam_reduce", reference=reduce_reference,
+                vjp=reduce_vjp)
 SCAN = Family("scan", 130, 1, ATTRS, check=scan_check,
-              sizes=scan_sizes, kernel="fam_reduce", reference=scan_reference)
+              sizes=scan_sizes, kernel="fam_reduce", reference=scan_reference,
+              vjp=scan_vjp)
 
 
 # -- recording ---------------------------------------------------------------------------

@@ -218,6 +218,19 @@ def _sel(c, a, b):
     return np.where(np.not_equal(c, 0.0), a, b)
 
 
+def _azmul(a, b):
+    with np.errstate(invalid="ignore"):
+        return np.where((np.asarray(a) == 0.0) | (np.asarray(b) == 0.0), 0.0,
+                        np.multiply(a, b))
+
+
+def _traced_azmul(a, b):
+    # imported at the call: the tracer imports this table
+    from ._tracer import emit
+
+    return emit("azmul", a, b)
+
+
 def _stop_gradient(a):
     # imported at the call: _record imports the tracer, which imports this table
     from ._record import stop_gradient
@@ -530,6 +543,15 @@ _TABLE: list[Op] = [
        _sps.xlog1py, (_R, (-0.9, 3.0)),
        doc="0 where a == 0 (b not NaN); d/da = log1p(b) (JAX), d/db = 0 where a == 0",
        edges=_zeros_first),
+    # --- nested differentiation (tapejit/_nested.py) ---------------------------------------
+    # The NaN policy's product as an op of its own: an adjoint times a partial that nested
+    # differentiation records into a tape. Its derivatives are mul's (the product rule), so
+    # a gradient of a gradient is right where a factor is exactly 0, which a select on
+    # ``adjoint == 0`` (derivative 0 there) would get wrong.
+    Op(100, "azmul", 2, "_azmul(a, b)", ("b", "a"), (Z, "1.0", Z), _azmul, (_R, _R),
+       frozenset({COMMUTATIVE, SWAPPABLE, EXACT}),
+       doc="a * b, but exactly 0 where either factor is 0 (the sweeps' adjoint product, "
+           "recorded by nested differentiation)", trace=_traced_azmul),
 ]
 
 #: All ops, in opcode order.

@@ -271,6 +271,13 @@ class Family:
         fail: the recorder guards each such instruction's first result element, so
         evaluating a tape there raises (or masks, ``check="mask"``) instead of returning
         NaN.
+    vjp : callable, optional
+        ``vjp(attrs, operands, result, cotangent, needed) -> cotangents``: the reverse
+        rule as traced numpy (``operands``, ``result`` and ``cotangent`` are flat
+        arrays, traced or not; one flat cotangent per operand, or None where it is zero
+        or not ``needed``, a flag per operand), so that
+        nested differentiation (``tapejit/_nested.py``) records it into the outer tape,
+        differentiable again. None: nested differentiation through the family raises.
     blas : bool
         Whether its routines call BLAS or LAPACK. Those sum in an order of their own for
         each shape of call (one point is a matrix-vector product, a chunk of points a
@@ -290,6 +297,7 @@ class Family:
     reference: Callable[..., np.ndarray] | None = None
     failure: str = ""
     blas: bool = False
+    vjp: Callable[..., tuple[Any, ...]] | None = None
 
     def __post_init__(self) -> None:
         if not self.rules:

@@ -22,13 +22,15 @@ Replays check every guard at every point (see ``_drivers.py``).
 from __future__ import annotations
 
 import bisect
+from dataclasses import dataclass
 
 import numpy as np
 
-from ._ops import BY_NAME, Op
+from ._ops import BY_CODE, BY_NAME, Op
 from ._program import (
     ARG_A,
     ATTR,
+    FAMILIES,
     FIRST_FAMILY,
     GUARD,
     GUARD_SLOT,
@@ -67,6 +69,41 @@ class _Growing:
 
     def view(self) -> np.ndarray:
         return self.data[: self.n]
+
+
+@dataclass(frozen=True)
+class Mark:
+    """A point in a recording (:meth:`Recorder.mark`): instructions recorded so far and
+    the next node id."""
+
+    groups: int
+    nodes: int
+
+
+@dataclass(frozen=True)
+class Instruction:
+    """One recorded emission as :meth:`Recorder.instructions_since` hands it out.
+
+    Attributes
+    ----------
+    op : Op or None
+        The elementwise op, or None for a family instruction.
+    family : Family or None
+        The instruction family, or None for an elementwise op.
+    attrs : tuple of int
+        A family instruction's integer attributes (empty for an op).
+    operands : tuple of ndarray
+        Flat int64 ids of each operand: for an op, one id per element (``results.size``
+        each, broadcasts repeated); for a family, the operand's whole block.
+    results : ndarray
+        Flat int64 ids of the results (consecutive).
+    """
+
+    op: Op | None
+    family: Family | None
+    attrs: tuple[int, ...]
+    operands: tuple[np.ndarray, ...]
+    results: np.ndarray
 
 
 # An operand of an emission: ``(start, stride)`` when its ids advance affinely within
@@ -375,6 +412,49 @@ class Recorder:
             self._guard_set.add((int(node), int(outcome)))
             self._guards.append((int(node), int(outcome)))
         return outcome
+
+    # -- reading back what was recorded (nested differentiation, ``_nested.py``) ---------
+    def mark(self) -> Mark:
+        """The current end of the recording, to read back what follows it with
+        :meth:`instructions_since`."""
+        return Mark(len(self._groups), self.n_nodes)
+
+    def instructions_since(self, mark: Mark) -> list[Instruction]:
+        """The instructions recorded after ``mark``, in recording order.
+
+        Every emission's results are the next consecutive node ids (leaves come before
+        any instruction), so a group's results follow from the running node count.
+        """
+        out = []
+        first = mark.nodes
+        for code, n, _, ops in self._groups[mark.groups :]:
+            results = np.arange(first, first + n, dtype=_I64)
+            first += n
+            if code >= FIRST_FAMILY:
+                blocks, attrs = ops
+                operands = tuple(
+                    f + (-1 if f < 0 else 1) * np.arange(length, dtype=_I64)
+                    for f, length in blocks)
+                out.append(Instruction(None, FAMILIES[code], tuple(attrs), operands, results))
+                continue
+            operands = tuple(
+                o if isinstance(o, np.ndarray) else o[0] + o[1] * np.arange(n, dtype=_I64)
+                for o in ops)
+            out.append(Instruction(BY_CODE[code], None, (), operands, results))
+        if first != self.n_nodes:  # pragma: no cover - a broken invariant, not user error
+            raise RuntimeError("recorder: instruction results are not consecutive")
+        return out
+
+    def copy(self, ids: np.ndarray) -> np.ndarray:
+        """Fresh variable nodes holding the values of ``ids`` (any ids, constants too;
+        one exact ``* 1.0``, never folded): distinct ids to differentiate with respect
+        to where ``ids`` repeat an id or hold constants."""
+        if self.closed:
+            raise RuntimeError("this recording has finished; a traced value escaped f")
+        flat = np.ascontiguousarray(ids, dtype=_I64).ravel()
+        if not flat.size:
+            return np.asarray(ids, dtype=_I64)
+        return self._copy(flat).reshape(np.shape(ids))
 
     # -- finishing -----------------------------------------------------------------------
     def finalize(

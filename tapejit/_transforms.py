@@ -36,6 +36,7 @@ from typing import Any
 
 import numpy as np
 
+from . import _nested
 from ._passes import guard_slice
 from ._record import bind_call, is_array_like, normalize_argnums, record
 from ._tape import Tape, evaluate_keep_failed
@@ -499,6 +500,27 @@ def _aux_cache(f: Callable[..., Any], has_aux: bool) -> tuple[Callable, _Aux | N
     return aux, aux, cache
 
 
+def _nested_call(rule: Callable[..., Any], f: Callable[..., Any], has_aux: bool, argnums: Any,
+                 args: tuple, kwargs: dict, batched: bool, *extra: Any) -> tuple[Any, Any]:
+    """A transform called inside a recording (on traced arguments): ``rule`` (of
+    ``_nested``) records the derivative there. Returns ``(result, aux)``; ``aux`` is
+    ``None`` without ``has_aux``."""
+    if not has_aux:
+        return rule(f, argnums, args, *extra, batched, kwargs=kwargs), None
+    box: list = []
+
+    def first(*a: Any, **k: Any) -> Any:
+        res = f(*a, **k)
+        if not (isinstance(res, tuple) and len(res) == 2):
+            raise TypeError(f"has_aux=True: {getattr(f, '__name__', 'f')} must return a pair "
+                            f"(output, aux); got {type(res).__name__}")
+        box.append(res[1])
+        return res[0]
+
+    functools.update_wrapper(first, f)
+    return rule(first, argnums, args, *extra, batched, kwargs=kwargs), box[-1]
+
+
 def _vjp_first(tape: Tape, x, p, rows):
     """Outputs and the gradient of output 0 (``has_aux``: the others are aux)."""
     w = np.zeros(tape.n_outputs)
@@ -551,6 +573,10 @@ def value_and_grad(
 
     @_transform(f, cache)
     def wrapped(*args: Any, **kwargs: Any) -> tuple[Any, Any]:
+        if _nested.traced(args, kwargs):  # inside a recording: record the gradient there
+            (v, g), a = _nested_call(_nested.value_and_grad, f, has_aux, argnums, args,
+                                     kwargs, batched)
+            return ((v, a) if has_aux else v), g
         call = Call(target, args, kwargs, argnums, batched)
         if aux is None:
             _, (v, g) = cache.evaluate(call, method)
@@ -645,6 +671,9 @@ def jacobian(
 
     @_transform(f, cache)
     def wrapped(*args: Any, **kwargs: Any) -> Any:
+        if _nested.traced(args, kwargs):  # inside a recording: record the Jacobian there
+            J, a = _nested_call(_nested.jacobian, f, has_aux, argnums, args, kwargs, batched)
+            return (J, a) if has_aux else J
         call = Call(target, args, kwargs, argnums, batched)
         if aux is None:
             tape, (J,) = cache.evaluate(call, method)
@@ -688,6 +717,8 @@ def hessian(
 
     @_transform(f)
     def wrapped(*args: Any, **kwargs: Any) -> Any:
+        if _nested.traced(args, kwargs):  # inside a recording: record the Hessian there
+            return _nested_call(_nested.hessian, f, False, argnums, args, kwargs, batched)[0]
         call = Call(f, args, kwargs, argnums, batched)
         _, (H,) = cache.evaluate(call, method)
         shapes = call.shapes()
@@ -733,6 +764,8 @@ def hvp(
 
     @_transform(f)
     def wrapped(*args: Any, v: Any, **kwargs: Any) -> Any:
+        if _nested.traced((*args, v), kwargs):  # inside a recording: record H v there
+            return _nested_call(_nested.hvp, f, False, argnums, args, kwargs, batched, v)[0]
         call = Call(f, args, kwargs, argnums, batched)
         vs = (v,) if single else tuple(v)
         want = tuple((call.n_points, *s) if batched else s for s in call.shapes())
@@ -771,6 +804,8 @@ def jvp(f: Callable[..., Any], primals: Sequence[Any], tangents: Sequence[Any]) 
         Shaped like ``f``'s output (flattened to one vector when ``f`` returns a tuple).
     """
     primals, tangents = tuple(primals), tuple(tangents)
+    if _nested.traced((*primals, *tangents)):  # inside a recording: record it there
+        return _nested.jvp(f, primals, tangents)
     if len(primals) != len(tangents) or any(
         np.shape(a) != np.shape(t) for a, t in zip(primals, tangents, strict=True)
     ):

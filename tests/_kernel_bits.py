@@ -14,6 +14,11 @@ When only some ops' implementations changed (tapejit's own ``exp`` instead of li
 recompute only the programs that use them, keeping every other program's stored bits::
 
     python tests/_kernel_bits.py tests/data/kernel_bits.npz --ops exp,tanh
+
+When ops were added to the table, append programs that use them (one for each op no
+stored program uses), keeping every stored program and its bits::
+
+    python tests/_kernel_bits.py tests/data/kernel_bits.npz --add-uncovered
 """
 
 from __future__ import annotations
@@ -168,8 +173,38 @@ def refresh(path: str, names: list[str]) -> list[int]:
     return redone
 
 
+def add_uncovered(path: str) -> list[str]:
+    """Append to the fixture at ``path`` one random program for each op that no stored
+    program uses (seeded by its opcode); returns those ops' names."""
+    with np.load(path) as f:
+        data = {k: f[k] for k in f.files}
+        cases = programs(f)
+    used = set(np.concatenate([c["prog"]["opcodes"] for _, c in cases]).tolist())
+    index = max(i for i, _ in cases) + 1
+    added = []
+    for op in OPS:
+        if op.code in used:
+            continue
+        rng = np.random.default_rng(op.code)
+        prog = random_program(rng, int(rng.integers(4, 40)))
+        while op.code not in prog["opcodes"].tolist():
+            prog = random_program(rng, int(rng.integers(4, 40)))
+        points = random_points(rng)
+        for part, arrays in (("prog", prog), ("in", points),
+                             ("out", results(tape_of(prog), points))):
+            for k, a in arrays.items():
+                data[f"{index}/{part}/{k}"] = a
+        used |= set(prog["opcodes"].tolist())
+        index += 1
+        added.append(op.name)
+    np.savez_compressed(path, **data)
+    return added
+
+
 if __name__ == "__main__":
-    if sys.argv[2:3] == ["--ops"]:
+    if sys.argv[2:3] == ["--add-uncovered"]:
+        print("added programs for", add_uncovered(sys.argv[1]))
+    elif sys.argv[2:3] == ["--ops"]:
         print("recomputed programs", refresh(sys.argv[1], sys.argv[3].split(",")))
     else:
         np.savez_compressed(sys.argv[1], **build())
