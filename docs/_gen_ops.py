@@ -2,7 +2,7 @@
 
 Nothing here is written by hand: every row comes from :data:`tapejit.OPS` (and the ufunc
 map the tracer derives from it), and the list of numpy functions from
-``tapejit._numpy_funcs.supported_functions()``. ``docs/conf.py`` puts the result into
+``tapejit.supported_functions()``. ``docs/conf.py`` puts the result into
 ``docs/ops.rst`` as Sphinx reads it, in place of the line
 ``.. include:: _generated/ops.rst`` (no file is written).
 """
@@ -18,17 +18,11 @@ def _literal(text: str) -> str:
 
 
 def _public_name(func) -> str:
-    """``np.sin``, ``scipy.special.expit``: how user code spells a ufunc or function
-    (ufuncs have no ``__module__``; one that numpy does not export is scipy.special's)."""
-    import numpy as np
-    import scipy.special
+    """``np.sin``, ``scipy.special.expit``: how user code spells a ufunc or function."""
+    from tapejit._numpy_funcs import public_name
 
-    name = func.__name__
-    if getattr(np, name, None) is func:
-        return f"np.{name}"
-    if getattr(scipy.special, name, None) is func:
-        return f"scipy.special.{name}"
-    return name
+    name = public_name(func)
+    return "np." + name.removeprefix("numpy.") if name.startswith("numpy.") else name
 
 
 def _ufunc_names() -> dict[int, list[str]]:
@@ -70,7 +64,7 @@ def render_ops() -> str:
     the op's doc note. Then the numpy (non-ufunc) functions the tracer implements.
     """
     from tapejit import OPS
-    from tapejit._numpy_funcs import supported_functions
+    from tapejit import supported_functions
 
     ufuncs = _ufunc_names()
     out = [
@@ -113,9 +107,10 @@ def render_ops() -> str:
         "Supported numpy functions",
         "-------------------------",
         "",
-        f"Besides the ufuncs above, the tracer implements these {len(funcs)} numpy functions",
-        "(``__array_function__``); any other numpy function raises",
-        ":class:`~tapejit.TracingError` naming it:",
+        f"These {len(funcs)} numpy and scipy.special functions and ufuncs record on traced",
+        "values (``tapejit.supported_functions()``, generated from what the tracer",
+        "dispatches). Any other raises :class:`~tapejit.TracingError` naming it and, where",
+        "one exists, the rewrite that records:",
         "",
         ", ".join(_literal(name) for name in funcs) + ".",
         "",

@@ -6,6 +6,7 @@ instructions in bulk; reductions are pairwise trees (``log2 n`` vectorized emiss
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Callable
 from typing import Any
 
@@ -19,6 +20,7 @@ from . import _fam_lu as lu
 from . import _fam_reduce as red
 from . import _linalg_compose as compose
 from ._errors import TracingError
+from ._rewrites import rewrite_for
 from ._tape_builder import Recorder
 from ._tracer import (
     UFUNC_OPS,
@@ -46,29 +48,45 @@ def _implements(*funcs: Callable) -> Callable:
     return deco
 
 
-def unsupported(func: Callable) -> TracingError:
-    """Error for a numpy function (or a ufunc of numpy's or scipy.special's) tapejit does
-    not trace."""
+def public_name(func: Callable) -> str:
+    """``numpy.sin``, ``numpy.linalg.solve``, ``scipy.special.erf``: where a user finds
+    ``func``."""
     short = getattr(func, "__name__", repr(func))
     mod = getattr(func, "__module__", None) or "numpy"
     if isinstance(func, np.ufunc):
         # ufuncs have no __module__: name the namespace that exports this one
-        import sys
-
         special = sys.modules.get("scipy.special")
         if getattr(np, short, None) is not func and getattr(special, short, None) is func:
             mod = "scipy.special"
     public = ".".join(p for p in mod.split(".") if not p.startswith("_")) or "numpy"
-    name = f"{public}.{short}"
+    return f"{public}.{short}"
+
+
+def unsupported(func: Callable) -> TracingError:
+    """Error for a numpy function (or a ufunc of numpy's or scipy.special's) tapejit does
+    not trace: why, and what to write instead where there is a rewrite."""
+    hint = rewrite_for(func)
     return TracingError(
-        f"tapejit cannot trace {name}: it is not supported. Supported numpy functions "
-        f"are the ufuncs of the op table and: {', '.join(supported_functions())}."
+        f"tapejit cannot trace {public_name(func)}: "
+        + (f"{hint}." if hint else "it has no recording (yet).")
+        + " tapejit.supported_functions() lists what records."
     )
 
 
 def supported_functions() -> list[str]:
-    """Names of the numpy (non-ufunc) functions tapejit can trace."""
-    return sorted({f.__name__ for f in FUNCTIONS})
+    """The numpy and scipy.special functions and ufuncs that record on traced values.
+
+    Generated from what the tracer dispatches: the ufuncs of the op table, the ufuncs
+    with rules of their own and the implemented numpy functions.
+
+    Returns
+    -------
+    list of str
+        Sorted public names, such as ``"numpy.sin"``, ``"numpy.linalg.solve"`` and
+        ``"scipy.special.erf"``.
+    """
+    funcs = [*UFUNC_OPS, *_UFUNC_RULES, *FUNCTIONS]
+    return sorted({public_name(f) for f in funcs})
 
 
 # -- ufuncs ------------------------------------------------------------------------------
@@ -100,22 +118,32 @@ def apply_ufunc(rec: Recorder, ufunc: np.ufunc, method: str, inputs: tuple, kwar
         hint = (f"; numpy.<ufunc>.{method} can be traced for "
                 + ", ".join(sorted(u.__name__ for u in which))) if which else ""
         raise TracingError(f"numpy.{ufunc.__name__}.{method} cannot be traced{hint}")
-    if ufunc is np.power:
-        return power(*inputs)
-    if ufunc is np.matmul:
-        return matmul(*inputs)
-    if ufunc is np.positive:
-        return inputs[0]
-    if ufunc in _LOGICAL:
-        return logical(_LOGICAL[ufunc], *inputs)
-    if ufunc in (np.deg2rad, np.radians):
-        return emit("mul", inputs[0], np.pi / 180.0)
-    if ufunc in (np.rad2deg, np.degrees):
-        return emit("mul", inputs[0], 180.0 / np.pi)
+    rule = _UFUNC_RULES.get(ufunc)
+    if rule is not None:
+        return rule(*inputs)
     op = UFUNC_OPS.get(ufunc)
     if op is None:
         raise unsupported(ufunc)
     return emit(op.name, *inputs)
+
+
+def _to_radians(x: Any) -> Any:
+    return emit("mul", x, np.pi / 180.0)
+
+
+def _to_degrees(x: Any) -> Any:
+    return emit("mul", x, 180.0 / np.pi)
+
+
+#: ufuncs recorded by a rule of their own rather than by one op of the table.
+_UFUNC_RULES: dict[np.ufunc, Callable] = {
+    np.power: power,
+    np.matmul: lambda a, b: matmul(a, b),
+    np.positive: lambda a: a,
+    np.deg2rad: _to_radians, np.radians: _to_radians,
+    np.rad2deg: _to_degrees, np.degrees: _to_degrees,
+    **{u: (lambda kind: lambda *a: logical(kind, *a))(k) for u, k in _LOGICAL.items()},
+}
 
 
 # -- reductions (reduce and scan family instructions: _fam_reduce.py) --------------------

@@ -14,7 +14,7 @@ import numpy as np
 _DATA_SHAPE = "its result's shape depends on the values, and a tape has fixed shapes"
 
 #: numpy function -> (why it cannot be recorded, what to write instead).
-_REWRITES: dict[str, tuple[str, str]] = {
+REWRITES: dict[str, tuple[str, str]] = {
     "unique": (_DATA_SHAPE, "np.sort(x) keeps every value; compare neighbours with np.diff"),
     "nonzero": (_DATA_SHAPE, "np.where(cond, a, b) selects without indices"),
     "argwhere": (_DATA_SHAPE, "np.where(cond, a, b) selects without indices"),
@@ -68,7 +68,7 @@ _REWRITES: dict[str, tuple[str, str]] = {
 }
 
 #: numpy.linalg and numpy.fft functions, by their module's public name.
-_SUBMODULE_REWRITES: dict[tuple[str, str], tuple[str, str]] = {
+SUBMODULE_REWRITES: dict[tuple[str, str], tuple[str, str]] = {
     ("linalg", "eig"): ("eigenvectors of a general matrix are complex",
                         "np.linalg.eigh for a symmetric matrix"),
     ("linalg", "eigvals"): ("eigenvalues of a general matrix are complex",
@@ -93,7 +93,7 @@ def rewrite_for(func: Callable) -> str | None:
     if sub == "fft":
         return ("tapejit records real-valued code and has no FFT. Instead: write the "
                 "transform as a product with a constant (cos/sin) matrix")
-    entry = _SUBMODULE_REWRITES.get((sub, name)) if sub else _REWRITES.get(name)
+    entry = SUBMODULE_REWRITES.get((sub, name)) if sub else REWRITES.get(name)
     if entry is None or (not sub and getattr(np, name, None) is not func):
         return None
     why, instead = entry

@@ -157,7 +157,7 @@ def test_render_ops_lists_every_op():
 
 
 def test_render_ops_lists_supported_numpy_functions():
-    from tapejit._numpy_funcs import supported_functions
+    from tapejit import supported_functions
 
     text = _gen_ops().render_ops()
     for name in supported_functions():

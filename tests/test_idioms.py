@@ -287,3 +287,43 @@ def test_params_as_the_recorded_arguments():
     assert float(tape.forward(w, params=[X2, y])) == pytest.approx(f(w, X2, y), rel=1e-14)
     with pytest.raises(ValueError, match=r"15 parameter values in all.*\[10, 3\]"):
         tape.forward(w, params=(X, y[:3]))
+
+
+# -- unsupported functions name a rewrite ----------------------------------------------------
+def test_rewrites_are_for_functions_that_do_not_record():
+    from tapejit._rewrites import REWRITES, SUBMODULE_REWRITES
+
+    supported = set(tapejit.supported_functions())
+    for name in REWRITES:
+        assert callable(getattr(np, name)), name
+        assert f"numpy.{name}" not in supported, f"{name} records now: drop its rewrite"
+    for sub, name in SUBMODULE_REWRITES:
+        assert f"numpy.{sub}.{name}" not in supported, name
+
+
+@pytest.mark.parametrize(
+    ("call", "match"),
+    [
+        (lambda x: np.unique(x), r"numpy\.unique: its result's shape depends on the values"
+                                 r".*Instead: np\.sort"),
+        (lambda x: np.nonzero(x > 0.4), r"numpy\.nonzero.*Instead: np\.where"),
+        (lambda x: np.linalg.eig(x.reshape(1, 3) * x.reshape(3, 1)),
+         r"numpy\.linalg\.eig:.*Instead: np\.linalg\.eigh"),
+        (lambda x: np.fft.fft(x), r"numpy\.fft\.fft:.*no FFT"),
+        (lambda x: np.count_nonzero(x), r"Instead: np\.sum\(x != 0\)"),
+    ],
+    ids=["unique", "nonzero", "eig", "fft", "count_nonzero"],
+)
+def test_unsupported_functions_name_their_rewrite(call, match):
+    with pytest.raises(TracingError, match=match) as info:
+        tapejit.record(call, X3)
+    assert "supported_functions()" in str(info.value)
+
+
+def test_supported_functions_lists_what_records():
+    names = tapejit.supported_functions()
+    assert names == sorted(set(names))
+    for name in ("numpy.sin", "numpy.linalg.solve", "numpy.sort", "numpy.power",
+                 "numpy.logical_and", "scipy.special.erf", "numpy.split"):
+        assert name in names, name
+    assert not any(n.startswith("numpy.fft") for n in names)
