@@ -169,7 +169,7 @@ def _quantiles(a: Any, q: np.ndarray, axis: Any, method: str, keepdims: bool,
     return res
 
 
-def _no_out(name: str, out: Any, overwrite_input: bool = False) -> None:
+def _no_out(name: str, out: Any) -> None:
     if out is not None:
         raise TracingError(f"numpy.{name}(..., out=...) cannot be traced; assign the "
                            "result instead")
