@@ -52,6 +52,14 @@ _implements(np.all)(_truth_reduce(False, "all"))
 _implements(np.any)(_truth_reduce(True, "any"))
 
 
+@_implements(np.ptp)
+def _ptp(a, axis=None, out=None, keepdims=False):
+    """numpy's ``max - min`` (each extreme's adjoint to its first occurrence)."""
+    _no_out("ptp", out)
+    return np.subtract(np.max(a, axis=axis, keepdims=keepdims),
+                       np.min(a, axis=axis, keepdims=keepdims))
+
+
 # -- polynomials -------------------------------------------------------------------------
 @_implements(np.polyval)
 def _polyval(p, x):

@@ -5,8 +5,11 @@ network** (Batcher's odd-even merge sort) of ``minimum``/``maximum`` ops: every 
 disjoint compare-exchange pairs is two vectorized emissions over all pairs (and all other
 axes). The network sorts at every point, so the tape gives the sorted values at points
 whose order differs from the recording point's, and records no guard. Derivatives follow
-the ``minimum``/``maximum`` ops: at a tie each compared operand gets 1/2. A NaN makes both
-outputs of each comparison it enters NaN (numpy sorts NaN last instead).
+the ``minimum``/``maximum`` ops: at a tie each compared operand gets 1/2. NaN: both
+outputs of a comparison with a NaN are NaN, and in a sorting network every input reaches
+every output, so a NaN anywhere makes the whole sorted row NaN. ``median`` and
+``percentile`` are then NaN as numpy's are; ``sort`` differs from numpy's, which sorts
+NaN last, but never gives a finite number numpy does not.
 
 ``argmax``, ``argmin`` and ``argsort`` return integers, which have no derivative. They
 return the answer seen at the recording point as a constant and record **one guard**: the
@@ -169,7 +172,7 @@ def _quantiles(a: Any, q: np.ndarray, axis: Any, method: str, keepdims: bool,
     return res
 
 
-def _no_out(name: str, out: Any, overwrite_input: bool = False) -> None:
+def _no_out(name: str, out: Any) -> None:
     if out is not None:
         raise TracingError(f"numpy.{name}(..., out=...) cannot be traced; assign the "
                            "result instead")

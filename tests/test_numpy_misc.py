@@ -25,6 +25,9 @@ def m(x):
 CASES = {
     "all_where": lambda x: np.where(np.all(m(x) > -3.0, axis=0), x[:4], x[4:8] ** 2),
     "any_where": lambda x: np.where(np.any(m(x) > 5.0, axis=1, keepdims=True), m(x), -m(x)),
+    "all_any_where": lambda x: (np.all(m(x) > 0.0, axis=1, where=W4) * x[:3]
+                                + np.any(m(x) > 1.0, where=m(X0 < 0)) * x[3]),
+    "ptp": lambda x: np.ptp(m(x), axis=1) + np.ptp(x),
     "polyval": lambda x: np.polyval(x[:4], x[4:]),
     "polyval_constant_coefficients": lambda x: np.polyval([1.0, -2.0, 3.0, 0.5], x),
     "interp_traced_fp": lambda x: np.interp(np.linspace(-1, 6, 9), np.arange(6.0), x[:6]),
