@@ -28,7 +28,7 @@ order (``grad(grad(f))``, a loss that contains a gradient, third derivatives):
      product rule as its derivative, so the next order is right where a factor is 0;
    * a family instruction's adjoint is its ``Family.vjp`` rule (in its ``_fam_*.py``
      module), traced numpy such as products for ``matmul`` and solves with the
-     transpose for ``solve``; a family without one (``svd``, ``qr``) raises
+     transpose for ``solve``; a family without one raises
      :class:`~tapejit.TracingError` naming it;
 
    only instructions between the differentiated arguments and the outputs are walked
