@@ -392,7 +392,7 @@ class _Inner:
 
     def __init__(self, what: str, f: Callable[..., Any], args: Sequence[Any],
                  argnums: int | Sequence[int] | None, batched: bool = False,
-                 kwargs: dict[str, Any] | None = None) -> None:
+                 kwargs: dict[str, Any] | None = None, has_aux: bool = False) -> None:
         if batched:
             raise TracingError(
                 f"{what}(..., batched=True) was called inside a recorded function; there "
@@ -413,6 +413,12 @@ class _Inner:
         self.rec = rec
         self.mark = rec.mark()
         out = f(*call, **kwargs)  # keyword arguments are not differentiated
+        self.aux = None
+        if has_aux:
+            if not (isinstance(out, tuple | list) and len(out) == 2):
+                raise ValueError(f"{what}(..., has_aux=True) needs a function returning a "
+                                 "pair (output, auxiliary data)")
+            out, self.aux = out
         self.out = out
         items = list(out) if isinstance(out, tuple | list) else [out]
         self.out_ids = (np.concatenate([np.ravel(lift(rec, v)) for v in items]) if items
@@ -439,19 +445,24 @@ class _Inner:
 
 def value_and_grad(f: Callable[..., Any], argnums: Any, args: Sequence[Any],
                    batched: bool = False, kwargs: dict[str, Any] | None = None,
-                   ) -> tuple[Any, Any]:
-    """``value_and_grad(f, argnums)(*args)`` on traced ``args``, recorded."""
-    inner = _Inner("value_and_grad", f, args, argnums, batched, kwargs)
+                   has_aux: bool = False) -> tuple[Any, Any]:
+    """``value_and_grad(f, argnums)(*args)`` on traced ``args``, recorded; with
+    ``has_aux``, ``((value, aux), gradient)`` as JAX returns it."""
+    inner = _Inner("value_and_grad", f, args, argnums, batched, kwargs, has_aux)
     inner.scalar("value_and_grad")
-    return inner.out, inner.wrap(inner.grad_ids())
+    g = inner.wrap(inner.grad_ids())
+    return ((inner.out, inner.aux), g) if has_aux else (inner.out, g)
 
 
 def grad(f: Callable[..., Any], argnums: Any, args: Sequence[Any],
-         batched: bool = False, kwargs: dict[str, Any] | None = None) -> Any:
-    """``grad(f, argnums)(*args)`` on traced ``args``, recorded."""
-    inner = _Inner("grad", f, args, argnums, batched, kwargs)
+         batched: bool = False, kwargs: dict[str, Any] | None = None,
+         has_aux: bool = False) -> Any:
+    """``grad(f, argnums)(*args)`` on traced ``args``, recorded; with ``has_aux``,
+    ``(gradient, aux)``."""
+    inner = _Inner("grad", f, args, argnums, batched, kwargs, has_aux)
     inner.scalar("grad")
-    return inner.wrap(inner.grad_ids())
+    g = inner.wrap(inner.grad_ids())
+    return (g, inner.aux) if has_aux else g
 
 
 def _rows(window: _Window, outputs: np.ndarray, one: np.ndarray) -> list[np.ndarray]:
@@ -463,13 +474,15 @@ def _rows(window: _Window, outputs: np.ndarray, one: np.ndarray) -> list[np.ndar
 
 
 def jacobian(f: Callable[..., Any], argnums: Any, args: Sequence[Any],
-             batched: bool = False, kwargs: dict[str, Any] | None = None) -> Any:
+             batched: bool = False, kwargs: dict[str, Any] | None = None,
+             has_aux: bool = False) -> Any:
     """``jacobian(f, argnums)(*args)`` on traced ``args``, recorded (one reverse walk
-    per output element)."""
-    inner = _Inner("jacobian", f, args, argnums, batched, kwargs)
+    per output element); with ``has_aux``, ``(jacobian, aux)``."""
+    inner = _Inner("jacobian", f, args, argnums, batched, kwargs, has_aux)
     blocks = _rows(inner.window(), inner.out_ids, inner.rec.const(np.ones(1)))
-    return inner.wrap([b.reshape(inner.out_shape + i.shape)
-                       for b, i in zip(blocks, inner.inputs, strict=True)])
+    J = inner.wrap([b.reshape(inner.out_shape + i.shape)
+                    for b, i in zip(blocks, inner.inputs, strict=True)])
+    return (J, inner.aux) if has_aux else J
 
 
 def hessian(f: Callable[..., Any], argnums: Any, args: Sequence[Any],

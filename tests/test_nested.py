@@ -239,6 +239,14 @@ def test_constant_argument_output_without_dependence_and_keywords():
     t3 = tapejit.record(lambda x: _nested.grad(g, 0, (x,), kwargs={"scale": x[0]}), x)
     _close(t3.forward(x), 3 * x[0] * x ** 2, 1e-15)
     _close(t3.jacobian(x), np.diag(6 * x[0] * x) + np.outer(3 * x ** 2, [1.0, 0.0]), 1e-15)
+    # has_aux, for the transforms' has_aux=: the auxiliary data passes through
+    def value_aux_grad(x):
+        (value, aux), g = _nested.value_and_grad(lambda a: (np.sum(a ** 3), a * 2.0), 0,
+                                                 (x,), has_aux=True)
+        return value, aux, g
+
+    t4 = tapejit.record(value_aux_grad, x)
+    _close(t4.forward(x), np.concatenate([[np.sum(x ** 3)], 2 * x, 3 * x ** 2]), 1e-15)
 
 
 @pytest.mark.parametrize("op", OPS, ids=lambda op: op.name)
