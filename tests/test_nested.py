@@ -336,3 +336,25 @@ def test_factorizations_read_one_triangle_as_the_kernels_do(case):
     x = np.array([0.4, -0.3, 0.8])
     tape = tapejit.record(lambda x: hessian(f)(x), x)
     _close(tape.forward(x).reshape(3, 3), tapejit.hessian(f)(x), 1e-12)
+
+
+_X = np.arange(12.0).reshape(4, 3) / 10.0
+_BROADCASTS = {
+    "scalar_over_vector": lambda x: np.sum(x[0] * x ** 2) + np.sum(np.sin(x[1]) / (1 + x ** 2)),
+    "rows_and_columns": lambda x: (
+        np.sum(np.tanh(_X @ np.reshape(x[:3] * x[3], (3, 1)) + x[:1]) ** 2)
+        + np.sum(np.tanh(_X * x[:3] + x[1:4]) ** 2)),
+    "outer": lambda x: np.sum(np.outer(x, x) ** 2 * np.arange(16.0).reshape(4, 4)),
+    "traced_select": lambda x: np.sum(np.where(x > x[1], x * x[2], np.exp(x)) ** 2),
+}
+
+
+@pytest.mark.parametrize("name", sorted(_BROADCASTS))
+def test_broadcast_operands_sum_their_adjoints(name):
+    """Operands broadcast over many elements (a scalar, a row, a column) receive the
+    sum of their adjoints: recorded gradient and Hessian equal the kernels'."""
+    f = _BROADCASTS[name]
+    x = np.array([0.4, -0.3, 0.8, 1.1])
+    got = tapejit.record(lambda x: (grad(f)(x), hessian(f)(x)), x).forward(x)
+    _close(got[:4], tapejit.grad(f)(x), 1e-14)
+    _close(got[4:].reshape(4, 4), tapejit.hessian(f)(x), 1e-13)
