@@ -378,12 +378,35 @@ def _times(rec: Recorder, adjoint: np.ndarray, partial: Any) -> np.ndarray:
 
 
 # -- the transforms on traced arguments ------------------------------------------------------
-def traced(args: Sequence[Any], kwargs: dict[str, Any] | None = None) -> bool:
-    """Whether any argument (or an item of a list or tuple argument) is traced: the
-    transform is then called inside a recording and records its derivative there."""
-    return any(isinstance(a, Tracer) or (isinstance(a, list | tuple)
-                                         and any(isinstance(v, Tracer) for v in a))
-               for a in (*args, *(kwargs or {}).values()))
+def _tracers(values: Any) -> list[Tracer]:
+    """The tracers among ``values`` and the items of list or tuple values."""
+    out = []
+    for a in values:
+        if isinstance(a, Tracer):
+            out.append(a)
+        elif isinstance(a, list | tuple):
+            out.extend(v for v in a if isinstance(v, Tracer))
+    return out
+
+
+def _closure(f: Any) -> list[Any]:
+    """The values ``f`` closes over (``lambda z: z * w`` inside a recording: ``w``)."""
+    cells = getattr(f, "__closure__", None) or ()
+    out = []
+    for c in cells:
+        try:
+            out.append(c.cell_contents)
+        except ValueError:  # an empty cell
+            pass
+    return out
+
+
+def traced(args: Sequence[Any], kwargs: dict[str, Any] | None = None,
+           f: Any = None) -> bool:
+    """Whether an argument (or an item of a list or tuple argument), a keyword argument
+    or a value ``f`` closes over is traced: the transform is then called inside a
+    recording and records its derivative there."""
+    return bool(_tracers((*args, *(kwargs or {}).values(), *_closure(f))))
 
 
 class _Inner:
@@ -401,9 +424,7 @@ class _Inner:
         self.single = argnums is None or isinstance(argnums, int | np.integer)
         nums = normalize_argnums(argnums, len(args))
         kwargs = kwargs or {}
-        everything = [*args, *kwargs.values()]
-        rec = recorder_of([a for a in everything if isinstance(a, Tracer)]
-                          + [v for a in everything if isinstance(a, list | tuple) for v in a])
+        rec = recorder_of(_tracers((*args, *kwargs.values(), *_closure(f))))
         call = list(args)
         self.inputs = []
         for i in nums:

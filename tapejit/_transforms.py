@@ -430,7 +430,7 @@ def value_and_grad(
 
     @_transform(f)
     def wrapped(*args: Any) -> tuple[Any, Any]:
-        if _nested.traced(args):  # inside a recording: record the gradient there
+        if _nested.traced(args, f=f):  # inside a recording: record the gradient there
             return _nested.value_and_grad(f, argnums, args, batched)
         call = _Call(args, argnums, batched)
         _, (v, g) = cache.evaluate(call, method)
@@ -469,7 +469,7 @@ def grad(
 
     @_transform(f)
     def wrapped(*args: Any) -> Any:
-        if _nested.traced(args):  # inside a recording: record the gradient there
+        if _nested.traced(args, f=f):  # inside a recording: record the gradient there
             return _nested.grad(f, argnums, args, batched)
         return vg(*args)[1]
 
@@ -511,7 +511,7 @@ def jacobian(
 
     @_transform(f)
     def wrapped(*args: Any) -> Any:
-        if _nested.traced(args):  # inside a recording: record the Jacobian there
+        if _nested.traced(args, f=f):  # inside a recording: record the Jacobian there
             return _nested.jacobian(f, argnums, args, batched)
         call = _Call(args, argnums, batched)
         tape, (J,) = cache.evaluate(call, method)
@@ -549,7 +549,7 @@ def hessian(
 
     @_transform(f)
     def wrapped(*args: Any) -> Any:
-        if _nested.traced(args):  # inside a recording: record the Hessian there
+        if _nested.traced(args, f=f):  # inside a recording: record the Hessian there
             return _nested.hessian(f, argnums, args, batched)
         call = _Call(args, argnums, batched)
         _, (H,) = cache.evaluate(call, method)
@@ -596,7 +596,7 @@ def hvp(
 
     @_transform(f)
     def wrapped(*args: Any, v: Any) -> Any:
-        if _nested.traced((*args, v)):  # inside a recording: record H v there
+        if _nested.traced((*args, v), f=f):  # inside a recording: record H v there
             return _nested.hvp(f, argnums, args, v, batched)
         call = _Call(args, argnums, batched)
         vs = (v,) if single else tuple(v)
@@ -635,7 +635,7 @@ def jvp(f: Callable[..., Any], primals: Sequence[Any], tangents: Sequence[Any]) 
         Shaped like ``f``'s output (flattened to one vector when ``f`` returns a tuple).
     """
     primals, tangents = tuple(primals), tuple(tangents)
-    if _nested.traced((*primals, *tangents)):  # inside a recording: record it there
+    if _nested.traced((*primals, *tangents), f=f):  # inside a recording: record it
         return _nested.jvp(f, primals, tangents)
     if len(primals) != len(tangents) or any(
         np.shape(a) != np.shape(t) for a, t in zip(primals, tangents, strict=True)

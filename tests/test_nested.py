@@ -207,6 +207,19 @@ def test_several_arguments_and_traced_parameters():
            1e-14)
 
 
+def test_untraced_arguments_with_a_traced_closure():
+    """``grad(lambda z: ...w...)(constant)`` inside a recording: the traced value is
+    in the closure only; the derivative is recorded, and differentiable in ``w``."""
+    def loss(w):
+        return grad(lambda z: np.sum(z * w) ** 2)(np.ones(3))
+
+    w = np.array([0.5, -1.0, 2.0])
+    tape = tapejit.record(loss, w)
+    s = np.sum(w)
+    _close(tape.forward(w), 2 * s * w, 1e-15)
+    _close(tape.jacobian(w), 2 * np.outer(w, np.ones(3)) + 2 * s * np.eye(3), 1e-15)
+
+
 def test_closure_values_are_constants_of_the_inner_derivative():
     """No perturbation confusion: ``grad(lambda z: sum(z * x))(x)`` is ``x``, whose
     Jacobian is the identity (the argument is copied into fresh variables)."""
