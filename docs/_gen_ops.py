@@ -63,8 +63,7 @@ def render_ops() -> str:
     derivative with respect to each operand, the numpy ufuncs that record it, flags, and
     the op's doc note. Then the numpy (non-ufunc) functions the tracer implements.
     """
-    from tapejit import OPS
-    from tapejit import supported_functions
+    from tapejit import OPS, supported_functions
 
     ufuncs = _ufunc_names()
     out = [

@@ -180,18 +180,83 @@ def eigh_vjp(attrs, operands, result, cotangent, needed=(True,)) -> tuple:
     X = np.broadcast_to(g[:n], (n, n))
     if vectors:
         num = V.T @ np.reshape(g[n:], (n, n))
-        gap = w[None, :] - w[:, None]
-        tiny = 10.0 * n * np.finfo(np.float64).eps * np.max(np.abs(w))
-        with np.errstate(divide="ignore", invalid="ignore"):
-            ratio = np.where(num == 0.0, 0.0,
-                             num / np.where(np.abs(gap) <= tiny, 0.0, gap))
-        X = np.where(eye, X, ratio)
+        X = np.where(eye, X, _ratio(num, w[None, :] - w[:, None], _tiny(w, 1)))
     else:
         X = np.where(eye, X, 0.0)
     Z = V @ X @ V.T
     off = np.tril(np.ones((n, n), dtype=bool), -1) if lower else np.triu(
         np.ones((n, n), dtype=bool), 1)
     return (np.reshape(np.where(off, Z + Z.T, np.where(eye, Z, 0.0)), -1),)
+
+
+def _ratio(num: Any, den: Any, tiny: Any) -> Any:
+    """``num / den`` with the kernels' convention (``_eig_ratio``): 0 where ``num`` is 0,
+    a ``den`` within ``tiny`` of 0 counted as 0 (inf/NaN)."""
+    with np.errstate(divide="ignore", invalid="ignore"):
+        return np.where(num == 0.0, 0.0, num / np.where(np.abs(den) <= tiny, 0.0, den))
+
+
+def _tiny(x: Any, power: int) -> Any:
+    """The kernels' ``_eig_tiny``: differences this small are rounding noise."""
+    return 10.0 * np.shape(x)[0] * np.finfo(np.float64).eps * np.max(np.abs(x)) ** power
+
+
+def svd_vjp(attrs, operands, result, cotangent, needed=(True,)) -> tuple:
+    """Townsend's rule, as the kernels: ``Abar = U X Vh + (I - U U^T) Ubar S^-1 Vh +
+    U S^-1 Vhbar (I - V V^T)``, ``X = (F o (J - J^T)) S + diag(sbar) + S (F o (L -
+    L^T))``, ``J = U^T Ubar``, ``L = Vh Vhbar^T``, ``F_ij = 1 / (s_j^2 - s_i^2)``.
+    Without singular vectors (``compute_uv=False``) they are recorded first, and only
+    ``U diag(sbar) Vh`` remains (the kernels add the projection terms, 0 there, which
+    are NaN where a rectangular matrix has a zero singular value)."""
+    m, n, full, uv = (int(v) for v in attrs)
+    k = min(m, n)
+    if k == 0:
+        return (None,)
+    g = np.reshape(cotangent, -1)
+    parts = np.reshape(result, -1) if uv else emit_family(
+        "svd", [np.reshape(operands[0], -1)], (m, n, full, 1), (m * k + k + k * n,))
+    U = np.reshape(parts[: m * k], (m, k))
+    s = parts[m * k : m * k + k]
+    Vh = np.reshape(parts[m * k + k :], (k, n))
+    eye = np.eye(k, dtype=bool)
+    X = np.broadcast_to(g[m * k : m * k + k] if uv else g, (k, k))
+    if not uv:
+        return (np.reshape(U @ np.where(eye, X, 0.0) @ Vh, -1),)
+    Ub, Vhb = np.reshape(g[: m * k], (m, k)), np.reshape(g[m * k + k :], (k, n))
+    J, L = U.T @ Ub, Vh @ Vhb.T
+    num = (J - J.T) * s[None, :] + s[:, None] * (L - L.T)
+    X = np.where(eye, X, _ratio(num, s[None, :] ** 2 - s[:, None] ** 2, _tiny(s, 2)))
+    Z = U @ X @ Vh
+    if m > k or n > k:
+        with np.errstate(divide="ignore"):
+            inv = np.where(np.abs(s) > np.sqrt(_tiny(s, 2)), 1.0 / s, np.inf)
+        if m > k:
+            Z = Z + ((Ub - U @ J) * inv[None, :]) @ Vh
+        if n > k:
+            Z = Z + U @ ((Vhb - L.T @ Vh) * inv[:, None])
+    return (np.reshape(Z, -1),)
+
+
+def qr_vjp(attrs, operands, result, cotangent, needed=(True,)) -> tuple:
+    """The kernels' rule: ``M = R Rbar^T - Qbar^T Q``, ``Abar = (Qbar + Q copyltu(M))
+    R^-T`` (a diagonal entry of ``R`` within rounding of 0 counted as 0: inf/NaN)."""
+    from tapejit._fam_chol import record_solve_triangular
+
+    m, n = (int(v) for v in attrs)
+    if n == 0:
+        return (None,)
+    parts, g = np.reshape(result, -1), np.reshape(cotangent, -1)
+    Q, R = np.reshape(parts[: m * n], (m, n)), np.reshape(parts[m * n :], (n, n))
+    Qb, Rb = np.reshape(g[: m * n], (m, n)), np.reshape(g[m * n :], (n, n))
+    M = R @ Rb.T - Qb.T @ Q
+    low = np.tril(np.ones((n, n), dtype=bool))
+    B = Qb + Q @ np.where(low, M, M.T)
+    d = np.diagonal(R)
+    eye = np.eye(n, dtype=bool)
+    R0 = np.where(eye, np.where(np.abs(R) <= np.sqrt(_tiny(d, 2)), 0.0, R), R)
+    # X R0^T = B, i.e. R0 X^T = B^T (upper triangular)
+    Xt = record_solve_triangular(emit_family, R0, B.T, trans=0, lower=False)
+    return (np.reshape(Xt.T, -1),)
 
 
 def _eig(name: str, opcode: int, attrs: tuple[str, ...], check, sizes, reference,
@@ -206,9 +271,9 @@ EIG_FAMILIES = (
     _eig("eigh", 137, ("n", "lower", "vectors"), eigh_check, eigh_sizes, eigh_reference,
          "Eigenvalues did not converge (or a non-finite matrix)", eigh_vjp),
     _eig("svd", 138, ("m", "n", "full_matrices", "compute_uv"), svd_check, svd_sizes,
-         svd_reference, "SVD did not converge (or a non-finite matrix)"),
+         svd_reference, "SVD did not converge (or a non-finite matrix)", svd_vjp),
     _eig("qr", 139, ("m", "n"), qr_check, qr_sizes, qr_reference,
-         "QR of a non-finite matrix"),
+         "QR of a non-finite matrix", qr_vjp),
 )
 
 

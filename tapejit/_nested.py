@@ -28,7 +28,7 @@ order (``grad(grad(f))``, a loss that contains a gradient, third derivatives):
      product rule as its derivative, so the next order is right where a factor is 0;
    * a family instruction's adjoint is its ``Family.vjp`` rule (in its ``_fam_*.py``
      module), traced numpy such as products for ``matmul`` and solves with the
-     transpose for ``solve``; a family without one (``svd``, ``qr``) raises
+     transpose for ``solve``; a family without one raises
      :class:`~tapejit.TracingError` naming it;
 
    only instructions between the differentiated arguments and the outputs are walked
@@ -378,12 +378,35 @@ def _times(rec: Recorder, adjoint: np.ndarray, partial: Any) -> np.ndarray:
 
 
 # -- the transforms on traced arguments ------------------------------------------------------
-def traced(args: Sequence[Any], kwargs: dict[str, Any] | None = None) -> bool:
-    """Whether any argument (or an item of a list or tuple argument) is traced: the
-    transform is then called inside a recording and records its derivative there."""
-    return any(isinstance(a, Tracer) or (isinstance(a, list | tuple)
-                                         and any(isinstance(v, Tracer) for v in a))
-               for a in (*args, *(kwargs or {}).values()))
+def _tracers(values: Any) -> list[Tracer]:
+    """The tracers among ``values`` and the items of list or tuple values."""
+    out = []
+    for a in values:
+        if isinstance(a, Tracer):
+            out.append(a)
+        elif isinstance(a, list | tuple):
+            out.extend(v for v in a if isinstance(v, Tracer))
+    return out
+
+
+def _closure(f: Any) -> list[Any]:
+    """The values ``f`` closes over (``lambda z: z * w`` inside a recording: ``w``)."""
+    cells = getattr(f, "__closure__", None) or ()
+    out = []
+    for c in cells:
+        try:
+            out.append(c.cell_contents)
+        except ValueError:  # an empty cell
+            pass
+    return out
+
+
+def traced(args: Sequence[Any], kwargs: dict[str, Any] | None = None,
+           f: Any = None) -> bool:
+    """Whether an argument (or an item of a list or tuple argument), a keyword argument
+    or a value ``f`` closes over is traced: the transform is then called inside a
+    recording and records its derivative there."""
+    return bool(_tracers((*args, *(kwargs or {}).values(), *_closure(f))))
 
 
 class _Inner:
@@ -392,7 +415,7 @@ class _Inner:
 
     def __init__(self, what: str, f: Callable[..., Any], args: Sequence[Any],
                  argnums: int | Sequence[int] | None, batched: bool = False,
-                 kwargs: dict[str, Any] | None = None) -> None:
+                 kwargs: dict[str, Any] | None = None, has_aux: bool = False) -> None:
         if batched:
             raise TracingError(
                 f"{what}(..., batched=True) was called inside a recorded function; there "
@@ -401,9 +424,7 @@ class _Inner:
         self.single = argnums is None or isinstance(argnums, int | np.integer)
         nums = normalize_argnums(argnums, len(args))
         kwargs = kwargs or {}
-        everything = [*args, *kwargs.values()]
-        rec = recorder_of([a for a in everything if isinstance(a, Tracer)]
-                          + [v for a in everything if isinstance(a, list | tuple) for v in a])
+        rec = recorder_of(_tracers((*args, *kwargs.values(), *_closure(f))))
         call = list(args)
         self.inputs = []
         for i in nums:
@@ -413,6 +434,12 @@ class _Inner:
         self.rec = rec
         self.mark = rec.mark()
         out = f(*call, **kwargs)  # keyword arguments are not differentiated
+        self.aux = None
+        if has_aux:
+            if not (isinstance(out, tuple | list) and len(out) == 2):
+                raise ValueError(f"{what}(..., has_aux=True) needs a function returning a "
+                                 "pair (output, auxiliary data)")
+            out, self.aux = out
         self.out = out
         items = list(out) if isinstance(out, tuple | list) else [out]
         self.out_ids = (np.concatenate([np.ravel(lift(rec, v)) for v in items]) if items
@@ -439,19 +466,24 @@ class _Inner:
 
 def value_and_grad(f: Callable[..., Any], argnums: Any, args: Sequence[Any],
                    batched: bool = False, kwargs: dict[str, Any] | None = None,
-                   ) -> tuple[Any, Any]:
-    """``value_and_grad(f, argnums)(*args)`` on traced ``args``, recorded."""
-    inner = _Inner("value_and_grad", f, args, argnums, batched, kwargs)
+                   has_aux: bool = False) -> tuple[Any, Any]:
+    """``value_and_grad(f, argnums)(*args)`` on traced ``args``, recorded; with
+    ``has_aux``, ``((value, aux), gradient)`` as JAX returns it."""
+    inner = _Inner("value_and_grad", f, args, argnums, batched, kwargs, has_aux)
     inner.scalar("value_and_grad")
-    return inner.out, inner.wrap(inner.grad_ids())
+    g = inner.wrap(inner.grad_ids())
+    return ((inner.out, inner.aux), g) if has_aux else (inner.out, g)
 
 
 def grad(f: Callable[..., Any], argnums: Any, args: Sequence[Any],
-         batched: bool = False, kwargs: dict[str, Any] | None = None) -> Any:
-    """``grad(f, argnums)(*args)`` on traced ``args``, recorded."""
-    inner = _Inner("grad", f, args, argnums, batched, kwargs)
+         batched: bool = False, kwargs: dict[str, Any] | None = None,
+         has_aux: bool = False) -> Any:
+    """``grad(f, argnums)(*args)`` on traced ``args``, recorded; with ``has_aux``,
+    ``(gradient, aux)``."""
+    inner = _Inner("grad", f, args, argnums, batched, kwargs, has_aux)
     inner.scalar("grad")
-    return inner.wrap(inner.grad_ids())
+    g = inner.wrap(inner.grad_ids())
+    return (g, inner.aux) if has_aux else g
 
 
 def _rows(window: _Window, outputs: np.ndarray, one: np.ndarray) -> list[np.ndarray]:
@@ -463,13 +495,15 @@ def _rows(window: _Window, outputs: np.ndarray, one: np.ndarray) -> list[np.ndar
 
 
 def jacobian(f: Callable[..., Any], argnums: Any, args: Sequence[Any],
-             batched: bool = False, kwargs: dict[str, Any] | None = None) -> Any:
+             batched: bool = False, kwargs: dict[str, Any] | None = None,
+             has_aux: bool = False) -> Any:
     """``jacobian(f, argnums)(*args)`` on traced ``args``, recorded (one reverse walk
-    per output element)."""
-    inner = _Inner("jacobian", f, args, argnums, batched, kwargs)
+    per output element); with ``has_aux``, ``(jacobian, aux)``."""
+    inner = _Inner("jacobian", f, args, argnums, batched, kwargs, has_aux)
     blocks = _rows(inner.window(), inner.out_ids, inner.rec.const(np.ones(1)))
-    return inner.wrap([b.reshape(inner.out_shape + i.shape)
-                       for b, i in zip(blocks, inner.inputs, strict=True)])
+    J = inner.wrap([b.reshape(inner.out_shape + i.shape)
+                    for b, i in zip(blocks, inner.inputs, strict=True)])
+    return (J, inner.aux) if has_aux else J
 
 
 def hessian(f: Callable[..., Any], argnums: Any, args: Sequence[Any],

@@ -500,27 +500,6 @@ def _aux_cache(f: Callable[..., Any], has_aux: bool) -> tuple[Callable, _Aux | N
     return aux, aux, cache
 
 
-def _nested_call(rule: Callable[..., Any], f: Callable[..., Any], has_aux: bool, argnums: Any,
-                 args: tuple, kwargs: dict, batched: bool, *extra: Any) -> tuple[Any, Any]:
-    """A transform called inside a recording (on traced arguments): ``rule`` (of
-    ``_nested``) records the derivative there. Returns ``(result, aux)``; ``aux`` is
-    ``None`` without ``has_aux``."""
-    if not has_aux:
-        return rule(f, argnums, args, *extra, batched, kwargs=kwargs), None
-    box: list = []
-
-    def first(*a: Any, **k: Any) -> Any:
-        res = f(*a, **k)
-        if not (isinstance(res, tuple) and len(res) == 2):
-            raise TypeError(f"has_aux=True: {getattr(f, '__name__', 'f')} must return a pair "
-                            f"(output, aux); got {type(res).__name__}")
-        box.append(res[1])
-        return res[0]
-
-    functools.update_wrapper(first, f)
-    return rule(first, argnums, args, *extra, batched, kwargs=kwargs), box[-1]
-
-
 def _vjp_first(tape: Tape, x, p, rows):
     """Outputs and the gradient of output 0 (``has_aux``: the others are aux)."""
     w = np.zeros(tape.n_outputs)
@@ -573,10 +552,9 @@ def value_and_grad(
 
     @_transform(f, cache)
     def wrapped(*args: Any, **kwargs: Any) -> tuple[Any, Any]:
-        if _nested.traced(args, kwargs):  # inside a recording: record the gradient there
-            (v, g), a = _nested_call(_nested.value_and_grad, f, has_aux, argnums, args,
-                                     kwargs, batched)
-            return ((v, a) if has_aux else v), g
+        if _nested.traced(args, kwargs, f=f):  # inside a recording: record the gradient there
+            return _nested.value_and_grad(f, argnums, args, batched, kwargs=kwargs,
+                                          has_aux=has_aux)
         call = Call(target, args, kwargs, argnums, batched)
         if aux is None:
             _, (v, g) = cache.evaluate(call, method)
@@ -622,6 +600,8 @@ def grad(
 
     @_transform(f, vg.tape_cache)
     def wrapped(*args: Any, **kwargs: Any) -> Any:
+        if _nested.traced(args, kwargs, f=f):  # inside a recording: record the gradient there
+            return _nested.grad(f, argnums, args, batched, kwargs=kwargs, has_aux=has_aux)
         v, g = vg(*args, **kwargs)
         return (g, v[1]) if has_aux else g
 
@@ -671,9 +651,8 @@ def jacobian(
 
     @_transform(f, cache)
     def wrapped(*args: Any, **kwargs: Any) -> Any:
-        if _nested.traced(args, kwargs):  # inside a recording: record the Jacobian there
-            J, a = _nested_call(_nested.jacobian, f, has_aux, argnums, args, kwargs, batched)
-            return (J, a) if has_aux else J
+        if _nested.traced(args, kwargs, f=f):  # inside a recording: record the Jacobian there
+            return _nested.jacobian(f, argnums, args, batched, kwargs=kwargs, has_aux=has_aux)
         call = Call(target, args, kwargs, argnums, batched)
         if aux is None:
             tape, (J,) = cache.evaluate(call, method)
@@ -717,8 +696,8 @@ def hessian(
 
     @_transform(f)
     def wrapped(*args: Any, **kwargs: Any) -> Any:
-        if _nested.traced(args, kwargs):  # inside a recording: record the Hessian there
-            return _nested_call(_nested.hessian, f, False, argnums, args, kwargs, batched)[0]
+        if _nested.traced(args, kwargs, f=f):  # inside a recording: record the Hessian there
+            return _nested.hessian(f, argnums, args, batched, kwargs=kwargs)
         call = Call(f, args, kwargs, argnums, batched)
         _, (H,) = cache.evaluate(call, method)
         shapes = call.shapes()
@@ -764,8 +743,8 @@ def hvp(
 
     @_transform(f)
     def wrapped(*args: Any, v: Any, **kwargs: Any) -> Any:
-        if _nested.traced((*args, v), kwargs):  # inside a recording: record H v there
-            return _nested_call(_nested.hvp, f, False, argnums, args, kwargs, batched, v)[0]
+        if _nested.traced((*args, v), kwargs, f=f):  # inside a recording: record H v there
+            return _nested.hvp(f, argnums, args, v, batched, kwargs=kwargs)
         call = Call(f, args, kwargs, argnums, batched)
         vs = (v,) if single else tuple(v)
         want = tuple((call.n_points, *s) if batched else s for s in call.shapes())
@@ -804,7 +783,7 @@ def jvp(f: Callable[..., Any], primals: Sequence[Any], tangents: Sequence[Any]) 
         Shaped like ``f``'s output (flattened to one vector when ``f`` returns a tuple).
     """
     primals, tangents = tuple(primals), tuple(tangents)
-    if _nested.traced((*primals, *tangents)):  # inside a recording: record it there
+    if _nested.traced((*primals, *tangents), f=f):  # inside a recording: record it
         return _nested.jvp(f, primals, tangents)
     if len(primals) != len(tangents) or any(
         np.shape(a) != np.shape(t) for a, t in zip(primals, tangents, strict=True)

@@ -4,8 +4,8 @@ any numpy-like module ``xp``: tapejit traces them with numpy, and
 reference values in ``nested_reference.npz``.
 
 Most are Moré-Garbow-Hillstrom test problems (ACM TOMS 7, 1981) as sums of squared
-residuals; the others exercise matrix products, reductions, scans, the LU, Cholesky
-and eigh families and a Python branch.
+residuals; the others exercise matrix products, reductions, scans, every linear
+algebra family and a Python branch.
 """
 
 from __future__ import annotations
@@ -117,6 +117,22 @@ def eigh(x, xp):
             + xp.sum(xp.abs(V[0])) + w[-1] * x[1])
 
 
+_C = np.array([[2.0, 0.5, 0.1], [0.3, 1.5, -0.2], [0.1, 0.4, 1.8], [0.7, -0.2, 0.3]])
+
+
+def svd_qr(x, xp):
+    """Singular values, sign-independent functions of singular vectors (a tall and a
+    wide matrix) and of the QR factors of a matrix depending on ``x``."""
+    A = _C + 0.3 * xp.outer(xp.concatenate([x, x[:1]]), xp.sin(x))
+    W = np.arange(12.0).reshape(4, 3) / 6.0
+    U, _, Vh = xp.linalg.svd(A, full_matrices=False)
+    _, s2, Vh2 = xp.linalg.svd(A.T, full_matrices=False)
+    Q, R = xp.linalg.qr(A)
+    return (xp.sum(xp.linalg.svd(A, compute_uv=False) ** 3) + xp.sum(U ** 2 * W)
+            + xp.sum(Vh ** 2 * x) + xp.sum(Vh2 ** 2 * W.T) + s2[0] * x[2]
+            + xp.sum(Q ** 2 * W) + xp.sum(R ** 2 * x))
+
+
 def branch_positive(x, xp):
     return xp.sum(x ** 3) / 3.0 + x[0] * x[1] * xp.exp(x[2])
 
@@ -150,6 +166,7 @@ PROBLEMS = {
     "linalg": (linalg, [[0.4, -0.3, 0.8], [1.0, 0.5, -0.6], [-0.2, 0.9, 0.3]]),
     "cholesky": (cholesky, [[0.4, -0.3, 0.8], [1.0, 0.5, -0.6], [-0.2, 0.9, 0.3]]),
     "eigh": (eigh, [[0.4, -0.3, 0.8], [1.0, 0.5, -0.6], [-0.2, 0.9, 0.3]]),
+    "svd_qr": (svd_qr, [[0.4, -0.3, 0.8], [1.0, 0.5, -0.6], [-0.2, 0.9, 0.3]]),
     "branch_positive": (branch_positive, [[0.3, -0.7, 1.1], [1.2, 0.4, -0.9],
                                           [0.5, 0.25, 0.6]]),
     "branch_negative": (branch_negative, [[-0.3, -0.7, 0.1], [-1.2, 0.4, -0.9],
