@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 
 import tapejit
-from tapejit import grad, hessian, hvp, jacobian, jvp, value_and_grad
+from tapejit import _nested, grad, hessian, hvp, jacobian, jvp, value_and_grad
 from tapejit._ops import OPS
 
 _DATA = os.path.join(os.path.dirname(__file__), "data")
@@ -236,7 +236,6 @@ def test_closure_values_are_constants_of_the_inner_derivative():
 def test_constant_argument_output_without_dependence_and_keywords():
     """A differentiated argument that is a constant of the outer recording, an output
     that does not depend on the argument, and keyword arguments of the hooks."""
-    from tapejit import _nested
 
     x = np.array([0.5, -1.0])
     b = np.array([1.0, 2.0])
@@ -276,6 +275,17 @@ def test_every_op_first_and_second_order(op):
         parts = [x[k * m : (k + 1) * m] for k in range(op.arity)]
         return np.sum(np.sin(fn(*parts) * 0.7 + 0.1 * x[:m]))
 
+    if not _nested.differentiable_inside(op, 2):  # a helper with no traced twin: refused
+        with pytest.raises(tapejit.TracingError, match="nested differentiation through"):
+            tapejit.record(lambda x: hessian(f)(x), x)
+        if not _nested.differentiable_inside(op, 1):
+            with pytest.raises(tapejit.TracingError,
+                               match=f"nested differentiation through {op.name}"):
+                tapejit.record(lambda x: grad(f)(x), x)
+            return
+        tape = tapejit.record(lambda x: grad(f)(x), x)
+        _close(tape.forward(x), tapejit.grad(f)(x), 1e-13)
+        return
     tape = tapejit.record(lambda x: (grad(f)(x), hessian(f)(x)), x)
     got = tape.forward(x)
     n = x.size
