@@ -59,6 +59,9 @@ def unsupported(func: Callable) -> TracingError:
             mod = "scipy.special"
     public = ".".join(p for p in mod.split(".") if not p.startswith("_")) or "numpy"
     name = f"{public}.{short}"
+    if func is np.divmod:  # two results: no op of the table (until the ufunc hook records it)
+        return TracingError(f"tapejit cannot trace {name}; write Python's divmod(a, b) or "
+                            "(a // b, a % b), which record numpy's floor_divide and remainder.")
     return TracingError(
         f"tapejit cannot trace {name}: it is not supported. Supported numpy functions "
         f"are the ufuncs of the op table and: {', '.join(supported_functions())}."

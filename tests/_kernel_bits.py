@@ -14,6 +14,10 @@ When only some ops' implementations changed (tapejit's own ``exp`` instead of li
 recompute only the programs that use them, keeping every other program's stored bits::
 
     python tests/_kernel_bits.py tests/data/kernel_bits.npz --ops exp,tanh
+
+New ops get programs of their own, appended; the stored programs keep their bits::
+
+    python tests/_kernel_bits.py tests/data/kernel_bits.npz --add mod,fmod
 """
 
 from __future__ import annotations
@@ -33,13 +37,17 @@ SIZES = (1, 1, 1, 2, 3, 5, 9)
 SMOOTH = tuple(op for op in OPS if ZERO_DERIVATIVE not in op.flags)
 
 
-def random_program(rng: np.random.Generator, n_instr: int) -> dict[str, np.ndarray]:
-    """Arrays of a random program ending in one scalar output (a sum of several results)."""
+def random_program(rng: np.random.Generator, n_instr: int,
+                   among: tuple = OPS) -> dict[str, np.ndarray]:
+    """Arrays of a random program ending in one scalar output (a sum of several results),
+    of ops drawn from ``among``."""
+    smooth = SMOOTH if among is OPS else tuple(
+        op for op in among if ZERO_DERIVATIVE not in op.flags) or among
     fixed = N_CONSTS + N_PARAMS + N_INPUTS
     n_slots = fixed
     ops, args, sizes, strides = [], [], [], []
     for _ in range(n_instr):
-        pool = SMOOTH if rng.random() < 0.8 else OPS
+        pool = smooth if rng.random() < 0.8 else among
         op = pool[rng.integers(len(pool))]
         n = int(SIZES[rng.integers(len(SIZES))])
         a, s = [0, 0, 0], [0, 0, 0]
@@ -168,8 +176,36 @@ def refresh(path: str, names: list[str]) -> list[int]:
     return redone
 
 
+def add(path: str, names: list[str], seed: int = 20261206) -> list[int]:
+    """Append to the fixture at ``path`` random programs of the ops ``names`` (and ``add``)
+    until each of them is used; returns the new programs' indices."""
+    among = tuple(op for op in OPS if op.name in names)
+    if len(among) != len(set(names)):
+        raise ValueError(f"unknown op among {names}")
+    with np.load(path) as f:
+        data = {k: f[k] for k in f.files}
+        i = max(i for i, _ in programs(f)) + 1
+    rng = np.random.default_rng(seed)
+    missing = {op.code for op in among}
+    added = []
+    while missing:
+        prog = random_program(rng, int(rng.integers(4, 40)), among)
+        points = random_points(rng)
+        for part, arrays in (("prog", prog), ("in", points),
+                             ("out", results(tape_of(prog), points))):
+            for k, a in arrays.items():
+                data[f"{i}/{part}/{k}"] = a
+        missing -= set(prog["opcodes"].tolist())
+        added.append(i)
+        i += 1
+    np.savez_compressed(path, **data)
+    return added
+
+
 if __name__ == "__main__":
     if sys.argv[2:3] == ["--ops"]:
         print("recomputed programs", refresh(sys.argv[1], sys.argv[3].split(",")))
+    elif sys.argv[2:3] == ["--add"]:
+        print("added programs", add(sys.argv[1], sys.argv[3].split(",")))
     else:
         np.savez_compressed(sys.argv[1], **build())
