@@ -140,6 +140,7 @@ _UFUNC_RULES: dict[np.ufunc, Callable] = {
     np.power: power,
     np.matmul: lambda a, b: matmul(a, b),
     np.positive: lambda a: a,
+    np.divmod: lambda a, b: (emit("floor_divide", a, b), emit("mod", a, b)),
     np.deg2rad: _to_radians, np.radians: _to_radians,
     np.rad2deg: _to_degrees, np.degrees: _to_degrees,
     **{u: (lambda kind: lambda *a: logical(kind, *a))(k) for u, k in _LOGICAL.items()},

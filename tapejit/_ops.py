@@ -302,6 +302,10 @@ def _integers(X: np.ndarray) -> None:
     X[::7, 0] = np.round(X[::7, 0])
 
 
+def _positive_integers(X: np.ndarray) -> None:
+    X[::7, 0] = np.maximum(np.round(X[::7, 0]), 1.0)  # digamma's harmonic-number branch
+
+
 def _zeros_first(X: np.ndarray) -> None:
     X[::5, 0] = 0.0
     X[2::10, 0] = -0.0
@@ -485,9 +489,10 @@ _TABLE: list[Op] = [
        doc="NaN-ignoring; the derivative goes to the operand taken, to b at a tie (JAX)",
        **_TIES),
     Op(53, "logaddexp2", 2, "_logaddexp2(a, b)", ("np.exp2(a - r)", "np.exp2(b - r)"),
-       ("0.6931471805599453 * np.exp2(a - r) * (1.0 - np.exp2(a - r))",
+       # ln2 p q with q = 2**(b - r), not 1 - p: exact also where one term dominates
+       ("0.6931471805599453 * np.exp2(a - r) * np.exp2(b - r)",
         "-0.6931471805599453 * np.exp2(a - r) * np.exp2(b - r)",
-        "0.6931471805599453 * np.exp2(b - r) * (1.0 - np.exp2(b - r))"),
+        "0.6931471805599453 * np.exp2(a - r) * np.exp2(b - r)"),
        np.logaddexp2, (_R, _R), frozenset({COMMUTATIVE, SWAPPABLE})),
     Op(54, "sinc", 1, "_sinc(a)", ("_sinc_d1(a)",), ("_sinc_d2(a)",), np.sinc, (_R,),
        doc="derivatives from Taylor series near 0: 0 and -pi**2/3 at 0",
@@ -532,7 +537,7 @@ _TABLE: list[Op] = [
     Op(69, "digamma", 1, "_digamma(a)", ("_trigamma(a)",), ("_tetragamma(a)",),
        _sps.digamma, ((0.1, 6.0),),
        doc="cephes' psi (scipy's); derivatives trigamma and tetragamma (own series)",
-       edges=_integers),
+       edges=_positive_integers),
     Op(70, "xlogy", 2, "_xlogy(a, b)", ("math.log(b)", "0.0 if a == 0.0 else a / b"),
        (Z, "1.0 / b", "0.0 if a == 0.0 else -a / (b * b)"), _sps.xlogy, (_R, _POS),
        doc="0 where a == 0 (b not NaN); d/da = log(b) (JAX), d/db = 0 where a == 0",

@@ -9,9 +9,9 @@ needed, since the result does not depend on the shift (it is held by
 :func:`tapejit.stop_gradient`).
 
 The elementwise scipy.special functions that record are scipy's own ufuncs, re-exported
-here so that they are easy to find: :func:`expit`, :func:`logit`, :func:`erf`,
-:func:`erfc`, :func:`gammaln`, :func:`digamma` (``psi``), :func:`xlogy` and
-:func:`xlog1py`. Their derivative conventions are listed in the docs' op table.
+here so that they are easy to find: ``expit``, ``logit``, ``erf``, ``erfc``, ``gammaln``,
+``digamma`` (``psi``), ``xlogy`` and ``xlog1py``. Their derivative conventions are listed
+in the docs' op table.
 
 >>> import numpy as np, tapejit
 >>> from tapejit.special import logsumexp

@@ -38,13 +38,17 @@ SIZES = (1, 1, 1, 2, 3, 5, 9)
 SMOOTH = tuple(op for op in OPS if ZERO_DERIVATIVE not in op.flags)
 
 
-def random_program(rng: np.random.Generator, n_instr: int) -> dict[str, np.ndarray]:
-    """Arrays of a random program ending in one scalar output (a sum of several results)."""
+def random_program(rng: np.random.Generator, n_instr: int,
+                   among: tuple = OPS) -> dict[str, np.ndarray]:
+    """Arrays of a random program ending in one scalar output (a sum of several results),
+    of ops drawn from ``among``."""
+    smooth = SMOOTH if among is OPS else tuple(
+        op for op in among if ZERO_DERIVATIVE not in op.flags) or among
     fixed = N_CONSTS + N_PARAMS + N_INPUTS
     n_slots = fixed
     ops, args, sizes, strides = [], [], [], []
     for _ in range(n_instr):
-        pool = SMOOTH if rng.random() < 0.8 else OPS
+        pool = smooth if rng.random() < 0.8 else among
         op = pool[rng.integers(len(pool))]
         n = int(SIZES[rng.integers(len(SIZES))])
         a, s = [0, 0, 0], [0, 0, 0]

@@ -9,6 +9,9 @@ distance to kinks (``op.kink``). A new op needs no entry here.
 
 from __future__ import annotations
 
+import json
+import os
+import subprocess
 from collections.abc import Callable
 
 import numpy as np
@@ -63,3 +66,39 @@ def fixed_operands(op: Op) -> tuple[int, ...]:
     """Operands with an identically zero partial (``where``'s condition): finite
     differences hold them fixed, and their derivative must be exactly 0."""
     return tuple(k for k, p in enumerate(op.partials) if p == "0.0")
+
+
+#: The Python of the peer tools (JAX, autograd), an independent reference for derivative
+#: conventions; tests that need it are skipped where it is not installed.
+PEERS_PYTHON = os.environ.get("TAPEJIT_PEERS_PYTHON", "/work/venv-peers/bin/python")
+
+
+def jax_gradients(expr: str, points: np.ndarray, module: str = "jnp") -> np.ndarray:
+    """JAX's gradient of ``lambda *x: <expr>`` (in ``jnp`` or ``jax.scipy.special``
+    as ``jss``, float64) at each row of ``points``, computed by the peers' Python in a
+    subprocess; the test is skipped where that Python or JAX is missing."""
+    import pytest
+
+    if not os.path.exists(PEERS_PYTHON):
+        pytest.skip(f"no peer Python at {PEERS_PYTHON} (TAPEJIT_PEERS_PYTHON)")
+    n = points.shape[1]
+    args = ", ".join(f"x{i}" for i in range(n))
+    script = (
+        "import json, sys\n"
+        "import jax\n"
+        "jax.config.update('jax_enable_x64', True)\n"
+        "import jax.numpy as jnp\n"
+        "import jax.scipy.special as jss\n"
+        f"f = lambda {args}: {expr}\n"
+        f"g = jax.grad(f, argnums=tuple(range({n})))\n"
+        "pts = json.loads(sys.stdin.read())\n"
+        "print(json.dumps([[float(v) for v in g(*p)] for p in pts]))\n"
+    )
+    run = subprocess.run([PEERS_PYTHON, "-c", script], input=json.dumps(points.tolist()),
+                         capture_output=True, text=True, timeout=600,
+                         env={"PATH": os.environ.get("PATH", ""), "JAX_PLATFORMS": "cpu"})
+    if run.returncode != 0:
+        if "No module named 'jax'" in run.stderr:
+            pytest.skip("JAX is not installed in the peer Python")
+        raise RuntimeError(run.stderr)
+    return np.array(json.loads(run.stdout.strip().splitlines()[-1]), dtype=np.float64)

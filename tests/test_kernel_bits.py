@@ -10,6 +10,9 @@ The one deliberate change since: tapejit's own ``exp``, ``expm1``, ``log1p``, ``
 ``logaddexp`` (``tapejit/_kernels/libm.py``, commit 7e04df9) compute those functions to
 within an ulp of the C library's, not to its bits, so the programs that use them were
 recomputed (``_kernel_bits.py --ops``); every other program keeps the bits of 8c34c1d.
+Programs 60-70 (``_kernel_bits.py --add``) cover the ops added since (opcodes 48-71:
+numpy's division family, rounding, NaN tests, scipy.special), with the bits of the commit
+that added them.
 """
 
 from __future__ import annotations

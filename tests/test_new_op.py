@@ -19,15 +19,16 @@ import pytest
 
 import tapejit
 
-#: The row added to the copy's table, exactly as a maintainer would write it: a ufunc of
-#: numpy's that the table does not have yet, so the tracer reaches it through the table.
+#: The row added to the copy's table, exactly as a maintainer would write it: a ufunc
+#: (scipy.special's ``powm1``, ``x**y - 1``) that the table does not have yet, so the
+#: tracer reaches it through the table.
 ROW = '''\
-    Op(120, "logaddexp2", 2, "math.log(2.0 ** a + 2.0 ** b) * 1.4426950408889634",
-       ("2.0 ** (a - r)", "2.0 ** (b - r)"),
-       ("0.6931471805599453 * 2.0 ** (a - r) * (1.0 - 2.0 ** (a - r))",
-        "-0.6931471805599453 * 2.0 ** (a - r) * 2.0 ** (b - r)",
-        "0.6931471805599453 * 2.0 ** (b - r) * (1.0 - 2.0 ** (b - r))"),
-       np.logaddexp2, (_R, _R), frozenset({COMMUTATIVE})),
+    Op(120, "powm1", 2, "math.expm1(b * math.log(a))",
+       ("b * (r + 1.0) / a", "(r + 1.0) * math.log(a)"),
+       ("b * (b - 1.0) * (r + 1.0) / (a * a)",
+        "(r + 1.0) * (1.0 + b * math.log(a)) / a",
+        "(r + 1.0) * math.log(a) ** 2"),
+       _sps.powm1, ((0.5, 3.0), (-2.0, 2.0))),
 '''
 
 

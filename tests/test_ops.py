@@ -38,8 +38,12 @@ N_POINTS = 1000
 @pytest.mark.parametrize(("alias", "name"),
                          [(u, op.name) for op in OPS for u in op.aliases])
 def test_every_alias_records_its_op(alias, name):
-    tape = tapejit.record(lambda a: alias(a), 0.5)
+    arity = BY_NAME[name].arity
+    tape = tapejit.record(lambda *a: alias(*a), *([0.5] * arity))
     assert [BY_CODE[int(c)].name for c in tape.opcodes] == [name]
+    X = sample(BY_NAME[name], 50, 0)
+    with np.errstate(all="ignore"):
+        np.testing.assert_allclose(tape.forward(X), alias(*X.T), rtol=1e-14)
 
 
 # ---------------------------------------------------------------------------------------
@@ -143,9 +147,10 @@ def test_value_single_points_match_batched(name, rng_seed):
 def test_comparison_values_are_exact_truth_values(name):
     op = BY_NAME[name]
     tape = tape_of(name)
-    X = np.array([[1.0, 2.0], [2.0, 1.0], [1.5, 1.5], [-0.0, 0.0], [-3.0, -3.0]])
+    X = np.array([[1.0, 2.0], [2.0, 1.0], [1.5, 1.5], [-0.0, 0.0], [-3.0, -3.0],
+                  [np.nan, 1.0], [np.inf, -np.inf], [-np.inf, np.nan]])[:, : op.arity]
     got = tape.forward(X)
-    np.testing.assert_array_equal(got, op.numpy(X[:, 0], X[:, 1]).astype(np.float64))
+    np.testing.assert_array_equal(got, op.numpy(*X.T).astype(np.float64))
     assert set(got.tolist()) <= {0.0, 1.0}
 
 
@@ -218,7 +223,16 @@ def test_jacobian_and_vjp_agree_with_gradient(name, rng_seed):
         (lambda a: 1.0 / a, "div"),
         (lambda a: np.add(a, 1.0), "add"),
         (lambda a: 3.0 - a, "sub"),
-        (lambda a: a // 1.0, "floor"),
+        (lambda a: a // 1.0, "floor_divide"),
+        (lambda a: 2.5 // a, "floor_divide"),
+        (lambda a: a % 0.3, "mod"),
+        (lambda a: 2.5 % a, "mod"),
+        (lambda a: np.mod(a, 0.3), "mod"),
+        (lambda a: np.float_power(a, 1.5), "pow"),
+        (lambda a: np.conj(a), "conjugate"),
+        (lambda a: np.round(a), "rint"),
+        (lambda a: np.around(a, 1), "rint"),
+        (lambda a: np.fix(a), "trunc"),
         (lambda a: np.clip(a, 0.0, None), "maximum"),
         (lambda a: np.clip(a, None, 0.0), "minimum"),
         (lambda a: np.where(a < 0.0, a, 2.0 * a), "less"),
