@@ -19,17 +19,8 @@ from typing import Any
 import numpy as np
 
 from ._errors import TracingError
-from ._numpy_funcs import FUNCTIONS
+from ._numpy_funcs import implements
 from ._tracer import emit
-
-
-def _implements(*funcs: Callable) -> Callable:
-    def deco(impl: Callable) -> Callable:
-        for f in funcs:
-            FUNCTIONS[f] = impl
-        return impl
-
-    return deco
 
 
 def _no_out(name: str, out: Any) -> None:
@@ -49,7 +40,7 @@ def _power_of_ten(n: int) -> float:
     return ret
 
 
-@_implements(np.round, np.around)
+@implements(np.round, np.around)
 def _round(a, decimals=0, out=None):
     _no_out("round", out)
     decimals = operator.index(decimals)
@@ -61,13 +52,13 @@ def _round(a, decimals=0, out=None):
     return emit("mul", emit("rint", emit("div", a, f)), f)
 
 
-@_implements(np.fix)
+@implements(np.fix)
 def _fix(x, out=None):
     _no_out("fix", out)
     return emit("trunc", x)
 
 
-@_implements(np.nan_to_num)
+@implements(np.nan_to_num)
 def _nan_to_num(x, copy=True, nan=0.0, posinf=None, neginf=None):
     big = np.finfo(np.float64).max
     posinf = big if posinf is None else float(posinf)
@@ -77,24 +68,24 @@ def _nan_to_num(x, copy=True, nan=0.0, posinf=None, neginf=None):
     return emit("where", emit("isfinite", x), x, other)
 
 
-@_implements(np.real)
+@implements(np.real)
 def _real(val):
     return val
 
 
-@_implements(np.imag)
+@implements(np.imag)
 def _imag(val):
-    return FUNCTIONS[np.zeros_like](val)
+    return np.zeros_like(val)
 
 
-@_implements(np.angle)
+@implements(np.angle)
 def _angle(z, deg=False):
     # numpy's arctan2(imag, real): 0 or pi (NaN for NaN), derivative 0
     a = emit("arctan2", 0.0, emit("stop_gradient", z))
     return emit("mul", a, 180.0 / np.pi) if deg else a
 
 
-@_implements(np.sinc)
+@implements(np.sinc)
 def _sinc(x):
     return emit("sinc", x)
 

@@ -39,7 +39,9 @@ FUNCTIONS: dict[Callable, Callable] = {}
 _LOGICAL = {np.logical_and: "and", np.logical_or: "or", np.logical_not: "not"}
 
 
-def _implements(*funcs: Callable) -> Callable:
+def implements(*funcs: Callable) -> Callable:
+    """Register the decorated function as the traced implementation of ``funcs``."""
+
     def deco(impl: Callable) -> Callable:
         for f in funcs:
             FUNCTIONS[f] = impl
@@ -157,7 +159,7 @@ def _no_out(name: str, out: Any, dtype: Any = None) -> None:
                            "values are floats")
 
 
-@_implements(np.sum)
+@implements(np.sum)
 def _sum(x, axis=None, dtype=None, out=None, keepdims=False, initial=np._NoValue,
          where=np._NoValue):
     _no_out("sum", out, dtype)
@@ -166,7 +168,7 @@ def _sum(x, axis=None, dtype=None, out=None, keepdims=False, initial=np._NoValue
     return r if initial is np._NoValue else emit("add", r, float(initial))
 
 
-@_implements(np.prod)
+@implements(np.prod)
 def _prod(x, axis=None, dtype=None, out=None, keepdims=False, initial=np._NoValue,
           where=np._NoValue):
     _no_out("prod", out, dtype)
@@ -186,11 +188,11 @@ def _extreme(record: Callable, name: str) -> Callable:
     return impl
 
 
-_max = _implements(np.max, np.amax)(_extreme(red.record_max, "max"))
-_min = _implements(np.min, np.amin)(_extreme(red.record_min, "min"))
+_max = implements(np.max, np.amax)(_extreme(red.record_max, "max"))
+_min = implements(np.min, np.amin)(_extreme(red.record_min, "min"))
 
 
-@_implements(np.mean)
+@implements(np.mean)
 def _mean(x, axis=None, dtype=None, out=None, keepdims=False, where=np._NoValue):
     _no_out("mean", out, dtype)
     return red.record_mean(emit_family, x, axis=axis, keepdims=keepdims,
@@ -211,23 +213,23 @@ def _moment(record: Callable, name: str) -> Callable:
     return impl
 
 
-_var = _implements(np.var)(_moment(red.record_var, "var"))
-_std = _implements(np.std)(_moment(red.record_std, "std"))
+_var = implements(np.var)(_moment(red.record_var, "var"))
+_std = implements(np.std)(_moment(red.record_std, "std"))
 
 
-@_implements(np.average)
+@implements(np.average)
 def _average(x, axis=None, weights=None, returned=False, *, keepdims=np._NoValue):
     return red.record_average(emit_family, x, axis=axis, weights=weights, returned=returned,
                               keepdims=False if keepdims is np._NoValue else keepdims)
 
 
-@_implements(np.cumsum)
+@implements(np.cumsum)
 def _cumsum(x, axis=None, dtype=None, out=None):
     _no_out("cumsum", out, dtype)
     return red.record_cumsum(emit_family, x, axis=axis)
 
 
-@_implements(np.cumprod)
+@implements(np.cumprod)
 def _cumprod(x, axis=None, dtype=None, out=None):
     _no_out("cumprod", out, dtype)
     return red.record_cumprod(emit_family, x, axis=axis)
@@ -316,29 +318,29 @@ def _accumulate(ufunc: np.ufunc, x, axis=0, dtype=None, out=None):
 matmul = _contract.matmul
 
 
-@_implements(np.dot)
+@implements(np.dot)
 def _dot(a, b, out=None):
     if out is not None:
         raise TracingError("numpy.dot(..., out=...) cannot be traced")
     return _contract.dot(a, b)
 
 
-@_implements(np.vdot)
+@implements(np.vdot)
 def _vdot(a, b):
     return _contract.vdot(a, b)
 
 
-@_implements(np.inner)
+@implements(np.inner)
 def _inner(a, b):
     return _contract.inner(a, b)
 
 
-@_implements(np.tensordot)
+@implements(np.tensordot)
 def _tensordot(a, b, axes=2):
     return _contract.tensordot(a, b, axes)
 
 
-@_implements(np.linalg.solve)
+@implements(np.linalg.solve)
 def _solve(a, b):
     # A Cholesky factor (or its transpose) is triangular by construction: two triangular
     # solves' worth of work instead of an LU factorization, and the same derivatives
@@ -363,89 +365,89 @@ def _cholesky_factor(a: Any) -> tuple[Tracer, int] | None:
     return None
 
 
-@_implements(np.linalg.inv)
+@implements(np.linalg.inv)
 def _inv(a):
     return lu.record_inv(emit_family, a)
 
 
-@_implements(np.linalg.det)
+@implements(np.linalg.det)
 def _det(a):
     return lu.record_det(emit_family, a)
 
 
-@_implements(np.linalg.slogdet)
+@implements(np.linalg.slogdet)
 def _slogdet(a):
     return lu.record_slogdet(emit_family, a)
 
 
-@_implements(np.linalg.cholesky)
+@implements(np.linalg.cholesky)
 def _cholesky(a, /, *, upper=False):
     return chol.record_cholesky(emit_family, a, upper=upper)
 
 
-@_implements(np.einsum)
+@implements(np.einsum)
 def _einsum(*operands, **kwargs):
     return _contract.einsum(*operands, **kwargs)
 
 
-@_implements(np.outer)
+@implements(np.outer)
 def _outer(a, b, out=None):
     return emit("mul", np.ravel(a)[:, None], np.ravel(b)[None, :])
 
 
-@_implements(np.linalg.norm)
+@implements(np.linalg.norm)
 def _norm(x, ord=None, axis=None, keepdims=False):
     return compose.norm(x, ord=ord, axis=axis, keepdims=keepdims)
 
 
-@_implements(np.linalg.pinv)
+@implements(np.linalg.pinv)
 def _pinv(a, rcond=None, hermitian=False, **kwargs):
     return compose.pinv(a, rcond=rcond, hermitian=hermitian, **kwargs)
 
 
-@_implements(np.linalg.lstsq)
+@implements(np.linalg.lstsq)
 def _lstsq(a, b, rcond=None):
     return compose.lstsq(a, b, rcond=rcond)
 
 
-@_implements(np.linalg.matrix_power)
+@implements(np.linalg.matrix_power)
 def _matrix_power(a, n):
     return compose.matrix_power(a, n)
 
 
-@_implements(np.cross)
+@implements(np.cross)
 def _cross(a, b, axisa=-1, axisb=-1, axisc=-1, axis=None):
     return compose.cross(a, b, axisa=axisa, axisb=axisb, axisc=axisc, axis=axis)
 
 
-@_implements(np.kron)
+@implements(np.kron)
 def _kron(a, b):
     return compose.kron(a, b)
 
 
-@_implements(np.linalg.eigh)
+@implements(np.linalg.eigh)
 def _eigh(a, UPLO="L"):
     return eig.record_eigh(emit_family, a, UPLO=UPLO)
 
 
-@_implements(np.linalg.eigvalsh)
+@implements(np.linalg.eigvalsh)
 def _eigvalsh(a, UPLO="L"):
     return eig.record_eigvalsh(emit_family, a, UPLO=UPLO)
 
 
-@_implements(np.linalg.svd)
+@implements(np.linalg.svd)
 def _svd(a, full_matrices=True, compute_uv=True, hermitian=False):
     return eig.record_svd(emit_family, a, full_matrices=full_matrices, compute_uv=compute_uv,
                           hermitian=hermitian)
 
 
-@_implements(np.linalg.qr)
+@implements(np.linalg.qr)
 def _qr(a, mode="reduced"):
     return eig.record_qr(emit_family, a, mode=mode)
 
 
 # -- selection and clipping --------------------------------------------------------------
-@_implements(np.where)
+@implements(np.where)
 def _where(cond, a=None, b=None):
     if a is None or b is None:
         raise TracingError("numpy.where(cond) with one argument returns indices; not traceable")
@@ -456,7 +458,7 @@ def _where(cond, a=None, b=None):
     return emit("where", cond, a, b)
 
 
-@_implements(np.clip)
+@implements(np.clip)
 def _clip(x, a_min=None, a_max=None, out=None, **kw):
     if out is not None:
         raise TracingError("numpy.clip(..., out=...) cannot be traced")
@@ -532,7 +534,7 @@ def stack(values: list) -> Tracer:
     return FUNCTIONS[np.stack](values)
 
 
-@_implements(np.diff)
+@implements(np.diff)
 def _diff(x, n=1, axis=-1):
     for _ in range(n):
         ids = _ids(x)
@@ -544,7 +546,7 @@ def _diff(x, n=1, axis=-1):
     return x
 
 
-@_implements(np.trace)
+@implements(np.trace)
 def _trace(a, offset=0, axis1=0, axis2=1, dtype=None, out=None):
     _no_out("trace", out, dtype)
     return compose.trace(a, offset=offset, axis1=axis1, axis2=axis2)
@@ -575,7 +577,7 @@ FUNCTIONS[np.result_type] = lambda *a: np.result_type(
 
 
 # The other families of numpy functions register into FUNCTIONS when imported (they build
-# on _implements and the helpers above).
+# on implements and the helpers above).
 from . import (  # noqa: E402, F401
     _numpy_elementwise,
     _numpy_misc,

@@ -17,19 +17,14 @@ from numpy.lib.array_utils import normalize_axis_tuple
 
 from . import _numpy_order as order
 from ._errors import TracingError
-from ._numpy_funcs import _implements
-from ._tracer import Tracer, emit, ids_of, lift, recorder_of
+from ._numpy_funcs import implements
+from ._tracer import Tracer, emit, ids_of, is_traced, lift, recorder_of
 
 
 def _no_out(name: str, out: Any) -> None:
     if out is not None:
         raise TracingError(f"numpy.{name}(..., out=...) cannot be traced; assign the "
                            "result instead")
-
-
-def _traced(value: Any) -> bool:
-    return isinstance(value, Tracer) or (
-        isinstance(value, list | tuple) and any(_traced(v) for v in value))
 
 
 # -- truth reductions --------------------------------------------------------------------
@@ -48,11 +43,11 @@ def _truth_reduce(biggest: bool, name: str):
     return impl
 
 
-_implements(np.all)(_truth_reduce(False, "all"))
-_implements(np.any)(_truth_reduce(True, "any"))
+implements(np.all)(_truth_reduce(False, "all"))
+implements(np.any)(_truth_reduce(True, "any"))
 
 
-@_implements(np.ptp)
+@implements(np.ptp)
 def _ptp(a, axis=None, out=None, keepdims=False):
     """numpy's ``max - min`` (each extreme's adjoint to its first occurrence)."""
     _no_out("ptp", out)
@@ -61,14 +56,14 @@ def _ptp(a, axis=None, out=None, keepdims=False):
 
 
 # -- polynomials -------------------------------------------------------------------------
-@_implements(np.polyval)
+@implements(np.polyval)
 def _polyval(p, x):
     """Horner's scheme as numpy runs it (``y = y * x + c`` from a zero ``y``)."""
     if isinstance(p, np.poly1d) or isinstance(x, np.poly1d):
         raise TracingError("numpy.polyval with a poly1d cannot be traced; pass the "
                            "coefficients as an array")
     if not isinstance(p, Tracer):
-        p = np.asarray(p, dtype=np.float64) if not _traced(p) else p
+        p = np.asarray(p, dtype=np.float64) if not is_traced(p) else p
     if not isinstance(x, Tracer):
         x = np.asarray(x, dtype=np.float64)
     y = np.zeros_like(x)
@@ -78,7 +73,7 @@ def _polyval(p, x):
 
 
 # -- interpolation -----------------------------------------------------------------------
-@_implements(np.interp)
+@implements(np.interp)
 def _interp(x, xp, fp, left=None, right=None, period=None):
     """numpy's piecewise-linear interpolation, ``slope * (x - xp[j]) + fp[j]`` with
     ``slope = (fp[j+1] - fp[j]) / (xp[j+1] - xp[j])``.
@@ -131,7 +126,7 @@ def _interp(x, xp, fp, left=None, right=None, period=None):
 
 
 # -- integration and differences ---------------------------------------------------------
-@_implements(np.trapezoid)
+@implements(np.trapezoid)
 def _trapezoid(y, x=None, dx=1.0, axis=-1):
     """numpy's formula: ``sum(d * (y[1:] + y[:-1]) / 2)`` along ``axis``."""
     nd = np.ndim(y)
@@ -151,11 +146,11 @@ def _trapezoid(y, x=None, dx=1.0, axis=-1):
     return np.sum(d * (y[tuple(s1)] + y[tuple(s2)]) / 2.0, axis=axis)
 
 
-@_implements(np.gradient)
+@implements(np.gradient)
 def _gradient(f, *varargs, axis=None, edge_order=1):
     """numpy's ``gradient`` (second-order interior differences; one-sided edges of order
     ``edge_order``), with constant spacing: scalars or coordinate arrays."""
-    if any(_traced(v) for v in varargs):
+    if any(is_traced(v) for v in varargs):
         raise TracingError("numpy.gradient's spacing must be constant (a number or "
                            "coordinates that do not depend on the inputs)")
     rec = recorder_of([f])

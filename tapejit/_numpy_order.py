@@ -28,8 +28,8 @@ import numpy as np
 from numpy.lib.array_utils import normalize_axis_index, normalize_axis_tuple
 
 from ._errors import TracingError
-from ._numpy_funcs import _implements
-from ._tracer import Tracer, emit, ids_of, lift, recorder_of
+from ._numpy_funcs import implements
+from ._tracer import Tracer, emit, ids_of, is_traced, lift, recorder_of
 
 #: Longest axis sorted by a network: n = 4096 is 78 layers and about 150 000
 #: compare-exchange pairs (300 000 instructions' elements per sorted row).
@@ -103,13 +103,13 @@ def _check_kind(name: str, kind: Any, order: Any = None) -> None:
                          f"(got {kind!r})")
 
 
-@_implements(np.sort)
+@implements(np.sort)
 def _sort(a, axis=-1, kind=None, order=None, *, stable=None):
     _check_kind("sort", kind, order)
     return _sort_along(a, axis, "numpy.sort")[0]
 
 
-@_implements(np.partition)
+@implements(np.partition)
 def _partition(a, kth, axis=-1, kind="introselect", order=None):
     """The whole axis sorted: a valid partition for every ``kth`` (numpy leaves the order
     inside each part unspecified; here it is sorted)."""
@@ -178,7 +178,7 @@ def _no_out(name: str, out: Any) -> None:
                            "result instead")
 
 
-@_implements(np.quantile)
+@implements(np.quantile)
 def _quantile(a, q, axis=None, out=None, overwrite_input=False, method="linear",
               keepdims=False, *, weights=None, interpolation=None):
     _no_out("quantile", out)
@@ -189,7 +189,7 @@ def _quantile(a, q, axis=None, out=None, overwrite_input=False, method="linear",
     return _quantiles(a, qv, axis, method, keepdims, "numpy.quantile")
 
 
-@_implements(np.percentile)
+@implements(np.percentile)
 def _percentile(a, q, axis=None, out=None, overwrite_input=False, method="linear",
                 keepdims=False, *, weights=None, interpolation=None):
     _no_out("percentile", out)
@@ -200,7 +200,7 @@ def _percentile(a, q, axis=None, out=None, overwrite_input=False, method="linear
     return _quantiles(a, qv, axis, method, keepdims, "numpy.percentile")
 
 
-@_implements(np.median)
+@implements(np.median)
 def _median(a, axis=None, out=None, overwrite_input=False, keepdims=False):
     """numpy's median: the middle element, or the mean of the two middle ones."""
     _no_out("median", out)
@@ -220,8 +220,7 @@ def _median(a, axis=None, out=None, overwrite_input=False, keepdims=False):
 
 
 def _const_q(q: Any, what: str) -> Any:
-    if isinstance(q, Tracer) or (isinstance(q, list | tuple)
-                                 and any(isinstance(v, Tracer) for v in q)):
+    if is_traced(q):
         raise TracingError(f"{what}'s q must be a constant: which elements are "
                            "interpolated depends on it")
     return q
@@ -277,17 +276,17 @@ def _arg_extreme(a: Any, axis: Any, keepdims: bool, out: Any, biggest: bool) -> 
     return np.expand_dims(best, ax) if keepdims else best
 
 
-@_implements(np.argmax)
+@implements(np.argmax)
 def _argmax(a, axis=None, out=None, *, keepdims=False):
     return _arg_extreme(a, axis, keepdims, out, True)
 
 
-@_implements(np.argmin)
+@implements(np.argmin)
 def _argmin(a, axis=None, out=None, *, keepdims=False):
     return _arg_extreme(a, axis, keepdims, out, False)
 
 
-@_implements(np.argsort)
+@implements(np.argsort)
 def _argsort(a, axis=-1, kind=None, order=None, *, stable=None):
     """The stable order seen at the recording point (a valid answer for every ``kind``:
     numpy leaves the order of ties open except for ``stable``), guarded by comparisons of

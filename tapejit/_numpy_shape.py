@@ -14,8 +14,8 @@ from typing import Any
 import numpy as np
 
 from ._errors import TracingError
-from ._numpy_funcs import _implements
-from ._tracer import Tracer, ids_of, lift, recorder_of
+from ._numpy_funcs import implements
+from ._tracer import Tracer, ids_of, is_traced, lift, recorder_of
 
 
 def _tracers(rec, arrays) -> list[Tracer]:
@@ -24,8 +24,7 @@ def _tracers(rec, arrays) -> list[Tracer]:
 
 def _constant_int(value: Any, what: str) -> Any:
     """``value`` as it is; a traced value raises (an index or size must be a constant)."""
-    if isinstance(value, Tracer) or (isinstance(value, list | tuple)
-                                     and any(isinstance(v, Tracer) for v in value)):
+    if is_traced(value):
         raise TracingError(f"{what} must not depend on the inputs: pass constant "
                            "integers (indices are not differentiable)")
     return value
@@ -41,10 +40,10 @@ def _same(fn: Callable) -> Callable:
 
 
 for _f in (np.rollaxis, np.rot90, np.flipud, np.fliplr):
-    _implements(_f)(_same(_f))
+    implements(_f)(_same(_f))
 
 
-@_implements(np.atleast_3d)
+@implements(np.atleast_3d)
 def _atleast_3d(*arys):
     rec = recorder_of(arys)
     out = _tracers(rec, [np.atleast_3d(lift(rec, a)) for a in arys])
@@ -63,16 +62,16 @@ def _listing(fn: Callable) -> Callable:
 
 
 for _f in (np.split, np.array_split, np.hsplit, np.vsplit, np.dsplit):
-    _implements(_f)(_listing(_f))
+    implements(_f)(_listing(_f))
 
 
-@_implements(np.broadcast_arrays)
+@implements(np.broadcast_arrays)
 def _broadcast_arrays(*args, subok=False):
     rec = recorder_of(args)
     return tuple(_tracers(rec, np.broadcast_arrays(*(lift(rec, a) for a in args))))
 
 
-@_implements(np.meshgrid)
+@implements(np.meshgrid)
 def _meshgrid(*xi, copy=True, sparse=False, indexing="xy"):
     rec = recorder_of(xi)
     grids = np.meshgrid(*(lift(rec, x) for x in xi), copy=True, sparse=sparse,
@@ -81,7 +80,7 @@ def _meshgrid(*xi, copy=True, sparse=False, indexing="xy"):
 
 
 # -- gathers with constant indices ------------------------------------------------------
-@_implements(np.take)
+@implements(np.take)
 def _take(a, indices, axis=None, out=None, mode="raise"):
     if out is not None:
         raise TracingError("numpy.take(..., out=...) cannot be traced; assign the result "
@@ -91,7 +90,7 @@ def _take(a, indices, axis=None, out=None, mode="raise"):
     return Tracer(rec, np.asarray(np.take(lift(rec, a), idx, axis=axis, mode=mode)))
 
 
-@_implements(np.take_along_axis)
+@implements(np.take_along_axis)
 def _take_along_axis(arr, indices, axis=-1):
     rec = recorder_of([arr])
     idx = _constant_int(indices, "numpy.take_along_axis's indices")
@@ -99,7 +98,7 @@ def _take_along_axis(arr, indices, axis=-1):
 
 
 # -- arrays with constant fill ----------------------------------------------------------
-@_implements(np.diag)
+@implements(np.diag)
 def _diag(v, k=0):
     rec = recorder_of([v])
     ids = lift(rec, v)
@@ -111,12 +110,12 @@ def _diag(v, k=0):
     return Tracer(rec, np.where(where > 0, ids[where - 1], zero))
 
 
-@_implements(np.diagflat)
+@implements(np.diagflat)
 def _diagflat(v, k=0):
     return _diag(np.ravel(v), k)
 
 
-@_implements(np.pad)
+@implements(np.pad)
 def _pad(array, pad_width, mode="constant", **kwargs):
     rec = recorder_of([array])
     ids = lift(rec, array)
@@ -148,7 +147,7 @@ def _pad(array, pad_width, mode="constant", **kwargs):
 
 
 # -- computed arrays -------------------------------------------------------------------
-@_implements(np.linspace)
+@implements(np.linspace)
 def _linspace(start, stop, num=50, endpoint=True, retstep=False, dtype=None, axis=0,
               *, device=None):
     """numpy's formula: ``start + i * step`` with ``step = (stop - start) / div``, the last
@@ -179,7 +178,7 @@ def _linspace(start, stop, num=50, endpoint=True, retstep=False, dtype=None, axi
     return (y, step) if retstep else y
 
 
-@_implements(np.select)
+@implements(np.select)
 def _select(condlist, choicelist, default=0):
     condlist, choicelist = list(condlist), list(choicelist)
     if len(condlist) != len(choicelist):

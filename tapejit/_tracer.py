@@ -451,6 +451,12 @@ def _check_key(key: Any) -> None:
             )
 
 
+def is_traced(value: Any) -> bool:
+    """A traced value, or a list or tuple holding one (at any depth)."""
+    return isinstance(value, Tracer) or (isinstance(value, list | tuple)
+                                         and any(is_traced(v) for v in value))
+
+
 def ids_of(t: Tracer) -> np.ndarray:
     """The node ids of a tracer, an int array shaped like the traced array (negative ids
     are constants of the recorder's pool)."""
@@ -475,7 +481,7 @@ def lift(rec: Recorder, value: Any) -> np.ndarray:
         if value._rec is not rec:
             raise TracingError("values from two different recordings were combined")
         return value._ids
-    if isinstance(value, list | tuple) and any(isinstance(v, Tracer) for v in value):
+    if isinstance(value, list | tuple) and is_traced(value):
         # lazy: _numpy_funcs builds on this module (an import circle)
         from ._numpy_funcs import stack
 

@@ -80,3 +80,17 @@ def check_hessian(central_diff: Callable, f: Callable, x0: np.ndarray, X: np.nda
     np.testing.assert_allclose(tape.hessian(P[0]), H[0], **tol)
     v = np.random.default_rng(seed + 1).standard_normal(P.shape)
     np.testing.assert_allclose(tape.hvp(P, v), np.einsum("pij,pj->pi", H, v), **tol)
+
+
+def fd_jacobian(f: Callable, x: np.ndarray, h: float = 1e-6) -> np.ndarray:
+    """Central differences of a one-point function ``f`` (any output shape) at ``x`` (any
+    shape): ``(output size, x.size)``."""
+    x = np.asarray(x, dtype=np.float64)
+    cols = []
+    for i in range(x.size):
+        e = np.zeros(x.size)
+        e[i] = h
+        plus = np.ravel(f((x.ravel() + e).reshape(x.shape)))
+        minus = np.ravel(f((x.ravel() - e).reshape(x.shape)))
+        cols.append((plus - minus) / (2 * h))
+    return np.stack(cols, axis=-1)

@@ -10,23 +10,13 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import scipy.special as sp
+from _numpy_fn_check import fd_jacobian
 
 import tapejit
 from tapejit import TracingError
 
 X = np.array([0.31, 0.57, 0.83, 0.44])  # no ties of round(x, 1), no kinks nearby
 M = np.array([[0.9, 0.2, 0.4], [0.1, 0.7, 0.35], [0.6, 0.15, 0.5]])
-
-
-def _fd(f, x: np.ndarray, h: float = 1e-6) -> np.ndarray:
-    cols = []
-    for i in range(x.size):
-        e = np.zeros(x.size)
-        e[i] = h
-        plus = np.ravel(f((x.ravel() + e).reshape(x.shape)))
-        minus = np.ravel(f((x.ravel() - e).reshape(x.shape)))
-        cols.append((plus - minus) / (2 * h))
-    return np.stack(cols, axis=-1)
 
 
 def _same_as_numpy(f, x: np.ndarray) -> None:
@@ -38,7 +28,7 @@ def _same_as_numpy(f, x: np.ndarray) -> None:
         np.testing.assert_allclose(np.ravel(tape.forward(point.ravel())), want, rtol=1e-13,
                                    atol=1e-15)
         np.testing.assert_allclose(tape.jacobian(point.ravel()).reshape(want.size, -1),
-                                   _fd(f, point), rtol=1e-6, atol=1e-8)
+                                   fd_jacobian(f, point), rtol=1e-6, atol=1e-8)
 
 
 # -- idioms ----------------------------------------------------------------------------------
