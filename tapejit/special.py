@@ -110,8 +110,8 @@ def logsumexp(a: Any, axis: Axis = None, b: Any = None, keepdims: bool = False,
     out_shape = np.sum(np.broadcast_to(0.0, np.shape(a)), axis=axis, keepdims=keepdims).shape
     # with traced weights, an element of weight 0 is ignored by the maximum only
     masked = a if b is None or not isinstance(b, Tracer) else np.where(b == 0.0, -np.inf, a)
-    top, m = _max_and_shift(masked, axis)
-    top = np.equal(masked, top)  # the maximal elements: exp(a - m) is exactly 1 there
+    peak, m = _max_and_shift(masked, axis)
+    top = np.equal(masked, peak)  # the maximal elements: exp(a - m) is exactly 1 there
     terms = np.exp(a - m) if b is None else b * np.exp(a - m)
     count = np.sum(np.where(top, terms, 0.0), axis=axis, keepdims=True)
     rest = np.sum(np.where(top, 0.0, terms), axis=axis, keepdims=True)
