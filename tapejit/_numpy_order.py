@@ -8,8 +8,9 @@ whose order differs from the recording point's, and records no guard. Derivative
 the ``minimum``/``maximum`` ops: at a tie each compared operand gets 1/2. NaN: both
 outputs of a comparison with a NaN are NaN, and in a sorting network every input reaches
 every output, so a NaN anywhere makes the whole sorted row NaN. ``median`` and
-``percentile`` are then NaN as numpy's are; ``sort`` differs from numpy's, which sorts
-NaN last, but never gives a finite number numpy does not.
+``percentile`` are then NaN as numpy's are; ``sort`` and ``partition`` sort NaN as
+``+inf`` and then turn the last ``count(NaN)`` places NaN, which is numpy's order (NaN
+last, after ``+inf``), still without a guard.
 
 ``argmax``, ``argmin`` and ``argsort`` return integers, which have no derivative. They
 return the answer seen at the recording point as a constant and record **one guard**: the
@@ -103,10 +104,25 @@ def _check_kind(name: str, kind: Any, order: Any = None) -> None:
                          f"(got {kind!r})")
 
 
+def _sort_nan_last(a: Any, axis: int | None, what: str) -> tuple[Tracer, int]:
+    """numpy's sort order with NaN last, branch-free: NaN sorts as ``+inf`` through the
+    network, then the last ``count(NaN)`` places of each row become NaN (real ``+inf``
+    values sort before the placeholders, so they keep their places)."""
+    rec = recorder_of([a])
+    x = Tracer(rec, lift(rec, a))
+    if axis is None:
+        x, axis = x.ravel(), 0
+    nan = np.isnan(x)
+    s, ax = _sort_along(np.where(nan, np.inf, x), axis, what)
+    n = s.shape[ax]
+    place = np.arange(n).reshape([n if d == ax else 1 for d in range(s.ndim)])
+    return np.where(place >= n - np.sum(nan, axis=ax, keepdims=True), np.nan, s), ax
+
+
 @implements(np.sort)
 def _sort(a, axis=-1, kind=None, order=None, *, stable=None):
     _check_kind("sort", kind, order)
-    return _sort_along(a, axis, "numpy.sort")[0]
+    return _sort_nan_last(a, axis, "numpy.sort")[0]
 
 
 @implements(np.partition)
@@ -116,7 +132,7 @@ def _partition(a, kth, axis=-1, kind="introselect", order=None):
     _check_kind("partition", kind, order)
     if isinstance(kth, Tracer):
         raise TracingError("numpy.partition's kth must be constant integers")
-    s, ax = _sort_along(a, axis, "numpy.partition")
+    s, ax = _sort_nan_last(a, axis, "numpy.partition")
     n = s.shape[ax]
     for k in np.ravel(kth):
         if not -n <= int(k) < n:
