@@ -212,18 +212,15 @@ def run(n_points: int = 10**6, steps: int = 200, out_dir: str | None = None,
 def _draw_graph(tape, x, path: Path, plt) -> None:
     """The computation graph with edge partials at ``x``, laid out by depth."""
     from tapejit._ops import BY_CODE
-    from tapejit._show import interpret
+    from tapejit._show import SlotNames, interpret
 
     sweep = interpret(tape, x)
-    nc, n_par = len(tape.consts), tape.n_params
-    nf = nc + n_par + tape.n_inputs
+    nc = len(tape.consts)
+    nf = nc + tape.n_params + tape.n_inputs
+    slot = SlotNames(tape, "listing")  # the names of tape.listing()
 
     def name(s: int) -> str:
-        if s < nc:
-            return f"{tape.consts[s]:g}"
-        if s < nc + n_par:
-            return f"p{s - nc}"
-        return f"x{s - nc - n_par + 1}" if s < nf else f"v{s - nf + 1}"
+        return f"{tape.consts[s]:g}" if s < nc else slot(s)
 
     nodes = [(name(s), f"{name(s)} = {sweep.values[s]:.4g}") for s in tape.inputs]
     edges = []

@@ -307,10 +307,11 @@ def _family_reverse(st: _FamilyStep, W: list[Any], A: list[float], low: int,
 # ---------------------------------------------------------------------------------------
 # names
 # ---------------------------------------------------------------------------------------
-class _Names:
-    """Slot names: ``"listing"`` as :meth:`Tape.listing` (x0.., p0.., v0..; constants by
-    value) or ``"wengert"`` as in Griewank's tables (inputs v-1, v0 for two inputs,
-    instructions v1, v2, ...)."""
+class SlotNames:
+    """Slot names, one scheme for every view of a tape: ``"listing"`` (x0.., p0.., v0..;
+    constants by value), used by :meth:`Tape.listing`, tables, graphs and the demo, or
+    ``"wengert"`` as in Griewank's tables and the seed article (inputs v-1, v0 for two
+    inputs, instructions v1, v2, ...), which a table asks for by name."""
 
     def __init__(self, tape: Tape, style: str) -> None:
         if style not in ("listing", "wengert"):
@@ -424,7 +425,7 @@ def table(
     """
     wrt = 0 if wrt is None else int(wrt)
     sw = interpret(tape, x, params, wrt, output)
-    name = _Names(tape, style)
+    name = SlotNames(tape, style)
     xv, pv = _point(tape, x, params)
     outs: dict[int, list[int]] = {}
     for k, s in enumerate(tape.outputs.tolist()):
@@ -533,7 +534,7 @@ def to_dot(tape: Tape, x: Any = None, params: Any = None, *, digits: int = 4) ->
         ``digraph`` source; see :func:`render`.
     """
     sw = None if x is None else interpret(tape, x, params)
-    name = _Names(tape, "listing")
+    name = SlotNames(tape, "listing")
     nc = len(tape.consts)
     ops, args, res = _elements(tape)
     steps = _family_steps(Program.from_tape(tape))

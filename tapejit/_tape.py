@@ -489,17 +489,10 @@ class Tape:
         limit : int or None
             Show at most this many instructions (``None``: all).
         """
-        nc, n_par = len(self._consts), self._n_par
-        n_fixed = nc + n_par + self._n_in
+        # lazy: _show builds on the tape (an import circle)
+        from ._show import SlotNames
 
-        def slot(s: int) -> str:
-            if s < nc:
-                return repr(float(self._consts[s]))
-            if s < nc + n_par:
-                return f"p{s - nc}"
-            if s < n_fixed:
-                return f"x{s - nc - n_par}"
-            return f"v{s - n_fixed}"
+        slot = SlotNames(self, "listing")
 
         def span(s: int, size: int, stride: int) -> str:
             if size == 1:
