@@ -444,10 +444,8 @@ class _Aux:
     def aux(self, tape: Tape, y: np.ndarray, batched: bool) -> Any:
         """The aux of outputs ``y`` (``(n_outputs,)``, or per point when batched)."""
         shape, tree = self.trees[tape]
-        lead = y.shape[:1] if batched else ()
-        it = iter(_split_outputs(y[..., int(np.prod(shape, dtype=np.int64)):],
-                                 tape.output_shapes[1:], lead))
-        return _tree_build(tree, it)
+        rest = y[..., int(np.prod(shape, dtype=np.int64)):]
+        return _tree_build(tree, iter(_split(rest, tape.output_shapes[1:], False, batched)))
 
 
 def _is_leaf(v: Any) -> bool:
@@ -476,17 +474,6 @@ def _tree_build(tree: tuple, leaves: Any) -> Any:
     if kind is dict:
         return {k: _tree_build(c, leaves) for k, c in zip(tree[1], tree[2], strict=True)}
     return kind(_tree_build(c, leaves) for c in tree[1])
-
-
-def _split_outputs(y: np.ndarray, shapes: tuple, lead: tuple) -> list:
-    """Flat outputs ``(..., k)`` cut into arrays of ``shapes`` (floats for one point)."""
-    parts, o = [], 0
-    for s in shapes:
-        k = int(np.prod(s, dtype=np.int64))
-        part = y[..., o : o + k].reshape(lead + tuple(s))
-        parts.append(float(part) if part.shape == () else part)
-        o += k
-    return parts
 
 
 def _aux_cache(f: Callable[..., Any], has_aux: bool) -> tuple[Callable, _Aux | None,
