@@ -7,11 +7,13 @@
 * A run of more than one test module on a cold kernel cache first runs ``tapejit
   compile`` (every kernel, on every core) instead of compiling each kernel where a test
   first needs it, one at a time; ``TAPEJIT_TEST_WARMUP=0`` turns that off. A run of one
-  module compiles only what it uses.
+  module compiles only what it uses. Under pytest-xdist (``-n``) one worker compiles while
+  the others wait for it.
 """
 
 from __future__ import annotations
 
+import fcntl
 import os
 import sys
 
@@ -40,13 +42,20 @@ def pytest_collection_finish(session):
         return
     if len({item.path for item in session.items}) < 2:
         return
+    from tapejit._kernels.cache import cache_dir
     from tapejit._kernels.runtime import is_cached
     from tapejit._warmup import compile_kernels
 
-    if not is_cached("hvp_batch"):  # the costliest kernel: the cache is cold
-        capture = session.config.pluginmanager.getplugin("capturemanager")
-        with capture.global_and_fixture_disabled():  # show the progress
-            compile_kernels()
+    if is_cached("hvp_batch"):  # the costliest kernel: the cache is warm
+        return
+    # under pytest-xdist every worker gets here: the first compiles, the others wait
+    cache_dir().mkdir(parents=True, exist_ok=True)
+    with open(cache_dir() / "test-warmup.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if not is_cached("hvp_batch"):
+            capture = session.config.pluginmanager.getplugin("capturemanager")
+            with capture.global_and_fixture_disabled():  # show the progress
+                compile_kernels()
 
 
 def _central_diff(f, X, h=1e-6, fixed=()):

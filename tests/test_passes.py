@@ -308,7 +308,8 @@ def _both_orders(op):
     return Y, J
 
 
-@pytest.mark.parametrize("op", [op for op in OPS if COMMUTATIVE in op.flags], ids=str)
+@pytest.mark.parametrize("op", [op for op in OPS if COMMUTATIVE in op.flags],
+                         ids=lambda op: op.name)  # the same ids in every xdist worker
 def test_commutative_swap(op):
     Y, J = _both_orders(op)
     if op.code in BIT_COMMUTATIVE:
