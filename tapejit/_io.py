@@ -628,7 +628,8 @@ def _check_ops(zf: zipfile.ZipFile, heads: dict[str, _Header], writer: str) -> n
                 f"{writer!r}) and is op {op.name!r} in this tapejit {__version__}, so the "
                 "tape is refused. Record the function again."
             )
-        if _ops.op_fingerprint(op) != saved:
+        if _ops.op_fingerprint(op) != saved and saved not in _ops.EQUIVALENT_FINGERPRINTS.get(
+                op.name, {}):
             raise TapeFormatError(
                 f"op {name!r} (opcode {code}) is defined differently than when this tape "
                 f"was saved (by tapejit {writer!r}): its value or derivative formulas, or "

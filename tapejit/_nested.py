@@ -132,19 +132,6 @@ _NAMESPACE: dict[str, Any] = {
 }
 
 
-def differentiable_inside(op: Op, order: int = 1) -> bool:
-    """Whether nested differentiation can record ``op``'s derivatives up to ``order``:
-    every scalar helper its partials call is the value of an op (``_sign(a)`` is
-    ``sign``) that can itself be differentiated to ``order - 1``. Others (``_trigamma``,
-    ``digamma``'s derivative) raise a :class:`~tapejit.TracingError` naming the op."""
-    if order <= 0:
-        return True
-    calls = {name for p in op.partials for name in re.findall(r"\b(_\w+)\s*\(", p)}
-    helpers = _helper_ops()
-    return calls <= set(_NAMESPACE) and all(
-        differentiable_inside(helpers[c], order - 1) for c in calls if c in helpers)
-
-
 @functools.cache
 def _partial_code(op_name: str, k: int):
     expr = BY_NAME[op_name].partials[k].strip()

@@ -80,6 +80,10 @@ FAST_BROADCAST = "fast_broadcast"
 #: Computed by tapejit's own vectorizing functions (``_sin``, ``_log``, ``_exp``, ...): a
 #: contiguous block gets a fast path in the one-point value sweeps too.
 VECTOR_FN = "vector_fn"
+#: The first operand is a derivative order n = 0, 1, 2, ..., 170 (``polygamma``): any
+#: other value gives NaN, and the op has no derivative in it. The tests sample it from
+#: the orders.
+ORDER_OPERAND = "order_operand"
 #: The value is exact or one correctly rounded IEEE operation, so it equals numpy's bit
 #: for bit (the tests compare such ops bitwise, the others to a few ulp).
 EXACT = "exact"
@@ -231,6 +235,42 @@ def _traced_azmul(a, b):
     return emit("azmul", a, b)
 
 
+def _traced(name: str) -> Callable[..., object]:
+    """How traced code reaches op ``name`` that no numpy function computes: emitted by
+    name (imported at the call: the tracer imports this table)."""
+
+    def trace(*operands):
+        from ._tracer import emit
+
+        return emit(name, *operands)
+
+    trace.__name__ = name
+    return trace
+
+
+def _sinc_derivative(n, x):
+    # The reference of op sinc_derivative, independent of the kernels' series:
+    # sinc(x) = j0(pi x) and j_k' = (k j_(k-1) - (k + 1) j_(k+1)) / (2k + 1), so the n-th
+    # derivative is a combination of scipy's spherical_jn(0..n, pi x)
+    n, x = np.broadcast_arrays(np.asarray(n, dtype=np.float64), np.asarray(x, np.float64))
+    out = np.full(n.shape, np.nan)
+    # orders up to the kernels' _MAX_ORDER; NaN at infinities, as np.sinc
+    valid = (n >= 0.0) & (n <= 170.0) & (n == np.floor(n)) & np.isfinite(x)
+    for m in np.unique(n[valid]).astype(int):
+        coef = np.zeros(m + 2)
+        coef[0] = 1.0
+        for _ in range(m):
+            k = np.arange(m + 1)
+            step = np.zeros(m + 2)
+            step[: m] += (coef[1 : m + 1] * k[1:] / (2 * k[1:] + 1))
+            step[1 : m + 2] -= coef[: m + 1] * (k + 1) / (2 * k + 1)
+            coef = step
+        at = valid & (n == m)
+        z = np.pi * x[at]
+        out[at] = np.pi ** m * sum(coef[k] * _sps.spherical_jn(k, z) for k in range(m + 1))
+    return out
+
+
 def _stop_gradient(a):
     # imported at the call: _record imports the tracer, which imports this table
     from ._record import stop_gradient
@@ -294,6 +334,11 @@ def _divisors(X: np.ndarray) -> None:
     X[5::7, 0] = -X[5::7, 0]
 
 
+def _small_exponents(X: np.ndarray) -> None:
+    X[::7, 1] = 0.0  # pow's partials have a branch at b == 0
+    X[3::7, 1] = 1.0
+
+
 def _halves(X: np.ndarray) -> None:
     X[::7, 0] = np.floor(X[::7, 0]) + 0.5  # ties: to even
 
@@ -320,6 +365,15 @@ def _non_finite(X: np.ndarray) -> None:
     X[::7, 0] = np.nan
     X[1::7, 0] = np.inf
     X[2::7, 0] = -np.inf
+
+
+def _orders(X: np.ndarray) -> None:
+    X[:, 0] = np.floor(X[:, 0])  # derivative orders 0, 1, 2, ...
+
+
+def _orders_and_zeros(X: np.ndarray) -> None:
+    _orders(X)
+    X[::9, 1] = 0.0  # sinc's derivatives: the series' centre
 
 
 def _signed_zeros(X: np.ndarray) -> None:
@@ -350,13 +404,16 @@ _TABLE: list[Op] = [
        frozenset({EXACT}) | _FAST2, rank=4),
     Op(5, "neg", 1, "-a", ("-1.0",), (Z,), np.negative, (_R,),
        frozenset({LINEAR, FAST_BLOCK, EXACT}), rank=5),
+    # azmul, not "0.0 if b == 0.0 else ...": the same values, and a derivative that nested
+    # differentiation gets right where b == 0 (d2/da db = 1/a there, not the 0 of a branch)
     Op(6, "pow", 2, "a ** b",
-       ("0.0 if b == 0.0 else b * a ** (b - 1.0)", "0.0 if r == 0.0 else r * math.log(a)"),
+       ("_azmul(b, a ** (b - 1.0))", "_azmul(r, math.log(a))"),
        ("0.0 if b == 0.0 or b == 1.0 else b * (b - 1.0) * a ** (b - 2.0)",
         "0.0 if a == 0.0 else a ** (b - 1.0) * (1.0 + b * math.log(a))",
         "0.0 if r == 0.0 else r * math.log(a) ** 2"),
        np.power, (_POS, _R), aliases=(np.float_power,),
-       doc="d/da is 0 where b == 0; d/db is 0 where the result is 0 (pow(0, y) has no NaN)"),
+       doc="d/da is 0 where b == 0; d/db is 0 where the result is 0 (pow(0, y) has no NaN)",
+       edges=_small_exponents),
     Op(7, "square", 1, "a * a", ("2.0 * a",), ("2.0",), np.square, (_R,),
        frozenset({FAST_BLOCK, EXACT}), rank=6),
     Op(8, "reciprocal", 1, "1.0 / a", ("-r * r",), ("2.0 * r * r * r",), np.reciprocal,
@@ -469,7 +526,7 @@ _TABLE: list[Op] = [
            "quotient, so the true derivative where a/b rounds to an integer); a jump at "
            "multiples of b takes the value's side",
        kink=_from_multiples, edges=_divisors),
-    Op(49, "fmod", 2, "np.fmod(a, b)", ("1.0", "-_trunc_quotient(a, b, r)"), _Z3, np.fmod,
+    Op(49, "fmod", 2, "np.fmod(a, b)", ("1.0", "-np.rint((a - r) / b)"), _Z3, np.fmod,
        (_R, (0.3, 2.0)), frozenset({PIECEWISE, EXACT}),
        doc="d/da = 1, d/db = -n where r = a - n*b (JAX's -trunc(a/b), exact n)",
        kink=_from_multiples, edges=_divisors),
@@ -494,7 +551,8 @@ _TABLE: list[Op] = [
         "-0.6931471805599453 * np.exp2(a - r) * np.exp2(b - r)",
         "0.6931471805599453 * np.exp2(a - r) * np.exp2(b - r)"),
        np.logaddexp2, (_R, _R), frozenset({COMMUTATIVE, SWAPPABLE})),
-    Op(54, "sinc", 1, "_sinc(a)", ("_sinc_d1(a)",), ("_sinc_d2(a)",), np.sinc, (_R,),
+    Op(54, "sinc", 1, "_sinc(a)", ("_sinc_derivative(1.0, a)",),
+       ("_sinc_derivative(2.0, a)",), np.sinc, (_R,),
        doc="derivatives from Taylor series near 0: 0 and -pi**2/3 at 0",
        edges=_zeros_first),
     Op(55, "heaviside", 2, "_heaviside(a, b)", (Z, "1.0 if a == 0.0 else 0.0"), _Z3,
@@ -524,7 +582,9 @@ _TABLE: list[Op] = [
        doc="d/da = +-1 by whether the signs of a and b agree (1 at a = +0, b > 0: JAX); "
            "d/db = 0", kink=_from_zero_either, edges=_zeros_either),
     # --- scipy.special ufuncs: scipy's own formulas ----------------------------------------
-    Op(64, "expit", 1, "1.0 / (1.0 + math.exp(-a))", ("_expit_d1(a)",), ("_expit_d2(a)",),
+    # r (1 - r) as expit(a) expit(-a), and 1 - 2 r as -tanh(a / 2): no cancelling to 0
+    Op(64, "expit", 1, "1.0 / (1.0 + math.exp(-a))", ("r * (1.0 / (1.0 + math.exp(a)))",),
+       ("-r * (1.0 / (1.0 + math.exp(a))) * math.tanh(0.5 * a)",),
        _sps.expit, ((-8.0, 8.0),), doc="the logistic sigmoid 1 / (1 + exp(-a))"),
     Op(65, "logit", 1, "_logit(a)", ("1.0 / (a * (1.0 - a))",),
        ("(2.0 * a - 1.0) / (a * a * (1.0 - a) * (1.0 - a))",), _sps.logit, ((0.02, 0.98),)),
@@ -532,22 +592,36 @@ _TABLE: list[Op] = [
        ("-2.256758334191025 * a * math.exp(-a * a)",), _sps.erf, (_R,)),
     Op(67, "erfc", 1, "_erfc(a)", ("-1.1283791670955126 * math.exp(-a * a)",),
        ("2.256758334191025 * a * math.exp(-a * a)",), _sps.erfc, (_R,)),
-    Op(68, "gammaln", 1, "_gammaln(a)", ("_digamma(a)",), ("_trigamma(a)",), _sps.gammaln,
+    Op(68, "gammaln", 1, "_gammaln(a)", ("_digamma(a)",), ("_polygamma(1.0, a)",), _sps.gammaln,
        ((2.2, 8.0),), doc="log|Gamma(a)|; derivatives digamma and trigamma"),
-    Op(69, "digamma", 1, "_digamma(a)", ("_trigamma(a)",), ("_tetragamma(a)",),
+    Op(69, "digamma", 1, "_digamma(a)", ("_polygamma(1.0, a)",), ("_polygamma(2.0, a)",),
        _sps.digamma, ((0.1, 6.0),),
        doc="cephes' psi (scipy's); derivatives trigamma and tetragamma (own series)",
        edges=_positive_integers),
-    Op(70, "xlogy", 2, "_xlogy(a, b)", ("math.log(b)", "0.0 if a == 0.0 else a / b"),
+    Op(70, "xlogy", 2, "_xlogy(a, b)", ("math.log(b)", "_azmul(a, 1.0 / b)"),
        (Z, "1.0 / b", "0.0 if a == 0.0 else -a / (b * b)"), _sps.xlogy, (_R, _POS),
        doc="0 where a == 0 (b not NaN); d/da = log(b) (JAX), d/db = 0 where a == 0",
        edges=_zeros_first),
     Op(71, "xlog1py", 2, "_xlog1py(a, b)",
-       ("math.log1p(b)", "0.0 if a == 0.0 else a / (1.0 + b)"),
+       ("math.log1p(b)", "_azmul(a, 1.0 / (1.0 + b))"),
        (Z, "1.0 / (1.0 + b)", "0.0 if a == 0.0 else -a / ((1.0 + b) * (1.0 + b))"),
        _sps.xlog1py, (_R, (-0.9, 3.0)),
        doc="0 where a == 0 (b not NaN); d/da = log1p(b) (JAX), d/db = 0 where a == 0",
        edges=_zeros_first),
+    # --- derivatives of every order: an op whose partial is itself at the next order ---
+    Op(72, "polygamma", 2, "_polygamma(a, b)", (Z, "_polygamma(a + 1.0, b)"),
+       (Z, Z, "_polygamma(a + 2.0, b)"), _sps.polygamma, ((0.0, 4.0), (0.1, 6.0)),
+       frozenset({ORDER_OPERAND}),
+       doc="scipy.special.polygamma(n, x), the n-th derivative of digamma, for n = 0, 1, "
+           "..., 170 (NaN for any other n); d/dn = 0. Also trigamma and tetragamma, the "
+           "derivatives of digamma and gammaln", edges=_orders,
+       trace=_traced("polygamma")),  # tapejit.special.polygamma
+    Op(73, "sinc_derivative", 2, "_sinc_derivative(a, b)",
+       (Z, "_sinc_derivative(a + 1.0, b)"), (Z, Z, "_sinc_derivative(a + 2.0, b)"),
+       _sinc_derivative, ((0.0, 4.0), _R), frozenset({ORDER_OPERAND}),
+       doc="the n-th derivative of sinc(x) for n = 0, 1, ..., 170 (NaN for any other n), "
+           "sinc's derivatives; d/dn = 0", edges=_orders_and_zeros,
+       trace=_traced("sinc_derivative")),
     # --- nested differentiation (tapejit/_nested.py) ---------------------------------------
     # The NaN policy's product as an op of its own: an adjoint times a partial that nested
     # differentiation records into a tape. Its derivatives are mul's (the product rule), so
@@ -607,6 +681,16 @@ TWINS: dict[str, tuple[str, str]] = {
 COMPATIBLE_FINGERPRINTS: dict[str, str] = {
     "b0440a458002765c": "tapejit 0.1 before tapejit's own sin, cos and log (were libm's)",
     "544b622e883cef34": "tapejit 0.1, the last op table that wrote format version 1",
+}
+
+
+#: Fingerprints of earlier definitions of an op that compute what it computes now, by op
+#: name: a tape file saved with one of them still loads (``tapejit._io``). Only for
+#: rewritten expressions whose values and derivatives are the same in every sweep.
+EQUIVALENT_FINGERPRINTS: dict[str, dict[str, str]] = {
+    "pow": {"86d2ceb9501d419a": "partials as branches on b == 0 and r == 0 (tapejit 0.1), "
+                                "the same numbers but where those gave NaN (0 * inf); "
+                                "_azmul also gives the right nested derivative"},
 }
 
 

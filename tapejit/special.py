@@ -8,7 +8,8 @@ instruction (no guard, so the tape is valid at every point) whose derivative is 
 needed, since the result does not depend on the shift (it is held by
 :func:`tapejit.stop_gradient`).
 
-The elementwise scipy.special functions that record are scipy's own ufuncs, re-exported
+``polygamma`` records too (scipy's is not a ufunc). The elementwise scipy.special
+functions that record are scipy's own ufuncs, re-exported
 here so that they are easy to find: ``expit``, ``logit``, ``erf``, ``erfc``, ``gammaln``,
 ``digamma`` (``psi``), ``xlogy`` and ``xlog1py``. Their derivative conventions are listed
 in the docs' op table.
@@ -30,7 +31,7 @@ import numpy as np
 from scipy.special import digamma, erf, erfc, expit, gammaln, logit, psi, xlog1py, xlogy
 
 from ._record import stop_gradient
-from ._tracer import Tracer
+from ._tracer import Tracer, emit
 
 __all__ = [
     "digamma",
@@ -41,6 +42,7 @@ __all__ = [
     "log_softmax",
     "logit",
     "logsumexp",
+    "polygamma",
     "psi",
     "softmax",
     "xlog1py",
@@ -128,6 +130,38 @@ def logsumexp(a: Any, axis: Axis = None, b: Any = None, keepdims: bool = False,
 def _scalar(x: Any) -> Any:
     """A 0-d plain array as a numpy scalar (as scipy returns); anything else as it is."""
     return x[()] if not isinstance(x, Tracer) and np.ndim(x) == 0 else x
+
+
+def polygamma(n: Any, x: Any) -> Any:
+    """``psi^(n)(x)``, the ``n``-th derivative of the digamma function; records.
+
+    Same values as :func:`scipy.special.polygamma` (digamma for ``n = 0``), to a few
+    ulp, and NaN where ``n`` is not a non-negative integer. Its derivative in ``x`` is
+    ``polygamma(n + 1, x)``, so it differentiates to any order; in ``n`` it is 0.
+
+    Parameters
+    ----------
+    n : array_like or traced array
+        Orders 0, 1, 2, ..., broadcast with ``x``.
+    x : array_like or traced array
+        Arguments.
+
+    Returns
+    -------
+    ndarray or traced array
+        ``psi^(n)(x)``.
+
+    Examples
+    --------
+    >>> import numpy as np, tapejit
+    >>> from tapejit.special import polygamma
+    >>> tape = tapejit.record(lambda x: polygamma(1, x), 1.0)
+    >>> round(float(tape.forward(1.0)), 12)  # trigamma(1) = pi**2 / 6
+    1.644934066848
+    >>> round(float(tape.gradient(1.0)), 12)  # tetragamma(1) = -2 zeta(3)
+    -2.404113806319
+    """
+    return emit("polygamma", n, x)
 
 
 def softmax(x: Any, axis: Axis = None) -> Any:

@@ -538,6 +538,29 @@ def test_a_file_whose_op_changed_is_refused_naming_it(tmp_path, monkeypatch):
     assert load_tape(no_sin).forward(np.array([1.0])) == pytest.approx(math.e)
 
 
+def test_an_equivalent_earlier_definition_still_loads(tmp_path):
+    """A file saved with an earlier definition of an op listed as equivalent
+    (``_ops.EQUIVALENT_FINGERPRINTS``: pow's partials before they used azmul) loads and
+    gives today's numbers; any other fingerprint of that op is refused."""
+    tape = tapejit.record(lambda x, y: x ** y, 1.5, 0.5)
+    members = _members(tape)
+    k = members["op_names"].tolist().index("pow")
+    path = tmp_path / "pow.npz"
+    x = np.array([[1.5, 0.5], [2.0, 0.0], [0.0, 2.0]])
+    for old in _ops.EQUIVALENT_FINGERPRINTS["pow"]:
+        hashes = members["op_hashes"].copy()
+        hashes[k] = old
+        path.write_bytes(_npz({**members, "op_hashes": hashes}))
+        loaded = load_tape(path)
+        np.testing.assert_array_equal(loaded.forward(x), tape.forward(x))
+        np.testing.assert_array_equal(loaded.gradient(x), tape.gradient(x))
+    hashes = members["op_hashes"].copy()
+    hashes[k] = "0123456789abcdef"
+    path.write_bytes(_npz({**members, "op_hashes": hashes}))
+    with pytest.raises(TapeFormatError, match=r"op 'pow' .* is defined differently"):
+        load_tape(path)
+
+
 def test_a_new_op_does_not_invalidate_saved_files(tmp_path, monkeypatch):
     path = tmp_path / "t.npz"
     tape = tapejit.record(seed, 1.5, 0.5)

@@ -34,7 +34,7 @@ from hypothesis import strategies as st
 
 import tapejit
 from tapejit import OPS
-from tapejit._ops import LINEAR, PIECEWISE, ZERO_DERIVATIVE
+from tapejit._ops import LINEAR, ORDER_OPERAND, PIECEWISE, ZERO_DERIVATIVE
 
 N_POINTS = 400
 
@@ -143,8 +143,12 @@ MULTI_ARY = [op.name for op in OPS if op.arity > 1]
 @pytest.mark.parametrize("name", MULTI_ARY)
 def test_same_variable_in_every_operand(name, rng_seed, central_diff):
     """``op(x, x[, x])``: the Hessian sums every entry of the op's Hessian (the cross
-    second partials counted twice), and agrees with differences of the gradient."""
+    second partials counted twice), and agrees with differences of the gradient. (Not
+    for an op whose first operand is a derivative order: ``polygamma(x, x)`` is NaN at
+    any ``x`` that is not an order.)"""
     op = BY_NAME[name]
+    if ORDER_OPERAND in op.flags:
+        pytest.skip("the first operand is a derivative order")
     lo = max(d[0] for d in op.domain)
     hi = min(d[1] for d in op.domain)
     if lo >= hi:  # clip's bounds do not overlap; clip(x, x, x) == x anywhere

@@ -9,6 +9,8 @@
   ``softmax``, ``log_softmax``: values against scipy, gradients and Hessians against
   closed forms, JAX and differences; no guard, so one tape serves points whose maximum
   sits elsewhere;
+* ``tapejit.special.polygamma`` at orders 0 to 6 against scipy's, and its derivative
+  (the next order);
 * the error for a scipy.special ufunc tapejit does not record names scipy.special.
 """
 
@@ -200,6 +202,50 @@ def test_unsupported_scipy_ufunc_names_scipy_special():
     assert "numpy.ndtr" not in str(info.value)
     with pytest.raises(tapejit.TracingError, match=r"numpy\.frexp\b"):
         tapejit.record(lambda x: np.frexp(x)[0], 0.5)
+
+
+# ---------------------------------------------------------------------------------------
+# polygamma: every order, digamma's and gammaln's derivatives
+# ---------------------------------------------------------------------------------------
+def test_polygamma_values_match_scipy_at_every_order():
+    tape = tapejit.record(special.polygamma, 1.0, 0.5)
+    x = np.concatenate([RNG.uniform(0.001, 60.0, 2000), [1.0, 2.0, 20.0, 1e6],
+                        RNG.uniform(-15.0, 0.0, 500)])
+    x = x[np.abs(x - np.round(x)) > 1e-3 * (x < 0)]  # not at the poles
+    pos = x > 0
+    for n in range(7):
+        got, ref = tape.forward(np.column_stack([np.full(x.size, float(n)), x])), \
+            sps.polygamma(n, x)
+        # for x > 0 the shifted asymptotic series, within a few ulp of scipy's zeta; for
+        # x < 0 the reflection, held to the scale of its terms as it crosses zero
+        np.testing.assert_allclose(got[pos], ref[pos], rtol=3e-15 * max(1, n), atol=0)
+        np.testing.assert_allclose(got[~pos], ref[~pos], rtol=1e-12,
+                                   atol=2e-15 * np.max(np.abs(ref[~pos])))
+    # orders that are not non-negative integers give NaN, as scipy
+    bad = tape.forward(np.array([[1.5, 2.0], [-1.0, 2.0], [np.nan, 2.0], [np.inf, 2.0],
+                                 [171.0, 2.0], [1e18, 2.0]]))  # above 170 too: no huge loop
+    assert np.isnan(bad).all() and np.isnan(sps.polygamma(np.array([1.5, -1.0]), 2.0)).all()
+    # poles at x = 0, -1, -2, ... and -inf: scipy's (-1)**(n + 1) inf; 0 at inf
+    P = np.array([[n, x] for n in (1.0, 2.0, 3.0) for x in (-2.0, -0.0, 0.0, -np.inf)])
+    np.testing.assert_array_equal(tape.forward(P), sps.polygamma(P[:, 0], P[:, 1]))
+    assert tape.forward(np.array([[1.0, np.inf], [2.0, np.inf]])).tolist() == [0.0, 0.0]
+
+
+def test_polygamma_derivative_is_the_next_order(central_diff):
+    tape = tapejit.record(special.polygamma, 2.0, 0.5)
+    X = np.column_stack([np.floor(RNG.uniform(0.0, 5.0, 200)), RNG.uniform(0.2, 8.0, 200)])
+    _, g, H = _check_batched_equals_points(tape, X)
+    np.testing.assert_array_equal(g[:, 0], 0.0)  # none in the order
+    np.testing.assert_allclose(g[:, 1], sps.polygamma(X[:, 0] + 1, X[:, 1]), rtol=5e-15)
+    np.testing.assert_allclose(H[:, 1, 1], sps.polygamma(X[:, 0] + 2, X[:, 1]), rtol=1e-14)
+    np.testing.assert_allclose(
+        g[:, 1], central_diff(lambda Z: sps.polygamma(Z[:, 0], Z[:, 1]), X, fixed=(0,))[:, 1],
+        rtol=1e-6)
+
+
+def test_scipy_polygamma_names_tapejit_special():
+    with pytest.raises(tapejit.TracingError, match=r"tapejit\.special\.polygamma"):
+        tapejit.record(lambda x: sps.polygamma(1, x), 0.5)
 
 
 # ---------------------------------------------------------------------------------------

@@ -34,6 +34,8 @@ def reference_namespace(math: Any) -> dict[str, Any]:
         if name.startswith("_") and isinstance(fn, types.FunctionType):
             ns[name] = types.FunctionType(fn.__code__, ns, fn.__name__, fn.__defaults__,
                                           fn.__closure__)
+        elif name.startswith("_") and isinstance(obj, (float, tuple)):
+            ns[name] = obj  # the helpers' constants (``_MAX_ORDER``, ``_BERNOULLI``)
     ns.update(LIBM_NUMPY)
     ns.update({k: getattr(scipy.special, v) for k, v in C_LIBRARY_SCIPY.items()})
     return ns

@@ -92,12 +92,6 @@ def _floordiv(a, b):
     return f
 
 
-@njit(cache=True, nogil=True)
-def _trunc_quotient(a, b, r):
-    # the integer n of fmod's r = a - n * b (exact in r: the rounding is in the division)
-    return np.rint((a - r) / b)
-
-
 # --- NaN-ignoring extremes, numpy's logaddexp2, sinc, heaviside -----------------------
 @njit(cache=True, nogil=True)
 def _fmax(a, b):
@@ -129,41 +123,41 @@ def _sinc(a):
 
 
 @njit(cache=True, nogil=True)
-def _sinc_d1(a):
-    # d/dx sin(pi x) / (pi x) = pi f'(y), y = pi x; the Taylor series of f' where the closed
-    # form (y cos y - sin y) / y**2 cancels
-    y = math.pi * a
-    if abs(y) < 1.0:
-        z = y * y
-        p = y
-        fact = 6.0
-        s = 0.0
-        for k in range(1, 12):
-            term = 2.0 * k * p / fact
-            s += -term if k % 2 == 1 else term
-            p *= z
-            fact *= (2.0 * k + 2.0) * (2.0 * k + 3.0)
-        return math.pi * s
-    return math.pi * (y * math.cos(y) - math.sin(y)) / (y * y)
-
-
-@njit(cache=True, nogil=True)
-def _sinc_d2(a):
-    # pi**2 f''(y): ((2 - y**2) sin y - 2 y cos y) / y**3, its Taylor series near 0
-    y = math.pi * a
-    if abs(y) < 1.0:
-        z = y * y
-        p = 1.0
-        fact = 6.0
-        s = 0.0
-        for k in range(1, 12):
-            term = 2.0 * k * (2.0 * k - 1.0) * p / fact
-            s += -term if k % 2 == 1 else term
-            p *= z
-            fact *= (2.0 * k + 2.0) * (2.0 * k + 3.0)
-        return math.pi * math.pi * s
-    return math.pi * math.pi * ((2.0 - y * y) * math.sin(y) - 2.0 * y * math.cos(y)) / (
-        y * y * y)
+def _sinc_derivative(n, x):
+    # d^n/dx^n sinc(x) = pi**n f^(n)(y), f(y) = sin(y) / y, y = pi x, for n = 0, 1, ..., 170
+    # (NaN for any other n). Near 0 the Taylor series
+    # f^(n)(y) = sum over 2k >= n of (-1)**k y**(2k - n) / ((2k + 1) (2k - n)!); farther out
+    # Leibniz's rule on sin(y) * (1 / y), whose terms n! / y**(n + 1) cancel near 0
+    if not (0.0 <= n <= _MAX_ORDER and n == math.floor(n)):
+        return math.nan
+    if n == 0.0:
+        return _sinc(x)
+    m = int(n)
+    y = math.pi * x
+    f = 0.0
+    if abs(y) < 1.0 + 0.5 * m:
+        k = (m + 1) // 2
+        p = 1.0 if 2 * k == m else y  # y**(2k - n) / (2k - n)!
+        for _ in range(200):
+            term = p / (2.0 * k + 1.0)
+            f += -term if k % 2 == 1 else term
+            if abs(term) <= 1e-17 * abs(f):
+                break
+            j = 2.0 * k - m
+            p *= y * y / ((j + 1.0) * (j + 2.0))
+            k += 1
+    else:
+        sy, cy = math.sin(y), math.cos(y)
+        coef = 1.0  # n! / (n - j)!
+        inv = 1.0 / y
+        yp = inv  # y**-(j + 1)
+        for j in range(m + 1):
+            i = (m - j) % 4  # the (n - j)-th derivative of sin: sin, cos, -sin, -cos
+            d = sy if i == 0 else (cy if i == 1 else (-sy if i == 2 else -cy))
+            f += -coef * d * yp if j % 2 == 1 else coef * d * yp
+            coef *= m - j
+            yp *= inv
+    return math.pi ** m * f
 
 
 @njit(cache=True, nogil=True)
@@ -176,21 +170,6 @@ def _heaviside(a, b):
 
 
 # --- scipy.special: the formulas of scipy's own implementations ------------------------
-@njit(cache=True, nogil=True)
-def _expit_d1(a):
-    # r (1 - r) without 1 - r cancelling to 0 for large a
-    e = math.exp(-abs(a))
-    return e / ((1.0 + e) * (1.0 + e))
-
-
-@njit(cache=True, nogil=True)
-def _expit_d2(a):
-    # r (1 - r) (1 - 2 r), 1 - 2 r = -sign(a) (1 - e) / (1 + e)
-    e = math.exp(-abs(a))
-    d = e / ((1.0 + e) * (1.0 + e)) * (1.0 - e) / (1.0 + e)
-    return -d if a > 0.0 else d
-
-
 @njit(cache=True, nogil=True)
 def _logit(a):
     # scipy's: log(x / (1 - x)), and log1p differences around 1/2 where that cancels
@@ -287,48 +266,72 @@ def _digamma(x):
     return y + (math.log(x) - 0.5 / x - z)
 
 
+#: The highest derivative order of ``_polygamma`` and ``_sinc_derivative`` (NaN above):
+#: (n - 1)! is finite up to it, and it bounds their loops and memory.
+_MAX_ORDER = 170.0
+
+#: B_2, B_4, ..., B_16: the polygamma functions' asymptotic series
+_BERNOULLI = (1.0 / 6.0, -1.0 / 30.0, 1.0 / 42.0, -1.0 / 30.0, 5.0 / 66.0, -691.0 / 2730.0,
+              7.0 / 6.0, -3617.0 / 510.0)
+
+
 @njit(cache=True, nogil=True)
-def _polygamma_pos(x, order):
-    # psi'(x) (order 1) or psi''(x) (order 2) for x > 0: shifted to z >= 20 (exact
-    # recurrence, smallest terms summed first), then the asymptotic series in 1/z to B_14
-    n = int(20.0 - x) + 1 if x < 20.0 else 0
-    w = 1.0 / (x + n)
+def _polygamma_pos(x, m):
+    # |psi^(m)(x)| / (m - 1)! for x > 0 and m >= 1: shifted up to z >= 20 + m by the exact
+    # recurrence (smallest terms summed first), then the asymptotic series
+    # z**-m (1 + m / (2 z) + sum_k B_2k C(2k + m - 1, 2k) z**-2k)
+    k0 = int(20.0 + m - x) + 1 if x < 20.0 + m else 0
+    w = 1.0 / (x + k0)
     w2 = w * w
-    if order == 1:
-        s = w + 0.5 * w2 + w * w2 * (1.0 / 6.0 + w2 * (-1.0 / 30.0 + w2 * (1.0 / 42.0 + w2 * (
-            -1.0 / 30.0 + w2 * (5.0 / 66.0 + w2 * (-691.0 / 2730.0 + w2 * (7.0 / 6.0)))))))
-        for k in range(n - 1, -1, -1):
-            t = x + k
-            s += 1.0 / (t * t)
-        return s
-    s = w2 + w * w2 + w2 * w2 * (0.5 + w2 * (-1.0 / 6.0 + w2 * (1.0 / 6.0 + w2 * (
-        -0.3 + w2 * (5.0 / 6.0 + w2 * (-691.0 / 210.0 + w2 * 17.5))))))
-    for k in range(n - 1, -1, -1):
-        t = x + k
-        s += 2.0 / (t * t * t)
-    return -s
+    c = 0.5 * m * (m + 1.0)
+    p = w2
+    series = 0.0
+    for k in range(1, len(_BERNOULLI) + 1):
+        series += _BERNOULLI[k - 1] * c * p
+        c *= (2.0 * k + m) * (2.0 * k + m + 1.0) / ((2.0 * k + 1.0) * (2.0 * k + 2.0))
+        p *= w2
+    s = w ** m * (1.0 + 0.5 * m * w + series)
+    for j in range(k0 - 1, -1, -1):
+        s += m / (x + j) ** (m + 1)
+    return s
 
 
 @njit(cache=True, nogil=True)
-def _trigamma(x):
-    # psi'(x); x <= 0 by reflection: psi'(x) = pi**2 / sin(pi x)**2 - psi'(1 - x), the sine
-    # of the distance to the nearest integer (exact), so poles give +inf
-    if x != x:
-        return x
-    if x > 0.0:
-        return _polygamma_pos(x, 1)
-    r = x - np.rint(x)
-    s = math.sin(math.pi * r)
-    return math.pi * math.pi / (s * s) - _polygamma_pos(1.0 - x, 1)
+def _cot_derivative(c, m):
+    # the m-th derivative of cot at u, from c = cot(u): P_0(c) = c,
+    # P_k+1(c) = -(1 + c**2) P_k'(c), coefficients in q (degree k + 1, lowest first)
+    q = np.zeros(m + 2)
+    nxt = np.zeros(m + 2)
+    q[1] = 1.0
+    for k in range(m):
+        for i in range(k + 3):
+            up = (i + 1) * q[i + 1] if i + 1 <= k + 1 else 0.0
+            down = (i - 1) * q[i - 1] if i >= 2 else 0.0
+            nxt[i] = -(up + down)
+        q, nxt = nxt, q
+    out = q[m + 1]  # Horner
+    for i in range(m, -1, -1):
+        out = out * c + q[i]
+    return out
 
 
 @njit(cache=True, nogil=True)
-def _tetragamma(x):
-    # psi''(x); x <= 0: psi''(x) = psi''(1 - x) - 2 pi**3 cos(pi x) / sin(pi x)**3
-    if x != x:
-        return x
+def _polygamma(n, x):
+    # psi^(n)(x), scipy.special.polygamma's function, for n = 0, 1, 2, ..., 170 (NaN for
+    # any other n); x <= 0 by reflection, psi^(n)(x) = (-1)**n psi^(n)(1 - x) - pi**(n + 1)
+    # cot^(n)(pi x), cot of the distance to the nearest integer (exact)
+    if not (0.0 <= n <= _MAX_ORDER and n == math.floor(n)) or x != x:
+        return math.nan
+    if n == 0.0:
+        return _digamma(x)
+    m = int(n)
+    scale = 1.0  # (m - 1)!
+    for k in range(2, m):
+        scale *= k
     if x > 0.0:
-        return _polygamma_pos(x, 2)
+        return (scale if m % 2 == 1 else -scale) * _polygamma_pos(x, m)
+    if x == np.rint(x):  # a pole (0, -1, -2, ...) or -inf: scipy's (-1)**(n + 1) inf
+        return math.inf if m % 2 == 1 else -math.inf
     r = x - np.rint(x)
-    s = math.sin(math.pi * r)
-    return _polygamma_pos(1.0 - x, 2) - 2.0 * math.pi ** 3 * math.cos(math.pi * r) / (s * s * s)
+    c = math.cos(math.pi * r) / math.sin(math.pi * r)
+    return -scale * _polygamma_pos(1.0 - x, m) - math.pi ** (m + 1) * _cot_derivative(c, m)
