@@ -80,9 +80,9 @@ FAST_BROADCAST = "fast_broadcast"
 #: Computed by tapejit's own vectorizing functions (``_sin``, ``_log``, ``_exp``, ...): a
 #: contiguous block gets a fast path in the one-point value sweeps too.
 VECTOR_FN = "vector_fn"
-#: The first operand is a derivative order n = 0, 1, 2, ..., 170 (``polygamma``): any
-#: other value gives NaN, and the op has no derivative in it. The tests sample it from
-#: the orders.
+#: The first operand is a derivative order n = 0, 1, 2, ... up to the op's maximum (its
+#: ``doc``): any other value gives NaN, and the op has no derivative in it. The tests
+#: sample it from the orders.
 ORDER_OPERAND = "order_operand"
 #: The value is exact or one correctly rounded IEEE operation, so it equals numpy's bit
 #: for bit (the tests compare such ops bitwise, the others to a few ulp).
@@ -254,8 +254,8 @@ def _sinc_derivative(n, x):
     # derivative is a combination of scipy's spherical_jn(0..n, pi x)
     n, x = np.broadcast_arrays(np.asarray(n, dtype=np.float64), np.asarray(x, np.float64))
     out = np.full(n.shape, np.nan)
-    # orders up to the kernels' _MAX_ORDER; NaN at infinities, as np.sinc
-    valid = (n >= 0.0) & (n <= 170.0) & (n == np.floor(n)) & np.isfinite(x)
+    # orders up to the kernels' _MAX_SINC_ORDER; NaN at infinities, as np.sinc
+    valid = (n >= 0.0) & (n <= 16.0) & (n == np.floor(n)) & np.isfinite(x)
     for m in np.unique(n[valid]).astype(int):
         coef = np.zeros(m + 2)
         coef[0] = 1.0
@@ -619,7 +619,7 @@ _TABLE: list[Op] = [
     Op(73, "sinc_derivative", 2, "_sinc_derivative(a, b)",
        (Z, "_sinc_derivative(a + 1.0, b)"), (Z, Z, "_sinc_derivative(a + 2.0, b)"),
        _sinc_derivative, ((0.0, 4.0), _R), frozenset({ORDER_OPERAND}),
-       doc="the n-th derivative of sinc(x) for n = 0, 1, ..., 170 (NaN for any other n), "
+       doc="the n-th derivative of sinc(x) for n = 0, 1, ..., 16 (NaN for any other n), "
            "sinc's derivatives; d/dn = 0", edges=_orders_and_zeros,
        trace=_traced("sinc_derivative")),
     # --- nested differentiation (tapejit/_nested.py) ---------------------------------------

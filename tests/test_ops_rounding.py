@@ -304,3 +304,17 @@ def test_np_divmod_records_floor_divide_and_remainder():
     tape = tapejit.record(lambda a: np.stack(np.divmod(a, 0.1)), 1.0)
     _assert_bits(tape.forward(np.array([1.0])), np.array(np.divmod(1.0, 0.1)))
     np.testing.assert_array_equal(tape.jacobian(np.array([1.0])), [[0.0], [1.0]])
+
+
+def test_sinc_derivatives_of_every_tested_order_then_nan():
+    """sinc's n-th derivative (op ``sinc_derivative``, the partial of sinc at every
+    order) against the series at 0, pi**n (-1)**(n/2) / (n + 1) for even n and 0 for
+    odd n, up to its maximum order 16; above it, NaN, never a number that has lost its
+    digits."""
+    op = tapejit.OPS[[o.name for o in tapejit.OPS].index("sinc_derivative")]
+    tape = tapejit.record(op.trace, 1.0, 0.5)
+    n = np.arange(18.0)
+    got = tape.forward(np.column_stack([n, np.zeros_like(n)]))
+    at_zero = np.where(n % 2 == 0, np.pi**n * (-1.0) ** (n // 2) / (n + 1), 0.0)
+    np.testing.assert_allclose(got[:17], at_zero[:17], rtol=1e-14, atol=0)
+    assert np.isnan(got[17])

@@ -35,7 +35,7 @@ def reference_namespace(math: Any) -> dict[str, Any]:
             ns[name] = types.FunctionType(fn.__code__, ns, fn.__name__, fn.__defaults__,
                                           fn.__closure__)
         elif name.startswith("_") and isinstance(obj, (float, tuple)):
-            ns[name] = obj  # the helpers' constants (``_MAX_ORDER``, ``_BERNOULLI``)
+            ns[name] = obj  # the helpers' constants (``_BERNOULLI``, ...)
     ns.update(LIBM_NUMPY)
     ns.update({k: getattr(scipy.special, v) for k, v in C_LIBRARY_SCIPY.items()})
     return ns
