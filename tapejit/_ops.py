@@ -228,13 +228,6 @@ def _azmul(a, b):
                         np.multiply(a, b))
 
 
-def _traced_azmul(a, b):
-    # imported at the call: the tracer imports this table
-    from ._tracer import emit
-
-    return emit("azmul", a, b)
-
-
 def _traced(name: str) -> Callable[..., object]:
     """How traced code reaches op ``name`` that no numpy function computes: emitted by
     name (imported at the call: the tracer imports this table)."""
@@ -259,8 +252,8 @@ def _sinc_derivative(n, x):
     for m in np.unique(n[valid]).astype(int):
         coef = np.zeros(m + 2)
         coef[0] = 1.0
+        k = np.arange(m + 1)
         for _ in range(m):
-            k = np.arange(m + 1)
             step = np.zeros(m + 2)
             step[: m] += (coef[1 : m + 1] * k[1:] / (2 * k[1:] + 1))
             step[1 : m + 2] -= coef[: m + 1] * (k + 1) / (2 * k + 1)
@@ -630,7 +623,7 @@ _TABLE: list[Op] = [
     Op(100, "azmul", 2, "_azmul(a, b)", ("b", "a"), (Z, "1.0", Z), _azmul, (_R, _R),
        frozenset({COMMUTATIVE, SWAPPABLE, EXACT}),
        doc="a * b, but exactly 0 where either factor is 0 (the sweeps' adjoint product, "
-           "recorded by nested differentiation)", trace=_traced_azmul),
+           "recorded by nested differentiation)", trace=_traced("azmul")),
 ]
 
 #: All ops, in opcode order.

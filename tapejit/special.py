@@ -136,7 +136,7 @@ def polygamma(n: Any, x: Any) -> Any:
     """``psi^(n)(x)``, the ``n``-th derivative of the digamma function; records.
 
     Same values as :func:`scipy.special.polygamma` (digamma for ``n = 0``), to a few
-    ulp, and NaN where ``n`` is not a non-negative integer. Its derivative in ``x`` is
+    ulp, and NaN where ``n`` is not one of 0, 1, ..., 170. Its derivative in ``x`` is
     ``polygamma(n + 1, x)``, so it differentiates to any order; in ``n`` it is 0.
 
     Parameters

@@ -15,6 +15,7 @@ import os
 
 import numpy as np
 import pytest
+from _op_helpers import fixed_operands, sample, spec
 
 import tapejit
 from tapejit import _nested, grad, hessian, hvp, jacobian, jvp, value_and_grad
@@ -265,15 +266,11 @@ def _op_case(op, m, kinks_apart=False):
     """A sum over ``m`` points of op ``op`` (its operands side by side in ``x``), and a
     point from its test domain with the op's edge cases planted (derivative orders of
     ``polygamma`` made integers); with ``kinks_apart``, moved off kinks."""
-    rng = np.random.default_rng(op.code)
-    X = np.column_stack([rng.uniform(lo, hi, m) for lo, hi in op.domain])
-    if op.edges is not None:  # ties, zeros, integer orders; not NaN or inf
-        planted = X.copy()
-        op.edges(planted)
-        X = np.where(np.isfinite(planted), planted, X)
+    X = sample(op, m, 0)
+    X = np.where(np.isfinite(X), X, np.mean(op.domain, axis=1))  # planted NaN, inf: off
     if kinks_apart and op.kink is not None:
         X[:, 0] += np.where(op.kink(*X.T) < 1e-3, 0.05, 0.0)
-    fn = op.trace or op.numpy
+    fn = spec(op)
 
     def f(x):
         parts = [x[k * m : (k + 1) * m] for k in range(op.arity)]
@@ -308,7 +305,7 @@ def test_every_op_third_order(op, central_diff):
     third = tapejit.record(lambda x: jacobian(hessian(f))(x), x).forward(x)
     n = x.size
     m = x.size // op.arity  # an operand without derivative (an order n) is held fixed
-    fixed = tuple(k * m + i for k, p in enumerate(op.partials) if p == "0.0" for i in range(m))
+    fixed = tuple(k * m + i for k in fixed_operands(op) for i in range(m))
     fd = central_diff(lambda X: np.stack([tapejit.hessian(f)(z) for z in X]), x[None, :],
                       h=1e-5, fixed=fixed)[0]
     free = np.setdiff1d(np.arange(n), fixed)  # f also reads operand 0 outside the op
