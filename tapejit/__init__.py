@@ -11,6 +11,7 @@ from ._errors import BranchError, TracingError
 from ._float32 import Float32Tape
 from ._io import load_tape as load
 from ._jit_api import JitArgs, jit_value, jit_value_and_grad
+from ._kernels.tiers import wait_for_kernels
 from ._numpy_funcs import supported_functions
 from ._ops import OPS, Op
 from ._record import record, stop_gradient
@@ -60,4 +61,5 @@ __all__ = [
     "stop_gradient",
     "supported_functions",
     "value_and_grad",
+    "wait_for_kernels",
 ]

@@ -277,6 +277,7 @@ def main(argv: list[str] | None = None) -> int:
                          "(into the on-disk cache; for a Dockerfile or CI step)")
     p_c.add_argument("--jobs", type=int, default=None,
                      help="processes compiling side by side (default: the CPUs, at most 4)")
+    p_c.add_argument("--background", action="store_true", help=argparse.SUPPRESS)
     p_k = sub.add_parser("kernels", help="the kernel sweeps, or the code one op runs in one")
     p_k.add_argument("--list", action="store_true", help="list the sweeps (the default)")
     p_k.add_argument("--op", choices=_op_names(), metavar="NAME",
@@ -298,9 +299,12 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "compile":
         if args.jobs is not None and args.jobs < 1:
             parser.error("--jobs must be at least 1")
-        from ._warmup import compile_kernels
+        from ._warmup import compile_kernels, serve
 
-        compile_kernels(args.jobs)
+        if args.background:  # the tiers' worker (tapejit/_kernels/tiers.py)
+            serve()
+        else:
+            compile_kernels(args.jobs)
         return EXIT_OK
     if args.command == "kernels":
         if args.list or (args.op is None and args.sweep is None):

@@ -31,12 +31,27 @@ def _matrices(x: np.ndarray, count: int, rows: int, cols: int, trans: int) -> np
     return np.reshape(x, (count, rows, cols))
 
 
+def _stacked(x: np.ndarray, count: int, rows: int, cols: int, trans: int) -> np.ndarray:
+    """Operand block ``(length, points)`` as ``(points, count, rows, cols)`` matrices."""
+    p = np.shape(x)[1]
+    x = np.moveaxis(np.reshape(x, (count, cols, rows, p) if trans else
+                               (count, rows, cols, p)), -1, 0)
+    return x.transpose(0, 1, 3, 2) if trans else x
+
+
+def points_reference(attrs, a, b, c=None) -> np.ndarray:
+    """The products at many points: operands ``(length, points)``, result
+    ``(batch*m*n, points)`` (numpy's matmul)."""
+    batch, m, k, n, ba, bb, ta, tb = (int(v) for v in attrs)
+    A = _stacked(np.asarray(a), batch if ba else 1, m, k, ta)
+    B = _stacked(np.asarray(b), batch if bb else 1, k, n, tb)
+    p = A.shape[0]
+    return np.broadcast_to(np.matmul(A, B), (p, batch, m, n)).reshape(p, batch * m * n).T
+
+
 def reference(attrs, a, b, c=None) -> np.ndarray:
     """The products at one point, flat (numpy's matmul)."""
-    batch, m, k, n, ba, bb, ta, tb = (int(v) for v in attrs)
-    A = _matrices(np.asarray(a), batch if ba else 1, m, k, ta)
-    B = _matrices(np.asarray(b), batch if bb else 1, k, n, tb)
-    return np.broadcast_to(np.matmul(A, B), (batch, m, n)).ravel()
+    return points_reference(attrs, np.reshape(a, (-1, 1)), np.reshape(b, (-1, 1)))[:, 0]
 
 
 def vjp(attrs, operands, result, cotangent, needed=(True, True)) -> tuple:
@@ -61,4 +76,5 @@ def vjp(attrs, operands, result, cotangent, needed=(True, True)) -> tuple:
 
 MATMUL = Family("matmul", 128, 2, ATTRS,
                 check=_check, sizes=_sizes, kernel="fam_matmul", reference=reference,
+                points_reference=points_reference,
                 blas=True, vjp=vjp)

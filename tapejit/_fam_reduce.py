@@ -50,22 +50,37 @@ _NAMES = {MAX: "maximum", MIN: "minimum"}
 
 
 # -- references, sizes and checks -------------------------------------------------------
+def reduce_points(attrs: tuple[int, ...], a: np.ndarray, b: Any = None,
+                  c: Any = None) -> np.ndarray:
+    """The ``reduce`` results at many points: ``a (outer*n*inner, points)`` to
+    ``(outer*inner, points)`` float64."""
+    kind, outer, n, inner = attrs
+    a = np.asarray(a, dtype=np.float64)
+    x = a.reshape(outer, n, inner, a.shape[1])
+    fn = {SUM: np.sum, PROD: np.prod, MAX: np.max, MIN: np.min}[kind]
+    return fn(x, axis=1).reshape(outer * inner, a.shape[1])
+
+
 def reduce_reference(attrs: tuple[int, ...], a: np.ndarray, b: Any = None,
                      c: Any = None) -> np.ndarray:
     """The ``reduce`` result at one point: flat ``(outer*inner,)`` float64."""
+    return reduce_points(attrs, np.reshape(a, (-1, 1)))[:, 0]
+
+
+def scan_points(attrs: tuple[int, ...], a: np.ndarray, b: Any = None,
+                c: Any = None) -> np.ndarray:
+    """The ``scan`` results at many points: ``(outer*n*inner, points)`` float64."""
     kind, outer, n, inner = attrs
-    x = np.asarray(a, dtype=np.float64).reshape(outer, n, inner)
-    fn = {SUM: np.sum, PROD: np.prod, MAX: np.max, MIN: np.min}[kind]
-    return fn(x, axis=1).reshape(-1)
+    a = np.asarray(a, dtype=np.float64)
+    x = a.reshape(outer, n, inner, a.shape[1])
+    fn = {CUMSUM: np.cumsum, CUMPROD: np.cumprod}[kind]
+    return fn(x, axis=1).reshape(outer * n * inner, a.shape[1])
 
 
 def scan_reference(attrs: tuple[int, ...], a: np.ndarray, b: Any = None,
                    c: Any = None) -> np.ndarray:
     """The ``scan`` result at one point: flat ``(outer*n*inner,)`` float64."""
-    kind, outer, n, inner = attrs
-    x = np.asarray(a, dtype=np.float64).reshape(outer, n, inner)
-    fn = {CUMSUM: np.cumsum, CUMPROD: np.cumprod}[kind]
-    return fn(x, axis=1).reshape(-1)
+    return scan_points(attrs, np.reshape(a, (-1, 1)))[:, 0]
 
 
 def _columns(values: np.ndarray) -> tuple[np.ndarray, ...]:
@@ -165,9 +180,11 @@ def scan_vjp(attrs, operands, result, cotangent, needed=(True,)) -> tuple:
 
 REDUCE = Family("reduce", 129, 1, ATTRS, check=reduce_check,
                 sizes=reduce_sizes, kernel="fam_reduce", reference=reduce_reference,
+                points_reference=reduce_points,
                 vjp=reduce_vjp)
 SCAN = Family("scan", 130, 1, ATTRS, check=scan_check,
               sizes=scan_sizes, kernel="fam_reduce", reference=scan_reference,
+              points_reference=scan_points,
               vjp=scan_vjp)
 
 

@@ -22,7 +22,7 @@ from ._kernels.runtime import chunk_of, run_batch
 from ._tape import (
     PLAIN,
     dask_in,
-    float32_families,
+    float32_kernels,
     forward_program,
     guarded,
     kernel_arrays,
@@ -81,7 +81,7 @@ class Float32Tape:
 
     def __init__(self, tape) -> None:
         self.tape = tape
-        float32_families(tape)
+        self._ks = float32_kernels(tape)
 
     def __getattr__(self, name: str):
         # the tape's public attributes only: its internals are reached through the
@@ -137,7 +137,7 @@ class Float32Tape:
         kprog, kconsts = kernel_arrays(tape)
         if method == "forward":
             prog, _, chunk = forward_program(tape)
-            run_batch("forward_batch", n, chunk, prog, kconsts, X, P, Y, valid)
+            run_batch(self._ks, "forward_batch", n, chunk, prog, kconsts, X, P, Y, valid)
             res = (Y[:, 0] if n_out == 1 else Y,)
         else:
             if method == "vjp":
@@ -146,8 +146,8 @@ class Float32Tape:
                 require_one_output(tape, method)
                 WT = np.ones((1, 1), _F32)
             G = np.empty((n, n_in), _F32)
-            run_batch("vjp_batch", n, chunk_of(tape.n_slots), kprog, reverse_plan(tape),
-                      kconsts, X, P, WT, Y, G, valid)
+            run_batch(self._ks, "vjp_batch", n, chunk_of(tape.n_slots), kprog,
+                      reverse_plan(tape), kconsts, X, P, WT, Y, G, valid)
             res = {"value_and_grad": (Y[:, 0], G), "gradient": (G,), "vjp": (Y, G)}[method]
         out = guarded(tape, valid, check, res)
         return out[0] if len(out) == 1 else out

@@ -264,6 +264,11 @@ class Family:
         ``reference(attrs, a, b, c) -> r``: the numpy rule at one point, on flat float64
         operand blocks (values at the recording point, the display's reference
         interpreter, tests).
+    points_reference : callable, optional
+        ``points_reference(attrs, a, b, c) -> r``: the same rule at many points at once,
+        operand blocks ``(length, points)`` and result ``(size, points)``, for the generic
+        tier (``tapejit/_tier0.py``), which otherwise applies ``reference`` point by
+        point. Where a family has one, its ``reference`` is this rule at one point.
     failure : str
         For a family whose routines give NaN where numpy raises (a singular or not
         positive definite matrix): what went wrong, said when recording meets it. Such
@@ -295,6 +300,7 @@ class Family:
     sizes: Callable[[np.ndarray], np.ndarray] | None = None
     kernel: str = ""
     reference: Callable[..., np.ndarray] | None = None
+    points_reference: Callable[..., np.ndarray] | None = None
     failure: str = ""
     blas: bool = False
     vjp: Callable[..., tuple[Any, ...]] | None = None

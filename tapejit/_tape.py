@@ -51,7 +51,7 @@ import warnings
 import numpy as np
 
 from ._errors import BranchError
-from ._kernels.runtime import DIR_BLOCK, REUSE_SLOTS, chunk_for, chunk_of, kernels, run_batch
+from ._kernels.runtime import DIR_BLOCK, REUSE_SLOTS, chunk_for, chunk_of, kernels_for, run_batch
 from ._ops import BY_CODE
 from ._program import (
     ARG_A,
@@ -92,11 +92,6 @@ _EMPTY2.flags.writeable = _EMPTY1.flags.writeable = True
 #: Tapes of at least this many instructions run their forward and tangent sweeps over a
 #: slot-compacted program (``_slot_reuse``) when it needs at most 3/4 of the slots.
 _COMPACT_MIN_INSTR = 16
-
-# The kernels, bound on the first tape's creation (loading them is not free, and
-# ``import tapejit`` should not pay it); the evaluation methods read this global.
-_K = None
-
 
 def _structured(params: tuple | list, n: int) -> object:
     """``params`` given as the recorded arguments they stand for (``params=(X, y)`` for
@@ -244,10 +239,7 @@ class Tape:
         every kernel. ``private`` arrays (see ``_from_packed``) count as owned. A tape over
         memory it does not own passes its read-only views, at the cost of that variant.
         """
-        global _K
         check_runnable(prog)
-        if _K is None:
-            _K = kernels()
         own = private or (prog.flags.owndata and consts.flags.owndata)
         self._kernel_prog = prog if own and prog.flags.writeable else None
         self._kernel_consts = consts if own and consts.flags.writeable else None
@@ -270,8 +262,11 @@ class Tape:
         # loaded) now, those of the tangent and second-order sweeps on first use.
         ops = code_of(prog)[:, OPCODE] if int(prog[N_INSTR]) else np.empty(0, np.int32)
         self._families = tuple(int(c) for c in np.unique(ops[ops >= FIRST_FAMILY]))
+        # The kernels of tapes with these families: each optimised, or generic while the
+        # optimised ones compile in the background (_kernels/tiers.py).
+        self._k = kernels_for(self._families)
         if self._families:
-            _K.ensure_family_routines(self._families, FIRST_ORDER_SWEEPS)
+            self._k.ensure_family_routines(self._families, FIRST_ORDER_SWEEPS)
         self._fam_pending = bool(self._families)
         self.input_shapes = input_shapes
         self.output_shapes = output_shapes
@@ -374,7 +369,10 @@ class Tape:
         """
         from ._jit_api import jit_args
 
-        return jit_args(self._prog, self._plan(), self._consts, self._point_floats(),
+        plan = self._plan()
+        if plan is None:  # the generic tier's: Numba code runs the optimised kernels
+            plan = self._k.module.reverse_plan(self._kernel_prog)
+        return jit_args(self._prog, plan, self._consts, self._point_floats(),
                         self._n_out, params)
 
     # -- structure -----------------------------------------------------------------------
@@ -685,8 +683,8 @@ class Tape:
         rev = self._rev
         if rev is None:
             # private: jit_args hands out an immutable copy
-            rev = _K.reverse_plan(self._kernel_prog)
-            self._rev = rev
+            rev = self._k.reverse_plan(self._kernel_prog)
+            self._rev = rev  # None from the generic tier, which needs none: not kept
         return rev
 
     def _forward_prog(self) -> tuple[np.ndarray, int, int]:
@@ -699,6 +697,8 @@ class Tape:
         """
         fwd = self._fwd
         if fwd is None:
+            if not self._k.compacts():  # the generic tier runs the tape's own program
+                return self._kernel_prog, self._n_slots, self._chunk
             prog = self._kernel_prog
             if len(self) >= _COMPACT_MIN_INSTR:
                 from ._slot_reuse import compact
@@ -790,7 +790,7 @@ class Tape:
         if single:
             y = _buffer(out, (self._n_out,), "out")
             ws = self._workspace() if n_slots > REUSE_SLOTS else _EMPTY1
-            failed = _K.forward_point(prog, self._kernel_consts, X[0], P[0], y, ws)
+            failed = self._k.forward_point(prog, self._kernel_consts, X[0], P[0], y, ws)
             if failed:
                 if check == "raise":
                     raise BranchError(1, 1, self)
@@ -800,7 +800,7 @@ class Tape:
         shape = (n,) if self._n_out == 1 else (n, self._n_out)
         y = _buffer(out, shape, "out")
         valid = np.empty(n, dtype=np.uint8)
-        run_batch("forward_batch", n, chunk,
+        run_batch(self._k, "forward_batch", n, chunk,
                   prog, self._kernel_consts, X, P, y.reshape(n, self._n_out), valid)
         res = self._guarded(valid, check, (y,), False)
         return res if check != "raise" else res[0]
@@ -851,7 +851,7 @@ class Tape:
                         and g.flags.carray):
                     g = None
             if g is not None:
-                v = _K.value_grad_point(
+                v = self._k.value_grad_point(
                     self._kernel_prog, self._rev if self._rev is not None else self._plan(),
                     self._kernel_consts, x, _EMPTY1 if params is None else params, g,
                     _EMPTY1 if self._tls is None else self._workspace(),
@@ -875,11 +875,11 @@ class Tape:
         vbuf, gbuf = (None, None) if out is None else out
         g = _buffer(gbuf, (n, self._n_in) if not single else (self._n_in,), "grad buffer")
         if single:
-            v = _K.value_grad_point(self._kernel_prog, self._plan(), self._kernel_consts,
+            v = self._k.value_grad_point(self._kernel_prog, self._plan(), self._kernel_consts,
                                     X[0], P[0], g, self._workspace())
             failed = 0
             if v != v and self._n_guards:
-                failed = _K.forward_point(self._kernel_prog, self._kernel_consts, X[0], P[0],
+                failed = self._k.forward_point(self._kernel_prog, self._kernel_consts, X[0], P[0],
                                           np.empty(self._n_out), self._workspace())
             if failed and check == "raise":
                 raise BranchError(1, 1, self)
@@ -951,7 +951,7 @@ class Tape:
     def _vjp_batch(self, X, P, WT, Y, G) -> np.ndarray:
         n = X.shape[0]
         valid = np.empty(n, dtype=np.uint8)
-        run_batch("vjp_batch", n, self._chunk,
+        run_batch(self._k, "vjp_batch", n, self._chunk,
                   self._kernel_prog, self._plan(), self._kernel_consts, X, P, WT, Y, G, valid)
         return valid
 
@@ -971,7 +971,7 @@ class Tape:
 
     def _second_order_families(self) -> None:
         """Compile (or load) the tangent and second-order routines of the tape's families."""
-        _K.ensure_family_routines(self._families, SECOND_ORDER_SWEEPS)
+        self._k.ensure_family_routines(self._families, SECOND_ORDER_SWEEPS)
         self._fam_pending = False
 
     def _jvp_batch(self, X, P, V, Y, TY) -> np.ndarray:
@@ -982,10 +982,10 @@ class Tape:
         n = X.shape[0]
         prog, n_slots, _ = self._fwd or self._forward_prog()
         if n == 1 and V.shape[0] == 1:
-            failed = _K.jvp_point(prog, self._kernel_consts, X[0], P[0], V[0], Y[0], TY[0])
+            failed = self._k.jvp_point(prog, self._kernel_consts, X[0], P[0], V[0], Y[0], TY[0])
             return np.array([failed == 0], dtype=np.uint8)
         valid = np.empty(n, dtype=np.uint8)
-        run_batch("jvp_batch", n, self._chunk_for(V.shape[1] + 1, n_slots),
+        run_batch(self._k, "jvp_batch", n, self._chunk_for(V.shape[1] + 1, n_slots),
                   prog, self._kernel_consts, X, P, V, Y, TY, valid)
         return valid
 
@@ -1074,7 +1074,7 @@ class Tape:
             valid = self._jvp_batch(X, P, V, Y, J3)
         else:
             valid = np.empty(n, dtype=np.uint8)
-            run_batch("jacrev_batch", n, self._chunk, self._kernel_prog, self._plan(),
+            run_batch(self._k, "jacrev_batch", n, self._chunk, self._kernel_prog, self._plan(),
                       self._kernel_consts, X, P, Y, J3, valid)
         res = self._guarded(valid, check, (J3,), single, keep_failed)
         return (J, res[1]) if check != "raise" else J
@@ -1096,11 +1096,11 @@ class Tape:
             if n == 1 and V.shape[0] == 1:
                 # one direction reuses this thread's workspace; more allocate theirs
                 ws = self._workspace(4 * self._n_slots) if d1 - d0 == 1 else _EMPTY1
-                failed = _K.hvp_point(self._kernel_prog, self._kernel_consts, X[0], P[0],
+                failed = self._k.hvp_point(self._kernel_prog, self._kernel_consts, X[0], P[0],
                                       Vb[0], G[0], HVb[0], ws)
                 valid[0] = failed == 0
             else:
-                run_batch("hvp_batch", n, self._chunk_for(2 * (d1 - d0) + 2),
+                run_batch(self._k, "hvp_batch", n, self._chunk_for(2 * (d1 - d0) + 2),
                           self._kernel_prog, self._kernel_consts, X, P, Vb, Y, G, HVb, valid)
             if HVb is not HV:
                 HV[:, d0:d1] = HVb
@@ -1139,7 +1139,7 @@ class Tape:
             if self._fam_pending:
                 self._second_order_families()
             hv = np.empty(self._n_in)
-            if not _K.hvp_point(self._kernel_prog, self._kernel_consts, x, _EMPTY1,
+            if not self._k.hvp_point(self._kernel_prog, self._kernel_consts, x, _EMPTY1,
                                 v.reshape(1, -1), np.empty(self._n_in), hv.reshape(1, -1),
                                 self._workspace(4 * self._n_slots)):
                 return hv
@@ -1206,11 +1206,13 @@ def from_packed(prog: np.ndarray, consts: np.ndarray, input_shapes: tuple = (),
     return Tape._from_packed(prog, consts, input_shapes, output_shapes, name, private)
 
 
-def float32_families(tape: Tape) -> None:
-    """Compile (or load) the routines of the tape's instruction families that the
-    batched kernels run with float32 parameters (``Float32Tape``'s direct methods)."""
+def float32_kernels(tape: Tape):
+    """The kernels ``Float32Tape``'s direct methods call (float32 points, parameters and
+    results), with the routines of the tape's instruction families for them loaded."""
+    ks = kernels_for(tape._families, float32=True)
     if tape._families:
-        _K.ensure_family_routines(tape._families, FIRST_ORDER_SWEEPS, float32=True)
+        ks.ensure_family_routines(tape._families, FIRST_ORDER_SWEEPS, float32=True)
+    return ks
 
 
 def packed(tape: Tape) -> tuple[np.ndarray, np.ndarray]:

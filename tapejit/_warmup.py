@@ -90,39 +90,88 @@ def _family_routines(file: str) -> None:
 def _family_steps() -> tuple:
     from ._program import FAMILIES
 
-    files: dict[str, list[str]] = {}
-    for family in FAMILIES.values():
+    files: dict[str, list[int]] = {}
+    for code, family in FAMILIES.items():
         if family.kernel:
-            files.setdefault(family.kernel, []).append(family.name)
-    return tuple((f"families {'/'.join(names)}", partial(_family_routines, file), 60)
-                 for file, names in sorted(files.items()))
+            files.setdefault(family.kernel, []).append(code)
+    return tuple((family_step(codes), partial(_family_routines, file), 60, (), tuple(codes))
+                 for file, codes in sorted(files.items()))
 
 
-#: ``(name, what it runs, relative compile cost)``: one kind of call each; the cost (seconds
-#: of one process, as measured for the docs' internals page) orders the work, longest
-#: first, and weighs the progress bar.
-STEPS: tuple[tuple[str, Callable[[], None], int], ...] = (
-    ("hessian, batched", _at(False, "hessian", "hvp"), 105),
-    ("hessian, one point", _at(True, "hessian", "hvp", "jacobian_reverse"), 67),
-    ("gradient, one point", _at(True, "value_and_grad", "vjp"), 36),
-    ("float32, batched", _float32_batch, 30),
-    ("long tapes, batched", _long_batch, 20),
-    ("forward, one point", _at(True, "forward"), 22),
-    ("gradient, batched", _at(False, "value_and_grad", "vjp"), 19),
-    ("forward, batched", _at(False, "forward"), 11),
-    ("jvp, batched", _at(False, "jvp", "jacobian_forward"), 5),
-    ("jvp, one point", _at(True, "jvp", "jacobian_forward"), 3),
-    ("jacobian, batched", _at(False, "jacobian_reverse"), 2),
+def family_step(codes) -> str:
+    """The step that compiles the routines of family opcodes ``codes`` (one kernel file)."""
+    from ._program import FAMILIES
+
+    return f"families {'/'.join(FAMILIES[c].name for c in codes)}"
+
+
+def _forward_compacted() -> None:
+    """Forward sweeps of a tape long enough to run slot-compacted (``_slot_reuse``)."""
+    from ._record import record
+
+    def f(x):
+        for _ in range(12):
+            x = np.sin(x) * x[0] + x
+        return x[1]
+
+    t = record(f, np.ones(2))
+    t.forward(np.ones(2))
+    t.forward(np.ones((3, 2)))
+
+
+def _forward_point() -> None:
+    _calls(True, "forward")
+    _forward_compacted()
+
+
+#: ``(name, what it runs, relative compile cost, entry points it compiles, family opcodes
+#: whose routines it compiles)``: one kind of call each. The cost (seconds of one process,
+#: as measured for the docs' internals page) orders ``tapejit compile``'s work, longest
+#: first, and weighs its progress bar; the entry points say which calls the tiers
+#: (``_kernels/tiers.py``) move to optimised kernels when the step is done
+#: (``tests/test_tiers.py`` checks them against the calls the step makes).
+STEPS: tuple[tuple[str, Callable[[], None], int, tuple[str, ...], tuple[int, ...]], ...] = (
+    ("hessian, batched", _at(False, "hessian", "hvp"), 105, ("hvp_batch",), ()),
+    ("hessian, one point", _at(True, "hessian", "hvp", "jacobian_reverse"), 67,
+     ("hvp_point", "jacrev_batch", "reverse_plan"), ()),
+    ("gradient, one point", _at(True, "value_and_grad", "vjp"), 36,
+     ("value_grad_point", "vjp_batch", "reverse_plan"), ()),
+    ("float32, batched", _float32_batch, 30, ("forward_batch", "vjp_batch", "reverse_plan"),
+     ()),
+    ("long tapes, batched", _long_batch, 20, ("forward_points", "vjp_points", "reverse_plan"),
+     ()),
+    ("forward, one point", _forward_point, 22, ("forward_point", "forward_batch"), ()),
+    ("gradient, batched", _at(False, "value_and_grad", "vjp"), 19, ("vjp_batch", "reverse_plan"),
+     ()),
+    ("forward, batched", _at(False, "forward"), 11, ("forward_batch",), ()),
+    ("jvp, batched", _at(False, "jvp", "jacobian_forward"), 5, ("jvp_batch",), ()),
+    ("jvp, one point", _at(True, "jvp", "jacobian_forward"), 3, ("jvp_point",), ()),
+    ("jacobian, batched", _at(False, "jacobian_reverse"), 2, ("jacrev_batch", "reverse_plan"),
+     ()),
     *_family_steps(),
 )
-_BY_NAME = {name: (run, cost) for name, run, cost in STEPS}
+_BY_NAME = {name: (run, cost) for name, run, cost, _, _ in STEPS}
+#: The step of each family opcode.
+FAMILY_STEP = {code: name for name, _, _, _, codes in STEPS for code in codes}
+_FIRST = ("gradient, one point", FAMILY_STEP[129], "forward, one point", "gradient, batched",
+          "forward, batched", FAMILY_STEP[128], "jvp, one point", "jacobian, batched",
+          "jvp, batched", "hessian, one point", "hessian, batched")
+#: The background worker's order when nothing is asked for: what a session needs first
+#: (value and gradient, sums and products), then the rest.
+BACKGROUND_ORDER = _FIRST + tuple(name for name, *_ in STEPS if name not in _FIRST)
 
 
 def _run_step(name: str) -> float:
-    """In a worker: make the calls of step ``name``; its time in seconds."""
+    """In a worker: make the calls of step ``name`` and mark it ready; its time in
+    seconds."""
+    from ._kernels.runtime import kernels
+    from ._kernels.tiers import MODE_ENV, mark_ready
+
     os.environ["TAPEJIT_QUIET"] = "1"
+    os.environ[MODE_ENV] = "optimized"
     start = time.perf_counter()
     _BY_NAME[name][0]()
+    mark_ready(kernels().module, name)
     return time.perf_counter() - start
 
 
@@ -180,11 +229,11 @@ def compile_kernels(jobs: int | None = None, *, stream=None) -> float:
     stream = sys.stderr if stream is None else stream
     stream.write(f"tapejit: compiling its kernels into {cache_dir()} with {jobs} "
                  f"process{'es' if jobs > 1 else ''}\n")
-    progress = _Progress(sum(cost for _, _, cost in STEPS), stream)
+    progress = _Progress(sum(cost for _, _, cost, _, _ in STEPS), stream)
     start = time.perf_counter()
     with ProcessPoolExecutor(jobs, mp_context=get_context("spawn")) as pool:
         by_cost = sorted(STEPS, key=lambda step: -step[2])
-        futures = {pool.submit(_run_step, name): name for name, _, _ in by_cost}
+        futures = {pool.submit(_run_step, name): name for name, *_ in by_cost}
         for n_done, future in enumerate(as_completed(futures), 1):
             name = futures[future]
             progress.step(name, _BY_NAME[name][1], future.result(), n_done, len(STEPS))
@@ -192,3 +241,70 @@ def compile_kernels(jobs: int | None = None, *, stream=None) -> float:
     stream.write(f"tapejit: kernels ready in {elapsed:.0f} s\n")
     stream.flush()
     return elapsed
+
+
+def next_step(pending: list[str], wanted: list[str]) -> str:
+    """The step the background worker compiles next: the first asked for that is still
+    pending, else the first pending."""
+    return next((w for w in wanted if w in pending), pending[0])
+
+
+def serve(requests=None, stream=None, run: Callable[[str], float] | None = None) -> None:
+    """The background worker of the tiers (``tapejit compile --background``).
+
+    Compiles the steps one after the other in this one process, at a lower priority, in
+    :data:`BACKGROUND_ORDER` except that a step named on a ``want <step>`` line of
+    ``requests`` (default stdin) goes next; prints ``ready <step>`` to ``stream`` (default
+    stdout) after each. Holds a lock in the cache directory, so that the workers of
+    several processes on one machine compile one after the other (the later ones then
+    find everything cached). A finished step is not compiled again (its marker). Goes on
+    when the requesting process exits: the cache is filled once per machine. ``run``
+    makes a step's calls (default: :func:`_run_step`; tests pass their own).
+    """
+    import fcntl
+    import threading
+
+    from ._kernels.cache import cache_dir
+    from ._kernels.runtime import kernels
+    from ._kernels.tiers import MODE_ENV, marker
+
+    os.environ[MODE_ENV] = "optimized"
+    os.environ["TAPEJIT_QUIET"] = "1"
+    requests = sys.stdin if requests is None else requests
+    run = _run_step if run is None else run
+    stream = sys.stdout if stream is None else stream
+    try:
+        os.nice(10)
+    except OSError:  # pragma: no cover - not permitted: compile at the same priority
+        pass
+    wanted: list[str] = []
+    lock = threading.Lock()
+
+    def listen() -> None:
+        try:
+            for line in requests:
+                kind, _, step = line.strip().partition(" ")
+                if kind == "want" and step in _BY_NAME:
+                    with lock:
+                        wanted.append(step)
+        except (OSError, ValueError):  # pragma: no cover - the requester went away
+            pass
+
+    threading.Thread(target=listen, daemon=True).start()
+    root = cache_dir()
+    root.mkdir(parents=True, exist_ok=True)
+    module = kernels().module
+    pending = list(BACKGROUND_ORDER)
+    with open(root / "compile.lock", "w") as held:
+        fcntl.flock(held, fcntl.LOCK_EX)
+        while pending:
+            with lock:
+                first = next_step(pending, wanted)
+            pending.remove(first)
+            if not marker(module, first).exists():
+                run(first)
+            try:
+                stream.write(f"ready {first}\n")
+                stream.flush()
+            except (OSError, ValueError):
+                pass  # nobody listens any more: fill the cache all the same

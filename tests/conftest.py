@@ -3,6 +3,8 @@
 * ``central_diff`` (fixture, session scope so it also works under hypothesis): central
   finite differences of a vectorized numpy function, used as the independent reference
   for gradients and Jacobians.
+* ``TAPEJIT_KERNELS=optimized`` unless set: the tests run the optimised kernels (see
+  ``tests/test_tiers.py`` for the generic tier).
 * A hypothesis profile without deadlines (the first call of a kernel may compile it).
 * A run of more than one test module on a cold kernel cache first runs ``tapejit
   compile`` (every kernel, on every core) instead of compiling each kernel where a test
@@ -20,6 +22,12 @@ import sys
 import numpy as np
 import pytest
 from hypothesis import HealthCheck, settings
+
+# The suite tests the optimised kernels (compiled here on first use, or ahead by the
+# warm-up below); tests/test_tiers.py switches to the generic tier where it tests it. Set
+# in the environment, so subprocesses started by tests do the same (and start no
+# background compiler).
+os.environ.setdefault("TAPEJIT_KERNELS", "optimized")
 
 # The package is importable from the repository root (python -m pytest from the root puts
 # it on sys.path); make that hold however pytest is started.

@@ -1,9 +1,9 @@
 """The kernel runtime: loading the generated kernels, running batches on threads, and
 how many points a chunk holds.
 
-* :func:`kernels` loads the generated kernel module (``tapejit._kernels.cache.load_kernels``)
-  once per process, behind a wrapper that prints a one-line notice before the first
-  compile of an interpreter that is not in the on-disk cache (:func:`is_cached`).
+* :func:`kernels_for` loads the generated kernel module (``tapejit._kernels.cache.load_kernels``)
+  once per process and hands out its entry points for one kind of tape, each optimised or
+  still generic while the optimised kernels compile in the background (``tiers.py``).
 * :func:`run_batch` runs a batched kernel over many points on the caller's thread plus
   the workers of one process-wide thread pool, each thread taking every ``nt``-th chunk
   (the kernels release the GIL). A forked child forgets its parent's pool.
@@ -17,7 +17,6 @@ Nothing here knows about tapes: :mod:`tapejit._tape` hands the kernels their arr
 from __future__ import annotations
 
 import os
-import sys
 import threading
 from concurrent.futures import ThreadPoolExecutor
 from types import ModuleType
@@ -25,6 +24,7 @@ from types import ModuleType
 import numba
 
 from .cache import load_kernels
+from .tiers import Kernels, cache_index, namespace
 
 #: Points per chunk at most; a chunk's values and adjoints hold ``2 * n_slots * chunk`` floats.
 CHUNK_MAX = 512
@@ -39,8 +39,7 @@ DIR_BLOCK = 16
 #: Batched kernels with a point-by-point twin for tapes too long for a chunk of points.
 POINTWISE = {"forward_batch": "forward_points", "vjp_batch": "vjp_points"}
 
-_K: _Kernels | None = None
-_NOTICE_SHOWN = False
+_MODULE: ModuleType | None = None
 
 # Numba's ``prange`` would split batches over threads too, but its kernels take twice as
 # long to compile.
@@ -60,61 +59,27 @@ def chunk_for(n_slots: int, n_dirs: int) -> int:
     return int(max(1, min(CHUNK_MAX, WORKSPACE_VALUES // max(n_slots * n_dirs, 1))))
 
 
-class _Kernels:
-    """The generated kernel module, with a one-line notice before a first compile.
-
-    Attribute lookups go through ``__getattr__`` only the first time per kernel; the
-    kernel is then cached on the instance, so the hot path pays nothing.
-    """
-
-    def __init__(self, module: ModuleType) -> None:
-        self.module = module
-
-    def __getattr__(self, name: str):
-        fn = getattr(self.module, name)
-        _notice_if_cold(fn)
-        setattr(self, name, fn)
-        return fn
+def kernels() -> Kernels:
+    """The kernels of tapes without instruction families (loaded on first use);
+    ``.module`` is the generated module itself."""
+    return kernels_for(())
 
 
-def kernels() -> _Kernels:
-    """The generated kernels (loaded on first use); ``.module`` is the module itself."""
-    global _K
-    if _K is None:
-        _K = _Kernels(load_kernels())
-    return _K
-
-
-def _cache_index(fn) -> str | None:
-    """Path of Numba's on-disk cache index of kernel ``fn`` (None if it has no cache)."""
-    try:
-        return fn._cache._cache_file._index_path
-    except AttributeError:
-        return None
+def kernels_for(families: tuple[int, ...], float32: bool = False) -> Kernels:
+    """The kernels that tapes with instruction families ``families`` call (``float32``:
+    the batched kernels of a ``Float32Tape``), each entry point optimised or generic
+    (``tiers.py``)."""
+    global _MODULE
+    if _MODULE is None:
+        _MODULE = load_kernels()
+    return namespace(_MODULE, families, float32)
 
 
 def is_cached(name: str) -> bool:
     """Whether kernel ``name`` is compiled in this process or in the on-disk cache."""
     fn = getattr(kernels().module, name)
-    index = _cache_index(fn)
+    index = cache_index(fn)
     return bool(fn.signatures) or index is None or os.path.exists(index)
-
-
-def _notice_if_cold(fn) -> None:
-    """Tell the user (once per process) that interpreters are being compiled."""
-    global _NOTICE_SHOWN
-    if _NOTICE_SHOWN or os.environ.get("TAPEJIT_QUIET"):
-        return
-    index = _cache_index(fn)
-    if index is not None and not os.path.exists(index):
-        _NOTICE_SHOWN = True
-        print(
-            "tapejit: compiling its interpreters for this machine (first use only, up to "
-            f"a few minutes; cached in {os.path.dirname(os.path.dirname(index))}; "
-            "`tapejit compile` does them all ahead, on every core)",
-            file=sys.stderr,
-            flush=True,
-        )
 
 
 def pool() -> ThreadPoolExecutor:
@@ -137,13 +102,16 @@ if hasattr(os, "register_at_fork"):
     os.register_at_fork(after_in_child=_forget_pool)
 
 
-def run_batch(kernel: str, n: int, chunk: int, *args) -> None:
-    """Run batched ``kernel(*args, chunk, t, nt)`` over ``n`` points, on
+def run_batch(ks: Kernels, kernel: str, n: int, chunk: int, *args) -> None:
+    """Run batched ``kernel(*args, chunk, t, nt)`` of kernels ``ks`` over ``n`` points, on
     ``numba.get_num_threads()`` threads when there are enough chunks for them (the
     caller's and the pool's); ``chunk == 1`` takes the kernel's point-by-point twin."""
     if chunk == 1 and kernel in POINTWISE:
         kernel = POINTWISE[kernel]
-    fn = getattr(kernels(), kernel)
+    fn = getattr(ks, kernel)
+    if len(args) > 1 and args[1] is None and not getattr(fn, "tier0", False):
+        # the plan came from the generic tier, and the kernel turned optimised since
+        args = (args[0], ks.module.reverse_plan(args[0]), *args[2:])
     nt = min(numba.get_num_threads(), -(-n // chunk))
     if nt < 2 or n <= max(2 * chunk, 16):
         fn(*args, max(1, min(chunk, n)), 0, 1)

@@ -1,0 +1,419 @@
+"""The generic interpreter (tier 0): every kind of call, with nothing to compile.
+
+On a machine whose cache does not hold the optimised kernels yet, the first calls of a
+session would wait tens of seconds for Numba. Until the kernels are compiled in the
+background (``tapejit/_kernels/tiers.py``), tapes run here instead, through functions with
+the optimised kernels' names and signatures, so :class:`~tapejit.Tape` calls either tier
+the same way:
+
+* **values**: a forward sweep in numpy over a workspace of one row per slot and one column
+  per point (points innermost, as in the kernels), each elementwise instruction one call
+  of its op's numpy reference over the whole block (``Op.numpy``), each family instruction
+  its ``Family.reference`` at each point;
+* **derivatives**: tapes of their own, recorded once per program with nested
+  differentiation (``tapejit/_nested.py``: the op table's partials as ops, the families'
+  ``vjp`` rules) and then swept forward like any tape: ``value_and_grad`` and ``vjp``
+  (the reverse Jacobian too, one weight row per output), ``jvp`` (forward Jacobians) and
+  ``hvp`` (Hessians, one direction per unit vector).
+
+Results agree with the optimised kernels to rounding, not always bit for bit; where they
+may differ is in ``docs/internals.rst`` (*Tiers*). Guards are checked at every point as the
+kernels do. A program this tier cannot run (sub-programs, or a derivative that nested
+differentiation refuses or cannot record at the given point) raises :class:`Unsupported`,
+and the caller compiles the optimised kernel instead.
+"""
+
+from __future__ import annotations
+
+import weakref
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from ._ops import BY_CODE
+from ._program import (
+    ARG_A,
+    ATTR,
+    FAMILIES,
+    FIRST_FAMILY,
+    GUARD_OUTCOME,
+    GUARD_SLOT,
+    MAX_ARITY,
+    N_CONSTS,
+    N_INPUTS,
+    N_OUTPUTS,
+    N_SLOTS,
+    N_SUBPROGRAMS,
+    OPCODE,
+    RESULT,
+    SIZE,
+    STRIDE_A,
+    attrs_of,
+    code_of,
+    guards_of,
+    inputs_of,
+    outputs_of,
+    params_of,
+)
+
+#: Values (slots x points) of one workspace at most: bounded memory for any batch.
+WORKSPACE_VALUES = 1 << 20
+_EMPTY = np.zeros(0)
+
+
+class Unsupported(Exception):
+    """A program or derivative the generic interpreter does not run (the caller compiles
+    the optimised kernel instead)."""
+
+
+# -- the forward sweep -------------------------------------------------------------------
+@dataclass(frozen=True)
+class _Block:
+    """An elementwise instruction: ``W[r : r + size] = fn(operand rows...)``."""
+
+    fn: Callable[..., Any]
+    r: int
+    size: int
+    operands: tuple[slice, ...]  # the rows of each operand
+
+    def run(self, W: np.ndarray) -> None:
+        W[self.r : self.r + self.size] = self.fn(*[W[rows] for rows in self.operands])
+
+
+def _rows_of(a: int, stride: int, size: int) -> slice:
+    """The operand's rows: ``a + e * stride`` for ``e < size`` (any sign of stride)."""
+    if stride == 0:
+        return slice(a, a + 1)
+    stop = a + size * stride
+    return slice(a, stop if stop >= 0 else None, stride)
+
+
+@dataclass(frozen=True)
+class _FamilyStep:
+    """A family instruction: its numpy rule over all points, or its reference at each."""
+
+    fn: Callable[..., Any]
+    points: Callable[..., Any] | None
+    attrs: tuple[int, ...]
+    r: int
+    size: int
+    blocks: tuple[tuple[int, int], ...]  # (first slot, length) of each operand
+
+    def run(self, W: np.ndarray) -> None:
+        pad = [_EMPTY] * (MAX_ARITY - len(self.blocks))
+        if self.points is not None:  # the family's rule over all points at once
+            W[self.r : self.r + self.size] = self.points(
+                self.attrs, *[W[a : a + n] for a, n in self.blocks], *pad)
+            return
+        for p in range(W.shape[1]):
+            ops = [W[a : a + n, p] for a, n in self.blocks]
+            W[self.r : self.r + self.size, p] = np.reshape(
+                self.fn(self.attrs, *ops, *pad), -1)
+
+
+@dataclass
+class _Decoded:
+    """A packed program as the forward sweep runs it."""
+
+    n_slots: int
+    n_consts: int
+    inputs: np.ndarray
+    params: np.ndarray
+    outputs: np.ndarray
+    guard_slots: np.ndarray
+    guard_outcomes: np.ndarray
+    steps: list[_Block | _FamilyStep]
+    derived: dict[str, Any] = field(default_factory=dict)
+
+
+def _decode(prog: np.ndarray) -> _Decoded:
+    if int(prog[N_SUBPROGRAMS]):
+        raise Unsupported("sub-programs")
+    steps: list[_Block | _FamilyStep] = []
+    attrs = attrs_of(prog)
+    for row in code_of(prog).tolist():
+        op, r, size = row[OPCODE], row[RESULT], row[SIZE]
+        if op < FIRST_FAMILY:
+            o = BY_CODE[op]
+            steps.append(_Block(o.numpy, r, size, tuple(
+                _rows_of(row[ARG_A + k], row[STRIDE_A + k], size) for k in range(o.arity))))
+        else:
+            fam = FAMILIES[op]
+            at = row[ATTR]
+            values = tuple(attrs[at : at + len(fam.attrs)].tolist())
+            blocks = tuple((row[ARG_A + k], row[STRIDE_A + k]) for k in range(fam.arity))
+            steps.append(_FamilyStep(fam.reference, fam.points_reference, values, r, size,
+                                     blocks))
+    guards = guards_of(prog)
+    return _Decoded(int(prog[N_SLOTS]), int(prog[N_CONSTS]), inputs_of(prog).copy(),
+                    params_of(prog).copy(), outputs_of(prog).copy(),
+                    guards[:, GUARD_SLOT].copy(), guards[:, GUARD_OUTCOME].astype(np.float64),
+                    steps)
+
+
+# Decoded programs by id, each with a weak reference that tells a reused id apart.
+_DECODED: dict[int, tuple[weakref.ref, _Decoded]] = {}
+
+
+def decoded(prog: np.ndarray) -> _Decoded:
+    """The decoded form of packed program ``prog`` (kept while ``prog`` lives)."""
+    hit = _DECODED.get(id(prog))
+    if hit is not None and hit[0]() is prog:
+        return hit[1]
+    d = _decode(prog)
+    key = id(prog)
+    _DECODED[key] = (weakref.ref(prog, lambda _, key=key: _DECODED.pop(key, None)), d)
+    return d
+
+
+def sweep(d: _Decoded, consts: np.ndarray, X: np.ndarray, P: np.ndarray,
+          Y: np.ndarray, valid: np.ndarray) -> None:
+    """Outputs ``Y (n, n_outputs)`` and guard validity ``valid (n,)`` (1: every guard
+    holds) at points ``X (n, n_inputs)`` with parameters ``P (1 or n, n_params)``, in
+    chunks that bound the workspace."""
+    n = X.shape[0]
+    chunk = max(1, min(n, WORKSPACE_VALUES // max(d.n_slots, 1)))
+    W = np.empty((d.n_slots, chunk))
+    W[: d.n_consts] = consts[: d.n_consts, None]
+    with np.errstate(all="ignore"):
+        for p0 in range(0, n, chunk):
+            m = min(chunk, n - p0)
+            w = W[:, :m]
+            w[d.inputs] = X[p0 : p0 + m].T
+            w[d.params] = (P if P.shape[0] == 1 else P[p0 : p0 + m]).T
+            for step in d.steps:
+                step.run(w)
+            Y[p0 : p0 + m] = w[d.outputs].T
+            held = w[d.guard_slots] == d.guard_outcomes[:, None]
+            valid[p0 : p0 + m] = held.all(axis=0)
+
+
+def _rows(a: np.ndarray) -> np.ndarray:
+    return a.reshape(1, -1) if a.ndim == 1 else a
+
+
+def _values(prog: np.ndarray, consts: np.ndarray, X: np.ndarray, P: np.ndarray
+            ) -> tuple[np.ndarray, np.ndarray]:
+    d = decoded(prog)
+    Y = np.empty((X.shape[0], d.outputs.size))
+    valid = np.empty(X.shape[0], dtype=np.uint8)
+    sweep(d, consts, X, _rows(P), Y, valid)
+    return Y, valid
+
+
+# -- derivatives as tapes of their own ------------------------------------------------------
+def _derived(prog: np.ndarray, consts: np.ndarray, kind: str, x: np.ndarray,
+             p: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """``(program, constants)`` of derivative tape ``kind`` of ``prog``, recorded on first
+    use at point ``x`` with parameters ``p`` (only a family that fails there, such as a
+    singular matrix, depends on the point: it raises, and this tier steps aside)."""
+    d = decoded(prog)
+    hit = d.derived.get(kind)
+    if hit is None:
+        from ._tape import from_packed, kernel_arrays
+
+        if not (int(prog[N_INPUTS]) and int(prog[N_OUTPUTS])):
+            hit = Unsupported(f"{kind}: a tape without inputs or outputs")
+        else:
+            try:
+                hit = kernel_arrays(_RECORDERS[kind](from_packed(prog, consts), x, p))
+            except Exception as err:  # any refusal: the optimised kernel runs it
+                hit = Unsupported(f"{kind}: {type(err).__name__}: {err}")
+        d.derived[kind] = hit  # a refusal too: this program's calls go to the kernels
+    if isinstance(hit, Unsupported):
+        raise hit
+    return hit
+
+
+def _call(tape, x, p):
+    return tape(x, params=p) if tape.n_params else tape(x)
+
+
+def _record_vg(tape, x, p):
+    from . import value_and_grad
+    from ._record import record
+
+    return record(lambda x, p: value_and_grad(lambda x: _call(tape, x, p))(x), x, p,
+                  argnums=0)
+
+
+def _record_vjp(tape, x, p):
+    from . import value_and_grad
+    from ._record import record
+
+    def f(x, w, p):
+        def weighted(x):
+            y = _call(tape, x, p)
+            return np.dot(w, np.reshape(y, -1)), y
+
+        (_, y), g = value_and_grad(weighted, has_aux=True)(x)
+        return y, g
+
+    return record(f, x, np.ones(tape.n_outputs), p, argnums=(0, 1))
+
+
+def _record_jvp(tape, x, p):
+    from . import jvp
+    from ._record import record
+
+    return record(lambda x, v, p: jvp(lambda x: _call(tape, x, p), (x,), (v,)), x,
+                  np.ones_like(x), p, argnums=(0, 1))
+
+
+def _record_hvp(tape, x, p):
+    from . import hvp, value_and_grad
+    from ._record import record
+
+    def f(x, v, p):
+        def g(x):
+            return _call(tape, x, p)
+
+        y, grad = value_and_grad(g)(x)
+        return y, grad, hvp(g)(x, v=v)
+
+    return record(f, x, np.ones_like(x), p, argnums=(0, 1))
+
+
+_RECORDERS = {"vg": _record_vg, "vjp": _record_vjp, "jvp": _record_jvp, "hvp": _record_hvp}
+
+
+def _run_derived(prog, consts, kind: str, X: np.ndarray, P: np.ndarray
+                 ) -> tuple[np.ndarray, np.ndarray]:
+    """Outputs and validity of derivative tape ``kind`` at rows ``X`` of its inputs."""
+    P = _rows(P)
+    dprog, dconsts = _derived(prog, consts, kind, X[0, : int(prog[N_INPUTS])].copy(),
+                              P[0].copy())
+    return _values(dprog, dconsts, X, P)
+
+
+def _pairs(X: np.ndarray, P: np.ndarray, V: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Each point with each of its directions, ``V (1 or n, nd, k)``: rows ``[x, v]``
+    point-major, and the matching parameter rows."""
+    n, nd = X.shape[0], V.shape[1]
+    XV = np.concatenate([np.repeat(X, nd, axis=0),
+                         np.broadcast_to(V, (n, nd, V.shape[2])).reshape(n * nd, -1)], axis=1)
+    P = _rows(P)
+    return XV, (P if P.shape[0] == 1 else np.repeat(P, nd, axis=0))
+
+
+# -- the optimised kernels' entry points, same names and signatures ---------------------------
+def forward_point(prog, consts, x, P, y, WS):
+    Y, valid = _values(prog, consts, x.reshape(1, -1), P)
+    y[:] = Y[0]
+    return 0 if valid[0] else 1
+
+
+def forward_batch(prog, consts, X, P, Y, valid, chunk, t, nt):
+    if t == 0:  # the whole batch on the caller's thread; the pool's shares are empty
+        sweep(decoded(prog), consts, X, _rows(P), Y, valid)
+
+
+forward_points = forward_batch
+
+
+def value_grad_point(prog, R, consts, x, P, g, WS):
+    Z, valid = _run_derived(prog, consts, "vg", x.reshape(1, -1), P)
+    if not valid[0]:
+        g[:] = np.nan
+        return np.nan
+    g[:] = Z[0, 1:]
+    return Z[0, 0]
+
+
+def vjp_batch(prog, R, consts, X, P, WT, Y, G, valid, chunk, t, nt):
+    if t:
+        return
+    n, n_out = X.shape[0], int(prog[N_OUTPUTS])
+    XW = np.concatenate([X, np.broadcast_to(WT, (n, n_out))], axis=1)
+    Z, ok = _run_derived(prog, consts, "vjp", XW, P)
+    Y[:] = Z[:, :n_out]
+    G[:] = Z[:, n_out:]
+    valid[:] = ok
+
+
+vjp_points = vjp_batch
+
+
+def jacrev_batch(prog, R, consts, X, P, Y, J, valid, chunk, t, nt):
+    if t:
+        return
+    n, n_out = X.shape[0], int(prog[N_OUTPUTS])
+    XW, PW = _pairs(X, P, np.eye(n_out).reshape(1, n_out, n_out))
+    Z, ok = _run_derived(prog, consts, "vjp", XW, PW)
+    Z = Z.reshape(n, n_out, -1)
+    Y[:] = Z[:, 0, :n_out]
+    J[:] = Z[:, :, n_out:]
+    valid[:] = ok.reshape(n, n_out).all(axis=1)
+
+
+def _jvp(prog, consts, X, P, V) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    n, nd, n_out = X.shape[0], V.shape[1], int(prog[N_OUTPUTS])
+    XV, PV = _pairs(X, P, V)
+    Z, ok = _run_derived(prog, consts, "jvp", XV, PV)
+    Z = Z.reshape(n, nd, 2 * n_out)
+    return Z[:, 0, :n_out], Z[:, :, n_out:].transpose(0, 2, 1), ok.reshape(n, nd).all(axis=1)
+
+
+def jvp_point(prog, consts, x, P, V, y, TY):
+    Y, T, ok = _jvp(prog, consts, x.reshape(1, -1), P, V.reshape(1, *V.shape))
+    y[:] = Y[0]
+    TY[:] = T[0]
+    return 0 if ok[0] else 1
+
+
+def jvp_batch(prog, consts, X, P, V, Y, TY, valid, chunk, t, nt):
+    if t:
+        return
+    Y[:], TY[:], valid[:] = _jvp(prog, consts, X, P, V)
+
+
+def _hvp(prog, consts, X, P, V):
+    n, nd, n_in = X.shape[0], V.shape[1], int(prog[N_INPUTS])
+    XV, PV = _pairs(X, P, V)
+    Z, ok = _run_derived(prog, consts, "hvp", XV, PV)
+    Z = Z.reshape(n, nd, 1 + 2 * n_in)
+    return Z[:, 0, 0], Z[:, 0, 1 : 1 + n_in], Z[:, :, 1 + n_in :], ok.reshape(n, nd).all(axis=1)
+
+
+def hvp_point(prog, consts, x, P, V, g, HV, WS):
+    _, G, H, ok = _hvp(prog, consts, x.reshape(1, -1), P, V.reshape(1, *V.shape))
+    g[:] = G[0]
+    HV[:] = H[0]
+    return 0 if ok[0] else 1
+
+
+def hvp_batch(prog, consts, X, P, V, Y, G, HV, valid, chunk, t, nt):
+    if t:
+        return
+    y, G[:], HV[:], valid[:] = _hvp(prog, consts, X, P, V)
+    Y[:, 0] = y
+
+
+def reverse_plan(prog):
+    """No plan: this tier's reverse sweeps are tapes of their own (``None`` is never kept
+    as a tape's plan)."""
+    return None
+
+
+def ensure_family_routines(codes, sweeps, float32: bool = False) -> None:
+    """Nothing to compile: families run on their numpy references here."""
+
+
+#: The entry points this tier provides, by the optimised kernels' names.
+ENTRY_POINTS: dict[str, Callable[..., Any]] = {
+    "forward_point": forward_point, "forward_batch": forward_batch,
+    "forward_points": forward_points, "value_grad_point": value_grad_point,
+    "vjp_batch": vjp_batch, "vjp_points": vjp_points, "jacrev_batch": jacrev_batch,
+    "jvp_point": jvp_point, "jvp_batch": jvp_batch, "hvp_point": hvp_point,
+    "hvp_batch": hvp_batch, "reverse_plan": reverse_plan,
+    "ensure_family_routines": ensure_family_routines,
+}
+#: Entry points that run a tape's forward program (slot-compacted for the optimised
+#: kernels; the generic tier runs the tape's own).
+FORWARD_PROGRAM = ("forward_point", "forward_batch", "forward_points", "jvp_point",
+                   "jvp_batch")
+#: Entry points run by ``run_batch``: their last three arguments are ``chunk, t, nt``.
+BATCHED = frozenset({"forward_batch", "forward_points", "vjp_batch", "vjp_points",
+                     "jacrev_batch", "jvp_batch", "hvp_batch"})

@@ -1,0 +1,277 @@
+"""The two tiers: the generic interpreter (``tapejit/_tier0.py``) serves every kind of call
+at once, and the optimised kernels take over when the background worker has compiled them
+(``tapejit/_kernels/tiers.py``).
+
+The generic tier is checked against the optimised kernels' stored bits on the random
+programs of ``tests/data/kernel_bits.npz`` (every op, every kind of call) and on every
+instruction family; its differences are the ones ``docs/internals.rst`` (*Tiers*) lists.
+Nothing here compiles a kernel variant the rest of the suite does not.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import numpy as np
+import pytest
+from _kernel_bits import programs, results, tape_of
+
+import tapejit
+from tapejit import _tier0, _warmup
+from tapejit._kernels import tiers
+from tapejit._program import FAMILIES
+
+FIXTURE = Path(__file__).parent / "data" / "kernel_bits.npz"
+
+
+@pytest.fixture
+def generic(monkeypatch):
+    """Tapes made inside the test run on the generic tier (fresh kernel namespaces)."""
+    monkeypatch.setenv(tiers.MODE_ENV, "generic")
+    monkeypatch.setattr(tiers, "_NAMESPACES", {})
+    monkeypatch.setattr(tiers, "_NOTICE_SHOWN", True)
+    return None
+
+
+def _is_generic(fn) -> bool:
+    return bool(getattr(fn, "tier0", False))
+
+
+def _generic_names() -> set[str]:
+    return set().union(*(ns.generic for ns in tiers._NAMESPACES.values()))
+
+
+# -- the steps and the entry points ------------------------------------------------------------
+@pytest.mark.parametrize("step", [s for s, *_, codes in _warmup.STEPS if not codes])
+def test_each_step_declares_the_entry_points_its_calls_use(generic, step):
+    run, _, names, _ = next((r, c, n, f) for s, r, c, n, f in _warmup.STEPS if s == step)
+    run()
+    used = _generic_names() - {"ensure_family_routines"}
+    assert used == set(names), f"{step}: uses {sorted(used)}, declares {sorted(names)}"
+
+
+def test_every_entry_point_and_family_has_a_step():
+    declared = {n for *_, names, _ in _warmup.STEPS for n in names}
+    assert set(_tier0.ENTRY_POINTS) - {"ensure_family_routines"} == declared
+    assert set(_warmup.FAMILY_STEP) == set(FAMILIES)
+    assert sorted(_warmup.BACKGROUND_ORDER) == sorted(s for s, *_ in _warmup.STEPS)
+
+
+# -- the generic tier's results ------------------------------------------------------------------
+def _scaled_difference(got: np.ndarray, want: np.ndarray) -> float:
+    fin = np.isfinite(want)
+    scale = np.maximum(np.abs(want[fin]), 1.0)
+    return float(np.max(np.abs(got[fin] - want[fin]) / scale, initial=0.0))
+
+
+def test_generic_tier_agrees_with_the_kernels_on_random_programs(generic):
+    """Every op in every kind of call: the same NaNs and infinities as the optimised
+    kernels, and values within rounding of theirs (1e-11 of the magnitude at worst: the
+    programs have cancellations; most results agree to the last bit or two)."""
+    same = total = 0
+    for index, case in programs(np.load(FIXTURE)):
+        tape = tape_of(case["prog"])
+        assert _is_generic(tape._k.forward_point)
+        got = results(tape, case["in"])
+        for what, want in case["out"].items():
+            g = np.asarray(got[what], np.float64)
+            w = np.asarray(want, np.float64)
+            assert g.shape == w.shape, (index, what)
+            np.testing.assert_array_equal(np.isnan(g), np.isnan(w), err_msg=f"{index} {what}")
+            np.testing.assert_array_equal(np.isposinf(g), np.isposinf(w))
+            np.testing.assert_array_equal(np.isneginf(g), np.isneginf(w))
+            assert _scaled_difference(g, w) <= 1e-11, (index, what)
+            same += int(np.count_nonzero(g.view(np.uint64) == w.view(np.uint64)))
+            total += g.size
+    assert same > 0.8 * total  # most bits agree: a systematic difference would show here
+
+
+def _family_functions():
+    rng = np.random.default_rng(7)
+    M = rng.normal(size=(3, 3))
+    S = M @ M.T + 3 * np.eye(3)
+    return {
+        "matmul": (lambda x: np.sum(np.tanh(M @ x) @ M), rng.normal(size=3)),
+        "reduce/scan": (lambda x: np.prod(x) + np.max(x) * np.sum(np.cumsum(x) ** 2)
+                        + np.sum(np.cumprod(x)), rng.uniform(0.5, 1.5, 3)),
+        "solve/inv/det": (lambda x: np.sum(np.linalg.solve(S + np.diag(x), x))
+                          + np.sum(np.linalg.inv(S * x[0])) + np.linalg.det(S + np.outer(x, x))
+                          + np.linalg.slogdet(S + np.diag(x))[1], rng.uniform(0.5, 1.5, 3)),
+        "cholesky": (lambda x: np.sum(np.linalg.cholesky(S + np.diag(x ** 2)))
+                     + np.sum(tapejit.linalg.solve_triangular(
+                         np.linalg.cholesky(S + np.diag(x)), x, lower=True)),
+                     rng.uniform(0.5, 1.5, 3)),
+        "eigh/svd/qr": (lambda x: np.sum(np.linalg.eigvalsh(S + np.diag(x)) ** 3)
+                        + np.sum(np.linalg.svd(M + np.diag(x), compute_uv=False))
+                        + np.sum(np.abs(np.linalg.qr(M + np.diag(x))[1])),
+                        rng.uniform(0.5, 1.5, 3)),
+    }
+
+
+@pytest.mark.parametrize("which", list(_family_functions()))
+def test_generic_tier_runs_every_family(monkeypatch, which):
+    f, x = _family_functions()[which]
+    X = x + np.random.default_rng(1).uniform(-0.1, 0.1, (4, 3))
+    optimised = tapejit.record(f, x)
+    want = (optimised.value_and_grad(X), optimised.hessian(x), optimised.jvp(X, np.ones(3)))
+    monkeypatch.setenv(tiers.MODE_ENV, "generic")
+    monkeypatch.setattr(tiers, "_NAMESPACES", {})
+    monkeypatch.setattr(tiers, "_NOTICE_SHOWN", True)
+    tape = tapejit.record(f, x)
+    assert tape._families and _is_generic(tape._k.vjp_batch)
+    got = (tape.value_and_grad(X), tape.hessian(x), tape.jvp(X, np.ones(3)))
+    for g, w in zip(got, want, strict=True):
+        for a, b in zip(g if isinstance(g, tuple) else (g,), w if isinstance(w, tuple) else (w,),
+                        strict=True):
+            np.testing.assert_allclose(a, b, rtol=1e-10, atol=1e-12)
+
+
+def test_generic_tier_checks_guards(generic):
+    def f(x):
+        return x[0] ** 2 if x[0] > 0 else -x[0]
+
+    tape = tapejit.record(f, np.array([1.0, 2.0]))
+    X = np.array([[1.0, 2.0], [-1.0, 2.0], [3.0, 0.0]])
+    with pytest.raises(tapejit.BranchError):
+        tape.value_and_grad(X)
+    with pytest.raises(tapejit.BranchError):
+        tape.value_and_grad(X[1])
+    (v, g, ok) = tape.value_and_grad(X, check="mask")
+    np.testing.assert_array_equal(ok, [True, False, True])
+    assert np.isnan(v[1]) and np.isnan(g[1]).all()
+    np.testing.assert_array_equal(v[[0, 2]], [1.0, 9.0])
+    np.testing.assert_array_equal(g[[0, 2]], [[2.0, 0.0], [6.0, 0.0]])
+
+
+def test_float32_tape_on_the_generic_tier(generic):
+    tape = tapejit.record(lambda x: np.sum(np.sin(x) * x), np.ones(3)).astype(np.float32)
+    X = np.linspace(0.1, 1.0, 12, dtype=np.float32).reshape(4, 3)
+    v, g = tape.value_and_grad(X)
+    assert v.dtype == np.float32 and g.dtype == np.float32
+    x64 = X.astype(np.float64)
+    np.testing.assert_allclose(v, np.sum(np.sin(x64) * x64, axis=1), rtol=1e-6)
+    np.testing.assert_allclose(g, np.cos(x64) * x64 + np.sin(x64), rtol=1e-6)
+
+
+def test_a_call_the_generic_tier_cannot_record_runs_on_the_kernels(generic):
+    """The derivative tape is recorded at the first point asked for; a singular matrix
+    there makes recording fail, and the optimised kernel answers as it would have
+    (a failed factorization is a failed guard)."""
+    def f(x):
+        A = np.diag(x) + np.array([[0.0, 1.0], [1.0, 0.0]])
+        return np.sum(np.linalg.solve(A, np.ones(2)))
+
+    tape = tapejit.record(f, np.array([2.0, 3.0]))
+    with pytest.raises(tapejit.BranchError):
+        tape.value_and_grad(np.array([1.0, 1.0]))  # det 0: the kernels' NaN, a guard
+    kprog, _ = tapejit._tape.kernel_arrays(tape)
+    assert isinstance(_tier0.decoded(kprog).derived["vg"], _tier0.Unsupported)
+    v, g = tape.value_and_grad(np.array([2.0, 3.0]))  # the kernels from now on: still right
+    np.testing.assert_allclose(v, 0.6, rtol=1e-14)
+    np.testing.assert_allclose(g, [-0.16, -0.04], rtol=1e-13)  # -(A^-T 1) * y
+
+
+def test_an_unknown_policy_is_an_error_naming_the_choices(monkeypatch):
+    monkeypatch.setenv(tiers.MODE_ENV, "fast")
+    monkeypatch.setattr(tiers, "_NAMESPACES", {})
+    with pytest.raises(ValueError, match="TAPEJIT_KERNELS='fast': expected one of auto, "
+                                         "optimized, generic"):
+        tapejit.record(lambda x: np.sin(x), 1.0).forward(1.0)
+
+
+# -- moving to the optimised kernels -----------------------------------------------------------
+def test_ready_steps_swap_in_the_optimised_kernels(monkeypatch):
+    monkeypatch.setenv(tiers.MODE_ENV, "auto")
+    monkeypatch.setattr(tiers, "_NAMESPACES", {})
+    monkeypatch.setattr(tiers, "_NOTICE_SHOWN", True)
+    monkeypatch.setattr(tiers, "_READY", set())
+    monkeypatch.setattr(tiers, "_step_ready", lambda module, step: step in tiers._READY)
+    asked = []
+    worker = type("Worker", (), {"want": lambda self, steps: asked.extend(steps)})()
+    monkeypatch.setattr(tiers, "_background", lambda module: worker)
+    tape = tapejit.record(lambda x: np.sum(np.exp(x) * x[0]), np.ones(3))
+    x = np.array([0.1, 0.2, 0.3])
+    v0, g0 = tape.value_and_grad(x)
+    assert _is_generic(tape._k.value_grad_point) and tape._k.generic
+    assert asked[:2] == ["families reduce/scan", "gradient, one point"]
+    tiers._on_ready("gradient, one point")
+    assert _is_generic(tape._k.value_grad_point)  # its family's routines are not ready
+    tiers._on_ready("families reduce/scan")
+    assert not _is_generic(tape._k.value_grad_point)
+    assert not _is_generic(tape._k.reverse_plan)
+    assert not tape._k.generic
+    v1, g1 = tape.value_and_grad(x)
+    np.testing.assert_allclose(g1, g0, rtol=1e-15)
+    assert v1 == v0
+    assert tapejit.wait_for_kernels(timeout=0)
+
+
+def test_an_optimised_batch_kernel_never_gets_the_generic_plan(monkeypatch):
+    """A plan computed on the generic tier (none) and a kernel swapped in just after:
+    the batch runner computes the real plan."""
+    tape = tapejit.record(lambda x: np.sum(x ** 2), np.ones(3))
+    ks = tape._k
+    assert not _is_generic(ks.vjp_batch)
+    from tapejit._kernels.runtime import run_batch
+
+    X = np.ones((3, 3))
+    Y, G, valid = np.empty((3, 1)), np.empty((3, 3)), np.empty(3, np.uint8)
+    kprog, kconsts = tapejit._tape.kernel_arrays(tape)
+    run_batch(ks, "vjp_batch", 3, 8, kprog, None, kconsts, X, np.empty((1, 0)),
+              np.ones((1, 1)), Y, G, valid)
+    np.testing.assert_array_equal(G, 2.0)
+
+
+def test_the_worker_takes_what_is_asked_for_first():
+    pending = ["a", "b", "c"]
+    assert _warmup.next_step(pending, []) == "a"
+    assert _warmup.next_step(pending, ["x", "c", "b"]) == "c"
+
+
+def test_serve_reports_every_step_once(monkeypatch, tmp_path):
+    monkeypatch.setattr(tiers, "marker", lambda module, step: tmp_path / "none")
+    ran: list[str] = []
+    out = io.StringIO()
+    _warmup.serve(requests=iter(()), stream=out, run=ran.append)
+    reported = [line.split(" ", 1)[1] for line in out.getvalue().splitlines()]
+    assert sorted(reported) == sorted(s for s, *_ in _warmup.STEPS)
+    assert ran == reported
+
+
+def test_a_cold_process_runs_generic_and_leaves_compiling_to_the_worker(tmp_path):
+    """A new process with an empty cache: the first gradients come from the generic tier,
+    nothing is compiled in the process itself, and one worker is started (stopped here)."""
+    script = textwrap.dedent("""
+        import os, signal
+        import numpy as np
+        import tapejit
+        from tapejit._kernels import runtime, tiers
+
+        t = tapejit.record(lambda x: np.sum(np.log1p(x ** 2)) * x[0], np.ones(3))
+        v, g = t.value_and_grad(np.array([1.0, 2.0, 3.0]))
+        H = t.hessian(np.array([1.0, 2.0, 3.0]))
+        w = tiers._BACKGROUND.proc
+        os.killpg(w.pid, signal.SIGKILL)
+        module = runtime.kernels().module
+        compiled = [n for n, f in vars(module).items() if getattr(f, "signatures", None)]
+        print(repr((float(v), g.tolist(), H[0].tolist(), compiled)))
+    """)
+    env = dict(os.environ, TAPEJIT_CACHE_DIR=str(tmp_path / "cache"),
+               NUMBA_CACHE_DIR=str(tmp_path / "numba"), TAPEJIT_KERNELS="auto")
+    env.pop("TAPEJIT_QUIET", None)
+    res = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True,
+                         text=True, timeout=300, check=True)
+    v, g, h0, compiled = eval(res.stdout.strip().splitlines()[-1])
+    x = np.array([1.0, 2.0, 3.0])
+    s = np.sum(np.log1p(x ** 2))
+    assert v == pytest.approx(s * x[0], rel=1e-15)
+    np.testing.assert_allclose(g, [s + 2 * x[0] ** 2 / (1 + x[0] ** 2),
+                                   *(2 * x[1:] / (1 + x[1:] ** 2))], rtol=1e-14)
+    assert h0[1] == pytest.approx(2 * x[1] / (1 + x[1] ** 2), rel=1e-14)
+    assert compiled == []
+    assert res.stderr.count("generic interpreter") == 1, res.stderr
