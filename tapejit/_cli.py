@@ -277,6 +277,8 @@ def main(argv: list[str] | None = None) -> int:
                          "(into the on-disk cache; for a Dockerfile or CI step)")
     p_c.add_argument("--jobs", type=int, default=None,
                      help="processes compiling side by side (default: the CPUs, at most 4)")
+    p_c.add_argument("--only", action="append", metavar="STEP",
+                     help="compile only this step (repeatable), e.g. 'gradient, one point'")
     p_c.add_argument("--background", action="store_true", help=argparse.SUPPRESS)
     p_k = sub.add_parser("kernels", help="the kernel sweeps, or the code one op runs in one")
     p_k.add_argument("--list", action="store_true", help="list the sweeps (the default)")
@@ -304,7 +306,10 @@ def main(argv: list[str] | None = None) -> int:
         if args.background:  # the tiers' worker (tapejit/_kernels/tiers.py)
             serve()
         else:
-            compile_kernels(args.jobs)
+            try:
+                compile_kernels(args.jobs, steps=args.only)
+            except ValueError as err:
+                parser.error(str(err))
         return EXIT_OK
     if args.command == "kernels":
         if args.list or (args.op is None and args.sweep is None):

@@ -26,9 +26,9 @@ from ._tape import (
     forward_program,
     guarded,
     kernel_arrays,
+    kernel_plan,
     lazily,
     require_one_output,
-    reverse_plan,
 )
 
 _F32 = np.dtype(np.float32)
@@ -147,7 +147,7 @@ class Float32Tape:
                 WT = np.ones((1, 1), _F32)
             G = np.empty((n, n_in), _F32)
             run_batch(self._ks, "vjp_batch", n, chunk_of(tape.n_slots), kprog,
-                      reverse_plan(tape), kconsts, X, P, WT, Y, G, valid)
+                      kernel_plan(tape), kconsts, X, P, WT, Y, G, valid)
             res = {"value_and_grad": (Y[:, 0], G), "gradient": (G,), "vjp": (Y, G)}[method]
         out = guarded(tape, valid, check, res)
         return out[0] if len(out) == 1 else out

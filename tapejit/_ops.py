@@ -61,6 +61,7 @@ from dataclasses import dataclass
 import numpy as np
 import scipy.special as _sps
 
+from ._kernels.scalar import MAX_POLYGAMMA_ORDER, MAX_SINC_ORDER
 from ._kernels.sources import kernel_body
 
 LINEAR = "linear"  # partials are constants
@@ -241,14 +242,23 @@ def _traced(name: str) -> Callable[..., object]:
     return trace
 
 
+def _polygamma(n, x):
+    # The reference of op polygamma: scipy's, with the kernels' orders (NaN beyond
+    # MAX_POLYGAMMA_ORDER, where scipy still answers), so the generic tier means the same
+    n, x = np.broadcast_arrays(np.asarray(n, dtype=np.float64), np.asarray(x, np.float64))
+    valid = (n >= 0.0) & (n <= MAX_POLYGAMMA_ORDER) & (n == np.floor(n))
+    with np.errstate(all="ignore"):
+        return np.where(valid, _sps.polygamma(np.where(valid, n, 0.0), x), np.nan)
+
+
 def _sinc_derivative(n, x):
     # The reference of op sinc_derivative, independent of the kernels' series:
     # sinc(x) = j0(pi x) and j_k' = (k j_(k-1) - (k + 1) j_(k+1)) / (2k + 1), so the n-th
     # derivative is a combination of scipy's spherical_jn(0..n, pi x)
     n, x = np.broadcast_arrays(np.asarray(n, dtype=np.float64), np.asarray(x, np.float64))
     out = np.full(n.shape, np.nan)
-    # orders up to the kernels' _MAX_SINC_ORDER; NaN at infinities, as np.sinc
-    valid = (n >= 0.0) & (n <= 16.0) & (n == np.floor(n)) & np.isfinite(x)
+    # orders up to the kernels' MAX_SINC_ORDER; NaN at infinities, as np.sinc
+    valid = (n >= 0.0) & (n <= MAX_SINC_ORDER) & (n == np.floor(n)) & np.isfinite(x)
     for m in np.unique(n[valid]).astype(int):
         coef = np.zeros(m + 2)
         coef[0] = 1.0
@@ -401,9 +411,11 @@ _TABLE: list[Op] = [
     # differentiation gets right where b == 0 (d2/da db = 1/a there, not the 0 of a branch)
     Op(6, "pow", 2, "a ** b",
        ("_azmul(b, a ** (b - 1.0))", "_azmul(r, math.log(a))"),
-       ("0.0 if b == 0.0 or b == 1.0 else b * (b - 1.0) * a ** (b - 2.0)",
-        "0.0 if a == 0.0 else a ** (b - 1.0) * (1.0 + b * math.log(a))",
-        "0.0 if r == 0.0 else r * math.log(a) ** 2"),
+       # the derivatives of the partials as written (azmul: the product rule), so the
+       # kernels' Hessian is the nested one where it is singular too (a == 0)
+       ("_azmul(b, _azmul(b - 1.0, a ** (b - 2.0)))",
+        "a ** (b - 1.0) + _azmul(b, _azmul(a ** (b - 1.0), math.log(a)))",
+        "_azmul(_azmul(r, math.log(a)), math.log(a))"),
        np.power, (_POS, _R), aliases=(np.float_power,),
        doc="d/da is 0 where b == 0; d/db is 0 where the result is 0 (pow(0, y) has no NaN)",
        edges=_small_exponents),
@@ -603,7 +615,7 @@ _TABLE: list[Op] = [
        edges=_zeros_first),
     # --- derivatives of every order: an op whose partial is itself at the next order ---
     Op(72, "polygamma", 2, "_polygamma(a, b)", (Z, "_polygamma(a + 1.0, b)"),
-       (Z, Z, "_polygamma(a + 2.0, b)"), _sps.polygamma, ((0.0, 4.0), (0.1, 6.0)),
+       (Z, Z, "_polygamma(a + 2.0, b)"), _polygamma, ((0.0, 4.0), (0.1, 6.0)),
        frozenset({ORDER_OPERAND}),
        doc="scipy.special.polygamma(n, x), the n-th derivative of digamma, for n = 0, 1, "
            "..., 170 (NaN for any other n); d/dn = 0. Also trigamma and tetragamma, the "
@@ -679,11 +691,17 @@ COMPATIBLE_FINGERPRINTS: dict[str, str] = {
 
 #: Fingerprints of earlier definitions of an op that compute what it computes now, by op
 #: name: a tape file saved with one of them still loads (``tapejit._io``). Only for
-#: rewritten expressions whose values and derivatives are the same in every sweep.
+#: rewritten expressions whose values and derivatives are the same in every sweep, or
+#: differ only at a singular point the reason names.
 EQUIVALENT_FINGERPRINTS: dict[str, dict[str, str]] = {
     "pow": {"86d2ceb9501d419a": "partials as branches on b == 0 and r == 0 (tapejit 0.1), "
                                 "the same numbers but where those gave NaN (0 * inf); "
-                                "_azmul also gives the right nested derivative"},
+                                "_azmul also gives the right nested derivative",
+            "6d686983ccd19b2e": "second partials as branches on a == 0 (tapejit 0.1): the "
+                                "same values and gradients, and Hessians except at a == 0, "
+                                "where the second derivatives are now those of the partials "
+                                "as written (the nested ones): -inf for d2/da db at b == 1 "
+                                "where the branches said 0"},
 }
 
 

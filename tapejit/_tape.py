@@ -369,10 +369,9 @@ class Tape:
         """
         from ._jit_api import jit_args
 
-        plan = self._plan()
-        if plan is None:  # the generic tier's: Numba code runs the optimised kernels
-            plan = self._k.module.reverse_plan(self._kernel_prog)
-        return jit_args(self._prog, plan, self._consts, self._point_floats(),
+        if self._families:  # Numba code runs the optimised kernels, and they these
+            self._k.module.ensure_family_routines(self._families, FIRST_ORDER_SWEEPS)
+        return jit_args(self._prog, self._real_plan(), self._consts, self._point_floats(),
                         self._n_out, params)
 
     # -- structure -----------------------------------------------------------------------
@@ -685,6 +684,14 @@ class Tape:
             # private: jit_args hands out an immutable copy
             rev = self._k.reverse_plan(self._kernel_prog)
             self._rev = rev  # None from the generic tier, which needs none: not kept
+        return rev
+
+    def _real_plan(self) -> np.ndarray:
+        """:meth:`_plan`, computed by the optimised kernel where the generic tier gave
+        none (for Numba code and the statistics), and then kept."""
+        rev = self._plan()
+        if rev is None:
+            rev = self._rev = self._k.module.reverse_plan(self._kernel_prog)
         return rev
 
     def _forward_prog(self) -> tuple[np.ndarray, int, int]:
@@ -1230,7 +1237,14 @@ def kernel_arrays(tape: Tape) -> tuple[np.ndarray, np.ndarray]:
 
 def reverse_plan(tape: Tape) -> np.ndarray:
     """The reverse sweeps' plan of the tape's program, computed on first use and kept
-    (private to the tape: never hand it out writeable)."""
+    (private to the tape: never hand it out writeable); computed by the optimised kernel
+    also while the generic tier runs the tape's calls (:func:`kernel_plan`)."""
+    return tape._real_plan()
+
+
+def kernel_plan(tape: Tape) -> np.ndarray | None:
+    """The plan to hand the tape's reverse kernels: :func:`reverse_plan`, or None while
+    they are the generic tier's (which needs none, and so compiles nothing for it)."""
     return tape._plan()
 
 

@@ -283,6 +283,10 @@ def _run_derived(prog, consts, kind: str, X: np.ndarray, P: np.ndarray
                  ) -> tuple[np.ndarray, np.ndarray]:
     """Outputs and validity of derivative tape ``kind`` at rows ``X`` of its inputs."""
     P = _rows(P)
+    if not X.shape[0]:  # no points: nothing to record at
+        n_in, n_out = int(prog[N_INPUTS]), int(prog[N_OUTPUTS])
+        width = {"vg": 1 + n_in, "vjp": n_out + n_in, "jvp": 2 * n_out, "hvp": 1 + 2 * n_in}
+        return np.empty((0, width[kind])), np.empty(0, np.uint8)
     dprog, dconsts = _derived(prog, consts, kind, X[0, : int(prog[N_INPUTS])].copy(),
                               P[0].copy())
     return _values(dprog, dconsts, X, P)
@@ -291,9 +295,9 @@ def _run_derived(prog, consts, kind: str, X: np.ndarray, P: np.ndarray
 def _pairs(X: np.ndarray, P: np.ndarray, V: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Each point with each of its directions, ``V (1 or n, nd, k)``: rows ``[x, v]``
     point-major, and the matching parameter rows."""
-    n, nd = X.shape[0], V.shape[1]
+    n, nd, k = X.shape[0], V.shape[1], V.shape[2]
     XV = np.concatenate([np.repeat(X, nd, axis=0),
-                         np.broadcast_to(V, (n, nd, V.shape[2])).reshape(n * nd, -1)], axis=1)
+                         np.broadcast_to(V, (n, nd, k)).reshape(n * nd, k)], axis=1)
     P = _rows(P)
     return XV, (P if P.shape[0] == 1 else np.repeat(P, nd, axis=0))
 
@@ -319,17 +323,26 @@ def value_grad_point(prog, R, consts, x, P, g, WS):
         g[:] = np.nan
         return np.nan
     g[:] = Z[0, 1:]
-    return Z[0, 0]
+    return float(Z[0, 0])  # a Python float, as the kernel returns
 
 
 def vjp_batch(prog, R, consts, X, P, WT, Y, G, valid, chunk, t, nt):
     if t:
         return
     n, n_out = X.shape[0], int(prog[N_OUTPUTS])
-    XW = np.concatenate([X, np.broadcast_to(WT, (n, n_out))], axis=1)
-    Z, ok = _run_derived(prog, consts, "vjp", XW, P)
-    Y[:] = Z[:, :n_out]
-    G[:] = Z[:, n_out:]
+    if n_out == 0:  # no outputs: a zero gradient, the guards checked
+        G[:] = 0.0
+        valid[:] = _values(prog, consts, X, P)[1]
+        return
+    if n_out == 1 and np.all(WT == 1.0):  # a gradient: value_grad_point's tape and bits
+        Z, ok = _run_derived(prog, consts, "vg", X, P)
+        Y[:, 0] = Z[:, 0]
+        G[:] = Z[:, 1:]
+    else:
+        XW = np.concatenate([X, np.broadcast_to(WT, (n, n_out))], axis=1)
+        Z, ok = _run_derived(prog, consts, "vjp", XW, P)
+        Y[:] = Z[:, :n_out]
+        G[:] = Z[:, n_out:]
     valid[:] = ok
 
 
@@ -340,9 +353,16 @@ def jacrev_batch(prog, R, consts, X, P, Y, J, valid, chunk, t, nt):
     if t:
         return
     n, n_out = X.shape[0], int(prog[N_OUTPUTS])
+    if n_out == 0:  # no rows: the guards only
+        valid[:] = _values(prog, consts, X, P)[1]
+        return
+    if n_out == 1:  # the gradient
+        vjp_batch(prog, R, consts, X, P, np.ones((1, 1)), Y, J.reshape(n, J.shape[2]), valid,
+                  chunk, t, nt)
+        return
     XW, PW = _pairs(X, P, np.eye(n_out).reshape(1, n_out, n_out))
     Z, ok = _run_derived(prog, consts, "vjp", XW, PW)
-    Z = Z.reshape(n, n_out, -1)
+    Z = Z.reshape(n, n_out, n_out + int(prog[N_INPUTS]))
     Y[:] = Z[:, 0, :n_out]
     J[:] = Z[:, :, n_out:]
     valid[:] = ok.reshape(n, n_out).all(axis=1)
@@ -350,6 +370,9 @@ def jacrev_batch(prog, R, consts, X, P, Y, J, valid, chunk, t, nt):
 
 def _jvp(prog, consts, X, P, V) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     n, nd, n_out = X.shape[0], V.shape[1], int(prog[N_OUTPUTS])
+    if nd == 0:  # no directions: values only
+        Y, ok = _values(prog, consts, X, P)
+        return Y, np.empty((n, n_out, 0)), ok
     XV, PV = _pairs(X, P, V)
     Z, ok = _run_derived(prog, consts, "jvp", XV, PV)
     Z = Z.reshape(n, nd, 2 * n_out)
@@ -371,6 +394,9 @@ def jvp_batch(prog, consts, X, P, V, Y, TY, valid, chunk, t, nt):
 
 def _hvp(prog, consts, X, P, V):
     n, nd, n_in = X.shape[0], V.shape[1], int(prog[N_INPUTS])
+    if nd == 0:  # no directions: the value and gradient only
+        Z, ok = _run_derived(prog, consts, "vg", X, P)
+        return Z[:, 0], Z[:, 1:], np.empty((n, 0, n_in)), ok
     XV, PV = _pairs(X, P, V)
     Z, ok = _run_derived(prog, consts, "hvp", XV, PV)
     Z = Z.reshape(n, nd, 1 + 2 * n_in)

@@ -199,7 +199,8 @@ class _Progress:
         self.stream.flush()
 
 
-def compile_kernels(jobs: int | None = None, *, stream=None) -> float:
+def compile_kernels(jobs: int | None = None, *, stream=None,
+                    steps: list[str] | None = None) -> float:
     """Compile every kernel of tapejit for this machine into the on-disk cache.
 
     Parameters
@@ -209,6 +210,9 @@ def compile_kernels(jobs: int | None = None, *, stream=None) -> float:
         :data:`MAX_DEFAULT_JOBS` (each compiling process peaks at a few GB of memory).
     stream : file, optional
         Where the progress goes (default ``sys.stderr``); a terminal gets a progress bar.
+    steps : list of str, optional
+        Only these steps (names of :data:`STEPS`), e.g. the kinds of call one program
+        makes; default: all.
 
     Returns
     -------
@@ -218,25 +222,29 @@ def compile_kernels(jobs: int | None = None, *, stream=None) -> float:
     Raises
     ------
     ValueError
-        If ``jobs`` is not a positive integer.
+        If ``jobs`` is not a positive integer, or a step is not one of :data:`STEPS`.
     """
     if jobs is None:
         jobs = min(os.cpu_count() or 1, MAX_DEFAULT_JOBS)
     if isinstance(jobs, bool) or not isinstance(jobs, int) or jobs < 1:
         raise ValueError(f"jobs must be a positive integer, got {jobs!r}")
+    unknown = sorted(set(steps or ()) - set(_BY_NAME))
+    if unknown:
+        raise ValueError(f"unknown steps {unknown}; the steps are: {'; '.join(_BY_NAME)}")
+    chosen = [step for step in STEPS if steps is None or step[0] in steps]
     from ._kernels.cache import cache_dir
 
     stream = sys.stderr if stream is None else stream
     stream.write(f"tapejit: compiling its kernels into {cache_dir()} with {jobs} "
                  f"process{'es' if jobs > 1 else ''}\n")
-    progress = _Progress(sum(cost for _, _, cost, _, _ in STEPS), stream)
+    progress = _Progress(sum(cost for _, _, cost, _, _ in chosen), stream)
     start = time.perf_counter()
     with ProcessPoolExecutor(jobs, mp_context=get_context("spawn")) as pool:
-        by_cost = sorted(STEPS, key=lambda step: -step[2])
+        by_cost = sorted(chosen, key=lambda step: -step[2])
         futures = {pool.submit(_run_step, name): name for name, *_ in by_cost}
         for n_done, future in enumerate(as_completed(futures), 1):
             name = futures[future]
-            progress.step(name, _BY_NAME[name][1], future.result(), n_done, len(STEPS))
+            progress.step(name, _BY_NAME[name][1], future.result(), n_done, len(chosen))
     elapsed = time.perf_counter() - start
     stream.write(f"tapejit: kernels ready in {elapsed:.0f} s\n")
     stream.flush()

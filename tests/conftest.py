@@ -4,9 +4,12 @@
   finite differences of a vectorized numpy function, used as the independent reference
   for gradients and Jacobians.
 * ``TAPEJIT_KERNELS=optimized`` unless set: the tests run the optimised kernels (see
-  ``tests/test_tiers.py`` for the generic tier).
+  ``tests/test_tiers.py`` for the generic tier). The tests marked ``kernels`` test the
+  optimised kernels themselves; every other test also holds on the generic tier, so CI runs
+  them with ``TAPEJIT_KERNELS=generic`` while the kernels compile (``.ci/run``).
 * A hypothesis profile without deadlines (the first call of a kernel may compile it).
-* A run of more than one test module on a cold kernel cache first runs ``tapejit
+* A run of more than one test module on a cold kernel cache (not on the generic tier)
+  first runs ``tapejit
   compile`` (every kernel, on every core) instead of compiling each kernel where a test
   first needs it, one at a time; ``TAPEJIT_TEST_WARMUP=0`` turns that off. A run of one
   module compiles only what it uses. Under pytest-xdist (``-n``) one worker compiles while
@@ -46,7 +49,7 @@ settings.load_profile("tapejit")
 
 
 def pytest_collection_finish(session):
-    if os.environ.get("TAPEJIT_TEST_WARMUP") == "0":
+    if os.environ.get("TAPEJIT_TEST_WARMUP") == "0" or os.environ["TAPEJIT_KERNELS"] == "generic":
         return
     if len({item.path for item in session.items}) < 2:
         return

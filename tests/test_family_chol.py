@@ -9,6 +9,9 @@ import scipy.linalg
 from tapejit import _fam_chol as fc
 from tapejit._kernels import fam_chol as kc
 
+# Tests of the optimised kernels (see tests/conftest.py).
+pytestmark = pytest.mark.kernels
+
 EMPTY = np.empty((0, 1))
 H = 1e-3
 

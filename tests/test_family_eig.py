@@ -10,6 +10,9 @@ from tapejit import _fam_eig as fe
 from tapejit._errors import TracingError
 from tapejit._kernels import fam_eig as ke
 
+# Tests of the optimised kernels (see tests/conftest.py).
+pytestmark = pytest.mark.kernels
+
 FAMILIES = {f.name: f for f in fe.EIG_FAMILIES}
 EMPTY = np.empty((0, 1))
 H = 1e-3

@@ -11,6 +11,9 @@ import pytest
 from tapejit import _fam_lu as fl
 from tapejit._kernels import fam_lu as k
 
+# Tests of the optimised kernels (see tests/conftest.py).
+pytestmark = pytest.mark.kernels
+
 FAMILIES = {f.name: f for f in fl.LU_FAMILIES}
 EMPTY = np.zeros((0, 1))
 

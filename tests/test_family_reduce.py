@@ -9,6 +9,9 @@ import pytest
 from tapejit import _fam_reduce as fr
 from tapejit._kernels import fam_reduce as k
 
+# Tests of the optimised kernels (see tests/conftest.py).
+pytestmark = pytest.mark.kernels
+
 RULES = {
     "reduce": (k.reduce_forward, k.reduce_reverse, k.reduce_tangent, k.reduce_second,
                fr.reduce_reference, fr.reduce_sizes, fr.reduce_check),

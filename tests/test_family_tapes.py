@@ -25,6 +25,9 @@ from tapejit._slot_reuse import compact
 from tapejit._tape import packed
 from tapejit._validate import TapeFormatError
 
+# Tests of the optimised kernels (see tests/conftest.py).
+pytestmark = pytest.mark.kernels
+
 RNG = np.random.default_rng(19)
 X = RNG.standard_normal((6, 3))
 W = RNG.standard_normal(3)

@@ -15,6 +15,9 @@ import pytest
 import tapejit
 from tapejit import _float32
 
+# Tests of the optimised kernels (see tests/conftest.py).
+pytestmark = pytest.mark.kernels
+
 F32 = np.float32
 
 

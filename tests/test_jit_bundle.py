@@ -20,6 +20,9 @@ from numba.core.errors import TypingError
 import tapejit
 from tapejit._tape import packed, point_floats, reverse_plan
 
+# Tests of the optimised kernels (see tests/conftest.py).
+pytestmark = pytest.mark.kernels
+
 SENTINEL = 12345.0
 
 

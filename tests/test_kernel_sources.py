@@ -15,6 +15,9 @@ from tapejit._kernels.codegen import SWEEPS, generate_source, kernel_code
 from tapejit._kernels.sources import MARKER, kernel_body, kernel_path
 from tapejit._ops import BY_NAME, OPS, PartialSource, partial_source
 
+# Tests of the optimised kernels (see tests/conftest.py).
+pytestmark = pytest.mark.kernels
+
 FILES = ("njit", "scalar", "libm", "plan", "reverse", "support", "point", "batch")
 
 

@@ -28,6 +28,9 @@ from tapejit._kernels.cache import load_kernels
 from tapejit._kernels.reference import LIBM_NUMPY as NUMPY
 from tapejit._ops import BY_NAME, TWINS
 
+# Tests of the optimised kernels (see tests/conftest.py).
+pytestmark = pytest.mark.kernels
+
 #: Largest error accepted, in units in the last place of the true result (measured
 #: 0.78 for sin and cos, 0.85 for log: fdlibm's bound for its log is one ulp; 0.86 for
 #: exp, 0.83 for expm1, 0.82 for log1p).

@@ -21,6 +21,9 @@ import tapejit
 from tapejit import _nested, grad, hessian, hvp, jacobian, jvp, value_and_grad
 from tapejit._ops import OPS, ZERO_DERIVATIVE
 
+# Tests of the optimised kernels (see tests/conftest.py).
+pytestmark = pytest.mark.kernels
+
 _DATA = os.path.join(os.path.dirname(__file__), "data")
 _spec = importlib.util.spec_from_file_location(
     "nested_problems", os.path.join(_DATA, "nested_problems.py"))

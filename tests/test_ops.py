@@ -5,6 +5,9 @@ values, or ``op.trace``), recorded once, and evaluated at points sampled from
 ``op.domain`` with the op's edge cases planted (``tests/_op_helpers.py`` reads all of it
 from the table):
 
+# Tests of the optimised kernels (see tests/conftest.py).
+pytestmark = pytest.mark.kernels
+
 * values against ``op.numpy`` (a few ulp; ops flagged ``EXACT`` bitwise),
   batched (parallel and serial drivers) and one point at a time;
 * gradients and Jacobians against central differences of ``op.numpy``, away from kinks;

@@ -24,6 +24,9 @@ from _op_helpers import jax_gradients
 
 import tapejit
 
+# Tests of the optimised kernels (see tests/conftest.py).
+pytestmark = pytest.mark.kernels
+
 SPECIALS = [0.0, -0.0, 1.0, -1.0, 0.5, 2.5, -2.5, 0.1, 3.0, np.inf, -np.inf, np.nan]
 
 

@@ -26,6 +26,9 @@ from hypothesis import strategies as st
 import tapejit
 from tapejit._kernels.runtime import chunk_of
 
+# Tests of the optimised kernels (see tests/conftest.py).
+pytestmark = pytest.mark.kernels
+
 H = 1e-30  # complex step
 RTOL = 1e-9
 

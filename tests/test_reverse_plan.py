@@ -39,6 +39,9 @@ from tapejit._program import (
 )
 from tapejit._tape import install_for_tests, kernel_arrays, packed, reverse_plan
 
+# Tests of the optimised kernels (see tests/conftest.py).
+pytestmark = pytest.mark.kernels
+
 
 def _psrc() -> np.ndarray:
     return kernels().module._PSRC

@@ -46,6 +46,9 @@ from tapejit._program import (
 from tapejit._slot_reuse import check_compact, compact
 from tapejit._tape import forward_program, from_packed, install_for_tests, kernel_arrays, packed
 
+# Tests of the optimised kernels (see tests/conftest.py).
+pytestmark = pytest.mark.kernels
+
 
 def symbolic_sweep(prog: np.ndarray, comp: np.ndarray) -> None:
     """Run both programs on slot names instead of values: every element of every

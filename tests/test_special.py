@@ -162,6 +162,7 @@ def test_unary_gradients_agree_with_jax_and_differences(fn, jax_expr, lims, cent
     np.testing.assert_allclose(g, jax_gradients(jax_expr, x), rtol=1e-12, atol=1e-300)
 
 
+@pytest.mark.kernels  # the same bits one point and batched, a property of the kernels
 def test_expit_derivatives_keep_precision_in_the_tails():
     tape = _tape(sps.expit)
     x = np.array([-700.0, -40.0, -1.0, 0.0, 1.0, 40.0, 700.0])

@@ -164,6 +164,7 @@ def test_bad_arguments(tape, data):
         evaluate_file(tape, d / "x.npy", block_points=0)
 
 
+@pytest.mark.kernels  # the optimised kernels' workspace bound
 def test_memory_does_not_grow_with_points(tape, tmp_path):
     # numpy's allocations are traced: streaming 1e6 points in blocks of 10_000 allocates
     # a few blocks' worth, never anything of size n_points.

@@ -24,6 +24,9 @@ import tapejit
 from tapejit._kernels import runtime
 from tapejit._tape import kernel_arrays, packed, reverse_plan
 
+# Tests of the optimised kernels (see tests/conftest.py).
+pytestmark = pytest.mark.kernels
+
 N_THREADS = 8
 
 

@@ -26,6 +26,9 @@ from tapejit import _tier0, _warmup
 from tapejit._kernels import tiers
 from tapejit._program import FAMILIES
 
+# Tests of the optimised kernels (see tests/conftest.py).
+pytestmark = pytest.mark.kernels
+
 FIXTURE = Path(__file__).parent / "data" / "kernel_bits.npz"
 
 

@@ -271,6 +271,8 @@ def _digamma(x):
 #: ``_sinc_derivative`` keeps 1e-13 of its scale pi**n / (n + 1) up to 16.
 _MAX_POLYGAMMA_ORDER = 170.0
 _MAX_SINC_ORDER = 16.0
+MAX_POLYGAMMA_ORDER = _MAX_POLYGAMMA_ORDER  # for the op table's numpy references
+MAX_SINC_ORDER = _MAX_SINC_ORDER
 
 #: B_2, B_4, ..., B_16: the polygamma functions' asymptotic series
 _BERNOULLI = (1.0 / 6.0, -1.0 / 30.0, 1.0 / 42.0, -1.0 / 30.0, 5.0 / 66.0, -691.0 / 2730.0,

@@ -355,11 +355,12 @@ def _notice_if_cold(fn) -> None:
 
 
 def _notice_generic() -> None:
+    """Tell the user (once per process) that the optimised kernels are not ready yet
+    (not when ``TAPEJIT_KERNELS=generic`` asked for the generic tier)."""
     global _NOTICE_SHOWN
-    if _NOTICE_SHOWN or os.environ.get("TAPEJIT_QUIET"):
+    if _NOTICE_SHOWN or os.environ.get("TAPEJIT_QUIET") or mode() != "auto":
         return
     _NOTICE_SHOWN = True
-    later = ("its optimised kernels compile in the background and take over when ready"
-             if mode() == "auto" else f"{MODE_ENV}=generic: nothing is compiled")
-    print(f"tapejit: first use on this machine: running on the generic interpreter; {later} "
+    print("tapejit: first use on this machine: running on the generic interpreter while "
+          "the optimised kernels compile in the background, taking over when ready "
           "(`tapejit compile` does it ahead)", file=sys.stderr, flush=True)
