@@ -294,6 +294,15 @@ class _Background:
 _BACKGROUND: _Background | None = None
 
 
+def _forget_background() -> None:
+    global _BACKGROUND
+    _BACKGROUND = None  # a forked child has no reader threads: it starts a worker of its own
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_forget_background)
+
+
 def _background(module: ModuleType) -> _Background:
     global _BACKGROUND
     if _BACKGROUND is None:
