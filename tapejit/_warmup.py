@@ -22,6 +22,7 @@ from collections.abc import Callable
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from functools import partial
 from multiprocessing import get_context
+from typing import NamedTuple
 
 import numpy as np
 
@@ -87,15 +88,32 @@ def _family_routines(file: str) -> None:
     ensure(codes, FIRST_ORDER_SWEEPS, float32=True)
 
 
-def _family_steps() -> tuple:
+class Step(NamedTuple):
+    """One step of the warm-up: one kind of call, or the routines of the instruction
+    families of one kernel file."""
+
+    name: str
+    run: Callable[[], None]  #: the calls that compile it
+    #: relative compile cost (seconds of one process, as measured for the docs' internals
+    #: page): orders ``tapejit compile``'s work, longest first, and weighs its progress bar
+    cost: int
+    #: the entry points it compiles, which the tiers (``_kernels/tiers.py``) move to the
+    #: optimised kernels when it is done (``tests/test_tiers.py`` checks them against the
+    #: calls it makes)
+    entries: tuple[str, ...] = ()
+    families: tuple[int, ...] = ()  #: family opcodes whose routines it compiles
+    float32: bool = False  #: its entry points are compiled for float32 arrays
+
+
+def _family_steps() -> tuple[Step, ...]:
     from ._program import FAMILIES
 
     files: dict[str, list[int]] = {}
     for code, family in FAMILIES.items():
         if family.kernel:
             files.setdefault(family.kernel, []).append(code)
-    return tuple((family_step(codes), partial(_family_routines, file), 60, (), tuple(codes))
-                 for file, codes in sorted(files.items()))
+    return tuple(Step(family_step(codes), partial(_family_routines, file), 60,
+                      families=tuple(codes)) for file, codes in sorted(files.items()))
 
 
 def family_step(codes) -> str:
@@ -124,41 +142,34 @@ def _forward_point() -> None:
     _forward_compacted()
 
 
-#: ``(name, what it runs, relative compile cost, entry points it compiles, family opcodes
-#: whose routines it compiles)``: one kind of call each. The cost (seconds of one process,
-#: as measured for the docs' internals page) orders ``tapejit compile``'s work, longest
-#: first, and weighs its progress bar; the entry points say which calls the tiers
-#: (``_kernels/tiers.py``) move to optimised kernels when the step is done
-#: (``tests/test_tiers.py`` checks them against the calls the step makes).
-STEPS: tuple[tuple[str, Callable[[], None], int, tuple[str, ...], tuple[int, ...]], ...] = (
-    ("hessian, batched", _at(False, "hessian", "hvp"), 105, ("hvp_batch",), ()),
-    ("hessian, one point", _at(True, "hessian", "hvp", "jacobian_reverse"), 67,
-     ("hvp_point", "jacrev_batch", "reverse_plan"), ()),
-    ("gradient, one point", _at(True, "value_and_grad", "vjp"), 36,
-     ("value_grad_point", "vjp_batch", "reverse_plan"), ()),
-    ("float32, batched", _float32_batch, 30, ("forward_batch", "vjp_batch", "reverse_plan"),
-     ()),
-    ("long tapes, batched", _long_batch, 20, ("forward_points", "vjp_points", "reverse_plan"),
-     ()),
-    ("forward, one point", _forward_point, 22, ("forward_point", "forward_batch"), ()),
-    ("gradient, batched", _at(False, "value_and_grad", "vjp"), 19, ("vjp_batch", "reverse_plan"),
-     ()),
-    ("forward, batched", _at(False, "forward"), 11, ("forward_batch",), ()),
-    ("jvp, batched", _at(False, "jvp", "jacobian_forward"), 5, ("jvp_batch",), ()),
-    ("jvp, one point", _at(True, "jvp", "jacobian_forward"), 3, ("jvp_point",), ()),
-    ("jacobian, batched", _at(False, "jacobian_reverse"), 2, ("jacrev_batch", "reverse_plan"),
-     ()),
+#: One step per kind of call, and one per family kernel file.
+STEPS: tuple[Step, ...] = (
+    Step("hessian, batched", _at(False, "hessian", "hvp"), 105, ("hvp_batch",)),
+    Step("hessian, one point", _at(True, "hessian", "hvp", "jacobian_reverse"), 67,
+         ("hvp_point", "jacrev_batch", "reverse_plan")),
+    Step("gradient, one point", _at(True, "value_and_grad", "vjp"), 36,
+         ("value_grad_point", "vjp_batch", "reverse_plan")),
+    Step("float32, batched", _float32_batch, 30, ("forward_batch", "vjp_batch", "reverse_plan"),
+         float32=True),
+    Step("long tapes, batched", _long_batch, 20, ("forward_points", "vjp_points", "reverse_plan")),
+    Step("forward, one point", _forward_point, 22, ("forward_point", "forward_batch")),
+    Step("gradient, batched", _at(False, "value_and_grad", "vjp"), 19,
+         ("vjp_batch", "reverse_plan")),
+    Step("forward, batched", _at(False, "forward"), 11, ("forward_batch",)),
+    Step("jvp, batched", _at(False, "jvp", "jacobian_forward"), 5, ("jvp_batch",)),
+    Step("jvp, one point", _at(True, "jvp", "jacobian_forward"), 3, ("jvp_point",)),
+    Step("jacobian, batched", _at(False, "jacobian_reverse"), 2, ("jacrev_batch", "reverse_plan")),
     *_family_steps(),
 )
-_BY_NAME = {name: (run, cost) for name, run, cost, _, _ in STEPS}
+_BY_NAME = {step.name: step for step in STEPS}
 #: The step of each family opcode.
-FAMILY_STEP = {code: name for name, _, _, _, codes in STEPS for code in codes}
+FAMILY_STEP = {code: step.name for step in STEPS for code in step.families}
 _FIRST = ("gradient, one point", FAMILY_STEP[129], "forward, one point", "gradient, batched",
           "forward, batched", FAMILY_STEP[128], "jvp, one point", "jacobian, batched",
           "jvp, batched", "hessian, one point", "hessian, batched")
 #: The background worker's order when nothing is asked for: what a session needs first
 #: (value and gradient, sums and products), then the rest.
-BACKGROUND_ORDER = _FIRST + tuple(name for name, *_ in STEPS if name not in _FIRST)
+BACKGROUND_ORDER = _FIRST + tuple(step.name for step in STEPS if step.name not in _FIRST)
 
 
 def _run_step(name: str) -> float:
@@ -170,7 +181,7 @@ def _run_step(name: str) -> float:
     os.environ["TAPEJIT_QUIET"] = "1"
     os.environ[MODE_ENV] = "optimized"
     start = time.perf_counter()
-    _BY_NAME[name][0]()
+    _BY_NAME[name].run()
     mark_ready(kernels().module, name)
     return time.perf_counter() - start
 
@@ -231,20 +242,20 @@ def compile_kernels(jobs: int | None = None, *, stream=None,
     unknown = sorted(set(steps or ()) - set(_BY_NAME))
     if unknown:
         raise ValueError(f"unknown steps {unknown}; the steps are: {'; '.join(_BY_NAME)}")
-    chosen = [step for step in STEPS if steps is None or step[0] in steps]
+    chosen = [step for step in STEPS if steps is None or step.name in steps]
     from ._kernels.cache import cache_dir
 
     stream = sys.stderr if stream is None else stream
     stream.write(f"tapejit: compiling its kernels into {cache_dir()} with {jobs} "
                  f"process{'es' if jobs > 1 else ''}\n")
-    progress = _Progress(sum(cost for _, _, cost, _, _ in chosen), stream)
+    progress = _Progress(sum(step.cost for step in chosen), stream)
     start = time.perf_counter()
     with ProcessPoolExecutor(jobs, mp_context=get_context("spawn")) as pool:
-        by_cost = sorted(chosen, key=lambda step: -step[2])
-        futures = {pool.submit(_run_step, name): name for name, *_ in by_cost}
+        by_cost = sorted(chosen, key=lambda step: -step.cost)
+        futures = {pool.submit(_run_step, step.name): step.name for step in by_cost}
         for n_done, future in enumerate(as_completed(futures), 1):
             name = futures[future]
-            progress.step(name, _BY_NAME[name][1], future.result(), n_done, len(chosen))
+            progress.step(name, _BY_NAME[name].cost, future.result(), n_done, len(chosen))
     elapsed = time.perf_counter() - start
     stream.write(f"tapejit: kernels ready in {elapsed:.0f} s\n")
     stream.flush()

@@ -50,19 +50,19 @@ def _generic_names() -> set[str]:
 
 
 # -- the steps and the entry points ------------------------------------------------------------
-@pytest.mark.parametrize("step", [s for s, *_, codes in _warmup.STEPS if not codes])
+@pytest.mark.parametrize("step", [s for s in _warmup.STEPS if not s.families],
+                         ids=lambda s: s.name)
 def test_each_step_declares_the_entry_points_its_calls_use(generic, step):
-    run, _, names, _ = next((r, c, n, f) for s, r, c, n, f in _warmup.STEPS if s == step)
-    run()
+    step.run()
     used = _generic_names() - {"ensure_family_routines"}
-    assert used == set(names), f"{step}: uses {sorted(used)}, declares {sorted(names)}"
+    assert used == set(step.entries), f"{step.name}: uses {sorted(used)}"
 
 
 def test_every_entry_point_and_family_has_a_step():
-    declared = {n for *_, names, _ in _warmup.STEPS for n in names}
+    declared = {n for step in _warmup.STEPS for n in step.entries}
     assert set(_tier0.ENTRY_POINTS) - {"ensure_family_routines"} == declared
     assert set(_warmup.FAMILY_STEP) == set(FAMILIES)
-    assert sorted(_warmup.BACKGROUND_ORDER) == sorted(s for s, *_ in _warmup.STEPS)
+    assert sorted(_warmup.BACKGROUND_ORDER) == sorted(s.name for s in _warmup.STEPS)
 
 
 # -- the generic tier's results ------------------------------------------------------------------
@@ -242,7 +242,7 @@ def test_serve_reports_every_step_once(monkeypatch, tmp_path):
     out = io.StringIO()
     _warmup.serve(requests=iter(()), stream=out, run=ran.append)
     reported = [line.split(" ", 1)[1] for line in out.getvalue().splitlines()]
-    assert sorted(reported) == sorted(s for s, *_ in _warmup.STEPS)
+    assert sorted(reported) == sorted(s.name for s in _warmup.STEPS)
     assert ran == reported
 
 

@@ -90,12 +90,12 @@ def _step_ready(module: ModuleType, step: str) -> bool:
 def _own_steps(name: str, float32: bool) -> list[str]:
     """The steps that compile entry point ``name`` (for float32 arrays: the float32 step
     when it has one)."""
-    own = [step for step, _, _, names, _ in _steps() if name in names]
-    f32 = [step for step in own if "float32" in step]
-    return f32 if float32 and f32 else [step for step in own if step not in f32]
+    own = [step for step in _steps() if name in step.entries]
+    f32 = [step.name for step in own if step.float32]
+    return f32 if float32 and f32 else [step.name for step in own if not step.float32]
 
 
-def _family_steps(families: tuple[int, ...]) -> list[str]:
+def _steps_of_families(families: tuple[int, ...]) -> list[str]:
     from .._warmup import FAMILY_STEP
 
     return sorted({FAMILY_STEP[c] for c in families})
@@ -106,7 +106,7 @@ def _ready(module: ModuleType, name: str, families: tuple[int, ...], float32: bo
     (any of them), and so are the steps of its families."""
     own = _own_steps(name, float32)  # none for ensure_family_routines: its families'
     return (not own or any(_step_ready(module, s) for s in own)) and all(
-        _step_ready(module, s) for s in _family_steps(families))
+        _step_ready(module, s) for s in _steps_of_families(families))
 
 
 class Kernels:
@@ -157,7 +157,7 @@ class Kernels:
         return self._compacts
 
     def _missing(self, name: str) -> list[str]:
-        return [*_own_steps(name, self.float32)[:1], *_family_steps(self.families)]
+        return [*_own_steps(name, self.float32)[:1], *_steps_of_families(self.families)]
 
     def _optimized(self, name: str) -> Callable[..., Any]:
         fn = getattr(self.module, name)
@@ -183,33 +183,36 @@ class Kernels:
     def _fallback(self, name: str, args: tuple, kwargs: dict) -> Any:
         """Run a call the generic tier refuses on the optimised kernel (compiled here if
         it must be), with a real reverse plan and, for a batch, every share of it."""
-        from .._program import FIRST_ORDER_SWEEPS, SWEEPS
         from .._tier0 import BATCHED
 
-        self.module.ensure_family_routines(self.families, SWEEPS)
-        if self.float32:
-            self.module.ensure_family_routines(self.families, FIRST_ORDER_SWEEPS, float32=True)
+        self._load_families()
         if len(args) > 1 and args[1] is None:  # the generic tier's plan: none
             args = (args[0], self.module.reverse_plan(args[0]), *args[2:])
         if name in BATCHED:
             args = (*args[:-2], 0, 1)
         return self._optimized(name)(*args, **kwargs)
 
+    def _load_families(self) -> None:
+        """Compile or load the routines of this namespace's families for every sweep
+        (float32: the first-order ones for float32 too), before an optimised kernel that
+        calls them runs."""
+        from .._program import FIRST_ORDER_SWEEPS, SWEEPS
+
+        if self.families:
+            self.module.ensure_family_routines(self.families, SWEEPS)
+            if self.float32:
+                self.module.ensure_family_routines(self.families, FIRST_ORDER_SWEEPS,
+                                                   float32=True)
+
     def swap_ready(self) -> None:
         """Move every generic name whose optimised kernel is now ready to it, in order:
         the families' routines first, then the reverse plan, then the entry points."""
-        from .._program import FIRST_ORDER_SWEEPS, SWEEPS
-
         with _LOCK:
             ready = [n for n in self.generic
                      if _ready(self.module, n, self.families, self.float32)]
             if not ready:
                 return
-            if self.families:
-                self.module.ensure_family_routines(self.families, SWEEPS)
-                if self.float32:
-                    self.module.ensure_family_routines(self.families, FIRST_ORDER_SWEEPS,
-                                                       float32=True)
+            self._load_families()
             order = sorted(ready, key=lambda n: (n != "ensure_family_routines",
                                                  n != "reverse_plan", n))
             for name in order:
@@ -276,9 +279,9 @@ class _Background:
         """Watch the markers too: another process's worker may be the one compiling
         (this one waits for its lock meanwhile)."""
         while not self.done.wait(every):
-            for step, *_ in _steps():
-                if step not in _READY and marker(self.module, step).exists():
-                    _on_ready(step)
+            for step in _steps():
+                if step.name not in _READY and marker(self.module, step.name).exists():
+                    _on_ready(step.name)
 
     def _read(self) -> None:
         for line in self.proc.stdout:
