@@ -19,8 +19,8 @@ the same way:
 Results agree with the optimised kernels to rounding, not always bit for bit; where they
 may differ is in ``docs/internals.rst`` (*Tiers*). Guards are checked at every point as the
 kernels do. A program this tier cannot run (sub-programs, or a derivative that nested
-differentiation refuses or cannot record at the given point) raises :class:`Unsupported`,
-and the caller compiles the optimised kernel instead.
+differentiation refuses at a point on the tape's branch) raises :class:`Unsupported`, and
+the caller compiles the optimised kernel instead.
 """
 
 from __future__ import annotations
@@ -164,7 +164,8 @@ def decoded(prog: np.ndarray) -> _Decoded:
         return hit[1]
     d = _decode(prog)
     key = id(prog)
-    _DECODED[key] = (weakref.ref(prog, lambda _, key=key: _DECODED.pop(key, None)), d)
+    # the table bound as a default: at interpreter exit the module's globals are gone
+    _DECODED[key] = (weakref.ref(prog, lambda _, key=key, table=_DECODED: table.pop(key, None)), d)
     return d
 
 
@@ -204,27 +205,53 @@ def _values(prog: np.ndarray, consts: np.ndarray, X: np.ndarray, P: np.ndarray
 
 
 # -- derivatives as tapes of their own ------------------------------------------------------
-def _derived(prog: np.ndarray, consts: np.ndarray, kind: str, x: np.ndarray,
-             p: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+def _derived(prog: np.ndarray, consts: np.ndarray, kind: str, X: np.ndarray,
+             P: np.ndarray) -> tuple[np.ndarray, np.ndarray] | None:
     """``(program, constants)`` of derivative tape ``kind`` of ``prog``, recorded on first
-    use at point ``x`` with parameters ``p`` (only a family that fails there, such as a
-    singular matrix, depends on the point: it raises, and this tier steps aside)."""
+    use at a point of ``X`` (rows of inputs) where the tape's guards hold, or None when
+    they hold at none of them (no point of the batch has a result to give).
+
+    Recording follows the tape's branch, so it needs such a point: at another one the
+    composed tape raises ``BranchError`` and a matrix family may be singular. The first
+    row is tried first; the others are swept for their guards only when it fails there.
+    A refusal at a point where the guards hold does not depend on the point: it is kept,
+    and this program's calls of that kind go to the optimised kernels.
+    """
     d = decoded(prog)
     hit = d.derived.get(kind)
     if hit is None:
-        from ._tape import from_packed, kernel_arrays
-
         if not (int(prog[N_INPUTS]) and int(prog[N_OUTPUTS])):
             hit = Unsupported(f"{kind}: a tape without inputs or outputs")
         else:
-            try:
-                hit = kernel_arrays(_RECORDERS[kind](from_packed(prog, consts), x, p))
-            except Exception as err:  # any refusal: the optimised kernel runs it
-                hit = Unsupported(f"{kind}: {type(err).__name__}: {err}")
-        d.derived[kind] = hit  # a refusal too: this program's calls go to the kernels
+            hit = _record_derived(prog, consts, kind, X, P)
+            if hit is None:
+                return None
+        d.derived[kind] = hit
     if isinstance(hit, Unsupported):
         raise hit
     return hit
+
+
+def _record_derived(prog, consts, kind: str, X: np.ndarray, P: np.ndarray):
+    from ._tape import from_packed, kernel_arrays
+
+    n_in = int(prog[N_INPUTS])
+    row = 0
+    while True:
+        try:
+            return kernel_arrays(_RECORDERS[kind](from_packed(prog, consts), X[row, :n_in].copy(),
+                                                  P[min(row, P.shape[0] - 1)].copy()))
+        except Exception as err:  # any refusal: the optimised kernel runs it
+            if row:
+                return Unsupported(f"{kind}: {type(err).__name__}: {err}")
+            refusal = Unsupported(f"{kind}: {type(err).__name__}: {err}")
+        _, valid = _values(prog, consts, X[:, :n_in], P)
+        held = np.flatnonzero(valid)
+        if not held.size:
+            return None
+        if held[0] == 0:  # the guards hold there: the refusal is not the point's
+            return refusal
+        row = int(held[0])
 
 
 def _call(tape, x, p):
@@ -279,17 +306,22 @@ def _record_hvp(tape, x, p):
 _RECORDERS = {"vg": _record_vg, "vjp": _record_vjp, "jvp": _record_jvp, "hvp": _record_hvp}
 
 
+def _width(prog: np.ndarray, kind: str) -> int:
+    """The number of outputs of derivative tape ``kind`` of ``prog``."""
+    n_in, n_out = int(prog[N_INPUTS]), int(prog[N_OUTPUTS])
+    return {"vg": 1 + n_in, "vjp": n_out + n_in, "jvp": 2 * n_out, "hvp": 1 + 2 * n_in}[kind]
+
+
 def _run_derived(prog, consts, kind: str, X: np.ndarray, P: np.ndarray
                  ) -> tuple[np.ndarray, np.ndarray]:
     """Outputs and validity of derivative tape ``kind`` at rows ``X`` of its inputs."""
     P = _rows(P)
     if not X.shape[0]:  # no points: nothing to record at
-        n_in, n_out = int(prog[N_INPUTS]), int(prog[N_OUTPUTS])
-        width = {"vg": 1 + n_in, "vjp": n_out + n_in, "jvp": 2 * n_out, "hvp": 1 + 2 * n_in}
-        return np.empty((0, width[kind])), np.empty(0, np.uint8)
-    dprog, dconsts = _derived(prog, consts, kind, X[0, : int(prog[N_INPUTS])].copy(),
-                              P[0].copy())
-    return _values(dprog, dconsts, X, P)
+        return np.empty((0, _width(prog, kind))), np.empty(0, np.uint8)
+    derived = _derived(prog, consts, kind, X, P)
+    if derived is None:  # no point on the tape's branch: no values, every point fails
+        return np.full((X.shape[0], _width(prog, kind)), np.nan), np.zeros(X.shape[0], np.uint8)
+    return _values(*derived, X, P)
 
 
 def _pairs(X: np.ndarray, P: np.ndarray, V: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

@@ -6,7 +6,10 @@
 * ``TAPEJIT_KERNELS=optimized`` unless set: the tests run the optimised kernels (see
   ``tests/test_tiers.py`` for the generic tier). The tests marked ``kernels`` test the
   optimised kernels themselves; every other test also holds on the generic tier, so CI runs
-  them with ``TAPEJIT_KERNELS=generic`` while the kernels compile (``.ci/run``).
+  them with ``TAPEJIT_KERNELS=generic`` while the kernels compile (``.ci/run``). The
+  tests marked ``compiles`` compile Numba code of their own (a copy of the package with a
+  new op; the kernel files' routines called directly): they need no warm cache, so CI runs
+  them with those, and every run starts with them (the longest tests first).
 * A hypothesis profile without deadlines (the first call of a kernel may compile it).
 * A run of more than one test module on a cold kernel cache (not on the generic tier)
   first runs ``tapejit
@@ -46,6 +49,13 @@ settings.register_profile(
     suppress_health_check=[HealthCheck.too_slow],
 )
 settings.load_profile("tapejit")
+
+
+def pytest_collection_modifyitems(config, items):
+    # The tests that compile code of their own are the longest: first, so that under
+    # pytest-xdist they overlap the rest instead of ending the run alone.
+    items.sort(key=lambda item: (item.get_closest_marker("compiles") is None,
+                                 item.get_closest_marker("slow") is None))
 
 
 def pytest_collection_finish(session):

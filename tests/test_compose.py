@@ -258,6 +258,9 @@ def _descend(args, x, steps, lr):
     return values, tapejit.jit_value(args, x)
 '''
 exec(_DESCEND)
+# The user's Numba code calls the optimised kernels: it compiles them wherever they are not
+# in the cache yet (on the generic tier too), so these run with the tests of the kernels.
+_NUMBA_ENTRY_POINTS = pytest.mark.kernels
 # Not cached here: a cache in tests/__pycache__ would go stale whenever the kernels change
 # (the cross-process tests below cache a copy in a temporary directory instead).
 _descend = numba.njit(_descend)  # noqa: F821 (defined by the exec)
@@ -267,6 +270,7 @@ def _rosen(x):
     return np.sum(100.0 * (x[1:] - x[:-1] ** 2) ** 2 + (1.0 - x[:-1]) ** 2)
 
 
+@_NUMBA_ENTRY_POINTS
 def test_jit_gradient_descent_matches_value_and_grad():
     tape = tapejit.record(_rosen, np.zeros(4))
     args = tape.jit_args()
@@ -288,6 +292,7 @@ def test_jit_gradient_descent_matches_value_and_grad():
     assert tapejit.jit_value(args, y) == tape.forward(y)
 
 
+@_NUMBA_ENTRY_POINTS
 def test_jit_params_guards_and_errors():
     data = np.array([0.5, 1.5, -1.0])
     model = tapejit.record(lambda w, d: np.sum((w[0] * d - w[1]) ** 2), np.ones(2), data,
@@ -354,6 +359,7 @@ def _run_user(tmp_path, head: str = ""):
     return json.loads(out.splitlines()[-1])
 
 
+@_NUMBA_ENTRY_POINTS
 def test_jit_entry_point_is_cached_across_processes(tmp_path):
     """A user's ``cache=True`` function that calls the entry point loads from Numba's cache
     in a fresh process (the kernels come from the dynamically generated module)."""
@@ -365,6 +371,7 @@ def test_jit_entry_point_is_cached_across_processes(tmp_path):
     assert runs[1][0][0] == tape.forward(np.full(4, 0.5))
 
 
+@_NUMBA_ENTRY_POINTS
 def test_jit_function_cached_against_other_kernels_raises(tmp_path):
     """A user's function cached against other kernels (here: another stamp, as after an
     op-table change) loads and raises the clear error, never runs them."""

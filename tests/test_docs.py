@@ -190,7 +190,16 @@ def test_ops_page_includes_the_generated_listing():
     assert ".. include:: _generated/ops.rst" in (DOCS / "ops.rst").read_text(encoding="utf-8")
 
 
-@pytest.mark.parametrize("page", _pages())
+def _pages_marked() -> list:
+    """:func:`_pages`, a page whose examples compile a user's ``@numba.njit`` code marked
+    ``kernels``: that code calls the optimised kernels, compiled in the test's process
+    wherever they are not cached yet (on the generic tier too)."""
+    return [pytest.param(page, marks=pytest.mark.kernels)
+            if "@numba.njit" in (DOCS / page).read_text(encoding="utf-8") else page
+            for page in _pages()]
+
+
+@pytest.mark.parametrize("page", _pages_marked())
 def test_examples_of_page_run(page, tmp_path, monkeypatch):
     # Files the examples write go to a scratch folder; a subprocess they start (the CLI)
     # must still import this working tree's tapejit.

@@ -9,8 +9,9 @@ import scipy.linalg
 from tapejit import _fam_chol as fc
 from tapejit._kernels import fam_chol as kc
 
-# Tests of the optimised kernels (see tests/conftest.py).
-pytestmark = pytest.mark.kernels
+# The kernel file's routines, called directly: Numba compiles them here (cached next to
+# the file), not from the cache `tapejit compile` fills (see tests/conftest.py).
+pytestmark = pytest.mark.compiles
 
 EMPTY = np.empty((0, 1))
 H = 1e-3

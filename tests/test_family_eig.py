@@ -10,8 +10,9 @@ from tapejit import _fam_eig as fe
 from tapejit._errors import TracingError
 from tapejit._kernels import fam_eig as ke
 
-# Tests of the optimised kernels (see tests/conftest.py).
-pytestmark = pytest.mark.kernels
+# The kernel file's routines, called directly: Numba compiles them here (cached next to
+# the file), not from the cache `tapejit compile` fills (see tests/conftest.py).
+pytestmark = pytest.mark.compiles
 
 FAMILIES = {f.name: f for f in fe.EIG_FAMILIES}
 EMPTY = np.empty((0, 1))

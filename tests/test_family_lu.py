@@ -11,8 +11,9 @@ import pytest
 from tapejit import _fam_lu as fl
 from tapejit._kernels import fam_lu as k
 
-# Tests of the optimised kernels (see tests/conftest.py).
-pytestmark = pytest.mark.kernels
+# The kernel file's routines, called directly: Numba compiles them here (cached next to
+# the file), not from the cache `tapejit compile` fills (see tests/conftest.py).
+pytestmark = pytest.mark.compiles
 
 FAMILIES = {f.name: f for f in fl.LU_FAMILIES}
 EMPTY = np.zeros((0, 1))

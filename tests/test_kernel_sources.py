@@ -7,7 +7,11 @@ partial sources of the reverse sweeps are derived from the table's expressions.
 
 from __future__ import annotations
 
+import os
 import re
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 
@@ -68,3 +72,21 @@ def test_kernel_code_of_each_sweep():
         kernel_code("mull", "forward")
     with pytest.raises(ValueError, match="the sweeps are: forward, forward_point"):
         kernel_code("mul", "backward")
+
+
+def test_the_module_is_imported_from_its_bytecode_also_where_python_writes_none(tmp_path):
+    """The generated module is long: a process that compiled its source at every start
+    (``PYTHONDONTWRITEBYTECODE``, as in many containers) would pay for it at every start."""
+    script = ("import importlib.util, sys\n"
+              "from tapejit._kernels.cache import load_kernels\n"
+              "assert sys.dont_write_bytecode\n"
+              "m = load_kernels()\n"
+              "print(importlib.util.cache_from_source(m.__file__))\n")
+    env = {**os.environ, "PYTHONDONTWRITEBYTECODE": "1", "TAPEJIT_CACHE_DIR": str(tmp_path)}
+    out = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True,
+                         text=True, check=True).stdout.split("\n")
+    pyc = Path(out[0])
+    assert pyc.is_file() and tmp_path in pyc.parents
+    stamp = pyc.stat().st_mtime_ns
+    subprocess.run([sys.executable, "-c", script], env=env, check=True, capture_output=True)
+    assert pyc.stat().st_mtime_ns == stamp  # read, not written again

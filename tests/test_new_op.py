@@ -19,8 +19,8 @@ import pytest
 
 import tapejit
 
-# Tests of the optimised kernels (see tests/conftest.py).
-pytestmark = pytest.mark.kernels
+# Compiles the kernels of a copy of the package in a cache of its own (see tests/conftest.py).
+pytestmark = pytest.mark.compiles
 
 #: The row added to the copy's table, exactly as a maintainer would write it: a ufunc
 #: (scipy.special's ``powm1``, ``x**y - 1``) that the table does not have yet, so the
@@ -52,7 +52,8 @@ def test_a_new_elementwise_op_is_one_table_row(tmp_path):
     assert text.count(end) == 1, "the table's end moved; adjust this test"
     ops.write_text(text.replace(end, "\n" + ROW + end[1:]))
     env = {**os.environ, "PYTHONPATH": str(tmp_path),
-           "TAPEJIT_CACHE_DIR": str(tmp_path / "cache")}
+           "TAPEJIT_CACHE_DIR": str(tmp_path / "cache"),
+           "TAPEJIT_KERNELS": "optimized"}  # also where the suite runs on the generic tier
     # `tapejit compile` of the copy fills its cache on both cores with the kinds of call the
     # check makes (every sweep the code generator writes per op; not the families'
     # routines, float32 or tapes too long for a chunk): the check then compiles nothing

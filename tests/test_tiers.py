@@ -161,22 +161,69 @@ def test_float32_tape_on_the_generic_tier(generic):
     np.testing.assert_allclose(g, np.cos(x64) * x64 + np.sin(x64), rtol=1e-6)
 
 
-def test_a_call_the_generic_tier_cannot_record_runs_on_the_kernels(generic):
-    """The derivative tape is recorded at the first point asked for; a singular matrix
-    there makes recording fail, and the optimised kernel answers as it would have
-    (a failed factorization is a failed guard)."""
+def _no_fallback(monkeypatch):
+    def refuse(self, name, args, kwargs):
+        raise AssertionError(f"{name} went to the optimised kernels")
+
+    monkeypatch.setattr(tiers.Kernels, "_fallback", refuse)
+
+
+def test_derivatives_are_recorded_on_the_tapes_branch(generic, monkeypatch):
+    """A derivative tape is recorded at the first point of the call where the tape's
+    guards hold: a first point off the branch (here a singular matrix, a failed guard)
+    neither stops the generic tier nor sends the call to the kernels."""
     def f(x):
         A = np.diag(x) + np.array([[0.0, 1.0], [1.0, 0.0]])
         return np.sum(np.linalg.solve(A, np.ones(2)))
 
+    _no_fallback(monkeypatch)
     tape = tapejit.record(f, np.array([2.0, 3.0]))
-    with pytest.raises(tapejit.BranchError):
-        tape.value_and_grad(np.array([1.0, 1.0]))  # det 0: the kernels' NaN, a guard
     kprog, _ = tapejit._tape.kernel_arrays(tape)
+    with pytest.raises(tapejit.BranchError):
+        tape.value_and_grad(np.array([1.0, 1.0]))  # det 0: no point on the branch
+    assert "vg" not in _tier0.decoded(kprog).derived  # nothing to record at: nothing kept
+    v, g, ok = tape.value_and_grad(np.array([[1.0, 1.0], [2.0, 3.0]]), check="mask")
+    np.testing.assert_array_equal(ok, [False, True])
+    assert np.isnan(v[0]) and np.isnan(g[0]).all()
+    np.testing.assert_allclose(v[1], 0.6, rtol=1e-14)
+    np.testing.assert_allclose(g[1], [-0.16, -0.04], rtol=1e-13)  # -(A^-T 1) * y
+    assert not isinstance(_tier0.decoded(kprog).derived["vg"], _tier0.Unsupported)
+    H, ok = tape.hessian(np.array([1.0, 1.0]), check="mask")  # hvp: none on the branch
+    assert not ok and np.isnan(H).all()
+
+
+def test_a_branch_taken_at_no_recorded_point_is_reported_for_every_kind(generic, monkeypatch):
+    def f(x):
+        return x[0] ** 3 * x[1] if x[0] > 0 else -x[0]
+
+    _no_fallback(monkeypatch)
+    tape = tapejit.record(f, np.array([1.0, 2.0]))
+    X = np.array([[-1.0, 2.0], [2.0, 3.0]])  # the first point is off the branch
+    v = np.array([1.0, -1.0])
+    jv, ok = tape.jvp(X, v, check="mask")
+    np.testing.assert_array_equal(ok, [False, True])
+    np.testing.assert_allclose(jv[1], 3 * 4.0 * 3.0 - 8.0, rtol=1e-15)
+    hv, ok = tape.hvp(X, v, check="mask")
+    np.testing.assert_allclose(hv[1], [6 * 2.0 * 3.0 - 3 * 4.0, 3 * 4.0], rtol=1e-15)
+    J, ok = tape.jacobian(X, mode="reverse", check="mask")
+    np.testing.assert_allclose(J[1], [[3 * 4.0 * 3.0, 8.0]], rtol=1e-15)
+    assert np.isnan(J[0]).all() and not ok[0]
+
+
+def test_a_derivative_the_generic_tier_refuses_runs_on_the_kernels(generic, monkeypatch):
+    """A refusal at a point on the branch does not depend on the point: it is kept, and
+    the optimised kernel answers this program's calls of that kind."""
+    def refuse(tape, x, p):
+        raise tapejit.TracingError("not recordable here")
+
+    monkeypatch.setitem(_tier0._RECORDERS, "vg", refuse)
+    tape = tapejit.record(lambda x: np.sum(np.sin(x) * x), np.array([0.5, 1.0]))
+    kprog, _ = tapejit._tape.kernel_arrays(tape)
+    v, g = tape.value_and_grad(np.array([0.5, 1.0]))
     assert isinstance(_tier0.decoded(kprog).derived["vg"], _tier0.Unsupported)
-    v, g = tape.value_and_grad(np.array([2.0, 3.0]))  # the kernels from now on: still right
-    np.testing.assert_allclose(v, 0.6, rtol=1e-14)
-    np.testing.assert_allclose(g, [-0.16, -0.04], rtol=1e-13)  # -(A^-T 1) * y
+    x = np.array([0.5, 1.0])
+    np.testing.assert_allclose(v, np.sum(np.sin(x) * x), rtol=1e-15)
+    np.testing.assert_allclose(g, np.cos(x) * x + np.sin(x), rtol=1e-15)
 
 
 def test_an_unknown_policy_is_an_error_naming_the_choices(monkeypatch):

@@ -11,6 +11,7 @@ import hashlib
 import importlib.abc
 import importlib.util
 import os
+import py_compile
 import re
 import sys
 import tempfile
@@ -41,6 +42,19 @@ def _write_once(path: Path, source: str) -> None:
     with os.fdopen(fd, "w") as fh:
         fh.write(source)
     os.replace(tmp, path)
+
+
+def _write_bytecode(path: Path) -> None:
+    """Compile the module's bytecode next to it once, also where Python writes none
+    (``PYTHONDONTWRITEBYTECODE``, common in containers): compiling the long generated
+    source again would cost every process a noticeable part of its start."""
+    cfile = importlib.util.cache_from_source(str(path))
+    if os.path.exists(cfile):
+        return
+    try:
+        py_compile.compile(str(path), cfile=cfile, doraise=True)
+    except (OSError, py_compile.PyCompileError):
+        pass  # the import compiles the source itself, as it would without this
 
 
 def _roots() -> tuple[Path, Path]:
@@ -103,6 +117,7 @@ def load_kernels() -> ModuleType:
             "tapejit could not write its kernel module to any cache directory; "
             "set TAPEJIT_CACHE_DIR to a writable directory"
         )
+    _write_bytecode(path)
     spec = importlib.util.spec_from_file_location(name, path)
     module = importlib.util.module_from_spec(spec)
     sys.modules[name] = module
