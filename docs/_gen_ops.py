@@ -33,8 +33,9 @@ def _ufunc_names() -> dict[int, list[str]]:
 
     from tapejit import OPS
     from tapejit._numpy_funcs import FUNCTIONS
-    from tapejit._tracer import UFUNC_OPS
+    from tapejit._tracer import UFUNC_OPS, map_scipy_ufuncs
 
+    map_scipy_ufuncs()  # scipy.special's too (the tracer adds them at their first use)
     names: dict[int, list[str]] = {}
     for ufunc, op in UFUNC_OPS.items():
         if isinstance(ufunc, np.ufunc):

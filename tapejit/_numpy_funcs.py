@@ -20,9 +20,11 @@ from . import _fam_lu as lu
 from . import _fam_reduce as red
 from . import _linalg_compose as compose
 from ._errors import TracingError
+from ._ops import ScipySpecial
 from ._rewrites import rewrite_for
 from ._tape_builder import Recorder
 from ._tracer import (
+    SCIPY_REFERENCES,
     UFUNC_OPS,
     Tracer,
     emit,
@@ -30,6 +32,7 @@ from ._tracer import (
     ids_of,
     lift,
     logical,
+    op_of_ufunc,
     power,
     recorder_of,
 )
@@ -52,7 +55,9 @@ def implements(*funcs: Callable) -> Callable:
 
 def public_name(func: Callable) -> str:
     """``numpy.sin``, ``numpy.linalg.solve``, ``scipy.special.erf``: where a user finds
-    ``func``."""
+    ``func`` (also an op's :class:`~tapejit._ops.ScipySpecial`, not imported yet)."""
+    if isinstance(func, ScipySpecial):
+        return f"scipy.special.{func.name}"
     short = getattr(func, "__name__", repr(func))
     mod = getattr(func, "__module__", None) or "numpy"
     if isinstance(func, np.ufunc):
@@ -87,7 +92,8 @@ def supported_functions() -> list[str]:
         Sorted public names, such as ``"numpy.sin"``, ``"numpy.linalg.solve"`` and
         ``"scipy.special.erf"``.
     """
-    funcs = [*UFUNC_OPS, *_UFUNC_RULES, *FUNCTIONS]
+    # scipy.special's by the names in the table: listing them does not import scipy
+    funcs = [*UFUNC_OPS, *_UFUNC_RULES, *FUNCTIONS, *(ref for ref, _ in SCIPY_REFERENCES)]
     return sorted({public_name(f) for f in funcs})
 
 
@@ -123,7 +129,7 @@ def apply_ufunc(rec: Recorder, ufunc: np.ufunc, method: str, inputs: tuple, kwar
     rule = _UFUNC_RULES.get(ufunc)
     if rule is not None:
         return rule(*inputs)
-    op = UFUNC_OPS.get(ufunc)
+    op = op_of_ufunc(ufunc)
     if op is None:
         raise unsupported(ufunc)
     return emit(op.name, *inputs)

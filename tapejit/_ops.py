@@ -8,7 +8,7 @@ Each :class:`Op` holds everything the rest of the package derives from it:
 * ``second``: the second partials, upper triangle in row order (``aa``; ``aa, ab, bb``;
   ``aa, ab, ac, bb, bc, cc``), used by second-order sweeps;
 * ``numpy``: the numpy reference (used for constant folding while recording and by the
-  tests);
+  tests); scipy.special's as :class:`ScipySpecial`, by name, imported at first use;
 * ``domain``: for each operand, the interval the tests sample from; ``edges`` plants the
   op's edge cases (exact ties, bounds, integer conditions) among the sampled points and
   ``kink`` measures how far a point is from the nearest kink or jump;
@@ -59,7 +59,6 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
 import numpy as np
-import scipy.special as _sps
 
 from ._kernels.scalar import MAX_POLYGAMMA_ORDER, MAX_SINC_ORDER
 from ._kernels.sources import kernel_body
@@ -112,7 +111,9 @@ class Op:
         numpy reference implementation; where it is a ufunc (numpy's or scipy.special's),
         the tracer maps that ufunc to this op; a numpy function that is not a ufunc
         (``np.sinc``) is registered in ``tapejit/_numpy_elementwise.py``. Comparison
-        references return bools, read as 1.0/0.0.
+        references return bools, read as 1.0/0.0. A function of scipy.special is given
+        as ``ScipySpecial("erf")`` (:class:`ScipySpecial`), which imports scipy.special
+        at its first call, not with tapejit.
     domain : tuple of (float, float)
         Sampling interval per operand for the tests.
     flags : frozenset of str
@@ -218,6 +219,52 @@ def partial_source(expr: str) -> PartialSource:
     return PartialSource("stored")
 
 
+class ScipySpecial:
+    """The reference of an op that is a function of scipy.special, named in the op's row
+    and imported at its first call: ``import tapejit`` does not import scipy.special,
+    which costs a good part of tapejit's own import, for code that never calls it.
+
+    Calling it calls the function. The tracer maps scipy's ufunc to the op once the user
+    has imported scipy.special (:func:`tapejit._tracer.op_of_ufunc`).
+
+    Parameters
+    ----------
+    name : str
+        The function's name in scipy.special; for a ufunc its ``__name__`` (``psi``, not
+        its alias ``digamma``), so that the names derived from the row before the import
+        (the tracer's object-loop methods, :func:`tapejit.supported_functions`) are
+        those of the ufunc itself.
+    """
+
+    __slots__ = ("_func", "name")
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+        self._func: Callable[..., np.ndarray] | None = None
+
+    def resolve(self) -> Callable[..., np.ndarray]:
+        """The function itself, importing scipy.special at the first call."""
+        func = self._func
+        if func is None:
+            import scipy.special
+
+            # idempotent: threads that race here all assign the same object, no lock needed
+            func = self._func = getattr(scipy.special, self.name)
+        return func
+
+    def __call__(self, *args: object, **kwargs: object) -> np.ndarray:
+        return self.resolve()(*args, **kwargs)
+
+    def __repr__(self) -> str:
+        return f"ScipySpecial({self.name!r})"
+
+
+def resolved(func: Callable[..., np.ndarray]) -> Callable[..., np.ndarray]:
+    """An op's reference (``op.numpy``) as the function itself: a :class:`ScipySpecial`
+    resolved (importing scipy.special), anything else as it is."""
+    return func.resolve() if isinstance(func, ScipySpecial) else func
+
+
 def _sel(c, a, b):
     # np.not_equal, not ``np.asarray(c) != 0``: traced values reach the op through it too
     return np.where(np.not_equal(c, 0.0), a, b)
@@ -247,14 +294,18 @@ def _polygamma(n, x):
     # MAX_POLYGAMMA_ORDER, where scipy still answers), so the generic tier means the same
     n, x = np.broadcast_arrays(np.asarray(n, dtype=np.float64), np.asarray(x, np.float64))
     valid = (n >= 0.0) & (n <= MAX_POLYGAMMA_ORDER) & (n == np.floor(n))
+    import scipy.special  # at the call, as ScipySpecial's
+
     with np.errstate(all="ignore"):
-        return np.where(valid, _sps.polygamma(np.where(valid, n, 0.0), x), np.nan)
+        return np.where(valid, scipy.special.polygamma(np.where(valid, n, 0.0), x), np.nan)
 
 
 def _sinc_derivative(n, x):
     # The reference of op sinc_derivative, independent of the kernels' series:
     # sinc(x) = j0(pi x) and j_k' = (k j_(k-1) - (k + 1) j_(k+1)) / (2k + 1), so the n-th
     # derivative is a combination of scipy's spherical_jn(0..n, pi x)
+    import scipy.special  # at the call, as ScipySpecial's
+
     n, x = np.broadcast_arrays(np.asarray(n, dtype=np.float64), np.asarray(x, np.float64))
     out = np.full(n.shape, np.nan)
     # orders up to the kernels' MAX_SINC_ORDER; NaN at infinities, as np.sinc
@@ -270,7 +321,7 @@ def _sinc_derivative(n, x):
             coef = step
         at = valid & (n == m)
         z = np.pi * x[at]
-        out[at] = np.pi ** m * sum(coef[k] * _sps.spherical_jn(k, z) for k in range(m + 1))
+        out[at] = np.pi ** m * sum(coef[k] * scipy.special.spherical_jn(k, z) for k in range(m + 1))
     return out
 
 
@@ -590,27 +641,29 @@ _TABLE: list[Op] = [
     # r (1 - r) as expit(a) expit(-a), and 1 - 2 r as -tanh(a / 2): no cancelling to 0
     Op(64, "expit", 1, "1.0 / (1.0 + math.exp(-a))", ("r * (1.0 / (1.0 + math.exp(a)))",),
        ("-r * (1.0 / (1.0 + math.exp(a))) * math.tanh(0.5 * a)",),
-       _sps.expit, ((-8.0, 8.0),), doc="the logistic sigmoid 1 / (1 + exp(-a))"),
+       ScipySpecial("expit"), ((-8.0, 8.0),), doc="the logistic sigmoid 1 / (1 + exp(-a))"),
     Op(65, "logit", 1, "_logit(a)", ("1.0 / (a * (1.0 - a))",),
-       ("(2.0 * a - 1.0) / (a * a * (1.0 - a) * (1.0 - a))",), _sps.logit, ((0.02, 0.98),)),
+       ("(2.0 * a - 1.0) / (a * a * (1.0 - a) * (1.0 - a))",), ScipySpecial("logit"),
+       ((0.02, 0.98),)),
     Op(66, "erf", 1, "_erf(a)", ("1.1283791670955126 * math.exp(-a * a)",),
-       ("-2.256758334191025 * a * math.exp(-a * a)",), _sps.erf, (_R,)),
+       ("-2.256758334191025 * a * math.exp(-a * a)",), ScipySpecial("erf"), (_R,)),
     Op(67, "erfc", 1, "_erfc(a)", ("-1.1283791670955126 * math.exp(-a * a)",),
-       ("2.256758334191025 * a * math.exp(-a * a)",), _sps.erfc, (_R,)),
-    Op(68, "gammaln", 1, "_gammaln(a)", ("_digamma(a)",), ("_polygamma(1.0, a)",), _sps.gammaln,
-       ((2.2, 8.0),), doc="log|Gamma(a)|; derivatives digamma and trigamma"),
+       ("2.256758334191025 * a * math.exp(-a * a)",), ScipySpecial("erfc"), (_R,)),
+    Op(68, "gammaln", 1, "_gammaln(a)", ("_digamma(a)",), ("_polygamma(1.0, a)",),
+       ScipySpecial("gammaln"), ((2.2, 8.0),),
+       doc="log|Gamma(a)|; derivatives digamma and trigamma"),
     Op(69, "digamma", 1, "_digamma(a)", ("_polygamma(1.0, a)",), ("_polygamma(2.0, a)",),
-       _sps.digamma, ((0.1, 6.0),),
+       ScipySpecial("psi"), ((0.1, 6.0),),  # scipy.special.digamma is the ufunc psi
        doc="cephes' psi (scipy's); derivatives trigamma and tetragamma (own series)",
        edges=_positive_integers),
     Op(70, "xlogy", 2, "_xlogy(a, b)", ("math.log(b)", "_azmul(a, 1.0 / b)"),
-       (Z, "1.0 / b", "0.0 if a == 0.0 else -a / (b * b)"), _sps.xlogy, (_R, _POS),
+       (Z, "1.0 / b", "0.0 if a == 0.0 else -a / (b * b)"), ScipySpecial("xlogy"), (_R, _POS),
        doc="0 where a == 0 (b not NaN); d/da = log(b) (JAX), d/db = 0 where a == 0",
        edges=_zeros_first),
     Op(71, "xlog1py", 2, "_xlog1py(a, b)",
        ("math.log1p(b)", "_azmul(a, 1.0 / (1.0 + b))"),
        (Z, "1.0 / (1.0 + b)", "0.0 if a == 0.0 else -a / ((1.0 + b) * (1.0 + b))"),
-       _sps.xlog1py, (_R, (-0.9, 3.0)),
+       ScipySpecial("xlog1py"), (_R, (-0.9, 3.0)),
        doc="0 where a == 0 (b not NaN); d/da = log1p(b) (JAX), d/db = 0 where a == 0",
        edges=_zeros_first),
     # --- derivatives of every order: an op whose partial is itself at the next order ---

@@ -32,7 +32,7 @@ from typing import Any
 
 import numpy as np
 
-from ._ops import BY_CODE
+from ._ops import BY_CODE, resolved
 from ._program import (
     ARG_A,
     ATTR,
@@ -137,7 +137,8 @@ def _decode(prog: np.ndarray) -> _Decoded:
         op, r, size = row[OPCODE], row[RESULT], row[SIZE]
         if op < FIRST_FAMILY:
             o = BY_CODE[op]
-            steps.append(_Block(o.numpy, r, size, tuple(
+            # resolved here, once, not at every run of the block
+            steps.append(_Block(resolved(o.numpy), r, size, tuple(
                 _rows_of(row[ARG_A + k], row[STRIDE_A + k], size) for k in range(o.arity))))
         else:
             fam = FAMILIES[op]

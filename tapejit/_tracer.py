@@ -17,12 +17,40 @@ from typing import Any
 import numpy as np
 
 from ._errors import TracingError
-from ._ops import BY_NAME, COMPARISON, OPS, Op
+from ._ops import BY_NAME, COMPARISON, OPS, Op, ScipySpecial
 from ._tape_builder import Recorder
 
-#: numpy ufunc -> op, derived from the op table's numpy references and aliases.
+#: numpy ufunc -> op, derived from the op table's numpy references and aliases. The ufuncs
+#: of scipy.special join it when the tracer first needs them (:func:`op_of_ufunc`).
 UFUNC_OPS: dict[np.ufunc, Op] = {
     u: op for op in OPS for u in (op.numpy, *op.aliases) if isinstance(u, np.ufunc)}
+#: The references of the table that name a function of scipy.special, with their ops.
+SCIPY_REFERENCES: tuple[tuple[ScipySpecial, Op], ...] = tuple(
+    (u, op) for op in OPS for u in (op.numpy, *op.aliases) if isinstance(u, ScipySpecial))
+_scipy_mapped = False  # SCIPY_REFERENCES' ufuncs are in UFUNC_OPS
+
+
+def map_scipy_ufuncs() -> None:
+    """Add the ufuncs of :data:`SCIPY_REFERENCES` to :data:`UFUNC_OPS`, importing
+    scipy.special if it is not yet."""
+    global _scipy_mapped
+    for ref, op in SCIPY_REFERENCES:
+        UFUNC_OPS[ref.resolve()] = op  # threads that race here add the same entries
+    _scipy_mapped = True  # only once all are in
+
+
+def op_of_ufunc(ufunc: np.ufunc) -> Op | None:
+    """The op that ``ufunc`` records, or None.
+
+    A ufunc not in :data:`UFUNC_OPS` yet may be scipy.special's: where the user has
+    imported scipy.special (as anyone must who calls one of its ufuncs), its ufuncs of the
+    table are mapped now, once, and ``import tapejit`` alone never imports it.
+    """
+    op = UFUNC_OPS.get(ufunc)
+    if op is None and not _scipy_mapped and "scipy.special" in sys.modules:
+        map_scipy_ufuncs()
+        op = UFUNC_OPS.get(ufunc)
+    return op
 
 
 class Tracer:
@@ -368,14 +396,15 @@ def _method_of(fn: Any) -> Any:
     return method
 
 
-def _object_loop_method(ufunc: np.ufunc) -> Any:
+def _object_loop_method(ufunc: np.ufunc | ScipySpecial) -> Any:
     """numpy's loop for object arrays calls a method named like the ufunc on each element
-    (``np.sin(a)`` calls ``a[i].sin()``): on a traced scalar it records the ufunc."""
+    (``np.sin(a)`` calls ``a[i].sin()``): on a traced scalar it records the ufunc. A
+    :class:`ScipySpecial` is resolved at the call."""
 
     def method(self: Tracer, *others: Any) -> Any:
         return ufunc(self, *others)
 
-    method.__name__ = ufunc.__name__
+    method.__name__ = ufunc.name if isinstance(ufunc, ScipySpecial) else ufunc.__name__
     return method
 
 
@@ -570,3 +599,7 @@ def logical(kind: str, x: Any, y: Any = None) -> Any:
 for _ufunc in UFUNC_OPS:
     if not hasattr(Tracer, _ufunc.__name__):
         setattr(Tracer, _ufunc.__name__, _object_loop_method(_ufunc))
+# scipy.special's by the name in the table (the ufunc's), without importing it
+for _ref, _ in SCIPY_REFERENCES:
+    if not hasattr(Tracer, _ref.name):
+        setattr(Tracer, _ref.name, _object_loop_method(_ref))

@@ -25,13 +25,15 @@ in the docs' op table.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
-from scipy.special import digamma, erf, erfc, expit, gammaln, logit, psi, xlog1py, xlogy
 
 from ._record import stop_gradient
 from ._tracer import Tracer, emit
+
+if TYPE_CHECKING:  # at run time each is imported at its first access, by __getattr__
+    from scipy.special import digamma, erf, erfc, expit, gammaln, logit, psi, xlog1py, xlogy
 
 __all__ = [
     "digamma",
@@ -50,6 +52,23 @@ __all__ = [
 ]
 
 Axis = int | tuple[int, ...] | None
+
+
+def __getattr__(name: str) -> Any:
+    # The ufuncs of scipy.special re-exported here (PEP 562): ``import tapejit`` does not
+    # import scipy.special. Called only for names not defined yet, so the names of
+    # __all__ that get here are those.
+    if name not in __all__:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    import scipy.special
+
+    func = getattr(scipy.special, name)
+    globals()[name] = func  # later accesses find it directly (threads set the same object)
+    return func
+
+
+def __dir__() -> list[str]:
+    return sorted({*globals(), *__all__})
 
 
 def _max_and_shift(x: Any, axis: Axis) -> tuple[Any, Any]:

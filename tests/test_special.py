@@ -11,10 +11,16 @@
   sits elsewhere;
 * ``tapejit.special.polygamma`` at orders 0 to 6 against scipy's, and its derivative
   (the next order);
-* the error for a scipy.special ufunc tapejit does not record names scipy.special.
+* the error for a scipy.special ufunc tapejit does not record names scipy.special;
+* ``import tapejit`` and differentiating numpy code do not import scipy.special, and
+  its ufuncs record when the user imports it afterwards.
 """
 
 from __future__ import annotations
+
+import os
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -203,6 +209,62 @@ def test_unsupported_scipy_ufunc_names_scipy_special():
     assert "numpy.ndtr" not in str(info.value)
     with pytest.raises(tapejit.TracingError, match=r"numpy\.frexp\b"):
         tapejit.record(lambda x: np.frexp(x)[0], 0.5)
+
+
+# ---------------------------------------------------------------------------------------
+# scipy.special is imported by the user, not by tapejit
+# ---------------------------------------------------------------------------------------
+_LAZY_SCIPY = r"""
+import sys
+import numpy as np, tapejit
+from tapejit._tracer import Tracer
+
+tape = tapejit.record(lambda x: np.sum(np.sin(x) ** 2), np.ones(3))
+tape.value_and_grad(np.ones(3))
+tape.listing(), tapejit.supported_functions(), dir(tapejit.special), Tracer.erf
+assert "scipy.special" not in sys.modules, "tapejit imported scipy.special"
+
+import scipy.special  # first use in this process, after tapejit's import
+x = np.array([0.3, 1.7, 2.5])
+f = lambda x: np.sum(scipy.special.erf(x) * x + scipy.special.gammaln(x))
+tape = tapejit.record(f, x)
+names = [op.name for op in tapejit.OPS if op.code in tape.opcodes.tolist()]
+v, g = tape.value_and_grad(x)
+t = tapejit.record(lambda x: x[0].erf() + x[1].psi(), x)  # numpy's object-loop methods
+from tapejit.special import erf, psi
+print(repr((names, float(v), g.tolist(), float(t.forward(x)), erf is scipy.special.erf,
+            psi is scipy.special.digamma)))
+"""
+
+
+def test_scipy_special_is_imported_at_its_first_use_only():
+    # a fresh process: scipy.special is imported here, by this module
+    res = subprocess.run([sys.executable, "-c", _LAZY_SCIPY], capture_output=True, text=True,
+                         timeout=300, env={**os.environ, "TAPEJIT_QUIET": "1"})
+    assert res.returncode == 0, res.stderr
+    names, v, g, t, same_erf, same_psi = eval(res.stdout.strip().splitlines()[-1])
+    x = np.array([0.3, 1.7, 2.5])
+    assert {"erf", "gammaln"} <= set(names)
+    assert v == pytest.approx(np.sum(sps.erf(x) * x + sps.gammaln(x)), rel=1e-14)
+    np.testing.assert_allclose(
+        g, sps.erf(x) + x * 2.0 / np.sqrt(np.pi) * np.exp(-x * x) + sps.digamma(x),
+        rtol=1e-13)
+    assert t == pytest.approx(sps.erf(0.3) + sps.digamma(1.7), rel=1e-15)
+    assert same_erf and same_psi
+
+
+def test_scipy_references_are_named_as_their_ufuncs():
+    # names derived from a row before scipy.special is imported (object-loop methods,
+    # supported_functions) are those of the ufunc
+    from tapejit._ops import ScipySpecial
+
+    refs = [u for op in tapejit.OPS for u in (op.numpy, *op.aliases)
+            if isinstance(u, ScipySpecial)]
+    assert refs
+    for ref in refs:
+        func = ref.resolve()
+        assert func is getattr(sps, ref.name)
+        assert not isinstance(func, np.ufunc) or func.__name__ == ref.name, ref
 
 
 # ---------------------------------------------------------------------------------------

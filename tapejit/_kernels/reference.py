@@ -7,8 +7,8 @@ import types
 from typing import Any
 
 import numpy as np
-import scipy.special
 
+from .._ops import ScipySpecial
 from . import scalar
 
 #: The numpy function each of tapejit's own libm functions (``libm.py``) computes, to
@@ -37,5 +37,6 @@ def reference_namespace(math: Any) -> dict[str, Any]:
         elif name.startswith("_") and isinstance(obj, (float, tuple)):
             ns[name] = obj  # the helpers' constants (``_BERNOULLI``, ...)
     ns.update(LIBM_NUMPY)
-    ns.update({k: getattr(scipy.special, v) for k, v in C_LIBRARY_SCIPY.items()})
+    # imported at the first call, as the op table's: a listing does not import scipy
+    ns.update({k: ScipySpecial(v) for k, v in C_LIBRARY_SCIPY.items()})
     return ns
