@@ -25,6 +25,11 @@ import fcntl
 import os
 import sys
 
+# One BLAS thread per process, before numpy loads OpenBLAS: the suite runs on every core
+# with pytest-xdist, and a BLAS pool per worker would oversubscribe them (the optimizer
+# benchmarks' BFGS steps ran 5-25x slower).
+os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
+
 import numpy as np
 import pytest
 from hypothesis import HealthCheck, settings
