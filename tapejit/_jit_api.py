@@ -64,7 +64,7 @@ from typing import NamedTuple
 import numba
 import numpy as np
 from numba.core import errors, types
-from numba.extending import overload
+from numba.extending import intrinsic, overload
 
 from ._kernels.runtime import kernels
 from ._program import (
@@ -401,6 +401,22 @@ def _typing_checks(args, x, g=None) -> None:
         raise errors.TypingError("g must be writeable")
 
 
+@intrinsic
+def _as_kernel_typed(typingctx, a):
+    # The bundle's read-only program, plan or constants typed as the tapes pass them to the
+    # kernels (writable; the kernels only read them): a user's function then calls the
+    # kernel the cache already holds, instead of compiling a read-only variant of it.
+    if not isinstance(a, types.Array):
+        return None
+    typed = a.copy(readonly=False)
+
+    def codegen(context, builder, sig, args):
+        context.nrt.incref(builder, sig.args[0], args[0])  # the same array: a new reference
+        return args[0]
+
+    return typed(a), codegen
+
+
 # Inlined into the caller (Numba IR): a call per entry costs a few percent of a small
 # tape's call (asv_bench/measure_bundle_check.py).
 @overload(jit_value_and_grad, inline="always")
@@ -420,7 +436,8 @@ def _ol_value_and_grad(args, x, g):
             _raise_fault(fault)
         if x.shape[0] != prog[N_INPUTS] or g.shape[0] != prog[N_INPUTS]:
             raise ValueError("x and g must have n_inputs elements")
-        return kernel(prog, plan, consts, x, params, g, ws)
+        return kernel(_as_kernel_typed(prog), _as_kernel_typed(plan),
+                      _as_kernel_typed(consts), x, params, g, ws)
 
     return impl
 
@@ -441,7 +458,8 @@ def _ol_value(args, x):
             _raise_fault(fault)
         if x.shape[0] != prog[N_INPUTS]:
             raise ValueError("x must have n_inputs elements")
-        if kernel(prog, consts, x, params, out, args.workspace):
+        if kernel(_as_kernel_typed(prog), _as_kernel_typed(consts), x, params, out,
+                  args.workspace):
             return np.nan
         return out[0]
 

@@ -293,6 +293,32 @@ def test_jit_gradient_descent_matches_value_and_grad():
 
 
 @_NUMBA_ENTRY_POINTS
+def test_numba_entry_points_call_the_kernels_the_tapes_use():
+    """A bundle's program is read-only, the tapes' is not: the entry points pass it typed
+    as the tapes do, so the user's function links the kernels the cache already holds
+    instead of compiling read-only variants of them (a minute of compiling each)."""
+    from tapejit._kernels.runtime import kernels
+
+    tape = tapejit.record(lambda x, p: np.sum(np.sin(x) * x) * p[0], np.ones(3), np.ones(1),
+                          argnums=0)
+    x, p = np.array([0.5, 1.0, 2.0]), np.array([1.5])
+    v0, g0 = tape.value_and_grad(x, p)
+    y0 = tape.forward(x, p)
+    module = kernels().module
+    before = {n: set(getattr(module, n).signatures) for n in ("value_grad_point", "forward_point")}
+
+    @numba.njit
+    def both(args, x, g):
+        return tapejit.jit_value_and_grad(args, x, g), tapejit.jit_value(args, x)
+
+    g = np.empty(3)
+    assert both(tape.jit_args(params=p), x, g) == (v0, y0)
+    np.testing.assert_array_equal(g, g0)
+    after = {n: set(getattr(module, n).signatures) for n in before}
+    assert after == before
+
+
+@_NUMBA_ENTRY_POINTS
 def test_jit_params_guards_and_errors():
     data = np.array([0.5, 1.5, -1.0])
     model = tapejit.record(lambda w, d: np.sum((w[0] * d - w[1]) ** 2), np.ones(2), data,

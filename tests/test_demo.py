@@ -4,6 +4,7 @@ import importlib.util
 import io
 
 import numpy as np
+import pytest
 
 from tapejit._cli import main
 from tapejit._demo import run
@@ -42,6 +43,9 @@ def test_demo_rejects_bad_points(capsys):
         raise AssertionError("--points 0 was accepted")
 
 
+# The helper compiles (or, with the kernels cached, loads) the optimised batched kernel:
+# with the tests of the kernels, so that on CI's cold cache it does not compile it again.
+@pytest.mark.kernels
 def test_demo_warm_helper_compiles_in_another_process(monkeypatch):
     """On a cold cache the demo starts a helper process for its batched kernel; the
     helper must start from any working directory and exit cleanly."""
