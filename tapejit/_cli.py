@@ -279,6 +279,10 @@ def main(argv: list[str] | None = None) -> int:
                      help="processes compiling side by side (default: the CPUs, at most 4)")
     p_c.add_argument("--only", action="append", metavar="STEP",
                      help="compile only this step (repeatable), e.g. 'gradient, one point'")
+    p_c.add_argument("--profile", metavar="FILE", nargs="?", const="-", default=None,
+                     help="print (or write to FILE) each kernel function's compile time per "
+                     "signature and step; for developers: use --jobs 1 and an empty "
+                     "TAPEJIT_CACHE_DIR")
     p_c.add_argument("--background", action="store_true", help=argparse.SUPPRESS)
     p_k = sub.add_parser("kernels", help="the kernel sweeps, or the code one op runs in one")
     p_k.add_argument("--list", action="store_true", help="list the sweeps (the default)")
@@ -306,10 +310,17 @@ def main(argv: list[str] | None = None) -> int:
         if args.background:  # the tiers' worker (tapejit/_kernels/tiers.py)
             serve()
         else:
+            out = None
             try:
-                compile_kernels(args.jobs, steps=args.only)
+                if args.profile is not None:
+                    out = sys.stdout if args.profile == "-" else open(
+                        args.profile, "w", encoding="utf-8")
+                compile_kernels(args.jobs, steps=args.only, profile=out)
             except ValueError as err:
                 parser.error(str(err))
+            finally:
+                if out is not None and out is not sys.stdout:
+                    out.close()
         return EXIT_OK
     if args.command == "kernels":
         if args.list or (args.op is None and args.sweep is None):

@@ -1215,10 +1215,11 @@ def from_packed(prog: np.ndarray, consts: np.ndarray, input_shapes: tuple = (),
 
 def float32_kernels(tape: Tape):
     """The kernels ``Float32Tape``'s direct methods call (float32 points, parameters and
-    results), with the routines of the tape's instruction families for them loaded."""
+    results), with the routines of the tape's instruction families loaded (the float64
+    ones: the kernels hand them the parameters as float64)."""
     ks = kernels_for(tape._families, float32=True)
     if tape._families:
-        ks.ensure_family_routines(tape._families, FIRST_ORDER_SWEEPS, float32=True)
+        ks.ensure_family_routines(tape._families, FIRST_ORDER_SWEEPS)
     return ks
 
 

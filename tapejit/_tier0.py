@@ -456,7 +456,7 @@ def reverse_plan(prog):
     return None
 
 
-def ensure_family_routines(codes, sweeps, float32: bool = False) -> None:
+def ensure_family_routines(codes, sweeps) -> None:
     """Nothing to compile: families run on their numpy references here."""
 
 

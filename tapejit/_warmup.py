@@ -77,15 +77,13 @@ def _at(point: bool, *methods: str) -> Callable[[], None]:
 
 
 def _family_routines(file: str) -> None:
-    """The routines of the instruction families of kernel file ``file``, every sweep
-    (and the first-order ones for float32 parameters too: ``Float32Tape``)."""
+    """The routines of the instruction families of kernel file ``file``, every sweep (a
+    ``Float32Tape``'s kernels call them too: its parameters reach them as float64)."""
     from ._kernels.runtime import kernels
-    from ._program import FAMILIES, FIRST_ORDER_SWEEPS, SWEEPS
+    from ._program import FAMILIES, SWEEPS
 
     codes = [code for code, family in FAMILIES.items() if family.kernel == file]
-    ensure = kernels().module.ensure_family_routines
-    ensure(codes, SWEEPS)
-    ensure(codes, FIRST_ORDER_SWEEPS, float32=True)
+    kernels().module.ensure_family_routines(codes, SWEEPS)
 
 
 class Step(NamedTuple):
@@ -172,14 +170,20 @@ _FIRST = ("gradient, one point", FAMILY_STEP[129], "forward, one point", "gradie
 BACKGROUND_ORDER = _FIRST + tuple(step.name for step in STEPS if step.name not in _FIRST)
 
 
-def _run_step(name: str) -> float:
+def _run_step(name: str, profile: bool = False):
     """In a worker: make the calls of step ``name`` and mark it ready; its time in
-    seconds."""
+    seconds (``profile``: and its compilations, ``_compile_profile.profile_step``)."""
     from ._kernels.runtime import kernels
     from ._kernels.tiers import MODE_ENV, mark_ready
 
     os.environ["TAPEJIT_QUIET"] = "1"
     os.environ[MODE_ENV] = "optimized"
+    if profile:
+        from ._compile_profile import profile_step
+
+        seconds, rows = profile_step(name, _BY_NAME[name].run)
+        mark_ready(kernels().module, name)
+        return seconds, rows
     start = time.perf_counter()
     _BY_NAME[name].run()
     mark_ready(kernels().module, name)
@@ -211,7 +215,7 @@ class _Progress:
 
 
 def compile_kernels(jobs: int | None = None, *, stream=None,
-                    steps: list[str] | None = None) -> float:
+                    steps: list[str] | None = None, profile=None) -> float:
     """Compile every kernel of tapejit for this machine into the on-disk cache.
 
     Parameters
@@ -224,6 +228,11 @@ def compile_kernels(jobs: int | None = None, *, stream=None,
     steps : list of str, optional
         Only these steps (names of :data:`STEPS`), e.g. the kinds of call one program
         makes; default: all.
+    profile : file, optional
+        Where to write a table of the compile time of each kernel function and signature,
+        attributed to the step that compiled it (``tapejit compile --profile``; a
+        developer tool, see ``_compile_profile.py``): meant for one process
+        (``jobs=1``) on an empty cache (``TAPEJIT_CACHE_DIR``).
 
     Returns
     -------
@@ -252,13 +261,26 @@ def compile_kernels(jobs: int | None = None, *, stream=None,
     start = time.perf_counter()
     with ProcessPoolExecutor(jobs, mp_context=get_context("spawn")) as pool:
         by_cost = sorted(chosen, key=lambda step: -step.cost)
-        futures = {pool.submit(_run_step, step.name): step.name for step in by_cost}
+        futures = {pool.submit(_run_step, step.name, profile is not None): step.name
+                   for step in by_cost}
+        rows = []
         for n_done, future in enumerate(as_completed(futures), 1):
             name = futures[future]
-            progress.step(name, _BY_NAME[name].cost, future.result(), n_done, len(chosen))
+            seconds = future.result()
+            if profile is not None:
+                seconds, step_rows = seconds
+                rows += step_rows
+            progress.step(name, _BY_NAME[name].cost, seconds, n_done, len(chosen))
     elapsed = time.perf_counter() - start
     stream.write(f"tapejit: kernels ready in {elapsed:.0f} s\n")
     stream.flush()
+    if profile is not None:
+        from ._compile_profile import table
+
+        profile.write(f"tapejit compile --profile: {jobs} process"
+                      f"{'es' if jobs > 1 else ''}, {elapsed:.1f} s wall\n")
+        profile.write(table(rows))
+        profile.flush()
     return elapsed
 
 

@@ -203,3 +203,23 @@ def test_dask_gives_float32_arrays(model):
     assert vs.dtype == F32 and gs.dtype == F32
     np.testing.assert_allclose(vs, v64.sum(), rtol=1e-6)
     np.testing.assert_allclose(gs, g64.sum(axis=0), rtol=1e-6)
+
+
+def test_tapes_too_long_for_a_chunk(monkeypatch):
+    # batches of such tapes run point by point (runtime.POINTWISE: forward_points,
+    # vjp_points), the float32 parameters converted for the float64 point sweeps
+    from tapejit._kernels import runtime
+
+    monkeypatch.setattr(runtime, "POINTWISE_SLOTS", 8)
+    tape = tapejit.record(_model, np.zeros(3), np.ones(2), argnums=0)
+    assert runtime.chunk_of(tape.n_slots) == 1
+    rng = np.random.default_rng(7)
+    X = rng.uniform(-2, 2, (5, 3)).astype(F32)
+    t32 = tape.astype(np.float32)
+    for P in (np.array([1.1, 0.7], F32), rng.uniform(0.5, 1.5, (5, 2)).astype(F32)):
+        Xr, Pr = _rounded(X), _rounded(P)
+        _same(t32.forward(X, P), tape.forward(Xr, Pr))
+        v, g = t32.value_and_grad(X, P)
+        v64, g64 = tape.value_and_grad(Xr, Pr)
+        _same(v, v64)
+        _same(g, g64)

@@ -19,6 +19,7 @@ from tapejit._kernels.support import (
     _forward_stored,
     _forward_tangents,
     _load,
+    _params64,
     _reverse_workspaces,
     _seed,
     _store_grad,
@@ -46,11 +47,12 @@ def forward_batch(prog, consts, X, P, Y, valid, chunk, t, nt):
     nchunks = (n + chunk - 1) // chunk
     W = np.empty((prog[N_SLOTS], chunk))
     _fill_fixed(prog, consts, P, W)
+    PS = _params64(P)
     for c in range(t, nchunks, nt):
         p0 = c * chunk
         m = min(chunk, n - p0)
         _load(prog, X, P, W, p0, m)
-        forward_chunk(prog, consts, P, W, m)
+        forward_chunk(prog, consts, PS, W, m)
         _check_guards(prog, W, valid, p0, m)
         _store_outputs(prog, W, Y, p0, m)
 
@@ -61,13 +63,14 @@ def vjp_batch(prog, R, consts, X, P, WT, Y, G, valid, chunk, t, nt):
     n = X.shape[0]
     nchunks = (n + chunk - 1) // chunk
     W, A, D = _reverse_workspaces(prog, consts, P, chunk)
+    PS = _params64(P)
     for c in range(t, nchunks, nt):
         p0 = c * chunk
         m = min(chunk, n - p0)
-        _forward_stored(prog, consts, X, P, W, D, Y, valid, p0, m)
+        _forward_stored(prog, consts, X, P, PS, W, D, Y, valid, p0, m)
         _zero_planned(prog, R, A)
         _seed(prog, WT, A, p0, m)
-        reverse_stored_chunk(prog, R, consts, P, W, A, D, m)
+        reverse_stored_chunk(prog, R, consts, PS, W, A, D, m)
         _store_grad(prog, A, G, p0, m)
 
 
@@ -79,16 +82,17 @@ def jacrev_batch(prog, R, consts, X, P, Y, J, valid, chunk, t, nt):
     oo = prog[AT_OUTPUTS]
     oi = prog[AT_INPUTS]
     W, A, D = _reverse_workspaces(prog, consts, P, chunk)
+    PS = _params64(P)
     for c in range(t, nchunks, nt):
         p0 = c * chunk
         m = min(chunk, n - p0)
-        _forward_stored(prog, consts, X, P, W, D, Y, valid, p0, m)
+        _forward_stored(prog, consts, X, P, PS, W, D, Y, valid, p0, m)
         for k in range(prog[N_OUTPUTS]):
             _zero_planned(prog, R, A)
             a = A[prog[oo + k]]
             for p in range(m):
                 a[p] += 1.0
-            reverse_stored_chunk(prog, R, consts, P, W, A, D, m)
+            reverse_stored_chunk(prog, R, consts, PS, W, A, D, m)
             for j in range(prog[N_INPUTS]):
                 a = A[prog[oi + j]]
                 jk = J[p0 : p0 + m, k, j]

@@ -636,6 +636,7 @@ from numba.core import cgutils as _cgutils
 from numba.core import types as _types
 from numba.core.errors import TypingError as _TypingError
 from numba.extending import intrinsic as _intrinsic
+from numba.extending import overload as _overload
 """
 
 
@@ -656,23 +657,20 @@ _FAMILY_CALL = {
 
 
 #: How a family routine's array operands cross the C call: ``(element type's address
-#: intrinsic, ndim)``; ``None``: the parameters' dtype of the routine. Others: integers.
-_FAMILY_ARRAYS = {"prog": ("_int32_at", 1), "consts": ("_float64_at", 1), "P": (None, 2),
-                  "W": ("_float64_at", 2), "A": ("_float64_at", 2), "T": ("_float64_at", 3),
-                  "Ad": ("_float64_at", 3)}
-_FAMILY_PARAMS = {"f64": "_float64_at", "f32": "_float32_at"}
+#: intrinsic, ndim)``. Others: integers.
+_FAMILY_ARRAYS = {"prog": ("_int32_at", 1), "consts": ("_float64_at", 1),
+                  "P": ("_float64_at", 2), "W": ("_float64_at", 2), "A": ("_float64_at", 2),
+                  "T": ("_float64_at", 3), "Ad": ("_float64_at", 3)}
 
 
 def _family_files() -> list[str]:
     return sorted({f.kernel for f in _program.FAMILIES.values() if f.kernel})
 
 
-def _family_routine(sweep: str, file: str) -> str:
-    """One sweep's routine for the families of one kernel file: reads instruction
-    ``k``'s operand blocks (``families.py``) and calls the family's rule."""
-    lines = ["@njit(cache=True, nogil=True)",
-             f"def _family_{sweep}__{file}({_FAMILY_ARGS[sweep]}):",
-             "    op = prog[k + OPCODE]",
+def _family_routine(sweep: str, file: str) -> list[str]:
+    """The body of one sweep's routine for the families of one kernel file: reads
+    instruction ``k``'s operand blocks (``families.py``) and calls the family's rule."""
+    lines = ["    op = prog[k + OPCODE]",
              "    at = prog[prog[AT_ATTRS] + prog[k + ATTR] :]",
              "    ir = prog[k + RESULT]",
              "    n = prog[k + SIZE]",
@@ -696,12 +694,16 @@ def _family_routine(sweep: str, file: str) -> str:
         lines += [f"    {kw} op == {code}:  # {family.name}",
                   f"        {family.rules[sweep]}(at, a, b, c, r, {_FAMILY_CALL[sweep]})"]
         kw = "elif"
-    return "\n".join(lines) + "\n"
+    return lines
 
 
-def _family_c_routine(sweep: str, file: str, dtype: str) -> str:
-    """The C callable of :func:`_family_routine` for parameters of ``dtype``: its arrays
-    arrive as data addresses and shapes (``family_calls.py``); compiled on first use."""
+def _family_c_routine(sweep: str, file: str) -> str:
+    """The C callable of one sweep's routine for the families of one kernel file
+    (:func:`_family_routine`): its arrays arrive as data addresses and shapes
+    (``family_calls.py``); compiled on first use. The routine is its body, not an
+    ``njit`` function it calls: that would be compiled on its own and then linked, its
+    rules optimised and generated again, into the C callable (twice the compile time
+    of a family kernel file's routines)."""
     names = [a.strip() for a in _FAMILY_ARGS[sweep].split(",")]
     params, body = [], []
     for name in names:
@@ -711,10 +713,9 @@ def _family_c_routine(sweep: str, file: str, dtype: str) -> str:
         at, ndim = _FAMILY_ARRAYS[name]
         shape = [f"{name}_{d}" for d in range(ndim)]
         params += [f"{name}_p", *shape]
-        body.append(f"    {name} = _carray({at or _FAMILY_PARAMS[dtype]}({name}_p), "
-                    f"({', '.join(shape)},))")
-    return "\n".join([f"def _family_{sweep}__{file}__{dtype}({', '.join(params)}):", *body,
-                      f"    _family_{sweep}__{file}({', '.join(names)})"]) + "\n"
+        body.append(f"    {name} = _carray({at}({name}_p), ({', '.join(shape)},))")
+    return "\n".join([f"def _family_{sweep}__{file}__c({', '.join(params)}):", *body,
+                      *_family_routine(sweep, file)]) + "\n"
 
 
 def _family_dispatch(sweep: str) -> str:
@@ -733,8 +734,7 @@ def _family_dispatch(sweep: str) -> str:
         "    code = prog[k + OPCODE]",
         "    if code < FIRST_FAMILY or code >= FIRST_FAMILY + N_FAMILY_CODES:",
         '        raise ValueError("an instruction family this kernel module does not run")',
-        f"    addr = _family_address(_family_slot(code, {_program.SWEEPS.index(sweep)}, "
-        "_family_dtype(P)))",
+        f"    addr = _family_address(_family_slot(code, {_program.SWEEPS.index(sweep)}))",
         "    if addr == 0:",
         '        raise RuntimeError("tapejit: a family routine was not compiled before the '
         'kernel that calls it ran (ensure_family_routines)")',
@@ -757,9 +757,7 @@ def _family_kernels() -> list[str]:
     files = _family_files()
     return [kernel_body("families"), *(kernel_body(f) for f in files),
             _family_constants(), kernel_body("family_calls"),
-            *(_family_routine(s, f) for s in _program.SWEEPS for f in files),
-            *(_family_c_routine(s, f, d) for s in _program.SWEEPS for f in files
-              for d in _FAMILY_PARAMS),
+            *(_family_c_routine(s, f) for s in _program.SWEEPS for f in files),
             *(_family_dispatch(s) for s in _program.SWEEPS)]
 
 

@@ -14,7 +14,7 @@ loads) the routines a tape needs and fills their slots before its kernels run.
 
 Across the call, an array travels as its data address and its shape (C-contiguous:
 :func:`_c_call` refuses any other layout when the kernel is compiled) and an integer as
-an int64; the routine (``_family_<sweep>__<file>__<dtype>``, generated) rebuilds the
+an int64; the routine (``_family_<sweep>__<file>__c``, generated) rebuilds the
 arrays with ``numba.carray``.
 """
 
@@ -38,9 +38,9 @@ _FAMILY_FILES: dict = {}  # generated: the kernel file of each family opcode
 
 # --- kernel source ---
 
-#: Routines per family opcode: one per sweep and per parameter dtype (float64, float32).
-_FAMILY_DTYPES = ("f64", "f32")
-_FAMILY_TABLE = (_ctypes.c_int64 * (N_FAMILY_CODES * len(SWEEPS) * len(_FAMILY_DTYPES)))()
+#: Routines per family opcode: one per sweep. Parameters reach them as float64 (a float32
+#: tape's drivers convert theirs, ``_params64`` in ``support.py``).
+_FAMILY_TABLE = (_ctypes.c_int64 * (N_FAMILY_CODES * len(SWEEPS)))()
 # One name per kernel module (its name is the hash of its source): two modules in one
 # process never share a table.
 _FAMILY_TABLE_SYMBOL = f"tapejit_family_table_{__name__}"
@@ -51,36 +51,37 @@ _FAMILY_COMPILED: dict = {}
 
 
 @njit(cache=True, nogil=True, inline="always")
-def _family_slot(code, sweep, dtype):
+def _family_slot(code, sweep):
     # The table slot of family opcode ``code``'s routine for sweep ``sweep`` (its index
-    # in SWEEPS) and parameters of dtype ``dtype`` (its index in _FAMILY_DTYPES).
-    return ((code - FIRST_FAMILY) * len(SWEEPS) + sweep) * len(_FAMILY_DTYPES) + dtype
+    # in SWEEPS).
+    return (code - FIRST_FAMILY) * len(SWEEPS) + sweep
 
 
-def ensure_family_routines(codes, sweeps, float32: bool = False) -> None:
+def ensure_family_routines(codes, sweeps) -> None:
     """Compile (or load from Numba's cache) the routines of family opcodes ``codes`` for
-    the sweeps named in ``sweeps`` (of ``SWEEPS``), for float32 parameters if
-    ``float32`` else float64, and put their addresses in the table. Cheap when they are
-    there; safe from many threads."""
-    dtype = 1 if float32 else 0
+    the sweeps named in ``sweeps`` (of ``SWEEPS``), and put their addresses in the table.
+    Cheap when they are there; safe from many threads."""
     for code in codes:
         for name in sweeps:
             sweep = SWEEPS.index(name)
-            slot = _family_slot(code, sweep, dtype)
+            slot = _family_slot(code, sweep)
             if _FAMILY_TABLE[slot]:
                 continue
             with _FAMILY_LOCK:
                 if _FAMILY_TABLE[slot]:
                     continue
-                routine = f"_family_{name}__{_FAMILY_FILES[code]}__{_FAMILY_DTYPES[dtype]}"
+                routine = f"_family_{name}__{_FAMILY_FILES[code]}__c"
                 fn = globals()[routine]
                 signature = _types.void(*([_types.int64] * fn.__code__.co_argcount))
-                compiled = _cfunc(signature, cache=True, nopython=True)(fn)
+                # numpy's error model, as every njit kernel (njit.py): the routine's body
+                # is in the C callable itself
+                compiled = _cfunc(signature, cache=True, nopython=True,
+                                  error_model="numpy")(fn)
                 _FAMILY_COMPILED[routine] = compiled
                 # every opcode of the same kernel file runs through the same routine
                 for other, file in _FAMILY_FILES.items():
                     if file == _FAMILY_FILES[code]:
-                        _FAMILY_TABLE[_family_slot(other, sweep, dtype)] = compiled.address
+                        _FAMILY_TABLE[_family_slot(other, sweep)] = compiled.address
 
 
 @_intrinsic
@@ -99,23 +100,15 @@ def _family_address(typingctx, slot):
     return _types.int64(slot), codegen
 
 
-@_intrinsic
-def _family_dtype(typingctx, P):
-    # 1 for float32 parameters, else 0: which routine of a sweep runs.
-    dtype = 1 if P.dtype == _types.float32 else 0
-
-    def codegen(context, builder, sig, args):
-        return context.get_constant(_types.int64, dtype)
-
-    return _types.int64(P), codegen
-
-
 def _c_call(addr, *operands):
     """Signature and code of a call of the routine at ``addr`` with ``operands`` (the
     typing half of the ``_family_call_<sweep>`` intrinsics)."""
     for ty in operands:
         if isinstance(ty, _types.Array) and ty.layout != "C":
             raise _TypingError(f"a family routine takes C-contiguous arrays, not {ty}")
+        if isinstance(ty, _types.Array) and ty.dtype not in (_types.float64, _types.int32):
+            raise _TypingError(f"a family routine takes float64 values, not {ty} (float32 "
+                               "parameters are converted: _params64)")
 
     def codegen(context, builder, sig, args):
         i64 = _ir.IntType(64)
@@ -148,4 +141,3 @@ def _pointer_to(dtype):
 
 _int32_at = _pointer_to(_types.int32)
 _float64_at = _pointer_to(_types.float64)
-_float32_at = _pointer_to(_types.float32)

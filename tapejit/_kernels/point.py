@@ -14,7 +14,7 @@ import numpy as np
 from tapejit._kernels.njit import njit
 from tapejit._kernels.plan import _check_plan, _zero_planned
 from tapejit._kernels.reverse import reverse_stored_point_sweep
-from tapejit._kernels.support import _point_failed_guards
+from tapejit._kernels.support import _params64, _point_failed_guards
 from tapejit._program import (
     AT_INPUTS,
     AT_OUTPUTS,
@@ -95,11 +95,6 @@ def _point_tangents(prog, V, T):
 
 
 @njit(cache=True, nogil=True)
-def _fill_point(prog, consts, X, P, q, W):
-    _fill_values(prog, consts, X[q], P[0 if P.shape[0] == 1 else q], W)
-
-
-@njit(cache=True, nogil=True)
 def _point_guards_valid(prog, W, valid, q):
     valid[q] = 1 if _point_failed_guards(prog, W) == 0 else 0
 
@@ -111,8 +106,9 @@ def forward_points(prog, consts, X, P, Y, valid, chunk, t, nt):
     W = np.empty(prog[N_SLOTS])
     o = prog[AT_OUTPUTS]
     for q in range(t, X.shape[0], nt):
-        _fill_point(prog, consts, X, P, q, W)
-        forward_point_sweep(prog, consts, P[0 if P.shape[0] == 1 else q], W)
+        pq = _params64(P[0 if P.shape[0] == 1 else q])  # float32 ones as float64
+        _fill_values(prog, consts, X[q], pq, W)
+        forward_point_sweep(prog, consts, pq, W)
         _point_guards_valid(prog, W, valid, q)
         for k in range(prog[N_OUTPUTS]):
             Y[q, k] = W[prog[o + k]]
@@ -128,8 +124,8 @@ def vjp_points(prog, R, consts, X, P, WT, Y, G, valid, chunk, t, nt):
     D = np.empty(MAX_ARITY * (n - nd - prog[N_INPUTS]))
     oo = prog[AT_OUTPUTS]
     for q in range(t, X.shape[0], nt):
-        _fill_point(prog, consts, X, P, q, W)
-        pq = P[0 if P.shape[0] == 1 else q]
+        pq = _params64(P[0 if P.shape[0] == 1 else q])  # float32 ones as float64
+        _fill_values(prog, consts, X[q], pq, W)
         end = forward_partials_point_sweep(prog, consts, pq, W, D)
         _point_guards_valid(prog, W, valid, q)
         _zero_planned(prog, R, A)

@@ -21,6 +21,8 @@ driver:
 from typing import TYPE_CHECKING
 
 import numpy as np
+from numba.core import types as _types
+from numba.extending import overload as _overload
 
 from tapejit._kernels.njit import njit
 from tapejit._program import (
@@ -157,11 +159,37 @@ def _reverse_workspaces(prog, consts, P, chunk):
         (MAX_ARITY * (prog[N_SLOTS] - prog[FIRST_ADJOINT] - prog[N_INPUTS]), chunk))
 
 
+def _params64(P):
+    # The parameters as the sweeps take them (compiled: the overload below).
+    return np.asarray(P, dtype=np.float64)
+
+
+@_overload(_params64)
+def _params64_typed(P):
+    # float64 parameters as they are; float32 ones (a Float32Tape's) as float64, so that
+    # its drivers run the float64 sweeps and family routines (one compilation for both).
+    # A sweep reads parameters from P only where they are shared (one row: family
+    # operands, ``_family_operand``); per-point ones are in the workspace, and of those
+    # only the number of rows counts.
+    if P.dtype == _types.float64:
+        return lambda P: P
+    if P.ndim == 1:
+        return lambda P: P.astype(np.float64)
+
+    def as_float64(P):
+        if P.shape[0] == 1:
+            return P.astype(np.float64)
+        return np.empty((P.shape[0], 0))
+
+    return as_float64
+
+
 @njit(cache=True, nogil=True)
-def _forward_stored(prog, consts, X, P, W, D, Y, valid, p0, m):
-    # One chunk's values and stored partials; its outputs and guard checks written.
+def _forward_stored(prog, consts, X, P, PS, W, D, Y, valid, p0, m):
+    # One chunk's values and stored partials; its outputs and guard checks written. PS:
+    # the parameters as the sweeps take them (_params64(P)).
     _load(prog, X, P, W, p0, m)
-    forward_partials_chunk(prog, consts, P, W, D, m)
+    forward_partials_chunk(prog, consts, PS, W, D, m)
     _check_guards(prog, W, valid, p0, m)
     _store_outputs(prog, W, Y, p0, m)
 

@@ -194,15 +194,12 @@ class Kernels:
 
     def _load_families(self) -> None:
         """Compile or load the routines of this namespace's families for every sweep
-        (float32: the first-order ones for float32 too), before an optimised kernel that
-        calls them runs."""
-        from .._program import FIRST_ORDER_SWEEPS, SWEEPS
+        before an optimised kernel that calls them runs (a float32 namespace's kernels
+        call the same routines: their parameters reach them as float64)."""
+        from .._program import SWEEPS
 
         if self.families:
             self.module.ensure_family_routines(self.families, SWEEPS)
-            if self.float32:
-                self.module.ensure_family_routines(self.families, FIRST_ORDER_SWEEPS,
-                                                   float32=True)
 
     def swap_ready(self) -> None:
         """Move every generic name whose optimised kernel is now ready to it, in order:
