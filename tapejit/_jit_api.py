@@ -351,7 +351,8 @@ def jit_value_and_grad(args: JitArgs, x: np.ndarray, g: np.ndarray) -> float:
     x = _vector(x, n, "x")
     g = _vector(g, n, "g", writeable=True)
     return _kernel_module().value_grad_point(
-        args.prog, args.plan, args.consts, x, args.params, g, args.workspace
+        _kernel_typed(args.prog), _kernel_typed(args.plan), _kernel_typed(args.consts), x,
+        args.params, g, args.workspace
     )
 
 
@@ -364,8 +365,8 @@ def jit_value(args: JitArgs, x: np.ndarray) -> float:
     _check_bundle(args)
     x = _vector(x, int(args.prog[N_INPUTS]), "x")
     module = _kernel_module()
-    failed = module.forward_point(args.prog, args.consts, x, args.params, args.out,
-                                  args.workspace)
+    failed = module.forward_point(_kernel_typed(args.prog), _kernel_typed(args.consts), x,
+                                  args.params, args.out, args.workspace)
     return np.nan if failed else float(args.out[0])
 
 
@@ -399,6 +400,15 @@ def _typing_checks(args, x, g=None) -> None:
             raise errors.TypingError(f"{what} must be a 1-D float64 array; got {t}")
     if g is not None and not g.mutable:
         raise errors.TypingError("g must be writeable")
+
+
+def _kernel_typed(a: np.ndarray) -> np.ndarray:
+    """A read-only array of the bundle as a writable alias of the same memory, no copy: the
+    Python twin of :func:`_as_kernel_typed` (the kernels only read it)."""
+    if not a.size:
+        return np.empty(0, a.dtype)
+    memory = (np.ctypeslib.as_ctypes_type(a.dtype) * a.size).from_address(a.ctypes.data)
+    return np.frombuffer(memory, dtype=a.dtype)
 
 
 @intrinsic

@@ -295,8 +295,8 @@ def test_jit_gradient_descent_matches_value_and_grad():
 @_NUMBA_ENTRY_POINTS
 def test_numba_entry_points_call_the_kernels_the_tapes_use():
     """A bundle's program is read-only, the tapes' is not: the entry points pass it typed
-    as the tapes do, so the user's function links the kernels the cache already holds
-    instead of compiling read-only variants of them (a minute of compiling each)."""
+    as the tapes do, in compiled code and from Python, so they run the kernels the cache
+    already holds instead of compiling read-only variants of them (a minute each)."""
     from tapejit._kernels.runtime import kernels
 
     tape = tapejit.record(lambda x, p: np.sum(np.sin(x) * x) * p[0], np.ones(3), np.ones(1),
@@ -312,8 +312,13 @@ def test_numba_entry_points_call_the_kernels_the_tapes_use():
         return tapejit.jit_value_and_grad(args, x, g), tapejit.jit_value(args, x)
 
     g = np.empty(3)
-    assert both(tape.jit_args(params=p), x, g) == (v0, y0)
+    args = tape.jit_args(params=p)
+    assert both(args, x, g) == (v0, y0)
     np.testing.assert_array_equal(g, g0)
+    g = np.empty(3)  # from Python too
+    assert (tapejit.jit_value_and_grad(args, x, g), tapejit.jit_value(args, x)) == (v0, y0)
+    np.testing.assert_array_equal(g, g0)
+    assert not args.prog.flags.writeable and not args.consts.flags.writeable
     after = {n: set(getattr(module, n).signatures) for n in before}
     assert after == before
 
