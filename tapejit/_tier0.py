@@ -234,25 +234,32 @@ def _derived(prog: np.ndarray, consts: np.ndarray, kind: str, X: np.ndarray,
 
 
 def _record_derived(prog, consts, kind: str, X: np.ndarray, P: np.ndarray):
+    """Derivative tape ``kind`` recorded at the first row of ``X``, else at the first row
+    where the guards hold; :class:`Unsupported` for a refusal at a row on the branch, None
+    when there is no such row."""
+    n_in = int(prog[N_INPUTS])
+    hit = _record_at(prog, consts, kind, X, P, 0)
+    if not isinstance(hit, Unsupported):
+        return hit
+    _, valid = _values(prog, consts, X[:, :n_in], P)
+    held = np.flatnonzero(valid)
+    if not held.size:
+        return None
+    if held[0] == 0:  # the guards hold there: the refusal is not the point's
+        return hit
+    return _record_at(prog, consts, kind, X, P, int(held[0]))
+
+
+def _record_at(prog, consts, kind: str, X: np.ndarray, P: np.ndarray, row: int):
+    """Derivative tape ``kind`` recorded at row ``row`` of ``X``, or the refusal."""
     from ._tape import from_packed, kernel_arrays
 
-    n_in = int(prog[N_INPUTS])
-    row = 0
-    while True:
-        try:
-            return kernel_arrays(_RECORDERS[kind](from_packed(prog, consts), X[row, :n_in].copy(),
-                                                  P[min(row, P.shape[0] - 1)].copy()))
-        except Exception as err:  # any refusal: the optimised kernel runs it
-            if row:
-                return Unsupported(f"{kind}: {type(err).__name__}: {err}")
-            refusal = Unsupported(f"{kind}: {type(err).__name__}: {err}")
-        _, valid = _values(prog, consts, X[:, :n_in], P)
-        held = np.flatnonzero(valid)
-        if not held.size:
-            return None
-        if held[0] == 0:  # the guards hold there: the refusal is not the point's
-            return refusal
-        row = int(held[0])
+    x = X[row, : int(prog[N_INPUTS])].copy()
+    try:
+        return kernel_arrays(_RECORDERS[kind](from_packed(prog, consts), x,
+                                              P[min(row, P.shape[0] - 1)].copy()))
+    except Exception as err:  # any refusal: the optimised kernel runs it
+        return Unsupported(f"{kind}: {type(err).__name__}: {err}")
 
 
 def _call(tape, x, p):
