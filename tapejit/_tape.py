@@ -82,6 +82,8 @@ from ._program import (
     upgrade,
     working_slots,
 )
+from ._segments import SEGMENT_BELOW, SEGMENT_POINTS, split
+from ._segments import vjp_batch as segmented_vjp
 from ._validate import check_runnable, check_tape_arrays
 
 _F64 = np.dtype(np.float64)
@@ -258,6 +260,7 @@ class Tape:
         self._chunk = chunk_of(working_slots(prog))
         self._fwd = None  # (program, n_slots, chunk) of the forward sweeps, on first use
         self._rev = None  # the reverse plan, on first use
+        self._seg = None  # the segmented reverse sweeps of a long tape, on first use
         # Instruction families: their routines for values and gradients are compiled (or
         # loaded) now, those of the tangent and second-order sweeps on first use.
         ops = code_of(prog)[:, OPCODE] if int(prog[N_INSTR]) else np.empty(0, np.int32)
@@ -958,9 +961,43 @@ class Tape:
     def _vjp_batch(self, X, P, WT, Y, G) -> np.ndarray:
         n = X.shape[0]
         valid = np.empty(n, dtype=np.uint8)
+        if n >= SEGMENT_POINTS and (self._seg is not None or self._chunk < SEGMENT_BELOW):
+            seg = self._segmented()
+            if seg is not None:
+                segmented_vjp(seg[0], self._run, seg[1], seg[2], X, P, WT, Y, G, valid)
+                return valid
         run_batch(self._k, "vjp_batch", n, self._chunk,
                   self._kernel_prog, self._plan(), self._kernel_consts, X, P, WT, Y, G, valid)
         return valid
+
+    def _run(self, kernel: str, n: int, chunk: int, *args) -> None:
+        run_batch(self._k, kernel, n, chunk, *args)
+
+    def _segmented(self) -> tuple | None:
+        """``(Segmented, forward, plans)`` of the segmented reverse sweeps
+        (``_segments.py``), or None for a tape they do not apply to; derived on first
+        use. ``forward`` is ``(program, consts, chunk)`` of its forward sweep, slot
+        compacted where the kernels compact; ``plans`` the segments' reverse plans,
+        filled in once the optimised kernels compute them."""
+        seg = self._seg
+        if seg is None:
+            sg = split(Program.from_tape(self))
+            seg = self._seg = False if sg is None else [sg, None, [None] * len(sg.segments)]
+        if seg is False:
+            return None
+        sg, fwd, plans = seg
+        compacts = self._k.compacts()
+        if fwd is None or fwd[3] != compacts:
+            prog = sg.forward
+            if compacts:
+                from ._slot_reuse import compact
+
+                prog = compact(prog)
+            fwd = seg[1] = (prog, self._kernel_consts, chunk_of(working_slots(prog)), compacts)
+        for j, plan in enumerate(plans):
+            if plan is None:
+                plans[j] = self._k.reverse_plan(sg.segments[j].prog)
+        return sg, fwd[:3], plans
 
     def _directions(self, v, n: int, single: bool, what: str) -> np.ndarray:
         """Directions ``v`` shaped like ``x`` as ``(1 or n, 1, n_inputs)``."""
@@ -1292,14 +1329,17 @@ def evaluate_keep_failed(tape: Tape, method: str, x, *extra, params=None, **opti
 
 
 def install_for_tests(tape: Tape, *, plan: np.ndarray | None = None,
-                      forward_prog: np.ndarray | None = None, chunk: int | None = None) -> None:
+                      forward_prog: np.ndarray | None = None, chunk: int | None = None,
+                      segment_elements: int | None = None) -> None:
     """Test hook: make the tape use ``plan`` as its reverse plan, ``forward_prog`` as the
     program of its forward and tangent sweeps (with :func:`chunk_of` its slot count) or
     ``chunk`` points per task of its reverse batch sweeps (1: the point-by-point
     driver), instead of what it derives; for tests and benchmarks that compare results
     across derived programs. The kernels check a plan against its program, nothing
     checks a forward program: pass ``_slot_reuse.compact`` of the tape's program (after
-    ``check_compact``) or :func:`kernel_arrays`' program."""
+    ``check_compact``) or :func:`kernel_arrays`' program. ``segment_elements``: its
+    batched vjp sweeps run segmented (``_segments.py``) with segments of about that many
+    result elements, at every count of points from ``SEGMENT_POINTS`` on (0: never)."""
     if plan is not None:
         tape._rev = plan
     if forward_prog is not None:
@@ -1307,6 +1347,9 @@ def install_for_tests(tape: Tape, *, plan: np.ndarray | None = None,
         tape._fwd = (forward_prog, n_slots, chunk_of(working_slots(forward_prog)))
     if chunk is not None:
         tape._chunk = chunk
+    if segment_elements is not None:  # 0: never segment
+        sg = split(Program.from_tape(tape), segment_elements) if segment_elements else None
+        tape._seg = False if sg is None else [sg, None, [None] * len(sg.segments)]
 
 
 def _unpickle(prog, consts, input_shapes, output_shapes, name) -> Tape:
