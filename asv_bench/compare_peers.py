@@ -433,6 +433,77 @@ def bench_rosen_ext(quick, n):
     row.notes.append("tapejit uses out=; hand numba writes into a preallocated grad")
 
 
+def bench_lorenz(quick):
+    """The Lorenz fit of issue #22 (2000 RK4 steps, 3 parameters), unrolled: one point,
+    and 1000 points (per point)."""
+    p = np.asarray(B.LORENZ_P)
+    ref_tape = None
+    row = Row("lorenz fit value_and_grad, 1 point (2000 RK4 steps)")
+    ROWS.append(row)
+
+    def tj():
+        nonlocal ref_tape
+        need_tapejit("record")
+        ref_tape = _record_noted(row, B.lorenz_f, p.copy())
+        g = np.empty(3)
+        return lambda: ref_tape.value_and_grad(p, out=(None, g))
+
+    run_cell(row, "tapejit", tj, quick=quick)
+
+    def check(r):  # the peers against tapejit's value and gradient (when it ran)
+        if ref_tape is not None:
+            v, g = ref_tape.value_and_grad(p)
+            return check_vg(v, g, 1e-8)((float(r[0]), np.array(r[1], dtype=float).ravel()))
+        return None
+
+    def ca():
+        F = B.make_casadi_lorenz()
+        return None if F is None else (lambda: F(p))
+
+    run_cell(row, "casadi", ca, quick=quick, check=check)
+
+    def jx():
+        f = B.make_jax_lorenz()
+        if f is None:
+            return None
+        pj = B.jax_put(p)
+        return lambda: f(pj)
+
+    run_cell(row, "jax", jx, quick=quick, check=check)
+    row.notes.append("casadi: SX of the unrolled loop, Function of value and gradient; "
+                     "jax: jit(value_and_grad) with the steps in lax.fori_loop")
+
+    n = 1000
+    P = B.lorenz_points(n)
+    row = Row(f"lorenz fit value_and_grad, {n} points")
+    ROWS.append(row)
+
+    def tjn():
+        need_tapejit("record")
+        tape = ref_tape or tapejit.record(B.lorenz_f, p.copy())
+        return lambda: tape.value_and_grad(P)
+
+    run_cell(row, "tapejit", tjn, quick=quick)
+
+    def can():
+        F = B.make_casadi_lorenz()
+        return None if F is None else (lambda: F.map(n)(P.T))
+
+    run_cell(row, "casadi", can, quick=quick)
+
+    def jxn():
+        jax = B._jax()
+        f = B.make_jax_lorenz()
+        if f is None or jax is None:
+            return None
+        fn = jax.jit(jax.vmap(jax.value_and_grad(B.lorenz_jax_f)))
+        Pj = B.jax_put(P)
+        return lambda: jax.block_until_ready(fn(Pj))
+
+    run_cell(row, "jax", jxn, quick=quick)
+    row.notes.append("casadi: Function.map over the points; jax: jit(vmap(value_and_grad))")
+
+
 def bench_record(quick, n):
     row = Row(f"record rosen_ext, n={n:.0e}")
     ROWS.append(row)
@@ -870,6 +941,7 @@ def main(argv=None):
         "rosen2": lambda: bench_rosen2(quick),
         "rosen_ext": lambda: bench_rosen_ext(quick, 10**4),
         "record": lambda: bench_record(quick, 10**6),
+        "lorenz": lambda: bench_lorenz(quick),
         "sinfit": lambda: bench_sinfit(quick),
         "logreg": lambda: (bench_logreg(quick, 10000, 100), bench_logreg(quick, 1000, 20)),
         "mlp": lambda: bench_mlp(quick),

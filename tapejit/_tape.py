@@ -82,6 +82,7 @@ from ._program import (
     upgrade,
     working_slots,
 )
+from ._scalar_program import scalar_program
 from ._segments import SEGMENT_BELOW, SEGMENT_POINTS, split
 from ._segments import vjp_batch as segmented_vjp
 from ._validate import check_runnable, check_tape_arrays
@@ -261,6 +262,7 @@ class Tape:
         self._fwd = None  # (program, n_slots, chunk) of the forward sweeps, on first use
         self._rev = None  # the reverse plan, on first use
         self._seg = None  # the segmented reverse sweeps of a long tape, on first use
+        self._sp = None  # the scalar program (False: not all scalar), on first use
         # Instruction families: their routines for values and gradients are compiled (or
         # loaded) now, those of the tangent and second-order sweeps on first use.
         ops = code_of(prog)[:, OPCODE] if int(prog[N_INSTR]) else np.empty(0, np.int32)
@@ -861,11 +863,18 @@ class Tape:
                         and g.flags.carray):
                     g = None
             if g is not None:
-                v = self._k.value_grad_point(
-                    self._kernel_prog, self._rev if self._rev is not None else self._plan(),
-                    self._kernel_consts, x, _EMPTY1 if params is None else params, g,
-                    _EMPTY1 if self._tls is None else self._workspace(),
-                )
+                sp = self._sp if self._sp is not None else self._scalar_prog()
+                if sp is not False:
+                    v = self._k.value_grad_scalar(
+                        self._kernel_prog, sp, self._kernel_consts, x,
+                        _EMPTY1 if params is None else params, g,
+                        _EMPTY1 if self._tls is None else self._workspace())
+                else:
+                    v = self._k.value_grad_point(
+                        self._kernel_prog, self._rev if self._rev is not None else self._plan(),
+                        self._kernel_consts, x, _EMPTY1 if params is None else params, g,
+                        _EMPTY1 if self._tls is None else self._workspace(),
+                    )
                 if v == v or not self._n_guards:  # NaN may mean a failed guard
                     if out is not None and out[0] is not None:
                         out[0][...] = v
@@ -885,8 +894,14 @@ class Tape:
         vbuf, gbuf = (None, None) if out is None else out
         g = _buffer(gbuf, (n, self._n_in) if not single else (self._n_in,), "grad buffer")
         if single:
-            v = self._k.value_grad_point(self._kernel_prog, self._plan(), self._kernel_consts,
-                                    X[0], P[0], g, self._workspace())
+            sp = self._sp if self._sp is not None else self._scalar_prog()
+            if sp is not False:
+                v = self._k.value_grad_scalar(self._kernel_prog, sp, self._kernel_consts,
+                                              X[0], P[0], g, self._workspace())
+            else:
+                v = self._k.value_grad_point(self._kernel_prog, self._plan(),
+                                             self._kernel_consts, X[0], P[0], g,
+                                             self._workspace())
             failed = 0
             if v != v and self._n_guards:
                 failed = self._k.forward_point(self._kernel_prog, self._kernel_consts, X[0], P[0],
@@ -969,6 +984,14 @@ class Tape:
         run_batch(self._k, "vjp_batch", n, self._chunk,
                   self._kernel_prog, self._plan(), self._kernel_consts, X, P, WT, Y, G, valid)
         return valid
+
+    def _scalar_prog(self) -> np.ndarray | bool:
+        """The scalar program of a tape of scalar instructions (``_scalar_program.py``),
+        which ``value_grad_scalar`` runs at one point; False for other tapes. Derived
+        on first use."""
+        sp = scalar_program(self._kernel_prog)
+        self._sp = False if sp is None else sp
+        return self._sp
 
     def _run(self, kernel: str, n: int, chunk: int, *args) -> None:
         run_batch(self._k, kernel, n, chunk, *args)
@@ -1286,6 +1309,19 @@ def kernel_plan(tape: Tape) -> np.ndarray | None:
     return tape._plan()
 
 
+def scalar_program_of(tape: Tape) -> np.ndarray | None:
+    """The tape's scalar program (``_scalar_program.py``), or None where it has none."""
+    sp = tape._sp if tape._sp is not None else tape._scalar_prog()
+    return None if sp is False else sp
+
+
+def segments_of(tape: Tape):
+    """The tape's segmented reverse sweeps (``_segments.Segmented``), or None where its
+    batched gradients run unsegmented; derived if not yet."""
+    seg = tape._segmented()
+    return None if seg is None else seg[0]
+
+
 def forward_program(tape: Tape) -> tuple[np.ndarray, int, int]:
     """``(program, n_slots, chunk)`` of the forward and tangent sweeps: the
     slot-compacted program when it saves enough slots, else :func:`kernel_arrays`'
@@ -1330,7 +1366,7 @@ def evaluate_keep_failed(tape: Tape, method: str, x, *extra, params=None, **opti
 
 def install_for_tests(tape: Tape, *, plan: np.ndarray | None = None,
                       forward_prog: np.ndarray | None = None, chunk: int | None = None,
-                      segment_elements: int | None = None) -> None:
+                      segment_elements: int | None = None, scalar: bool | None = None) -> None:
     """Test hook: make the tape use ``plan`` as its reverse plan, ``forward_prog`` as the
     program of its forward and tangent sweeps (with :func:`chunk_of` its slot count) or
     ``chunk`` points per task of its reverse batch sweeps (1: the point-by-point
@@ -1339,7 +1375,9 @@ def install_for_tests(tape: Tape, *, plan: np.ndarray | None = None,
     checks a forward program: pass ``_slot_reuse.compact`` of the tape's program (after
     ``check_compact``) or :func:`kernel_arrays`' program. ``segment_elements``: its
     batched vjp sweeps run segmented (``_segments.py``) with segments of about that many
-    result elements, at every count of points from ``SEGMENT_POINTS`` on (0: never)."""
+    result elements, at every count of points from ``SEGMENT_POINTS`` on (0: never).
+    ``scalar=False``: its one-point gradients run ``value_grad_point`` even where they
+    would run the scalar program (``_scalar_program.py``)."""
     if plan is not None:
         tape._rev = plan
     if forward_prog is not None:
@@ -1347,6 +1385,8 @@ def install_for_tests(tape: Tape, *, plan: np.ndarray | None = None,
         tape._fwd = (forward_prog, n_slots, chunk_of(working_slots(forward_prog)))
     if chunk is not None:
         tape._chunk = chunk
+    if scalar is not None:
+        tape._sp = None if scalar else False
     if segment_elements is not None:  # 0: never segment
         sg = split(Program.from_tape(tape), segment_elements) if segment_elements else None
         tape._seg = False if sg is None else [sg, None, [None] * len(sg.segments)]

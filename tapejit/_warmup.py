@@ -110,7 +110,7 @@ def _family_steps() -> tuple[Step, ...]:
     for code, family in FAMILIES.items():
         if family.kernel:
             files.setdefault(family.kernel, []).append(code)
-    return tuple(Step(family_step(codes), partial(_family_routines, file), 60,
+    return tuple(Step(family_step(codes), partial(_family_routines, file), 35,
                       families=tuple(codes)) for file, codes in sorted(files.items()))
 
 
@@ -135,6 +135,15 @@ def _forward_compacted() -> None:
     t.forward(np.ones((3, 2)))
 
 
+def _gradient_point() -> None:
+    """One-point gradients, of the small tape and of a tape of scalar instructions
+    (``value_grad_scalar``)."""
+    from ._record import record
+
+    _calls(True, "value_and_grad", "vjp")
+    record(lambda x: np.sin(x[0]) * x[1] + x[0], np.ones(2)).value_and_grad(np.ones(2))
+
+
 def _forward_point() -> None:
     _calls(True, "forward")
     _forward_compacted()
@@ -145,9 +154,9 @@ STEPS: tuple[Step, ...] = (
     Step("hessian, batched", _at(False, "hessian", "hvp"), 105, ("hvp_batch",)),
     Step("hessian, one point", _at(True, "hessian", "hvp", "jacobian_reverse"), 67,
          ("hvp_point", "jacrev_batch", "reverse_plan")),
-    Step("gradient, one point", _at(True, "value_and_grad", "vjp"), 36,
-         ("value_grad_point", "vjp_batch", "reverse_plan")),
-    Step("float32, batched", _float32_batch, 30, ("forward_batch", "vjp_batch", "reverse_plan"),
+    Step("gradient, one point", _gradient_point, 36,
+         ("value_grad_point", "value_grad_scalar", "vjp_batch", "reverse_plan")),
+    Step("float32, batched", _float32_batch, 15, ("forward_batch", "vjp_batch", "reverse_plan"),
          float32=True),
     Step("long tapes, batched", _long_batch, 20, ("forward_points", "vjp_points", "reverse_plan")),
     Step("forward, one point", _forward_point, 22, ("forward_point", "forward_batch")),

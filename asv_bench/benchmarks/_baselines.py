@@ -42,6 +42,39 @@ def rosen_ext_f(x):
     return np.sum(100.0 * (x[1:] - x[:-1] ** 2) ** 2 + (1.0 - x[:-1]) ** 2)
 
 
+#: The Lorenz fit of issue #22: RK4 steps of the Lorenz system from (1, 1, 1), the
+#: squared distance of the end point from (1, 2, 3), differentiated in the parameters.
+LORENZ_STEPS = 2000
+LORENZ_H = 0.005
+LORENZ_P = (10.0, 28.0, 8.0 / 3.0)
+
+
+def _lorenz_rhs(x, y, z, sigma, rho, beta):
+    return sigma * (y - x), x * (rho - z) - y, x * y - beta * z
+
+
+def lorenz_step(x, y, z, sigma, rho, beta, h=LORENZ_H):
+    """One RK4 step, written with scalars (any number type: floats, tracers, SX)."""
+    k1 = _lorenz_rhs(x, y, z, sigma, rho, beta)
+    k2 = _lorenz_rhs(x + h / 2 * k1[0], y + h / 2 * k1[1], z + h / 2 * k1[2], sigma, rho, beta)
+    k3 = _lorenz_rhs(x + h / 2 * k2[0], y + h / 2 * k2[1], z + h / 2 * k2[2], sigma, rho, beta)
+    k4 = _lorenz_rhs(x + h * k3[0], y + h * k3[1], z + h * k3[2], sigma, rho, beta)
+    return (x + h / 6 * (k1[0] + 2 * k2[0] + 2 * k3[0] + k4[0]),
+            y + h / 6 * (k1[1] + 2 * k2[1] + 2 * k3[1] + k4[1]),
+            z + h / 6 * (k1[2] + 2 * k2[2] + 2 * k3[2] + k4[2]))
+
+
+def lorenz_f(p, steps=LORENZ_STEPS):
+    x, y, z = 1.0, 1.0, 1.0
+    for _ in range(steps):
+        x, y, z = lorenz_step(x, y, z, p[0], p[1], p[2])
+    return (x - 1.0) ** 2 + (y - 2.0) ** 2 + (z - 3.0) ** 2
+
+
+def lorenz_points(n, seed=0):
+    return np.asarray(LORENZ_P) * np.random.default_rng(seed).uniform(0.95, 1.05, (n, 3))
+
+
 def sinfit_f(w, x, y):
     return np.mean((np.sin(w * x) - y) ** 2)
 
@@ -383,6 +416,23 @@ def make_jax_sinfit_gd(x, y):
 
 
 # ---------------------------------------------------------------------------
+def lorenz_jax_f(p, steps=LORENZ_STEPS):
+    """The Lorenz fit for JAX: its steps in ``lax.fori_loop`` (JAX's idiom: an unrolled
+    Python loop of 2000 steps takes minutes to compile)."""
+    jax = _jax()
+
+    def body(_, s):
+        return lorenz_step(s[0], s[1], s[2], p[0], p[1], p[2])
+
+    x, y, z = jax.lax.fori_loop(0, steps, body, (1.0, 1.0, 1.0))
+    return (x - 1.0) ** 2 + (y - 2.0) ** 2 + (z - 3.0) ** 2
+
+
+def make_jax_lorenz():
+    """jit(value_and_grad) of :func:`lorenz_jax_f`."""
+    return _make_jax_single(lorenz_jax_f)
+
+
 # CasADi peers (SX expression graphs + casadi.Function)
 # ---------------------------------------------------------------------------
 
@@ -412,6 +462,16 @@ def make_casadi_rosen_ext(n):
     x = ca.SX.sym("x", n)
     f = ca.sum1(100.0 * (x[1:] - x[:-1] ** 2) ** 2 + (1.0 - x[:-1]) ** 2)
     return ca.Function("rosen_ext_vg", [x], [f, ca.gradient(f, x)])
+
+
+def make_casadi_lorenz(steps=LORENZ_STEPS):
+    """casadi.Function p (3,) -> (value, gradient) of the unrolled Lorenz fit (SX)."""
+    ca = _casadi()
+    if ca is None:
+        return None
+    p = ca.SX.sym("p", 3)
+    f = lorenz_f(p, steps)
+    return ca.Function("lorenz_vg", [p], [f, ca.gradient(f, p)])
 
 
 def make_casadi_seed():

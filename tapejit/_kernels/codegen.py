@@ -273,6 +273,34 @@ def _forward_point() -> str:
     return "\n".join(lines + _family_case("forward", True))
 
 
+def _forward_scalar() -> str:
+    """One-point forward sweep over a scalar program (``tapejit/_scalar_program.py``):
+    a row of four ints per instruction and no blocks or families, so decoding and
+    dispatch are all its per-instruction cost. It stores the partials that
+    :func:`_forward_partials_point` stores, with the same expressions (the same bits),
+    one after another from ``q``; ``reverse_edges`` (``reverse.py``) reads them."""
+    lines = [
+        "@njit(cache=True, nogil=True)",
+        "def forward_scalar_sweep(S, V, nf, q):",
+        "    for i in range(S[SP_ROWS]):",
+        "        k = SP_HEADER + SP_ROW * i",
+        "        op = S[k]",
+    ]
+    kw = "if"
+    for op in _dispatch_order():
+        stored = _stored(op)
+        exprs = [op.value, *(op.partials[k] for k in stored)]
+        used = sorted({v for e in exprs for v in _uses(e)} - {"r"}, key="abc".index)
+        lines.append(f"        {kw} op == {op.code}:  # {op.name}")
+        lines += [f"            {v} = V[S[k + {1 + 'abc'.index(v)}]]" for v in used]
+        lines += [f"            r = {op.value}", "            V[nf + i] = r"]
+        lines += [f"            V[q + {j}] = {op.partials[k]}" for j, k in enumerate(stored)]
+        if stored:
+            lines.append(f"            q += {len(stored)}")
+        kw = "elif"
+    return "\n".join(lines)
+
+
 def _tangent_expr(op: Op, ks: list[int], tangent: dict[int, str]) -> str:
     """The result's tangent: sum over operands of their tangent times the partial
     (``d{k}``), with +-1 partials as plain additions."""
@@ -772,8 +800,10 @@ SWEEPS: dict[str, tuple[str, object]] = {
     "forward_point": ("forward_point_sweep", _forward_point),
     "forward_partials": ("forward_partials_chunk", _forward_partials),
     "forward_partials_point": ("forward_partials_point_sweep", _forward_partials_point),
+    "forward_scalar": ("forward_scalar_sweep", _forward_scalar),
     "reverse": ("reverse_stored_chunk", "reverse"),
     "reverse_point": ("reverse_stored_point_sweep", "reverse"),
+    "reverse_scalar": ("reverse_edges", "reverse"),
     "tangent": ("forward_tangent_chunk", _sweep(_forward_tangent, False)),
     "tangent_point": ("forward_tangent_point_sweep", _sweep(_forward_tangent, True)),
     "hvp": ("reverse_hvp_chunk", _sweep(_reverse_hvp, False)),
@@ -782,6 +812,7 @@ SWEEPS: dict[str, tuple[str, object]] = {
 _GENERATORS = {"forward": "_forward", "forward_point": "_forward_point",
                "forward_partials": "_forward_partials",
                "forward_partials_point": "_forward_partials_point",
+               "forward_scalar": "_forward_scalar",
                "tangent": "_forward_tangent(point=False)",
                "tangent_point": "_forward_tangent(point=True)",
                "hvp": "_reverse_hvp(point=False)", "hvp_point": "_reverse_hvp(point=True)"}

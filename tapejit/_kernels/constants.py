@@ -23,10 +23,28 @@ N_OPCODES = LAST_OPCODE + 1
 #: Second partials of one instruction at most: the upper triangle of ``MAX_ARITY``.
 N_SECOND = MAX_ARITY * (MAX_ARITY + 1) // 2
 
+# The scalar program of a tape of scalar instructions (``tapejit/_scalar_program.py``):
+# an int32 array of a header, then a row per instruction (its opcode and operand slots;
+# instruction i writes slot nf + i), then the reverse sweep's edges in the order it runs
+# them: adjoint slot ``EDGE_TARGET`` gains the adjoint ``EDGE_FROM`` times
+# ``_PCONST[EDGE_KEY]`` times value ``EDGE_SOURCE`` (a workspace slot, a stored partial
+# after the slots, or the 1.0 after those).
+SP_ROWS = 0  #: header: instructions
+SP_EDGES = 1  #: header: edges
+SP_STORED = 2  #: header: stored partials
+SP_HEADER = 3
+SP_ROW = 4  #: ints per row: opcode, operands a, b, c
+SP_EDGE = 4  #: ints per edge
+EDGE_TARGET = 0
+EDGE_FROM = 1
+EDGE_SOURCE = 2
+EDGE_KEY = 3  #: MAX_ARITY * opcode + operand
+
 #: The names above, written into the generated module.
 KERNEL_CONSTANTS: tuple[str, ...] = (
     "SRC_ZERO", "SRC_STORED", "SRC_CONST", "SRC_A", "SRC_B", "SRC_C", "SRC_R", "N_OPCODES",
-    "N_SECOND",
+    "N_SECOND", "SP_ROWS", "SP_EDGES", "SP_STORED", "SP_HEADER", "SP_ROW", "SP_EDGE",
+    "EDGE_TARGET", "EDGE_FROM", "EDGE_SOURCE", "EDGE_KEY",
 )
 
 

@@ -11,9 +11,10 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from tapejit._kernels.constants import SP_EDGE, SP_EDGES, SP_HEADER, SP_ROW, SP_ROWS, SP_STORED
 from tapejit._kernels.njit import njit
 from tapejit._kernels.plan import _check_plan, _zero_planned
-from tapejit._kernels.reverse import reverse_stored_point_sweep
+from tapejit._kernels.reverse import reverse_edges, reverse_stored_point_sweep
 from tapejit._kernels.support import _params64, _point_failed_guards
 from tapejit._program import (
     AT_INPUTS,
@@ -24,6 +25,7 @@ from tapejit._program import (
     N_CONSTS,
     N_GUARDS,
     N_INPUTS,
+    N_INSTR,
     N_OUTPUTS,
     N_RESIDENT,
     N_SLOTS,
@@ -36,6 +38,7 @@ if TYPE_CHECKING:
     from tapejit._kernels.generated import (
         forward_partials_point_sweep,
         forward_point_sweep,
+        forward_scalar_sweep,
         forward_tangent_point_sweep,
         reverse_hvp_point_sweep,
     )
@@ -149,6 +152,45 @@ def forward_point(prog, consts, x, P, y, WS):
     for k in range(prog[N_OUTPUTS]):
         y[k] = W[prog[o + k]]
     return _point_failed_guards(prog, W)
+
+
+@njit(cache=True, nogil=True)
+def _check_scalar_program(prog, S):
+    # S is derived from prog by the tape (_scalar_program.py); one from another program
+    # could index outside the workspace.
+    if (S.shape[0] < SP_HEADER or S[SP_ROWS] != prog[N_INSTR]
+            or S.shape[0] != SP_HEADER + SP_ROW * S[SP_ROWS] + SP_EDGE * S[SP_EDGES]
+            or S[SP_STORED] < 0 or S[SP_STORED] > MAX_ARITY * S[SP_ROWS]):
+        raise ValueError("the scalar program does not belong to this program")
+
+
+@njit(cache=True, nogil=True)
+def value_grad_scalar(prog, S, consts, x, P, g, WS):
+    # value_grad_point of a tape of scalar instructions, over its scalar program S: the
+    # same bits. Workspace: values V (the slots, the stored partials, a 1.0), adjoints A.
+    _check_scalar_program(prog, S)
+    n = prog[N_SLOTS]
+    nv = n + S[SP_STORED] + 1
+    buf = WS if WS.size >= nv + n else np.empty(nv + n)
+    V = buf[:nv]
+    A = buf[nv : nv + n]
+    W = V[:n]
+    _fill_values(prog, consts, x, P, W)
+    V[nv - 1] = 1.0
+    forward_scalar_sweep(S, V, prog[FIRST_ADJOINT] + prog[N_INPUTS], n)
+    if prog[N_GUARDS] > 0 and _point_failed_guards(prog, W) > 0:
+        for j in range(prog[N_INPUTS]):
+            g[j] = np.nan
+        return np.nan
+    for s in range(n):
+        A[s] = 0.0
+    out = prog[prog[AT_OUTPUTS]]
+    A[out] = 1.0
+    reverse_edges(S, V, A)
+    nd = prog[FIRST_ADJOINT]
+    for j in range(prog[N_INPUTS]):
+        g[j] = A[nd + j]
+    return W[out]
 
 
 @njit(cache=True, nogil=True)

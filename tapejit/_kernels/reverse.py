@@ -18,6 +18,15 @@ sign that zeroing and adding gave. Each case is its own loop, so that it vectori
 from typing import TYPE_CHECKING
 
 from tapejit._kernels.constants import (
+    EDGE_FROM,
+    EDGE_KEY,
+    EDGE_SOURCE,
+    EDGE_TARGET,
+    SP_EDGE,
+    SP_EDGES,
+    SP_HEADER,
+    SP_ROW,
+    SP_ROWS,
     SRC_A,
     SRC_B,
     SRC_C,
@@ -271,3 +280,18 @@ def reverse_stored_point_sweep(prog, R, consts, P, W, A, D, q):
                     _back_block(A, W, D, gr, i0, s0, n, nd, src, _PCONST[MAX_ARITY * op + k],
                                 q + _PIDX[MAX_ARITY * op + k] * n, j0, sj,
                                 (fl >> (PLAN_ASSIGN + k)) & 1)
+
+
+@njit(cache=True, nogil=True)
+def reverse_edges(S, V, A):
+    # After forward_scalar_sweep, over zeroed adjoints A but the outputs' seeds: the
+    # reverse sweep of a scalar program as a list of edges, with nothing to decode or
+    # dispatch. An edge is one operand of one instruction: the operand's adjoint gains
+    # the result's times its partial, as reverse_stored_point_sweep adds it (in the same
+    # order; its assignments and forwarded adjoints are additions to zero here: the same
+    # bits, since an adjoint sum is never -0.0).
+    e0 = SP_HEADER + SP_ROW * S[SP_ROWS]
+    for e in range(S[SP_EDGES]):
+        k = e0 + SP_EDGE * e
+        A[S[k + EDGE_TARGET]] += _azmul(A[S[k + EDGE_FROM]],
+                                        _PCONST[S[k + EDGE_KEY]] * V[S[k + EDGE_SOURCE]])

@@ -1,0 +1,124 @@
+"""The scalar program of a tape of scalar instructions: the one-point gradient's
+register-style encoding.
+
+Long tapes of scalar code (time steps, recursions, unrolled iterations) are all scalar
+instructions, and at one point their sweeps cost what decoding and dispatching each
+instruction costs. For such a tape (every instruction of size 1, no instruction
+families), :func:`scalar_program` derives once an ``int32`` array (layout:
+``tapejit/_kernels/constants.py``, ``SP_*``):
+
+* a row of four ints per instruction, its opcode and operand slots (instruction ``i``
+  writes slot ``nf + i``), which ``forward_scalar_sweep`` runs, storing the partials
+  that the op table marks ``"stored"`` one after another past the slots;
+* the reverse sweep as *edges*, one per operand with a partial and an adjoint, in the
+  order ``reverse_stored_point_sweep`` adds them (instructions backwards, operands in
+  order): ``(target, from, source, key)``, ``A[target] += azmul(A[from], _PCONST[key] *
+  V[source])``, where ``source`` is a slot (a ``"value"`` partial), a stored partial, or
+  the 1.0 after them (a ``"constant"`` partial, whose constant is ``_PCONST[key]``).
+
+``value_grad_scalar`` (``tapejit/_kernels/point.py``) runs both: the same bits as
+``value_grad_point``, several times faster on long tapes (docs: performance).
+"""
+
+from __future__ import annotations
+
+from functools import cache
+
+import numpy as np
+
+from ._kernels.constants import (
+    EDGE_FROM,
+    EDGE_KEY,
+    EDGE_SOURCE,
+    EDGE_TARGET,
+    N_OPCODES,
+    SP_EDGE,
+    SP_EDGES,
+    SP_HEADER,
+    SP_ROW,
+    SP_ROWS,
+    SP_STORED,
+)
+from ._ops import OPS
+from ._program import (
+    ARG_A,
+    FIRST_ADJOINT,
+    FIRST_FAMILY,
+    MAX_ARITY,
+    N_INSTR,
+    N_SLOTS,
+    N_SUBPROGRAMS,
+    OPCODE,
+    SIZE,
+    code_of,
+    first_result,
+)
+
+#: Where a partial is, per ``MAX_ARITY * opcode + operand`` (:func:`_tables`).
+_ZERO, _STORED, _CONSTANT, _OPERAND, _RESULT = range(5)
+
+
+@cache
+def _tables() -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """From the op table, by ``MAX_ARITY * opcode + k``: where partial ``k`` is, the
+    operand whose value it reads, which of the op's stored partials it is; and per
+    opcode, how many partials its forward sweep stores."""
+    where = np.full(MAX_ARITY * N_OPCODES, _ZERO, np.int64)
+    operand = np.zeros(MAX_ARITY * N_OPCODES, np.int64)
+    index = np.zeros(MAX_ARITY * N_OPCODES, np.int64)
+    count = np.zeros(N_OPCODES, np.int64)
+    for op in OPS:
+        for k, ps in enumerate(op.partial_sources):
+            key = MAX_ARITY * op.code + k
+            if ps.kind == "stored":
+                where[key], index[key] = _STORED, count[op.code]
+                count[op.code] += 1
+            elif ps.kind == "constant":
+                where[key] = _CONSTANT
+            elif ps.kind == "value":
+                where[key] = _RESULT if ps.operand == "r" else _OPERAND
+                operand[key] = "abc".index(ps.operand) if ps.operand != "r" else 0
+    return where, operand, index, count
+
+
+def scalar_program(prog: np.ndarray) -> np.ndarray | None:
+    """The scalar program of packed program ``prog`` (validated), or None unless every
+    instruction is elementwise of size 1 and there are no sub-programs."""
+    n = int(prog[N_INSTR])
+    if n == 0 or int(prog[N_SUBPROGRAMS]):
+        return None
+    code = code_of(prog).astype(np.int64)
+    ops = code[:, OPCODE]
+    if (code[:, SIZE] != 1).any() or (ops >= FIRST_FAMILY).any():
+        return None
+    where, operand, index, count = _tables()
+    nd, nf, n_slots = int(prog[FIRST_ADJOINT]), first_result(prog), int(prog[N_SLOTS])
+    args = code[:, ARG_A : ARG_A + MAX_ARITY]  # unused operands: slot 0, never read
+    stored = count[ops]
+    q = n_slots + np.concatenate([[0], np.cumsum(stored)[:-1]])  # each one's first
+    one = n_slots + int(stored.sum())
+    keys = MAX_ARITY * ops[:, None] + np.arange(MAX_ARITY)
+    w = where[keys]
+    source = np.select(
+        [w == _STORED, w == _CONSTANT, w == _OPERAND, w == _RESULT],
+        [q[:, None] + index[keys], np.full_like(keys, one),
+         np.take_along_axis(args, operand[keys], axis=1),
+         np.broadcast_to((nf + np.arange(n))[:, None], keys.shape)], 0)
+    frm = np.broadcast_to((nf + np.arange(n))[:, None], keys.shape)
+    live = (w != _ZERO) & (args >= nd)
+    # Instructions backwards, each one's operands in order.
+    live, args, frm, source, keys = (a[::-1].ravel() for a in (live, args, frm, source, keys))
+    edges = np.empty((int(live.sum()), SP_EDGE), np.int64)
+    edges[:, EDGE_TARGET] = args[live]
+    edges[:, EDGE_FROM] = frm[live]
+    edges[:, EDGE_SOURCE] = source[live]
+    edges[:, EDGE_KEY] = keys[live]
+    rows = np.zeros((n, SP_ROW), np.int64)
+    rows[:, 0] = ops
+    rows[:, 1:] = code[:, ARG_A : ARG_A + MAX_ARITY]
+    header = np.zeros(SP_HEADER, np.int64)
+    header[SP_ROWS], header[SP_EDGES], header[SP_STORED] = n, len(edges), int(stored.sum())
+    out = np.concatenate([header, rows.ravel(), edges.ravel()])
+    if out.size and (out.max() >= 2**31 or out.min() < 0):
+        return None  # does not fit int32: the general sweeps run it
+    return out.astype(np.int32)

@@ -1,0 +1,95 @@
+"""The one-point gradient of tapes of scalar instructions over their scalar program
+(``tapejit/_scalar_program.py``, ``value_grad_scalar``): the same bits as
+``value_grad_point``, for every op of the table at its sampled points and edge cases,
+and for chained programs with repeated operands, parameters and guards.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from _op_helpers import BY_NAME, OP_NAMES, sample, tape_of
+
+import tapejit
+from tapejit._program import FAMILIES
+from tapejit._tape import install_for_tests, scalar_program_of
+
+# The optimised kernels' two drivers against each other (the generic tier has one).
+pytestmark = pytest.mark.kernels
+
+
+def _bits(a) -> np.ndarray:
+    return np.atleast_1d(np.asarray(a, dtype=np.float64)).view(np.uint64)
+
+
+def _both(tape, x, params=None):
+    """value_and_grad at one point through the scalar program, then value_grad_point."""
+    got = []
+    for scalar in (True, False):
+        install_for_tests(tape, scalar=scalar)
+        v, g, ok = tape.value_and_grad(x, params, check="mask")
+        got.append((np.float64(v), g.copy(), ok))
+    install_for_tests(tape, scalar=True)
+    return got
+
+
+def _assert_same(got):
+    (v1, g1, ok1), (v0, g0, ok0) = got
+    assert ok1 == ok0
+    np.testing.assert_array_equal(_bits(v1), _bits(v0))
+    np.testing.assert_array_equal(_bits(g1), _bits(g0))
+
+
+@pytest.mark.parametrize("name", OP_NAMES)
+def test_every_op_same_bits(name):
+    tape = tape_of(name)
+    if any(code in FAMILIES for code in np.unique(tape.opcodes)):
+        pytest.skip("recorded as an instruction family: no scalar program")
+    assert scalar_program_of(tape) is not None, "a tape of one scalar op has a scalar program"
+    X = sample(BY_NAME[name], 24, seed=11)
+    X[:3] = X[3:6] * np.array([np.inf, 0.0, np.nan])[:, None]  # non-finite, zero operands
+    for x in X:
+        _assert_same(_both(tape, np.ascontiguousarray(x)))
+
+
+def test_chained_program_with_params_and_repeats():
+    def f(x, p):
+        a, b, c = x[0], x[1], x[2]
+        for k in range(30):
+            a = np.sin(a * a) + b / (1.5 + np.cos(c)) * p[0]
+            b = np.tanh(b - a) * p[1] + np.exp(-np.square(c)) + a * a
+            c = np.where(a > b, c * 0.9, c + 0.01) if k % 3 else np.hypot(c, a) - p[0]
+        return a * b - c
+
+    rng = np.random.default_rng(3)
+    x0 = rng.normal(size=3)
+    tape = tapejit.record(f, x0, np.array([0.7, 1.3]), argnums=0)
+    assert scalar_program_of(tape) is not None
+    for _ in range(20):
+        _assert_same(_both(tape, rng.normal(size=3), rng.uniform(0.5, 1.5, 2)))
+
+
+def test_guard_failure_gives_nan_as_before():
+    def f(x):
+        s = x[0]
+        for _ in range(5):
+            s = np.sin(s) * x[1] + s
+        if s > 0.0:
+            return s * s
+        return -s
+
+    tape = tapejit.record(f, np.array([0.5, 1.0]))
+    assert scalar_program_of(tape) is not None
+    off = np.array([-0.5, 1.0])  # the other branch
+    got = _both(tape, off)
+    _assert_same(got)
+    assert not got[0][2] and np.isnan(got[0][1]).all()
+    with pytest.raises(tapejit.BranchError):
+        tape.value_and_grad(off)
+    _assert_same(_both(tape, np.array([0.4, 0.9])))
+
+
+def test_block_and_family_tapes_have_none():
+    blocks = tapejit.record(lambda x: np.sin(x) * x, np.ones(3))
+    sums = tapejit.record(lambda x: np.sum(x * x), np.ones(3))
+    assert scalar_program_of(blocks) is None and scalar_program_of(sums) is None
