@@ -11,8 +11,8 @@ the recording. So the value of each op on floats is derived from its row:
   (one correctly rounded IEEE operation, which Python's floats compute exactly as numpy
   does) runs that expression, compiled here into a Python function. A division by zero,
   which Python raises where numpy gives ``inf`` or ``nan``, falls back to the reference;
-* every other op calls its numpy reference on the floats, with floating-point warnings
-  ignored as on the array path.
+* every other op calls its numpy reference on 1-element arrays of the floats, with
+  floating-point warnings ignored, exactly as the array path does.
 
 ``tests/test_scalar_recording.py`` checks every op both ways bit for bit against the
 reference on 1-element arrays, which is what the array path computes.
@@ -61,8 +61,10 @@ def _by_reference(op: Op) -> Callable[..., float]:
     reference = op.numpy
 
     def value(*operands: float) -> float:
+        # on 1-element arrays, as the array path: numpy's loops for 0-d operands can
+        # differ (np.power(-0.0, 0.5) is -0.0 on scalars, 0.0 on arrays)
         with np.errstate(all="ignore"):
-            return float(reference(*operands))
+            return float(reference(*[np.array([v]) for v in operands])[0])
 
     value.__name__ = f"{op.name}_by_reference"
     return value

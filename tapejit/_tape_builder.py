@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import bisect
 import struct
+from array import array
 from dataclasses import dataclass
 
 import numpy as np
@@ -159,8 +160,9 @@ class Recorder:
         self._family_results: dict[int, tuple[str, int]] = {}  # first id: (family, size)
         # The pending run of scalar instructions: (opcode, a, b, c) ids and values; its
         # results are the last len(_run_vals) node ids.
-        self._run_rows: list[tuple[int, int, int, int]] = []
-        self._run_vals: list[float] = []
+        # (flat machine arrays: numpy reads them without a copy)
+        self._run_rows = array("q")
+        self._run_vals = array("d")
         # _cindex by float value for nonzero non-NaN constants (where equal floats have
         # equal bits): no struct packing for a constant seen before
         self._cfloat: dict[float, int] = {}
@@ -176,12 +178,12 @@ class Recorder:
         vals = self._run_vals
         if not vals:
             return
-        rows = np.array(self._run_rows, dtype=_I64).reshape(-1, 4)
+        rows = np.frombuffer(self._run_rows, dtype=_I64).reshape(-1, 4)
         self._chunk_starts.append(self.n_nodes - len(vals))
-        self._chunk_vals.append(np.array(vals, dtype=np.float64))
+        self._chunk_vals.append(np.frombuffer(vals, dtype=np.float64))
         self._groups.append((_SCALAR_RUN, len(vals), 1, rows))
-        self._run_rows = []
-        self._run_vals = []
+        self._run_rows = array("q")  # the arrays above keep the old buffers
+        self._run_vals = array("d")
 
     def _add_chunk(self, values: np.ndarray) -> int:
         self._flush()
@@ -320,7 +322,7 @@ class Recorder:
         v = VALUE[op.code](av)
         if a < 0:
             return self.scalar_const(v), v
-        self._run_rows.append((op.code, a, 0, 0))
+        self._run_rows.extend((op.code, a, 0, 0))
         self._run_vals.append(v)
         node = self.n_nodes
         self.n_nodes = node + 1
@@ -334,7 +336,7 @@ class Recorder:
         v = VALUE[op.code](av, bv)
         if a < 0 and b < 0:
             return self.scalar_const(v), v
-        self._run_rows.append((op.code, a, b, 0))
+        self._run_rows.extend((op.code, a, b, 0))
         self._run_vals.append(v)
         node = self.n_nodes
         self.n_nodes = node + 1
@@ -347,7 +349,7 @@ class Recorder:
         v = VALUE[op.code](*vals)
         if all(i < 0 for i in ids):
             return self.scalar_const(v), v
-        self._run_rows.append((op.code, *ids, *(0,) * (3 - len(ids))))
+        self._run_rows.extend((op.code, *ids, *(0,) * (3 - len(ids))))
         self._run_vals.append(v)
         node = self.n_nodes
         self.n_nodes = node + 1

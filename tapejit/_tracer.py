@@ -766,8 +766,8 @@ def _scalar_operands(rec: Recorder, values: tuple) -> tuple[list[int], list[floa
         if isinstance(v, Tracer):
             if type(v) is not ScalarTracer and v._ids.ndim:
                 return None
-        elif not (isinstance(v, _NUMBERS) or isinstance(v, np.ndarray) and v.ndim == 0
-                  and v.dtype.kind in "biuf"):
+        elif not (isinstance(v, _NUMBERS) or (isinstance(v, np.ndarray) and v.ndim == 0
+                  and v.dtype.kind in "biuf")):
             return None
     ids, vals = [], []
     for v in values:
