@@ -122,6 +122,23 @@ def test_random_programs_record_the_same_tape_on_scalars_as_on_arrays(seed):
     assert_same_tape(ts, ta)
 
 
+@pytest.mark.parametrize("seed", range(0, 60, 3))
+def test_random_programs_on_scalars_compute_the_program_at_the_recording_point(seed):
+    """The tape recorded on scalars, run by the op table's reference interpreter at the
+    recording point, gives the program's own numpy values (on 1-element arrays, as the
+    interpreter computes) bit for bit, and its guards hold there."""
+    from tapejit._show import interpret
+
+    steps = _program(seed)
+    x = np.random.default_rng(seed).normal(size=3)
+    tape = tapejit.record(lambda x: _run(steps, lambda x, i: x[i], x), x)
+    with np.errstate(all="ignore"):
+        sweep = interpret(tape, x)
+        want = np.concatenate([np.ravel(v) for v in _run(steps, lambda x, i: x[i : i + 1], x)])
+    assert np.array_equal(bits(sweep.values[tape.outputs]), bits(want))
+    assert all((sweep.values[q] != 0.0) == bool(o) for q, o in tape.guards.tolist())
+
+
 def test_random_programs_exercise_scalar_instructions_and_guards():
     """The programs above are not all folded away: they record instructions, guards and
     constants (a test that the comparison compares something)."""
