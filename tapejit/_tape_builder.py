@@ -7,6 +7,8 @@ recording order) and ``< 0`` for a constant (``-1 - k`` is entry ``k`` of the co
 pool). A traced array is a numpy array of ids, so slicing, broadcasting and fancy
 indexing are plain numpy index arithmetic, and an elementwise op on ``n`` elements is
 recorded with a handful of vectorized numpy calls, usually as one block instruction.
+An op on traced scalars is appended to a *run* of scalar instructions instead (no numpy
+call, see :class:`Recorder`): the same instruction that a 1-element emission gives.
 Elements whose operands are all constants are folded with the op's numpy reference and
 never become instructions.
 
@@ -136,9 +138,10 @@ class Recorder:
 
     Array code is recorded in bulk (:meth:`emit`); traced scalars one instruction at a
     time through :meth:`scalar1`, :meth:`scalar2` and :meth:`scalar`, which append to
-    flat Python lists with no numpy call. Consecutive scalar instructions are kept as
-    one *run*, made into numpy arrays (one group, one chunk of values) only when
-    anything else reads or extends the recording (:meth:`_flush`).
+    two flat machine arrays (``array('q')``, ``array('d')``) with no numpy call.
+    Consecutive scalar instructions are kept as one *run*, handed to numpy (one group,
+    one chunk of values, no copy) only when anything else reads or extends the
+    recording (:meth:`_flush`).
     """
 
     def __init__(self) -> None:
@@ -158,13 +161,13 @@ class Recorder:
         self._guards: list[tuple[int, int]] = []  # (comparison node id, outcome 0/1)
         self._guard_set: set[tuple[int, int]] = set()
         self._family_results: dict[int, tuple[str, int]] = {}  # first id: (family, size)
-        # The pending run of scalar instructions: (opcode, a, b, c) ids and values; its
+        # The pending run of scalar instructions, flat (numpy reads the buffers without a
+        # copy): opcode and operand ids a, b, c per instruction, and the values; its
         # results are the last len(_run_vals) node ids.
-        # (flat machine arrays: numpy reads them without a copy)
         self._run_rows = array("q")
         self._run_vals = array("d")
-        # _cindex by float value for nonzero non-NaN constants (where equal floats have
-        # equal bits): no struct packing for a constant seen before
+        # _cindex by float value, for nonzero non-NaN constants (where equal floats have
+        # equal bits): a constant seen before costs one dict lookup, no packing
         self._cfloat: dict[float, int] = {}
         self.closed = False
 
@@ -221,7 +224,7 @@ class Recorder:
 
     def scalar_const(self, value: float) -> int:
         """The id of one constant (deduplicated by bits, as :meth:`const`)."""
-        if value != 0.0:  # NaN too: a NaN key is found only as the same object
+        if value != 0.0:  # 0.0 == -0.0: those go by bits (a NaN is never in _cfloat)
             k = self._cfloat.get(value)
             if k is not None:
                 return -1 - k
