@@ -301,6 +301,38 @@ def test_mixed_scalar_and_array_code_values_and_gradients(x, central_diff):
     np.testing.assert_allclose(g, fd[0], rtol=1e-6, atol=1e-8)
 
 
+def interleaved(x, el):
+    """Scalar and array operations in turn: each array operation ends a run of scalar
+    instructions, and the scalars read values back from runs already handed over, from
+    the pending one and from array results. ``el(a, i)`` takes element ``i`` of ``a``
+    (``a[i]``, or the slice ``a[i:i+1]`` for the array path)."""
+    acc = el(x, 0)
+    v = x * 1.0
+    for i in range(6):
+        acc = np.sin(acc) * 1.1 + el(x, i % 3)
+        v = v * acc + x
+        acc = acc - el(v, (i + 1) % 3) * 0.25
+        if acc > 0.5:
+            acc = acc * 0.5
+        v = np.where(v > 1.0, v, acc * v)
+    return acc + np.sum(v), v
+
+
+def test_interleaved_scalar_and_array_operations_record_as_the_array_path(central_diff):
+    x = np.array([0.9, -0.4, 1.3])
+    ts = tapejit.record(lambda x: interleaved(x, lambda a, i: a[i]), x)
+    ta = tapejit.record(lambda x: interleaved(x, lambda a, i: a[i : i + 1]), x)
+    assert_same_tape(ts, ta)
+    assert len(ts.guards) >= 6
+    y, ok = ts.forward(x[None, :], check="mask")
+    want = interleaved(x, lambda a, i: a[i])
+    assert ok.all() and np.allclose(y[0], np.concatenate([[want[0]], want[1]]), rtol=1e-14)
+    g = ts.jacobian(x)[0]  # of the first output, the scalar
+    fd = central_diff(lambda X: np.array([interleaved(z, lambda a, i: a[i])[0] for z in X]),
+                      x[None, :])
+    np.testing.assert_allclose(g, fd[0], rtol=1e-6, atol=1e-9)
+
+
 def test_scalar_results_meet_zero_d_traced_arrays():
     """A reduction gives a 0-d traced array; arithmetic with it records on the scalar
     path (numpy gives a scalar too) and a float argument is a 0-d traced array."""
