@@ -155,6 +155,12 @@ _UFUNC_RULES: dict[np.ufunc, Callable] = {
 }
 
 
+def ufuncs_with_rules() -> frozenset[np.ufunc]:
+    """The ufuncs recorded by a rule of their own, not by the op that the table maps
+    them to (``np.power`` of a constant 2 is ``square``)."""
+    return frozenset(_UFUNC_RULES)
+
+
 # -- reductions (reduce and scan family instructions: _fam_reduce.py) --------------------
 def _no_out(name: str, out: Any, dtype: Any = None) -> None:
     if out is not None:

@@ -16,7 +16,8 @@ Each :class:`Op` holds everything the rest of the package derives from it:
 * ``flags``: named classes of ops (linear, zero-derivative, ...) that the code generator
   and the tracer exploit.
 
-The tracer (``_tracer.py``), the generated Numba kernels (``_kernels/codegen.py``), the tests and
+The tracer (``_tracer.py``), the values of traced scalars at the recording point
+(``_scalar_ops.py``), the generated Numba kernels (``_kernels/codegen.py``), the tests and
 the docs' op listing all iterate over :data:`OPS`. Adding an elementwise op whose numpy
 reference is a ufunc touches this file only: one row (``tests/test_new_op.py`` proves it).
 

@@ -7,6 +7,8 @@ recording order) and ``< 0`` for a constant (``-1 - k`` is entry ``k`` of the co
 pool). A traced array is a numpy array of ids, so slicing, broadcasting and fancy
 indexing are plain numpy index arithmetic, and an elementwise op on ``n`` elements is
 recorded with a handful of vectorized numpy calls, usually as one block instruction.
+An op on traced scalars is appended to a *run* of scalar instructions instead (no numpy
+call, see :class:`Recorder`): the same instruction that a 1-element emission gives.
 Elements whose operands are all constants are folded with the op's numpy reference and
 never become instructions.
 
@@ -22,11 +24,13 @@ Replays check every guard at every point (see ``_drivers.py``).
 from __future__ import annotations
 
 import bisect
+import struct
+from array import array
 from dataclasses import dataclass
 
 import numpy as np
 
-from ._ops import BY_CODE, BY_NAME, Op
+from ._ops import BY_CODE, BY_NAME, OPS, Op
 from ._program import (
     ARG_A,
     ATTR,
@@ -43,10 +47,20 @@ from ._program import (
     Program,
     family,
 )
+from ._scalar_ops import VALUE
 
 _I64 = np.int64
 #: Fewest elements an emission needs to become one block instruction.
 BLOCK_MIN = 2
+#: The group code of a run of scalar instructions (opcode 0 is never an instruction's).
+_SCALAR_RUN = 0
+#: Operands of each opcode (0 where none is an op), for the unused columns of a run.
+_ARITY = np.zeros(FIRST_FAMILY, dtype=_I64)
+for _op in OPS:
+    _ARITY[_op.code] = _op.arity
+#: A float64's bits as an int64, the constant pool's key.
+_BITS = struct.Struct("<q")
+_DOUBLE = struct.Struct("<d")
 
 
 class _Growing:
@@ -66,6 +80,14 @@ class _Growing:
         self.data[k0:need] = values
         self.n = need
         return k0
+
+    def append(self, value: float) -> int:
+        k = self.n
+        if k == self.data.size:
+            self.data = np.concatenate([self.data, np.empty(k)])
+        self.data[k] = value
+        self.n = k + 1
+        return k
 
     def view(self) -> np.ndarray:
         return self.data[: self.n]
@@ -112,11 +134,20 @@ Operand = tuple[int, int] | np.ndarray
 
 
 class Recorder:
-    """Growing tape under construction."""
+    """Growing tape under construction.
+
+    Array code is recorded in bulk (:meth:`emit`); traced scalars one instruction at a
+    time through :meth:`scalar1`, :meth:`scalar2` and :meth:`scalar`, which append to
+    two flat machine arrays (``array('q')``, ``array('d')``) with no numpy call.
+    Consecutive scalar instructions are kept as one *run*, handed to numpy (one group,
+    one chunk of values, no copy) only when anything else reads or extends the
+    recording (:meth:`_flush`).
+    """
 
     def __init__(self) -> None:
         # One group per emission: opcode, element count, last-axis length (rows of a
-        # 2-D emission may each be affine) and its operands.
+        # 2-D emission may each be affine) and its operands; a run of scalar
+        # instructions is one group (_SCALAR_RUN, n, 1, rows (opcode, a, b, c)).
         self._groups: list[tuple[int, int, int, list[Operand]]] = []
         self.n_leaves = 0
         self.n_nodes = 0
@@ -130,13 +161,35 @@ class Recorder:
         self._guards: list[tuple[int, int]] = []  # (comparison node id, outcome 0/1)
         self._guard_set: set[tuple[int, int]] = set()
         self._family_results: dict[int, tuple[str, int]] = {}  # first id: (family, size)
+        # The pending run of scalar instructions, flat (numpy reads the buffers without a
+        # copy): opcode and operand ids a, b, c per instruction, and the values; its
+        # results are the last len(_run_vals) node ids.
+        self._run_rows = array("q")
+        self._run_vals = array("d")
+        # _cindex by float value, for nonzero non-NaN constants (where equal floats have
+        # equal bits): a constant seen before costs one dict lookup, no packing
+        self._cfloat: dict[float, int] = {}
         self.closed = False
 
     @property
     def n_consts(self) -> int:
         return self._consts.n
 
+    def _flush(self) -> None:
+        """Turn the pending run of scalar instructions into one group and one chunk of
+        values (they are the node ids just before ``n_nodes``)."""
+        vals = self._run_vals
+        if not vals:
+            return
+        rows = np.frombuffer(self._run_rows, dtype=_I64).reshape(-1, 4)
+        self._chunk_starts.append(self.n_nodes - len(vals))
+        self._chunk_vals.append(np.frombuffer(vals, dtype=np.float64))
+        self._groups.append((_SCALAR_RUN, len(vals), 1, rows))
+        self._run_rows = array("q")  # the arrays above keep the old buffers
+        self._run_vals = array("d")
+
     def _add_chunk(self, values: np.ndarray) -> int:
+        self._flush()
         k0 = self.n_nodes
         self._chunk_starts.append(k0)
         self._chunk_vals.append(values)
@@ -146,7 +199,7 @@ class Recorder:
     # -- leaves and constants ------------------------------------------------------------
     def leaves(self, values: np.ndarray) -> np.ndarray:
         """Allocate input/parameter leaves holding ``values``; before any instruction."""
-        if self._groups:
+        if self._groups or self._run_vals:
             raise RuntimeError("leaves must be allocated before the first instruction")
         flat = np.array(values, dtype=np.float64).ravel()
         self._arg_starts.append(self.n_nodes)
@@ -169,9 +222,34 @@ class Recorder:
             out[i] = -1 - k
         return out.reshape(np.shape(values))
 
+    def scalar_const(self, value: float) -> int:
+        """The id of one constant (deduplicated by bits, as :meth:`const`)."""
+        if value != 0.0:  # 0.0 == -0.0: those go by bits (a NaN is never in _cfloat)
+            k = self._cfloat.get(value)
+            if k is not None:
+                return -1 - k
+        key = _BITS.unpack(_DOUBLE.pack(value))[0]
+        k = self._cindex.get(key)
+        if k is None:
+            k = self._cindex[key] = self._consts.append(value)
+        if value != 0.0 and value == value:
+            self._cfloat[value] = k
+        return -1 - k
+
     # -- values at the recording point ----------------------------------------------------
+    def value(self, node: int) -> float:
+        """The value at the recording point of one id (a variable or a constant)."""
+        if node < 0:
+            return float(self._consts.data[-1 - node])
+        k = node - self.n_nodes + len(self._run_vals)
+        if k >= 0:
+            return self._run_vals[k]
+        c = bisect.bisect_right(self._chunk_starts, node) - 1
+        return float(self._chunk_vals[c][node - self._chunk_starts[c]])
+
     def values(self, ids: np.ndarray) -> np.ndarray:
         """Values at the recording point of any ids (variables and constants)."""
+        self._flush()
         ids = np.asarray(ids)
         flat = ids.ravel()
         out = np.empty(flat.size)
@@ -236,10 +314,55 @@ class Recorder:
         return (first, stride)
 
     # -- instructions --------------------------------------------------------------------
+    # The scalar path: one instruction on single ids with their values, as the array
+    # path records a 1-element emission (the same row; constants pooled in the same
+    # order; an instruction whose operands are all constants folded into a constant).
+    def scalar1(self, op: Op, a: int, av: float) -> tuple[int, float]:
+        """Record unary ``op`` on id ``a`` of value ``av``; return the result's id and
+        value."""
+        if self.closed:
+            raise RuntimeError("this recording has finished; a traced value escaped f")
+        v = VALUE[op.code](av)
+        if a < 0:
+            return self.scalar_const(v), v
+        self._run_rows.extend((op.code, a, 0, 0))
+        self._run_vals.append(v)
+        node = self.n_nodes
+        self.n_nodes = node + 1
+        return node, v
+
+    def scalar2(self, op: Op, a: int, av: float, b: int, bv: float) -> tuple[int, float]:
+        """Record binary ``op`` on ids ``a`` and ``b`` of values ``av`` and ``bv``; return
+        the result's id and value."""
+        if self.closed:
+            raise RuntimeError("this recording has finished; a traced value escaped f")
+        v = VALUE[op.code](av, bv)
+        if a < 0 and b < 0:
+            return self.scalar_const(v), v
+        self._run_rows.extend((op.code, a, b, 0))
+        self._run_vals.append(v)
+        node = self.n_nodes
+        self.n_nodes = node + 1
+        return node, v
+
+    def scalar(self, op: Op, ids: list[int], vals: list[float]) -> tuple[int, float]:
+        """Record ``op`` on single ids of any arity (see :meth:`scalar2`)."""
+        if self.closed:
+            raise RuntimeError("this recording has finished; a traced value escaped f")
+        v = VALUE[op.code](*vals)
+        if all(i < 0 for i in ids):
+            return self.scalar_const(v), v
+        self._run_rows.extend((op.code, *ids, *(0,) * (3 - len(ids))))
+        self._run_vals.append(v)
+        node = self.n_nodes
+        self.n_nodes = node + 1
+        return node, v
+
     def emit(self, op: Op, *operands: np.ndarray) -> np.ndarray:
         """Record ``op`` elementwise over broadcast operand-id arrays; return result ids."""
         if self.closed:
             raise RuntimeError("this recording has finished; a traced value escaped f")
+        self._flush()
         operands = np.broadcast_arrays(*operands)
         shape = operands[0].shape
         n = operands[0].size
@@ -348,6 +471,7 @@ class Recorder:
         (an exact multiplication by 1, or a new run of the pool for constants)."""
         if self.closed:
             raise RuntimeError("this recording has finished; a traced value escaped f")
+        self._flush()
         blocks = []
         for ids in operands:
             ids = np.ascontiguousarray(ids, dtype=_I64).ravel()
@@ -407,16 +531,22 @@ class Recorder:
 
     def guard(self, node: int) -> bool:
         """Record that the comparison ``node`` (value 1.0/0.0) decided a Python branch."""
-        outcome = bool(self.values(np.array([node]))[0] != 0.0)
-        if (int(node), int(outcome)) not in self._guard_set:  # a repeat checks nothing new
-            self._guard_set.add((int(node), int(outcome)))
-            self._guards.append((int(node), int(outcome)))
+        return self.guard_outcome(int(node), self.value(int(node)) != 0.0)
+
+    def guard_outcome(self, node: int, outcome: bool) -> bool:
+        """Record that the comparison ``node`` came out ``outcome`` at the recording point
+        and decided a Python branch; return ``outcome``."""
+        key = (node, int(outcome))
+        if key not in self._guard_set:  # a repeat checks nothing new
+            self._guard_set.add(key)
+            self._guards.append(key)
         return outcome
 
     # -- reading back what was recorded (nested differentiation, ``_nested.py``) ---------
     def mark(self) -> Mark:
         """The current end of the recording, to read back what follows it with
         :meth:`instructions_since`."""
+        self._flush()
         return Mark(len(self._groups), self.n_nodes)
 
     def instructions_since(self, mark: Mark) -> list[Instruction]:
@@ -425,9 +555,18 @@ class Recorder:
         Every emission's results are the next consecutive node ids (leaves come before
         any instruction), so a group's results follow from the running node count.
         """
+        self._flush()
         out = []
         first = mark.nodes
         for code, n, _, ops in self._groups[mark.groups :]:
+            if code == _SCALAR_RUN:
+                for row in ops.tolist():
+                    op = BY_CODE[row[0]]
+                    out.append(Instruction(op, None, (), tuple(
+                        np.array(row[1 : 1 + op.arity], dtype=_I64).reshape(op.arity, 1)),
+                        np.array([first], dtype=_I64)))
+                    first += 1
+                continue
             results = np.arange(first, first + n, dtype=_I64)
             first += n
             if code >= FIRST_FAMILY:
@@ -451,6 +590,7 @@ class Recorder:
         to where ``ids`` repeat an id or hold constants."""
         if self.closed:
             raise RuntimeError("this recording has finished; a traced value escaped f")
+        self._flush()
         flat = np.ascontiguousarray(ids, dtype=_I64).ravel()
         if not flat.size:
             return np.asarray(ids, dtype=_I64)
@@ -467,6 +607,7 @@ class Recorder:
         results do) becomes one block instruction, or one per row of its last axis;
         anything else becomes scalar instructions.
         """
+        self._flush()
         self.closed = True
         nc = self.n_consts
         n_par = param_leaves.size
@@ -489,6 +630,15 @@ class Recorder:
         rows = []
         attrs: list[int] = []
         for code, n, row, ops in self._groups:
+            if code == _SCALAR_RUN:  # one scalar instruction per row, unused operands 0
+                codes = ops[:, 0]
+                slots = slot(ops[:, 1:])
+                slots[_ARITY[codes][:, None] <= np.arange(MAX_ARITY)] = 0
+                one = np.zeros((n, ROW), dtype=_I64)
+                one[:, OPCODE], one[:, SIZE] = codes, 1
+                one[:, ARG_A : ARG_A + MAX_ARITY] = slots
+                rows.append(one)
+                continue
             if code >= FIRST_FAMILY:
                 blocks, values = ops
                 one = np.zeros((1, ROW), dtype=_I64)

@@ -6,6 +6,13 @@ functions map to implementations in ``_numpy_funcs.py`` (``__array_function__``)
 that would silently turn a traced value into a constant (``float()``, ``bool()``, using it
 as an index, ``np.asarray``) raises a :class:`~tapejit.TracingError` naming what to write
 instead.
+
+Where numpy would give a float64 *scalar* (an element of an array, arithmetic on scalars
+and 0-d arrays), tracing gives a :class:`ScalarTracer`: it holds one id and its value at
+the recording point, and records each operation through the recorder's scalar path
+(appends to flat buffers, no numpy call), so scalar Python code records about twenty
+times faster than through numpy's array machinery, into the same tape. Scalars and
+arrays mix freely: a scalar meeting an array records as a 0-d traced array.
 """
 
 from __future__ import annotations
@@ -106,7 +113,10 @@ class Tracer:
         return f"<traced float64 array, shape {self.shape}>"
 
     def _view(self, ids: Any) -> Tracer:
-        return Tracer(self._rec, np.asarray(ids), self._truth)
+        if not isinstance(ids, np.ndarray):  # numpy gave a scalar: so does tracing
+            node = int(ids)
+            return ScalarTracer(self._rec, node, self._rec.value(node), self._truth)
+        return Tracer(self._rec, ids, self._truth)
 
     # -- conversions that would lose the trace -------------------------------------------
     def __bool__(self) -> bool:
@@ -149,7 +159,7 @@ class Tracer:
         another integer is caught, never given this one)."""
         if self._ids.size != 1:
             raise TypeError("only a traced array of one element can be converted to int")
-        value = float(self._rec.values(np.array(int(self._ids.reshape(-1)[0]))))
+        value = self._rec.value(int(self._ids.reshape(-1)[0]))
         if not np.isfinite(value):
             raise ValueError(f"cannot convert the traced value {value} to an integer")
         k = int(value)
@@ -183,9 +193,10 @@ class Tracer:
         caller = sys._getframe(1).f_globals.get("__name__", "")
         if caller.split(".")[0] == "scipy":
             raise _scipy_conversion(caller)
-        out = np.empty(self._ids.shape, dtype=object)
-        for k in np.ndindex(self._ids.shape):
-            out[k] = Tracer(self._rec, np.asarray(self._ids[k]), self._truth)
+        ids = self._ids
+        out = np.empty(ids.shape, dtype=object)
+        for k in np.ndindex(ids.shape):
+            out[k] = self._view(ids[k])
         return out
 
     def item(self, *args: Any) -> float:
@@ -433,6 +444,196 @@ class _Flat:
         return iter(self._t.ravel())
 
 
+#: Whether each opcode's result is a truth value (1.0/0.0), from the table's flags.
+_TRUTH: tuple[bool, ...] = tuple(
+    any(op.code == code and COMPARISON in op.flags for op in OPS) for code in range(128))
+
+
+def _mixed() -> TracingError:
+    return TracingError("values from two different recordings were combined")
+
+
+def _binary(op: Op, x: Any, y: Any) -> Any:
+    """``op`` on a traced scalar and another operand: the scalar path for a traced scalar
+    or a Python number, :func:`emit` for anything else (arrays, numpy scalars, ...)."""
+    tx, ty = type(x), type(y)
+    try:
+        if tx is ScalarTracer:
+            rec, a, av = x._rec, x._id, x._val
+            if ty is ScalarTracer:
+                if y._rec is not rec:
+                    raise _mixed()
+                b, bv = y._id, y._val
+            elif ty is float or ty is int:
+                bv = float(y)
+                b = rec.scalar_const(bv)
+            else:
+                return emit(op.name, x, y)
+        elif tx is float or tx is int:  # y is the traced scalar, x is pooled first
+            rec = y._rec
+            av = float(x)
+            a = rec.scalar_const(av)
+            b, bv = y._id, y._val
+        else:
+            return emit(op.name, x, y)
+    except OverflowError:  # an int beyond float64: lift's error
+        return emit(op.name, x, y)
+    node, value = rec.scalar2(op, a, av, b, bv)
+    return ScalarTracer(rec, node, value, _TRUTH[op.code])
+
+
+def _unary(op: Op, x: ScalarTracer) -> ScalarTracer:
+    node, value = x._rec.scalar1(op, x._id, x._val)
+    return ScalarTracer(x._rec, node, value, _TRUTH[op.code])
+
+
+_ADD, _SUB, _MUL, _DIV = BY_NAME["add"], BY_NAME["sub"], BY_NAME["mul"], BY_NAME["div"]
+_NEG, _ABS, _NE = BY_NAME["neg"], BY_NAME["abs"], BY_NAME["not_equal"]
+_LT, _LE, _GT, _GE, _EQ = (BY_NAME[n] for n in (
+    "less", "less_equal", "greater", "greater_equal", "equal"))
+_FLOORDIV, _MOD = BY_NAME["floor_divide"], BY_NAME["mod"]
+#: The ufuncs a traced scalar records directly (those of the op table with no rule of
+#: their own in ``_numpy_funcs``), filled at the first ufunc on a traced scalar.
+_scalar_ufuncs: dict[np.ufunc, Op] = {}
+
+
+class ScalarTracer(Tracer):
+    """A traced float64 scalar during :func:`tapejit.record`: an element of a traced
+    array, or the result of arithmetic on traced scalars (where numpy gives a float64
+    scalar).
+
+    It holds its one id and its value at the recording point. Its operators and numpy
+    ufuncs record through the recorder's scalar path, the same instructions as the
+    array path records for one element; anything else sees it as a 0-d traced array.
+    Immutable, like numpy's scalars. Not created by users.
+    """
+
+    __slots__ = ("_id", "_val")
+
+    def __init__(self, rec: Recorder, node: int, value: float, truth: bool = False) -> None:
+        self._rec = rec
+        self._id = node
+        self._val = value
+        self._truth = truth
+
+    @property
+    def _ids(self) -> np.ndarray:  # type: ignore[override]
+        return np.array(self._id, dtype=np.int64)
+
+    @property
+    def shape(self) -> tuple[int, ...]:
+        return ()
+
+    @property
+    def ndim(self) -> int:
+        return 0
+
+    @property
+    def size(self) -> int:
+        return 1
+
+    def __repr__(self) -> str:
+        return "<traced float64 scalar>"
+
+    def __bool__(self) -> bool:
+        """A Python branch on a traced scalar: decided at the recording point and
+        recorded as a guard, exactly as :meth:`Tracer.__bool__`."""
+        if self._id < 0:  # a constant: an ordinary Python branch
+            return self._val != 0.0
+        t = self if self._truth else _binary(_NE, self, 0.0)
+        if t._id < 0:
+            return t._val != 0.0
+        return self._rec.guard_outcome(t._id, t._val != 0.0)
+
+    def _immutable(self, *args: Any, **kwargs: Any) -> None:
+        raise TypeError("a traced scalar cannot be assigned into (as a numpy float64 "
+                        "cannot); build an array, e.g. np.zeros_like(x, shape=(3,))")
+
+    __setitem__ = fill = sort = _immutable
+
+    @property
+    def flat(self) -> _Flat:
+        return _Flat(Tracer(self._rec, self._ids))  # assigning into it changes a copy
+
+    def __array_ufunc__(self, ufunc: np.ufunc, method: str, *inputs: Any, **kwargs: Any):
+        if not _scalar_ufuncs:
+            # lazy: _numpy_funcs builds on this module (an import circle)
+            from ._numpy_funcs import ufuncs_with_rules
+
+            rules = ufuncs_with_rules()
+            _scalar_ufuncs.update({u: op for u, op in UFUNC_OPS.items() if u not in rules})
+        op = _scalar_ufuncs.get(ufunc) if method == "__call__" and not kwargs else None
+        if op is None:
+            return super().__array_ufunc__(ufunc, method, *inputs, **kwargs)
+        if len(inputs) == 1:  # np.sin(x): only x
+            return _unary(op, self)
+        if len(inputs) == 2:
+            return _binary(op, *inputs)
+        return emit(op.name, *inputs)
+
+    def __add__(self, o):
+        return _binary(_ADD, self, o)
+
+    def __radd__(self, o):
+        return _binary(_ADD, o, self)
+
+    def __sub__(self, o):
+        return _binary(_SUB, self, o)
+
+    def __rsub__(self, o):
+        return _binary(_SUB, o, self)
+
+    def __mul__(self, o):
+        return _binary(_MUL, self, o)
+
+    def __rmul__(self, o):
+        return _binary(_MUL, o, self)
+
+    def __truediv__(self, o):
+        return _binary(_DIV, self, o)
+
+    def __rtruediv__(self, o):
+        return _binary(_DIV, o, self)
+
+    def __floordiv__(self, o):
+        return _binary(_FLOORDIV, self, o)
+
+    def __rfloordiv__(self, o):
+        return _binary(_FLOORDIV, o, self)
+
+    def __mod__(self, o):
+        return _binary(_MOD, self, o)
+
+    def __rmod__(self, o):
+        return _binary(_MOD, o, self)
+
+    def __neg__(self):
+        return _unary(_NEG, self)
+
+    def __abs__(self):
+        return _unary(_ABS, self)
+
+    def __lt__(self, o):
+        return _binary(_LT, self, o)
+
+    def __le__(self, o):
+        return _binary(_LE, self, o)
+
+    def __gt__(self, o):
+        return _binary(_GT, self, o)
+
+    def __ge__(self, o):
+        return _binary(_GE, self, o)
+
+    def __eq__(self, o):  # type: ignore[override]
+        return _binary(_EQ, self, o)
+
+    def __ne__(self, o):  # type: ignore[override]
+        return _binary(_NE, self, o)
+
+    __hash__ = None  # comparisons are traced, so tracers are not hashable
+
+
 def _scipy_conversion(module: str) -> TracingError:
     """The error for a SciPy function converting a traced value with ``np.asarray``:
     it names the function (from the SciPy frames on the stack) and tapejit's own, where
@@ -500,7 +701,7 @@ def recorder_of(values: Any) -> Recorder | None:
             if rec is None:
                 rec = v._rec
             elif v._rec is not rec:
-                raise TracingError("values from two different recordings were combined")
+                raise _mixed()
     return rec
 
 
@@ -537,14 +738,54 @@ def lift(rec: Recorder, value: Any) -> np.ndarray:
 
 
 def emit(name: str, *values: Any) -> Any:
-    """Apply op ``name`` elementwise with numpy broadcasting; constants fold."""
+    """Apply op ``name`` elementwise with numpy broadcasting; constants fold. Where every
+    operand is a scalar (a traced scalar or 0-d array, or a number), the result is a
+    :class:`ScalarTracer`, recorded through the scalar path."""
     rec = recorder_of(values)
     op = BY_NAME[name]
     if rec is None:  # no tracer involved: plain numpy
         with np.errstate(all="ignore"):
             return op.numpy(*values)
+    operands = _scalar_operands(rec, values)
+    if operands is not None:
+        node, value = rec.scalar(op, *operands)
+        return ScalarTracer(rec, node, value, _TRUTH[op.code])
     ids = rec.emit(op, *(lift(rec, v) for v in values))
     return Tracer(rec, ids, COMPARISON in op.flags)
+
+
+#: Numbers a traced scalar combines with on the scalar path (bool is an int).
+_NUMBERS = (float, int, np.floating, np.integer, np.bool_)
+
+
+def _scalar_operands(rec: Recorder, values: tuple) -> tuple[list[int], list[float]] | None:
+    """The ids and values of ``values`` where every one is a scalar (a traced scalar or
+    0-d array, a real number or 0-d array of one), constants pooled in order as
+    :func:`lift` pools them; None where any is not."""
+    for v in values:
+        if isinstance(v, Tracer):
+            if type(v) is not ScalarTracer and v._ids.ndim:
+                return None
+        elif not (isinstance(v, _NUMBERS) or (isinstance(v, np.ndarray) and v.ndim == 0
+                  and v.dtype.kind in "biuf")):
+            return None
+    ids, vals = [], []
+    for v in values:
+        if type(v) is ScalarTracer:
+            ids.append(v._id)
+            vals.append(v._val)
+        elif isinstance(v, Tracer):
+            node = int(v._ids)
+            ids.append(node)
+            vals.append(rec.value(node))
+        else:
+            try:
+                x = float(v)
+            except OverflowError:  # an int beyond float64: lift's error
+                return None
+            ids.append(rec.scalar_const(x))
+            vals.append(x)
+    return ids, vals
 
 
 def emit_family(name: str, operands: list, attrs: tuple[int, ...], shape: tuple) -> Any:

@@ -14,6 +14,8 @@ seed       y = ln(x1) + x1*x2 - sin(x2)                     (2 inputs, batched)
 rosen2     100*(x1 - x0**2)**2 + (1 - x0)**2               (2-vector, single point)
 rosen_ext  sum(100*(x[1:] - x[:-1]**2)**2 + (1 - x[:-1])**2) (n-vector, single point)
 sinfit     L(w) = mean((sin(w*x_i) - y_i)**2), 200 points, + 1000 GD steps
+lorenz     RK4 steps of the Lorenz system in (sigma, rho, beta), scalar Python code
+recurrence a = sin(a)*b + 0.1*a; b = 0.9*b + 0.01*a*a for k steps, scalar code
 
 Numba functions are compiled with ``cache=True``.  Peer implementations
 (JAX, CasADi, autograd) are built by ``make_*`` helpers that import the peer
@@ -82,6 +84,41 @@ def sinfit_f(w, x, y):
 def sinfit_f_sum(w, x, y):
     """Same loss as ``sinfit_f`` written without ``np.mean``."""
     return np.sum((np.sin(w * x) - y) ** 2) / x.shape[0]
+
+
+def lorenz_f(p, steps=2000, h=0.01):
+    """``steps`` RK4 steps of the Lorenz system from (1, 1, 1) in its parameters
+    ``p = (sigma, rho, beta)``, written as scalar code; the sum of the final state."""
+    sigma, rho, beta = p[0], p[1], p[2]
+
+    def rhs(x, y, z):
+        return sigma * (y - x), x * (rho - z) - y, x * y - beta * z
+
+    x, y, z = 1.0, 1.0, 1.0
+    for _ in range(steps):
+        k1 = rhs(x, y, z)
+        k2 = rhs(x + h / 2 * k1[0], y + h / 2 * k1[1], z + h / 2 * k1[2])
+        k3 = rhs(x + h / 2 * k2[0], y + h / 2 * k2[1], z + h / 2 * k2[2])
+        k4 = rhs(x + h * k3[0], y + h * k3[1], z + h * k3[2])
+        x = x + h / 6 * (k1[0] + 2 * k2[0] + 2 * k3[0] + k4[0])
+        y = y + h / 6 * (k1[1] + 2 * k2[1] + 2 * k3[1] + k4[1])
+        z = z + h / 6 * (k1[2] + 2 * k2[2] + 2 * k3[2] + k4[2])
+    return x + y + z
+
+
+LORENZ_P0 = np.array([10.0, 28.0, 8.0 / 3.0])
+
+
+def recurrence_f(x, k=1000):
+    """The scalar recurrence of issue 22, ``k`` steps from ``(x[0], x[1])``."""
+    a, b = x[0], x[1]
+    for _ in range(k):
+        a = np.sin(a) * b + 0.1 * a
+        b = 0.9 * b + 0.01 * a * a
+    return a + b
+
+
+RECURRENCE_X0 = np.array([0.5, 1.2])
 
 
 # ---------------------------------------------------------------------------

@@ -71,6 +71,56 @@ class RecordRosenExt:
     track_tape_len.unit = "instructions"
 
 
+class RecordLorenz:
+    """Recording scalar code: RK4 steps of the Lorenz system (71 instructions a step).
+    ``time_record / track_tape_len`` is the cost per instruction."""
+
+    params = (200, 2000)
+    param_names = ("steps",)
+
+    def setup(self, steps):
+        _record(B.lorenz_f, B.LORENZ_P0, steps=10)  # warm-up
+        self.tape = _record(B.lorenz_f, B.LORENZ_P0, steps=steps)
+
+    def time_record(self, steps):
+        tapejit.record(B.lorenz_f, B.LORENZ_P0, steps=steps)
+
+    def track_tape_len(self, steps):
+        return len(self.tape)
+
+    track_tape_len.unit = "instructions"
+
+
+class RecordLorenzPython:
+    """The same function run on Python floats: the floor of any tracer."""
+
+    params = (200, 2000)
+    param_names = ("steps",)
+
+    def time_call(self, steps):
+        B.lorenz_f(B.LORENZ_P0.tolist(), steps=steps)
+
+
+class RecordRecurrence:
+    """Recording scalar code with a numpy ufunc (``np.sin``) among the operators:
+    8 instructions a step."""
+
+    params = (1000, 10000)
+    param_names = ("k",)
+
+    def setup(self, k):
+        _record(B.recurrence_f, B.RECURRENCE_X0, k=10)  # warm-up
+        self.tape = _record(B.recurrence_f, B.RECURRENCE_X0, k=k)
+
+    def time_record(self, k):
+        tapejit.record(B.recurrence_f, B.RECURRENCE_X0, k=k)
+
+    def track_tape_len(self, k):
+        return len(self.tape)
+
+    track_tape_len.unit = "instructions"
+
+
 # ---------------------------------------------------------------------------
 # seed over points: y = ln(x1) + x1*x2 - sin(x2)
 # ---------------------------------------------------------------------------
