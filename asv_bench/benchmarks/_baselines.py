@@ -86,27 +86,7 @@ def sinfit_f_sum(w, x, y):
     return np.sum((np.sin(w * x) - y) ** 2) / x.shape[0]
 
 
-def lorenz_f(p, steps=2000, h=0.01):
-    """``steps`` RK4 steps of the Lorenz system from (1, 1, 1) in its parameters
-    ``p = (sigma, rho, beta)``, written as scalar code; the sum of the final state."""
-    sigma, rho, beta = p[0], p[1], p[2]
-
-    def rhs(x, y, z):
-        return sigma * (y - x), x * (rho - z) - y, x * y - beta * z
-
-    x, y, z = 1.0, 1.0, 1.0
-    for _ in range(steps):
-        k1 = rhs(x, y, z)
-        k2 = rhs(x + h / 2 * k1[0], y + h / 2 * k1[1], z + h / 2 * k1[2])
-        k3 = rhs(x + h / 2 * k2[0], y + h / 2 * k2[1], z + h / 2 * k2[2])
-        k4 = rhs(x + h * k3[0], y + h * k3[1], z + h * k3[2])
-        x = x + h / 6 * (k1[0] + 2 * k2[0] + 2 * k3[0] + k4[0])
-        y = y + h / 6 * (k1[1] + 2 * k2[1] + 2 * k3[1] + k4[1])
-        z = z + h / 6 * (k1[2] + 2 * k2[2] + 2 * k3[2] + k4[2])
-    return x + y + z
-
-
-LORENZ_P0 = np.array([10.0, 28.0, 8.0 / 3.0])
+LORENZ_P0 = np.array(LORENZ_P)
 
 
 def recurrence_f(x, k=1000):

@@ -1,7 +1,7 @@
 """asv benchmarks of long scalar tapes (issue #22): cost per point and instruction.
 
-The tape is a scalar recurrence of ``k`` steps, ``a = sin(a)*b + 0.1*a;
-b = 0.9*b + 0.01*a*a`` (8 instructions a step, 8k + 1 in all), evaluated with
+The tape is the scalar recurrence of ``_baselines.recurrence_f`` over ``k`` steps,
+``a = sin(a)*b + 0.1*a; b = 0.9*b + 0.01*a*a`` (8k + 1 instructions), evaluated with
 ``value_and_grad`` at 1 to 10^5 points.
 
 * ``Recurrence.time_value_and_grad``: the time of one call (``RecurrenceLong``: the
@@ -17,20 +17,10 @@ import time
 
 import numpy as np
 
+from . import _baselines as B
 from . import import_tapejit
 
 tapejit, _TAPEJIT_ERROR = import_tapejit()
-
-
-def recurrence(k):
-    def f(x):
-        a, b = x[0], x[1]
-        for _ in range(k):
-            a = np.sin(a) * b + 0.1 * a
-            b = 0.9 * b + 0.01 * a * a
-        return a + b
-
-    return f
 
 
 _TAPES = {}  # by steps: one recording per process (asv's; the pytest smoke's)
@@ -41,7 +31,7 @@ def _setup(steps, points):
         raise NotImplementedError(f"tapejit unavailable: {_TAPEJIT_ERROR}")
     tape = _TAPES.get(steps)
     if tape is None:
-        tape = _TAPES[steps] = tapejit.record(recurrence(steps), np.array([0.5, 0.7]))
+        tape = _TAPES[steps] = tapejit.record(B.recurrence_f, B.RECURRENCE_X0, k=steps)
     rng = np.random.default_rng(0)
     X = rng.uniform(0.3, 0.8, 2) if points == 1 else rng.uniform(0.3, 0.8, (points, 2))
     tape.value_and_grad(X)  # warm: kernels loaded, plans and segments derived
