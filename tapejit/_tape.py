@@ -801,8 +801,14 @@ class Tape:
         prog, n_slots, chunk = self._fwd or self._forward_prog()
         if single:
             y = _buffer(out, (self._n_out,), "out")
-            ws = self._workspace() if n_slots > REUSE_SLOTS else _EMPTY1
-            failed = self._k.forward_point(prog, self._kernel_consts, X[0], P[0], y, ws)
+            sp = self._sp if self._sp is not None else self._scalar_prog()
+            if sp is not False:  # the tape's own program, through its scalar rows
+                ws = self._workspace() if self._n_slots > REUSE_SLOTS else _EMPTY1
+                failed = self._k.forward_scalar(self._kernel_prog, sp, self._kernel_consts,
+                                                X[0], P[0], y, ws)
+            else:
+                ws = self._workspace() if n_slots > REUSE_SLOTS else _EMPTY1
+                failed = self._k.forward_point(prog, self._kernel_consts, X[0], P[0], y, ws)
             if failed:
                 if check == "raise":
                     raise BranchError(1, 1, self)

@@ -366,6 +366,10 @@ def value_grad_point(prog, R, consts, x, P, g, WS):
     return float(Z[0, 0])  # a Python float, as the kernel returns
 
 
+def forward_scalar(prog, S, consts, x, P, y, WS):
+    return forward_point(prog, consts, x, P, y, WS)  # S: for the kernels only
+
+
 def value_grad_scalar(prog, S, consts, x, P, g, WS):
     return value_grad_point(prog, None, consts, x, P, g, WS)  # S: for the kernels only
 
@@ -475,7 +479,7 @@ def ensure_family_routines(codes, sweeps) -> None:
 ENTRY_POINTS: dict[str, Callable[..., Any]] = {
     "forward_point": forward_point, "forward_batch": forward_batch,
     "forward_points": forward_points, "value_grad_point": value_grad_point,
-    "value_grad_scalar": value_grad_scalar,
+    "value_grad_scalar": value_grad_scalar, "forward_scalar": forward_scalar,
     "vjp_batch": vjp_batch, "vjp_points": vjp_points, "jacrev_batch": jacrev_batch,
     "jvp_point": jvp_point, "jvp_batch": jvp_batch, "hvp_point": hvp_point,
     "hvp_batch": hvp_batch, "reverse_plan": reverse_plan,

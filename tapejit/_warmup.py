@@ -145,8 +145,11 @@ def _gradient_point() -> None:
 
 
 def _forward_point() -> None:
+    from ._record import record
+
     _calls(True, "forward")
     _forward_compacted()
+    record(lambda x: np.sin(x[0]) * x[1] + x[0], np.ones(2)).forward(np.ones(2))  # scalar
 
 
 #: One step per kind of call, and one per family kernel file.
@@ -159,7 +162,8 @@ STEPS: tuple[Step, ...] = (
     Step("float32, batched", _float32_batch, 15, ("forward_batch", "vjp_batch", "reverse_plan"),
          float32=True),
     Step("long tapes, batched", _long_batch, 20, ("forward_points", "vjp_points", "reverse_plan")),
-    Step("forward, one point", _forward_point, 22, ("forward_point", "forward_batch")),
+    Step("forward, one point", _forward_point, 22,
+         ("forward_point", "forward_scalar", "forward_batch")),
     Step("gradient, batched", _at(False, "value_and_grad", "vjp"), 19,
          ("vjp_batch", "reverse_plan")),
     Step("forward, batched", _at(False, "forward"), 11, ("forward_batch",)),

@@ -1,7 +1,8 @@
-"""The one-point gradient of tapes of scalar instructions over their scalar program
-(``tapejit/_scalar_program.py``, ``value_grad_scalar``): the same bits as
-``value_grad_point``, for every op of the table at its sampled points and edge cases,
-and for chained programs with repeated operands, parameters and guards.
+"""One-point gradients and values of tapes of scalar instructions over their scalar
+program (``tapejit/_scalar_program.py``, ``value_grad_scalar`` and ``forward_scalar``):
+the same bits as ``value_grad_point`` and ``forward_point``, for every op of the table
+at its sampled points and edge cases, and for chained programs with repeated operands,
+parameters and guards.
 """
 
 from __future__ import annotations
@@ -23,21 +24,23 @@ def _bits(a) -> np.ndarray:
 
 
 def _both(tape, x, params=None):
-    """value_and_grad at one point through the scalar program, then value_grad_point."""
+    """value_and_grad and forward at one point through the scalar program, then through
+    value_grad_point and forward_point."""
     got = []
     for scalar in (True, False):
         install_for_tests(tape, scalar=scalar)
         v, g, ok = tape.value_and_grad(x, params, check="mask")
-        got.append((np.float64(v), g.copy(), ok))
+        y, ok_y = tape.forward(x, params, check="mask")
+        got.append((np.float64(v), g.copy(), ok, y, ok_y))
     install_for_tests(tape, scalar=True)
     return got
 
 
 def _assert_same(got):
-    (v1, g1, ok1), (v0, g0, ok0) = got
-    assert ok1 == ok0
-    np.testing.assert_array_equal(_bits(v1), _bits(v0))
-    np.testing.assert_array_equal(_bits(g1), _bits(g0))
+    (v1, g1, ok1, y1, oky1), (v0, g0, ok0, y0, oky0) = got
+    assert ok1 == ok0 and oky1 == oky0
+    for a, b in ((v1, v0), (g1, g0), (y1, y0)):
+        np.testing.assert_array_equal(_bits(a), _bits(b))
 
 
 @pytest.mark.parametrize("name", OP_NAMES)

@@ -71,24 +71,29 @@ class RecordRosenExt:
     track_tape_len.unit = "instructions"
 
 
-class RecordLorenz:
-    """Recording scalar code: RK4 steps of the Lorenz system (71 instructions a step).
+class _RecordScalar:
+    """Recording scalar code: ``fn(x0, **{param_names[0]: value})``;
     ``time_record / track_tape_len`` is the cost per instruction."""
 
-    params = (200, 2000)
-    param_names = ("steps",)
+    def setup(self, value):
+        _record(self.fn, self.x0, **{self.param_names[0]: 10})  # warm-up
+        self.tape = _record(self.fn, self.x0, **{self.param_names[0]: value})
 
-    def setup(self, steps):
-        _record(B.lorenz_f, B.LORENZ_P0, steps=10)  # warm-up
-        self.tape = _record(B.lorenz_f, B.LORENZ_P0, steps=steps)
+    def time_record(self, value):
+        tapejit.record(self.fn, self.x0, **{self.param_names[0]: value})
 
-    def time_record(self, steps):
-        tapejit.record(B.lorenz_f, B.LORENZ_P0, steps=steps)
-
-    def track_tape_len(self, steps):
+    def track_tape_len(self, value):
         return len(self.tape)
 
     track_tape_len.unit = "instructions"
+
+
+class RecordLorenz(_RecordScalar):
+    """RK4 steps of the Lorenz system (71 instructions a step)."""
+
+    fn, x0 = staticmethod(B.lorenz_f), B.LORENZ_P0
+    params = (200, 2000)
+    param_names = ("steps",)
 
 
 class RecordLorenzPython:
@@ -101,24 +106,12 @@ class RecordLorenzPython:
         B.lorenz_f(B.LORENZ_P0.tolist(), steps=steps)
 
 
-class RecordRecurrence:
-    """Recording scalar code with a numpy ufunc (``np.sin``) among the operators:
-    8 instructions a step."""
+class RecordRecurrence(_RecordScalar):
+    """A numpy ufunc (``np.sin``) among the operators: 8 instructions a step."""
 
+    fn, x0 = staticmethod(B.recurrence_f), B.RECURRENCE_X0
     params = (1000, 10000)
     param_names = ("k",)
-
-    def setup(self, k):
-        _record(B.recurrence_f, B.RECURRENCE_X0, k=10)  # warm-up
-        self.tape = _record(B.recurrence_f, B.RECURRENCE_X0, k=k)
-
-    def time_record(self, k):
-        tapejit.record(B.recurrence_f, B.RECURRENCE_X0, k=k)
-
-    def track_tape_len(self, k):
-        return len(self.tape)
-
-    track_tape_len.unit = "instructions"
 
 
 # ---------------------------------------------------------------------------

@@ -165,6 +165,23 @@ def _check_scalar_program(prog, S):
 
 
 @njit(cache=True, nogil=True)
+def forward_scalar(prog, S, consts, x, P, y, WS):
+    # forward_point of a tape of scalar instructions, over its scalar program S (the
+    # tape's own program, not the slot-compacted one): the same bits.
+    _check_scalar_program(prog, S)
+    n = prog[N_SLOTS]
+    nv = n + S[SP_STORED] + 1
+    V = WS[:nv] if WS.size >= nv else np.empty(nv)
+    W = V[:n]
+    _fill_values(prog, consts, x, P, W)
+    forward_scalar_sweep(S, V, prog[FIRST_ADJOINT] + prog[N_INPUTS], n)
+    o = prog[AT_OUTPUTS]
+    for k in range(prog[N_OUTPUTS]):
+        y[k] = W[prog[o + k]]
+    return _point_failed_guards(prog, W)
+
+
+@njit(cache=True, nogil=True)
 def value_grad_scalar(prog, S, consts, x, P, g, WS):
     # value_grad_point of a tape of scalar instructions, over its scalar program S: the
     # same bits. Workspace: values V (the slots, the stored partials, a 1.0), adjoints A.

@@ -290,8 +290,13 @@ def reverse_edges(S, V, A):
     # the result's times its partial, as reverse_stored_point_sweep adds it (in the same
     # order; its assignments and forwarded adjoints are additions to zero here: the same
     # bits, since an adjoint sum is never -0.0).
+    # A constant partial is _scale's, as there: +-1 a plain add or subtract (negating a
+    # NaN adjoint flips its sign bit, multiplying it by -1.0 does not).
     e0 = SP_HEADER + SP_ROW * S[SP_ROWS]
+    one = V.shape[0] - 1
     for e in range(S[SP_EDGES]):
         k = e0 + SP_EDGE * e
-        A[S[k + EDGE_TARGET]] += _azmul(A[S[k + EDGE_FROM]],
-                                        _PCONST[S[k + EDGE_KEY]] * V[S[k + EDGE_SOURCE]])
+        s = S[k + EDGE_SOURCE]
+        g = A[S[k + EDGE_FROM]]
+        dc = _PCONST[S[k + EDGE_KEY]]
+        A[S[k + EDGE_TARGET]] += _scale(g, dc) if s == one else _azmul(g, dc * V[s])
