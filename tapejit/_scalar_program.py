@@ -12,9 +12,10 @@ families), :func:`scalar_program` derives once an ``int32`` array (layout:
   that the op table marks ``"stored"`` one after another past the slots;
 * the reverse sweep as *edges*, one per operand with a partial and an adjoint, in the
   order ``reverse_stored_point_sweep`` adds them (instructions backwards, operands in
-  order): ``(target, from, source, key)``, ``A[target] += azmul(A[from], _PCONST[key] *
-  V[source])``, where ``source`` is a slot (a ``"value"`` partial), a stored partial, or
-  the 1.0 after them (a ``"constant"`` partial, whose constant is ``_PCONST[key]``).
+  order), as columns ``target``, ``from`` and ``source``, with a float64 array of their
+  factors beside: ``A[target] += azmul(A[from], factor * V[source])``, where ``source``
+  is a slot (a ``"value"`` partial), a stored partial, or the 1.0 after them (a
+  ``"constant"`` partial, whose constant is the factor).
 
 ``value_grad_scalar`` (``tapejit/_kernels/point.py``) runs both: the same bits as
 ``value_grad_point``, several times faster on long tapes (docs: performance).
@@ -27,12 +28,11 @@ from functools import cache
 import numpy as np
 
 from ._kernels.constants import (
-    EDGE_FROM,
-    EDGE_KEY,
-    EDGE_SOURCE,
-    EDGE_TARGET,
+    EDGE_COLUMNS,
+    EDGE_FROMS,
+    EDGE_SOURCES,
+    EDGE_TARGETS,
     N_OPCODES,
-    SP_EDGE,
     SP_EDGES,
     SP_HEADER,
     SP_ROW,
@@ -59,17 +59,19 @@ _ZERO, _STORED, _CONSTANT, _OPERAND, _RESULT = range(5)
 
 
 @cache
-def _tables() -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+def _tables() -> tuple[np.ndarray, ...]:
     """From the op table, by ``MAX_ARITY * opcode + k``: where partial ``k`` is, the
-    operand whose value it reads, which of the op's stored partials it is; and per
-    opcode, how many partials its forward sweep stores."""
+    operand whose value it reads, which of the op's stored partials it is, and its
+    constant or factor; and per opcode, how many partials its forward sweep stores."""
     where = np.full(MAX_ARITY * N_OPCODES, _ZERO, np.int64)
     operand = np.zeros(MAX_ARITY * N_OPCODES, np.int64)
     index = np.zeros(MAX_ARITY * N_OPCODES, np.int64)
+    factor = np.zeros(MAX_ARITY * N_OPCODES)
     count = np.zeros(N_OPCODES, np.int64)
     for op in OPS:
         for k, ps in enumerate(op.partial_sources):
             key = MAX_ARITY * op.code + k
+            factor[key] = ps.factor
             if ps.kind == "stored":
                 where[key], index[key] = _STORED, count[op.code]
                 count[op.code] += 1
@@ -78,12 +80,13 @@ def _tables() -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
             elif ps.kind == "value":
                 where[key] = _RESULT if ps.operand == "r" else _OPERAND
                 operand[key] = "abc".index(ps.operand) if ps.operand != "r" else 0
-    return where, operand, index, count
+    return where, operand, index, factor, count
 
 
-def scalar_program(prog: np.ndarray) -> np.ndarray | None:
-    """The scalar program of packed program ``prog`` (validated), or None unless every
-    instruction is elementwise of size 1 and there are no sub-programs."""
+def scalar_program(prog: np.ndarray) -> tuple[np.ndarray, np.ndarray] | None:
+    """The scalar program of packed program ``prog`` (validated) and its edges'
+    factors, or None unless every instruction is elementwise of size 1 and there are no
+    sub-programs."""
     n = int(prog[N_INSTR])
     if n == 0 or int(prog[N_SUBPROGRAMS]):
         return None
@@ -91,7 +94,7 @@ def scalar_program(prog: np.ndarray) -> np.ndarray | None:
     ops = code[:, OPCODE]
     if (code[:, SIZE] != 1).any() or (ops >= FIRST_FAMILY).any():
         return None
-    where, operand, index, count = _tables()
+    where, operand, index, factor, count = _tables()
     nd, nf, n_slots = int(prog[FIRST_ADJOINT]), first_result(prog), int(prog[N_SLOTS])
     args = code[:, ARG_A : ARG_A + MAX_ARITY]  # unused operands: slot 0, never read
     stored = count[ops]
@@ -99,26 +102,25 @@ def scalar_program(prog: np.ndarray) -> np.ndarray | None:
     one = n_slots + int(stored.sum())
     keys = MAX_ARITY * ops[:, None] + np.arange(MAX_ARITY)
     w = where[keys]
+    result = np.broadcast_to((nf + np.arange(n))[:, None], keys.shape)
     source = np.select(
         [w == _STORED, w == _CONSTANT, w == _OPERAND, w == _RESULT],
         [q[:, None] + index[keys], np.full_like(keys, one),
-         np.take_along_axis(args, operand[keys], axis=1),
-         np.broadcast_to((nf + np.arange(n))[:, None], keys.shape)], 0)
-    frm = np.broadcast_to((nf + np.arange(n))[:, None], keys.shape)
+         np.take_along_axis(args, operand[keys], axis=1), result], 0)
     live = (w != _ZERO) & (args >= nd)
     # Instructions backwards, each one's operands in order.
-    live, args, frm, source, keys = (a[::-1].ravel() for a in (live, args, frm, source, keys))
-    edges = np.empty((int(live.sum()), SP_EDGE), np.int64)
-    edges[:, EDGE_TARGET] = args[live]
-    edges[:, EDGE_FROM] = frm[live]
-    edges[:, EDGE_SOURCE] = source[live]
-    edges[:, EDGE_KEY] = keys[live]
+    live, targets, froms, source, keys = (a[::-1].ravel() for a in (live, args, result,
+                                                                     source, keys))
+    columns = np.zeros((EDGE_COLUMNS, int(live.sum())), np.int64)
+    columns[EDGE_TARGETS] = targets[live]
+    columns[EDGE_FROMS] = froms[live]
+    columns[EDGE_SOURCES] = source[live]
     rows = np.zeros((n, SP_ROW), np.int64)
     rows[:, 0] = ops
-    rows[:, 1:] = code[:, ARG_A : ARG_A + MAX_ARITY]
+    rows[:, 1:] = args
     header = np.zeros(SP_HEADER, np.int64)
-    header[SP_ROWS], header[SP_EDGES], header[SP_STORED] = n, len(edges), int(stored.sum())
-    out = np.concatenate([header, rows.ravel(), edges.ravel()])
-    if out.size and (out.max() >= 2**31 or out.min() < 0):
+    header[SP_ROWS], header[SP_EDGES], header[SP_STORED] = n, columns.shape[1], stored.sum()
+    out = np.concatenate([header, rows.ravel(), columns.ravel()])
+    if out.max() >= 2**31:
         return None  # does not fit int32: the general sweeps run it
-    return out.astype(np.int32)
+    return out.astype(np.int32), factor[keys[live]]

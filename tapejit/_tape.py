@@ -804,8 +804,8 @@ class Tape:
             sp = self._sp if self._sp is not None else self._scalar_prog()
             if sp is not False:  # the tape's own program, through its scalar rows
                 ws = self._workspace() if self._n_slots > REUSE_SLOTS else _EMPTY1
-                failed = self._k.forward_scalar(self._kernel_prog, sp, self._kernel_consts,
-                                                X[0], P[0], y, ws)
+                failed = self._k.forward_scalar(self._kernel_prog, sp[0],
+                                                self._kernel_consts, X[0], P[0], y, ws)
             else:
                 ws = self._workspace() if n_slots > REUSE_SLOTS else _EMPTY1
                 failed = self._k.forward_point(prog, self._kernel_consts, X[0], P[0], y, ws)
@@ -872,7 +872,7 @@ class Tape:
                 sp = self._sp if self._sp is not None else self._scalar_prog()
                 if sp is not False:
                     v = self._k.value_grad_scalar(
-                        self._kernel_prog, sp, self._kernel_consts, x,
+                        self._kernel_prog, sp[0], sp[1], self._kernel_consts, x,
                         _EMPTY1 if params is None else params, g,
                         _EMPTY1 if self._tls is None else self._workspace())
                 else:
@@ -902,8 +902,9 @@ class Tape:
         if single:
             sp = self._sp if self._sp is not None else self._scalar_prog()
             if sp is not False:
-                v = self._k.value_grad_scalar(self._kernel_prog, sp, self._kernel_consts,
-                                              X[0], P[0], g, self._workspace())
+                v = self._k.value_grad_scalar(self._kernel_prog, sp[0], sp[1],
+                                              self._kernel_consts, X[0], P[0], g,
+                                              self._workspace())
             else:
                 v = self._k.value_grad_point(self._kernel_prog, self._plan(),
                                              self._kernel_consts, X[0], P[0], g,
@@ -991,10 +992,10 @@ class Tape:
                   self._kernel_prog, self._plan(), self._kernel_consts, X, P, WT, Y, G, valid)
         return valid
 
-    def _scalar_prog(self) -> np.ndarray | bool:
-        """The scalar program of a tape of scalar instructions (``_scalar_program.py``),
-        which ``value_grad_scalar`` runs at one point; False for other tapes. Derived
-        on first use."""
+    def _scalar_prog(self) -> tuple[np.ndarray, np.ndarray] | bool:
+        """The scalar program of a tape of scalar instructions and its edges' factors
+        (``_scalar_program.py``), which ``value_grad_scalar`` and ``forward_scalar`` run
+        at one point; False for other tapes. Derived on first use."""
         sp = scalar_program(self._kernel_prog)
         self._sp = False if sp is None else sp
         return self._sp
@@ -1315,8 +1316,9 @@ def kernel_plan(tape: Tape) -> np.ndarray | None:
     return tape._plan()
 
 
-def scalar_program_of(tape: Tape) -> np.ndarray | None:
-    """The tape's scalar program (``_scalar_program.py``), or None where it has none."""
+def scalar_program_of(tape: Tape) -> tuple[np.ndarray, np.ndarray] | None:
+    """The tape's scalar program and its edges' factors (``_scalar_program.py``), or
+    None where it has none."""
     sp = tape._sp if tape._sp is not None else tape._scalar_prog()
     return None if sp is False else sp
 

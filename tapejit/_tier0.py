@@ -370,8 +370,8 @@ def forward_scalar(prog, S, consts, x, P, y, WS):
     return forward_point(prog, consts, x, P, y, WS)  # S: for the kernels only
 
 
-def value_grad_scalar(prog, S, consts, x, P, g, WS):
-    return value_grad_point(prog, None, consts, x, P, g, WS)  # S: for the kernels only
+def value_grad_scalar(prog, S, F, consts, x, P, g, WS):
+    return value_grad_point(prog, None, consts, x, P, g, WS)  # S, F: for the kernels only
 
 
 def vjp_batch(prog, R, consts, X, P, WT, Y, G, valid, chunk, t, nt):

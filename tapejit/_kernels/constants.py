@@ -26,25 +26,24 @@ N_SECOND = MAX_ARITY * (MAX_ARITY + 1) // 2
 # The scalar program of a tape of scalar instructions (``tapejit/_scalar_program.py``):
 # an int32 array of a header, then a row per instruction (its opcode and operand slots;
 # instruction i writes slot nf + i), then the reverse sweep's edges in the order it runs
-# them: adjoint slot ``EDGE_TARGET`` gains the adjoint ``EDGE_FROM`` times
-# ``_PCONST[EDGE_KEY]`` times value ``EDGE_SOURCE`` (a workspace slot, a stored partial
-# after the slots, or the 1.0 after those).
+# them, as three columns of ``n_edges`` ints: adjoint slot ``target`` gains adjoint
+# ``from`` times the edge's factor (a float64 array beside) times value ``source`` (a
+# workspace slot, a stored partial after the slots, or the 1.0 after those).
 SP_ROWS = 0  #: header: instructions
 SP_EDGES = 1  #: header: edges
 SP_STORED = 2  #: header: stored partials
 SP_HEADER = 3
 SP_ROW = 4  #: ints per row: opcode, operands a, b, c
-SP_EDGE = 4  #: ints per edge
-EDGE_TARGET = 0
-EDGE_FROM = 1
-EDGE_SOURCE = 2
-EDGE_KEY = 3  #: MAX_ARITY * opcode + operand
+EDGE_TARGETS = 0  #: the edge columns, in this order after the rows
+EDGE_FROMS = 1
+EDGE_SOURCES = 2
+EDGE_COLUMNS = 3
 
 #: The names above, written into the generated module.
 KERNEL_CONSTANTS: tuple[str, ...] = (
     "SRC_ZERO", "SRC_STORED", "SRC_CONST", "SRC_A", "SRC_B", "SRC_C", "SRC_R", "N_OPCODES",
-    "N_SECOND", "SP_ROWS", "SP_EDGES", "SP_STORED", "SP_HEADER", "SP_ROW", "SP_EDGE",
-    "EDGE_TARGET", "EDGE_FROM", "EDGE_SOURCE", "EDGE_KEY",
+    "N_SECOND", "SP_ROWS", "SP_EDGES", "SP_STORED", "SP_HEADER", "SP_ROW", "EDGE_TARGETS",
+    "EDGE_FROMS", "EDGE_SOURCES", "EDGE_COLUMNS",
 )
 
 

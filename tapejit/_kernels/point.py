@@ -11,7 +11,14 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from tapejit._kernels.constants import SP_EDGE, SP_EDGES, SP_HEADER, SP_ROW, SP_ROWS, SP_STORED
+from tapejit._kernels.constants import (
+    EDGE_COLUMNS,
+    SP_EDGES,
+    SP_HEADER,
+    SP_ROW,
+    SP_ROWS,
+    SP_STORED,
+)
 from tapejit._kernels.njit import njit
 from tapejit._kernels.plan import _check_plan, _zero_planned
 from tapejit._kernels.reverse import reverse_edges, reverse_stored_point_sweep
@@ -155,11 +162,11 @@ def forward_point(prog, consts, x, P, y, WS):
 
 
 @njit(cache=True, nogil=True)
-def _check_scalar_program(prog, S):
+def _check_scalar_program(prog, S, ne):
     # S is derived from prog by the tape (_scalar_program.py); one from another program
-    # could index outside the workspace.
-    if (S.shape[0] < SP_HEADER or S[SP_ROWS] != prog[N_INSTR]
-            or S.shape[0] != SP_HEADER + SP_ROW * S[SP_ROWS] + SP_EDGE * S[SP_EDGES]
+    # could index outside the workspace. ne: the edges the caller's factors cover.
+    if (S.shape[0] < SP_HEADER or S[SP_ROWS] != prog[N_INSTR] or S[SP_EDGES] != ne
+            or S.shape[0] != SP_HEADER + SP_ROW * S[SP_ROWS] + EDGE_COLUMNS * S[SP_EDGES]
             or S[SP_STORED] < 0 or S[SP_STORED] > MAX_ARITY * S[SP_ROWS]):
         raise ValueError("the scalar program does not belong to this program")
 
@@ -168,7 +175,7 @@ def _check_scalar_program(prog, S):
 def forward_scalar(prog, S, consts, x, P, y, WS):
     # forward_point of a tape of scalar instructions, over its scalar program S (the
     # tape's own program, not the slot-compacted one): the same bits.
-    _check_scalar_program(prog, S)
+    _check_scalar_program(prog, S, S[SP_EDGES])
     n = prog[N_SLOTS]
     nv = n + S[SP_STORED] + 1
     V = WS[:nv] if WS.size >= nv else np.empty(nv)
@@ -182,10 +189,11 @@ def forward_scalar(prog, S, consts, x, P, y, WS):
 
 
 @njit(cache=True, nogil=True)
-def value_grad_scalar(prog, S, consts, x, P, g, WS):
-    # value_grad_point of a tape of scalar instructions, over its scalar program S: the
-    # same bits. Workspace: values V (the slots, the stored partials, a 1.0), adjoints A.
-    _check_scalar_program(prog, S)
+def value_grad_scalar(prog, S, F, consts, x, P, g, WS):
+    # value_grad_point of a tape of scalar instructions, over its scalar program S and
+    # its edges' factors F: the same bits. Workspace: values V (the slots, the stored
+    # partials, a 1.0), adjoints A.
+    _check_scalar_program(prog, S, F.shape[0])
     n = prog[N_SLOTS]
     nv = n + S[SP_STORED] + 1
     buf = WS if WS.size >= nv + n else np.empty(nv + n)
@@ -203,7 +211,7 @@ def value_grad_scalar(prog, S, consts, x, P, g, WS):
         A[s] = 0.0
     out = prog[prog[AT_OUTPUTS]]
     A[out] = 1.0
-    reverse_edges(S, V, A)
+    reverse_edges(S, F, V, A)
     nd = prog[FIRST_ADJOINT]
     for j in range(prog[N_INPUTS]):
         g[j] = A[nd + j]
