@@ -52,6 +52,7 @@ from ._program import (
     SIZE,
     code_of,
     first_result,
+    outputs_of,
 )
 
 #: Where a partial is, per ``MAX_ARITY * opcode + operand`` (:func:`_tables`).
@@ -83,6 +84,33 @@ def _tables() -> tuple[np.ndarray, ...]:
     return where, operand, index, factor, count
 
 
+def _forward(live: np.ndarray, targets: np.ndarray, froms: np.ndarray, source: np.ndarray,
+             factor: np.ndarray, one: int, nf: int, prog: np.ndarray) -> np.ndarray:
+    """Drop the edges that only copy an adjoint, rewriting ``froms`` in place.
+
+    An edge of partial +1 (``add``'s operands, for one) into the result of an
+    instruction that nothing else reads and that is no output makes that result's
+    adjoint a copy of another's: the copy is ``0.0 + azmul(g, 1.0)``, which is ``g``
+    itself (an adjoint sum is never ``-0.0``). The edges of that instruction's own
+    operands then read ``g`` where it is, as the reverse plan's forwarded operands do.
+    Returns the edges kept."""
+    slots = int(prog[N_SLOTS])
+    readers = np.bincount(targets[live], minlength=slots)
+    outs = outputs_of(prog)
+    copy = (live & (source == one) & (factor == 1.0) & (targets >= nf)
+            & (readers[targets] == 1))
+    copy &= ~np.isin(targets, outs)
+    alias = np.arange(slots)
+    alias[targets[copy]] = froms[copy]
+    while True:  # chains of copies: each result's adjoint is read where the last one is
+        nxt = alias[alias]
+        if np.array_equal(nxt, alias):
+            break
+        alias = nxt
+    froms[:] = alias[froms]
+    return live & ~copy
+
+
 def scalar_program(prog: np.ndarray) -> tuple[np.ndarray, np.ndarray] | None:
     """The scalar program of packed program ``prog`` (validated) and its edges'
     factors, or None unless every instruction is elementwise of size 1 and there are no
@@ -111,6 +139,7 @@ def scalar_program(prog: np.ndarray) -> tuple[np.ndarray, np.ndarray] | None:
     # Instructions backwards, each one's operands in order.
     live, targets, froms, source, keys = (a[::-1].ravel() for a in (live, args, result,
                                                                      source, keys))
+    live = _forward(live, targets, froms, source, factor[keys], one, nf, prog)
     columns = np.zeros((EDGE_COLUMNS, int(live.sum())), np.int64)
     columns[EDGE_TARGETS] = targets[live]
     columns[EDGE_FROMS] = froms[live]
