@@ -6,18 +6,20 @@ point of a chunk, so the chunk of a long tape holds few points, and the cost of 
 an instruction is shared by few. This module cuts an elementwise program into
 *segments* of about :data:`SEGMENT_ELEMENTS` result elements and runs:
 
-1. one forward sweep of the whole (slot-compacted) program whose outputs are the tape's
-   outputs followed by the *crossing* slots: the values one segment reads from an earlier
-   one (or the tape's inputs), and the tape's outputs;
-2. the segments' vjp sweeps, last to first, each a program of its own over a small
+1. the segments' forward sweeps, first to last, each a program of its own over a small
+   workspace, storing the *crossing* values: the values one segment reads from an
+   earlier one (or the tape's inputs), and the tape's outputs; each segment's guards are
+   checked in its sweep;
+2. the segments' vjp sweeps, last to first, each
    workspace, so its chunks are wide: a segment's inputs are the crossing values it
    reads, its outputs the crossing values it defines plus the ones it reads that a later
    segment reads too. Their adjoints so far are its outputs' weights, so every adjoint
    gains its contributions in the order of the whole tape's reverse sweep, and the
    results are the same bits.
 
-The segment sweeps recompute their forward values (the forward sweep stores only the
-crossing values), the price of a bounded workspace. Only programs of elementwise
+The vjp sweeps recompute their segment's forward values (the forward sweeps store only
+the crossing values), the price of a bounded workspace. Crossing values and their
+adjoints are held by column, a row of a block's points each. Only programs of elementwise
 instructions are segmented (``split`` returns None for others), and an operand block
 that straddles a segment's boundary keeps the tape unsegmented.
 
@@ -30,18 +32,23 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ._program import GUARD, Program, working_slots
+from ._program import GUARD_OUTCOME, GUARD_SLOT, Program, working_slots
 
 #: Tapes whose reverse chunks hold fewer points than this are segmented...
 SEGMENT_BELOW = 64
 #: ...in calls at this many points or more (fewer share too little of a segment's cost).
 SEGMENT_POINTS = 16
-#: Result elements per segment: its workspace keeps chunks of hundreds of points.
-SEGMENT_ELEMENTS = 256
+#: Result elements per segment: fewer segments share the per-call costs better, more
+#: keep each workspace small (measured: docs' performance page).
+SEGMENT_ELEMENTS = 1024
 #: Points per block of a segmented call at least: the crossing values and their
 #: adjoints are held for a block of points at a time, in about :data:`BLOCK_VALUES`.
 BLOCK_POINTS = 1024
 BLOCK_VALUES = 1 << 21
+#: Values in a segment sweep's value workspace per thread (its adjoints and stored
+#: partials take at most four times as many): four times a tape's, for chunks of about
+#: 250 points; the wider chunks measured faster than smaller workspaces.
+SEGMENT_VALUES = 1 << 18
 
 
 @dataclass(frozen=True, eq=False)
@@ -53,6 +60,7 @@ class Segment:
     chunk: int  #: points per chunk of its sweeps
     in_cols: np.ndarray  #: crossing column of each input (a gap no instruction reads: 0)
     out_cols: np.ndarray  #: adjoint column weighting each output
+    n_own: int  #: its first outputs are the crossing values it defines (value columns)
     back_pos: np.ndarray  #: the inputs whose adjoints it returns...
     back_cols: np.ndarray  #: ...and their adjoint columns
 
@@ -61,10 +69,11 @@ class Segment:
 class Segmented:
     """A program cut into segments (see the module docstring)."""
 
-    forward: np.ndarray  #: packed program: the tape's outputs, then the crossing slots
     n_outputs: int  #: the tape's outputs
     n_cross: int  #: crossing slots (value columns; the adjoints have one more, zero)
     output_cols: np.ndarray  #: each tape output's crossing column (-1: no adjoint)
+    output_fixed: np.ndarray  #: each tape output's constant or parameter slot (-1: none)
+    fixed_guards: np.ndarray  #: guard rows on an input, a constant or a parameter
     input_cols: np.ndarray  #: each tape input's crossing column (the zero column: unread)
     segments: tuple[Segment, ...]  #: in program order
 
@@ -183,24 +192,23 @@ def split(p: Program, elements: int = SEGMENT_ELEMENTS) -> Segmented | None:
         through = reads[last[reads] > s]
         mine = crossing[defseg[crossing] == s]
         out_slots = np.concatenate([mine - r0 + nf_s, _map(through, e_st, e_base, nd_s)])
+        guards = p.guards[defseg[p.guards[:, GUARD_SLOT]] == s].copy()
+        guards[:, GUARD_SLOT] += nf_s - r0
         seg = Program(
             opcodes=p.opcodes[i0:i1], args=args, sizes=sizes[i0:i1],
             strides=p.strides[i0:i1], consts=consts, n_params=p.n_params,
-            n_inputs=len(in_slots), outputs=out_slots, guards=np.zeros((0, GUARD), np.int64))
+            n_inputs=len(in_slots), outputs=out_slots, guards=guards)
         prog, seg_consts = seg.pack()
         segments.append(Segment(
             prog=prog, consts=seg_consts, chunk=_chunk(prog),
             in_cols=np.where(col[in_slots] < len(crossing), col[in_slots], 0),
-            out_cols=col[np.concatenate([mine, through])], back_pos=back_pos,
+            out_cols=col[np.concatenate([mine, through])], n_own=len(mine), back_pos=back_pos,
             back_cols=col[reads]))
-    fwd = Program(
-        opcodes=p.opcodes, args=p.args, sizes=p.sizes, strides=p.strides, consts=p.consts,
-        n_params=p.n_params, n_inputs=p.n_inputs,
-        outputs=np.concatenate([outputs, crossing]), guards=p.guards)
-    forward, _ = fwd.pack()
     return Segmented(
-        forward=forward, n_outputs=len(outputs), n_cross=len(crossing),
+        n_outputs=len(outputs), n_cross=len(crossing),
         output_cols=np.where(outputs >= nd, col[outputs], -1),
+        output_fixed=np.where(outputs < nd, outputs, -1),
+        fixed_guards=p.guards[defseg[p.guards[:, GUARD_SLOT]] < 0],
         input_cols=col[p.inputs], segments=tuple(segments))
 
 
@@ -216,46 +224,90 @@ def _kind(slots: np.ndarray, nc: int, nd: int, defseg: np.ndarray, s: int) -> np
 
 
 def _chunk(prog: np.ndarray) -> int:
-    from ._kernels.runtime import CHUNK_MAX, WORKSPACE_VALUES
+    from ._kernels.runtime import CHUNK_MAX
 
-    return int(max(1, min(CHUNK_MAX, WORKSPACE_VALUES // max(working_slots(prog), 1))))
+    return int(max(1, min(CHUNK_MAX, SEGMENT_VALUES // max(working_slots(prog), 1))))
 
 
-def vjp_batch(sg: Segmented, run, forward: tuple, plans: list, X: np.ndarray, P: np.ndarray,
-              WT: np.ndarray, Y: np.ndarray, G: np.ndarray, valid: np.ndarray) -> None:
+def vjp_batch(sg: Segmented, run, consts: np.ndarray, plans: list, X: np.ndarray,
+              P: np.ndarray, WT: np.ndarray, Y: np.ndarray, G: np.ndarray,
+              valid: np.ndarray) -> None:
     """The batched vjp of a segmented program: outputs ``Y``, ``WT @ J`` in ``G`` and the
     guards' verdict in ``valid``, as ``vjp_batch`` of the kernels gives them.
 
-    ``run(kernel, n, chunk, *args)`` runs a batched kernel; ``forward`` is
-    ``(program, consts, chunk)`` of the forward sweep (``sg.forward`` or its
-    slot-compacted form); ``plans[j]`` is segment ``j``'s reverse plan (None: the
-    kernels compute it; filled in as they do).
+    ``run(kernel, n, chunk, *args)`` runs a batched kernel; ``consts`` is the tape's
+    constant pool; ``plans[j]`` is segment ``j``'s reverse plan (None: the kernels
+    compute it).
     """
     n = X.shape[0]
-    n_out, n_cross = sg.n_outputs, sg.n_cross
+    n_cross = sg.n_cross
     block = max(BLOCK_POINTS, BLOCK_VALUES // max(n_cross + 1, 1))
-    fprog, fconsts, fchunk = forward
     seeded = np.flatnonzero(sg.output_cols >= 0)
+    read = sg.input_cols < n_cross
     for b0 in range(0, n, block):
         b1 = min(n, b0 + block)
         m = b1 - b0
         Xb = X[b0:b1]
         Pb = P if P.shape[0] == 1 else P[b0:b1]
-        F = np.empty((m, n_out + n_cross))
-        run("forward_batch", m, fchunk, fprog, fconsts, Xb, Pb, F, valid[b0:b1])
-        Y[b0:b1] = F[:, :n_out]
-        K = F[:, n_out:]
-        A = np.zeros((m, n_cross + 1))
+        # Crossing values and adjoints by column (a row of points each): each segment
+        # gathers and scatters a few whole rows, not a few floats of every point's row.
+        # The segments' forward sweeps fill the values, and check the guards.
+        K = np.zeros((n_cross + 1, m))
+        K[sg.input_cols[read]] = Xb[:, read].T
+        ok = valid[b0:b1]
+        ok[:] = _fixed_guards(sg, consts, Xb, Pb)
+        seg_ok = np.empty(m, np.uint8)
+        for seg in sg.segments:
+            Ys = np.empty((m, len(seg.out_cols)))
+            run("forward_batch", m, seg.chunk, seg.prog, seg.consts,
+                np.ascontiguousarray(K[seg.in_cols].T), Pb, Ys, seg_ok)
+            K[seg.out_cols[: seg.n_own]] = Ys[:, : seg.n_own].T
+            ok &= seg_ok
+        Y[b0:b1] = _outputs(sg, K, consts, Pb, m)
+        A = np.zeros((n_cross + 1, m))
         W = WT if WT.shape[0] == 1 else WT[b0:b1]
         for k in seeded:  # the outputs' weights, in order, as the kernels seed them
-            A[:, sg.output_cols[k]] += W[:, k]
-        ok = np.empty(m, np.uint8)
+            A[sg.output_cols[k]] += W[:, k]
         for j in range(len(sg.segments) - 1, -1, -1):
             seg = sg.segments[j]
             Gs = np.empty((m, len(seg.in_cols)))
             run("vjp_batch", m, seg.chunk, seg.prog, plans[j], seg.consts,
-                K[:, seg.in_cols], Pb, A[:, seg.out_cols],
-                np.empty((m, len(seg.out_cols))), Gs, ok)
-            A[:, seg.back_cols] = Gs[:, seg.back_pos]
-        A[:, -1] = 0.0
-        G[b0:b1] = A[:, sg.input_cols]
+                np.ascontiguousarray(K[seg.in_cols].T), Pb,
+                np.ascontiguousarray(A[seg.out_cols].T),
+                np.empty((m, len(seg.out_cols))), Gs, seg_ok)
+            A[seg.back_cols] = Gs[:, seg.back_pos].T
+        A[-1] = 0.0
+        G[b0:b1] = A[sg.input_cols].T
+
+
+def _fixed(slots: np.ndarray, consts: np.ndarray, Pb: np.ndarray, m: int) -> np.ndarray:
+    """``(len(slots), m)`` values of constant and parameter slots."""
+    nc = len(consts)
+    out = np.empty((len(slots), m))
+    for j, s in enumerate(slots):
+        out[j] = consts[s] if s < nc else Pb[:, s - nc]
+    return out
+
+
+def _outputs(sg: Segmented, K: np.ndarray, consts: np.ndarray, Pb: np.ndarray,
+             m: int) -> np.ndarray:
+    """The tape's outputs at the block's points, ``(m, n_outputs)``."""
+    Yb = np.empty((m, sg.n_outputs))
+    cross = sg.output_cols >= 0
+    Yb[:, cross] = K[sg.output_cols[cross]].T
+    if not cross.all():
+        Yb[:, ~cross] = _fixed(sg.output_fixed[~cross], consts, Pb, m).T
+    return Yb
+
+
+def _fixed_guards(sg: Segmented, consts: np.ndarray, Xb: np.ndarray,
+                  Pb: np.ndarray) -> np.ndarray:
+    """Whether the guards on inputs, constants and parameters hold, per point."""
+    m = Xb.shape[0]
+    held = np.ones(m, bool)
+    nd = len(consts) + Pb.shape[1]
+    for row in sg.fixed_guards:
+        slot = row[GUARD_SLOT]
+        v = Xb[:, slot - nd] if slot >= nd else _fixed(np.array([slot]), consts, Pb, m)[0]
+        held &= (v != 0.0) == (row[GUARD_OUTCOME] != 0)
+    return held.astype(np.uint8)

@@ -986,7 +986,8 @@ class Tape:
         if n >= SEGMENT_POINTS and (self._seg is not None or self._chunk < SEGMENT_BELOW):
             seg = self._segmented()
             if seg is not None:
-                segmented_vjp(seg[0], self._run, seg[1], seg[2], X, P, WT, Y, G, valid)
+                segmented_vjp(seg[0], self._run, self._kernel_consts, seg[1], X, P, WT, Y, G,
+                              valid)
                 return valid
         run_batch(self._k, "vjp_batch", n, self._chunk,
                   self._kernel_prog, self._plan(), self._kernel_consts, X, P, WT, Y, G, valid)
@@ -1004,30 +1005,20 @@ class Tape:
         run_batch(self._k, kernel, n, chunk, *args)
 
     def _segmented(self) -> tuple | None:
-        """``(Segmented, forward, plans)`` of the segmented reverse sweeps
-        (``_segments.py``), or None for a tape they do not apply to; derived on first
-        use. ``forward`` is ``(program, consts, chunk)`` of its forward sweep, slot
-        compacted where the kernels compact; ``plans`` the segments' reverse plans,
-        filled in once the optimised kernels compute them."""
+        """``(Segmented, plans)`` of the segmented reverse sweeps (``_segments.py``), or
+        None for a tape they do not apply to; derived on first use. ``plans`` are the
+        segments' reverse plans, filled in once the optimised kernels compute them."""
         seg = self._seg
         if seg is None:
             sg = split(Program.from_tape(self))
-            seg = self._seg = False if sg is None else [sg, None, [None] * len(sg.segments)]
+            seg = self._seg = False if sg is None else (sg, [None] * len(sg.segments))
         if seg is False:
             return None
-        sg, fwd, plans = seg
-        compacts = self._k.compacts()
-        if fwd is None or fwd[3] != compacts:
-            prog = sg.forward
-            if compacts:
-                from ._slot_reuse import compact
-
-                prog = compact(prog)
-            fwd = seg[1] = (prog, self._kernel_consts, chunk_of(working_slots(prog)), compacts)
+        sg, plans = seg
         for j, plan in enumerate(plans):
             if plan is None:
                 plans[j] = self._k.reverse_plan(sg.segments[j].prog)
-        return sg, fwd[:3], plans
+        return seg
 
     def _directions(self, v, n: int, single: bool, what: str) -> np.ndarray:
         """Directions ``v`` shaped like ``x`` as ``(1 or n, 1, n_inputs)``."""
@@ -1397,7 +1388,7 @@ def install_for_tests(tape: Tape, *, plan: np.ndarray | None = None,
         tape._sp = None if scalar else False
     if segment_elements is not None:  # 0: never segment
         sg = split(Program.from_tape(tape), segment_elements) if segment_elements else None
-        tape._seg = False if sg is None else [sg, None, [None] * len(sg.segments)]
+        tape._seg = False if sg is None else (sg, [None] * len(sg.segments))
 
 
 def _unpickle(prog, consts, input_shapes, output_shapes, name) -> Tape:
