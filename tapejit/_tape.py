@@ -1052,8 +1052,9 @@ class Tape:
             ``"reverse"``: one adjoint sweep per output; ``"auto"`` picks forward when
             ``n_inputs < n_outputs``. With ``sparse=True``: ``"forward"`` colours the
             columns (one tangent direction per colour), ``"reverse"`` the rows (one
-            adjoint sweep per colour), ``"auto"`` takes the one with fewer colours
-            (columns on a tie).
+            adjoint sweep per colour), ``"auto"`` colours the rows only when they need
+            far fewer colours (an adjoint sweep per colour costs several tangent
+            directions).
         check : {"raise", "mask"}
             See :meth:`forward`.
         sparse : bool
@@ -1322,31 +1323,36 @@ class Tape:
         self._check_arg(check)
         X, P, single = self._sparse_inputs(x, params, out, "jacobian")
         plan = self._sparse_plan("jacobian_" + mode)
-        n, k = X.shape[0], plan.n_colours
-        if plan.mode == "forward":
-            Y = np.empty((n, self._n_out))
-            TY = np.empty((n, self._n_out, k))
-            valid = self._jvp_batch(X, P, plan.seeds.reshape(1, k, self._n_in), Y, TY)
-            comp = TY.reshape(n, -1)
-        else:  # one adjoint sweep per colour: the points repeated, one seed each
-            Xr = np.repeat(X, k, axis=0)
-            Pr = np.repeat(P, k, axis=0) if P.shape[0] == n and n > 1 else P
-            W = np.tile(plan.seeds, (n, 1))
-            G = np.empty((n * k, self._n_in))
-            valid = self._vjp_batch(Xr, Pr, W, np.empty((n * k, self._n_out)), G)
-            valid = valid.reshape(n, k).min(axis=1)
-            comp = G.reshape(n, -1)
-        return self._sparse_result(plan, comp[:, plan.take], single, valid, check)
+        data, valid = self._sparse_data(plan, X, P)
+        return self._sparse_result(plan, data, single, valid, check)
 
     def _sparse_hessian(self, x, params, check: str):
         self._scalar_output("hessian")
         self._check_arg(check)
         X, P, single = self._sparse_inputs(x, params, None, "hessian")
         plan = self._sparse_plan("hessian")
-        V = plan.seeds.reshape(1, plan.n_colours, self._n_in)
-        HV, valid = self._hvp_batch(X, P, V)
-        comp = HV.reshape(X.shape[0], -1)
-        return self._sparse_result(plan, comp[:, plan.take], single, valid, check)
+        data, valid = self._sparse_data(plan, X, P)
+        return self._sparse_result(plan, data, single, valid, check)
+
+    def _sparse_data(self, plan, X: np.ndarray, P: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """The nonzeros ``(n_points, nnz)`` of the derivative ``plan`` compresses (in its
+        pattern's CSR order) at points ``X``, one sweep direction per colour, and the
+        guard validity per point."""
+        n, k = X.shape[0], plan.n_colours
+        if plan.mode == "hessian":
+            comp, valid = self._hvp_batch(X, P, plan.seeds.reshape(1, k, self._n_in))
+        elif plan.mode == "forward":
+            comp = np.empty((n, self._n_out, k))
+            valid = self._jvp_batch(X, P, plan.seeds.reshape(1, k, self._n_in),
+                                    np.empty((n, self._n_out)), comp)
+        else:  # one adjoint sweep per colour: the points repeated, one seed each
+            Xr = np.repeat(X, k, axis=0)
+            Pr = np.repeat(P, k, axis=0) if P.shape[0] == n and n > 1 else P
+            comp = np.empty((n * k, self._n_in))
+            valid = self._vjp_batch(Xr, Pr, np.tile(plan.seeds, (n, 1)),
+                                    np.empty((n * k, self._n_out)), comp)
+            valid = valid.reshape(n, k).min(axis=1)
+        return comp.reshape(n, -1)[:, plan.take], valid
 
 
 # -- the package-internal interface (see the module docstring) ---------------------------
@@ -1433,6 +1439,27 @@ def evaluate_keep_failed(tape: Tape, method: str, x, *extra, params=None, **opti
     or ``"hessian"``; ``options``: the method's other keyword arguments (``mode=``)."""
     return _KEEPING[method](tape, x, *extra, params=params, check="mask", keep_failed=True,
                             **options)
+
+
+def sparse_compression(tape: Tape, which: str):
+    """The pattern and colouring (``_colouring.Compression``) that ``sparse_values``
+    uses for ``which`` (``"jacobian"`` or ``"hessian"``), computed now if not yet."""
+    if which == "hessian":
+        tape._scalar_output("hessian")
+    return tape._sparse_plan("hessian" if which == "hessian" else "jacobian_auto")
+
+
+def sparse_values(tape: Tape, which: str, x: np.ndarray, params=None) -> np.ndarray:
+    """The nonzeros of ``tape.jacobian(x, params, sparse=True)`` (``which="jacobian"``)
+    or ``tape.hessian(...)`` (``"hessian"``) at one point, in the CSR order of
+    ``tape.jacobian_sparsity()`` / ``hessian_sparsity()``, without building the matrix
+    (for solvers' callbacks); :class:`BranchError` where a guard fails."""
+    plan = sparse_compression(tape, which)
+    X, P, single = tape._prepare(x, params)
+    if not single:
+        raise ValueError(f"x must have shape ({tape.n_inputs},): one point")
+    data, valid = tape._sparse_data(plan, X, P)
+    return tape._guarded(valid, "raise", (data,), True)[0][0]
 
 
 def install_for_tests(tape: Tape, *, plan: np.ndarray | None = None,
