@@ -26,8 +26,11 @@ the parameter is 0), so one pattern serves every parameter value.
 
 Instruction families (whole-block routines) have rules here, by family name:
 
-* ``matmul``: ``C[i, j]`` depends on row ``i`` of ``A`` and column ``j`` of ``B``;
-  second order: the bilinear pairs ``A[:, k] x B[k, :]`` when both operands vary;
+* ``matmul``: ``C[i, j]`` depends on row ``i`` of ``A`` and column ``j`` of ``B``, and
+  where one operand is constant (the tape's own numbers, fixed) only through its
+  nonzeros, so ``A @ x`` with a sparse constant ``A`` has ``A``'s pattern (a parameter
+  matrix counts as dense); second order: the bilinear pairs ``A[:, k] x B[k, :]`` when
+  both operands vary;
 * ``reduce``: each result on its own lane; ``prod`` pairs the lane's elements (the
   diagonal terms included: conservative), ``sum``, ``max`` and ``min`` have zero second
   derivatives;
@@ -168,11 +171,56 @@ def _matmul_parts(attrs: tuple[int, ...], A: list, B: list):
     return a_row, a_col, b_col, b_row
 
 
-def _family_forward(name: str, attrs: tuple[int, ...], blocks: list[list], size: int) -> list:
-    """The result sets of one family instruction."""
+def _constant_blocks(p: Program, rows: _Rows, i: int) -> list[np.ndarray | None]:
+    """Per operand of family instruction ``i``: its values when it is all constants (the
+    tape's own, fixed: using them keeps the pattern exact), else None."""
+    fam = FAMILIES[rows.ops[i]]
+    nc = p.n_consts
+    return [p.consts[a : a + length] if a + length <= nc else None
+            for a, length in zip(rows.args[i][: fam.arity], rows.strides[i][: fam.arity],
+                                 strict=True)]
+
+
+def _matmul_nonzeros(attrs: tuple[int, ...], values: list[np.ndarray | None]):
+    """For a product with a constant operand: ``A``'s ``(m, k)`` or ``B``'s ``(k, n)``
+    nonzero mask of product ``z`` (a function of ``z``), for the other operand None."""
+    _batch, m, k, n, _ba, _bb, ta, tb = attrs
+
+    def a_nz(z: int) -> np.ndarray:
+        v = values[0][z * m * k : (z + 1) * m * k]
+        return (v.reshape(k, m).T if ta else v.reshape(m, k)) != 0
+
+    def b_nz(z: int) -> np.ndarray:
+        v = values[1][z * k * n : (z + 1) * k * n]
+        return (v.reshape(n, k).T if tb else v.reshape(k, n)) != 0
+
+    return (a_nz if values[0] is not None else None,
+            b_nz if values[1] is not None else None)
+
+
+def _family_forward(name: str, attrs: tuple[int, ...], blocks: list[list], size: int,
+                    values: list[np.ndarray | None]) -> list:
+    """The result sets of one family instruction (``values``: its constant operands'
+    values, see :func:`_constant_blocks`)."""
     if name == "matmul":
         batch, m, _k, n, ba, bb, _, _ = attrs
         a_row, _, b_col, _ = _matmul_parts(attrs, *blocks)
+        a_nz, b_nz = _matmul_nonzeros(attrs, values)
+        if (a_nz is None) != (b_nz is None):  # a constant operand: only its nonzeros count
+            out = []
+            for z in range(batch):
+                za, zb = (z if ba else 0), (z if bb else 0)
+                if a_nz is not None:
+                    nz, cols = a_nz(za), [b_col(zb, j) for j in range(n)]
+                    for i in range(m):
+                        ks = np.flatnonzero(nz[i]).tolist()
+                        out += [_union_all([c[kk] for kk in ks]) for c in cols]
+                else:
+                    nz, rws = b_nz(zb), [a_row(za, i) for i in range(m)]
+                    ks = [np.flatnonzero(nz[:, j]).tolist() for j in range(n)]
+                    for r in rws:
+                        out += [_union_all([r[kk] for kk in kj]) for kj in ks]
+            return out
         out: list = []
         rows_of: dict[int, list] = {}
         cols_of: dict[int, list] = {}
@@ -274,7 +322,8 @@ def input_sets(p: Program, needed: np.ndarray | None = None,
         if needed is not None and not (needed[r] if n == 1 else needed[r : r + n].any()):
             continue
         if op >= FIRST_FAMILY:
-            S[r : r + n] = _family_forward(*_family_attrs(rows, i), _blocks(S, rows, i), n)
+            S[r : r + n] = _family_forward(*_family_attrs(rows, i), _blocks(S, rows, i), n,
+                                           _constant_blocks(p, rows, i))
             continue
         a, st, varies = rows.args[i], rows.strides[i], rows.varies[i]
         lists = [_take(S, a[k], st[k], n) for k in _FIRST[op] if varies[k]]
@@ -367,17 +416,34 @@ def _merge(s: frozenset, u: frozenset) -> frozenset:
     return s if u <= s else (u if not s else s | u)
 
 
-def _family_backward(name: str, attrs: tuple[int, ...], res: list, lengths: list[int]
-                     ) -> list[list]:
+def _family_backward(name: str, attrs: tuple[int, ...], res: list, lengths: list[int],
+                     values: list[np.ndarray | None]) -> list[list]:
     """The output sets a family instruction's operand elements receive from its result
     elements' ``res`` (the transpose of :func:`_family_forward`'s rule)."""
     if name == "matmul":
         batch, m, k, n, ba, bb, ta, tb = attrs
         A = [[] for _ in range(lengths[0])]
         B = [[] for _ in range(lengths[1])]
+        a_nz, b_nz = _matmul_nonzeros(attrs, values)
         for z in range(batch):
             za, zb = (z if ba else 0), (z if bb else 0)
             C = res[z * m * n : (z + 1) * m * n]
+            if (a_nz is None) != (b_nz is None):  # a constant operand: its nonzeros
+                if a_nz is not None:  # B[kk, j] <- C[i, j] for A[i, kk] != 0
+                    nz = a_nz(za)
+                    for kk in range(k):
+                        ins = np.flatnonzero(nz[:, kk]).tolist()
+                        for j in range(n):
+                            B[zb * k * n + (j * k + kk if tb else kk * n + j)].append(
+                                _union_all([C[i * n + j] for i in ins]))
+                else:  # A[i, kk] <- C[i, j] for B[kk, j] != 0
+                    nz = b_nz(zb)
+                    for kk in range(k):
+                        js = np.flatnonzero(nz[kk]).tolist()
+                        for i in range(m):
+                            A[za * m * k + (kk * m + i if ta else i * k + kk)].append(
+                                _union_all([C[i * n + j] for j in js]))
+                continue
             rows = [_union_all(C[i * n : (i + 1) * n]) for i in range(m)]
             cols = [_union_all(C[j : m * n : n]) for j in range(n)]
             for i in range(m):
@@ -424,7 +490,8 @@ def output_sets(p: Program) -> list[frozenset]:
             fam = FAMILIES[op]
             name, attrs = _family_attrs(rows, i)
             lengths = st[: fam.arity]
-            for k, got in enumerate(_family_backward(name, attrs, res, lengths)):
+            for k, got in enumerate(_family_backward(name, attrs, res, lengths,
+                                                     _constant_blocks(p, rows, i))):
                 if a[k] + lengths[k] > nd:
                     Y[a[k] : a[k] + lengths[k]] = list(map(_merge, Y[a[k] : a[k] + lengths[k]],
                                                            got))

@@ -233,6 +233,29 @@ def test_matmul_and_reduction_patterns_are_not_all_to_all():
     np.testing.assert_array_equal(pat[8], np.isin(np.arange(12), [0, 1, 2]))
 
 
+def test_products_with_sparse_constant_matrices_have_their_pattern():
+    A = sp.random_array((30, 40), density=0.1, rng=1).toarray()
+    B = sp.random_array((40, 3), density=0.3, rng=2).toarray()
+
+    def f(x):
+        X = x.reshape(40, 3)
+        return np.concatenate([(A @ X).ravel(), (X.T @ A.T).ravel(),
+                               (x.reshape(3, 40) @ B).ravel()])
+
+    tape = tapejit.record(f, np.ones(120))
+    J = tape.jacobian(np.random.default_rng(0).normal(size=120))
+    pat = tape.jacobian_sparsity().toarray()
+    np.testing.assert_array_equal(pat, J != 0)
+    p = Program.from_tape(tape)  # the backward propagation too
+    Y = _sparsity.output_sets(p)
+    bwd = np.zeros_like(pat)
+    for i in range(120):
+        bwd[sorted(Y[p.first_adjoint + i]), i] = True
+    np.testing.assert_array_equal(bwd, pat)
+    np.testing.assert_allclose(tape.jacobian(np.ones(120), sparse=True).toarray(),
+                               tape.jacobian(np.ones(120)), rtol=1e-13)
+
+
 def test_hessian_sparsity_needs_one_output():
     tape = tapejit.record(lambda x: x * x, np.ones(3))
     with pytest.raises(ValueError, match="one output"):
