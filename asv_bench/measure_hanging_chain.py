@@ -1,6 +1,6 @@
 """The COPS-style hanging chain solved by tapejit.optimize.ipopt and by CasADi's nlpsol,
 side by side in one process, and the chain's sparse Lagrangian Hessian against the dense
-one (issue 23's targets).
+one and CasADi's SX Hessian function (issue 23's targets).
 
 The chain has ``N`` links of length ``L / N`` between (0, 1) and (1, 3), ``L = 4``;
 variables: the ``N + 1`` points' coordinates ``x``, ``y`` (the end points fixed by
@@ -112,6 +112,30 @@ def hessian_times(N: int, dense_limit: int) -> dict:
     return out
 
 
+def casadi_hessian_time(N: int) -> tuple[float, float]:
+    """Seconds of one call of CasADi's SX function of the Lagrangian's Hessian from Python
+    (numpy in, sparse DM out), and of building it."""
+    import casadi as ca
+
+    _, _, z0, _, _ = problem(N)
+    t = time.perf_counter()
+    z, sigma, lam = ca.SX.sym("z", 2 * N + 2), ca.SX.sym("sigma"), ca.SX.sym("lam", N)
+    x, y = z[: N + 1], z[N + 1 :]
+    lag = (sigma * ca.sum1(y[:-1] + y[1:]) / (2 * N)
+           + ca.dot(lam, (x[1:] - x[:-1]) ** 2 + (y[1:] - y[:-1]) ** 2 - (L / N) ** 2))
+    H, _ = ca.hessian(lag, z)
+    fn = ca.Function("h", [z, sigma, lam], [H])
+    build = time.perf_counter() - t
+    lam0 = np.random.default_rng(0).uniform(0.5, 1.5, N)
+    fn(z0, 1.0, lam0)
+    reps = []
+    for _ in range(30):
+        t = time.perf_counter()
+        fn(z0, 1.0, lam0)
+        reps.append(time.perf_counter() - t)
+    return min(reps), build
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("sizes", nargs="*", type=int, default=[500, 2000, 5000])
@@ -134,6 +158,10 @@ def main() -> None:
         if "dense" in h:
             line += f", dense {h['dense'] * 1e3:.1f} ms ({h['dense'] / h['sparse']:.0f}x)"
         print(line)
+        if have_casadi:
+            call, build = casadi_hessian_time(N)
+            print(f"   CasADi SX hessian function from Python: {call * 1e3:.3f} ms per call "
+                  f"(built in {build * 1e3:.0f} ms)")
         tj = solve_tapejit(N)
         print(f"   tapejit ipopt: f = {tj['f']:.10f}, {tj['iters']} iterations, "
               f"{tj['total'] * 1e3:.1f} ms total (recording included), "

@@ -77,9 +77,16 @@ class Constraints:
         if (self.cl > self.cu).any():
             raise ValueError("a constraint's lower bound exceeds its upper bound")
         self.m = len(self.cl)
+        self.x0 = x0
         self.tape = record(self.values, x0) if self.m else None
-        self.lagrangian_tape = (record(self.weighted, x0, np.zeros(self.m), argnums=0)
-                                if self.m else None)
+        self._weighted_tape: Tape | None = None  # v . g, recorded at its first use
+
+    @property
+    def weighted_tape(self) -> Tape:
+        """The tape of ``v . g(x)`` (``v``: a parameter), recorded on first use."""
+        if self._weighted_tape is None:
+            self._weighted_tape = record(self.weighted, self.x0, np.zeros(self.m), argnums=0)
+        return self._weighted_tape
 
     def values(self, x: Any) -> Any:
         """``g(x)`` of a flat ``x`` (traced or not): every constraint's values, flat."""
@@ -106,7 +113,7 @@ class Constraints:
     def hess(self, x: np.ndarray, v: np.ndarray):
         """The sparse Hessian of ``v . g`` (``scipy.sparse.csr_array``)."""
         v = np.asarray(v, dtype=np.float64)
-        return _evaluate("a constraint function", lambda: self.lagrangian_tape.hessian(
+        return _evaluate("a constraint function", lambda: self.weighted_tape.hessian(
             x, params=v, sparse=True))
 
 
