@@ -50,8 +50,10 @@ instructions.
 
 from __future__ import annotations
 
+import contextlib
+import gc
 import itertools
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 
 import numpy as np
 import scipy.sparse as sp
@@ -62,6 +64,20 @@ from ._program import FAMILIES, FIRST_FAMILY, LAST_OPCODE, Program
 
 _EMPTY: frozenset[int] = frozenset()
 _union = frozenset.union
+
+
+@contextlib.contextmanager
+def _no_gc() -> Iterator[None]:
+    """The cyclic garbage collector paused: the propagation allocates a list or a set per
+    instruction or element (none in a cycle), and each collection it would trigger walks
+    every one allocated so far (at 100,000 scalar instructions, most of the time)."""
+    was = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if was:
+            gc.enable()
 
 
 def _op_structure() -> tuple[list[tuple[int, ...]], list[tuple[tuple[int, int], ...]]]:
@@ -79,10 +95,6 @@ def _op_structure() -> tuple[list[tuple[int, ...]], list[tuple[tuple[int, int], 
 
 
 _FIRST, _SECOND = _op_structure()
-_FIRST_SET = [frozenset(f) for f in _FIRST]
-_ARITY_RANGE: list[range] = [range(0)] * (LAST_OPCODE + 1)
-for _op in OPS:
-    _ARITY_RANGE[_op.code] = range(_op.arity)
 
 #: Families whose operand ``k`` enters linearly (their other operands, nonlinearly):
 #: the right-hand side of a solve. A family absent here is nonlinear in every operand.
@@ -307,10 +319,10 @@ def _family_pairs(name: str, attrs: tuple[int, ...], blocks: list[list],
             R.append(every)
 
 
-def input_sets(p: Program, needed: np.ndarray | None = None,
+def input_sets(p: Program, needed: bytearray | None = None,
                rows: _Rows | None = None) -> list[frozenset]:
     """Per slot, the inputs (numbered ``0 .. n_inputs - 1``) its value depends on through
-    partials that are not identically zero; with ``needed`` (bool per slot, closed
+    partials that are not identically zero; with ``needed`` (0 or 1 per slot, closed
     backwards: the operands of a needed result are needed), only for the instructions
     with a needed result (the others' sets are left empty)."""
     nd = p.first_adjoint
@@ -319,7 +331,7 @@ def input_sets(p: Program, needed: np.ndarray | None = None,
     rows = rows or _Rows(p)
     for i, op in enumerate(rows.ops):
         r, n = rows.results[i], rows.sizes[i]
-        if needed is not None and not (needed[r] if n == 1 else needed[r : r + n].any()):
+        if needed is not None and not (needed[r] if n == 1 else 1 in needed[r : r + n]):
             continue
         if op >= FIRST_FAMILY:
             S[r : r + n] = _family_forward(*_family_attrs(rows, i), _blocks(S, rows, i), n,
@@ -334,59 +346,62 @@ def input_sets(p: Program, needed: np.ndarray | None = None,
     return S
 
 
-def _backward(p: Program, rows: _Rows) -> tuple[np.ndarray, np.ndarray]:
-    """Per slot: whether its adjoint can be nonzero (``live``: the output reaches it
-    backwards through partials that are not identically zero), and whether the Hessian
+def _backward(p: Program, rows: _Rows) -> tuple[bytearray, bytearray]:
+    """Per slot (0 or 1): whether its adjoint can be nonzero (``live``: the output reaches
+    it backwards through partials that are not identically zero), and whether the Hessian
     pattern needs its input set (``needed``: an operand of a nonlinear pair of a live
-    instruction, or an operand, through a nonzero partial, of a needed result)."""
+    instruction, or an operand, through a nonzero partial, of a needed result).
+
+    Bytearrays: a scalar instruction reads and writes them as Python ints (numpy scalar
+    indexing would cost more than the rest of its step); a block through numpy views."""
     nd = p.first_adjoint
-    live = np.zeros(p.n_slots, dtype=bool)
-    live[p.outputs] = True
-    need = np.zeros(p.n_slots, dtype=bool)
+    live, need = bytearray(p.n_slots), bytearray(p.n_slots)
+    live_v = np.frombuffer(live, dtype=np.bool_)
+    need_v = np.frombuffer(need, dtype=np.bool_)
+    live_v[p.outputs] = True
     for i in range(len(rows.ops) - 1, -1, -1):
         op, r, n = rows.ops[i], rows.results[i], rows.sizes[i]
         if n == 1:
-            if not (live[r] or need[r]):
+            lr, nr = live[r], need[r]
+            if not (lr or nr):
                 continue
-            my_live = my_need = None
         else:
-            my_live, my_need = live[r : r + n], need[r : r + n]
-            if not (my_live.any() or my_need.any()):
+            my_live, my_need = live_v[r : r + n], need_v[r : r + n]
+            lr, nr = bool(my_live.any()), bool(my_need.any())
+            if not (lr or nr):
                 continue
         a, st = rows.args[i], rows.strides[i]
         if op >= FIRST_FAMILY:  # conservative: every operand element
             for k in range(FAMILIES[op].arity):
                 if a[k] + st[k] > nd:
-                    live[max(a[k], nd) : a[k] + st[k]] = True
-                    need[max(a[k], nd) : a[k] + st[k]] = True
+                    live_v[max(a[k], nd) : a[k] + st[k]] = True
+                    need_v[max(a[k], nd) : a[k] + st[k]] = True
             continue
         varies = rows.varies[i]
-        pairs = {k for jk in _SECOND[op] if varies[jk[0]] and varies[jk[1]] for k in jk}
-        for k in _ARITY_RANGE[op]:
+        pairs = (_pair_operands(op, varies) if _SECOND[op] and lr else ())
+        for k in _FIRST[op]:
             if not varies[k]:
                 continue
-            through = k in _FIRST_SET[op]
-            if my_live is None:  # one element, live or needed
-                if through:
-                    live[a[k]] |= live[r]
-                    need[a[k]] |= need[r]
-                if k in pairs and live[r]:
-                    need[a[k]] = True
+            if n == 1 or st[k] == 0:  # one slot: live if any result element is
+                if lr:
+                    live[a[k]] = 1
+                if nr:
+                    need[a[k]] = 1
                 continue
-            at = a[k] if st[k] == 0 else _index(a[k], st[k], n)
-            if st[k] == 0:
-                if through:
-                    live[at] |= my_live.any()
-                    need[at] |= my_need.any()
-                if k in pairs:
-                    need[at] |= my_live.any()
-                continue
-            if through:
-                live[at] |= my_live
-                need[at] |= my_need
-            if k in pairs:
-                need[at] |= my_live
+            at = _index(a[k], st[k], n)
+            live_v[at] |= my_live
+            need_v[at] |= my_need
+        for k in pairs:
+            if n == 1 or st[k] == 0:
+                need[a[k]] = 1
+            else:
+                need_v[_index(a[k], st[k], n)] |= my_live
     return live, need
+
+
+def _pair_operands(op: int, varies: list[bool]) -> set[int]:
+    """The operands of op's nonlinear pairs whose both operands vary."""
+    return {k for jk in _SECOND[op] if varies[jk[0]] and varies[jk[1]] for k in jk}
 
 
 def _pattern(L: list[frozenset], n_cols: int) -> sp.csr_array:
@@ -507,6 +522,7 @@ def output_sets(p: Program) -> list[frozenset]:
     return Y
 
 
+@_no_gc()
 def jacobian_sparsity(p: Program) -> sp.csr_array:
     """The ``(n_outputs, n_inputs)`` Jacobian pattern of a program (bool CSR).
 
@@ -523,22 +539,25 @@ def jacobian_sparsity(p: Program) -> sp.csr_array:
     return _as_bool(_pattern(Y[nd : nd + n_in], n_out).T)
 
 
+@_no_gc()
 def hessian_sparsity(p: Program) -> sp.csr_array:
     """The ``(n_inputs, n_inputs)`` Hessian pattern of a one-output program (bool CSR,
     symmetric)."""
     rows = _Rows(p)
     live, needed = _backward(p, rows)
+    live_v = np.frombuffer(live, dtype=np.bool_)
     S = input_sets(p, needed, rows)
     L: list[frozenset] = []
     R: list[frozenset] = []
     for i, op in enumerate(rows.ops):
         r, n = rows.results[i], rows.sizes[i]
-        mine = live[r : r + n]
         if op >= FIRST_FAMILY:
-            _family_pairs(*_family_attrs(rows, i), _blocks(S, rows, i), mine, L, R)
+            _family_pairs(*_family_attrs(rows, i), _blocks(S, rows, i), live_v[r : r + n],
+                          L, R)
             continue
-        if not _SECOND[op] or not mine.any():
+        if not _SECOND[op] or not (live[r] if n == 1 else live_v[r : r + n].any()):
             continue
+        mine = live_v[r : r + n]
         a, st, varies = rows.args[i], rows.strides[i], rows.varies[i]
         for j, k in _SECOND[op]:
             if not (varies[j] and varies[k]):

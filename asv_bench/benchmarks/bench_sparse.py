@@ -14,6 +14,7 @@ the IPOPT solve.
   dense one at ``N = 500``.
 * ``ChainSolve``: ``tapejit.optimize.ipopt`` on the chain, recording included (skipped
   without cyipopt).
+* ``ScalarLoopPattern``: both patterns of a tape of 100,002 scalar instructions.
 
 JIT compilation is excluded: every ``setup`` records and calls the timed function once.
 """
@@ -183,3 +184,36 @@ class ChainSolve:
 
     def track_ipopt_iterations(self, N):
         return int(tapejit.optimize.ipopt(*self.args, **self.kwargs).nit)
+
+
+class ScalarLoopPattern:
+    """Patterns of a tape of 100,002 scalar instructions (a Python loop over the elements:
+    ``s += sin(x[i] x[i+1])``), computed afresh from the program; the Jacobian pattern
+    propagates output sets backwards (one output)."""
+
+    def setup(self):
+        n = 33_335
+
+        def loop(x):
+            s = x[0] * 0.0
+            for i in range(n - 1):
+                s = s + np.sin(x[i] * x[i + 1])
+            return s
+
+        from tapejit._program import Program
+
+        tape = _record(loop, np.random.default_rng(0).uniform(size=n))
+        self.program = Program.from_tape(tape)
+
+    def time_jacobian_pattern(self):
+        from tapejit._sparsity import jacobian_sparsity
+
+        jacobian_sparsity(self.program)
+
+    def time_hessian_pattern(self):
+        from tapejit._sparsity import hessian_sparsity
+
+        hessian_sparsity(self.program)
+
+    def track_instructions(self):
+        return len(self.program)
