@@ -392,7 +392,7 @@ def test_sparse_hessian_uses_few_colours_on_a_chain():
     H = tape.hessian(x, sparse=True)
     assert H.nnz == 3 * n - 2
     np.testing.assert_allclose(H.toarray(), tape.hessian(x), rtol=RTOL, atol=1e-12)
-    assert tape._sparse_plan("hessian").n_colours == 3
+    assert _colouring.hessian_compression(tape.hessian_sparsity()).n_colours == 3
 
 
 def test_sparse_results_follow_the_guards():
