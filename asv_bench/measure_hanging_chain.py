@@ -10,6 +10,10 @@ run IPOPT with the same options (``tol`` 1e-8, the defaults otherwise).
 
 Run: ``python asv_bench/measure_hanging_chain.py [N ...]`` (default 500 2000 5000;
 CasADi is skipped where it is not installed, and for N > 2000 unless ``--casadi-all``).
+``--ipopt mumps_permuting_scaling=0`` (an IPOPT option, given to both solvers) turns off
+MUMPS's permuting scaling, which takes most of the solve's time on this problem as N
+grows (at N = 2000 with the IPOPT of cyipopt-wheels: 21 s with it, 0.8 s without, the
+same 19 iterations; at N = 5000 three iterations took 11 minutes with it).
 """
 
 from __future__ import annotations
@@ -49,18 +53,19 @@ def problem(N: int):
     return f, g, z0, lb, ub
 
 
-def solve_tapejit(N: int) -> dict:
+def solve_tapejit(N: int, options: dict) -> dict:
     from scipy.optimize import Bounds
 
     f, g, z0, lb, ub = problem(N)
     t = time.perf_counter()
-    res = ipopt(f, z0, constraints={"type": "eq", "fun": g}, bounds=Bounds(lb, ub), tol=TOL)
+    res = ipopt(f, z0, constraints={"type": "eq", "fun": g}, bounds=Bounds(lb, ub), tol=TOL,
+                options=options)
     total = time.perf_counter() - t
     return {"f": res.fun, "iters": res.nit, "total": total, "callbacks": res.derivative_seconds,
             "status": res.message, "x": res.x}
 
 
-def solve_casadi(N: int) -> dict:
+def solve_casadi(N: int, options: dict) -> dict:
     import casadi as ca
 
     _, _, z0, lb, ub = problem(N)
@@ -71,7 +76,7 @@ def solve_casadi(N: int) -> dict:
     gz = (x[1:] - x[:-1]) ** 2 + (y[1:] - y[:-1]) ** 2 - (L / N) ** 2
     solver = ca.nlpsol("chain", "ipopt", {"x": z, "f": fz, "g": gz},
                        {"print_time": False, "ipopt.print_level": 0, "ipopt.sb": "yes",
-                        "ipopt.tol": TOL})
+                        "ipopt.tol": TOL, **{f"ipopt.{k}": v for k, v in options.items()}})
     build = time.perf_counter() - t
     t = time.perf_counter()
     sol = solver(x0=z0, lbx=lb, ubx=ub, lbg=0.0, ubg=0.0)
@@ -142,12 +147,23 @@ def main() -> None:
     ap.add_argument("--casadi-all", action="store_true", help="CasADi also above N = 2000")
     ap.add_argument("--dense-limit", type=int, default=10010,
                     help="time the dense Hessian up to this many variables")
+    ap.add_argument("--ipopt", action="append", default=[], metavar="NAME=VALUE",
+                    help="an IPOPT option for both solvers (repeatable), e.g. "
+                         "mumps_permuting_scaling=0")
     opts = ap.parse_args()
+    options = {}
+    for item in opts.ipopt:
+        name, _, value = item.partition("=")
+        options[name] = int(value) if value.lstrip("-").isdigit() else value
     try:
         import casadi  # noqa: F401
         have_casadi = True
     except ImportError:
         have_casadi = False
+    t = time.perf_counter()
+    solve_tapejit(5, options)
+    print(f"(first solve in this process, N = 5, loading tapejit's kernels: "
+          f"{(time.perf_counter() - t) * 1e3:.0f} ms; not in the times below)")
     for N in opts.sizes:
         print(f"== hanging chain N = {N}: {2 * N + 2} variables, {N} constraints")
         h = hessian_times(N, opts.dense_limit)
@@ -162,12 +178,12 @@ def main() -> None:
             call, build = casadi_hessian_time(N)
             print(f"   CasADi SX hessian function from Python: {call * 1e3:.3f} ms per call "
                   f"(built in {build * 1e3:.0f} ms)")
-        tj = solve_tapejit(N)
+        tj = solve_tapejit(N, options)
         print(f"   tapejit ipopt: f = {tj['f']:.10f}, {tj['iters']} iterations, "
               f"{tj['total'] * 1e3:.1f} ms total (recording included), "
               f"{tj['callbacks'] * 1e3:.1f} ms in derivative callbacks; {tj['status']}")
         if have_casadi and (N <= 2000 or opts.casadi_all):
-            cs = solve_casadi(N)
+            cs = solve_casadi(N, options)
             print(f"   casadi nlpsol: f = {cs['f']:.10f}, {cs['iters']} iterations, build "
                   f"{cs['build'] * 1e3:.1f} ms + solve {cs['solve'] * 1e3:.1f} ms, "
                   f"t_wall_nlp_* {cs['callbacks'] * 1e3:.1f} ms; {cs['status']}")
