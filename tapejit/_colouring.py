@@ -189,9 +189,8 @@ def _coords(pattern: sp.csr_array) -> tuple[np.ndarray, np.ndarray]:
 
 #: ``mode="auto"`` colours rows (adjoint sweeps) only when this many times their colours
 #: are fewer than one plus the columns' colours: one tangent sweep carries every column
-#: colour at once, while each row colour is an adjoint sweep of its own (at one point of
-#: the hanging chain's constraints, 4 tangent directions took 16 us, 2 adjoint sweeps
-#: 100 us).
+#: colour at once, while each row colour is an adjoint sweep of its own (measured in the
+#: performance page's "Sparse derivatives and IPOPT").
 REVERSE_COST = 4
 
 
