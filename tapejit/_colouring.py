@@ -16,7 +16,9 @@ adjoint or Hessian-vector sweep per group gives every nonzero:
   colours than a distance-2 colouring and often far fewer (an arrowhead: 2 instead of
   ``n``).
 
-Both are greedy, in largest-degree-first order (ties in natural order, so a banded
+:func:`banded_colouring` colours a pattern whose rows each span at most ``w``
+consecutive columns ``j mod w`` when a full row makes that optimal (no per-vertex work);
+the others are greedy, in largest-degree-first order (ties in natural order, so a banded
 pattern is coloured in order), in plain Python: the column colouring keeps one bitmask of
 used colours per row (a Python int), ``O(nnz)`` steps; the star colouring keeps, per
 vertex, the count of its coloured neighbours per colour and the colours that would close
@@ -38,6 +40,31 @@ import scipy.sparse as sp
 def _order(degrees: np.ndarray) -> list[int]:
     """Largest degree first, ties in natural order."""
     return np.argsort(-degrees, kind="stable").tolist()
+
+
+def banded_colouring(pattern: sp.csr_array) -> np.ndarray | None:
+    """``j mod w`` as the column colouring of a pattern whose rows each span at most
+    ``w`` consecutive columns, when that is optimal: when some row has ``w`` nonzeros
+    (its columns need ``w`` colours in any colouring). None otherwise.
+
+    Columns of one row differ by less than ``w``, so they get different colours: a
+    valid column colouring, and for a symmetric pattern a distance-2 (so star) colouring
+    (two vertices within distance 2 are columns of one row). A few numpy passes over the
+    rows, no per-vertex work: a banded Hessian (an ODE discretized in time order, a
+    chain) is coloured in microseconds.
+    """
+    n = pattern.shape[1]
+    indptr, indices = pattern.indptr, pattern.indices
+    if not pattern.nnz or not pattern.has_sorted_indices:
+        return None
+    starts, ends = indptr[:-1], indptr[1:]
+    counts = ends - starts
+    if counts.min() == 0:  # rows without nonzeros span nothing
+        starts, ends = starts[counts > 0], ends[counts > 0]
+    width = int((indices[ends - 1] - indices[starts]).max()) + 1
+    if width != int(counts.max()):
+        return None
+    return np.arange(n, dtype=np.int64) % width
 
 
 def column_colouring(pattern: sp.sparray) -> np.ndarray:
@@ -201,9 +228,15 @@ def jacobian_compression(pattern: sp.csr_array, mode: str = "auto") -> Compressi
     m, n = pattern.shape
     rows, cols = _coords(pattern)
     if mode in ("auto", "forward"):
-        col_colours = column_colouring(pattern)
+        col_colours = banded_colouring(pattern)
+        if col_colours is None:
+            col_colours = column_colouring(pattern)
     if mode in ("auto", "reverse"):
-        row_colours = column_colouring(pattern.T)
+        transposed = sp.csr_array(pattern.T)
+        transposed.sort_indices()
+        row_colours = banded_colouring(transposed)
+        if row_colours is None:
+            row_colours = column_colouring(transposed)
     if mode == "auto":
         k_col = int(col_colours.max()) + 1 if n else 1
         k_row = int(row_colours.max()) + 1 if m else 1
@@ -218,7 +251,8 @@ def jacobian_compression(pattern: sp.csr_array, mode: str = "auto") -> Compressi
 
 
 def hessian_compression(pattern: sp.csr_array) -> Compression:
-    """The compression of a symmetric Hessian pattern by a star colouring, with each
+    """The compression of a symmetric Hessian pattern by a star colouring (the optimal
+    :func:`banded_colouring` where it applies, else :func:`star_colouring`), with each
     symmetric pair of nonzeros read from the same entry of ``H @ S`` (so the recovered
     matrix is exactly symmetric).
 
@@ -228,7 +262,9 @@ def hessian_compression(pattern: sp.csr_array) -> Compression:
         If the colouring does not allow direct recovery (a bug, never a wrong Hessian).
     """
     n = pattern.shape[0]
-    colours = star_colouring(pattern)
+    colours = banded_colouring(pattern)  # vertices within distance 2 are within a row
+    if colours is None:
+        colours = star_colouring(pattern)
     seeds = _seeds(colours, n)
     k = len(seeds)
     rows, cols = _coords(pattern)

@@ -436,3 +436,27 @@ def test_sparse_stack():
     with pytest.raises(IndexError):
         st[3]
     assert "3 points" in repr(st)
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_banded_colouring_is_valid_and_used_only_when_optimal(seed):
+    rng = np.random.default_rng(seed)
+    n, half = 60, int(rng.integers(1, 4))
+    band = banded(n, half)
+    colour = _colouring.banded_colouring(band)
+    assert colour is not None and colour.max() + 1 == 2 * half + 1
+    assert is_star_colouring(band, colour)
+    # a band with holes in every row: j mod w would not be optimal, so not used
+    holes = band.toarray() & ~(np.abs(np.subtract.outer(np.arange(n), np.arange(n))) == 1)
+    assert _colouring.banded_colouring(sp.csr_array(holes)) is None
+    # a Jacobian whose rows span w columns, one row full: columns j mod w
+    J = sp.random_array((40, n), density=0.05, rng=seed).toarray() != 0
+    J[:, :] = False
+    for i in range(40):
+        J[i, i : i + 4] = rng.random(4) < 0.6
+    J[7, 7:11] = True
+    colour = _colouring.banded_colouring(sp.csr_array(J))
+    np.testing.assert_array_equal(colour, np.arange(n) % 4)
+    d = J.astype(int)
+    shared = (d.T @ d) > 0
+    assert not (shared & (colour[:, None] == colour[None, :]) & ~np.eye(n, dtype=bool)).any()

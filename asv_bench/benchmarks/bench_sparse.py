@@ -6,8 +6,9 @@ the IPOPT solve.
   ``sigma * energy + lam . links`` (``N`` links, ``2 N + 2`` variables) at one point,
   next to a hand-written numpy assembly of the same sparse matrix (the baseline: the
   2 x 2 blocks of each link, one vectorized pass); the pattern (index-set propagation)
-  and the star colouring, each computed afresh; ``track_colours`` and
-  ``track_distance2_colours`` (a greedy distance-2 colouring's count).
+  and the colourings (the band's, which the tape uses here, and the general greedy star
+  colouring), each computed afresh; ``track_colours`` and ``track_distance2_colours``
+  (a greedy distance-2 colouring's count).
 * ``ChainHessianDense``: the dense ``tape.hessian`` for the ratio (small ``N`` only: it
   costs ``2 N + 2`` Hessian-vector products).
 * ``ChainJacobian``, ``ChainJacobianDense``: the constraints' sparse Jacobian, and the
@@ -105,7 +106,14 @@ class ChainHessian:
 
         hessian_sparsity(self.program)
 
+    def time_banded_colouring(self, N):
+        """The colouring the tape uses here (the band's, optimal)."""
+        from tapejit._colouring import banded_colouring
+
+        banded_colouring(self.pattern)
+
     def time_star_colouring(self, N):
+        """The general greedy star colouring, for patterns without a band."""
         from tapejit._colouring import star_colouring
 
         star_colouring(self.pattern)
