@@ -171,7 +171,7 @@ class IpoptProblem:
     sparse Jacobian) and the Lagrangian ``sigma f + lambda . g`` (its sparse Hessian, the
     lower triangle IPOPT takes). Counts evaluations and the seconds spent in them."""
 
-    def __init__(self, objective: Tape, n_args: int, args: tuple, cons: Constraints,
+    def __init__(self, objective: Tape, args: tuple, cons: Constraints,
                  lagrangian: Tape) -> None:
         self.f = objective
         self.args = args
@@ -180,7 +180,7 @@ class IpoptProblem:
         self.nfev = self.njev = self.ncev = self.ncjev = self.nhev = self.nit = 0
         self.seconds = 0.0
         self._last: tuple[np.ndarray, float, np.ndarray] | None = None
-        self._params = args if n_args else None
+        self._params = args or None
         # patterns and colourings now, not in the first callbacks
         if cons.m:
             jp = sparse_compression(cons.tape, "jacobian").pattern

@@ -492,7 +492,7 @@ def ipopt(
 
     l_tape = record(lagrangian, x, 1.0, np.zeros(cons.m), *args, argnums=0)
     lb, ub = bounds_arrays(bounds, n)
-    problem = IpoptProblem(f_tape, len(args), args, cons, l_tape)
+    problem = IpoptProblem(f_tape, args, cons, l_tape)
     nlp = cyipopt.Problem(n=n, m=cons.m, problem_obj=problem,
                           lb=np.clip(lb, -_IPOPT_INF, _IPOPT_INF),
                           ub=np.clip(ub, -_IPOPT_INF, _IPOPT_INF),

@@ -61,7 +61,7 @@ def test_ipopt_callbacks_equal_dense_derivatives():
         return sigma * f(x, w) + np.dot(lam, cons.values(x))
 
     lt = tapejit.record(lagrangian, x0, 1.0, np.zeros(7), w, argnums=0)
-    prob = _nlp.IpoptProblem(ft, 1, (w,), cons, lt)
+    prob = _nlp.IpoptProblem(ft, (w,), cons, lt)
     x = rng.uniform(-1, 1, 7)
     lam = rng.normal(size=7)
     sigma = 0.7
