@@ -39,6 +39,7 @@ __all__ = [
     "Op",
     "RecordingWarning",
     "SharedTape",
+    "SparseStack",
     "Tape",
     "TapeCache",
     "TapeFormatError",
@@ -63,3 +64,13 @@ __all__ = [
     "value_and_grad",
     "wait_for_kernels",
 ]
+
+
+def __getattr__(name: str):
+    # SparseStack lives with the colourings, which import scipy.sparse: loaded on first
+    # use, so that ``import tapejit`` does not import scipy
+    if name == "SparseStack":
+        from ._colouring import SparseStack
+
+        return SparseStack
+    raise AttributeError(f"module 'tapejit' has no attribute {name!r}")

@@ -284,6 +284,8 @@ class Tape:
         # Large tapes reuse a per-thread workspace: allocating (and page-faulting) a big
         # one per call would cost more than the sweep.
         self._tls = threading.local() if n_slots > REUSE_SLOTS else None
+        # Sparsity patterns and colourings, computed on first use (_sparse_plan)
+        self._sparse: dict[str, object] = {}
 
     @classmethod
     def _from_packed(cls, prog: np.ndarray, consts: np.ndarray, input_shapes: tuple = (),
@@ -1093,7 +1095,7 @@ class Tape:
         return (ty, *mask) if check != "raise" else ty
 
     def jacobian(self, x, params=None, out: np.ndarray | None = None, mode: str = "auto",
-                 check: str = "raise"):
+                 check: str = "raise", sparse: bool = False):
         """Jacobian ``d outputs / d inputs``: ``(n_outputs, n_inputs)`` per point.
 
         Parameters
@@ -1106,16 +1108,31 @@ class Tape:
         mode : {"auto", "forward", "reverse"}
             ``"forward"``: one tangent sweep carrying all ``n_inputs`` directions;
             ``"reverse"``: one adjoint sweep per output; ``"auto"`` picks forward when
-            ``n_inputs < n_outputs``.
+            ``n_inputs < n_outputs``. With ``sparse=True``: ``"forward"`` colours the
+            columns (one tangent direction per colour), ``"reverse"`` the rows (one
+            adjoint sweep per colour), ``"auto"`` colours the rows only when they need
+            far fewer colours (an adjoint sweep per colour costs several tangent
+            directions).
         check : {"raise", "mask"}
             See :meth:`forward`.
+        sparse : bool
+            Compute only the nonzeros of :meth:`jacobian_sparsity`'s pattern, with one
+            sweep direction per colour of a colouring of it (both computed on first use
+            and kept by the tape), and return them as sparse matrices. The values equal
+            the dense Jacobian's up to rounding. ``out`` cannot be given.
 
         Returns
         -------
-        ndarray
+        ndarray or scipy.sparse.csr_array or SparseStack
             ``(..., n_outputs, n_inputs)``. With ``check="mask"``, ``(J, valid)``. Dask
-            arrays in, lazy Dask arrays out (see :meth:`forward`).
+            arrays in, lazy Dask arrays out (see :meth:`forward`). With ``sparse=True``:
+            at one point a ``scipy.sparse.csr_array``; for ``(n_points, n_inputs)``
+            points a :class:`~tapejit.SparseStack`, the pattern and an
+            ``(n_points, nnz)`` array of values (``stack[p]`` is point ``p``'s
+            ``csr_array``).
         """
+        if sparse:
+            return self._sparse_jacobian(x, params, out, mode, check)
         return self._jacobian(x, params, out, mode, check, False)
 
     def _jacobian(self, x, params=None, out=None, mode: str = "auto", check: str = "raise",
@@ -1225,7 +1242,7 @@ class Tape:
         hv = hv[0] if single else hv
         return (hv, *mask) if check != "raise" else hv
 
-    def hessian(self, x, params=None, check: str = "raise") -> np.ndarray:
+    def hessian(self, x, params=None, check: str = "raise", sparse: bool = False):
         """Hessian of a one-output tape: ``(n_inputs, n_inputs)`` per point.
 
         Computed as ``n_inputs`` Hessian-vector products in vector mode (forward over
@@ -1238,13 +1255,25 @@ class Tape:
         params : array_like, optional
         check : {"raise", "mask"}
             See :meth:`forward`.
+        sparse : bool
+            Compute only the nonzeros of :meth:`hessian_sparsity`'s pattern, with one
+            Hessian-vector product per colour of a star colouring of it (both computed
+            on first use and kept by the tape; each symmetric pair of nonzeros is read
+            from one product, so the result is exactly symmetric), and return them as
+            sparse matrices. The values equal the dense Hessian's up to rounding.
 
         Returns
         -------
-        ndarray
+        ndarray or scipy.sparse.csr_array or SparseStack
             ``(..., n_inputs, n_inputs)``. With ``check="mask"``, ``(H, valid)``. Dask
-            arrays in, lazy Dask arrays out (see :meth:`forward`).
+            arrays in, lazy Dask arrays out (see :meth:`forward`). With ``sparse=True``:
+            at one point a ``scipy.sparse.csr_array``; for ``(n_points, n_inputs)``
+            points a :class:`~tapejit.SparseStack`, the pattern and an
+            ``(n_points, nnz)`` array of values (``stack[p]`` is point ``p``'s
+            ``csr_array``).
         """
+        if sparse:
+            return self._sparse_hessian(x, params, check)
         return self._hessian(x, params, check, False)
 
     def _hessian(self, x, params=None, check: str = "raise", keep_failed: bool = False):
@@ -1261,6 +1290,127 @@ class Tape:
         H, *mask = self._guarded(valid, check, (H,), single, keep_failed)
         H = H[0] if single else H
         return (H, *mask) if check != "raise" else H
+
+
+    # -- sparse derivatives (patterns in _sparsity, colourings in _colouring) -------------
+    def jacobian_sparsity(self):
+        """The pattern of the Jacobian: which entries can be nonzero on this tape.
+
+        Computed from the instructions, with no evaluation, by propagating the set of
+        inputs each value depends on (``tapejit/_sparsity.py``); kept by the tape. Exact
+        for the recorded branch up to numerical cancellation: every entry that a point
+        on this branch can make nonzero is in it, whatever the parameters' values (a
+        parameter counts as possibly nonzero), and an entry is left out only when no
+        path from the input to the output carries a partial that can be nonzero. A few
+        instructions are conservative (all their results depend on all their operands):
+        the linear-algebra families (``solve``, ``inv``, ``det``, ``cholesky``,
+        ``eigh``, ...), and ``max``/``min`` reductions, whose derivative goes to
+        whichever element is the extreme at the point.
+
+        Returns
+        -------
+        scipy.sparse.csr_array
+            ``(n_outputs, n_inputs)``, bool, sorted indices.
+        """
+        return self._sparse_plan("jacobian_pattern").copy()
+
+    def hessian_sparsity(self):
+        """The pattern of the Hessian of a one-output tape.
+
+        Computed from the instructions (``tapejit/_sparsity.py``): for each instruction
+        whose result reaches the output through partials that can be nonzero, each pair
+        of its operands with a second partial that can be nonzero (from the op table)
+        contributes the products of their input sets. Exact for the recorded branch up
+        to numerical cancellation, independent of parameter values, conservative for
+        the linear-algebra families and for products (``prod``, ``cumprod``) as
+        :meth:`jacobian_sparsity` says; kept by the tape.
+
+        Returns
+        -------
+        scipy.sparse.csr_array
+            ``(n_inputs, n_inputs)``, bool, symmetric, sorted indices.
+        """
+        self._scalar_output("hessian_sparsity")
+        return self._sparse_plan("hessian_pattern").copy()
+
+    def _sparse_plan(self, key: str):
+        """The pattern or compression ``key``, computed on first use and kept (a race
+        computes it twice, the same)."""
+        plan = self._sparse.get(key)
+        if plan is None:
+            from . import _colouring, _sparsity
+
+            if key == "jacobian_pattern":
+                plan = _sparsity.jacobian_sparsity(Program.from_tape(self))
+            elif key == "hessian_pattern":
+                plan = _sparsity.hessian_sparsity(Program.from_tape(self))
+            elif key == "hessian":
+                plan = _colouring.hessian_compression(self._sparse_plan("hessian_pattern"))
+            else:  # "jacobian_<mode>"
+                plan = _colouring.jacobian_compression(self._sparse_plan("jacobian_pattern"),
+                                                       key.split("_", 1)[1])
+            self._sparse[key] = plan
+        return plan
+
+    def _sparse_result(self, plan, data: np.ndarray, single: bool, valid, check: str):
+        """The recovered nonzeros ``data (n_points, nnz)`` as a ``csr_array`` (one point)
+        or a ``SparseStack``, with the guard policy applied."""
+        from ._colouring import SparseStack
+
+        data, *mask = self._guarded(valid, check, (data,), single)
+        pat = plan.pattern
+        if single:
+            import scipy.sparse as sp
+
+            res = sp.csr_array((data[0], pat.indices, pat.indptr), shape=pat.shape)
+        else:
+            res = SparseStack(pat, data)
+        return (res, *mask) if check != "raise" else res
+
+    def _sparse_inputs(self, x, params, out, what: str):
+        if out is not None:
+            raise ValueError(f"{what}(sparse=True) cannot write into out=; drop out=")
+        if (type(x) is not _ND or type(params) not in PLAIN) and dask_in(x, params):
+            raise TypeError(f"{what}(sparse=True) does not take Dask arrays; compute "
+                            "the points first or use the dense form")
+        return self._prepare(x, params)
+
+    def _sparse_jacobian(self, x, params, out, mode: str, check: str):
+        if mode not in ("auto", "forward", "reverse"):
+            raise ValueError(f"mode must be 'auto', 'forward' or 'reverse'; got {mode!r}")
+        self._check_arg(check)
+        X, P, single = self._sparse_inputs(x, params, out, "jacobian")
+        plan = self._sparse_plan("jacobian_" + mode)
+        data, valid = self._sparse_data(plan, X, P)
+        return self._sparse_result(plan, data, single, valid, check)
+
+    def _sparse_hessian(self, x, params, check: str):
+        self._scalar_output("hessian")
+        self._check_arg(check)
+        X, P, single = self._sparse_inputs(x, params, None, "hessian")
+        plan = self._sparse_plan("hessian")
+        data, valid = self._sparse_data(plan, X, P)
+        return self._sparse_result(plan, data, single, valid, check)
+
+    def _sparse_data(self, plan, X: np.ndarray, P: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """The nonzeros ``(n_points, nnz)`` of the derivative ``plan`` compresses (in its
+        pattern's CSR order) at points ``X``, one sweep direction per colour, and the
+        guard validity per point."""
+        n, k = X.shape[0], plan.n_colours
+        if plan.mode == "hessian":
+            comp, valid = self._hvp_batch(X, P, plan.seeds.reshape(1, k, self._n_in))
+        elif plan.mode == "forward":
+            comp = np.empty((n, self._n_out, k))
+            valid = self._jvp_batch(X, P, plan.seeds.reshape(1, k, self._n_in),
+                                    np.empty((n, self._n_out)), comp)
+        else:  # one adjoint sweep per colour: the points repeated, one seed each
+            Xr = np.repeat(X, k, axis=0)
+            Pr = np.repeat(P, k, axis=0) if P.shape[0] == n and n > 1 else P
+            comp = np.empty((n * k, self._n_in))
+            valid = self._vjp_batch(Xr, Pr, np.tile(plan.seeds, (n, 1)),
+                                    np.empty((n * k, self._n_out)), comp)
+            valid = valid.reshape(n, k).min(axis=1)
+        return comp.reshape(n, -1)[:, plan.take], valid
 
 
 # -- the package-internal interface (see the module docstring) ---------------------------
@@ -1361,6 +1511,27 @@ def evaluate_keep_failed(tape: Tape, method: str, x, *extra, params=None, **opti
     or ``"hessian"``; ``options``: the method's other keyword arguments (``mode=``)."""
     return _KEEPING[method](tape, x, *extra, params=params, check="mask", keep_failed=True,
                             **options)
+
+
+def sparse_compression(tape: Tape, which: str):
+    """The pattern and colouring (``_colouring.Compression``) that ``sparse_values``
+    uses for ``which`` (``"jacobian"`` or ``"hessian"``), computed now if not yet."""
+    if which == "hessian":
+        tape._scalar_output("hessian")
+    return tape._sparse_plan("hessian" if which == "hessian" else "jacobian_auto")
+
+
+def sparse_values(tape: Tape, which: str, x: np.ndarray, params=None) -> np.ndarray:
+    """The nonzeros of ``tape.jacobian(x, params, sparse=True)`` (``which="jacobian"``)
+    or ``tape.hessian(...)`` (``"hessian"``) at one point, in the CSR order of
+    ``tape.jacobian_sparsity()`` / ``hessian_sparsity()``, without building the matrix
+    (for solvers' callbacks); :class:`BranchError` where a guard fails."""
+    plan = sparse_compression(tape, which)
+    X, P, single = tape._prepare(x, params)
+    if not single:
+        raise ValueError(f"x must have shape ({tape.n_inputs},): one point")
+    data, valid = tape._sparse_data(plan, X, P)
+    return tape._guarded(valid, "raise", (data,), True)[0][0]
 
 
 def install_for_tests(tape: Tape, *, plan: np.ndarray | None = None,

@@ -5,6 +5,10 @@
   Hessians from the same tape.
 * :func:`least_squares` wraps :func:`scipy.optimize.least_squares` with the residual
   Jacobian from the tape.
+* :func:`ipopt` solves constrained problems with IPOPT (through cyipopt), with exact
+  sparse derivatives: the objective's gradient, the constraints' Jacobian and the
+  Hessian of the Lagrangian, each from a tape, the sparse ones through colourings of
+  their patterns (:meth:`Tape.jacobian_sparsity <tapejit.Tape.jacobian_sparsity>`).
 * :func:`multistart` runs Adam or gradient descent from many starting points at once,
   one batched sweep over all of them per step (no scipy needed).
 
@@ -17,7 +21,8 @@ re-recording) or, for ints, strings and other hashable non-arrays, static argume
 are part of the cache key.
 
 scipy is an optional dependency (``pip install tapejit[opt]``), imported when
-:func:`minimize` or :func:`least_squares` is called.
+:func:`minimize` or :func:`least_squares` is called; cyipopt too (``pip install
+tapejit[ipopt]``), imported when :func:`ipopt` is called.
 """
 
 from __future__ import annotations
@@ -28,10 +33,12 @@ from typing import Any
 import numpy as np
 from numpy.typing import ArrayLike
 
+from ._nlp import Constraints, IpoptProblem, bounds_arrays
+from ._record import record
 from ._tape import Tape
 from ._transforms import Call, tape_cache
 
-__all__ = ["MultistartResult", "least_squares", "minimize", "multistart"]
+__all__ = ["MultistartResult", "ipopt", "least_squares", "minimize", "multistart"]
 
 #: scipy methods that use no derivatives at all: they get the value alone.
 _DERIVATIVE_FREE = frozenset({"nelder-mead", "powell", "cobyla", "cobyqa"})
@@ -43,6 +50,9 @@ _HESS_METHODS = frozenset({"dogleg", "trust-exact"})
 _ADAM_BETA1 = 0.9
 _ADAM_BETA2 = 0.999
 _ADAM_EPS = 1e-8
+#: IPOPT's default ``nlp_lower_bound_inf`` / ``nlp_upper_bound_inf`` are -1e19 / 1e19:
+#: bounds beyond them are no bounds.
+_IPOPT_INF = 1e20
 
 
 def _import_scipy_optimize() -> Any:
@@ -277,8 +287,16 @@ def minimize(
         passed to scipy unchanged.
     **scipy_options
         Passed to :func:`scipy.optimize.minimize`: ``bounds``, ``constraints``, ``tol``,
-        ``callback``, ``options``. Callbacks and constraint functions see the flattened
-        ``x``. ``jac`` and ``hessp`` are supplied from the tape and cannot be given.
+        ``callback``, ``options``. Callbacks see the flattened ``x``. ``jac`` and
+        ``hessp`` are supplied from the tape and cannot be given. With
+        ``method="trust-constr"``, constraints given as ``{"type": ..., "fun": ...}``
+        dicts without a ``"jac"`` and as
+        :class:`~scipy.optimize.NonlinearConstraint` with scipy's default derivatives
+        (``jac="2-point"``, a quasi-Newton ``hess``) are recorded, at ``x0`` in the shape
+        of ``x0``, and get exact derivatives from their tapes: the Jacobian and the
+        Hessian of ``v . c(x)`` as ``scipy.sparse`` matrices (computed through
+        colourings of their patterns); other constraints, and those of other methods,
+        are passed to scipy unchanged (scipy then calls them with the flattened ``x``).
 
     Returns
     -------
@@ -321,6 +339,9 @@ def minimize(
     else:
         fun, jac = obj.value_and_grad, True
     h, hp = _second_order(obj, meth, hess)
+    if meth == "trust-constr" and scipy_options.get("constraints") is not None:
+        scipy_options["constraints"] = _tape_constraints(
+            so, scipy_options["constraints"], obj.x0, obj.shape)
     kwargs: dict[str, Any] = {}
     if jac is not None:
         kwargs["jac"] = jac
@@ -335,6 +356,166 @@ def minimize(
     res["nhev"] = obj.nhev
     res["tape"] = obj.tape
     return res
+
+
+def _tape_constraints(so: Any, constraints: Any, x0: np.ndarray,
+                      shape: tuple[int, ...]) -> list[Any]:
+    """``trust-constr``'s constraints: each one scipy would differentiate itself (a dict
+    without ``jac``, a ``NonlinearConstraint`` with the default ``"2-point"`` Jacobian and
+    quasi-Newton Hessian) as a ``NonlinearConstraint`` with tape derivatives; the others
+    unchanged."""
+    items = [constraints] if isinstance(constraints, dict) or not isinstance(
+        constraints, list | tuple) else list(constraints)
+    out = []
+    for con in items:
+        if isinstance(con, dict) and "jac" not in con:
+            pass
+        elif (isinstance(con, so.NonlinearConstraint) and isinstance(con.jac, str)
+              and isinstance(con.hess, so.HessianUpdateStrategy)):
+            pass
+        else:
+            out.append(con)
+            continue
+        c = Constraints(con, x0, shape)
+        lb, ub = c.cl, c.cu
+        out.append(so.NonlinearConstraint(c.fun, lb, ub, jac=c.jac, hess=c.hess))
+    return out
+
+
+def ipopt(
+    fun: Callable[..., Any],
+    x0: ArrayLike,
+    args: tuple = (),
+    *,
+    constraints: Any = (),
+    bounds: Any = None,
+    tol: float | None = None,
+    options: dict[str, Any] | None = None,
+) -> Any:
+    """Minimize ``fun`` subject to constraints and bounds with IPOPT and exact sparse
+    derivatives.
+
+    ``fun``, the constraint functions and the Lagrangian
+    ``sigma * fun(x) + lambda . g(x)`` (``g``: every constraint's values, stacked) are
+    each recorded once, at ``x0``. IPOPT gets the objective's value and gradient from one
+    sweep, the constraints' Jacobian and the Lagrangian's Hessian (its lower triangle) as
+    sparse matrices with the patterns read from the tapes
+    (:meth:`Tape.jacobian_sparsity <tapejit.Tape.jacobian_sparsity>`,
+    :meth:`Tape.hessian_sparsity <tapejit.Tape.hessian_sparsity>`), evaluated through
+    colourings of them: a few sweeps per evaluation, not one per variable.
+
+    Parameters
+    ----------
+    fun : callable
+        ``fun(x, *args) -> float``, plain numpy.
+    x0 : array_like
+        Starting point, of any shape (IPOPT works on it flattened; the functions get
+        ``x`` in this shape, and the result's ``x`` has it).
+    args : tuple, optional
+        Extra arguments of ``fun``, recorded as tape parameters (floats or arrays), not
+        differentiated.
+    constraints : dict, NonlinearConstraint or sequence of them, optional
+        ``{"type": "eq" | "ineq", "fun": c, "args": (...)}`` means ``c(x, *args) == 0``
+        or ``>= 0`` (scipy's convention); ``scipy.optimize.NonlinearConstraint(c, lb,
+        ub)`` means ``lb <= c(x) <= ub``. ``c`` returns a number or an array (flattened).
+        Derivatives given with them are not used: they come from the tapes.
+    bounds : scipy.optimize.Bounds or sequence of (lo, hi), optional
+        Bounds on the flattened ``x`` (``None`` or ``inf``: no bound).
+    tol : float, optional
+        IPOPT's ``tol``.
+    options : dict, optional
+        IPOPT options (``{"max_iter": 500, "print_level": 5, "mu_strategy":
+        "adaptive"}``). By default IPOPT prints nothing (``print_level`` 0, ``sb``
+        ``"yes"``).
+
+    Returns
+    -------
+    scipy.optimize.OptimizeResult
+        ``x`` (shape of ``x0``), ``fun``, ``success`` (IPOPT solved the problem to
+        ``tol``), ``status`` and ``message`` (IPOPT's), ``nit`` (IPOPT iterations),
+        ``nfev`` (objective sweeps, each with its gradient), ``njev`` (the same
+        sweeps), ``ncev`` and ``ncjev`` (constraint values and Jacobians), ``nhev``
+        (Lagrangian Hessians), ``constr`` (``g`` at ``x``), ``mult_g`` (the
+        constraints' multipliers), ``mult_x_L`` and ``mult_x_U`` (the bounds'),
+        ``derivative_seconds`` (wall time spent in tapejit's callbacks) and ``tapes``
+        (objective, constraints, Lagrangian).
+
+    Raises
+    ------
+    ImportError
+        If cyipopt is not installed (``pip install tapejit[ipopt]``).
+    BranchError
+        If a function takes, at a point IPOPT tries, a Python branch other than the one
+        recorded at ``x0`` (write the branch with ``np.where``), or a matrix instruction
+        fails there.
+    ValueError, TypeError
+        For bad arguments: ``fun`` not scalar, malformed constraints or bounds.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from tapejit.optimize import ipopt
+    >>> res = ipopt(lambda x: np.sum(x ** 2), np.array([2.0, 0.0]),
+    ...             constraints={"type": "eq", "fun": lambda x: x[0] + x[1] - 1.0})
+    >>> np.round(res.x, 6).tolist(), res.success
+    ([0.5, 0.5], True)
+    """
+    try:
+        import cyipopt
+    except ImportError as exc:
+        raise ImportError("tapejit.optimize.ipopt needs cyipopt; install it with "
+                          "`pip install tapejit[ipopt]` (or `pip install cyipopt-wheels`)"
+                          ) from exc
+    so = _import_scipy_optimize()
+    if not callable(fun):
+        raise TypeError(f"fun must be callable; got {type(fun).__name__}")
+    args = args if isinstance(args, tuple) else (args,)
+    x0 = np.asarray(x0)
+    if x0.dtype.kind not in "iuf":
+        raise TypeError(f"x0 must hold real numbers; got dtype {x0.dtype}")
+    shape = x0.shape
+    x = np.array(x0, dtype=np.float64).ravel()
+    n = x.size
+    if n == 0:
+        raise ValueError("x0 must have at least one element")
+
+    def objective(xf, *a):
+        return fun(np.reshape(xf, shape), *a)
+
+    f_tape = record(objective, x, *args, argnums=0)
+    _scalar(f_tape)
+    cons = Constraints(constraints, x, shape)
+
+    def lagrangian(xf, sigma, lam, *a):
+        out = sigma * objective(xf, *a)
+        return out + np.dot(lam, cons.values(xf)) if cons.m else out
+
+    l_tape = record(lagrangian, x, 1.0, np.zeros(cons.m), *args, argnums=0)
+    lb, ub = bounds_arrays(bounds, n)
+    problem = IpoptProblem(f_tape, args, cons, l_tape)
+    nlp = cyipopt.Problem(n=n, m=cons.m, problem_obj=problem,
+                          lb=np.clip(lb, -_IPOPT_INF, _IPOPT_INF),
+                          ub=np.clip(ub, -_IPOPT_INF, _IPOPT_INF),
+                          cl=np.clip(cons.cl, -_IPOPT_INF, _IPOPT_INF),
+                          cu=np.clip(cons.cu, -_IPOPT_INF, _IPOPT_INF))
+    opts: dict[str, Any] = {"print_level": 0, "sb": "yes"}
+    if tol is not None:
+        opts["tol"] = float(tol)
+    opts.update(options or {})
+    for key, value in opts.items():
+        nlp.add_option(key, value)
+    xs, info = nlp.solve(x)
+    message = info["status_msg"]
+    if isinstance(message, bytes):
+        message = message.decode()
+    return so.OptimizeResult(
+        x=np.reshape(xs, shape), fun=float(info["obj_val"]), success=info["status"] == 0,
+        status=int(info["status"]), message=message, nit=problem.nit, nfev=problem.nfev,
+        njev=problem.njev, ncev=problem.ncev, ncjev=problem.ncjev, nhev=problem.nhev,
+        constr=info["g"], mult_g=info["mult_g"], mult_x_L=info["mult_x_L"],
+        mult_x_U=info["mult_x_U"], derivative_seconds=problem.seconds,
+        tapes=(f_tape, cons.tape, l_tape),
+    )
 
 
 def least_squares(

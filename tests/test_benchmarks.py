@@ -119,8 +119,13 @@ def _one_numba_thread() -> bool:
 
 #: Skips that are about this machine, not about tapejit: (asv's skip message, the
 #: condition that must hold here for it). Any other skip fails the test.
+def _no_cyipopt() -> bool:
+    return importlib.util.find_spec("cyipopt") is None
+
+
 ENVIRONMENT_SKIPS = (
     (re.compile(r"^jax (not importable|unavailable)"), _no_jax),  # the `compare` extra
+    (re.compile(r"^cyipopt unavailable"), _no_cyipopt),  # the `ipopt` extra
     (re.compile(r"^only \d+ threads here$"), _one_numba_thread),  # bench_scale.Threads
 )
 

@@ -1,0 +1,205 @@
+"""The COPS-style hanging chain solved by tapejit.optimize.ipopt and by CasADi's nlpsol,
+side by side in one process, and the chain's sparse Lagrangian Hessian against the dense
+one and CasADi's SX Hessian function (issue 23's targets).
+
+The chain has ``N`` links of length ``L / N`` between (0, 1) and (1, 3), ``L = 4``;
+variables: the ``N + 1`` points' coordinates ``x``, ``y`` (the end points fixed by
+bounds); objective: the potential energy ``sum (y_i + y_(i+1)) / (2 N)``; ``N`` equality
+constraints ``|p_(i+1) - p_i|^2 = (L / N)^2``. Both solvers start from the same point and
+run IPOPT with the same options (``tol`` 1e-8, the defaults otherwise).
+
+Run: ``python asv_bench/measure_hanging_chain.py [N ...]`` (default 500 2000 5000;
+CasADi is skipped where it is not installed, and for N > 2000 unless ``--casadi-all``).
+``--ipopt mumps_permuting_scaling=0`` (an IPOPT option, given to both solvers) turns off
+MUMPS's permuting scaling, which takes most of the solve's time on this problem as N
+grows (at N = 2000 with the IPOPT of cyipopt-wheels: 21 s with it, 0.8 s without, the
+same 19 iterations; at N = 5000 three iterations took 11 minutes with it).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+
+import numpy as np
+
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
+
+import tapejit
+from tapejit import _colouring
+from tapejit.optimize import ipopt
+
+L = 4.0
+TOL = 1e-8
+
+
+def problem(N: int):
+    def f(z):
+        y = z[N + 1 :]
+        return np.sum(y[:-1] + y[1:]) / (2 * N)
+
+    def g(z):
+        x, y = z[: N + 1], z[N + 1 :]
+        return (x[1:] - x[:-1]) ** 2 + (y[1:] - y[:-1]) ** 2 - (L / N) ** 2
+
+    t = np.linspace(0.0, 1.0, N + 1)
+    z0 = np.concatenate([t, 1.0 + 2.0 * t - 4.0 * t * (1.0 - t)])
+    lb = np.full(2 * N + 2, -np.inf)
+    ub = np.full(2 * N + 2, np.inf)
+    for i, v in ((0, 0.0), (N, 1.0), (N + 1, 1.0), (2 * N + 1, 3.0)):
+        lb[i] = ub[i] = v
+    return f, g, z0, lb, ub
+
+
+def solve_tapejit(N: int, options: dict) -> dict:
+    from scipy.optimize import Bounds
+
+    f, g, z0, lb, ub = problem(N)
+    t = time.perf_counter()
+    res = ipopt(f, z0, constraints={"type": "eq", "fun": g}, bounds=Bounds(lb, ub), tol=TOL,
+                options=options)
+    total = time.perf_counter() - t
+    return {"f": res.fun, "iters": res.nit, "total": total, "callbacks": res.derivative_seconds,
+            "status": res.message, "x": res.x}
+
+
+def solve_casadi(N: int, options: dict) -> dict:
+    import casadi as ca
+
+    _, _, z0, lb, ub = problem(N)
+    t = time.perf_counter()
+    z = ca.SX.sym("z", 2 * N + 2)
+    x, y = z[: N + 1], z[N + 1 :]
+    fz = ca.sum1(y[:-1] + y[1:]) / (2 * N)
+    gz = (x[1:] - x[:-1]) ** 2 + (y[1:] - y[:-1]) ** 2 - (L / N) ** 2
+    solver = ca.nlpsol("chain", "ipopt", {"x": z, "f": fz, "g": gz},
+                       {"print_time": False, "ipopt.print_level": 0, "ipopt.sb": "yes",
+                        "ipopt.tol": TOL, **{f"ipopt.{k}": v for k, v in options.items()}})
+    build = time.perf_counter() - t
+    t = time.perf_counter()
+    sol = solver(x0=z0, lbx=lb, ubx=ub, lbg=0.0, ubg=0.0)
+    solve = time.perf_counter() - t
+    st = solver.stats()
+    cb = sum(v for k, v in st.items() if k.startswith("t_wall_nlp_"))
+    return {"f": float(sol["f"]), "iters": st["iter_count"], "build": build, "solve": solve,
+            "callbacks": cb, "status": st["return_status"], "x": np.array(sol["x"]).ravel()}
+
+
+def hessian_times(N: int, dense_limit: int) -> dict:
+    f, g, z0, _, _ = problem(N)
+
+    def lag(z, sigma, lam):
+        return sigma * f(z) + np.dot(lam, g(z))
+
+    tape = tapejit.record(lag, z0, 1.0, np.ones(N), argnums=0)
+    params = np.concatenate([[1.0], np.random.default_rng(0).uniform(0.5, 1.5, N)])
+    t = time.perf_counter()
+    pattern = tape.hessian_sparsity()
+    t_pattern = time.perf_counter() - t
+    t = time.perf_counter()
+    star = _colouring.star_colouring(pattern)
+    t_colour = time.perf_counter() - t
+    d2 = _colouring.distance2_colouring(pattern)
+    band = []
+    for _ in range(30):
+        t = time.perf_counter()
+        banded = _colouring.banded_colouring(pattern)
+        band.append(time.perf_counter() - t)
+    tape.hessian(z0, params, sparse=True)  # the colouring, kept
+    reps = []
+    for _ in range(30):
+        t = time.perf_counter()
+        tape.hessian(z0, params, sparse=True)
+        reps.append(time.perf_counter() - t)
+    out = {"pattern": t_pattern, "colouring": t_colour, "star": int(star.max()) + 1,
+           "d2": int(d2.max()) + 1, "sparse": min(reps), "nnz": pattern.nnz,
+           "banded": None if banded is None else (int(banded.max()) + 1, min(band))}
+    if 2 * N + 2 <= dense_limit:
+        t = time.perf_counter()
+        tape.hessian(z0, params)
+        out["dense"] = time.perf_counter() - t
+    return out
+
+
+def casadi_hessian_time(N: int) -> tuple[float, float]:
+    """Seconds of one call of CasADi's SX function of the Lagrangian's Hessian from Python
+    (numpy in, sparse DM out), and of building it."""
+    import casadi as ca
+
+    _, _, z0, _, _ = problem(N)
+    t = time.perf_counter()
+    z, sigma, lam = ca.SX.sym("z", 2 * N + 2), ca.SX.sym("sigma"), ca.SX.sym("lam", N)
+    x, y = z[: N + 1], z[N + 1 :]
+    lag = (sigma * ca.sum1(y[:-1] + y[1:]) / (2 * N)
+           + ca.dot(lam, (x[1:] - x[:-1]) ** 2 + (y[1:] - y[:-1]) ** 2 - (L / N) ** 2))
+    H, _ = ca.hessian(lag, z)
+    fn = ca.Function("h", [z, sigma, lam], [H])
+    build = time.perf_counter() - t
+    lam0 = np.random.default_rng(0).uniform(0.5, 1.5, N)
+    fn(z0, 1.0, lam0)
+    reps = []
+    for _ in range(30):
+        t = time.perf_counter()
+        fn(z0, 1.0, lam0)
+        reps.append(time.perf_counter() - t)
+    return min(reps), build
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("sizes", nargs="*", type=int, default=[500, 2000, 5000])
+    ap.add_argument("--casadi-all", action="store_true", help="CasADi also above N = 2000")
+    ap.add_argument("--dense-limit", type=int, default=10010,
+                    help="time the dense Hessian up to this many variables")
+    ap.add_argument("--ipopt", action="append", default=[], metavar="NAME=VALUE",
+                    help="an IPOPT option for both solvers (repeatable), e.g. "
+                         "mumps_permuting_scaling=0")
+    opts = ap.parse_args()
+    options = {}
+    for item in opts.ipopt:
+        name, _, value = item.partition("=")
+        options[name] = int(value) if value.lstrip("-").isdigit() else value
+    try:
+        import casadi  # noqa: F401
+        have_casadi = True
+    except ImportError:
+        have_casadi = False
+    t = time.perf_counter()
+    solve_tapejit(5, options)
+    print(f"(first solve in this process, N = 5, loading tapejit's kernels: "
+          f"{(time.perf_counter() - t) * 1e3:.0f} ms; not in the times below)")
+    for N in opts.sizes:
+        print(f"== hanging chain N = {N}: {2 * N + 2} variables, {N} constraints")
+        h = hessian_times(N, opts.dense_limit)
+        line = (f"   Lagrangian Hessian: pattern {h['pattern'] * 1e3:.1f} ms ({h['nnz']} nnz), "
+                f"star colouring {h['star']} colours in {h['colouring'] * 1e3:.1f} ms "
+                f"(greedy distance-2: {h['d2']}), sparse evaluation "
+                f"{h['sparse'] * 1e3:.3f} ms")
+        if "dense" in h:
+            line += f", dense {h['dense'] * 1e3:.1f} ms ({h['dense'] / h['sparse']:.0f}x)"
+        print(line)
+        if h["banded"] is not None:
+            k, tb = h["banded"]
+            print(f"   the tape's colouring (banded, j mod {k}): {tb * 1e6:.1f} us, "
+                  f"{tb / h['sparse']:.1%} of one sparse evaluation")
+        if have_casadi:
+            call, build = casadi_hessian_time(N)
+            print(f"   CasADi SX hessian function from Python: {call * 1e3:.3f} ms per call "
+                  f"(built in {build * 1e3:.0f} ms)")
+        tj = solve_tapejit(N, options)
+        print(f"   tapejit ipopt: f = {tj['f']:.10f}, {tj['iters']} iterations, "
+              f"{tj['total'] * 1e3:.1f} ms total (recording included), "
+              f"{tj['callbacks'] * 1e3:.1f} ms in derivative callbacks; {tj['status']}")
+        if have_casadi and (N <= 2000 or opts.casadi_all):
+            cs = solve_casadi(N, options)
+            print(f"   casadi nlpsol: f = {cs['f']:.10f}, {cs['iters']} iterations, build "
+                  f"{cs['build'] * 1e3:.1f} ms + solve {cs['solve'] * 1e3:.1f} ms, "
+                  f"t_wall_nlp_* {cs['callbacks'] * 1e3:.1f} ms; {cs['status']}")
+            print(f"   max |x_tapejit - x_casadi| = {np.abs(tj['x'] - cs['x']).max():.2e}, "
+                  f"total time ratio {tj['total'] / (cs['build'] + cs['solve']):.2f}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,462 @@
+"""Sparsity patterns from the tape, colourings, and sparse Jacobians and Hessians.
+
+Every pattern is checked against dense derivatives at random points: it must contain
+every nonzero (a sparse result recovered through a colouring of it must equal the dense
+one), and where the program has no conservative rule and no cancellation, it must equal
+the union of the nonzeros over a few random points.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import scipy.sparse as sp
+
+import tapejit
+from tapejit import _colouring, _sparsity
+from tapejit._program import Program
+
+RTOL = 1e-10
+
+
+# ---------------------------------------------------------------------------------------
+# random programs: block instructions with strides, and families
+# ---------------------------------------------------------------------------------------
+N_IN = 12
+
+
+def _unary(rng):
+    return rng.choice([np.sin, np.cos, np.tanh, np.exp, np.arctan, lambda u: u * u,
+                       lambda u: -u, lambda u: 2.0 * u + 1.0, lambda u: np.sqrt(2.0 + u),
+                       np.abs])
+
+
+def _binary(rng, families):
+    # operands may overlap: no op here has a derivative that cancels when a is b
+    ops = [np.add, np.multiply, lambda a, b: a / (2.0 + b * b), np.hypot]
+    if families == "all":  # cancellation (a - a), and derivatives zero at some points
+        ops += [np.subtract, np.arctan2, lambda a, b: np.where(a > b, a, b * b),
+                lambda a, b: a * (b > 0.5)]
+    return rng.choice(ops)
+
+
+def random_program(seed: int, families: str = "exact"):
+    """A random vector function of ``N_IN`` inputs (and two parameters).
+
+    ``families="exact"``: elementwise blocks over strided and reversed slices,
+    ``matmul`` (both operands traced, or one a constant without zeros), ``sum`` along an
+    axis, ``prod``, ``cumsum``, ``cumprod``; ``"all"`` also ``subtract`` and
+    ``arctan2`` (which cancel on overlapping operands), ``where`` and products with
+    comparisons (derivatives zero at some points) and ``max``, ``solve``, ``cholesky``
+    and ``det`` (conservative rules).
+    """
+    plan = np.random.default_rng(seed)
+    steps = []
+    for _ in range(plan.integers(4, 9)):
+        kinds = ["unary", "binary", "binary", "param", "matmul", "sum", "prod", "cumsum",
+                 "cumprod"]
+        if families == "all":
+            kinds += ["max", "solve", "cholesky", "det"]
+        steps.append((str(plan.choice(kinds)), int(plan.integers(1 << 30))))
+
+    def f(x, p):
+        pool = [x, x[::2], x[::-1], x[1:7]]
+        for kind, s in steps:
+            rng = np.random.default_rng(s)
+
+            def pick(size=None, rng=rng):
+                cands = [v for v in pool if size is None or v.size >= size]
+                v = cands[rng.integers(len(cands))]
+                if size is None:
+                    return v
+                start = int(rng.integers(v.size - size + 1))
+                return v[start : start + size]
+
+            if kind == "unary":
+                out = _unary(rng)(pick())
+            elif kind == "binary":
+                a = pick()
+                out = _binary(rng, families)(a, pick(a.size))
+            elif kind == "param":
+                out = p[0] * pick() + p[1]
+            elif kind == "matmul":
+                A = pick(6).reshape(2, 3)
+                B = pick(6).reshape(3, 2) if rng.random() < 0.5 else rng.uniform(1, 2, (3, 2))
+                out = (A @ B if rng.random() < 0.5 else (A.T @ B.T).T).ravel()
+            elif kind == "sum":
+                out = np.sum(pick(6).reshape(2, 3), axis=int(rng.integers(2)))
+            elif kind == "prod":
+                out = np.prod(pick(4).reshape(2, 2), axis=int(rng.integers(2)))
+            elif kind == "cumsum":
+                out = np.cumsum(pick(6).reshape(3, 2), axis=int(rng.integers(2))).ravel()
+            elif kind == "cumprod":
+                out = np.cumprod(1.0 + 0.1 * pick(4))
+            elif kind == "max":
+                out = np.max(pick(6).reshape(2, 3), axis=1)
+            elif kind == "solve":
+                M = np.diag(np.full(2, 3.0)) + 0.1 * pick(4).reshape(2, 2)
+                out = np.linalg.solve(M, pick(2))
+            elif kind == "cholesky":
+                a = pick(4).reshape(2, 2)
+                out = np.linalg.cholesky(a @ a.T + 2.0 * np.eye(2)).ravel()
+            else:
+                out = np.atleast_1d(np.linalg.det(np.eye(2) + 0.1 * pick(4).reshape(2, 2)))
+            pool.append(out)
+        return np.concatenate([np.atleast_1d(v) for v in pool[4:]])
+
+    return f
+
+
+def points(seed: int, n: int) -> np.ndarray:
+    return np.random.default_rng(seed).uniform(0.1, 0.9, (n, N_IN))
+
+
+PARAMS = np.array([0.7, -0.3])
+SEEDS = range(24)
+
+
+def union_of_nonzeros(mats: np.ndarray) -> np.ndarray:
+    return (mats != 0).any(axis=0)
+
+
+def _scalar(f):
+    def h(x, p):
+        y = f(x, p)
+        return np.sum(np.sin(y) * y[::-1]) + np.sum(y[: y.size // 2]) * p[0]
+    return h
+
+
+# ---------------------------------------------------------------------------------------
+# patterns
+# ---------------------------------------------------------------------------------------
+@pytest.mark.parametrize("families", ["exact", "all"])
+@pytest.mark.parametrize("seed", SEEDS)
+def test_jacobian_pattern_of_random_programs(seed, families):
+    f = random_program(seed, families)
+    X = points(seed, 4)
+    tape = tapejit.record(f, X[0], PARAMS, argnums=0)
+    pat = tape.jacobian_sparsity()
+    assert pat.shape == (tape.n_outputs, N_IN) and pat.dtype == bool
+    J = tape.jacobian(X, PARAMS)
+    seen = union_of_nonzeros(J)
+    dense = pat.toarray()
+    assert not (seen & ~dense).any(), "a nonzero outside the pattern"
+    if families == "exact":
+        np.testing.assert_array_equal(dense, seen)
+    # forward and backward propagation give the same pattern
+    p = Program.from_tape(tape)
+    S, Y = _sparsity.input_sets(p), _sparsity.output_sets(p)
+    nd = p.first_adjoint
+    fwd = np.zeros_like(dense)
+    for o, slot in enumerate(p.outputs.tolist()):
+        fwd[o, sorted(S[slot])] = True
+    bwd = np.zeros_like(dense)
+    for i in range(N_IN):
+        bwd[sorted(Y[nd + i]), i] = True
+    np.testing.assert_array_equal(fwd, dense)
+    np.testing.assert_array_equal(bwd, dense)
+
+
+@pytest.mark.parametrize("families", ["exact", "all"])
+@pytest.mark.parametrize("seed", SEEDS)
+def test_hessian_pattern_of_random_programs(seed, families):
+    f = _scalar(random_program(seed, families))
+    X = points(seed, 4)
+    tape = tapejit.record(f, X[0], PARAMS, argnums=0)
+    pat = tape.hessian_sparsity()
+    dense = pat.toarray()
+    assert pat.dtype == bool and (dense == dense.T).all()
+    H = tape.hessian(X, PARAMS)
+    seen = union_of_nonzeros(H)
+    assert not (seen & ~dense).any(), "a nonzero outside the pattern"
+
+
+def test_exact_patterns_of_known_functions():
+    n = 9
+
+    def banded(x):
+        return np.sum(np.sin(x[1:] * x[:-1])) + np.sum(x[2:] ** 3 * x[:-2])
+
+    tape = tapejit.record(banded, np.ones(n))
+    i, j = np.indices((n, n))
+    np.testing.assert_array_equal(tape.hessian_sparsity().toarray(), abs(i - j) <= 2)
+    np.testing.assert_array_equal(tape.jacobian_sparsity().toarray(), np.ones((1, n), bool))
+
+    def linear_then_square(x):  # x0 + 2 x1 is linear: only the square couples
+        return (x[0] + 2.0 * x[1]) ** 2 + x[2] + np.sum(x[3:] * 0.5)
+
+    tape = tapejit.record(linear_then_square, np.ones(5))
+    want = np.zeros((5, 5), bool)
+    want[:2, :2] = True
+    np.testing.assert_array_equal(tape.hessian_sparsity().toarray(), want)
+
+    def steps(x):  # comparisons, floor and stop_gradient pass nothing on
+        return np.floor(x[0]) * x[1] + (x[2] > 0) * x[3] + tapejit.stop_gradient(x[4]) * x[5]
+
+    tape = tapejit.record(steps, np.ones(6))
+    np.testing.assert_array_equal(tape.jacobian_sparsity().toarray(),
+                                  [[False, True, False, True, False, True]])
+    assert tape.hessian_sparsity().nnz == 0
+
+
+def test_parameters_count_as_nonzero():
+    def f(x, p):
+        return p[0] * x[0] * x[1] + x[2] * p[1]
+
+    tape = tapejit.record(f, np.ones(3), np.zeros(2), argnums=0)
+    # p = 0 makes the derivative zero at this point, but not the pattern (any p)
+    np.testing.assert_array_equal(tape.jacobian_sparsity().toarray(), [[True, True, True]])
+    h = tape.hessian_sparsity().toarray()
+    assert h[0, 1] and h[1, 0] and h.sum() == 2
+    assert np.count_nonzero(tape.hessian(np.ones(3), np.zeros(2))) == 0
+    assert np.count_nonzero(tape.hessian(np.ones(3), np.ones(2))) == 2
+
+
+def test_matmul_and_reduction_patterns_are_not_all_to_all():
+    def f(x):
+        A = x[:6].reshape(2, 3)
+        B = x[6:12].reshape(3, 2)
+        return np.concatenate([(A @ B).ravel(), np.sum(x[:6].reshape(2, 3), axis=1),
+                               np.cumsum(x[:3])])
+
+    tape = tapejit.record(f, np.ones(12))
+    pat = tape.jacobian_sparsity().toarray()
+    A = np.arange(6).reshape(2, 3)
+    B = 6 + np.arange(6).reshape(3, 2)
+    for i in range(2):
+        for j in range(2):
+            want = np.zeros(12, bool)
+            want[A[i]] = want[B[:, j]] = True
+            np.testing.assert_array_equal(pat[2 * i + j], want)
+    np.testing.assert_array_equal(pat[4], np.isin(np.arange(12), A[0]))
+    np.testing.assert_array_equal(pat[7], np.isin(np.arange(12), [0, 1]))
+    np.testing.assert_array_equal(pat[8], np.isin(np.arange(12), [0, 1, 2]))
+
+
+def test_products_with_sparse_constant_matrices_have_their_pattern():
+    A = sp.random_array((30, 40), density=0.1, rng=1).toarray()
+    B = sp.random_array((40, 3), density=0.3, rng=2).toarray()
+
+    def f(x):
+        X = x.reshape(40, 3)
+        return np.concatenate([(A @ X).ravel(), (X.T @ A.T).ravel(),
+                               (x.reshape(3, 40) @ B).ravel()])
+
+    tape = tapejit.record(f, np.ones(120))
+    J = tape.jacobian(np.random.default_rng(0).normal(size=120))
+    pat = tape.jacobian_sparsity().toarray()
+    np.testing.assert_array_equal(pat, J != 0)
+    p = Program.from_tape(tape)  # the backward propagation too
+    Y = _sparsity.output_sets(p)
+    bwd = np.zeros_like(pat)
+    for i in range(120):
+        bwd[sorted(Y[p.first_adjoint + i]), i] = True
+    np.testing.assert_array_equal(bwd, pat)
+    np.testing.assert_allclose(tape.jacobian(np.ones(120), sparse=True).toarray(),
+                               tape.jacobian(np.ones(120)), rtol=1e-13)
+
+
+def test_hessian_sparsity_needs_one_output():
+    tape = tapejit.record(lambda x: x * x, np.ones(3))
+    with pytest.raises(ValueError, match="one output"):
+        tape.hessian_sparsity()
+
+
+def test_patterns_are_kept_and_copied():
+    tape = tapejit.record(lambda x: np.sum(x[1:] * x[:-1]), np.ones(5))
+    a = tape.hessian_sparsity()
+    a.data[:] = False  # the caller's copy
+    assert tape.hessian_sparsity().toarray().sum() == 8
+
+
+# ---------------------------------------------------------------------------------------
+# colourings
+# ---------------------------------------------------------------------------------------
+def random_symmetric(seed: int, n: int, density: float) -> sp.csr_array:
+    m = sp.random_array((n, n), density=density, rng=seed, format="csr") != 0
+    return sp.csr_array(m + m.T + sp.eye_array(n, dtype=bool, format="csr"))
+
+
+def banded(n: int, half: int) -> sp.csr_array:
+    return sp.csr_array(sp.diags_array([np.ones(n - abs(k)) for k in range(-half, half + 1)],
+                                       offsets=range(-half, half + 1)) != 0)
+
+
+def arrowhead(n: int) -> sp.csr_array:
+    d = np.eye(n, dtype=bool)
+    d[0] = d[:, 0] = True
+    return sp.csr_array(d)
+
+
+def is_star_colouring(pattern, colour) -> bool:
+    adj = (pattern.toarray() & ~np.eye(pattern.shape[0], dtype=bool))
+    if (adj & (colour[:, None] == colour[None, :])).any():
+        return False
+    n = len(colour)
+    for v in range(n):  # every path v - w - x - y on two colours is forbidden
+        for w in np.flatnonzero(adj[v]):
+            for x in np.flatnonzero(adj[w]):
+                if x == v or colour[x] != colour[v]:
+                    continue
+                for y in np.flatnonzero(adj[x]):
+                    if y != w and colour[y] == colour[w]:
+                        return False
+    return True
+
+
+@pytest.mark.parametrize("seed", range(12))
+def test_star_colouring_is_a_star_colouring(seed):
+    pattern = random_symmetric(seed, 40, 0.05 + 0.01 * seed)
+    colour = _colouring.star_colouring(pattern)
+    assert is_star_colouring(pattern, colour)
+    # and it recovers every symmetric matrix of that pattern exactly
+    rng = np.random.default_rng(seed)
+    H = sp.csr_array(pattern, dtype=float)
+    H.data[:] = rng.normal(size=H.nnz)
+    H = (H + H.T).toarray()
+    comp = _colouring.hessian_compression(pattern)
+    HS = H @ comp.seeds.T  # (n, n_colours)
+    data = HS.T.ravel()[comp.take]
+    rows, cols = np.nonzero(pattern.toarray())
+    np.testing.assert_array_equal(data, H[rows, cols])
+
+
+@pytest.mark.parametrize("seed", range(8))
+def test_column_colouring_separates_columns_that_share_a_row(seed):
+    J = sp.random_array((30, 50), density=0.08, rng=seed, format="csr") != 0
+    colour = _colouring.column_colouring(J)
+    d = J.toarray().astype(int)
+    same = colour[:, None] == colour[None, :]
+    shared = (d.T @ d) > 0
+    assert not (shared & same & ~np.eye(50, dtype=bool)).any()
+
+
+@pytest.mark.parametrize(("name", "pattern"), [
+    ("tridiagonal", banded(200, 1)), ("pentadiagonal", banded(200, 2)),
+    ("band 5", banded(300, 5)), ("arrowhead", arrowhead(100)),
+    ("random", random_symmetric(3, 200, 0.02)),
+])
+def test_star_colours_within_one_of_distance2(name, pattern):
+    star = int(_colouring.star_colouring(pattern).max()) + 1
+    d2 = int(_colouring.distance2_colouring(pattern).max()) + 1
+    assert star <= d2 + 1, (name, star, d2)
+    if name == "arrowhead":
+        assert star == 2 and d2 == 100
+
+
+# ---------------------------------------------------------------------------------------
+# sparse evaluation
+# ---------------------------------------------------------------------------------------
+@pytest.mark.parametrize("mode", ["auto", "forward", "reverse"])
+@pytest.mark.parametrize("seed", range(0, 24, 3))
+def test_sparse_jacobian_equals_dense(seed, mode):
+    f = random_program(seed, "all")
+    X = points(seed, 5)
+    tape = tapejit.record(f, X[0], PARAMS, argnums=0)
+    J1 = tape.jacobian(X[0], PARAMS, sparse=True, mode=mode)
+    assert isinstance(J1, sp.csr_array) and J1.shape == (tape.n_outputs, N_IN)
+    np.testing.assert_allclose(J1.toarray(), tape.jacobian(X[0], PARAMS), rtol=RTOL,
+                               atol=1e-13)
+    Js = tape.jacobian(X, PARAMS, sparse=True, mode=mode)
+    assert isinstance(Js, tapejit.SparseStack) and len(Js) == 5
+    np.testing.assert_allclose(Js.toarray(), tape.jacobian(X, PARAMS), rtol=RTOL, atol=1e-13)
+    np.testing.assert_array_equal(Js[2].toarray(), Js.toarray()[2])
+    # per-point parameters
+    P = np.random.default_rng(seed).normal(size=(5, 2))
+    np.testing.assert_allclose(tape.jacobian(X, P, sparse=True, mode=mode).toarray(),
+                               tape.jacobian(X, P), rtol=RTOL, atol=1e-13)
+
+
+@pytest.mark.parametrize("seed", range(0, 24, 2))
+def test_sparse_hessian_equals_dense(seed):
+    f = _scalar(random_program(seed, "all"))
+    X = points(seed, 4)
+    tape = tapejit.record(f, X[0], PARAMS, argnums=0)
+    H1 = tape.hessian(X[0], PARAMS, sparse=True)
+    assert isinstance(H1, sp.csr_array)
+    np.testing.assert_allclose(H1.toarray(), tape.hessian(X[0], PARAMS), rtol=RTOL,
+                               atol=1e-12)
+    assert (H1 != H1.T).nnz == 0  # exactly symmetric
+    Hs = tape.hessian(X, PARAMS, sparse=True)
+    np.testing.assert_allclose(Hs.toarray(), tape.hessian(X, PARAMS), rtol=RTOL, atol=1e-12)
+
+
+def test_sparse_hessian_uses_few_colours_on_a_chain():
+    n = 400
+
+    def chain(x):
+        return np.sum((x[1:] - x[:-1]) ** 2 * np.cos(x[1:])) + np.sum(np.exp(x))
+
+    tape = tapejit.record(chain, np.zeros(n))
+    x = np.random.default_rng(0).normal(size=n)
+    H = tape.hessian(x, sparse=True)
+    assert H.nnz == 3 * n - 2
+    np.testing.assert_allclose(H.toarray(), tape.hessian(x), rtol=RTOL, atol=1e-12)
+    assert _colouring.hessian_compression(tape.hessian_sparsity()).n_colours == 3
+
+
+def test_sparse_results_follow_the_guards():
+    def f(x):
+        if x[0] > 0:
+            return np.sum(x[1:] * x[:-1])
+        return np.sum(x)
+
+    tape = tapejit.record(f, np.ones(4))
+    X = np.array([[1.0, 2.0, 3.0, 4.0], [-1.0, 2.0, 3.0, 4.0]])
+    with pytest.raises(tapejit.BranchError):
+        tape.hessian(X, sparse=True)
+    Hs, ok = tape.hessian(X, sparse=True, check="mask")
+    np.testing.assert_array_equal(ok, [True, False])
+    assert np.isnan(Hs.data[1]).all() and not np.isnan(Hs.data[0]).any()
+    J, ok1 = tape.jacobian(X[1], sparse=True, check="mask")
+    assert ok1 is False and np.isnan(J.data).all()
+
+
+def test_sparse_bad_arguments():
+    tape = tapejit.record(lambda x: x[1:] * x[:-1], np.ones(4))
+    with pytest.raises(ValueError, match="out="):
+        tape.jacobian(np.ones(4), out=np.empty((3, 4)), sparse=True)
+    with pytest.raises(ValueError, match="mode"):
+        tape.jacobian(np.ones(4), mode="sideways", sparse=True)
+    with pytest.raises(ValueError, match="shape"):
+        tape.jacobian(np.ones(5), sparse=True)
+    with pytest.raises(ValueError, match="one output"):
+        tape.hessian(np.ones(4), sparse=True)
+    with pytest.raises(ValueError, match="check"):
+        tape.jacobian(np.ones(4), sparse=True, check="ignore")
+
+
+def test_sparse_stack():
+    tape = tapejit.record(lambda x: np.sum(x[1:] ** 2 * x[:-1]), np.ones(5))
+    X = np.random.default_rng(1).normal(size=(3, 5))
+    st = tape.hessian(X, sparse=True)
+    assert st.shape == (5, 5) and st.data.shape == (3, st.pattern.nnz)
+    assert [m.shape for m in st] == [(5, 5)] * 3
+    np.testing.assert_array_equal(st[-1].toarray(), st.toarray()[2])
+    with pytest.raises(IndexError):
+        st[3]
+    assert "3 points" in repr(st)
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_banded_colouring_is_valid_and_used_only_when_optimal(seed):
+    rng = np.random.default_rng(seed)
+    n, half = 60, int(rng.integers(1, 4))
+    band = banded(n, half)
+    colour = _colouring.banded_colouring(band)
+    assert colour is not None and colour.max() + 1 == 2 * half + 1
+    assert is_star_colouring(band, colour)
+    # a band with holes in every row: j mod w would not be optimal, so not used
+    holes = band.toarray() & ~(np.abs(np.subtract.outer(np.arange(n), np.arange(n))) == 1)
+    assert _colouring.banded_colouring(sp.csr_array(holes)) is None
+    # a Jacobian whose rows span w columns, one row full: columns j mod w
+    J = sp.random_array((40, n), density=0.05, rng=seed).toarray() != 0
+    J[:, :] = False
+    for i in range(40):
+        J[i, i : i + 4] = rng.random(4) < 0.6
+    J[7, 7:11] = True
+    colour = _colouring.banded_colouring(sp.csr_array(J))
+    np.testing.assert_array_equal(colour, np.arange(n) % 4)
+    d = J.astype(int)
+    shared = (d.T @ d) > 0
+    assert not (shared & (colour[:, None] == colour[None, :]) & ~np.eye(n, dtype=bool)).any()
