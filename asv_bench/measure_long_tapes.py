@@ -1,0 +1,106 @@
+"""Issue #22's targets side by side in one run: long tapes' value and gradient.
+
+* The recurrence of ``benchmarks/_baselines.recurrence_f`` at 100, 1000 and 10000 steps
+  (801 to 80,001 instructions), at 1 to 10^4 points: ns per point and instruction, and
+  each long tape's figure over the 801-instruction tape's (the target: 1.5 at most).
+* The Lorenz fit of ``_baselines.lorenz_f`` (2000 RK4 steps, 3 parameters): recording,
+  one point and 1000 points, beside CasADi's SX function of the unrolled graph and JAX's
+  ``jit(value_and_grad)`` with the steps in ``lax.fori_loop`` where they are installed.
+
+Usage (the docs' performance page, *Long tapes*)::
+
+    python asv_bench/measure_long_tapes.py
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import time
+from functools import partial
+
+import numpy as np
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+
+from benchmarks import _baselines as B
+
+import tapejit
+
+
+def best(fn, reps=5):
+    """The fastest of ``reps`` calls, in seconds."""
+    times = []
+    for _ in range(reps):
+        t = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t)
+    return min(times)
+
+
+def recurrence_table() -> None:
+    print("== recurrence: value_and_grad, ns per point-instruction")
+    base = {}
+    for k in (100, 1000, 10000):
+        tape = tapejit.record(B.recurrence_f, B.RECURRENCE_X0, k=k)
+        ni = len(tape.opcodes)
+        row = [f"{ni:>6} instr"]
+        for n in (1, 100, 1000, 10000):
+            rng = np.random.default_rng(0)
+            X = rng.uniform(0.3, 0.8, (n, 2)) if n > 1 else np.array([0.5, 0.7])
+            tape.value_and_grad(X)
+            reps = 5 if ni * n < 1e8 else 3
+            ns = best(partial(tape.value_and_grad, X), reps) / (ni * n) * 1e9
+            base.setdefault(n, ns)
+            ratio = f" ({ns / base[n]:.2f}x of 801)" if k > 100 and n >= 1000 else ""
+            row.append(f"n={n}: {ns:.2f} ns{ratio}")
+        print("  ".join(row), flush=True)
+
+
+def lorenz() -> None:
+    print("== Lorenz fit, 2000 RK4 steps, 3 parameters")
+    p = np.asarray(B.LORENZ_P)
+    t0 = time.perf_counter()
+    tape = tapejit.record(B.lorenz_f, p.copy())
+    rec = time.perf_counter() - t0
+    ni = len(tape.opcodes)
+    print(f"tapejit record: {rec * 1e3:.0f} ms, {ni} instructions, "
+          f"{rec / ni * 1e6:.2f} us/instr")
+    tape.value_and_grad(p)
+    one = best(lambda: tape.value_and_grad(p), 20)
+    P = B.lorenz_points(1000)
+    tape.value_and_grad(P)
+    many = best(lambda: tape.value_and_grad(P), 5) / len(P)
+    print(f"tapejit: 1 point {one * 1e3:.3f} ms; 1000 points {many * 1e3:.4f} ms a point, "
+          f"{one / many:.1f}x faster per point than one point")
+    F = B.make_casadi_lorenz()
+    if F is None:
+        print("casadi: not installed")
+    else:
+        t0 = time.perf_counter()
+        F = B.make_casadi_lorenz()
+        build = time.perf_counter() - t0
+        F(p)
+        ca_one = best(lambda: F(p), 20)
+        Fm = F.map(len(P))
+        Fm(P.T)
+        ca_many = best(lambda: Fm(P.T), 3) / len(P)
+        print(f"casadi SX: build {build:.2f} s; 1 point {ca_one * 1e3:.3f} ms; map "
+              f"{ca_many * 1e3:.4f} ms a point; tapejit/casadi {one / ca_one:.2f} (1 point), "
+              f"{many / ca_many:.2f} (1000 points)")
+    if B._jax() is None:
+        print("jax: not installed")
+        return
+    t0 = time.perf_counter()
+    f = B.make_jax_lorenz()
+    pj = B.jax_put(p)
+    f(pj)
+    compile_s = time.perf_counter() - t0
+    jx = best(lambda: f(pj), 20)
+    print(f"jax jit(value_and_grad), fori_loop: compile {compile_s:.2f} s; 1 point "
+          f"{jx * 1e3:.3f} ms; tapejit/jax {one / jx:.2f}")
+
+
+if __name__ == "__main__":
+    recurrence_table()
+    lorenz()
