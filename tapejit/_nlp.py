@@ -193,6 +193,29 @@ class IpoptProblem:
         self._lower = rows >= hp.indices
         self._hess_rows, self._hess_cols = rows[self._lower], hp.indices[self._lower]
 
+    def reset(self) -> None:
+        """Zero the counters and forget the last point, for a new solve."""
+        self.nfev = self.njev = self.ncev = self.ncjev = self.nhev = self.nit = 0
+        self.seconds = 0.0
+        self._last = None
+
+    def screen(self, X: np.ndarray, bounds: tuple[np.ndarray, np.ndarray]
+               ) -> tuple[np.ndarray, np.ndarray]:
+        """Objective values and constraint violations at the flat points ``X`` (one
+        row each), from one batched sweep of each tape: the violation is the largest
+        distance of a variable or a constraint value outside its range (0: feasible);
+        NaN values where a point takes a branch other than the recorded one."""
+        v, ok = self.f.forward(X, self._params, check="mask")
+        lb, ub = bounds
+        viol = np.maximum(np.max(np.maximum(lb - X, X - ub), axis=1, initial=0.0), 0.0)
+        if self.cons.m:
+            g, ok_g = self.cons.tape.forward(X, check="mask")
+            g = np.reshape(g, (len(X), self.cons.m))
+            out = np.max(np.maximum(self.cons.cl - g, g - self.cons.cu), axis=1, initial=0.0)
+            viol = np.maximum(viol, out)
+            ok = ok & ok_g
+        return np.where(ok, v, np.nan), viol
+
     def _vg(self, x: np.ndarray) -> tuple[float, np.ndarray]:
         last = self._last
         if last is not None and np.array_equal(last[0], x):

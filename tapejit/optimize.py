@@ -33,12 +33,14 @@ from typing import Any
 import numpy as np
 from numpy.typing import ArrayLike
 
+from ._errors import BranchError
 from ._nlp import Constraints, IpoptProblem, bounds_arrays
 from ._record import record
 from ._tape import Tape
 from ._transforms import Call, tape_cache
 
-__all__ = ["MultistartResult", "ipopt", "least_squares", "minimize", "multistart"]
+__all__ = ["MultistartResult", "ipopt", "ipopt_multistart", "least_squares", "minimize",
+           "multistart"]
 
 #: scipy methods that use no derivatives at all: they get the value alone.
 _DERIVATIVE_FREE = frozenset({"nelder-mead", "powell", "cobyla", "cobyqa"})
@@ -460,13 +462,26 @@ def ipopt(
     >>> np.round(res.x, 6).tolist(), res.success
     ([0.5, 0.5], True)
     """
+    cyipopt, so = _ipopt_modules("ipopt")
+    problem, x, shape = _ipopt_setup(fun, x0, args, constraints, bounds)
+    return _ipopt_solve(cyipopt, so, problem, x, shape, bounds, tol, options)
+
+
+def _ipopt_modules(what: str) -> tuple[Any, Any]:
+    """cyipopt and scipy.optimize, or an ImportError naming the fix."""
     try:
         import cyipopt
     except ImportError as exc:
-        raise ImportError("tapejit.optimize.ipopt needs cyipopt; install it with "
+        raise ImportError(f"tapejit.optimize.{what} needs cyipopt; install it with "
                           "`pip install tapejit[ipopt]` (or `pip install cyipopt-wheels`)"
                           ) from exc
-    so = _import_scipy_optimize()
+    return cyipopt, _import_scipy_optimize()
+
+
+def _ipopt_setup(fun: Callable[..., Any], x0: ArrayLike, args: Any, constraints: Any,
+                 bounds: Any) -> tuple[IpoptProblem, np.ndarray, tuple[int, ...]]:
+    """The tapes of :func:`ipopt` recorded at ``x0``, as the callbacks' problem; ``x0``
+    flat, and its shape."""
     if not callable(fun):
         raise TypeError(f"fun must be callable; got {type(fun).__name__}")
     args = args if isinstance(args, tuple) else (args,)
@@ -491,8 +506,17 @@ def ipopt(
         return out + np.dot(lam, cons.values(xf)) if cons.m else out
 
     l_tape = record(lagrangian, x, 1.0, np.zeros(cons.m), *args, argnums=0)
+    bounds_arrays(bounds, n)  # checked now, before any solve
+    return IpoptProblem(f_tape, args, cons, l_tape), x, shape
+
+
+def _ipopt_solve(cyipopt: Any, so: Any, problem: IpoptProblem, x: np.ndarray,
+                 shape: tuple[int, ...], bounds: Any, tol: float | None,
+                 options: dict[str, Any] | None) -> Any:
+    """One IPOPT solve from flat ``x`` over ``problem``'s tapes (its counters restart)."""
+    problem.reset()
+    cons, n = problem.cons, x.size
     lb, ub = bounds_arrays(bounds, n)
-    problem = IpoptProblem(f_tape, args, cons, l_tape)
     nlp = cyipopt.Problem(n=n, m=cons.m, problem_obj=problem,
                           lb=np.clip(lb, -_IPOPT_INF, _IPOPT_INF),
                           ub=np.clip(ub, -_IPOPT_INF, _IPOPT_INF),
@@ -514,8 +538,97 @@ def ipopt(
         njev=problem.njev, ncev=problem.ncev, ncjev=problem.ncjev, nhev=problem.nhev,
         constr=info["g"], mult_g=info["mult_g"], mult_x_L=info["mult_x_L"],
         mult_x_U=info["mult_x_U"], derivative_seconds=problem.seconds,
-        tapes=(f_tape, cons.tape, l_tape),
+        tapes=(problem.f, problem.cons.tape, problem.lagrangian),
     )
+
+
+def ipopt_multistart(
+    fun: Callable[..., Any],
+    x0s: ArrayLike,
+    args: tuple = (),
+    *,
+    constraints: Any = (),
+    bounds: Any = None,
+    tol: float | None = None,
+    options: dict[str, Any] | None = None,
+    runs: int | None = None,
+) -> Any:
+    """:func:`ipopt` from many starting points, its tapes recorded once.
+
+    The starts are first screened in one batched sweep of the objective and one of the
+    constraints over all of them: each start's objective value and its constraint
+    violation (the largest distance of a constraint value or a bound outside its
+    range). IPOPT then runs from the ``runs`` best starts (the least violation first,
+    then the lowest value), each solve reusing the tapes, their sparsity patterns and
+    colourings. A start on a Python branch other than the one recorded (at the first
+    start) is screened out with a NaN value; a solve that leaves the recorded branch
+    ends as a failure with the :class:`~tapejit.BranchError` message, and the others go
+    on.
+
+    Parameters
+    ----------
+    fun, args, constraints, bounds, tol, options
+        As for :func:`ipopt`.
+    x0s : array_like
+        Starting points, ``(n_starts, *x_shape)``.
+    runs : int, optional
+        How many of the screened starts IPOPT runs from. Default: all of them.
+
+    Returns
+    -------
+    scipy.optimize.OptimizeResult
+        The best solve's fields (the lowest ``fun`` among the successful ones, else
+        among all), plus ``results`` (every solve, in the order run), ``starts`` (the
+        index of each solve's start), ``screen_fun`` and ``screen_violation`` (per
+        start, from the screening sweeps) and ``success`` (some solve succeeded).
+
+    Raises
+    ------
+    ImportError
+        If cyipopt is not installed.
+    ValueError, TypeError
+        For bad arguments (as :func:`ipopt`; ``x0s`` without a starts axis, ``runs``
+        below 1).
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from tapejit.optimize import ipopt_multistart
+    >>> f = lambda x: (x[0] ** 2 - 1.0) ** 2 + 0.3 * x[0] + x[1] ** 2
+    >>> res = ipopt_multistart(f, np.array([[2.0, 1.0], [-2.0, 1.0]]),
+    ...                        constraints={"type": "ineq", "fun": lambda x: x[1] + 5.0})
+    >>> bool(res.x[0] < 0), len(res.results)
+    (True, 2)
+    """
+    cyipopt, so = _ipopt_modules("ipopt_multistart")
+    X0 = np.asarray(x0s)
+    if X0.ndim < 1 or X0.shape[0] == 0:
+        raise ValueError(f"x0s must be (n_starts, *x_shape) with at least one start; "
+                         f"got shape {X0.shape}")
+    if runs is not None and (int(runs) != runs or runs < 1):
+        raise ValueError(f"runs must be a positive integer; got {runs!r}")
+    problem, _, shape = _ipopt_setup(fun, X0[0], args, constraints, bounds)
+    X = np.array(X0, dtype=np.float64).reshape(len(X0), -1)
+    values, violation = problem.screen(X, bounds_arrays(bounds, X.shape[1]))
+    order = np.lexsort((np.nan_to_num(values, nan=np.inf),
+                        np.nan_to_num(violation, nan=np.inf)))
+    order = order[np.isfinite(values[order])][: runs or len(order)]
+    results = []
+    for i in order:
+        try:
+            results.append(_ipopt_solve(cyipopt, so, problem, X[i], shape, bounds, tol,
+                                        options))
+        except BranchError as exc:
+            results.append(so.OptimizeResult(x=X[i].reshape(shape), fun=np.nan,
+                                             success=False, status=-100,
+                                             message=str(exc)))
+    ok = [r for r in results if r.success] or results
+    best = min(ok, key=lambda r: r.fun if np.isfinite(r.fun) else np.inf) if ok else None
+    out = so.OptimizeResult(best or {"x": None, "fun": np.nan, "message":
+                                     "no start is on the recorded branch"})
+    out.update(success=any(r.success for r in results), results=results,
+               starts=order, screen_fun=values, screen_violation=violation)
+    return out
 
 
 def least_squares(

@@ -154,6 +154,53 @@ def test_ipopt_branch_error_says_what_to_do(cyipopt):
         tapejit.optimize.ipopt(f, np.array([1.0, 1.0]))
 
 
+def _two_wells(x):
+    # Two local minima, near x0 = -1 (the lower: 0.3 x0 tilts it) and near x0 = +1.
+    return (x[0] ** 2 - 1.0) ** 2 + 0.3 * x[0] + (x[1] - 0.5) ** 2
+
+
+_BELOW = {"type": "ineq", "fun": lambda x: 2.0 - x[0] - x[1]}  # x0 + x1 <= 2
+
+
+def test_ipopt_multistart_finds_the_lower_well_and_equals_single_solves(cyipopt):
+    starts = np.array([[1.5, 0.0], [-1.5, 0.0], [0.8, 3.0], [-0.4, 1.0]])
+    res = tapejit.optimize.ipopt_multistart(_two_wells, starts, constraints=_BELOW,
+                                            bounds=[(-3.0, 3.0), (None, None)], tol=1e-10)
+    assert res.success and len(res.results) == len(starts)
+    assert sorted(res.starts.tolist()) == list(range(len(starts)))
+    assert res.x[0] < 0 and res.fun == min(r.fun for r in res.results)
+    # the screen: one batched sweep's values and violations, per start
+    np.testing.assert_allclose(res.screen_fun, [_two_wells(x) for x in starts], rtol=1e-12)
+    np.testing.assert_allclose(res.screen_violation, [0.0, 0.0, 1.8, 0.0], atol=1e-12)
+    assert res.starts[-1] == 2  # the only infeasible start runs last
+    for i, r in zip(res.starts, res.results, strict=True):  # each as ipopt from that start
+        one = tapejit.optimize.ipopt(_two_wells, starts[i], constraints=_BELOW,
+                                     bounds=[(-3.0, 3.0), (None, None)], tol=1e-10)
+        np.testing.assert_allclose(r.x, one.x, atol=1e-12)
+        assert r.nit == one.nit and r.nfev == one.nfev  # counters restart per solve
+    wells = sorted({round(float(r.x[0]), 6) for r in res.results})
+    assert len(wells) == 2  # both minima were found: the starts went their own ways
+
+
+def test_ipopt_multistart_runs_and_branches(cyipopt):
+    def f(x):
+        if x[0] > 0.0:  # recorded at the first start
+            return (x[0] - 1.0) ** 2 + x[1] ** 2
+        return (x[0] + 1.0) ** 2 + x[1] ** 2
+
+    starts = np.array([[2.0, 1.0], [-2.0, 1.0], [0.5, 0.1]])
+    res = tapejit.optimize.ipopt_multistart(f, starts, runs=1)
+    assert np.isnan(res.screen_fun[1])  # off the recorded branch: screened out
+    assert res.starts.tolist() == [2] and len(res.results) == 1  # the best screened start
+    np.testing.assert_allclose(res.x, [1.0, 0.0], atol=1e-7)
+    res = tapejit.optimize.ipopt_multistart(f, starts)
+    assert res.starts.tolist() == [2, 0] and res.success
+    with pytest.raises(ValueError, match="runs"):
+        tapejit.optimize.ipopt_multistart(f, starts, runs=0)
+    with pytest.raises(ValueError, match="x0s"):
+        tapejit.optimize.ipopt_multistart(f, np.zeros((0, 2)))
+
+
 def test_ipopt_bad_arguments(cyipopt):
     ipopt = tapejit.optimize.ipopt
     with pytest.raises(TypeError, match="callable"):
