@@ -26,31 +26,19 @@ import time
 import numpy as np
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+
+from benchmarks import _baselines as B
 
 import tapejit
 from tapejit import _colouring
 from tapejit.optimize import ipopt
 
-L = 4.0
+L = B.CHAIN_LENGTH
 TOL = 1e-8
 
 
-def problem(N: int):
-    def f(z):
-        y = z[N + 1 :]
-        return np.sum(y[:-1] + y[1:]) / (2 * N)
-
-    def g(z):
-        x, y = z[: N + 1], z[N + 1 :]
-        return (x[1:] - x[:-1]) ** 2 + (y[1:] - y[:-1]) ** 2 - (L / N) ** 2
-
-    t = np.linspace(0.0, 1.0, N + 1)
-    z0 = np.concatenate([t, 1.0 + 2.0 * t - 4.0 * t * (1.0 - t)])
-    lb = np.full(2 * N + 2, -np.inf)
-    ub = np.full(2 * N + 2, np.inf)
-    for i, v in ((0, 0.0), (N, 1.0), (N + 1, 1.0), (2 * N + 1, 3.0)):
-        lb[i] = ub[i] = v
-    return f, g, z0, lb, ub
+problem = B.hanging_chain
 
 
 def solve_tapejit(N: int, options: dict) -> dict:

@@ -3,6 +3,9 @@ through cyipopt) and the trust-constr path of tapejit.optimize.minimize."""
 
 from __future__ import annotations
 
+import importlib.util
+from pathlib import Path
+
 import numpy as np
 import pytest
 
@@ -14,23 +17,19 @@ so = pytest.importorskip("scipy.optimize")
 sp = pytest.importorskip("scipy.sparse")
 
 
-def chain(N: int, L: float = 4.0):
-    """The hanging chain of N links between (0, 1) and (1, 3) (asv_bench's problem)."""
+def _baselines():
+    """``asv_bench/benchmarks/_baselines.py``, where the benchmarks' workloads are."""
+    path = Path(__file__).parents[1] / "asv_bench" / "benchmarks" / "_baselines.py"
+    spec = importlib.util.spec_from_file_location("_tapejit_baselines", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
 
-    def f(z):
-        y = z[N + 1 :]
-        return np.sum(y[:-1] + y[1:]) / (2 * N)
 
-    def g(z):
-        x, y = z[: N + 1], z[N + 1 :]
-        return (x[1:] - x[:-1]) ** 2 + (y[1:] - y[:-1]) ** 2 - (L / N) ** 2
-
-    t = np.linspace(0.0, 1.0, N + 1)
-    z0 = np.concatenate([t, 1.0 + 2.0 * t - 4.0 * t * (1.0 - t)])
-    lb = np.full(2 * N + 2, -np.inf)
-    ub = np.full(2 * N + 2, np.inf)
-    for i, v in ((0, 0.0), (N, 1.0), (N + 1, 1.0), (2 * N + 1, 3.0)):
-        lb[i] = ub[i] = v
+def chain(N: int):
+    """The hanging chain of N links (the benchmarks' ``hanging_chain``), its bounds as
+    scipy's ``Bounds``."""
+    f, g, z0, lb, ub = _baselines().hanging_chain(N)
     return f, g, z0, so.Bounds(lb, ub)
 
 

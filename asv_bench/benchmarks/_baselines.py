@@ -77,6 +77,33 @@ def lorenz_points(n, seed=0):
     return np.asarray(LORENZ_P) * np.random.default_rng(seed).uniform(0.95, 1.05, (n, 3))
 
 
+#: The COPS hanging chain of issue #23: N links of total length CHAIN_LENGTH between
+#: (0, 1) and (1, 3), points z = (x_0..x_N, y_0..y_N).
+CHAIN_LENGTH = 4.0
+
+
+def hanging_chain(N, length=CHAIN_LENGTH):
+    """``(energy, links, z0, lb, ub)``: the potential energy to minimize, the link
+    equations ``links(z) == 0``, the starting point (a parabola) and the bounds that fix
+    the end points."""
+
+    def energy(z):
+        y = z[N + 1 :]
+        return np.sum(y[:-1] + y[1:]) / (2 * N)
+
+    def links(z):
+        x, y = z[: N + 1], z[N + 1 :]
+        return (x[1:] - x[:-1]) ** 2 + (y[1:] - y[:-1]) ** 2 - (length / N) ** 2
+
+    t = np.linspace(0.0, 1.0, N + 1)
+    z0 = np.concatenate([t, 1.0 + 2.0 * t - 4.0 * t * (1.0 - t)])
+    lb = np.full(2 * N + 2, -np.inf)
+    ub = np.full(2 * N + 2, np.inf)
+    for i, v in ((0, 0.0), (N, 1.0), (N + 1, 1.0), (2 * N + 1, 3.0)):
+        lb[i] = ub[i] = v
+    return energy, links, z0, lb, ub
+
+
 def sinfit_f(w, x, y):
     return np.mean((np.sin(w * x) - y) ** 2)
 

@@ -22,33 +22,13 @@ JIT compilation is excluded: every ``setup`` records and calls the timed functio
 
 import numpy as np
 
+from . import _baselines as B
 from . import import_tapejit
 from .bench_core import _record, _try
 
 tapejit, _TAPEJIT_ERROR = import_tapejit()
 
-LENGTH = 4.0
-
-
-def chain(N):
-    """``(energy, links, z0, lb, ub)`` of the chain of ``N`` links between (0, 1) and
-    (1, 3) (``asv_bench/measure_hanging_chain.py``'s problem)."""
-
-    def energy(z):
-        y = z[N + 1 :]
-        return np.sum(y[:-1] + y[1:]) / (2 * N)
-
-    def links(z):
-        x, y = z[: N + 1], z[N + 1 :]
-        return (x[1:] - x[:-1]) ** 2 + (y[1:] - y[:-1]) ** 2 - (LENGTH / N) ** 2
-
-    t = np.linspace(0.0, 1.0, N + 1)
-    z0 = np.concatenate([t, 1.0 + 2.0 * t - 4.0 * t * (1.0 - t)])
-    lb = np.full(2 * N + 2, -np.inf)
-    ub = np.full(2 * N + 2, np.inf)
-    for i, v in ((0, 0.0), (N, 1.0), (N + 1, 1.0), (2 * N + 1, 3.0)):
-        lb[i] = ub[i] = v
-    return energy, links, z0, lb, ub
+chain = B.hanging_chain
 
 
 def lagrangian_tape(N):
