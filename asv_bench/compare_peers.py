@@ -504,6 +504,84 @@ def bench_lorenz(quick):
     row.notes.append("casadi: Function.map over the points; jax: jit(vmap(value_and_grad))")
 
 
+def bench_chain(quick, n_hess, n_solve):
+    """The hanging chain of issue #23: its Lagrangian's sparse Hessian beside CasADi's SX
+    Hessian function, and the whole solve with IPOPT (recording or building included)
+    beside CasADi's nlpsol."""
+    energy, links, z0, lb, ub = B.hanging_chain(n_hess)
+    lam = np.random.default_rng(0).uniform(0.5, 1.5, n_hess)
+    row = Row(f"hanging chain Lagrangian Hessian, sparse, N={n_hess}")
+    ROWS.append(row)
+    ref = None
+
+    def tj():
+        nonlocal ref
+        need_tapejit("record")
+
+        def lagrangian(z, sigma, lam):
+            return sigma * energy(z) + np.dot(lam, links(z))
+
+        tape = tapejit.record(lagrangian, z0, 1.0, lam, argnums=0)
+        params = np.concatenate([[1.0], lam])
+        ref = tape.hessian(z0, params, sparse=True)
+        return lambda: tape.hessian(z0, params, sparse=True)
+
+    run_cell(row, "tapejit", tj, quick=quick)
+
+    def check(r):  # CasADi's Hessian against tapejit's (when it ran)
+        if ref is None:
+            return None
+        err = abs(r.sparse() - ref).max()
+        return None if err <= 1e-9 * abs(ref).max() else f"max abs difference {err:.2e}"
+
+    def ca():
+        F = B.make_casadi_chain_hessian(n_hess)
+        return None if F is None else (lambda: F(z0, 1.0, lam))
+
+    run_cell(row, "casadi", ca, quick=quick, check=check)
+    row.notes.append("casadi: SX Function of the full symmetric Hessian, numpy in, sparse "
+                     "DM out; tapejit: csr_array from a 3-colour star colouring")
+
+    energy, links, z0, lb, ub = B.hanging_chain(n_solve)
+    options = {"mumps_permuting_scaling": 0}
+    tol = 1e-8
+    row = Row(f"hanging chain solve with IPOPT, N={n_solve} (recording included)")
+    ROWS.append(row)
+    fun = None
+
+    def tjs():
+        nonlocal fun
+        need_tapejit("optimize")
+        from scipy.optimize import Bounds
+
+        from tapejit.optimize import ipopt
+
+        def solve():
+            return ipopt(energy, z0, constraints={"type": "eq", "fun": links},
+                         bounds=Bounds(lb, ub), tol=tol, options=options)
+
+        fun = solve().fun
+        return solve
+
+    run_cell(row, "tapejit", tjs, quick=quick)
+
+    def cas():
+        if B.casadi_chain(n_solve) is None:
+            return None
+
+        def solve():  # built anew each call: build plus solve
+            S = B.make_casadi_chain_solver(n_solve, tol, options)
+            return S(x0=z0, lbx=lb, ubx=ub, lbg=0.0, ubg=0.0)
+
+        return solve
+
+    run_cell(row, "casadi", cas, quick=quick,
+             check=lambda r: None if fun is None else close(float(r["f"]), fun, 1e-8))
+    row.notes.append("IPOPT with mumps_permuting_scaling=0 for both (its default costs "
+                     "minutes on long chains); tapejit: cyipopt-wheels' IPOPT 3.14.11, "
+                     "casadi: its own 3.14.19")
+
+
 def bench_record(quick, n):
     row = Row(f"record rosen_ext, n={n:.0e}")
     ROWS.append(row)
@@ -920,7 +998,7 @@ def main(argv=None):
                     "autograd)")
     ap.add_argument("--only", metavar="ROWS",
                     help="comma-separated groups of rows to run, e.g. "
-                    "logreg,mlp,gp,logreg_many,solve3,rosen_ext (default: all)")
+                    "logreg,mlp,gp,logreg_many,solve3,rosen_ext,lorenz,chain (default: all)")
     args = ap.parse_args(argv)
     if args.no_peers:
         PEERS[:] = ["hand numba"]
@@ -942,6 +1020,7 @@ def main(argv=None):
         "rosen_ext": lambda: bench_rosen_ext(quick, 10**4),
         "record": lambda: bench_record(quick, 10**6),
         "lorenz": lambda: bench_lorenz(quick),
+        "chain": lambda: bench_chain(quick, 5000, 500),
         "sinfit": lambda: bench_sinfit(quick),
         "logreg": lambda: (bench_logreg(quick, 10000, 100), bench_logreg(quick, 1000, 20)),
         "mlp": lambda: bench_mlp(quick),

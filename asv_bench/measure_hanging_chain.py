@@ -34,7 +34,6 @@ import tapejit
 from tapejit import _colouring
 from tapejit.optimize import ipopt
 
-L = B.CHAIN_LENGTH
 TOL = 1e-8
 
 
@@ -54,17 +53,9 @@ def solve_tapejit(N: int, options: dict) -> dict:
 
 
 def solve_casadi(N: int, options: dict) -> dict:
-    import casadi as ca
-
     _, _, z0, lb, ub = problem(N)
     t = time.perf_counter()
-    z = ca.SX.sym("z", 2 * N + 2)
-    x, y = z[: N + 1], z[N + 1 :]
-    fz = ca.sum1(y[:-1] + y[1:]) / (2 * N)
-    gz = (x[1:] - x[:-1]) ** 2 + (y[1:] - y[:-1]) ** 2 - (L / N) ** 2
-    solver = ca.nlpsol("chain", "ipopt", {"x": z, "f": fz, "g": gz},
-                       {"print_time": False, "ipopt.print_level": 0, "ipopt.sb": "yes",
-                        "ipopt.tol": TOL, **{f"ipopt.{k}": v for k, v in options.items()}})
+    solver = B.make_casadi_chain_solver(N, TOL, options)
     build = time.perf_counter() - t
     t = time.perf_counter()
     sol = solver(x0=z0, lbx=lb, ubx=ub, lbg=0.0, ubg=0.0)
@@ -114,16 +105,9 @@ def hessian_times(N: int, dense_limit: int) -> dict:
 def casadi_hessian_time(N: int) -> tuple[float, float]:
     """Seconds of one call of CasADi's SX function of the Lagrangian's Hessian from Python
     (numpy in, sparse DM out), and of building it."""
-    import casadi as ca
-
     _, _, z0, _, _ = problem(N)
     t = time.perf_counter()
-    z, sigma, lam = ca.SX.sym("z", 2 * N + 2), ca.SX.sym("sigma"), ca.SX.sym("lam", N)
-    x, y = z[: N + 1], z[N + 1 :]
-    lag = (sigma * ca.sum1(y[:-1] + y[1:]) / (2 * N)
-           + ca.dot(lam, (x[1:] - x[:-1]) ** 2 + (y[1:] - y[:-1]) ** 2 - (L / N) ** 2))
-    H, _ = ca.hessian(lag, z)
-    fn = ca.Function("h", [z, sigma, lam], [H])
+    fn = B.make_casadi_chain_hessian(N)
     build = time.perf_counter() - t
     lam0 = np.random.default_rng(0).uniform(0.5, 1.5, N)
     fn(z0, 1.0, lam0)

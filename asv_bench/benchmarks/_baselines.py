@@ -518,6 +518,41 @@ def make_casadi_lorenz(steps=LORENZ_STEPS):
     return ca.Function("lorenz_vg", [p], [f, ca.gradient(f, p)])
 
 
+def casadi_chain(N, length=CHAIN_LENGTH):
+    """CasADi's SX of :func:`hanging_chain`: ``(casadi, z, energy, links)``, or None."""
+    ca = _casadi()
+    if ca is None:
+        return None
+    z = ca.SX.sym("z", 2 * N + 2)
+    x, y = z[: N + 1], z[N + 1 :]
+    energy = ca.sum1(y[:-1] + y[1:]) / (2 * N)
+    links = (x[1:] - x[:-1]) ** 2 + (y[1:] - y[:-1]) ** 2 - (length / N) ** 2
+    return ca, z, energy, links
+
+
+def make_casadi_chain_hessian(N):
+    """casadi.Function (z, sigma, lam) -> the Hessian of sigma * energy + lam . links
+    (sparse), or None."""
+    sx = casadi_chain(N)
+    if sx is None:
+        return None
+    ca, z, energy, links = sx
+    sigma, lam = ca.SX.sym("sigma"), ca.SX.sym("lam", N)
+    H, _ = ca.hessian(sigma * energy + ca.dot(lam, links), z)
+    return ca.Function("chain_hessian", [z, sigma, lam], [H])
+
+
+def make_casadi_chain_solver(N, tol, options=()):
+    """CasADi's nlpsol with IPOPT for the hanging chain (``options``: IPOPT's), or None."""
+    sx = casadi_chain(N)
+    if sx is None:
+        return None
+    ca, z, energy, links = sx
+    opts = {"print_time": False, "ipopt.print_level": 0, "ipopt.sb": "yes", "ipopt.tol": tol}
+    opts.update({f"ipopt.{k}": v for k, v in dict(options).items()})
+    return ca.nlpsol("chain", "ipopt", {"x": z, "f": energy, "g": links}, opts)
+
+
 def make_casadi_seed():
     ca = _casadi()
     if ca is None:
