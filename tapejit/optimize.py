@@ -100,6 +100,11 @@ def _hessian(tape: Tape, x: np.ndarray, p: np.ndarray | None, rows: Any) -> tupl
     return tape.hessian(x, params=p, check="mask")
 
 
+def _sparse_hessian(tape: Tape, x: np.ndarray, p: np.ndarray | None, rows: Any) -> tuple:
+    _scalar(tape)
+    return tape.hessian(x, params=p, check="mask", sparse=True)
+
+
 def _residuals(tape: Tape, x: np.ndarray, p: np.ndarray | None, rows: Any) -> tuple:
     y, ok = tape.forward(x, params=p, check="mask")
     return np.atleast_1d(np.asarray(y, dtype=np.float64)), ok
@@ -162,6 +167,12 @@ class _Objective:
     def hessian(self, x: np.ndarray) -> np.ndarray:
         self.nhev += 1
         return self._eval(x, _hessian)[0]
+
+    def sparse_hessian(self, x: np.ndarray) -> Any:
+        """The Hessian as a ``scipy.sparse.csr_array``, through a colouring of its
+        pattern (a few Hessian-vector products for a sparse one)."""
+        self.nhev += 1
+        return self._eval(x, _sparse_hessian)[0]
 
     def residuals(self, x: np.ndarray) -> np.ndarray:
         self.nfev += 1
@@ -235,6 +246,12 @@ def _second_order(
         return None, None
     if isinstance(hess, str) and hess == "hess":
         return obj.hessian, None
+    if isinstance(hess, str) and hess == "sparse":
+        if meth != "trust-constr":
+            raise ValueError(f"hess='sparse' is for method 'trust-constr' (the one that "
+                             f"takes a sparse Hessian); got method {meth!r}: use "
+                             "hess='hess' or 'hessp'")
+        return obj.sparse_hessian, None
     if isinstance(hess, str) and hess == "hessp":
         if meth in _HESS_METHODS:
             raise ValueError(
@@ -278,11 +295,15 @@ def minimize(
         Other (hashable) ones are static: a new value records a new tape.
     method : str or callable, optional
         Any method of :func:`scipy.optimize.minimize`. Default ``"BFGS"``.
-    hess : {None, "hess", "hessp", False} or object, optional
+    hess : {None, "hess", "hessp", "sparse", False} or object, optional
         Second derivatives for the methods that use them. ``None`` (default): chosen
         from the method as above. ``"hess"``: the Hessian matrix from the tape (also
         accepted by the ``hessp`` methods; it costs ``n`` Hessian-vector products).
-        ``"hessp"``: Hessian-vector products from the tape. ``False``: none (scipy's
+        ``"hessp"``: Hessian-vector products from the tape. ``"sparse"`` (for
+        ``"trust-constr"``): the Hessian as a ``scipy.sparse`` matrix, through a
+        colouring of its pattern (:meth:`Tape.hessian <tapejit.Tape.hessian>` with
+        ``sparse=True``): a few products per iteration for a sparse Hessian, then
+        scipy's solver multiplies by the matrix. ``False``: none (scipy's
         default for the method, e.g. finite differences of the gradient for
         Newton-CG). Anything else (``"2-point"``, a
         :class:`scipy.optimize.HessianUpdateStrategy`, a callable of the flat ``x``) is

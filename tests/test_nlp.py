@@ -279,3 +279,34 @@ def test_trust_constr_nonlinear_constraint_and_hessian():
                    constraints=nlc, options={"gtol": 1e-10, "xtol": 1e-12})
     np.testing.assert_allclose(res.x, [-np.sqrt(0.5)] * 2, atol=1e-6)
     assert sp.issparse(res.jac[0])
+
+
+def test_trust_constr_sparse_objective_hessian(monkeypatch):
+    # A banded objective (the extended Rosenbrock function) with a sparse Hessian:
+    # hess="sparse" gets it as a csr_array, and the run ends where hessp's does.
+    def f(x):
+        return np.sum(100.0 * (x[1:] - x[:-1] ** 2) ** 2 + (1.0 - x[:-1]) ** 2)
+
+    x0 = np.linspace(-1.2, 1.0, 30)
+    seen = []
+    obj_hess = tapejit.optimize._Objective.sparse_hessian
+
+    def spy(self, x):
+        H = obj_hess(self, x)
+        seen.append(H)
+        return H
+
+    monkeypatch.setattr(tapejit.optimize._Objective, "sparse_hessian", spy)
+    res = minimize(f, x0, method="trust-constr", hess="sparse",
+                   options={"gtol": 1e-10, "xtol": 1e-14, "maxiter": 3000})
+    monkeypatch.undo()
+    ref = minimize(f, x0, method="trust-constr", options={"gtol": 1e-10, "xtol": 1e-14,
+                                                          "maxiter": 3000})
+    assert seen and all(sp.issparse(H) for H in seen)
+    np.testing.assert_allclose(seen[0].toarray(), tapejit.hessian(f)(x0), rtol=1e-12,
+                               atol=1e-12)
+    assert seen[0].nnz == 3 * 30 - 2  # tridiagonal
+    np.testing.assert_allclose(res.x, np.ones(30), atol=1e-6)
+    np.testing.assert_allclose(res.x, ref.x, atol=1e-6)
+    with pytest.raises(ValueError, match="trust-constr"):
+        minimize(f, x0, method="Newton-CG", hess="sparse")
