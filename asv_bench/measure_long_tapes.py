@@ -88,6 +88,7 @@ def lorenz() -> None:
         print(f"casadi SX: build {build:.2f} s; 1 point {ca_one * 1e3:.3f} ms; map "
               f"{ca_many * 1e3:.4f} ms a point; tapejit/casadi {one / ca_one:.2f} (1 point), "
               f"{many / ca_many:.2f} (1000 points)")
+        paired(tape, F, p)
     if B._jax() is None:
         print("jax: not installed")
         return
@@ -99,6 +100,36 @@ def lorenz() -> None:
     jx = best(lambda: f(pj), 20)
     print(f"jax jit(value_and_grad), fori_loop: compile {compile_s:.2f} s; 1 point "
           f"{jx * 1e3:.3f} ms; tapejit/jax {one / jx:.2f}")
+
+
+def paired(tape, F, p, rounds=15, calls=50) -> None:
+    """tapejit's one-point gradient (into a preallocated array, as an optimizer calls it)
+    against CasADi's function, in interleaved rounds: the median ratio."""
+    g = np.empty(p.size)
+
+    def per_call(fn):
+        t = time.perf_counter()
+        for _ in range(calls):
+            fn()
+        return (time.perf_counter() - t) / calls
+
+    def tj():
+        return tape.value_and_grad(p, out=(None, g))
+
+    def ca():
+        return F(p)
+
+    ratios, times = [], []
+    for r in range(rounds):
+        first, second = (tj, ca) if r % 2 else (ca, tj)
+        a, b = per_call(first), per_call(second)
+        t_tj, t_ca = (a, b) if r % 2 else (b, a)
+        times.append((t_tj, t_ca))
+        ratios.append(t_tj / t_ca)
+    med = np.median(np.array(times), axis=0)
+    print(f"1 point, interleaved ({rounds} rounds of {calls} calls, gradient into out=): "
+          f"tapejit {med[0] * 1e3:.3f} ms, casadi {med[1] * 1e3:.3f} ms, ratio median "
+          f"{np.median(ratios):.2f} ({min(ratios):.2f} to {max(ratios):.2f})")
 
 
 if __name__ == "__main__":
