@@ -800,10 +800,12 @@ class Tape:
         self._check_arg(check)
         X, P, single = self._prepare(x, params)
         n = X.shape[0]
-        prog, n_slots, chunk = self._fwd or self._forward_prog()
+        sp = self._scalar_prog() if single else False
+        # the compacted forward program, unless the scalar rows run this call
+        prog, n_slots, chunk = (None, 0, 0) if sp is not False else (
+            self._fwd or self._forward_prog())
         if single:
             y = _buffer(out, (self._n_out,), "out")
-            sp = self._sp if self._sp is not None else self._scalar_prog()
             if sp is not False:  # the tape's own program, through its scalar rows
                 ws = self._workspace() if self._n_slots > REUSE_SLOTS else _EMPTY1
                 failed = self._k.forward_scalar(self._kernel_prog, sp[0],
@@ -871,7 +873,7 @@ class Tape:
                         and g.flags.carray):
                     g = None
             if g is not None:
-                sp = self._sp if self._sp is not None else self._scalar_prog()
+                sp = self._sp if self._sp is not None else self._scalar_prog()  # hot path
                 if sp is not False:
                     v = self._k.value_grad_scalar(
                         self._kernel_prog, sp[0], sp[1], self._kernel_consts, x,
@@ -902,7 +904,7 @@ class Tape:
         vbuf, gbuf = (None, None) if out is None else out
         g = _buffer(gbuf, (n, self._n_in) if not single else (self._n_in,), "grad buffer")
         if single:
-            sp = self._sp if self._sp is not None else self._scalar_prog()
+            sp = self._scalar_prog()
             if sp is not False:
                 v = self._k.value_grad_scalar(self._kernel_prog, sp[0], sp[1],
                                               self._kernel_consts, X[0], P[0], g,
@@ -999,8 +1001,9 @@ class Tape:
         """The scalar program of a tape of scalar instructions and its edges' factors
         (``_scalar_program.py``), which ``value_grad_scalar`` and ``forward_scalar`` run
         at one point; False for other tapes. Derived on first use."""
-        sp = scalar_program(self._kernel_prog)
-        self._sp = False if sp is None else sp
+        if self._sp is None:
+            sp = scalar_program(self._kernel_prog)
+            self._sp = False if sp is None else sp
         return self._sp
 
     def _run(self, kernel: str, n: int, chunk: int, *args) -> None:
@@ -1460,7 +1463,7 @@ def kernel_plan(tape: Tape) -> np.ndarray | None:
 def scalar_program_of(tape: Tape) -> tuple[np.ndarray, np.ndarray] | None:
     """The tape's scalar program and its edges' factors (``_scalar_program.py``), or
     None where it has none."""
-    sp = tape._sp if tape._sp is not None else tape._scalar_prog()
+    sp = tape._scalar_prog()
     return None if sp is False else sp
 
 
