@@ -502,6 +502,49 @@ def bench_lorenz(quick):
 
     run_cell(row, "jax", jxn, quick=quick)
     row.notes.append("casadi: Function.map over the points; jax: jit(vmap(value_and_grad))")
+    bench_lorenz_scan(quick, p, P)
+
+
+def bench_lorenz_scan(quick, p, P):
+    """The same fit with its steps in ``tapejit.scan`` (a loop recorded once) beside the
+    same peers: one point and 1000 points."""
+    for label, x in (("1 point", p), (f"{len(P)} points", P)):
+        row = Row(f"lorenz fit with scan value_and_grad, {label}")
+        ROWS.append(row)
+
+        def tj(x=x, row=row):
+            need_tapejit("record")
+            tape = _record_noted(row, B.lorenz_scan_f, p.copy())
+            if x.ndim == 1:
+                g = np.empty(3)
+                return lambda: tape.value_and_grad(x, out=(None, g))
+            return lambda: tape.value_and_grad(x)
+
+        run_cell(row, "tapejit", tj, quick=quick)
+
+        def ca(x=x):
+            F = B.make_casadi_lorenz()
+            if F is None:
+                return None
+            return (lambda: F(x)) if x.ndim == 1 else (lambda: F.map(len(x))(x.T))
+
+        run_cell(row, "casadi", ca, quick=quick)
+
+        def jx(x=x):
+            jax = B._jax()
+            f = B.make_jax_lorenz()
+            if f is None or jax is None:
+                return None
+            if x.ndim == 1:
+                pj = B.jax_put(x)
+                return lambda: f(pj)
+            fn = jax.jit(jax.vmap(jax.value_and_grad(B.lorenz_jax_f)))
+            xj = B.jax_put(x)
+            return lambda: jax.block_until_ready(fn(xj))
+
+        run_cell(row, "jax", jx, quick=quick)
+        row.notes.append("tapejit: tapejit.scan over the steps (the body recorded once); "
+                         "casadi and jax as in the unrolled rows")
 
 
 def bench_chain(quick, n_hess, n_solve):

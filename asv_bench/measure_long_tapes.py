@@ -6,6 +6,9 @@
 * The Lorenz fit of ``_baselines.lorenz_f`` (2000 RK4 steps, 3 parameters): recording,
   one point and 1000 points, beside CasADi's SX function of the unrolled graph and JAX's
   ``jit(value_and_grad)`` with the steps in ``lax.fori_loop`` where they are installed.
+* The same fit with its steps in ``tapejit.scan``: recording, one point and 1000 points
+  against the unrolled tape in the same run, JAX beside; and 10^5 steps at one point with
+  the peak memory the gradient adds (in a process of its own).
 
 Usage (the docs' performance page, *Long tapes*)::
 
@@ -15,6 +18,7 @@ Usage (the docs' performance page, *Long tapes*)::
 from __future__ import annotations
 
 import os
+import subprocess
 import sys
 import time
 from functools import partial
@@ -132,6 +136,55 @@ def paired(tape, F, p, rounds=15, calls=50) -> None:
           f"{np.median(ratios):.2f} ({min(ratios):.2f} to {max(ratios):.2f})")
 
 
+def lorenz_scan() -> None:
+    """The Lorenz fit with its steps in ``tapejit.scan``, beside the unrolled tape and
+    JAX in the same run; and 10^5 steps at one point, with the peak memory it adds."""
+    print("== Lorenz fit with tapejit.scan (the body recorded once)")
+    p = np.asarray(B.LORENZ_P)
+    tapejit.record(B.lorenz_scan_f, p.copy())  # loads the loop routines
+    t0 = time.perf_counter()
+    tape = tapejit.record(B.lorenz_scan_f, p.copy())
+    rec = time.perf_counter() - t0
+    unrolled = tapejit.record(B.lorenz_f, p.copy())
+    P = B.lorenz_points(1000)
+    for t in (tape, unrolled):
+        t.value_and_grad(p)
+        t.value_and_grad(P)
+    g = np.empty(3)
+    one = best(lambda: tape.value_and_grad(p, out=(None, g)), 20)
+    one_u = best(lambda: unrolled.value_and_grad(p, out=(None, g)), 20)
+    many = best(lambda: tape.value_and_grad(P), 5)
+    many_u = best(lambda: unrolled.value_and_grad(P), 5)
+    print(f"tapejit scan: record {rec * 1e3:.1f} ms, {len(tape.opcodes)} instructions; "
+          f"1 point {one * 1e3:.3f} ms ({one / one_u:.2f}x the unrolled tape's "
+          f"{one_u * 1e3:.3f} ms); 1000 points {many * 1e3:.1f} ms ({many / many_u:.2f}x "
+          f"the unrolled {many_u * 1e3:.1f} ms), {one / (many / len(P)):.1f}x faster per "
+          "point than one point")
+    if B._jax() is not None:
+        t0 = time.perf_counter()
+        f = B.make_jax_lorenz()
+        pj = B.jax_put(p)
+        f(pj)
+        compile_s = time.perf_counter() - t0
+        jx = best(lambda: f(pj), 20)
+        print(f"jax jit(value_and_grad), fori_loop: compile {compile_s:.2f} s; 1 point "
+              f"{jx * 1e3:.3f} ms; tapejit scan/jax {one / jx:.2f}")
+    # in a new process, so that the high-water mark is this call's
+    code = ("import resource, sys, time; sys.path.insert(0, sys.argv[1]); "
+            "import numpy as np, tapejit; from benchmarks import _baselines as B; "
+            "p = np.asarray(B.LORENZ_P); "
+            "t = tapejit.record(lambda q: B.lorenz_scan_f(q, steps=100_000), p); "
+            "tapejit.record(B.lorenz_scan_f, p).value_and_grad(p); "
+            "m0 = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss; "
+            "t0 = time.perf_counter(); t.value_and_grad(p); s = time.perf_counter() - t0; "
+            "m1 = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss; "
+            "print(f'100000 RK4 steps with scan: gradient at one point {s * 1e3:.0f} ms, "
+            "peak memory grew by {(m1 - m0) / 1024:.1f} MB')")
+    subprocess.run([sys.executable, "-c", code, os.path.dirname(os.path.abspath(__file__))],
+                   check=True)
+
+
 if __name__ == "__main__":
     recurrence_table()
     lorenz()
+    lorenz_scan()

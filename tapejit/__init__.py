@@ -12,6 +12,7 @@ from ._float32 import Float32Tape
 from ._io import load_tape as load
 from ._jit_api import JitArgs, jit_value, jit_value_and_grad
 from ._kernels.tiers import wait_for_kernels
+from ._loop import fori_loop, scan
 from ._numpy_funcs import supported_functions
 from ._ops import OPS, Op
 from ._record import record, stop_gradient
@@ -46,6 +47,7 @@ __all__ = [
     "TracingError",
     "__version__",
     "evaluate_file",
+    "fori_loop",
     "grad",
     "hessian",
     "hvp",
@@ -57,6 +59,7 @@ __all__ = [
     "load",
     "optimize",
     "record",
+    "scan",
     "share",
     "special",
     "stop_gradient",

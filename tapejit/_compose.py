@@ -205,7 +205,14 @@ def _emit_all(rec: Recorder, tape, m: np.ndarray) -> None:
         if codes[i] in FAMILIES:  # operand blocks and attributes, as recorded
             family = FAMILIES[codes[i]]
             blocks = [m[A[i, k] : A[i, k] + ST[i, k]] for k in range(family.arity)]
-            ids = rec.emit_family(family, blocks, tuple(attrs[at[i] : at[i] + len(family.attrs)]))
+            values = tuple(attrs[at[i] : at[i] + len(family.attrs)])
+            if family.bodies:  # a loop: its body goes along (a family reference has none)
+                from ._loop import emit_loop
+
+                body = tape.subprograms[values[family.attrs.index(family.bodies[0])]]
+                ids, _ = emit_loop(rec, body.program, blocks, values)
+            else:
+                ids = rec.emit_family(family, blocks, values)
             m[res[i] : res[i] + sizes[i]] = ids
             i += 1
             continue

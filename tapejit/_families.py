@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from ._fam_chol import CHOLESKY, SOLVE_TRIANGULAR
 from ._fam_eig import EIG_FAMILIES
+from ._fam_loop import LOOP
 from ._fam_lu import LU_FAMILIES
 from ._fam_matmul import MATMUL
 from ._fam_reduce import REDUCE, SCAN
@@ -24,7 +25,8 @@ def _register(*families: Family) -> None:
         FAMILIES[f.opcode] = f
 
 
-_register(MATMUL, REDUCE, SCAN, *LU_FAMILIES, CHOLESKY, SOLVE_TRIANGULAR, *EIG_FAMILIES)
+_register(MATMUL, REDUCE, SCAN, *LU_FAMILIES, CHOLESKY, SOLVE_TRIANGULAR, *EIG_FAMILIES,
+          LOOP)
 
 #: The registered families by name.
 BY_NAME: dict[str, Family] = {f.name: f for f in FAMILIES.values()}

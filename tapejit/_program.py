@@ -283,6 +283,11 @@ class Family:
         or not ``needed``, a flag per operand), so that
         nested differentiation (``tapejit/_nested.py``) records it into the outer tape,
         differentiable again. None: nested differentiation through the family raises.
+    body_check : callable, optional
+        ``body_check(attrs, body) -> why``: for a family with ``bodies``, why the
+        sub-program ``body`` (a :class:`Program`) cannot be run by an instruction with
+        attribute values ``attrs`` (its inputs and outputs must be what the routines
+        read and write), or ``""``. Validation calls it for every such instruction.
     blas : bool
         Whether its routines call BLAS or LAPACK. Those sum in an order of their own for
         each shape of call (one point is a matrix-vector product, a chunk of points a
@@ -304,6 +309,7 @@ class Family:
     failure: str = ""
     blas: bool = False
     vjp: Callable[..., tuple[Any, ...]] | None = None
+    body_check: Callable[[tuple[int, ...], Program], str] | None = None
 
     def __post_init__(self) -> None:
         if not self.rules:
@@ -434,6 +440,17 @@ def outputs_of(prog: np.ndarray) -> np.ndarray:
 def attrs_of(prog: np.ndarray) -> np.ndarray:
     """The attribute section of a packed program (a view)."""
     return _section(prog, AT_ATTRS, N_ATTRS)
+
+
+def family_codes(prog: np.ndarray) -> tuple[int, ...]:
+    """The family opcodes a packed program and its nested programs run, ascending."""
+    codes = set()
+    if int(prog[N_INSTR]):
+        ops = code_of(prog)[:, OPCODE]
+        codes.update(int(c) for c in np.unique(ops[ops >= FIRST_FAMILY]))
+    for at, length, _ in subprograms_of(prog).tolist():
+        codes.update(family_codes(prog[at : at + length]))
+    return tuple(sorted(codes))
 
 
 def subprograms_of(prog: np.ndarray) -> np.ndarray:
@@ -613,6 +630,7 @@ class Program:
             "inputs": self.inputs, "params": self.params, "outputs": self.outputs,
             "guards": self.guards, "sizes": self.sizes, "strides": self.strides,
             "attrs": self.attrs, "attr_offsets": self.attr_at,
+            "subprograms": self.subprograms,
         }
 
     @classmethod
@@ -631,6 +649,7 @@ class Program:
             guards=np.asarray(tape.guards, dtype=np.int64).reshape(-1, GUARD),
             attrs=np.asarray(tape.attrs, dtype=np.int64),
             attr_at=np.asarray(tape.attr_offsets, dtype=np.int64) if len(tape.attrs) else None,
+            subprograms=tape.subprograms,
         )
 
     def pack(self) -> tuple[np.ndarray, np.ndarray]:

@@ -57,7 +57,6 @@ from ._program import (
     ARG_A,
     ATTR,
     FAMILIES,
-    FIRST_FAMILY,
     FIRST_ORDER_SWEEPS,
     MAX_ARITY,
     N_GUARDS,
@@ -66,6 +65,7 @@ from ._program import (
     N_OUTPUTS,
     N_PARAMS,
     N_SLOTS,
+    N_SUBPROGRAMS,
     OPCODE,
     RESULT,
     SECOND_ORDER_SWEEPS,
@@ -74,6 +74,7 @@ from ._program import (
     Program,
     attrs_of,
     code_of,
+    family_codes,
     first_result,
     guards_of,
     inputs_of,
@@ -224,10 +225,12 @@ class Tape:
         strides: np.ndarray | None = None,
         attrs: np.ndarray | None = None,
         attr_offsets: np.ndarray | None = None,
+        subprograms: tuple = (),
     ) -> None:
         prog, consts = check_tape_arrays(opcodes, args, consts, inputs, params, outputs,
                                          guards, sizes, strides, attrs=attrs,
-                                         attr_at=attr_offsets).pack()
+                                         attr_at=attr_offsets,
+                                         subprograms=tuple(subprograms)).pack()
         self._adopt(prog, consts, input_shapes, output_shapes, name)
 
     def _adopt(self, prog: np.ndarray, consts: np.ndarray, input_shapes: tuple,
@@ -265,8 +268,7 @@ class Tape:
         self._sp = None  # the scalar program (False: not all scalar), on first use
         # Instruction families: their routines for values and gradients are compiled (or
         # loaded) now, those of the tangent and second-order sweeps on first use.
-        ops = code_of(prog)[:, OPCODE] if int(prog[N_INSTR]) else np.empty(0, np.int32)
-        self._families = tuple(int(c) for c in np.unique(ops[ops >= FIRST_FAMILY]))
+        self._families = family_codes(prog)
         # The kernels of tapes with these families: each optimised, or generic while the
         # optimised ones compile in the background (_kernels/tiers.py).
         self._k = kernels_for(self._families)
@@ -458,6 +460,15 @@ class Tape:
         return self._code()[:, ATTR]
 
     @property
+    def subprograms(self) -> tuple:
+        """The nested programs the family instructions run (loop bodies), each a
+        ``Subprogram(program, consts_at)`` whose constants are ``consts[consts_at:]``;
+        empty for a tape without loops."""
+        if not int(self._prog[N_SUBPROGRAMS]):
+            return ()
+        return Program.unpack(self._prog, self._consts).subprograms
+
+    @property
     def consts(self) -> np.ndarray:
         """The constant pool: slot ``k < len(consts)`` holds ``consts[k]``. Read-only."""
         return self._consts
@@ -528,6 +539,11 @@ class Tape:
                     span(int(a), size, int(st))
                     for a, st in zip(args[: op.arity], strides[: op.arity], strict=True))
             lines.append(f"  {span(int(row[RESULT]), size, 1)} = {name}({operands})")
+            if int(row[OPCODE]) in FAMILIES:  # a loop's body, once, indented below it
+                for body in family.bodies:
+                    j = int(values[family.attrs.index(body)])
+                    inner = Tape(**self.subprograms[j].program.arrays(), name=f"{body} {j}")
+                    lines += ["    | " + line for line in inner.listing(limit).splitlines()]
         if limit is not None and len(code) > limit:
             lines.append(f"  ... {len(code) - limit} more")
         for s, outcome in self.guards:

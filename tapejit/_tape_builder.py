@@ -45,6 +45,7 @@ from ._program import (
     STRIDE_A,
     Family,
     Program,
+    Subprogram,
     family,
 )
 from ._scalar_ops import VALUE
@@ -161,6 +162,7 @@ class Recorder:
         self._guards: list[tuple[int, int]] = []  # (comparison node id, outcome 0/1)
         self._guard_set: set[tuple[int, int]] = set()
         self._family_results: dict[int, tuple[str, int]] = {}  # first id: (family, size)
+        self._subprograms: list[Subprogram] = []  # loop bodies, in table order
         # The pending run of scalar instructions, flat (numpy reads the buffers without a
         # copy): opcode and operand ids a, b, c per instruction, and the values; its
         # results are the last len(_run_vals) node ids.
@@ -472,16 +474,7 @@ class Recorder:
         if self.closed:
             raise RuntimeError("this recording has finished; a traced value escaped f")
         self._flush()
-        blocks = []
-        for ids in operands:
-            ids = np.ascontiguousarray(ids, dtype=_I64).ravel()
-            if not self.block(ids):
-                if (ids < 0).all():
-                    ids = -1 - np.arange(self._consts.extend(self.values(ids)),
-                                         self._consts.n, dtype=_I64)
-                else:
-                    ids = self._copy(ids)
-            blocks.append(ids)
+        blocks = [self.block_of(ids) for ids in operands]
         operand_values = [self._block_values(b) for b in blocks]
         with np.errstate(all="ignore"):
             vals = np.asarray(family.reference(attrs, *operand_values),
@@ -498,10 +491,46 @@ class Recorder:
         self._groups.append((family.opcode, vals.size, -1, [first, tuple(attrs)]))
         ids = np.arange(k0, k0 + vals.size, dtype=_I64)
         if family.failure and vals.size and np.isfinite(vals).all():
-            self._guard_finite(ids)
+            self.guard_finite(ids)
         return ids
 
-    def _guard_finite(self, ids: np.ndarray) -> None:
+    def emit_with_body(self, family: Family, body: Program, operands: list[np.ndarray],
+                       attrs: tuple[int, ...], values: np.ndarray) -> np.ndarray:
+        """Record one instruction of a family that runs a sub-program (a loop): ``body``
+        becomes the next entry of the sub-program table (its constants appended to the
+        pool) and the attribute ``family.bodies[0]`` names it; the other attributes are
+        ``attrs``, in order. ``values`` is the result at the recording point (the caller
+        computes it: a family reference does not see the body). Operands must be blocks
+        (:meth:`block`). Returns the result ids (flat)."""
+        if self.closed:
+            raise RuntimeError("this recording has finished; a traced value escaped f")
+        self._flush()
+        consts_at = self._consts.extend(np.asarray(body.consts, np.float64))
+        self._subprograms.append(Subprogram(body, consts_at))
+        attrs = list(attrs)
+        attrs.insert(family.attrs.index(family.bodies[0]), len(self._subprograms) - 1)
+        blocks = [np.ascontiguousarray(b, dtype=_I64).ravel() for b in operands]
+        if not all(self.block(b) for b in blocks):  # pragma: no cover - the caller's job
+            raise RuntimeError("recorder: a loop operand is not one block")
+        k0 = self._add_chunk(np.array(values, dtype=np.float64).ravel())
+        n = int(np.size(values))
+        self._family_results[k0] = (family.name, n)
+        first = [(int(b[0]) if b.size else 0, b.size) for b in blocks]
+        self._groups.append((family.opcode, n, -1, [first, tuple(attrs)]))
+        return np.arange(k0, k0 + n, dtype=_I64)
+
+    def block_of(self, ids: np.ndarray) -> np.ndarray:
+        """``ids`` as one block of consecutive slots: themselves, or a copy (an exact
+        multiplication by 1, or a run of the pool for constants)."""
+        ids = np.ascontiguousarray(ids, dtype=_I64).ravel()
+        if self.block(ids):
+            return ids
+        if (ids < 0).all():
+            return -1 - np.arange(self._consts.extend(self.values(ids)), self._consts.n,
+                                  dtype=_I64)
+        return self._copy(ids)
+
+    def guard_finite(self, ids: np.ndarray) -> None:
         """Guard that a failing family's result is not NaN, so a point where a
         factorization fails is refused or masked like a point off the recorded branches.
         Such a family gives NaN for the whole result of a failed point (``Family.failure``),
@@ -678,6 +707,7 @@ class Recorder:
             guards=guards,
             attrs=np.array(attrs, dtype=_I64),
             attr_at=code[:, ATTR] if attrs else None,
+            subprograms=tuple(self._subprograms),
         )
 
 

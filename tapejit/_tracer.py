@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import importlib
 import sys
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -135,11 +136,14 @@ class Tracer:
         node = int(self._ids.reshape(-1)[0])
         if node < 0:  # a constant: an ordinary Python branch
             return bool(self._rec.values(np.array(node)) != 0.0)
+        rec = self._rec
         if not self._truth:
-            node = int(emit("not_equal", self, 0.0)._ids.reshape(-1)[0])
+            # inside a loop body the comparison may be recorded by the body's recorder
+            t = emit("not_equal", self, 0.0)
+            rec, node = t._rec, int(t._ids.reshape(-1)[0])
             if node < 0:
-                return bool(self._rec.values(np.array(node)) != 0.0)
-        return self._rec.guard(node)
+                return bool(rec.values(np.array(node)) != 0.0)
+        return rec.guard(node)
 
     def _no_convert(self, what: str) -> TracingError:
         return TracingError(
@@ -453,10 +457,47 @@ def _mixed() -> TracingError:
     return TracingError("values from two different recordings were combined")
 
 
+class Body:
+    """A loop body being recorded (``tapejit/_loop.py``): its recorder, the recorder it
+    is nested in, and how a traced value of that enclosing recording becomes one of the
+    body's (``capture(tracer) -> tracer``: the body's closure)."""
+
+    __slots__ = ("capture", "parent", "rec")
+
+    def __init__(self, rec: Recorder, parent: Recorder | None,
+                 capture: Callable[[Tracer], Tracer]) -> None:
+        self.rec, self.parent, self.capture = rec, parent, capture
+
+
+#: The loop bodies being recorded, innermost last. While one is, every operation on
+#: traced values records into the innermost body, and a value of an enclosing recording
+#: is captured into it first (:func:`adopt`).
+BODIES: list[Body] = []
+
+
+def adopt(value: Tracer, level: int = -1) -> Tracer:
+    """``value``, a tracer of the recording enclosing loop body ``BODIES[level]`` (or of
+    one around that), as a traced value of that body."""
+    body = BODIES[level]
+    if value._rec is body.rec:
+        return value
+    depth = level % len(BODIES)
+    if body.parent is None and depth == 0:  # the first traced value the body meets
+        body.parent = value._rec
+    if value._rec is not body.parent and depth > 0:
+        value = adopt(value, depth - 1)
+    if value._rec is not body.parent:
+        raise _mixed()
+    return body.capture(value)
+
+
 def _binary(op: Op, x: Any, y: Any) -> Any:
     """``op`` on a traced scalar and another operand: the scalar path for a traced scalar
     or a Python number, :func:`emit` for anything else (arrays, numpy scalars, ...)."""
     tx, ty = type(x), type(y)
+    if BODIES and any(type(v) is ScalarTracer and v._rec is not BODIES[-1].rec
+                      for v in (x, y)):
+        return emit(op.name, x, y)  # a value from outside a loop body: captured first
     try:
         if tx is ScalarTracer:
             rec, a, av = x._rec, x._id, x._val
@@ -483,6 +524,8 @@ def _binary(op: Op, x: Any, y: Any) -> Any:
 
 
 def _unary(op: Op, x: ScalarTracer) -> ScalarTracer:
+    if BODIES and x._rec is not BODIES[-1].rec:
+        return emit(op.name, x)
     node, value = x._rec.scalar1(op, x._id, x._val)
     return ScalarTracer(x._rec, node, value, _TRUTH[op.code])
 
@@ -700,8 +743,10 @@ def recorder_of(values: Any) -> Recorder | None:
         if isinstance(v, Tracer):
             if rec is None:
                 rec = v._rec
-            elif v._rec is not rec:
+            elif v._rec is not rec and not BODIES:
                 raise _mixed()
+    if rec is not None and BODIES:
+        return BODIES[-1].rec  # lift captures values from outside the body
     return rec
 
 
@@ -709,7 +754,9 @@ def lift(rec: Recorder, value: Any) -> np.ndarray:
     """Ids of a tracer, or of a numeric constant (a number or an array of numbers)."""
     if isinstance(value, Tracer):
         if value._rec is not rec:
-            raise TracingError("values from two different recordings were combined")
+            if BODIES and rec is BODIES[-1].rec:
+                return adopt(value)._ids
+            raise _mixed()
         return value._ids
     if isinstance(value, list | tuple) and is_traced(value):
         # lazy: _numpy_funcs builds on this module (an import circle)
@@ -770,6 +817,8 @@ def _scalar_operands(rec: Recorder, values: tuple) -> tuple[list[int], list[floa
                   and v.dtype.kind in "biuf")):
             return None
     ids, vals = [], []
+    if BODIES:  # values from outside a loop body, as the body's
+        values = tuple(adopt(v) if isinstance(v, Tracer) else v for v in values)
     for v in values:
         if type(v) is ScalarTracer:
             ids.append(v._id)

@@ -302,6 +302,15 @@ def _check_subprograms(ops: np.ndarray, att: np.ndarray, at: np.ndarray, cst: np
         except TapeFormatError as exc:
             raise TapeFormatError(f"sub-program {j}: {exc}") from None
         out.append(Subprogram(checked, c))
+    for family, which, idx in _family_attrs(ops, at):
+        if family.body_check is None:
+            continue
+        for body in family.bodies:
+            for i, row in zip(which.tolist(), att[idx].tolist(), strict=True):
+                why = family.body_check(tuple(row), out[row[family.attrs.index(body)]]
+                                        .program)
+                if why:
+                    raise TapeFormatError(f"instruction {i} ({family.name}): {why}")
     return tuple(out)
 
 

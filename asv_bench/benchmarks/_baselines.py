@@ -73,6 +73,17 @@ def lorenz_f(p, steps=LORENZ_STEPS):
     return (x - 1.0) ** 2 + (y - 2.0) ** 2 + (z - 3.0) ** 2
 
 
+def lorenz_scan_f(p, steps=LORENZ_STEPS, checkpoint=None):
+    """:func:`lorenz_f` with its steps in ``tapejit.scan``: the body recorded once."""
+    import tapejit
+
+    def body(s, _):
+        return lorenz_step(s[0], s[1], s[2], p[0], p[1], p[2]), None
+
+    (x, y, z), _ = tapejit.scan(body, (1.0, 1.0, 1.0), length=steps, checkpoint=checkpoint)
+    return (x - 1.0) ** 2 + (y - 2.0) ** 2 + (z - 3.0) ** 2
+
+
 def lorenz_points(n, seed=0):
     return np.asarray(LORENZ_P) * np.random.default_rng(seed).uniform(0.95, 1.05, (n, 3))
 

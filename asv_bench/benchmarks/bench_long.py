@@ -11,6 +11,8 @@ The tape is the scalar recurrence of ``_baselines.recurrence_f`` over ``k`` step
   reverse sweeps of long tapes run segmented, ``tapejit/_segments.py``).
 * ``Flatness.track_ratio``: that figure for a long tape over the 801-instruction tape's,
   both measured in the same process, alternately (the target: 1.5 at most).
+* ``LorenzScan``: the Lorenz fit with its steps in ``tapejit.scan`` and unrolled, its
+  gradient at 1 and 1000 points and its recording.
 """
 
 import time
@@ -87,3 +89,27 @@ class Flatness:
         return long / short
 
     track_ratio.unit = "ratio"
+
+
+class LorenzScan:
+    """The Lorenz fit (2000 RK4 steps) with ``tapejit.scan`` and unrolled, at one point
+    and 1000 points: the loop recorded once against the tape that holds every step."""
+
+    params = (("scan", "unrolled"), (1, 1000))
+    param_names = ("loop", "points")
+    timeout = 180
+
+    def setup(self, loop, points):
+        if tapejit is None:
+            raise NotImplementedError(f"tapejit unavailable: {_TAPEJIT_ERROR}")
+        f = B.lorenz_scan_f if loop == "scan" else B.lorenz_f
+        self.tape = tapejit.record(f, B.LORENZ_P0.copy())
+        self.X = B.LORENZ_P0 if points == 1 else B.lorenz_points(points)
+        self.tape.value_and_grad(self.X)
+
+    def time_value_and_grad(self, loop, points):
+        self.tape.value_and_grad(self.X)
+
+    def time_record(self, loop, points):
+        tapejit.record(B.lorenz_scan_f if loop == "scan" else B.lorenz_f,
+                       B.LORENZ_P0.copy())

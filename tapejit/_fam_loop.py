@@ -1,0 +1,96 @@
+"""The ``loop`` instruction family: a body sub-program run a fixed number of times.
+
+``tapejit.scan`` and ``tapejit.fori_loop`` (``tapejit/_loop.py``) record their body once
+as a sub-program of the tape and emit one ``loop`` instruction that runs it. Attributes
+(:data:`LOOP_ATTRS`), operands, the body's inputs and outputs and the result layout are
+described with the kernel routines, ``tapejit/_kernels/fam_loop.py``. This module holds
+the attribute check, the sizes, and the check of a body against the instruction that
+runs it (the routines trust both).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from ._kernels.fam_loop import (
+    LOOP_BODY,
+    LOOP_CARRY,
+    LOOP_CLOSURE,
+    LOOP_EVERY,
+    LOOP_LENGTH,
+    LOOP_X,
+    LOOP_Y,
+)
+from ._program import MAX_FAMILY_SIZE, Family, Program, attr_columns
+
+_POSITIONS = {LOOP_BODY: "body", LOOP_LENGTH: "length", LOOP_CARRY: "n_carry", LOOP_X: "n_x",
+              LOOP_CLOSURE: "n_closure", LOOP_Y: "n_y", LOOP_EVERY: "every"}
+#: Attribute names, in order (their positions are the kernel routines' ``LOOP_*``).
+LOOP_ATTRS = tuple(_POSITIONS[i] for i in range(len(_POSITIONS)))
+
+
+def checkpoints(length: int, every: int) -> int:
+    """How many carries a loop stores besides its final one: those after steps
+    ``every, 2 every, ...`` below ``length``."""
+    return (length - 1) // every if length > 0 else 0
+
+
+def result_layout(length: int, n_carry: int, n_y: int, every: int) -> tuple[int, int, int]:
+    """``(size, first final-carry element, first ys element)`` of a loop's result
+    (element 0 is its status)."""
+    carry0 = 1 + checkpoints(length, every) * n_carry
+    ys0 = carry0 + n_carry
+    return ys0 + length * n_y, carry0, ys0
+
+
+def loop_sizes(values: np.ndarray) -> np.ndarray:
+    """``Family.sizes`` of (checked) rows: the result, then operands a, b, c."""
+    v = attr_columns(values)
+    n, nc, nx, nk, ny, every = (v[:, i] for i in (LOOP_LENGTH, LOOP_CARRY, LOOP_X,
+                                                 LOOP_CLOSURE, LOOP_Y, LOOP_EVERY))
+    nck = np.where(n > 0, (n - 1) // np.maximum(every, 1), 0)
+    size = 1 + (nck + 1) * nc + n * ny
+    return np.stack([size, nc, n * nx, nk], axis=1)
+
+
+def loop_check(values: np.ndarray) -> np.ndarray:
+    """Bad mask of attribute rows: a negative count or body index, ``every < 1``, a
+    result or operand beyond the largest family block."""
+    v = attr_columns(values)
+    bad = (v < 0).any(axis=1) | (v[:, LOOP_EVERY] < 1)
+    if bad.all():
+        return bad
+    with np.errstate(over="ignore"):
+        sizes = loop_sizes(np.where(bad[:, None], 0, v))
+    return bad | (sizes > MAX_FAMILY_SIZE).any(axis=1)
+
+
+def loop_body_check(attrs: tuple[int, ...], body: Program) -> str:
+    """Why ``body`` cannot be the body of a loop with ``attrs``, or ``""``: it must have
+    the inputs ``[carry | x | closure]``, no parameters and the outputs
+    ``[next carry | y]``."""
+    nc, nx, nk, ny = (attrs[i] for i in (LOOP_CARRY, LOOP_X, LOOP_CLOSURE, LOOP_Y))
+    if body.n_params:
+        return f"a loop body has no parameters; this one has {body.n_params}"
+    if body.n_inputs != nc + nx + nk:
+        return (f"a loop body with {nc} carried, {nx} per-step and {nk} closure values "
+                f"has {nc + nx + nk} inputs; this one has {body.n_inputs}")
+    if len(body.outputs) != nc + ny:
+        return (f"a loop body with {nc} carried and {ny} per-step outputs has {nc + ny} "
+                f"outputs; this one has {len(body.outputs)}")
+    return ""
+
+
+def _no_reference(attrs: tuple[int, ...], *operands: Any) -> np.ndarray:
+    raise NotImplementedError(
+        "a loop instruction's values need its body, which a family reference does not "
+        "see: evaluate the tape (its kernels run loops)")
+
+
+LOOP = Family("loop", 140, 3, LOOP_ATTRS, bodies=("body",), check=loop_check,
+              sizes=loop_sizes, kernel="fam_loop", reference=_no_reference,
+              body_check=loop_body_check,
+              failure="a branch inside a loop body went the other way than when it was "
+                      "recorded")

@@ -1,0 +1,337 @@
+"""Loops recorded once (``tapejit.scan``, ``tapejit.fori_loop``; ``tapejit/_loop.py``, the
+``loop`` family's routines in ``tapejit/_kernels/fam_loop.py``).
+
+A loop tape is checked against the tape of the same function unrolled in Python: values
+bit for bit (the body runs the same instructions in the same order), and every sweep
+(gradients, Jacobian-vector products, Hessians), batched and at one point, with each
+checkpoint schedule. Adjoints of values the body reads from outside (its closure) sum
+one step's terms at a time rather than in one long sum, so those agree to rounding.
+
+Loop tapes run on the optimised kernels only (the generic tier refuses sub-programs and
+hands them over), hence the marker.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import pickle
+
+import numpy as np
+import pytest
+
+import tapejit
+from tapejit import BranchError, TapeFormatError, TracingError
+
+pytestmark = pytest.mark.kernels
+
+RNG = np.random.default_rng(7)
+XS = RNG.normal(size=(7, 2)) * 0.1
+P0 = np.array([0.3, 0.05])
+
+
+def _step(c, x, p):
+    a, b = c
+    a2 = np.sin(a) * b + p[0] * a + x[0]
+    b2 = 0.9 * b + p[1] * a * a - x[1]
+    return (a2, b2), a2 * b2
+
+
+def _scanned(p, xs, checkpoint=None):
+    (a, b), ys = tapejit.scan(lambda c, x: _step(c, x, p), (p[0], 0.5), xs,
+                              checkpoint=checkpoint)
+    return a + b + np.sum(ys * ys)
+
+
+def _unrolled(p, xs):
+    c, ys = (p[0], 0.5), []
+    for t in range(xs.shape[0]):
+        c, y = _step(c, xs[t], p)
+        ys.append(y)
+    return c[0] + c[1] + np.sum(np.stack(ys) ** 2)
+
+
+def _close(a, b):
+    np.testing.assert_allclose(a, b, rtol=1e-13, atol=1e-15)
+
+
+@pytest.mark.parametrize("checkpoint", [None, "all", 2, 3, 7, 50])
+def test_scan_matches_the_unrolled_tape_in_every_sweep(checkpoint):
+    loop = tapejit.record(lambda p: _scanned(p, XS, checkpoint), P0)
+    flat = tapejit.record(lambda p: _unrolled(p, XS), P0)
+    assert len(loop) < 10 < len(flat)
+    P = P0 + RNG.normal(size=(5, 2)) * 0.1
+    np.testing.assert_array_equal(loop.forward(P), flat.forward(P))
+    for x in (P, P[0]):
+        v, g = loop.value_and_grad(x)
+        vu, gu = flat.value_and_grad(x)
+        np.testing.assert_array_equal(v, vu)
+        _close(g, gu)
+        _close(loop.hessian(x), flat.hessian(x))
+    V = RNG.normal(size=(5, 2))
+    np.testing.assert_array_equal(loop.jvp(P, V)[1], flat.jvp(P, V)[1])
+
+
+def test_per_step_inputs_are_differentiated_bit_for_bit():
+    # xs as inputs: their adjoints come from one step each, in the unrolled order
+    loop = tapejit.record(lambda p, xs: _scanned(p, xs), P0, XS)
+    flat = tapejit.record(_unrolled, P0, XS)
+    x = np.concatenate([P0, XS.ravel()])
+    g, gu = loop.value_and_grad(x)[1], flat.value_and_grad(x)[1]
+    np.testing.assert_array_equal(g[2:], gu[2:])
+    _close(g, gu)
+    _close(loop.hessian(x), flat.hessian(x))
+
+
+def test_trees_of_carries_inputs_and_outputs():
+    def f(x):
+        def body(c, xs):
+            s = c["s"] + xs["u"] * c["v"][0]
+            v = c["v"] * xs["w"]
+            return {"s": s, "v": v}, (s, v * 2.0)
+
+        xs = {"u": np.arange(4.0), "w": np.linspace(0.5, 1.5, 8).reshape(4, 2)}
+        c, (ss, vs) = tapejit.scan(body, {"s": x[0], "v": x[1:]}, xs)
+        assert ss.shape == (4,) and vs.shape == (4, 2)
+        return c["s"] + np.sum(c["v"]) + np.sum(ss) + np.sum(vs * vs)
+
+    def plain(x):
+        s, v, total = x[0], x[1:], 0.0
+        w = np.linspace(0.5, 1.5, 8).reshape(4, 2)
+        for t in range(4):
+            s = s + t * v[0]
+            v = v * w[t]
+            total = total + s + np.sum((v * 2.0) ** 2)
+        return s + np.sum(v) + total
+
+    x0 = np.array([0.5, 1.0, -2.0])
+    loop, flat = tapejit.record(f, x0), tapejit.record(plain, x0)
+    _close(loop.forward(x0), flat.forward(x0))
+    _close(loop.value_and_grad(x0)[1], flat.value_and_grad(x0)[1])
+
+
+def test_parameters_and_closed_over_values():
+    # the body reads a parameter (not differentiated) and an input (differentiated)
+    def f(x, k):
+        c, _ = tapejit.scan(lambda c, _: (c * x[0] + k, None), x[1], length=5)
+        return c
+
+    loop = tapejit.record(f, np.array([0.9, 1.0]), 0.5, argnums=0)
+    X = np.array([[0.9, 1.0], [1.1, -2.0]])
+    for k in (0.5, 2.0):
+        c = X[:, 1].copy()
+        for _ in range(5):
+            c = c * X[:, 0] + k
+        _close(loop.forward(X, params=[k]), c)
+    g = loop.value_and_grad(np.array([0.9, 1.0]), params=[0.5])[1]
+    h = 1e-6
+    fd = [(loop.forward(np.array([0.9, 1.0]) + h * e, params=[0.5])
+           - loop.forward(np.array([0.9, 1.0]) - h * e, params=[0.5])) / (2 * h)
+          for e in np.eye(2)]
+    np.testing.assert_allclose(g, fd, rtol=1e-7)
+
+
+def test_fori_loop_power():
+    tape = tapejit.record(lambda x: tapejit.fori_loop(0, 10, lambda i, v: v * x, 1.0), 1.5)
+    x = np.array([1.5])
+    _close(tape.forward(x), 1.5**10)
+    _close(tape.value_and_grad(x)[1], [10 * 1.5**9])
+    _close(tape.hessian(x), [[90 * 1.5**8]])
+
+
+def test_fori_loop_index_is_the_step():
+    tape = tapejit.record(lambda x: tapejit.fori_loop(2, 6, lambda i, v: v + i * x, 0.0), 1.0)
+    _close(tape.value_and_grad(np.array([3.0]))[1], [2 + 3 + 4 + 5])
+
+
+def test_nested_loops_match_the_unrolled_tape():
+    def inner(c, p):
+        return tapejit.fori_loop(0, 3, lambda i, v: np.sin(v) * p[0] + p[1] * i, c)
+
+    def loop_f(p):
+        c, ys = tapejit.scan(lambda c, _: (inner(c, p), c * c), 0.2, length=4)
+        return c + np.sum(ys)
+
+    def flat_f(p):
+        c, total = 0.2, 0.0
+        for _ in range(4):
+            total = total + c * c
+            for i in range(3):
+                c = np.sin(c) * p[0] + p[1] * i
+        return c + total
+
+    p0 = np.array([0.8, 0.1])
+    loop, flat = tapejit.record(loop_f, p0), tapejit.record(flat_f, p0)
+    P = p0 + RNG.normal(size=(3, 2)) * 0.1
+    _close(loop.forward(P), flat.forward(P))
+    _close(loop.value_and_grad(P)[1], flat.value_and_grad(P)[1])
+    _close(loop.hessian(P[0]), flat.hessian(P[0]))
+
+
+def _branchy(x):
+    def body(c, _):
+        if c > 0:  # a guard of the body, checked at every step
+            return c * 0.5 + x, None
+        return c - 1.0, None
+
+    c, _ = tapejit.scan(body, x, length=6)
+    return c
+
+
+def test_guards_inside_the_body_are_checked_at_every_step():
+    tape = tapejit.record(_branchy, 1.0)
+    assert tape.n_guards == 1
+    _close(tape.forward(np.array([2.0])), _python_branchy(2.0))
+    # x = -0.1: c > 0 fails at the first step
+    with pytest.raises(BranchError):
+        tape.forward(np.array([-0.1]))
+    out, valid = tape.forward(np.array([[2.0], [-0.1]]), check="mask")
+    assert valid.tolist() == [True, False]
+    assert out[0] == _python_branchy(2.0) and np.isnan(out[1])
+
+
+def _python_branchy(x):
+    c = x
+    for _ in range(6):
+        c = c * 0.5 + x if c > 0 else c - 1.0
+    return c
+
+
+def test_a_branch_that_changes_while_recording_is_refused():
+    def f(x):
+        def body(c, _):
+            return (c - 1.0 if c > 0 else c + 1.0), None
+        return tapejit.scan(body, x, length=5)[0]
+
+    with pytest.raises(TracingError, match=r"np\.where"):
+        tapejit.record(f, 1.5)
+
+
+def test_outside_a_recording_scan_is_a_python_loop():
+    c, ys = tapejit.scan(lambda c, x: (c + x, c * x), 1.0, np.arange(4.0))
+    assert c == 7.0
+    np.testing.assert_array_equal(ys, [0.0, 1.0, 4.0, 12.0])
+    assert tapejit.fori_loop(0, 3, lambda i, v: v * 2.0, 1.0) == 8.0
+
+
+def test_zero_steps():
+    tape = tapejit.record(lambda x: tapejit.scan(lambda c, _: (c * x, None), x + 1.0,
+                                                 length=0)[0], 2.0)
+    v, g = tape.value_and_grad(np.array([3.0]))
+    assert v == 4.0 and g.tolist() == [1.0]
+
+
+@pytest.mark.parametrize("body, message", [
+    (lambda c, x: c, "pair"),
+    (lambda c, x: ((c, c), None), "structure and shapes"),
+])
+def test_bodies_that_break_the_contract(body, message):
+    with pytest.raises(TracingError, match=message):
+        tapejit.record(lambda x: tapejit.scan(body, x, length=2)[0], 1.0)
+
+
+def test_bad_lengths():
+    with pytest.raises(ValueError, match="xs or length"):
+        tapejit.scan(lambda c, x: (c, None), 1.0)
+    with pytest.raises(ValueError, match="different lengths"):
+        tapejit.scan(lambda c, x: (c, None), 1.0, (np.zeros(2), np.zeros(3)))
+    with pytest.raises(ValueError, match="does not match"):
+        tapejit.scan(lambda c, x: (c, None), 1.0, np.zeros(2), length=3)
+    with pytest.raises(ValueError, match="checkpoint"):
+        tapejit.record(lambda x: tapejit.scan(lambda c, _: (c, None), x, length=2,
+                                              checkpoint=0)[0], 1.0)
+
+
+def test_pickled_loop_tape_and_files(tmp_path):
+    tape = tapejit.record(lambda p: _scanned(p, XS, 3), P0)
+    back = pickle.loads(pickle.dumps(tape))
+    np.testing.assert_array_equal(back.value_and_grad(P0)[1], tape.value_and_grad(P0)[1])
+    assert len(back.subprograms) == 1
+    with pytest.raises(ValueError, match="sub-programs"):
+        tape.save(tmp_path / "loop.tape")
+    assert not (tmp_path / "loop.tape").exists()
+
+
+def test_a_body_that_does_not_fit_its_loop_is_refused():
+    tape = tapejit.record(lambda p: _scanned(p, XS), P0)
+    (sub,) = tape.subprograms
+    body = sub.program
+    # the same body, one output short: the loop would read past its outputs
+    short = dataclasses.replace(body, outputs=body.outputs[:-1])
+    arrays = dict(opcodes=tape.opcodes, args=tape.args, consts=tape.consts,
+                  inputs=tape.inputs, params=tape.params, outputs=tape.outputs,
+                  guards=tape.guards, sizes=tape.sizes, strides=tape.strides,
+                  attrs=tape.attrs, attr_offsets=tape.attr_offsets)
+    tapejit.Tape(**arrays, subprograms=(sub,))  # as recorded: accepted
+    with pytest.raises(TapeFormatError, match="outputs"):
+        tapejit.Tape(**arrays, subprograms=(type(sub)(short, sub.consts_at),))
+
+
+def _carry_only(x):
+    # no closure: every adjoint is one step's sum, as in the unrolled tape
+    def body(c, _):
+        a, b = c
+        return (np.sin(a) * b + 0.1 * a, 0.9 * b + 0.01 * a * a - np.exp(-a) * 0.5), None
+    (a, b), _ = tapejit.scan(body, (x[0], x[1]), length=50)
+    return a * b
+
+
+def _carry_only_unrolled(x):
+    a, b = x[0], x[1]
+    for _ in range(50):
+        a, b = np.sin(a) * b + 0.1 * a, 0.9 * b + 0.01 * a * a - np.exp(-a) * 0.5
+    return a * b
+
+
+def test_one_point_gradient_of_a_scalar_body_is_bit_for_bit():
+    # at one point the body runs its scalar program, the unrolled tape its own
+    x = np.array([0.5, 1.2])
+    loop, flat = tapejit.record(_carry_only, x), tapejit.record(_carry_only_unrolled, x)
+    for p in (x, np.array([-0.3, 2.0])):
+        v, g = loop.value_and_grad(p)
+        vu, gu = flat.value_and_grad(p)
+        np.testing.assert_array_equal(np.array([v, *g]), np.array([vu, *gu]))
+
+
+def test_the_kernels_derive_a_body_scalar_program_as_the_tape_does():
+    # _loop_scalar (kernel side, run inside the loop routines) against
+    # _scalar_program.scalar_program; called here on its own, it compiles on its own (a
+    # few seconds): the one way to compare the two derivations array for array.
+    from tapejit._kernels.runtime import kernels
+    from tapejit._scalar_program import scalar_program
+
+    derive = kernels().module._loop_scalar
+    for f, x in ((_carry_only, np.array([0.5, 1.2])), (lambda p: _scanned(p, XS), P0),
+                 (_branchy, 1.0)):
+        (sub,) = tapejit.record(f, x).subprograms
+        prog, _ = sub.program.pack()
+        S, F = derive(prog)
+        want = scalar_program(prog)
+        assert want is not None
+        np.testing.assert_array_equal(S, want[0])
+        np.testing.assert_array_equal(F, want[1])
+    # a body of block instructions has none
+    block = tapejit.record(lambda x: tapejit.scan(lambda c, _: (np.sin(c), None), x,
+                                                  length=2)[0], np.ones(8))
+    assert derive(block.subprograms[0].program.pack()[0])[0].size == 0
+
+
+def test_a_loop_tape_inlined_into_another_recording():
+    inner = tapejit.record(lambda p: _scanned(p, XS, 3), P0)
+    outer = tapejit.record(lambda p: inner(p) * 2.0 + p[0], P0)
+    P = P0 + RNG.normal(size=(4, 2)) * 0.1
+    v, g = outer.value_and_grad(P)
+    vi, gi = inner.value_and_grad(P)
+    np.testing.assert_array_equal(v, vi * 2.0 + P[:, 0])
+    _close(g, gi * 2.0 + [1.0, 0.0])
+
+
+def test_transforms_and_nested_differentiation():
+    def f(x):
+        return tapejit.scan(lambda c, _: (np.sin(c) * x[0] + x[1], None), x[0], length=4)[0]
+
+    x = np.array([0.5, 0.2])
+    tape = tapejit.record(f, x)
+    _close(tapejit.grad(f)(x), tape.value_and_grad(x)[1])
+    _close(tapejit.hessian(f)(x), tape.hessian(x))
+    with pytest.raises(TracingError, match="loop"):  # a derivative recorded as a tape
+        tapejit.record(lambda x: tapejit.grad(f)(x)[0], x)
