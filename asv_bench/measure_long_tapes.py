@@ -93,6 +93,11 @@ def lorenz() -> None:
               f"{ca_many * 1e3:.4f} ms a point; tapejit/casadi {one / ca_one:.2f} (1 point), "
               f"{many / ca_many:.2f} (1000 points)")
         paired(tape, F, p)
+    jax_row(p, one, "tapejit/jax")
+
+
+def jax_row(p, one: float, label: str) -> None:
+    """JAX's one-point Lorenz gradient (compile time beside), and ``one`` over it."""
     if B._jax() is None:
         print("jax: not installed")
         return
@@ -103,7 +108,7 @@ def lorenz() -> None:
     compile_s = time.perf_counter() - t0
     jx = best(lambda: f(pj), 20)
     print(f"jax jit(value_and_grad), fori_loop: compile {compile_s:.2f} s; 1 point "
-          f"{jx * 1e3:.3f} ms; tapejit/jax {one / jx:.2f}")
+          f"{jx * 1e3:.3f} ms; {label} {one / jx:.2f}")
 
 
 def paired(tape, F, p, rounds=15, calls=50) -> None:
@@ -160,15 +165,7 @@ def lorenz_scan() -> None:
           f"{one_u * 1e3:.3f} ms); 1000 points {many * 1e3:.1f} ms ({many / many_u:.2f}x "
           f"the unrolled {many_u * 1e3:.1f} ms), {one / (many / len(P)):.1f}x faster per "
           "point than one point")
-    if B._jax() is not None:
-        t0 = time.perf_counter()
-        f = B.make_jax_lorenz()
-        pj = B.jax_put(p)
-        f(pj)
-        compile_s = time.perf_counter() - t0
-        jx = best(lambda: f(pj), 20)
-        print(f"jax jit(value_and_grad), fori_loop: compile {compile_s:.2f} s; 1 point "
-              f"{jx * 1e3:.3f} ms; tapejit scan/jax {one / jx:.2f}")
+    jax_row(p, one, "tapejit scan/jax")
     # in a new process, so that the high-water mark is this call's
     code = ("import resource, sys, time; sys.path.insert(0, sys.argv[1]); "
             "import numpy as np, tapejit; from benchmarks import _baselines as B; "

@@ -45,6 +45,19 @@ def result_layout(length: int, n_carry: int, n_y: int, every: int) -> tuple[int,
     return ys0 + length * n_y, carry0, ys0
 
 
+def scratch_elements(opcodes: np.ndarray, attrs: np.ndarray, attr_offsets: np.ndarray
+                     ) -> int:
+    """Floats per point the loop instructions among ``opcodes`` allocate besides the
+    workspace: each one's carries of one segment, ``min(every, length) * n_carry``
+    (a loader counts them against its limits)."""
+    total = 0
+    for i in np.flatnonzero(np.asarray(opcodes) == LOOP.opcode).tolist():
+        v = np.asarray(attrs[int(attr_offsets[i]) : int(attr_offsets[i]) + len(LOOP_ATTRS)],
+                       dtype=np.int64)
+        total += int(min(v[LOOP_EVERY], max(v[LOOP_LENGTH], 1)) * v[LOOP_CARRY])
+    return total
+
+
 def loop_sizes(values: np.ndarray) -> np.ndarray:
     """``Family.sizes`` of (checked) rows: the result, then operands a, b, c."""
     v = attr_columns(values)

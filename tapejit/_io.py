@@ -33,7 +33,19 @@ from 128) is written in format version 3, which has these members too::
     family_hashes    unicode, (f,)          hashes of what they mean (family_fingerprint)
 
 (``op_codes`` then lists the elementwise ops only.) A tape without families is still
-written in version 2, so that the tapejit versions before families read it.
+written in version 2, so that the tapejit versions before families read it. A tape
+with loops (instructions that run a sub-program: ``tapejit.scan``) is written in
+format version 4, which adds::
+
+    subprograms      int32, (k,)            the packed sub-programs (each a whole packed
+                                            program, its own nested ones inside), one
+                                            after another
+    subprogram_table int32, (s, 3)          each one's (offset in subprograms, length,
+                                            offset of its constants in consts)
+
+and whose ``op_*`` and ``family_*`` members list the ops and families of the
+sub-programs too. Each sub-program is validated as a packed program is
+(``Program.unpack``), and counts towards the limits on instructions and workspace.
 
 All numbers are little-endian. Format version 1 had one member ``fingerprint`` (unicode,
 shape ()), a hash of the whole op table, instead of the three ``op_*`` members; such a
@@ -75,14 +87,17 @@ import numpy as np
 
 from . import _ops
 from ._atomic import replacing
-from ._program import FAMILIES, FIRST_FAMILY, Family
+from ._fam_loop import scratch_elements
+from ._program import FAMILIES, FIRST_FAMILY, N_CONSTS, Family, Program, Subprogram
 from ._tape import Tape
 from ._validate import TapeFormatError
 from ._version import __version__
 
 #: Format version written by :func:`save_tape` for a tape with family instructions (one
 #: without is written in version 2); :func:`load_tape` reads versions 1..this.
-FORMAT_VERSION = 3
+FORMAT_VERSION = 4
+#: Format version of a tape with family instructions and no sub-programs.
+_FAMILY_VERSION = 3
 #: Format version of a tape without family instructions.
 _PLAIN_VERSION = 2
 
@@ -132,14 +147,20 @@ _OP_MEMBERS: dict[int, dict[str, tuple[str, int, int | None]]] = {
     1: {"fingerprint": ("U", 0, None)},
     2: _OPS_V2,
     3: {**_OPS_V2, **_FAMILY_MEMBERS},
+    4: {**_OPS_V2, **_FAMILY_MEMBERS},
 }
 # The attribute section of family instructions (format version 3).
 _ATTR_MEMBERS: dict[str, tuple[str, int, int | None]] = {
     "attrs": ("<i4", 1, None), "attr_offsets": ("<i4", 1, None),
 }
+# The sub-programs (format version 4).
+_SUB_MEMBERS: dict[str, tuple[str, int, int | None]] = {
+    "subprograms": ("<i4", 1, None), "subprogram_table": ("<i4", 2, 3),
+}
 #: Every member of a file of each format version.
 _SPEC: dict[int, dict[str, tuple[str, int, int | None]]] = {
-    v: {**_COMMON, **ops, **(_ATTR_MEMBERS if v >= 3 else {})}
+    v: {**_COMMON, **ops, **(_ATTR_MEMBERS if v >= 3 else {}),
+        **(_SUB_MEMBERS if v >= 4 else {})}
     for v, ops in _OP_MEMBERS.items()
 }
 _MAX_OPS = 255  # entries of op_codes: opcodes are uint8
@@ -286,11 +307,6 @@ def _family_members(opcodes: np.ndarray) -> dict[str, np.ndarray]:
     families = [FAMILIES[c] for c in codes if c in FAMILIES]
     if len(families) != len(codes):  # pragma: no cover - a Tape refuses them first
         raise ValueError("the tape uses opcodes that are not registered families")
-    loops = [f.name for f in families if f.bodies]
-    if loops:
-        raise ValueError(f"this tape has instructions with sub-programs ({', '.join(loops)}"
-                         "): tape files cannot store them yet; pickle the tape or share "
-                         "it with tapejit.share instead")
     return {
         "family_codes": np.array([f.opcode for f in families], dtype="|u1"),
         "family_names": np.array([f.name for f in families], dtype="<U"),
@@ -313,12 +329,30 @@ def _op_members(opcodes: np.ndarray) -> dict[str, np.ndarray]:
     }
 
 
+def _all_opcodes(opcodes: np.ndarray, subs: tuple[Subprogram, ...]) -> np.ndarray:
+    """``opcodes`` and those of the sub-programs, nested ones included."""
+    parts = [np.asarray(opcodes, dtype=np.int64)]
+    for sub in subs:
+        parts.append(_all_opcodes(sub.program.opcodes, sub.program.subprograms))
+    return np.concatenate(parts)
+
+
+def _sub_members(subs: tuple[Subprogram, ...]) -> dict[str, np.ndarray]:
+    packed = [sub.program.pack()[0] for sub in subs]
+    lengths = np.array([len(p) for p in packed], dtype=np.int64)
+    table = np.stack([np.concatenate([[0], np.cumsum(lengths)[:-1]]), lengths,
+                      [sub.consts_at for sub in subs]], axis=1)
+    return {"subprograms": np.concatenate(packed).astype("<i4"),
+            "subprogram_table": table.astype("<i4")}
+
+
 def _arrays(tape: Tape) -> dict[str, np.ndarray]:
-    opcodes = np.asarray(tape.opcodes)
+    subs = tape.subprograms
+    opcodes = _all_opcodes(tape.opcodes, subs)
     families = bool((opcodes >= FIRST_FAMILY).any())
+    version = FORMAT_VERSION if subs else (_FAMILY_VERSION if families else _PLAIN_VERSION)
     arrays = {
-        "format_version": np.array(FORMAT_VERSION if families else _PLAIN_VERSION,
-                                   dtype="<i8"),
+        "format_version": np.array(version, dtype="<i8"),
         "tapejit_version": np.array(str(__version__)),
         **_op_members(opcodes),
         **(_family_members(opcodes) if families else {}),
@@ -338,6 +372,8 @@ def _arrays(tape: Tape) -> dict[str, np.ndarray]:
     if families:
         arrays["attrs"] = np.ascontiguousarray(tape.attrs, dtype="<i4")
         arrays["attr_offsets"] = np.ascontiguousarray(tape.attr_offsets, dtype="<i4")
+    if subs:
+        arrays.update(_sub_members(subs))
     # What load_tape would reject must not be written in the first place.
     _decode_shapes("input_shapes", arrays["input_shapes"], tape.n_inputs)
     _decode_shapes("output_shapes", arrays["output_shapes"], tape.n_outputs)
@@ -764,12 +800,19 @@ def _read_arrays(z: Any, max_bytes: int | None, lim: _Limits) -> tuple[tuple, di
             where = "op_codes" if version < 3 else "op_codes or family_codes"
             raise TapeFormatError(f"the tape uses opcode {int(unlisted[0])}, which its "
                                   f"member {where} does not list")
+    subs = _read_subprograms(a, lim, n_results) if version >= 4 else ()
+    if listed is not None and subs:
+        unlisted = np.setdiff1d(_all_opcodes(np.zeros(0, np.int64), subs), listed)
+        if len(unlisted):
+            raise TapeFormatError(f"a sub-program uses opcode {int(unlisted[0])}, which the "
+                                  "members op_codes and family_codes do not list")
     input_shapes = _decode_shapes("input_shapes", a["input_shapes"], len(a["inputs"]))
     output_shapes = _decode_shapes("output_shapes", a["output_shapes"], len(a["outputs"]))
     arrays = (a["opcodes"], a["args"], a["consts"], a["inputs"], a["params"], a["outputs"])
     attrs = {k: a[k] for k in _ATTR_MEMBERS if k in a}
     return arrays, {
         **attrs,
+        **({"subprograms": subs} if subs else {}),
         "input_shapes": input_shapes,
         "output_shapes": output_shapes,
         "name": str(a["name"][()]),
@@ -777,6 +820,55 @@ def _read_arrays(z: Any, max_bytes: int | None, lim: _Limits) -> tuple[tuple, di
         "sizes": a["sizes"],
         "strides": a["strides"],
     }
+
+
+def _read_subprograms(a: dict[str, Any], lim: _Limits, n_results: int
+                      ) -> tuple[Subprogram, ...]:
+    """The sub-programs of a version-4 file, each validated as a packed program, within
+    the limits (their instructions, and their workspaces, count with the tape's)."""
+    packed, table = a["subprograms"], a["subprogram_table"].astype(np.int64)
+    consts = a["consts"]
+    if not len(table):
+        raise TapeFormatError("subprogram_table is empty: a version-4 file has sub-programs")
+    out, end = [], 0
+    for j, (at, length, c) in enumerate(table.tolist()):
+        if at != end or length < 1 or at + length > len(packed):
+            raise TapeFormatError(f"subprogram_table row {j} ({at}, {length}) does not "
+                                  "follow the sub-program before it inside subprograms")
+        end = at + length
+        prog = np.ascontiguousarray(packed[at:end], dtype=np.int32)
+        n_consts = int(prog[N_CONSTS]) if len(prog) > N_CONSTS else -1
+        if c < 0 or n_consts < 0 or c + n_consts > len(consts):
+            raise TapeFormatError(f"sub-program {j}: its constants at {c} are outside the "
+                                  f"pool of {len(consts)}")
+        try:
+            program = Program.unpack(prog, consts[c : c + n_consts])
+        except TapeFormatError as exc:
+            raise TapeFormatError(f"sub-program {j}: {exc}") from None
+        out.append(Subprogram(program, c))
+    if end != len(packed):
+        raise TapeFormatError(f"subprograms holds {len(packed) - end} ints after the last "
+                              "sub-program")
+
+    def totals(subs) -> tuple[int, int]:
+        n_instr = elements = 0
+        for sub in subs:
+            p = sub.program
+            i, e = totals(p.subprograms)
+            n_instr += len(p) + i
+            elements += (_point_elements(p.n_fixed, int(p.sizes.sum())) + e
+                         + scratch_elements(p.opcodes, p.attrs, p.attr_offsets))
+        return n_instr, elements
+
+    n_instr, elements = totals(out)
+    elements += scratch_elements(a["opcodes"], a["attrs"], a["attr_offsets"])
+    if n_instr > lim.instructions:
+        raise _too_big(f"the tape's sub-programs have {n_instr} instructions",
+                       "max_instructions", lim.instructions)
+    if elements > lim.elements:
+        raise _too_big(f"the tape's sub-programs need {elements} workspace elements per "
+                       "point", "max_elements", lim.elements)
+    return tuple(out)
 
 
 def _peek(path: str | os.PathLike[str] | BinaryIO, n: int) -> bytes:

@@ -34,7 +34,7 @@ from ._atomic import replacing
 from ._kernels.reference import LIBM_NUMPY as _LIBM_NUMPY
 from ._kernels.reference import reference_namespace
 from ._ops import BY_CODE, OPS, Op, math_to_numpy
-from ._program import FAMILIES, FIRST_FAMILY, MAX_ARITY, Family, Program
+from ._program import FAMILIES, FIRST_FAMILY, MAX_ARITY, Family, Program, Subprogram
 
 if TYPE_CHECKING:  # in annotations only: _tape imports this module's functions
     from ._tape import Tape
@@ -125,6 +125,7 @@ class _FamilyStep:
     blocks: tuple[tuple[int, int], ...]  # (first slot, length) of each operand
     result: int
     size: int
+    body: Program | None = None  # a loop's: its values come from the kernels
 
     def operands(self, V: list[Any]) -> list[np.ndarray]:
         """The operand blocks' entries of ``V`` (empty for unused operands)."""
@@ -132,6 +133,9 @@ class _FamilyStep:
         return out + [np.zeros(0)] * (MAX_ARITY - len(out))
 
     def value(self, W: list[Any]) -> np.ndarray:
+        if self.body is not None:  # a family reference does not see a loop's body
+            return np.asarray(self.alone().forward(_point_of(self, W)),
+                              np.float64).reshape(self.size)
         assert self.family.reference is not None  # a family the kernels run has one
         r = np.asarray(self.family.reference(self.attrs, *self.operands(W)), np.float64)
         return r.reshape(self.size)
@@ -149,11 +153,18 @@ class _FamilyStep:
         args[0, :k] = np.where(np.array(lengths) > 0, starts, 0)
         strides[0, :k] = lengths
         n_in = int(sum(lengths))
-        return Tape(np.array([self.family.opcode]), args, np.zeros(0),
-                    np.arange(n_in), np.zeros(0, np.int64), n_in + np.arange(self.size),
-                    sizes=np.array([self.size]), strides=strides,
-                    attrs=np.array(self.attrs, dtype=np.int64),
-                    attr_offsets=np.zeros(1, np.int64))
+        attrs = np.array(self.attrs, dtype=np.int64)
+        consts, subs = np.zeros(0), ()
+        if self.body is not None:  # its body the one sub-program, its constants the pool
+            consts, subs = self.body.consts, (Subprogram(self.body, 0),)
+            attrs[self.family.attrs.index(self.family.bodies[0])] = 0
+            args[0, :k] = np.where(np.array(lengths) > 0, starts + len(consts), 0)
+        nc = len(consts)
+        return Tape(np.array([self.family.opcode]), args, consts,
+                    nc + np.arange(n_in), np.zeros(0, np.int64),
+                    nc + n_in + np.arange(self.size), sizes=np.array([self.size]),
+                    strides=strides, attrs=attrs, attr_offsets=np.zeros(1, np.int64),
+                    subprograms=subs)
 
     def label(self, name: Callable[[int], str]) -> str:
         """``matmul[m=5, ...](p0..p14 [15], x0..x2 [3]) -> [5]``."""
@@ -178,7 +189,9 @@ def _family_steps(prog: Program) -> dict[int, _FamilyStep]:
                        for k in range(family.arity))
         attrs = tuple(prog.attrs[at[i] : at[i] + len(family.attrs)].tolist())
         r = int(prog.results[i])
-        out[r] = _FamilyStep(family, attrs, blocks, r, int(prog.sizes[i]))
+        body = (prog.subprograms[attrs[family.attrs.index(family.bodies[0])]].program
+                if family.bodies else None)
+        out[r] = _FamilyStep(family, attrs, blocks, r, int(prog.sizes[i]), body)
     return out
 
 

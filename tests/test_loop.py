@@ -14,6 +14,7 @@ hands them over), hence the marker.
 from __future__ import annotations
 
 import dataclasses
+import io
 import pickle
 
 import numpy as np
@@ -21,6 +22,7 @@ import pytest
 
 import tapejit
 from tapejit import BranchError, TapeFormatError, TracingError
+from tapejit._ops import BY_NAME
 
 pytestmark = pytest.mark.kernels
 
@@ -241,14 +243,68 @@ def test_bad_lengths():
                                               checkpoint=0)[0], 1.0)
 
 
-def test_pickled_loop_tape_and_files(tmp_path):
-    tape = tapejit.record(lambda p: _scanned(p, XS, 3), P0)
-    back = pickle.loads(pickle.dumps(tape))
-    np.testing.assert_array_equal(back.value_and_grad(P0)[1], tape.value_and_grad(P0)[1])
-    assert len(back.subprograms) == 1
-    with pytest.raises(ValueError, match="sub-programs"):
+def _nested_loops(p):
+    inner = lambda c: tapejit.fori_loop(0, 3, lambda i, v: np.cos(v) * p[0] + i, c)  # noqa: E731
+    return tapejit.scan(lambda c, x: (inner(c) + x, c), p[1], np.arange(4.0))[0]
+
+
+def test_pickles_and_files_keep_loops(tmp_path):
+    for f in (lambda p: _scanned(p, XS, 3), _nested_loops):
+        tape = tapejit.record(f, P0)
+        back = pickle.loads(pickle.dumps(tape))
         tape.save(tmp_path / "loop.tape")
-    assert not (tmp_path / "loop.tape").exists()
+        loaded = tapejit.load(tmp_path / "loop.tape")
+        P = P0 + RNG.normal(size=(3, 2)) * 0.1
+        want = tape.value_and_grad(P)
+        for other in (back, loaded):
+            assert len(other.subprograms) == 1
+            got = other.value_and_grad(P)
+            np.testing.assert_array_equal(got[0], want[0])
+            np.testing.assert_array_equal(got[1], want[1])
+
+
+def _members(tape) -> dict:
+    buf = io.BytesIO()
+    tape.save(buf)
+    buf.seek(0)
+    with np.load(buf) as z:
+        return {k: z[k] for k in z.files}
+
+
+def _load(members: dict, **limits):
+    buf = io.BytesIO()
+    np.savez(buf, **members)
+    buf.seek(0)
+    return tapejit.load(buf, **limits)
+
+
+def test_files_with_bad_subprograms_are_refused():
+    members = _members(tapejit.record(lambda p: _scanned(p, XS, 3), P0))
+    assert int(members["format_version"]) == 4
+    _load(members)  # as written: loads
+    table = members["subprogram_table"]
+    bad = {
+        "does not follow": {"subprogram_table": np.add(table, [[0, 5, 0]], dtype="<i4")},
+        "outside the pool": {"subprogram_table": np.add(table, [[0, 0, 10**6]],
+                                                        dtype="<i4")},
+        "after the last": {"subprograms": np.concatenate([members["subprograms"],
+                                                          np.zeros(2, "<i4")])},
+        "is empty": {"subprogram_table": table[:0]},
+    }
+    for message, change in bad.items():
+        with pytest.raises(TapeFormatError, match=message):
+            _load({**members, **change})
+    cut = members["subprograms"].copy()
+    cut[3] += 1  # a header count of the body: its layout no longer adds up
+    with pytest.raises(TapeFormatError, match="sub-program 0"):
+        _load({**members, "subprograms": cut})
+    # the body's ops must be listed with their definitions
+    keep = members["op_codes"] != BY_NAME["sin"].code
+    with pytest.raises(TapeFormatError, match="do not list"):
+        _load({**members, **{k: members[k][keep] for k in ("op_codes", "op_names",
+                                                           "op_hashes")}})
+    with pytest.raises(TapeFormatError, match="max_instructions"):
+        _load(members, max_instructions=len(members["opcodes"]) + 3)
 
 
 def test_a_body_that_does_not_fit_its_loop_is_refused():
@@ -335,3 +391,28 @@ def test_transforms_and_nested_differentiation():
     _close(tapejit.hessian(f)(x), tape.hessian(x))
     with pytest.raises(TracingError, match="loop"):  # a derivative recorded as a tape
         tapejit.record(lambda x: tapejit.grad(f)(x)[0], x)
+
+
+def test_listing_shows_the_body_once_and_the_table_its_values():
+    def f(x):
+        c, ys = tapejit.scan(lambda c, _: (np.sin(c) * x[0] + x[1], c * 2.0), x[0], length=5)
+        return c + np.sum(ys)
+
+    x = np.array([0.5, 0.2])
+    tape = tapejit.record(f, x)
+    text = tape.listing()
+    assert "length=5" in text and text.count("sin(") == 1
+    assert "    |   v0 = sin(x0)" in text
+    sweep = tape.table(x)
+    assert "loop[body=0, length=5" in str(sweep)
+    v, g = tape.value_and_grad(x)
+    assert f"{v:.6g}" in str(sweep) and f"{g[0]:.6g}" in str(sweep)
+
+
+def test_float32_tapes_run_loops():
+    tape = tapejit.record(lambda p: _scanned(p, XS), P0)
+    P = P0 + RNG.normal(size=(6, 2)) * 0.1
+    v32, g32 = tape.astype(np.float32).value_and_grad(P.astype(np.float32))
+    v, g = tape.value_and_grad(P)
+    np.testing.assert_allclose(v32, v, rtol=1e-6)
+    np.testing.assert_allclose(g32, g, rtol=1e-5, atol=1e-6)
