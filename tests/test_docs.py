@@ -190,12 +190,20 @@ def test_ops_page_includes_the_generated_listing():
     assert ".. include:: _generated/ops.rst" in (DOCS / "ops.rst").read_text(encoding="utf-8")
 
 
+#: What marks a page's examples as running the optimised kernels, compiled in the test's
+#: process wherever they are not cached yet (on the generic tier too): a user's
+#: ``@numba.njit`` code calling them, and loop tapes (the generic tier runs no loops).
+_NEEDS_KERNELS = ("@numba.njit", "tapejit.scan(", "tapejit.fori_loop(")
+
+
 def _pages_marked() -> list:
-    """:func:`_pages`, a page whose examples compile a user's ``@numba.njit`` code marked
-    ``kernels``: that code calls the optimised kernels, compiled in the test's process
-    wherever they are not cached yet (on the generic tier too)."""
-    return [pytest.param(page, marks=pytest.mark.kernels)
-            if "@numba.njit" in (DOCS / page).read_text(encoding="utf-8") else page
+    """:func:`_pages`, those that need the optimised kernels (:data:`_NEEDS_KERNELS`)
+    marked ``kernels``."""
+    def needs(page: str) -> bool:
+        text = (DOCS / page).read_text(encoding="utf-8")
+        return any(k in text for k in _NEEDS_KERNELS)
+
+    return [pytest.param(page, marks=pytest.mark.kernels) if needs(page) else page
             for page in _pages()]
 
 
