@@ -130,15 +130,16 @@ def _loop_sizes(at):
 
 
 @njit(cache=True, nogil=True)
-def _loop_row(w, i, x, j, m):
-    # Row j of operand block x (one column: the same at every point) into row i of w.
+def _loop_row(w, x, j, m):
+    # Row j of operand block x (one column: the same at every point) into w[:m].
     if x.shape[1] == 1:
         v = x[j, 0]
         for p in range(m):
-            w[i, p] = v
+            w[p] = v
     else:
+        src = x[j]
         for p in range(m):
-            w[i, p] = x[j, p]
+            w[p] = src[p]
 
 
 @njit(cache=True, nogil=True)
@@ -146,21 +147,21 @@ def _loop_rows_in(bp, W, first, x, x0, k, m):
     # Rows x0 .. x0 + k - 1 of block x into the body inputs first .. first + k - 1.
     o = bp[AT_INPUTS] + first
     for j in range(k):
-        _loop_row(W, bp[o + j], x, x0 + j, m)
+        _loop_row(W[bp[o + j]], x, x0 + j, m)
 
 
-# Rows are copied by element (X[i, p]), not through row views: at one point, making
-# the views would cost more than the copies.
+# Rows go through 1-D views (as in support.py): indexing rows element by element
+# (X[i, p]) measured slower at one point (docs: performance).
 @njit(cache=True, nogil=True)
-def _loop_copy(dst, i, src, j, m):
+def _loop_copy(dst, src, m):
     for p in range(m):
-        dst[i, p] = src[j, p]
+        dst[p] = src[p]
 
 
 @njit(cache=True, nogil=True)
-def _loop_add(dst, i, src, j, m):
+def _loop_add(dst, src, m):
     for p in range(m):
-        dst[i, p] += src[j, p]
+        dst[p] += src[p]
 
 
 @njit(cache=True, nogil=True)
@@ -168,10 +169,10 @@ def _loop_guards(bp, W, ok, m):
     # ok[p] stays 1 while every guard of the body holds at point p.
     o = bp[AT_GUARDS]
     for q in range(bp[N_GUARDS]):
-        s = bp[o + GUARD * q + GUARD_SLOT]
+        w = W[bp[o + GUARD * q + GUARD_SLOT]]
         want = bp[o + GUARD * q + GUARD_OUTCOME] != 0
         for p in range(m):
-            ok[p] &= (W[s, p] != 0.0) == want
+            ok[p] &= (w[p] != 0.0) == want
 
 
 @njit(cache=True, nogil=True)
@@ -179,14 +180,14 @@ def _loop_carry_out(bp, W, C, nc, m):
     # The body's next carry (its first nc outputs) into C (nc, >= m).
     o = bp[AT_OUTPUTS]
     for j in range(nc):
-        _loop_copy(C, j, W, bp[o + j], m)
+        _loop_copy(C[j], W[bp[o + j]], m)
 
 
 @njit(cache=True, nogil=True)
 def _loop_carry_in(bp, W, C, nc, m):
     o = bp[AT_INPUTS]
     for j in range(nc):
-        _loop_copy(W, bp[o + j], C, j, m)
+        _loop_copy(W[bp[o + j]], C[j], m)
 
 
 @njit(cache=True, nogil=True)
@@ -194,7 +195,7 @@ def _loop_outputs(bp, W, r, first, k, o0, m):
     # Body outputs o0 .. o0 + k - 1 into result rows first .. first + k - 1.
     o = bp[AT_OUTPUTS] + o0
     for j in range(k):
-        _loop_copy(r, first + j, W, bp[o + j], m)
+        _loop_copy(r[first + j], W[bp[o + j]], m)
 
 
 @njit(cache=True, nogil=True)
@@ -317,7 +318,7 @@ def _loop_scalar(bp):
 @njit(cache=True, nogil=True)
 def _loop_program(bp, bc, m):
     # (P, W, V, S, F): the workspace of the body's values, and its scalar program at one
-    # point (else S is empty and V is W).
+    # point (else S is empty); V is W's rows and the scalar program's, flat.
     S, F = _loop_scalar(bp) if m == 1 else (np.empty(0, np.int32), np.empty(0))
     extra = S[SP_STORED] + 1 if S.size else 0
     P = np.empty((1, 0))
@@ -326,14 +327,13 @@ def _loop_program(bp, bc, m):
     _fill_fixed(bp, bc, P, W)
     if extra:
         V[V.shape[0] - 1, 0] = 1.0
-    return P, W, V, S, F
+    return P, W, V.reshape(V.size), S, F
 
 
 @njit(cache=True, nogil=True)
 def _loop_values(bp, bc, P, W, V, S, m):
-    if S.size:
-        forward_scalar_sweep(S, V.reshape(V.shape[0]), bp[FIRST_ADJOINT] + bp[N_INPUTS],
-                             bp[N_SLOTS])
+    if S.size:  # V: flat
+        forward_scalar_sweep(S, V, bp[FIRST_ADJOINT] + bp[N_INPUTS], bp[N_SLOTS])
     elif m == 1:
         forward_point_sweep(bp, bc, P[0], W.reshape(W.shape[0]))
     else:
@@ -377,9 +377,9 @@ def loop_forward(prog, consts, at, a, b, c, r, m):
         _loop_carry_in(bp, W, C, nc, m)
         if (t + 1) % every == 0 and t + 1 < n:
             for j in range(nc):
-                _loop_copy(r, 1 + ((t + 1) // every - 1) * nc + j, C, j, m)
+                _loop_copy(r[1 + ((t + 1) // every - 1) * nc + j], C[j], m)
     for j in range(nc):
-        _loop_copy(r, 1 + nck * nc + j, W, bp[bp[AT_INPUTS] + j], m)
+        _loop_copy(r[1 + nck * nc + j], W[bp[bp[AT_INPUTS] + j]], m)
     _loop_status(r, ok, m)
 
 
@@ -391,10 +391,10 @@ def _loop_segment(bp, bc, P, W, V, S, b, r, a, s, every, n, nc, nx, seg, m):
     t1 = min(t0 + every, n)
     if s == 0:
         for j in range(nc):
-            _loop_row(seg[0], j, a, j, m)
+            _loop_row(seg[0, j], a, j, m)
     else:
         for j in range(nc):
-            _loop_copy(seg[0], j, r, 1 + (s - 1) * nc + j, m)
+            _loop_copy(seg[0, j], r[1 + (s - 1) * nc + j], m)
     for t in range(t0, t1 - 1):
         _loop_carry_in(bp, W, seg[t - t0], nc, m)
         _loop_rows_in(bp, W, nc, b, t * nx, nx, m)
@@ -412,12 +412,13 @@ def loop_reverse(prog, consts, at, a, b, c, r, gr, ga, gb, gc, da, db, dc, m):
     P, W, V, S, F = _loop_program(bp, bc, m)
     R = reverse_plan(bp) if S.size == 0 else np.empty(0, np.int32)
     A = np.empty((bp[N_SLOTS], m))
+    Af = A.reshape(A.size)
     D = np.empty((MAX_ARITY * (bp[N_SLOTS] - bp[FIRST_ADJOINT] - bp[N_INPUTS]), m))
     seg = np.empty((min(every, max(n, 1)), nc, m))
     gcar = np.empty((nc, m))
     gclo = np.zeros((nk, m))
     for j in range(nc):
-        _loop_copy(gcar, j, gr, 1 + nck * nc + j, m)
+        _loop_copy(gcar[j], gr[1 + nck * nc + j], m)
     _loop_rows_in(bp, W, nc + nx, c, 0, nk, m)
     ii = bp[AT_INPUTS]
     oo = bp[AT_OUTPUTS]
@@ -434,30 +435,30 @@ def loop_reverse(prog, consts, at, a, b, c, r, gr, ga, gb, gc, da, db, dc, m):
                 q = _loop_partials(bp, bc, P, W, D, m)
                 _zero_planned(bp, R, A)
             for j in range(nc):
-                _loop_add(A, bp[oo + j], gcar, j, m)
+                _loop_add(A[bp[oo + j]], gcar[j], m)
             for j in range(ny):
-                _loop_add(A, bp[oo + nc + j], gr, y0 + t * ny + j, m)
+                _loop_add(A[bp[oo + nc + j]], gr[y0 + t * ny + j], m)
             if S.size:
-                reverse_edges(S, F, V.reshape(V.shape[0]), A.reshape(A.shape[0]))
+                reverse_edges(S, F, V, Af)
             else:
                 _loop_adjoints(bp, R, bc, P, W, A, D, q, m)
             for j in range(nc):
-                _loop_copy(gcar, j, A, bp[ii + j], m)
+                _loop_copy(gcar[j], A[bp[ii + j]], m)
             if db:
                 for j in range(nx):
-                    _loop_add(gb, t * nx + j, A, bp[ii + nc + j], m)
+                    _loop_add(gb[t * nx + j], A[bp[ii + nc + j]], m)
             if dc:
                 for j in range(nk):
-                    _loop_add(gclo, j, A, bp[ii + nc + nx + j], m)
+                    _loop_add(gclo[j], A[bp[ii + nc + nx + j]], m)
             if t > 0 and t % every == 0:  # the checkpoint of this carry is a result too
                 for j in range(nc):
-                    _loop_add(gcar, j, gr, 1 + (t // every - 1) * nc + j, m)
+                    _loop_add(gcar[j], gr[1 + (t // every - 1) * nc + j], m)
     if da:
         for j in range(nc):
-            _loop_add(ga, j, gcar, j, m)
+            _loop_add(ga[j], gcar[j], m)
     if dc:
         for j in range(nk):
-            _loop_add(gc, j, gclo, j, m)
+            _loop_add(gc[j], gclo[j], m)
 
 
 @njit(cache=True, nogil=True)
@@ -488,13 +489,13 @@ def _loop_tangents_in(bp, T, first, x, x0, k, nv, m, active):
 @njit(cache=True, nogil=True)
 def _loop_copy2(dst, src, nv, m):
     for d in range(nv):
-        _loop_copy(dst, d, src, d, m)
+        _loop_copy(dst[d], src[d], m)
 
 
 @njit(cache=True, nogil=True)
 def _loop_add2(dst, src, nv, m):
     for d in range(nv):
-        _loop_add(dst, d, src, d, m)
+        _loop_add(dst[d], src[d], m)
 
 
 @njit(cache=True, nogil=True)
@@ -520,10 +521,10 @@ def _loop_carry_tangents(bp, W, T, C, TC, nc, nv, m, into_body):
     for j in range(nc):
         s = bp[o + j]
         if into_body:
-            _loop_copy(W, s, C, j, m)
+            _loop_copy(W[s], C[j], m)
             _loop_copy2(T[s], TC[j], nv, m)
         else:
-            _loop_copy(C, j, W, s, m)
+            _loop_copy(C[j], W[s], m)
             _loop_copy2(TC[j], T[s], nv, m)
 
 
@@ -545,18 +546,18 @@ def loop_tangent(prog, consts, at, a, b, c, r, ta, tb, tc, tr, da, db, dc, m):
         _loop_step_tangents(bp, bc, P, W, T, D, b, tb, db, t, nc, nx, nv, m)
         _loop_guards(bp, W, ok, m)
         for j in range(ny):
-            _loop_copy(r, y0 + t * ny + j, W, bp[oo + nc + j], m)
+            _loop_copy(r[y0 + t * ny + j], W[bp[oo + nc + j]], m)
             _loop_copy2(tr[y0 + t * ny + j], T[bp[oo + nc + j]], nv, m)
         _loop_carry_tangents(bp, W, T, C, TC, nc, nv, m, False)
         _loop_carry_tangents(bp, W, T, C, TC, nc, nv, m, True)
         if (t + 1) % every == 0 and t + 1 < n:
             k = 1 + ((t + 1) // every - 1) * nc
             for j in range(nc):
-                _loop_copy(r, k + j, C, j, m)
+                _loop_copy(r[k + j], C[j], m)
                 _loop_copy2(tr[k + j], TC[j], nv, m)
     ii = bp[AT_INPUTS]
     for j in range(nc):
-        _loop_copy(r, 1 + nck * nc + j, W, bp[ii + j], m)
+        _loop_copy(r[1 + nck * nc + j], W[bp[ii + j]], m)
         _loop_copy2(tr[1 + nck * nc + j], T[bp[ii + j]], nv, m)
     for d in range(nv):
         for p in range(m):
@@ -584,7 +585,7 @@ def loop_second(prog, consts, at, a, b, c, r, ta, tb, tc, tr, gr, gdr, ga, gb, g
     gclo = np.zeros((nk, m))
     gdclo = np.zeros((nk, nv, m))
     for j in range(nc):
-        _loop_copy(gcar, j, gr, 1 + nck * nc + j, m)
+        _loop_copy(gcar[j], gr[1 + nck * nc + j], m)
         _loop_copy2(gdcar[j], gdr[1 + nck * nc + j], nv, m)
     _loop_rows_in(bp, W, nc + nx, c, 0, nk, m)
     _loop_tangents_in(bp, T, nc + nx, tc, 0, nk, nv, m, dc)
@@ -596,10 +597,10 @@ def loop_second(prog, consts, at, a, b, c, r, ta, tb, tc, tr, gr, gdr, ga, gb, g
         t1 = min(t0 + every, n)
         for j in range(nc):  # the segment's first carry: a, or its checkpoint
             if s == 0:
-                _loop_row(seg[0], j, a, j, m)
+                _loop_row(seg[0, j], a, j, m)
                 _loop_tangent_row(tseg[0, j], ta, j, nv, m, da)
             else:
-                _loop_copy(seg[0], j, r, 1 + (s - 1) * nc + j, m)
+                _loop_copy(seg[0, j], r[1 + (s - 1) * nc + j], m)
                 _loop_copy2(tseg[0, j], tr[1 + (s - 1) * nc + j], nv, m)
         for t in range(t0, t1 - 1):
             _loop_carry_tangents(bp, W, T, seg[t - t0], tseg[t - t0], nc, nv, m, True)
@@ -616,33 +617,33 @@ def loop_second(prog, consts, at, a, b, c, r, ta, tb, tc, tr, gr, gdr, ga, gb, g
                     for p in range(m):
                         Ad[z, d, p] = 0.0
             for j in range(nc):
-                _loop_add(A, bp[oo + j], gcar, j, m)
+                _loop_add(A[bp[oo + j]], gcar[j], m)
                 _loop_add2(Ad[bp[oo + j]], gdcar[j], nv, m)
             for j in range(ny):
-                _loop_add(A, bp[oo + nc + j], gr, y0 + t * ny + j, m)
+                _loop_add(A[bp[oo + nc + j]], gr[y0 + t * ny + j], m)
                 _loop_add2(Ad[bp[oo + nc + j]], gdr[y0 + t * ny + j], nv, m)
             reverse_hvp_chunk(bp, bc, P, W, T, A, Ad, D, S, nv, m)
             for j in range(nc):
-                _loop_copy(gcar, j, A, bp[ii + j], m)
+                _loop_copy(gcar[j], A[bp[ii + j]], m)
                 _loop_copy2(gdcar[j], Ad[bp[ii + j]], nv, m)
             if db:
                 for j in range(nx):
-                    _loop_add(gb, t * nx + j, A, bp[ii + nc + j], m)
+                    _loop_add(gb[t * nx + j], A[bp[ii + nc + j]], m)
                     _loop_add2(gdb[t * nx + j], Ad[bp[ii + nc + j]], nv, m)
             if dc:
                 for j in range(nk):
-                    _loop_add(gclo, j, A, bp[ii + nc + nx + j], m)
+                    _loop_add(gclo[j], A[bp[ii + nc + nx + j]], m)
                     _loop_add2(gdclo[j], Ad[bp[ii + nc + nx + j]], nv, m)
             if t > 0 and t % every == 0:
                 k = 1 + (t // every - 1) * nc
                 for j in range(nc):
-                    _loop_add(gcar, j, gr, k + j, m)
+                    _loop_add(gcar[j], gr[k + j], m)
                     _loop_add2(gdcar[j], gdr[k + j], nv, m)
     if da:
         for j in range(nc):
-            _loop_add(ga, j, gcar, j, m)
+            _loop_add(ga[j], gcar[j], m)
             _loop_add2(gda[j], gdcar[j], nv, m)
     if dc:
         for j in range(nk):
-            _loop_add(gc, j, gclo, j, m)
+            _loop_add(gc[j], gclo[j], m)
             _loop_add2(gdc[j], gdclo[j], nv, m)
