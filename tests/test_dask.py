@@ -499,3 +499,16 @@ def test_numpy_calls_never_import_dask():
                          timeout=300, env={**__import__("os").environ, "TAPEJIT_QUIET": "1"})
     assert res.returncode == 0, res.stderr
     assert res.stdout.strip() == "ok"
+
+
+@pytest.mark.kernels  # loop tapes run on the optimised kernels only (not the generic tier)
+def test_loop_tapes():
+    def f(x):
+        return tapejit.scan(lambda c, xi: (c * 0.9 + np.sin(xi) * c + xi, None), 0.5, x)[0]
+
+    t = tapejit.record(f, np.zeros(4))
+    X = np.random.default_rng(8).standard_normal((1000, 4))
+    Xd = da.from_array(X, chunks=(300, 4))
+    v, g = dask.compute(*td.value_and_grad(t, Xd), scheduler="threads")
+    v0, g0 = t.value_and_grad(X)
+    assert _bitwise(v, v0) and _bitwise(g, g0)
