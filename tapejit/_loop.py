@@ -28,9 +28,18 @@ import numpy as np
 
 from ._errors import TracingError
 from ._fam_loop import LOOP, result_layout
-from ._program import Program, Subprogram
+from ._program import Program
 from ._tape_builder import Recorder
-from ._tracer import BODIES, Body, ScalarTracer, Tracer, lift, recorder_of
+from ._tracer import (
+    BODIES,
+    Body,
+    ScalarTracer,
+    Tracer,
+    ids_of,
+    lift,
+    recorder_of,
+    recording_of,
+)
 
 # -- trees of values (tuples, lists, dicts and None, as JAX's pytrees) ------------------
 _LEAF = object()
@@ -81,8 +90,8 @@ class _Closure:
         self.leaves: np.ndarray | None = None  # the body's leaf ids (second trace)
 
     def capture(self, rec: Recorder, t: Tracer) -> Tracer:
-        parent = self.parent = t._rec
-        ids = t._ids
+        parent = self.parent = recording_of(t)
+        ids = ids_of(t)
         vals = parent.values(ids)
         out = np.empty(ids.shape, dtype=np.int64)
         flat, dst = ids.ravel(), out.reshape(-1)
@@ -102,10 +111,7 @@ class _Closure:
                     "do the same thing every time it is called")
             else:
                 dst[e] = int(self.leaves[k])
-        if out.ndim == 0:
-            node = int(out)
-            return ScalarTracer(rec, node, rec.value(node))
-        return Tracer(rec, out)
+        return _leaf_tracer(rec, out, out.shape)
 
 
 def _leaf_tracer(rec: Recorder, ids: np.ndarray, shape: tuple[int, ...]) -> Tracer:
@@ -157,7 +163,7 @@ def _values(rec: Recorder | None, leaves: list[Any]) -> list[np.ndarray]:
     out = []
     for v in leaves:
         if isinstance(v, Tracer):
-            owner = v._rec if rec is None else rec
+            owner = recording_of(v) if rec is None else rec
             out.append(owner.values(lift(owner, v)).reshape(_shape(v)))
         else:
             arr = np.asarray(v)
@@ -181,25 +187,13 @@ def _every(checkpoint: int | str | None, length: int) -> int:
 
 def _loop_values(body: Program, attrs: tuple[int, ...], a: np.ndarray, b: np.ndarray,
                  c: np.ndarray) -> np.ndarray:
-    """The result of a loop with attribute values ``attrs`` (its body's index aside) at
-    the recording point, by the kernels themselves (the values every evaluation gives):
-    a tape of the one instruction."""
-    from ._tape import Tape
+    """The result of a loop with attribute values ``attrs`` at the recording point, by
+    the kernels themselves (the values every evaluation gives): a tape of the one
+    instruction."""
+    from ._show import instruction_tape  # lazy: _show builds on the tape
 
-    nk = len(body.consts)
-    lengths = [a.size, b.size, c.size]
-    starts = np.cumsum([nk, *lengths[:-1]])
-    values = list(attrs)
-    values[LOOP.attrs.index("body")] = 0
-    size = int(LOOP.sizes(np.array([values]))[0, 0])
-    n_in = sum(lengths)
-    tape = Tape(
-        opcodes=np.array([LOOP.opcode]),
-        args=np.array([[s if n else 0 for s, n in zip(starts, lengths, strict=True)]]),
-        consts=body.consts, inputs=nk + np.arange(n_in), params=np.empty(0, np.int64),
-        outputs=nk + n_in + np.arange(size), sizes=np.array([size]),
-        strides=np.array([lengths]), attrs=np.array(values), attr_offsets=np.array([0]),
-        subprograms=(Subprogram(body, 0),))
+    size = int(LOOP.sizes(np.array([attrs]))[0, 0])
+    tape = instruction_tape(LOOP, attrs, [a.size, b.size, c.size], size, body)
     return np.asarray(tape.forward(np.concatenate([a, b, c])), dtype=np.float64).reshape(-1)
 
 

@@ -143,34 +143,41 @@ class _FamilyStep:
     def alone(self) -> Tape:
         """This instruction as a tape of its own: the operand blocks, one after the
         other, are its inputs; its results the outputs."""
-        from ._tape import Tape  # lazy: _tape imports this module's functions
-
-        lengths = [n for _, n in self.blocks]
-        starts = np.concatenate([[0], np.cumsum(lengths)[:-1]]).astype(np.int64)
-        args = np.zeros((1, MAX_ARITY), np.int64)
-        strides = np.zeros((1, MAX_ARITY), np.int64)
-        k = len(lengths)
-        args[0, :k] = np.where(np.array(lengths) > 0, starts, 0)
-        strides[0, :k] = lengths
-        n_in = int(sum(lengths))
-        attrs = np.array(self.attrs, dtype=np.int64)
-        consts, subs = np.zeros(0), ()
-        if self.body is not None:  # its body the one sub-program, its constants the pool
-            consts, subs = self.body.consts, (Subprogram(self.body, 0),)
-            attrs[self.family.attrs.index(self.family.bodies[0])] = 0
-            args[0, :k] = np.where(np.array(lengths) > 0, starts + len(consts), 0)
-        nc = len(consts)
-        return Tape(np.array([self.family.opcode]), args, consts,
-                    nc + np.arange(n_in), np.zeros(0, np.int64),
-                    nc + n_in + np.arange(self.size), sizes=np.array([self.size]),
-                    strides=strides, attrs=attrs, attr_offsets=np.zeros(1, np.int64),
-                    subprograms=subs)
+        return instruction_tape(self.family, self.attrs, [n for _, n in self.blocks],
+                                self.size, self.body)
 
     def label(self, name: Callable[[int], str]) -> str:
         """``matmul[m=5, ...](p0..p14 [15], x0..x2 [3]) -> [5]``."""
         at = ", ".join(f"{k}={v}" for k, v in zip(self.family.attrs, self.attrs, strict=True))
         ops = ", ".join(_range(name, a, n) + f" [{n}]" for a, n in self.blocks)
         return f"{self.family.name}[{at}]({ops}) -> [{self.size}]"
+
+
+def instruction_tape(family: Family, attrs: tuple[int, ...], lengths: list[int], size: int,
+                     body: Program | None = None) -> Tape:
+    """One family instruction as a tape of its own: operand blocks of ``lengths``, one
+    after the other, are its inputs; its ``size`` results the outputs. A loop's ``body``
+    becomes its one sub-program (its constants the pool, its attribute 0), so the
+    kernels can evaluate the instruction where a family reference cannot."""
+    from ._tape import Tape  # lazy: _tape imports this module's functions
+
+    starts = np.concatenate([[0], np.cumsum(lengths)[:-1]]).astype(np.int64)
+    k = len(lengths)
+    values = np.array(attrs, dtype=np.int64)
+    consts, subs = np.zeros(0), ()
+    if body is not None:
+        consts, subs = body.consts, (Subprogram(body, 0),)
+        values[family.attrs.index(family.bodies[0])] = 0
+    nc = len(consts)
+    args = np.zeros((1, MAX_ARITY), np.int64)
+    strides = np.zeros((1, MAX_ARITY), np.int64)
+    args[0, :k] = np.where(np.array(lengths) > 0, starts + nc, 0)
+    strides[0, :k] = lengths
+    n_in = int(sum(lengths))
+    return Tape(np.array([family.opcode]), args, consts, nc + np.arange(n_in),
+                np.zeros(0, np.int64), nc + n_in + np.arange(size), sizes=np.array([size]),
+                strides=strides, attrs=values, attr_offsets=np.zeros(1, np.int64),
+                subprograms=subs)
 
 
 def _range(name: Callable[[int], str], a: int, n: int) -> str:

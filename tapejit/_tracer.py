@@ -730,6 +730,11 @@ def is_traced(value: Any) -> bool:
                                          and any(is_traced(v) for v in value))
 
 
+def recording_of(t: Tracer) -> Recorder:
+    """The recorder a tracer belongs to (whatever loop body is being recorded)."""
+    return t._rec
+
+
 def ids_of(t: Tracer) -> np.ndarray:
     """The node ids of a tracer, an int array shaped like the traced array (negative ids
     are constants of the recorder's pool)."""
