@@ -29,6 +29,7 @@ recording, so recorded tapes are building blocks of larger functions:
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import numpy as np
@@ -47,7 +48,7 @@ _IS_COMPARISON[[op.code for op in OPS if COMPARISON in op.flags]] = True
 def input_shapes(tape) -> tuple[tuple[int, ...], ...]:
     """Shapes of the arguments a call takes: the recorded ones, else one flat vector."""
     shapes = tuple(tuple(s) for s in tape.input_shapes)
-    if sum(int(np.prod(s, dtype=_I64)) for s in shapes) == tape.n_inputs and (
+    if sum(math.prod(s) for s in shapes) == tape.n_inputs and (
         shapes or not tape.n_inputs
     ):
         return shapes
@@ -57,7 +58,7 @@ def input_shapes(tape) -> tuple[tuple[int, ...], ...]:
 def output_shapes(tape) -> tuple[tuple[int, ...], ...]:
     """Shapes of the outputs a call returns: the recorded ones, else a number or a vector."""
     shapes = tuple(tuple(s) for s in tape.output_shapes)
-    if shapes and sum(int(np.prod(s, dtype=_I64)) for s in shapes) == tape.n_outputs:
+    if shapes and sum(math.prod(s) for s in shapes) == tape.n_outputs:
         return shapes
     return ((),) if tape.n_outputs == 1 else ((tape.n_outputs,),)
 
@@ -70,7 +71,7 @@ def _unflatten(flat: Any, shapes: tuple[tuple[int, ...], ...], wrap) -> Any:
     """Split a flat output vector by ``shapes``: one output as itself, several as a tuple."""
     outs, k = [], 0
     for s in shapes:
-        n = int(np.prod(s, dtype=_I64))
+        n = math.prod(s)
         outs.append(wrap(flat[k : k + n].reshape(s)))
         k += n
     return outs[0] if len(outs) == 1 else tuple(outs)
@@ -162,7 +163,7 @@ def _inline(rec: Recorder, tape, args: tuple, params: Any, shapes: tuple) -> Any
     truth = _comparison_results(tape)
     outs, k = [], 0
     for shape in output_shapes(tape):
-        n = int(np.prod(shape, dtype=_I64))
+        n = math.prod(shape)
         ids = m[tape.outputs[k : k + n]].reshape(shape)
         outs.append(Tracer(rec, ids, bool(truth[k : k + n].all())))
         k += n

@@ -277,12 +277,14 @@ def test_cholesky_float32():
                    1e-5)
 
 
-def test_cholesky_large_dense_rules_agree():
-    # n above the substitution's block size: the BLAS paths, checked by the adjoint
-    # identity <gr, jvp(t)> == <vjp(gr), t> and the reverse against the folded
-    # textbook rule computed with scipy
+@pytest.mark.parametrize("n", [65, 128, 150, 257])
+def test_cholesky_large_dense_rules_agree(n):
+    # n above the substitution's block size (64): the BLAS paths and, at one point, the
+    # blocked reverse (one block column at a time; n = 65, 128, 257: a last block of
+    # one column, whole blocks, and several blocks plus one), checked by the adjoint
+    # identity <gr, jvp(t)> == <vjp(gr), t> and the reverse against the folded textbook
+    # rule computed with scipy
     rng = np.random.default_rng(5)
-    n = 150
     a = _spd(rng, n)
     fam = _chol_fam(n)
     gr = rng.standard_normal((n * n, 1))
@@ -298,6 +300,18 @@ def test_cholesky_large_dense_rules_agree():
     t = rng.standard_normal((n * n, 1, 1))
     _, tr = fam.jvp([a[:, None]], [t], (1,), 1, 1)
     _close(gr[:, 0] @ tr[:, 0, 0], ga @ t[:, 0, 0], 1e-9)
+
+
+def test_cholesky_blocked_reverse_of_a_failed_factor_is_nan():
+    # the blocked reverse (one point, n > 64) of a matrix that is not positive definite:
+    # NaN for the whole adjoint, as the whole-matrix rule gives
+    rng = np.random.default_rng(8)
+    n = 100
+    a = _spd(rng, n)
+    a[70 * n + 70] = -1e6
+    fam = _chol_fam(n)
+    ga = fam.vjp([a[:, None]], rng.standard_normal((n * n, 1)), (1,), 1, 1)[0]
+    assert np.all(np.isnan(ga[:, 0].reshape(n, n)[np.tril_indices(n)]))
 
 
 # -- solve_triangular -----------------------------------------------------------------

@@ -34,6 +34,11 @@ def _mm_put(c, t, acc):
 def _mm_shared(am, bm, c, acc, w):
     # Both operands the same at every point: one product, written to every column.
     t = np.dot(am, bm)
+    if w == 1:
+        # one point: c and t hold the same elements in the same order (a flat copy, not
+        # one row view per element)
+        _mm_put(c, t, acc)
+        return
     for i in range(t.shape[0]):
         for j in range(t.shape[1]):
             row = c[i * t.shape[1] + j]
