@@ -14,7 +14,7 @@ from typing import Any
 
 import numpy as np
 
-from ._kernels.fam_loop import (
+from ._kernels.constants import (
     LOOP_BODY,
     LOOP_CARRY,
     LOOP_CLOSURE,

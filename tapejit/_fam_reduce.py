@@ -29,7 +29,7 @@ import numpy as np
 from numpy.lib.array_utils import normalize_axis_index, normalize_axis_tuple
 
 from ._errors import TracingError
-from ._kernels.fam_reduce import (
+from ._kernels.constants import (
     RED_MAX,
     RED_MIN,
     RED_PROD,

@@ -61,7 +61,6 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ._kernels.scalar import MAX_POLYGAMMA_ORDER, MAX_SINC_ORDER
 from ._kernels.sources import kernel_body
 
 LINEAR = "linear"  # partials are constants
@@ -88,6 +87,14 @@ ORDER_OPERAND = "order_operand"
 #: The value is exact or one correctly rounded IEEE operation, so it equals numpy's bit
 #: for bit (the tests compare such ops bitwise, the others to a few ulp).
 EXACT = "exact"
+
+#: The highest derivative orders of ``polygamma`` and ``sinc_derivative`` (NaN above), which
+#: also bound the kernels' loops and memory: ``_polygamma``'s (n - 1)! is finite up to 170
+#: and its series holds to a few ulp; ``_sinc_derivative`` keeps 1e-13 of its scale
+#: pi**n / (n + 1) up to 16 (``tapejit/_kernels/scalar.py``). The numpy references below
+#: and the kernels (through ``_kernels/constants.py``) read the same numbers.
+MAX_POLYGAMMA_ORDER = 170.0
+MAX_SINC_ORDER = 16.0
 
 
 @dataclass(frozen=True)

@@ -90,3 +90,48 @@ def test_the_module_is_imported_from_its_bytecode_also_where_python_writes_none(
     stamp = pyc.stat().st_mtime_ns
     subprocess.run([sys.executable, "-c", script], env=env, check=True, capture_output=True)
     assert pyc.stat().st_mtime_ns == stamp  # read, not written again
+
+
+def test_a_warm_process_imports_the_module_its_files_generated_without_generating(tmp_path):
+    """The first process records which module the package's files generate; the next one
+    imports it without generating the source. A record whose module is missing (or is
+    not a digest) is ignored and written anew."""
+    script = ("import sys\n"
+              "from tapejit._kernels import cache\n"
+              "if sys.argv[1] == 'warm':\n"
+              "    def refuse():\n"
+              "        raise AssertionError('generated again')\n"
+              "    cache.generate_source = refuse\n"
+              "print(cache.load_kernels().__name__)\n")
+    env = {**os.environ, "TAPEJIT_CACHE_DIR": str(tmp_path)}
+
+    def run(how):
+        return subprocess.run([sys.executable, "-c", script, how], env=env,
+                              capture_output=True, text=True, check=True).stdout.strip()
+
+    name = run("cold")
+    (record,) = (tmp_path / "sources").iterdir()
+    assert name == f"tapejit_kernels_{record.read_text().strip()}"
+    assert run("warm") == name
+    for stale in ("0123456789abcdef\n", "../../etc\n"):
+        record.write_text(stale)
+        assert run("cold") == name
+        assert record.read_text() == name.rsplit("_", 1)[1] + "\n"
+    record.write_text("0123456789abcdef\n")
+    with pytest.raises(subprocess.CalledProcessError):  # a record of no module is not used
+        run("warm")
+
+
+def test_the_inputs_key_follows_every_file_of_the_package(tmp_path, monkeypatch):
+    from tapejit._kernels import cache
+
+    (tmp_path / "_kernels").mkdir()
+    (tmp_path / "_ops.py").write_text("OPS = ()\n")
+    (tmp_path / "_kernels" / "scalar.py").write_text("x = 1\n")
+    monkeypatch.setattr(cache, "_PACKAGE", tmp_path)
+    keys = {cache._inputs_key()}
+    (tmp_path / "_kernels" / "scalar.py").write_text("x = 2\n")
+    keys.add(cache._inputs_key())
+    (tmp_path / "_kernels" / "libm.py").write_text("")
+    keys.add(cache._inputs_key())
+    assert len(keys) == 3

@@ -325,3 +325,21 @@ def test_a_cold_process_runs_generic_and_leaves_compiling_to_the_worker(tmp_path
     assert h0[1] == pytest.approx(2 * x[1] / (1 + x[1] ** 2), rel=1e-14)
     assert compiled == []
     assert res.stderr.count("generic interpreter") == 1, res.stderr
+
+
+def test_import_leaves_the_kernel_source_files_alone():
+    """``import tapejit`` reads what it needs of the kernel files (constants, the op
+    table's helpers) without importing them: each defines Numba dispatchers, which cost
+    start-up time and are never called outside the tests (the generated module is)."""
+    from tapejit._kernels.sources import MARKER, kernel_path
+
+    folder = kernel_path("scalar").parent
+    sources = {f"tapejit._kernels.{f.stem}" for f in folder.glob("*.py")
+               if f"\n{MARKER}\n" in f.read_text(encoding="utf-8")}
+    script = ("import sys, tapejit; "
+              "print(sorted(m for m in sys.modules if m.startswith('tapejit._kernels.')))")
+    res = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                         timeout=120, check=True)
+    imported = set(eval(res.stdout.strip().splitlines()[-1]))
+    assert {"tapejit._kernels.scalar", "tapejit._kernels.fam_loop"} <= sources
+    assert not imported & sources, sorted(imported & sources)

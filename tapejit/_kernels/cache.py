@@ -3,6 +3,10 @@
 The module is written under a name that is the hash of its source, so Numba's on-disk
 cache (``cache=True``) stays valid for exactly that source and is reused by every later
 process. The source has no paths or timestamps in it: it is the same in every process.
+Generating it is a noticeable part of a warm start, so ``sources/<key>`` in the cache
+directory records which module the package's current files generate (``_inputs_key``: a
+hash of all of them), and a process whose files have a record imports that module without
+generating anything.
 """
 
 from __future__ import annotations
@@ -96,8 +100,43 @@ if not any(isinstance(f, _KernelModuleFinder) for f in sys.meta_path):
     sys.meta_path.append(_KernelModuleFinder())
 
 
+_PACKAGE = Path(__file__).resolve().parent.parent
+
+
+def _inputs_key() -> str:
+    """A hash of everything the generated source is made from: the text of every Python
+    file of the package (the op table, the families, the kernel files and the generator)
+    and the versions of Python, numpy and Numba. Hashing them takes a small fraction of
+    generating the source, which a process with a warm cache then skips."""
+    import numba
+    import numpy
+
+    h = hashlib.sha256(f"{sys.version}|{numpy.__version__}|{numba.__version__}".encode())
+    for f in sorted(_PACKAGE.rglob("*.py")):
+        h.update(b"\0" + f.relative_to(_PACKAGE).as_posix().encode() + b"\0")
+        h.update(f.read_bytes())
+    return h.hexdigest()[:32]
+
+
+def _known_digest(root: Path, key: str) -> str | None:
+    """The digest of the module generated from inputs ``key`` in ``root``, if both the
+    record and the module are there."""
+    try:
+        digest = (root / "sources" / key).read_text().strip()
+    except OSError:
+        return None
+    ok = re.fullmatch(r"[0-9a-f]{16}", digest) and (
+        root / digest / f"tapejit_kernels_{digest}.py").is_file()
+    return digest if ok else None
+
+
 def load_kernels() -> ModuleType:
     """Write the generated module (once per distinct source) and import it."""
+    key = _inputs_key()
+    for root in _roots():
+        digest = _known_digest(root, key)
+        if digest is not None:
+            return _import(root / digest / f"tapejit_kernels_{digest}.py")
     source = generate_source()
     digest = hashlib.sha256(source.encode()).hexdigest()[:16]
     name = f"tapejit_kernels_{digest}"
@@ -110,6 +149,10 @@ def load_kernels() -> ModuleType:
             _write_once(candidate, source)
         except OSError:
             continue
+        try:
+            _write_once(root / "sources" / key, digest + "\n")
+        except OSError:
+            pass  # then the next process generates the source again
         path = candidate
         break
     if path is None:
@@ -117,6 +160,14 @@ def load_kernels() -> ModuleType:
             "tapejit could not write its kernel module to any cache directory; "
             "set TAPEJIT_CACHE_DIR to a writable directory"
         )
+    return _import(path)
+
+
+def _import(path: Path) -> ModuleType:
+    """Import the kernel module at ``path`` (once per process)."""
+    name = path.stem
+    if name in sys.modules and not getattr(sys.modules[name], "_tapejit_stand_in", False):
+        return sys.modules[name]
     _write_bytecode(path)
     spec = importlib.util.spec_from_file_location(name, path)
     module = importlib.util.module_from_spec(spec)

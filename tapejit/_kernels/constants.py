@@ -6,6 +6,7 @@ constants (:func:`constants_source`), so kernel files name them as Python module
 
 from __future__ import annotations
 
+from tapejit._ops import MAX_POLYGAMMA_ORDER, MAX_SINC_ORDER  # noqa: F401 - KERNEL_CONSTANTS
 from tapejit._program import LAST_OPCODE, MAX_ARITY
 
 # Where the reverse sweeps find the local partial of operand ``k`` of an op, by
@@ -39,11 +40,31 @@ EDGE_FROMS = 1
 EDGE_SOURCES = 2
 EDGE_COLUMNS = 3
 
+# The ``reduce`` and ``scan`` families' kinds (attribute ``kind``, ``_kernels/fam_reduce.py``).
+RED_SUM = 0
+RED_PROD = 1
+RED_MAX = 2
+RED_MIN = 3
+SCAN_CUMSUM = 0
+SCAN_CUMPROD = 1
+# Positions of the ``loop`` family's attributes (``_fam_loop.LOOP_ATTRS``).
+LOOP_BODY = 0
+LOOP_LENGTH = 1
+LOOP_CARRY = 2
+LOOP_X = 3
+LOOP_CLOSURE = 4
+LOOP_Y = 5
+LOOP_EVERY = 6
+
 #: The names above, written into the generated module.
 KERNEL_CONSTANTS: tuple[str, ...] = (
     "SRC_ZERO", "SRC_STORED", "SRC_CONST", "SRC_A", "SRC_B", "SRC_C", "SRC_R", "N_OPCODES",
     "N_SECOND", "SP_ROWS", "SP_EDGES", "SP_STORED", "SP_HEADER", "SP_ROW", "EDGE_TARGETS",
-    "EDGE_FROMS", "EDGE_SOURCES", "EDGE_COLUMNS",
+    "EDGE_FROMS", "EDGE_SOURCES", "EDGE_COLUMNS", "RED_SUM", "RED_PROD", "RED_MAX",
+    "RED_MIN", "SCAN_CUMSUM", "SCAN_CUMPROD", "LOOP_BODY", "LOOP_LENGTH", "LOOP_CARRY",
+    "LOOP_X", "LOOP_CLOSURE", "LOOP_Y", "LOOP_EVERY",
+    # the op table's (tapejit/_ops.py), for scalar.py's polygamma and sinc derivatives
+    "MAX_POLYGAMMA_ORDER", "MAX_SINC_ORDER",
 )
 
 

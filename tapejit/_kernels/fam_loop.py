@@ -33,6 +33,13 @@ from tapejit._kernels.constants import (
     EDGE_FROMS,
     EDGE_SOURCES,
     EDGE_TARGETS,
+    LOOP_BODY,
+    LOOP_CARRY,
+    LOOP_CLOSURE,
+    LOOP_EVERY,
+    LOOP_LENGTH,
+    LOOP_X,
+    LOOP_Y,
     N_SECOND,
     SP_EDGES,
     SP_HEADER,
@@ -98,15 +105,6 @@ if TYPE_CHECKING:
     )
 
 # --- kernel source ---
-
-# Positions of the loop's attributes (``_fam_loop.LOOP_ATTRS``).
-LOOP_BODY = 0
-LOOP_LENGTH = 1
-LOOP_CARRY = 2
-LOOP_X = 3
-LOOP_CLOSURE = 4
-LOOP_Y = 5
-LOOP_EVERY = 6
 
 
 @njit(cache=True, nogil=True)

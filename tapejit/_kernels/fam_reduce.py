@@ -24,16 +24,17 @@ products and their derivatives use prefix and suffix products, so zeros are exac
 
 import numpy as np
 
+from tapejit._kernels.constants import (
+    RED_MAX,
+    RED_PROD,
+    RED_SUM,
+    SCAN_CUMPROD,
+    SCAN_CUMSUM,
+)
 from tapejit._kernels.njit import njit
 
 # --- kernel source ---
 
-RED_SUM = 0
-RED_PROD = 1
-RED_MAX = 2
-RED_MIN = 3
-SCAN_CUMSUM = 0
-SCAN_CUMPROD = 1
 # Lanes per tile, and the depth of the pairwise stack (block counts below 2**60).
 _RED_TILE_LOG = 8
 _RED_TILE = 1 << _RED_TILE_LOG

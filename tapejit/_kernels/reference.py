@@ -9,7 +9,7 @@ from typing import Any
 import numpy as np
 
 from .._ops import ScipySpecial
-from . import scalar
+from . import constants, scalar
 
 #: The numpy function each of tapejit's own libm functions (``libm.py``) computes, to
 #: within an ulp.
@@ -23,12 +23,15 @@ C_LIBRARY_SCIPY = {"_erf": "erf", "_erfc": "erfc", "_gammaln": "gammaln"}
 
 def reference_namespace(math: Any) -> dict[str, Any]:
     """Names the table's expressions use, without Numba: ``math`` (as given), ``np``,
-    the helpers of ``scalar.py`` as Python functions and :data:`LIBM_NUMPY`.
+    the helpers of ``scalar.py`` as Python functions, the kernel constants and
+    :data:`LIBM_NUMPY`.
 
     Each helper is its compiled function's ``py_func`` rebound to the returned namespace,
     so that it reads the given ``math`` and calls the other helpers as Python too.
     """
-    ns: dict[str, Any] = {"math": math, "np": np}
+    # the kernels' named constants, which the generated module defines for them
+    ns: dict[str, Any] = {name: getattr(constants, name) for name in constants.KERNEL_CONSTANTS}
+    ns.update(math=math, np=np)
     for name, obj in vars(scalar).items():
         fn = getattr(obj, "py_func", None)
         if name.startswith("_") and isinstance(fn, types.FunctionType):

@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from tapejit._kernels.constants import MAX_POLYGAMMA_ORDER, MAX_SINC_ORDER
 from tapejit._kernels.njit import njit
 
 if TYPE_CHECKING:
@@ -128,7 +129,7 @@ def _sinc_derivative(n, x):
     # (NaN for any other n). Near 0 the Taylor series
     # f^(n)(y) = sum over 2k >= n of (-1)**k y**(2k - n) / ((2k + 1) (2k - n)!); farther out
     # Leibniz's rule on sin(y) * (1 / y), whose terms n! / y**(n + 1) cancel near 0
-    if not (0.0 <= n <= _MAX_SINC_ORDER and n == math.floor(n)):
+    if not (0.0 <= n <= MAX_SINC_ORDER and n == math.floor(n)):
         return math.nan
     if n == 0.0:
         return _sinc(x)
@@ -266,14 +267,6 @@ def _digamma(x):
     return y + (math.log(x) - 0.5 / x - z)
 
 
-#: The highest derivative orders (NaN above), which also bound the loops and memory:
-#: ``_polygamma``'s (n - 1)! is finite up to 170 and its series holds to a few ulp;
-#: ``_sinc_derivative`` keeps 1e-13 of its scale pi**n / (n + 1) up to 16.
-_MAX_POLYGAMMA_ORDER = 170.0
-_MAX_SINC_ORDER = 16.0
-MAX_POLYGAMMA_ORDER = _MAX_POLYGAMMA_ORDER  # for the op table's numpy references
-MAX_SINC_ORDER = _MAX_SINC_ORDER
-
 #: B_2, B_4, ..., B_16: the polygamma functions' asymptotic series
 _BERNOULLI = (1.0 / 6.0, -1.0 / 30.0, 1.0 / 42.0, -1.0 / 30.0, 5.0 / 66.0, -691.0 / 2730.0,
               7.0 / 6.0, -3617.0 / 510.0)
@@ -324,7 +317,7 @@ def _polygamma(n, x):
     # psi^(n)(x), scipy.special.polygamma's function, for n = 0, 1, 2, ..., 170 (NaN for
     # any other n); x <= 0 by reflection, psi^(n)(x) = (-1)**n psi^(n)(1 - x) - pi**(n + 1)
     # cot^(n)(pi x), cot of the distance to the nearest integer (exact)
-    if not (0.0 <= n <= _MAX_POLYGAMMA_ORDER and n == math.floor(n)) or x != x:
+    if not (0.0 <= n <= MAX_POLYGAMMA_ORDER and n == math.floor(n)) or x != x:
         return math.nan
     if n == 0.0:
         return _digamma(x)
