@@ -120,12 +120,16 @@ def _evaluate(tape, args: tuple, params: Any, shapes: tuple) -> Any:
                 f"argument {i} of {_name(tape)} must hold real numbers; got dtype {arr.dtype}"
             )
         _check_shape(tape, i, arr.shape, s)
-        flat.append(arr.astype(np.float64).ravel())
-    x = np.concatenate(flat) if flat else np.empty(0)
+        flat.append(arr.astype(np.float64, copy=False).reshape(-1))
+    # one argument needs no concatenation (forward copies nothing it is given either)
+    x = flat[0] if len(flat) == 1 else np.concatenate(flat) if flat else np.empty(0)
     if params is not None:
         params = _flat_params(tape, np.asarray(params, dtype=np.float64))
-    y = np.atleast_1d(tape.forward(x, params))
-    return _unflatten(y, output_shapes(tape), lambda a: float(a) if a.ndim == 0 else a)
+    y = tape.forward(x, params)
+    outs = output_shapes(tape)
+    if outs == ((),):
+        return y  # one number: forward's float
+    return _unflatten(np.atleast_1d(y), outs, lambda a: float(a) if a.ndim == 0 else a)
 
 
 def _flat_params(tape, p):
