@@ -19,9 +19,10 @@ result's tangents), then run the body's reverse sweep step by step backwards: th
 is ``every`` carries per point besides the body's own workspace, and each step's forward
 values are computed twice in all (three times with ``every > 1``).
 
-Every routine runs the body with the chunk sweeps over the ``m`` points of the call (values
-and gradients at one point: the point sweeps); a body's own families and loops dispatch
-as in any program.
+Every routine runs the body with the chunk sweeps over the ``m`` points of the call. Values
+and gradients at one point take the body's scalar program when it has one (a body of
+scalar instructions; ``_loop_forward_one``, ``_loop_reverse_one``), else the point sweeps;
+a body's own families and loops dispatch as in any program.
 """
 
 from typing import TYPE_CHECKING
@@ -310,29 +311,124 @@ def _loop_scalar(bp):
 
 
 # At one point the body runs its scalar program when it has one (a body of scalar
-# instructions), else the point sweeps (on flat views of the one-column workspaces):
-# the chunk sweeps' loops over points cost more than the work there. A scalar program
-# works on V: the body's slots (W is V's first rows), its stored partials, a 1.0.
+# instructions: _loop_forward_one, _loop_reverse_one), else the point sweeps (on flat
+# views of the one-column workspaces): the chunk sweeps' loops over points cost more than
+# the work there.
 @njit(cache=True, nogil=True)
-def _loop_program(bp, bc, m):
-    # (P, W, V, S, F): the workspace of the body's values, and its scalar program at one
-    # point (else S is empty); V is W's rows and the scalar program's, flat.
-    S, F = _loop_scalar(bp) if m == 1 else (np.empty(0, np.int32), np.empty(0))
-    extra = S[SP_STORED] + 1 if S.size else 0
-    P = np.empty((1, 0))
-    V = np.empty((bp[N_SLOTS] + extra, m))
-    W = V[: bp[N_SLOTS]]
-    _fill_fixed(bp, bc, P, W)
-    if extra:
-        V[V.shape[0] - 1, 0] = 1.0
-    return P, W, V.reshape(V.size), S, F
+def _loop_one_space(bp, bc, S):
+    # The flat workspace of a scalar program: the body's slots (constants filled in), its
+    # stored partials, a 1.0.
+    V = np.empty((bp[N_SLOTS] + S[SP_STORED] + 1, 1))
+    _fill_fixed(bp, bc, np.empty((1, 0)), V[: bp[N_SLOTS]])
+    V[V.shape[0] - 1, 0] = 1.0
+    return V.reshape(V.size)
 
 
 @njit(cache=True, nogil=True)
-def _loop_values(bp, bc, P, W, V, S, m):
-    if S.size:  # V: flat
-        forward_scalar_sweep(S, V, bp[FIRST_ADJOINT] + bp[N_INPUTS], bp[N_SLOTS])
-    elif m == 1:
+def _loop_one_step(bp, S, V, C, b, t, nc, nx):
+    # One step at one point: carry C and the step's inputs into the body, its values.
+    ii = bp[AT_INPUTS]
+    for j in range(nc):
+        V[bp[ii + j]] = C[j]
+    for j in range(nx):
+        V[bp[ii + nc + j]] = b[t * nx + j, 0]
+    forward_scalar_sweep(S, V, bp[FIRST_ADJOINT] + bp[N_INPUTS], bp[N_SLOTS])
+
+
+@njit(cache=True, nogil=True)
+def _loop_one_carry(bp, V, C, nc):
+    # The body's next carry (its first nc outputs) into C.
+    oo = bp[AT_OUTPUTS]
+    for j in range(nc):
+        C[j] = V[bp[oo + j]]
+
+
+@njit(cache=True, nogil=True)
+def _loop_forward_one(bp, bc, S, a, b, c, r, n, nc, nx, nk, ny, every, nck, y0):
+    # loop_forward at one point through the body's scalar program, every row of the
+    # body's workspace a slot of the flat V (row views cost more than this work): the
+    # same operations, so the same bits. Whether every guard held.
+    V = _loop_one_space(bp, bc, S)
+    ii = bp[AT_INPUTS]
+    oo = bp[AT_OUTPUTS]
+    go = bp[AT_GUARDS]
+    C = np.empty(nc)
+    for j in range(nc):
+        C[j] = a[j, 0]
+    for j in range(nk):
+        V[bp[ii + nc + nx + j]] = c[j, 0]  # the body never writes its inputs
+    ok = True
+    for t in range(n):
+        _loop_one_step(bp, S, V, C, b, t, nc, nx)
+        for q in range(bp[N_GUARDS]):
+            want = bp[go + GUARD * q + GUARD_OUTCOME] != 0
+            ok &= (V[bp[go + GUARD * q + GUARD_SLOT]] != 0.0) == want
+        for j in range(ny):
+            r[y0 + t * ny + j, 0] = V[bp[oo + nc + j]]
+        _loop_one_carry(bp, V, C, nc)
+        if (t + 1) % every == 0 and t + 1 < n:
+            for j in range(nc):
+                r[1 + ((t + 1) // every - 1) * nc + j, 0] = C[j]
+    for j in range(nc):
+        r[1 + nck * nc + j, 0] = C[j]
+    return ok
+
+
+@njit(cache=True, nogil=True)
+def _loop_reverse_one(bp, bc, S, F, a, b, c, r, gr, ga, gb, gc, da, db, dc, n, nc, nx, nk,
+                      ny, every, nck, y0):
+    # loop_reverse at one point through the body's scalar program and its reverse edges
+    # (as value_grad_scalar), on the flat V and adjoints A: the same operations, so the
+    # same bits.
+    V = _loop_one_space(bp, bc, S)
+    A = np.empty(bp[N_SLOTS])
+    ii = bp[AT_INPUTS]
+    oo = bp[AT_OUTPUTS]
+    seg = np.empty((min(every, max(n, 1)), nc))
+    gcar = np.empty(nc)
+    gclo = np.zeros(nk)
+    for j in range(nc):
+        gcar[j] = gr[1 + nck * nc + j, 0]
+    for j in range(nk):
+        V[bp[ii + nc + nx + j]] = c[j, 0]
+    for s in range((n + every - 1) // every - 1, -1, -1):
+        t0 = s * every
+        t1 = min(t0 + every, n)
+        for j in range(nc):  # the segment's carries, from its checkpoint (or a)
+            seg[0, j] = a[j, 0] if s == 0 else r[1 + (s - 1) * nc + j, 0]
+        for t in range(t0, t1 - 1):
+            _loop_one_step(bp, S, V, seg[t - t0], b, t, nc, nx)
+            _loop_one_carry(bp, V, seg[t - t0 + 1], nc)
+        for t in range(t1 - 1, t0 - 1, -1):
+            _loop_one_step(bp, S, V, seg[t - t0], b, t, nc, nx)
+            A[:] = 0.0
+            for j in range(nc):
+                A[bp[oo + j]] += gcar[j]
+            for j in range(ny):
+                A[bp[oo + nc + j]] += gr[y0 + t * ny + j, 0]
+            reverse_edges(S, F, V, A)
+            for j in range(nc):
+                gcar[j] = A[bp[ii + j]]
+            if db:
+                for j in range(nx):
+                    gb[t * nx + j, 0] += A[bp[ii + nc + j]]
+            if dc:
+                for j in range(nk):
+                    gclo[j] += A[bp[ii + nc + nx + j]]
+            if t > 0 and t % every == 0:  # the checkpoint of this carry is a result too
+                for j in range(nc):
+                    gcar[j] += gr[1 + (t // every - 1) * nc + j, 0]
+    if da:
+        for j in range(nc):
+            ga[j, 0] += gcar[j]
+    if dc:
+        for j in range(nk):
+            gc[j, 0] += gclo[j]
+
+
+@njit(cache=True, nogil=True)
+def _loop_values(bp, bc, P, W, m):
+    if m == 1:
         forward_point_sweep(bp, bc, P[0], W.reshape(W.shape[0]))
     else:
         forward_chunk(bp, bc, P, W, m)
@@ -361,14 +457,19 @@ def _loop_adjoints(bp, R, bc, P, W, A, D, q, m):
 def loop_forward(prog, consts, at, a, b, c, r, m):
     bp, bc = _loop_body(prog, consts, at)
     n, nc, nx, nk, ny, every, nck, y0 = _loop_sizes(at)
-    P, W, V, S, _ = _loop_program(bp, bc, m)
     ok = np.ones(m, np.bool_)
+    S, _ = _loop_scalar(bp) if m == 1 else (np.empty(0, np.int32), np.empty(0))
+    if S.size:
+        ok[0] = _loop_forward_one(bp, bc, S, a, b, c, r, n, nc, nx, nk, ny, every, nck, y0)
+        _loop_status(r, ok, m)
+        return
+    P, W = _loop_workspace(bp, bc, m)
     C = np.empty((nc, m))
     _loop_rows_in(bp, W, 0, a, 0, nc, m)
     _loop_rows_in(bp, W, nc + nx, c, 0, nk, m)  # the body never writes its inputs
     for t in range(n):
         _loop_rows_in(bp, W, nc, b, t * nx, nx, m)
-        _loop_values(bp, bc, P, W, V, S, m)
+        _loop_values(bp, bc, P, W, m)
         _loop_guards(bp, W, ok, m)
         _loop_outputs(bp, W, r, y0 + t * ny, ny, nc, m)
         _loop_carry_out(bp, W, C, nc, m)
@@ -382,7 +483,7 @@ def loop_forward(prog, consts, at, a, b, c, r, m):
 
 
 @njit(cache=True, nogil=True)
-def _loop_segment(bp, bc, P, W, V, S, b, r, a, s, every, n, nc, nx, seg, m):
+def _loop_segment(bp, bc, P, W, b, r, a, s, every, n, nc, nx, seg, m):
     # The carries of segment s (steps s*every .. ) into seg[0 .. len - 1]: the first
     # from its checkpoint (or a), the others by the body's forward sweep.
     t0 = s * every
@@ -396,7 +497,7 @@ def _loop_segment(bp, bc, P, W, V, S, b, r, a, s, every, n, nc, nx, seg, m):
     for t in range(t0, t1 - 1):
         _loop_carry_in(bp, W, seg[t - t0], nc, m)
         _loop_rows_in(bp, W, nc, b, t * nx, nx, m)
-        _loop_values(bp, bc, P, W, V, S, m)
+        _loop_values(bp, bc, P, W, m)
         _loop_carry_out(bp, W, seg[t - t0 + 1], nc, m)
     return t0, t1
 
@@ -407,10 +508,14 @@ def loop_reverse(prog, consts, at, a, b, c, r, gr, ga, gb, gc, da, db, dc, m):
         return
     bp, bc = _loop_body(prog, consts, at)
     n, nc, nx, nk, ny, every, nck, y0 = _loop_sizes(at)
-    P, W, V, S, F = _loop_program(bp, bc, m)
-    R = reverse_plan(bp) if S.size == 0 else np.empty(0, np.int32)
+    S, F = _loop_scalar(bp) if m == 1 else (np.empty(0, np.int32), np.empty(0))
+    if S.size:
+        _loop_reverse_one(bp, bc, S, F, a, b, c, r, gr, ga, gb, gc, da, db, dc, n, nc, nx, nk,
+                          ny, every, nck, y0)
+        return
+    P, W = _loop_workspace(bp, bc, m)
+    R = reverse_plan(bp)
     A = np.empty((bp[N_SLOTS], m))
-    Af = A.reshape(A.size)
     D = np.empty((MAX_ARITY * (bp[N_SLOTS] - bp[FIRST_ADJOINT] - bp[N_INPUTS]), m))
     seg = np.empty((min(every, max(n, 1)), nc, m))
     gcar = np.empty((nc, m))
@@ -422,24 +527,17 @@ def loop_reverse(prog, consts, at, a, b, c, r, gr, ga, gb, gc, da, db, dc, m):
     oo = bp[AT_OUTPUTS]
     q = 0
     for s in range((n + every - 1) // every - 1, -1, -1):
-        t0, t1 = _loop_segment(bp, bc, P, W, V, S, b, r, a, s, every, n, nc, nx, seg, m)
+        t0, t1 = _loop_segment(bp, bc, P, W, b, r, a, s, every, n, nc, nx, seg, m)
         for t in range(t1 - 1, t0 - 1, -1):
             _loop_carry_in(bp, W, seg[t - t0], nc, m)
             _loop_rows_in(bp, W, nc, b, t * nx, nx, m)
-            if S.size:  # as value_grad_scalar
-                _loop_values(bp, bc, P, W, V, S, m)
-                A[:] = 0.0
-            else:
-                q = _loop_partials(bp, bc, P, W, D, m)
-                _zero_planned(bp, R, A)
+            q = _loop_partials(bp, bc, P, W, D, m)
+            _zero_planned(bp, R, A)
             for j in range(nc):
                 _loop_add(A[bp[oo + j]], gcar[j], m)
             for j in range(ny):
                 _loop_add(A[bp[oo + nc + j]], gr[y0 + t * ny + j], m)
-            if S.size:
-                reverse_edges(S, F, V, Af)
-            else:
-                _loop_adjoints(bp, R, bc, P, W, A, D, q, m)
+            _loop_adjoints(bp, R, bc, P, W, A, D, q, m)
             for j in range(nc):
                 _loop_copy(gcar[j], A[bp[ii + j]], m)
             if db:
