@@ -14,19 +14,12 @@ from typing import Any
 
 import numpy as np
 
-from ._kernels.constants import (
-    LOOP_BODY,
-    LOOP_CARRY,
-    LOOP_CLOSURE,
-    LOOP_EVERY,
-    LOOP_LENGTH,
-    LOOP_X,
-    LOOP_Y,
-)
+from ._kernels import constants as _k
 from ._program import MAX_FAMILY_SIZE, Family, Program, attr_columns
 
-_POSITIONS = {LOOP_BODY: "body", LOOP_LENGTH: "length", LOOP_CARRY: "n_carry", LOOP_X: "n_x",
-              LOOP_CLOSURE: "n_closure", LOOP_Y: "n_y", LOOP_EVERY: "every"}
+_POSITIONS = {_k.LOOP_BODY: "body", _k.LOOP_LENGTH: "length", _k.LOOP_CARRY: "n_carry",
+              _k.LOOP_X: "n_x", _k.LOOP_CLOSURE: "n_closure", _k.LOOP_Y: "n_y",
+              _k.LOOP_EVERY: "every"}
 #: Attribute names, in order (their positions are the kernel routines' ``LOOP_*``).
 LOOP_ATTRS = tuple(_POSITIONS[i] for i in range(len(_POSITIONS)))
 
@@ -54,15 +47,15 @@ def scratch_elements(opcodes: np.ndarray, attrs: np.ndarray, attr_offsets: np.nd
     for i in np.flatnonzero(np.asarray(opcodes) == LOOP.opcode).tolist():
         v = np.asarray(attrs[int(attr_offsets[i]) : int(attr_offsets[i]) + len(LOOP_ATTRS)],
                        dtype=np.int64)
-        total += int(min(v[LOOP_EVERY], max(v[LOOP_LENGTH], 1)) * v[LOOP_CARRY])
+        total += int(min(v[_k.LOOP_EVERY], max(v[_k.LOOP_LENGTH], 1)) * v[_k.LOOP_CARRY])
     return total
 
 
 def loop_sizes(values: np.ndarray) -> np.ndarray:
     """``Family.sizes`` of (checked) rows: the result, then operands a, b, c."""
     v = attr_columns(values)
-    n, nc, nx, nk, ny, every = (v[:, i] for i in (LOOP_LENGTH, LOOP_CARRY, LOOP_X,
-                                                 LOOP_CLOSURE, LOOP_Y, LOOP_EVERY))
+    n, nc, nx, nk, ny, every = (v[:, i] for i in (_k.LOOP_LENGTH, _k.LOOP_CARRY, _k.LOOP_X,
+                                                 _k.LOOP_CLOSURE, _k.LOOP_Y, _k.LOOP_EVERY))
     nck = np.where(n > 0, (n - 1) // np.maximum(every, 1), 0)
     size = 1 + (nck + 1) * nc + n * ny
     return np.stack([size, nc, n * nx, nk], axis=1)
@@ -72,7 +65,7 @@ def loop_check(values: np.ndarray) -> np.ndarray:
     """Bad mask of attribute rows: a negative count or body index, ``every < 1``, a
     result or operand beyond the largest family block."""
     v = attr_columns(values)
-    bad = (v < 0).any(axis=1) | (v[:, LOOP_EVERY] < 1)
+    bad = (v < 0).any(axis=1) | (v[:, _k.LOOP_EVERY] < 1)
     if bad.all():
         return bad
     with np.errstate(over="ignore"):
@@ -84,7 +77,7 @@ def loop_body_check(attrs: tuple[int, ...], body: Program) -> str:
     """Why ``body`` cannot be the body of a loop with ``attrs``, or ``""``: it must have
     the inputs ``[carry | x | closure]``, no parameters and the outputs
     ``[next carry | y]``."""
-    nc, nx, nk, ny = (attrs[i] for i in (LOOP_CARRY, LOOP_X, LOOP_CLOSURE, LOOP_Y))
+    nc, nx, nk, ny = (attrs[i] for i in (_k.LOOP_CARRY, _k.LOOP_X, _k.LOOP_CLOSURE, _k.LOOP_Y))
     if body.n_params:
         return f"a loop body has no parameters; this one has {body.n_params}"
     if body.n_inputs != nc + nx + nk:
