@@ -85,9 +85,15 @@ def _recorder(values: list) -> Recorder | None:
     return recorder_of(flat)
 
 
-def call_tape(tape, args: tuple, params: Any = None) -> Any:
-    """``tape(*args, params=params)``: evaluate, or inline into the active recording."""
-    shapes = input_shapes(tape)
+def call_shapes(tape) -> tuple[tuple[tuple[int, ...], ...], tuple[tuple[int, ...], ...]]:
+    """``(input_shapes(tape), output_shapes(tape))``, which a tape keeps for its calls."""
+    return input_shapes(tape), output_shapes(tape)
+
+
+def call_tape(tape, args: tuple, params: Any, shapes: tuple) -> Any:
+    """``tape(*args, params=params)``: evaluate, or inline into the active recording.
+    ``shapes``: :func:`call_shapes` of the tape."""
+    shapes, out_shapes = shapes
     if len(args) != len(shapes):
         raise ValueError(
             f"{_name(tape)} takes {len(shapes)} argument(s) of shape(s) "
@@ -100,8 +106,8 @@ def call_tape(tape, args: tuple, params: Any = None) -> Any:
         )
     rec = _recorder([*args, params])
     if rec is None:
-        return _evaluate(tape, args, params, shapes)
-    return _inline(rec, tape, args, params, shapes)
+        return _evaluate(tape, args, params, shapes, out_shapes)
+    return _inline(rec, tape, args, params, shapes, out_shapes)
 
 
 def _check_shape(tape, i: int, got: tuple, want: tuple) -> None:
@@ -111,7 +117,7 @@ def _check_shape(tape, i: int, got: tuple, want: tuple) -> None:
         )
 
 
-def _evaluate(tape, args: tuple, params: Any, shapes: tuple) -> Any:
+def _evaluate(tape, args: tuple, params: Any, shapes: tuple, out_shapes: tuple) -> Any:
     flat = []
     for i, (a, s) in enumerate(zip(args, shapes, strict=True)):
         arr = np.asarray(a)
@@ -126,10 +132,9 @@ def _evaluate(tape, args: tuple, params: Any, shapes: tuple) -> Any:
     if params is not None:
         params = _flat_params(tape, np.asarray(params, dtype=np.float64))
     y = tape.forward(x, params)
-    outs = output_shapes(tape)
-    if outs == ((),):
+    if out_shapes == ((),):
         return y  # one number: forward's float
-    return _unflatten(np.atleast_1d(y), outs, lambda a: float(a) if a.ndim == 0 else a)
+    return _unflatten(np.atleast_1d(y), out_shapes, lambda a: float(a) if a.ndim == 0 else a)
 
 
 def _flat_params(tape, p):
@@ -140,7 +145,8 @@ def _flat_params(tape, p):
     return p.reshape(-1)
 
 
-def _inline(rec: Recorder, tape, args: tuple, params: Any, shapes: tuple) -> Any:
+def _inline(rec: Recorder, tape, args: tuple, params: Any, shapes: tuple,
+            out_shapes: tuple) -> Any:
     m = np.empty(tape.n_slots, dtype=_I64)  # tape slot -> outer id
     nc = len(tape.consts)
     if nc:
@@ -166,7 +172,7 @@ def _inline(rec: Recorder, tape, args: tuple, params: Any, shapes: tuple) -> Any
         raise BranchError(1, 1, tape)
     truth = _comparison_results(tape)
     outs, k = [], 0
-    for shape in output_shapes(tape):
+    for shape in out_shapes:
         n = math.prod(shape)
         ids = m[tape.outputs[k : k + n]].reshape(shape)
         outs.append(Tracer(rec, ids, bool(truth[k : k + n].all())))

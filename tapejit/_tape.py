@@ -266,6 +266,7 @@ class Tape:
         self._rev = None  # the reverse plan, on first use
         self._seg = None  # the segmented reverse sweeps of a long tape, on first use
         self._sp = None  # the scalar program (False: not all scalar), on first use
+        self._call = None  # the shapes a call takes and returns (__call__), on first use
         # Instruction families: their routines for values and gradients are compiled (or
         # loaded) now, those of the tangent and second-order sweeps on first use.
         self._families = family_codes(prog)
@@ -353,9 +354,14 @@ class Tape:
         True
         """
         # lazy: the tracer machinery, needed only when called on traced values
-        from ._compose import call_tape
+        from ._compose import call_shapes, call_tape
 
-        return call_tape(self, args, params)
+        ins, outs, shapes = self._call or (None, None, None)
+        if ins is not self.input_shapes or outs is not self.output_shapes:
+            # kept while the shape attributes are the same objects
+            shapes = call_shapes(self)
+            self._call = (self.input_shapes, self.output_shapes, shapes)
+        return call_tape(self, args, params, shapes)
 
     def jit_args(self, params=None):
         """The tape's arrays for :func:`tapejit.jit_value_and_grad` in Numba code.

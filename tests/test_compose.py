@@ -90,6 +90,17 @@ def test_several_arguments_and_outputs():
     _same_tape(composed, direct, RNG.normal(size=(5, 6)))
 
 
+def test_calls_follow_the_tapes_shape_attributes():
+    # a call keeps the shapes it takes and returns while those attributes are the same
+    # objects; replacing one is seen by the next call
+    tape = tapejit.record(lambda x: x * 2.0, np.zeros((2, 2)))
+    assert tape(np.ones((2, 2))).shape == (2, 2)
+    tape.output_shapes = ((4,),)
+    assert tape(np.ones((2, 2))).shape == (4,)
+    tape.input_shapes = ((4,),)
+    np.testing.assert_array_equal(tape(np.arange(4.0)), 2.0 * np.arange(4.0))
+
+
 def test_nested_two_levels():
     def g1(v):
         return np.exp(-v) * np.cos(v)
