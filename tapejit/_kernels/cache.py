@@ -140,8 +140,9 @@ def load_kernels() -> ModuleType:
     source = generate_source()
     digest = hashlib.sha256(source.encode()).hexdigest()[:16]
     name = f"tapejit_kernels_{digest}"
-    if name in sys.modules and not getattr(sys.modules[name], "_tapejit_stand_in", False):
-        return sys.modules[name]
+    module = _loaded(name)
+    if module is not None:
+        return module
     path = None
     for root in _roots():
         candidate = root / digest / f"{name}.py"
@@ -163,11 +164,18 @@ def load_kernels() -> ModuleType:
     return _import(path)
 
 
+def _loaded(name: str) -> ModuleType | None:
+    """Kernel module ``name`` if this process has imported it (not a stand-in)."""
+    module = sys.modules.get(name)
+    return None if getattr(module, "_tapejit_stand_in", False) else module
+
+
 def _import(path: Path) -> ModuleType:
     """Import the kernel module at ``path`` (once per process)."""
     name = path.stem
-    if name in sys.modules and not getattr(sys.modules[name], "_tapejit_stand_in", False):
-        return sys.modules[name]
+    module = _loaded(name)
+    if module is not None:
+        return module
     _write_bytecode(path)
     spec = importlib.util.spec_from_file_location(name, path)
     module = importlib.util.module_from_spec(spec)

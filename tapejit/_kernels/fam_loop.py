@@ -347,22 +347,21 @@ def _loop_one_carry(bp, V, C, nc):
 def _loop_forward_one(bp, bc, S, a, b, c, r, n, nc, nx, nk, ny, every, nck, y0):
     # loop_forward at one point through the body's scalar program, every row of the
     # body's workspace a slot of the flat V (row views cost more than this work): the
-    # same operations, so the same bits. Whether every guard held.
+    # same operations, so the same bits. Whether every guard held (_loop_guards on V as a
+    # one-column workspace).
     V = _loop_one_space(bp, bc, S)
+    W = V.reshape((V.size, 1))  # for _loop_guards
     ii = bp[AT_INPUTS]
     oo = bp[AT_OUTPUTS]
-    go = bp[AT_GUARDS]
     C = np.empty(nc)
     for j in range(nc):
         C[j] = a[j, 0]
     for j in range(nk):
         V[bp[ii + nc + nx + j]] = c[j, 0]  # the body never writes its inputs
-    ok = True
+    ok = np.ones(1, np.bool_)
     for t in range(n):
         _loop_one_step(bp, S, V, C, b, t, nc, nx)
-        for q in range(bp[N_GUARDS]):
-            want = bp[go + GUARD * q + GUARD_OUTCOME] != 0
-            ok &= (V[bp[go + GUARD * q + GUARD_SLOT]] != 0.0) == want
+        _loop_guards(bp, W, ok, 1)
         for j in range(ny):
             r[y0 + t * ny + j, 0] = V[bp[oo + nc + j]]
         _loop_one_carry(bp, V, C, nc)
@@ -371,7 +370,7 @@ def _loop_forward_one(bp, bc, S, a, b, c, r, n, nc, nx, nk, ny, every, nck, y0):
                 r[1 + ((t + 1) // every - 1) * nc + j, 0] = C[j]
     for j in range(nc):
         r[1 + nck * nc + j, 0] = C[j]
-    return ok
+    return ok[0]
 
 
 @njit(cache=True, nogil=True)
