@@ -35,6 +35,22 @@ Instruction families (whole-block routines) have rules here, by family name:
   diagonal terms included: conservative), ``sum``, ``max`` and ``min`` have zero second
   derivatives;
 * ``scan``: prefix unions along the lane; ``cumprod`` pairs each live prefix;
+* ``loop`` (:func:`tapejit.scan`, :func:`tapejit.fori_loop`): **exact**, the patterns of
+  the same loop unrolled. The body is read once, as a map from its outputs to the body
+  inputs they depend on (carry, the step's ``x``, closure) and, per set of live body
+  outputs, the pairs of body inputs that interact nonlinearly (this module run on the
+  body, so nested loops and families keep their own rules); each step composes that map
+  with its own input sets (the carry's from the step before, row ``t`` of ``xs``, the
+  closure): a few unions per body output per step, no walk of the body. Backwards, the
+  transposed map carries the output sets (and liveness) from the last step to the first.
+  Once the steps' inputs repeat (the carry's sets have stopped changing and the rows of
+  ``xs`` are the same from there on; backwards, the ys' sets), every remaining step is
+  the same and is filled in, not computed, so a 10,000-step integrator costs about as
+  much as a few steps. The result's status element has empty sets (its derivative is
+  zero: 0.0, or NaN where a guard failed), a checkpoint the carry's sets after its step.
+  Where the unrolled tape would see a constant that the body sees as an input (a
+  constant initial carry, say), the rules for constant operands (``matmul``'s nonzeros)
+  cannot use its value, so the pattern may be larger there, never smaller;
 * every other family (``solve``, ``inv``, ``det``, ``slogdet``, ``cholesky``,
   ``solve_triangular``, ``eigh``, ``svd``, ``qr``, and any family this module does not
   know): **conservative**, every result depends on every element of every operand, and
@@ -45,7 +61,8 @@ The sets are Python frozensets, one per slot, shared between slots wherever an
 instruction only passes one operand's sets on (list slicing, no copy); the unions of a
 block are one ``map`` over its operand lists. The cost is one Python step per instruction
 plus one C-level union per element of a binary block, about 0.1 s for 100,000 scalar
-instructions.
+instructions; a loop costs its body's once, then a few unions per body output per step
+until its steps repeat (see the performance page).
 """
 
 from __future__ import annotations
