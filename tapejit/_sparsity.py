@@ -648,8 +648,8 @@ class _Loop:
             return m if any(m) else []
 
         head = 0  # steps 0 .. head read the same ys sets and no checkpoint's
-        while head + 1 < n and ys[(head + 1) * ny : (head + 2) * ny] == ys[:ny] \
-                and not mark(head + 1):
+        while (head + 1 < n and ys[(head + 1) * ny : (head + 2) * ny] == ys[:ny]
+               and not mark(head + 1)):
             head += 1
         G = res[self.carry0 : self.ys0]
         bs: list = [_EMPTY] * (n * nx)
