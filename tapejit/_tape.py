@@ -1330,7 +1330,9 @@ class Tape:
         instructions are conservative (all their results depend on all their operands):
         the linear-algebra families (``solve``, ``inv``, ``det``, ``cholesky``,
         ``eigh``, ...), and ``max``/``min`` reductions, whose derivative goes to
-        whichever element is the extreme at the point.
+        whichever element is the extreme at the point. A loop (:func:`tapejit.scan`,
+        :func:`tapejit.fori_loop`) has the pattern of the same loop unrolled, read from
+        its body once and composed step by step.
 
         Returns
         -------
@@ -1348,7 +1350,8 @@ class Tape:
         contributes the products of their input sets. Exact for the recorded branch up
         to numerical cancellation, independent of parameter values, conservative for
         the linear-algebra families and for products (``prod``, ``cumprod``) as
-        :meth:`jacobian_sparsity` says; kept by the tape.
+        :meth:`jacobian_sparsity` says, and for a loop the pattern of the same loop
+        unrolled; kept by the tape.
 
         Returns
         -------

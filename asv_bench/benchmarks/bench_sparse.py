@@ -16,6 +16,8 @@ the IPOPT solve.
 * ``ChainSolve``: ``tapejit.optimize.ipopt`` on the chain, recording included (skipped
   without cyipopt).
 * ``ScalarLoopPattern``: both patterns of a tape of 100,002 scalar instructions.
+* ``LoopPattern``: both patterns of loop tapes (``tapejit.scan``): the Lorenz fit's 2000
+  RK4 steps, and a chain of 10,000 steps, one input each.
 
 JIT compilation is excluded: every ``setup`` records and calls the timed function once.
 """
@@ -205,3 +207,43 @@ class ScalarLoopPattern:
 
     def track_instructions(self):
         return len(self.program)
+
+
+class LoopPattern:
+    """Patterns of loop tapes, computed afresh from the program: ``lorenz``, the Lorenz
+    fit with its 2000 RK4 steps in ``tapejit.scan`` (3 carries, the 3 parameters as
+    inputs; the unrolled tape's 142,006 instructions are what ``ScalarLoopPattern``
+    measures), and ``chain``, a scan of 10,000 steps over as many inputs, each step
+    ``(x[t] - c)**2 cos(x[t])`` carrying ``x[t]`` (a tridiagonal Hessian): each step's sets
+    differ, the Jacobian is of the 10,000 per-step outputs, the Hessian of their sum."""
+
+    params = (("lorenz", "chain"),)
+    param_names = ("loop",)
+
+    def setup(self, loop):
+        from tapejit._program import Program
+
+        if loop == "lorenz":
+            one = _record(B.lorenz_scan_f, np.asarray(B.LORENZ_P))
+            many = one
+        else:
+            def ys(x):
+                _, y = tapejit.scan(lambda c, xt: (xt, (xt - c) ** 2 * np.cos(xt)), x[0],
+                                    x[1:])
+                return y
+
+            x0 = np.linspace(0.0, 1.0, 10_001)
+            many = _record(ys, x0)
+            one = _record(lambda x: np.sum(ys(x)), x0)
+        self.jacobian_program = Program.from_tape(many)
+        self.hessian_program = Program.from_tape(one)
+
+    def time_jacobian_pattern(self, loop):
+        from tapejit._sparsity import jacobian_sparsity
+
+        jacobian_sparsity(self.jacobian_program)
+
+    def time_hessian_pattern(self, loop):
+        from tapejit._sparsity import hessian_sparsity
+
+        hessian_sparsity(self.hessian_program)
