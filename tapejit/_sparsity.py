@@ -700,7 +700,6 @@ class _Loop:
                     R.append(U[j])
 
 
-
 def _loop_of(p: Program, rows: _Rows, i: int) -> _Loop:
     """Loop instruction ``i`` of ``p``, read on first use and kept with ``rows``."""
     got = rows.loops.get(i)
