@@ -38,6 +38,10 @@ from ._program import GUARD_OUTCOME, GUARD_SLOT, Program, working_slots
 SEGMENT_BELOW = 64
 #: ...in calls at this many points or more (fewer share too little of a segment's cost).
 SEGMENT_POINTS = 16
+#: A one-output tape of scalar instructions takes its one-point gradient kernel at each
+#: point of calls with fewer points than this, instead of the segmented sweeps: their
+#: cost per call is about that of this many one-point gradients (docs' performance page).
+POINT_BY_POINT_BELOW = 32
 #: Result elements per segment: fewer segments share the per-call costs better, more
 #: keep each workspace small (measured: docs' performance page).
 SEGMENT_ELEMENTS = 1024

@@ -84,7 +84,7 @@ from ._program import (
     working_slots,
 )
 from ._scalar_program import scalar_program
-from ._segments import SEGMENT_BELOW, SEGMENT_POINTS, split
+from ._segments import POINT_BY_POINT_BELOW, SEGMENT_BELOW, SEGMENT_POINTS, split
 from ._segments import vjp_batch as segmented_vjp
 from ._validate import check_runnable, check_tape_arrays
 
@@ -945,9 +945,31 @@ class Tape:
                 vbuf[...] = v
             return (v, g, failed == 0) if check != "raise" else (v, g)
         y = _buffer(vbuf, (n,), "value buffer")
-        valid = self._vjp_batch(X, P, self._ones, y.reshape(n, 1), g)
+        valid = self._gradients(X, P, y.reshape(n, 1), g)
         res = self._guarded(valid, check, (y, g), False, keep_failed)
         return res
+
+    def _gradients(self, X, P, Y, G) -> np.ndarray:
+        """Values ``Y`` ``(n, 1)`` and gradients ``G`` ``(n, n_inputs)`` of a one-output
+        tape at points ``X``, and the guard validity per point. A tape of scalar
+        instructions too long to batch (one point per chunk) takes its one-point gradient
+        kernel at each of fewer than ``POINT_BY_POINT_BELOW`` points: its scalar program
+        runs several times faster than the point-by-point batch driver's general sweeps,
+        with the same bits, and costs less than the segmented sweeps' fixed cost."""
+        n = X.shape[0]
+        if n >= POINT_BY_POINT_BELOW or self._chunk != 1 or self._scalar_prog() is False:
+            return self._vjp_batch(X, P, self._ones, Y, G)
+        prog, (S, F), consts = self._kernel_prog, self._sp, self._kernel_consts
+        ws = self._workspace()
+        valid = np.ones(n, dtype=np.uint8)
+        for q in range(n):
+            pq = P[0 if P.shape[0] == 1 else q]
+            v = self._k.value_grad_scalar(prog, S, F, consts, X[q], pq, G[q], ws)
+            if v != v and self._n_guards:  # NaN may mean a failed guard
+                valid[q] = self._k.forward_point(prog, consts, X[q], pq,
+                                                 np.empty(self._n_out), ws) == 0
+            Y[q, 0] = v
+        return valid
 
     def gradient(self, x, params=None, out: np.ndarray | None = None, check: str = "raise"):
         """Gradient of a one-output tape, shaped like ``x`` (see :meth:`value_and_grad`).
@@ -1179,6 +1201,8 @@ class Tape:
         if mode == "forward":
             V = np.eye(self._n_in).reshape(1, self._n_in, self._n_in)
             valid = self._jvp_batch(X, P, V, Y, J3)
+        elif self._n_out == 1:  # the gradient: one adjoint sweep, as value_and_grad's
+            valid = self._gradients(X, P, Y, J3.reshape(n, self._n_in))
         else:
             valid = np.empty(n, dtype=np.uint8)
             run_batch(self._k, "jacrev_batch", n, self._chunk, self._kernel_prog, self._plan(),

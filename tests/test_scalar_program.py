@@ -97,3 +97,44 @@ def test_block_and_family_tapes_have_none():
     blocks = tapejit.record(lambda x: np.sin(x) * x, np.ones(3))
     sums = tapejit.record(lambda x: np.sum(x * x), np.ones(3))
     assert scalar_program_of(blocks) is None and scalar_program_of(sums) is None
+
+
+def _huge(x):
+    # about 17,600 scalar instructions: more slots than a batch chunk holds for two
+    # points, so batched calls go one point at a time; a guard at the end
+    a, b = x[0], x[1]
+    for _ in range(2200):
+        a = np.sin(a) * b + 0.1 * a
+        b = 0.9 * b + 0.01 * a * a
+    if x[0] > 0.3:
+        return a + b
+    return a - b
+
+
+def test_few_points_of_a_huge_tape_take_the_scalar_program():
+    from tapejit._kernels.runtime import POINTWISE_SLOTS
+    from tapejit._program import Program
+    from tapejit._segments import POINT_BY_POINT_BELOW
+
+    tape = tapejit.record(_huge, np.array([0.5, 0.7]))
+    assert Program.from_tape(tape).n_slots > POINTWISE_SLOTS
+    assert scalar_program_of(tape) is not None
+    X = np.random.default_rng(3).uniform(0.35, 0.9, (POINT_BY_POINT_BELOW - 1, 2))
+    X[4, 0] = 0.2  # the other branch
+    got = tape.value_and_grad(X, check="mask")
+    J, okj = tape.jacobian(X, check="mask")
+    install_for_tests(tape, scalar=False)  # the point-by-point batch driver
+    want = tape.value_and_grad(X, check="mask")
+    install_for_tests(tape, scalar=True)
+    np.testing.assert_array_equal(got[2], want[2])
+    np.testing.assert_array_equal(okj, want[2])
+    assert not got[2][4] and got[2].sum() == len(X) - 1
+    for a, b in ((got[0], want[0]), (got[1], want[1]), (J[:, 0, :], want[1])):
+        np.testing.assert_array_equal(_bits(a), _bits(b))
+    v1, g1 = tape.value_and_grad(X[0])
+    np.testing.assert_array_equal(_bits(tape.jacobian(X[0])[0]), _bits(g1))
+    np.testing.assert_array_equal(_bits(got[1][0]), _bits(g1))
+    with pytest.raises(tapejit.BranchError):
+        tape.value_and_grad(X[:6])
+    with pytest.raises(tapejit.BranchError):
+        tape.jacobian(X[:6])
