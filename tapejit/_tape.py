@@ -1349,9 +1349,9 @@ class Tape:
         of its operands with a second partial that can be nonzero (from the op table)
         contributes the products of their input sets. Exact for the recorded branch up
         to numerical cancellation, independent of parameter values, conservative for
-        the linear-algebra families and for products (``prod``, ``cumprod``) as
-        :meth:`jacobian_sparsity` says, and for a loop the pattern of the same loop
-        unrolled; kept by the tape.
+        the linear-algebra families as :meth:`jacobian_sparsity` says; a product
+        (``prod``, ``cumprod``) has the pattern of the same product written as a Python
+        loop, and a loop the pattern of the same loop unrolled; kept by the tape.
 
         Returns
         -------

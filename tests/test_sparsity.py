@@ -256,6 +256,64 @@ def test_products_with_sparse_constant_matrices_have_their_pattern():
                                tape.jacobian(np.ones(120)), rtol=1e-13)
 
 
+def _loop_prod(v):
+    p = v[0]
+    for k in range(1, v.shape[0]):
+        p = p * v[k]
+    return p
+
+
+def _loop_cumprod(v):
+    out = [v[0]]
+    for k in range(1, v.shape[0]):
+        out.append(out[-1] * v[k])
+    return np.stack(out)
+
+
+_REPEATS = np.array([0, 1, 0, 2, 3, 3, 4])  # inputs 0 and 3 in two elements each
+
+
+@pytest.mark.parametrize(("reduced", "unrolled"), [
+    (lambda x: np.prod(x), lambda x: _loop_prod(x)),
+    (lambda x: np.prod(x[_REPEATS]), lambda x: _loop_prod(x[_REPEATS])),
+    (lambda x: np.sum(np.sin(np.prod(x[:6].reshape(2, 3), axis=0))),
+     lambda x: sum(np.sin(_loop_prod(x[:6].reshape(2, 3)[:, j])) for j in range(3))),
+    (lambda x: np.prod(x[:3] ** 2) + np.prod(x[3:5] + x[5:7]),
+     lambda x: _loop_prod(x[:3] ** 2) + _loop_prod(x[3:5] + x[5:7])),
+    (lambda x: np.prod(np.array([x[0], 2.0, x[1]])) + x[2] * np.prod(x[3:4]),
+     lambda x: x[0] * 2.0 * x[1] + x[2] * x[3]),
+    (lambda x: np.dot(np.cumprod(x)[:4], np.arange(1.0, 5.0)),
+     lambda x: np.dot(_loop_cumprod(x)[:4], np.arange(1.0, 5.0))),
+    (lambda x: np.cumprod(x[_REPEATS])[-1] + np.cumprod(x[_REPEATS])[2],
+     lambda x: _loop_cumprod(x[_REPEATS])[-1] + _loop_cumprod(x[_REPEATS])[2]),
+    (lambda x: np.sum(np.cumprod(x[:6].reshape(3, 2), axis=0)[:2]),
+     lambda x: np.sum(np.stack([_loop_cumprod(x[:6].reshape(3, 2)[:, j])[:2]
+                                for j in range(2)]))),
+], ids=["prod", "repeated", "axis", "squares-sums", "constants", "cumprod",
+        "cumprod-repeated", "cumprod-axis"])
+def test_product_hessian_patterns_are_exact(reduced, unrolled):
+    # a product is linear in each element: its pattern pairs different elements only,
+    # the unrolled loop's, and every entry is nonzero somewhere
+    rng = np.random.default_rng(7)
+    x0 = rng.uniform(0.5, 1.5, 7)
+    tape = tapejit.record(reduced, x0)
+    pat = tape.hessian_sparsity().toarray()
+    np.testing.assert_array_equal(pat, tapejit.record(unrolled, x0).hessian_sparsity()
+                                  .toarray())
+    X = rng.uniform(0.5, 1.5, (4, 7))
+    np.testing.assert_array_equal(pat, union_of_nonzeros(tape.hessian(X)))
+    np.testing.assert_allclose(tape.hessian(X, sparse=True).toarray(), tape.hessian(X),
+                               rtol=RTOL, atol=1e-13)
+
+
+def test_product_pattern_of_a_long_lane():
+    n = 300  # every pair but the diagonal, from n - 1 pairs of unions
+    tape = tapejit.record(lambda x: np.prod(x), np.ones(n))
+    np.testing.assert_array_equal(tape.hessian_sparsity().toarray(), ~np.eye(n, dtype=bool))
+    tape = tapejit.record(lambda x: np.prod(x[np.arange(2 * n) % n]), np.ones(n))
+    assert tape.hessian_sparsity().toarray().all()
+
+
 def test_hessian_sparsity_needs_one_output():
     tape = tapejit.record(lambda x: x * x, np.ones(3))
     with pytest.raises(ValueError, match="one output"):
