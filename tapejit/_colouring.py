@@ -290,14 +290,18 @@ class SparseStack:
     points. The values are one dense array, ``data[p]`` holding point ``p``'s nonzeros
     in the CSR order of ``pattern``: arithmetic over all points is plain numpy on
     ``data``, and ``stack[p]`` is point ``p``'s matrix as a
-    :class:`scipy.sparse.csr_array` (sharing the pattern's index arrays).
+    :class:`scipy.sparse.csr_array` (sharing the pattern's index arrays). For a Dask
+    array of points (:mod:`tapejit.dask`) ``data`` is a lazy Dask array:
+    ``stack.data.compute()`` computes the values, and ``stack[p]`` and :meth:`toarray`
+    compute what they need.
 
     Attributes
     ----------
     pattern : scipy.sparse.csr_array
         The common pattern, bool, ``shape``.
     data : ndarray
-        ``(n_points, nnz)`` float64 values; NaN rows for points that failed a guard with
+        ``(n_points, nnz)`` values, float64 (float32 from a
+        :class:`~tapejit.Float32Tape`); NaN rows for points that failed a guard with
         ``check="mask"``.
     """
 
@@ -323,17 +327,17 @@ class SparseStack:
         n = len(self)
         if not isinstance(p, int | np.integer) or not -n <= p < n:
             raise IndexError(f"point index {p!r} out of range for {n} points")
-        return sp.csr_array((self.data[p], self.pattern.indices, self.pattern.indptr),
-                            shape=self.pattern.shape)
+        return sp.csr_array((np.asarray(self.data[p]), self.pattern.indices,
+                             self.pattern.indptr), shape=self.pattern.shape)
 
     def __iter__(self):
         return (self[p] for p in range(len(self)))
 
     def toarray(self) -> np.ndarray:
-        """The dense matrices, ``(n_points, *shape)``."""
+        """The dense matrices, ``(n_points, *shape)``, of the values' dtype."""
         rows, cols = _coords(self.pattern)
-        out = np.zeros((len(self), *self.shape))
-        out[:, rows, cols] = self.data
+        out = np.zeros((len(self), *self.shape), dtype=self.data.dtype)
+        out[:, rows, cols] = np.asarray(self.data)
         return out
 
     def __repr__(self) -> str:

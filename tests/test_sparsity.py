@@ -518,3 +518,73 @@ def test_banded_colouring_is_valid_and_used_only_when_optimal(seed):
     d = J.astype(int)
     shared = (d.T @ d) > 0
     assert not (shared & (colour[:, None] == colour[None, :]) & ~np.eye(n, dtype=bool)).any()
+
+
+# ---------------------------------------------------------------------------------------
+# Float32Tape: the float64 tape's patterns and colourings, float32 values
+# ---------------------------------------------------------------------------------------
+def _counting(monkeypatch):
+    """Count the colourings computed (patterns compressed) from here on."""
+    calls = []
+    for name in ("hessian_compression", "jacobian_compression"):
+        real = getattr(_colouring, name)
+
+        def counted(*args, real=real, name=name):
+            calls.append(name)
+            return real(*args)
+
+        monkeypatch.setattr(_colouring, name, counted)
+    return calls
+
+
+def _rounded(a):
+    return np.asarray(a, dtype=np.float32).astype(np.float64)
+
+
+@pytest.mark.parametrize("n", [None, 0, 5])
+def test_float32_sparse_is_float64_sparse_at_the_rounded_points(n, monkeypatch):
+    from tapejit import _float32
+
+    monkeypatch.setattr(_float32, "_BLOCK", 2)  # several conversion blocks
+    calls = _counting(monkeypatch)
+    X = points(5, 1 if n is None else n)
+    x = X[0] if n is None else X
+    vector = tapejit.record(random_program(5, "all"), X[0] if len(X) else points(5, 1)[0],
+                            PARAMS, argnums=0)
+    scalar = tapejit.record(_scalar(random_program(5, "all")), points(5, 1)[0], PARAMS,
+                            argnums=0)
+    for tape, method, kw in ((vector, "jacobian", {"mode": "forward"}),
+                             (vector, "jacobian", {"mode": "reverse"}),
+                             (scalar, "hessian", {})):
+        got = getattr(tape.astype(np.float32), method)(x, PARAMS, sparse=True, **kw)
+        want = getattr(tape, method)(_rounded(x), _rounded(PARAMS), sparse=True, **kw)
+        if n is None:
+            assert isinstance(got, sp.csr_array)
+        else:
+            assert isinstance(got, tapejit.SparseStack) and len(got) == n
+            np.testing.assert_array_equal(got.pattern.toarray(), want.pattern.toarray())
+            assert got.toarray().dtype == np.float32
+        assert got.data.dtype == np.float32
+        np.testing.assert_array_equal(got.toarray(), want.toarray().astype(np.float32))
+    # each tape coloured once per kind, for float64 and float32 calls together
+    assert sorted(calls) == ["hessian_compression", "jacobian_compression",
+                             "jacobian_compression"]
+
+
+def test_float32_sparse_follows_the_guards():
+    def f(x):
+        if x[0] > 0:
+            return np.sum(x[1:] * x[:-1])
+        return np.sum(x)
+
+    t32 = tapejit.record(f, np.ones(4)).astype(np.float32)
+    X = np.array([[1.0, 2.0, 3.0, 4.0], [-1.0, 2.0, 3.0, 4.0]])
+    with pytest.raises(tapejit.BranchError, match="1 of 2"):
+        t32.hessian(X, sparse=True)
+    with pytest.raises(tapejit.BranchError, match="1 of 1"):
+        t32.jacobian(X[1], sparse=True)
+    Hs, ok = t32.hessian(X, sparse=True, check="mask")
+    np.testing.assert_array_equal(ok, [True, False])
+    assert Hs.data.dtype == np.float32 and np.isnan(Hs.data[1]).all()
+    H, ok1 = t32.hessian(X[0], sparse=True, check="mask")
+    assert ok1 and H.dtype == np.float32 and H.nnz == 6
