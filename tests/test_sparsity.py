@@ -588,3 +588,99 @@ def test_float32_sparse_follows_the_guards():
     assert Hs.data.dtype == np.float32 and np.isnan(Hs.data[1]).all()
     H, ok1 = t32.hessian(X[0], sparse=True, check="mask")
     assert ok1 and H.dtype == np.float32 and H.nnz == 6
+
+
+# ---------------------------------------------------------------------------------------
+# the transforms: one pattern and colouring per cached tape (branch)
+# ---------------------------------------------------------------------------------------
+def _branchy(x, y):
+    if x[0] > 0:
+        return np.sum(x[1:] * x[:-1]) + np.dot(y, y) * x[0]
+    return np.sum(x ** 3) + y[0] * x[1]
+
+
+def _vector(x, y):
+    return np.concatenate([x[1:] * x[:-1], np.sin(y) * x[0]]).reshape(2, 2)
+
+
+X_BRANCHES = np.array([[1.0, 2.0, 3.0], [-1.0, 2.0, 0.5], [2.0, 1.0, 0.5], [-2.0, 1.0, 1.0]])
+Y_BRANCHES = np.random.default_rng(3).normal(size=(4, 2))
+
+
+def test_transform_sparse_hessian_at_one_point(monkeypatch):
+    calls = _counting(monkeypatch)
+    f = lambda x, y: _branchy(x, y)  # noqa: E731 - a fresh function: a cache of its own
+    h, hs = tapejit.hessian(f), tapejit.hessian(f, sparse=True)
+    for x, y in zip(X_BRANCHES, Y_BRANCHES, strict=True):
+        H = hs(x, y)
+        assert isinstance(H, sp.csr_array) and H.shape == (3, 3)
+        np.testing.assert_allclose(H.toarray(), h(x, y), rtol=RTOL)
+    # one colouring per branch, kept with its tape across calls
+    assert calls == ["hessian_compression"] * 2 and len(hs.tape_cache) == 2
+    blocks = tapejit.hessian(f, (0, 1), sparse=True)(X_BRANCHES[0], Y_BRANCHES[0])
+    dense = tapejit.hessian(f, (0, 1))(X_BRANCHES[0], Y_BRANCHES[0])
+    for i in range(2):
+        for j in range(2):
+            assert isinstance(blocks[i][j], sp.csr_array)
+            np.testing.assert_allclose(blocks[i][j].toarray(), dense[i][j], rtol=RTOL)
+    assert blocks[0][1].shape == (3, 2)
+
+
+def test_transform_sparse_batches_join_the_branches_patterns():
+    hs = tapejit.hessian(_branchy, batched=True, sparse=True)
+    H = hs(X_BRANCHES, Y_BRANCHES)
+    assert isinstance(H, tapejit.SparseStack) and len(H) == 4
+    dense = tapejit.hessian(_branchy, batched=True)(X_BRANCHES, Y_BRANCHES)
+    np.testing.assert_allclose(H.toarray(), dense, rtol=RTOL)
+    # the union of the two branches' patterns: x0 x1 x2 chain and the diagonal
+    want = (np.abs(np.subtract.outer(np.arange(3), np.arange(3))) == 1) | np.eye(3, dtype=bool)
+    np.testing.assert_array_equal(H.pattern.toarray(), want)
+    blocks = tapejit.hessian(_branchy, (0, 1), batched=True, sparse=True)(X_BRANCHES,
+                                                                         Y_BRANCHES)
+    dense = tapejit.hessian(_branchy, (0, 1), batched=True)(X_BRANCHES, Y_BRANCHES)
+    for i in range(2):
+        for j in range(2):
+            np.testing.assert_allclose(blocks[i][j].toarray(), dense[i][j], rtol=RTOL)
+    one = hs(X_BRANCHES[:1], Y_BRANCHES[:1])  # points on one branch: its own pattern
+    assert one.pattern.nnz == 4
+
+
+@pytest.mark.parametrize("mode", ["auto", "forward", "reverse"])
+def test_transform_sparse_jacobian(mode):
+    x, y = X_BRANCHES[0], Y_BRANCHES[0]
+    J = tapejit.jacobian(_vector, mode=mode, sparse=True)(x, y)
+    assert isinstance(J, sp.csr_array) and J.shape == (4, 3)  # (2, 2) output flattened
+    np.testing.assert_allclose(J.toarray(), tapejit.jacobian(_vector)(x, y).reshape(4, 3),
+                               rtol=RTOL)
+    both = tapejit.jacobian(_vector, (0, 1), mode=mode, sparse=True)(x, y)
+    dense = tapejit.jacobian(_vector, (0, 1))(x, y)
+    assert [b.shape for b in both] == [(4, 3), (4, 2)]
+    for b, d in zip(both, dense, strict=True):
+        np.testing.assert_allclose(b.toarray(), d.reshape(4, -1), rtol=RTOL)
+    Js = tapejit.jacobian(_vector, (0, 1), mode=mode, batched=True, sparse=True)(
+        X_BRANCHES, Y_BRANCHES)
+    dense = tapejit.jacobian(_vector, (0, 1), batched=True)(X_BRANCHES, Y_BRANCHES)
+    for b, d in zip(Js, dense, strict=True):
+        assert isinstance(b, tapejit.SparseStack)
+        np.testing.assert_allclose(b.toarray(), d.reshape(4, 4, -1), rtol=RTOL)
+
+
+def test_transform_sparse_jacobian_with_aux():
+    def f(x):
+        return x[1:] * x[:-1], {"total": np.sum(x)}
+
+    x = X_BRANCHES[0]
+    J, aux = tapejit.jacobian(f, has_aux=True, sparse=True)(x)
+    assert J.shape == (2, 3) and aux == {"total": 6.0}
+    np.testing.assert_allclose(J.toarray(), tapejit.jacobian(f, has_aux=True)(x)[0])
+    Js, aux = tapejit.jacobian(f, has_aux=True, batched=True, sparse=True)(X_BRANCHES)
+    assert Js.shape == (2, 3) and Js.pattern.nnz == 4
+    np.testing.assert_allclose(Js.toarray(), tapejit.jacobian(f, batched=True, has_aux=True)(
+        X_BRANCHES)[0])
+    np.testing.assert_allclose(aux["total"], X_BRANCHES.sum(axis=1))
+
+
+def test_transform_sparse_inside_a_recording():
+    hs = tapejit.hessian(lambda x: np.sum(x ** 3), sparse=True)
+    with pytest.raises(tapejit.TracingError, match="sparse=False"):
+        tapejit.record(lambda x: hs(x)[0, 0], np.ones(3))
