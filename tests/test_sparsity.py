@@ -609,7 +609,9 @@ Y_BRANCHES = np.random.default_rng(3).normal(size=(4, 2))
 
 def test_transform_sparse_hessian_at_one_point(monkeypatch):
     calls = _counting(monkeypatch)
-    f = lambda x, y: _branchy(x, y)  # noqa: E731 - a fresh function: a cache of its own
+    def f(x, y):  # a function of its own: a tape cache of its own
+        return _branchy(x, y)
+
     h, hs = tapejit.hessian(f), tapejit.hessian(f, sparse=True)
     for x, y in zip(X_BRANCHES, Y_BRANCHES, strict=True):
         H = hs(x, y)
