@@ -287,17 +287,22 @@ class SparseStack:
 
     Returned by :meth:`Tape.jacobian <tapejit.Tape.jacobian>` and
     :meth:`Tape.hessian <tapejit.Tape.hessian>` with ``sparse=True`` for a batch of
-    points. The values are one dense array, ``data[p]`` holding point ``p``'s nonzeros
-    in the CSR order of ``pattern``: arithmetic over all points is plain numpy on
-    ``data``, and ``stack[p]`` is point ``p``'s matrix as a
-    :class:`scipy.sparse.csr_array` (sharing the pattern's index arrays).
+    points (and by :func:`tapejit.jacobian` and :func:`tapejit.hessian` with
+    ``batched=True``). The values are one dense array, ``data[p]`` holding point ``p``'s
+    nonzeros in the CSR order of ``pattern``: arithmetic over all points is plain numpy
+    on ``data``, and ``stack[p]`` is point ``p``'s matrix as a
+    :class:`scipy.sparse.csr_array` (sharing the pattern's index arrays). For a Dask
+    array of points (:mod:`tapejit.dask`) ``data`` is a lazy Dask array:
+    ``stack.data.compute()`` computes the values, and ``stack[p]`` and :meth:`toarray`
+    compute what they need.
 
     Attributes
     ----------
     pattern : scipy.sparse.csr_array
         The common pattern, bool, ``shape``.
     data : ndarray
-        ``(n_points, nnz)`` float64 values; NaN rows for points that failed a guard with
+        ``(n_points, nnz)`` values, float64 (float32 from a
+        :class:`~tapejit.Float32Tape`); NaN rows for points that failed a guard with
         ``check="mask"``.
     """
 
@@ -323,19 +328,66 @@ class SparseStack:
         n = len(self)
         if not isinstance(p, int | np.integer) or not -n <= p < n:
             raise IndexError(f"point index {p!r} out of range for {n} points")
-        return sp.csr_array((self.data[p], self.pattern.indices, self.pattern.indptr),
-                            shape=self.pattern.shape)
+        return sp.csr_array((np.asarray(self.data[p]), self.pattern.indices,
+                             self.pattern.indptr), shape=self.pattern.shape)
 
     def __iter__(self):
         return (self[p] for p in range(len(self)))
 
     def toarray(self) -> np.ndarray:
-        """The dense matrices, ``(n_points, *shape)``."""
+        """The dense matrices, ``(n_points, *shape)``, of the values' dtype."""
         rows, cols = _coords(self.pattern)
-        out = np.zeros((len(self), *self.shape))
-        out[:, rows, cols] = self.data
+        out = np.zeros((len(self), *self.shape), dtype=self.data.dtype)
+        out[:, rows, cols] = np.asarray(self.data)
         return out
 
     def __repr__(self) -> str:
         return (f"<SparseStack: {len(self)} points of {self.shape[0]}x{self.shape[1]}, "
                 f"{self.pattern.nnz} nonzeros each>")
+
+
+def _keys(pattern: sp.csr_array) -> np.ndarray:
+    """The positions ``row * n_cols + col`` of a pattern's nonzeros, in CSR order
+    (ascending: the pattern's indices are sorted)."""
+    rows, cols = _coords(pattern)
+    return rows * pattern.shape[1] + cols
+
+
+def gather_stacks(parts: list[SparseStack], which: np.ndarray, rows: np.ndarray
+                  ) -> SparseStack:
+    """Point ``p``'s matrix from row ``rows[p]`` of ``parts[which[p]]``, all over one
+    pattern: the union of the patterns of the parts used (the points of a batch that
+    several tapes served, one per branch, each with its own pattern). An entry outside a
+    point's own pattern is an exact zero there."""
+    used = np.unique(which).tolist()
+    if len(used) == 1:
+        st = parts[used[0]]
+        same = rows.size == len(st) and np.array_equal(rows, np.arange(rows.size))
+        return SparseStack(st.pattern, st.data if same else st.data[rows])
+    keys = [_keys(parts[k].pattern) for k in used]
+    union = functools.reduce(np.union1d, keys)
+    m, n = parts[used[0]].shape
+    indptr = np.searchsorted(union // n, np.arange(m + 1))
+    pattern = sp.csr_array((np.ones(union.size, dtype=bool), union % n, indptr),
+                           shape=(m, n))
+    data = np.zeros((which.size, union.size), dtype=parts[used[0]].data.dtype)
+    for k, key in zip(used, keys, strict=True):
+        points = np.flatnonzero(which == k)
+        data[np.ix_(points, np.searchsorted(union, key))] = parts[k].data[rows[points]]
+    return SparseStack(pattern, data)
+
+
+def sparse_block(matrix: sp.csr_array | SparseStack, rows: slice, cols: slice
+                 ) -> sp.csr_array | SparseStack:
+    """Rows ``rows`` and columns ``cols`` of a sparse matrix or of every matrix of a
+    stack, keeping every entry of the pattern (a value that is zero at this point too)."""
+    if isinstance(matrix, SparseStack):
+        pat = matrix.pattern
+        # number the nonzeros from 1 (never a zero, so slicing keeps them all) and read
+        # which of them the block holds
+        numbered = sp.csr_array((np.arange(1, pat.nnz + 1), pat.indices, pat.indptr),
+                                shape=pat.shape)[rows, cols]
+        pattern = sp.csr_array((np.ones(numbered.nnz, dtype=bool), numbered.indices,
+                                numbered.indptr), shape=numbered.shape)
+        return SparseStack(pattern, matrix.data[:, numbered.data - 1])
+    return sp.csr_array(matrix[rows, cols])

@@ -51,6 +51,11 @@ def _points32(a, what: str) -> np.ndarray:
     return arr.astype(_F32, copy=False)
 
 
+def _as32(v):
+    """A one-point result as float32: a number, an array or a sparse matrix."""
+    return v.astype(_F32) if hasattr(v, "astype") else np.float32(v)
+
+
 def _f64(a, s: int, e: int, n: int):
     """Rows ``s:e`` of a per-point array (first axis ``n``) as float64; others whole."""
     if a is None:
@@ -65,11 +70,12 @@ class Float32Tape:
 
     Made by ``tape.astype(np.float32)``; it has the methods of a tape (``forward``,
     ``value_and_grad``, ``gradient``, ``vjp``, ``jvp``, ``jacobian``, ``hvp``,
-    ``hessian``), with the same arguments except ``out=`` buffers, and its attributes
-    (``n_inputs``, ``listing()``, ...); Dask arrays in, lazy float32 Dask arrays out,
-    as :meth:`Tape.forward`. Points and parameters are rounded to float32;
-    results are the float64 sweeps' results rounded to float32 (relative error at most
-    2**-24 against the exact values at the float32 points). It pickles as the tape.
+    ``hessian``, ``sparse=True`` included), with the same arguments except ``out=``
+    buffers, and its attributes (``n_inputs``, ``listing()``, ...); Dask arrays in, lazy
+    float32 Dask arrays out, as :meth:`Tape.forward`. Points and parameters are rounded
+    to float32; results are the float64 sweeps' results rounded to float32 (relative
+    error at most 2**-24 against the exact values at the float32 points). It pickles as
+    the tape.
 
     Parameters
     ----------
@@ -177,17 +183,20 @@ class Float32Tape:
             *vals, ok = res
             if check == "raise" and not ok:
                 raise BranchError(1, 1, self.tape)
-            vals = [np.float32(v) if np.ndim(v) == 0 else v.astype(_F32) for v in vals]
+            vals = [_as32(v) for v in vals]
             out = tuple(vals) if check == "raise" else (*vals, ok)
             return out[0] if len(out) == 1 else out
         if method in _DIRECT:
             return self._batch(method, x, params, extra[0] if extra else None, check)
         n = x.shape[0]
         results: list[np.ndarray] | None = None
+        pattern = None  # sparse=True: the float64 tape's pattern, over all blocks
         for s in range(0, max(n, 1), _BLOCK):
             e = min(n, s + _BLOCK)
             part = fn(x[s:e].astype(np.float64), *(_f64(a, s, e, n) for a in extra),
                       params=_f64(params, s, e, n), check="mask", **kw)
+            if kw.get("sparse"):  # (SparseStack, valid): its values are per point
+                pattern, part = part[0].pattern, (part[0].data, part[1])
             if results is None:
                 results = [np.empty((n, *np.shape(r)[1:]),
                                     dtype=_F32 if np.asarray(r).dtype.kind == "f" else bool)
@@ -195,6 +204,10 @@ class Float32Tape:
             for r, p in zip(results, part, strict=True):
                 r[s:e] = p
         *vals, ok = results
+        if pattern is not None:
+            from ._colouring import SparseStack  # imports scipy.sparse: on first use
+
+            vals[0] = SparseStack(pattern, vals[0])
         if check == "raise":
             if not ok.all():
                 raise BranchError(int(n - np.count_nonzero(ok)), n, self.tape)
@@ -221,14 +234,19 @@ class Float32Tape:
         """Jacobian-vector product as float32 (see :meth:`Tape.jvp`)."""
         return self._run("jvp", x, params, ((v, "v"),), check)
 
-    def jacobian(self, x, params=None, mode: str = "auto", check: str = "raise"):
-        """Jacobian as float32 (see :meth:`Tape.jacobian`)."""
-        return self._run("jacobian", x, params, (), check, mode=mode)
+    def jacobian(self, x, params=None, mode: str = "auto", check: str = "raise",
+                 sparse: bool = False):
+        """Jacobian as float32 (see :meth:`Tape.jacobian`). With ``sparse=True`` a
+        float32 ``csr_array`` at one point, a :class:`~tapejit.SparseStack` of float32
+        values for many; the pattern and colouring are the float64 tape's, computed once
+        and kept by it."""
+        return self._run("jacobian", x, params, (), check, mode=mode, sparse=sparse)
 
     def hvp(self, x, v, params=None, check: str = "raise"):
         """Hessian-vector product as float32 (see :meth:`Tape.hvp`)."""
         return self._run("hvp", x, params, ((v, "v"),), check)
 
-    def hessian(self, x, params=None, check: str = "raise"):
-        """Hessian as float32 (see :meth:`Tape.hessian`)."""
-        return self._run("hessian", x, params, (), check)
+    def hessian(self, x, params=None, check: str = "raise", sparse: bool = False):
+        """Hessian as float32 (see :meth:`Tape.hessian`). With ``sparse=True`` as
+        :meth:`jacobian`'s."""
+        return self._run("hessian", x, params, (), check, sparse=sparse)

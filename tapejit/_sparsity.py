@@ -31,10 +31,13 @@ Instruction families (whole-block routines) have rules here, by family name:
   nonzeros, so ``A @ x`` with a sparse constant ``A`` has ``A``'s pattern (a parameter
   matrix counts as dense); second order: the bilinear pairs ``A[:, k] x B[k, :]`` when
   both operands vary;
-* ``reduce``: each result on its own lane; ``prod`` pairs the lane's elements (the
-  diagonal terms included: conservative), ``sum``, ``max`` and ``min`` have zero second
-  derivatives;
-* ``scan``: prefix unions along the lane; ``cumprod`` pairs each live prefix;
+* ``reduce``: each result on its own lane; ``prod`` pairs every two *different* elements
+  of the lane (each element enters a product linearly, so no element pairs with itself:
+  an input gets a diagonal entry only where it reaches two elements, ``x[0] * x[0]``),
+  which is **exact**, the pattern of the same product written as a Python loop;
+  ``sum``, ``max`` and ``min`` have zero second derivatives;
+* ``scan``: prefix unions along the lane; ``cumprod`` pairs the elements of its longest
+  live prefix as ``prod`` does (the shorter prefixes' pairs are among them);
 * ``loop`` (:func:`tapejit.scan`, :func:`tapejit.fori_loop`): **exact**, the patterns of
   the same loop unrolled. The body is read once, as a map from its outputs to the body
   inputs they depend on (carry, the step's ``x``, closure) and, per set of live body
@@ -289,6 +292,25 @@ def _family_forward(name: str, attrs: tuple[int, ...], blocks: list[list], size:
     return [_union_all([_union_all(b) for b in blocks])] * size
 
 
+def _distinct_pairs(sets: list[frozenset], L: list, R: list) -> frozenset:
+    """Append pairs whose products make ``union(sets[j] x sets[k] for j != k)`` (the
+    Hessian pattern of a product of elements with input sets ``sets``) to ``L``, ``R``,
+    and return the union of ``sets``.
+
+    By halving: each split pairs the union of its left part with that of its right part,
+    so two elements are paired at the split that separates them, and an element never
+    with itself. ``len(sets) - 1`` pairs, each element's set in ``log2(len(sets))``
+    unions, where listing the pairs of elements would take ``len(sets) ** 2 / 2``."""
+    if len(sets) == 1:
+        return sets[0]
+    mid = len(sets) // 2
+    left = _distinct_pairs(sets[:mid], L, R)
+    right = _distinct_pairs(sets[mid:], L, R)
+    L.append(left)
+    R.append(right)
+    return left | right
+
+
 def _family_pairs(name: str, attrs: tuple[int, ...], blocks: list[list],
                   live: np.ndarray, L: list, R: list) -> None:
     """Append the nonlinear interaction pairs of one family instruction whose result
@@ -323,10 +345,9 @@ def _family_pairs(name: str, attrs: tuple[int, ...], blocks: list[list],
                     if not len(hits):
                         continue
                     last = int(hits[-1]) + 1
-                u = _union_all([A[at] for at in lane[:last]])
-                if u:
-                    L.append(u)
-                    R.append(u)
+                sets = [A[at] for at in lane[:last] if A[at]]
+                if len(sets) > 1:
+                    _distinct_pairs(sets, L, R)
         return
     if not live.any():
         return

@@ -1176,7 +1176,8 @@ class Tape:
             at one point a ``scipy.sparse.csr_array``; for ``(n_points, n_inputs)``
             points a :class:`~tapejit.SparseStack`, the pattern and an
             ``(n_points, nnz)`` array of values (``stack[p]`` is point ``p``'s
-            ``csr_array``).
+            ``csr_array``); for a Dask array of points a ``SparseStack`` whose values
+            are a lazy Dask array (see :func:`tapejit.dask.jacobian`).
         """
         if sparse:
             return self._sparse_jacobian(x, params, out, mode, check)
@@ -1319,7 +1320,8 @@ class Tape:
             at one point a ``scipy.sparse.csr_array``; for ``(n_points, n_inputs)``
             points a :class:`~tapejit.SparseStack`, the pattern and an
             ``(n_points, nnz)`` array of values (``stack[p]`` is point ``p``'s
-            ``csr_array``).
+            ``csr_array``); for a Dask array of points a ``SparseStack`` whose values
+            are a lazy Dask array (see :func:`tapejit.dask.jacobian`).
         """
         if sparse:
             return self._sparse_hessian(x, params, check)
@@ -1373,9 +1375,9 @@ class Tape:
         of its operands with a second partial that can be nonzero (from the op table)
         contributes the products of their input sets. Exact for the recorded branch up
         to numerical cancellation, independent of parameter values, conservative for
-        the linear-algebra families and for products (``prod``, ``cumprod``) as
-        :meth:`jacobian_sparsity` says, and for a loop the pattern of the same loop
-        unrolled; kept by the tape.
+        the linear-algebra families as :meth:`jacobian_sparsity` says; a product
+        (``prod``, ``cumprod``) has the pattern of the same product written as a Python
+        loop, and a loop the pattern of the same loop unrolled; kept by the tape.
 
         Returns
         -------
@@ -1419,27 +1421,26 @@ class Tape:
             res = SparseStack(pat, data)
         return (res, *mask) if check != "raise" else res
 
-    def _sparse_inputs(self, x, params, out, what: str):
-        if out is not None:
-            raise ValueError(f"{what}(sparse=True) cannot write into out=; drop out=")
-        if (type(x) is not _ND or type(params) not in PLAIN) and dask_in(x, params):
-            raise TypeError(f"{what}(sparse=True) does not take Dask arrays; compute "
-                            "the points first or use the dense form")
-        return self._prepare(x, params)
-
     def _sparse_jacobian(self, x, params, out, mode: str, check: str):
+        if out is not None:
+            raise ValueError("jacobian(sparse=True) cannot write into out=; drop out=")
+        if (type(x) is not _ND or type(params) not in PLAIN) and dask_in(x, params):
+            return lazily(self, "jacobian", x, (), params, mode=mode, check=check,
+                          sparse=True)
         if mode not in ("auto", "forward", "reverse"):
             raise ValueError(f"mode must be 'auto', 'forward' or 'reverse'; got {mode!r}")
         self._check_arg(check)
-        X, P, single = self._sparse_inputs(x, params, out, "jacobian")
+        X, P, single = self._prepare(x, params)
         plan = self._sparse_plan("jacobian_" + mode)
         data, valid = self._sparse_data(plan, X, P)
         return self._sparse_result(plan, data, single, valid, check)
 
     def _sparse_hessian(self, x, params, check: str):
+        if (type(x) is not _ND or type(params) not in PLAIN) and dask_in(x, params):
+            return lazily(self, "hessian", x, (), params, check=check, sparse=True)
         self._scalar_output("hessian")
         self._check_arg(check)
-        X, P, single = self._sparse_inputs(x, params, None, "hessian")
+        X, P, single = self._prepare(x, params)
         plan = self._sparse_plan("hessian")
         data, valid = self._sparse_data(plan, X, P)
         return self._sparse_result(plan, data, single, valid, check)
@@ -1449,6 +1450,8 @@ class Tape:
         pattern's CSR order) at points ``X``, one sweep direction per colour, and the
         guard validity per point."""
         n, k = X.shape[0], plan.n_colours
+        if n == 0:  # no sweep to run, and no row to reshape the compressed values by
+            return np.empty((0, plan.take.size)), np.empty(0, dtype=np.uint8)
         if plan.mode == "hessian":
             comp, valid = self._hvp_batch(X, P, plan.seeds.reshape(1, k, self._n_in))
         elif plan.mode == "forward":

@@ -37,6 +37,7 @@ from typing import Any
 import numpy as np
 
 from . import _nested
+from ._errors import TracingError
 from ._passes import guard_slice
 from ._record import bind_call, is_array_like, normalize_argnums, record
 from ._tape import Tape, evaluate_keep_failed
@@ -408,6 +409,51 @@ def _one_output(tape: Tape, what: str, f: Callable[..., Any]) -> None:
     raise ValueError(f"{what} needs {name} to return one scalar; it returned {got}")
 
 
+def _not_traced_sparse(what: str) -> TracingError:
+    """The error for ``sparse=True`` inside a recording."""
+    return TracingError(f"{what}(..., sparse=True) inside a recording: a sparse matrix "
+                        "cannot be a traced value. Use sparse=False there (the dense "
+                        "derivative is recorded), or take the sparse derivative of the "
+                        "recorded tape outside it.")
+
+
+def _sparse_evaluate(cache: TapeCache, call: Call,
+                     derivative: Callable[[Tape, Any, Any], tuple]) -> tuple[Tape, Any, tuple]:
+    """Serve ``derivative(tape, x, params) -> (sparse result, *per-point results, valid)``
+    (a ``csr_array`` at one point, a ``SparseStack`` for many) through ``cache``.
+
+    Each tape (one per branch) has its own pattern and colouring, computed on its first
+    sparse call and kept with it, so the cache's assembly, which fills arrays of one shape
+    point by point, sees only which evaluation served each point and its row there; the
+    sparse results stay aside and are put together here, a batch over the union of the
+    patterns of the tapes that served it. Returns the last tape used, the sparse result
+    and the other results."""
+    served: list = []
+
+    def method(tape: Tape, x, p, rows):
+        m, *rest, ok = derivative(tape, x, p)
+        served.append(m)
+        k = len(served) - 1
+        if not call.batched:
+            return k, *rest, ok
+        n = np.shape(ok)[0]  # the assembly fills float64 arrays: small ints stay exact
+        return np.full(n, float(k)), np.arange(n, dtype=np.float64), *rest, ok
+
+    tape, res = cache.evaluate(call, method)
+    if not call.batched:
+        return tape, served[res[0]], res[1:]
+    from ._colouring import gather_stacks  # imports scipy.sparse: on first use
+
+    which, rows, *rest = res
+    return tape, gather_stacks(served, which.astype(np.intp), rows.astype(np.intp)), tuple(rest)
+
+
+def _offsets(shapes: tuple) -> list[int]:
+    """Where each differentiated argument's flat values start, and the end."""
+    return np.concatenate([[0], np.cumsum([int(np.prod(s, dtype=np.int64))
+                                           for s in shapes])]).astype(int).tolist()
+
+
 class _Aux:
     """``f`` that returns ``(output, aux)``, recorded as one tape whose outputs are the
     output followed by the array leaves of ``aux`` (tuples, lists and dicts of arrays;
@@ -602,6 +648,7 @@ def jacobian(
     *,
     batched: bool = False,
     has_aux: bool = False,
+    sparse: bool = False,
 ) -> Callable[..., Any]:
     """Transform ``f`` into a function returning its Jacobian.
 
@@ -617,13 +664,22 @@ def jacobian(
         Leading points axis on every array argument (see :func:`value_and_grad`).
     has_aux : bool
         ``f`` returns ``(output, aux)``: the result is ``(jacobian of output, aux)``.
+    sparse : bool
+        Compute only the nonzeros, as :meth:`Tape.jacobian` with ``sparse=True``: each
+        cached tape (one per branch of ``f``) reads its pattern and colours it on its
+        first sparse call and keeps both, so later calls on that branch only sweep.
 
     Returns
     -------
     callable
         ``J(*args, **kwargs)``: for one output array of shape ``so`` and an argument of
         shape ``si`` the block has shape ``so + si`` (a tuple of blocks for a sequence
-        ``argnums``; a leading points axis when batched).
+        ``argnums``; a leading points axis when batched). With ``sparse=True`` each
+        block is a ``scipy.sparse.csr_array`` of shape ``(so.size, si.size)`` (the
+        output and the argument flattened in C order), with the pattern of the branch
+        the point takes; batched, a :class:`~tapejit.SparseStack` over the union of the
+        patterns of the branches the points take (an entry outside a point's own pattern
+        is zero there).
     """
     target, aux, cache = _aux_cache(f, has_aux)
     single = isinstance(argnums, int | np.integer)
@@ -636,11 +692,33 @@ def jacobian(
         J, _ = evaluate_keep_failed(tape, "jacobian", x, params=p, mode=mode)
         return y, J, ok
 
+    def sparse_jacobian(tape: Tape, x, p):
+        J, ok = tape.jacobian(x, params=p, mode=mode, check="mask", sparse=True)
+        if aux is None:
+            return J, ok
+        return J, tape.forward(x, params=p, check="mask")[0], ok
+
     @_transform(f, cache)
     def wrapped(*args: Any, **kwargs: Any) -> Any:
         if _nested.traced(args, kwargs, f=f):  # inside a recording: record the Jacobian there
+            if sparse:
+                raise _not_traced_sparse("jacobian")
             return _nested.jacobian(f, argnums, args, batched, kwargs=kwargs, has_aux=has_aux)
         call = Call(target, args, kwargs, argnums, batched)
+        if sparse:
+            from ._colouring import sparse_block  # imports scipy.sparse: on first use
+
+            tape, J, rest = _sparse_evaluate(cache, call, sparse_jacobian)
+            k = J.shape[0] if aux is None else int(np.prod(aux.output_shape(tape),
+                                                             dtype=np.int64))
+            if single and k == J.shape[0]:  # the whole matrix
+                out = J
+            else:
+                offs = _offsets(call.shapes())
+                out = tuple(sparse_block(J, slice(0, k), slice(offs[i], offs[i + 1]))
+                            for i in range(len(offs) - 1))
+                out = out[0] if single else out
+            return out if aux is None else (out, aux.aux(tape, rest[0], batched))
         if aux is None:
             tape, (J,) = cache.evaluate(call, method)
             return _split(J, call.shapes(), single, batched, _out_shape(tape))
@@ -654,7 +732,8 @@ def jacobian(
 
 
 def hessian(
-    f: Callable[..., Any], argnums: int | Sequence[int] = 0, *, batched: bool = False
+    f: Callable[..., Any], argnums: int | Sequence[int] = 0, *, batched: bool = False,
+    sparse: bool = False,
 ) -> Callable[..., Any]:
     """Transform a scalar function ``f`` into a function returning its Hessian.
 
@@ -666,13 +745,21 @@ def hessian(
         Arguments to differentiate with respect to.
     batched : bool
         Leading points axis on every array argument (see :func:`value_and_grad`).
+    sparse : bool
+        Compute only the nonzeros, as :meth:`Tape.hessian` with ``sparse=True``: each
+        cached tape (one per branch of ``f``) reads its pattern and colours it on its
+        first sparse call and keeps both, so later calls on that branch only sweep.
 
     Returns
     -------
     callable
         ``H(*args)``: shape ``si + si`` for one argument of shape ``si``; for a sequence
         ``argnums`` a tuple of tuples of blocks ``H[i][j]`` of shape ``si + sj``.
-        Exactly symmetric.
+        Exactly symmetric. With ``sparse=True`` each block is a
+        ``scipy.sparse.csr_array`` of shape ``(si.size, sj.size)`` (the arguments
+        flattened in C order), with the pattern of the branch the point takes; batched,
+        a :class:`~tapejit.SparseStack` over the union of the patterns of the branches
+        the points take (an entry outside a point's own pattern is zero there).
     """
     cache = tape_cache(f)
     single = isinstance(argnums, int | np.integer)
@@ -681,16 +768,31 @@ def hessian(
         _one_output(tape, "hessian", f)
         return evaluate_keep_failed(tape, "hessian", x, params=p)
 
+    def sparse_hessian(tape: Tape, x, p):
+        _one_output(tape, "hessian", f)
+        return tape.hessian(x, params=p, check="mask", sparse=True)
+
     @_transform(f)
     def wrapped(*args: Any, **kwargs: Any) -> Any:
         if _nested.traced(args, kwargs, f=f):  # inside a recording: record the Hessian there
+            if sparse:
+                raise _not_traced_sparse("hessian")
             return _nested.hessian(f, argnums, args, batched, kwargs=kwargs)
         call = Call(f, args, kwargs, argnums, batched)
-        _, (H,) = cache.evaluate(call, method)
         shapes = call.shapes()
+        offs = _offsets(shapes)
+        if sparse:
+            from ._colouring import sparse_block  # imports scipy.sparse: on first use
+
+            _, H, _ = _sparse_evaluate(cache, call, sparse_hessian)
+            if single:
+                return H
+            return tuple(tuple(sparse_block(H, slice(offs[i], offs[i + 1]),
+                                            slice(offs[j], offs[j + 1]))
+                               for j in range(len(shapes)))
+                         for i in range(len(shapes)))
+        _, (H,) = cache.evaluate(call, method)
         lead = H.shape[:1] if batched else ()
-        sizes = [int(np.prod(s, dtype=np.int64)) for s in shapes]
-        offs = np.concatenate([[0], np.cumsum(sizes)]).astype(int)
         blocks = tuple(
             tuple(
                 H[..., offs[i] : offs[i + 1], offs[j] : offs[j + 1]].reshape(

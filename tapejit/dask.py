@@ -15,7 +15,11 @@ arguments are rechunked to the chunks of the points; a one-row argument serves e
 point. A :class:`~tapejit.BranchError` is raised when a chunk holding points off the
 recorded branches is computed (counting that chunk's points); ``check="mask"`` gives a
 lazy validity mask instead. ``out=`` buffers are refused with Dask arrays:
-:func:`store` computes into arrays.
+:func:`store` computes into arrays. ``jacobian`` and ``hessian`` take ``sparse=True``
+(as the tape's methods do, and ``tape.jacobian(X, sparse=True)`` comes here too): a
+:class:`~tapejit.SparseStack` whose pattern is computed when the graph is built and
+whose values are a lazy Dask array ``(n_points, nnz)``, each task computing its chunk's
+nonzeros with the tape's colouring (computed once per tape in each worker process).
 
 The tape enters the task graph once, as its own key: tasks depend on it instead of each
 carrying a copy, so a cluster sends it to each worker once. It travels pickled as its
@@ -57,6 +61,7 @@ import numpy as np
 from dask.delayed import Delayed
 from dask.highlevelgraph import HighLevelGraph
 
+from ._colouring import SparseStack
 from ._float32 import Float32Tape
 from ._tape import Tape, packed
 
@@ -110,7 +115,9 @@ def _block(method, x, *args, tape, threads, kwargs):
     ``v``, then ``params``): a chunk aligned with ``x``, one row for every point, or
     ``None``."""
     res = _call(threads, getattr(tape, method), _one(x), *map(_one, args), **kwargs)
-    return res if isinstance(res, tuple) else (res,)
+    res = res if isinstance(res, tuple) else (res,)
+    # sparse=True: the chunk's values, (points, nnz); the pattern is the graph's
+    return tuple(r.data if isinstance(r, SparseStack) else r for r in res)
 
 
 #: Points per kernel call inside a reducing task: buffers that stay in cache, reused.
@@ -308,24 +315,50 @@ def gradient(tape: Tape, X, params=None, *, check: str = "raise",
                              [(tape.n_inputs,)], check=check), check)
 
 
+def _sparse_lazy(method: str, pattern, tape, X, params, numba_threads, check: str,
+                 **kwargs):
+    """``tape.<method>(X, sparse=True)`` lazily: a :class:`~tapejit.SparseStack` of
+    ``pattern`` (computed here, and kept by the tape) whose values are a lazy Dask array
+    ``(n_points, nnz)``, one task per chunk of points (with ``check="mask"``, and the lazy
+    validity mask)."""
+    outs = _lazy(method, tape, X, params, numba_threads, [(pattern.nnz,)], check=check,
+                 sparse=True, **kwargs)
+    stack = SparseStack(pattern, outs[0])
+    return (stack, outs[1]) if check == "mask" else stack
+
+
 def jacobian(tape: Tape, X, params=None, *, mode: str = "auto", check: str = "raise",
-             numba_threads: int | None = 1):
+             numba_threads: int | None = 1, sparse: bool = False):
     """Jacobians ``(n_points, n_outputs, n_inputs)``, lazily. ``mode`` as
     :meth:`Tape.jacobian <tapejit.Tape.jacobian>` (``"auto"``, ``"forward"`` or
-    ``"reverse"``); the other arguments and ``check="mask"`` as :func:`forward`."""
+    ``"reverse"``); the other arguments and ``check="mask"`` as :func:`forward`.
+
+    With ``sparse=True``, as ``tape.jacobian(X, sparse=True)`` for a numpy batch: a
+    :class:`~tapejit.SparseStack` whose ``pattern`` is the tape's (computed now, and kept
+    by the tape) and whose ``data`` is a lazy Dask array ``(n_points, nnz)`` of the
+    nonzeros, one task per chunk of points; ``stack.data.compute()`` (or
+    ``dask.compute(stack.data, valid)`` with ``check="mask"``) computes them.
+    """
     if mode not in ("auto", "forward", "reverse"):
         raise ValueError(f"mode must be 'auto', 'forward' or 'reverse'; got {mode!r}")
-    shape = (_check_tape(tape).n_outputs, tape.n_inputs)
     kwargs = {} if mode == "auto" else {"mode": mode}
+    if sparse:
+        return _sparse_lazy("jacobian", _check_tape(tape).jacobian_sparsity(), tape, X,
+                            params, numba_threads, check, **kwargs)
+    shape = (_check_tape(tape).n_outputs, tape.n_inputs)
     return _one_or_all(_lazy("jacobian", tape, X, params, numba_threads, [shape],
                              check=check, **kwargs), check)
 
 
 def hessian(tape: Tape, X, params=None, *, check: str = "raise",
-            numba_threads: int | None = 1):
+            numba_threads: int | None = 1, sparse: bool = False):
     """Hessians ``(n_points, n_inputs, n_inputs)`` of a one-output tape, lazily.
-    Arguments and ``check="mask"`` as :func:`forward`."""
+    Arguments and ``check="mask"`` as :func:`forward`; ``sparse=True`` as
+    :func:`jacobian`'s (the pattern: ``tape.hessian_sparsity()``)."""
     _scalar(tape, "hessian")
+    if sparse:
+        return _sparse_lazy("hessian", tape.hessian_sparsity(), tape, X, params,
+                            numba_threads, check)
     n = tape.n_inputs
     return _one_or_all(_lazy("hessian", tape, X, params, numba_threads, [(n, n)],
                              check=check), check)

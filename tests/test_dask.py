@@ -438,12 +438,33 @@ def test_methods_on_worker_processes(tape, points, client):
     assert _bitwise(v, v0) and _bitwise(g, g0) and _bitwise(hv, tape.hvp(X, X))
 
 
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+def test_sparse_derivatives(points, scheduler, dtype):
+    X, Xd = points
+    t = tapejit.record(lambda x: _rosen(x) + np.prod(x[:3]), np.zeros(4)).astype(dtype)
+    counter = _Counter()
+    H = td.hessian(t, counter.watch(Xd[:1000]), sparse=True)
+    J, ok = t.jacobian(Xd, sparse=True, mode="reverse", check="mask")  # the method too
+    assert counter.chunks == 0  # the patterns are known, the values lazy
+    for stack in (H, J):
+        assert isinstance(stack, tapejit.SparseStack) and isinstance(stack.data, da.Array)
+        assert stack.data.dtype == dtype
+    assert J.data.chunks == (Xd.chunks[0], (J.pattern.nnz,))
+    h, j, ok = dask.compute(H.data, J.data, ok, scheduler=scheduler)
+    want_h = t.hessian(X[:1000], sparse=True)
+    want_j = t.jacobian(X, sparse=True, mode="reverse")
+    np.testing.assert_array_equal(H.pattern.toarray(), want_h.pattern.toarray())
+    np.testing.assert_array_equal(J.pattern.toarray(), want_j.pattern.toarray())
+    assert _bitwise(h, want_h.data) and _bitwise(j, want_j.data) and ok.all()
+    assert _bitwise(H[7].toarray(), want_h[7].toarray())  # computes what it needs
+
+
 def test_branch_error_when_computed():
     t = tapejit.record(lambda x: x[0] * x[1] if x[0] > 0 else x[1], np.ones(2))
     X = np.random.default_rng(10).standard_normal((100, 2))
     Xd = da.from_array(X, chunks=30)
     for lazy in (t.forward(Xd), t.gradient(Xd), t.hessian(Xd), t.jvp(Xd, X[0]),
-                 t.astype(np.float32).value_and_grad(Xd)[1]):
+                 t.astype(np.float32).value_and_grad(Xd)[1], t.hessian(Xd, sparse=True).data):
         with pytest.raises(tapejit.BranchError, match="left the branches"):
             lazy.compute(scheduler="threads")
     g, ok = t.gradient(Xd, check="mask")
@@ -486,6 +507,7 @@ for tt in (t, t.astype(np.float32)):
         tt.forward(pts), tt.value_and_grad(pts), tt.gradient(pts), tt.jacobian(pts)
         tt.hessian(pts), tt.vjp(pts, [1.0]), tt.jvp(pts, pts), tt.hvp(pts, pts)
         tt.forward(pts, check="mask")
+        tt.jacobian(pts, sparse=True), tt.hessian(pts, sparse=True)
 assert sys.modules["dask"] is None
 assert not [m for m in sys.modules if m.startswith("dask.") or m == "tapejit.dask"]
 print("ok")

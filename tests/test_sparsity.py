@@ -256,6 +256,64 @@ def test_products_with_sparse_constant_matrices_have_their_pattern():
                                tape.jacobian(np.ones(120)), rtol=1e-13)
 
 
+def _loop_prod(v):
+    p = v[0]
+    for k in range(1, v.shape[0]):
+        p = p * v[k]
+    return p
+
+
+def _loop_cumprod(v):
+    out = [v[0]]
+    for k in range(1, v.shape[0]):
+        out.append(out[-1] * v[k])
+    return np.stack(out)
+
+
+_REPEATS = np.array([0, 1, 0, 2, 3, 3, 4])  # inputs 0 and 3 in two elements each
+
+
+@pytest.mark.parametrize(("reduced", "unrolled"), [
+    (lambda x: np.prod(x), lambda x: _loop_prod(x)),
+    (lambda x: np.prod(x[_REPEATS]), lambda x: _loop_prod(x[_REPEATS])),
+    (lambda x: np.sum(np.sin(np.prod(x[:6].reshape(2, 3), axis=0))),
+     lambda x: sum(np.sin(_loop_prod(x[:6].reshape(2, 3)[:, j])) for j in range(3))),
+    (lambda x: np.prod(x[:3] ** 2) + np.prod(x[3:5] + x[5:7]),
+     lambda x: _loop_prod(x[:3] ** 2) + _loop_prod(x[3:5] + x[5:7])),
+    (lambda x: np.prod(np.array([x[0], 2.0, x[1]])) + x[2] * np.prod(x[3:4]),
+     lambda x: x[0] * 2.0 * x[1] + x[2] * x[3]),
+    (lambda x: np.dot(np.cumprod(x)[:4], np.arange(1.0, 5.0)),
+     lambda x: np.dot(_loop_cumprod(x)[:4], np.arange(1.0, 5.0))),
+    (lambda x: np.cumprod(x[_REPEATS])[-1] + np.cumprod(x[_REPEATS])[2],
+     lambda x: _loop_cumprod(x[_REPEATS])[-1] + _loop_cumprod(x[_REPEATS])[2]),
+    (lambda x: np.sum(np.cumprod(x[:6].reshape(3, 2), axis=0)[:2]),
+     lambda x: np.sum(np.stack([_loop_cumprod(x[:6].reshape(3, 2)[:, j])[:2]
+                                for j in range(2)]))),
+], ids=["prod", "repeated", "axis", "squares-sums", "constants", "cumprod",
+        "cumprod-repeated", "cumprod-axis"])
+def test_product_hessian_patterns_are_exact(reduced, unrolled):
+    # a product is linear in each element: its pattern pairs different elements only,
+    # the unrolled loop's, and every entry is nonzero somewhere
+    rng = np.random.default_rng(7)
+    x0 = rng.uniform(0.5, 1.5, 7)
+    tape = tapejit.record(reduced, x0)
+    pat = tape.hessian_sparsity().toarray()
+    np.testing.assert_array_equal(pat, tapejit.record(unrolled, x0).hessian_sparsity()
+                                  .toarray())
+    X = rng.uniform(0.5, 1.5, (4, 7))
+    np.testing.assert_array_equal(pat, union_of_nonzeros(tape.hessian(X)))
+    np.testing.assert_allclose(tape.hessian(X, sparse=True).toarray(), tape.hessian(X),
+                               rtol=RTOL, atol=1e-13)
+
+
+def test_product_pattern_of_a_long_lane():
+    n = 300  # every pair but the diagonal, from n - 1 pairs of unions
+    tape = tapejit.record(lambda x: np.prod(x), np.ones(n))
+    np.testing.assert_array_equal(tape.hessian_sparsity().toarray(), ~np.eye(n, dtype=bool))
+    tape = tapejit.record(lambda x: np.prod(x[np.arange(2 * n) % n]), np.ones(n))
+    assert tape.hessian_sparsity().toarray().all()
+
+
 def test_hessian_sparsity_needs_one_output():
     tape = tapejit.record(lambda x: x * x, np.ones(3))
     with pytest.raises(ValueError, match="one output"):
@@ -460,3 +518,171 @@ def test_banded_colouring_is_valid_and_used_only_when_optimal(seed):
     d = J.astype(int)
     shared = (d.T @ d) > 0
     assert not (shared & (colour[:, None] == colour[None, :]) & ~np.eye(n, dtype=bool)).any()
+
+
+# ---------------------------------------------------------------------------------------
+# Float32Tape: the float64 tape's patterns and colourings, float32 values
+# ---------------------------------------------------------------------------------------
+def _counting(monkeypatch):
+    """Count the colourings computed (patterns compressed) from here on."""
+    calls = []
+    for name in ("hessian_compression", "jacobian_compression"):
+        real = getattr(_colouring, name)
+
+        def counted(*args, real=real, name=name):
+            calls.append(name)
+            return real(*args)
+
+        monkeypatch.setattr(_colouring, name, counted)
+    return calls
+
+
+def _rounded(a):
+    return np.asarray(a, dtype=np.float32).astype(np.float64)
+
+
+@pytest.mark.parametrize("n", [None, 0, 5])
+def test_float32_sparse_is_float64_sparse_at_the_rounded_points(n, monkeypatch):
+    from tapejit import _float32
+
+    monkeypatch.setattr(_float32, "_BLOCK", 2)  # several conversion blocks
+    calls = _counting(monkeypatch)
+    X = points(5, 1 if n is None else n)
+    x = X[0] if n is None else X
+    vector = tapejit.record(random_program(5, "all"), X[0] if len(X) else points(5, 1)[0],
+                            PARAMS, argnums=0)
+    scalar = tapejit.record(_scalar(random_program(5, "all")), points(5, 1)[0], PARAMS,
+                            argnums=0)
+    for tape, method, kw in ((vector, "jacobian", {"mode": "forward"}),
+                             (vector, "jacobian", {"mode": "reverse"}),
+                             (scalar, "hessian", {})):
+        got = getattr(tape.astype(np.float32), method)(x, PARAMS, sparse=True, **kw)
+        want = getattr(tape, method)(_rounded(x), _rounded(PARAMS), sparse=True, **kw)
+        if n is None:
+            assert isinstance(got, sp.csr_array)
+        else:
+            assert isinstance(got, tapejit.SparseStack) and len(got) == n
+            np.testing.assert_array_equal(got.pattern.toarray(), want.pattern.toarray())
+            assert got.toarray().dtype == np.float32
+        assert got.data.dtype == np.float32
+        np.testing.assert_array_equal(got.toarray(), want.toarray().astype(np.float32))
+    # each tape coloured once per kind, for float64 and float32 calls together
+    assert sorted(calls) == ["hessian_compression", "jacobian_compression",
+                             "jacobian_compression"]
+
+
+def test_float32_sparse_follows_the_guards():
+    def f(x):
+        if x[0] > 0:
+            return np.sum(x[1:] * x[:-1])
+        return np.sum(x)
+
+    t32 = tapejit.record(f, np.ones(4)).astype(np.float32)
+    X = np.array([[1.0, 2.0, 3.0, 4.0], [-1.0, 2.0, 3.0, 4.0]])
+    with pytest.raises(tapejit.BranchError, match="1 of 2"):
+        t32.hessian(X, sparse=True)
+    with pytest.raises(tapejit.BranchError, match="1 of 1"):
+        t32.jacobian(X[1], sparse=True)
+    Hs, ok = t32.hessian(X, sparse=True, check="mask")
+    np.testing.assert_array_equal(ok, [True, False])
+    assert Hs.data.dtype == np.float32 and np.isnan(Hs.data[1]).all()
+    H, ok1 = t32.hessian(X[0], sparse=True, check="mask")
+    assert ok1 and H.dtype == np.float32 and H.nnz == 6
+
+
+# ---------------------------------------------------------------------------------------
+# the transforms: one pattern and colouring per cached tape (branch)
+# ---------------------------------------------------------------------------------------
+def _branchy(x, y):
+    if x[0] > 0:
+        return np.sum(x[1:] * x[:-1]) + np.dot(y, y) * x[0]
+    return np.sum(x ** 3) + y[0] * x[1]
+
+
+def _vector(x, y):
+    return np.concatenate([x[1:] * x[:-1], np.sin(y) * x[0]]).reshape(2, 2)
+
+
+X_BRANCHES = np.array([[1.0, 2.0, 3.0], [-1.0, 2.0, 0.5], [2.0, 1.0, 0.5], [-2.0, 1.0, 1.0]])
+Y_BRANCHES = np.random.default_rng(3).normal(size=(4, 2))
+
+
+def test_transform_sparse_hessian_at_one_point(monkeypatch):
+    calls = _counting(monkeypatch)
+    def f(x, y):  # a function of its own: a tape cache of its own
+        return _branchy(x, y)
+
+    h, hs = tapejit.hessian(f), tapejit.hessian(f, sparse=True)
+    for x, y in zip(X_BRANCHES, Y_BRANCHES, strict=True):
+        H = hs(x, y)
+        assert isinstance(H, sp.csr_array) and H.shape == (3, 3)
+        np.testing.assert_allclose(H.toarray(), h(x, y), rtol=RTOL)
+    # one colouring per branch, kept with its tape across calls
+    assert calls == ["hessian_compression"] * 2 and len(hs.tape_cache) == 2
+    blocks = tapejit.hessian(f, (0, 1), sparse=True)(X_BRANCHES[0], Y_BRANCHES[0])
+    dense = tapejit.hessian(f, (0, 1))(X_BRANCHES[0], Y_BRANCHES[0])
+    for i in range(2):
+        for j in range(2):
+            assert isinstance(blocks[i][j], sp.csr_array)
+            np.testing.assert_allclose(blocks[i][j].toarray(), dense[i][j], rtol=RTOL)
+    assert blocks[0][1].shape == (3, 2)
+
+
+def test_transform_sparse_batches_join_the_branches_patterns():
+    hs = tapejit.hessian(_branchy, batched=True, sparse=True)
+    H = hs(X_BRANCHES, Y_BRANCHES)
+    assert isinstance(H, tapejit.SparseStack) and len(H) == 4
+    dense = tapejit.hessian(_branchy, batched=True)(X_BRANCHES, Y_BRANCHES)
+    np.testing.assert_allclose(H.toarray(), dense, rtol=RTOL)
+    # the union of the two branches' patterns: x0 x1 x2 chain and the diagonal
+    want = (np.abs(np.subtract.outer(np.arange(3), np.arange(3))) == 1) | np.eye(3, dtype=bool)
+    np.testing.assert_array_equal(H.pattern.toarray(), want)
+    blocks = tapejit.hessian(_branchy, (0, 1), batched=True, sparse=True)(X_BRANCHES,
+                                                                         Y_BRANCHES)
+    dense = tapejit.hessian(_branchy, (0, 1), batched=True)(X_BRANCHES, Y_BRANCHES)
+    for i in range(2):
+        for j in range(2):
+            np.testing.assert_allclose(blocks[i][j].toarray(), dense[i][j], rtol=RTOL)
+    one = hs(X_BRANCHES[:1], Y_BRANCHES[:1])  # points on one branch: its own pattern
+    assert one.pattern.nnz == 4
+
+
+@pytest.mark.parametrize("mode", ["auto", "forward", "reverse"])
+def test_transform_sparse_jacobian(mode):
+    x, y = X_BRANCHES[0], Y_BRANCHES[0]
+    J = tapejit.jacobian(_vector, mode=mode, sparse=True)(x, y)
+    assert isinstance(J, sp.csr_array) and J.shape == (4, 3)  # (2, 2) output flattened
+    np.testing.assert_allclose(J.toarray(), tapejit.jacobian(_vector)(x, y).reshape(4, 3),
+                               rtol=RTOL)
+    both = tapejit.jacobian(_vector, (0, 1), mode=mode, sparse=True)(x, y)
+    dense = tapejit.jacobian(_vector, (0, 1))(x, y)
+    assert [b.shape for b in both] == [(4, 3), (4, 2)]
+    for b, d in zip(both, dense, strict=True):
+        np.testing.assert_allclose(b.toarray(), d.reshape(4, -1), rtol=RTOL)
+    Js = tapejit.jacobian(_vector, (0, 1), mode=mode, batched=True, sparse=True)(
+        X_BRANCHES, Y_BRANCHES)
+    dense = tapejit.jacobian(_vector, (0, 1), batched=True)(X_BRANCHES, Y_BRANCHES)
+    for b, d in zip(Js, dense, strict=True):
+        assert isinstance(b, tapejit.SparseStack)
+        np.testing.assert_allclose(b.toarray(), d.reshape(4, 4, -1), rtol=RTOL)
+
+
+def test_transform_sparse_jacobian_with_aux():
+    def f(x):
+        return x[1:] * x[:-1], {"total": np.sum(x)}
+
+    x = X_BRANCHES[0]
+    J, aux = tapejit.jacobian(f, has_aux=True, sparse=True)(x)
+    assert J.shape == (2, 3) and aux == {"total": 6.0}
+    np.testing.assert_allclose(J.toarray(), tapejit.jacobian(f, has_aux=True)(x)[0])
+    Js, aux = tapejit.jacobian(f, has_aux=True, batched=True, sparse=True)(X_BRANCHES)
+    assert Js.shape == (2, 3) and Js.pattern.nnz == 4
+    np.testing.assert_allclose(Js.toarray(), tapejit.jacobian(f, batched=True, has_aux=True)(
+        X_BRANCHES)[0])
+    np.testing.assert_allclose(aux["total"], X_BRANCHES.sum(axis=1))
+
+
+def test_transform_sparse_inside_a_recording():
+    hs = tapejit.hessian(lambda x: np.sum(x ** 3), sparse=True)
+    with pytest.raises(tapejit.TracingError, match="sparse=False"):
+        tapejit.record(lambda x: hs(x)[0, 0], np.ones(3))
