@@ -134,6 +134,7 @@ def test_few_points_of_a_huge_tape_take_the_scalar_program():
     v1, g1 = tape.value_and_grad(X[0])
     np.testing.assert_array_equal(_bits(tape.jacobian(X[0])[0]), _bits(g1))
     np.testing.assert_array_equal(_bits(got[1][0]), _bits(g1))
+    np.testing.assert_array_equal(_bits(got[0][0]), _bits(v1))
     with pytest.raises(tapejit.BranchError):
         tape.value_and_grad(X[:6])
     with pytest.raises(tapejit.BranchError):
