@@ -36,8 +36,23 @@ DCE keeps one when any of its results is live, and then all of its operand block
 ``ARG_k .. ARG_k + STRIDE_k - 1``; CSE merges two with the same opcode, attribute values
 and operand blocks (slot for slot, after earlier merges); fold never folds one (nor what
 reads it). Each operand block must stay whole: renumbering has to map it to consecutive
-slots, else the pass backs off as for strided blocks. Tapes whose families run
-sub-programs (loops) are left as they are.
+slots, else the pass backs off as for strided blocks.
+
+Loops (``tapejit.scan``, ``tapejit.fori_loop``) are such instructions too: DCE removes a
+loop none of whose results is live, and keeps one whose status element is guarded (a
+body with guards), so a point that takes another branch inside the body still raises or
+is masked; CSE merges two loops with the same attributes and operands whose bodies are
+equal (the same packed program and constant bits, so the same body recorded twice
+counts). Each pass also runs on every body first, recursively for nested loops, with its
+interface fixed: the same inputs ``[carry | x | closure]``, outputs ``[next carry | y]``
+and guards, so the loop's attributes stay as they are; dead code, repeated
+subexpressions and constant subexpressions inside a body go as in any program. Bodies no
+instruction runs any more are dropped and the others renumbered, in order (the ``body``
+attribute); a body's constants stay one range of the pool (rebuilt as ``[bodies'
+constants | the program's own]`` when a body's constants change). Fold computes the
+values of a tape with loops by running the constant part as the body of a one-step loop,
+on the optimised kernels that run loops (not the generic tier), so they are the bits an
+evaluation gives.
 
 Guarantees: every pass leaves the values of the outputs (and the guard decisions) bit for
 bit as they were, with one IEEE caveat for CSE (when both operands of a commutative op
@@ -57,12 +72,13 @@ bit-exact in general (``-0.0 + 0.0``); merging scalar instructions into blocks.
 from __future__ import annotations
 
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import replace
 from typing import Any
 
 import numpy as np
 
+from ._fam_loop import LOOP, LOOP_ATTRS
 from ._ops import BY_CODE, OPS, SWAPPABLE
 from ._program import (
     ARITY,
@@ -74,7 +90,9 @@ from ._program import (
     MAX_ARITY,
     N_SLOTS,
     Program,
+    Subprogram,
 )
+from ._show import instruction_tape
 from ._slot_reuse import compact
 from ._tape import Tape, forward_program, kernel_arrays, packed, reverse_plan
 
@@ -90,9 +108,37 @@ def _family(p: Program) -> np.ndarray:
     return p.opcodes >= FIRST_FAMILY
 
 
-def _has_loops(p: Program) -> bool:
-    """Whether an instruction runs a sub-program (the passes do not look inside)."""
-    return any(FAMILIES[c].bodies for c in np.unique(p.opcodes[_family(p)]).tolist())
+def _body_attrs(p: Program) -> tuple[np.ndarray, np.ndarray]:
+    """``inst, pos``: for each attribute that names a sub-program (``Family.bodies``), its
+    instruction and its index in ``p.attrs``."""
+    inst, pos = [np.zeros(0, np.int64)], [np.zeros(0, np.int64)]
+    at = p.attr_offsets
+    for code, family in FAMILIES.items():
+        if not family.bodies:
+            continue
+        which = np.flatnonzero(p.opcodes == code)
+        for body in family.bodies:
+            inst.append(which)
+            pos.append(at[which] + family.attrs.index(body))
+    return np.concatenate(inst), np.concatenate(pos)
+
+
+def _body_instructions(p: Program) -> int:
+    """Instructions of the sub-programs of ``p``, nested ones included."""
+    return sum(len(s.program) + _body_instructions(s.program) for s in p.subprograms)
+
+
+def _pinned(p: Program, keep: np.ndarray) -> np.ndarray:
+    """Mask over the constants: the pool ranges of the sub-programs that the instructions
+    ``keep`` run (they must stay, whole and in order)."""
+    pinned = np.zeros(p.n_consts, dtype=bool)
+    if not p.subprograms:
+        return pinned
+    inst, pos = _body_attrs(p)
+    for j in np.unique(p.attrs[pos[keep[inst]]]).tolist():
+        sub = p.subprograms[j]
+        pinned[sub.consts_at : sub.consts_at + sub.program.n_consts] = True
+    return pinned
 
 
 def _reads(p: Program) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -178,15 +224,64 @@ def _bad_spans(p: Program, M: np.ndarray, keep: np.ndarray) -> np.ndarray:
     return bad
 
 
-def _relabel(p: Program, M: np.ndarray, keep: np.ndarray, consts: np.ndarray) -> Program:
-    """Keep the instructions ``keep``; every old slot ``s`` now reads new slot ``M[s]``."""
+def _relabel(p: Program, M: np.ndarray, keep: np.ndarray, consts: np.ndarray,
+             subs: Sequence[Subprogram] | None = None) -> Program:
+    """Keep the instructions ``keep``; every old slot ``s`` now reads new slot ``M[s]``.
+
+    ``subs``: the sub-program table in the new pool ``consts`` (by default ``p``'s, each
+    one's constants moved by ``M``, which must keep them whole). Sub-programs no kept
+    instruction runs are dropped and the others renumbered, in order."""
     _, _, reads = _reads(p)
     args = np.where(reads[keep], M[p.args[keep]], 0)  # an empty family operand reads slot 0
     guards = p.guards.copy()
     guards[:, GUARD_SLOT] = M[guards[:, GUARD_SLOT]]
-    attrs, attr_at = _kept_attrs(p, keep)
+    if subs is None:  # an empty range may sit anywhere in the pool: put it at 0
+        subs = [Subprogram(s.program, int(M[s.consts_at]) if s.program.n_consts else 0)
+                for s in p.subprograms]
+    new_attrs = p.attrs
+    if len(subs):
+        inst, pos = _body_attrs(p)
+        named = p.attrs[pos[keep[inst]]]
+        run = np.unique(named)
+        index = np.full(len(subs), -1, dtype=np.int64)
+        index[run] = np.arange(len(run))
+        new_attrs = p.attrs.copy()
+        new_attrs[pos[keep[inst]]] = index[named]
+        subs = [subs[j] for j in run.tolist()]
+    attrs, attr_at = _kept_attrs(replace(p, attrs=new_attrs), keep)
     return Program(p.opcodes[keep], args, p.sizes[keep], p.strides[keep], consts, p.n_params,
-                   p.n_inputs, M[p.outputs], guards, attrs, attr_at)
+                   p.n_inputs, M[p.outputs], guards, attrs, attr_at, tuple(subs))
+
+
+def _with_bodies(p: Program, bodies: Sequence[Program]) -> Program:
+    """``p`` with each sub-program replaced by the one in ``bodies`` (same interface).
+
+    When a body's constants changed, the pool is rebuilt as ``[the bodies' constants, in
+    table order | the constants outside them or read by p itself, in order]`` and the slots
+    renumbered; constants read by a multi-element operand keep their whole span, so every
+    operand stays an evenly strided run."""
+    subs = p.subprograms
+    if all(np.array_equal(b.consts.view(np.int64), s.program.consts.view(np.int64))
+           for b, s in zip(bodies, subs, strict=True)):
+        return replace(p, subprograms=tuple(Subprogram(b, s.consts_at)
+                                            for b, s in zip(bodies, subs, strict=True)))
+    nc = p.n_consts
+    own = np.ones(nc, dtype=bool)
+    for sub in subs:
+        own[sub.consts_at : sub.consts_at + sub.program.n_consts] = False
+    lo, hi, reads = _reads(p)
+    own |= _cover(p.n_slots, lo[reads], hi[reads])[:nc]
+    own[p.outputs[p.outputs < nc]] = True
+    starts = np.cumsum([0] + [b.n_consts for b in bodies])
+    consts = np.concatenate([*(b.consts for b in bodies), p.consts[own]])
+    M = np.full(p.n_slots, -1, dtype=np.int64)
+    M[np.flatnonzero(own)] = starts[-1] + np.arange(int(np.count_nonzero(own)))
+    M[nc:] = np.arange(nc, p.n_slots) + len(consts) - nc
+    keep = np.ones(len(p.opcodes), dtype=bool)
+    if _bad_spans(p, M, keep).any():  # pragma: no cover - spans are kept whole
+        raise AssertionError("rebuilding the pool would break a strided operand")
+    return _relabel(p, M, keep, consts, [Subprogram(b, int(at)) for b, at in
+                                         zip(bodies, starts[:-1], strict=True)])
 
 
 def _kept_attrs(p: Program, keep: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
@@ -242,22 +337,33 @@ def _foldable(p: Program, blocked: np.ndarray) -> np.ndarray:
     return fold
 
 
-def _fold_values(p: Program, slots: np.ndarray) -> np.ndarray | None:
+def _fold_values(p: Program, slots: np.ndarray, loop_tape: bool) -> np.ndarray | None:
     """Values of constant ``slots``, computed by the kernels running this very program
-    (at an arbitrary point: these slots depend on constants only)."""
-    # Without the guards: they need not hold at this point.
-    unguarded = replace(p, outputs=slots, guards=np.zeros((0, GUARD), dtype=np.int64))
-    evaluator = Tape(**unguarded.arrays())
-    values = np.empty(len(slots))
+    (at an arbitrary point: these slots depend on constants only). With ``loop_tape`` (a
+    tape with loops, which only the optimised kernels run, even while others run on the
+    generic tier), by the loop routines running it as the body of a one-step loop."""
+    # Without the guards (they need not hold at this point) and what the slots do not
+    # need (no loop: nothing that reads one is folded).
+    q = _dce(replace(p, outputs=slots, guards=np.zeros((0, GUARD), dtype=np.int64)))
     try:
-        evaluator.forward(np.zeros(p.n_inputs), np.zeros(p.n_params) if p.n_params else None,
-                          out=values)
+        if not loop_tape:
+            values = np.empty(len(slots))
+            Tape(**q.arrays()).forward(np.zeros(q.n_inputs),
+                                       np.zeros(q.n_params) if q.n_params else None,
+                                       out=values)
+            return values
+        # a body has no parameters: the same slots as inputs, which it reads as closure
+        body = replace(q, n_params=0, n_inputs=q.n_params + q.n_inputs)
+        named = {"body": 0, "length": 1, "n_carry": 0, "n_x": 0,
+                 "n_closure": body.n_inputs, "n_y": len(slots), "every": 1}
+        tape = instruction_tape(LOOP, tuple(named[k] for k in LOOP_ATTRS),
+                                [0, 0, body.n_inputs], 1 + len(slots), body)
+        return np.asarray(tape.forward(np.zeros(body.n_inputs)), np.float64)[1:]
     except ArithmeticError:  # kernels raising (e.g. ZeroDivisionError): fold nothing
         return None
-    return values
 
 
-def _fold(p: Program) -> Program:
+def _fold(p: Program, loop_tape: bool) -> Program:
     n, nc = len(p.opcodes), p.n_consts
     if n == 0:
         return p
@@ -281,7 +387,7 @@ def _fold(p: Program) -> Program:
         fold_elems = np.repeat(fold, p.sizes)
         folded_slots = p.n_fixed + np.flatnonzero(fold_elems)
         if bits is None:  # later rounds fold a subset of the first
-            values = _fold_values(p, folded_slots)
+            values = _fold_values(p, folded_slots, loop_tape)
             if values is None:
                 return p
             bits = np.zeros(p.n_slots, dtype=np.int64)
@@ -376,12 +482,23 @@ def _cse_once(p: Program, blocked: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 
 
 def _family_keys(p: Program) -> dict[int, tuple[int, ...]]:
-    """Attribute values of each family instruction, by instruction."""
+    """Attribute values of each family instruction, by instruction; an attribute naming a
+    sub-program names the first one equal to it (the same packed program and constant
+    bits), so loops over equal bodies compare equal."""
     out = {}
     at = p.attr_offsets
+    attrs = p.attrs
+    if p.subprograms:
+        first: dict[tuple[bytes, bytes], int] = {}
+        same = np.array([first.setdefault((prog.tobytes(), consts.view(np.int64).tobytes()), j)
+                         for j, (prog, consts) in enumerate(s.program.pack()
+                                                           for s in p.subprograms)])
+        _, pos = _body_attrs(p)
+        attrs = attrs.copy()
+        attrs[pos] = same[attrs[pos]]
     for i in np.flatnonzero(_family(p)).tolist():
         count = len(FAMILIES[int(p.opcodes[i])].attrs)
-        out[i] = tuple(p.attrs[at[i] : at[i] + count].tolist())
+        out[i] = tuple(attrs[at[i] : at[i] + count].tolist())
     return out
 
 
@@ -407,7 +524,7 @@ def _cse(p: Program) -> Program:
         M = M[canon]  # every slot reads its representative's new slot
         bad = _bad_spans(p, M, keep)
         if not bad.any():
-            return _relabel(p, M, keep, p.consts)
+            return _relabel(p, M, keep, p.consts, p.subprograms)  # the pool stays
         if not (bad & ~blocked).any():
             return p
         blocked |= bad
@@ -457,7 +574,7 @@ def _dce(p: Program) -> Program:
     nc = p.n_consts
     live = _live(p)
     keep = _any_in(live, p)
-    const_keep = live[:nc]
+    const_keep = live[:nc] | _pinned(p, keep)
     if keep.all() and const_keep.all():
         return p
     nc_new = int(np.count_nonzero(const_keep))
@@ -476,13 +593,22 @@ def guard_slice(tape: Tape) -> Tape | None:
     p = Program.from_tape(tape)
     if not len(p.guards):
         return None
-    q = replace(p, outputs=p.guards[:1, GUARD_SLOT])
-    if not _has_loops(p):  # the passes do not see inside sub-programs
-        q = _dce(q)
+    q = _dce(replace(p, outputs=p.guards[:1, GUARD_SLOT]))
     return _tape(q, tape, output_shapes=((),), name=f"guards of {tape.name}")
 
 
-_RUN = {"fold": _fold, "cse": _cse, "dce": _dce}
+#: Each pass as ``run(program, loop_tape)``; ``loop_tape``: the program is part of a tape
+#: with loops (see ``_fold_values``).
+_RUN: dict[str, Callable[[Program, bool], Program]] = {
+    "fold": _fold, "cse": lambda p, _: _cse(p), "dce": lambda p, _: _dce(p)}
+
+
+def _run(name: str, p: Program, loop_tape: bool) -> Program:
+    """Pass ``name`` over each sub-program of ``p`` (recursively; their inputs, outputs
+    and guards stay), then over ``p`` itself."""
+    if p.subprograms:
+        p = _with_bodies(p, [_run(name, s.program, True) for s in p.subprograms])
+    return _RUN[name](p, loop_tape)
 
 
 def simplify(
@@ -499,7 +625,9 @@ def simplify(
     report : bool
         Also return one dict per pass run: ``pass``, ``instructions_before``,
         ``instructions_after``, ``elements_before``, ``elements_after`` (result slots),
-        ``consts_before``, ``consts_after``, ``seconds``.
+        ``consts_before``, ``consts_after`` (of the tape's own program),
+        ``body_instructions_before``, ``body_instructions_after`` (of its loop bodies,
+        nested ones included), ``seconds``.
 
     Returns
     -------
@@ -526,12 +654,11 @@ def simplify(
         if name not in _RUN:
             raise ValueError(f"unknown pass {name!r}; the passes are {', '.join(PASSES)}")
     p = Program.from_tape(tape)
+    loop_tape = bool(p.subprograms)
     log = []
-    if _has_loops(p):  # the passes do not see inside sub-programs
-        names = []
     for name in names:
         t0 = time.perf_counter()
-        q = _RUN[name](p)
+        q = _run(name, p, loop_tape)
         log.append({
             "pass": name,
             "instructions_before": len(p.opcodes),
@@ -540,6 +667,8 @@ def simplify(
             "elements_after": int(q.sizes.sum()),
             "consts_before": p.n_consts,
             "consts_after": q.n_consts,
+            "body_instructions_before": _body_instructions(p),
+            "body_instructions_after": _body_instructions(q),
             "seconds": time.perf_counter() - t0,
         })
         p = q
@@ -608,7 +737,9 @@ def stats(tape: Tape) -> dict[str, Any]:
         the constants); ``compact_slots`` (slots of the slot-compacted forward program,
         see ``tapejit._slot_reuse``: the forward and tangent sweeps use it when it has at most
         3/4 of ``n_slots``); ``dead_instructions`` (instructions reaching no output or guard,
-        which the ``"dce"`` pass removes).
+        which the ``"dce"`` pass removes); ``n_subprograms`` (loop bodies) and
+        ``body_instructions`` (their instructions, nested bodies' included). Apart from
+        these two, the counts are of the tape's own program: a loop is one instruction.
     """
     p = Program.from_tape(tape)
     counts = np.bincount(p.opcodes, minlength=LAST_OPCODE + 1)
@@ -638,6 +769,8 @@ def stats(tape: Tape) -> dict[str, Any]:
         "peak_live": _peak_live(p),
         "compact_slots": _compact_slots(tape),
         "dead_instructions": int(len(p.opcodes) - np.count_nonzero(_any_in(_live(p), p))),
+        "n_subprograms": len(p.subprograms),
+        "body_instructions": _body_instructions(p),
     }
 
 
@@ -658,7 +791,8 @@ def format_stats(s: dict[str, Any]) -> str:
         f"workspace {s['workspace_bytes_per_point']} B per point",
         f"peak live values {s['peak_live']}; slots after compaction {s['compact_slots']}; "
         f"dead instructions {s['dead_instructions']}",
-    ])
+    ] + ([f"loop bodies {s['n_subprograms']} ({s['body_instructions']} instructions)"]
+         if s["n_subprograms"] else []))
 
 
 __all__ = ["BIT_COMMUTATIVE", "PASSES", "format_stats", "simplify", "stats"]
