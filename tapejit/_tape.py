@@ -845,7 +845,8 @@ class Tape:
         y = _buffer(out, shape, "out")
         valid = np.empty(n, dtype=np.uint8)
         run_batch(self._k, "forward_batch", n, chunk,
-                  prog, self._kernel_consts, X, P, y.reshape(n, self._n_out), valid)
+                  prog, self._kernel_consts, X, P, y.reshape(n, self._n_out), valid,
+                  slots=n_slots)
         res = self._guarded(valid, check, (y,), False)
         return res if check != "raise" else res[0]
 
@@ -1038,7 +1039,8 @@ class Tape:
                               valid)
                 return valid
         run_batch(self._k, "vjp_batch", n, self._chunk,
-                  self._kernel_prog, self._plan(), self._kernel_consts, X, P, WT, Y, G, valid)
+                  self._kernel_prog, self._plan(), self._kernel_consts, X, P, WT, Y, G, valid,
+                  slots=self._n_slots)
         return valid
 
     def _scalar_prog(self) -> tuple[np.ndarray, np.ndarray] | bool:
@@ -1050,8 +1052,8 @@ class Tape:
             self._sp = False if sp is None else sp
         return self._sp
 
-    def _run(self, kernel: str, n: int, chunk: int, *args) -> None:
-        run_batch(self._k, kernel, n, chunk, *args)
+    def _run(self, kernel: str, n: int, chunk: int, *args, slots: int = 0) -> None:
+        run_batch(self._k, kernel, n, chunk, *args, slots=slots)
 
     def _segmented(self) -> tuple | None:
         """``(Segmented, plans)`` of the segmented reverse sweeps (``_segments.py``), or
