@@ -10,7 +10,7 @@ runs it (the routines trust both).
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 
@@ -95,8 +95,52 @@ def _no_reference(attrs: tuple[int, ...], *operands: Any) -> np.ndarray:
         "see: evaluate the tape (its kernels run loops)")
 
 
+class BodyRun(Protocol):
+    """A loop body evaluated at a block of points (the generic tier's forward sweep of
+    the body program, one workspace kept from step to step)."""
+
+    def load(self, first: int, rows: np.ndarray) -> None:
+        """Body inputs ``first, first + 1, ...`` take ``rows`` (one row each, a column
+        per point)."""
+
+    def run(self) -> tuple[np.ndarray, np.ndarray]:
+        """The body's outputs ``(n_outputs, points)`` at the inputs loaded, and whether
+        every guard of the body held at each point."""
+
+
+def loop_points(attrs: tuple[int, ...], a: np.ndarray, b: np.ndarray, c: np.ndarray, *,
+                body: BodyRun) -> np.ndarray:
+    """A loop at many points at once: operands ``(length, points)``, result
+    ``(size, points)`` laid out as the kernel routines write it (status, checkpoints,
+    final carry, ys). Every step runs ``body`` over all the points; its guards are
+    checked at every step, and a point where one failed gets NaN in its whole result,
+    as in the routines."""
+    n, nc, nx, ny, every = (int(attrs[i]) for i in (_k.LOOP_LENGTH, _k.LOOP_CARRY,
+                                                      _k.LOOP_X, _k.LOOP_Y, _k.LOOP_EVERY))
+    size, carry0, ys0 = result_layout(n, nc, ny, every)
+    r = np.empty((size, a.shape[1]))
+    ok = np.ones(a.shape[1], dtype=bool)
+    body.load(nc + nx, c)  # the closure: the body never writes its inputs
+    carry = a
+    for t in range(n):
+        body.load(0, carry)
+        body.load(nc, b[t * nx : (t + 1) * nx])
+        out, held = body.run()
+        ok &= held
+        r[ys0 + t * ny : ys0 + (t + 1) * ny] = out[nc:]
+        carry = out[:nc]
+        if (t + 1) % every == 0 and t + 1 < n:
+            q = 1 + ((t + 1) // every - 1) * nc
+            r[q : q + nc] = carry
+    r[carry0 : carry0 + nc] = carry
+    r[0] = 0.0
+    r[:, ~ok] = np.nan
+    return r
+
+
 LOOP = Family("loop", 140, 3, LOOP_ATTRS, bodies=("body",), check=loop_check,
               sizes=loop_sizes, kernel="fam_loop", reference=_no_reference,
+              points_reference=loop_points,
               body_check=loop_body_check,
               failure="a branch inside a loop body went the other way than when it was "
                       "recorded")

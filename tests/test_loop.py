@@ -7,8 +7,8 @@ bit for bit (the body runs the same instructions in the same order), and every s
 checkpoint schedule. Adjoints of values the body reads from outside (its closure) sum
 one step's terms at a time rather than in one long sum, so those agree to rounding.
 
-Loop tapes run on the optimised kernels only (the generic tier refuses sub-programs and
-hands them over), hence the marker.
+These tests check the loop family's kernel routines, hence the marker; the generic tier's
+loops are checked against them in ``tests/test_tiers.py``.
 """
 
 from __future__ import annotations

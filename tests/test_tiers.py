@@ -134,6 +134,69 @@ def test_generic_tier_runs_every_family(monkeypatch, which):
             np.testing.assert_allclose(a, b, rtol=1e-10, atol=1e-12)
 
 
+def _loop_functions():
+    """Loops of every kind: per-step inputs and outputs, a closure, checkpoints, nesting,
+    a guard in the body."""
+    xs = np.random.default_rng(3).normal(size=(6, 2)) * 0.1
+
+    def carry_xs_ys(p):
+        def step(c, x):
+            a, b = c
+            a2 = np.sin(a) * b + p[0] * a + x[0]
+            return (a2, 0.9 * b + p[1] * a * a - x[1]), a2 * b
+
+        (a, b), ys = tapejit.scan(step, (p[0], 0.5), xs, checkpoint=2)
+        return a + b + np.sum(ys * ys)
+
+    def nested(p):
+        def inner(c):
+            return tapejit.fori_loop(0, 3, lambda i, v: np.cos(v) * p[0] + p[1] * i, c)
+
+        c, ys = tapejit.scan(lambda c, _: (inner(c), c * c), p[1], length=4)
+        return c * p[0] + np.sum(ys)
+
+    def branchy(p):
+        def body(c, _):
+            if c > 0:
+                return c * 0.5 + p[0] * p[1], None
+            return c - 1.0, None
+
+        return tapejit.scan(body, p[0], length=5, checkpoint="all")[0]
+
+    def block_body(p):
+        def step(c, _):
+            return np.tanh(c[::-1] * p[0]) + p[1] * c, np.sum(c)
+
+        c, ys = tapejit.scan(step, p * np.ones((3, 2)), length=7)
+        return np.sum(c ** 2) + ys @ np.arange(7.0)
+
+    return {"carry_xs_ys": carry_xs_ys, "nested": nested, "branchy": branchy,
+            "block_body": block_body}
+
+
+@pytest.mark.parametrize("which", list(_loop_functions()))
+def test_generic_tier_runs_loops(monkeypatch, which):
+    """A loop instruction's forward rule over all the points (``_fam_loop.loop_points``,
+    the body swept by the generic tier): the kernels' values to rounding, their result
+    layout, guards checked at every step."""
+    f = _loop_functions()[which]
+    p0 = np.array([0.8, 0.3])
+    P = p0 + np.random.default_rng(5).uniform(-0.1, 0.1, (5, 2))
+    P[3] = [-0.5, 0.3]  # branchy: c > 0 fails at the first step
+    want = tapejit.record(f, p0).forward(P, check="mask")
+    monkeypatch.setenv(tiers.MODE_ENV, "generic")
+    monkeypatch.setattr(tiers, "_NAMESPACES", {})
+    monkeypatch.setattr(tiers, "_NOTICE_SHOWN", True)
+    _no_fallback(monkeypatch)
+    tape = tapejit.record(f, p0)
+    assert tape.subprograms and _is_generic(tape._k.forward_batch)
+    got = tape.forward(P, check="mask")
+    np.testing.assert_array_equal(got[1], want[1])
+    assert got[1].sum() == (4 if which == "branchy" else 5)
+    np.testing.assert_allclose(got[0], want[0], rtol=1e-13, atol=1e-15)
+    np.testing.assert_allclose(tape.forward(P[0]), want[0][0], rtol=1e-13)
+
+
 def test_generic_tier_checks_guards(generic):
     def f(x):
         return x[0] ** 2 if x[0] > 0 else -x[0]
