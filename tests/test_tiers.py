@@ -174,27 +174,54 @@ def _loop_functions():
             "block_body": block_body}
 
 
+def _every_call(tape, P):
+    """Every kind of call at the points ``P`` (one of them failing a guard in
+    ``branchy``) and at one point: masked results."""
+    v = np.array([1.0, -0.5])
+    out = {
+        "forward": tape.forward(P, check="mask"),
+        "value_and_grad": tape.value_and_grad(P, check="mask"),
+        "vjp": tape.vjp(P, np.ones((len(P), 1)) * 0.5, check="mask"),
+        "jvp": tape.jvp(P, v, check="mask"),
+        "jacobian": tape.jacobian(P, mode="forward", check="mask"),
+        "jacobian reverse": tape.jacobian(P, mode="reverse", check="mask"),
+        "hvp": tape.hvp(P, v, check="mask"),
+        "hessian": tape.hessian(P, check="mask"),
+    }
+    x = P[0]
+    out |= {"forward, one point": tape.forward(x), "gradient, one point":
+            tape.value_and_grad(x), "hessian, one point": tape.hessian(x),
+            "jvp, one point": tape.jvp(x, v)}
+    return out
+
+
 @pytest.mark.parametrize("which", list(_loop_functions()))
 def test_generic_tier_runs_loops(monkeypatch, which):
-    """A loop instruction's forward rule over all the points (``_fam_loop.loop_points``,
-    the body swept by the generic tier): the kernels' values to rounding, their result
-    layout, guards checked at every step."""
+    """Loops on the generic tier, in every kind of call: the forward rule over all the
+    points (``_fam_loop.loop_points``, guards checked at every step), derivatives through
+    the loop family's reverse rule (``_fam_loop.loop_vjp``, new loops in the derivative
+    tapes); the optimised kernels' results to rounding, and nothing sent to them."""
     f = _loop_functions()[which]
     p0 = np.array([0.8, 0.3])
     P = p0 + np.random.default_rng(5).uniform(-0.1, 0.1, (5, 2))
     P[3] = [-0.5, 0.3]  # branchy: c > 0 fails at the first step
-    want = tapejit.record(f, p0).forward(P, check="mask")
+    want = _every_call(tapejit.record(f, p0), P)
     monkeypatch.setenv(tiers.MODE_ENV, "generic")
     monkeypatch.setattr(tiers, "_NAMESPACES", {})
     monkeypatch.setattr(tiers, "_NOTICE_SHOWN", True)
     _no_fallback(monkeypatch)
     tape = tapejit.record(f, p0)
     assert tape.subprograms and _is_generic(tape._k.forward_batch)
-    got = tape.forward(P, check="mask")
-    np.testing.assert_array_equal(got[1], want[1])
-    assert got[1].sum() == (4 if which == "branchy" else 5)
-    np.testing.assert_allclose(got[0], want[0], rtol=1e-13, atol=1e-15)
-    np.testing.assert_allclose(tape.forward(P[0]), want[0][0], rtol=1e-13)
+    got = _every_call(tape, P)
+    assert got["forward"][1].sum() == (4 if which == "branchy" else 5)
+    for what, w in want.items():
+        g = got[what]
+        for a, b in zip(g if isinstance(g, tuple) else (g,), w if isinstance(w, tuple)
+                        else (w,), strict=True):
+            if np.asarray(b).dtype == bool:
+                np.testing.assert_array_equal(a, b, err_msg=what)
+            else:
+                np.testing.assert_allclose(a, b, rtol=1e-12, atol=1e-14, err_msg=what)
 
 
 def test_generic_tier_checks_guards(generic):
