@@ -5,7 +5,9 @@ as a sub-program of the tape and emit one ``loop`` instruction that runs it. Att
 (:data:`LOOP_ATTRS`), operands, the body's inputs and outputs and the result layout are
 described with the kernel routines, ``tapejit/_kernels/fam_loop.py``. This module holds
 the attribute check, the sizes, and the check of a body against the instruction that
-runs it (the routines trust both).
+runs it (the routines trust both); the generic tier's rule, the loop at many points with
+the body swept by that tier (:func:`loop_points`); and the reverse rule of nested
+differentiation, the transpose of the scan recorded as new loops (:func:`loop_vjp`).
 """
 
 from __future__ import annotations

@@ -16,6 +16,11 @@ recorded into the enclosing recording until the loop instruction itself.
 A Python branch on a traced value inside the body records a guard of the body, checked
 at every step of every evaluation: a step that would take the other branch makes the
 point fail like any guard (``BranchError``, or NaN with ``check="mask"``).
+
+A derivative recorded inside a recording (``tapejit.grad`` of a function with a loop,
+nested differentiation) goes through the loop family's reverse rule
+(``_fam_loop.loop_vjp``): new loops, never the steps unrolled, which keep every step's
+carry.
 """
 
 from __future__ import annotations
@@ -260,6 +265,12 @@ def scan(f: Callable[[Any, Any], tuple[Any, Any]], init: Any, xs: Any = None,
     guard checked at every step of every evaluation. Values of the enclosing function
     that ``f`` reads (parameters, say) become inputs of the body: they are differentiated
     like the carry.
+
+    The transforms called inside a recording differentiate through the loop to any
+    order (``grad(grad(f))``, a loss containing ``grad(f)``): the derivative is recorded
+    as new loops, whose size does not depend on ``length``, but which store every
+    step's carry (``length`` times the carry's size per point) where the tape's own
+    derivative sweeps keep only the checkpoints.
 
     Examples
     --------

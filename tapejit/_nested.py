@@ -27,8 +27,9 @@ order (``grad(grad(f))``, a loss that contains a gradient, third derivatives):
      ``azmul`` op, the sweeps' NaN policy (zero where either factor is zero) with the
      product rule as its derivative, so the next order is right where a factor is 0;
    * a family instruction's adjoint is its ``Family.vjp`` rule (in its ``_fam_*.py``
-     module), traced numpy such as products for ``matmul`` and solves with the
-     transpose for ``solve``; a family without one raises
+     module), traced numpy such as products for ``matmul``, solves with the
+     transpose for ``solve`` and, for a ``loop``, new loops whose body is the
+     :func:`vjp` of the loop's body; a family without one raises
      :class:`~tapejit.TracingError` naming it;
 
    only instructions between the differentiated arguments and the outputs are walked
