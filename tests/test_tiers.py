@@ -240,6 +240,35 @@ def test_generic_tier_runs_loops(monkeypatch, which):
                     np.testing.assert_allclose(a, b, rtol=1e-12, atol=1e-14, err_msg=what)
 
 
+def test_loops_recorded_and_differentiated_from_many_threads(generic):
+    """Each thread records its own loop bodies (``_tracer.bodies()``): scans recorded at
+    once in several threads, and the generic tier's derivative tapes of one loop tape
+    recorded at once by the threads that evaluate it, give the bits of one thread."""
+    import threading
+    from concurrent.futures import ThreadPoolExecutor
+
+    def f(x):
+        return tapejit.scan(lambda c, xi: (c * 0.9 + np.sin(xi) * c + xi, c * c), 0.5, x)[0]
+
+    X = np.random.default_rng(8).standard_normal((400, 4))
+    want_listing = tapejit.record(f, X[0]).listing()
+    want = tapejit.record(f, X[0]).value_and_grad(X)
+    barrier = threading.Barrier(4)
+    for _ in range(3):
+        tape = tapejit.record(f, X[0])
+
+        def work(k, tape=tape):
+            barrier.wait()
+            own = tapejit.record(f, X[k])
+            return own.listing(), tape.value_and_grad(X[100 * k : 100 * (k + 1)])
+
+        with ThreadPoolExecutor(4) as pool:
+            got = list(pool.map(work, range(4)))
+        assert all(listing == want_listing for listing, _ in got)
+        np.testing.assert_array_equal(np.concatenate([vg[0] for _, vg in got]), want[0])
+        np.testing.assert_array_equal(np.concatenate([vg[1] for _, vg in got]), want[1])
+
+
 def test_generic_tier_checks_guards(generic):
     def f(x):
         return x[0] ** 2 if x[0] > 0 else -x[0]
