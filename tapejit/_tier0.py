@@ -64,8 +64,8 @@ from ._program import (
 WORKSPACE_VALUES = 1 << 20
 #: The same for a program with loops (128 MiB): each chunk runs every step of every loop,
 #: one numpy call per body instruction whatever the chunk's width, so wider chunks pay
-#: that once for more points (a derivative tape of a 2000-step loop keeps every step's
-#: carry: 13,000 slots, 1000 points in one chunk; see docs/performance.rst).
+#: that once for more points (a derivative tape of a loop keeps every step's carry: many
+#: slots; docs/performance.rst).
 LOOP_WORKSPACE_VALUES = 1 << 24
 _EMPTY = np.zeros(0)
 
@@ -234,7 +234,7 @@ def sweep(d: _Decoded, consts: np.ndarray, X: np.ndarray, P: np.ndarray,
     holds) at points ``X (n, n_inputs)`` with parameters ``P (1 or n, n_params)``, in
     chunks that bound the workspace."""
     n = X.shape[0]
-    bound = LOOP_WORKSPACE_VALUES if d.width > d.n_slots else WORKSPACE_VALUES
+    bound = LOOP_WORKSPACE_VALUES if d.width > d.n_slots else WORKSPACE_VALUES  # loops?
     chunk = max(1, min(n, bound // max(d.width, 1)))
     W = np.empty((d.n_slots, chunk))
     W[: d.n_consts] = consts[: d.n_consts, None]
