@@ -8,14 +8,20 @@ recording time do not grow with the trip count.
 The body's inputs are its carried values, the step's slice of ``xs``, and its *closure*:
 the traced values of the enclosing recording it reads (its parameters, say). Those are
 found by tracing: while a body is recorded, every operation records into the body
-(``_tracer.BODIES``), and a value of the enclosing recording it meets is captured. The
-body is traced twice: first with captured values as constants, to learn which values the
-closure holds (their ids, in order); then with one input per such value. Nothing is
-recorded into the enclosing recording until the loop instruction itself.
+(``_tracer.bodies()``, this thread's), and a value of the enclosing recording it meets is
+captured. The body is traced twice: first with captured values as constants, to learn
+which values the closure holds (their ids, in order); then with one input per such
+value. Nothing is recorded into the enclosing recording until the loop instruction
+itself.
 
 A Python branch on a traced value inside the body records a guard of the body, checked
 at every step of every evaluation: a step that would take the other branch makes the
 point fail like any guard (``BranchError``, or NaN with ``check="mask"``).
+
+A derivative recorded inside a recording (``tapejit.grad`` of a function with a loop,
+nested differentiation) goes through the loop family's reverse rule
+(``_fam_loop.loop_vjp``): new loops, never the steps unrolled, which keep every step's
+carry.
 """
 
 from __future__ import annotations
@@ -31,11 +37,13 @@ from ._fam_loop import LOOP, result_layout
 from ._program import Program
 from ._tape_builder import Recorder
 from ._tracer import (
-    BODIES,
     Body,
     ScalarTracer,
     Tracer,
+    bodies,
+    enter_body,
     ids_of,
+    leave_body,
     lift,
     recorder_of,
     recording_of,
@@ -133,7 +141,7 @@ def _trace_body(f: Callable, carry: list[np.ndarray], c_spec: Any, xs0: list[np.
         vals = closure.parent.values(np.array(list(closure.index), dtype=np.int64))
         closure.leaves = rec.leaves(vals).reshape(-1)
     body = Body(rec, closure.parent, lambda t: closure.capture(rec, t))
-    BODIES.append(body)
+    enter_body(body)
     try:
         c_in = _unflatten(c_spec, [_leaf_tracer(rec, i, v.shape) for i, v in
                                    zip(c_ids, carry, strict=True)])
@@ -154,7 +162,7 @@ def _trace_body(f: Callable, carry: list[np.ndarray], c_spec: Any, xs0: list[np.
         outs = [lift(rec, v).reshape(-1) for v in nc_leaves + y_leaves]
         y_shapes = [_shape(v) for v in y_leaves]
     finally:
-        BODIES.pop()
+        leave_body()
         closure.parent = body.parent if closure.parent is None else closure.parent
     return rec, c_ids + x_ids, outs, y_spec, y_shapes
 
@@ -261,6 +269,12 @@ def scan(f: Callable[[Any, Any], tuple[Any, Any]], init: Any, xs: Any = None,
     that ``f`` reads (parameters, say) become inputs of the body: they are differentiated
     like the carry.
 
+    The transforms called inside a recording differentiate through the loop to any
+    order (``grad(grad(f))``, a loss containing ``grad(f)``): the derivative is recorded
+    as new loops, whose size does not depend on ``length``, but which store every
+    step's carry (``length`` times the carry's size per point) where the tape's own
+    derivative sweeps keep only the checkpoints.
+
     Examples
     --------
     >>> import numpy as np, tapejit
@@ -288,7 +302,8 @@ def scan(f: Callable[[Any, Any], tuple[Any, Any]], init: Any, xs: Any = None,
     n = int(n)
     if n < 0:
         raise ValueError(f"length must be >= 0; got {n}")
-    parent = BODIES[-1].rec if BODIES else recorder_of(c_leaves + x_leaves)
+    stack = bodies()
+    parent = stack[-1].rec if stack else recorder_of(c_leaves + x_leaves)
     carry = _values(parent, c_leaves)
     x_all = _values(parent, x_leaves)
     xs0 = [v[0] if n else np.zeros(v.shape[1:]) for v in x_all]

@@ -27,15 +27,17 @@ order (``grad(grad(f))``, a loss that contains a gradient, third derivatives):
      ``azmul`` op, the sweeps' NaN policy (zero where either factor is zero) with the
      product rule as its derivative, so the next order is right where a factor is 0;
    * a family instruction's adjoint is its ``Family.vjp`` rule (in its ``_fam_*.py``
-     module), traced numpy such as products for ``matmul`` and solves with the
-     transpose for ``solve``; a family without one raises
+     module), traced numpy such as products for ``matmul``, solves with the
+     transpose for ``solve`` and, for a ``loop``, new loops whose body is the
+     :func:`vjp` of the loop's body; a family without one raises
      :class:`~tapejit.TracingError` naming it;
 
    only instructions between the differentiated arguments and the outputs are walked
    (activity analysis), and repeated operand ids (broadcasts) have their contributions
    summed by one reduction per multiplicity.
 
-``jacobian`` walks once per output element, ``hessian`` once for the gradient and then
+``vjp`` (for the loop family's rule) walks once with the given seed; ``jacobian`` walks
+once per output element, ``hessian`` once for the gradient and then
 once per input element, ``hvp`` twice, ``jvp`` twice (the transpose of a reverse walk).
 The cost in tape length is in ``docs/composition.rst``.
 """
@@ -535,6 +537,24 @@ def hvp(f: Callable[..., Any], argnums: Any, args: Sequence[Any], v: Any,
     rec = inner.rec
     dot = _total(np.sum(Tracer(rec, g) * a) for g, a in zip(inner.grad_ids(), vs, strict=True))
     return inner.wrap(inner.window().pullback(np.ravel(lift(rec, dot)), rec.const(np.ones(1))))
+
+
+def vjp(f: Callable[..., Any], primals: Sequence[Any], cotangent: Any) -> tuple[Any, tuple]:
+    """``f(*primals)`` on traced values and its vector-Jacobian product with
+    ``cotangent`` (one value per element of the outputs, flattened in order), recorded:
+    ``(outputs, cotangents of the primals)``. Elements of ``cotangent`` that are the
+    constant 0 seed nothing (so nothing is recorded for the outputs they weigh). The
+    loop family's reverse rule (``_fam_loop.loop_vjp``) runs this on its body."""
+    inner = _Inner("vjp", f, tuple(primals), tuple(range(len(primals))))
+    rec = inner.rec
+    seed = np.ravel(lift(rec, cotangent))
+    if seed.size != inner.out_ids.size:
+        raise ValueError(f"the cotangent has {seed.size} elements; the outputs "
+                         f"{inner.out_ids.size}")
+    zero = seed < 0
+    zero[zero] = rec.values(seed[zero]) == 0.0
+    cots = inner.window().pullback(inner.out_ids[~zero], seed[~zero])
+    return inner.out, tuple(Tracer(rec, c) for c in cots)
 
 
 def _total(terms: Any) -> Any:

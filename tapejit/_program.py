@@ -268,7 +268,9 @@ class Family:
         ``points_reference(attrs, a, b, c) -> r``: the same rule at many points at once,
         operand blocks ``(length, points)`` and result ``(size, points)``, for the generic
         tier (``tapejit/_tier0.py``), which otherwise applies ``reference`` point by
-        point. Where a family has one, its ``reference`` is this rule at one point.
+        point. Where a family has one, its ``reference`` is this rule at one point. A
+        family with ``bodies`` also gets ``body=``: its body program evaluated at the
+        points by the generic tier (``_fam_loop.BodyRun``); it has no ``reference``.
     failure : str
         For a family whose routines give NaN where numpy raises (a singular or not
         positive definite matrix): what went wrong, said when recording meets it. Such

@@ -613,6 +613,11 @@ class Recorder:
             raise RuntimeError("recorder: instruction results are not consecutive")
         return out
 
+    def subprogram(self, index: int) -> Program:
+        """Entry ``index`` of the sub-program table (a loop's body, as a loop instruction's
+        attribute names it)."""
+        return self._subprograms[index].program
+
     def copy(self, ids: np.ndarray) -> np.ndarray:
         """Fresh variable nodes holding the values of ``ids`` (any ids, constants too;
         one exact ``* 1.0``, never folded): distinct ids to differentiate with respect

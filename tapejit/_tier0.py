@@ -9,7 +9,9 @@ the same way:
 * **values**: a forward sweep in numpy over a workspace of one row per slot and one column
   per point (points innermost, as in the kernels), each elementwise instruction one call
   of its op's numpy reference over the whole block (``Op.numpy``), each family instruction
-  its ``Family.reference`` at each point;
+  its ``Family.points_reference`` over all the points (or its ``reference`` at each), and
+  a loop its body program swept the same way at every step, over all the points at once
+  (``_fam_loop.loop_points``; guards checked at every step, as the kernels do);
 * **derivatives**: tapes of their own, recorded once per program with nested
   differentiation (``tapejit/_nested.py``: the op table's partials as ops, the families'
   ``vjp`` rules) and then swept forward like any tape: ``value_and_grad`` and ``vjp``
@@ -18,9 +20,9 @@ the same way:
 
 Results agree with the optimised kernels to rounding, not always bit for bit; where they
 may differ is in ``docs/internals.rst`` (*Tiers*). Guards are checked at every point as the
-kernels do. A program this tier cannot run (sub-programs, or a derivative that nested
-differentiation refuses at a point on the tape's branch) raises :class:`Unsupported`, and
-the caller compiles the optimised kernel instead.
+kernels do. A derivative this tier cannot record (one that nested differentiation refuses
+at a point on the tape's branch) raises :class:`Unsupported`, and the caller compiles the
+optimised kernel instead.
 """
 
 from __future__ import annotations
@@ -45,7 +47,6 @@ from ._program import (
     N_INPUTS,
     N_OUTPUTS,
     N_SLOTS,
-    N_SUBPROGRAMS,
     OPCODE,
     RESULT,
     SIZE,
@@ -56,10 +57,16 @@ from ._program import (
     inputs_of,
     outputs_of,
     params_of,
+    subprograms_of,
 )
 
 #: Values (slots x points) of one workspace at most: bounded memory for any batch.
 WORKSPACE_VALUES = 1 << 20
+#: The same for a program with loops (128 MiB): each chunk runs every step of every loop,
+#: one numpy call per body instruction whatever the chunk's width, so wider chunks pay
+#: that once for more points (a derivative tape of a loop keeps every step's carry: many
+#: slots; docs/performance.rst).
+LOOP_WORKSPACE_VALUES = 1 << 24
 _EMPTY = np.zeros(0)
 
 
@@ -78,7 +85,7 @@ class _Block:
     size: int
     operands: tuple[slice, ...]  # the rows of each operand
 
-    def run(self, W: np.ndarray) -> None:
+    def run(self, W: np.ndarray, consts: np.ndarray) -> None:
         W[self.r : self.r + self.size] = self.fn(*[W[rows] for rows in self.operands])
 
 
@@ -101,7 +108,7 @@ class _FamilyStep:
     size: int
     blocks: tuple[tuple[int, int], ...]  # (first slot, length) of each operand
 
-    def run(self, W: np.ndarray) -> None:
+    def run(self, W: np.ndarray, consts: np.ndarray) -> None:
         pad = [_EMPTY] * (MAX_ARITY - len(self.blocks))
         if self.points is not None:  # the family's rule over all points at once
             W[self.r : self.r + self.size] = self.points(
@@ -111,6 +118,46 @@ class _FamilyStep:
             ops = [W[a : a + n, p] for a, n in self.blocks]
             W[self.r : self.r + self.size, p] = np.reshape(
                 self.fn(self.attrs, *ops, *pad), -1)
+
+
+@dataclass(frozen=True)
+class _BodyStep:
+    """A family instruction that runs a sub-program (a loop): its rule over all points,
+    given the body run by this tier's forward sweep (``Family.points_reference`` with
+    ``body=``)."""
+
+    fn: Callable[..., Any]
+    attrs: tuple[int, ...]
+    r: int
+    size: int
+    blocks: tuple[tuple[int, int], ...]
+    body: _Decoded
+    consts_at: int  # where the body's constants start in the enclosing program's pool
+
+    def run(self, W: np.ndarray, consts: np.ndarray) -> None:
+        body = _BodyRun(self.body, consts[self.consts_at : self.consts_at
+                                          + self.body.n_consts], W.shape[1])
+        W[self.r : self.r + self.size] = self.fn(
+            self.attrs, *[W[a : a + n] for a, n in self.blocks], body=body)
+
+
+class _BodyRun:
+    """A body program over a block of points (``_fam_loop.BodyRun``): one workspace,
+    its constants filled once, for all the steps of one loop instruction."""
+
+    def __init__(self, d: _Decoded, consts: np.ndarray, m: int) -> None:
+        self.d, self.consts = d, consts
+        self.W = np.empty((d.n_slots, m))
+        self.W[: d.n_consts] = consts[:, None]
+
+    def load(self, first: int, rows: np.ndarray) -> None:
+        self.W[self.d.inputs[first : first + len(rows)]] = rows
+
+    def run(self) -> tuple[np.ndarray, np.ndarray]:
+        W, d = self.W, self.d
+        for step in d.steps:
+            step.run(W, self.consts)
+        return W[d.outputs], (W[d.guard_slots] == d.guard_outcomes[:, None]).all(axis=0)
 
 
 @dataclass
@@ -124,15 +171,17 @@ class _Decoded:
     outputs: np.ndarray
     guard_slots: np.ndarray
     guard_outcomes: np.ndarray
-    steps: list[_Block | _FamilyStep]
+    steps: list[_Block | _FamilyStep | _BodyStep]
+    #: Values per point of a workspace and the nested ones a loop keeps while it runs.
+    width: int
     derived: dict[str, Any] = field(default_factory=dict)
 
 
 def _decode(prog: np.ndarray) -> _Decoded:
-    if int(prog[N_SUBPROGRAMS]):
-        raise Unsupported("sub-programs")
-    steps: list[_Block | _FamilyStep] = []
+    steps: list[_Block | _FamilyStep | _BodyStep] = []
     attrs = attrs_of(prog)
+    subprograms = subprograms_of(prog)
+    nested = 0
     for row in code_of(prog).tolist():
         op, r, size = row[OPCODE], row[RESULT], row[SIZE]
         if op < FIRST_FAMILY:
@@ -145,13 +194,22 @@ def _decode(prog: np.ndarray) -> _Decoded:
             at = row[ATTR]
             values = tuple(attrs[at : at + len(fam.attrs)].tolist())
             blocks = tuple((row[ARG_A + k], row[STRIDE_A + k]) for k in range(fam.arity))
-            steps.append(_FamilyStep(fam.reference, fam.points_reference, values, r, size,
-                                     blocks))
+            if fam.bodies:  # a loop: its body decoded too, run by this sweep
+                sub_at, sub_len, consts_at = subprograms[
+                    values[fam.attrs.index(fam.bodies[0])]].tolist()
+                body = _decode(prog[sub_at : sub_at + sub_len])
+                nested = max(nested, body.width)
+                steps.append(_BodyStep(fam.points_reference, values, r, size, blocks, body,
+                                       consts_at))
+            else:
+                steps.append(_FamilyStep(fam.reference, fam.points_reference, values, r,
+                                         size, blocks))
     guards = guards_of(prog)
-    return _Decoded(int(prog[N_SLOTS]), int(prog[N_CONSTS]), inputs_of(prog).copy(),
+    n_slots = int(prog[N_SLOTS])
+    return _Decoded(n_slots, int(prog[N_CONSTS]), inputs_of(prog).copy(),
                     params_of(prog).copy(), outputs_of(prog).copy(),
                     guards[:, GUARD_SLOT].copy(), guards[:, GUARD_OUTCOME].astype(np.float64),
-                    steps)
+                    steps, n_slots + nested)
 
 
 # Decoded programs by id, each with a weak reference that tells a reused id apart.
@@ -176,7 +234,8 @@ def sweep(d: _Decoded, consts: np.ndarray, X: np.ndarray, P: np.ndarray,
     holds) at points ``X (n, n_inputs)`` with parameters ``P (1 or n, n_params)``, in
     chunks that bound the workspace."""
     n = X.shape[0]
-    chunk = max(1, min(n, WORKSPACE_VALUES // max(d.n_slots, 1)))
+    bound = LOOP_WORKSPACE_VALUES if d.width > d.n_slots else WORKSPACE_VALUES  # loops?
+    chunk = max(1, min(n, bound // max(d.width, 1)))
     W = np.empty((d.n_slots, chunk))
     W[: d.n_consts] = consts[: d.n_consts, None]
     with np.errstate(all="ignore"):
@@ -186,7 +245,7 @@ def sweep(d: _Decoded, consts: np.ndarray, X: np.ndarray, P: np.ndarray,
             w[d.inputs] = X[p0 : p0 + m].T
             w[d.params] = (P if P.shape[0] == 1 else P[p0 : p0 + m]).T
             for step in d.steps:
-                step.run(w)
+                step.run(w, consts)
             Y[p0 : p0 + m] = w[d.outputs].T
             held = w[d.guard_slots] == d.guard_outcomes[:, None]
             valid[p0 : p0 + m] = held.all(axis=0)

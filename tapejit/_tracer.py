@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import importlib
 import sys
+import threading
 from collections.abc import Callable
 from typing import Any
 
@@ -469,19 +470,53 @@ class Body:
         self.rec, self.parent, self.capture = rec, parent, capture
 
 
-#: The loop bodies being recorded, innermost last. While one is, every operation on
-#: traced values records into the innermost body, and a value of an enclosing recording
-#: is captured into it first (:func:`adopt`).
-BODIES: list[Body] = []
+class _Thread(threading.local):
+    """What this thread is recording: each thread records its own loop bodies (tapes are
+    recorded, and on the generic tier differentiated, from many threads at once)."""
+
+    def __init__(self) -> None:
+        self.bodies: list[Body] = []
+
+
+_THREAD = _Thread()
+_BODIES_LOCK = threading.Lock()
+# Loop bodies being recorded in any thread: while it is 0, the checks on every traced
+# operation cost one test of a global, not a thread-local lookup.
+_ANY_BODIES = 0
+
+
+def bodies() -> list[Body]:
+    """The loop bodies this thread is recording, innermost last (:func:`enter_body`).
+    While one is, every operation on traced values records into the innermost body, and
+    a value of an enclosing recording is captured into it first (:func:`adopt`)."""
+    return _THREAD.bodies if _ANY_BODIES else []
+
+
+def enter_body(body: Body) -> None:
+    """Record into ``body`` from now on in this thread (until :func:`leave_body`)."""
+    global _ANY_BODIES
+    with _BODIES_LOCK:
+        _ANY_BODIES += 1
+    _THREAD.bodies.append(body)
+
+
+def leave_body() -> Body:
+    """Stop recording into this thread's innermost body; return it."""
+    global _ANY_BODIES
+    body = _THREAD.bodies.pop()
+    with _BODIES_LOCK:
+        _ANY_BODIES -= 1
+    return body
 
 
 def adopt(value: Tracer, level: int = -1) -> Tracer:
-    """``value``, a tracer of the recording enclosing loop body ``BODIES[level]`` (or of
-    one around that), as a traced value of that body."""
-    body = BODIES[level]
+    """``value``, a tracer of the recording enclosing loop body ``bodies()[level]`` (or
+    of one around that), as a traced value of that body."""
+    stack = _THREAD.bodies
+    body = stack[level]
     if value._rec is body.rec:
         return value
-    depth = level % len(BODIES)
+    depth = level % len(stack)
     if body.parent is None and depth == 0:  # the first traced value the body meets
         body.parent = value._rec
     if value._rec is not body.parent and depth > 0:
@@ -495,8 +530,9 @@ def _binary(op: Op, x: Any, y: Any) -> Any:
     """``op`` on a traced scalar and another operand: the scalar path for a traced scalar
     or a Python number, :func:`emit` for anything else (arrays, numpy scalars, ...)."""
     tx, ty = type(x), type(y)
-    if BODIES and any(type(v) is ScalarTracer and v._rec is not BODIES[-1].rec
-                      for v in (x, y)):
+    stack = _ANY_BODIES and _THREAD.bodies
+    if stack and any(type(v) is ScalarTracer and v._rec is not stack[-1].rec
+                     for v in (x, y)):
         return emit(op.name, x, y)  # a value from outside a loop body: captured first
     try:
         if tx is ScalarTracer:
@@ -524,7 +560,8 @@ def _binary(op: Op, x: Any, y: Any) -> Any:
 
 
 def _unary(op: Op, x: ScalarTracer) -> ScalarTracer:
-    if BODIES and x._rec is not BODIES[-1].rec:
+    stack = _ANY_BODIES and _THREAD.bodies
+    if stack and x._rec is not stack[-1].rec:
         return emit(op.name, x)
     node, value = x._rec.scalar1(op, x._id, x._val)
     return ScalarTracer(x._rec, node, value, _TRUTH[op.code])
@@ -748,10 +785,11 @@ def recorder_of(values: Any) -> Recorder | None:
         if isinstance(v, Tracer):
             if rec is None:
                 rec = v._rec
-            elif v._rec is not rec and not BODIES:
+            elif v._rec is not rec and not bodies():
                 raise _mixed()
-    if rec is not None and BODIES:
-        return BODIES[-1].rec  # lift captures values from outside the body
+    stack = bodies()
+    if rec is not None and stack:
+        return stack[-1].rec  # lift captures values from outside the body
     return rec
 
 
@@ -759,7 +797,8 @@ def lift(rec: Recorder, value: Any) -> np.ndarray:
     """Ids of a tracer, or of a numeric constant (a number or an array of numbers)."""
     if isinstance(value, Tracer):
         if value._rec is not rec:
-            if BODIES and rec is BODIES[-1].rec:
+            stack = bodies()
+            if stack and rec is stack[-1].rec:
                 return adopt(value)._ids
             raise _mixed()
         return value._ids
@@ -822,7 +861,7 @@ def _scalar_operands(rec: Recorder, values: tuple) -> tuple[list[int], list[floa
                   and v.dtype.kind in "biuf")):
             return None
     ids, vals = [], []
-    if BODIES:  # values from outside a loop body, as the body's
+    if bodies():  # values from outside a loop body, as the body's
         values = tuple(adopt(v) if isinstance(v, Tracer) else v for v in values)
     for v in values:
         if type(v) is ScalarTracer:

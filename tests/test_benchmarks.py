@@ -95,6 +95,9 @@ EXCLUDED = {
     "bench_startup.ColdStart.*": (
         "a child process on an empty cache, whose background worker compiles kernels until "
         "it is stopped (its work thrown away): a core spent compiling"),
+    "bench_startup.ColdStartLoop.*": (
+        "as ColdStart, twice; the generic tier's loops without compiling are tested in "
+        "tests/test_tiers.py"),
 }
 
 #: Module constants set smaller here (module -> name -> value): what they size is the work

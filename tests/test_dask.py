@@ -523,7 +523,6 @@ def test_numpy_calls_never_import_dask():
     assert res.stdout.strip() == "ok"
 
 
-@pytest.mark.kernels  # loop tapes run on the optimised kernels only (not the generic tier)
 def test_loop_tapes():
     def f(x):
         return tapejit.scan(lambda c, xi: (c * 0.9 + np.sin(xi) * c + xi, None), 0.5, x)[0]

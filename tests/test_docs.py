@@ -192,8 +192,8 @@ def test_ops_page_includes_the_generated_listing():
 
 #: What marks a page's examples as running the optimised kernels, compiled in the test's
 #: process wherever they are not cached yet (on the generic tier too): a user's
-#: ``@numba.njit`` code calling them, and loop tapes (the generic tier runs no loops).
-_NEEDS_KERNELS = ("@numba.njit", "tapejit.scan(", "tapejit.fori_loop(")
+#: ``@numba.njit`` code calling them.
+_NEEDS_KERNELS = ("@numba.njit",)
 
 
 def _pages_marked() -> list:

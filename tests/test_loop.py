@@ -7,8 +7,8 @@ bit for bit (the body runs the same instructions in the same order), and every s
 checkpoint schedule. Adjoints of values the body reads from outside (its closure) sum
 one step's terms at a time rather than in one long sum, so those agree to rounding.
 
-Loop tapes run on the optimised kernels only (the generic tier refuses sub-programs and
-hands them over), hence the marker.
+These tests check the loop family's kernel routines, hence the marker; the generic tier's
+loops are checked against them in ``tests/test_tiers.py``.
 """
 
 from __future__ import annotations
@@ -389,8 +389,112 @@ def test_transforms_and_nested_differentiation():
     tape = tapejit.record(f, x)
     _close(tapejit.grad(f)(x), tape.value_and_grad(x)[1])
     _close(tapejit.hessian(f)(x), tape.hessian(x))
-    with pytest.raises(TracingError, match="loop"):  # a derivative recorded as a tape
-        tapejit.record(lambda x: tapejit.grad(f)(x)[0], x)
+    inner = tapejit.record(lambda x: tapejit.grad(f)(x)[0], x)  # a derivative as a tape
+    _close(inner.forward(x), tape.value_and_grad(x)[1][0])
+
+
+# -- nested differentiation (the loop family's reverse rule, _fam_loop.loop_vjp) -------------
+def _nested_cases():
+    """(loop function, the same unrolled, point): ys and per-step inputs, a closure, nested
+    loops, a carry-only loop, fori_loop."""
+    def fori(p):
+        return tapejit.fori_loop(0, 6, lambda i, v: np.sin(v) * p[0] + p[1] * i, p[1])
+
+    def fori_flat(p):
+        v = p[1]
+        for i in range(6):
+            v = np.sin(v) * p[0] + p[1] * i
+        return v
+
+    def nested(p):
+        return _nested_loops(p) * p[0]
+
+    def nested_flat(p):
+        c = p[1]
+        for x in range(4):
+            for i in range(3):
+                c = np.cos(c) * p[0] + i
+            c = c + x
+        return c * p[0]
+
+    return {
+        "xs and ys": (lambda p: _scanned(p, XS, 3), lambda p: _unrolled(p, XS), P0),
+        "all checkpoints": (lambda p: _scanned(p, XS, "all"), lambda p: _unrolled(p, XS),
+                            P0),
+        "carry only": (_carry_only, _carry_only_unrolled, np.array([0.5, 1.2])),
+        "fori_loop": (fori, fori_flat, np.array([0.7, 0.2])),
+        "nested loops": (nested, nested_flat, np.array([0.8, 0.1])),
+    }
+
+
+@pytest.mark.parametrize("case", list(_nested_cases()))
+def test_nested_differentiation_of_loops(case, central_diff):
+    """Derivatives recorded inside a recording, through new loops: ``grad(grad(f))``,
+    the Hessian as ``jacobian(grad(f))``, and a loss that contains ``grad(f)``, against
+    the unrolled function's tapes and central differences. The derivative tapes do not
+    grow with the trip count."""
+    f, flat, x = _nested_cases()[case]
+    grad, jacobian = tapejit.grad, tapejit.jacobian
+    H = tapejit.record(flat, x).hessian(x)
+    gg = tapejit.record(lambda p: grad(lambda q: grad(f)(q)[0])(p), x)
+    _close(gg.forward(x), H[0])
+    jg = tapejit.record(lambda p: jacobian(grad(f))(p), x)
+    _close(jg.forward(x).reshape(2, 2), H)
+    hess = tapejit.record(lambda p: tapejit.hessian(f)(p), x)
+    _close(hess.forward(x).reshape(2, 2), H)
+
+    def loss(f):
+        return lambda p: f(p) + np.sum(grad(f)(p) ** 2)
+
+    tape, tape_flat = tapejit.record(loss(f), x), tapejit.record(loss(flat), x)
+    X = x + RNG.normal(size=(3, 2)) * 0.05
+    v, g = tape.value_and_grad(X)
+    vu, gu = tape_flat.value_and_grad(X)
+    _close(v, vu)
+    _close(g, gu)
+    np.testing.assert_allclose(g, central_diff(tape.forward, X), rtol=1e-6, atol=1e-8)
+    _close(tape.hessian(x), tape_flat.hessian(x))  # third derivatives of f
+
+
+def test_nested_derivative_tapes_do_not_grow_with_the_trip_count():
+    def hessian_tape(steps):
+        xs = np.linspace(-0.1, 0.1, 2 * steps).reshape(steps, 2)
+        return tapejit.record(lambda p: tapejit.hessian(lambda q: _scanned(q, xs))(p), P0)
+
+    assert len(hessian_tape(5)) == len(hessian_tape(40))
+
+
+def test_nested_differentiation_keeps_the_bodys_guards():
+    # the derivative's loops replay the body with its guard: checked at every step
+    x = np.array([1.0])
+    g = tapejit.record(lambda p: tapejit.grad(lambda q: _branchy(q[0]))(p), x)
+    d = 1.0  # c <- c / 2 + x six times from c = x
+    for _ in range(6):
+        d = d / 2 + 1.0
+    _close(g.forward(x), [d])
+    with pytest.raises(BranchError):
+        g.forward(np.array([-0.1]))
+    out, ok = g.forward(np.array([[2.0], [-0.1]]), check="mask")
+    assert ok.tolist() == [True, False] and np.isnan(out[1]).all()
+
+
+def test_the_reverse_rule_on_every_result_element():
+    """The rule's cotangents of every operand for cotangents of every result element,
+    checkpoints included (which a recorded loop's own reverse sweep reads), against the
+    kernels' reverse sweep of the loop instruction alone."""
+    from tapejit._fam_loop import LOOP
+    from tapejit._show import instruction_tape
+
+    loop = tapejit.record(lambda p, xs: _scanned(p, xs, 2), P0, XS)
+    i = int(np.flatnonzero(loop.opcodes == LOOP.opcode)[0])
+    at = int(loop.attr_offsets[i])
+    attrs = tuple(int(v) for v in loop.attrs[at : at + len(LOOP.attrs)])
+    alone = instruction_tape(LOOP, attrs, [int(v) for v in loop.strides[i]],
+                             int(loop.sizes[i]), loop.subprograms[0].program)
+    x = np.concatenate([[P0[0], 0.5], XS.ravel(), P0])  # carry, xs, closure
+    w = RNG.normal(size=alone.n_outputs)
+    rule = tapejit.record(lambda z: tapejit.grad(lambda u: np.dot(w, alone(u)))(z), x)
+    _close(rule.forward(x), alone.vjp(x, w)[1])
 
 
 def test_listing_shows_the_body_once_and_the_table_its_values():

@@ -134,6 +134,141 @@ def test_generic_tier_runs_every_family(monkeypatch, which):
             np.testing.assert_allclose(a, b, rtol=1e-10, atol=1e-12)
 
 
+def _python_scan(f, init, xs=None, length=None, checkpoint=None):
+    """``tapejit.scan`` unrolled: the Python loop, recorded step by step."""
+    carry, ys = init, []
+    for t in range(len(xs) if xs is not None else length):
+        carry, y = f(carry, None if xs is None else xs[t])
+        ys.append(y)
+    return carry, (None if ys[0] is None else np.stack(ys))
+
+
+def _loop_functions(scan=tapejit.scan):
+    """Loops of every kind: per-step inputs and outputs, a closure, checkpoints, nesting,
+    a guard in the body (``scan``: ``_python_scan`` unrolls them)."""
+    xs = np.random.default_rng(3).normal(size=(6, 2)) * 0.1
+
+    def fori_loop(lower, upper, f, v):
+        return scan(lambda v, i: (f(i, v), None), v, np.arange(lower, upper, dtype=float))[0]
+
+    def carry_xs_ys(p):
+        def step(c, x):
+            a, b = c
+            a2 = np.sin(a) * b + p[0] * a + x[0]
+            return (a2, 0.9 * b + p[1] * a * a - x[1]), a2 * b
+
+        (a, b), ys = scan(step, (p[0], 0.5), xs, checkpoint=2)
+        return a + b + np.sum(ys * ys)
+
+    def nested(p):
+        def inner(c):
+            return fori_loop(0, 3, lambda i, v: np.cos(v) * p[0] + p[1] * i, c)
+
+        c, ys = scan(lambda c, _: (inner(c), c * c), p[1], length=4)
+        return c * p[0] + np.sum(ys)
+
+    def branchy(p):
+        def body(c, _):
+            if c > 0:
+                return c * 0.5 + p[0] * p[1], None
+            return c - 1.0, None
+
+        return scan(body, p[0], length=5, checkpoint="all")[0]
+
+    def block_body(p):
+        def step(c, _):
+            return np.tanh(c[::-1] * p[0]) + p[1] * c, np.sum(c)
+
+        c, ys = scan(step, p * np.ones((3, 2)), length=7)
+        return np.sum(c ** 2) + ys @ np.arange(7.0)
+
+    return {"carry_xs_ys": carry_xs_ys, "nested": nested, "branchy": branchy,
+            "block_body": block_body}
+
+
+def _every_call(tape, P):
+    """Every kind of call at the points ``P`` (two of them failing a guard in
+    ``branchy``) and at one point: masked results."""
+    v = np.array([1.0, -0.5])
+    out = {
+        "forward": tape.forward(P, check="mask"),
+        "value_and_grad": tape.value_and_grad(P, check="mask"),
+        "vjp": tape.vjp(P, np.ones((len(P), 1)) * 0.5, check="mask"),
+        "jvp": tape.jvp(P, v, check="mask"),
+        "jacobian": tape.jacobian(P, mode="forward", check="mask"),
+        "jacobian reverse": tape.jacobian(P, mode="reverse", check="mask"),
+        "hvp": tape.hvp(P, v, check="mask"),
+        "hessian": tape.hessian(P, check="mask"),
+    }
+    x = P[0]
+    out |= {"forward, one point": tape.forward(x), "gradient, one point":
+            tape.value_and_grad(x), "hessian, one point": tape.hessian(x),
+            "jvp, one point": tape.jvp(x, v)}
+    return out
+
+
+@pytest.mark.parametrize("which", list(_loop_functions()))
+def test_generic_tier_runs_loops(monkeypatch, which):
+    """Loops on the generic tier, in every kind of call: the forward rule over all the
+    points (``_fam_loop.loop_points``, guards checked at every step), derivatives through
+    the loop family's reverse rule (``_fam_loop.loop_vjp``, new loops in the derivative
+    tapes); the optimised kernels' results and the unrolled tape's to rounding, and
+    nothing sent to the kernels."""
+    f = _loop_functions()[which]
+    p0 = np.array([0.8, 0.3])
+    P = p0 + np.random.default_rng(5).uniform(-0.1, 0.1, (5, 2))
+    P[3] = [-0.5, 0.3]  # branchy: c > 0 fails at the first step,
+    P[4] = [0.3, -1.0]  # and at the second
+    want = _every_call(tapejit.record(f, p0), P)
+    unrolled = _every_call(tapejit.record(_loop_functions(_python_scan)[which], p0), P)
+    monkeypatch.setenv(tiers.MODE_ENV, "generic")
+    monkeypatch.setattr(tiers, "_NAMESPACES", {})
+    monkeypatch.setattr(tiers, "_NOTICE_SHOWN", True)
+    _no_fallback(monkeypatch)
+    tape = tapejit.record(f, p0)
+    assert tape.subprograms and _is_generic(tape._k.forward_batch)
+    got = _every_call(tape, P)
+    assert got["forward"][1].tolist() == [True] * 3 + [which != "branchy"] * 2
+    for reference in (want, unrolled):
+        for what, w in reference.items():
+            g = got[what]
+            for a, b in zip(g if isinstance(g, tuple) else (g,), w if isinstance(w, tuple)
+                            else (w,), strict=True):
+                if np.asarray(b).dtype == bool:
+                    np.testing.assert_array_equal(a, b, err_msg=what)
+                else:
+                    np.testing.assert_allclose(a, b, rtol=1e-12, atol=1e-14, err_msg=what)
+
+
+def test_loops_recorded_and_differentiated_from_many_threads(generic):
+    """Each thread records its own loop bodies (``_tracer.bodies()``): scans recorded at
+    once in several threads, and the generic tier's derivative tapes of one loop tape
+    recorded at once by the threads that evaluate it, give the bits of one thread."""
+    import threading
+    from concurrent.futures import ThreadPoolExecutor
+
+    def f(x):
+        return tapejit.scan(lambda c, xi: (c * 0.9 + np.sin(xi) * c + xi, c * c), 0.5, x)[0]
+
+    X = np.random.default_rng(8).standard_normal((400, 4))
+    want_listing = tapejit.record(f, X[0]).listing()
+    want = tapejit.record(f, X[0]).value_and_grad(X)
+    barrier = threading.Barrier(4)
+    for _ in range(3):
+        tape = tapejit.record(f, X[0])
+
+        def work(k, tape=tape):
+            barrier.wait()
+            own = tapejit.record(f, X[k])
+            return own.listing(), tape.value_and_grad(X[100 * k : 100 * (k + 1)])
+
+        with ThreadPoolExecutor(4) as pool:
+            got = list(pool.map(work, range(4)))
+        assert all(listing == want_listing for listing, _ in got)
+        np.testing.assert_array_equal(np.concatenate([vg[0] for _, vg in got]), want[0])
+        np.testing.assert_array_equal(np.concatenate([vg[1] for _, vg in got]), want[1])
+
+
 def test_generic_tier_checks_guards(generic):
     def f(x):
         return x[0] ** 2 if x[0] > 0 else -x[0]
@@ -325,6 +460,24 @@ def test_a_cold_process_runs_generic_and_leaves_compiling_to_the_worker(tmp_path
     assert h0[1] == pytest.approx(2 * x[1] / (1 + x[1] ** 2), rel=1e-14)
     assert compiled == []
     assert res.stderr.count("generic interpreter") == 1, res.stderr
+
+
+def test_a_cold_process_runs_loops_without_compiling(tmp_path):
+    """A new process with an empty cache on the generic tier: loop tapes' values and every
+    derivative (nested differentiation too) come from the generic interpreter, and nothing
+    is compiled: no kernel and no family routine (the loop family's, which the optimised
+    kernels would need, least of all). Their results are the optimised kernels'."""
+    import _loop_calls
+
+    env = dict(os.environ, TAPEJIT_CACHE_DIR=str(tmp_path / "cache"),
+               NUMBA_CACHE_DIR=str(tmp_path / "numba"), TAPEJIT_KERNELS="generic")
+    res = subprocess.run([sys.executable, _loop_calls.__file__], env=env,
+                         capture_output=True, text=True, timeout=300, check=True)
+    got, compiled, routines = eval(res.stdout.strip().splitlines()[-1])
+    assert compiled == [] and routines == []
+    for f, generic in zip(_loop_calls.FUNCTIONS, got, strict=True):
+        for g, want in zip(generic, _loop_calls.calls(f), strict=True):
+            np.testing.assert_allclose(g, want, rtol=1e-12, atol=1e-14)
 
 
 def test_import_leaves_the_kernel_source_files_alone():

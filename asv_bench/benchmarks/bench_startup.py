@@ -103,3 +103,50 @@ class ColdStart:
     track_first_gradient_seconds.unit = "seconds"
     track_first_batched_gradient_seconds.unit = "seconds"
     track_first_hessian_seconds.unit = "seconds"
+
+
+_COLD_LOOP = """
+import os, signal, sys, time
+import numpy as np
+t0 = time.perf_counter()
+import tapejit
+from tapejit._kernels import tiers
+from _baselines import lorenz_points, lorenz_scan_f, LORENZ_P
+tape = tapejit.record(lorenz_scan_f, np.array(LORENZ_P))
+X = np.array(LORENZ_P) if sys.argv[1] == "1" else lorenz_points(int(sys.argv[1]))
+tape.value_and_grad(X)
+t1 = time.perf_counter()
+if tiers._BACKGROUND is not None:  # stop the worker: the cache is thrown away
+    os.killpg(tiers._BACKGROUND.proc.pid, signal.SIGKILL)
+print(t1 - t0)
+"""
+
+
+class ColdStartLoop:
+    """A new process on an empty cache (the default tiers): import, record the Lorenz fit
+    with its 2000 RK4 steps in ``tapejit.scan``, and its first gradient at one point and
+    at 1000 points. The generic interpreter runs the loop and its derivative (a tape of
+    loops, nested differentiation) while the background worker compiles (stopped here):
+    the loop family's routines are not compiled in the process."""
+
+    timeout = 600
+    repeat = 1
+    number = 1
+    warmup_time = 0
+    params = (1, 1000)
+    param_names = ("points",)
+
+    def setup(self, points):
+        with tempfile.TemporaryDirectory() as cache:
+            env = dict(os.environ, TAPEJIT_CACHE_DIR=cache, NUMBA_CACHE_DIR=cache,
+                       TAPEJIT_QUIET="1", TAPEJIT_KERNELS="auto",
+                       PYTHONPATH=os.pathsep.join([os.path.dirname(__file__),
+                                                   os.environ.get("PYTHONPATH", "")]))
+            out = subprocess.run([sys.executable, "-c", _COLD_LOOP, str(points)],
+                                 check=True, env=env, capture_output=True, text=True).stdout
+        self.seconds = float(out.split()[-1])
+
+    def track_first_gradient_seconds(self, points):
+        return self.seconds
+
+    track_first_gradient_seconds.unit = "seconds"
