@@ -286,4 +286,7 @@ LOOP = Family("loop", 140, 3, LOOP_ATTRS, bodies=("body",), check=loop_check,
               points_reference=loop_points,
               body_check=loop_body_check, vjp=loop_vjp,
               failure="a branch inside a loop body went the other way than when it was "
-                      "recorded")
+                      "recorded",
+              equivalent={"64dd234956f6f2b4": "before the generic tier's rule (loop_points) "
+                                              "and the nested-differentiation rule "
+                                              "(loop_vjp): the same routines and attributes"})

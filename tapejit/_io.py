@@ -714,7 +714,7 @@ def _check_families(zf: zipfile.ZipFile, heads: dict[str, _Header], writer: str)
                 f"({', '.join(family.attrs)}) now, so the tape is refused. Record the "
                 "function again."
             )
-        if family_fingerprint(family) != saved:
+        if family_fingerprint(family) != saved and saved not in family.equivalent:
             raise TapeFormatError(
                 f"instruction family {name!r} (opcode {code}) is defined differently than "
                 f"when this tape was saved (by tapejit {writer!r}): its kernel routines or "

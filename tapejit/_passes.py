@@ -50,9 +50,8 @@ subexpressions and constant subexpressions inside a body go as in any program. B
 instruction runs any more are dropped and the others renumbered, in order (the ``body``
 attribute); a body's constants stay one range of the pool (rebuilt as ``[bodies'
 constants | the program's own]`` when a body's constants change). Fold computes the
-values of a tape with loops by running the constant part as the body of a one-step loop,
-on the optimised kernels that run loops (not the generic tier), so they are the bits an
-evaluation gives.
+values inside a body as anywhere: the kernels of the tier that runs the tape, whose
+per-op code the loops run the bodies with too, so they are the bits an evaluation gives.
 
 Guarantees: every pass leaves the values of the outputs (and the guard decisions) bit for
 bit as they were, with one IEEE caveat for CSE (when both operands of a commutative op
@@ -78,7 +77,6 @@ from typing import Any
 
 import numpy as np
 
-from ._fam_loop import LOOP, LOOP_ATTRS
 from ._ops import BY_CODE, OPS, SWAPPABLE
 from ._program import (
     ARITY,
@@ -92,7 +90,6 @@ from ._program import (
     Program,
     Subprogram,
 )
-from ._show import instruction_tape
 from ._slot_reuse import compact
 from ._tape import Tape, forward_program, kernel_arrays, packed, reverse_plan
 
@@ -337,33 +334,23 @@ def _foldable(p: Program, blocked: np.ndarray) -> np.ndarray:
     return fold
 
 
-def _fold_values(p: Program, slots: np.ndarray, loop_tape: bool) -> np.ndarray | None:
+def _fold_values(p: Program, slots: np.ndarray) -> np.ndarray | None:
     """Values of constant ``slots``, computed by the kernels running this very program
-    (at an arbitrary point: these slots depend on constants only). With ``loop_tape`` (a
-    tape with loops, which only the optimised kernels run, even while others run on the
-    generic tier), by the loop routines running it as the body of a one-step loop."""
+    (at an arbitrary point: these slots depend on constants only); for a loop body, the
+    same per-op code that the loop runs it with, on either tier."""
     # Without the guards (they need not hold at this point) and what the slots do not
     # need (no loop: nothing that reads one is folded).
     q = _dce(replace(p, outputs=slots, guards=np.zeros((0, GUARD), dtype=np.int64)))
     try:
-        if not loop_tape:
-            values = np.empty(len(slots))
-            Tape(**q.arrays()).forward(np.zeros(q.n_inputs),
-                                       np.zeros(q.n_params) if q.n_params else None,
-                                       out=values)
-            return values
-        # a body has no parameters: the same slots as inputs, which it reads as closure
-        body = replace(q, n_params=0, n_inputs=q.n_params + q.n_inputs)
-        named = {"body": 0, "length": 1, "n_carry": 0, "n_x": 0,
-                 "n_closure": body.n_inputs, "n_y": len(slots), "every": 1}
-        tape = instruction_tape(LOOP, tuple(named[k] for k in LOOP_ATTRS),
-                                [0, 0, body.n_inputs], 1 + len(slots), body)
-        return np.asarray(tape.forward(np.zeros(body.n_inputs)), np.float64)[1:]
+        values = np.empty(len(slots))
+        Tape(**q.arrays()).forward(np.zeros(q.n_inputs),
+                                   np.zeros(q.n_params) if q.n_params else None, out=values)
+        return values
     except ArithmeticError:  # kernels raising (e.g. ZeroDivisionError): fold nothing
         return None
 
 
-def _fold(p: Program, loop_tape: bool) -> Program:
+def _fold(p: Program) -> Program:
     n, nc = len(p.opcodes), p.n_consts
     if n == 0:
         return p
@@ -387,7 +374,7 @@ def _fold(p: Program, loop_tape: bool) -> Program:
         fold_elems = np.repeat(fold, p.sizes)
         folded_slots = p.n_fixed + np.flatnonzero(fold_elems)
         if bits is None:  # later rounds fold a subset of the first
-            values = _fold_values(p, folded_slots, loop_tape)
+            values = _fold_values(p, folded_slots)
             if values is None:
                 return p
             bits = np.zeros(p.n_slots, dtype=np.int64)
@@ -597,18 +584,15 @@ def guard_slice(tape: Tape) -> Tape | None:
     return _tape(q, tape, output_shapes=((),), name=f"guards of {tape.name}")
 
 
-#: Each pass as ``run(program, loop_tape)``; ``loop_tape``: the program is part of a tape
-#: with loops (see ``_fold_values``).
-_RUN: dict[str, Callable[[Program, bool], Program]] = {
-    "fold": _fold, "cse": lambda p, _: _cse(p), "dce": lambda p, _: _dce(p)}
+_RUN: dict[str, Callable[[Program], Program]] = {"fold": _fold, "cse": _cse, "dce": _dce}
 
 
-def _run(name: str, p: Program, loop_tape: bool) -> Program:
+def _run(name: str, p: Program) -> Program:
     """Pass ``name`` over each sub-program of ``p`` (recursively; their inputs, outputs
     and guards stay), then over ``p`` itself."""
     if p.subprograms:
-        p = _with_bodies(p, [_run(name, s.program, True) for s in p.subprograms])
-    return _RUN[name](p, loop_tape)
+        p = _with_bodies(p, [_run(name, s.program) for s in p.subprograms])
+    return _RUN[name](p)
 
 
 def simplify(
@@ -654,11 +638,10 @@ def simplify(
         if name not in _RUN:
             raise ValueError(f"unknown pass {name!r}; the passes are {', '.join(PASSES)}")
     p = Program.from_tape(tape)
-    loop_tape = bool(p.subprograms)
     log = []
     for name in names:
         t0 = time.perf_counter()
-        q = _run(name, p, loop_tape)
+        q = _run(name, p)
         log.append({
             "pass": name,
             "instructions_before": len(p.opcodes),

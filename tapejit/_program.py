@@ -290,6 +290,12 @@ class Family:
         sub-program ``body`` (a :class:`Program`) cannot be run by an instruction with
         attribute values ``attrs`` (its inputs and outputs must be what the routines
         read and write), or ``""``. Validation calls it for every such instruction.
+    equivalent : dict, optional
+        Fingerprints (``tapejit._io.family_fingerprint``) of earlier definitions of the
+        family whose tape files mean what they mean now, each with the reason: a file
+        saved with one of them still loads. Only for changes that leave its kernel
+        routines' values and its attributes' meaning as they were (a rule added for
+        another tier or for nested differentiation, say).
     blas : bool
         Whether its routines call BLAS or LAPACK. Those sum in an order of their own for
         each shape of call (one point is a matrix-vector product, a chunk of points a
@@ -312,6 +318,7 @@ class Family:
     blas: bool = False
     vjp: Callable[..., tuple[Any, ...]] | None = None
     body_check: Callable[[tuple[int, ...], Program], str] | None = None
+    equivalent: dict[str, str] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         if not self.rules:

@@ -240,9 +240,9 @@ def vjp_batch(sg: Segmented, run, consts: np.ndarray, plans: list, X: np.ndarray
     """The batched vjp of a segmented program: outputs ``Y``, ``WT @ J`` in ``G`` and the
     guards' verdict in ``valid``, as ``vjp_batch`` of the kernels gives them.
 
-    ``run(kernel, n, chunk, *args, slots=...)`` runs a batched kernel (``run_batch``); ``consts`` is the tape's
-    constant pool; ``plans[j]`` is segment ``j``'s reverse plan (None: the kernels
-    compute it).
+    ``run(kernel, n, chunk, *args, slots=...)`` runs a batched kernel (``run_batch``);
+    ``consts`` is the tape's constant pool; ``plans[j]`` is segment ``j``'s reverse plan
+    (None: the kernels compute it).
     """
     n = X.shape[0]
     n_cross = sg.n_cross

@@ -4,7 +4,8 @@
   for recorded functions with parameters, several outputs, constants, guards, and for
   hand-built tapes.
 * The fixtures ``tests/data/tape_v1.npz`` and ``tape_v2.npz`` (format versions 1 and 2)
-  keep loading and give known numbers.
+  keep loading and give known numbers, and so does ``tape_loop_v4.npz``, a loop tape
+  saved before the loop family gained rules (``Family.equivalent``).
 * A file records the ops it uses with their definitions' hashes: it loads whatever ops
   the table gains, and is refused, naming the op, when one of its ops changed.
 * Every malformed file raises ``TapeFormatError`` naming the problem, and nothing else:
@@ -728,3 +729,37 @@ def test_fuzz_programs(n, nc, n_par, n_in, data):
         "output_shapes": np.zeros(0, np.int64),
     }
     _must_not_crash(_npz(members))
+
+
+def _loop_fixture_f(p, x):
+    # tests/data/tape_loop_v4.npz was saved from this function by the code of 09d659b
+    def body(c, xt):
+        a, b = c
+        a2 = np.sin(a) * b + 0.1 * a + xt
+        return (a2, 0.9 * b + 0.01 * a * a), a2 * b
+
+    (a, b), ys = tapejit.scan(body, (p[0], p[1]), x, checkpoint=3)
+    return a + b + np.sum(ys)
+
+
+def test_a_loop_tape_saved_before_the_loop_family_gained_rules_still_loads():
+    # the loop family's fingerprint changed with rules that mean nothing new to a file
+    # (Family.equivalent); the file must load and give what a new recording gives
+    from tapejit import _io
+    from tapejit._fam_loop import LOOP
+
+    with zipfile.ZipFile(DATA / "tape_loop_v4.npz") as zf:
+        names = [str(h) for h in np.load(zf.open("family_names.npy"))]
+        hashes = [str(h) for h in np.load(zf.open("family_hashes.npy"))]
+    saved = hashes[names.index("loop")]
+    assert saved in LOOP.equivalent and saved != _io.family_fingerprint(LOOP)
+    tape = load_tape(DATA / "tape_loop_v4.npz")
+    xs = np.linspace(0.0, 0.3, 7)
+    p = np.array([0.3, 0.7])
+    v, g = tape.value_and_grad(p, xs)
+    assert v == pytest.approx(1.9814214805610173, rel=1e-14)
+    np.testing.assert_allclose(g, [1.36199219, 4.03901272], rtol=1e-8)
+    fresh = tapejit.record(_loop_fixture_f, p, xs, argnums=0)
+    v2, g2 = fresh.value_and_grad(p, xs)
+    assert np.float64(v).view(np.int64) == np.float64(v2).view(np.int64)
+    np.testing.assert_array_equal(g.view(np.int64), g2.view(np.int64))

@@ -362,9 +362,9 @@ def test_fold_turns_a_body_s_constant_part_into_constants():
     assert stats(simplify(tape))["body_instructions"] == 4
 
 
-def test_fold_computes_a_body_s_constants_on_the_loop_kernels():
+def test_fold_computes_a_body_s_constants_as_the_loop_does():
     """Under the generic tier too: there ``sin`` is numpy's, an ulp away from the kernels'
-    on some arguments, and the loops still run on the optimised kernels."""
+    on some arguments, and the loop runs its body with it as well."""
     script = """if True:
         import numpy as np
         from tapejit._fam_loop import LOOP, LOOP_ATTRS
