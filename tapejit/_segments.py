@@ -62,7 +62,6 @@ class Segment:
     prog: np.ndarray  #: packed program of the segment's instructions (no guards)
     consts: np.ndarray  #: the constants it reads
     chunk: int  #: points per chunk of its sweeps
-    slots: int  #: the values a point's sweep of it works on
     in_cols: np.ndarray  #: crossing column of each input (a gap no instruction reads: 0)
     out_cols: np.ndarray  #: adjoint column weighting each output
     n_own: int  #: its first outputs are the crossing values it defines (value columns)
@@ -205,7 +204,7 @@ def split(p: Program, elements: int = SEGMENT_ELEMENTS) -> Segmented | None:
             n_inputs=len(in_slots), outputs=out_slots, guards=guards)
         prog, seg_consts = seg.pack()
         segments.append(Segment(
-            prog=prog, consts=seg_consts, chunk=_chunk(prog), slots=working_slots(prog),
+            prog=prog, consts=seg_consts, chunk=_chunk(prog),
             in_cols=np.where(col[in_slots] < len(crossing), col[in_slots], 0),
             out_cols=col[np.concatenate([mine, through])], n_own=len(mine), back_pos=back_pos,
             back_cols=col[reads]))
@@ -240,9 +239,9 @@ def vjp_batch(sg: Segmented, run, consts: np.ndarray, plans: list, X: np.ndarray
     """The batched vjp of a segmented program: outputs ``Y``, ``WT @ J`` in ``G`` and the
     guards' verdict in ``valid``, as ``vjp_batch`` of the kernels gives them.
 
-    ``run(kernel, n, chunk, *args, slots=...)`` runs a batched kernel (``run_batch``);
-    ``consts`` is the tape's constant pool; ``plans[j]`` is segment ``j``'s reverse plan
-    (None: the kernels compute it).
+    ``run(kernel, n, chunk, *args)`` runs a batched kernel; ``consts`` is the tape's
+    constant pool; ``plans[j]`` is segment ``j``'s reverse plan (None: the kernels
+    compute it).
     """
     n = X.shape[0]
     n_cross = sg.n_cross
@@ -265,7 +264,7 @@ def vjp_batch(sg: Segmented, run, consts: np.ndarray, plans: list, X: np.ndarray
         for seg in sg.segments:
             Ys = np.empty((m, len(seg.out_cols)))
             run("forward_batch", m, seg.chunk, seg.prog, seg.consts,
-                np.ascontiguousarray(K[seg.in_cols].T), Pb, Ys, seg_ok, slots=seg.slots)
+                np.ascontiguousarray(K[seg.in_cols].T), Pb, Ys, seg_ok)
             K[seg.out_cols[: seg.n_own]] = Ys[:, : seg.n_own].T
             ok &= seg_ok
         Y[b0:b1] = _outputs(sg, K, consts, Pb, m)
@@ -279,7 +278,7 @@ def vjp_batch(sg: Segmented, run, consts: np.ndarray, plans: list, X: np.ndarray
             run("vjp_batch", m, seg.chunk, seg.prog, plans[j], seg.consts,
                 np.ascontiguousarray(K[seg.in_cols].T), Pb,
                 np.ascontiguousarray(A[seg.out_cols].T),
-                np.empty((m, len(seg.out_cols))), Gs, seg_ok, slots=seg.slots)
+                np.empty((m, len(seg.out_cols))), Gs, seg_ok)
             A[seg.back_cols] = Gs[:, seg.back_pos].T
         A[-1] = 0.0
         G[b0:b1] = A[sg.input_cols].T

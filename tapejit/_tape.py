@@ -845,8 +845,7 @@ class Tape:
         y = _buffer(out, shape, "out")
         valid = np.empty(n, dtype=np.uint8)
         run_batch(self._k, "forward_batch", n, chunk,
-                  prog, self._kernel_consts, X, P, y.reshape(n, self._n_out), valid,
-                  slots=n_slots)
+                  prog, self._kernel_consts, X, P, y.reshape(n, self._n_out), valid)
         res = self._guarded(valid, check, (y,), False)
         return res if check != "raise" else res[0]
 
@@ -1039,8 +1038,7 @@ class Tape:
                               valid)
                 return valid
         run_batch(self._k, "vjp_batch", n, self._chunk,
-                  self._kernel_prog, self._plan(), self._kernel_consts, X, P, WT, Y, G, valid,
-                  slots=self._n_slots)
+                  self._kernel_prog, self._plan(), self._kernel_consts, X, P, WT, Y, G, valid)
         return valid
 
     def _scalar_prog(self) -> tuple[np.ndarray, np.ndarray] | bool:
@@ -1052,8 +1050,8 @@ class Tape:
             self._sp = False if sp is None else sp
         return self._sp
 
-    def _run(self, kernel: str, n: int, chunk: int, *args, slots: int = 0) -> None:
-        run_batch(self._k, kernel, n, chunk, *args, slots=slots)
+    def _run(self, kernel: str, n: int, chunk: int, *args) -> None:
+        run_batch(self._k, kernel, n, chunk, *args)
 
     def _segmented(self) -> tuple | None:
         """``(Segmented, plans)`` of the segmented reverse sweeps (``_segments.py``), or

@@ -209,18 +209,3 @@ def test_segment_programs_are_valid():
     assert sg is not None and len(sg.segments) > 3
     for seg in sg.segments:
         Program.unpack(seg.prog, seg.consts)  # raises on anything a kernel relies on
-
-
-
-@pytest.mark.parametrize("n", [17, 40, 100])
-def test_calls_of_two_chunks_or_fewer_share_their_points_with_the_same_bits(monkeypatch, n):
-    import tapejit._kernels.runtime as runtime
-
-    long = tapejit.record(lambda x: _long(x, 400), np.array([0.5, 0.7]))  # segmented
-    short = tapejit.record(_recurrence, np.array([0.5, 0.7]))  # one or two chunks
-    X = np.random.default_rng(8).uniform(0.2, 0.9, (n, 2))
-    got = []
-    for work in (1 << 62, 1):  # never shared, always shared
-        monkeypatch.setattr(runtime, "SPLIT_WORK", work)
-        got.append([*long.value_and_grad(X), *short.value_and_grad(X), short.forward(X)])
-    _assert_same_bits(got[1], got[0])

@@ -36,9 +36,6 @@ POINTWISE_SLOTS = 16384
 REUSE_SLOTS = 4096
 #: Directions carried by one second-order sweep at most (bounds its workspace).
 DIR_BLOCK = 16
-#: Work (points times slots) from which a call of one or two chunks shares its points
-#: between the threads: below it, the pool's dispatch costs more than it saves.
-SPLIT_WORK = 1 << 16
 #: Batched kernels with a point-by-point twin for tapes too long for a chunk of points.
 POINTWISE = {"forward_batch": "forward_points", "vjp_batch": "vjp_points"}
 
@@ -105,26 +102,18 @@ if hasattr(os, "register_at_fork"):
     os.register_at_fork(after_in_child=_forget_pool)
 
 
-def run_batch(ks: Kernels, kernel: str, n: int, chunk: int, *args, slots: int = 0) -> None:
+def run_batch(ks: Kernels, kernel: str, n: int, chunk: int, *args) -> None:
     """Run batched ``kernel(*args, chunk, t, nt)`` of kernels ``ks`` over ``n`` points, on
     ``numba.get_num_threads()`` threads when there are enough chunks for them (the
-    caller's and the pool's); ``chunk == 1`` takes the kernel's point-by-point twin.
-
-    ``slots``: the values a point's sweep works on (0: unknown). A call of at most two
-    chunks whose points times ``slots`` reach :data:`SPLIT_WORK` runs in smaller chunks,
-    one per thread: the same bits (points are independent), in about half the time."""
+    caller's and the pool's); ``chunk == 1`` takes the kernel's point-by-point twin."""
     if chunk == 1 and kernel in POINTWISE:
         kernel = POINTWISE[kernel]
     fn = getattr(ks, kernel)
     if len(args) > 1 and args[1] is None and not getattr(fn, "tier0", False):
         # the plan came from the generic tier, and the kernel turned optimised since
         args = (args[0], ks.module.reverse_plan(args[0]), *args[2:])
-    threads = numba.get_num_threads()
-    split = threads > 1 and 16 < n <= 2 * chunk and n * slots >= SPLIT_WORK
-    if split:
-        chunk = -(-n // threads)
-    nt = min(threads, -(-n // chunk))
-    if nt < 2 or (n <= max(2 * chunk, 16) and not split):
+    nt = min(numba.get_num_threads(), -(-n // chunk))
+    if nt < 2 or n <= max(2 * chunk, 16):
         fn(*args, max(1, min(chunk, n)), 0, 1)
         return
     rest = [pool().submit(fn, *args, chunk, t, nt) for t in range(1, nt)]
