@@ -102,3 +102,12 @@ def jax_gradients(expr: str, points: np.ndarray, module: str = "jnp") -> np.ndar
             pytest.skip("JAX is not installed in the peer Python")
         raise RuntimeError(run.stderr)
     return np.array(json.loads(run.stdout.strip().splitlines()[-1]), dtype=np.float64)
+
+
+def same_bits(a, b) -> bool:
+    """Bit for bit, except that any NaN equals any NaN (payloads may differ)."""
+    a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
+    if a.shape != b.shape or not np.array_equal(np.isnan(a), np.isnan(b)):
+        return False
+    m = ~np.isnan(a)
+    return bool(np.array_equal(a[m].view(np.uint64), b[m].view(np.uint64)))

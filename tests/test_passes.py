@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from _op_helpers import same_bits
 from hypothesis import HealthCheck, given, reject, settings
 from hypothesis import strategies as st
 
@@ -94,15 +95,6 @@ def programs(draw, max_instr: int = 24):
         strides=np.array(strides, dtype=np.int64).reshape(-1, 3),
     )
     return tape, X, (P if n_par else None)
-
-
-def same_bits(a, b) -> bool:
-    """Bit for bit, except that any NaN equals any NaN (payloads may differ)."""
-    a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
-    if a.shape != b.shape or not np.array_equal(np.isnan(a), np.isnan(b)):
-        return False
-    m = ~np.isnan(a)
-    return bool(np.array_equal(a[m].view(np.uint64), b[m].view(np.uint64)))
 
 
 def same_numbers(a, b) -> bool:

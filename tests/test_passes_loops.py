@@ -27,6 +27,7 @@ import sys
 
 import numpy as np
 import pytest
+from _op_helpers import same_bits
 
 import tapejit
 from tapejit import BranchError
@@ -42,15 +43,6 @@ PIPELINES = [("fold",), ("cse",), ("dce",), PASSES]
 BODY = LOOP_ATTRS.index("body")
 RNG = np.random.default_rng(3)
 XS = RNG.normal(size=(6, 2)) * 0.3
-
-
-def same_bits(a, b) -> bool:
-    """Bit for bit, except that any NaN equals any NaN."""
-    a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
-    if a.shape != b.shape or not np.array_equal(np.isnan(a), np.isnan(b)):
-        return False
-    m = ~np.isnan(a)
-    return bool(np.array_equal(a[m].view(np.uint64), b[m].view(np.uint64)))
 
 
 def evaluations(tape, X):
