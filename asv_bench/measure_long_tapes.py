@@ -9,6 +9,8 @@
 * The same fit with its steps in ``tapejit.scan``: recording, one point and 1000 points
   against the unrolled tape in the same run, JAX beside; and 10^5 steps at one point with
   the peak memory the gradient adds (in a process of its own).
+* The Lorenz fit's unrolled tape at a few points: value and gradient per point by count
+  of points (one point at a time below 32, segmented sweeps in parts from 64).
 
 Usage (the docs' performance page, *Long tapes*)::
 
@@ -181,7 +183,21 @@ def lorenz_scan() -> None:
                    check=True)
 
 
+def few_points() -> None:
+    print("== few points: the Lorenz fit's unrolled tape, value and gradient, ms a point")
+    p = np.asarray(B.LORENZ_P)
+    tape = tapejit.record(B.lorenz_f, p.copy())
+    one = best(lambda: tape.value_and_grad(p), 20)
+    row = [f"1: {one * 1e3:.3f}"]
+    for n in (2, 8, 16, 31, 32, 64, 128, 256, 1000):
+        P = B.lorenz_points(n)
+        t = best(lambda P=P: tape.value_and_grad(P), 5) / n
+        row.append(f"{n}: {t * 1e3:.3f}")
+    print("   " + ", ".join(row))
+
+
 if __name__ == "__main__":
     recurrence_table()
     lorenz()
+    few_points()
     lorenz_scan()

@@ -51,7 +51,15 @@ import warnings
 import numpy as np
 
 from ._errors import BranchError
-from ._kernels.runtime import DIR_BLOCK, REUSE_SLOTS, chunk_for, chunk_of, kernels_for, run_batch
+from ._kernels.runtime import (
+    DIR_BLOCK,
+    REUSE_SLOTS,
+    chunk_for,
+    chunk_of,
+    in_parts,
+    kernels_for,
+    run_batch,
+)
 from ._ops import BY_CODE
 from ._program import (
     ARG_A,
@@ -1034,8 +1042,15 @@ class Tape:
         if n >= SEGMENT_POINTS and (self._seg is not None or self._chunk < SEGMENT_BELOW):
             seg = self._segmented()
             if seg is not None:
-                segmented_vjp(seg[0], self._run, self._kernel_consts, seg[1], X, P, WT, Y, G,
-                              valid)
+                # Each thread takes a part of the points through all the segments: the
+                # segments' calls are too small to share between threads one by one.
+                def part(lo: int, hi: int) -> None:
+                    segmented_vjp(seg[0], self._run, self._kernel_consts, seg[1], X[lo:hi],
+                                  P if P.shape[0] == 1 else P[lo:hi],
+                                  WT if WT.shape[0] == 1 else WT[lo:hi], Y[lo:hi], G[lo:hi],
+                                  valid[lo:hi])
+
+                in_parts(n, part, 2 * SEGMENT_POINTS)
                 return valid
         run_batch(self._k, "vjp_batch", n, self._chunk,
                   self._kernel_prog, self._plan(), self._kernel_consts, X, P, WT, Y, G, valid)

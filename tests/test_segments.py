@@ -8,6 +8,7 @@ tests hold on the generic tier too.
 
 from __future__ import annotations
 
+import numba
 import numpy as np
 import pytest
 
@@ -209,3 +210,24 @@ def test_segment_programs_are_valid():
     assert sg is not None and len(sg.segments) > 3
     for seg in sg.segments:
         Program.unpack(seg.prog, seg.consts)  # raises on anything a kernel relies on
+
+
+def test_threads_take_parts_of_the_points_with_the_same_bits(monkeypatch):
+    import tapejit._tape as tape_module
+
+    parts = []
+    split = tape_module.in_parts
+
+    def spy(n, part, smallest):
+        return split(n, lambda lo, hi: parts.append((lo, hi)) or part(lo, hi), smallest)
+
+    long = tapejit.record(lambda x: _long(x, 1000), np.array([0.5, 0.7]))
+    X = np.random.default_rng(9).uniform(0.2, 0.9, (4 * SEGMENT_POINTS + 5, 2))
+    W = np.random.default_rng(10).normal(size=(len(X), 1))
+    monkeypatch.setattr(tape_module, "in_parts", spy)
+    got = (*long.value_and_grad(X), *long.vjp(X, W))
+    monkeypatch.setattr(tape_module, "in_parts", lambda n, part, smallest: part(0, n))
+    want = (*long.value_and_grad(X), *long.vjp(X, W))
+    _assert_same_bits(got, want)
+    if numba.get_num_threads() > 1:  # both calls shared their points between threads
+        assert len(parts) >= 4 and {lo for lo, _ in parts} != {0}

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import os
 import threading
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from types import ModuleType
 
@@ -91,6 +92,23 @@ def pool() -> ThreadPoolExecutor:
                 _POOL = ThreadPoolExecutor(max(1, numba.config.NUMBA_NUM_THREADS - 1),
                                            thread_name_prefix="tapejit")
     return _POOL
+
+
+def in_parts(n: int, part: Callable[[int, int], None], smallest: int) -> None:
+    """Run ``part(lo, hi)`` over contiguous parts of ``range(n)``, one per thread (the
+    caller's and the pool's), each of at least ``smallest`` points (one part: here)."""
+    nt = min(numba.get_num_threads(), n // max(smallest, 1))
+    if nt < 2:
+        part(0, n)
+        return
+    cuts = [n * t // nt for t in range(nt + 1)]
+    rest = [pool().submit(part, cuts[t], cuts[t + 1]) for t in range(1, nt)]
+    part(cuts[0], cuts[1])
+    for t, job in enumerate(rest, 1):
+        if job.cancel():  # the pool is busy with other calls: do that part here
+            part(cuts[t], cuts[t + 1])
+        else:
+            job.result()
 
 
 def _forget_pool() -> None:
