@@ -42,6 +42,10 @@ SEGMENT_POINTS = 16
 #: point of calls with fewer points than this, instead of the segmented sweeps: their
 #: cost per call is about that of this many one-point gradients (docs' performance page).
 POINT_BY_POINT_BELOW = 32
+#: The same for the tangent sweep (``jvp``, forward Jacobians) of a tape too long for a
+#: chunk of two points, against the batched tangent sweep (unsegmented: from about this
+#: many points it shares each instruction's dispatch well enough).
+POINT_BY_POINT_JVP_BELOW = 12
 #: Result elements per segment: fewer segments share the per-call costs better, more
 #: keep each workspace small (measured: docs' performance page).
 SEGMENT_ELEMENTS = 1024

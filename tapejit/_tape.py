@@ -92,7 +92,13 @@ from ._program import (
     working_slots,
 )
 from ._scalar_program import scalar_program
-from ._segments import POINT_BY_POINT_BELOW, SEGMENT_BELOW, SEGMENT_POINTS, split
+from ._segments import (
+    POINT_BY_POINT_BELOW,
+    POINT_BY_POINT_JVP_BELOW,
+    SEGMENT_BELOW,
+    SEGMENT_POINTS,
+    split,
+)
 from ._segments import vjp_batch as segmented_vjp
 from ._validate import check_runnable, check_tape_arrays
 
@@ -1114,6 +1120,19 @@ class Tape:
             failed = self._k.jvp_point(prog, self._kernel_consts, X[0], P[0], V[0], Y[0], TY[0])
             return np.array([failed == 0], dtype=np.uint8)
         valid = np.empty(n, dtype=np.uint8)
+        if self._chunk == 1 and n < POINT_BY_POINT_JVP_BELOW:
+            # A tape too long for a chunk of two points: a batch of few points shares
+            # each instruction's dispatch among too few; the one-point kernel at each
+            # point, on the threads, is faster (the same bits).
+            def part(lo: int, hi: int) -> None:
+                for q in range(lo, hi):
+                    failed = self._k.jvp_point(prog, self._kernel_consts, X[q],
+                                               P[0 if P.shape[0] == 1 else q],
+                                               V[0 if V.shape[0] == 1 else q], Y[q], TY[q])
+                    valid[q] = failed == 0
+
+            in_parts(n, part, 1)
+            return valid
         run_batch(self._k, "jvp_batch", n, self._chunk_for(V.shape[1] + 1, n_slots),
                   prog, self._kernel_consts, X, P, V, Y, TY, valid)
         return valid
@@ -1246,6 +1265,19 @@ class Tape:
                 failed = self._k.hvp_point(self._kernel_prog, self._kernel_consts, X[0], P[0],
                                       Vb[0], G[0], HVb[0], ws)
                 valid[0] = failed == 0
+            elif self._chunk_for(2 * (d1 - d0) + 2) == 1:
+                # A chunk would hold one point: the one-point kernel at each point, on
+                # each thread's own workspace, is several times faster (the same bits).
+                def part(lo: int, hi: int, Vb=Vb, HVb=HVb, nd=d1 - d0) -> None:
+                    ws = self._workspace((2 + 2 * nd) * self._n_slots)
+                    for q in range(lo, hi):
+                        failed = self._k.hvp_point(
+                            self._kernel_prog, self._kernel_consts, X[q],
+                            P[0 if P.shape[0] == 1 else q], Vb[0 if Vb.shape[0] == 1 else q],
+                            G[q], HVb[q], ws)
+                        valid[q] = failed == 0
+
+                in_parts(n, part, 1)
             else:
                 run_batch(self._k, "hvp_batch", n, self._chunk_for(2 * (d1 - d0) + 2),
                           self._kernel_prog, self._kernel_consts, X, P, Vb, Y, G, HVb, valid)

@@ -139,3 +139,26 @@ def test_few_points_of_a_huge_tape_take_the_scalar_program():
         tape.value_and_grad(X[:6])
     with pytest.raises(tapejit.BranchError):
         tape.jacobian(X[:6])
+
+
+def test_tangents_and_hvps_of_a_huge_tape_at_few_points_are_the_batch_kernels_bits(
+        monkeypatch):
+    import tapejit._tape as tape_module
+
+    tape = tapejit.record(_huge, np.array([0.5, 0.7]))
+    rng = np.random.default_rng(4)
+    X = rng.uniform(0.35, 0.9, (5, 2))
+    X[3, 0] = 0.2  # the other branch
+    V = rng.normal(size=X.shape)
+    got = (*tape.jvp(X, V, check="mask"), *tape.hvp(X, V, check="mask"),
+           *tape.jacobian(X, mode="forward", check="mask"))
+    monkeypatch.setattr(tape_module, "POINT_BY_POINT_JVP_BELOW", 0)  # the batch kernels
+    monkeypatch.setattr(tape, "_chunk_for", lambda *args: 2)
+    want = (*tape.jvp(X, V, check="mask"), *tape.hvp(X, V, check="mask"),
+            *tape.jacobian(X, mode="forward", check="mask"))
+    for a, b in zip(got, want, strict=True):
+        np.testing.assert_array_equal(_bits(a), _bits(b))
+    ok = tape.jvp(X, V, check="mask")[-1]
+    assert not ok[3] and ok.sum() == len(X) - 1
+    with pytest.raises(tapejit.BranchError):
+        tape.hvp(X, V)
