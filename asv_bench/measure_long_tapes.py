@@ -10,7 +10,7 @@
   against the unrolled tape in the same run, JAX beside; and 10^5 steps at one point with
   the peak memory the gradient adds (in a process of its own).
 * The Lorenz fit's unrolled tape at a few points: value and gradient per point by count
-  of points (one point at a time below 32, segmented sweeps in parts from 64).
+  of points (one point at a time below 80, the segmented sweeps in parts from there).
 
 Usage (the docs' performance page, *Long tapes*)::
 

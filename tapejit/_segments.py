@@ -38,10 +38,11 @@ from ._program import GUARD_OUTCOME, GUARD_SLOT, Program, working_slots
 SEGMENT_BELOW = 64
 #: ...in calls at this many points or more (fewer share too little of a segment's cost).
 SEGMENT_POINTS = 16
-#: A one-output tape of scalar instructions takes its one-point gradient kernel at each
-#: point of calls with fewer points than this, instead of the segmented sweeps: their
-#: cost per call is about that of this many one-point gradients (docs' performance page).
-POINT_BY_POINT_BELOW = 32
+#: A one-output tape of scalar instructions too long for a chunk of two points takes its
+#: one-point gradient kernel at each point (on the threads) of calls with fewer points
+#: than this, instead of the segmented sweeps, which cost more below it (docs'
+#: performance page).
+POINT_BY_POINT_BELOW = 80
 #: The same for the tangent sweep (``jvp``, forward Jacobians) of a tape too long for a
 #: chunk of two points, against the batched tangent sweep (unsegmented: from about this
 #: many points it shares each instruction's dispatch well enough).

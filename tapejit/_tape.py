@@ -208,6 +208,16 @@ def lazily(tape, method: str, x, extra: tuple, params, out=None, **kwargs):
     return getattr(lazy, method)(tape, x, *extra, params, **kwargs)
 
 
+def _row(A: np.ndarray, q: int) -> np.ndarray:
+    """Point ``q``'s row of per-point ``A``, or the one row all points share."""
+    return A[0 if A.shape[0] == 1 else q]
+
+
+def _rows(A: np.ndarray, lo: int, hi: int) -> np.ndarray:
+    """Points ``lo .. hi - 1``'s rows of per-point ``A``, or the one row all share."""
+    return A if A.shape[0] == 1 else A[lo:hi]
+
+
 class Tape:
     """A recorded function: a flat list of instructions over numbered value slots.
 
@@ -940,19 +950,7 @@ class Tape:
         vbuf, gbuf = (None, None) if out is None else out
         g = _buffer(gbuf, (n, self._n_in) if not single else (self._n_in,), "grad buffer")
         if single:
-            sp = self._scalar_prog()
-            if sp is not False:
-                v = self._k.value_grad_scalar(self._kernel_prog, sp[0], sp[1],
-                                              self._kernel_consts, X[0], P[0], g,
-                                              self._workspace())
-            else:
-                v = self._k.value_grad_point(self._kernel_prog, self._plan(),
-                                             self._kernel_consts, X[0], P[0], g,
-                                             self._workspace())
-            failed = 0
-            if v != v and self._n_guards:
-                failed = self._k.forward_point(self._kernel_prog, self._kernel_consts, X[0], P[0],
-                                          np.empty(self._n_out), self._workspace())
+            v, failed = self._gradient_at(X[0], P[0], g)
             if failed and check == "raise":
                 raise BranchError(1, 1, self)
             if vbuf is not None:
@@ -967,23 +965,39 @@ class Tape:
         """Values ``Y`` ``(n, 1)`` and gradients ``G`` ``(n, n_inputs)`` of a one-output
         tape at points ``X``, and the guard validity per point. A tape of scalar
         instructions too long to batch (one point per chunk) takes its one-point gradient
-        kernel at each of fewer than ``POINT_BY_POINT_BELOW`` points: its scalar program
-        runs several times faster than the point-by-point batch driver's general sweeps,
-        with the same bits, and costs less than the segmented sweeps' fixed cost."""
+        kernel at each of fewer than ``POINT_BY_POINT_BELOW`` points, on the threads: its
+        scalar program runs several times faster than the point-by-point batch driver's
+        general sweeps, with the same bits, and costs less than the segmented sweeps."""
         n = X.shape[0]
         if n >= POINT_BY_POINT_BELOW or self._chunk != 1 or self._scalar_prog() is False:
             return self._vjp_batch(X, P, self._ones, Y, G)
-        prog, (S, F), consts = self._kernel_prog, self._sp, self._kernel_consts
-        ws = self._workspace()
-        valid = np.ones(n, dtype=np.uint8)
-        for q in range(n):
-            pq = P[0 if P.shape[0] == 1 else q]
-            v = self._k.value_grad_scalar(prog, S, F, consts, X[q], pq, G[q], ws)
-            if v != v and self._n_guards:  # NaN may mean a failed guard
-                valid[q] = self._k.forward_point(prog, consts, X[q], pq,
-                                                 np.empty(self._n_out), ws) == 0
-            Y[q, 0] = v
+        valid = np.empty(n, dtype=np.uint8)
+
+        def part(lo: int, hi: int) -> None:
+            for q in range(lo, hi):
+                Y[q, 0], failed = self._gradient_at(X[q], _row(P, q), G[q])
+                valid[q] = failed == 0
+
+        in_parts(n, part, 1)
         return valid
+
+    def _gradient_at(self, x, p, g) -> tuple[float, int]:
+        """The value at one point and its gradient into ``g`` (the scalar program where
+        the tape has one), on this thread's workspace; and the count of failed guards,
+        checked only where the value is NaN (a failed guard makes it NaN)."""
+        sp = self._scalar_prog()
+        ws = self._workspace()
+        if sp is not False:
+            v = self._k.value_grad_scalar(self._kernel_prog, sp[0], sp[1],
+                                          self._kernel_consts, x, p, g, ws)
+        else:
+            v = self._k.value_grad_point(self._kernel_prog, self._plan(),
+                                         self._kernel_consts, x, p, g, ws)
+        failed = 0
+        if v != v and self._n_guards:
+            failed = self._k.forward_point(self._kernel_prog, self._kernel_consts, x, p,
+                                           np.empty(self._n_out), ws)
+        return v, failed
 
     def gradient(self, x, params=None, out: np.ndarray | None = None, check: str = "raise"):
         """Gradient of a one-output tape, shaped like ``x`` (see :meth:`value_and_grad`).
@@ -1052,8 +1066,7 @@ class Tape:
                 # segments' calls are too small to share between threads one by one.
                 def part(lo: int, hi: int) -> None:
                     segmented_vjp(seg[0], self._run, self._kernel_consts, seg[1], X[lo:hi],
-                                  P if P.shape[0] == 1 else P[lo:hi],
-                                  WT if WT.shape[0] == 1 else WT[lo:hi], Y[lo:hi], G[lo:hi],
+                                  _rows(P, lo, hi), _rows(WT, lo, hi), Y[lo:hi], G[lo:hi],
                                   valid[lo:hi])
 
                 in_parts(n, part, 2 * SEGMENT_POINTS)
@@ -1126,9 +1139,8 @@ class Tape:
             # point, on the threads, is faster (the same bits).
             def part(lo: int, hi: int) -> None:
                 for q in range(lo, hi):
-                    failed = self._k.jvp_point(prog, self._kernel_consts, X[q],
-                                               P[0 if P.shape[0] == 1 else q],
-                                               V[0 if V.shape[0] == 1 else q], Y[q], TY[q])
+                    failed = self._k.jvp_point(prog, self._kernel_consts, X[q], _row(P, q),
+                                               _row(V, q), Y[q], TY[q])
                     valid[q] = failed == 0
 
             in_parts(n, part, 1)
@@ -1272,9 +1284,8 @@ class Tape:
                     ws = self._workspace((2 + 2 * nd) * self._n_slots)
                     for q in range(lo, hi):
                         failed = self._k.hvp_point(
-                            self._kernel_prog, self._kernel_consts, X[q],
-                            P[0 if P.shape[0] == 1 else q], Vb[0 if Vb.shape[0] == 1 else q],
-                            G[q], HVb[q], ws)
+                            self._kernel_prog, self._kernel_consts, X[q], _row(P, q),
+                            _row(Vb, q), G[q], HVb[q], ws)
                         valid[q] = failed == 0
 
                 in_parts(n, part, 1)
