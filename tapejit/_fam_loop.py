@@ -12,7 +12,7 @@ differentiation, the transpose of the scan recorded as new loops (:func:`loop_vj
 
 from __future__ import annotations
 
-from typing import Any, Protocol
+from typing import Any, NamedTuple, Protocol
 
 import numpy as np
 
@@ -24,6 +24,23 @@ _POSITIONS = {_k.LOOP_BODY: "body", _k.LOOP_LENGTH: "length", _k.LOOP_CARRY: "n_
               _k.LOOP_EVERY: "every"}
 #: Attribute names, in order (their positions are the kernel routines' ``LOOP_*``).
 LOOP_ATTRS = tuple(_POSITIONS[i] for i in range(len(_POSITIONS)))
+
+
+class LoopAttrs(NamedTuple):
+    """A loop instruction's attribute values by name (:data:`LOOP_ATTRS`, in order)."""
+
+    body: int
+    length: int
+    n_carry: int
+    n_x: int
+    n_closure: int
+    n_y: int
+    every: int
+
+    @classmethod
+    def of(cls, attrs: Any) -> LoopAttrs:
+        """From the attribute values in the program's order."""
+        return cls(*(int(attrs[i]) for i in range(len(LOOP_ATTRS))))
 
 
 def checkpoints(length: int, every: int) -> int:
@@ -79,7 +96,7 @@ def loop_body_check(attrs: tuple[int, ...], body: Program) -> str:
     """Why ``body`` cannot be the body of a loop with ``attrs``, or ``""``: it must have
     the inputs ``[carry | x | closure]``, no parameters and the outputs
     ``[next carry | y]``."""
-    nc, nx, nk, ny = (attrs[i] for i in (_k.LOOP_CARRY, _k.LOOP_X, _k.LOOP_CLOSURE, _k.LOOP_Y))
+    _, _, nc, nx, nk, ny, _ = LoopAttrs.of(attrs)
     if body.n_params:
         return f"a loop body has no parameters; this one has {body.n_params}"
     if body.n_inputs != nc + nx + nk:
@@ -117,8 +134,7 @@ def loop_points(attrs: tuple[int, ...], a: np.ndarray, b: np.ndarray, c: np.ndar
     final carry, ys). Every step runs ``body`` over all the points; its guards are
     checked at every step, and a point where one failed gets NaN in its whole result,
     as in the routines."""
-    n, nc, nx, ny, every = (int(attrs[i]) for i in (_k.LOOP_LENGTH, _k.LOOP_CARRY,
-                                                      _k.LOOP_X, _k.LOOP_Y, _k.LOOP_EVERY))
+    _, n, nc, nx, _, ny, every = LoopAttrs.of(attrs)
     size, carry0, ys0 = result_layout(n, nc, ny, every)
     r = np.empty((size, a.shape[1]))
     ok = np.ones(a.shape[1], dtype=bool)
@@ -212,10 +228,9 @@ def loop_vjp(attrs: tuple[int, ...], operands: list[Any], result: Any, cotangent
     from ._tape import Tape
     from ._tracer import Tracer, ids_of, recording_of
 
-    n, nc, nx, nk, ny, every = (int(attrs[i]) for i in (
-        _k.LOOP_LENGTH, _k.LOOP_CARRY, _k.LOOP_X, _k.LOOP_CLOSURE, _k.LOOP_Y, _k.LOOP_EVERY))
+    body_at, n, nc, nx, nk, ny, every = LoopAttrs.of(attrs)
     rec = recording_of(result)
-    body = Tape(**rec.subprogram(int(attrs[_k.LOOP_BODY])).arrays())
+    body = Tape(**rec.subprogram(body_at).arrays())
     a, b, k = (np.ravel(o) for o in operands)
     g = np.ravel(cotangent)
     _, carry0, ys0 = result_layout(n, nc, ny, every)

@@ -78,7 +78,7 @@ from collections.abc import Iterator, Sequence
 import numpy as np
 import scipy.sparse as sp
 
-from ._fam_loop import LOOP_ATTRS, checkpoints, result_layout
+from ._fam_loop import LoopAttrs, checkpoints, result_layout
 from ._fam_reduce import CUMPROD, PROD
 from ._ops import OPS, partial_source
 from ._program import FAMILIES, FIRST_FAMILY, LAST_OPCODE, Program
@@ -609,9 +609,9 @@ class _Loop:
     filled in without being computed."""
 
     def __init__(self, attrs: tuple[int, ...], body: Program) -> None:
-        v = dict(zip(LOOP_ATTRS, attrs, strict=True))
-        self.n, self.nc, self.nx = v["length"], v["n_carry"], v["n_x"]
-        self.ny, self.every = v["n_y"], v["every"]
+        v = LoopAttrs.of(attrs)
+        self.n, self.nc, self.nx, self.ny, self.every = (v.length, v.n_carry, v.n_x, v.n_y,
+                                                         v.every)
         self.nck = checkpoints(self.n, self.every)
         _, self.carry0, self.ys0 = result_layout(self.n, self.nc, self.ny, self.every)
         self.body = _Body(body, self.nc, self.nx)
@@ -726,7 +726,7 @@ def _loop_of(p: Program, rows: _Rows, i: int) -> _Loop:
     got = rows.loops.get(i)
     if got is None:
         _, attrs = _family_attrs(rows, i)
-        body = p.subprograms[attrs[LOOP_ATTRS.index("body")]].program
+        body = p.subprograms[LoopAttrs.of(attrs).body].program
         got = rows.loops[i] = _Loop(attrs, body)
     return got
 

@@ -157,7 +157,7 @@ class _BodyRun:
         W, d = self.W, self.d
         for step in d.steps:
             step.run(W, self.consts)
-        return W[d.outputs], (W[d.guard_slots] == d.guard_outcomes[:, None]).all(axis=0)
+        return W[d.outputs], d.held(W)
 
 
 @dataclass
@@ -175,6 +175,10 @@ class _Decoded:
     #: Values per point of a workspace and the nested ones a loop keeps while it runs.
     width: int
     derived: dict[str, Any] = field(default_factory=dict)
+
+    def held(self, W: np.ndarray) -> np.ndarray:
+        """Per point (column of workspace ``W``): whether every guard held."""
+        return (W[self.guard_slots] == self.guard_outcomes[:, None]).all(axis=0)
 
 
 def _decode(prog: np.ndarray) -> _Decoded:
@@ -247,8 +251,7 @@ def sweep(d: _Decoded, consts: np.ndarray, X: np.ndarray, P: np.ndarray,
             for step in d.steps:
                 step.run(w, consts)
             Y[p0 : p0 + m] = w[d.outputs].T
-            held = w[d.guard_slots] == d.guard_outcomes[:, None]
-            valid[p0 : p0 + m] = held.all(axis=0)
+            valid[p0 : p0 + m] = d.held(w)
 
 
 def _rows(a: np.ndarray) -> np.ndarray:

@@ -371,12 +371,11 @@ def _split(g: np.ndarray, shapes: tuple, single: bool, batched: bool,
     output shape).
     """
     lead = g.shape[:1] if batched else ()
-    parts, o = [], 0
-    for s in shapes:
-        k = int(np.prod(s, dtype=np.int64))
-        part = g[..., o : o + k].reshape(lead + between + s)
+    offs = _offsets(shapes)
+    parts = []
+    for s, o, e in zip(shapes, offs[:-1], offs[1:], strict=True):
+        part = g[..., o:e].reshape(lead + between + s)
         parts.append(float(part) if part.shape == () else part)
-        o += k
     return parts[0] if single else tuple(parts)
 
 
