@@ -42,4 +42,4 @@ if __name__ == "__main__":
     results = [[r.tolist() for r in calls(f)] for f in FUNCTIONS]
     module = runtime.kernels().module
     compiled = [n for n, fn in vars(module).items() if getattr(fn, "signatures", None)]
-    print(repr((results, compiled, sorted(module._FAMILY_COMPILED))))
+    print(repr((results, compiled, sorted(module._ROUTINES_COMPILED))))

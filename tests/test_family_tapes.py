@@ -8,10 +8,12 @@ from __future__ import annotations
 import dataclasses
 import io
 import pickle
+import sys
 
 import numpy as np
 import pytest
 from _njit_caller import enter
+from numba.core.errors import TypingError
 
 import tapejit
 from tapejit import _io
@@ -300,23 +302,49 @@ def test_evaluate_file(chol, tmp_path):
 
 
 @pytest.mark.parametrize("method", ["forward", "value_and_grad", "hessian"])
-def test_a_family_routine_not_compiled_raises_instead_of_being_called(chol, method):
-    # The sweeps call family routines through a table of addresses filled before any
-    # kernel runs them; an empty slot must raise, never jump to address 0.
+@pytest.mark.parametrize("routines, message", [
+    ("families", "family routine.*was not compiled"), ("sweeps", "a sweep was not compiled")])
+def test_a_routine_not_compiled_raises_instead_of_being_called(chol, method, routines,
+                                                               message, monkeypatch):
+    # The kernels call family routines and the generated sweeps through a table of
+    # addresses (the families' slots first), filled before any kernel runs them; an empty
+    # slot must raise, never jump to address 0. A family's dispatcher runs inside a sweep's
+    # C callable, whose exception Numba reports as unraisable before the sweep's caller
+    # raises.
+    inside = []
+    monkeypatch.setattr(sys, "unraisablehook", lambda u: inside.append(str(u.exc_value)))
     module = kernels().module
-    table = module._FAMILY_TABLE
+    table = module._ROUTINE_TABLE
     before = getattr(chol, method)(W, X.ravel())  # every slot this call reads is filled
     saved = list(table)
+    cleared = (slice(0, module._SWEEP_SLOT0) if routines == "families"
+               else slice(module._SWEEP_SLOT0, len(table)))
     try:
-        table[:] = [0] * len(table)
-        with pytest.raises(RuntimeError, match="family routine was not compiled"):
+        table[cleared] = [0] * len(range(len(table))[cleared])
+        with pytest.raises(RuntimeError, match=message):
             getattr(chol, method)(W, X.ravel())
     finally:
         table[:] = saved
+    assert inside == (["tapejit: a family routine was not compiled before the kernel that "
+                       "calls it ran (ensure_family_routines)"] if routines == "families"
+                      else [])
     after = getattr(chol, method)(W, X.ravel())
     pairs = zip(before, after, strict=True) if method == "value_and_grad" else [(before, after)]
     for a, b in pairs:
         _same(a, b)
+
+
+def test_a_sweep_called_with_other_arrays_than_it_declares_does_not_compile(tape):
+    # A C-called routine rebuilds each array from its address and shape as it declares it
+    # (codegen._SWEEP_ARRAYS); a caller passing another kind fails to compile instead of
+    # having its memory misread.
+    module = kernels().module
+    prog, consts = (np.array(a) for a in packed(tape))
+    W2 = np.zeros((int(prog[N_SLOTS]), 1))
+    with pytest.raises(TypingError, match="C-contiguous 2-d float64 array"):
+        module.forward_chunk(prog, consts, np.zeros(3), W2, 1)  # P one point, not a block
+    with pytest.raises(TypingError, match="is an integer"):
+        module.forward_chunk(prog, consts, np.zeros((1, 3)), W2, 1.0)
 
 
 def test_njit_bundle(tape):

@@ -15,6 +15,7 @@ from __future__ import annotations
 import ast
 import re
 import textwrap
+from typing import NamedTuple
 
 from .. import _program
 from .._ops import BY_NAME, FAST_BLOCK, FAST_BROADCAST, OPS, TWINS, VECTOR_FN, Op
@@ -684,11 +685,11 @@ _FAMILY_CALL = {
 }
 
 
-#: How a family routine's array operands cross the C call: ``(element type's address
-#: intrinsic, ndim)``. Others: integers.
-_FAMILY_ARRAYS = {"prog": ("_int32_at", 1), "consts": ("_float64_at", 1),
-                  "P": ("_float64_at", 2), "W": ("_float64_at", 2), "A": ("_float64_at", 2),
-                  "T": ("_float64_at", 3), "Ad": ("_float64_at", 3)}
+#: How a family routine's array operands cross the C call: ``(element type, ndim)``.
+#: Others: integers.
+_FAMILY_ARRAYS = {"prog": ("int32", 1), "consts": ("float64", 1), "P": ("float64", 2),
+                  "W": ("float64", 2), "A": ("float64", 2), "T": ("float64", 3),
+                  "Ad": ("float64", 3)}
 
 
 def _family_files() -> list[str]:
@@ -727,6 +728,42 @@ def _family_routine(sweep: str, file: str) -> list[str]:
     return lines
 
 
+def _c_params(names: list[str], arrays: dict[str, tuple[str, int]]) -> tuple[list[str], list[str]]:
+    """The parameters of a C callable whose function parameters are ``names`` (arrays
+    among them as ``arrays`` declares: ``(element type, ndim)``; the others integers),
+    and the lines that rebuild its arrays."""
+    params, lines = [], []
+    for name in names:
+        if name not in arrays:
+            params.append(name)
+            continue
+        dtype, ndim = arrays[name]
+        shape = [f"{name}_{d}" for d in range(ndim)]
+        params += [f"{name}_p", *shape]
+        lines.append(f"    {name} = _carray(_{dtype}_at({name}_p), ({', '.join(shape)},))")
+    return params, lines
+
+
+#: The error a kernel raises when a C callable it called failed (the exception inside was
+#: printed, and cannot cross the C call); the routines raise these.
+_FAILED_INSIDE = (
+    "tapejit: a kernel routine stopped on an error inside it (printed above as "
+    "'Exception ignored'): a family routine or a sweep was not compiled before the kernel "
+    "that calls it ran (ensure_family_routines, ensure_routines_of), or an instruction "
+    "family this kernel module does not run")
+
+
+def _c_callable(name: str, params: list[str], rebuild: list[str], body: list[str],
+                returns: bool) -> list[str]:
+    """The lines of C callable ``name``: its arrays rebuilt, then ``body`` (at one
+    indent). It returns a status: 1 once the body has run, or what the body returns
+    (``returns``: a count already raised by one). Numba cannot raise out of a C callable:
+    one whose body raised prints the exception and returns 0, so a caller that gets 0
+    raises :data:`_FAILED_INSIDE`, and no error inside passes silently."""
+    return [f"def {name}({', '.join(params)}):", *rebuild, *body,
+            *([] if returns else ["    return 1"])]
+
+
 def _family_c_routine(sweep: str, file: str) -> str:
     """The C callable of one sweep's routine for the families of one kernel file
     (:func:`_family_routine`): its arrays arrive as data addresses and shapes
@@ -735,17 +772,9 @@ def _family_c_routine(sweep: str, file: str) -> str:
     rules optimised and generated again, into the C callable (twice the compile time
     of a family kernel file's routines)."""
     names = [a.strip() for a in _FAMILY_ARGS[sweep].split(",")]
-    params, body = [], []
-    for name in names:
-        if name not in _FAMILY_ARRAYS:
-            params.append(name)
-            continue
-        at, ndim = _FAMILY_ARRAYS[name]
-        shape = [f"{name}_{d}" for d in range(ndim)]
-        params += [f"{name}_p", *shape]
-        body.append(f"    {name} = _carray({at}({name}_p), ({', '.join(shape)},))")
-    return "\n".join([f"def _family_{sweep}__{file}__c({', '.join(params)}):", *body,
-                      *_family_routine(sweep, file)]) + "\n"
+    params, rebuild = _c_params(names, _FAMILY_ARRAYS)
+    return "\n".join(_c_callable(f"_family_{sweep}__{file}__c", params, rebuild,
+                                 _family_routine(sweep, file), False)) + "\n"
 
 
 def _family_dispatch(sweep: str) -> str:
@@ -753,10 +782,11 @@ def _family_dispatch(sweep: str) -> str:
     the table of ``family_calls.py`` (an instruction family's code never links into a
     sweep)."""
     args = _FAMILY_ARGS[sweep]
+    kinds = tuple(_FAMILY_ARRAYS.get(a.strip()) for a in args.split(","))
     return "\n".join([
         "@_intrinsic",
         f"def _family_call_{sweep}(typingctx, addr, {args}):",
-        f"    return _c_call(addr, {args})",
+        f"    return _c_call(addr, {args}, kinds={kinds!r})",
         "",
         "",
         "@njit(cache=True, nogil=True)",
@@ -764,31 +794,124 @@ def _family_dispatch(sweep: str) -> str:
         "    code = prog[k + OPCODE]",
         "    if code < FIRST_FAMILY or code >= FIRST_FAMILY + N_FAMILY_CODES:",
         '        raise ValueError("an instruction family this kernel module does not run")',
-        f"    addr = _family_address(_family_slot(code, {_program.SWEEPS.index(sweep)}))",
+        f"    addr = _routine_address(_family_slot(code, {_program.SWEEPS.index(sweep)}))",
         "    if addr == 0:",
         '        raise RuntimeError("tapejit: a family routine was not compiled before the '
         'kernel that calls it ran (ensure_family_routines)")',
-        f"    _family_call_{sweep}(addr, {args})",
+        f"    if _family_call_{sweep}(addr, {args}) <= 0:",
+        f"        raise RuntimeError({_FAILED_INSIDE!r})",
     ]) + "\n"
 
 
-def _family_constants() -> str:
-    """What ``family_calls.py`` reads of the op table's families."""
+def _family_constants(tabled: list[_Tabled]) -> str:
+    """What ``family_calls.py`` reads of the op table's families and of the sweeps called
+    through its table."""
     files = {code: f.kernel for code, f in sorted(_program.FAMILIES.items()) if f.kernel}
     first = _program.FIRST_FAMILY
+    routines = tuple(t.name for t in tabled)
     return "\n".join([f"SWEEPS = {_program.SWEEPS!r}",
                       f"N_FAMILY_CODES = {max(files, default=first - 1) + 1 - first}",
-                      f"_FAMILY_FILES = {files!r}"]) + "\n"
+                      f"_FAMILY_FILES = {files!r}",
+                      f"_SWEEP_ROUTINES = {routines!r}"]) + "\n"
 
 
-def _family_kernels() -> list[str]:
+def _family_kernels(tabled: list[_Tabled]) -> list[str]:
     """The kernel files of the registered families, their routines and C callables, and
     the dispatchers."""
     files = _family_files()
     return [kernel_body("families"), *(kernel_body(f) for f in files),
-            _family_constants(), kernel_body("family_calls"),
+            _family_constants(tabled), kernel_body("family_calls"),
             *(_family_c_routine(s, f) for s in _program.SWEEPS for f in files),
             *(_family_dispatch(s) for s in _program.SWEEPS)]
+
+
+#: The array parameters of the generated sweeps as they cross the C call
+#: (:func:`_tabled_sweep`): a chunk sweep's blocks hold points innermost, a point
+#: sweep's one point, and the scalar sweep runs a scalar program over a flat workspace.
+_CHUNK_ARRAYS = {"prog": ("int32", 1), "consts": ("float64", 1), "P": ("float64", 2),
+                 "W": ("float64", 2), "D": ("float64", 2), "T": ("float64", 3),
+                 "A": ("float64", 2), "Ad": ("float64", 3), "S": ("float64", 2)}
+_POINT_ARRAYS = {"prog": ("int32", 1), "consts": ("float64", 1), "P": ("float64", 1),
+                 "W": ("float64", 1), "D": ("float64", 1), "T": ("float64", 2),
+                 "A": ("float64", 1), "Ad": ("float64", 2)}
+_SWEEP_ARRAYS = {"forward": _CHUNK_ARRAYS, "forward_point": _POINT_ARRAYS,
+                 "forward_partials": _CHUNK_ARRAYS, "forward_partials_point": _POINT_ARRAYS,
+                 "forward_scalar": {"S": ("int32", 1), "V": ("float64", 1)},
+                 "tangent": _CHUNK_ARRAYS, "tangent_point": _POINT_ARRAYS,
+                 "hvp": _CHUNK_ARRAYS, "hvp_point": _POINT_ARRAYS}
+
+
+class _Tabled(NamedTuple):
+    name: str  #: the sweep's function name
+    source: str  #: its C callable and the function of its name that calls it
+    returns_int: bool
+
+
+def _tabled_sweep(key: str, slot: int) -> _Tabled:
+    """Generated sweep ``key`` (of :data:`SWEEPS`) as a C callable ``<sweep>__c`` of its
+    own, and the ``njit`` function of the sweep's name that every kernel calls: it calls
+    the C callable through slot ``slot`` of the sweeps in ``family_calls.py``'s table.
+    Each sweep's code is then optimised and generated once, not again in every function
+    that calls it on the way up to an entry point."""
+    source = SWEEPS[key][1]()
+    (fn,) = [n for n in ast.parse(source).body if isinstance(n, ast.FunctionDef)]
+    names = [a.arg for a in fn.args.args]
+    arrays = _SWEEP_ARRAYS[key]
+    returns = any(isinstance(n, ast.Return) and n.value is not None for n in ast.walk(fn))
+    params, rebuild = _c_params(names, arrays)
+    lines = source.splitlines()
+    for node in ast.walk(fn):  # the count a sweep returns, raised by one (_c_callable)
+        if isinstance(node, ast.Return) and node.value is not None:
+            if node.lineno != node.end_lineno:
+                raise ValueError(f"{fn.name}: a return statement on one line, please")
+            line = lines[node.lineno - 1]
+            value = ast.get_source_segment(source, node.value)
+            lines[node.lineno - 1] = (f"{line[: node.col_offset]}return ({value}) + 1"
+                                      f"{line[node.end_col_offset :]}")
+    body = lines[fn.body[0].lineno - 1 : fn.end_lineno]
+    args = ", ".join(names)
+    kinds = tuple(arrays.get(n) for n in names)
+    text = "\n".join([
+        *_c_callable(f"{fn.name}__c", params, rebuild, body, returns),
+        "",
+        "",
+        "@_intrinsic",
+        f"def _call_{fn.name}(typingctx, addr, {args}):",
+        f"    return _c_call(addr, {args}, kinds={kinds!r})",
+        "",
+        "",
+        "@njit(cache=True, nogil=True)",
+        f"def {fn.name}({args}):",
+        f"    addr = _routine_address(_SWEEP_SLOT0 + {slot})",
+        "    if addr == 0:",
+        '        raise RuntimeError("tapejit: a sweep was not compiled before the kernel that '
+        'calls it ran (ensure_routines_of)")',
+        f"    status = _call_{fn.name}(addr, {args})",
+        "    if status <= 0:",
+        f"        raise RuntimeError({_FAILED_INSIDE!r})",
+        *(["    return status - 1"] if returns else []),
+    ]) + "\n"
+    return _Tabled(fn.name, text, returns)
+
+
+def _sweeps_of(source: str, tabled: set[str]) -> str:
+    """``_SWEEPS_OF``: for each function of the module ``source``, the sweeps of
+    ``tabled`` it calls, directly or through the functions it calls (a sweep's own C
+    callable is reached through the table, not by a call)."""
+    calls = {node.name: {c.func.id for c in ast.walk(node)
+                         if isinstance(c, ast.Call) and isinstance(c.func, ast.Name)}
+             for node in ast.parse(source).body if isinstance(node, ast.FunctionDef)}
+    reach = {name: called & tabled for name, called in calls.items()}
+    changed = True
+    while changed:  # through the functions called, to a fixed point
+        changed = False
+        for name, called in calls.items():
+            more = set().union(*(reach[c] for c in called - tabled if c in reach))
+            if not more <= reach[name]:
+                reach[name] |= more
+                changed = True
+    of = {name: tuple(sorted(r)) for name, r in sorted(reach.items()) if r}
+    return f"_SWEEPS_OF = {of!r}\n"
 
 
 def _sweep(fn, *args):
@@ -822,7 +945,9 @@ _GENERATORS = {"forward": "_forward", "forward_point": "_forward_point",
 
 def generate_source() -> str:
     """Return the complete source of the kernel module: the kernel files in dependency
-    order, the program's and the kernels' constants, and the table-derived sweeps."""
+    order, the program's and the kernels' constants, and the table-derived sweeps (called
+    through the table of ``family_calls.py``), and which sweeps each function calls."""
+    tabled = [_tabled_sweep(key, slot) for slot, key in enumerate(_GENERATORS)]
     parts = [
         '"""Generated by tapejit._kernels.codegen from the op table and the kernel files of'
         ' tapejit/_kernels. Do not edit."""',
@@ -833,15 +958,16 @@ def generate_source() -> str:
         kernel_body("scalar"),
         kernel_body("libm"),
         _partial_source_tables(),
-        *_family_kernels(),
-        *(SWEEPS[name][1]() for name in _GENERATORS),
+        *_family_kernels(tabled),
+        *(t.source for t in tabled),
         kernel_body("plan"),
         kernel_body("reverse"),
         kernel_body("support"),
         kernel_body("point"),
         kernel_body("batch"),
     ]
-    return "\n\n".join(textwrap.dedent(p).strip("\n") + "\n" for p in parts)
+    source = "\n\n".join(textwrap.dedent(p).strip("\n") + "\n" for p in parts)
+    return source + "\n\n" + _sweeps_of(source, {t.name for t in tabled})
 
 
 def sweep_origins() -> list[tuple[str, str, str]]:

@@ -160,9 +160,15 @@ class Kernels:
         return [*_own_steps(name, self.float32)[:1], *_steps_of_families(self.families)]
 
     def _optimized(self, name: str) -> Callable[..., Any]:
-        fn = getattr(self.module, name)
+        fn = self._entry(name)
         _notice_if_cold(fn)
         return fn
+
+    def _entry(self, name: str) -> Callable[..., Any]:
+        """The optimised kernel ``name``, with the sweeps it calls through the table
+        compiled or loaded (``family_calls.py``)."""
+        self.module.ensure_routines_of(name)
+        return getattr(self.module, name)
 
     def _generic(self, name: str, twin: Callable[..., Any]) -> Callable[..., Any]:
         from .._tier0 import Unsupported
@@ -213,7 +219,7 @@ class Kernels:
             order = sorted(ready, key=lambda n: (n != "ensure_family_routines",
                                                  n != "reverse_plan", n))
             for name in order:
-                object.__setattr__(self, name, getattr(self.module, name))
+                object.__setattr__(self, name, self._entry(name))
                 self.generic.discard(name)
 
 
