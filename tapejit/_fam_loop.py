@@ -304,4 +304,6 @@ LOOP = Family("loop", 140, 3, LOOP_ATTRS, bodies=("body",), check=loop_check,
                       "recorded",
               equivalent={"64dd234956f6f2b4": "before the generic tier's rule (loop_points) "
                                               "and the nested-differentiation rule "
-                                              "(loop_vjp): the same routines and attributes"})
+                                              "(loop_vjp): the same routines and attributes",
+                          "407af9e7c2c2d993": "before the reverse at one point kept a "
+                                              "segment's workspaces: the same results"})

@@ -73,6 +73,19 @@ def test_scan_matches_the_unrolled_tape_in_every_sweep(checkpoint):
     np.testing.assert_array_equal(loop.jvp(P, V)[1], flat.jvp(P, V)[1])
 
 
+def test_a_segment_too_long_to_keep_gives_the_bits_of_one_kept():
+    # At one point the reverse keeps the body's workspace of every step of a segment, up
+    # to LOOP_KEPT_VALUES floats (_kernels/fam_loop.py); one segment of 400,000 steps is
+    # more, and each step runs forward again before its reverse: the same operations.
+    xs = RNG.normal(size=(400_000, 2)) * 0.01
+    kept = tapejit.record(lambda p: _scanned(p, xs), P0)
+    whole = tapejit.record(lambda p: _scanned(p, xs, xs.shape[0]), P0)
+    (v, g), (vw, gw) = kept.value_and_grad(P0), whole.value_and_grad(P0)
+    assert np.isfinite(v) and np.all(np.isfinite(g))
+    np.testing.assert_array_equal(v, vw)
+    np.testing.assert_array_equal(g, gw)
+
+
 def test_per_step_inputs_are_differentiated_bit_for_bit():
     # xs as inputs: their adjoints come from one step each, in the unrolled order
     loop = tapejit.record(lambda p, xs: _scanned(p, xs), P0, XS)

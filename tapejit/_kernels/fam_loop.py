@@ -17,7 +17,10 @@ checkpoints are the carries after steps ``every, 2 every, ...`` below ``length``
 segment of ``every`` steps at a time from its checkpoint (values, and tangents from the
 result's tangents), then run the body's reverse sweep step by step backwards: their memory
 is ``every`` carries per point besides the body's own workspace, and each step's forward
-values are computed twice in all (three times with ``every > 1``).
+values are computed twice in all (three times with ``every > 1``). The reverse at one
+point of a body with a scalar program keeps instead the body's workspace of every step of
+a segment (``every`` of them, up to ``LOOP_KEPT_VALUES`` floats), so its steps run forward
+twice in all.
 
 Every routine runs the body with the chunk sweeps over the ``m`` points of the call. Values
 and gradients at one point take the body's scalar program when it has one (a body of
@@ -106,6 +109,10 @@ if TYPE_CHECKING:
     )
 
 # --- kernel source ---
+
+#: Floats of the body's workspaces the reverse at one point keeps for one segment of
+#: steps (``_loop_reverse_one``): 32 MB.
+LOOP_KEPT_VALUES = 1 << 22
 
 
 @njit(cache=True, nogil=True)
@@ -378,7 +385,9 @@ def _loop_reverse_one(bp, bc, S, F, a, b, c, r, gr, ga, gb, gc, da, db, dc, n, n
                       ny, every, nck, y0):
     # loop_reverse at one point through the body's scalar program and its reverse edges
     # (as value_grad_scalar), on the flat V and adjoints A: the same operations, so the
-    # same bits.
+    # same bits. A segment's steps run forward once, each on a workspace of its own, and
+    # back over those (when they fit in LOOP_KEPT_VALUES), else forward twice: for the
+    # carries, then each step again before its reverse.
     V = _loop_one_space(bp, bc, S)
     A = np.empty(bp[N_SLOTS])
     ii = bp[AT_INPUTS]
@@ -390,22 +399,35 @@ def _loop_reverse_one(bp, bc, S, F, a, b, c, r, gr, ga, gb, gc, da, db, dc, n, n
         gcar[j] = gr[1 + nck * nc + j, 0]
     for j in range(nk):
         V[bp[ii + nc + nx + j]] = c[j, 0]
+    # Each step's workspace of a segment kept from its forward pass, when they fit: the
+    # reverse steps then read them instead of running each step forward again.
+    span = seg.shape[0]
+    keep = span > 1 and span * V.size <= LOOP_KEPT_VALUES
+    VS = np.empty((span if keep else 0, V.size))
+    for k in range(VS.shape[0]):
+        VS[k] = V  # the fixed values: constants, the closure, the 1.0
     for s in range((n + every - 1) // every - 1, -1, -1):
         t0 = s * every
         t1 = min(t0 + every, n)
         for j in range(nc):  # the segment's carries, from its checkpoint (or a)
             seg[0, j] = a[j, 0] if s == 0 else r[1 + (s - 1) * nc + j, 0]
-        for t in range(t0, t1 - 1):
-            _loop_one_step(bp, S, V, seg[t - t0], b, t, nc, nx)
-            _loop_one_carry(bp, V, seg[t - t0 + 1], nc)
+        for t in range(t0, t1 if keep else t1 - 1):
+            Vt = VS[t - t0] if keep else V
+            _loop_one_step(bp, S, Vt, seg[t - t0], b, t, nc, nx)
+            if t < t1 - 1:
+                _loop_one_carry(bp, Vt, seg[t - t0 + 1], nc)
         for t in range(t1 - 1, t0 - 1, -1):
-            _loop_one_step(bp, S, V, seg[t - t0], b, t, nc, nx)
+            if keep:
+                Vt = VS[t - t0]
+            else:
+                Vt = V
+                _loop_one_step(bp, S, V, seg[t - t0], b, t, nc, nx)
             A[:] = 0.0
             for j in range(nc):
                 A[bp[oo + j]] += gcar[j]
             for j in range(ny):
                 A[bp[oo + nc + j]] += gr[y0 + t * ny + j, 0]
-            reverse_edges(S, F, V, A)
+            reverse_edges(S, F, Vt, A)
             for j in range(nc):
                 gcar[j] = A[bp[ii + j]]
             if db:
