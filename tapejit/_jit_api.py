@@ -121,6 +121,10 @@ _FIELDS = (
 _LAYOUT = 2
 
 
+#: The kernels the compiled entry points call (jit_value_and_grad, jit_value).
+_ENTRY_POINTS = ("value_grad_point", "forward_point")
+
+
 def _kernel_module():
     return kernels().module
 
@@ -252,6 +256,9 @@ def jit_args(prog: np.ndarray, plan: np.ndarray, consts: np.ndarray, workspace: 
     b_prog = buf[c_end:p_end].view(np.int32)
     b_plan = buf[p_end:].view(np.int32)
     token = int(_token(b_prog.ctypes.data, b_prog.size, b_prog[-2], b_prog[-1]))
+    module = _kernel_module()
+    for kernel in _ENTRY_POINTS:  # the sweeps they call, in place before Numba code runs
+        module.ensure_routines_of(kernel)
     return JitArgs(
         b_prog, b_plan, b_consts, p, np.empty(workspace), np.empty(max(n_outputs, 1)),
         _stamp(), token,

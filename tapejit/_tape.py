@@ -408,11 +408,8 @@ class Tape:
         """
         from ._jit_api import jit_args
 
-        module = self._k.module  # Numba code runs the optimised kernels, and they these
-        for kernel in ("value_grad_point", "forward_point"):
-            module.ensure_routines_of(kernel)
-        if self._families:
-            module.ensure_family_routines(self._families, FIRST_ORDER_SWEEPS)
+        if self._families:  # Numba code runs the optimised kernels, and they these
+            self._k.module.ensure_family_routines(self._families, FIRST_ORDER_SWEEPS)
         return jit_args(self._prog, self._real_plan(), self._consts, self._point_floats(),
                         self._n_out, params)
 

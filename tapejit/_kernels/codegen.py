@@ -844,7 +844,6 @@ _SWEEP_ARRAYS = {"forward": _CHUNK_ARRAYS, "forward_point": _POINT_ARRAYS,
 class _Tabled(NamedTuple):
     name: str  #: the sweep's function name
     source: str  #: its C callable and the function of its name that calls it
-    returns_int: bool
 
 
 def _tabled_sweep(key: str, slot: int) -> _Tabled:
@@ -891,7 +890,7 @@ def _tabled_sweep(key: str, slot: int) -> _Tabled:
         f"        raise RuntimeError({_FAILED_INSIDE!r})",
         *(["    return status - 1"] if returns else []),
     ]) + "\n"
-    return _Tabled(fn.name, text, returns)
+    return _Tabled(fn.name, text)
 
 
 def _sweeps_of(source: str, tabled: set[str]) -> str:
