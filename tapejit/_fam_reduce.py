@@ -180,14 +180,15 @@ def scan_vjp(attrs, operands, result, cotangent, needed=(True,)) -> tuple:
     return (np.reshape(np.stack(out[::-1], axis=1), -1),)
 
 
+_SUM_POINTS = "before sums over many points walked the workspace rows: the same results"
 REDUCE = Family("reduce", 129, 1, ATTRS, check=reduce_check,
                 sizes=reduce_sizes, kernel="fam_reduce", reference=reduce_reference,
                 points_reference=reduce_points,
-                vjp=reduce_vjp)
+                vjp=reduce_vjp, equivalent={"28f452b6f53ab3d7": _SUM_POINTS})
 SCAN = Family("scan", 130, 1, ATTRS, check=scan_check,
               sizes=scan_sizes, kernel="fam_reduce", reference=scan_reference,
               points_reference=scan_points,
-              vjp=scan_vjp)
+              vjp=scan_vjp, equivalent={"c8d55b1bbe24c42f": _SUM_POINTS})
 
 
 # -- recording ---------------------------------------------------------------------------

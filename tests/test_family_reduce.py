@@ -396,3 +396,36 @@ def test_one_lane_gives_the_bits_of_many_lanes(kind, dtype):
             k.reduce_reverse(at, a1, E, E, r1, gr[:, p:p + 1].copy(), g1, E, E, 1, 0, 0, 1)
             assert r1[0, 0].tobytes() == r5[0, p].tobytes()
             assert g1[:, 0].tobytes() == g5[:, p].tobytes()
+
+
+@pytest.mark.parametrize("shape", [(1, 0, 1), (1, 3, 1), (2, 8, 3), (3, 9, 2), (1, 40, 2)],
+                         ids=str)
+def test_sums_over_points_give_the_bits_of_one_point(shape):
+    # Sums over many points walk the workspace rows (the points as lanes) instead of the
+    # general lane walk: each point's value, tangents and adjoints keep the bits of that
+    # point alone, in all four routines.
+    rng = np.random.default_rng(sum(shape))
+    at = np.array((fr.SUM, *shape), np.int32)
+    ln, size = _sizes("reduce", tuple(at))
+    w = 5
+    a = rng.uniform(0.9, 1.1, (ln, w)) * 10.0 ** rng.integers(-8, 9, (ln, 1))
+    ta = rng.standard_normal((ln, NV, w))
+    gr = rng.standard_normal((size, w))
+    gdr = rng.standard_normal((size, NV, w))
+
+    def run(cols):
+        m = cols.stop - cols.start
+        x, t = a[:, cols].copy(), ta[:, :, cols].copy()
+        g, gd = gr[:, cols].copy(), gdr[:, :, cols].copy()
+        r = np.full((size, m), np.nan)
+        tr = np.full((size, NV, m), np.nan)
+        k.reduce_tangent(at, x, E, E, r, t, E, E, tr, 1, 0, 0, m)
+        ga = np.ones((ln, m))
+        gda = np.ones((ln, NV, m))
+        k.reduce_second(at, x, E, E, r, t, E, E, tr, g, gd, ga, E, E, gda, E, E, 1, 0, 0, m)
+        return r, tr, ga, gda
+
+    many = run(slice(0, w))
+    for p in range(w):
+        for got, want in zip(run(slice(p, p + 1)), many, strict=True):
+            assert got[..., 0].tobytes() == want[..., p].tobytes()

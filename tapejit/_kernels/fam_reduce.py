@@ -13,7 +13,10 @@ the operand blocks (the sizes were validated against the attributes before any r
 runs); the loops go through one row of lanes at a time, taken with
 ``np.ascontiguousarray`` (``_red_row``): a view typed contiguous, which the compiler
 vectorizes, when the lanes are adjacent (columns of a block always are), else a copy
-that ``_red_put`` stores back after writing.
+that ``_red_put`` stores back after writing. Sums over many points skip all of that:
+they index the rows of the operand block directly (``_red_sum_points``,
+``_red_spread_points``), in the same order, because for a short axis the views and tiles
+cost several times the additions.
 
 Sums are pairwise (blocks summed directly, block sums combined as a balanced tree), so
 their rounding error grows with ``log n`` like numpy's. No rule divides by an element:
@@ -122,14 +125,27 @@ def _red_psum(x, out, st):
             row = _red_row(x, k)
             for q in range(lanes):
                 st[top, q] += row[q]
-        top += 1
         nb += 1
-        c = nb
-        while c % 2 == 0:
-            top -= 1
-            for q in range(lanes):
-                st[top - 1, q] += st[top, q]
-            c //= 2
+        top = _red_pushed(st, top + 1, nb, lanes)
+    _red_unwind(st, top, out, lanes)
+
+
+@njit(cache=True, nogil=True)
+def _red_pushed(st, top, nb, lanes):
+    # Block nb (counting from 1) was just put on the stack st below row top: merge the
+    # top two rows while they hold equally many blocks (a binary counter). The new top.
+    c = nb
+    while c % 2 == 0:
+        top -= 1
+        for q in range(lanes):
+            st[top - 1, q] += st[top, q]
+        c //= 2
+    return top
+
+
+@njit(cache=True, nogil=True)
+def _red_unwind(st, top, out, lanes):
+    # out = the sum of the stack's rows below top, from the top down.
     for q in range(lanes):
         out[q] = st[top - 1, q]
     for j in range(top - 2, -1, -1):
@@ -222,6 +238,52 @@ def _red_add_rows(g, v):
         for q in range(g.shape[1]):
             row[q] += vc[q]
         _red_put(g, k, row)
+
+
+# A sum over the axis with the points as its lanes (a wide operand) walks the rows of the
+# workspace directly: the views, tiles and scratch of the general walk cost several times
+# the additions when the axis is short (a per-point norm or sum of a few elements).
+@njit(cache=True, nogil=True)
+def _red_sum_points(x, out, outer, n, inner, m):
+    # _red_psum of every (o, i) pair's lanes, its blocks and tree in the same order (the
+    # same bits), over the first m points of the rows of x and out.
+    st = np.empty((_RED_LEVELS if n > 8 else 0, m), out.dtype)
+    for o in range(outer):
+        for g in range(inner):
+            j = o * inner + g
+            if n == 0:
+                for p in range(m):
+                    out[j, p] = 0
+                continue
+            top = 0
+            nb = 0
+            for b0 in range(0, n, 8):
+                # the block's sum: straight into out when it is the only one
+                acc = out[j] if n <= 8 else st[top]
+                i = (o * n + b0) * inner + g
+                for p in range(m):
+                    acc[p] = x[i, p]
+                for k in range(b0 + 1, min(b0 + 8, n)):
+                    i = (o * n + k) * inner + g
+                    for p in range(m):
+                        acc[p] += x[i, p]
+                nb += 1
+                top = _red_pushed(st, top + 1, nb, m)
+            if n > 8:
+                _red_unwind(st, top, out[j], m)
+
+
+@njit(cache=True, nogil=True)
+def _red_spread_points(gx, gout, outer, n, inner, m):
+    # _red_add_rows of every (o, i) pair's lanes: each element of the axis gains its
+    # lane's adjoint, over the first m points.
+    for o in range(outer):
+        for g in range(inner):
+            j = o * inner + g
+            for k in range(n):
+                i = (o * n + k) * inner + g
+                for p in range(m):
+                    gx[i, p] += gout[j, p]
 
 
 # -- products ----------------------------------------------------------------------------
@@ -350,6 +412,9 @@ def _red_gather_add(g, idx, v):
 def reduce_forward(at, a, b, c, r, m):
     kind, outer, n, inner = at[0], np.int64(at[1]), np.int64(at[2]), np.int64(at[3])
     wide = a.shape[1] > 1
+    if kind == RED_SUM and wide:
+        _red_sum_points(a, r, outer, n, inner, m)
+        return
     x4 = _red_view(a, outer, n, inner)
     r4 = _red_view(r, outer, 1, inner)
     lanes = m if wide else inner
@@ -381,6 +446,9 @@ def reduce_reverse(at, a, b, c, r, gr, ga, gb, gc, da, db, dc, m):
         return
     kind, outer, n, inner = at[0], np.int64(at[1]), np.int64(at[2]), np.int64(at[3])
     wide = a.shape[1] > 1
+    if kind == RED_SUM and wide:
+        _red_spread_points(ga, gr, outer, n, inner, m)
+        return
     x4 = _red_view(a, outer, n, inner)
     g4 = _red_view(ga, outer, n, inner)
     gr4 = _red_view(gr, outer, 1, inner)
@@ -416,6 +484,10 @@ def reduce_tangent(at, a, b, c, r, ta, tb, tc, tr, da, db, dc, m):
         return
     kind, outer, n, inner = at[0], np.int64(at[1]), np.int64(at[2]), np.int64(at[3])
     wide = a.shape[1] > 1
+    if kind == RED_SUM and wide:
+        for v in range(nv):
+            _red_sum_points(ta[:, v, :], tr[:, v, :], outer, n, inner, m)
+        return
     x4 = _red_view(a, outer, n, inner)
     lanes = m if wide else inner
     tile = _red_tile(n, False, lanes)
@@ -450,6 +522,10 @@ def reduce_second(at, a, b, c, r, ta, tb, tc, tr, gr, gdr, ga, gb, gc, gda, gdb,
     reduce_reverse(at, a, b, c, r, gr, ga, gb, gc, da, db, dc, m)
     kind, outer, n, inner = at[0], np.int64(at[1]), np.int64(at[2]), np.int64(at[3])
     wide = a.shape[1] > 1
+    if kind == RED_SUM and wide:
+        for v in range(gdr.shape[1]):
+            _red_spread_points(gda[:, v, :], gdr[:, v, :], outer, n, inner, m)
+        return
     x4 = _red_view(a, outer, n, inner)
     gr4 = _red_view(gr, outer, 1, inner)
     lanes = m if wide else inner
