@@ -53,6 +53,7 @@ from ._program import (
     code_of,
     first_result,
     outputs_of,
+    subprograms_of,
 )
 
 #: Where a partial is, per ``MAX_ARITY * opcode + operand`` (:func:`_tables`).
@@ -111,17 +112,32 @@ def _forward(live: np.ndarray, targets: np.ndarray, froms: np.ndarray, source: n
     return live & ~copy
 
 
+def is_scalar(prog: np.ndarray) -> bool:
+    """Whether packed program ``prog`` has a scalar program: instructions, every one
+    elementwise of size 1, and no sub-programs."""
+    if int(prog[N_INSTR]) == 0 or int(prog[N_SUBPROGRAMS]):
+        return False
+    code = code_of(prog)
+    return bool((code[:, SIZE] == 1).all() and (code[:, OPCODE] < FIRST_FAMILY).all())
+
+
+def scalar_bodies(prog: np.ndarray) -> bool:
+    """Whether packed program ``prog`` has loops and every loop body has a scalar program,
+    which the loop routines run at one point (``_kernels/fam_loop.py``)."""
+    bodies = subprograms_of(prog)
+    return len(bodies) > 0 and all(is_scalar(prog[at : at + length])
+                                   for at, length, _ in bodies.tolist())
+
+
 def scalar_program(prog: np.ndarray) -> tuple[np.ndarray, np.ndarray] | None:
     """The scalar program of packed program ``prog`` (validated) and its edges'
     factors, or None unless every instruction is elementwise of size 1 and there are no
-    sub-programs."""
-    n = int(prog[N_INSTR])
-    if n == 0 or int(prog[N_SUBPROGRAMS]):
+    sub-programs (:func:`is_scalar`)."""
+    if not is_scalar(prog):
         return None
+    n = int(prog[N_INSTR])
     code = code_of(prog).astype(np.int64)
     ops = code[:, OPCODE]
-    if (code[:, SIZE] != 1).any() or (ops >= FIRST_FAMILY).any():
-        return None
     where, operand, index, factor, count = _tables()
     nd, nf, n_slots = int(prog[FIRST_ADJOINT]), first_result(prog), int(prog[N_SLOTS])
     args = code[:, ARG_A : ARG_A + MAX_ARITY]  # unused operands: slot 0, never read

@@ -43,6 +43,11 @@ SEGMENT_POINTS = 16
 #: than this, instead of the segmented sweeps, which cost more below it (docs'
 #: performance page).
 POINT_BY_POINT_BELOW = 80
+#: A one-output tape whose loops have scalar bodies takes its one-point gradient kernel
+#: at each point (on the threads) of calls with fewer points than this: a batch runs
+#: each step as chunk sweeps over too few points to share their dispatch, where one
+#: point runs the body's scalar program (docs' performance page).
+LOOP_POINT_BY_POINT_BELOW = 12
 #: The same for the tangent sweep (``jvp``, forward Jacobians) of a tape too long for a
 #: chunk of two points, against the batched tangent sweep (unsegmented: from about this
 #: many points it shares each instruction's dispatch well enough).

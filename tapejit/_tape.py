@@ -91,8 +91,9 @@ from ._program import (
     upgrade,
     working_slots,
 )
-from ._scalar_program import scalar_program
+from ._scalar_program import scalar_bodies, scalar_program
 from ._segments import (
+    LOOP_POINT_BY_POINT_BELOW,
     POINT_BY_POINT_BELOW,
     POINT_BY_POINT_JVP_BELOW,
     SEGMENT_BELOW,
@@ -290,6 +291,7 @@ class Tape:
         self._rev = None  # the reverse plan, on first use
         self._seg = None  # the segmented reverse sweeps of a long tape, on first use
         self._sp = None  # the scalar program (False: not all scalar), on first use
+        self._scalar_loops = scalar_bodies(prog)  # loops whose steps run scalar programs
         self._call = None  # the shapes a call takes and returns (__call__), on first use
         # Instruction families: their routines for values and gradients are compiled (or
         # loaded) now, those of the tangent and second-order sweeps on first use.
@@ -963,13 +965,15 @@ class Tape:
 
     def _gradients(self, X, P, Y, G) -> np.ndarray:
         """Values ``Y`` ``(n, 1)`` and gradients ``G`` ``(n, n_inputs)`` of a one-output
-        tape at points ``X``, and the guard validity per point. A tape of scalar
-        instructions too long to batch (one point per chunk) takes its one-point gradient
-        kernel at each of fewer than ``POINT_BY_POINT_BELOW`` points, on the threads: its
-        scalar program runs several times faster than the point-by-point batch driver's
-        general sweeps, with the same bits, and costs less than the segmented sweeps."""
+        tape at points ``X``, and the guard validity per point. A few points may take the
+        one-point gradient kernel at each point, on the threads, with the same bits
+        (:meth:`_point_by_point`): a tape of scalar instructions too long to batch (one
+        point per chunk), whose scalar program runs several times faster than the
+        point-by-point batch driver's general sweeps and costs less than the segmented
+        sweeps; a tape whose loops have scalar bodies, whose batched steps are chunk
+        sweeps over too few points to share their dispatch."""
         n = X.shape[0]
-        if n >= POINT_BY_POINT_BELOW or self._chunk != 1 or self._scalar_prog() is False:
+        if not self._point_by_point(n):
             return self._vjp_batch(X, P, self._ones, Y, G)
         valid = np.empty(n, dtype=np.uint8)
 
@@ -980,6 +984,15 @@ class Tape:
 
         in_parts(n, part, 1)
         return valid
+
+    def _point_by_point(self, n: int) -> bool:
+        """Whether :meth:`_gradients` at ``n`` points takes the one-point kernel at each
+        point: below ``POINT_BY_POINT_BELOW`` points for a tape of scalar instructions
+        too long to batch, below ``LOOP_POINT_BY_POINT_BELOW`` for a tape whose loops
+        have scalar bodies."""
+        if self._chunk == 1 and self._scalar_prog() is not False:
+            return n < POINT_BY_POINT_BELOW
+        return n < LOOP_POINT_BY_POINT_BELOW and self._scalar_loops
 
     def _gradient_at(self, x, p, g) -> tuple[float, int]:
         """The value at one point and its gradient into ``g`` (the scalar program where

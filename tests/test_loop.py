@@ -533,3 +533,30 @@ def test_float32_tapes_run_loops():
     v, g = tape.value_and_grad(P)
     np.testing.assert_allclose(v32, v, rtol=1e-6)
     np.testing.assert_allclose(g32, g, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("record", [_carry_only, _branchy], ids=["carry", "guarded"])
+def test_few_points_of_loops_with_scalar_bodies_run_one_point_at_a_time(record,
+                                                                       monkeypatch):
+    # Below LOOP_POINT_BY_POINT_BELOW points the gradients take the one-point kernel at
+    # each point, where the body runs its scalar program, instead of chunk sweeps over a
+    # few points per step: the same bits and the same guard checks as the batched sweeps.
+    from tapejit import _tape
+    from tapejit._segments import LOOP_POINT_BY_POINT_BELOW
+
+    n_in = 2 if record is _carry_only else 1
+    tape = tapejit.record(record, np.ones(n_in) if n_in == 2 else 1.0)
+    X = np.random.default_rng(5).uniform(0.3, 1.5, (LOOP_POINT_BY_POINT_BELOW - 1, n_in))
+    X[3] = -0.1  # _branchy: the other branch at its first step
+    calls = []
+    gradient_at = _tape.Tape._gradient_at
+    monkeypatch.setattr(_tape.Tape, "_gradient_at",
+                        lambda self, *a: calls.append(1) or gradient_at(self, *a))
+    v, g, ok = tape.value_and_grad(X, check="mask")
+    assert len(calls) == len(X)
+    monkeypatch.setattr(_tape, "LOOP_POINT_BY_POINT_BELOW", 0)  # the batched sweeps
+    v0, g0, ok0 = tape.value_and_grad(X, check="mask")
+    assert len(calls) == len(X)
+    np.testing.assert_array_equal(ok, ok0)
+    assert ok.all() == (record is _carry_only)
+    assert v.tobytes() == v0.tobytes() and g.tobytes() == g0.tobytes()
