@@ -48,6 +48,8 @@ POINT_BY_POINT_BELOW = 80
 #: each step as chunk sweeps over too few points to share their dispatch, where one
 #: point runs the body's scalar program (docs' performance page).
 LOOP_POINT_BY_POINT_BELOW = 12
+#: The same for values alone (``forward``), whose batched steps cost less.
+LOOP_FORWARD_POINT_BY_POINT_BELOW = 4
 #: The same for the tangent sweep (``jvp``, forward Jacobians) of a tape too long for a
 #: chunk of two points, against the batched tangent sweep (unsegmented: from about this
 #: many points it shares each instruction's dispatch well enough).

@@ -93,6 +93,7 @@ from ._program import (
 )
 from ._scalar_program import scalar_bodies, scalar_program
 from ._segments import (
+    LOOP_FORWARD_POINT_BY_POINT_BELOW,
     LOOP_POINT_BY_POINT_BELOW,
     POINT_BY_POINT_BELOW,
     POINT_BY_POINT_JVP_BELOW,
@@ -870,8 +871,20 @@ class Tape:
         shape = (n,) if self._n_out == 1 else (n, self._n_out)
         y = _buffer(out, shape, "out")
         valid = np.empty(n, dtype=np.uint8)
-        run_batch(self._k, "forward_batch", n, chunk,
-                  prog, self._kernel_consts, X, P, y.reshape(n, self._n_out), valid)
+        Y = y.reshape(n, self._n_out)
+        if n < LOOP_FORWARD_POINT_BY_POINT_BELOW and self._scalar_loops:
+            # one point at a time, on the threads: each loop step runs its body's scalar
+            # program, where a batch of a few points runs chunk sweeps (the same bits)
+            def part(lo: int, hi: int) -> None:
+                ws = self._workspace() if n_slots > REUSE_SLOTS else _EMPTY1
+                for q in range(lo, hi):
+                    valid[q] = self._k.forward_point(prog, self._kernel_consts, X[q],
+                                                     _row(P, q), Y[q], ws) == 0
+
+            in_parts(n, part, 1)
+        else:
+            run_batch(self._k, "forward_batch", n, chunk, prog, self._kernel_consts, X, P,
+                      Y, valid)
         res = self._guarded(valid, check, (y,), False)
         return res if check != "raise" else res[0]
 

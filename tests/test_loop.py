@@ -538,9 +538,10 @@ def test_float32_tapes_run_loops():
 @pytest.mark.parametrize("record", [_carry_only, _branchy], ids=["carry", "guarded"])
 def test_few_points_of_loops_with_scalar_bodies_run_one_point_at_a_time(record,
                                                                        monkeypatch):
-    # Below LOOP_POINT_BY_POINT_BELOW points the gradients take the one-point kernel at
-    # each point, where the body runs its scalar program, instead of chunk sweeps over a
-    # few points per step: the same bits and the same guard checks as the batched sweeps.
+    # Below LOOP_POINT_BY_POINT_BELOW points the gradients (and below
+    # LOOP_FORWARD_POINT_BY_POINT_BELOW the values) take the one-point kernel at each
+    # point, where the body runs its scalar program, instead of chunk sweeps over a few
+    # points per step: the same bits and the same guard checks as the batched sweeps.
     from tapejit import _tape
     from tapejit._segments import LOOP_POINT_BY_POINT_BELOW
 
@@ -560,3 +561,16 @@ def test_few_points_of_loops_with_scalar_bodies_run_one_point_at_a_time(record,
     np.testing.assert_array_equal(ok, ok0)
     assert ok.all() == (record is _carry_only)
     assert v.tobytes() == v0.tobytes() and g.tobytes() == g0.tobytes()
+    # values alone, below LOOP_FORWARD_POINT_BY_POINT_BELOW points
+    parts = []
+    in_parts = _tape.in_parts
+    monkeypatch.setattr(_tape, "in_parts", lambda n, *a: parts.append(n) or in_parts(n, *a))
+    Xf = X[: _tape.LOOP_FORWARD_POINT_BY_POINT_BELOW - 1]
+    y, oky = tape.forward(Xf, check="mask")
+    assert parts == [len(Xf)]
+    monkeypatch.setattr(_tape, "LOOP_FORWARD_POINT_BY_POINT_BELOW", 0)
+    y0, oky0 = tape.forward(Xf, check="mask")
+    assert parts == [len(Xf)]
+    np.testing.assert_array_equal(oky, oky0)
+    np.testing.assert_array_equal(oky, ok[: len(Xf)])
+    assert y.tobytes() == y0.tobytes() and y.tobytes() == v[: len(Xf)].tobytes()
