@@ -306,4 +306,7 @@ LOOP = Family("loop", 140, 3, LOOP_ATTRS, bodies=("body",), check=loop_check,
                                               "and the nested-differentiation rule "
                                               "(loop_vjp): the same routines and attributes",
                           "407af9e7c2c2d993": "before the reverse at one point kept a "
-                                              "segment's workspaces: the same results"})
+                                              "segment's workspaces: the same results",
+                          "cfe9f7ffeb348b10": "before tangents and second order at one "
+                                              "point ran the point sweeps: the same "
+                                              "results"})

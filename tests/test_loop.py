@@ -73,6 +73,20 @@ def test_scan_matches_the_unrolled_tape_in_every_sweep(checkpoint):
     np.testing.assert_array_equal(loop.jvp(P, V)[1], flat.jvp(P, V)[1])
 
 
+@pytest.mark.parametrize("checkpoint", [None, 3])
+def test_one_point_tangents_and_second_order_give_the_bits_of_many_points(checkpoint):
+    # At one point the body's tangent and second-order steps run the point sweeps, over
+    # many points the chunk sweeps: the same operations, so the same bits.
+    loop = tapejit.record(lambda p: _scanned(p, XS, checkpoint), P0)
+    P = P0 + RNG.normal(size=(4, 2)) * 0.1
+    V = RNG.normal(size=(4, 2))
+    ty, hv, H = loop.jvp(P, V), loop.hvp(P, V), loop.hessian(P)
+    for q in range(len(P)):
+        assert np.float64(loop.jvp(P[q], V[q])).tobytes() == ty[q].tobytes()
+        assert loop.hvp(P[q], V[q]).tobytes() == hv[q].tobytes()
+        assert loop.hessian(P[q]).tobytes() == H[q].tobytes()
+
+
 def test_a_segment_too_long_to_keep_gives_the_bits_of_one_kept():
     # At one point the reverse keeps the body's workspace of every step of a segment, up
     # to LOOP_KEPT_VALUES floats (_kernels/fam_loop.py); one segment of 400,000 steps is

@@ -24,8 +24,9 @@ twice in all.
 
 Every routine runs the body with the chunk sweeps over the ``m`` points of the call. Values
 and gradients at one point take the body's scalar program when it has one (a body of
-scalar instructions; ``_loop_forward_one``, ``_loop_reverse_one``), else the point sweeps;
-a body's own families and loops dispatch as in any program.
+scalar instructions; ``_loop_forward_one``, ``_loop_reverse_one``), else the point sweeps,
+as tangents and second order at one point do; a body's own families and loops dispatch
+as in any program.
 """
 
 from typing import TYPE_CHECKING
@@ -105,7 +106,9 @@ if TYPE_CHECKING:
         forward_point_sweep,
         forward_scalar_sweep,
         forward_tangent_chunk,
+        forward_tangent_point_sweep,
         reverse_hvp_chunk,
+        reverse_hvp_point_sweep,
     )
 
 # --- kernel source ---
@@ -624,10 +627,32 @@ def _loop_tangent_space(bp, bc, nv, m):
 
 
 @njit(cache=True, nogil=True)
+def _loop_tangents(bp, bc, P, W, T, D, nv, m):
+    # The body's values and tangents; at one point through the point sweep, on flat
+    # views of the one-column workspaces (as _loop_values).
+    if m == 1:
+        forward_tangent_point_sweep(bp, bc, P[0], W.reshape(W.shape[0]),
+                                    T.reshape((T.shape[0], nv)), nv)
+    else:
+        forward_tangent_chunk(bp, bc, P, W, T, D, nv, m)
+
+
+@njit(cache=True, nogil=True)
+def _loop_second_adjoints(bp, bc, P, W, T, A, Ad, D, S, nv, m):
+    # The body's adjoints and their tangents; at one point through the point sweep.
+    if m == 1:
+        reverse_hvp_point_sweep(bp, bc, P[0], W.reshape(W.shape[0]),
+                                T.reshape((T.shape[0], nv)), A.reshape(A.shape[0]),
+                                Ad.reshape((Ad.shape[0], nv)), nv)
+    else:
+        reverse_hvp_chunk(bp, bc, P, W, T, A, Ad, D, S, nv, m)
+
+
+@njit(cache=True, nogil=True)
 def _loop_step_tangents(bp, bc, P, W, T, D, b, tb, db, t, nc, nx, nv, m):
     _loop_rows_in(bp, W, nc, b, t * nx, nx, m)
     _loop_tangents_in(bp, T, nc, tb, t * nx, nx, nv, m, db)
-    forward_tangent_chunk(bp, bc, P, W, T, D, nv, m)
+    _loop_tangents(bp, bc, P, W, T, D, nv, m)
 
 
 @njit(cache=True, nogil=True)
@@ -739,7 +764,7 @@ def loop_second(prog, consts, at, a, b, c, r, ta, tb, tc, tr, gr, gdr, ga, gb, g
             for j in range(ny):
                 _loop_add(A[bp[oo + nc + j]], gr[y0 + t * ny + j], m)
                 _loop_add2(Ad[bp[oo + nc + j]], gdr[y0 + t * ny + j], nv, m)
-            reverse_hvp_chunk(bp, bc, P, W, T, A, Ad, D, S, nv, m)
+            _loop_second_adjoints(bp, bc, P, W, T, A, Ad, D, S, nv, m)
             for j in range(nc):
                 _loop_copy(gcar[j], A[bp[ii + j]], m)
                 _loop_copy2(gdcar[j], Ad[bp[ii + j]], nv, m)
