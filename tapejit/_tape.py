@@ -47,6 +47,7 @@ from __future__ import annotations
 
 import threading
 import warnings
+from collections.abc import Callable
 
 import numpy as np
 
@@ -213,6 +214,19 @@ def lazily(tape, method: str, x, extra: tuple, params, out=None, **kwargs):
 def _row(A: np.ndarray, q: int) -> np.ndarray:
     """Point ``q``'s row of per-point ``A``, or the one row all points share."""
     return A[0 if A.shape[0] == 1 else q]
+
+
+def _at_each_point(n: int, valid: np.ndarray, one: Callable[[int], int]) -> np.ndarray:
+    """``valid[q] = one(q) == 0`` at every point ``q < n``, the points shared between the
+    threads (``in_parts``): a one-point kernel at each point, ``one`` returning its count
+    of failed guards. Returns ``valid``."""
+
+    def part(lo: int, hi: int) -> None:
+        for q in range(lo, hi):
+            valid[q] = one(q) == 0
+
+    in_parts(n, part, 1)
+    return valid
 
 
 def _rows(A: np.ndarray, lo: int, hi: int) -> np.ndarray:
@@ -873,15 +887,11 @@ class Tape:
         valid = np.empty(n, dtype=np.uint8)
         Y = y.reshape(n, self._n_out)
         if n < LOOP_FORWARD_POINT_BY_POINT_BELOW and self._scalar_loops:
-            # one point at a time, on the threads: each loop step runs its body's scalar
-            # program, where a batch of a few points runs chunk sweeps (the same bits)
-            def part(lo: int, hi: int) -> None:
-                ws = self._workspace() if n_slots > REUSE_SLOTS else _EMPTY1
-                for q in range(lo, hi):
-                    valid[q] = self._k.forward_point(prog, self._kernel_consts, X[q],
-                                                     _row(P, q), Y[q], ws) == 0
-
-            in_parts(n, part, 1)
+            # one point at a time: each loop step runs its body's scalar program, where a
+            # batch of a few points runs chunk sweeps (the same bits)
+            _at_each_point(n, valid, lambda q: self._k.forward_point(
+                prog, self._kernel_consts, X[q], _row(P, q), Y[q],
+                self._workspace() if n_slots > REUSE_SLOTS else _EMPTY1))
         else:
             run_batch(self._k, "forward_batch", n, chunk, prog, self._kernel_consts, X, P,
                       Y, valid)
@@ -988,15 +998,12 @@ class Tape:
         n = X.shape[0]
         if not self._point_by_point(n):
             return self._vjp_batch(X, P, self._ones, Y, G)
-        valid = np.empty(n, dtype=np.uint8)
 
-        def part(lo: int, hi: int) -> None:
-            for q in range(lo, hi):
-                Y[q, 0], failed = self._gradient_at(X[q], _row(P, q), G[q])
-                valid[q] = failed == 0
+        def one(q: int) -> int:
+            Y[q, 0], failed = self._gradient_at(X[q], _row(P, q), G[q])
+            return failed
 
-        in_parts(n, part, 1)
-        return valid
+        return _at_each_point(n, np.empty(n, dtype=np.uint8), one)
 
     def _point_by_point(self, n: int) -> bool:
         """Whether :meth:`_gradients` at ``n`` points takes the one-point kernel at each
@@ -1163,14 +1170,8 @@ class Tape:
             # A tape too long for a chunk of two points: a batch of few points shares
             # each instruction's dispatch among too few; the one-point kernel at each
             # point, on the threads, is faster (the same bits).
-            def part(lo: int, hi: int) -> None:
-                for q in range(lo, hi):
-                    failed = self._k.jvp_point(prog, self._kernel_consts, X[q], _row(P, q),
-                                               _row(V, q), Y[q], TY[q])
-                    valid[q] = failed == 0
-
-            in_parts(n, part, 1)
-            return valid
+            return _at_each_point(n, valid, lambda q: self._k.jvp_point(
+                prog, self._kernel_consts, X[q], _row(P, q), _row(V, q), Y[q], TY[q]))
         run_batch(self._k, "jvp_batch", n, self._chunk_for(V.shape[1] + 1, n_slots),
                   prog, self._kernel_consts, X, P, V, Y, TY, valid)
         return valid
@@ -1306,15 +1307,13 @@ class Tape:
             elif self._chunk_for(2 * (d1 - d0) + 2) == 1:
                 # A chunk would hold one point: the one-point kernel at each point, on
                 # each thread's own workspace, is several times faster (the same bits).
-                def part(lo: int, hi: int, Vb=Vb, HVb=HVb, nd=d1 - d0) -> None:
-                    ws = self._workspace((2 + 2 * nd) * self._n_slots)
-                    for q in range(lo, hi):
-                        failed = self._k.hvp_point(
-                            self._kernel_prog, self._kernel_consts, X[q], _row(P, q),
-                            _row(Vb, q), G[q], HVb[q], ws)
-                        valid[q] = failed == 0
+                def one(q: int, Vb=Vb, HVb=HVb, floats=(2 + 2 * (d1 - d0)) * self._n_slots
+                        ) -> int:
+                    return self._k.hvp_point(self._kernel_prog, self._kernel_consts, X[q],
+                                             _row(P, q), _row(Vb, q), G[q], HVb[q],
+                                             self._workspace(floats))
 
-                in_parts(n, part, 1)
+                _at_each_point(n, valid, one)
             else:
                 run_batch(self._k, "hvp_batch", n, self._chunk_for(2 * (d1 - d0) + 2),
                           self._kernel_prog, self._kernel_consts, X, P, Vb, Y, G, HVb, valid)
