@@ -17,7 +17,22 @@ from typing import Any, NamedTuple, Protocol
 import numpy as np
 
 from ._kernels import constants as _k
-from ._program import MAX_FAMILY_SIZE, Family, Program, attr_columns
+from ._program import (
+    ATTR,
+    MAX_ARITY,
+    MAX_FAMILY_SIZE,
+    N_INSTR,
+    N_SLOTS,
+    N_SUBPROGRAMS,
+    OPCODE,
+    Family,
+    Program,
+    attr_columns,
+    attrs_of,
+    code_of,
+    subprograms_of,
+)
+from ._scalar_program import is_scalar
 
 _POSITIONS = {_k.LOOP_BODY: "body", _k.LOOP_LENGTH: "length", _k.LOOP_CARRY: "n_carry",
               _k.LOOP_X: "n_x", _k.LOOP_CLOSURE: "n_closure", _k.LOOP_Y: "n_y",
@@ -67,6 +82,31 @@ def scratch_elements(opcodes: np.ndarray, attrs: np.ndarray, attr_offsets: np.nd
         v = np.asarray(attrs[int(attr_offsets[i]) : int(attr_offsets[i]) + len(LOOP_ATTRS)],
                        dtype=np.int64)
         total += int(min(v[_k.LOOP_EVERY], max(v[_k.LOOP_LENGTH], 1)) * v[_k.LOOP_CARRY])
+    return total
+
+
+def kept_floats(prog: np.ndarray) -> int:
+    """Floats the one-point value-and-gradient driver offers the loops of packed program
+    ``prog`` to keep every step's workspace from the forward sweep to the reverse (past
+    the values in its workspace; ``_loop_kept`` in ``_kernels/fam_loop.py`` lays them out
+    the same way): in instruction order, each loop whose body has a scalar program takes
+    ``length * (body slots + MAX_ARITY * body instructions + 1) + 1`` while the total
+    stays within ``LOOP_KEPT_VALUES``. 0 for a program without loops."""
+    if not int(prog[N_SUBPROGRAMS]):
+        return 0
+    from ._kernels.fam_loop import LOOP_KEPT_VALUES  # lazy: the kernel file, as a module
+
+    code, attrs, bodies = code_of(prog), attrs_of(prog), subprograms_of(prog)
+    total = 0
+    for row in code[code[:, OPCODE] == LOOP.opcode]:
+        v = LoopAttrs.of(attrs[int(row[ATTR]) :])
+        at, length, _ = (int(x) for x in bodies[v.body])
+        body = prog[at : at + length]
+        if not is_scalar(body):
+            continue
+        size = v.length * (int(body[N_SLOTS]) + MAX_ARITY * int(body[N_INSTR]) + 1) + 1
+        if total + size <= LOOP_KEPT_VALUES:
+            total += size
     return total
 
 
@@ -309,4 +349,6 @@ LOOP = Family("loop", 140, 3, LOOP_ATTRS, bodies=("body",), check=loop_check,
                                               "segment's workspaces: the same results",
                           "cfe9f7ffeb348b10": "before tangents and second order at one "
                                               "point ran the point sweeps: the same "
-                                              "results"})
+                                              "results",
+                          "2a0ef65ad5de7198": "before a one-point gradient kept every "
+                                              "step for the reverse: the same results"})

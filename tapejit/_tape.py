@@ -52,6 +52,7 @@ from collections.abc import Callable
 import numpy as np
 
 from ._errors import BranchError
+from ._fam_loop import kept_floats
 from ._kernels.runtime import (
     DIR_BLOCK,
     REUSE_SLOTS,
@@ -327,7 +328,10 @@ class Tape:
         self._pshape1 = (n_par,)
         # Large tapes reuse a per-thread workspace: allocating (and page-faulting) a big
         # one per call would cost more than the sweep.
-        self._tls = threading.local() if n_slots > REUSE_SLOTS else None
+        # So do tapes whose loops keep their steps for the reverse at one point: that room
+        # is most of their workspace (_fam_loop.kept_floats).
+        self._kept = kept_floats(prog)
+        self._tls = threading.local() if n_slots > REUSE_SLOTS or self._kept else None
         # Sparsity patterns and colourings, computed on first use (_sparse_plan)
         self._sparse: dict[str, object] = {}
 
@@ -743,7 +747,8 @@ class Tape:
     def _point_floats(self) -> int:
         """Floats of workspace ``value_grad_point`` uses (see :meth:`_workspace`)."""
         nf = first_result(self._prog)
-        return 2 * self._n_slots + MAX_ARITY * (self._n_slots - nf)  # values, adjoints, partials
+        # values, adjoints, partials; the loops' steps kept (value_grad_point)
+        return 2 * self._n_slots + MAX_ARITY * (self._n_slots - nf) + self._kept
 
     def _plan(self) -> np.ndarray:
         """The reverse plan (``reverse_plan`` of ``_drivers.py``), computed on first use:

@@ -375,6 +375,77 @@ def test_one_point_gradient_of_a_scalar_body_is_bit_for_bit():
         np.testing.assert_array_equal(np.array([v, *g]), np.array([vu, *gu]))
 
 
+def _two_loops(p):
+    # two loops with scalar bodies, the second reading the first's ys, checkpoints of 4
+    (a, b), ys = tapejit.scan(lambda c, x: _step(c, x, p), (p[0], 0.5), XS, checkpoint=4)
+    c, _ = tapejit.scan(lambda c, y: (np.sin(c) * p[1] + y, None), a * b, ys, checkpoint=4)
+    return c + np.sum(ys)
+
+
+def _two_loops_unrolled(p):
+    c, ys = (p[0], 0.5), []
+    for t in range(XS.shape[0]):
+        c, y = _step(c, XS[t], p)
+        ys.append(y)
+    d = c[0] * c[1]
+    for y in ys:
+        d = np.sin(d) * p[1] + y
+    return d + np.sum(np.stack(ys))
+
+
+def test_one_point_gradient_keeps_every_step_for_the_reverse():
+    # value_grad_point hands a tape with loops the rest of its workspace as rows past its
+    # slots (as much as _fam_loop.kept_floats, which the tape's workspace holds), where
+    # each loop with a scalar body keeps every step's workspace from its forward to its
+    # reverse (_loop_kept): no step runs forward again. The same bits as without that
+    # room (each segment from its checkpoint), whatever the workspace held before.
+    from tapejit._fam_loop import kept_floats
+    from tapejit._kernels.runtime import kernels
+    from tapejit._tape import kernel_arrays, reverse_plan
+
+    tape = tapejit.record(_two_loops, P0)
+    prog, consts = kernel_arrays(tape)
+    kept = kept_floats(prog)
+    assert kept > 0
+    run = kernels().module.value_grad_point
+    n = tape.n_slots
+    base = tape._point_floats() - kept
+    P = np.empty(0)
+    g0, g1, g2, g3 = (np.empty(2) for _ in range(4))
+    for x in (P0, P0 + 0.1, P0 - 0.2):
+        v0 = run(prog, reverse_plan(tape), consts, x, P, g0, np.empty(base))  # no room
+        ws = np.full(base + kept, np.nan)
+        v1 = run(prog, reverse_plan(tape), consts, x, P, g1, ws)
+        assert np.isfinite(ws[n : n + kept]).any()  # the steps were kept there
+        v2 = run(prog, reverse_plan(tape), consts, P0 + 0.3, P, g2, ws)  # ws reused
+        v3 = run(prog, reverse_plan(tape), consts, x, P, g3, ws)
+        assert np.isfinite(v2) and np.isfinite(g2).all()
+        assert len({np.float64(v).tobytes() for v in (v0, v1, v3)}) == 1
+        assert g0.tobytes() == g1.tobytes() == g3.tobytes()
+    # the tape's one-point call takes the room its workspace has
+    g = tape.value_and_grad(P0)[1]
+    run(prog, reverse_plan(tape), consts, P0, P, g0, np.empty(base))
+    assert g.tobytes() == g0.tobytes()
+    _close(g, tapejit.record(_two_loops_unrolled, P0).value_and_grad(P0)[1])
+
+
+def test_loops_too_long_to_keep_are_not_offered_room():
+    # kept_floats counts a loop only while the total stays within LOOP_KEPT_VALUES
+    from tapejit._fam_loop import kept_floats
+    from tapejit._kernels.fam_loop import LOOP_KEPT_VALUES
+    from tapejit._tape import kernel_arrays
+
+    short = tapejit.record(lambda p: _scanned(p, XS), P0)
+    per_step = kept_floats(kernel_arrays(short)[0]) // XS.shape[0]
+    assert per_step > 0
+    n = LOOP_KEPT_VALUES // per_step + 1
+    xs = np.zeros((n, 2))
+    assert kept_floats(kernel_arrays(tapejit.record(lambda p: _scanned(p, xs), P0))[0]) == 0
+    block = tapejit.record(lambda x: tapejit.scan(lambda c, _: (np.sin(c), None), x,
+                                                  length=2)[0], np.ones(8))
+    assert kept_floats(kernel_arrays(block)[0]) == 0  # no scalar body
+
+
 def test_the_kernels_derive_a_body_scalar_program_as_the_tape_does():
     # _loop_scalar (kernel side, run inside the loop routines) against
     # _scalar_program.scalar_program; called here on its own, it compiles on its own (a

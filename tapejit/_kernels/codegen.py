@@ -720,8 +720,9 @@ def _family_routine(sweep: str, file: str) -> list[str]:
     for code, family in sorted(_program.FAMILIES.items()):
         if family.kernel != file:
             continue
-        # a family that runs sub-programs (a loop's body) reads them from the program
-        head = "prog, consts, at" if family.bodies else "at"
+        # a family that runs sub-programs (a loop's body) reads them from the program,
+        # and gets its row there and the enclosing workspace (fam_loop.py: _loop_kept)
+        head = "prog, consts, at, k, W" if family.bodies else "at"
         lines += [f"    {kw} op == {code}:  # {family.name}",
                   f"        {family.rules[sweep]}({head}, a, b, c, r, {_FAMILY_CALL[sweep]})"]
         kw = "elif"

@@ -20,7 +20,10 @@ is ``every`` carries per point besides the body's own workspace, and each step's
 values are computed twice in all (three times with ``every > 1``). The reverse at one
 point of a body with a scalar program keeps instead the body's workspace of every step of
 a segment (``every`` of them, up to ``LOOP_KEPT_VALUES`` floats), so its steps run forward
-twice in all.
+twice in all; and once in all for a one-point gradient (``value_grad_point``), whose
+workspace has room past the program's slots where the forward keeps every step's
+workspace for the reverse (``_loop_kept``; the tape sizes that room, up to
+``LOOP_KEPT_VALUES`` floats for all its loops: ``_fam_loop.kept_floats``).
 
 Every routine runs the body with the chunk sweeps over the ``m`` points of the call. Values
 and gradients at one point take the body's scalar program when it has one (a body of
@@ -67,11 +70,13 @@ from tapejit._kernels.reverse import (
 from tapejit._kernels.support import _fill_fixed, _zero_low_tangents
 from tapejit._program import (
     ARG_A,
+    AT_ATTRS,
     AT_CODE,
     AT_GUARDS,
     AT_INPUTS,
     AT_OUTPUTS,
     AT_SUBPROGRAMS,
+    ATTR,
     FIRST_ADJOINT,
     FIRST_FAMILY,
     GUARD,
@@ -113,10 +118,11 @@ if TYPE_CHECKING:
 
 # --- kernel source ---
 
-#: Floats of the body's workspaces the reverse at one point keeps for one segment of
-#: steps (``_loop_reverse_one``): 32 MB.
+#: Floats of a loop body's workspaces the reverse at one point keeps for one segment of
+#: steps (``_loop_reverse_one``), and the most the one-point value-and-gradient driver
+#: keeps of every step of a tape's loops (``_loop_kept``; ``_fam_loop.kept_floats``):
+#: 32 MB.
 LOOP_KEPT_VALUES = 1 << 22
-
 
 @njit(cache=True, nogil=True)
 def _loop_body(prog, consts, at):
@@ -126,6 +132,63 @@ def _loop_body(prog, consts, at):
     bp = prog[s0 : s0 + prog[e + SUB_LEN]]
     c0 = prog[e + SUB_CONSTS]
     return bp, consts[c0 : c0 + bp[N_CONSTS]]
+
+
+#: The last float of a loop's kept steps once its forward has written them all
+#: (_loop_forward_one); the reverse that takes them sets it back to 0.0.
+_KEPT_READY = 1.0
+
+
+@njit(cache=True, nogil=True)
+def _loop_kept_floats(prog, k):
+    # Floats that keeping every step's workspace of the loop at row k takes at most
+    # (each step: the body's slots, a bound on its stored partials, the 1.0; then the
+    # float that says they are there), or 0 for a body without a scalar program (as
+    # _loop_scalar decides) or more than LOOP_KEPT_VALUES (_fam_loop.kept_floats
+    # computes the same).
+    at = prog[prog[AT_ATTRS] + prog[k + ATTR] :]
+    e = prog[AT_SUBPROGRAMS] + SUBPROGRAM * at[LOOP_BODY]
+    s0 = prog[e + SUB_AT]
+    bp = prog[s0 : s0 + prog[e + SUB_LEN]]
+    ni = np.int64(bp[N_INSTR])
+    if ni == 0 or bp[N_SUBPROGRAMS] > 0:
+        return np.int64(0)
+    for i in range(ni):
+        q = bp[AT_CODE] + ROW * i
+        if bp[q + SIZE] != 1 or bp[q + OPCODE] >= FIRST_FAMILY:
+            return np.int64(0)
+    size = np.int64(at[LOOP_LENGTH]) * (np.int64(bp[N_SLOTS]) + MAX_ARITY * ni + 1) + 1
+    return size if size <= LOOP_KEPT_VALUES else np.int64(0)
+
+
+@njit(cache=True, nogil=True)
+def _loop_kept(prog, k, WO):
+    # Where the loop at row k keeps every step's workspace from its forward to its
+    # reverse at one point: its region of the rows of the enclosing workspace WO past the
+    # program's slots, which only value_grad_point offers (point.py: every other driver's
+    # workspace ends at the program's slots, and a chunk's has one row per slot). The
+    # program's loops, in order, each take kept_floats (_loop_kept_floats) while the
+    # total stays within LOOP_KEPT_VALUES; empty when this one has none, or no room.
+    n = np.int64(prog[N_SLOTS])
+    none = np.empty(0)
+    if WO.shape[1] != 1 or WO.shape[0] <= n:
+        return none
+    room = min(np.int64(WO.shape[0]) - n, np.int64(LOOP_KEPT_VALUES))
+    code = prog[k + OPCODE]
+    off = np.int64(0)
+    for i in range((k - prog[AT_CODE]) // ROW + 1):
+        q = prog[AT_CODE] + ROW * i
+        if prog[q + OPCODE] != code:
+            continue
+        size = _loop_kept_floats(prog, q)
+        fits = size > 0 and off + size <= LOOP_KEPT_VALUES
+        if q == k:
+            if not fits or off + size > room:
+                return none
+            return WO.reshape(WO.shape[0])[n + off : n + off + size]
+        if fits:
+            off += size
+    return none
 
 
 @njit(cache=True, nogil=True)
@@ -354,33 +417,109 @@ def _loop_one_carry(bp, V, C, nc):
 
 
 @njit(cache=True, nogil=True)
-def _loop_forward_one(bp, bc, S, a, b, c, r, n, nc, nx, nk, ny, every, nck, y0):
+def _loop_forward_one(bp, bc, S, K, a, b, c, r, n, nc, nx, nk, ny, every, nck, y0):
     # loop_forward at one point through the body's scalar program, every row of the
-    # body's workspace a slot of the flat V (row views cost more than this work): the
-    # same operations, so the same bits. Whether every guard held (_loop_guards on V as a
-    # one-column workspace).
-    V = _loop_one_space(bp, bc, S)
-    W = V.reshape((V.size, 1))  # for _loop_guards
+    # body's workspace a slot of a flat V (row views cost more than this work): the same
+    # operations, so the same bits. Whether every guard held. With K (_loop_kept), step
+    # t runs on a workspace of its own, K[t * vs : (t + 1) * vs], kept for
+    # _loop_reverse_kept, and K's last float then says they are all there (_KEPT_READY);
+    # else every step on one. The steps are written out here: calls per step cost more
+    # than their work.
+    V0 = _loop_one_space(bp, bc, S)
+    vs = V0.size
+    keep = K.size > 0
     ii = bp[AT_INPUTS]
     oo = bp[AT_OUTPUTS]
+    nd = bp[FIRST_ADJOINT]  # the body's constants; no parameters
+    nf = nd + bp[N_INPUTS]
+    kk = ii + nc + nx  # the closure's input slots
+    guards = bp[N_GUARDS] > 0
     C = np.empty(nc)
     for j in range(nc):
         C[j] = a[j, 0]
     for j in range(nk):
-        V[bp[ii + nc + nx + j]] = c[j, 0]  # the body never writes its inputs
+        V0[bp[kk + j]] = c[j, 0]  # the body never writes its inputs
     ok = np.ones(1, np.bool_)
+    if keep:
+        K[K.size - 1] = 0.0
+    step = 0  # t + 1 modulo every
     for t in range(n):
-        _loop_one_step(bp, S, V, C, b, t, nc, nx)
-        _loop_guards(bp, W, ok, 1)
+        V = K[t * vs : (t + 1) * vs] if keep else V0
+        if keep:
+            for s in range(nd):
+                V[s] = V0[s]
+            for j in range(nk):
+                V[bp[kk + j]] = V0[bp[kk + j]]
+            V[vs - 1] = 1.0
+        for j in range(nc):
+            V[bp[ii + j]] = C[j]
+        for j in range(nx):
+            V[bp[ii + nc + j]] = b[t * nx + j, 0]
+        forward_scalar_sweep(S, V, nf, bp[N_SLOTS])
+        if guards:
+            _loop_guards(bp, V.reshape((vs, 1)), ok, 1)
         for j in range(ny):
             r[y0 + t * ny + j, 0] = V[bp[oo + nc + j]]
-        _loop_one_carry(bp, V, C, nc)
-        if (t + 1) % every == 0 and t + 1 < n:
-            for j in range(nc):
-                r[1 + ((t + 1) // every - 1) * nc + j, 0] = C[j]
+        for j in range(nc):
+            C[j] = V[bp[oo + j]]
+        step += 1
+        if step == every:
+            step = 0
+            if t + 1 < n:
+                for j in range(nc):
+                    r[1 + ((t + 1) // every - 1) * nc + j, 0] = C[j]
     for j in range(nc):
         r[1 + nck * nc + j, 0] = C[j]
+    if keep:
+        K[K.size - 1] = _KEPT_READY
     return ok[0]
+
+
+@njit(cache=True, nogil=True)
+def _loop_reverse_kept(bp, S, F, K, gr, ga, gb, gc, da, db, dc, n, nc, nx, nk, ny, every,
+                       nck, y0):
+    # _loop_reverse_one over the workspaces _loop_forward_one kept: every step's forward
+    # values and partials are there, so no step runs forward again. The same operations
+    # in the same order, so the same bits. The steps are taken: a second reverse without
+    # a forward before it finds them gone (K's last float) and runs forward itself.
+    K[K.size - 1] = 0.0
+    vs = bp[N_SLOTS] + S[SP_STORED] + 1
+    A = np.empty(bp[N_SLOTS])
+    ii = bp[AT_INPUTS]
+    oo = bp[AT_OUTPUTS]
+    gcar = np.empty(nc)
+    gclo = np.zeros(nk)
+    for j in range(nc):
+        gcar[j] = gr[1 + nck * nc + j, 0]
+    step = (n - 1) % every  # t modulo every, counted down
+    for t in range(n - 1, -1, -1):
+        V = K[t * vs : (t + 1) * vs]
+        A[:] = 0.0
+        for j in range(nc):
+            A[bp[oo + j]] += gcar[j]
+        for j in range(ny):
+            A[bp[oo + nc + j]] += gr[y0 + t * ny + j, 0]
+        reverse_edges(S, F, V, A)
+        for j in range(nc):
+            gcar[j] = A[bp[ii + j]]
+        if db:
+            for j in range(nx):
+                gb[t * nx + j, 0] += A[bp[ii + nc + j]]
+        if dc:
+            for j in range(nk):
+                gclo[j] += A[bp[ii + nc + nx + j]]
+        if step == 0:
+            step = every
+            if t > 0:  # the checkpoint of this carry is a result too
+                for j in range(nc):
+                    gcar[j] += gr[1 + (t // every - 1) * nc + j, 0]
+        step -= 1
+    if da:
+        for j in range(nc):
+            ga[j, 0] += gcar[j]
+    if dc:
+        for j in range(nk):
+            gc[j, 0] += gclo[j]
 
 
 @njit(cache=True, nogil=True)
@@ -478,13 +617,15 @@ def _loop_adjoints(bp, R, bc, P, W, A, D, q, m):
 
 
 @njit(cache=True, nogil=True)
-def loop_forward(prog, consts, at, a, b, c, r, m):
+def loop_forward(prog, consts, at, row, WO, a, b, c, r, m):
+    # row: the instruction's row in prog; WO: the enclosing workspace (_loop_kept)
     bp, bc = _loop_body(prog, consts, at)
     n, nc, nx, nk, ny, every, nck, y0 = _loop_sizes(at)
     ok = np.ones(m, np.bool_)
     S, _ = _loop_scalar(bp) if m == 1 else (np.empty(0, np.int32), np.empty(0))
     if S.size:
-        ok[0] = _loop_forward_one(bp, bc, S, a, b, c, r, n, nc, nx, nk, ny, every, nck, y0)
+        ok[0] = _loop_forward_one(bp, bc, S, _loop_kept(prog, row, WO), a, b, c, r, n, nc,
+                                  nx, nk, ny, every, nck, y0)
         _loop_status(r, ok, m)
         return
     P, W = _loop_workspace(bp, bc, m)
@@ -527,13 +668,18 @@ def _loop_segment(bp, bc, P, W, b, r, a, s, every, n, nc, nx, seg, m):
 
 
 @njit(cache=True, nogil=True)
-def loop_reverse(prog, consts, at, a, b, c, r, gr, ga, gb, gc, da, db, dc, m):
+def loop_reverse(prog, consts, at, row, WO, a, b, c, r, gr, ga, gb, gc, da, db, dc, m):
     if da == 0 and db == 0 and dc == 0:
         return
     bp, bc = _loop_body(prog, consts, at)
     n, nc, nx, nk, ny, every, nck, y0 = _loop_sizes(at)
     S, F = _loop_scalar(bp) if m == 1 else (np.empty(0, np.int32), np.empty(0))
     if S.size:
+        K = _loop_kept(prog, row, WO)
+        if K.size and K[K.size - 1] == _KEPT_READY:
+            _loop_reverse_kept(bp, S, F, K, gr, ga, gb, gc, da, db, dc, n, nc, nx, nk, ny,
+                               every, nck, y0)
+            return
         _loop_reverse_one(bp, bc, S, F, a, b, c, r, gr, ga, gb, gc, da, db, dc, n, nc, nx, nk,
                           ny, every, nck, y0)
         return
@@ -671,7 +817,7 @@ def _loop_carry_tangents(bp, W, T, C, TC, nc, nv, m, into_body):
 
 
 @njit(cache=True, nogil=True)
-def loop_tangent(prog, consts, at, a, b, c, r, ta, tb, tc, tr, da, db, dc, m):
+def loop_tangent(prog, consts, at, row, WO, a, b, c, r, ta, tb, tc, tr, da, db, dc, m):
     bp, bc = _loop_body(prog, consts, at)
     n, nc, nx, nk, ny, every, nck, y0 = _loop_sizes(at)
     nv = tr.shape[1]
@@ -708,8 +854,8 @@ def loop_tangent(prog, consts, at, a, b, c, r, ta, tb, tc, tr, da, db, dc, m):
 
 
 @njit(cache=True, nogil=True)
-def loop_second(prog, consts, at, a, b, c, r, ta, tb, tc, tr, gr, gdr, ga, gb, gc, gda, gdb,
-                gdc, da, db, dc, m):
+def loop_second(prog, consts, at, row, WO, a, b, c, r, ta, tb, tc, tr, gr, gdr, ga, gb, gc,
+                gda, gdb, gdc, da, db, dc, m):
     if da == 0 and db == 0 and dc == 0:
         return
     bp, bc = _loop_body(prog, consts, at)

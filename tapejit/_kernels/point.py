@@ -36,6 +36,7 @@ from tapejit._program import (
     N_OUTPUTS,
     N_RESIDENT,
     N_SLOTS,
+    N_SUBPROGRAMS,
     RUN,
     RUN_START,
     RUN_STOP,
@@ -220,17 +221,20 @@ def value_grad_scalar(prog, S, F, consts, x, P, g, WS):
 
 @njit(cache=True, nogil=True)
 def value_grad_point(prog, R, consts, x, P, g, WS):
-    # WS: a caller's reusable buffer of at least ``size`` floats (large tapes), else the
-    # workspaces are allocated here: values W, adjoints A, stored partials D. R: the
-    # tape's reverse plan.
+    # WS: a caller's reusable buffer of at least ``size`` floats (large tapes, tapes
+    # with loops), else the workspaces are allocated here: values W, adjoints A, stored
+    # partials D. R: the tape's reverse plan. A program with loops gets the rest of WS as
+    # rows of W past its slots, where its loops keep their steps from the forward sweep
+    # to the reverse (fam_loop.py: _loop_kept).
     _check_plan(prog, R)
     n = prog[N_SLOTS]
     nd = prog[FIRST_ADJOINT]
     size = 2 * n + MAX_ARITY * (n - nd - prog[N_INPUTS])
     buf = WS if WS.size >= size else np.empty(size)
-    W = buf[:n]
-    A = buf[n : 2 * n]
-    D = buf[2 * n : size]
+    kept = buf.size - size if prog[N_SUBPROGRAMS] > 0 else 0
+    W = buf[: n + kept]
+    A = buf[n + kept : 2 * n + kept]
+    D = buf[2 * n + kept : size + kept]
     _fill_values(prog, consts, x, P, W)
     end = forward_partials_point_sweep(prog, consts, P, W, D)
     if prog[N_GUARDS] > 0 and _point_failed_guards(prog, W) > 0:
