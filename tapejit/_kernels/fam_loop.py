@@ -422,7 +422,7 @@ def _loop_forward_one(bp, bc, S, K, a, b, c, r, n, nc, nx, nk, ny, every, nck, y
     # body's workspace a slot of a flat V (row views cost more than this work): the same
     # operations, so the same bits. Whether every guard held. With K (_loop_kept), step
     # t runs on a workspace of its own, K[t * vs : (t + 1) * vs], kept for
-    # _loop_reverse_kept, and K's last float then says they are all there (_KEPT_READY);
+    # _loop_reverse_one, and K's last float then says they are all there (_KEPT_READY);
     # else every step on one. The steps are written out here: calls per step cost more
     # than their work.
     V0 = _loop_one_space(bp, bc, S)
@@ -476,88 +476,51 @@ def _loop_forward_one(bp, bc, S, K, a, b, c, r, n, nc, nx, nk, ny, every, nck, y
 
 
 @njit(cache=True, nogil=True)
-def _loop_reverse_kept(bp, S, F, K, gr, ga, gb, gc, da, db, dc, n, nc, nx, nk, ny, every,
-                       nck, y0):
-    # _loop_reverse_one over the workspaces _loop_forward_one kept: every step's forward
-    # values and partials are there, so no step runs forward again. The same operations
-    # in the same order, so the same bits. The steps are taken: a second reverse without
-    # a forward before it finds them gone (K's last float) and runs forward itself.
-    K[K.size - 1] = 0.0
-    vs = bp[N_SLOTS] + S[SP_STORED] + 1
-    A = np.empty(bp[N_SLOTS])
-    ii = bp[AT_INPUTS]
-    oo = bp[AT_OUTPUTS]
-    gcar = np.empty(nc)
-    gclo = np.zeros(nk)
-    for j in range(nc):
-        gcar[j] = gr[1 + nck * nc + j, 0]
-    step = (n - 1) % every  # t modulo every, counted down
-    for t in range(n - 1, -1, -1):
-        V = K[t * vs : (t + 1) * vs]
-        A[:] = 0.0
-        for j in range(nc):
-            A[bp[oo + j]] += gcar[j]
-        for j in range(ny):
-            A[bp[oo + nc + j]] += gr[y0 + t * ny + j, 0]
-        reverse_edges(S, F, V, A)
-        for j in range(nc):
-            gcar[j] = A[bp[ii + j]]
-        if db:
-            for j in range(nx):
-                gb[t * nx + j, 0] += A[bp[ii + nc + j]]
-        if dc:
-            for j in range(nk):
-                gclo[j] += A[bp[ii + nc + nx + j]]
-        if step == 0:
-            step = every
-            if t > 0:  # the checkpoint of this carry is a result too
-                for j in range(nc):
-                    gcar[j] += gr[1 + (t // every - 1) * nc + j, 0]
-        step -= 1
-    if da:
-        for j in range(nc):
-            ga[j, 0] += gcar[j]
-    if dc:
-        for j in range(nk):
-            gc[j, 0] += gclo[j]
-
-
-@njit(cache=True, nogil=True)
-def _loop_reverse_one(bp, bc, S, F, a, b, c, r, gr, ga, gb, gc, da, db, dc, n, nc, nx, nk,
+def _loop_reverse_one(bp, bc, S, F, K, a, b, c, r, gr, ga, gb, gc, da, db, dc, n, nc, nx, nk,
                       ny, every, nck, y0):
     # loop_reverse at one point through the body's scalar program and its reverse edges
-    # (as value_grad_scalar), on the flat V and adjoints A: the same operations, so the
-    # same bits. A segment's steps run forward once, each on a workspace of its own, and
-    # back over those (when they fit in LOOP_KEPT_VALUES), else forward twice: for the
-    # carries, then each step again before its reverse.
+    # (as value_grad_scalar), on flat workspaces V and adjoints A: the same operations,
+    # so the same bits. Where _loop_forward_one kept every step in K, the reverse runs
+    # over those: no step runs forward again (and K's last float is cleared: a second
+    # reverse with no forward before it would rebuild its segments). Else each segment's
+    # steps run forward once, each on a workspace of its own, and back over those (when
+    # they fit in LOOP_KEPT_VALUES), else forward twice: for the carries, then each step
+    # again before its reverse.
     V = _loop_one_space(bp, bc, S)
+    vs = V.size
     A = np.empty(bp[N_SLOTS])
     ii = bp[AT_INPUTS]
     oo = bp[AT_OUTPUTS]
-    seg = np.empty((min(every, max(n, 1)), nc))
+    built = K.size > 0 and K[K.size - 1] == _KEPT_READY
+    length = max(n, 1) if built else every  # of a segment; all the steps when kept
+    seg = np.empty((min(length, max(n, 1)), nc))
     gcar = np.empty(nc)
     gclo = np.zeros(nk)
     for j in range(nc):
         gcar[j] = gr[1 + nck * nc + j, 0]
     for j in range(nk):
         V[bp[ii + nc + nx + j]] = c[j, 0]
-    # Each step's workspace of a segment kept from its forward pass, when they fit: the
-    # reverse steps then read them instead of running each step forward again.
     span = seg.shape[0]
-    keep = span > 1 and span * V.size <= LOOP_KEPT_VALUES
-    VS = np.empty((span if keep else 0, V.size))
-    for k in range(VS.shape[0]):
-        VS[k] = V  # the fixed values: constants, the closure, the 1.0
-    for s in range((n + every - 1) // every - 1, -1, -1):
-        t0 = s * every
-        t1 = min(t0 + every, n)
-        for j in range(nc):  # the segment's carries, from its checkpoint (or a)
-            seg[0, j] = a[j, 0] if s == 0 else r[1 + (s - 1) * nc + j, 0]
-        for t in range(t0, t1 if keep else t1 - 1):
-            Vt = VS[t - t0] if keep else V
-            _loop_one_step(bp, S, Vt, seg[t - t0], b, t, nc, nx)
-            if t < t1 - 1:
-                _loop_one_carry(bp, Vt, seg[t - t0 + 1], nc)
+    keep = built or (span > 1 and span * vs <= LOOP_KEPT_VALUES)
+    if built:
+        K[K.size - 1] = 0.0
+        VS = K[: n * vs].reshape((n, vs))
+    else:
+        VS = np.empty((span if keep else 0, vs))
+        for k in range(VS.shape[0]):
+            VS[k] = V  # the fixed values: constants, the closure, the 1.0
+    step = (n - 1) % every  # t modulo every, counted down
+    for s in range((n + length - 1) // length - 1, -1, -1):
+        t0 = s * length
+        t1 = min(t0 + length, n)
+        if not built:
+            for j in range(nc):  # the segment's carries, from its checkpoint (or a)
+                seg[0, j] = a[j, 0] if s == 0 else r[1 + (s - 1) * nc + j, 0]
+            for t in range(t0, t1 if keep else t1 - 1):
+                Vt = VS[t - t0] if keep else V
+                _loop_one_step(bp, S, Vt, seg[t - t0], b, t, nc, nx)
+                if t < t1 - 1:
+                    _loop_one_carry(bp, Vt, seg[t - t0 + 1], nc)
         for t in range(t1 - 1, t0 - 1, -1):
             if keep:
                 Vt = VS[t - t0]
@@ -578,9 +541,12 @@ def _loop_reverse_one(bp, bc, S, F, a, b, c, r, gr, ga, gb, gc, da, db, dc, n, n
             if dc:
                 for j in range(nk):
                     gclo[j] += A[bp[ii + nc + nx + j]]
-            if t > 0 and t % every == 0:  # the checkpoint of this carry is a result too
-                for j in range(nc):
-                    gcar[j] += gr[1 + (t // every - 1) * nc + j, 0]
+            if step == 0:
+                step = every
+                if t > 0:  # the checkpoint of this carry is a result too
+                    for j in range(nc):
+                        gcar[j] += gr[1 + (t // every - 1) * nc + j, 0]
+            step -= 1
     if da:
         for j in range(nc):
             ga[j, 0] += gcar[j]
@@ -675,13 +641,8 @@ def loop_reverse(prog, consts, at, row, WO, a, b, c, r, gr, ga, gb, gc, da, db, 
     n, nc, nx, nk, ny, every, nck, y0 = _loop_sizes(at)
     S, F = _loop_scalar(bp) if m == 1 else (np.empty(0, np.int32), np.empty(0))
     if S.size:
-        K = _loop_kept(prog, row, WO)
-        if K.size and K[K.size - 1] == _KEPT_READY:
-            _loop_reverse_kept(bp, S, F, K, gr, ga, gb, gc, da, db, dc, n, nc, nx, nk, ny,
-                               every, nck, y0)
-            return
-        _loop_reverse_one(bp, bc, S, F, a, b, c, r, gr, ga, gb, gc, da, db, dc, n, nc, nx, nk,
-                          ny, every, nck, y0)
+        _loop_reverse_one(bp, bc, S, F, _loop_kept(prog, row, WO), a, b, c, r, gr, ga, gb,
+                          gc, da, db, dc, n, nc, nx, nk, ny, every, nck, y0)
         return
     P, W = _loop_workspace(bp, bc, m)
     R = reverse_plan(bp)
