@@ -47,9 +47,9 @@ POINT_BY_POINT_BELOW = 80
 #: at each point (on the threads) of calls with fewer points than this: a batch runs
 #: each step as chunk sweeps over too few points to share their dispatch, where one
 #: point runs the body's scalar program (docs' performance page).
-LOOP_POINT_BY_POINT_BELOW = 12
+LOOP_POINT_BY_POINT_BELOW = 32
 #: The same for values alone (``forward``), whose batched steps cost less.
-LOOP_FORWARD_POINT_BY_POINT_BELOW = 4
+LOOP_FORWARD_POINT_BY_POINT_BELOW = 7
 #: The same for the tangent sweep (``jvp``, forward Jacobians) of a tape too long for a
 #: chunk of two points, against the batched tangent sweep (unsegmented: from about this
 #: many points it shares each instruction's dispatch well enough).
