@@ -17,10 +17,11 @@ checkpoints are the carries after steps ``every, 2 every, ...`` below ``length``
 segment of ``every`` steps at a time from its checkpoint (values, and tangents from the
 result's tangents), then run the body's reverse sweep step by step backwards: their memory
 is ``every`` carries per point besides the body's own workspace, and each step's forward
-values are computed twice in all (three times with ``every > 1``). The reverse at one
-point of a body with a scalar program keeps instead the body's workspace of every step of
-a segment (``every`` of them, up to ``LOOP_KEPT_VALUES`` floats), so its steps run forward
-twice in all; and once in all for a one-point gradient (``value_grad_point``), whose
+values are computed twice in all (three times with ``every > 1``). At one point the
+reverse of a body with a scalar program, and the second-order routine of any body, keep
+instead the body's workspace (and tangents) of every step of a segment (``every`` of
+them, up to ``LOOP_KEPT_VALUES`` floats), so their steps run forward twice in all; the
+reverse once in all for a one-point gradient (``value_grad_point``), whose
 workspace has room past the program's slots where the forward keeps every step's
 workspace for the reverse (``_loop_kept``; the tape sizes that room, up to
 ``LOOP_KEPT_VALUES`` floats for all its loops: ``_fam_loop.kept_floats``).
@@ -841,6 +842,15 @@ def loop_second(prog, consts, at, row, WO, a, b, c, r, ta, tb, tc, tr, gr, gdr, 
     ii = bp[AT_INPUTS]
     oo = bp[AT_OUTPUTS]
     nd = bp[FIRST_ADJOINT]
+    # At one point each step of a segment keeps its values and tangents from the
+    # segment's rebuild, when they fit: its reverse then reads them instead of running
+    # the step forward again (as _loop_reverse_one does).
+    keep = m == 1 and span > 1 and span * bp[N_SLOTS] * (1 + nv) <= LOOP_KEPT_VALUES
+    KW = np.empty((span if keep else 0, bp[N_SLOTS], m))
+    KT = np.empty((span if keep else 0, bp[N_SLOTS], nv, m))
+    for k in range(KW.shape[0]):
+        KW[k] = W  # the fixed values and tangents: constants, the closure
+        KT[k] = T
     for s in range((n + every - 1) // every - 1, -1, -1):
         t0 = s * every
         t1 = min(t0 + every, n)
@@ -852,13 +862,17 @@ def loop_second(prog, consts, at, row, WO, a, b, c, r, ta, tb, tc, tr, gr, gdr, 
                 _loop_copy(seg[0, j], r[1 + (s - 1) * nc + j], m)
                 _loop_copy2(tseg[0, j], tr[1 + (s - 1) * nc + j], nv, m)
         for t in range(t0, t1 - 1):
-            _loop_carry_tangents(bp, W, T, seg[t - t0], tseg[t - t0], nc, nv, m, True)
-            _loop_step_tangents(bp, bc, P, W, T, D, b, tb, db, t, nc, nx, nv, m)
-            _loop_carry_tangents(bp, W, T, seg[t - t0 + 1], tseg[t - t0 + 1], nc, nv, m,
+            Wt, Tt = (KW[t - t0], KT[t - t0]) if keep else (W, T)
+            _loop_carry_tangents(bp, Wt, Tt, seg[t - t0], tseg[t - t0], nc, nv, m, True)
+            _loop_step_tangents(bp, bc, P, Wt, Tt, D, b, tb, db, t, nc, nx, nv, m)
+            _loop_carry_tangents(bp, Wt, Tt, seg[t - t0 + 1], tseg[t - t0 + 1], nc, nv, m,
                                  False)
         for t in range(t1 - 1, t0 - 1, -1):
-            _loop_carry_tangents(bp, W, T, seg[t - t0], tseg[t - t0], nc, nv, m, True)
-            _loop_step_tangents(bp, bc, P, W, T, D, b, tb, db, t, nc, nx, nv, m)
+            Wt, Tt = (KW[t - t0], KT[t - t0]) if keep else (W, T)
+            if not keep or t == t1 - 1:  # the segment's last step: not run yet
+                _loop_carry_tangents(bp, Wt, Tt, seg[t - t0], tseg[t - t0], nc, nv, m,
+                                     True)
+                _loop_step_tangents(bp, bc, P, Wt, Tt, D, b, tb, db, t, nc, nx, nv, m)
             for z in range(nd, bp[N_SLOTS]):
                 for p in range(m):
                     A[z, p] = 0.0
@@ -871,7 +885,7 @@ def loop_second(prog, consts, at, row, WO, a, b, c, r, ta, tb, tc, tr, gr, gdr, 
             for j in range(ny):
                 _loop_add(A[bp[oo + nc + j]], gr[y0 + t * ny + j], m)
                 _loop_add2(Ad[bp[oo + nc + j]], gdr[y0 + t * ny + j], nv, m)
-            _loop_second_adjoints(bp, bc, P, W, T, A, Ad, D, S, nv, m)
+            _loop_second_adjoints(bp, bc, P, Wt, Tt, A, Ad, D, S, nv, m)
             for j in range(nc):
                 _loop_copy(gcar[j], A[bp[ii + j]], m)
                 _loop_copy2(gdcar[j], Ad[bp[ii + j]], nv, m)
