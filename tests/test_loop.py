@@ -401,7 +401,7 @@ def test_one_point_gradient_keeps_every_step_for_the_reverse():
     # room (each segment from its checkpoint), whatever the workspace held before.
     from tapejit._fam_loop import kept_floats
     from tapejit._kernels.runtime import kernels
-    from tapejit._tape import kernel_arrays, reverse_plan
+    from tapejit._tape import kernel_arrays, point_floats, reverse_plan
 
     tape = tapejit.record(_two_loops, P0)
     prog, consts = kernel_arrays(tape)
@@ -409,7 +409,7 @@ def test_one_point_gradient_keeps_every_step_for_the_reverse():
     assert kept > 0
     run = kernels().module.value_grad_point
     n = tape.n_slots
-    base = tape._point_floats() - kept
+    base = point_floats(tape) - kept
     P = np.empty(0)
     g0, g1, g2, g3 = (np.empty(2) for _ in range(4))
     for x in (P0, P0 + 0.1, P0 - 0.2):
