@@ -417,6 +417,7 @@ def test_one_point_gradient_keeps_every_step_for_the_reverse():
         ws = np.full(base + kept, np.nan)
         v1 = run(prog, reverse_plan(tape), consts, x, P, g1, ws)
         assert np.isfinite(ws[n : n + kept]).any()  # the steps were kept there
+        assert ws[n + kept - 1] == 0.0  # the last loop's flag: its room ends there, taken
         v2 = run(prog, reverse_plan(tape), consts, P0 + 0.3, P, g2, ws)  # ws reused
         v3 = run(prog, reverse_plan(tape), consts, x, P, g3, ws)
         assert np.isfinite(v2) and np.isfinite(g2).all()

@@ -126,13 +126,31 @@ if TYPE_CHECKING:
 LOOP_KEPT_VALUES = 1 << 22
 
 @njit(cache=True, nogil=True)
-def _loop_body(prog, consts, at):
-    # The body program and its constants.
+def _loop_body_at(prog, at):
+    # The body program of the loop with attributes at, and where its constants start.
     e = prog[AT_SUBPROGRAMS] + SUBPROGRAM * at[LOOP_BODY]
     s0 = prog[e + SUB_AT]
-    bp = prog[s0 : s0 + prog[e + SUB_LEN]]
-    c0 = prog[e + SUB_CONSTS]
+    return prog[s0 : s0 + prog[e + SUB_LEN]], prog[e + SUB_CONSTS]
+
+
+@njit(cache=True, nogil=True)
+def _loop_body(prog, consts, at):
+    # The body program and its constants.
+    bp, c0 = _loop_body_at(prog, at)
     return bp, consts[c0 : c0 + bp[N_CONSTS]]
+
+
+@njit(cache=True, nogil=True)
+def _loop_is_scalar(bp):
+    # Whether body bp has a scalar program: instructions, every one elementwise of size
+    # 1, and no sub-programs (_scalar_program.is_scalar).
+    if bp[N_INSTR] == 0 or bp[N_SUBPROGRAMS] > 0:
+        return False
+    for i in range(bp[N_INSTR]):
+        k = bp[AT_CODE] + ROW * i
+        if bp[k + SIZE] != 1 or bp[k + OPCODE] >= FIRST_FAMILY:
+            return False
+    return True
 
 
 #: The last float of a loop's kept steps once its forward has written them all
@@ -144,21 +162,15 @@ _KEPT_READY = 1.0
 def _loop_kept_floats(prog, k):
     # Floats that keeping every step's workspace of the loop at row k takes at most
     # (each step: the body's slots, a bound on its stored partials, the 1.0; then the
-    # float that says they are there), or 0 for a body without a scalar program (as
-    # _loop_scalar decides) or more than LOOP_KEPT_VALUES (_fam_loop.kept_floats
-    # computes the same).
+    # float that says they are there), or 0 for a body without a scalar program
+    # (_loop_is_scalar) or more than LOOP_KEPT_VALUES (_fam_loop.kept_floats computes
+    # the same).
     at = prog[prog[AT_ATTRS] + prog[k + ATTR] :]
-    e = prog[AT_SUBPROGRAMS] + SUBPROGRAM * at[LOOP_BODY]
-    s0 = prog[e + SUB_AT]
-    bp = prog[s0 : s0 + prog[e + SUB_LEN]]
-    ni = np.int64(bp[N_INSTR])
-    if ni == 0 or bp[N_SUBPROGRAMS] > 0:
+    bp, _ = _loop_body_at(prog, at)
+    if not _loop_is_scalar(bp):
         return np.int64(0)
-    for i in range(ni):
-        q = bp[AT_CODE] + ROW * i
-        if bp[q + SIZE] != 1 or bp[q + OPCODE] >= FIRST_FAMILY:
-            return np.int64(0)
-    size = np.int64(at[LOOP_LENGTH]) * (np.int64(bp[N_SLOTS]) + MAX_ARITY * ni + 1) + 1
+    step = np.int64(bp[N_SLOTS]) + MAX_ARITY * np.int64(bp[N_INSTR]) + 1
+    size = np.int64(at[LOOP_LENGTH]) * step + 1
     return size if size <= LOOP_KEPT_VALUES else np.int64(0)
 
 
@@ -297,13 +309,8 @@ def _loop_scalar(bp):
     # arrays: tests/test_loop.py), here from the op table's partial-source tables; empty
     # for any other body.
     n = bp[N_INSTR]
-    none = (np.empty(0, np.int32), np.empty(0))
-    if n == 0 or bp[N_SUBPROGRAMS] > 0:
-        return none
-    for i in range(n):
-        k = bp[AT_CODE] + ROW * i
-        if bp[k + SIZE] != 1 or bp[k + OPCODE] >= FIRST_FAMILY:
-            return none
+    if not _loop_is_scalar(bp):
+        return np.empty(0, np.int32), np.empty(0)
     nd = bp[FIRST_ADJOINT]
     nf = nd + bp[N_INPUTS]
     ns = np.int64(bp[N_SLOTS])
