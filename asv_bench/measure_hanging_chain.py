@@ -14,6 +14,10 @@ CasADi is skipped where it is not installed, and for N > 2000 unless ``--casadi-
 MUMPS's permuting scaling, which takes most of the solve's time on this problem as N
 grows (at N = 2000 with the IPOPT of cyipopt-wheels: 21 s with it, 0.8 s without, the
 same 19 iterations; at N = 5000 three iterations took 11 minutes with it).
+``--casadi-ipopt`` (Linux) runs the script again with CasADi's own IPOPT library
+preloaded (``LD_PRELOAD``), so that cyipopt, and with it tapejit, calls the IPOPT and
+MUMPS that CasADi's ``nlpsol`` calls: the two solves then differ only in what each
+tool does around IPOPT (IPOPT's banner, ``--ipopt print_level=5``, names the version).
 """
 
 from __future__ import annotations
@@ -119,6 +123,22 @@ def casadi_hessian_time(N: int) -> tuple[float, float]:
     return min(reps), build
 
 
+def _with_casadi_ipopt() -> None:
+    """Run this script again with CasADi's IPOPT library preloaded, unless it already is:
+    cyipopt's calls into IPOPT then resolve to that library's functions."""
+    import casadi
+
+    lib = os.path.join(os.path.dirname(casadi.__file__), "libipopt.so.3")
+    if not os.path.exists(lib):
+        sys.exit(f"--casadi-ipopt: {lib} not found (CasADi's wheels for Linux ship it)")
+    preload = os.environ.get("LD_PRELOAD", "")
+    if lib in preload.split(":"):
+        print(f"(IPOPT preloaded from {lib})")
+        return
+    os.environ["LD_PRELOAD"] = f"{lib}:{preload}" if preload else lib
+    os.execv(sys.executable, [sys.executable, *sys.argv])
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("sizes", nargs="*", type=int, default=[500, 2000, 5000])
@@ -128,7 +148,11 @@ def main() -> None:
     ap.add_argument("--ipopt", action="append", default=[], metavar="NAME=VALUE",
                     help="an IPOPT option for both solvers (repeatable), e.g. "
                          "mumps_permuting_scaling=0")
+    ap.add_argument("--casadi-ipopt", action="store_true",
+                    help="run with CasADi's IPOPT library preloaded (Linux), for both solvers")
     opts = ap.parse_args()
+    if opts.casadi_ipopt:
+        _with_casadi_ipopt()
     options = {}
     for item in opts.ipopt:
         name, _, value = item.partition("=")

@@ -61,10 +61,11 @@ def banded_colouring(pattern: sp.csr_array) -> np.ndarray | None:
     counts = ends - starts
     if counts.min() == 0:  # rows without nonzeros span nothing
         starts, ends = starts[counts > 0], ends[counts > 0]
-    width = int((indices[ends - 1] - indices[starts]).max()) + 1
+    width = int((indices.take(ends - 1) - indices.take(starts)).max()) + 1
     if width != int(counts.max()):
         return None
-    return np.arange(n, dtype=np.int64) % width
+    # 0, 1, .., w - 1 repeated: copies, where ``arange(n) % w`` divides n times
+    return np.tile(np.arange(width, dtype=np.int64), -(-n // width))[:n]
 
 
 def column_colouring(pattern: sp.sparray) -> np.ndarray:

@@ -24,7 +24,6 @@ from tapejit._kernels.plan import _check_plan, _zero_planned
 from tapejit._kernels.reverse import reverse_edges, reverse_stored_point_sweep
 from tapejit._kernels.support import _params64, _point_failed_guards
 from tapejit._program import (
-    AT_INPUTS,
     AT_OUTPUTS,
     AT_RESIDENT,
     FIRST_ADJOINT,
@@ -93,16 +92,22 @@ def _fill_values(prog, consts, x, P, W):
 @njit(cache=True, nogil=True)
 def _point_tangents(prog, V, T):
     # Resident constants and parameters get zero tangents (no sweep reads the others'),
-    # inputs the directions; the sweep writes every result row.
+    # inputs the directions; the sweep writes every result row. The inputs are slots
+    # nd, nd + 1, ... (validated, as _fill_values takes them): rows, not a gather.
     o = prog[AT_RESIDENT]
     for z in range(prog[N_RESIDENT]):
-        for s in range(prog[o + RUN * z + RUN_START], prog[o + RUN * z + RUN_STOP]):
-            for d in range(V.shape[0]):
-                T[s, d] = 0.0
-    o = prog[AT_INPUTS]
-    for d in range(V.shape[0]):
-        for j in range(prog[N_INPUTS]):
-            T[prog[o + j], d] = V[d, j]
+        T[prog[o + RUN * z + RUN_START] : prog[o + RUN * z + RUN_STOP]] = 0.0
+    nd = prog[FIRST_ADJOINT]
+    t = T[nd : nd + prog[N_INPUTS]]
+    if V.shape[0] == 1:
+        t1 = t.reshape(t.size)
+        v = V[0]
+        for j in range(t1.size):
+            t1[j] = v[j]
+        return
+    for j in range(t.shape[0]):
+        for d in range(V.shape[0]):
+            t[j, d] = V[d, j]
 
 
 @njit(cache=True, nogil=True)
@@ -288,10 +293,18 @@ def hvp_point(prog, consts, x, P, V, g, HV, WS):
     out = prog[prog[AT_OUTPUTS]]
     A[out] = 1.0
     reverse_hvp_point_sweep(prog, consts, P, W, T, A, Ad, nv)
-    o = prog[AT_INPUTS]
-    for j in range(prog[N_INPUTS]):
-        s = prog[o + j]
-        g[j] = A[s]
-        for d in range(nv):
-            HV[d, j] = Ad[s, d]
+    nd = prog[FIRST_ADJOINT]
+    a = A[nd : nd + prog[N_INPUTS]]
+    ad = Ad[nd : nd + prog[N_INPUTS]]
+    for j in range(a.size):
+        g[j] = a[j]
+    if nv == 1:
+        ad1 = ad.reshape(ad.size)
+        h = HV[0]
+        for j in range(ad1.size):
+            h[j] = ad1[j]
+    else:
+        for j in range(a.size):
+            for d in range(nv):
+                HV[d, j] = ad[j, d]
     return _point_failed_guards(prog, W)
