@@ -45,6 +45,7 @@ The kernels themselves, the thread pool that runs batches and the chunk policy a
 
 from __future__ import annotations
 
+import re
 import threading
 import warnings
 from collections.abc import Callable
@@ -599,8 +600,7 @@ class Tape:
             lines.append(f"  ... {len(code) - limit} more")
         for s, outcome in self.guards:
             lines.append(f"  guard {slot(int(s))} is {bool(outcome)}")
-        outs = ", ".join(slot(int(s)) for s in self.outputs)
-        lines.append(f"  return {outs}")
+        lines.append(f"  return {', '.join(_runs([slot(int(s)) for s in self.outputs]))}")
         return "\n".join(lines)
 
     # -- files, pictures, passes (implemented in _io, _show and _passes) ---------------------
@@ -1703,6 +1703,29 @@ def install_for_tests(tape: Tape, *, plan: np.ndarray | None = None,
     if segment_elements is not None:  # 0: never segment
         sg = split(Program.from_tape(tape), segment_elements) if segment_elements else None
         tape._seg = False if sg is None else (sg, [None] * len(sg.segments))
+
+
+_NAMED = re.compile(r"([a-z]+)(\d+)")
+
+
+def _runs(names: list[str]) -> list[str]:
+    """Slot names with each run of three or more consecutive ones of a kind (``v7``,
+    ``v8``, ``v9``) as ``v7..v9``: a tape returning a block lists one item, not one
+    per element."""
+    out: list[str] = []
+    i = 0
+    while i < len(names):
+        m = _NAMED.fullmatch(names[i])
+        j = i + 1
+        if m:
+            kind, first = m.group(1), int(m.group(2))
+            while j < len(names) and names[j] == f"{kind}{first + j - i}":
+                j += 1
+        out.append(f"{names[i]}..{names[j - 1]}" if j - i >= 3 else names[i])
+        if j - i < 3:
+            j = i + 1
+        i = j
+    return out
 
 
 def _unpickle(prog, consts, input_shapes, output_shapes, name) -> Tape:

@@ -649,6 +649,14 @@ def test_listing_and_repr():
     assert len(tape.listing(limit=None).splitlines()) == len(tape) + 2
 
 
+def test_listing_names_runs_of_outputs_once():
+    # A tape that returns blocks lists each run of consecutive slots as one item, as
+    # the instructions' blocks are, not one name per element.
+    tape = tapejit.record(lambda x: np.concatenate([x ** 2, x[:1] * 2.0, x, x[:2]]),
+                          np.ones(5))
+    assert tape.listing().splitlines()[-1] == "  return v0..v5, x0..x4, x0, x1"
+
+
 def test_listing_shows_constants():
     tape = tapejit.record(lambda x: 2.5 * x, 1.0)
     assert "mul(2.5, x0)" in tape.listing()
