@@ -23,7 +23,7 @@ import numpy as np
 
 from ._errors import BranchError
 from ._record import record
-from ._tape import Tape, sparse_compression, sparse_values
+from ._tape import Tape, sparse_compression, sparse_take, sparse_values
 
 
 def _evaluate(what: str, call: Callable[[], Any]) -> Any:
@@ -190,8 +190,9 @@ class IpoptProblem:
             self._jac_rows = self._jac_cols = np.zeros(0, dtype=np.int64)
         hp = sparse_compression(lagrangian, "hessian").pattern
         rows = np.repeat(np.arange(hp.shape[0]), np.diff(hp.indptr))
-        self._lower = rows >= hp.indices
-        self._hess_rows, self._hess_cols = rows[self._lower], hp.indices[self._lower]
+        lower = rows >= hp.indices
+        self._hess_rows, self._hess_cols = rows[lower], hp.indices[lower]
+        self._hess_take = sparse_take(lagrangian, "hessian", lower)  # the lower triangle
 
     def reset(self) -> None:
         """Zero the counters and forget the last point, for a new solve."""
@@ -262,10 +263,11 @@ class IpoptProblem:
         t = time.perf_counter()
         params = np.concatenate([[obj_factor], lagrange, *(np.ravel(a) for a in self.args)])
         H = _evaluate("the objective or a constraint function",
-                      lambda: sparse_values(self.lagrangian, "hessian", x, params))
+                      lambda: sparse_values(self.lagrangian, "hessian", x, params,
+                                            self._hess_take))
         self.seconds += time.perf_counter() - t
         self.nhev += 1
-        return H[self._lower]
+        return H
 
     def intermediate(self, alg_mod, iter_count, *rest) -> bool:
         self.nit = int(iter_count)

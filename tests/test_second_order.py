@@ -25,6 +25,7 @@ from _op_helpers import (
     OP_NAMES,
     away_from_kinks,
     fixed_operands,
+    same_bits,
     sample,
     spec,
     tape_of,
@@ -34,7 +35,14 @@ from hypothesis import strategies as st
 
 import tapejit
 from tapejit import OPS
-from tapejit._ops import LINEAR, ORDER_OPERAND, PIECEWISE, ZERO_DERIVATIVE
+from tapejit._ops import (
+    FAST_BLOCK,
+    FAST_BROADCAST,
+    LINEAR,
+    ORDER_OPERAND,
+    PIECEWISE,
+    ZERO_DERIVATIVE,
+)
 
 # Tests of the optimised kernels (see tests/conftest.py).
 pytestmark = pytest.mark.kernels
@@ -138,6 +146,43 @@ def test_hvp_and_batched_second_order_per_point(name, rng_seed):
         np.testing.assert_array_equal(tape.hessian(X[i]), H[i])
         np.testing.assert_array_equal(tape.hvp(X[i], V[i]), HV[i])
         assert tape.jvp(X[i], V[i]) == JV[i]
+
+
+def _block_modes(op):
+    """The operand layouts the one-point block fast paths take (from the op's flags):
+    every operand a contiguous block, or (``FAST_BROADCAST``) one of two a scalar."""
+    if op.arity == 2 and FAST_BROADCAST in op.flags:
+        return ["vv", "sv", "vs"]
+    return ["v" * op.arity]
+
+
+BLOCK_CASES = [(op.name, mode) for op in OPS if FAST_BLOCK in op.flags
+               for mode in _block_modes(op)]
+
+
+@pytest.mark.parametrize("name, mode", BLOCK_CASES)
+def test_block_fast_paths_of_several_directions_give_the_bits_of_many_points(name, mode):
+    """A one-point forward Jacobian and Hessian carry every input's direction in one
+    sweep: each block instruction of a ``FAST_BLOCK`` op takes the fast path for several
+    directions (its values once per element, then each direction), the batched sweeps
+    the element loop. The same results, in every operand layout."""
+    op, width = BY_NAME[name], 7
+
+    def f(x):
+        return spec(op)(*(x[k * width] if m == "s" else x[k * width : (k + 1) * width]
+                          for k, m in enumerate(mode)))
+
+    S = sample(op, 4 * width, seed=11)  # per point, its operands' blocks one after another
+    X = np.stack([S[q * width : (q + 1) * width].T.ravel() for q in range(4)])
+    block = tapejit.record(f, X[0])
+    assert op.code in block.opcodes[block.sizes == width], block.listing()
+    loss = tapejit.record(lambda x: np.sum(f(x) ** 2), X[0])
+    J, H = block.jacobian(X, mode="forward"), loss.hessian(X)
+    for q in range(4):
+        # equal values (a zero tangent's sign aside: one point's neg gives -0.0, as
+        # its element loop always did, the batched element loop 0.0 - 0.0)
+        np.testing.assert_array_equal(block.jacobian(X[q], mode="forward"), J[q])
+        assert same_bits(loss.hessian(X[q]), H[q]), q
 
 
 MULTI_ARY = [op.name for op in OPS if op.arity > 1]

@@ -37,6 +37,9 @@ POINTWISE_SLOTS = 16384
 REUSE_SLOTS = 4096
 #: Directions carried by one second-order sweep at most (bounds its workspace).
 DIR_BLOCK = 16
+#: Directions of a one-point second-order sweep that run on the tape's per-thread
+#: workspace (a sparse Hessian's colours); more allocate their own.
+REUSE_DIRECTIONS = 8
 #: Batched kernels with a point-by-point twin for tapes too long for a chunk of points.
 POINTWISE = {"forward_batch": "forward_points", "vjp_batch": "vjp_points"}
 
