@@ -149,7 +149,7 @@ def test_hvp_and_batched_second_order_per_point(name, rng_seed):
 
 
 def _block_modes(op):
-    """The operand layouts the one-point block fast paths take (from the op's flags):
+    """The operand layouts of the one-point block fast paths (from the op's flags):
     every operand a contiguous block, or (``FAST_BROADCAST``) one of two a scalar."""
     if op.arity == 2 and FAST_BROADCAST in op.flags:
         return ["vv", "sv", "vs"]
@@ -161,11 +161,11 @@ BLOCK_CASES = [(op.name, mode) for op in OPS if FAST_BLOCK in op.flags
 
 
 @pytest.mark.parametrize("name, mode", BLOCK_CASES)
-def test_block_fast_paths_of_several_directions_give_the_bits_of_many_points(name, mode):
+def test_blocks_of_several_directions_at_one_point_give_the_bits_of_many_points(name, mode):
     """A one-point forward Jacobian and Hessian carry every input's direction in one
-    sweep: each block instruction of a ``FAST_BLOCK`` op takes the fast path for several
-    directions (its values once per element, then each direction), the batched sweeps
-    the element loop. The same results, in every operand layout."""
+    sweep over a block instruction of a ``FAST_BLOCK`` op, in each operand layout its
+    one-direction fast paths take; the batched sweeps run the chunk's element loop.
+    The same results."""
     op, width = BY_NAME[name], 7
 
     def f(x):
@@ -179,8 +179,8 @@ def test_block_fast_paths_of_several_directions_give_the_bits_of_many_points(nam
     loss = tapejit.record(lambda x: np.sum(f(x) ** 2), X[0])
     J, H = block.jacobian(X, mode="forward"), loss.hessian(X)
     for q in range(4):
-        # equal values (a zero tangent's sign aside: one point's neg gives -0.0, as
-        # its element loop always did, the batched element loop 0.0 - 0.0)
+        # equal values (a zero tangent's sign aside: one point's neg gives -0.0, its
+        # element loop negating, the batched element loop 0.0 - 0.0)
         np.testing.assert_array_equal(block.jacobian(X[q], mode="forward"), J[q])
         assert same_bits(loss.hessian(X[q]), H[q]), q
 

@@ -325,41 +325,31 @@ def _seconds(op: Op, ks: list[int]) -> dict[tuple[int, int], str]:
 
 
 def _fast_paths_tangent(op: Op) -> list[str]:
-    """Tangent block fast paths of one point: for one direction over ``T1`` (``T``
-    flat, so the loop vectorizes), and for several with each element's value and
-    partials computed once and a loop over its row of ``T`` (no index arithmetic)."""
+    """Tangent block fast paths of one point and one direction (``T1``: ``T`` flat)."""
     ks = _nonzero_partials(op)
     general = _general(op, ks)
     vals = sorted({v for e in (op.value, *(op.partials[k] for k in general))
                    for v in _uses(e)} - {"r"}, key="abc".index)
-    xs = ["abc"[k] for k in ks]
     paths = []
     for cond, mode in _block_modes(op):
-        for multi in (False, True):
-            tv = "T" if multi else "T1"
-            at = "[e, d]" if multi else "[e]"
-            tan = {k: f"t{x}{at}" if mode[x] == "v" else f"t{x}{'[d]' if multi else ''}"
-                   for k, x in zip(ks, xs, strict=True)}
-            store = [f"    tr{at} = {_tangent_expr(op, ks, tan)}"]
-            if multi:
-                store = ["    for d in range(nv):", "    " + store[0]]
-            body = [*_value_setup(mode, vals),
-                    *(f"t{x} = {tv}[i{x} : i{x} + n]" if mode[x] == "v" else
-                      f"t{x} = {tv}[i{x}]" for x in xs),
-                    "wr = W[ir : ir + n]", f"tr = {tv}[ir : ir + n]", "for e in range(n):",
-                    *("    " + line for line in _value_loads(mode, vals)),
-                    f"    r = {op.value}", "    wr[e] = r",
-                    *(f"    d{k} = {op.partials[k]}" for k in general), *store]
-            paths.append((cond + (" and nv > 1" if multi else " and nv == 1"), body))
+        xs = ["abc"[k] for k in ks]
+        tan = {k: f"t{x}[e]" if mode[x] == "v" else f"t{x}" for k, x in zip(ks, xs, strict=True)}
+        body = [*_value_setup(mode, vals),
+                *(f"t{x} = T1[i{x} : i{x} + n]" if mode[x] == "v" else f"t{x} = T1[i{x}]"
+                  for x in xs),
+                "wr = W[ir : ir + n]", "tr = T1[ir : ir + n]", "for e in range(n):",
+                *("    " + line for line in _value_loads(mode, vals)),
+                f"    r = {op.value}", "    wr[e] = r",
+                *(f"    d{k} = {op.partials[k]}" for k in general),
+                f"    tr[e] = {_tangent_expr(op, ks, tan)}"]
+        paths.append((cond + " and nv == 1", body))
     return _chain(paths)
 
 
 def _fast_paths_hvp(op: Op) -> list[str]:
-    """Forward-over-reverse block fast paths of one point, one loop per operand like
-    :func:`_fast_paths_reverse`: for one direction over ``T1`` and ``Ad1`` (``T`` and
-    ``Ad`` flat), and for several with a loop over each element's row of ``T`` and
-    ``Ad`` (a broadcast operand then adds each element's terms as they come, as the
-    element loop does, instead of a sum per direction)."""
+    """Forward-over-reverse block fast paths of one point and one direction (``T1``,
+    ``Ad1``: ``T`` and ``Ad`` flat), one loop per operand like
+    :func:`_fast_paths_reverse`."""
     ks = _nonzero_partials(op)
     seconds = _seconds(op, ks)
     paths = []
@@ -367,75 +357,44 @@ def _fast_paths_hvp(op: Op) -> list[str]:
         need = {v for k in ks for e in (op.partials[k], *(seconds.get((k, j), "0.0")
                                                            for j in range(op.arity)))
                 for v in _uses(e)}
+        body = [*_value_setup(mode, sorted(need - {"r"}, key="abc".index)),
+                *(["wr = W[ir : ir + n]"] if "r" in need else []),
+                "gr = A[ir : ir + n]", "gdr = Ad1[ir : ir + n]"]
         tangents = {j for (_, j) in seconds}
-        for multi in (False, True):
-            paths.append((cond + (" and nv > 1" if multi else " and nv == 1"),
-                          _hvp_path(op, ks, seconds, mode, need, tangents, multi)))
+        body += [f"t{x} = T1[i{x} : i{x} + n]" if mode[x] == "v" else f"t{x} = T1[i{x}]"
+                 for x in ("abc"[j] for j in sorted(tangents))]
+        for k in ks:
+            x, pk = "abc"[k], op.partials[k]
+            js = [j for j in range(op.arity) if (k, j) in seconds]
+            exprs = [pk] + [seconds[(k, j)] for j in js]
+            names = sorted({v for e in exprs for v in _uses(e)}, key="abcr".index)
+            loop = ["g = gr[e]", "gd = gdr[e]", *_value_loads(mode, names),
+                    *(["r = wr[e]"] if "r" in names else [])]
+            if _unit(op, k):
+                sign = "" if _unit(op, k) == "+" else "-"
+                first, dfirst = f"{sign}g", f"{sign}gd"
+            else:
+                loop.append(f"d{k} = {pk}")
+                first, dfirst = f"_azmul(g, d{k})", f"_azmul(gd, d{k})"
+            tail = ""
+            if js:
+                loop += [f"s{k}{j} = {seconds[(k, j)]}" for j in js]
+                u = " + ".join(
+                    f"_azmul(s{k}{j}, t{'abc'[j]}{'[e]' if mode['abc'[j]] == 'v' else ''})"
+                    for j in js)
+                tail = f" + _azmul(g, {u})"
+            body.append(f"if i{x} >= nd:")
+            if mode[x] == "v":
+                body += [f"    ga = A[i{x} : i{x} + n]", f"    gda = Ad1[i{x} : i{x} + n]",
+                         "    for e in range(n):", *("        " + line for line in loop),
+                         f"        ga[e] += {first}", f"        gda[e] += {dfirst}{tail}"]
+            else:  # a broadcast operand collects the sums over the block
+                body += ["    t = 0.0", "    td = 0.0", "    for e in range(n):",
+                         *("        " + line for line in loop),
+                         f"        t += {first}", f"        td += {dfirst}{tail}",
+                         f"    A[i{x}] += t", f"    Ad1[i{x}] += td"]
+        paths.append((cond + " and nv == 1", body))
     return _chain(paths)
-
-
-def _hvp_path(op: Op, ks: list[int], seconds: dict, mode: dict[str, str], need: set,
-              tangents: set, multi: bool) -> list[str]:
-    """One fast path of :func:`_fast_paths_hvp`."""
-    tv, adv = ("T", "Ad") if multi else ("T1", "Ad1")
-    body = [*_value_setup(mode, sorted(need - {"r"}, key="abc".index)),
-            *(["wr = W[ir : ir + n]"] if "r" in need else []),
-            "gr = A[ir : ir + n]", f"gdr = {adv}[ir : ir + n]"]
-    body += [f"t{x} = {tv}[i{x} : i{x} + n]" if mode[x] == "v" else f"t{x} = {tv}[i{x}]"
-             for x in ("abc"[j] for j in sorted(tangents))]
-    for k in ks:
-        x = "abc"[k]
-        loads, first, dfirst, tail = _hvp_terms(op, k, seconds, mode,
-                                                "[e, d]" if multi else "[e]",
-                                                "[d]" if multi else "")
-        body.append(f"if i{x} >= nd:")
-        if multi:  # each element's row of directions
-            row = "gda[e, d]" if mode[x] == "v" else "gda[d]"
-            body += ([f"    ga = A[i{x} : i{x} + n]", f"    gda = Ad[i{x} : i{x} + n]"]
-                     if mode[x] == "v" else [f"    gda = Ad[i{x}]"])
-            body += ["    for e in range(n):",
-                     *("        " + line for line in ["g = gr[e]", *loads]),
-                     f"        {'ga[e]' if mode[x] == 'v' else f'A[i{x}]'} += {first}",
-                     "        for d in range(nv):", "            gd = gdr[e, d]",
-                     f"            {row} += {dfirst}{tail}"]
-            continue
-        loop = ["g = gr[e]", "gd = gdr[e]", *loads]
-        if mode[x] == "v":
-            body += [f"    ga = A[i{x} : i{x} + n]", f"    gda = Ad1[i{x} : i{x} + n]",
-                     "    for e in range(n):", *("        " + line for line in loop),
-                     f"        ga[e] += {first}", f"        gda[e] += {dfirst}{tail}"]
-        else:  # a broadcast operand collects the sums over the block
-            body += ["    t = 0.0", "    td = 0.0", "    for e in range(n):",
-                     *("        " + line for line in loop),
-                     f"        t += {first}", f"        td += {dfirst}{tail}",
-                     f"    A[i{x}] += t", f"    Ad1[i{x}] += td"]
-    return body
-
-
-def _hvp_terms(op: Op, k: int, seconds: dict, mode: dict[str, str], at: str, one: str
-               ) -> tuple[list[str], str, str, str]:
-    """For operand ``k`` of a forward-over-reverse fast path: the lines that load its
-    operands and compute its partial and second partials at element ``e``, and the
-    expressions of its adjoint's term (``g``), its tangent's term (``gd``) and the
-    second-order tail; a tangent is read at ``t{x}{at}``, or ``t{x}{one}`` broadcast."""
-    pk = op.partials[k]
-    js = [j for j in range(op.arity) if (k, j) in seconds]
-    exprs = [pk] + [seconds[(k, j)] for j in js]
-    names = sorted({v for e in exprs for v in _uses(e)}, key="abcr".index)
-    loop = [*_value_loads(mode, names), *(["r = wr[e]"] if "r" in names else [])]
-    if _unit(op, k):
-        sign = "" if _unit(op, k) == "+" else "-"
-        first, dfirst = f"{sign}g", f"{sign}gd"
-    else:
-        loop.append(f"d{k} = {pk}")
-        first, dfirst = f"_azmul(g, d{k})", f"_azmul(gd, d{k})"
-    tail = ""
-    if js:
-        loop += [f"s{k}{j} = {seconds[(k, j)]}" for j in js]
-        u = " + ".join(f"_azmul(s{k}{j}, t{'abc'[j]}{at if mode['abc'[j]] == 'v' else one})"
-                       for j in js)
-        tail = f" + _azmul(g, {u})"
-    return loop, first, dfirst, tail
 
 
 def _forward() -> str:
