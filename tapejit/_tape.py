@@ -45,7 +45,6 @@ The kernels themselves, the thread pool that runs batches and the chunk policy a
 
 from __future__ import annotations
 
-import re
 import threading
 import warnings
 from collections.abc import Callable
@@ -69,8 +68,10 @@ from ._program import (
     ARG_A,
     ATTR,
     FAMILIES,
+    FIRST_ADJOINT,
     FIRST_ORDER_SWEEPS,
     MAX_ARITY,
+    N_CONSTS,
     N_GUARDS,
     N_INPUTS,
     N_INSTR,
@@ -601,7 +602,10 @@ class Tape:
             lines.append(f"  ... {len(code) - limit} more")
         for s, outcome in self.guards:
             lines.append(f"  guard {slot(int(s))} is {bool(outcome)}")
-        lines.append(f"  return {', '.join(_runs([slot(int(s)) for s in self.outputs]))}")
+        bounds = (int(self._prog[N_CONSTS]), int(self._prog[FIRST_ADJOINT]),
+                  first_result(self._prog))
+        outs = ", ".join(span(s, size, 1) for s, size in _runs(self.outputs, bounds))
+        lines.append(f"  return {outs}")
         return "\n".join(lines)
 
     # -- files, pictures, passes (implemented in _io, _show and _passes) ---------------------
@@ -1723,25 +1727,20 @@ def install_for_tests(tape: Tape, *, plan: np.ndarray | None = None,
         tape._seg = False if sg is None else (sg, [None] * len(sg.segments))
 
 
-_NAMED = re.compile(r"([a-z]+)(\d+)")
-
-
-def _runs(names: list[str]) -> list[str]:
-    """Slot names with each run of three or more consecutive ones of a kind (``v7``,
-    ``v8``, ``v9``) as ``v7..v9``: a tape returning a block lists one item, not one
-    per element."""
-    out: list[str] = []
-    i = 0
-    while i < len(names):
-        m = _NAMED.fullmatch(names[i])
+def _runs(slots: np.ndarray, bounds: tuple[int, int, int]) -> list[tuple[int, int]]:
+    """``(first slot, length)`` of ``slots`` in order, each run of three or more
+    consecutive slots as one: a tape returning a block lists it as one item. A run
+    stays within one of the parameters, the inputs or the results (``bounds``: where
+    each starts); constants, named by their values, stay one by one."""
+    kind = np.searchsorted(np.asarray(bounds), slots, side="right")  # 0: a constant
+    out, i = [], 0
+    while i < len(slots):
         j = i + 1
-        if m:
-            kind, first = m.group(1), int(m.group(2))
-            while j < len(names) and names[j] == f"{kind}{first + j - i}":
-                j += 1
-        out.append(f"{names[i]}..{names[j - 1]}" if j - i >= 3 else names[i])
-        if j - i < 3:
-            j = i + 1
+        while (j < len(slots) and kind[i] and kind[j] == kind[i]
+               and slots[j] == slots[j - 1] + 1):
+            j += 1
+        j = j if j - i >= 3 else i + 1
+        out.append((int(slots[i]), j - i))
         i = j
     return out
 
