@@ -496,3 +496,33 @@ def test_import_leaves_the_kernel_source_files_alone():
     imported = set(eval(res.stdout.strip().splitlines()[-1]))
     assert {"tapejit._kernels.scalar", "tapejit._kernels.fam_loop"} <= sources
     assert not imported & sources, sorted(imported & sources)
+
+
+_BLAS_CHECK = """
+import sys
+import tapejit
+from tapejit._kernels.runtime import kernels
+kernels()
+loaded = ("numba.np.arraymath" in sys.modules, "scipy.linalg" in sys.modules,
+          "scipy.linalg.cython_blas" in sys.modules)
+import scipy.linalg
+blas = sys.modules["scipy.linalg.cython_blas"]
+import numpy as np
+from numba import njit
+product = njit(lambda a, b: a @ b)(np.eye(3), np.arange(9.0).reshape(3, 3))
+print(repr((loaded, scipy.linalg.cython_blas is blas, product.tolist())))
+"""
+
+
+def test_loading_the_kernels_runs_numbas_blas_check_without_scipy_linalg():
+    """Numba's ``arraymath`` (imported at the first kernel load) checks for BLAS by
+    importing ``scipy.linalg.cython_blas``; tapejit loads that extension by itself for the
+    check (``runtime._check_blas_lightly``), so ``scipy.linalg`` is not imported, and a
+    later ``import scipy.linalg`` and Numba's BLAS calls work as always."""
+    env = dict(os.environ, TAPEJIT_KERNELS="generic")
+    res = subprocess.run([sys.executable, "-c", _BLAS_CHECK], env=env, capture_output=True,
+                         text=True, timeout=300, check=True)
+    loaded, same, product = eval(res.stdout.strip().splitlines()[-1])
+    assert loaded == (True, False, False)
+    assert same
+    assert product == np.arange(9.0).reshape(3, 3).tolist()

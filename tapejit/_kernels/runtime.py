@@ -4,6 +4,8 @@ how many points a chunk holds.
 * :func:`kernels_for` loads the generated kernel module (``tapejit._kernels.cache.load_kernels``)
   once per process and hands out its entry points for one kind of tape, each optimised or
   still generic while the optimised kernels compile in the background (``tiers.py``).
+  Before the first load it runs Numba's BLAS check without importing ``scipy.linalg``
+  (:func:`_check_blas_lightly`).
 * :func:`run_batch` runs a batched kernel over many points on the caller's thread plus
   the workers of one process-wide thread pool, each thread taking every ``nt``-th chunk
   (the kernels release the GIL). A forked child forgets its parent's pool.
@@ -16,7 +18,10 @@ Nothing here knows about tapes: :mod:`tapejit._tape` hands the kernels their arr
 
 from __future__ import annotations
 
+import importlib.machinery
+import importlib.util
 import os
+import sys
 import threading
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -75,8 +80,47 @@ def kernels_for(families: tuple[int, ...], float32: bool = False) -> Kernels:
     (``tiers.py``)."""
     global _MODULE
     if _MODULE is None:
+        _check_blas_lightly()
         _MODULE = load_kernels()
     return namespace(_MODULE, families, float32)
+
+
+_CYTHON_BLAS = "scipy.linalg.cython_blas"
+
+
+def _check_blas_lightly() -> None:
+    """Let Numba find BLAS without importing the ``scipy.linalg`` package.
+
+    Numba's ``arraymath``, imported at the first (cached) kernel load, checks for BLAS
+    with ``import scipy.linalg.cython_blas``, which runs ``scipy.linalg``'s ``__init__``
+    and the array-API layer behind it: most of a warm start's first call (docs:
+    performance, *Warm start*). That extension module alone is what Numba needs (its
+    BLAS calls read the module's C function table when they first run). So it is
+    loaded from its file by itself for the check, then taken out of ``sys.modules``
+    again: a later ``import scipy.linalg`` loads the package as always (the extension
+    comes back as the same module object). Anything unexpected leaves Numba to its own
+    import.
+    """
+    if "numba.np.arraymath" in sys.modules or _CYTHON_BLAS in sys.modules:
+        return
+    try:
+        scipy = importlib.util.find_spec("scipy")
+        if scipy is None or not scipy.submodule_search_locations:
+            return
+        where = [os.path.join(p, "linalg") for p in scipy.submodule_search_locations]
+        spec = importlib.machinery.PathFinder.find_spec(_CYTHON_BLAS, where)
+        if spec is None or spec.loader is None:
+            return
+        blas = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(blas)
+    except Exception:  # any failure: Numba imports scipy.linalg itself
+        return
+    sys.modules[_CYTHON_BLAS] = blas
+    try:
+        import numba.np.arraymath  # noqa: F401 - runs Numba's BLAS check now
+    finally:
+        if sys.modules.get(_CYTHON_BLAS) is blas:
+            del sys.modules[_CYTHON_BLAS]
 
 
 def is_cached(name: str) -> bool:
