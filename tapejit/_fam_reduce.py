@@ -181,14 +181,19 @@ def scan_vjp(attrs, operands, result, cotangent, needed=(True,)) -> tuple:
 
 
 _SUM_POINTS = "before sums over many points walked the workspace rows: the same results"
+_SUM_BLOCKS = ("before sums added blocks of 8 elements one after the other: the same sums, "
+               "rounded in another order (the last bits)")
 REDUCE = Family("reduce", 129, 1, ATTRS, check=reduce_check,
                 sizes=reduce_sizes, kernel="fam_reduce", reference=reduce_reference,
-                points_reference=reduce_points,
-                vjp=reduce_vjp, equivalent={"28f452b6f53ab3d7": _SUM_POINTS})
+                points_reference=reduce_points, vjp=reduce_vjp,
+                equivalent={"28f452b6f53ab3d7": _SUM_POINTS, "f70ff80e0796d437": _SUM_BLOCKS})
 SCAN = Family("scan", 130, 1, ATTRS, check=scan_check,
               sizes=scan_sizes, kernel="fam_reduce", reference=scan_reference,
-              points_reference=scan_points,
-              vjp=scan_vjp, equivalent={"c8d55b1bbe24c42f": _SUM_POINTS})
+              points_reference=scan_points, vjp=scan_vjp,
+              equivalent={"c8d55b1bbe24c42f": _SUM_POINTS,
+                          "a5086bbca4ec33bd": "before the kernel file's sums (not the scans) "
+                                              "added blocks of 8 one after the other: the "
+                                              "same results"})
 
 
 # -- recording ---------------------------------------------------------------------------

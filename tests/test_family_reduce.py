@@ -178,6 +178,59 @@ def test_sum_is_pairwise():
     assert np.all(np.abs(points[0] - exact) <= bound)
 
 
+def _block_order_sum(x):
+    """The sum of the 1-D array ``x`` in the order ``fam_reduce``'s docstring gives,
+    element by element with numpy scalars of ``x``'s dtype: blocks of 128, each with
+    eight accumulators, block sums by a binary counter."""
+    def block(y):
+        if len(y) < 8:
+            s = y[0]
+            for v in y[1:]:
+                s = s + v
+            return s
+        r = list(y[:8])
+        k = 8
+        while k + 8 <= len(y):
+            r = [r[j] + y[k + j] for j in range(8)]
+            k += 8
+        s = ((r[0] + r[1]) + (r[2] + r[3])) + ((r[4] + r[5]) + (r[6] + r[7]))
+        for v in y[k:]:
+            s = s + v
+        return s
+
+    stack = []  # (sum, blocks in it)
+    for b0 in range(0, len(x), 128):
+        stack.append((block(x[b0:b0 + 128]), 1))
+        while len(stack) > 1 and stack[-1][1] == stack[-2][1]:
+            (a, c), (b, _) = stack.pop(-2), stack.pop()
+            stack.append((a + b, 2 * c))
+    out = stack[-1][0]
+    for s, _ in reversed(stack[:-1]):
+        out = out + s
+    return out
+
+
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+def test_sums_follow_the_documented_order(dtype):
+    # Bit for bit, at one point (one lane), along inner lanes and along points, against an
+    # independent transcription of the order; terms of many magnitudes, so that another
+    # order would round differently.
+    rng = np.random.default_rng(7)
+    for n in (1, 5, 7, 8, 9, 15, 16, 23, 127, 128, 129, 135, 136, 255, 256, 257, 385, 1000,
+              2049):
+        x = (rng.standard_normal((n, 3)) * 10.0 ** rng.uniform(-6, 6, (n, 3))).astype(dtype)
+        want = [_block_order_sum(x[:, q]) for q in range(3)]
+        one = _forward("reduce", np.array((fr.SUM, 1, n, 1), np.int32),
+                       np.ascontiguousarray(x[:, :1]), 1, 1)
+        lanes = _forward("reduce", np.array((fr.SUM, 1, n, 3), np.int32),
+                         x.reshape(-1, 1), 1, 1)
+        points = _forward("reduce", np.array((fr.SUM, 1, n, 1), np.int32), x, 3, 3)
+        assert one[0, 0].tobytes() == want[0].tobytes(), n
+        for q in range(3):
+            assert lanes[q, 0].tobytes() == want[q].tobytes(), (n, q)
+            assert points[0, q].tobytes() == want[q].tobytes(), (n, q)
+
+
 @pytest.mark.parametrize("zeros", [1, 2])
 def test_products_with_zeros(zeros):
     # One zero: its adjoint is the product of the others, the rest get 0; two: all 0.
@@ -379,8 +432,8 @@ def test_one_lane_gives_the_bits_of_many_lanes(kind, dtype):
     # One point runs element-by-element paths (no view per row); they must keep the
     # order of the many-lane loops, forward and reverse, so one point and many agree.
     rng = np.random.default_rng(kind)
-    # Past 8 * 256 elements the one-lane sum works in tiles of 256 blocks of 8.
-    for n in (1, 7, 8, 9, 17, 100, 1001, 2048, 2056, 4103, 10007):
+    # Sums: blocks of 128 with eight accumulators, block sums by a binary counter.
+    for n in (1, 7, 8, 9, 17, 100, 127, 128, 129, 1001, 2048, 2056, 4103, 10007):
         at = np.array((kind, 1, n, 1), np.int32)
         a = rng.uniform(0.9, 1.1, (n, 5)).astype(dtype)
         gr = rng.standard_normal((1, 5)).astype(dtype)

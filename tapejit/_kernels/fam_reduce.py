@@ -18,9 +18,15 @@ they index the rows of the operand block directly (``_red_sum_points``,
 ``_red_spread_points``), in the same order, because for a short axis the views and tiles
 cost several times the additions.
 
-Sums are pairwise (blocks summed directly, block sums combined as a balanced tree), so
-their rounding error grows with ``log n`` like numpy's. No rule divides by an element:
-products and their derivatives use prefix and suffix products, so zeros are exact.
+Sums are pairwise, in one order at one point and over many (so the same bits): blocks
+of 128 elements (the last may be shorter), each summed as numpy sums one, with eight
+accumulators (element ``k`` of a block into accumulator ``k % 8``, combined as
+``((r0 + r1) + (r2 + r3)) + ((r4 + r5) + (r6 + r7))``, then the elements past the last
+multiple of eight one after the other; a block of fewer than eight: one after the
+other from its first element), and the block sums combined as a balanced binary tree
+(a binary counter). Their rounding error grows with ``log n`` like numpy's. No rule
+divides by an element: products and their derivatives use prefix and suffix products,
+so zeros are exact.
 ``max``/``min`` send the adjoint to the *first* extreme element of each lane (numpy's
 ``argmax``; a NaN counts as the extreme, as in ``np.max``).
 """
@@ -39,9 +45,12 @@ from tapejit._kernels.njit import njit
 # --- kernel source ---
 
 # Lanes per tile, and the depth of the pairwise stack (block counts below 2**60).
-_RED_TILE_LOG = 8
-_RED_TILE = 1 << _RED_TILE_LOG
+_RED_TILE = 256
 _RED_LEVELS = 64
+# A sum's blocks: elements per block, and accumulators in a block (the code writes the
+# tree of eight out).
+_RED_BLOCK = 128
+_RED_ACC = 8
 # Elements of a product rule's prefix temporary (n x lanes) before lanes are narrowed.
 _RED_PREFIX_CAP = 1 << 20
 
@@ -102,32 +111,62 @@ def _red_spread(r, m):
 
 # -- sums --------------------------------------------------------------------------------
 @njit(cache=True, nogil=True)
+def _red_block(x, b0, b1, s, r):
+    # s[q] = the sum of rows b0 .. b1 - 1 of x in lane q, in a block's order (the
+    # module's docstring), r: _RED_ACC rows of scratch.
+    lanes = s.shape[0]
+    if b1 - b0 < _RED_ACC:
+        row = _red_row(x, b0)
+        for q in range(lanes):
+            s[q] = row[q]
+        for k in range(b0 + 1, b1):
+            row = _red_row(x, k)
+            for q in range(lanes):
+                s[q] += row[q]
+        return
+    for j in range(_RED_ACC):
+        row = _red_row(x, b0 + j)
+        rj = r[j]
+        for q in range(lanes):
+            rj[q] = row[q]
+    k = b0 + _RED_ACC
+    while k + _RED_ACC <= b1:
+        for j in range(_RED_ACC):
+            row = _red_row(x, k + j)
+            rj = r[j]
+            for q in range(lanes):
+                rj[q] += row[q]
+        k += _RED_ACC
+    for q in range(lanes):
+        s[q] = (((r[0, q] + r[1, q]) + (r[2, q] + r[3, q]))
+                + ((r[4, q] + r[5, q]) + (r[6, q] + r[7, q])))
+    for kk in range(k, b1):
+        row = _red_row(x, kk)
+        for q in range(lanes):
+            s[q] += row[q]
+
+
+@njit(cache=True, nogil=True)
 def _red_psum(x, out, st):
-    # out[q] = sum over k of x[k, q], pairwise per lane: blocks of 8 rows summed directly
-    # (lanes innermost), block sums combined as a binary tree on the stack st.
+    # out[q] = sum over k of x[k, q], pairwise per lane (the module's docstring), lanes
+    # innermost; st: _RED_ACC + _RED_LEVELS rows of scratch, the accumulators of a block
+    # and the stack of block sums.
     n, lanes = x.shape
     if n == 0:
         out[:] = 0
         return
-    # The same order for one lane as for many: one point and many points give the same
-    # bits (numpy's own 8-accumulator order at one lane would differ from the lanes').
     if lanes == 1:
         _red_psum1(x, out, st)
         return
+    r = st[:_RED_ACC]
+    stack = st[_RED_ACC:]
     top = 0
     nb = 0
-    for b0 in range(0, n, 8):
-        b1 = min(b0 + 8, n)
-        row = _red_row(x, b0)
-        for q in range(lanes):
-            st[top, q] = row[q]
-        for k in range(b0 + 1, b1):
-            row = _red_row(x, k)
-            for q in range(lanes):
-                st[top, q] += row[q]
+    for b0 in range(0, n, _RED_BLOCK):
+        _red_block(x, b0, min(b0 + _RED_BLOCK, n), stack[top, :lanes], r)
         nb += 1
-        top = _red_pushed(st, top + 1, nb, lanes)
-    _red_unwind(st, top, out, lanes)
+        top = _red_pushed(stack, top + 1, nb, lanes)
+    _red_unwind(stack, top, out, lanes)
 
 
 @njit(cache=True, nogil=True)
@@ -155,52 +194,41 @@ def _red_unwind(st, top, out, lanes):
 
 @njit(cache=True, nogil=True)
 def _red_psum1(x, out, st):
-    # _red_psum of one lane, in the same order (a view per row, as in _red_row, would
-    # cost more than the addition it feeds). Up to _RED_TILE block sums at a time: each
-    # block's chain is short and independent of the others, so the processor overlaps
-    # them. The block sums then go to the stack as whole aligned groups of 2**k blocks,
-    # each summed level by level: the same tree as pushing block by block, without a
-    # data-dependent loop per block.
+    # _red_psum of one lane, in the same order, on scalars (a view per row, as in
+    # _red_row, would cost more than the addition it feeds). A block's eight
+    # accumulators are eight scalars, which the compiler keeps in vector registers.
     xc = x[:, 0]
     n = xc.shape[0]
-    bs = np.empty(_RED_TILE, st.dtype)
-    lev = np.empty(_RED_LEVELS, np.int64)
+    stack = st[_RED_ACC:]
     top = 0
-    for c0 in range(0, n, 8 * _RED_TILE):
-        nb = min(_RED_TILE, (n - c0) // 8)
-        for b in range(nb):  # whole blocks: a fixed trip count, unrolled
-            k0 = c0 + 8 * b
-            s = xc[k0]
-            for k in range(1, 8):
-                s += xc[k0 + k]
-            bs[b] = s
-        k0 = c0 + 8 * nb
-        if nb < _RED_TILE and k0 < n:  # the short last block
-            s = xc[k0]
-            for k in range(k0 + 1, n):
+    nb = 0
+    for b0 in range(0, n, _RED_BLOCK):
+        b1 = min(b0 + _RED_BLOCK, n)
+        if b1 - b0 < _RED_ACC:
+            s = xc[b0]
+            for k in range(b0 + 1, b1):
                 s += xc[k]
-            bs[nb] = s
-            nb += 1
-        at = 0
-        for k in range(_RED_TILE_LOG, -1, -1):
-            size = 1 << k
-            if nb & size:
-                h = 1
-                while h < size:
-                    for i in range(at, at + size, 2 * h):
-                        bs[i] += bs[i + h]
-                    h *= 2
-                st[top, 0] = bs[at]
-                lev[top] = k
-                top += 1
-                while top > 1 and lev[top - 1] == lev[top - 2]:
-                    top -= 1
-                    st[top - 1, 0] += st[top, 0]
-                    lev[top - 1] += 1
-                at += size
-    out[0] = st[top - 1, 0]
-    for j in range(top - 2, -1, -1):
-        out[0] += st[j, 0]
+        else:  # _RED_ACC == 8 accumulators, written out
+            r0, r1, r2, r3 = xc[b0], xc[b0 + 1], xc[b0 + 2], xc[b0 + 3]
+            r4, r5, r6, r7 = xc[b0 + 4], xc[b0 + 5], xc[b0 + 6], xc[b0 + 7]
+            k = b0 + 8
+            while k + 8 <= b1:
+                r0 += xc[k]
+                r1 += xc[k + 1]
+                r2 += xc[k + 2]
+                r3 += xc[k + 3]
+                r4 += xc[k + 4]
+                r5 += xc[k + 5]
+                r6 += xc[k + 6]
+                r7 += xc[k + 7]
+                k += 8
+            s = ((r0 + r1) + (r2 + r3)) + ((r4 + r5) + (r6 + r7))
+            for kk in range(k, b1):
+                s += xc[kk]
+        stack[top, 0] = s
+        nb += 1
+        top = _red_pushed(stack, top + 1, nb, 1)
+    _red_unwind(stack, top, out, 1)
 
 
 @njit(cache=True, nogil=True)
@@ -244,10 +272,47 @@ def _red_add_rows(g, v):
 # workspace directly: the views, tiles and scratch of the general walk cost several times
 # the additions when the axis is short (a per-point norm or sum of a few elements).
 @njit(cache=True, nogil=True)
+def _red_block_points(x, base, step, b0, b1, s, r, m):
+    # _red_block over rows base + k * step of x (k = b0 .. b1 - 1), the first m points.
+    if b1 - b0 < _RED_ACC:
+        i = base + b0 * step
+        for p in range(m):
+            s[p] = x[i, p]
+        for k in range(b0 + 1, b1):
+            i = base + k * step
+            for p in range(m):
+                s[p] += x[i, p]
+        return
+    for j in range(_RED_ACC):
+        i = base + (b0 + j) * step
+        rj = r[j]
+        for p in range(m):
+            rj[p] = x[i, p]
+    k = b0 + _RED_ACC
+    while k + _RED_ACC <= b1:
+        for j in range(_RED_ACC):
+            i = base + (k + j) * step
+            rj = r[j]
+            for p in range(m):
+                rj[p] += x[i, p]
+        k += _RED_ACC
+    for p in range(m):
+        s[p] = (((r[0, p] + r[1, p]) + (r[2, p] + r[3, p]))
+                + ((r[4, p] + r[5, p]) + (r[6, p] + r[7, p])))
+    for kk in range(k, b1):
+        i = base + kk * step
+        for p in range(m):
+            s[p] += x[i, p]
+
+
+@njit(cache=True, nogil=True)
 def _red_sum_points(x, out, outer, n, inner, m):
     # _red_psum of every (o, i) pair's lanes, its blocks and tree in the same order (the
     # same bits), over the first m points of the rows of x and out.
-    st = np.empty((_RED_LEVELS if n > 8 else 0, m), out.dtype)
+    rows = 0 if n < _RED_ACC else _RED_ACC + (_RED_LEVELS if n > _RED_BLOCK else 0)
+    st = np.empty((rows, m), out.dtype)
+    r = st[:_RED_ACC]
+    stack = st[_RED_ACC:]
     for o in range(outer):
         for g in range(inner):
             j = o * inner + g
@@ -255,22 +320,18 @@ def _red_sum_points(x, out, outer, n, inner, m):
                 for p in range(m):
                     out[j, p] = 0
                 continue
+            base = o * n * inner + g
+            if n <= _RED_BLOCK:  # one block: its sum straight into out
+                _red_block_points(x, base, inner, 0, n, out[j], r, m)
+                continue
             top = 0
             nb = 0
-            for b0 in range(0, n, 8):
-                # the block's sum: straight into out when it is the only one
-                acc = out[j] if n <= 8 else st[top]
-                i = (o * n + b0) * inner + g
-                for p in range(m):
-                    acc[p] = x[i, p]
-                for k in range(b0 + 1, min(b0 + 8, n)):
-                    i = (o * n + k) * inner + g
-                    for p in range(m):
-                        acc[p] += x[i, p]
+            for b0 in range(0, n, _RED_BLOCK):
+                _red_block_points(x, base, inner, b0, min(b0 + _RED_BLOCK, n), stack[top],
+                                  r, m)
                 nb += 1
-                top = _red_pushed(st, top + 1, nb, m)
-            if n > 8:
-                _red_unwind(st, top, out[j], m)
+                top = _red_pushed(stack, top + 1, nb, m)
+            _red_unwind(stack, top, out[j], m)
 
 
 @njit(cache=True, nogil=True)
@@ -420,7 +481,7 @@ def reduce_forward(at, a, b, c, r, m):
     lanes = m if wide else inner
     tile = _red_tile(n, False, lanes)
     nt, groups, ntiles = _red_ntasks(outer, inner, wide, m, tile)
-    st = np.empty((_RED_LEVELS, tile), r.dtype)
+    st = np.empty((_RED_ACC + _RED_LEVELS, tile), r.dtype)
     best = np.empty(tile, r.dtype)
     idx = np.empty(tile, np.int64)
     for t in range(nt):
@@ -492,7 +553,7 @@ def reduce_tangent(at, a, b, c, r, ta, tb, tc, tr, da, db, dc, m):
     lanes = m if wide else inner
     tile = _red_tile(n, False, lanes)
     nt, groups, ntiles = _red_ntasks(outer, inner, wide, m, tile)
-    st = np.empty((_RED_LEVELS, tile), r.dtype)
+    st = np.empty((_RED_ACC + _RED_LEVELS, tile), r.dtype)
     val = np.empty(tile, r.dtype)
     idx = np.empty(tile, np.int64)
     for v in range(nv):
