@@ -64,7 +64,13 @@ def banded_colouring(pattern: sp.csr_array) -> np.ndarray | None:
     width = int((indices.take(ends - 1) - indices.take(starts)).max()) + 1
     if width != int(counts.max()):
         return None
-    # 0, 1, .., w - 1 repeated: copies, where ``arange(n) % w`` divides n times
+    # 0, 1, .., w - 1 repeated, without ``arange(n) % w``'s n divisions: a few strided
+    # fills when w is small, else copies of the row (np.tile)
+    if width < 8:
+        colours = np.empty(-(-n // width) * width, dtype=np.int64)
+        for j in range(width):
+            colours[j::width] = j
+        return colours[:n]
     return np.tile(np.arange(width, dtype=np.int64), -(-n // width))[:n]
 
 

@@ -107,6 +107,7 @@ from ._segments import (
     split,
 )
 from ._segments import vjp_batch as segmented_vjp
+from ._timed_choice import TimedChoice
 from ._validate import check_runnable, check_tape_arrays
 
 _F64 = np.dtype(np.float64)
@@ -1551,7 +1552,9 @@ class Tape:
         take = plan.take if take is None else take
         if n == 0:  # no sweep to run, and no row to reshape the compressed values by
             return np.empty((0, take.size)), np.empty(0, dtype=np.uint8)
-        if plan.mode == "hessian":
+        if n == 1 and plan.mode != "reverse" and 1 < k <= REUSE_DIRECTIONS:
+            comp, valid = self._colours_at_one_point(plan, X, P)
+        elif plan.mode == "hessian":
             comp, valid = self._hvp_batch(X, P, plan.seeds.reshape(1, k, self._n_in))
         elif plan.mode == "forward":
             comp = np.empty((n, self._n_out, k))
@@ -1567,6 +1570,42 @@ class Tape:
         if n == 1:  # a flat gather: a third of the time of a 2-D one
             return comp.reshape(-1).take(take).reshape(1, -1), valid
         return comp.reshape(n, -1)[:, take], valid
+
+    def _colours_at_one_point(self, plan, X: np.ndarray, P: np.ndarray
+                              ) -> tuple[np.ndarray, np.ndarray]:
+        """:meth:`_sparse_data`'s compressed result at one point for a forward or Hessian
+        compression of a few colours: one sweep carrying every colour, or one sweep per
+        colour (blocks of one direction take loops that vectorize, but every sweep
+        computes the values again), whichever measured faster on this tape
+        (:class:`~tapejit._timed_choice.TimedChoice`; the same bits either way)."""
+        k, hessian = plan.n_colours, plan.mode == "hessian"
+        V = plan.seeds.reshape(1, k, self._n_in)
+
+        def together() -> tuple[np.ndarray, np.ndarray]:
+            if hessian:
+                return self._hvp_batch(X, P, V)
+            comp = np.empty((1, self._n_out, k))
+            return comp, self._jvp_batch(X, P, V, np.empty((1, self._n_out)), comp)
+
+        def apart() -> tuple[np.ndarray, np.ndarray]:
+            comp = np.empty((1, k, self._n_in) if hessian else (1, self._n_out, k))
+            valid = np.ones(1, dtype=np.uint8)
+            y, t = np.empty((1, self._n_out)), np.empty((1, self._n_out, 1))
+            for c in range(k):
+                if hessian:
+                    hv, ok = self._hvp_batch(X, P, V[:, c : c + 1])
+                    comp[:, c] = hv[:, 0]
+                else:
+                    ok = self._jvp_batch(X, P, V[:, c : c + 1], y, t)
+                    comp[:, :, c] = t[:, :, 0]
+                valid &= ok
+            return comp, valid
+
+        kernel = "hvp_point" if hessian else "jvp_point"
+        choice = self._sparse.get("colours_" + plan.mode)
+        if choice is None:
+            choice = self._sparse.setdefault("colours_" + plan.mode, TimedChoice())
+        return choice.run((together, apart), lambda: kernel not in self._k.generic)
 
 
 # -- the package-internal interface (see the module docstring) ---------------------------

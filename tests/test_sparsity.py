@@ -8,6 +8,8 @@ the union of the nonzeros over a few random points.
 
 from __future__ import annotations
 
+import time
+
 import numpy as np
 import pytest
 import scipy.sparse as sp
@@ -15,6 +17,7 @@ import scipy.sparse as sp
 import tapejit
 from tapejit import _colouring, _sparsity
 from tapejit._program import Program
+from tapejit._timed_choice import TRIALS, TimedChoice
 
 RTOL = 1e-10
 
@@ -453,6 +456,62 @@ def test_sparse_hessian_uses_few_colours_on_a_chain():
     assert _colouring.hessian_compression(tape.hessian_sparsity()).n_colours == 3
 
 
+@pytest.mark.kernels  # the generic tier's calls are not timed, so would take one way only
+@pytest.mark.parametrize("which", ["hessian", "jacobian"])
+def test_colours_at_one_point_give_the_same_result_either_way(which):
+    # A few colours at one point run in one sweep, or one sweep per colour, whichever
+    # measured faster on the tape: the first calls take each way in turn, then the
+    # faster; every call gives the same result (Hessians: the same bits).
+    n = 300
+
+    def hess(x):
+        return np.sum((x[1:] - x[:-1]) ** 2 * np.cos(x[1:])) + np.sum(np.exp(-x) * x)
+
+    def jac(x):
+        return (x[1:] - x[:-1] ** 2) * np.sin(x[:-1]) - x[1:]
+
+    tape = tapejit.record(hess if which == "hessian" else jac, np.zeros(n))
+    x = np.random.default_rng(1).normal(size=n)
+    if which == "hessian":
+        got = [tape.hessian(x, sparse=True) for _ in range(2 * TRIALS + 2)]
+        dense, mode = tape.hessian(x), "hessian"
+    else:
+        got = [tape.jacobian(x, sparse=True, mode="forward") for _ in range(2 * TRIALS + 2)]
+        dense, mode = tape.jacobian(x), "forward"
+    choice = tape._sparse["colours_" + mode]
+    assert choice.measured == (TRIALS, TRIALS) and choice.choice in (0, 1)
+    for r in got[1:]:
+        if which == "hessian":
+            assert r.data.tobytes() == got[0].data.tobytes()
+        else:  # equal values (a zero's sign may differ between the two kinds of sweep)
+            np.testing.assert_array_equal(r.data, got[0].data)
+    np.testing.assert_allclose(got[0].toarray(), dense, rtol=RTOL, atol=1e-12)
+
+
+def test_timed_choice_takes_turns_then_keeps_the_faster():
+    ran = []
+
+    def slow():
+        ran.append(0)
+        time.sleep(0.003)
+        return "same"
+
+    def fast():
+        ran.append(1)
+        return "same"
+
+    choice = TimedChoice()
+    calls = 2 * TRIALS + 3
+    assert [choice.run((slow, fast), lambda: True) for _ in range(calls)] == ["same"] * calls
+    assert ran == [0, 1] * TRIALS + [1] * 3 and choice.choice == 1
+    # calls whose time must not count (the generic tier) are not timed: no choice yet
+    ran.clear()
+    untimed = TimedChoice()
+    for _ in range(calls):
+        untimed.run((slow, fast), lambda: False)
+    assert untimed.measured == (0, 0) and untimed.choice is None and ran == [0] * calls
+
+
 def test_sparse_results_follow_the_guards():
     def f(x):
         if x[0] > 0:
@@ -499,10 +558,12 @@ def test_sparse_stack():
 @pytest.mark.parametrize("seed", range(6))
 def test_banded_colouring_is_valid_and_used_only_when_optimal(seed):
     rng = np.random.default_rng(seed)
-    n, half = 60, int(rng.integers(1, 4))
+    # widths 3 to 7 and 9 to 13 (colours filled in strides below 8, tiled from 8)
+    n, half = 60, int(rng.integers(1, 4)) + (3 * (seed % 2))
     band = banded(n, half)
     colour = _colouring.banded_colouring(band)
     assert colour is not None and colour.max() + 1 == 2 * half + 1
+    np.testing.assert_array_equal(colour, np.arange(n) % (2 * half + 1))
     assert is_star_colouring(band, colour)
     # a band with holes in every row: j mod w would not be optimal, so not used
     holes = band.toarray() & ~(np.abs(np.subtract.outer(np.arange(n), np.arange(n))) == 1)
