@@ -402,6 +402,11 @@ class Tape:
         >>> float(outer.forward(np.array([0.0, 0.5]))) == float(np.sin(1.0))
         True
         """
+        a = args[0] if len(args) == 1 else None
+        if (type(a) is _ND and a.dtype is _F64 and params is None and not self._n_par
+                and a.shape == self._shape1 and self.output_shapes == ((),)
+                and self.input_shapes == (self._shape1,)):
+            return self.forward(a)  # the hot path: numbers in, one number out
         # lazy: the tracer machinery, needed only when called on traced values
         from ._compose import call_shapes, call_tape
 
@@ -871,8 +876,18 @@ class Tape:
         """
         if (type(x) is not _ND or type(params) not in PLAIN) and dask_in(x, params):
             return lazily(self, "forward", x, (), params, out, check=check)
-        self._check_arg(check)
-        X, P, single = self._prepare(x, params)
+        if (type(x) is _ND and x.dtype is _F64 and x.shape == self._shape1
+                and x.flags.carray and out is None and check == "raise"
+                and ((params is None and not self._n_par)
+                     or (type(params) is _ND and params.dtype is _F64
+                         and params.shape == self._pshape1 and params.flags.carray))):
+            # the hot path: one point, nothing to convert or check again
+            X = x.reshape(1, -1)
+            P = _EMPTY2 if params is None else params.reshape(1, -1)
+            single = True
+        else:
+            self._check_arg(check)
+            X, P, single = self._prepare(x, params)
         n = X.shape[0]
         sp = self._scalar_prog() if single else False
         # the compacted forward program, unless the scalar rows run this call

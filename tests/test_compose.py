@@ -219,6 +219,29 @@ def test_call_on_numbers_equals_forward():
         tapejit.record(_branchy, np.ones(2))(np.array([-1.0, 0.0]))
 
 
+def test_calls_on_one_float_vector_equal_the_general_path():
+    # tape(x) with x a float64 vector of the recorded shape and one number out skips the
+    # tracer lookup and the second validation (as forward does for such an x): the same
+    # results and errors as every other way in
+    tape = tapejit.record(lambda x: np.sum(np.sin(x) * x), np.zeros(5))
+    x = RNG.normal(size=5)
+    want = tape.forward(x[None])[0]  # the batched path
+    assert tape(x) == want and type(tape(x)) is float
+    assert tape(list(x)) == want  # through the general path
+    wide = np.repeat(x, 2)
+    assert tape(wide[::2]) == want  # not contiguous: forward's general path
+    assert tape(x.astype(np.float32)) == tape(x.astype(np.float32).astype(np.float64))
+    assert tape(np.arange(5)) == tape(np.arange(5.0))
+    with pytest.raises(ValueError, match=r"must have shape \(5,\); got \(4,\)"):
+        tape(np.ones(4))
+    with pytest.raises(TypeError, match="real numbers"):
+        tape(np.array(["a"] * 5))
+    branchy = tapejit.record(_branchy, np.ones(2))
+    assert branchy(np.array([1.0, 2.0])) == branchy.forward(np.array([[1.0, 2.0]]))[0]
+    with pytest.raises(tapejit.BranchError):
+        branchy(np.array([-1.0, 0.0]))
+
+
 def test_tape_from_arrays_takes_a_vector():
     base = tapejit.record(lambda x: (np.sum(x[:2]), x[2] * x[0]), np.zeros(3))
     bare = tapejit.Tape(base.opcodes, base.args, base.consts, base.inputs, base.params,
