@@ -336,7 +336,8 @@ class Tape:
         # is most of their workspace (_fam_loop.kept_floats).
         self._kept = kept_floats(prog)
         self._tls = threading.local() if n_slots > REUSE_SLOTS or self._kept else None
-        # Sparsity patterns and colourings, computed on first use (_sparse_plan)
+        # Sparsity patterns and colourings, computed on first use (_sparse_plan), and the
+        # timed choice of how a few colours run at one point (_colours_at_one_point)
         self._sparse: dict[str, object] = {}
 
     @classmethod
@@ -1592,7 +1593,8 @@ class Tape:
         compression of a few colours: one sweep carrying every colour, or one sweep per
         colour (blocks of one direction take loops that vectorize, but every sweep
         computes the values again), whichever measured faster on this tape
-        (:class:`~tapejit._timed_choice.TimedChoice`; the same bits either way)."""
+        (:class:`~tapejit._timed_choice.TimedChoice`; the same values either way,
+        Hessians to the bit)."""
         k, hessian = plan.n_colours, plan.mode == "hessian"
         V = plan.seeds.reshape(1, k, self._n_in)
 
