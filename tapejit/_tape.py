@@ -1185,13 +1185,13 @@ class Tape:
     def _jvp_batch(self, X, P, V, Y, TY) -> np.ndarray:
         """Tangents ``TY (n, n_outputs, n_dirs)`` of directions ``V (1 or n, n_dirs, n_in)``;
         one point goes through the scalar sweep. Returns the guard validity per point."""
+        n = X.shape[0]
+        if n == 1 and V.shape[0] == 1:
+            failed = self._jvp_one(X[0], P[0], V[0], Y[0], TY[0])
+            return np.array([failed == 0], dtype=np.uint8)
         if self._fam_pending:
             self._second_order_families()
-        n = X.shape[0]
         prog, n_slots, _ = self._fwd or self._forward_prog()
-        if n == 1 and V.shape[0] == 1:
-            failed = self._k.jvp_point(prog, self._kernel_consts, X[0], P[0], V[0], Y[0], TY[0])
-            return np.array([failed == 0], dtype=np.uint8)
         valid = np.empty(n, dtype=np.uint8)
         if self._chunk == 1 and n < POINT_BY_POINT_JVP_BELOW:
             # A tape too long for a chunk of two points: a batch of few points shares
@@ -1202,6 +1202,14 @@ class Tape:
         run_batch(self._k, "jvp_batch", n, self._chunk_for(V.shape[1] + 1, n_slots),
                   prog, self._kernel_consts, X, P, V, Y, TY, valid)
         return valid
+
+    def _jvp_one(self, x, p, V, y, TY) -> int:
+        """``jvp_point``: tangents ``TY (n_outputs, n_dirs)`` of directions ``V (n_dirs,
+        n_inputs)`` and values ``y`` at one point; the number of failed guards."""
+        if self._fam_pending:
+            self._second_order_families()
+        prog = (self._fwd or self._forward_prog())[0]
+        return self._k.jvp_point(prog, self._kernel_consts, x, p, V, y, TY)
 
     def jvp(self, x, v, params=None, check: str = "raise"):
         """Jacobian-vector product (forward mode, one tangent sweep).
@@ -1326,15 +1334,7 @@ class Tape:
             Vb = np.ascontiguousarray(V[:, d0:d1])
             HVb = HV if (d0, d1) == (0, nv) else np.empty((n, d1 - d0, self._n_in))
             if n == 1 and V.shape[0] == 1:
-                # A few directions (a sparse Hessian's colours) reuse this thread's
-                # workspace; more (a dense Hessian's blocks) allocate theirs rather than
-                # keep (2 + 2 nv) floats a slot for the tape's life.
-                nb = d1 - d0
-                ws = (self._workspace((2 + 2 * nb) * self._n_slots)
-                      if nb <= REUSE_DIRECTIONS else _EMPTY1)
-                failed = self._k.hvp_point(self._kernel_prog, self._kernel_consts, X[0], P[0],
-                                      Vb[0], G[0], HVb[0], ws)
-                valid[0] = failed == 0
+                valid[0] = self._hvp_one(X[0], P[0], Vb[0], G[0], HVb[0]) == 0
             elif self._chunk_for(2 * (d1 - d0) + 2) == 1:
                 # A chunk would hold one point: the one-point kernel at each point, on
                 # each thread's own workspace, is several times faster (the same bits).
@@ -1351,6 +1351,18 @@ class Tape:
             if HVb is not HV:
                 HV[:, d0:d1] = HVb
         return HV, valid
+
+    def _hvp_one(self, x, p, V, g, HV) -> int:
+        """``hvp_point``: products ``HV (n_dirs, n_inputs)`` with directions ``V`` and
+        the gradient ``g`` at one point; the number of failed guards. A few directions (a
+        sparse Hessian's colours) reuse this thread's workspace; more (a dense Hessian's
+        blocks) allocate theirs rather than keep (2 + 2 nv) floats a slot for the tape's
+        life."""
+        if self._fam_pending:
+            self._second_order_families()
+        nv = V.shape[0]
+        ws = self._workspace((2 + 2 * nv) * self._n_slots) if nv <= REUSE_DIRECTIONS else _EMPTY1
+        return self._k.hvp_point(self._kernel_prog, self._kernel_consts, x, p, V, g, HV, ws)
 
     def hvp(self, x, v, params=None, check: str = "raise") -> np.ndarray:
         """Hessian-vector product of a one-output tape (forward-over-reverse).
@@ -1605,18 +1617,19 @@ class Tape:
             return comp, self._jvp_batch(X, P, V, np.empty((1, self._n_out)), comp)
 
         def apart() -> tuple[np.ndarray, np.ndarray]:
-            comp = np.empty((1, k, self._n_in) if hessian else (1, self._n_out, k))
-            valid = np.ones(1, dtype=np.uint8)
-            y, t = np.empty((1, self._n_out)), np.empty((1, self._n_out, 1))
-            for c in range(k):
-                if hessian:
-                    hv, ok = self._hvp_batch(X, P, V[:, c : c + 1])
-                    comp[:, c] = hv[:, 0]
-                else:
-                    ok = self._jvp_batch(X, P, V[:, c : c + 1], y, t)
-                    comp[:, :, c] = t[:, :, 0]
-                valid &= ok
-            return comp, valid
+            failed = 0
+            if hessian:
+                comp, g = np.empty((1, k, self._n_in)), np.empty(self._n_in)
+                for c in range(k):
+                    failed += self._hvp_one(X[0], P[0], V[0, c : c + 1], g,
+                                            comp[0, c : c + 1])
+            else:
+                comp = np.empty((1, self._n_out, k))
+                y, t = np.empty(self._n_out), np.empty((self._n_out, 1))
+                for c in range(k):
+                    failed += self._jvp_one(X[0], P[0], V[0, c : c + 1], y, t)
+                    comp[0, :, c] = t[:, 0]
+            return comp, np.array([failed == 0], dtype=np.uint8)
 
         kernel = "hvp_point" if hessian else "jvp_point"
         choice = self._sparse.get("colours_" + plan.mode)
