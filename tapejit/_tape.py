@@ -403,11 +403,9 @@ class Tape:
         >>> float(outer.forward(np.array([0.0, 0.5]))) == float(np.sin(1.0))
         True
         """
-        a = args[0] if len(args) == 1 else None
-        if (type(a) is _ND and a.dtype is _F64 and params is None and not self._n_par
-                and a.shape == self._shape1 and self.output_shapes == ((),)
-                and self.input_shapes == (self._shape1,)):
-            return self.forward(a)  # the hot path: numbers in, one number out
+        if (len(args) == 1 and params is None and self._plain_point(args[0], None)
+                and self.output_shapes == ((),) and self.input_shapes == (self._shape1,)):
+            return self.forward(args[0])  # the hot path: numbers in, one number out
         # lazy: the tracer machinery, needed only when called on traced values
         from ._compose import call_shapes, call_tape
 
@@ -813,6 +811,15 @@ class Tape:
         X = x.reshape(1, -1) if single else x
         return X, self._params(params, X.shape[0]), single
 
+    def _plain_point(self, x, params) -> bool:
+        """Whether ``x`` and ``params`` are one point the kernels take as they are:
+        C-contiguous float64 vectors of the tape's sizes (the per-call hot paths)."""
+        return (type(x) is _ND and x.dtype is _F64 and x.shape == self._shape1
+                and x.flags.carray
+                and ((params is None and not self._n_par)
+                     or (type(params) is _ND and params.dtype is _F64
+                         and params.shape == self._pshape1 and params.flags.carray)))
+
     def _guarded(self, valid: np.ndarray, check: str, results: tuple, single: bool,
                  keep_failed: bool = False) -> tuple:
         """Apply the guard policy to per-point ``results`` (leading axis: points).
@@ -877,11 +884,7 @@ class Tape:
         """
         if (type(x) is not _ND or type(params) not in PLAIN) and dask_in(x, params):
             return lazily(self, "forward", x, (), params, out, check=check)
-        if (type(x) is _ND and x.dtype is _F64 and x.shape == self._shape1
-                and x.flags.carray and out is None and check == "raise"
-                and ((params is None and not self._n_par)
-                     or (type(params) is _ND and params.dtype is _F64
-                         and params.shape == self._pshape1 and params.flags.carray))):
+        if out is None and check == "raise" and self._plain_point(x, params):
             # the hot path: one point, nothing to convert or check again
             X = x.reshape(1, -1)
             P = _EMPTY2 if params is None else params.reshape(1, -1)
@@ -950,19 +953,8 @@ class Tape:
             Shaped like ``x``. Dask arrays in (``x`` or per-point ``params``), lazy Dask
             arrays out (see :meth:`forward`).
         """
-        if (
-            self._fast_vg
-            and type(x) is np.ndarray
-            and x.dtype is _F64
-            and x.shape == self._shape1
-            and x.flags.carray
-            and check == "raise"
-            and (
-                (params is None and not self._n_par)
-                or (type(params) is np.ndarray and params.dtype is _F64
-                    and params.shape == self._pshape1 and params.flags.carray)
-            )
-        ):  # the optimizer's hot path: one point, nothing to convert
+        if (self._fast_vg and check == "raise" and self._plain_point(x, params)
+                ):  # the optimizer's hot path: one point, nothing to convert
             if out is None:
                 g = np.empty(self._n_in)
             else:
@@ -1580,14 +1572,11 @@ class Tape:
         take = plan.take if take is None else take
         if n == 0:  # no sweep to run, and no row to reshape the compressed values by
             return np.empty((0, take.size)), np.empty(0, dtype=np.uint8)
-        if n == 1 and plan.mode != "reverse" and 1 < k <= REUSE_DIRECTIONS:
-            comp, valid = self._colours_at_one_point(plan, X, P)
-        elif plan.mode == "hessian":
-            comp, valid = self._hvp_batch(X, P, plan.seeds.reshape(1, k, self._n_in))
-        elif plan.mode == "forward":
-            comp = np.empty((n, self._n_out, k))
-            valid = self._jvp_batch(X, P, plan.seeds.reshape(1, k, self._n_in),
-                                    np.empty((n, self._n_out)), comp)
+        if plan.mode != "reverse":
+            if n == 1 and 1 < k <= REUSE_DIRECTIONS:
+                comp, valid = self._colours_at_one_point(plan, X, P)
+            else:
+                comp, valid = self._colours_together(plan, X, P)
         else:  # one adjoint sweep per colour: the points repeated, one seed each
             Xr = np.repeat(X, k, axis=0)
             Pr = np.repeat(P, k, axis=0) if P.shape[0] == n and n > 1 else P
@@ -1599,6 +1588,17 @@ class Tape:
             return comp.reshape(-1).take(take).reshape(1, -1), valid
         return comp.reshape(n, -1)[:, take], valid
 
+    def _colours_together(self, plan, X: np.ndarray, P: np.ndarray
+                          ) -> tuple[np.ndarray, np.ndarray]:
+        """A forward or Hessian compression's colours at points ``X``, one sweep carrying
+        them all: the compressed result and the guard validity per point."""
+        n, k = X.shape[0], plan.n_colours
+        V = plan.seeds.reshape(1, k, self._n_in)
+        if plan.mode == "hessian":
+            return self._hvp_batch(X, P, V)
+        comp = np.empty((n, self._n_out, k))
+        return comp, self._jvp_batch(X, P, V, np.empty((n, self._n_out)), comp)
+
     def _colours_at_one_point(self, plan, X: np.ndarray, P: np.ndarray
                               ) -> tuple[np.ndarray, np.ndarray]:
         """:meth:`_sparse_data`'s compressed result at one point for a forward or Hessian
@@ -1609,12 +1609,6 @@ class Tape:
         Hessians to the bit)."""
         k, hessian = plan.n_colours, plan.mode == "hessian"
         V = plan.seeds.reshape(1, k, self._n_in)
-
-        def together() -> tuple[np.ndarray, np.ndarray]:
-            if hessian:
-                return self._hvp_batch(X, P, V)
-            comp = np.empty((1, self._n_out, k))
-            return comp, self._jvp_batch(X, P, V, np.empty((1, self._n_out)), comp)
 
         def apart() -> tuple[np.ndarray, np.ndarray]:
             failed = 0
@@ -1635,7 +1629,8 @@ class Tape:
         choice = self._sparse.get("colours_" + plan.mode)
         if choice is None:
             choice = self._sparse.setdefault("colours_" + plan.mode, TimedChoice())
-        return choice.run((together, apart), lambda: kernel not in self._k.generic)
+        return choice.run((lambda: self._colours_together(plan, X, P), apart),
+                          lambda: kernel not in self._k.generic)
 
 
 # -- the package-internal interface (see the module docstring) ---------------------------
