@@ -98,6 +98,9 @@ from ._program import (
 )
 from ._scalar_program import scalar_bodies, scalar_program
 from ._segments import (
+    BLOCK_POINTWISE_CHUNK,
+    BLOCK_POINTWISE_ELEMENTS,
+    BLOCK_POINTWISE_HVP_CHUNK,
     LOOP_FORWARD_POINT_BY_POINT_BELOW,
     LOOP_POINT_BY_POINT_BELOW,
     POINT_BY_POINT_BELOW,
@@ -307,6 +310,12 @@ class Tape:
         self._n_slots = n_slots
         self._n_in, self._n_par, self._n_out = n_in, n_par, n_out
         self._chunk = chunk_of(working_slots(prog))
+        # A tape of blocks too long for wide chunks batches its reverse sweeps (and
+        # second-order ones in narrower chunks still) one point at a time.
+        n_instr = int(prog[N_INSTR])
+        self._blocks = n_instr > 0 and (
+            n_slots - first_result(prog) >= BLOCK_POINTWISE_ELEMENTS * n_instr)
+        self._pointwise_vjp = self._blocks and self._chunk <= BLOCK_POINTWISE_CHUNK
         self._fwd = None  # (program, n_slots, chunk) of the forward sweeps, on first use
         self._rev = None  # the reverse plan, on first use
         self._seg = None  # the segmented reverse sweeps of a long tape, on first use
@@ -1111,6 +1120,10 @@ class Tape:
     def _vjp_batch(self, X, P, WT, Y, G) -> np.ndarray:
         n = X.shape[0]
         valid = np.empty(n, dtype=np.uint8)
+        if self._pointwise_vjp:  # chunk 1: the point-by-point twin
+            run_batch(self._k, "vjp_batch", n, 1, self._kernel_prog, self._plan(),
+                      self._kernel_consts, X, P, WT, Y, G, valid)
+            return valid
         if n >= SEGMENT_POINTS and (self._seg is not None or self._chunk < SEGMENT_BELOW):
             seg = self._segmented()
             if seg is not None:
@@ -1306,8 +1319,8 @@ class Tape:
             valid = self._gradients(X, P, Y, J3.reshape(n, self._n_in))
         else:
             valid = np.empty(n, dtype=np.uint8)
-            run_batch(self._k, "jacrev_batch", n, self._chunk, self._kernel_prog, self._plan(),
-                      self._kernel_consts, X, P, Y, J3, valid)
+            run_batch(self._k, "jacrev_batch", n, 1 if self._pointwise_vjp else self._chunk,
+                      self._kernel_prog, self._plan(), self._kernel_consts, X, P, Y, J3, valid)
         res = self._guarded(valid, check, (J3,), single, keep_failed)
         return (J, res[1]) if check != "raise" else J
 
@@ -1327,9 +1340,11 @@ class Tape:
             HVb = HV if (d0, d1) == (0, nv) else np.empty((n, d1 - d0, self._n_in))
             if n == 1 and V.shape[0] == 1:
                 valid[0] = self._hvp_one(X[0], P[0], Vb[0], G[0], HVb[0]) == 0
-            elif self._chunk_for(2 * (d1 - d0) + 2) == 1:
-                # A chunk would hold one point: the one-point kernel at each point, on
-                # each thread's own workspace, is several times faster (the same bits).
+            elif (chunk := self._chunk_for(2 * (d1 - d0) + 2)) == 1 or (
+                    self._blocks and chunk <= BLOCK_POINTWISE_HVP_CHUNK):
+                # A chunk would hold one point, or a few of a tape of blocks: the
+                # one-point kernel at each point, on each thread's own workspace, is
+                # several times faster (the same bits).
                 def one(q: int, Vb=Vb, HVb=HVb, floats=(2 + 2 * (d1 - d0)) * self._n_slots
                         ) -> int:
                     return self._k.hvp_point(self._kernel_prog, self._kernel_consts, X[q],
@@ -1338,7 +1353,7 @@ class Tape:
 
                 _at_each_point(n, valid, one)
             else:
-                run_batch(self._k, "hvp_batch", n, self._chunk_for(2 * (d1 - d0) + 2),
+                run_batch(self._k, "hvp_batch", n, chunk,
                           self._kernel_prog, self._kernel_consts, X, P, Vb, Y, G, HVb, valid)
             if HVb is not HV:
                 HV[:, d0:d1] = HVb
@@ -1775,6 +1790,7 @@ def install_for_tests(tape: Tape, *, plan: np.ndarray | None = None,
     ``check_compact``) or :func:`kernel_arrays`' program. ``segment_elements``: its
     batched vjp sweeps run segmented (``_segments.py``) with segments of about that many
     result elements, at every count of points from ``SEGMENT_POINTS`` on (0: never).
+    Either keeps a tape of blocks off its point-by-point vjps (``_pointwise_vjp``).
     ``scalar=False``: its one-point gradients run ``value_grad_point`` even where they
     would run the scalar program (``_scalar_program.py``)."""
     if plan is not None:
@@ -1782,6 +1798,8 @@ def install_for_tests(tape: Tape, *, plan: np.ndarray | None = None,
     if forward_prog is not None:
         n_slots = int(forward_prog[N_SLOTS])
         tape._fwd = (forward_prog, n_slots, chunk_of(working_slots(forward_prog)))
+    if chunk is not None or segment_elements is not None:
+        tape._pointwise_vjp = False  # the sweeps asked for, not the point-by-point twin
     if chunk is not None:
         tape._chunk = chunk
     if scalar is not None:

@@ -478,6 +478,9 @@ def jacrev_batch(prog, R, consts, X, P, Y, J, valid, chunk, t, nt):
     valid[:] = ok.reshape(n, n_out).all(axis=1)
 
 
+jacrev_points = jacrev_batch
+
+
 def _jvp(prog, consts, X, P, V) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     n, nd, n_out = X.shape[0], V.shape[1], int(prog[N_OUTPUTS])
     if nd == 0:  # no directions: values only
@@ -543,6 +546,7 @@ ENTRY_POINTS: dict[str, Callable[..., Any]] = {
     "forward_points": forward_points, "value_grad_point": value_grad_point,
     "value_grad_scalar": value_grad_scalar, "forward_scalar": forward_scalar,
     "vjp_batch": vjp_batch, "vjp_points": vjp_points, "jacrev_batch": jacrev_batch,
+    "jacrev_points": jacrev_points,
     "jvp_point": jvp_point, "jvp_batch": jvp_batch, "hvp_point": hvp_point,
     "hvp_batch": hvp_batch, "reverse_plan": reverse_plan,
     "ensure_family_routines": ensure_family_routines,
@@ -553,4 +557,4 @@ FORWARD_PROGRAM = ("forward_point", "forward_batch", "forward_points", "jvp_poin
                    "jvp_batch")
 #: Entry points run by ``run_batch``: their last three arguments are ``chunk, t, nt``.
 BATCHED = frozenset({"forward_batch", "forward_points", "vjp_batch", "vjp_points",
-                     "jacrev_batch", "jvp_batch", "hvp_batch"})
+                     "jacrev_batch", "jacrev_points", "jvp_batch", "hvp_batch"})

@@ -159,9 +159,9 @@ def _forward_point() -> None:
 STEPS: tuple[Step, ...] = (
     Step("hessian, batched", _at(False, "hessian", "hvp"), 105, ("hvp_batch",)),
     Step("hessian, one point", _at(True, "hessian", "hvp", "jacobian_reverse"), 67,
-         ("hvp_point", "jacrev_batch", "reverse_plan")),
+         ("hvp_point", "jacrev_points", "reverse_plan")),
     Step("gradient, one point", _gradient_point, 36,
-         ("value_grad_point", "value_grad_scalar", "vjp_batch", "reverse_plan")),
+         ("value_grad_point", "value_grad_scalar", "vjp_points", "reverse_plan")),
     Step("float32, batched", _float32_batch, 15, ("forward_batch", "vjp_batch", "reverse_plan"),
          float32=True),
     Step("long tapes, batched", _long_batch, 20, ("forward_points", "vjp_points", "reverse_plan")),

@@ -393,6 +393,28 @@ def test_large_tape_hvp_and_batched_points(n):
         np.testing.assert_allclose(JV[i], G[i] @ V[i], rtol=1e-12)
 
 
+def test_long_tape_of_blocks_batches_hvps_point_by_point(monkeypatch):
+    # rosen_ext at n = 1000: blocks of 999 elements, hvp chunks of two points. The
+    # one-point kernel runs at each point instead (several times faster): the same bits
+    # as the batched kernel, which a zero bound forces.
+    import tapejit._tape as tape_module
+
+    tape = tapejit.record(rosen_ext, np.ones(1000))
+    rng = np.random.default_rng(4)
+    X = rng.uniform(-1.5, 1.5, size=(9, 1000))
+    V = rng.normal(size=(9, 1000))
+    kernels = []
+    run = tape_module.run_batch
+    monkeypatch.setattr(tape_module, "run_batch",
+                        lambda ks, kernel, *args: kernels.append(kernel) or run(ks, kernel, *args))
+    HV = tape.hvp(X, V)
+    assert "hvp_batch" not in kernels
+    monkeypatch.setattr(tape_module, "BLOCK_POINTWISE_HVP_CHUNK", 0)
+    np.testing.assert_array_equal(tape.hvp(X, V), HV)
+    assert "hvp_batch" in kernels
+    assert_close_scaled(HV[:1], (rosen_hessian(X[0]) @ V[0])[None], rtol=1e-13)
+
+
 def test_second_order_with_parameters():
     def f(x, p):
         return np.sum(np.sin(x * p[0]) * p[1]) + x[0] * x[1] * p[2]

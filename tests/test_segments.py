@@ -231,3 +231,65 @@ def test_threads_take_parts_of_the_points_with_the_same_bits(monkeypatch):
     _assert_same_bits(got, want)
     if numba.get_num_threads() > 1:  # both calls shared their points between threads
         assert len(parts) >= 4 and {lo for lo, _ in parts} != {0}
+
+
+def _links(z):
+    # The hanging chain's constraints: blocks of hundreds of elements, a tape too long
+    # for wide reverse chunks.
+    x, y = z[: z.size // 2], z[z.size // 2 :]
+    return (x[1:] - x[:-1]) ** 2 + (y[1:] - y[:-1]) ** 2 - 0.01
+
+
+def test_long_tape_of_blocks_runs_batched_reverse_sweeps_point_by_point(monkeypatch):
+    # Its batched vjps, gradients and reverse Jacobians take the point-by-point twins
+    # (chunk 1), whose block loops vectorize, instead of chunk sweeps over a few points
+    # or segments: the same bits as those; short tapes and long scalar ones keep theirs.
+    import tapejit._tape as tape_module
+
+    calls = []
+    run = tape_module.run_batch
+
+    def spy(ks, kernel, n, chunk, *args):
+        calls.append((kernel, chunk))
+        return run(ks, kernel, n, chunk, *args)
+
+    monkeypatch.setattr(tape_module, "run_batch", spy)
+    rng = np.random.default_rng(3)
+    z0 = rng.uniform(0.0, 1.0, 1600)
+    X = z0 + rng.uniform(-0.1, 0.1, (SEGMENT_POINTS + 3, z0.size))
+    W = rng.normal(size=(len(X), z0.size // 2 - 1))
+
+    blocks = tapejit.record(_links, z0)
+    # (np.sum, not np.dot: a product calls BLAS, whose sums may differ in the last bits
+    # between one point and a chunk of points)
+    blocks_sum = tapejit.record(lambda z, w: np.sum(w * _links(z)), z0, W[0], argnums=0)
+    got, used = [], set()
+    for tape in (blocks, blocks_sum):
+        calls.clear()
+        got.append(tape.vjp(X, W) if tape is blocks else tape.value_and_grad(X, W[0]))
+        used |= set(calls)
+    calls.clear()
+    J = blocks.jacobian(X[:3])
+    used |= set(calls)
+    assert used == {("vjp_batch", 1), ("jacrev_batch", 1)}
+    # the same bits as the chunk sweeps (forced: install_for_tests' chunk), as one point
+    # at a time, and the values of the forward-mode Jacobian
+    chunked = tapejit.record(_links, z0)
+    chunked_sum = tapejit.record(lambda z, w: np.sum(w * _links(z)), z0, W[0], argnums=0)
+    for tape in (chunked, chunked_sum):
+        install_for_tests(tape, chunk=4)
+    calls.clear()
+    _assert_same_bits(got[0], chunked.vjp(X, W))
+    _assert_same_bits(got[1], chunked_sum.value_and_grad(X, W[0]))
+    _assert_same_bits((J,), (chunked.jacobian(X[:3]),))
+    assert ("vjp_batch", 1) not in calls and ("jacrev_batch", 4) in calls
+    for k in (0, len(X) - 1):
+        _assert_same_bits((got[0][1][k],), (blocks.vjp(X[k], W[k])[1],))
+    _assert_same_bits((J[1],), (blocks.jacobian(X[1]),))
+    np.testing.assert_allclose(J, blocks.jacobian(X[:3], mode="forward"), rtol=1e-14,
+                               atol=1e-14)
+    # a short tape of blocks and a long scalar one batch as before
+    calls.clear()
+    tapejit.record(_links, z0[:40]).vjp(X[:, :40], W[:, :19])
+    tapejit.record(lambda x: _long(x, 1000), np.array([0.5, 0.7])).value_and_grad(X[:5, :2])
+    assert all(chunk > 1 for _, chunk in calls)

@@ -3,8 +3,9 @@
 Point drivers return the number of failed guards, except ``value_grad_point``, which
 returns the value and signals a failed guard by returning NaN with a NaN gradient (no
 extra argument on the optimizer's hot path; the caller re-checks only when it sees NaN).
-``forward_points`` and ``vjp_points`` take many points, for huge tapes, where the scalar
-sweep's block fast paths beat chunk rows of one point. Conventions: ``support.py``.
+``forward_points``, ``vjp_points`` and ``jacrev_points`` take many points, for huge tapes
+and tapes of blocks too long for wide chunks, where the scalar sweep's block loops beat
+chunk rows of a few points. Conventions: ``support.py``.
 """
 
 from typing import TYPE_CHECKING
@@ -155,6 +156,33 @@ def vjp_points(prog, R, consts, X, P, WT, Y, G, valid, chunk, t, nt):
         a = A[nd : nd + prog[N_INPUTS]]
         for j in range(prog[N_INPUTS]):
             gq[j] = a[j]
+
+
+@njit(cache=True, nogil=True)
+def jacrev_points(prog, R, consts, X, P, Y, J, valid, chunk, t, nt):
+    # jacrev_batch one point at a time: one forward sweep a point, one reverse sweep an
+    # output.
+    _check_plan(prog, R)
+    n = prog[N_SLOTS]
+    nd = prog[FIRST_ADJOINT]
+    W = np.empty(n)
+    A = np.empty(n)
+    D = np.empty(MAX_ARITY * (n - nd - prog[N_INPUTS]))
+    oo = prog[AT_OUTPUTS]
+    for q in range(t, X.shape[0], nt):
+        pq = _params64(P[0 if P.shape[0] == 1 else q])  # float32 ones as float64
+        _fill_values(prog, consts, X[q], pq, W)
+        end = forward_partials_point_sweep(prog, consts, pq, W, D)
+        _point_guards_valid(prog, W, valid, q)
+        for k in range(prog[N_OUTPUTS]):
+            Y[q, k] = W[prog[oo + k]]
+        for k in range(prog[N_OUTPUTS]):
+            _zero_planned(prog, R, A)
+            A[prog[oo + k]] += 1.0
+            reverse_stored_point_sweep(prog, R, consts, pq, W, A, D, end)
+            jk = J[q, k]
+            for j in range(prog[N_INPUTS]):
+                jk[j] = A[nd + j]
 
 
 @njit(cache=True, nogil=True)

@@ -46,7 +46,8 @@ DIR_BLOCK = 16
 #: workspace (a sparse Hessian's colours); more allocate their own.
 REUSE_DIRECTIONS = 8
 #: Batched kernels with a point-by-point twin for tapes too long for a chunk of points.
-POINTWISE = {"forward_batch": "forward_points", "vjp_batch": "vjp_points"}
+POINTWISE = {"forward_batch": "forward_points", "vjp_batch": "vjp_points",
+             "jacrev_batch": "jacrev_points"}
 
 _MODULE: ModuleType | None = None
 
@@ -171,7 +172,7 @@ def run_batch(ks: Kernels, kernel: str, n: int, chunk: int, *args) -> None:
     """Run batched ``kernel(*args, chunk, t, nt)`` of kernels ``ks`` over ``n`` points, on
     ``numba.get_num_threads()`` threads when there are enough chunks for them (the
     caller's and the pool's); ``chunk == 1`` takes the kernel's point-by-point twin."""
-    if chunk == 1 and kernel in POINTWISE:
+    if (chunk == 1 or n == 1) and kernel in POINTWISE:
         kernel = POINTWISE[kernel]
     fn = getattr(ks, kernel)
     if len(args) > 1 and args[1] is None and not getattr(fn, "tier0", False):
