@@ -54,16 +54,19 @@ LOOP_FORWARD_POINT_BY_POINT_BELOW = 7
 #: chunk of two points, against the batched tangent sweep (unsegmented: from about this
 #: many points it shares each instruction's dispatch well enough).
 POINT_BY_POINT_JVP_BELOW = 12
-#: A tape of block instructions (this many result elements per instruction or more, on
-#: average) whose reverse chunks hold at most :data:`BLOCK_POINTWISE_CHUNK` points runs
-#: batched vjps and gradients one point at a time, on the threads (the kernels'
-#: point-by-point twin, the same bits): there each block is one loop that vectorizes,
-#: where a chunk of a few points loops over its elements and a segmented sweep makes
-#: most of its slots crossing values (docs' performance page).
-BLOCK_POINTWISE_ELEMENTS = 16
-BLOCK_POINTWISE_CHUNK = 16
-#: The same for batched Hessian-vector products (the one-point kernel at each point) when
-#: their chunks hold this many points or fewer (each carries more per slot and point).
+#: A batched vjp, gradient or reverse Jacobian of a tape of blocks runs one point at a
+#: time, on the threads (the kernels' point-by-point twins, the same bits), when the
+#: points of a chunk (its width, or the call's points if fewer) times this are at most
+#: the tape's result elements per instruction: the point sweep runs each block as one
+#: loop that vectorizes, where a chunk of a few points loops over the block's elements
+#: for each, and a segmented sweep makes most of its slots crossing values (docs'
+#: performance page).
+BLOCK_POINTWISE_RATIO = 8
+#: Batched Hessian-vector products of a tape of blocks (this many result elements per
+#: instruction or more) run the one-point kernel at each point when their chunks would
+#: hold :data:`BLOCK_POINTWISE_HVP_CHUNK` points or fewer (each carries four values per
+#: slot and point, so its chunks are narrower than the reverse sweeps').
+BLOCK_HVP_ELEMENTS = 16
 BLOCK_POINTWISE_HVP_CHUNK = 6
 #: Result elements per segment: fewer segments share the per-call costs better, more
 #: keep each workspace small (measured: docs' performance page).

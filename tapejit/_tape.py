@@ -98,9 +98,9 @@ from ._program import (
 )
 from ._scalar_program import scalar_bodies, scalar_program
 from ._segments import (
-    BLOCK_POINTWISE_CHUNK,
-    BLOCK_POINTWISE_ELEMENTS,
+    BLOCK_HVP_ELEMENTS,
     BLOCK_POINTWISE_HVP_CHUNK,
+    BLOCK_POINTWISE_RATIO,
     LOOP_FORWARD_POINT_BY_POINT_BELOW,
     LOOP_POINT_BY_POINT_BELOW,
     POINT_BY_POINT_BELOW,
@@ -310,12 +310,10 @@ class Tape:
         self._n_slots = n_slots
         self._n_in, self._n_par, self._n_out = n_in, n_par, n_out
         self._chunk = chunk_of(working_slots(prog))
-        # A tape of blocks too long for wide chunks batches its reverse sweeps (and
-        # second-order ones in narrower chunks still) one point at a time.
+        # Result elements per instruction: a tape of long blocks batches its sweeps of
+        # a few points a chunk one point at a time (_pointwise).
         n_instr = int(prog[N_INSTR])
-        self._blocks = n_instr > 0 and (
-            n_slots - first_result(prog) >= BLOCK_POINTWISE_ELEMENTS * n_instr)
-        self._pointwise_vjp = self._blocks and self._chunk <= BLOCK_POINTWISE_CHUNK
+        self._block_elements = (n_slots - first_result(prog)) / n_instr if n_instr else 0.0
         self._fwd = None  # (program, n_slots, chunk) of the forward sweeps, on first use
         self._rev = None  # the reverse plan, on first use
         self._seg = None  # the segmented reverse sweeps of a long tape, on first use
@@ -1120,7 +1118,7 @@ class Tape:
     def _vjp_batch(self, X, P, WT, Y, G) -> np.ndarray:
         n = X.shape[0]
         valid = np.empty(n, dtype=np.uint8)
-        if self._pointwise_vjp:  # chunk 1: the point-by-point twin
+        if self._pointwise(n, self._chunk):  # chunk 1: the point-by-point twin
             run_batch(self._k, "vjp_batch", n, 1, self._kernel_prog, self._plan(),
                       self._kernel_consts, X, P, WT, Y, G, valid)
             return valid
@@ -1139,6 +1137,11 @@ class Tape:
         run_batch(self._k, "vjp_batch", n, self._chunk,
                   self._kernel_prog, self._plan(), self._kernel_consts, X, P, WT, Y, G, valid)
         return valid
+
+    def _pointwise(self, n: int, chunk: int) -> bool:
+        """Whether a batched reverse sweep of ``n`` points in chunks of ``chunk`` runs
+        one point at a time instead (``BLOCK_POINTWISE_RATIO``)."""
+        return min(n, chunk) * BLOCK_POINTWISE_RATIO <= self._block_elements
 
     def _scalar_prog(self) -> tuple[np.ndarray, np.ndarray] | bool:
         """The scalar program of a tape of scalar instructions and its edges' factors
@@ -1270,9 +1273,9 @@ class Tape:
             ``"reverse"``: one adjoint sweep per output; ``"auto"`` picks forward when
             ``n_inputs < n_outputs``. With ``sparse=True``: ``"forward"`` colours the
             columns (one tangent direction per colour), ``"reverse"`` the rows (one
-            adjoint sweep per colour), ``"auto"`` colours the rows only when they need
-            far fewer colours (an adjoint sweep per colour costs several tangent
-            directions).
+            adjoint sweep per colour), ``"auto"`` colours the rows only when twice
+            their colours are fewer than one plus the columns' (an adjoint sweep
+            costs about two tangent directions).
         check : {"raise", "mask"}
             See :meth:`forward`.
         sparse : bool
@@ -1319,8 +1322,9 @@ class Tape:
             valid = self._gradients(X, P, Y, J3.reshape(n, self._n_in))
         else:
             valid = np.empty(n, dtype=np.uint8)
-            run_batch(self._k, "jacrev_batch", n, 1 if self._pointwise_vjp else self._chunk,
-                      self._kernel_prog, self._plan(), self._kernel_consts, X, P, Y, J3, valid)
+            chunk = 1 if self._pointwise(n, self._chunk) else self._chunk
+            run_batch(self._k, "jacrev_batch", n, chunk, self._kernel_prog, self._plan(),
+                      self._kernel_consts, X, P, Y, J3, valid)
         res = self._guarded(valid, check, (J3,), single, keep_failed)
         return (J, res[1]) if check != "raise" else J
 
@@ -1341,7 +1345,8 @@ class Tape:
             if n == 1 and V.shape[0] == 1:
                 valid[0] = self._hvp_one(X[0], P[0], Vb[0], G[0], HVb[0]) == 0
             elif (chunk := self._chunk_for(2 * (d1 - d0) + 2)) == 1 or (
-                    self._blocks and chunk <= BLOCK_POINTWISE_HVP_CHUNK):
+                    chunk <= BLOCK_POINTWISE_HVP_CHUNK
+                    and self._block_elements >= BLOCK_HVP_ELEMENTS):
                 # A chunk would hold one point, or a few of a tape of blocks: the
                 # one-point kernel at each point, on each thread's own workspace, is
                 # several times faster (the same bits).
@@ -1790,7 +1795,7 @@ def install_for_tests(tape: Tape, *, plan: np.ndarray | None = None,
     ``check_compact``) or :func:`kernel_arrays`' program. ``segment_elements``: its
     batched vjp sweeps run segmented (``_segments.py``) with segments of about that many
     result elements, at every count of points from ``SEGMENT_POINTS`` on (0: never).
-    Either keeps a tape of blocks off its point-by-point vjps (``_pointwise_vjp``).
+    Either keeps a tape of blocks off its point-by-point sweeps (``_pointwise``).
     ``scalar=False``: its one-point gradients run ``value_grad_point`` even where they
     would run the scalar program (``_scalar_program.py``)."""
     if plan is not None:
@@ -1799,7 +1804,7 @@ def install_for_tests(tape: Tape, *, plan: np.ndarray | None = None,
         n_slots = int(forward_prog[N_SLOTS])
         tape._fwd = (forward_prog, n_slots, chunk_of(working_slots(forward_prog)))
     if chunk is not None or segment_elements is not None:
-        tape._pointwise_vjp = False  # the sweeps asked for, not the point-by-point twin
+        tape._block_elements = 0.0  # the sweeps asked for, not the point-by-point twins
     if chunk is not None:
         tape._chunk = chunk
     if scalar is not None:

@@ -288,8 +288,17 @@ def test_long_tape_of_blocks_runs_batched_reverse_sweeps_point_by_point(monkeypa
     _assert_same_bits((J[1],), (blocks.jacobian(X[1]),))
     np.testing.assert_allclose(J, blocks.jacobian(X[:3], mode="forward"), rtol=1e-14,
                                atol=1e-14)
-    # a short tape of blocks and a long scalar one batch as before
+    # a short tape of blocks (19 elements an instruction) batches as before from three
+    # points (3 * BLOCK_POINTWISE_RATIO > 19), and so does a long scalar one; at two
+    # points the short one runs point by point too, the same bits as its chunk sweep
     calls.clear()
-    tapejit.record(_links, z0[:40]).vjp(X[:, :40], W[:, :19])
+    short = tapejit.record(_links, z0[:40])
+    short.vjp(X[:3, :40], W[:3, :19])
     tapejit.record(lambda x: _long(x, 1000), np.array([0.5, 0.7])).value_and_grad(X[:5, :2])
-    assert all(chunk > 1 for _, chunk in calls)
+    assert calls and all(chunk > 1 for _, chunk in calls)
+    calls.clear()
+    got = short.vjp(X[:2, :40], W[:2, :19])
+    assert calls == [("vjp_batch", 1)]
+    install_for_tests(short, chunk=64)
+    _assert_same_bits(got, short.vjp(X[:2, :40], W[:2, :19]))
+    assert calls[-1] == ("vjp_batch", 64)
