@@ -132,19 +132,33 @@ def forward_points(prog, consts, X, P, Y, valid, chunk, t, nt):
 
 
 @njit(cache=True, nogil=True)
-def vjp_points(prog, R, consts, X, P, WT, Y, G, valid, chunk, t, nt):
+def _reverse_point_workspaces(prog, R):
+    # One point's values W, adjoints A and stored partials D, for reverse sweeps with
+    # the plan R (checked against the program).
     _check_plan(prog, R)
     n = prog[N_SLOTS]
+    return (np.empty(n), np.empty(n),
+            np.empty(MAX_ARITY * (n - prog[FIRST_ADJOINT] - prog[N_INPUTS])))
+
+
+@njit(cache=True, nogil=True)
+def _forward_partials_at(prog, consts, X, P, W, D, valid, q):
+    # Point q's values and stored partials, its guards into valid[q]; returns its
+    # parameters and where its reverse sweep starts.
+    pq = _params64(P[0 if P.shape[0] == 1 else q])  # float32 ones as float64
+    _fill_values(prog, consts, X[q], pq, W)
+    end = forward_partials_point_sweep(prog, consts, pq, W, D)
+    _point_guards_valid(prog, W, valid, q)
+    return pq, end
+
+
+@njit(cache=True, nogil=True)
+def vjp_points(prog, R, consts, X, P, WT, Y, G, valid, chunk, t, nt):
     nd = prog[FIRST_ADJOINT]
-    W = np.empty(n)
-    A = np.empty(n)
-    D = np.empty(MAX_ARITY * (n - nd - prog[N_INPUTS]))
+    W, A, D = _reverse_point_workspaces(prog, R)
     oo = prog[AT_OUTPUTS]
     for q in range(t, X.shape[0], nt):
-        pq = _params64(P[0 if P.shape[0] == 1 else q])  # float32 ones as float64
-        _fill_values(prog, consts, X[q], pq, W)
-        end = forward_partials_point_sweep(prog, consts, pq, W, D)
-        _point_guards_valid(prog, W, valid, q)
+        pq, end = _forward_partials_at(prog, consts, X, P, W, D, valid, q)
         _zero_planned(prog, R, A)
         r = 0 if WT.shape[0] == 1 else q
         for k in range(prog[N_OUTPUTS]):
@@ -162,18 +176,11 @@ def vjp_points(prog, R, consts, X, P, WT, Y, G, valid, chunk, t, nt):
 def jacrev_points(prog, R, consts, X, P, Y, J, valid, chunk, t, nt):
     # jacrev_batch one point at a time: one forward sweep a point, one reverse sweep an
     # output.
-    _check_plan(prog, R)
-    n = prog[N_SLOTS]
     nd = prog[FIRST_ADJOINT]
-    W = np.empty(n)
-    A = np.empty(n)
-    D = np.empty(MAX_ARITY * (n - nd - prog[N_INPUTS]))
+    W, A, D = _reverse_point_workspaces(prog, R)
     oo = prog[AT_OUTPUTS]
     for q in range(t, X.shape[0], nt):
-        pq = _params64(P[0 if P.shape[0] == 1 else q])  # float32 ones as float64
-        _fill_values(prog, consts, X[q], pq, W)
-        end = forward_partials_point_sweep(prog, consts, pq, W, D)
-        _point_guards_valid(prog, W, valid, q)
+        pq, end = _forward_partials_at(prog, consts, X, P, W, D, valid, q)
         for k in range(prog[N_OUTPUTS]):
             Y[q, k] = W[prog[oo + k]]
         for k in range(prog[N_OUTPUTS]):
