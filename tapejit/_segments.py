@@ -54,13 +54,13 @@ LOOP_FORWARD_POINT_BY_POINT_BELOW = 7
 #: chunk of two points, against the batched tangent sweep (unsegmented: from about this
 #: many points it shares each instruction's dispatch well enough).
 POINT_BY_POINT_JVP_BELOW = 12
-#: A batched vjp, gradient or reverse Jacobian of a tape of blocks runs one point at a
-#: time, on the threads (the kernels' point-by-point twins, the same bits), when the
-#: points of a chunk (its width, or the call's points if fewer) times this are at most
-#: the tape's result elements per instruction: the point sweep runs each block as one
-#: loop that vectorizes, where a chunk of a few points loops over the block's elements
-#: for each, and a segmented sweep makes most of its slots crossing values (docs'
-#: performance page).
+#: A batched forward sweep, vjp, gradient or reverse Jacobian of a tape of blocks runs
+#: one point at a time, on the threads (the kernels' point-by-point twins, the same
+#: bits), when the points of a chunk (its width, or the call's points if fewer) times
+#: this are at most the tape's result elements per instruction: the point sweep runs
+#: each block as one loop that vectorizes, where a chunk of a few points loops over the
+#: block's elements for each, and a segmented sweep makes most of its slots crossing
+#: values (docs' performance page).
 BLOCK_POINTWISE_RATIO = 8
 #: Batched Hessian-vector products of a tape of blocks (this many result elements per
 #: instruction or more) run the one-point kernel at each point when their chunks would

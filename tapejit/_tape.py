@@ -929,9 +929,9 @@ class Tape:
             _at_each_point(n, valid, lambda q: self._k.forward_point(
                 prog, self._kernel_consts, X[q], _row(P, q), Y[q],
                 self._workspace() if n_slots > REUSE_SLOTS else _EMPTY1))
-        else:
-            run_batch(self._k, "forward_batch", n, chunk, prog, self._kernel_consts, X, P,
-                      Y, valid)
+        else:  # chunk 1: the point-by-point twin
+            run_batch(self._k, "forward_batch", n, 1 if self._pointwise(n, chunk) else chunk,
+                      prog, self._kernel_consts, X, P, Y, valid)
         res = self._guarded(valid, check, (y,), False)
         return res if check != "raise" else res[0]
 
@@ -1139,8 +1139,8 @@ class Tape:
         return valid
 
     def _pointwise(self, n: int, chunk: int) -> bool:
-        """Whether a batched reverse sweep of ``n`` points in chunks of ``chunk`` runs
-        one point at a time instead (``BLOCK_POINTWISE_RATIO``)."""
+        """Whether a batched forward or reverse sweep of ``n`` points in chunks of
+        ``chunk`` runs one point at a time instead (``BLOCK_POINTWISE_RATIO``)."""
         return min(n, chunk) * BLOCK_POINTWISE_RATIO <= self._block_elements
 
     def _scalar_prog(self) -> tuple[np.ndarray, np.ndarray] | bool:

@@ -241,7 +241,7 @@ def _links(z):
 
 
 def test_long_tape_of_blocks_runs_batched_reverse_sweeps_point_by_point(monkeypatch):
-    # Its batched vjps, gradients and reverse Jacobians take the point-by-point twins
+    # Its batched values, vjps, gradients and reverse Jacobians take the point-by-point twins
     # (chunk 1), whose block loops vectorize, instead of chunk sweeps over a few points
     # or segments: the same bits as those; short tapes and long scalar ones keep theirs.
     import tapejit._tape as tape_module
@@ -270,8 +270,9 @@ def test_long_tape_of_blocks_runs_batched_reverse_sweeps_point_by_point(monkeypa
         used |= set(calls)
     calls.clear()
     J = blocks.jacobian(X[:3])
+    Y = blocks.forward(X)
     used |= set(calls)
-    assert used == {("vjp_batch", 1), ("jacrev_batch", 1)}
+    assert used == {("vjp_batch", 1), ("jacrev_batch", 1), ("forward_batch", 1)}
     # the same bits as the chunk sweeps (forced: install_for_tests' chunk), as one point
     # at a time, and the values of the forward-mode Jacobian
     chunked = tapejit.record(_links, z0)
@@ -282,6 +283,7 @@ def test_long_tape_of_blocks_runs_batched_reverse_sweeps_point_by_point(monkeypa
     _assert_same_bits(got[0], chunked.vjp(X, W))
     _assert_same_bits(got[1], chunked_sum.value_and_grad(X, W[0]))
     _assert_same_bits((J,), (chunked.jacobian(X[:3]),))
+    _assert_same_bits((Y,), (chunked.forward(X),))
     assert ("vjp_batch", 1) not in calls and ("jacrev_batch", 4) in calls
     for k in (0, len(X) - 1):
         _assert_same_bits((got[0][1][k],), (blocks.vjp(X[k], W[k])[1],))
