@@ -223,10 +223,9 @@ def _coords(pattern: sp.csr_array) -> tuple[np.ndarray, np.ndarray]:
 
 #: ``mode="auto"`` colours rows (adjoint sweeps) only when this many times their colours
 #: are fewer than one plus the columns' colours: one tangent sweep carries every column
-#: colour at once, while each row colour is an adjoint sweep of its own, which costs about
-#: two tangent directions (measured in the performance page's "Sparse derivatives and
-#: IPOPT").
-REVERSE_COST = 2
+#: colour at once, while each row colour is an adjoint sweep of its own (measured in the
+#: performance page's "Sparse derivatives and IPOPT").
+REVERSE_COST = 4
 
 
 def jacobian_compression(pattern: sp.csr_array, mode: str = "auto") -> Compression:

@@ -1273,9 +1273,9 @@ class Tape:
             ``"reverse"``: one adjoint sweep per output; ``"auto"`` picks forward when
             ``n_inputs < n_outputs``. With ``sparse=True``: ``"forward"`` colours the
             columns (one tangent direction per colour), ``"reverse"`` the rows (one
-            adjoint sweep per colour), ``"auto"`` colours the rows only when twice
-            their colours are fewer than one plus the columns' (an adjoint sweep
-            costs about two tangent directions).
+            adjoint sweep per colour), ``"auto"`` colours the rows only when they need
+            far fewer colours (an adjoint sweep per colour costs several tangent
+            directions).
         check : {"raise", "mask"}
             See :meth:`forward`.
         sparse : bool
