@@ -11,10 +11,12 @@
   the peak memory the gradient adds (in a process of its own).
 * The Lorenz fit's unrolled tape at a few points: value and gradient per point by count
   of points (one point at a time below 80, the segmented sweeps in parts from there).
+* Long tapes of blocks (``blocks``): the hanging chain's constraints and Lagrangian and
+  ``rosen_ext`` by count of points, whose batched reverse sweeps run point by point.
 
-Usage (the docs' performance page, *Long tapes*)::
+Usage (the docs' performance page, *Long tapes*), every section or the ones named::
 
-    python asv_bench/measure_long_tapes.py
+    python asv_bench/measure_long_tapes.py [recurrence lorenz few_points lorenz_scan blocks]
 """
 
 from __future__ import annotations
@@ -196,8 +198,39 @@ def few_points() -> None:
     print("   " + ", ".join(row))
 
 
+def _chain_blocks(N: int, rng: np.random.Generator) -> str:
+    f, g, z0, _, _ = B.hanging_chain(N)
+    links = tapejit.record(g, z0)
+    lag = tapejit.record(lambda z, p: p[0] * f(z) + np.dot(p[1:], g(z)), z0, np.ones(N + 1),
+                         argnums=0)
+    p = rng.uniform(size=N + 1)
+    x, w = z0 + 0.01, rng.uniform(size=N)
+    row = [f"vjp 1: {best(lambda: links.vjp(x, w), 50) * 1e6:.2f}"]
+    for n in (4, 64, 1024):
+        X = z0 + 0.01 * rng.uniform(size=(n, z0.size))
+        W = rng.uniform(size=(n, N))
+        row.append(f"vjp {n}: {best(lambda X=X, W=W: links.vjp(X, W)) / n * 1e6:.2f}")
+        row.append(f"lagrangian {n}: "
+                   f"{best(lambda X=X: lag.value_and_grad(X, params=p)) / n * 1e6:.2f}")
+    row.append(f"jacobian 1: {best(lambda: links.jacobian(x), 3) * 1e6:.0f}")
+    return f"   N = {N}: " + ", ".join(row)
+
+
+def blocks() -> None:
+    print("== long tapes of blocks: the hanging chain's constraints (vjp, reverse jacobian) "
+          "and Lagrangian (value_and_grad), rosen_ext at n = 1000; us (a point)")
+    rng = np.random.default_rng(0)
+    for N in (500, 2000):
+        print(_chain_blocks(N, rng))
+    tape = tapejit.record(B.rosen_ext_f, np.ones(1000))
+    X = 1.0 + 0.01 * rng.uniform(size=(256, 1000))
+    print(f"   rosen_ext n = 1000, 256 points: "
+          f"{best(lambda: tape.value_and_grad(X)) / 256 * 1e6:.2f}")
+
+
+SECTIONS = {"recurrence": recurrence_table, "lorenz": lorenz, "few_points": few_points,
+            "lorenz_scan": lorenz_scan, "blocks": blocks}
+
 if __name__ == "__main__":
-    recurrence_table()
-    lorenz()
-    few_points()
-    lorenz_scan()
+    for name in sys.argv[1:] or SECTIONS:
+        SECTIONS[name]()
