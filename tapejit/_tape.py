@@ -1118,11 +1118,9 @@ class Tape:
     def _vjp_batch(self, X, P, WT, Y, G) -> np.ndarray:
         n = X.shape[0]
         valid = np.empty(n, dtype=np.uint8)
-        if self._pointwise(n, self._chunk):  # chunk 1: the point-by-point twin
-            run_batch(self._k, "vjp_batch", n, 1, self._kernel_prog, self._plan(),
-                      self._kernel_consts, X, P, WT, Y, G, valid)
-            return valid
-        if n >= SEGMENT_POINTS and (self._seg is not None or self._chunk < SEGMENT_BELOW):
+        pointwise = self._pointwise(n, self._chunk)
+        if not pointwise and n >= SEGMENT_POINTS and (
+                self._seg is not None or self._chunk < SEGMENT_BELOW):
             seg = self._segmented()
             if seg is not None:
                 # Each thread takes a part of the points through all the segments: the
@@ -1134,7 +1132,7 @@ class Tape:
 
                 in_parts(n, part, 2 * SEGMENT_POINTS)
                 return valid
-        run_batch(self._k, "vjp_batch", n, self._chunk,
+        run_batch(self._k, "vjp_batch", n, 1 if pointwise else self._chunk,  # 1: the twin
                   self._kernel_prog, self._plan(), self._kernel_consts, X, P, WT, Y, G, valid)
         return valid
 
